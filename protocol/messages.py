@@ -1,0 +1,482 @@
+"""Typed messages: one frozen dataclass per message type, validated at construction.
+
+Bodies are either raw bytes (the data-carrying types: output, stdin, file chunks),
+so output stays binary-safe and is never decoded on the agent, or a UTF-8 JSON
+object whose fields are the dataclass fields. Unknown JSON fields are ignored so a
+newer peer may add optional fields; missing or mistyped fields are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, ClassVar
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "MessageType",
+    "Message",
+    "Hello",
+    "Auth",
+    "Error",
+    "Ping",
+    "Pong",
+    "Goodbye",
+    "Exec",
+    "Stdin",
+    "StdinEof",
+    "Signal",
+    "Cancel",
+    "Window",
+    "Started",
+    "Stdout",
+    "Stderr",
+    "Exit",
+    "MetricsRequest",
+    "MetricsReply",
+    "PutFile",
+    "GetFile",
+    "FileInfo",
+    "FileData",
+    "FileEnd",
+    "FileDone",
+    "MESSAGE_CLASSES",
+    "decode_body",
+    "encode_body",
+    "CONNECTION_LEVEL",
+]
+
+PROTOCOL_VERSION = 1
+
+
+class MessageType(IntEnum):
+    """The type byte of a frame."""
+
+    HELLO = 0x01
+    AUTH = 0x02
+    ERROR = 0x03
+    PING = 0x04
+    PONG = 0x05
+    GOODBYE = 0x06
+    EXEC = 0x10
+    STDIN = 0x11
+    STDIN_EOF = 0x12
+    SIGNAL = 0x13
+    CANCEL = 0x14
+    WINDOW = 0x15
+    STARTED = 0x20
+    STDOUT = 0x21
+    STDERR = 0x22
+    EXIT = 0x23
+    METRICS_REQUEST = 0x30
+    METRICS_REPLY = 0x31
+    PUT_FILE = 0x40
+    GET_FILE = 0x41
+    FILE_INFO = 0x42
+    FILE_DATA = 0x43
+    FILE_END = 0x44
+    FILE_DONE = 0x45
+
+
+def _bad(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(message, "bad_message")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of every message; `request_id` 0 means the connection itself."""
+
+    TYPE: ClassVar[MessageType]
+    RAW: ClassVar[bool] = False
+    request_id: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.request_id, int) or not 0 <= self.request_id <= 0xFFFFFFFF:
+            raise LocalProtocolError(f"bad request id {self.request_id!r}")
+        self._validate()
+
+    def _validate(self) -> None:
+        """Per-message checks beyond field types; raise LocalProtocolError."""
+
+
+# -- connection level --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """First frame from each side: version, role, authentication offer."""
+
+    TYPE = MessageType.HELLO
+    protocol: int = PROTOCOL_VERSION
+    role: str = "controller"
+    software: str = "shoal"
+    auth: str = "none"
+    key_id: str = ""
+    nonce: str = ""
+    max_frame: int = 0
+
+    def _validate(self) -> None:
+        if self.role not in ("controller", "agent"):
+            raise LocalProtocolError(f"bad role {self.role!r}")
+        if self.auth not in ("none", "hmac-sha256"):
+            raise LocalProtocolError(f"unknown auth scheme {self.auth!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Auth(Message):
+    """Proof of key possession over the handshake transcript (hex)."""
+
+    TYPE = MessageType.AUTH
+    proof: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """A machine-readable `code` and a one-line human `message`."""
+
+    TYPE = MessageType.ERROR
+    code: str = "error"
+    message: str = ""
+    status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    """Keepalive and clock probe; `t0` is the sender's clock at send time."""
+
+    TYPE = MessageType.PING
+    t0: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    """Answer to a ping: echoes t0, adds receive (t1) and send (t2) times."""
+
+    TYPE = MessageType.PONG
+    t0: float = 0.0
+    t1: float = 0.0
+    t2: float = 0.0
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye(Message):
+    """The sender is closing the connection on purpose (shutdown, idle, limit)."""
+
+    TYPE = MessageType.GOODBYE
+    reason: str = ""
+
+
+# -- commands ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Exec(Message):
+    """Run a command: exactly one of `argv` (no shell) or `shell` (/bin/sh -c)."""
+
+    TYPE = MessageType.EXEC
+    argv: list[str] | None = None
+    shell: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    timeout: float | None = None
+    stdin: bool = False
+    window: int = 0
+    detach: bool = False
+    kill_grace: float | None = None
+
+    def _validate(self) -> None:
+        if (self.argv is None) == (self.shell is None):
+            raise LocalProtocolError("exec needs exactly one of argv and shell")
+        if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
+            raise LocalProtocolError(f"bad timeout {self.timeout!r}")
+        if self.window < 0:
+            raise LocalProtocolError(f"bad window {self.window!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Stdin(Message):
+    """Bytes for the command's standard input."""
+
+    TYPE = MessageType.STDIN
+    RAW = True
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class StdinEof(Message):
+    """Close the command's standard input."""
+
+    TYPE = MessageType.STDIN_EOF
+
+
+@dataclass(frozen=True, slots=True)
+class Signal(Message):
+    """Deliver one signal (by number) to the command's process group."""
+
+    TYPE = MessageType.SIGNAL
+    signal: int = 15
+
+    def _validate(self) -> None:
+        if not 1 <= self.signal <= 64:
+            raise LocalProtocolError(f"bad signal number {self.signal!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Message):
+    """Stop the command: SIGINT, then SIGTERM, then SIGKILL, `grace` apart."""
+
+    TYPE = MessageType.CANCEL
+    grace: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Window(Message):
+    """Grant the peer `bytes` more of data-carrying frames for this request."""
+
+    TYPE = MessageType.WINDOW
+    bytes: int = 0
+
+    def _validate(self) -> None:
+        if self.bytes <= 0:
+            raise LocalProtocolError(f"window increment must be positive, not {self.bytes!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Started(Message):
+    """The command is running; `stdin_window` bytes of stdin may be sent."""
+
+    TYPE = MessageType.STARTED
+    pid: int = 0
+    stdin_window: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Stdout(Message):
+    """Bytes the command wrote to standard output."""
+
+    TYPE = MessageType.STDOUT
+    RAW = True
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Stderr(Message):
+    """Bytes the command wrote to standard error."""
+
+    TYPE = MessageType.STDERR
+    RAW = True
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Exit(Message):
+    """Last frame of a request: how it ended, after all of its output.
+
+    `status` follows the shell convention (the exit code, or 128+signal).
+    """
+
+    TYPE = MessageType.EXIT
+    status: int = 0
+    code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    cancelled: bool = False
+    duration: float = 0.0
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    output_file: str | None = None
+
+
+# -- metrics and files -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsRequest(Message):
+    """Ask for a metrics snapshot."""
+
+    TYPE = MessageType.METRICS_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsReply(Message):
+    """A metrics snapshot (schema in agent.metrics)."""
+
+    TYPE = MessageType.METRICS_REPLY
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PutFile(Message):
+    """Open an upload: FILE_DATA chunks follow, then FILE_END with the digest."""
+
+    TYPE = MessageType.PUT_FILE
+    path: str = ""
+    size: int = 0
+    mode: int | None = None
+    mtime: float | None = None
+    owner: list[int] | None = None
+    into_dir: bool = False
+    name: str = ""
+    mkdir: bool = False
+    window: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GetFile(Message):
+    """Open a download of one regular file."""
+
+    TYPE = MessageType.GET_FILE
+    path: str = ""
+    window: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo(Message):
+    """Agent's answer to PUT/GET: the transfer is open; size/mode/mtime for GET."""
+
+    TYPE = MessageType.FILE_INFO
+    size: int = 0
+    mode: int = 0
+    mtime: float = 0.0
+    window: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FileData(Message):
+    """A chunk of file content."""
+
+    TYPE = MessageType.FILE_DATA
+    RAW = True
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class FileEnd(Message):
+    """No more chunks; the sender's SHA-256 of everything sent."""
+
+    TYPE = MessageType.FILE_END
+    sha256: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FileDone(Message):
+    """The receiver verified and committed the file."""
+
+    TYPE = MessageType.FILE_DONE
+    sha256: str = ""
+    bytes: int = 0
+    path: str = ""
+
+
+MESSAGE_CLASSES: dict[int, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello, Auth, Error, Ping, Pong, Goodbye, Exec, Stdin, StdinEof, Signal, Cancel,
+        Window, Started, Stdout, Stderr, Exit, MetricsRequest, MetricsReply, PutFile,
+        GetFile, FileInfo, FileData, FileEnd, FileDone,
+    )
+}
+
+# Types that must carry request id 0.
+CONNECTION_LEVEL = frozenset(
+    {MessageType.HELLO, MessageType.AUTH, MessageType.PING, MessageType.PONG, MessageType.GOODBYE}
+)
+
+
+# -- body codec --------------------------------------------------------------
+
+
+def encode_body(msg: Message) -> bytes:
+    """The body bytes of `msg` (raw data, or its fields as compact JSON)."""
+    if msg.RAW:
+        return msg.data  # type: ignore[attr-defined, no-any-return]
+    fields = {f.name: getattr(msg, f.name) for f in _fields(type(msg))}
+    return json.dumps(fields, separators=(",", ":"), allow_nan=False).encode()
+
+
+def decode_body(type_: int, request_id: int, body: bytes) -> Message:
+    """Build the typed message for a frame; RemoteProtocolError on any mismatch."""
+    cls = MESSAGE_CLASSES.get(type_)
+    if cls is None:
+        raise RemoteProtocolError(f"unknown message type 0x{type_:02x}", "unknown_type")
+    if cls.TYPE in CONNECTION_LEVEL and request_id != 0:
+        raise _bad(f"{cls.TYPE.name} must use request id 0")
+    if cls.RAW:
+        return cls(request_id, body)  # type: ignore[call-arg]
+    values = _parse_json(cls, body)
+    try:
+        return cls(request_id, **values)
+    except LocalProtocolError as exc:
+        raise _bad(f"{cls.TYPE.name}: {exc}") from None
+
+
+def _parse_json(cls: type[Message], body: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(body) if body else {}
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _bad(f"{cls.TYPE.name} body is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise _bad(f"{cls.TYPE.name} body must be a JSON object")
+    values = {}
+    hints = _hints(cls)
+    for f in _fields(cls):
+        if f.name not in obj:
+            continue  # defaults apply; required-ness is checked by _validate
+        value = obj[f.name]
+        if not _conforms(value, hints[f.name]):
+            raise _bad(f"{cls.TYPE.name}.{f.name} has the wrong type ({type(value).__name__})")
+        values[f.name] = value
+    return values
+
+
+_FIELDS_CACHE: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
+_HINTS_CACHE: dict[type, dict[str, Any]] = {}
+
+
+def _fields(cls: type[Message]) -> tuple[dataclasses.Field[Any], ...]:
+    cached = _FIELDS_CACHE.get(cls)
+    if cached is None:
+        cached = tuple(f for f in dataclasses.fields(cls) if f.name != "request_id")
+        _FIELDS_CACHE[cls] = cached
+    return cached
+
+
+def _hints(cls: type[Message]) -> dict[str, Any]:
+    cached = _HINTS_CACHE.get(cls)
+    if cached is None:
+        cached = typing.get_type_hints(cls)
+        _HINTS_CACHE[cls] = cached
+    return cached
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Check a decoded JSON value against a field annotation."""
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        return any(_conforms(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_conforms(v, item) for v in value)
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(_conforms(v, item) for v in value.values())
+    return False
