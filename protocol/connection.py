@@ -1,0 +1,370 @@
+"""The sans-I/O connection: bytes in, typed messages out; messages in, bytes out.
+
+Drivers (agent and controller) call `receive_data` with whatever the socket gave
+them, pull messages with `next_event` until it returns None, and write whatever
+`data_to_send` returns. The handshake runs inside: the application only sees a
+`HandshakeComplete` event, then request messages. Until then nothing but HELLO,
+AUTH and ERROR is legal, so no request can be acted on before authentication.
+
+States (one table, `_LEGAL`):
+
+    HELLO ──hello exchange──▶ AUTH ──proofs verified──▶ OPEN
+      │ (no key on either side) ───────────────────────▶ OPEN
+    any ──error──▶ FAILED (sticky)       any ──EOF──▶ CLOSED
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+
+from . import handshake
+from .errors import AuthError, LocalProtocolError, RemoteProtocolError
+from .frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, RawFrame, frame_head
+from .messages import (
+    PROTOCOL_VERSION,
+    Auth,
+    Error,
+    Hello,
+    Message,
+    MessageType,
+    decode_body,
+    encode_body,
+)
+
+__all__ = ["Role", "State", "Connection", "HandshakeComplete", "KeyLookup"]
+
+NONCE_SIZE = 32
+
+
+class Role(Enum):
+    CONTROLLER = "controller"
+    AGENT = "agent"
+
+
+class State(Enum):
+    HELLO = "hello"
+    AUTH = "auth"
+    OPEN = "open"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+_HANDSHAKE_TYPES = frozenset({MessageType.HELLO, MessageType.AUTH, MessageType.ERROR})
+_LEGAL: dict[State, frozenset[MessageType] | None] = {
+    State.HELLO: _HANDSHAKE_TYPES,
+    State.AUTH: _HANDSHAKE_TYPES,
+    State.OPEN: frozenset(MessageType) - {MessageType.HELLO, MessageType.AUTH},
+    State.CLOSED: frozenset(),
+    State.FAILED: frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeComplete:
+    """The session is open. `key_id` names the key both sides proved, if any."""
+
+    peer: Hello
+    key_id: str | None
+
+
+class KeyLookup:
+    """The agent's keys by id; `required` means unauthenticated peers are refused."""
+
+    def __init__(self, keys: list[handshake.SharedKey]) -> None:
+        self._by_id = {k.key_id: k for k in keys}
+
+    @property
+    def required(self) -> bool:
+        return bool(self._by_id)
+
+    def get(self, key_id: str) -> handshake.SharedKey | None:
+        return self._by_id.get(key_id)
+
+
+class Connection:
+    """One end of a shoal connection.
+
+    Args:
+        role: which end we are.
+        key: the controller's shared key (None: no authentication).
+        keys: the agent's accepted keys.
+        max_frame_size: largest body we accept; announced in our HELLO.
+        software: our version string, announced in HELLO.
+        nonce: fixed handshake nonce, for test vectors only.
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        key: handshake.SharedKey | None = None,
+        keys: KeyLookup | None = None,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        software: str = "shoal",
+        nonce: bytes | None = None,
+    ) -> None:
+        self.role = role
+        self.state = State.HELLO
+        self.key = key
+        self._keys = keys or KeyLookup([])
+        self.software = software
+        self.peer_hello: Hello | None = None
+        self.peer_max_frame = DEFAULT_MAX_FRAME_SIZE
+        self.key_id: str | None = None
+        self._nonce = nonce if nonce is not None else secrets.token_bytes(NONCE_SIZE)
+        self._decoder = FrameDecoder(max_frame_size)
+        self._out: list[bytes] = []
+        self._events: deque[Message | HandshakeComplete] = deque()
+        self._error: RemoteProtocolError | AuthError | None = None
+        self._our_hello_frame = b""
+        self._their_hello_frame = b""
+        self._send_mac: handshake.FrameMac | None = None
+        self._recv_mac: handshake.FrameMac | None = None
+        self._send_seq = 0
+        self._recv_seq = 0
+        self._sent_auth = False
+
+    # -- public API ----------------------------------------------------------
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._decoder.max_body
+
+    def start(self) -> None:
+        """Controller only: queue our HELLO. The agent answers one in kind."""
+        if self.role is not Role.CONTROLLER or self._our_hello_frame:
+            raise LocalProtocolError("only the controller starts the handshake, once")
+        auth = "hmac-sha256" if self.key else "none"
+        key_id = self.key.key_id if self.key else ""
+        self._send_hello(auth, key_id)
+
+    def send(self, msg: Message) -> None:
+        """Queue an application message; legal only once the session is open."""
+        if self.state is not State.OPEN and not (isinstance(msg, Error)):
+            raise LocalProtocolError(f"cannot send {msg.TYPE.name} in state {self.state.value}")
+        if msg.RAW and len(msg.data) > self.peer_max_frame:  # type: ignore[attr-defined]
+            raise LocalProtocolError(f"{msg.TYPE.name} of {len(msg.data)} bytes exceeds the peer's frame limit")  # type: ignore[attr-defined]
+        self._emit(msg)
+
+    def send_data(self, type_: MessageType, request_id: int, data: bytes) -> None:
+        """Queue a raw-data frame without building a message object (hot path)."""
+        if self.state is not State.OPEN:
+            raise LocalProtocolError(f"cannot send {type_.name} in state {self.state.value}")
+        self._emit_raw(type_, request_id, data)
+
+    def data_to_send(self) -> list[bytes]:
+        """Take the buffers queued for the peer, in order (empty when none)."""
+        out, self._out = self._out, []
+        return out
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes from the peer; `b""` means the peer closed its side."""
+        self._decoder.feed(data)
+
+    def next_event(self) -> Message | HandshakeComplete | None:
+        """Return the next event, or None when more bytes are needed.
+
+        Raises RemoteProtocolError (or AuthError during the handshake) when the
+        peer broke the protocol; the error is sticky and an ERROR frame for the
+        peer is already queued in `data_to_send`.
+        """
+        if self._error is not None:
+            raise self._error
+        while not self._events:
+            try:
+                frame = self._decoder.next_frame()
+            except RemoteProtocolError as exc:
+                self._fail(exc)
+            if frame is None:
+                if self._decoder.at_eof and self.state is not State.FAILED:
+                    self.state = State.CLOSED
+                return None
+            self._handle_frame(frame)
+        return self._events.popleft()
+
+    def fail(self, code: str, message: str) -> None:
+        """Queue an ERROR for the peer and stop; the driver then closes."""
+        if self.state not in (State.FAILED, State.CLOSED):
+            self._emit(Error(0, code=code, message=message))
+        self.state = State.FAILED
+
+    # -- frames in -----------------------------------------------------------
+
+    def _handle_frame(self, frame: RawFrame) -> None:
+        if self._recv_mac is not None:
+            self._check_tag(frame)
+        legal = _LEGAL[self.state]
+        if legal is None or frame.type not in legal:
+            name = MessageType(frame.type).name if frame.type in MessageType._value2member_map_ else f"0x{frame.type:02x}"
+            code = "unknown_type" if name.startswith("0x") else "out_of_order"
+            self._fail(RemoteProtocolError(f"{name} not allowed in state {self.state.value}", code))
+        try:
+            msg = decode_body(frame.type, frame.request_id, frame.body)
+        except RemoteProtocolError as exc:
+            self._fail(exc)
+        if self.state is State.OPEN:
+            self._events.append(msg)
+        else:
+            self._handshake_step(msg, frame)
+
+    def _check_tag(self, frame: RawFrame) -> None:
+        assert self._recv_mac is not None and frame.tag is not None
+        if not self._recv_mac.verify(self._recv_seq, frame.head, frame.body, frame.tag):
+            self._fail(RemoteProtocolError(
+                f"frame {self._recv_seq} failed its MAC check (tampered, replayed, reordered or reflected)",
+                "bad_mac",
+            ))
+        self._recv_seq += 1
+
+    # -- handshake -----------------------------------------------------------
+
+    def _handshake_step(self, msg: Message, frame: RawFrame) -> None:
+        if isinstance(msg, Error):
+            if msg.code == "auth_failed":
+                self._auth_fail(msg.message or "authentication failed", None, queue=False)
+            self._fail(RemoteProtocolError(f"peer reported {msg.code}: {msg.message}", msg.code), queue=False)
+        if isinstance(msg, Hello):
+            self._on_hello(msg, frame)
+        elif isinstance(msg, Auth):
+            self._on_auth(msg)
+
+    def _on_hello(self, hello: Hello, frame: RawFrame) -> None:
+        expected_role = "agent" if self.role is Role.CONTROLLER else "controller"
+        if self.peer_hello is not None or self.state is not State.HELLO:
+            self._fail(RemoteProtocolError("second HELLO", "out_of_order"))
+        if hello.role != expected_role:
+            self._fail(RemoteProtocolError(f"peer says it is a {hello.role}, expected a {expected_role}", "bad_hello"))
+        if hello.protocol != PROTOCOL_VERSION:
+            self._fail(RemoteProtocolError(
+                f"protocol version {hello.protocol} not supported (this end speaks {PROTOCOL_VERSION})", "version"))
+        self.peer_hello = hello
+        if hello.max_frame:
+            self.peer_max_frame = min(hello.max_frame, DEFAULT_MAX_FRAME_SIZE * 4)
+        self._their_hello_frame = frame.head + frame.body
+        if self.role is Role.AGENT:
+            self._agent_on_hello(hello)
+        else:
+            self._controller_on_hello(hello)
+
+    def _agent_on_hello(self, hello: Hello) -> None:
+        if hello.auth == "none":
+            if self._keys.required:
+                self._auth_fail("this agent requires a key but the controller offered none", None)
+            self._send_hello("none", "")
+            return self._open(None)
+        key = self._keys.get(hello.key_id) if self._keys.required else None
+        if not self._keys.required:
+            self._auth_fail("the controller offered a key but this agent has none configured", hello.key_id)
+        if key is None:
+            self._auth_fail("authentication failed: unknown key", hello.key_id)
+        self.key = key
+        self.key_id = hello.key_id
+        self._require_nonce(hello)
+        self._send_hello("hmac-sha256", hello.key_id)
+        self.state = State.AUTH
+
+    def _controller_on_hello(self, hello: Hello) -> None:
+        if self.key is None:
+            if hello.auth != "none":
+                self._auth_fail("the agent requires a key but none is configured here", hello.key_id or None, queue=False)
+            return self._open(None)
+        if hello.auth != "hmac-sha256":
+            self._auth_fail("a key is configured here but the agent has none (it offered no authentication)", None, queue=False)
+        self._require_nonce(hello)
+        self.key_id = self.key.key_id
+        th = self._transcript()
+        self._emit(Auth(0, proof=handshake.controller_proof(self.key.secret, th).hex()))
+        self._sent_auth = True
+        self.state = State.AUTH
+
+    def _on_auth(self, auth: Auth) -> None:
+        if self.state is not State.AUTH or self.key is None:
+            self._fail(RemoteProtocolError("AUTH before HELLO", "out_of_order"))
+        th = self._transcript()
+        secret = self.key.secret
+        if self.role is Role.AGENT:
+            expected = handshake.controller_proof(secret, th)
+        else:
+            expected = handshake.agent_proof(secret, th)
+        if not handshake.verify_proof(expected, _unhex(auth.proof)):
+            self._auth_fail("authentication failed", self.key_id, queue=self.role is Role.AGENT)
+        if self.role is Role.AGENT:
+            self._emit(Auth(0, proof=handshake.agent_proof(secret, th).hex()))
+        self._install_keys(secret, th)
+        self._open(self.key_id)
+
+    def _install_keys(self, secret: bytes, th: bytes) -> None:
+        assert self.peer_hello is not None
+        ours, theirs = bytes.fromhex(self._our_hello_nonce), _unhex(self.peer_hello.nonce)
+        nonce_c, nonce_a = (ours, theirs) if self.role is Role.CONTROLLER else (theirs, ours)
+        keys = handshake.derive_session_keys(secret, nonce_c, nonce_a, th)
+        send, recv = (keys.c2a, keys.a2c) if self.role is Role.CONTROLLER else (keys.a2c, keys.c2a)
+        self._send_mac = handshake.FrameMac(send)
+        self._recv_mac = handshake.FrameMac(recv)
+        self._decoder.tagged = True
+
+    def _open(self, key_id: str | None) -> None:
+        assert self.peer_hello is not None
+        self.state = State.OPEN
+        self._events.append(HandshakeComplete(self.peer_hello, key_id))  # type: ignore[arg-type]
+
+    def _transcript(self) -> bytes:
+        if self.role is Role.CONTROLLER:
+            return handshake.transcript_hash(self._our_hello_frame, self._their_hello_frame)
+        return handshake.transcript_hash(self._their_hello_frame, self._our_hello_frame)
+
+    def _require_nonce(self, hello: Hello) -> None:
+        if len(_unhex(hello.nonce)) != NONCE_SIZE:
+            self._fail(RemoteProtocolError("HELLO carries no valid nonce", "bad_hello"))
+
+    def _send_hello(self, auth: str, key_id: str) -> None:
+        self._our_hello_nonce = self._nonce.hex() if auth != "none" else ""
+        hello = Hello(
+            0, role=self.role.value, software=self.software, auth=auth, key_id=key_id,
+            nonce=self._our_hello_nonce, max_frame=self._decoder.max_body,
+        )
+        self._emit(hello)
+        self._our_hello_frame = b"".join(self._out[-2:])
+
+    # -- frames out ----------------------------------------------------------
+
+    def _emit(self, msg: Message) -> None:
+        self._emit_raw(msg.TYPE, msg.request_id, encode_body(msg))
+
+    def _emit_raw(self, type_: int, request_id: int, body: bytes) -> None:
+        mac = self._send_mac
+        head = frame_head(type_, request_id, len(body), mac is not None)
+        self._out.append(head)
+        self._out.append(body)
+        if mac is not None:
+            self._out.append(mac.tag(self._send_seq, head, body))
+            self._send_seq += 1
+
+    # -- failure -------------------------------------------------------------
+
+    def _auth_fail(self, reason: str, key_id: str | None, queue: bool = True) -> None:
+        err = AuthError(reason, key_id=key_id)
+        if queue:
+            self.fail("auth_failed", reason)
+        self.state = State.FAILED
+        self._error = err
+        raise err
+
+    def _fail(self, exc: RemoteProtocolError, queue: bool = True) -> None:
+        if queue:
+            generic = exc.code if exc.code != "internal" else "protocol_error"
+            self.fail(generic, str(exc))
+        self.state = State.FAILED
+        self._error = exc
+        raise exc
+
+
+def _unhex(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return b""
+

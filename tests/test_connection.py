@@ -1,0 +1,223 @@
+"""Two sans-I/O endpoints back to back in memory: handshake, legality, MAC rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocol.connection import Connection, HandshakeComplete, KeyLookup, Role, State
+from protocol.errors import AuthError, LocalProtocolError, RemoteProtocolError
+from protocol.handshake import SharedKey
+from protocol.messages import Exec, Hello, MessageType, Stdout, encode_body
+from protocol.frames import frame_head
+
+KEY = SharedKey(bytes(range(32)))
+OTHER = SharedKey(bytes(range(1, 33)))
+
+
+def pump(src: Connection, dst: Connection) -> list[object]:
+    """Move src's queued bytes into dst and collect dst's events."""
+    data = b"".join(src.data_to_send())
+    if data:  # b"" would mean end of stream
+        dst.receive_data(data)
+    events = []
+    while (ev := dst.next_event()) is not None:
+        events.append(ev)
+    return events
+
+
+def pair(ckey: SharedKey | None, akeys: list[SharedKey]) -> tuple[Connection, Connection, list[object], list[object]]:
+    c = Connection(Role.CONTROLLER, key=ckey)
+    a = Connection(Role.AGENT, keys=KeyLookup(akeys))
+    c.start()
+    a_events = pump(c, a)
+    c_events = pump(a, c)
+    a_events += pump(c, a)
+    c_events += pump(a, c)
+    return c, a, c_events, a_events
+
+
+def test_no_key_handshake_opens_both_sides() -> None:
+    c, a, ce, ae = pair(None, [])
+    assert c.state is State.OPEN and a.state is State.OPEN
+    assert isinstance(ce[0], HandshakeComplete) and isinstance(ae[0], HandshakeComplete)
+    assert ae[0].key_id is None
+
+
+def test_hmac_handshake_then_sealed_messages_flow_both_ways() -> None:
+    c, a, ce, ae = pair(KEY, [KEY])
+    assert ae == [HandshakeComplete(ae[0].peer, KEY.key_id)] and isinstance(ce[0], HandshakeComplete)
+    c.send(Exec(1, shell="true"))
+    assert pump(c, a) == [Exec(1, shell="true")]
+    a.send_data(MessageType.STDOUT, 1, b"out")
+    assert pump(a, c) == [Stdout(1, b"out")]
+
+
+def test_wrong_key_fails_on_both_sides() -> None:
+    c = Connection(Role.CONTROLLER, key=OTHER)
+    a = Connection(Role.AGENT, keys=KeyLookup([KEY]))
+    c.start()
+    with pytest.raises(AuthError):
+        pump(c, a)  # unknown key id
+    with pytest.raises(AuthError):
+        pump(a, c)  # the agent's ERROR frame says so
+
+
+def test_same_key_id_but_wrong_secret_fails_at_the_proof() -> None:
+    c = Connection(Role.CONTROLLER, key=OTHER)
+    a = Connection(Role.AGENT, keys=KeyLookup([KEY]))
+    a._keys._by_id[OTHER.key_id] = KEY  # an attacker who knows the id but not the key
+    c.start()
+    pump(c, a)
+    pump(a, c)
+    with pytest.raises(AuthError):
+        pump(c, a)
+    assert a.state is State.FAILED
+
+
+def test_key_on_controller_only_is_a_clear_mismatch() -> None:
+    c = Connection(Role.CONTROLLER, key=KEY)
+    a = Connection(Role.AGENT)
+    c.start()
+    with pytest.raises(AuthError, match="agent has none"):
+        pump(c, a)
+    with pytest.raises(AuthError):
+        pump(a, c)
+
+
+def test_key_on_agent_only_is_a_clear_mismatch() -> None:
+    c = Connection(Role.CONTROLLER)
+    a = Connection(Role.AGENT, keys=KeyLookup([KEY]))
+    c.start()
+    with pytest.raises(AuthError, match="requires a key"):
+        pump(c, a)
+    with pytest.raises(AuthError):
+        pump(a, c)
+
+
+def raw(type_: int, rid: int, body: bytes) -> bytes:
+    return frame_head(type_, rid, len(body), False) + body
+
+
+def test_exec_before_handshake_is_never_delivered() -> None:
+    a = Connection(Role.AGENT, keys=KeyLookup([KEY]))
+    a.receive_data(raw(MessageType.EXEC, 1, encode_body(Exec(1, shell="touch /tmp/x"))))
+    with pytest.raises(RemoteProtocolError):
+        a.next_event()
+    assert a.state is State.FAILED
+
+
+def test_exec_between_hello_and_auth_is_never_delivered() -> None:
+    c = Connection(Role.CONTROLLER, key=KEY)
+    a = Connection(Role.AGENT, keys=KeyLookup([KEY]))
+    c.start()
+    pump(c, a)
+    a.receive_data(raw(MessageType.EXEC, 1, encode_body(Exec(1, shell="touch /tmp/x"))))
+    with pytest.raises(RemoteProtocolError):
+        a.next_event()
+
+
+def test_errors_are_sticky() -> None:
+    a = Connection(Role.AGENT)
+    a.receive_data(b"\x00\x00\x00\x05\x7f\x00\x00\x00\x00")
+    with pytest.raises(RemoteProtocolError):
+        a.next_event()
+    with pytest.raises(RemoteProtocolError):
+        a.next_event()
+
+
+def test_cannot_send_requests_before_open() -> None:
+    c = Connection(Role.CONTROLLER, key=KEY)
+    with pytest.raises(LocalProtocolError):
+        c.send(Exec(1, shell="true"))
+
+
+def test_second_hello_after_open_is_rejected() -> None:
+    c, a, _, _ = pair(None, [])
+    a.receive_data(raw(MessageType.HELLO, 0, encode_body(Hello(0))))
+    with pytest.raises(RemoteProtocolError):
+        a.next_event()
+
+
+def test_unsupported_version_is_rejected() -> None:
+    a = Connection(Role.AGENT)
+    a.receive_data(raw(MessageType.HELLO, 0, encode_body(Hello(0, protocol=99))))
+    with pytest.raises(RemoteProtocolError) as err:
+        a.next_event()
+    assert err.value.code == "version"
+
+
+def sealed_pair() -> tuple[Connection, Connection]:
+    c, a, _, _ = pair(KEY, [KEY])
+    return c, a
+
+
+def test_replayed_frame_within_a_session_is_rejected() -> None:
+    c, a = sealed_pair()
+    c.send(Exec(1, shell="true"))
+    wire = b"".join(c.data_to_send())
+    a.receive_data(wire)
+    assert a.next_event() == Exec(1, shell="true")
+    a.receive_data(wire)
+    with pytest.raises(RemoteProtocolError) as err:
+        a.next_event()
+    assert err.value.code == "bad_mac"
+
+
+def test_reordered_frames_are_rejected() -> None:
+    c, a = sealed_pair()
+    c.send(Exec(1, shell="true"))
+    first = b"".join(c.data_to_send())
+    c.send(Exec(2, shell="true"))
+    second = b"".join(c.data_to_send())
+    a.receive_data(second + first)
+    with pytest.raises(RemoteProtocolError):
+        a.next_event()
+
+
+def test_reflected_frame_is_rejected() -> None:
+    c, a = sealed_pair()
+    c.send(Exec(1, shell="true"))
+    wire = b"".join(c.data_to_send())
+    c.receive_data(wire)  # sent back to its own sender
+    with pytest.raises(RemoteProtocolError):
+        c.next_event()
+
+
+def test_frame_from_an_earlier_session_is_rejected() -> None:
+    c1, a1 = sealed_pair()
+    c1.send(Exec(1, shell="true"))
+    old = b"".join(c1.data_to_send())
+    c2, a2 = sealed_pair()
+    a2.receive_data(old)
+    with pytest.raises(RemoteProtocolError):
+        a2.next_event()
+
+
+@pytest.mark.parametrize("where", ["header", "body", "tag"])
+def test_flipped_bit_is_rejected(where: str) -> None:
+    c, a = sealed_pair()
+    c.send(Exec(1, shell="true"))
+    wire = bytearray(b"".join(c.data_to_send()))
+    index = {"header": 5, "body": 12, "tag": len(wire) - 1}[where]
+    wire[index] ^= 0x01
+    a.receive_data(bytes(wire))
+    with pytest.raises(RemoteProtocolError):
+        a.next_event()
+
+
+def test_missing_mac_is_rejected() -> None:
+    c, a = sealed_pair()
+    a.receive_data(raw(MessageType.EXEC, 1, encode_body(Exec(1, shell="true"))))
+    with pytest.raises(RemoteProtocolError):
+        a.next_event()
+
+
+def test_truncated_sealed_frame_at_eof_is_rejected() -> None:
+    c, a = sealed_pair()
+    c.send(Exec(1, shell="true"))
+    wire = b"".join(c.data_to_send())
+    a.receive_data(wire[:-5])
+    assert a.next_event() is None
+    a.receive_data(b"")
+    with pytest.raises(RemoteProtocolError):
+        a.next_event()
