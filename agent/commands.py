@@ -1,0 +1,134 @@
+"""One command request on the agent: its child, its windows, its deadline.
+
+Output flow control is per request. The controller grants `window` bytes in its
+EXEC and more with WINDOW frames as it consumes; we never send past the grant,
+and when it is used up we stop reading the child's pipes so the child blocks.
+Stdin works the other way round: we advertise `stdin_window` in STARTED and grant
+more as bytes reach the child's pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import TYPE_CHECKING
+
+from protocol.messages import Exit, MessageType, Started, Window
+
+from . import proctree
+from .process import CHUNK, STDOUT, Child, ChildResult
+
+if TYPE_CHECKING:
+    from .session import AgentSession
+
+__all__ = ["CommandRequest", "DEFAULT_OUTPUT_WINDOW", "SHELL"]
+
+DEFAULT_OUTPUT_WINDOW = 4 * 1024 * 1024
+SHELL = "/bin/sh"
+
+
+class CommandRequest:
+    """A running EXEC: relays output under the window, reports the exit last."""
+
+    def __init__(self, session: AgentSession, request_id: int, argv: list[str], env: dict[str, str],
+                 cwd: str | None, want_stdin: bool, window: int, timeout: float | None,
+                 grace: float, output_file: str | None = None) -> None:
+        self.session = session
+        self.request_id = request_id
+        self.argv = argv
+        self.detached = output_file is not None
+        self.output_file = output_file
+        self.credit = window or DEFAULT_OUTPUT_WINDOW
+        self.grace = grace
+        self.timed_out = False
+        self.cancelled = False
+        self.bytes = {1: 0, 2: 0}
+        self.started = time.time()
+        self._stdin_window = session.limits.stdin_window
+        self._stdin_in_flight = 0
+        self.child = Child(argv, env, cwd, want_stdin, self._on_data, self._on_done, output_file)
+        self.child.on_stdin_drained = self._on_stdin_drained
+        self._max_read = min(CHUNK, session.conn.peer_max_frame)
+        self._update_read_size()
+        self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout) if timeout else None
+        session.send(Started(request_id, pid=self.child.pid, stdin_window=self._stdin_window if want_stdin else 0))
+
+    # -- output --------------------------------------------------------------
+
+    def _on_data(self, stream: int, data: bytes) -> None:
+        self.bytes[stream] += len(data)
+        self.credit -= len(data)
+        kind = MessageType.STDOUT if stream == STDOUT else MessageType.STDERR
+        self.session.send_data(kind, self.request_id, data)
+        self._update_read_size()
+
+    def _update_read_size(self) -> None:
+        if self.credit <= 0:
+            self.child.pause_reading()
+        else:
+            self.child.max_read = min(self._max_read, self.credit)
+            if not self.session.writing_paused:
+                self.child.resume_reading()
+
+    def grant(self, increment: int) -> None:
+        """The controller consumed output: it may have this much more."""
+        self.credit += increment
+        self._update_read_size()
+
+    # -- stdin ---------------------------------------------------------------
+
+    def stdin(self, data: bytes) -> bool:
+        """Queue stdin; False when the controller overran the window it was given."""
+        self._stdin_in_flight += len(data)
+        if self._stdin_in_flight > self._stdin_window:
+            return False
+        self.child.write_stdin(data)
+        return True
+
+    def _on_stdin_drained(self, n: int) -> None:
+        self._stdin_in_flight -= n
+        if not self.session.closed:
+            self.session.send(Window(self.request_id, bytes=n))
+
+    # -- ending --------------------------------------------------------------
+
+    def _on_timeout(self) -> None:
+        self.timed_out = True
+        self.session.log.info("command timed out, killing its tree", req=self.request_id)
+        self.kill(signal.SIGTERM)
+
+    def kill(self, first: int = signal.SIGTERM, grace: float | None = None) -> None:
+        """Signal the whole tree, SIGKILL what is left after the grace period."""
+        g = self.grace if grace is None else grace
+        self.session.agent.tasks.spawn(
+            proctree.kill_tree(self.child.pid, self.child.token, first, g), name=f"kill-{self.child.pid}")
+
+    def cancel(self, grace: float | None) -> None:
+        """SIGINT, then SIGTERM, then SIGKILL, `grace` seconds apart."""
+        self.cancelled = True
+        g = self.grace if grace is None else grace
+        self.session.agent.tasks.spawn(
+            proctree.escalate(self.child.pid, self.child.token, grace=g), name=f"cancel-{self.child.pid}")
+
+    def _on_done(self, result: ChildResult) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.session.command_done(self, result)
+        self.child.close()
+
+    def exit_message(self, result: ChildResult) -> Exit:
+        return Exit(
+            self.request_id, status=result.status, code=result.code, signal=result.signal,
+            timed_out=self.timed_out, cancelled=self.cancelled, duration=round(result.duration, 6),
+            stdout_bytes=self.bytes[1], stderr_bytes=self.bytes[2], output_file=self.output_file,
+        )
+
+
+def build_argv(argv: list[str] | None, shell: str | None) -> list[str]:
+    """The child's argv: as given, or the shell string under /bin/sh -c."""
+    if shell is not None:
+        return [SHELL, "-c", shell]
+    assert argv is not None
+    return [os.fsdecode(os.fsencode(a)) for a in argv]

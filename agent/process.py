@@ -1,0 +1,284 @@
+"""A child process driven from the event loop: large pipe reads, pausable, pidfd exit.
+
+We do not use asyncio's subprocess transports: they read 256 KiB at a time, rely
+on a child watcher thread per process in 3.11, and cannot grow the pipe buffer.
+Here each request gets its own pipes enlarged with F_SETPIPE_SZ, reads of up to
+`CHUNK` bytes straight into a bytes object, and a pidfd that becomes readable
+when the child exits. Pausing a stream removes its reader, so a child writing
+faster than the controller consumes blocks on its full pipe: backpressure with
+no buffering on our side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import subprocess
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from protocol.errors import RemoteCommandError
+
+from . import proctree
+
+__all__ = ["CHUNK", "PIPE_SIZE", "ChildResult", "Child", "spawn_error"]
+
+# One read moves up to this much output; with a pipe this large the child rarely
+# blocks between our reads, and per-byte Python work is amortised over 1 MiB.
+CHUNK = 1024 * 1024
+PIPE_SIZE = 1024 * 1024
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+STDOUT = 1
+STDERR = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ChildResult:
+    """How the child ended; `status` is the shell convention (code or 128+signal)."""
+
+    status: int
+    code: int | None
+    signal: int | None
+    duration: float
+
+
+def _enlarge(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # /proc/sys/fs/pipe-max-size is lower for unprivileged users: keep the default
+
+
+def _pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    _enlarge(r)
+    return r, w
+
+
+def spawn_error(exc: OSError, argv0: str, cwd: str | None) -> RemoteCommandError:
+    """Map a failed exec to the shell's 127/126 statuses and a clear reason."""
+    if cwd is not None and exc.filename == cwd or isinstance(exc, NotADirectoryError) and cwd:
+        return RemoteCommandError(f"cannot change directory to {cwd}: {exc.strerror}", "bad_cwd", status=126)
+    if isinstance(exc, FileNotFoundError):
+        return RemoteCommandError(f"{argv0}: command not found", "not_found", status=127)
+    if isinstance(exc, PermissionError):
+        return RemoteCommandError(f"{argv0}: permission denied", "not_executable", status=126)
+    return RemoteCommandError(f"{argv0}: cannot execute: {exc.strerror}", "exec_failed", status=126)
+
+
+class Child:
+    """One running command and its pipes.
+
+    Args:
+        argv: program and arguments (already including /bin/sh -c for shell strings).
+        env: the full environment for the child.
+        cwd: working directory, or None for the agent's.
+        want_stdin: give the child a pipe on stdin rather than /dev/null.
+        on_data: called with (STDOUT|STDERR, bytes) as output arrives.
+        on_done: called once with the result after both pipes hit EOF and the child exited.
+        output_file: detached mode: stdout and stderr go to this file, not to us.
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str | None,
+        want_stdin: bool,
+        on_data: Callable[[int, bytes], None],
+        on_done: Callable[[ChildResult], None],
+        output_file: str | None = None,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.token = proctree.new_token()
+        self._on_data = on_data
+        self._on_done = on_done
+        self._started = time.monotonic()
+        self._stdin_buf: deque[memoryview] = deque()
+        self._stdin_eof = False
+        self.stdin_pending = 0
+        self.on_stdin_drained: Callable[[int], None] | None = None
+        self._open: set[int] = set()
+        self._paused = False
+        self.max_read = CHUNK
+        self._result: ChildResult | None = None
+        self._proc = self._spawn(argv, {**env, proctree.MARKER_ENV: self.token}, cwd, want_stdin, output_file)
+        self.pid = self._proc.pid
+        self._pidfd = os.pidfd_open(self.pid)
+        self._loop.add_reader(self._pidfd, self._on_exit)
+
+    def _spawn(self, argv: list[str], env: dict[str, str], cwd: str | None,
+               want_stdin: bool, output_file: str | None) -> subprocess.Popen[bytes]:
+        ours: list[int] = []    # kept by us after the spawn
+        theirs: list[int] = []  # the child's ends, closed here once it has them
+        try:
+            if want_stdin:
+                stdin_r, self._stdin_w = _pipe()
+                theirs.append(stdin_r)
+                ours.append(self._stdin_w)
+            else:
+                stdin_r, self._stdin_w = subprocess.DEVNULL, -1
+            if output_file is None:
+                out_r, out_w = _pipe()
+                err_r, err_w = _pipe()
+                ours += [out_r, err_r]
+                theirs += [out_w, err_w]
+            else:
+                out_w = err_w = os.open(output_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                out_r = err_r = -1
+                theirs.append(out_w)
+            proc = subprocess.Popen(
+                argv, stdin=stdin_r, stdout=out_w, stderr=err_w, cwd=cwd, env=env,
+                start_new_session=True, close_fds=True,
+            )
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        self._out_fds = {STDOUT: out_r, STDERR: err_r}
+        for stream, fd in self._out_fds.items():
+            if fd >= 0:
+                os.set_blocking(fd, False)
+                self._open.add(stream)
+                self._loop.add_reader(fd, self._read, stream)
+        if self._stdin_w >= 0:
+            os.set_blocking(self._stdin_w, False)
+        return proc
+
+    # -- output --------------------------------------------------------------
+
+    def _read(self, stream: int) -> None:
+        fd = self._out_fds[stream]
+        try:
+            data = os.read(fd, self.max_read)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._on_data(stream, data)
+            return
+        self._loop.remove_reader(fd)
+        os.close(fd)
+        self._out_fds[stream] = -1
+        self._open.discard(stream)
+        self._maybe_done()
+
+    def pause_reading(self) -> None:
+        """Stop reading output: the child blocks once its pipes fill."""
+        if not self._paused:
+            self._paused = True
+            for fd in self._out_fds.values():
+                if fd >= 0:
+                    self._loop.remove_reader(fd)
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            for stream, fd in self._out_fds.items():
+                if fd >= 0:
+                    self._loop.add_reader(fd, self._read, stream)
+
+    # -- stdin ---------------------------------------------------------------
+
+    def write_stdin(self, data: bytes) -> None:
+        """Queue stdin bytes; the caller bounds how much is in flight (its window)."""
+        if self._stdin_w < 0 or self._stdin_eof:
+            return
+        if not self._stdin_buf:
+            self._loop.add_writer(self._stdin_w, self._flush_stdin)
+        self._stdin_buf.append(memoryview(data))
+        self.stdin_pending += len(data)
+
+    def close_stdin(self) -> None:
+        self._stdin_eof = True
+        if not self._stdin_buf:
+            self._close_stdin_fd()
+
+    def _flush_stdin(self) -> None:
+        written = 0
+        try:
+            while self._stdin_buf:
+                chunk = self._stdin_buf[0]
+                n = os.write(self._stdin_w, chunk)
+                written += n
+                if n < len(chunk):
+                    self._stdin_buf[0] = chunk[n:]
+                    break
+                self._stdin_buf.popleft()
+        except BlockingIOError:
+            pass
+        except OSError as exc:  # EPIPE: the child closed its stdin; drop the rest
+            if exc.errno not in (errno.EPIPE, errno.EBADF):
+                raise
+            written += sum(len(c) for c in self._stdin_buf)
+            self._stdin_buf.clear()
+        self.stdin_pending -= written
+        if not self._stdin_buf:
+            self._loop.remove_writer(self._stdin_w)
+            if self._stdin_eof:
+                self._close_stdin_fd()
+        if written and self.on_stdin_drained is not None:
+            self.on_stdin_drained(written)
+
+    def _close_stdin_fd(self) -> None:
+        if self._stdin_w >= 0:
+            self._loop.remove_writer(self._stdin_w)
+            os.close(self._stdin_w)
+            self._stdin_w = -1
+
+    # -- exit ----------------------------------------------------------------
+
+    def _on_exit(self) -> None:
+        if self._proc.poll() is None:
+            return
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = -1
+        rc = self._proc.returncode
+        duration = time.monotonic() - self._started
+        if rc < 0:
+            self._result = ChildResult(128 - rc, None, -rc, duration)
+        else:
+            self._result = ChildResult(rc, rc, None, duration)
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self._result is not None and not self._open:
+            self._close_stdin_fd()
+            self._stdin_buf.clear()
+            result, self._result = self._result, None
+            self._open.add(-1)  # never report twice
+            self._on_done(result)
+
+    @property
+    def exited(self) -> bool:
+        return self._pidfd < 0
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the child's whole process group."""
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def close(self) -> None:
+        """Release every fd; the caller has made sure the tree is dead or detached."""
+        for stream, fd in self._out_fds.items():
+            if fd >= 0:
+                self._loop.remove_reader(fd)
+                os.close(fd)
+                self._out_fds[stream] = -1
+        self._close_stdin_fd()
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1

@@ -1,0 +1,270 @@
+"""The agent as a library: listeners, sessions, shared limits and services.
+
+`Agent` owns what all connections share (keys and policies, counters for the
+limits, the audit log, the metrics sampler, detached commands) and hands each
+accepted connection to an `AgentSession`. Tests and the fleet benchmarks run
+many `Agent`s in one process; the `shoal-agent` CLI runs one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import stat
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, Callable
+
+from protocol.connection import KeyLookup
+from protocol.errors import ConfigError
+from protocol.handshake import SharedKey
+
+from . import proctree
+from .audit import Audit
+from .config import AgentConfig, KeyPolicy, ListenAddress, parse_listen
+from .session import AgentSession
+from .tasks import TaskSet
+
+if TYPE_CHECKING:
+    from .commands import CommandRequest
+
+__all__ = ["Agent", "software_version"]
+
+log = logging.getLogger("shoal.agent")
+
+
+def software_version() -> str:
+    try:
+        return metadata.version("shoal")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class Agent:
+    """A shoal agent.
+
+    Args:
+        config: settings (listen addresses, limits, keys, audit log...).
+        keys: extra keys accepted with full rights (the `--key-file` option), on
+            top of those named in `config.keys`.
+        reap_orphans: make this process a child subreaper and reap adopted
+            orphans, so daemonized grandchildren can be found and leave no zombie.
+            Meant for the `shoal-agent` process, not for a test runner.
+
+    Raises ConfigError (bad key files, unsafe listen address) from the constructor
+    and from `start()` (address in use).
+    """
+
+    def __init__(self, config: AgentConfig | None = None, *, keys: list[SharedKey] | None = None,
+                 reap_orphans: bool = False) -> None:
+        self.config = config or AgentConfig.default()
+        self.software = f"shoal-agent/{software_version()}"
+        self.tasks = TaskSet()
+        self.sessions: set[AgentSession] = set()
+        self.running_commands = 0
+        self.detached: dict[int, CommandRequest] = {}
+        self._servers: list[asyncio.AbstractServer] = []
+        self._unix_paths: list[str] = []
+        self._reap_orphans = reap_orphans
+        self._reaper: Any = None
+        self._sampler: Any = None
+        self._live_pids: set[int] = set()
+        self._handler_factories: list[Callable[[AgentSession], dict[type, Callable[[Any], None]]]] = []
+        self.load_keys(keys or [])
+        self.audit = Audit(self.config.audit_log)
+        self.addresses: list[str] = []
+
+    # -- configuration -------------------------------------------------------
+
+    def load_keys(self, extra: list[SharedKey]) -> None:
+        """(Re)build the key table from the config's key files plus `extra`."""
+        from .keyfile import load_key_file
+
+        policies: dict[str, KeyPolicy | None] = {}
+        keys: list[SharedKey] = []
+        for policy in self.config.keys:
+            key = load_key_file(policy.file)
+            keys.append(key)
+            policies[key.key_id] = policy
+        for key in extra:
+            keys.append(key)
+            policies.setdefault(key.key_id, None)
+        self._extra_keys = list(extra)
+        self.keys = KeyLookup(keys)
+        self._policies = policies
+        self._check_exposure()
+
+    def _check_exposure(self) -> None:
+        if self.keys.required or self.config.insecure:
+            return
+        for text in self.config.listen:
+            addr = parse_listen(text)
+            if addr.kind == "tcp" and not _is_loopback(addr.host or ""):
+                raise ConfigError(
+                    f"refusing to listen on {text} without a key: anyone who can reach it could run "
+                    "commands; configure a key (--key-file) or pass --insecure", "listen")
+
+    def policy_for(self, key_id: str | None) -> KeyPolicy | None:
+        """The policy of an authenticated key; None means unrestricted."""
+        return self._policies.get(key_id) if key_id else None
+
+    def add_handlers(self, factory: Callable[[AgentSession], dict[type, Callable[[Any], None]]]) -> None:
+        """Register extra message handlers (file transfer...) for new sessions."""
+        self._handler_factories.append(factory)
+
+    def extra_handlers(self, session: AgentSession) -> dict[type, Callable[[Any], None]]:
+        handlers: dict[type, Callable[[Any], None]] = {}
+        for factory in self._handler_factories:
+            handlers.update(factory(session))
+        return handlers
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind every listen address; ConfigError when one cannot be bound."""
+        try:
+            for text in self.config.listen:
+                await self._listen(parse_listen(text))
+        except BaseException:
+            await self._close_servers()
+            raise
+        if self._reap_orphans and proctree.enable_subreaper():
+            self._reaper = proctree.OrphanReaper()
+            self.tasks.spawn(self._reap_loop(), name="reaper")
+        log.info("listening on %s", ", ".join(self.addresses))
+
+    async def _listen(self, addr: ListenAddress) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if addr.kind == "unix":
+                assert addr.path is not None
+                _remove_stale_socket(addr.path)
+                server = await loop.create_unix_server(lambda: AgentSession(self), addr.path)
+                os.chmod(addr.path, 0o600 if not self.keys.required else 0o666)
+                self._unix_paths.append(addr.path)
+                self.addresses.append(f"unix:{addr.path}")
+            else:
+                server = await loop.create_server(
+                    lambda: AgentSession(self), addr.host, addr.port, reuse_address=True, backlog=1024)
+                for sock in server.sockets:
+                    host, port = sock.getsockname()[:2]
+                    self.addresses.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {addr}: {exc.strerror or exc}", "listen") from exc
+        self._servers.append(server)
+
+    async def serve_forever(self) -> None:
+        await asyncio.gather(*(s.serve_forever() for s in self._servers))
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop accepting, say goodbye, let commands finish for `grace` s, kill the rest."""
+        await self._close_servers()
+        for session in list(self.sessions):
+            session.goodbye("agent shutting down")
+        deadline = asyncio.get_running_loop().time() + grace
+        while self.running_commands and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            session.abort()
+            session.connection_lost(None)
+        for req in list(self.detached.values()):
+            req.kill(15, 0.5)
+        await self.tasks.wait(timeout=10)
+        while self.running_commands:
+            await asyncio.sleep(0.01)
+        self.tasks.cancel_all()
+        await self.tasks.wait(timeout=1)
+        self.audit.close()
+
+    async def _close_servers(self) -> None:
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        for path in self._unix_paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self._unix_paths.clear()
+
+    # -- shared counters -----------------------------------------------------
+
+    def admit(self, session: AgentSession) -> bool:
+        """Take a new connection unless over the cap (then refuse it at once)."""
+        if len(self.sessions) >= self.config.limits.max_connections:
+            session.conn.fail("too_many_connections",
+                              f"agent connection limit ({self.config.limits.max_connections}) reached")
+            self.audit.record("refused", peer=session.peer, reason="connection limit")
+            session.abort()
+            return False
+        self.sessions.add(session)
+        return True
+
+    def release(self, session: AgentSession) -> None:
+        self.sessions.discard(session)
+
+    def command_started(self, req: CommandRequest) -> None:
+        self.running_commands += 1
+        self._live_pids.add(req.child.pid)
+
+    def command_finished(self, req: CommandRequest) -> None:
+        self.running_commands -= 1
+        self._live_pids.discard(req.child.pid)
+        self.detached.pop(req.child.pid, None)
+
+    def adopt_detached(self, req: CommandRequest) -> None:
+        """Keep a detached command running after its controller left."""
+        self.detached[req.child.pid] = req
+        log.info("controller left; detached pid %d keeps running, output in %s", req.child.pid, req.output_file)
+
+    def detached_output_path(self) -> str:
+        directory = os.path.join(self.config.state_dir, "detached")
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        return os.path.join(directory, f"{os.getpid()}-{secrets.token_hex(6)}.out")
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        from .metrics import Sampler, run_sampler
+
+        if self._sampler is None:
+            self._sampler = Sampler()
+            self.tasks.spawn(run_sampler(self._sampler), name="metrics-sampler")
+        snap: dict[str, Any] = self._sampler.snapshot()
+        return snap
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._reaper.reap(self._live_pids)
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead agent; refuse if one is still serving."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"cannot listen on unix:{path}: a non-socket file is in the way", "listen")
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"cannot listen on unix:{path}: address already in use", "listen")

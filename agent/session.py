@@ -1,0 +1,348 @@
+"""One controller connection on the agent: drive the protocol, dispatch requests.
+
+The driver is short on purpose: bytes arrive, the sans-I/O connection turns them
+into messages, each message goes to its handler, and whatever the connection
+queued goes out in one `writelines`. A bad frame closes this connection only; a
+bad request gets an ERROR frame for that request id only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from protocol.connection import Connection, HandshakeComplete, Role, State
+from protocol.errors import AuthError, ProtocolError, RemoteCommandError
+from protocol.messages import (
+    Cancel,
+    Error,
+    Exec,
+    Goodbye,
+    Message,
+    MessageType,
+    MetricsReply,
+    MetricsRequest,
+    Ping,
+    Pong,
+    Signal,
+    Stdin,
+    StdinEof,
+    Window,
+)
+
+from .commands import CommandRequest, build_argv
+from .log import ConnLog
+from .process import ChildResult, spawn_error
+
+if TYPE_CHECKING:
+    from .config import KeyPolicy, Limits
+    from .server import Agent
+
+__all__ = ["AgentSession"]
+
+log = logging.getLogger("shoal.agent")
+
+# Grace given to a dropped controller's commands between SIGTERM and SIGKILL, so
+# that everything is gone within a second of the connection closing.
+DISCONNECT_GRACE = 0.5
+
+
+class AgentSession(asyncio.Protocol):
+    """The agent's end of one connection."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.limits: Limits = agent.config.limits
+        self.conn = Connection(
+            Role.AGENT, keys=agent.keys, max_frame_size=self.limits.max_frame_size,
+            software=agent.software,
+        )
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.log = ConnLog(log, {"peer": "?"})
+        self.requests: dict[int, Any] = {}
+        self.policy: KeyPolicy | None = None
+        self.key_id: str | None = None
+        self.closed = False
+        self.writing_paused = False
+        self._last_frame = time.monotonic()
+        self._timers: list[asyncio.TimerHandle] = []
+        self._handlers: dict[type[Message], Callable[[Any], None]] = {
+            Exec: self._on_exec, Stdin: self._on_stdin, StdinEof: self._on_stdin_eof,
+            Signal: self._on_signal, Cancel: self._on_cancel, Window: self._on_window,
+            Ping: self._on_ping, Pong: lambda m: None, Goodbye: self._on_goodbye,
+            MetricsRequest: self._on_metrics, Error: self._on_error,
+        }
+        self._handlers.update(agent.extra_handlers(self))
+
+    # -- transport events ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = _peer_name(transport)
+        self.log = ConnLog(log, {"peer": self.peer})
+        _tune_socket(transport, self.limits.keepalive)
+        transport.set_write_buffer_limits(high=4 * 1024 * 1024)
+        if not self.agent.admit(self):
+            return
+        loop = asyncio.get_running_loop()
+        self._timers.append(loop.call_later(self.limits.handshake_timeout, self._handshake_deadline))
+        self._timers.append(loop.call_later(self.limits.idle_timeout, self._idle_check))
+
+    def data_received(self, data: bytes) -> None:
+        self._last_frame = time.monotonic()
+        self.conn.receive_data(data)
+        try:
+            while not self.closed:
+                event = self.conn.next_event()
+                if event is None:
+                    break
+                self._dispatch(event)
+        except AuthError as exc:
+            self.agent.audit.record("auth_failed", peer=self.peer, key_id=exc.key_id, reason=exc.reason)
+            self.abort()
+        except ProtocolError as exc:
+            self.log.warning("protocol error, closing: %s", exc)
+            self.abort()
+        except Exception:
+            self.log.error("internal error, closing connection", exc_info=True)
+            self.conn.fail("internal", "internal error")
+            self.abort()
+        self.flush()
+
+    def eof_received(self) -> bool:
+        self.conn.receive_data(b"")
+        self.data_received(b"")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed and self.transport is None:
+            return
+        self.closed = True
+        self.transport = None
+        for t in self._timers:
+            t.cancel()
+        for req in list(self.requests.values()):
+            self._drop_request(req)
+        self.agent.release(self)
+        self.log.debug("connection closed (%s)", exc or "eof")
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        for req in self.requests.values():
+            if isinstance(req, CommandRequest):
+                req.child.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        for req in list(self.requests.values()):
+            if isinstance(req, CommandRequest):
+                req.grant(0)
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, msg: Message) -> None:
+        if not self.closed:
+            self.conn.send(msg)
+            self.flush()
+
+    def send_data(self, kind: MessageType, request_id: int, data: bytes) -> None:
+        if not self.closed:
+            self.conn.send_data(kind, request_id, data)
+            self.flush()
+
+    def flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(out)
+
+    def abort(self) -> None:
+        """Close after flushing any queued ERROR frame."""
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+        self.closed = True
+
+    def goodbye(self, reason: str) -> None:
+        if self.conn.state is State.OPEN:
+            self.send(Goodbye(0, reason=reason))
+
+    # -- dispatch ------------------------------------------------------------
+
+    def _dispatch(self, event: Message | HandshakeComplete) -> None:
+        if isinstance(event, HandshakeComplete):
+            return self._on_authenticated(event)
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            self.send(Error(event.request_id, code="unsupported", message=f"{event.TYPE.name} is not handled by an agent"))
+            return
+        handler(event)
+
+    def _on_authenticated(self, event: HandshakeComplete) -> None:
+        self.key_id = event.key_id
+        self.policy = self.agent.policy_for(event.key_id)
+        self.log = ConnLog(log, {"peer": self.peer, "key": event.key_id})
+        self.agent.audit.record("authenticated", peer=self.peer, key_id=event.key_id,
+                                key_name=self.policy.name if self.policy else None)
+
+    def request_error(self, request_id: int, code: str, message: str, status: int | None = None) -> None:
+        self.send(Error(request_id, code=code, message=message, status=status))
+
+    def _on_exec(self, msg: Exec) -> None:
+        rid = msg.request_id
+        if rid == 0 or rid in self.requests:
+            return self.request_error(rid, "duplicate_request", f"request id {rid} is already in use", 255)
+        reason = self._refuse_exec(msg)
+        if reason is not None:
+            return self.request_error(rid, *reason)
+        argv = build_argv(msg.argv, msg.shell)
+        audit = {"peer": self.peer, "key_id": self.key_id, "request": rid, "argv": argv, "cwd": msg.cwd}
+        env = {**os.environ, **msg.env}
+        grace = msg.kill_grace if msg.kill_grace is not None else self.limits.kill_grace
+        out_file = self.agent.detached_output_path() if msg.detach else None
+        try:
+            req = CommandRequest(self, rid, argv, env, msg.cwd, msg.stdin, msg.window, msg.timeout, grace, out_file)
+        except OSError as exc:
+            err = spawn_error(exc, argv[0], msg.cwd)
+            self.agent.audit.record("exec_failed", **audit, error=err.reason)
+            return self.request_error(rid, err.code, err.reason, err.status)
+        self.requests[rid] = req
+        self.agent.command_started(req)
+        self.agent.audit.record("exec", **audit, pid=req.child.pid, detach=msg.detach)
+        self.log.debug("started pid %d: %s", req.child.pid, argv, req=rid)
+
+    def _refuse_exec(self, msg: Exec) -> tuple[str, str, int] | None:
+        """Why this EXEC must not run (code, message, status), or None."""
+        if msg.argv is not None and (not msg.argv or msg.argv[0] == "") or msg.shell is not None and not msg.shell.strip():
+            return ("empty_command", "empty command", 2)
+        if self.policy is not None and not self.policy.allows_command(msg.argv, msg.shell):
+            self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
+                                    argv=msg.argv, shell=msg.shell)
+            return ("permission_denied", f"permission denied for key {self.key_id}: command not allowed", 126)
+        if self._command_count() >= self.limits.max_commands_per_connection:
+            return ("limit", f"too many commands on this connection (limit {self.limits.max_commands_per_connection})", 255)
+        if self.agent.running_commands >= self.limits.max_commands:
+            return ("limit", f"too many commands on this agent (limit {self.limits.max_commands})", 255)
+        if msg.cwd is not None and not os.path.isdir(msg.cwd):
+            return ("bad_cwd", f"cannot change directory to {msg.cwd}: no such directory", 126)
+        return None
+
+    def _command_count(self) -> int:
+        return sum(1 for r in self.requests.values() if isinstance(r, CommandRequest))
+
+    def command_done(self, req: CommandRequest, result: ChildResult) -> None:
+        self.requests.pop(req.request_id, None)
+        self.agent.command_finished(req)
+        self.agent.audit.record(
+            "exit", peer=self.peer, key_id=self.key_id, request=req.request_id, argv=req.argv,
+            start=round(req.started, 6), duration=round(result.duration, 6), status=result.status,
+            timed_out=req.timed_out, stdout_bytes=req.bytes[1], stderr_bytes=req.bytes[2],
+        )
+        self.send(req.exit_message(result))
+
+    def _request(self, msg: Message, kind: type = CommandRequest) -> Any:
+        req = self.requests.get(msg.request_id)
+        if not isinstance(req, kind):
+            self.log.info("%s for unknown request", msg.TYPE.name, req=msg.request_id)
+            self.request_error(msg.request_id, "unknown_request", f"no running request {msg.request_id}")
+            return None
+        return req
+
+    def _on_stdin(self, msg: Stdin) -> None:
+        req = self._request(msg)
+        if req is not None and not req.stdin(msg.data):
+            self.conn.fail("window_exceeded", f"stdin for request {msg.request_id} overran its window")
+            self.abort()
+
+    def _on_stdin_eof(self, msg: StdinEof) -> None:
+        req = self._request(msg)
+        if req is not None:
+            req.child.close_stdin()
+
+    def _on_signal(self, msg: Signal) -> None:
+        req = self._request(msg)
+        if req is not None:
+            req.child.signal(msg.signal)
+
+    def _on_cancel(self, msg: Cancel) -> None:
+        req = self._request(msg)
+        if req is not None:
+            req.cancel(msg.grace)
+
+    def _on_window(self, msg: Window) -> None:
+        req = self.requests.get(msg.request_id)
+        if req is not None:
+            req.grant(msg.bytes)
+
+    def _on_ping(self, msg: Ping) -> None:
+        t1 = time.time()
+        self.send(Pong(0, t0=msg.t0, t1=t1, t2=time.time(), version=self.agent.software))
+
+    def _on_metrics(self, msg: MetricsRequest) -> None:
+        if self.policy is not None and not self.policy.allows_metrics():
+            return self.request_error(msg.request_id, "permission_denied",
+                                      f"permission denied for key {self.key_id}: metrics not allowed")
+        self.send(MetricsReply(msg.request_id, metrics=self.agent.metrics_snapshot()))
+
+    def _on_goodbye(self, msg: Goodbye) -> None:
+        self.abort()
+
+    def _on_error(self, msg: Error) -> None:
+        self.log.info("controller reported %s: %s", msg.code, msg.message, req=msg.request_id)
+
+    # -- teardown ------------------------------------------------------------
+
+    def _drop_request(self, req: Any) -> None:
+        """The controller is gone: kill what it started unless told to detach."""
+        if isinstance(req, CommandRequest):
+            if req.detached:
+                self.agent.adopt_detached(req)
+                return
+            req.kill(signal.SIGTERM, DISCONNECT_GRACE)
+        elif hasattr(req, "abort"):
+            req.abort()
+
+    def _handshake_deadline(self) -> None:
+        if self.conn.state not in (State.OPEN,) and not self.closed:
+            self.log.warning("handshake not completed within %gs, dropping", self.limits.handshake_timeout)
+            self.agent.audit.record("refused", peer=self.peer, reason="handshake timeout")
+            self.abort()
+
+    def _idle_check(self) -> None:
+        if self.closed:
+            return
+        idle = time.monotonic() - self._last_frame
+        if idle >= self.limits.idle_timeout and not self.requests:
+            self.log.info("idle for %ds, closing", int(idle))
+            self.goodbye("idle timeout")
+            self.abort()
+            return
+        wait = max(1.0, self.limits.idle_timeout - idle)
+        self._timers.append(asyncio.get_running_loop().call_later(wait, self._idle_check))
+
+
+def _peer_name(transport: asyncio.Transport) -> str:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple):
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return "unix"
+
+
+def _tune_socket(transport: asyncio.Transport, keepalive: float) -> None:
+    """No Nagle (small frames go at once) and TCP keepalive to notice dead peers."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle = max(1, int(keepalive))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)

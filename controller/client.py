@@ -1,0 +1,478 @@
+"""One connection from the controller to one agent, and the requests on it.
+
+Layering follows asyncssh: `AgentClient` owns the socket, the sans-I/O connection
+and request ids; `RemoteProcess` is one command's channel with its windows; the
+fleet runner and the CLI sit on top. Output flow control: we grant the agent a
+window per request and grant more only as the consumer takes output from the
+process's queue, so a slow consumer bounds memory at one window per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal as signals
+import socket
+import ssl as ssl_module
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from protocol.connection import Connection, HandshakeComplete, Role, State
+from protocol.errors import (
+    AuthError,
+    ProtocolError,
+    RemoteCommandError,
+    ShoalConnectionError,
+    ShoalError,
+    ShoalTimeoutError,
+)
+from protocol.handshake import SharedKey
+from protocol.messages import (
+    Cancel,
+    Error,
+    Exec,
+    Exit,
+    Goodbye,
+    Message,
+    MessageType,
+    Ping,
+    Pong,
+    Signal,
+    Started,
+    Stderr,
+    Stdin,
+    StdinEof,
+    Stdout,
+    Window,
+)
+
+from .result import UNREACHABLE, Result
+from .targets import Target
+
+__all__ = ["Command", "AgentClient", "RemoteProcess", "OutputEvent", "DEFAULT_WINDOW"]
+
+log = logging.getLogger("shoal.controller")
+
+# Output we let an agent send per request before it must wait for us: large
+# enough to keep a 1+ GB/s stream busy across a round trip, small enough that
+# hundreds of hosts stay within a reasonable memory budget.
+DEFAULT_WINDOW = 4 * 1024 * 1024
+DEFAULT_KEEPALIVE = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """What to run: `shell` (a /bin/sh -c string) or `argv` (no shell)."""
+
+    shell: str | None = None
+    argv: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    timeout: float | None = None
+    stdin: bool = False
+    detach: bool = False
+    kill_grace: float | None = None
+
+    def describe(self) -> str:
+        return self.shell if self.shell is not None else " ".join(self.argv or [])
+
+
+@dataclass(frozen=True, slots=True)
+class OutputEvent:
+    stream: str  # "stdout" | "stderr"
+    data: bytes
+
+
+class RemoteProcess:
+    """A command running on one agent.
+
+    Iterate it (`async for event in proc`) for its output in order; the exit comes
+    after all output, from `wait()`. `write()`/`close_stdin()` feed its stdin.
+    """
+
+    def __init__(self, client: AgentClient, request_id: int, window: int) -> None:
+        self.client = client
+        self.host = client.name
+        self.request_id = request_id
+        self.pid: int | None = None
+        self._window = window
+        self._window_left = window
+        self._consumed = 0
+        self._events: deque[OutputEvent] = deque()
+        self._result: Result | None = None
+        self._changed = asyncio.Event()
+        self._started = asyncio.get_running_loop().create_future()
+        self._stdin_credit = 0
+        self._stdin_ready = asyncio.Event()
+
+    # -- from the connection -------------------------------------------------
+
+    def receive(self, msg: Message) -> None:
+        if isinstance(msg, (Stdout, Stderr)):
+            self._window_left -= len(msg.data)
+            if self._window_left < 0:
+                self.client.protocol_violation(f"agent overran the output window of request {self.request_id}")
+                return
+            self._events.append(OutputEvent("stdout" if isinstance(msg, Stdout) else "stderr", msg.data))
+        elif isinstance(msg, Started):
+            self.pid = msg.pid
+            self._add_stdin_credit(msg.stdin_window)
+            if not self._started.done():
+                self._started.set_result(None)
+        elif isinstance(msg, Window):
+            self._add_stdin_credit(msg.bytes)
+        elif isinstance(msg, Exit):
+            self._finish(_result_from_exit(self.host, msg))
+        elif isinstance(msg, Error):
+            status = msg.status if msg.status is not None else 1
+            self._finish(Result(self.host, status, error=msg.message, error_code=msg.code))
+        self._changed.set()
+
+    def _finish(self, result: Result) -> None:
+        if self._result is None:
+            self._result = result
+        self.client.requests.pop(self.request_id, None)
+        if not self._started.done():
+            self._started.set_result(None)
+        self._stdin_ready.set()
+
+    def lost(self, reason: str, code: str = "connection_lost") -> None:
+        self._finish(Result(self.host, UNREACHABLE, error=reason, error_code=code))
+        self._changed.set()
+
+    # -- output --------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[OutputEvent]:
+        return self
+
+    async def __anext__(self) -> OutputEvent:
+        while not self._events:
+            if self._result is not None:
+                raise StopAsyncIteration
+            self._changed.clear()
+            await self._changed.wait()
+        event = self._events.popleft()
+        self._credit_back(len(event.data))
+        return event
+
+    def _credit_back(self, n: int) -> None:
+        """Return consumed window to the agent in batches of half a window."""
+        self._consumed += n
+        if self._consumed >= self._window // 2 and self._result is None:
+            self._window_left += self._consumed
+            self.client.send(Window(self.request_id, bytes=self._consumed))
+            self._consumed = 0
+
+    async def wait(self) -> Result:
+        """Wait for the end, discarding output not yet read."""
+        async for _ in self:
+            pass
+        assert self._result is not None
+        return self._result
+
+    @property
+    def result(self) -> Result | None:
+        return self._result
+
+    # -- input and control ---------------------------------------------------
+
+    def _add_stdin_credit(self, n: int) -> None:
+        self._stdin_credit += n
+        if self._stdin_credit > 0:
+            self._stdin_ready.set()
+
+    async def write(self, data: bytes) -> None:
+        """Send stdin bytes, waiting for the agent's window; dropped once ended."""
+        view = memoryview(data)
+        while view and self._result is None:
+            while self._stdin_credit <= 0 and self._result is None:
+                self._stdin_ready.clear()
+                await self._stdin_ready.wait()
+            if self._result is not None:
+                return
+            n = min(len(view), self._stdin_credit, self.client.max_chunk)
+            self._stdin_credit -= n
+            self.client.send(Stdin(self.request_id, bytes(view[:n])))
+            view = view[n:]
+
+    def close_stdin(self) -> None:
+        if self._result is None:
+            self.client.send(StdinEof(self.request_id))
+
+    def signal(self, sig: int) -> None:
+        if self._result is None:
+            self.client.send(Signal(self.request_id, signal=sig))
+
+    def cancel(self, grace: float | None = None) -> None:
+        """Ask the agent to stop the command: SIGINT, SIGTERM, SIGKILL."""
+        if self._result is None:
+            self.client.send(Cancel(self.request_id, grace=grace))
+
+    def kill(self) -> None:
+        self.signal(signals.SIGKILL)
+
+
+def _result_from_exit(host: str, msg: Exit) -> Result:
+    status = UNREACHABLE if msg.timed_out else msg.status
+    return Result(
+        host, status, code=msg.code, signal=msg.signal, timed_out=msg.timed_out,
+        cancelled=msg.cancelled, duration=msg.duration, stdout_bytes=msg.stdout_bytes,
+        stderr_bytes=msg.stderr_bytes, output_file=msg.output_file,
+        error="timed out" if msg.timed_out else None, error_code="timeout" if msg.timed_out else None,
+    )
+
+
+class AgentClient(asyncio.Protocol):
+    """An authenticated connection to one agent. Create with `connect()`."""
+
+    def __init__(self, target: Target, key: SharedKey | None, keepalive: float) -> None:
+        self.target = target
+        self.name = target.name
+        self.conn = Connection(Role.CONTROLLER, key=key)
+        self.requests: dict[int, Any] = {}
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.close_reason: str | None = None
+        self.agent_version = ""
+        self._next_id = 1
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closed_event = asyncio.Event()
+        self._keepalive = keepalive
+        self._last_frame = time.monotonic()
+        self._pinger: asyncio.Task[None] | None = None
+        self._pongs: dict[float, asyncio.Future[tuple[Pong, float]]] = {}
+        self._writing = asyncio.Event()
+        self._writing.set()
+
+    @classmethod
+    async def connect(cls, target: Target, *, key: SharedKey | None = None,
+                      ssl: ssl_module.SSLContext | None = None, timeout: float = 10.0,
+                      keepalive: float = DEFAULT_KEEPALIVE) -> AgentClient:
+        """Connect and authenticate within `timeout` seconds.
+
+        Raises ShoalConnectionError (refused, unresolvable, TLS failure),
+        AuthError (wrong or missing key) or ShoalTimeoutError.
+        """
+        client = cls(target, key, keepalive)
+        try:
+            await asyncio.wait_for(client._open(ssl), timeout)
+        except asyncio.TimeoutError:
+            client.abort()
+            raise ShoalTimeoutError("connect", timeout, target.name) from None
+        except BaseException:
+            client.abort()
+            raise
+        return client
+
+    async def _open(self, ssl: ssl_module.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        t = self.target
+        try:
+            if t.path is not None:
+                await loop.create_unix_connection(lambda: self, t.path, ssl=ssl,
+                                                  server_hostname="localhost" if ssl else None)
+            else:
+                await loop.create_connection(lambda: self, t.host, t.port, ssl=ssl,
+                                             server_hostname=t.host if ssl else None)
+        except socket.gaierror as exc:
+            raise ShoalConnectionError(t.name, f"cannot resolve host: {exc.strerror}") from exc
+        except ssl_module.SSLError as exc:
+            raise ShoalConnectionError(t.name, f"TLS handshake failed: {exc.reason or exc}") from exc
+        except ConnectionRefusedError as exc:
+            raise ShoalConnectionError(t.name, "connection refused") from exc
+        except OSError as exc:
+            raise ShoalConnectionError(t.name, exc.strerror or str(exc)) from exc
+        self.conn.start()
+        self.flush()
+        await self._ready
+
+    # -- transport events ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        transport.set_write_buffer_limits(high=4 * 1024 * 1024)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_frame = time.monotonic()
+        self.conn.receive_data(data)
+        try:
+            while True:
+                event = self.conn.next_event()
+                if event is None:
+                    break
+                self._dispatch(event)
+        except AuthError as exc:
+            self._fail(AuthError("authentication failed" if "failed" in exc.reason else exc.reason,
+                                 host=self.name, key_id=exc.key_id))
+        except ProtocolError as exc:
+            self._fail(ShoalConnectionError(self.name, f"protocol error: {exc}"))
+        self.flush()
+
+    def eof_received(self) -> bool:
+        self.data_received(b"")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        reason = self.close_reason or ("connection lost" if self.conn.state is State.OPEN else "connection closed by agent")
+        if exc is not None and not self.close_reason:
+            reason = f"connection lost ({exc})" if self.conn.state is State.OPEN else f"connection closed ({exc})"
+        self._fail(ShoalConnectionError(self.name, reason))
+        self._closed_event.set()
+
+    def pause_writing(self) -> None:
+        self._writing.clear()
+
+    def resume_writing(self) -> None:
+        self._writing.set()
+
+    def _dispatch(self, event: Message | HandshakeComplete) -> None:
+        if isinstance(event, HandshakeComplete):
+            self.agent_version = event.peer.software
+            if not self._ready.done():
+                self._ready.set_result(None)
+            if self._keepalive:
+                self._pinger = asyncio.get_running_loop().create_task(self._keepalive_loop())
+            return
+        if isinstance(event, Pong):
+            fut = self._pongs.pop(event.t0, None)
+            if fut is not None and not fut.done():
+                fut.set_result((event, time.time()))
+            return
+        if isinstance(event, Goodbye):
+            self.close_reason = f"agent closed the connection: {event.reason}"
+            return
+        if isinstance(event, Error) and event.request_id == 0:
+            self._fail(ShoalConnectionError(self.name, f"agent error {event.code}: {event.message}"))
+            return
+        req = self.requests.get(event.request_id)
+        if req is not None:
+            req.receive(event)
+
+    # -- sending -------------------------------------------------------------
+
+    @property
+    def max_chunk(self) -> int:
+        return min(1024 * 1024, self.conn.peer_max_frame)
+
+    def send(self, msg: Message) -> None:
+        if self.closed or self.conn.state is not State.OPEN:
+            return
+        self.conn.send(msg)
+        self.flush()
+
+    def flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(out)
+
+    async def drain(self) -> None:
+        """Wait while the socket's write buffer is over its high-water mark."""
+        await self._writing.wait()
+
+    def new_request_id(self) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        return rid
+
+    # -- requests ------------------------------------------------------------
+
+    async def exec(self, command: Command, window: int = DEFAULT_WINDOW) -> RemoteProcess:
+        """Start `command`; raises RemoteCommandError if it cannot start."""
+        if self.closed:
+            raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
+        rid = self.new_request_id()
+        proc = RemoteProcess(self, rid, window)
+        self.requests[rid] = proc
+        self.send(Exec(
+            rid, argv=command.argv, shell=command.shell, env=command.env, cwd=command.cwd,
+            timeout=command.timeout, stdin=command.stdin, window=window, detach=command.detach,
+            kill_grace=command.kill_grace,
+        ))
+        await proc._started
+        return proc
+
+    async def ping(self) -> tuple[Pong, float, float]:
+        """Round trip a PING: (pong, t0 local send, t3 local receive), epoch seconds."""
+        t0 = time.time()
+        while t0 in self._pongs:
+            t0 = t0 + 1e-6
+        fut: asyncio.Future[tuple[Pong, float]] = asyncio.get_running_loop().create_future()
+        self._pongs[t0] = fut
+        self.send(Ping(0, t0=t0))
+        if self.closed:
+            raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
+        pong, t3 = await fut
+        return pong, t0, t3
+
+    async def _keepalive_loop(self) -> None:
+        """Ping when quiet; declare the agent lost after three silent intervals."""
+        while not self.closed:
+            await asyncio.sleep(self._keepalive)
+            silent = time.monotonic() - self._last_frame
+            if silent >= 3 * self._keepalive:
+                self.close_reason = f"connection lost (no answer for {silent:.0f}s)"
+                self.abort()
+                return
+            if silent >= self._keepalive:
+                self.send(Ping(0, t0=time.time()))
+
+    # -- closing -------------------------------------------------------------
+
+    def protocol_violation(self, reason: str) -> None:
+        self.conn.fail("protocol_error", reason)
+        self.flush()
+        self._fail(ShoalConnectionError(self.name, f"protocol error: {reason}"))
+
+    def _fail(self, exc: ShoalError) -> None:
+        first = not self.closed
+        self.closed = True
+        if not self._ready.done():
+            self._ready.set_exception(exc)
+            self._ready.exception()  # retrieved: a failed connect is reported by connect()
+        if first:
+            self.close_reason = self.close_reason or str(exc).split(": ", 1)[-1]
+        for req in list(self.requests.values()):
+            req.lost(self.close_reason or "connection lost")
+        self.requests.clear()
+        for fut in self._pongs.values():
+            if not fut.done():
+                fut.set_exception(ShoalConnectionError(self.name, self.close_reason or "connection lost"))
+                fut.exception()
+        self._pongs.clear()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+        else:
+            self._closed_event.set()
+        self.closed = True
+
+    async def close(self) -> None:
+        """Say goodbye and wait for the socket to close."""
+        if self._pinger is not None:
+            self._pinger.cancel()
+        if self.transport is not None and not self.closed:
+            self.send(Goodbye(0, reason="done"))
+            self.close_reason = "closed by controller"
+            self.closed = True
+            self.transport.close()
+        elif self.transport is not None:
+            self.transport.close()
+        else:
+            self._closed_event.set()
+        await self._closed_event.wait()
+
+
+_ = (RemoteCommandError, MessageType)

@@ -1,0 +1,111 @@
+"""Run a command on every target and stream its output back.
+
+    shoal run TARGETS [options] -- COMMAND...
+
+The words after `--` are joined and run by /bin/sh on each host, like ssh does
+(`--argv` runs them as an argv without a shell). Standard input is forwarded to
+every host when it is not a terminal (`-n` to disable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+from .client import Command
+from .display import Display
+from .fleet import ConnectOptions, Fleet, Handler
+from .options import (
+    add_connect_options,
+    add_exec_options,
+    add_output_options,
+    add_target_options,
+    command_from_args,
+    connect_options_from_args,
+    targets_from_args,
+)
+from .output import RawHandler, StreamHandler
+from .result import Result
+from .stdin import StdinSpool
+from .targets import Target
+
+HELP = "run a command on many hosts"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_target_options(parser)
+    add_exec_options(parser)
+    add_connect_options(parser)
+    add_output_options(parser)
+
+
+def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
+    targets = targets_from_args(args)
+    command = command_from_args(args, words)
+    options = connect_options_from_args(args)
+    forward_stdin = not args.no_stdin and not _isatty(0)
+    return asyncio.run(run_fleet(targets, command, options, args, display, forward_stdin))
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def choose_handler(args: argparse.Namespace, display: Display, targets: list[Target]) -> Any:
+    """Pick the output handler once: raw for one host piped, stream otherwise."""
+    mode = getattr(args, "output", None)
+    raw = len(targets) == 1 and mode is None and (getattr(args, "raw", False) or not display.stdout_tty)
+    if raw:
+        return RawHandler(display)
+    return StreamHandler(display, [t.name for t in targets])
+
+
+async def run_fleet(targets: list[Target], command: Command, options: ConnectOptions,
+                    args: argparse.Namespace, display: Display, forward_stdin: bool) -> int:
+    """Run on the fleet with Ctrl-C handling: first cancels everywhere, second gives up."""
+    fleet = Fleet(targets, options, fanout=args.fanout)
+    handler: Handler = choose_handler(args, display, targets)
+    stdin = StdinSpool.from_fd(sys.stdin.fileno()) if forward_stdin else None
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    interrupts = 0
+
+    def on_sigint() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            display.message("shoal: interrupted, cancelling on every host (Ctrl-C again to stop waiting)")
+            fleet.cancel()
+        else:
+            fleet.kill()
+            assert main_task is not None
+            main_task.cancel()
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        result = await fleet.run(command, handler, stdin)
+    except asyncio.CancelledError:
+        await asyncio.sleep(0.05)  # let the kill frames reach the sockets
+        return 130
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        if stdin is not None:
+            stdin.close()
+    handler.close()
+    if len(targets) > 1 and not getattr(args, "quiet", False):
+        report_summary(display, result.results)
+    return 130 if interrupts else result.status
+
+
+def report_summary(display: Display, results: list[Result]) -> None:
+    """One line on stderr: ok / failed / unreachable counts with their host sets."""
+    from .summary import summary_line
+
+    display.message(summary_line(results))

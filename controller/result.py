@@ -1,0 +1,60 @@
+"""What a command on one host came to, as the library reports it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Result", "UNREACHABLE", "fleet_status"]
+
+# ssh's convention: 255 when the host could not be reached, authenticated, or
+# its connection was lost; clush uses it for timeouts too.
+UNREACHABLE = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One host's outcome.
+
+    `status` is what a shell would see: the exit code, 128+signal for a signal
+    death, 255 when the host was unreachable, lost, timed out or refused the
+    command's connection. `error` is a one-line reason when the command did not
+    simply exit (unreachable, not found, timed out...).
+    """
+
+    host: str
+    status: int
+    code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    cancelled: bool = False
+    duration: float = 0.0
+    error: str | None = None
+    error_code: str | None = None
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+    output_file: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+    @property
+    def unreachable(self) -> bool:
+        """True when the command never ran or its outcome is unknown."""
+        return self.error_code in ("unreachable", "auth_failed", "connection_lost", "timeout_connect")
+
+    @property
+    def reason(self) -> str:
+        """Short human text for summaries: 'exit 3', 'killed by signal 9', or the error."""
+        if self.error:
+            return self.error
+        if self.timed_out:
+            return "timed out"
+        if self.signal:
+            return f"killed by signal {self.signal}"
+        return f"exit {self.status}"
+
+
+def fleet_status(results: list[Result]) -> int:
+    """The run's exit status: the largest per-host status (0 when there are none)."""
+    return max((r.status for r in results), default=0)

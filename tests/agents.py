@@ -1,0 +1,88 @@
+"""Test harness: real agents on loopback inside the test process.
+
+`running_agents` starts agents on the current event loop (for async tests that
+use the library directly); `AgentThread` runs them on a loop in a background
+thread so in-process CLI calls (which call asyncio.run themselves) can reach them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from typing import AsyncIterator, Iterator
+
+from agent.config import AgentConfig
+from agent.server import Agent
+from controller.targets import Target
+from protocol.handshake import SharedKey
+
+
+def config(**overrides: object) -> AgentConfig:
+    overrides.setdefault("listen", ("127.0.0.1:0",))
+    return AgentConfig.default().replace_from_cli(**overrides)
+
+
+def target_for(agent: Agent, name: str | None = None, index: int = 0) -> Target:
+    address = agent.addresses[index]
+    if address.startswith("unix:"):
+        return Target(name=name or address, host=None, port=0, path=address[5:])
+    host, _, port = address.rpartition(":")
+    return Target(name=name or address, host=host.strip("[]"), port=int(port))
+
+
+@contextlib.asynccontextmanager
+async def running_agents(count: int = 1, keys: list[SharedKey] | None = None,
+                         **overrides: object) -> AsyncIterator[list[Agent]]:
+    agents = [Agent(config(**overrides), keys=keys) for _ in range(count)]
+    try:
+        for a in agents:
+            await a.start()
+        yield agents
+    finally:
+        for a in agents:
+            await a.close()
+
+
+class AgentThread:
+    """Agents served from a background thread's event loop."""
+
+    def __init__(self, count: int = 1, keys: list[SharedKey] | None = None, **overrides: object) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.agents = [Agent(config(**overrides), keys=keys) for _ in range(count)]
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> AgentThread:
+        self._thread.start()
+        for a in self.agents:
+            asyncio.run_coroutine_threadsafe(a.start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for a in self.agents:
+            asyncio.run_coroutine_threadsafe(a.close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    def call(self, fn, *args):  # type: ignore[no-untyped-def]
+        """Run a plain function on the agents' loop and return its result."""
+        fut: asyncio.Future = asyncio.run_coroutine_threadsafe(_call(fn, *args), self.loop)  # type: ignore[type-arg]
+        return fut.result(10)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [a.addresses[0] for a in self.agents]
+
+    def targets_spec(self) -> str:
+        return ",".join(self.addresses)
+
+
+async def _call(fn, *args):  # type: ignore[no-untyped-def]
+    return fn(*args)
+
+
+@contextlib.contextmanager
+def agent_thread(count: int = 1, **kw: object) -> Iterator[AgentThread]:
+    with AgentThread(count, **kw) as t:
+        yield t
