@@ -80,6 +80,7 @@ class Threshold:
             raise ConfigError(f"limit of {self.metric} must be a finite number")
 
     def breached_by(self, value: float) -> bool:
+        """Whether `value` is on the alerting side of the limit."""
         return _OPERATORS[self.op](value, self.limit)
 
     def describe(self, value: float) -> str:

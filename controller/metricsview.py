@@ -19,7 +19,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 from protocol.errors import ConfigError
 
@@ -240,7 +240,7 @@ class _Family:
     """One metric family and how to draw its samples from a snapshot."""
 
     name: str
-    kind: str
+    kind: Literal["gauge", "counter"]
     help: str
     samples: Callable[[Mapping[str, Any]], list[Sample]]
 
