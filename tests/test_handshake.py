@@ -6,7 +6,7 @@ The vector's inputs (also printed in PROTOCOL.md, "Test vector"):
     nonce_a  = bytes 0x40..0x5f
     hello_c  = b"shoal test vector: controller HELLO frame"
     hello_a  = b"shoal test vector: agent HELLO frame"
-    frame    = head 00000032 21 00000007 (STDOUT, request 7), body b"hello, shoal\\n",
+    frame    = head 00000032 11 00000007 (STDIN, request 7), body b"hello, shoal\\n",
                sealed with the c2a key at sequence number 5
 """
 
@@ -28,7 +28,7 @@ NONCE_C = bytes(range(0x20, 0x40))
 NONCE_A = bytes(range(0x40, 0x60))
 HELLO_C = b"shoal test vector: controller HELLO frame"
 HELLO_A = b"shoal test vector: agent HELLO frame"
-HEAD = bytes.fromhex("00000032" "21" "00000007")
+HEAD = bytes.fromhex("00000032" "11" "00000007")
 BODY = b"hello, shoal\n"
 SEQ = 5
 
@@ -38,7 +38,7 @@ CONTROLLER_PROOF = "28ea4297ed5833acacd1514e61b31f68297d05d0d74fe32c8d331121fd89
 AGENT_PROOF = "799e6ce5582c1ce74f43bfb35dc75ec6fa67e1504a01b7725c281dfc04f1523f"
 C2A = "a83e48f65f311613bfd33889f37d286c1c908a93f9af9246926d37743090476e"
 A2C = "630bf6574f68d52bb04056edd320501a474528943a12b1d7641e376feb035879"
-TAG = "66e9400508c5a978b473755cbcdd99f32696c825efdec687c224983f738dae0d"
+TAG = "cff526a99756d306cf1ef69bfd90a0439b1bed0551f66f9165c6f51cb496bca5"
 
 
 def th() -> bytes:
