@@ -38,6 +38,7 @@ from protocol.messages import (
 from .commands import CommandRequest, build_argv
 from .log import ConnLog
 from .process import ChildResult, spawn_error
+from .wire import write_buffers
 
 if TYPE_CHECKING:
     from .config import KeyPolicy, Limits
@@ -52,7 +53,7 @@ log = logging.getLogger("shoal.agent")
 DISCONNECT_GRACE = 0.5
 
 
-class AgentSession(asyncio.Protocol):
+class AgentSession(asyncio.BufferedProtocol):
     """The agent's end of one connection."""
 
     def __init__(self, agent: Agent) -> None:
@@ -95,9 +96,15 @@ class AgentSession(asyncio.Protocol):
         self._timers.append(loop.call_later(self.limits.handshake_timeout, self._handshake_deadline))
         self._timers.append(loop.call_later(self.limits.idle_timeout, self._idle_check))
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.conn.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.conn.buffer_updated(nbytes)
+        self._process()
+
+    def _process(self) -> None:
         self._last_frame = time.monotonic()
-        self.conn.receive_data(data)
         try:
             while not self.closed:
                 event = self.conn.next_event()
@@ -118,7 +125,7 @@ class AgentSession(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.conn.receive_data(b"")
-        self.data_received(b"")
+        self._process()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -160,7 +167,7 @@ class AgentSession(asyncio.Protocol):
     def flush(self) -> None:
         out = self.conn.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(out)
+            write_buffers(self.transport, out)
 
     def abort(self) -> None:
         """Close after flushing any queued ERROR frame."""

@@ -48,6 +48,8 @@ from protocol.messages import (
     Window,
 )
 
+from agent.wire import write_buffers
+
 from .result import UNREACHABLE, Result
 from .targets import Target
 
@@ -224,7 +226,7 @@ def _result_from_exit(host: str, msg: Exit) -> Result:
     )
 
 
-class AgentClient(asyncio.Protocol):
+class AgentClient(asyncio.BufferedProtocol):
     """An authenticated connection to one agent. Create with `connect()`."""
 
     def __init__(self, target: Target, key: SharedKey | None, keepalive: float) -> None:
@@ -299,9 +301,15 @@ class AgentClient(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         transport.set_write_buffer_limits(high=4 * 1024 * 1024)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.conn.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.conn.buffer_updated(nbytes)
+        self._process()
+
+    def _process(self) -> None:
         self._last_frame = time.monotonic()
-        self.conn.receive_data(data)
         try:
             while True:
                 event = self.conn.next_event()
@@ -316,7 +324,8 @@ class AgentClient(asyncio.Protocol):
         self.flush()
 
     def eof_received(self) -> bool:
-        self.data_received(b"")
+        self.conn.receive_data(b"")
+        self._process()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -371,7 +380,7 @@ class AgentClient(asyncio.Protocol):
     def flush(self) -> None:
         out = self.conn.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(out)
+            write_buffers(self.transport, out)
 
     async def drain(self) -> None:
         """Wait while the socket's write buffer is over its high-water mark."""

@@ -164,6 +164,14 @@ class Connection:
         """Feed bytes from the peer; `b""` means the peer closed its side."""
         self._decoder.feed(data)
 
+    def get_buffer(self, size_hint: int = -1) -> memoryview:
+        """Space for the transport to read into (see FrameDecoder.get_buffer)."""
+        return self._decoder.get_buffer(size_hint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """`nbytes` from the peer were written into the last `get_buffer()` view."""
+        self._decoder.buffer_updated(nbytes)
+
     def next_event(self) -> Message | HandshakeComplete | None:
         """Return the next event, or None when more bytes are needed.
 

@@ -67,53 +67,99 @@ def frame_head(type_: int, request_id: int, body_len: int, tagged: bool) -> byte
 class FrameDecoder:
     """Incremental frame splitter: feed any chunks, pull complete frames.
 
+    Two ways to feed it: `feed(data)` copies bytes in; `get_buffer()` and
+    `buffer_updated(n)` let a transport read straight into our buffer (asyncio's
+    BufferedProtocol), so bulk output costs one copy out per frame body and none
+    on the way in.
+
     `tagged` is switched on by the connection once the session keys exist; from
     then on every frame must carry a tag (a frame too short to hold one is an
     error, so a missing MAC can never be mistaken for an empty body).
     """
 
+    # Smallest free space handed to a reader; large reads amortise per-call costs.
+    READ_SIZE = 256 * 1024
+
     def __init__(self, max_body: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.max_body = max_body
         self.tagged = False
-        self._buf = bytearray()
+        self._buf = bytearray(self.READ_SIZE)
+        self._start = 0  # first unconsumed byte
+        self._end = 0    # end of valid data
         self._eof = False
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Buffer bytes; `b""` marks end of stream."""
         if not data:
             self._eof = True
+            return
+        view = self.get_buffer(len(data))
+        view[: len(data)] = data
+        self.buffer_updated(len(data))
+
+    def get_buffer(self, size_hint: int = -1) -> memoryview:
+        """Free space to read into: at least `size_hint` bytes (or READ_SIZE),
+        and room for the whole of the frame being received when its length is known."""
+        pending = self._end - self._start
+        want = max(size_hint, self.READ_SIZE, self._frame_size() - pending)
+        if len(self._buf) - self._end < want:
+            self._make_room(pending, want)
+        return memoryview(self._buf)[self._end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """`nbytes` were written at the start of the last `get_buffer()` view."""
+        self._end += nbytes
+
+    def _frame_size(self) -> int:
+        if self._end - self._start < 4:
+            return 0
+        (length,) = struct.unpack_from(">I", self._buf, self._start)
+        return 4 + min(length, self.max_body + HEAD_SIZE + TAG_SIZE)
+
+    def _make_room(self, pending: int, want: int) -> None:
+        """Move pending bytes to the front, growing the buffer only when needed."""
+        if len(self._buf) < pending + want:
+            new = bytearray(pending + want)
+            new[:pending] = memoryview(self._buf)[self._start:self._end]
+            self._buf = new
         else:
-            self._buf += data
+            self._buf[:pending] = self._buf[self._start:self._end]
+        self._start, self._end = 0, pending
 
     @property
     def buffered(self) -> int:
         """Bytes waiting to become a frame."""
-        return len(self._buf)
+        return self._end - self._start
 
     def peek_type(self) -> int | None:
         """The type byte of the next frame, once its head has arrived."""
-        return self._buf[4] if len(self._buf) >= 5 else None
+        return self._buf[self._start + 4] if self._end - self._start >= 5 else None
 
     def next_frame(self) -> RawFrame | None:
         """Return the next complete frame, or None when more bytes are needed."""
-        buf = self._buf
-        if len(buf) < 4:
+        start, avail = self._start, self._end - self._start
+        if avail < 4:
             return self._need_more()
-        (length,) = struct.unpack_from(">I", buf)
+        (length,) = struct.unpack_from(">I", self._buf, start)
         self._check_length(length)
-        end = 4 + length
-        if len(buf) < end:
+        if avail < 4 + length:
             return self._need_more()
-        _, type_, request_id = HEAD.unpack_from(buf)
+        end = start + 4 + length
+        _, type_, request_id = HEAD.unpack_from(self._buf, start)
         body_end = end - TAG_SIZE if self.tagged else end
-        frame = RawFrame(
-            type=type_,
-            request_id=request_id,
-            body=bytes(buf[HEAD_SIZE:body_end]),
-            head=bytes(buf[:HEAD_SIZE]),
-            tag=bytes(buf[body_end:end]) if self.tagged else None,
-        )
-        del buf[:end]
+        with memoryview(self._buf) as view:
+            frame = RawFrame(
+                type=type_,
+                request_id=request_id,
+                body=bytes(view[start + HEAD_SIZE:body_end]),
+                head=bytes(view[start:start + HEAD_SIZE]),
+                tag=bytes(view[body_end:end]) if self.tagged else None,
+            )
+        self._start = end
+        if self._start == self._end:
+            self._start = self._end = 0
+            if len(self._buf) > 4 * self.READ_SIZE and not self.tagged:
+                self._buf = bytearray(self.READ_SIZE)  # give back a big frame's room
         return frame
 
     def _check_length(self, length: int) -> None:
@@ -128,9 +174,9 @@ class FrameDecoder:
             )
 
     def _need_more(self) -> None:
-        if self._eof and self._buf:
+        if self._eof and self._end > self._start:
             raise RemoteProtocolError(
-                f"connection closed in the middle of a frame ({len(self._buf)} bytes pending)",
+                f"connection closed in the middle of a frame ({self._end - self._start} bytes pending)",
                 "truncated",
             )
         return None
@@ -138,4 +184,4 @@ class FrameDecoder:
     @property
     def at_eof(self) -> bool:
         """True once EOF was fed and every complete frame has been pulled."""
-        return self._eof and not self._buf
+        return self._eof and self._end == self._start
