@@ -29,29 +29,53 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 255
 EXIT_INTERRUPTED = 130
 
-# Subcommand name -> module under controller/.
-SUBCOMMANDS: dict[str, str] = {
-    "run": "controller.cmd_run",
-    "demo": "controller.cmd_demo",
-    "keygen": "controller.cmd_keygen",
+# Subcommand name -> (module under controller/, one-line help). Only the module of
+# the subcommand being run is imported, which keeps `shoal run` quick to start.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("controller.cmd_run", "run a command on many hosts"),
+    "shell": ("controller.cmd_shell", "interactive shell on many hosts at once"),
+    "batch": ("controller.cmd_batch", "run a file of commands on many hosts"),
+    "put": ("controller.cmd_put", "copy local files to many hosts"),
+    "get": ("controller.cmd_get", "fetch a file from many hosts into per-host directories"),
+    "hosts": ("controller.cmd_hosts", "show the hosts a target pattern expands to"),
+    "metrics": ("controller.cmd_metrics", "show host metrics (table, JSON or Prometheus)"),
+    "top": ("controller.cmd_top", "refresh a metrics table in place"),
+    "check": ("controller.cmd_check", "Nagios-style health check with alerting exit codes"),
+    "ping": ("controller.cmd_ping", "round-trip time, agent version and clock offset per host"),
+    "discover": ("controller.cmd_discover", "find agents on the network over UDP"),
+    "keygen": ("controller.cmd_keygen", "create a new shared key file"),
+    "certs": ("controller.cmd_certs", "create a small CA and TLS certificates"),
+    "bootstrap": ("controller.cmd_bootstrap", "install the agent on hosts over ssh"),
+    "demo": ("controller.cmd_demo", "try shoal on three local agents, no configuration needed"),
 }
 
 
 def _load(name: str) -> ModuleType:
-    return importlib.import_module(SUBCOMMANDS[name])
+    return importlib.import_module(SUBCOMMANDS[name][0])
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, just that subcommand's options are built."""
     parser = argparse.ArgumentParser(
         prog="shoal", description="Run commands on many hosts through shoal agents.",
         epilog="Exit status: 0 ok; otherwise the largest host status (128+N for signal N); "
                "255 unreachable/auth/timeout; 2 usage or configuration error; 130 interrupted.")
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
-    for name in SUBCOMMANDS:
-        module = _load(name)
-        p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
-        module.add_arguments(p)
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if name == only:
+            module = _load(name)
+            p.description = module.__doc__
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
+            module.add_arguments(p)
     return parser
+
+
+def _subcommand_of(argv: list[str]) -> str | None:
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in SUBCOMMANDS else None
+    return None
 
 
 def split_words(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -66,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `shoal`; returns the exit status (see module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     opts, words = split_words(argv)
-    parser = build_parser()
+    parser = build_parser(_subcommand_of(opts))
     args, extra = parser.parse_known_args(opts)
     words = extra + words
     if any(w.startswith("-") for w in extra):

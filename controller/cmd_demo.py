@@ -18,7 +18,6 @@ from .output import StreamHandler
 from .summary import summary_line
 from .targets import Target
 
-HELP = "try shoal on three local agents, no configuration needed"
 
 DEMO_COMMAND = (
     'echo "hello from $(hostname), shell pid $$"; '

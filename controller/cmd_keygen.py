@@ -12,7 +12,6 @@ import argparse
 
 from .display import Display
 
-HELP = "create a new shared key file"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -33,7 +33,6 @@ from .result import Result
 from .stdin import StdinSpool
 from .targets import Target
 
-HELP = "run a command on many hosts"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

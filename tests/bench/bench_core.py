@@ -1,0 +1,222 @@
+"""Core benchmarks: each figure printed next to a baseline measured in the same run.
+
+    python -m tests.bench.bench_core [--bytes 2G] [--agents 200] [--rounds 300]
+
+1. latency of `true` over an open connection vs a bare local asyncio spawn;
+2. a whole `shoal run 127.0.0.1 -- true` process vs `ssh 127.0.0.1 true` (if sshd runs);
+3. stdout throughput of `head -c N /dev/zero` through an agent to the controller's
+   stdout vs the floor of that path: the same bytes piped from head into a plain
+   Python loopback socket and read on the other end;
+4. fan-out: `true` on many agents sharing one process, wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+from agent.config import AgentConfig
+from agent.server import Agent
+from controller.client import AgentClient, Command
+from controller.fleet import ConnectOptions, Fleet
+from controller.targets import Target
+
+# The installed entry point next to this interpreter (not a version-manager shim).
+_BIN = os.path.join(os.path.dirname(sys.executable), "shoal")
+SHOAL = _BIN if os.path.exists(_BIN) else f"{sys.executable} -m controller.cli"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def size_arg(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1].upper() in units else int(text)
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def line(name: str, ours: str, base: str, ratio: float, note: str = "") -> None:
+    print(f"{name:<38} {ours:>16}   baseline {base:>16}   ratio {ratio:6.2f}  {note}")
+
+
+def start_agent_process(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--listen", f"127.0.0.1:{port}", "--log-level", "error"],
+                            cwd=ROOT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("agent did not start")
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# -- 1. round trip -----------------------------------------------------------
+
+async def latency(rounds: int, port: int) -> None:
+    bare = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        p = await asyncio.create_subprocess_exec("true")
+        await p.wait()
+        bare.append(time.perf_counter() - t)
+    client = await AgentClient.connect(Target("bench", "127.0.0.1", port), timeout=5)
+    ours = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        await (await client.exec(Command(argv=["true"]))).wait()
+        ours.append(time.perf_counter() - t)
+    await client.close()
+    for label, p in (("median", 50), ("p99", 99)):
+        a, b = pct(ours, p), pct(bare, p)
+        line(f"round trip of `true` ({label})", f"{a * 1e3:.2f} ms", f"{b * 1e3:.2f} ms", a / b,
+             "(goal: within 2x of a bare local spawn)")
+
+
+# -- 2. whole process ---------------------------------------------------------
+
+def whole_process(port: int, runs: int = 10) -> None:
+    shoal = SHOAL
+    cmd = f"{shoal} run 127.0.0.1:{port} -n -- true"
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(cmd, shell=True, check=True, cwd=ROOT)
+        times.append(time.perf_counter() - t)
+    ours = statistics.median(times)
+    ssh_ok = shutil.which("ssh") and subprocess.run(
+        ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "127.0.0.1", "true"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10).returncode == 0
+    if ssh_ok:
+        st = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            subprocess.run(["ssh", "-o", "BatchMode=yes", "127.0.0.1", "true"], check=True, stdin=subprocess.DEVNULL)
+            st.append(time.perf_counter() - t)
+        base = statistics.median(st)
+        line("whole `shoal run ... -- true`", f"{ours * 1e3:.1f} ms", f"{base * 1e3:.1f} ms", ours / base,
+             "(baseline: ssh 127.0.0.1 true; goal < 0.33)")
+    else:
+        print(f"{'whole `shoal run ... -- true`':<38} {ours * 1e3:>13.1f} ms   baseline: ssh 127.0.0.1 not available (no sshd with key login here)")
+
+
+# -- 3. throughput -------------------------------------------------------------
+
+FLOOR_RECEIVER = """
+import socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); n = 0; buf = bytearray(1 << 20)
+while True:
+    k = c.recv_into(buf)
+    if not k: break
+    n += k
+print(n, flush=True)
+"""
+
+FLOOR_SENDER = """
+import os, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+while True:
+    b = os.read(0, 1 << 20)
+    if not b: break
+    s.sendall(b)
+s.close()
+"""
+
+
+def floor(nbytes: int) -> float:
+    recv = subprocess.Popen([sys.executable, "-c", FLOOR_RECEIVER], stdout=subprocess.PIPE, text=True)
+    assert recv.stdout is not None
+    port = recv.stdout.readline().strip()
+    t = time.perf_counter()
+    subprocess.run(f"head -c {nbytes} /dev/zero | {sys.executable} -c '{FLOOR_SENDER}' {port}", shell=True, check=True)
+    got = int(recv.stdout.readline())
+    elapsed = time.perf_counter() - t
+    recv.wait()
+    assert got == nbytes, got
+    return nbytes / elapsed
+
+
+def through_shoal(nbytes: int, port: int, extra: str = "") -> float:
+    shoal = SHOAL
+    t = time.perf_counter()
+    out = subprocess.run(f"{shoal} run 127.0.0.1:{port} -n --raw {extra} -- head -c {nbytes} /dev/zero | wc -c",
+                         shell=True, check=True, capture_output=True, text=True, cwd=ROOT)
+    elapsed = time.perf_counter() - t
+    assert int(out.stdout) == nbytes, out.stdout
+    return nbytes / elapsed
+
+
+def throughput(nbytes: int, port: int) -> None:
+    base = floor(nbytes)
+    ours = through_shoal(nbytes, port)
+    line(f"stdout throughput ({nbytes >> 20} MiB)", f"{ours / 1e6:.0f} MB/s", f"{base / 1e6:.0f} MB/s", ours / base,
+         "(baseline: head | python loopback socket; goal >= 0.80)")
+
+
+# -- 4. fan-out ----------------------------------------------------------------
+
+class Quiet:
+    def on_start(self, host: str) -> None: ...
+    def on_output(self, host: str, stream: str, data: bytes) -> None: ...
+    def on_result(self, result: object) -> None: ...
+
+
+async def fanout(count: int) -> None:
+    agents = [Agent(AgentConfig.default().replace_from_cli(listen=("127.0.0.1:0",))) for _ in range(count)]
+    for a in agents:
+        await a.start()
+    targets = [Target(f"n{i}", "127.0.0.1", int(a.addresses[0].rsplit(":", 1)[1])) for i, a in enumerate(agents)]
+    t = time.perf_counter()
+    bare = await asyncio.gather(*(asyncio.create_subprocess_exec("true") for _ in range(count)))
+    await asyncio.gather(*(p.wait() for p in bare))
+    base = time.perf_counter() - t
+    t = time.perf_counter()
+    result = await Fleet(targets, ConnectOptions(timeout=30), fanout=count).run(Command(argv=["true"]), Quiet())
+    ours = time.perf_counter() - t
+    assert result.status == 0 and len(result.results) == count
+    line(f"fan-out: `true` on {count} agents", f"{ours:.2f} s", f"{base:.2f} s", ours / base,
+         f"(baseline: {count} bare local spawns; goal < 1.5 s)")
+    for a in agents:
+        await a.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bytes", type=size_arg, default=size_arg("2G"))
+    ap.add_argument("--agents", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=300)
+    args = ap.parse_args()
+    port = free_port()
+    agent = start_agent_process(port)
+    try:
+        asyncio.run(latency(args.rounds, port))
+        whole_process(port)
+        throughput(args.bytes, port)
+        asyncio.run(fanout(args.agents))
+    finally:
+        agent.terminate()
+        agent.wait()
+
+
+if __name__ == "__main__":
+    main()
