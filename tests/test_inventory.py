@@ -102,7 +102,8 @@ def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
     assert caught.value.where == str(missing)
 
 
-def test_missing_file_named_by_environment_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_file_named_by_environment_is_an_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHOAL_INVENTORY", str(tmp_path / "nope.toml"))
     with pytest.raises(ConfigError, match="not found"):
         load_inventory()
