@@ -1,0 +1,258 @@
+#!/bin/sh
+# Install (or remove) the shoal agent on this host.
+#
+#   sudo deploy/install.sh                        install into /opt/shoal, start the service
+#   sudo deploy/install.sh --uninstall [--purge]  remove it (--purge: keys, config, state too)
+#
+# What an install does, each step skipped when already done, so running it again
+# (to upgrade, or by mistake) changes nothing that matters:
+#   1. a virtualenv at PREFIX (default /opt/shoal), with shoal pip-installed into it;
+#   2. /etc/shoal, mode 0700;
+#   3. /etc/shoal/admin.key from `shoal keygen`, unless a key file is already there;
+#   4. /etc/shoal/agent.toml with defaults, unless one exists (never overwritten),
+#      then checked with `shoal-agent --check-config`;
+#   5. /var/lib/shoal and /var/log/shoal;
+#   6. the systemd unit in /etc/systemd/system, then daemon-reload and enable --now
+#      (restart when it was already running, so an upgrade takes effect) - but only
+#      on a host booted with systemd, without --destdir and without --no-systemd.
+#
+# Options:
+#   --prefix DIR      where the virtualenv goes (default /opt/shoal)
+#   --destdir DIR     staging root: every file goes under DIR and systemctl is never
+#                     called. For tests and packaging. A virtualenv is not relocatable:
+#                     its scripts name DIR/PREFIX/bin/python, so a package built this
+#                     way must be unpacked where it was staged or rebuilt on the host.
+#   --source PATH     shoal source tree, sdist or wheel to install (default: the tree
+#                     this script is in). A tree is copied first so the build writes
+#                     nothing into it.
+#   --system-site-packages
+#                     let the virtualenv use the system's psutil and cryptography
+#                     (from distro packages, or on hosts without access to PyPI).
+#   --no-systemd      install the unit file but do not call systemctl.
+#   --uninstall       stop and disable the service, remove the unit and virtualenv.
+#   --purge           with --uninstall: also remove /etc/shoal (keys!), state and logs.
+# Environment: PYTHON (default python3) is the interpreter the virtualenv is made from.
+
+set -eu
+
+PREFIX=/opt/shoal
+DESTDIR=
+SOURCE=
+ACTION=install
+USE_SYSTEMD=yes
+PURGE=no
+VENV_FLAGS=
+PYTHON=${PYTHON:-python3}
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+say() { echo "install.sh: $*"; }
+die() { echo "install.sh: error: $*" >&2; exit 1; }
+
+usage() {
+    sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
+    exit "${1:-0}"
+}
+
+need_value() {
+    [ "$2" -ge 2 ] || die "$1 needs a value"
+}
+
+parse_args() {
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --prefix) need_value "$1" $#; PREFIX=$2; shift ;;
+            --prefix=*) PREFIX=${1#*=} ;;
+            --destdir) need_value "$1" $#; DESTDIR=$2; shift ;;
+            --destdir=*) DESTDIR=${1#*=} ;;
+            --source) need_value "$1" $#; SOURCE=$2; shift ;;
+            --source=*) SOURCE=${1#*=} ;;
+            --system-site-packages) VENV_FLAGS=--system-site-packages ;;
+            --no-systemd) USE_SYSTEMD=no ;;
+            --uninstall) ACTION=uninstall ;;
+            --purge) PURGE=yes ;;
+            -h|--help) usage 0 ;;
+            *) echo "install.sh: unknown option: $1" >&2; usage 2 >&2 ;;
+        esac
+        shift
+    done
+}
+
+check_args() {
+    case $PREFIX in
+        /*) ;;
+        *) die "--prefix must be an absolute path, got '$PREFIX'" ;;
+    esac
+    # PREFIX is substituted into the unit file with sed and must stay one word there.
+    case $PREFIX in
+        *[!A-Za-z0-9/._+-]*) die "--prefix may only hold letters, digits and / . _ + -" ;;
+    esac
+    PREFIX=${PREFIX%/}
+    [ -n "$PREFIX" ] || die "--prefix / would put the virtualenv over the whole system"
+    if [ -n "$DESTDIR" ]; then
+        mkdir -p "$DESTDIR"
+        DESTDIR=$(cd "$DESTDIR" && pwd)
+    elif [ "$(id -u)" -ne 0 ]; then
+        die "run as root (or stage the files with --destdir DIR)"
+    fi
+    [ "$PURGE" = no ] || [ "$ACTION" = uninstall ] || die "--purge only goes with --uninstall"
+    SOURCE=${SOURCE:-$HERE/..}
+    [ -e "$SOURCE" ] || die "no such source: $SOURCE"
+    VENV=$DESTDIR$PREFIX
+    ETC=$DESTDIR/etc/shoal
+    UNIT=$DESTDIR/etc/systemd/system/shoal-agent.service
+    STATE=$DESTDIR/var/lib/shoal
+    LOGS=$DESTDIR/var/log/shoal
+}
+
+# systemctl only on the live system, and only when systemd is what booted it
+# (/run/systemd/system is the test sd_booted(3) uses: PID 1 is systemd).
+systemd_live() {
+    [ -z "$DESTDIR" ] && [ "$USE_SYSTEMD" = yes ] && [ -d /run/systemd/system ]
+}
+
+make_venv() {
+    if [ -x "$VENV/bin/python" ] && [ -f "$VENV/pyvenv.cfg" ]; then
+        say "virtualenv $VENV exists"
+        return
+    fi
+    if [ -e "$VENV" ] && [ -n "$(ls -A "$VENV")" ]; then
+        die "$VENV exists and is not a virtualenv; refusing to install over it"
+    fi
+    say "creating virtualenv $VENV"
+    # shellcheck disable=SC2086  # VENV_FLAGS is empty or one flag
+    "$PYTHON" -m venv $VENV_FLAGS "$VENV" ||
+        die "'$PYTHON -m venv' failed (on Debian/Ubuntu: apt install python3-venv)"
+}
+
+install_package() {
+    if [ -d "$SOURCE" ]; then
+        mkdir "$WORK/src"
+        # Build from a copy: pip builds in place and would leave build/ and
+        # *.egg-info in the tree, which may be read-only or shared.
+        (cd "$SOURCE" && tar -cf - --exclude=./.git --exclude=./build --exclude='*.egg-info' \
+            --exclude=__pycache__ --exclude=./.venv .) | (cd "$WORK/src" && tar -xf -)
+        target=$WORK/src
+    else
+        target=$SOURCE
+    fi
+    say "installing shoal from $SOURCE"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$target"
+    [ -x "$VENV/bin/shoal-agent" ] || die "pip did not install $VENV/bin/shoal-agent"
+}
+
+make_dirs() {
+    mkdir -p "$ETC" "$STATE" "$LOGS"
+    # Keys live here: only root may even list them.
+    chmod 0700 "$ETC" "$STATE"
+    chmod 0750 "$LOGS"
+}
+
+make_key() {
+    if [ -e "$ETC/admin.key" ]; then
+        say "keeping existing key $ETC/admin.key"
+        return
+    fi
+    key_id=$("$VENV/bin/shoal" keygen "$ETC/admin.key")
+    say "created $ETC/admin.key (key id $key_id); copy it to the controllers that manage this host"
+}
+
+write_config() {
+    if [ -e "$ETC/agent.toml" ]; then
+        say "keeping existing $ETC/agent.toml"
+    else
+        (umask 077 && default_config > "$ETC/agent.toml.new")
+        mv "$ETC/agent.toml.new" "$ETC/agent.toml"
+        say "wrote $ETC/agent.toml"
+    fi
+    "$VENV/bin/shoal-agent" --config "$ETC/agent.toml" --check-config > /dev/null ||
+        die "$ETC/agent.toml is not valid; fix it and run this again"
+}
+
+default_config() {
+    cat <<EOF
+# shoal agent settings; every option and its default: deploy/agent.toml in the
+# shoal sources. Check after editing: $PREFIX/bin/shoal-agent --check-config
+# then apply with: systemctl reload shoal-agent
+
+# Reachable from the network, so the admin key below is required to connect.
+# Keys authenticate frames but do not encrypt them; add [tls] to hide output.
+listen = ["0.0.0.0:8470"]
+log_level = "info"
+audit_log = "/var/log/shoal/audit.jsonl"
+state_dir = "/var/lib/shoal"
+
+[[keys]]
+name = "admin"
+file = "/etc/shoal/admin.key"
+allow = "all"
+EOF
+}
+
+install_unit() {
+    mkdir -p "$(dirname "$UNIT")"
+    sed "s|/opt/shoal/|$PREFIX/|g" "$HERE/shoal-agent.service" > "$WORK/unit"
+    if [ -f "$UNIT" ] && cmp -s "$WORK/unit" "$UNIT"; then
+        say "unit $UNIT is up to date"
+    else
+        cp "$WORK/unit" "$UNIT.new" && chmod 0644 "$UNIT.new" && mv "$UNIT.new" "$UNIT"
+        say "installed $UNIT"
+    fi
+}
+
+start_service() {
+    if ! systemd_live; then
+        say "not starting the service (no systemd here, --destdir or --no-systemd);"
+        say "start it with: systemctl daemon-reload && systemctl enable --now shoal-agent"
+        return
+    fi
+    was_active=no
+    if systemctl is-active --quiet shoal-agent; then was_active=yes; fi
+    systemctl daemon-reload
+    systemctl enable --now shoal-agent
+    if [ "$was_active" = yes ]; then
+        systemctl restart shoal-agent
+        say "restarted shoal-agent on the new version"
+    else
+        say "shoal-agent enabled and started"
+    fi
+}
+
+do_install() {
+    WORK=$(mktemp -d)
+    trap 'rm -rf "$WORK"' EXIT
+    umask 022
+    make_venv
+    install_package
+    make_dirs
+    make_key
+    write_config
+    install_unit
+    start_service
+}
+
+do_uninstall() {
+    if systemd_live && [ -f "$UNIT" ]; then
+        systemctl disable --now shoal-agent || true
+    fi
+    if [ -f "$UNIT" ]; then
+        rm -f "$UNIT"
+        say "removed $UNIT"
+        if systemd_live; then systemctl daemon-reload; fi
+    fi
+    if [ -f "$VENV/pyvenv.cfg" ]; then
+        rm -rf "$VENV"
+        say "removed $VENV"
+    elif [ -e "$VENV" ]; then
+        die "$VENV is not a virtualenv; refusing to delete it"
+    fi
+    if [ "$PURGE" = yes ]; then
+        rm -rf "$ETC" "$STATE" "$LOGS"
+        say "removed $ETC, $STATE and $LOGS"
+    elif [ -d "$ETC" ]; then
+        say "kept $ETC (keys and settings); --purge removes it"
+    fi
+}
+
+parse_args "$@"
+check_args
+if [ "$ACTION" = install ]; then do_install; else do_uninstall; fi
