@@ -1,0 +1,128 @@
+"""`shoal` called in-process (main(argv)) and as installed commands: what a user sees."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from controller.cli import main
+from tests.agents import AgentThread
+
+
+@pytest.fixture(scope="module")
+def agents():  # type: ignore[no-untyped-def]
+    with AgentThread(3) as t:
+        yield t
+
+
+def run(capsysbinary: pytest.CaptureFixture[bytes], *argv: str) -> tuple[int, bytes, bytes]:
+    status = main(list(argv))
+    out, err = capsysbinary.readouterr()
+    return status, out, err
+
+
+def test_single_host_exit_code_is_the_commands(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]
+    status, out, _ = run(capsysbinary, "run", agents.addresses[0], "-n", "--", "echo hi; exit 3")
+    assert status == 3 and out == b"hi\n"
+
+
+def test_signal_death_is_128_plus_n(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]
+    status, _, _ = run(capsysbinary, "run", agents.addresses[0], "-n", "--", "kill -TERM $$")
+    assert status == 128 + 15
+
+
+def test_raw_single_host_output_is_byte_exact(agents, capsysbinary, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "a.txt").write_bytes(b"alpha\n")
+    (tmp_path / "b.bin").write_bytes(os.urandom(50000))
+    status, out, _ = run(capsysbinary, "run", agents.addresses[0], "-n", "--", f"tar c -C {tmp_path} a.txt b.bin")
+    assert status == 0
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+        assert sorted(tar.getnames()) == ["a.txt", "b.bin"]
+        member = tar.extractfile("b.bin")
+        assert member is not None and member.read() == (tmp_path / "b.bin").read_bytes()
+
+
+def test_many_hosts_get_prefixed_lines_and_a_summary(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]
+    status, out, err = run(capsysbinary, "run", agents.targets_spec(), "-n", "--", "printf 'one\\ntwo'")
+    assert status == 0
+    lines = out.decode().splitlines()
+    for address in agents.addresses:
+        assert f"{address}: one" in lines and f"{address}: two" in lines  # partial last line still printed
+    assert "3 ok" in err.decode()
+
+
+def test_stderr_lines_go_to_stderr(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]
+    spec = ",".join(agents.addresses[:2])
+    status, out, err = run(capsysbinary, "run", spec, "-n", "--", "echo oops >&2")
+    assert b"oops" not in out and err.count(b": oops") == 2
+
+
+def test_invalid_utf8_is_replaced_only_for_display(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]
+    spec = ",".join(agents.addresses[:2])
+    status, out, _ = run(capsysbinary, "run", spec, "-n", "--", "printf 'a\\377b\\n'")
+    assert status == 0 and "a\ufffdb".encode() in out
+
+
+def test_unreachable_host_is_reported_and_others_still_print(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]
+    spec = f"{agents.addresses[0]},127.0.0.1:1"
+    status, out, err = run(capsysbinary, "run", spec, "-n", "--", "echo alive")
+    assert status == 255
+    assert f"{agents.addresses[0]}: alive".encode() in out
+    assert b"127.0.0.1:1: connection refused" in err
+    assert b"1 unreachable" in err
+
+
+def test_argv_mode_passes_words_without_a_shell(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]
+    status, out, _ = run(capsysbinary, "run", agents.addresses[0], "-n", "--argv", "--", "echo", "$HOME", "a;b")
+    assert status == 0 and out == b"$HOME a;b\n"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "web[1-", "--", "true"], b"web[1-"),
+    (["run", "127.0.0.1:99999", "--", "true"], b"99999"),
+    (["run", "127.0.0.1"], b"no command"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsysbinary, argv, needle) -> None:  # type: ignore[no-untyped-def]
+    status, _, err = run(capsysbinary, *argv)
+    assert status == 2
+    assert err.count(b"\n") == 1 and err.startswith(b"shoal:") and needle in err
+
+
+def test_demo_runs_three_agents_and_cleans_up(capsysbinary) -> None:  # type: ignore[no-untyped-def]
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    status, out, err = run(capsysbinary, "demo")
+    assert status == 0
+    for name in ("demo1", "demo2", "demo3"):
+        assert f"{name}: tick 3".encode() in out
+    assert b"3 ok" in err
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+
+
+def test_installed_commands_run_end_to_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The real entry points, as a user types them: agent process + controller process."""
+    bindir = os.path.dirname(sys.executable)
+    sock = str(tmp_path / "agent.sock")
+    agent = subprocess.Popen([os.path.join(bindir, "shoal-agent"), "--listen", f"unix:{sock}"],
+                             stderr=subprocess.DEVNULL)
+    try:
+        import time
+
+        deadline = time.monotonic() + 15
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        data = os.urandom(200000)
+        proc = subprocess.run([os.path.join(bindir, "shoal"), "run", f"unix:{sock}", "--", "sha256sum"],
+                              input=data, capture_output=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    finally:
+        agent.terminate()
+        assert agent.wait(15) == 0
