@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import ipaddress
 import math
 import os
 import re
@@ -190,8 +191,6 @@ def _split_host_port(addr: str) -> tuple[str, int]:
 
 
 def _is_ipv6(text: str) -> bool:
-    import ipaddress
-
     try:
         ipaddress.IPv6Address(text)
     except ValueError:
