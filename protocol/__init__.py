@@ -1,0 +1,45 @@
+"""shoal's wire protocol, sans I/O: bytes in, typed messages out, and back.
+
+Drivers own the sockets; this package only parses and produces bytes. See
+PROTOCOL.md in this directory for the byte-level specification.
+"""
+
+from .connection import Connection, HandshakeComplete, KeyLookup, Role, State
+from .errors import (
+    AuthError,
+    ConfigError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteCommandError,
+    RemoteProtocolError,
+    ShoalConnectionError,
+    ShoalError,
+    ShoalTimeoutError,
+)
+from .frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder
+from .handshake import SharedKey
+from .messages import MESSAGE_CLASSES, PROTOCOL_VERSION, Message, MessageType
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "Connection",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "FrameDecoder",
+    "HandshakeComplete",
+    "KeyLookup",
+    "LocalProtocolError",
+    "MESSAGE_CLASSES",
+    "Message",
+    "MessageType",
+    "PROTOCOL_VERSION",
+    "ProtocolError",
+    "RemoteCommandError",
+    "RemoteProtocolError",
+    "Role",
+    "SharedKey",
+    "ShoalConnectionError",
+    "ShoalError",
+    "ShoalTimeoutError",
+    "State",
+]

@@ -221,3 +221,21 @@ def test_truncated_sealed_frame_at_eof_is_rejected() -> None:
     a.receive_data(b"")
     with pytest.raises(RemoteProtocolError):
         a.next_event()
+
+
+def test_garbage_yields_messages_or_protocol_errors_only() -> None:
+    import random
+
+    rng = random.Random(99)
+    for role in (Role.AGENT, Role.CONTROLLER):
+        for _ in range(300):
+            conn = Connection(role)
+            blob = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300)))
+            if rng.random() < 0.5:  # a plausible head makes the parser go deeper
+                blob = frame_head(rng.choice([1, 2, 3, 0x10, 0x21]), rng.randint(0, 3), len(blob), False) + blob
+            conn.receive_data(blob)
+            try:
+                while conn.next_event() is not None:
+                    pass
+            except (RemoteProtocolError, AuthError):
+                pass

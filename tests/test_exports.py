@@ -1,0 +1,24 @@
+"""The public API is what `__all__` says, and every name in it resolves."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+
+@pytest.mark.parametrize("package", ["protocol", "agent", "controller"])
+def test_every_exported_name_resolves(package: str) -> None:
+    mod = importlib.import_module(package)
+    for name in mod.__all__:
+        assert getattr(mod, name) is not None, name
+
+
+def test_unknown_names_raise_attribute_error() -> None:
+    import agent
+    import controller
+
+    with pytest.raises(AttributeError):
+        agent.NoSuchThing  # noqa: B018
+    with pytest.raises(AttributeError):
+        controller.NoSuchThing  # noqa: B018
