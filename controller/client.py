@@ -37,6 +37,8 @@ from protocol.messages import (
     Goodbye,
     Message,
     MessageType,
+    MetricsReply,
+    MetricsRequest,
     Ping,
     Pong,
     Signal,
@@ -226,6 +228,28 @@ def _result_from_exit(host: str, msg: Exit) -> Result:
     )
 
 
+class _MetricsCall:
+    """One METRICS_REQUEST awaiting its reply: a snapshot, a refusal or a lost connection."""
+
+    def __init__(self, host: str, request_id: int) -> None:
+        self.host = host
+        self.request_id = request_id
+        self.reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    def receive(self, msg: Message) -> None:
+        if self.reply.done():
+            return
+        if isinstance(msg, MetricsReply):
+            self.reply.set_result(dict(msg.metrics))
+        elif isinstance(msg, Error):
+            self.reply.set_exception(RemoteCommandError(msg.message, msg.code, self.host, self.request_id,
+                                                        msg.status))
+
+    def lost(self, reason: str, code: str = "connection_lost") -> None:
+        if not self.reply.done():
+            self.reply.set_exception(ShoalConnectionError(self.host, reason))
+
+
 class AgentClient(asyncio.BufferedProtocol):
     """An authenticated connection to one agent. Create with `connect()`."""
 
@@ -407,6 +431,23 @@ class AgentClient(asyncio.BufferedProtocol):
         ))
         await proc._started
         return proc
+
+    async def metrics(self) -> dict[str, Any]:
+        """Ask the agent for a metrics snapshot (schema in `agent.metrics`).
+
+        Raises RemoteCommandError when the agent refuses (e.g. the key may not
+        read metrics) and ShoalConnectionError when the connection is lost first.
+        """
+        if self.closed:
+            raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
+        rid = self.new_request_id()
+        call = _MetricsCall(self.name, rid)
+        self.requests[rid] = call
+        self.send(MetricsRequest(rid))
+        try:
+            return await call.reply
+        finally:
+            self.requests.pop(rid, None)
 
     async def ping(self) -> tuple[Pong, float, float]:
         """Round trip a PING: (pong, t0 local send, t3 local receive), epoch seconds."""
