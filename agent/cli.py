@@ -15,7 +15,7 @@ import sys
 
 from protocol.errors import ConfigError, ShoalError
 
-from .config import AgentConfig, load_config
+from .config import AgentConfig, TlsConfig, load_config
 from .log import setup_logging
 from .sdnotify import notify
 from .server import Agent
@@ -60,11 +60,31 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
                          ("max_commands", "limits.max_commands"), ("idle_timeout", "limits.idle_timeout"),
                          ("kill_grace", "limits.kill_grace")):
         value = getattr(args, name)
+        if value is not None and name in ("audit_log", "state_dir"):
+            value = os.path.abspath(value)
         if value is not None:
             overrides[dotted] = tuple(value) if isinstance(value, list) else value
     if args.insecure:
         overrides["insecure"] = True
+    if args.audit_log:
+        overrides["audit_log"] = os.path.abspath(args.audit_log)
+    overrides.update(_tls_overrides(args, cfg))
     return cfg.replace_from_cli(**overrides) if overrides else cfg
+
+
+def _tls_overrides(args: argparse.Namespace, cfg: AgentConfig) -> dict[str, object]:
+    """`--tls-*` files (made absolute): all three, or some on top of the config's [tls]."""
+    import os
+
+    given = {name: os.path.abspath(getattr(args, f"tls_{name}"))
+             for name in ("cert", "key", "ca") if getattr(args, f"tls_{name}")}
+    if not given:
+        return {}
+    if len(given) == 3:
+        return {"tls": TlsConfig(**given)}
+    if cfg.tls is None:
+        raise ConfigError("--tls-cert, --tls-key and --tls-ca go together", "tls")
+    return {f"tls.{name}": path for name, path in given.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,12 +117,13 @@ async def _serve(args: argparse.Namespace, cfg: AgentConfig) -> int:
     await agent.start()
     if not agent.keys.required and cfg.insecure:
         log.warning("running WITHOUT authentication on a non-loopback address (--insecure)")
-    notify("READY=1")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(agent, args))
+    # Only now: systemd may send SIGTERM the moment it hears READY.
+    notify("READY=1")
     await stop.wait()
     notify("STOPPING=1")
     log.info("shutting down: waiting up to %gs for running commands", cfg.limits.kill_grace)

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 import stat
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Callable
@@ -68,6 +69,7 @@ class Agent:
         self.detached: dict[int, CommandRequest] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._unix_paths: list[str] = []
+        self._tls: ssl.SSLContext | None = None
         self._reap_orphans = reap_orphans
         self._reaper: Any = None
         self._sampler: Any = None
@@ -98,7 +100,8 @@ class Agent:
         self._check_exposure()
 
     def _check_exposure(self) -> None:
-        if self.keys.required or self.config.insecure:
+        # Mutual TLS against our own CA authenticates controllers as well as a key does.
+        if self.keys.required or self.config.tls is not None or self.config.insecure:
             return
         for text in self.config.listen:
             addr = parse_listen(text)
@@ -147,14 +150,26 @@ class Agent:
                 self._unix_paths.append(addr.path)
                 self.addresses.append(f"unix:{addr.path}")
             else:
+                tls = self._tls_context()
                 server = await loop.create_server(
-                    lambda: AgentSession(self), addr.host, addr.port, reuse_address=True, backlog=1024)
+                    lambda: AgentSession(self), addr.host, addr.port, reuse_address=True, backlog=1024,
+                    ssl=tls, ssl_handshake_timeout=self.config.limits.handshake_timeout if tls else None)
                 for sock in server.sockets:
                     host, port = sock.getsockname()[:2]
                     self.addresses.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         except OSError as exc:
             raise ConfigError(f"cannot listen on {addr}: {exc.strerror or exc}", "listen") from exc
         self._servers.append(server)
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """Mutual TLS for TCP listeners when configured (built once, checked file by file)."""
+        if self.config.tls is None:
+            return None
+        if self._tls is None:
+            from .tls import server_context
+
+            self._tls = server_context(self.config.tls.cert, self.config.tls.key, self.config.tls.ca)
+        return self._tls
 
     async def serve_forever(self) -> None:
         await asyncio.gather(*(s.serve_forever() for s in self._servers))
