@@ -271,6 +271,7 @@ class AgentClient(asyncio.BufferedProtocol):
         self._pongs: dict[float, asyncio.Future[tuple[Pong, float]]] = {}
         self._writing = asyncio.Event()
         self._writing.set()
+        self._tls = False
 
     @classmethod
     async def connect(cls, target: Target, *, key: SharedKey | None = None,
@@ -305,11 +306,12 @@ class AgentClient(asyncio.BufferedProtocol):
         except socket.gaierror as exc:
             raise ShoalConnectionError(t.name, f"cannot resolve host: {exc.strerror}") from exc
         except ssl_module.SSLError as exc:
-            raise ShoalConnectionError(t.name, f"TLS handshake failed: {exc.reason or exc}") from exc
+            raise ShoalConnectionError(t.name, f"TLS handshake failed: {_tls_reason(exc)}") from exc
         except ConnectionRefusedError as exc:
             raise ShoalConnectionError(t.name, "connection refused") from exc
         except OSError as exc:
             raise ShoalConnectionError(t.name, exc.strerror or str(exc)) from exc
+        self._tls = ssl is not None
         self.conn.start()
         self.flush()
         await self._ready
@@ -354,11 +356,19 @@ class AgentClient(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        reason = self.close_reason or ("connection lost" if self.conn.state is State.OPEN else "connection closed by agent")
+        reason = self.close_reason or ("connection lost" if self.conn.state is State.OPEN else self._early_close_reason())
         if exc is not None and not self.close_reason:
             reason = f"connection lost ({exc})" if self.conn.state is State.OPEN else f"connection closed ({exc})"
         self._fail(ShoalConnectionError(self.name, reason))
         self._closed_event.set()
+
+    def _early_close_reason(self) -> str:
+        """The agent hung up mid-handshake without an ERROR: name the likely cause."""
+        if self.conn.peer_hello is not None:
+            return "connection closed by agent during the handshake"
+        if self._tls:
+            return "connection closed by agent before its HELLO (did it refuse our TLS certificate?)"
+        return "connection closed by agent before its HELLO (does it require TLS?)"
 
     def pause_writing(self) -> None:
         self._writing.clear()
@@ -523,6 +533,16 @@ class AgentClient(asyncio.BufferedProtocol):
         else:
             self._closed_event.set()
         await self._closed_event.wait()
+
+
+def _tls_reason(exc: ssl_module.SSLError) -> str:
+    """OpenSSL's reason, made readable for the two mistakes people actually make."""
+    verify = getattr(exc, "verify_message", None)
+    if verify:
+        return f"{verify} (is the agent's certificate from the CA given by --tls-ca, with this name?)"
+    if exc.reason == "WRONG_VERSION_NUMBER":
+        return "the agent does not speak TLS (WRONG_VERSION_NUMBER)"
+    return str(exc.reason or exc)
 
 
 _ = (RemoteCommandError, MessageType)
