@@ -38,6 +38,7 @@ class CommandRequest:
         self.session = session
         self.request_id = request_id
         self.argv = argv
+        self.cwd = cwd
         self.detached = output_file is not None
         self.output_file = output_file
         self.credit = window or DEFAULT_OUTPUT_WINDOW
@@ -45,6 +46,7 @@ class CommandRequest:
         self.timed_out = False
         self.cancelled = False
         self.bytes = {1: 0, 2: 0}
+        self.stdin_bytes = 0
         self.started = time.time()
         self._stdin_window = session.limits.stdin_window
         self._stdin_in_flight = 0
@@ -82,6 +84,7 @@ class CommandRequest:
     def stdin(self, data: bytes) -> bool:
         """Queue stdin; False when the controller overran the window it was given."""
         self._stdin_in_flight += len(data)
+        self.stdin_bytes += len(data)
         if self._stdin_in_flight > self._stdin_window:
             return False
         self.child.write_stdin(data)

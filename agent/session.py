@@ -92,6 +92,7 @@ class AgentSession(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=4 * 1024 * 1024)
         if not self.agent.admit(self):
             return
+        self.agent.audit.record("accepted", peer=self.peer)
         loop = asyncio.get_running_loop()
         self._timers.append(loop.call_later(self.limits.handshake_timeout, self._handshake_deadline))
         self._timers.append(loop.call_later(self.limits.idle_timeout, self._idle_check))
@@ -116,6 +117,8 @@ class AgentSession(asyncio.BufferedProtocol):
             self.abort()
         except ProtocolError as exc:
             self.log.warning("protocol error, closing: %s", exc)
+            self.agent.audit.record("protocol_error", peer=self.peer, key_id=self.key_id, code=exc.code,
+                                    reason=str(exc))
             self.abort()
         except Exception:
             self.log.error("internal error, closing connection", exc_info=True)
@@ -230,7 +233,7 @@ class AgentSession(asyncio.BufferedProtocol):
             return ("empty_command", "empty command", 2)
         if self.policy is not None and not self.policy.allows_command(msg.argv, msg.shell):
             self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
-                                    argv=msg.argv, shell=msg.shell)
+                                    what="exec", argv=build_argv(msg.argv, msg.shell), cwd=msg.cwd)
             return ("permission_denied", f"permission denied for key {self.key_id}: command not allowed", 126)
         if self._command_count() >= self.limits.max_commands_per_connection:
             return ("limit", f"too many commands on this connection (limit {self.limits.max_commands_per_connection})", 255)
@@ -247,9 +250,10 @@ class AgentSession(asyncio.BufferedProtocol):
         self.requests.pop(req.request_id, None)
         self.agent.command_finished(req)
         self.agent.audit.record(
-            "exit", peer=self.peer, key_id=self.key_id, request=req.request_id, argv=req.argv,
+            "exit", peer=self.peer, key_id=self.key_id, request=req.request_id, argv=req.argv, cwd=req.cwd,
             start=round(req.started, 6), duration=round(result.duration, 6), status=result.status,
             timed_out=req.timed_out, stdout_bytes=req.bytes[1], stderr_bytes=req.bytes[2],
+            stdin_bytes=req.stdin_bytes,
         )
         self.send(req.exit_message(result))
 
@@ -293,8 +297,11 @@ class AgentSession(asyncio.BufferedProtocol):
 
     def _on_metrics(self, msg: MetricsRequest) -> None:
         if self.policy is not None and not self.policy.allows_metrics():
+            self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
+                                    what="metrics")
             return self.request_error(msg.request_id, "permission_denied",
                                       f"permission denied for key {self.key_id}: metrics not allowed")
+        self.agent.audit.record("metrics", peer=self.peer, key_id=self.key_id, request=msg.request_id)
         self.send(MetricsReply(msg.request_id, metrics=self.agent.metrics_snapshot()))
 
     def _on_goodbye(self, msg: Goodbye) -> None:
