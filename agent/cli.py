@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -50,7 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """The config file (if any) with command-line options on top."""
-    import os
 
     path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
     cfg = load_config(path) if path else AgentConfig.default()
@@ -74,7 +74,6 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
 
 def _tls_overrides(args: argparse.Namespace, cfg: AgentConfig) -> dict[str, object]:
     """`--tls-*` files (made absolute): all three, or some on top of the config's [tls]."""
-    import os
 
     given = {name: os.path.abspath(getattr(args, f"tls_{name}"))
              for name in ("cert", "key", "ca") if getattr(args, f"tls_{name}")}
