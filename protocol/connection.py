@@ -19,6 +19,7 @@ import secrets
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
+from typing import NoReturn
 
 from . import handshake
 from .errors import AuthError, LocalProtocolError, RemoteProtocolError
@@ -317,7 +318,7 @@ class Connection:
     def _open(self, key_id: str | None) -> None:
         assert self.peer_hello is not None
         self.state = State.OPEN
-        self._events.append(HandshakeComplete(self.peer_hello, key_id))  # type: ignore[arg-type]
+        self._events.append(HandshakeComplete(self.peer_hello, key_id))
 
     def _transcript(self) -> bytes:
         if self.role is Role.CONTROLLER:
@@ -353,7 +354,7 @@ class Connection:
 
     # -- failure -------------------------------------------------------------
 
-    def _auth_fail(self, reason: str, key_id: str | None, queue: bool = True) -> None:
+    def _auth_fail(self, reason: str, key_id: str | None, queue: bool = True) -> NoReturn:
         err = AuthError(reason, key_id=key_id)
         if queue:
             self.fail("auth_failed", reason)
@@ -361,7 +362,7 @@ class Connection:
         self._error = err
         raise err
 
-    def _fail(self, exc: RemoteProtocolError, queue: bool = True) -> None:
+    def _fail(self, exc: RemoteProtocolError, queue: bool = True) -> NoReturn:
         if queue:
             generic = exc.code if exc.code != "internal" else "protocol_error"
             self.fail(generic, str(exc))

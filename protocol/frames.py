@@ -113,7 +113,7 @@ class FrameDecoder:
     def _frame_size(self) -> int:
         if self._end - self._start < 4:
             return 0
-        (length,) = struct.unpack_from(">I", self._buf, self._start)
+        length: int = struct.unpack_from(">I", self._buf, self._start)[0]
         return 4 + min(length, self.max_body + HEAD_SIZE + TAG_SIZE)
 
     def _make_room(self, pending: int, want: int) -> None:
@@ -139,11 +139,13 @@ class FrameDecoder:
         """Return the next complete frame, or None when more bytes are needed."""
         start, avail = self._start, self._end - self._start
         if avail < 4:
-            return self._need_more()
+            self._check_truncation()
+            return None
         (length,) = struct.unpack_from(">I", self._buf, start)
         self._check_length(length)
         if avail < 4 + length:
-            return self._need_more()
+            self._check_truncation()
+            return None
         end = start + 4 + length
         _, type_, request_id = HEAD.unpack_from(self._buf, start)
         body_end = end - TAG_SIZE if self.tagged else end
@@ -173,7 +175,7 @@ class FrameDecoder:
                 "frame_too_large",
             )
 
-    def _need_more(self) -> None:
+    def _check_truncation(self) -> None:
         if self._eof and self._end > self._start:
             raise RemoteProtocolError(
                 f"connection closed in the middle of a frame ({self._end - self._start} bytes pending)",
