@@ -28,6 +28,7 @@ from .audit import Audit
 from .config import AgentConfig, KeyPolicy, ListenAddress, parse_listen
 from .session import AgentSession
 from .tasks import TaskSet
+from .transfer import remove_leftovers, transfer_handlers
 
 if TYPE_CHECKING:
     from .commands import CommandRequest
@@ -75,6 +76,7 @@ class Agent:
         self._sampler: Any = None
         self._live_pids: set[int] = set()
         self._handler_factories: list[Callable[[AgentSession], dict[type, Callable[[Any], None]]]] = []
+        self.add_handlers(transfer_handlers)
         self.load_keys(keys or [])
         self.audit = Audit(self.config.audit_log)
         self.addresses: list[str] = []
@@ -128,6 +130,7 @@ class Agent:
 
     async def start(self) -> None:
         """Bind every listen address; ConfigError when one cannot be bound."""
+        remove_leftovers(self.config.state_dir)  # temp files of transfers a killed agent left
         try:
             for text in self.config.listen:
                 await self._listen(parse_listen(text))

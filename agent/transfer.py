@@ -1,0 +1,466 @@
+"""The agent's end of file transfer: PUT_FILE and GET_FILE requests on one session.
+
+The wire sequence is in PROTOCOL.md ("File transfer"). A put streams FILE_DATA into
+an `AtomicWriter` under a window this side grants; a get streams a `FileReader` out
+under the window the controller grants. Each transfer is one background task that
+owns its file: every read, write, fsync and rename runs in the loop's default
+executor, one job at a time per transfer so chunks stay in order, and a slow disk
+stalls only its own transfer, never the session's other requests.
+
+Authorization happens before any file is touched: the key's policy must allow
+files, and `resolve_path` resolves `..` and symlinks before comparing with the
+key's roots. Refusals are audited. A connection lost mid-put aborts the writer
+(the old file stays); the journal in the state directory lets `remove_leftovers`
+clean what a killed agent could not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from protocol.messages import (
+    FileData,
+    FileDone,
+    FileEnd,
+    FileInfo,
+    GetFile,
+    Message,
+    MessageType,
+    PutFile,
+    Window,
+)
+
+from .files import AtomicWriter, FileReader, FileTransferError, Journal, map_os_error, resolve_path
+
+if TYPE_CHECKING:
+    from .session import AgentSession
+
+__all__ = ["transfer_handlers", "remove_leftovers", "PUT_WINDOW", "GET_WINDOW", "MAX_TRANSFERS"]
+
+# FILE_DATA bytes a controller may have in flight per put: enough to cover a
+# round trip at several GB/s on a LAN, small enough that 16 puts stay under 128 MiB.
+PUT_WINDOW = 8 * 1024 * 1024
+# Granted back once this much was written, so WINDOW frames stay rare.
+GRANT_STEP = PUT_WINDOW // 4
+# Used when a GET_FILE names no window of its own.
+GET_WINDOW = 8 * 1024 * 1024
+# Largest FILE_DATA we send: the controller's 1 MiB reads make the same size.
+GET_CHUNK = 1024 * 1024
+# Concurrent transfers per connection; each may hold a window of memory.
+MAX_TRANSFERS = 16
+# Ended transfers whose late FILE_DATA/FILE_END frames are dropped silently: after
+# an ERROR the controller may still have a window of data on the wire.
+REMEMBERED_ENDS = 256
+
+
+def transfer_handlers(session: AgentSession) -> dict[type, Callable[[Any], None]]:
+    """The message handlers file transfer adds to a session (for `Agent.add_handlers`)."""
+    service = TransferService(session)
+    return {PutFile: service.on_put, GetFile: service.on_get,
+            FileData: service.on_data, FileEnd: service.on_end}
+
+
+def remove_leftovers(state_dir: str) -> list[str]:
+    """Remove temp files of transfers a previous agent process never finished."""
+    try:
+        return Journal(state_dir).cleanup()
+    except FileTransferError as err:
+        import logging
+
+        logging.getLogger("shoal.agent").warning("cannot clean unfinished transfers: %s", err)
+        return []
+
+
+class TransferService:
+    """Routes one session's transfer frames to the transfer they belong to."""
+
+    def __init__(self, session: AgentSession) -> None:
+        self.session = session
+        self.journal = Journal(session.agent.config.state_dir)
+        self._ended: deque[int] = deque(maxlen=REMEMBERED_ENDS)
+
+    # -- requests ------------------------------------------------------------
+
+    def on_put(self, msg: PutFile) -> None:
+        if not self._admit(msg):
+            return
+        try:
+            dest = self.authorize(msg.path, "put", msg.request_id)
+        except FileTransferError as err:
+            return self.fail(msg.request_id, err)
+        job: Transfer = MakeDirectory(self, msg, dest) if msg.mkdir else PutTransfer(self, msg, dest)
+        self._start(job)
+
+    def on_get(self, msg: GetFile) -> None:
+        if not self._admit(msg):
+            return
+        try:
+            path = self.authorize(msg.path, "get", msg.request_id)
+        except FileTransferError as err:
+            return self.fail(msg.request_id, err)
+        self._start(GetTransfer(self, msg, path))
+
+    def _admit(self, msg: PutFile | GetFile) -> bool:
+        """Refuse a reused request id or one transfer too many."""
+        rid, session = msg.request_id, self.session
+        if rid == 0 or rid in session.requests:
+            session.request_error(rid, "duplicate_request", f"request id {rid} is already in use", 255)
+            return False
+        if sum(isinstance(r, Transfer) for r in session.requests.values()) >= MAX_TRANSFERS:
+            session.request_error(rid, "limit", f"too many transfers on this connection (limit {MAX_TRANSFERS})")
+            return False
+        return True
+
+    def _start(self, job: Transfer) -> None:
+        self.session.requests[job.request_id] = job
+        self.session.agent.tasks.spawn(job.run(), name=f"transfer-{job.request_id}")
+
+    def authorize(self, path: str, action: str, rid: int) -> Path:
+        """Resolve `path` and check it against the key's policy; refusals are audited."""
+        policy = self.session.policy
+        roots = None
+        if policy is not None and not policy.allow_all:
+            if not policy.files:
+                self._audit_denied(action, rid, path, "files not allowed")
+                raise FileTransferError("permission_denied", path, f"permission denied for key {self.session.key_id}")
+            roots = policy.file_roots
+        try:
+            resolved = resolve_path(path, roots)
+        except FileTransferError as err:
+            if err.code == "outside_root":
+                self._audit_denied(action, rid, path, "outside file roots")
+            raise
+        if policy is not None and not policy.allows_files(str(resolved)):
+            self._audit_denied(action, rid, path, "outside file roots")
+            raise FileTransferError("outside_root", path)
+        return resolved
+
+    def _audit_denied(self, action: str, rid: int, path: str, reason: str) -> None:
+        self.session.agent.audit.record("denied", peer=self.session.peer, key_id=self.session.key_id,
+                                        request=rid, action=action, path=path, reason=reason)
+
+    # -- data frames ---------------------------------------------------------
+
+    def on_data(self, msg: FileData) -> None:
+        job = self._put_for(msg)
+        if job is not None and not job.feed(msg.data):
+            self._protocol_error("window_exceeded", f"FILE_DATA for request {msg.request_id} overran its window")
+
+    def on_end(self, msg: FileEnd) -> None:
+        job = self._put_for(msg)
+        if job is not None and not job.finish(msg.sha256):
+            self._protocol_error("out_of_order", f"FILE_END for request {msg.request_id} came twice")
+
+    def _put_for(self, msg: Message) -> PutTransfer | None:
+        """The put this frame belongs to; None when ended (dropped) or unknown (answered)."""
+        job = self.session.requests.get(msg.request_id)
+        if isinstance(job, PutTransfer):
+            return job
+        if job is None and msg.request_id in self._ended:
+            return None
+        self.session.request_error(msg.request_id, "unknown_request", f"no put in progress as request {msg.request_id}")
+        return None
+
+    def _protocol_error(self, code: str, message: str) -> None:
+        self.session.conn.fail(code, message)
+        self.session.abort()
+
+    # -- endings -------------------------------------------------------------
+
+    def done(self, rid: int) -> None:
+        """Forget a finished transfer; remember its id so late frames are dropped."""
+        self.session.requests.pop(rid, None)
+        self._ended.append(rid)
+
+    def fail(self, rid: int, err: FileTransferError) -> None:
+        """End a transfer with an ERROR carrying the file error's code and message."""
+        self.done(rid)
+        self.session.log.info("transfer failed: %s", err, req=rid)
+        self.session.request_error(rid, err.code or "io_error", str(err), 1)
+
+    def audit(self, event: str, rid: int, **fields: Any) -> None:
+        self.session.agent.audit.record(event, peer=self.session.peer, key_id=self.session.key_id,
+                                        request=rid, **fields)
+
+
+class Transfer:
+    """One transfer request: a task that owns its file until it ends."""
+
+    def __init__(self, service: TransferService, request_id: int) -> None:
+        self.service = service
+        self.session = service.session
+        self.request_id = request_id
+        self.aborted = False
+        self._wake = asyncio.Event()
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """The connection dropped: stop at the next step, keeping the old file."""
+        self.aborted = True
+        self._wake.set()
+
+    def grant(self, increment: int) -> None:
+        """WINDOW frames for this request; only a get has use for them."""
+
+    async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking file I/O off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def _sleep(self) -> None:
+        self._wake.clear()
+        await self._wake.wait()
+
+
+class MakeDirectory(Transfer):
+    """PUT_FILE with `mkdir`: create one directory of a recursive put."""
+
+    def __init__(self, service: TransferService, msg: PutFile, dest: Path) -> None:
+        super().__init__(service, msg.request_id)
+        self.msg = msg
+        self.dest = dest
+
+    async def run(self) -> None:
+        try:
+            made = await self._io(self._make)
+            made = self.service.authorize(str(made), "put", self.request_id)
+        except FileTransferError as err:
+            return self.service.fail(self.request_id, err)
+        self.service.done(self.request_id)
+        self.service.audit("mkdir", self.request_id, path=str(made))
+        self.session.send(FileDone(self.request_id, path=str(made)))
+
+    def _make(self) -> Path:
+        """Create the directory (cp -r rules for `name`); an existing one is kept as is."""
+        msg = self.msg
+        target = self.dest
+        if _is_dir(self.dest) and msg.name:
+            target = self.dest / _plain_name(msg.name)
+        elif msg.into_dir:
+            raise FileTransferError("not_found", self.dest)
+        try:
+            os.mkdir(target, 0o700)
+        except FileExistsError:
+            if not _is_dir(target):
+                raise FileTransferError("not_directory", target, "exists and is not a directory") from None
+            return target
+        except OSError as err:
+            raise map_os_error(err, target) from err
+        _set_directory_attributes(target, msg.mode, msg.owner)
+        return target
+
+
+def _set_directory_attributes(path: Path, mode: int | None, owner: list[int] | None) -> None:
+    """Give a new directory its owner (root only) and mode (default 0o777 less umask)."""
+    try:
+        if owner is not None and os.geteuid() == 0:
+            os.chown(path, owner[0], owner[1])
+        os.chmod(path, stat.S_IMODE(mode) if mode is not None else 0o777 & ~_umask())
+    except OSError as err:
+        raise map_os_error(err, path) from err
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (from /proc)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _plain_name(name: str) -> str:
+    if name in (".", "..") or "/" in name or "\0" in name:
+        raise FileTransferError("bad_path", name, "file name must be a single path component")
+    return name
+
+
+class PutTransfer(Transfer):
+    """PUT_FILE: open the writer, grant a window, write chunks, verify and commit."""
+
+    def __init__(self, service: TransferService, msg: PutFile, dest: Path) -> None:
+        super().__init__(service, msg.request_id)
+        self.msg = msg
+        self.dest = dest
+        self.window = 0  # nothing may arrive before FILE_INFO grants the window
+        self.outstanding = 0  # received and not yet granted back
+        self._chunks: deque[bytes] = deque()
+        self._expected_sha256: str | None = None
+        self._written_since_grant = 0
+
+    # -- from the session ----------------------------------------------------
+
+    def feed(self, data: bytes) -> bool:
+        """Queue a chunk; False when it overruns the window or follows FILE_END."""
+        self.outstanding += len(data)
+        if self.outstanding > self.window or self._expected_sha256 is not None:
+            return False
+        self._chunks.append(data)
+        self._wake.set()
+        return True
+
+    def finish(self, sha256: str) -> bool:
+        """FILE_END arrived; False when it is a second one."""
+        if self._expected_sha256 is not None:
+            return False
+        self._expected_sha256 = sha256
+        self._wake.set()
+        return True
+
+    # -- the task ------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            writer: AtomicWriter = await self._io(self._open)
+        except FileTransferError as err:
+            return self.service.fail(self.request_id, err)
+        try:
+            await self._receive(writer)
+        except FileTransferError as err:
+            await self._io(writer.abort)
+            self.service.audit("put_failed", self.request_id, path=str(writer.dest), error=err.code)
+            self.service.fail(self.request_id, err)
+        except BaseException:
+            await asyncio.shield(self._io(writer.abort))
+            raise
+
+    def _open(self) -> AtomicWriter:
+        msg = self.msg
+        owner = (msg.owner[0], msg.owner[1]) if msg.owner is not None and len(msg.owner) == 2 else None
+        writer = AtomicWriter.open(self.dest, name=msg.name or None, into_dir=msg.into_dir,
+                                   mode=stat.S_IMODE(msg.mode) if msg.mode is not None else None,
+                                   mtime=msg.mtime, owner=owner, journal=self.service.journal)
+        try:
+            _check_free_space(writer.temp.parent, msg.size)
+        except FileTransferError:
+            writer.abort()
+            raise
+        return writer
+
+    async def _receive(self, writer: AtomicWriter) -> None:
+        """Grant the window, write what arrives, commit on FILE_END."""
+        self.service.audit("put", self.request_id, path=str(writer.dest), size=self.msg.size)
+        self.window = PUT_WINDOW
+        self.session.send(FileInfo(self.request_id, size=self.msg.size, window=PUT_WINDOW))
+        while not self.aborted:
+            if self._chunks:
+                await self._write(writer)
+            elif self._expected_sha256 is not None:
+                return await self._commit(writer)
+            else:
+                await self._sleep()
+        await self._io(writer.abort)
+        self.service.done(self.request_id)
+
+    async def _write(self, writer: AtomicWriter) -> None:
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        written = await self._io(_write_all, writer, chunks)
+        self._written_since_grant += written
+        if self._written_since_grant >= GRANT_STEP and not self.aborted:
+            self.outstanding -= self._written_since_grant
+            self.session.send(Window(self.request_id, bytes=self._written_since_grant))
+            self._written_since_grant = 0
+
+    async def _commit(self, writer: AtomicWriter) -> None:
+        if writer.size != self.msg.size:
+            raise FileTransferError("io_error", writer.dest,
+                                    f"received {writer.size} bytes but PUT_FILE announced {self.msg.size}")
+        assert self._expected_sha256 is not None
+        await self._io(writer.commit, self._expected_sha256)
+        self.service.done(self.request_id)
+        self.service.audit("put_done", self.request_id, path=str(writer.dest), bytes=writer.size)
+        self.session.send(FileDone(self.request_id, sha256=writer.hexdigest(), bytes=writer.size,
+                                   path=str(writer.dest)))
+
+
+def _write_all(writer: AtomicWriter, chunks: list[bytes]) -> int:
+    """Write queued chunks in one executor job; return the byte count."""
+    for chunk in chunks:
+        writer.write(chunk)
+    return sum(map(len, chunks))
+
+
+def _check_free_space(directory: Path, size: int) -> None:
+    """Refuse at once a put that cannot fit, instead of failing after gigabytes."""
+    if size <= 0:
+        return
+    try:
+        fs = os.statvfs(directory)
+    except OSError:
+        return  # no answer is no reason to refuse; the writes will tell
+    blocks = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
+    free = blocks * fs.f_frsize
+    if size > free:
+        raise FileTransferError("no_space", directory, f"no space left on device ({size} bytes needed, {free} free)")
+
+
+class GetTransfer(Transfer):
+    """GET_FILE: open the reader, describe the file, stream it under the window."""
+
+    def __init__(self, service: TransferService, msg: GetFile, path: Path) -> None:
+        super().__init__(service, msg.request_id)
+        self.path = path
+        self.credit = msg.window or GET_WINDOW
+
+    def grant(self, increment: int) -> None:
+        self.credit += increment
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            reader: FileReader = await self._io(FileReader.open, self.path)
+        except FileTransferError as err:
+            return self.service.fail(self.request_id, err)
+        try:
+            await self._send(reader)
+        except FileTransferError as err:
+            self.service.fail(self.request_id, err)
+        finally:
+            reader.close()
+
+    async def _send(self, reader: FileReader) -> None:
+        """Read one chunk ahead while sending the last, never beyond the credit."""
+        self.service.audit("get", self.request_id, path=str(self.path), size=reader.size)
+        self.session.send(FileInfo(self.request_id, size=reader.size, mode=reader.mode, mtime=reader.mtime))
+        chunk = min(GET_CHUNK, self.session.conn.peer_max_frame)
+        data: bytes = await self._io(reader.read, chunk)
+        while data and not self.aborted:
+            pending = asyncio.ensure_future(self._io(reader.read, chunk))
+            try:
+                await self._send_chunk(data)
+            finally:
+                data = await pending
+        self.service.done(self.request_id)
+        if not self.aborted:
+            self.service.audit("get_done", self.request_id, path=str(self.path), bytes=reader.bytes_read)
+            self.session.send(FileEnd(self.request_id, sha256=reader.hexdigest()))
+
+    async def _send_chunk(self, data: bytes) -> None:
+        """Send `data`, split where the credit runs out, waiting for WINDOW frames."""
+        offset = 0
+        while offset < len(data) and not self.aborted:
+            if self.credit <= 0:
+                await self._sleep()
+                continue
+            n = min(len(data) - offset, self.credit)
+            self.credit -= n
+            piece = data if n == len(data) else data[offset:offset + n]
+            self.session.send_data(MessageType.FILE_DATA, self.request_id, piece)
+            offset += n
