@@ -28,7 +28,8 @@ from .options import (
     connect_options_from_args,
     targets_from_args,
 )
-from .output import RawHandler, StreamHandler
+from .fdlimit import raise_open_files_limit
+from .output import choose_output
 from .result import Result
 from .stdin import StdinSpool
 from .targets import Target
@@ -58,17 +59,16 @@ def _isatty(fd: int) -> bool:
 
 
 def choose_handler(args: argparse.Namespace, display: Display, targets: list[Target]) -> Any:
-    """Pick the output handler once: raw for one host piped, stream otherwise."""
-    mode = getattr(args, "output", None)
-    raw = len(targets) == 1 and mode is None and (getattr(args, "raw", False) or not display.stdout_tty)
-    if raw:
-        return RawHandler(display)
-    return StreamHandler(display, [t.name for t in targets])
+    """Pick the output handler once (modes in controller/output.py)."""
+    return choose_output(display, [t.name for t in targets], getattr(args, "output", None),
+                         raw=getattr(args, "raw", False), outdir=getattr(args, "outdir", None),
+                         failed_only=getattr(args, "failed_only", False))
 
 
 async def run_fleet(targets: list[Target], command: Command, options: ConnectOptions,
                     args: argparse.Namespace, display: Display, forward_stdin: bool) -> int:
     """Run on the fleet with Ctrl-C handling: first cancels everywhere, second gives up."""
+    raise_open_files_limit(min(len(targets), args.fanout))
     fleet = Fleet(targets, options, fanout=args.fanout)
     handler: Handler = choose_handler(args, display, targets)
     stdin = StdinSpool.from_fd(sys.stdin.fileno()) if forward_stdin else None
@@ -99,12 +99,12 @@ async def run_fleet(targets: list[Target], command: Command, options: ConnectOpt
             stdin.close()
     handler.close()
     if len(targets) > 1 and not getattr(args, "quiet", False):
-        report_summary(display, result.results)
+        report_summary(display, result.results, result.elapsed)
     return 130 if interrupts else result.status
 
 
-def report_summary(display: Display, results: list[Result]) -> None:
+def report_summary(display: Display, results: list[Result], elapsed: float | None = None) -> None:
     """One line on stderr: ok / failed / unreachable counts with their host sets."""
     from .summary import summary_line
 
-    display.message(summary_line(results))
+    display.message(summary_line(results, elapsed))
