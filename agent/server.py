@@ -74,6 +74,7 @@ class Agent:
         self._reap_orphans = reap_orphans
         self._reaper: Any = None
         self._sampler: Any = None
+        self.discovery: Any = None  # agent.discovery.DiscoveryResponder when enabled
         self._live_pids: set[int] = set()
         self._handler_factories: list[Callable[[AgentSession], dict[type, Callable[[Any], None]]]] = []
         self.add_handlers(transfer_handlers)
@@ -134,6 +135,10 @@ class Agent:
         try:
             for text in self.config.listen:
                 await self._listen(parse_listen(text))
+            if self.config.discovery.enabled:
+                from .discovery import start_responder
+
+                self.discovery = await start_responder(self)
         except BaseException:
             await self._close_servers()
             raise
@@ -198,6 +203,9 @@ class Agent:
         self.audit.close()
 
     async def _close_servers(self) -> None:
+        if self.discovery is not None:
+            self.discovery.close()
+            self.discovery = None
         for server in self._servers:
             server.close()
         for server in self._servers:
