@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audit-log", metavar="PATH", help="append one JSON line per security event")
     p.add_argument("--state-dir", metavar="DIR")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--discovery", action="store_true", help="answer `shoal discover` probes over UDP")
+    p.add_argument("--discovery-port", type=int, metavar="PORT", help="UDP port for discovery (default 8470)")
     p.add_argument("--max-connections", type=int, metavar="N")
     p.add_argument("--max-commands", type=int, metavar="N")
     p.add_argument("--idle-timeout", type=float, metavar="SECS")
@@ -66,6 +68,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             overrides[dotted] = tuple(value) if isinstance(value, list) else value
     if args.insecure:
         overrides["insecure"] = True
+    if args.discovery:
+        overrides["discovery.enabled"] = True
+    if args.discovery_port is not None:
+        overrides["discovery.port"] = args.discovery_port
     if args.audit_log:
         overrides["audit_log"] = os.path.abspath(args.audit_log)
     overrides.update(_tls_overrides(args, cfg))
