@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -120,3 +121,15 @@ def test_outdir_keeps_every_hosts_output(fleet: Path, capsysbinary: pytest.Captu
         assert out.read_bytes() == (b"other\n" if i in (4, 17, 29) else b"same\n")
         assert out.with_suffix(".err").read_bytes() == b"e\n"
     assert len(list((tmp_path / "out").iterdir())) == 60
+
+
+def test_failed_only_lists_the_failed_hosts_and_why(fleet: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    with socket.socket() as s:  # a port nobody listens on, just released
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    status, out, err = shoal(capsysbinary, "run", "--inventory", str(fleet), f"{ALL},{closed}", "-n",
+                             "--failed-only", "--", 'echo noise; [ -z "$TEST_VARIANT" ]')
+    assert status == 255
+    assert out == (f"{closed}: connection refused\n127.0.0.4: exit 1\n"
+                   "127.0.0.17: exit 1\n127.0.0.29: exit 1\n").encode()
+    assert err.startswith(f"shoal: 27 ok, 3 failed ({VARIANT}), 1 unreachable ({closed}) in ".encode())

@@ -1,0 +1,145 @@
+"""`shoal run` output options end to end: stdin broadcast, failures mixed with good hosts,
+JSON, --failed-only, --outdir names, and the progress line on a real terminal."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import pty
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.cli import main
+from tests.agents import AgentThread
+
+_BIN = Path(sys.executable).with_name("shoal")
+SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "controller.cli"]
+
+
+@pytest.fixture(scope="module")
+def agents() -> Iterator[AgentThread]:
+    with AgentThread(10) as t:
+        yield t
+
+
+def shoal(capsysbinary: pytest.CaptureFixture[bytes], *argv: str) -> tuple[int, bytes, bytes]:
+    status = main(list(argv))
+    out, err = capsysbinary.readouterr()
+    return status, out, err
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (just released by us)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_stdin_reaches_ten_hosts_byte_exact(agents: AgentThread) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)  # beyond the stdin window, so credit is exercised
+    done = subprocess.run([*SHOAL, "run", agents.targets_spec(), "-o", "gather", "--", "sha256sum"],
+                          input=data, capture_output=True, timeout=60)
+    digest = hashlib.sha256(data).hexdigest().encode()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1].endswith(b" (10)")  # one group: every host got the same bytes
+    assert done.stdout.splitlines()[3:] == [digest + b"  -"]
+
+
+def test_no_stdin_flag_keeps_stdin_home(agents: AgentThread) -> None:
+    done = subprocess.run([*SHOAL, "run", agents.targets_spec(), "-n", "-o", "gather", "--", "wc -c"],
+                          input=b"not sent", capture_output=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.splitlines()[3:] == [b"0"]
+
+
+def test_unresolvable_and_unreachable_hosts_fail_alone(agents: AgentThread,
+                                                      capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    closed = f"127.0.0.1:{closed_port()}"
+    good = agents.addresses[:2]
+    spec = ",".join([good[0], "no-such-host.invalid", closed, good[1]])
+    status, out, err = shoal(capsysbinary, "run", spec, "-n", "-o", "stream", "--", "echo hello")
+    width = max(len(h) for h in [*good, "no-such-host.invalid", closed])
+    assert status == 255
+    assert sorted(out.splitlines()) == sorted(f"{h}:{' ' * (width - len(h))} hello".encode() for h in good)
+    lines = err.decode().splitlines()
+    assert f"shoal: {closed}: connection refused" in lines
+    assert any(line.startswith("shoal: no-such-host.invalid: cannot resolve host") for line in lines)
+    assert lines[-1].startswith(f"shoal: 2 ok, 0 failed, 2 unreachable ({closed},no-such-host.invalid) in ")
+    assert len(lines) == 3
+
+
+def test_json_through_the_cli_encodes_binary_and_reports_exits(agents: AgentThread,
+                                                              capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    spec = f"{agents.addresses[0]},no-such-host.invalid"
+    status, out, err = shoal(capsysbinary, "run", spec, "-n", "-o", "json", "--",
+                             r"printf '\377\376'; echo warn >&2; exit 3")
+    events = [json.loads(line) for line in out.splitlines()]
+    host = agents.addresses[0]
+    assert status == 255
+    assert [e["event"] for e in events if e.get("host") == host] == ["start", "output", "output", "exit"]
+    by = {(e["event"], e.get("stream")): e for e in events if e.get("host") == host}
+    assert base64.b64decode(by["output", "stdout"]["data_b64"]) == b"\xff\xfe"
+    assert by["output", "stderr"]["data"] == "warn\n"
+    assert (by["exit", None]["status"], by["exit", None]["code"], by["exit", None]["ok"]) == (3, 3, False)
+    lost = next(e for e in events if e.get("host") == "no-such-host.invalid")
+    assert lost["event"] == "exit" and lost["unreachable"] and lost["error"].startswith("cannot resolve host")
+    assert events[-1] == {**events[-1], "event": "summary", "status": 255, "ok": [], "failed": [host],
+                          "unreachable": ["no-such-host.invalid"]}
+    assert all(isinstance(e["t"], float | int) for e in events)
+    assert err.startswith(b"shoal: 0 ok, 1 failed")
+
+
+def test_outdir_names_unix_socket_hosts_safely(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    sock = tmp_path / "a.sock"
+    with AgentThread(1, listen=(f"unix:{sock}",)) as t:
+        status, out, _ = shoal(capsysbinary, "run", t.targets_spec(), "--outdir", str(tmp_path / "o"), "-n",
+                               "--", "echo out; echo err >&2")
+    stem = "unix:" + str(sock).replace("/", "%2F")
+    assert status == 0 and out == b"out\n"
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [stem + ".err", stem + ".out"]
+    assert (tmp_path / "o" / (stem + ".out")).read_bytes() == b"out\n"
+
+
+def test_progress_line_on_a_terminal_never_reaches_stdout(agents: AgentThread, tmp_path: Path) -> None:
+    flag = tmp_path / "go"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*SHOAL, "run", agents.targets_spec(), "-n", "-o", "gather", "--",
+                             f"while [ ! -e {flag} ]; do sleep 0.02; done; echo finished"],
+                            stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 30
+    while b"10 running" not in seen:  # every host is waiting for the flag
+        assert time.monotonic() < deadline and proc.poll() is None, seen
+        seen += os.read(master, 4096)
+    flag.touch()
+    out, _ = proc.communicate(timeout=30)
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the terminal's last writer has gone
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    lines = out.splitlines()
+    assert lines[1].endswith(b" (10)") and lines[3:] == [b"finished"] and b"\x1b" not in out
+    assert b"\r\x1b[Kshoal: 0/10 done, 10 running, 0 failed" in seen
+    summary = seen.rpartition(b"\r\x1b[K")[2]
+    assert summary.startswith(b"shoal: 10 ok, 0 failed, 0 unreachable in ")
+
+
+def test_no_progress_line_when_stderr_is_a_pipe(agents: AgentThread) -> None:
+    done = subprocess.run([*SHOAL, "run", agents.targets_spec(), "-n", "-o", "gather", "--", "sleep 0.3"],
+                          capture_output=True, timeout=60)
+    assert done.returncode == 0
+    assert done.stderr.startswith(b"shoal: 10 ok") and b"\r" not in done.stderr
