@@ -1,0 +1,547 @@
+"""Copying files to and from agents: one connection's requests, and fleet fan-out.
+
+Layers, as for commands: `PutRequest`/`GetRequest` are one transfer on one
+`AgentClient` (frames in, credit, completion); `put_file`/`get_file` copy one file
+over one connection; `put_fleet`/`get_fleet` run a whole CLI operation over many
+targets and turn every host's outcome into its `Result`.
+
+Fan-out reads each local chunk once: chunk N is read (and hashed) in a worker
+thread while chunk N-1 goes out, then handed to every host in turn, each as far as
+its window allows. The file therefore advances at the pace of the slowest host and
+memory stays at about one chunk plus each host's socket buffer, whatever the file
+size. A host that fails leaves the group; the others carry on.
+
+Statuses: 0 copied, `TRANSFER_FAILED` (1) refused or failed on that host (no such
+file, permission denied, disk full...), 255 unreachable or connection lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Protocol, TypeVar
+
+from agent.files import AtomicWriter, FileReader, FileTransferError, map_os_error
+from protocol.errors import RemoteCommandError, ShoalConnectionError, ShoalError
+from protocol.messages import (
+    Error,
+    FileData,
+    FileDone,
+    FileEnd,
+    FileInfo,
+    GetFile,
+    Message,
+    PutFile,
+    Window,
+)
+
+from .client import AgentClient
+from .fleet import ConnectOptions, FleetResult, failure_result
+from .result import Result
+from .targets import Target
+from .transferplan import PlanItem, PutPlan
+
+__all__ = [
+    "TRANSFER_FAILED",
+    "GET_WINDOW",
+    "PutOptions",
+    "Progress",
+    "PutRequest",
+    "GetRequest",
+    "put_file",
+    "get_file",
+    "put_fleet",
+    "get_fleet",
+    "host_directory_name",
+]
+
+# Exit status of a host whose transfer was refused or failed (not unreachable).
+TRANSFER_FAILED = 1
+# FILE_DATA bytes an agent may have in flight to us per get; granted back in quarters.
+GET_WINDOW = 8 * 1024 * 1024
+
+T = TypeVar("T")
+
+
+class Progress(Protocol):
+    """Receives byte counts as a transfer goes (see TransferProgress)."""
+
+    def expect(self, n: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+    def dropped(self, n: int) -> None: ...
+
+
+class _NoProgress:
+    def expect(self, n: int) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def dropped(self, n: int) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class PutOptions:
+    """What a put keeps besides content and mode: `preserve` mtime, `owner` uid/gid."""
+
+    preserve: bool = False
+    owner: bool = False
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking local file I/O off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+# -- one request on one connection ---------------------------------------------
+
+
+class _Request:
+    """Routing and failure shared by both directions.
+
+    `AgentClient` hands us this request's frames (`receive`) and tells us when the
+    connection is gone (`lost`); a waiter sees either as an exception.
+    """
+
+    def __init__(self, client: AgentClient) -> None:
+        self.client = client
+        self.host = client.name
+        self.request_id = client.new_request_id()
+        self.error: ShoalError | None = None
+        self._changed = asyncio.Event()
+        if client.closed:
+            self.error = ShoalConnectionError(self.host, client.close_reason or "connection closed")
+        else:
+            client.requests[self.request_id] = self
+
+    def receive(self, msg: Message) -> None:
+        if isinstance(msg, Error):
+            status = msg.status if msg.status is not None else TRANSFER_FAILED
+            self._fail(RemoteCommandError(msg.message, code=msg.code, host=self.host,
+                                          request_id=self.request_id, status=status))
+        else:
+            self._on_message(msg)
+        self._changed.set()
+
+    def _on_message(self, msg: Message) -> None:
+        raise NotImplementedError
+
+    def lost(self, reason: str) -> None:
+        self._fail(ShoalConnectionError(self.host, reason))
+        self._changed.set()
+
+    def _fail(self, exc: ShoalError) -> None:
+        if self.error is None:
+            self.error = exc
+        self._end()
+
+    def _end(self) -> None:
+        self.client.requests.pop(self.request_id, None)
+
+    async def _until(self, ready: Callable[[], bool]) -> None:
+        """Wait for `ready()`; raise the request's error if it fails first."""
+        while not ready():
+            if self.error is not None:
+                raise self.error
+            self._changed.clear()
+            await self._changed.wait()
+
+
+class PutRequest(_Request):
+    """One PUT_FILE: wait for FILE_INFO, send within the credit, end with FILE_END."""
+
+    def __init__(self, client: AgentClient, msg_fields: dict[str, Any]) -> None:
+        super().__init__(client)
+        self.credit = 0
+        self.opened = False
+        self.result: FileDone | None = None
+        if self.error is None:
+            client.send(PutFile(self.request_id, **msg_fields))
+
+    def _on_message(self, msg: Message) -> None:
+        if isinstance(msg, FileInfo):
+            self.opened = True
+            self.credit += msg.window
+        elif isinstance(msg, Window):
+            self.credit += msg.bytes
+        elif isinstance(msg, FileDone):
+            self.result = msg
+            self._end()
+
+    async def wait_open(self) -> None:
+        """Until FILE_INFO (or, for a directory, FILE_DONE) arrives."""
+        await self._until(lambda: self.opened or self.result is not None)
+
+    async def send(self, data: bytes, on_sent: Callable[[int], None]) -> None:
+        """Send `data` as FILE_DATA, split where the agent's credit runs out."""
+        offset = 0
+        while offset < len(data):
+            await self._until(lambda: self.credit > 0)
+            n = min(len(data) - offset, self.credit)
+            self.credit -= n
+            self.client.send(FileData(self.request_id, data if n == len(data) else data[offset:offset + n]))
+            offset += n
+            on_sent(n)
+            await self.client.drain()
+
+    def end(self, sha256: str) -> None:
+        if self.error is None:
+            self.client.send(FileEnd(self.request_id, sha256=sha256))
+
+    async def wait_done(self) -> FileDone:
+        await self._until(lambda: self.result is not None)
+        assert self.result is not None
+        return self.result
+
+
+class GetRequest(_Request):
+    """One GET_FILE: FILE_INFO, FILE_DATA within our window, FILE_END with the digest."""
+
+    def __init__(self, client: AgentClient, path: str, window: int = GET_WINDOW) -> None:
+        super().__init__(client)
+        self.window = window
+        self.info: FileInfo | None = None
+        self.sha256: str | None = None
+        self._chunks: deque[bytes] = deque()
+        self._outstanding = 0
+        self._consumed = 0
+        if self.error is None:
+            client.send(GetFile(self.request_id, path=path, window=window))
+
+    def _on_message(self, msg: Message) -> None:
+        if isinstance(msg, FileInfo):
+            self.info = msg
+        elif isinstance(msg, FileData):
+            self._outstanding += len(msg.data)
+            if self._outstanding > self.window:
+                self.client.protocol_violation(f"agent overran the window of transfer {self.request_id}")
+                return
+            self._chunks.append(msg.data)
+        elif isinstance(msg, FileEnd):
+            self.sha256 = msg.sha256
+            self._end()
+
+    async def wait_info(self) -> FileInfo:
+        await self._until(lambda: self.info is not None)
+        assert self.info is not None
+        return self.info
+
+    async def next_chunks(self) -> list[bytes]:
+        """The chunks received so far; [] once FILE_END came and all were taken."""
+        await self._until(lambda: bool(self._chunks) or self.sha256 is not None)
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        return chunks
+
+    def consumed(self, n: int) -> None:
+        """`n` bytes are on disk: grant them back once a quarter window has gathered."""
+        self._consumed += n
+        if self._consumed >= self.window // 4 and self.sha256 is None and self.error is None:
+            self._outstanding -= self._consumed
+            self.client.send(Window(self.request_id, bytes=self._consumed))
+            self._consumed = 0
+
+
+# -- one host of a put ---------------------------------------------------------
+
+
+class HostPut:
+    """One host's part in a (fan-out) put: its connection, its bases, its outcome."""
+
+    def __init__(self, client: AgentClient, remote_path: str, plan: PutPlan, options: PutOptions,
+                 progress: Progress) -> None:
+        self.client = client
+        self.host = client.name
+        self.remote_path = remote_path
+        self.plan = plan
+        self.options = options
+        self.progress = progress
+        self.error: ShoalError | None = None
+        self.request: PutRequest | None = None
+        self.moved = 0
+        self._bases: dict[int, str] = {}
+        self._start = time.monotonic()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def begin(self, item: PlanItem) -> None:
+        """Send this item's PUT_FILE (not waiting for the answer)."""
+        self.request = PutRequest(self.client, self._fields(item))
+
+    def _fields(self, item: PlanItem) -> dict[str, Any]:
+        fields: dict[str, Any] = {"size": item.size, "mode": item.mode, "mkdir": item.is_dir}
+        if item.relative:
+            fields["path"] = f"{self._bases[item.source].rstrip('/')}/{item.relative}"
+        else:
+            name = os.path.basename(item.local.rstrip("/")) or item.local
+            fields.update(path=self.remote_path, name=name, into_dir=self.plan.into_dir)
+        if self.options.preserve and not item.is_dir:
+            fields["mtime"] = item.mtime
+        if self.options.owner:
+            fields["owner"] = list(item.owner)
+        return fields
+
+    def advance(self, n: int) -> None:
+        self.moved += n
+        self.progress.advance(n)
+
+    def finished(self, item: PlanItem, done: FileDone) -> None:
+        """Note where the agent put it: a top directory becomes the base of its tree."""
+        if item.is_dir and not item.relative:
+            self._bases[item.source] = done.path
+
+    async def step(self, action: Callable[[PutRequest], Awaitable[T]]) -> T | None:
+        """Run one action on the current request; a failure takes this host out."""
+        if self.error is not None or self.request is None:
+            return None
+        try:
+            return await action(self.request)
+        except ShoalError as exc:
+            self.error = exc
+            self.progress.dropped(self.plan.total_bytes - self.moved)
+            return None
+
+    def result(self) -> Result:
+        if self.error is not None:
+            return _failure(self.host, self.error)
+        return Result(self.host, 0, duration=time.monotonic() - self._start)
+
+
+def _failure(host: str, exc: BaseException) -> Result:
+    """A host's failed transfer as its Result (transfer errors: status 1)."""
+    if isinstance(exc, RemoteCommandError):
+        return Result(host, exc.status or TRANSFER_FAILED, error=exc.reason, error_code=exc.code)
+    return failure_result(host, exc)
+
+
+class FanoutPut:
+    """Send a plan to a group of hosts at once, reading every local chunk once."""
+
+    def __init__(self, hosts: list[HostPut], plan: PutPlan) -> None:
+        self.hosts = hosts
+        self.plan = plan
+
+    def live(self) -> list[HostPut]:
+        return [h for h in self.hosts if h.ok]
+
+    async def run(self) -> None:
+        for item in self.plan.items:
+            hosts = self.live()
+            if not hosts:
+                return
+            for host in hosts:
+                host.begin(item)
+            if not item.is_dir:
+                await self._copy(item, hosts)
+            for host in hosts:
+                done = await host.step(lambda r: r.wait_done())
+                if done is not None:
+                    host.finished(item, done)
+
+    async def _copy(self, item: PlanItem, hosts: list[HostPut]) -> None:
+        for host in hosts:
+            await host.step(lambda r: r.wait_open())
+        reader = await _in_thread(FileReader.open, item.local)
+        try:
+            sha256 = await self._stream(reader, item)
+        finally:
+            reader.close()
+        for host in self.live():
+            await host.step(lambda r: _end(r, sha256))
+
+    async def _stream(self, reader: FileReader, item: PlanItem) -> str:
+        """Read ahead one chunk in a thread while the last goes to every live host."""
+        size = min([h.client.max_chunk for h in self.hosts] + [1024 * 1024])
+        data = await _in_thread(reader.read, size)
+        while data and self.live():
+            pending = asyncio.ensure_future(_in_thread(reader.read, size))
+            try:
+                for host in self.live():
+                    await host.step(lambda r: r.send(data, host.advance))
+            except BaseException:
+                await asyncio.gather(pending, return_exceptions=True)
+                raise
+            data = await pending
+        if self.live() and reader.bytes_read != item.size:
+            raise FileTransferError("io_error", item.local, "file changed size while it was being sent")
+        return reader.hexdigest()
+
+
+async def _end(request: PutRequest, sha256: str) -> None:
+    request.end(sha256)
+
+
+# -- one connection ------------------------------------------------------------
+
+
+async def put_file(client: AgentClient, plan: PutPlan, remote_path: str,
+                   options: PutOptions = PutOptions(), progress: Progress | None = None) -> Result:
+    """Copy what `plan` lists to `remote_path` over one connection.
+
+    Returns the host's Result: status 0, TRANSFER_FAILED with the agent's reason
+    (`error`, `error_code`), or 255 when the connection was lost.
+
+    Raises:
+        FileTransferError: a local file could not be read (affects every host).
+    """
+    host = HostPut(client, remote_path, plan, options, progress or _NoProgress())
+    await FanoutPut([host], plan).run()
+    return host.result()
+
+
+async def get_file(client: AgentClient, remote_path: str, local_path: str, *, preserve: bool = False,
+                   progress: Progress | None = None) -> Result:
+    """Fetch one remote file into `local_path`, atomically and checked by sha256.
+
+    The local file is written beside `local_path` and renamed over it only when
+    its sha256 matches the agent's; it gets the remote mode (and mtime with
+    `preserve`). Returns the host's Result; errors writing locally become that
+    host's failure too, with the local path in the reason.
+    """
+    progress = progress or _NoProgress()
+    start = time.monotonic()
+    request = GetRequest(client, remote_path)
+    try:
+        info = await request.wait_info()
+        progress.expect(info.size)
+        writer = await _in_thread(_open_local, local_path, info, preserve)
+        with writer:
+            await _receive_into(request, writer, progress)
+            assert request.sha256 is not None
+            await _in_thread(writer.commit, request.sha256)
+    except ShoalError as exc:
+        if request.error is None:
+            request.lost("transfer abandoned")  # stop routing its frames to us
+        return _failure(client.name, exc)
+    return Result(client.name, 0, duration=time.monotonic() - start)
+
+
+def _open_local(local_path: str, info: FileInfo, preserve: bool) -> AtomicWriter:
+    """Create the local file's directory if needed and start the atomic write."""
+    parent = os.path.dirname(local_path) or "."
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as err:
+        raise map_os_error(err, parent) from err
+    return AtomicWriter.open(local_path, mode=info.mode, mtime=info.mtime if preserve else None)
+
+
+async def _receive_into(request: GetRequest, writer: AtomicWriter, progress: Progress) -> None:
+    """Write chunks as they come, in a thread, granting the window back as they land."""
+    while chunks := await request.next_chunks():
+        written = await _in_thread(_write_all, writer, chunks)
+        progress.advance(written)
+        request.consumed(written)
+
+
+def _write_all(writer: AtomicWriter, chunks: list[bytes]) -> int:
+    for chunk in chunks:
+        writer.write(chunk)
+    return sum(map(len, chunks))
+
+
+# -- fleets --------------------------------------------------------------------
+
+
+async def put_fleet(targets: list[Target], connect: ConnectOptions, plan: PutPlan, remote_path: str, *,
+                    options: PutOptions = PutOptions(), fanout: int = 64,
+                    progress: Progress | None = None) -> FleetResult:
+    """Put `plan` on every target: groups of `fanout` hosts share each local read.
+
+    Per-host failures become results and never stop the others. Raises
+    FileTransferError when a local file fails to read mid-way (every host's
+    connection is then aborted, so no host keeps a partial file).
+    """
+    progress = progress or _NoProgress()
+    out = FleetResult()
+    start = time.monotonic()
+    for first in range(0, len(targets), max(1, fanout)):
+        group = targets[first:first + max(1, fanout)]
+        out.results.extend(await _put_group(group, connect, plan, remote_path, options, progress))
+    out.elapsed = time.monotonic() - start
+    return out
+
+
+async def _put_group(group: list[Target], connect: ConnectOptions, plan: PutPlan, remote_path: str,
+                     options: PutOptions, progress: Progress) -> list[Result]:
+    attempts = await asyncio.gather(*(_connect(connect, t) for t in group))
+    clients = [a for a in attempts if isinstance(a, AgentClient)]
+    failed = [a for a in attempts if isinstance(a, Result)]
+    progress.expect(plan.total_bytes * len(clients))
+    hosts = [HostPut(c, remote_path, plan, options, progress) for c in clients]
+    try:
+        await FanoutPut(hosts, plan).run()
+    except BaseException:
+        for client in clients:
+            client.abort()
+        raise
+    await asyncio.gather(*(c.close() for c in clients))
+    return failed + [h.result() for h in hosts]
+
+
+async def _connect(connect: ConnectOptions, target: Target) -> AgentClient | Result:
+    try:
+        return await connect.connect(target)
+    except (ShoalError, OSError) as exc:
+        return failure_result(target.name, exc)
+
+
+async def get_fleet(targets: list[Target], connect: ConnectOptions, remote_path: str, local_dir: str, *,
+                    preserve: bool = False, fanout: int = 64, progress: Progress | None = None,
+                    on_result: Callable[[Result], None] | None = None) -> FleetResult:
+    """Fetch `remote_path` from every target into `local_dir/<host>/<basename>`.
+
+    Host directories are created as needed; host names are escaped
+    (`host_directory_name`) so no two hosts can share a directory.
+    """
+    name = os.path.basename(remote_path.rstrip("/"))
+    if not name:
+        raise FileTransferError("bad_path", remote_path, "remote path names no file")
+    gate = asyncio.Semaphore(max(1, fanout))
+    out = FleetResult()
+    start = time.monotonic()
+
+    async def one(target: Target) -> None:
+        async with gate:
+            result = await _get_one(target, connect, remote_path, local_dir, name, preserve, progress)
+        out.results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    await asyncio.gather(*(one(t) for t in targets))
+    out.elapsed = time.monotonic() - start
+    return out
+
+
+async def _get_one(target: Target, connect: ConnectOptions, remote_path: str, local_dir: str, name: str,
+                   preserve: bool, progress: Progress | None) -> Result:
+    directory = os.path.join(local_dir, host_directory_name(target.name))
+    attempt = await _connect(connect, target)
+    if isinstance(attempt, Result):
+        return attempt
+    try:
+        return await get_file(attempt, remote_path, os.path.join(directory, name),
+                              preserve=preserve, progress=progress)
+    finally:
+        await attempt.close()
+
+
+def host_directory_name(host: str) -> str:
+    """A directory name for `host` that no other host name can map to.
+
+    `%` and `/` are escaped as `%25` and `%2F` (so `unix:/run/a.sock` stays one
+    component), and the names `.` and `..` are escaped whole.
+    """
+    escaped = host.replace("%", "%25").replace("/", "%2F").replace("\0", "%00")
+    if escaped in (".", ".."):
+        return escaped.replace(".", "%2E")
+    return escaped or "%"
