@@ -65,6 +65,8 @@ class Agent:
         self.config = config or AgentConfig.default()
         self.software = f"shoal-agent/{software_version()}"
         self.tasks = TaskSet()
+        # Loops that never end by themselves (reaper, metrics sampler): cancelled at close.
+        self._loops = TaskSet()
         self.sessions: set[AgentSession] = set()
         self.running_commands = 0
         self.detached: dict[int, CommandRequest] = {}
@@ -144,7 +146,7 @@ class Agent:
             raise
         if self._reap_orphans and proctree.enable_subreaper():
             self._reaper = proctree.OrphanReaper()
-            self.tasks.spawn(self._reap_loop(), name="reaper")
+            self._loops.spawn(self._reap_loop(), name="reaper")
         log.info("listening on %s", ", ".join(self.addresses))
 
     async def _listen(self, addr: ListenAddress) -> None:
@@ -195,6 +197,8 @@ class Agent:
             session.connection_lost(None)
         for req in list(self.detached.values()):
             req.kill(15, 0.5)
+        self._loops.cancel_all()
+        await self._loops.wait(timeout=1)
         await self.tasks.wait(timeout=10)
         while self.running_commands:
             await asyncio.sleep(0.01)
@@ -258,7 +262,7 @@ class Agent:
 
         if self._sampler is None:
             self._sampler = Sampler()
-            self.tasks.spawn(run_sampler(self._sampler), name="metrics-sampler")
+            self._loops.spawn(run_sampler(self._sampler), name="metrics-sampler")
         snap: dict[str, Any] = self._sampler.snapshot()
         return snap
 
