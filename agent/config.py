@@ -520,19 +520,24 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> AgentConf
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise _syntax_error(path, exc) from None
+        raise _syntax_error(path, exc, text) from None
     try:
         return config_from_table(data)
     except ConfigError as exc:
         raise ConfigError(exc.reason, _Locator(text).where(path, exc.where)) from None
 
 
-def _syntax_error(path: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
+def _syntax_error(path: str, exc: tomllib.TOMLDecodeError, text: str) -> ConfigError:
     message = str(exc)
     found = re.search(r"\s*\(at line (\d+), column \d+\)$", message)
-    if found is None:
-        return ConfigError(f"TOML syntax error: {message}", path)
-    return ConfigError(f"TOML syntax error: {message[:found.start()]}", f"{path}:{found.group(1)}")
+    if found is not None:
+        return ConfigError(f"TOML syntax error: {message[:found.start()]}", f"{path}:{found.group(1)}")
+    # An unclosed array or table runs to the end: name the last line, where it was cut.
+    found = re.search(r"\s*\(at end of document\)$", message)
+    if found is not None:
+        return ConfigError(f"TOML syntax error: {message[:found.start()]} at end of file",
+                           f"{path}:{max(1, len(text.splitlines()))}")
+    return ConfigError(f"TOML syntax error: {message}", path)
 
 
 def config_from_table(data: Mapping[str, Any]) -> AgentConfig:
