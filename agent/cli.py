@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
+import re
 import signal
 import sys
 
 from protocol.errors import ConfigError, ShoalError
 
-from .config import AgentConfig, TlsConfig, load_config
+from .config import AgentConfig, Limits, TlsConfig, load_config
 from .log import setup_logging
 from .sdnotify import notify
 from .server import Agent
@@ -44,23 +46,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--discovery", action="store_true", help="answer `shoal discover` probes over UDP")
     p.add_argument("--discovery-port", type=int, metavar="PORT", help="UDP port for discovery (default 8470)")
-    p.add_argument("--max-connections", type=int, metavar="N")
-    p.add_argument("--max-commands", type=int, metavar="N")
-    p.add_argument("--idle-timeout", type=float, metavar="SECS")
-    p.add_argument("--kill-grace", type=float, metavar="SECS")
+    _add_limit_options(p)
     return p
+
+
+def _add_limit_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per [limits] option, same name with dashes, so none is file-only."""
+    group = parser.add_argument_group("limits (each overrides the same option in [limits])")
+    defaults = Limits()
+    for option in dataclasses.fields(Limits):
+        default = getattr(defaults, option.name)
+        kind = type(default)
+        unit = "SECS" if kind is float else "BYTES" if option.name.endswith(("_size", "_window")) else "N"
+        group.add_argument("--" + option.name.replace("_", "-"), type=kind, metavar=unit,
+                           help=f"default {default:g}" if kind is float else f"default {default}")
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """The config file (if any) with command-line options on top."""
 
-    path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    path = _config_path(args)
     cfg = load_config(path) if path else AgentConfig.default()
     overrides: dict[str, object] = {}
-    for name, dotted in (("listen", "listen"), ("audit_log", "audit_log"), ("state_dir", "state_dir"),
-                         ("log_level", "log_level"), ("max_connections", "limits.max_connections"),
-                         ("max_commands", "limits.max_commands"), ("idle_timeout", "limits.idle_timeout"),
-                         ("kill_grace", "limits.kill_grace")):
+    limits = [(option.name, f"limits.{option.name}") for option in dataclasses.fields(Limits)]
+    for name, dotted in [("listen", "listen"), ("audit_log", "audit_log"), ("state_dir", "state_dir"),
+                         ("log_level", "log_level"), *limits]:
         value = getattr(args, name)
         if value is not None and name in ("audit_log", "state_dir"):
             value = os.path.abspath(value)
@@ -75,7 +85,24 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     if args.audit_log:
         overrides["audit_log"] = os.path.abspath(args.audit_log)
     overrides.update(_tls_overrides(args, cfg))
-    return cfg.replace_from_cli(**overrides) if overrides else cfg
+    try:
+        return cfg.replace_from_cli(**overrides) if overrides else cfg
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, _flag_for(exc.where)) from None
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    """--config, else the default file when it exists, else None (built-in settings)."""
+    return args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+
+
+def _flag_for(where: str | None) -> str | None:
+    """Name the flag (`--max-frame-size`) behind an option (`limits.max_frame_size`) if there is one."""
+    if not where:
+        return where
+    name = re.sub(r"\[\d+\]", "", where).removeprefix("limits.")
+    flag = "--" + name.replace(".", "-").replace("_", "-")
+    return flag if flag in build_parser()._option_string_actions else where
 
 
 def _tls_overrides(args: argparse.Namespace, cfg: AgentConfig) -> dict[str, object]:
@@ -97,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         if args.check_config:
-            print("configuration ok")
+            print(f"configuration ok: {_config_path(args) or 'built-in defaults (no ' + DEFAULT_CONFIG + ')'}")
             return 0
         setup_logging(cfg.log_level)
         return asyncio.run(_serve(args, cfg))
@@ -127,8 +154,9 @@ async def _serve(args: argparse.Namespace, cfg: AgentConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(agent, args))
-    # Only now: systemd may send SIGTERM the moment it hears READY.
-    notify("READY=1")
+    # Only now: systemd may send SIGTERM the moment it hears READY. STATUS shows in
+    # `systemctl status`, with the real ports when the config asked for port 0.
+    notify("READY=1\nSTATUS=listening on " + ", ".join(agent.addresses))
     await stop.wait()
     notify("STOPPING=1")
     log.info("shutting down: waiting up to %gs for running commands", cfg.limits.kill_grace)

@@ -206,7 +206,7 @@ def test_installed_agent_reports_ready_and_stopping(staged: Staged, tmp_path: Pa
     agent = subprocess.Popen([str(staged.venv / "bin" / "shoal-agent"), "--config", str(config)],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        assert sock.recv(4096) == b"READY=1"
+        assert sock.recv(4096).split(b"\n")[0] == b"READY=1"
         # systemd may stop the unit the moment it is ready (a quick restart), so
         # SIGTERM must already be handled by then: a clean exit, not death by signal.
         agent.send_signal(signal.SIGTERM)
