@@ -33,10 +33,9 @@ from protocol.errors import ConfigError
 from .client import Command
 from .display import Display
 from .fleet import ConnectOptions
-from .gathered import GatherPrinter
 from .inventory import Inventory
 from .nodeset import NodeSet, split_patterns
-from .output import StreamHandler
+from .output import GatherHandler, StreamHandler
 from .result import Result
 from .session import LinkState, Session
 from .summary import summary_line
@@ -192,7 +191,8 @@ class Repl:
                 if not self._interrupt(presses, future):
                     return
         self._flush_notices()
-        if any(not r.ok and r.host not in self._last_down for r in self.last) and len(self.last) > 1:
+        failed = any(not r.ok and r.host not in self._last_down for r in self.last)
+        if failed and len(self.last) > 1 and self.settings.mode == "stream":
             self.display.message(summary_line(self.last))
 
     def _interrupt(self, presses: int, future: Any) -> bool:
@@ -211,9 +211,9 @@ class Repl:
 
     async def _run_line(self, line: str) -> list[Result]:
         names = list(self.current)
-        handler: StreamHandler | GatherPrinter
+        handler: StreamHandler | GatherHandler
         if self.settings.mode == "gather":
-            handler = GatherPrinter(self.display, names)
+            handler = GatherHandler(self.display)
         else:
             handler = StreamHandler(self.display, names)
         down = [n for n in names if n not in self.session.connected(names)]

@@ -172,8 +172,9 @@ class Session:
                 self._connect_failed(link, exc, first=False)
                 delay = min(delay * 2, self.retry_max)
                 continue
-            if link.state is LinkState.CONNECTED:
+            if link.client is not None:
                 self.notify(f"{link.name}: reconnected")
+            return
 
     # -- commands ------------------------------------------------------------
 
