@@ -39,14 +39,21 @@ from .targets import Target
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_options(parser)
     add_exec_options(parser)
+    parser.add_argument("--script", metavar="FILE", help="run this local script on each host (fed on stdin, "
+                        "like ssh host bash -s); words after -- become its arguments; honours #!")
     add_connect_options(parser)
     add_output_options(parser)
 
 
 def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     targets = targets_from_args(args)
-    command = command_from_args(args, words)
     options = connect_options_from_args(args)
+    if args.script:
+        from .script import script_from_args
+
+        command, script = script_from_args(args, words)
+        return asyncio.run(run_fleet(targets, command, options, args, display, False, script))
+    command = command_from_args(args, words)
     forward_stdin = not args.no_stdin and not _isatty(0)
     return asyncio.run(run_fleet(targets, command, options, args, display, forward_stdin))
 
@@ -66,12 +73,15 @@ def choose_handler(args: argparse.Namespace, display: Display, targets: list[Tar
 
 
 async def run_fleet(targets: list[Target], command: Command, options: ConnectOptions,
-                    args: argparse.Namespace, display: Display, forward_stdin: bool) -> int:
+                    args: argparse.Namespace, display: Display, forward_stdin: bool,
+                    script: bytes | None = None) -> int:
     """Run on the fleet with Ctrl-C handling: first cancels everywhere, second gives up."""
     raise_open_files_limit(min(len(targets), args.fanout))
     fleet = Fleet(targets, options, fanout=args.fanout)
     handler: Handler = choose_handler(args, display, targets)
     stdin = StdinSpool.from_fd(sys.stdin.fileno()) if forward_stdin else None
+    if script is not None:
+        stdin = StdinSpool.from_bytes(script)
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     interrupts = 0
