@@ -45,6 +45,7 @@ class CommandRequest:
         self.grace = grace
         self.timed_out = False
         self.cancelled = False
+        self.abandoned = False
         self.bytes = {1: 0, 2: 0}
         self.stdin_bytes = 0
         self.started = time.time()
@@ -61,6 +62,8 @@ class CommandRequest:
 
     def _on_data(self, stream: int, data: bytes) -> None:
         self.bytes[stream] += len(data)
+        if self.abandoned:
+            return
         self.credit -= len(data)
         kind = MessageType.STDOUT if stream == STDOUT else MessageType.STDERR
         self.session.send_data(kind, self.request_id, data)
@@ -73,6 +76,16 @@ class CommandRequest:
             self.child.max_read = min(self._max_read, self.credit)
             if not self.session.writing_paused:
                 self.child.resume_reading()
+
+    def abandon(self) -> None:
+        """The controller is gone: drop output from now on, never pause.
+
+        Unread output would otherwise keep the pipes from reaching EOF after the
+        tree is killed, and the request (its fds, its slot) would never end.
+        """
+        self.abandoned = True
+        self.child.max_read = self._max_read
+        self.child.resume_reading()
 
     def grant(self, increment: int) -> None:
         """The controller consumed output: it may have this much more."""

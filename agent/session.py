@@ -318,6 +318,7 @@ class AgentSession(asyncio.BufferedProtocol):
             if req.detached:
                 self.agent.adopt_detached(req)
                 return
+            req.abandon()
             req.kill(signal.SIGTERM, DISCONNECT_GRACE)
         elif hasattr(req, "abort"):
             req.abort()
