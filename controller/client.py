@@ -356,9 +356,12 @@ class AgentClient(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        reason = self.close_reason or ("connection lost" if self.conn.state is State.OPEN else self._early_close_reason())
+        # After the agent's EOF the connection's state is CLOSED, not OPEN: ask
+        # whether the handshake had completed instead.
+        opened = self._ready.done() and self._ready.exception() is None
+        reason = self.close_reason or ("connection lost" if opened else self._early_close_reason())
         if exc is not None and not self.close_reason:
-            reason = f"connection lost ({exc})" if self.conn.state is State.OPEN else f"connection closed ({exc})"
+            reason = f"connection lost ({exc})" if opened else f"connection closed ({exc})"
         self._fail(ShoalConnectionError(self.name, reason))
         self._closed_event.set()
 
@@ -510,9 +513,20 @@ class AgentClient(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.close()
 
-    def abort(self) -> None:
+    def _stop_pinger(self) -> None:
+        """Cancel the keepalive task and drop our reference to it.
+
+        A cancelled task keeps its CancelledError, whose traceback holds the task's
+        frame and so this client: keeping the task would make a cycle that only the
+        cyclic GC frees, holding every finished connection's receive buffer (256 KiB)
+        for the rest of a fleet run.
+        """
         if self._pinger is not None:
             self._pinger.cancel()
+            self._pinger = None
+
+    def abort(self) -> None:
+        self._stop_pinger()
         if self.transport is not None:
             self.transport.abort()
         else:
@@ -521,8 +535,7 @@ class AgentClient(asyncio.BufferedProtocol):
 
     async def close(self) -> None:
         """Say goodbye and wait for the socket to close."""
-        if self._pinger is not None:
-            self._pinger.cancel()
+        self._stop_pinger()
         if self.transport is not None and not self.closed:
             self.send(Goodbye(0, reason="done"))
             self.close_reason = "closed by controller"
