@@ -5,7 +5,9 @@
 Sends a probe to each local network's broadcast address (the default), to
 every address of `--subnet` (paced at `--rate` probes per second), or to a
 multicast group (default 239.255.84.70), then lists the agents that answered:
-name, address, TCP port, version and key id.
+name, address, TCP port, version and key id. It listens for `--timeout`
+seconds after the last probe, less when every probed address has answered or
+`--expect N` agents have.
 
 With `--key-file` the probes are authenticated and only replies MAC'd with the
 same key over this run's nonces are listed, so forged or replayed replies are
@@ -49,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="wait this long for replies after the last probe (default 2)")
     parser.add_argument("--rate", type=float, default=200.0, metavar="N",
                         help="send at most N probes per second (default 200)")
+    parser.add_argument("--expect", type=int, metavar="N",
+                        help="stop listening as soon as N agents have answered")
     parser.add_argument("--key-file", metavar="PATH", help="authenticate probes and replies with this key")
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per agent per line")
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     destinations, many = _destinations(args)
     key = _key(args.key_file)
     result = asyncio.run(discover(destinations, args.port, key=key, timeout=args.timeout, rate=args.rate,
-                                  many=many))
+                                  many=many, expect=args.expect))
     display.out(_render(args, result.found).encode("utf-8", "replace"))
     _report(display, result, args.verbose)
     return 0 if result.found else 1

@@ -87,6 +87,11 @@ class DiscoveryClient(asyncio.DatagramProtocol):
         # nonce -> the address it was sent to, or None when sent to many (broadcast).
         self._nonces: dict[bytes, str | None] = {}
         self._shared_nonce = new_nonce()
+        self._answered: set[bytes] = set()
+        self._all_sent = False
+        self._sent_many = False
+        self.expect: int | None = None
+        self.done = asyncio.Event()
 
     @classmethod
     async def open(cls, key: SharedKey | None = None, bind: str = "0.0.0.0") -> DiscoveryClient:
@@ -109,6 +114,7 @@ class DiscoveryClient(asyncio.DatagramProtocol):
         """Send one probe; `many` for a broadcast or multicast address (any source may reply)."""
         assert self.transport is not None
         if many:
+            self._sent_many = True
             nonce = self._shared_nonce
             self._nonces[nonce] = None
         else:
@@ -130,6 +136,21 @@ class DiscoveryClient(asyncio.DatagramProtocol):
             return
         self._seen.add((source, reply.port))
         self.result.found.append(FoundAgent(reply.name, source, reply.port, reply.version, reply.key_id))
+        if self._nonces[reply.nonce] is not None:
+            self._answered.add(reply.nonce)
+        self._check_done()
+
+    def all_sent(self) -> None:
+        """No more probes will go out: from now on, stop when nothing more can come."""
+        self._all_sent = True
+        self._check_done()
+
+    def _check_done(self) -> None:
+        """Set `done` once `expect` agents answered, or every unicast probe was answered."""
+        if self.expect is not None and len(self.result.found) >= self.expect:
+            self.done.set()
+        elif self._all_sent and not self._sent_many and len(self._answered) == len(self._nonces):
+            self.done.set()
 
     def _judge(self, reply: Reply, source: str) -> str | None:
         """Why `reply` must be dropped, or None when it is to be believed."""
@@ -159,8 +180,12 @@ class DiscoveryClient(asyncio.DatagramProtocol):
 
 
 async def discover(destinations: list[str], port: int = DEFAULT_PORT, *, key: SharedKey | None = None,
-                   timeout: float = 2.0, rate: float = 200.0, many: bool = False) -> DiscoveryResult:
+                   timeout: float = 2.0, rate: float = 200.0, many: bool = False,
+                   expect: int | None = None) -> DiscoveryResult:
     """Probe every destination at `rate` per second, then listen `timeout` seconds more.
+
+    Listening ends early once every unicast probe has had its answer, or once
+    `expect` agents have answered (broadcast replies can never all be known).
 
     Args:
         destinations: IPv4 addresses; with `many`, broadcast or multicast ones.
@@ -181,13 +206,18 @@ async def discover(destinations: list[str], port: int = DEFAULT_PORT, *, key: Sh
     except OSError as exc:
         raise ConfigError(f"cannot open a UDP socket: {exc.strerror or exc}", "discover") from exc
     try:
+        client.expect = expect
         start = loop.time()
         for i, address in enumerate(destinations):
             due = start + i / rate
             if due > loop.time():
                 await asyncio.sleep(due - loop.time())
             client.probe(address, port, many=many)
-        await asyncio.sleep(timeout)
+        client.all_sent()
+        try:
+            await asyncio.wait_for(client.done.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
     finally:
         client.close()
     return client.result
