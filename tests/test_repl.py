@@ -179,6 +179,8 @@ def test_lines_run_prefixed_and_commands_change_the_session(terminal: Callable[.
         assert b"timed out" in shown
         term.line(":timeout off")
 
+        shown = term.line(":target 127.0.0.1:*")  # globs match known hosts
+        assert b"targets: 3 hosts" in shown
         term.line(f":target {hosts[2]}")
         shown = term.line(f":add {hosts[0]}")
         assert b"targets: 2 hosts" in shown
