@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import select
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from agent.keyfile import write_key_file
 from agent.server import Agent
 from controller.cli import main as shoal_main
 from protocol.connection import Connection, Role
+from protocol import handshake
 from protocol.frames import frame_head
 from protocol.handshake import SharedKey
 from protocol.messages import Auth, Exec, Hello, MessageType, Ping, Pong, Stdin, StdinEof, Stdout, encode_body
@@ -426,3 +428,33 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Path, command: str) ->
     assert proc.stderr == (f"{command}: {path}: key file is accessible by others (mode 0644); "
                            f"run chmod 600 {path}\n")
     assert path.read_text().split()[1] not in proc.stderr + proc.stdout
+
+
+# -- the documented test vector -------------------------------------------------
+
+
+def documented_vector() -> dict[str, str]:
+    """The `| name | value |` rows and `name = hex` lines of PROTOCOL.md section 5.5."""
+    text = (Path(__file__).parent.parent / "protocol" / "PROTOCOL.md").read_text()
+    section = text.split("### 5.5 Test vector", 1)[1].split("\n### ", 1)[0]
+    rows = dict(re.findall(r"^\| (\w+) \| (?:ASCII )?`([^`]+)`", section, re.M))
+    rows.update(re.findall(r"^ {4}(head|body) = ([0-9a-f ]+)$", section, re.M))
+    rows["tag"] = re.search(r"^ += ([0-9a-f]{64})$", section, re.M).group(1)  # type: ignore[union-attr]
+    return rows
+
+
+def test_protocol_md_test_vector_is_what_the_code_computes() -> None:
+    v = documented_vector()
+    key, nonce_c, nonce_a = (bytes.fromhex(v[n]) for n in ("key", "nonce_c", "nonce_a"))
+    th = handshake.transcript_hash(v["hello_c"].encode(), v["hello_a"].encode())
+    keys = handshake.derive_session_keys(key, nonce_c, nonce_a, th)
+    head, body = bytes.fromhex(v["head"].replace(" ", "")), bytes.fromhex(v["body"])
+    assert {
+        "key_id": SharedKey(key).key_id, "th": th.hex(),
+        "controller_proof": handshake.controller_proof(key, th).hex(),
+        "agent_proof": handshake.agent_proof(key, th).hex(),
+        "c2a": keys.c2a.hex(), "a2c": keys.a2c.hex(),
+        "tag": handshake.FrameMac(keys.c2a).tag(5, head, body).hex(),
+    } == {name: v[name] for name in ("key_id", "th", "controller_proof", "agent_proof", "c2a", "a2c", "tag")}
+    assert head == frame_head(MessageType.STDIN, 7, len(body), True)
+    assert body == b"hello, shoal\n"
