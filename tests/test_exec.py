@@ -245,3 +245,20 @@ def _closed_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+async def test_closed_clients_are_freed_without_the_cycle_collector() -> None:
+    import gc
+
+    async with running_agents(1) as agents:
+        gc.collect()  # what earlier tests left; from here on only reference counting frees
+        gc.disable()
+        try:
+            client = await AgentClient.connect(target_for(agents[0]))
+            await client.close()
+            del client
+            await asyncio.sleep(0)  # let the cancelled keepalive task finish
+            await asyncio.sleep(0)
+            assert not [o for o in gc.get_objects() if isinstance(o, AgentClient)]
+        finally:
+            gc.enable()

@@ -127,3 +127,16 @@ def test_random_garbage_gives_frames_or_protocol_errors_only() -> None:
                 pass
         except RemoteProtocolError:
             pass
+
+
+def test_read_space_starts_small_and_grows_while_reads_fill_it() -> None:
+    d = FrameDecoder()
+    first = len(d.get_buffer())
+    assert first == FrameDecoder.FIRST_READ_SIZE
+    d.buffer_updated(first // 2)  # a partial read: no growth
+    assert len(d.get_buffer()) == first
+    sizes = []
+    for _ in range(4):  # reads that fill what was offered (zeros: never a whole frame)
+        d.buffer_updated(len(d.get_buffer()))
+        sizes.append(len(d.get_buffer()))
+    assert first < sizes[0] and sizes[-1] == FrameDecoder.READ_SIZE and sizes == sorted(sizes)
