@@ -351,13 +351,20 @@ def _peer_name(transport: asyncio.Transport) -> str:
 
 
 def _tune_socket(transport: asyncio.Transport, keepalive: float) -> None:
-    """No Nagle (small frames go at once) and TCP keepalive to notice dead peers."""
+    """No Nagle (small frames go at once) and TCP keepalive to notice dead peers.
+
+    Keepalive probes only run while none of our data awaits an ACK; a controller
+    that vanishes while we stream output to it is caught by TCP_USER_TIMEOUT,
+    set to the same deadline: `keepalive` + 3 probe intervals of `keepalive`/3.
+    """
     sock = transport.get_extra_info("socket")
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     idle = max(1, int(keepalive))
+    interval = max(1, idle // 3)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (idle + 3 * interval) * 1000)
