@@ -1,0 +1,206 @@
+"""Transfer benchmark: `put` of a large file to one agent, next to same-run baselines.
+
+    python -m tests.bench.bench_transfer [--size 2G] [--dir /tmp]
+
+The source file is made once from /dev/urandom (incompressible) and kept for the
+next run. Every copy lands on the same filesystem and is fsynced before its time
+stops, so all rows pay the same disk cost:
+
+1. raw: a Python process reads the file and sends it over a loopback socket to
+   another process that writes it and fsyncs it (no hashing, no framing);
+2. raw + sha256: the same with a sha256 on each side, what any checked copy costs;
+3. shoal put (library): a controller in this process, the agent in its own process;
+4. shoal put (CLI): the whole `shoal put` process, startup included;
+5. scp to 127.0.0.1 when an sshd accepts our key, else "not available".
+
+While (3) runs, a second connection pings the agent every 20 ms and this process
+times its own event loop, to show that file I/O does not stall either loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from controller.client import AgentClient
+from controller.targets import Target
+from controller.transfer import put_file
+from controller.transferplan import plan_put
+from tests.bench.bench_core import ROOT, SHOAL, free_port, size_arg
+
+RAW_RECEIVER = """
+import os, socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); buf = bytearray(1 << 20); view = memoryview(buf)
+hashing = sys.argv[2] == "1"; h = __import__("hashlib").sha256()
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+while True:
+    k = c.recv_into(buf)
+    if not k: break
+    if hashing: h.update(view[:k])
+    os.write(fd, view[:k])
+os.fsync(fd); os.close(fd)
+print(h.hexdigest(), flush=True)
+"""
+
+RAW_SENDER = """
+import hashlib, os, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+fd = os.open(sys.argv[2], os.O_RDONLY); h = hashlib.sha256(); hashing = sys.argv[3] == "1"
+while True:
+    b = os.read(fd, 1 << 20)
+    if not b: break
+    if hashing: h.update(b)
+    s.sendall(b)
+s.close()
+"""
+
+
+def make_source(path: str, size: int) -> None:
+    if os.path.exists(path) and os.path.getsize(path) == size:
+        return
+    print(f"writing {size >> 20} MiB of random data to {path} (once)", flush=True)
+    with open("/dev/urandom", "rb") as src, open(path, "wb") as out:
+        left = size
+        while left:
+            left -= out.write(src.read(min(left, 8 << 20)))
+
+
+def raw_copy(source: str, dest: str, hashing: bool) -> float:
+    """Seconds for the raw loopback copy, fsync included."""
+    flag = "1" if hashing else "0"
+    recv = subprocess.Popen([sys.executable, "-c", RAW_RECEIVER, dest, flag], stdout=subprocess.PIPE, text=True)
+    assert recv.stdout is not None
+    port = recv.stdout.readline().strip()
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", RAW_SENDER, port, source, flag], check=True)
+    recv.stdout.readline()
+    elapsed = time.perf_counter() - t
+    recv.wait()
+    return elapsed
+
+
+def start_agent(state_dir: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--listen", f"127.0.0.1:{port}",
+                             "--state-dir", state_dir, "--log-level", "error"], cwd=ROOT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            import socket
+
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("agent did not start")
+
+
+async def library_put(source: str, dest: str, port: int) -> tuple[float, float, float]:
+    """Seconds for put_file, worst agent ping round trip and worst local loop lag meanwhile."""
+    target = Target("bench", "127.0.0.1", port)
+    client = await AgentClient.connect(target)
+    pinger = await AgentClient.connect(target)
+    worst = {"ping": 0.0, "lag": 0.0}
+    stop = asyncio.Event()
+
+    async def ping() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            await pinger.ping()
+            worst["ping"] = max(worst["ping"], time.perf_counter() - t)
+            await asyncio.sleep(0.02)
+
+    async def lag() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            worst["lag"] = max(worst["lag"], time.perf_counter() - t - 0.01)
+
+    watchers = [asyncio.create_task(ping()), asyncio.create_task(lag())]
+    t = time.perf_counter()
+    result = await put_file(client, plan_put([source], dest, False), dest)
+    elapsed = time.perf_counter() - t
+    stop.set()
+    await asyncio.gather(*watchers)
+    await client.close()
+    await pinger.close()
+    assert result.ok, result
+    return elapsed, worst["ping"], worst["lag"]
+
+
+def cli_put(source: str, dest: str, port: int) -> float:
+    t = time.perf_counter()
+    subprocess.run(f"{SHOAL} put -q 127.0.0.1:{port} {source} {dest}", shell=True, check=True, cwd=ROOT)
+    return time.perf_counter() - t
+
+
+def scp_put(source: str, dest: str) -> float | None:
+    base = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"]
+    if not shutil.which("scp") or subprocess.run(
+            ["ssh", *base, "127.0.0.1", "true"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, timeout=10).returncode != 0:
+        return None
+    t = time.perf_counter()
+    subprocess.run(["scp", "-q", *base, source, f"127.0.0.1:{dest}"], check=True)
+    subprocess.run(["ssh", *base, "127.0.0.1", "sync", dest], check=True)
+    return time.perf_counter() - t
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def row(name: str, seconds: float, size: int, raw: float, note: str = "") -> None:
+    rate = size / seconds / 1e6
+    print(f"{name:<30} {rate:8.0f} MB/s  {seconds:7.2f} s   vs raw {raw / seconds:5.2f}  {note}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=size_arg, default=size_arg("2G"))
+    parser.add_argument("--dir", default=tempfile.gettempdir())
+    args = parser.parse_args()
+    source = os.path.join(args.dir, f"shoal-bench-{args.size}.bin")
+    make_source(source, args.size)
+    work = tempfile.mkdtemp(prefix="shoal-bench-", dir=args.dir)
+    dest = os.path.join(work, "copy.bin")
+    agent, port = start_agent(os.path.join(work, "state"))
+    try:
+        raw = raw_copy(source, dest, hashing=False)
+        row("raw loopback copy", raw, args.size, raw, "(baseline: read, send, write, fsync)")
+        hashed = raw_copy(source, dest, hashing=True)
+        row("raw copy + sha256 both ends", hashed, args.size, raw, "(what any checked copy costs)")
+        os.unlink(dest)
+        ours, ping, lag = asyncio.run(library_put(source, dest, port))
+        row("shoal put (library)", ours, args.size, raw, f"(vs raw+sha256 {hashed / ours:.2f}; goal vs raw >= 0.60)")
+        print(f"{'':<30} worst agent ping during put {ping * 1e3:.1f} ms, worst controller loop lag {lag * 1e3:.1f} ms")
+        assert sha256_of(dest) == sha256_of(source), "copy differs"
+        cli = cli_put(source, dest, port)
+        row("shoal put (CLI process)", cli, args.size, raw)
+        scp = scp_put(source, dest)
+        if scp is None:
+            print(f"{'scp 127.0.0.1':<30} not available (no sshd accepting our key here)")
+        else:
+            row("scp 127.0.0.1", scp, args.size, raw, f"(shoal put / scp speed {scp / ours:.2f})")
+    finally:
+        agent.terminate()
+        agent.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
