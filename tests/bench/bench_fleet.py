@@ -1,0 +1,134 @@
+"""Fleet benchmark: controller overhead of one command on 500 agents.
+
+    python -m tests.bench.bench_fleet [--hosts 500] [--rounds 3]
+
+The agents run in a child process (tests/agent_pool.py, one agent per loopback address
+127.0.X.Y, all on one port), so the controller's own peak RSS can be read from its
+rusage. Figures, each the median of the rounds, next to same-run baselines:
+
+1. wall time of `shoal run -o gather PATTERN -- true` over all hosts (default fan-out,
+   and with the fan-out as wide as the fleet), against the same number of bare local
+   spawns of `true` from asyncio (the floor: every agent must spawn a process);
+2. the controller's peak RSS and CPU time (user+sys) for that run, against the same
+   command on one host. CPU time separates the controller's own cost from the agents'
+   (all 500 spawn their `true` in one process, which bounds the wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_BIN = os.path.join(os.path.dirname(sys.executable), "shoal")
+SHOAL = [_BIN] if os.path.exists(_BIN) else [sys.executable, "-m", "controller.cli"]
+
+
+def pattern_for(hosts: int) -> str:
+    """Loopback addresses 127.0.X.Y, 250 per X, covering `hosts` of them."""
+    full, rest = divmod(hosts, 250)
+    parts = [f"127.0.[1-{full}].[1-250]"] if full else []
+    if rest:
+        parts.append(f"127.0.{full + 1}.[1-{rest}]")
+    return ",".join(parts)
+
+
+def start_agents(pattern: str) -> tuple[subprocess.Popen[bytes], int]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.agent_pool", pattern], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit("agent pool did not start")
+    return proc, int(json.loads(line)["port"])
+
+
+def timed_run(argv: list[str]) -> tuple[float, int, bytes, float]:
+    """Run a command; return its wall time, peak RSS in KiB, stderr and CPU seconds."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            cwd=ROOT)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:6])}... exited {proc.returncode}: {err.decode()[-500:]}")
+    return elapsed, usage.ru_maxrss, err, usage.ru_utime + usage.ru_stime
+
+
+async def bare_spawns(count: int) -> float:
+    """Wall time of `count` concurrent local spawns of `true`: what the agents must do anyway."""
+    start = time.perf_counter()
+
+    async def one() -> None:
+        proc = await asyncio.create_subprocess_exec("true")
+        await proc.wait()
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return time.perf_counter() - start
+
+
+def line(name: str, ours: str, base: str, ratio: float) -> None:
+    print(f"{name:<44} {ours:>10}   baseline {base:>10}   ratio {ratio:6.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    pattern = pattern_for(args.hosts)
+    pool, port = start_agents(pattern)
+    try:
+        targets = ",".join(f"{p}:{port}" for p in pattern.split(","))
+        one = f"127.0.1.1:{port}"
+        runs: dict[str, list[tuple[float, int, float]]] = {"default": [], "wide": [], "one": []}
+        bare: list[float] = []
+        for _ in range(args.rounds):
+            for key, extra in (("default", []), ("wide", ["-f", str(args.hosts)])):
+                wall, rss, err, cpu = timed_run([*SHOAL, "run", "-n", "-o", "gather", *extra, targets, "--", "true"])
+                if not err.startswith(f"shoal: {args.hosts} ok".encode()):
+                    raise SystemExit(f"unexpected summary: {err.decode()}")
+                runs[key].append((wall, rss, cpu))
+            wall, rss, _, cpu = timed_run([*SHOAL, "run", "-n", "-o", "gather", one, "--", "true"])
+            runs["one"].append((wall, rss, cpu))
+            bare.append(asyncio.run(bare_spawns(args.hosts)))
+    finally:
+        assert pool.stdin is not None
+        pool.stdin.close()
+        pool.wait(60)
+
+    def med(key: str, index: int) -> float:
+        return statistics.median(r[index] for r in runs[key])
+
+    floor = statistics.median(bare)
+    print(f"{args.hosts} agents in one child process; median of {args.rounds} rounds; {os.cpu_count()} cpus")
+    line(f"run -o gather true, {args.hosts} hosts, fanout 64", f"{med('default', 0):.2f} s", f"{floor:.2f} s",
+         med("default", 0) / floor)
+    line(f"run -o gather true, {args.hosts} hosts, fanout {args.hosts}", f"{med('wide', 0):.2f} s",
+         f"{floor:.2f} s", med("wide", 0) / floor)
+    line("  (baseline: bare local spawns of true)", "", "", 1.0)
+    line("run -o gather true, 1 host (wall)", f"{med('one', 0):.2f} s", f"{floor:.2f} s", med("one", 0) / floor)
+    for key, label in (("default", "fanout 64"), ("wide", f"fanout {args.hosts}")):
+        line(f"controller peak RSS, {args.hosts} hosts, {label}", f"{med(key, 1) / 1024:.1f} MB",
+             f"{med('one', 1) / 1024:.1f} MB", med(key, 1) / med("one", 1))
+    print("  (RSS baseline: the same controller running on 1 host)")
+    for key, label in (("default", "fanout 64"), ("wide", f"fanout {args.hosts}")):
+        line(f"controller CPU (user+sys), {args.hosts} hosts, {label}", f"{med(key, 2):.2f} s",
+             f"{med('one', 2):.2f} s", med(key, 2) / med("one", 2))
+    print("  (CPU baseline: the same controller running on 1 host, mostly interpreter start-up)")
+
+
+if __name__ == "__main__":
+    main()
