@@ -115,8 +115,7 @@ class AgentSession(asyncio.BufferedProtocol):
         except AuthError as exc:
             self.agent.audit.record("auth_failed", peer=self.peer, key_id=exc.key_id, reason=exc.reason)
             self.abort()
-        except ProtocolError as exc:
-            self.log.warning("protocol error, closing: %s", exc)
+        except ProtocolError as exc:  # logged once, by the audit record's summary
             self.agent.audit.record("protocol_error", peer=self.peer, key_id=self.key_id, code=exc.code,
                                     reason=str(exc))
             self.abort()
@@ -325,8 +324,7 @@ class AgentSession(asyncio.BufferedProtocol):
 
     def _handshake_deadline(self) -> None:
         if self.conn.state not in (State.OPEN,) and not self.closed:
-            self.log.warning("handshake not completed within %gs, dropping", self.limits.handshake_timeout)
-            self.agent.audit.record("refused", peer=self.peer, reason="handshake timeout")
+            self.agent.audit.record("refused", peer=self.peer, reason="handshake timeout")  # logged once, here
             self.abort()
 
     def _idle_check(self) -> None:
