@@ -55,5 +55,5 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
         for r in sorted(result.results, key=lambda r: r.host):
             if r.ok:
                 display.message(f"{r.host}: {os.path.join(args.local_dir, host_directory_name(r.host), name)}")
-    report(display, result.results, len(targets) > 1)
+    report(display, result, len(targets) > 1)
     return result.status

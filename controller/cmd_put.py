@@ -23,8 +23,8 @@ import asyncio
 from protocol.errors import ConfigError
 
 from .display import Display
+from .fleet import FleetResult
 from .options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
-from .result import Result
 from .transfer import PutOptions, put_fleet
 from .transferplan import plan_put
 from .transferprogress import TransferProgress
@@ -68,16 +68,16 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
             progress=progress))
     finally:
         progress.close()
-    report(display, result.results, len(targets) > 1)
+    report(display, result, len(targets) > 1)
     return result.status
 
 
-def report(display: Display, results: list[Result], summary: bool) -> None:
-    """One `host: reason` line per failed host, then the summary for several hosts."""
+def report(display: Display, result: FleetResult, summary: bool) -> None:
+    """One `host: reason` line per failed host, then the timed summary for several hosts."""
     from .summary import summary_line
 
-    for r in sorted(results, key=lambda r: r.host):
+    for r in sorted(result.results, key=lambda r: r.host):
         if r.error:
             display.error(f"{r.host}: {r.error}")
     if summary:
-        display.message(summary_line(results))
+        display.message(summary_line(result.results, result.elapsed))
