@@ -8,7 +8,8 @@
 # (to upgrade, or by mistake) changes nothing that matters:
 #   1. a virtualenv at PREFIX (default /opt/shoal), with shoal pip-installed into it;
 #   2. /etc/shoal, mode 0700;
-#   3. /etc/shoal/admin.key from `shoal keygen`, unless a key file is already there;
+#   3. /etc/shoal/admin.key from `shoal keygen`, unless a key file is already there
+#      (or the one given with --key-file, replacing any there);
 #   4. /etc/shoal/agent.toml with defaults, unless one exists (never overwritten),
 #      then checked with `shoal-agent --check-config`;
 #   5. /var/lib/shoal and /var/log/shoal;
@@ -28,6 +29,8 @@
 #   --system-site-packages
 #                     let the virtualenv use the system's psutil and cryptography
 #                     (from distro packages, or on hosts without access to PyPI).
+#   --key-file PATH   install this shoal key as /etc/shoal/admin.key (0600), so every
+#                     host enrolled with it accepts the controllers holding it.
 #   --no-systemd      install the unit file but do not call systemctl.
 #   --uninstall       stop and disable the service, remove the unit and virtualenv.
 #   --purge           with --uninstall: also remove /etc/shoal (keys!), state and logs.
@@ -38,6 +41,7 @@ set -eu
 PREFIX=/opt/shoal
 DESTDIR=
 SOURCE=
+KEY_FILE=
 ACTION=install
 USE_SYSTEMD=yes
 PURGE=no
@@ -66,6 +70,8 @@ parse_args() {
             --destdir=*) DESTDIR=${1#*=} ;;
             --source) need_value "$1" $#; SOURCE=$2; shift ;;
             --source=*) SOURCE=${1#*=} ;;
+            --key-file) need_value "$1" $#; KEY_FILE=$2; shift ;;
+            --key-file=*) KEY_FILE=${1#*=} ;;
             --system-site-packages) VENV_FLAGS=--system-site-packages ;;
             --no-systemd) USE_SYSTEMD=no ;;
             --uninstall) ACTION=uninstall ;;
@@ -97,6 +103,12 @@ check_args() {
     [ "$PURGE" = no ] || [ "$ACTION" = uninstall ] || die "--purge only goes with --uninstall"
     SOURCE=${SOURCE:-$HERE/..}
     [ -e "$SOURCE" ] || die "no such source: $SOURCE"
+    if [ -n "$KEY_FILE" ]; then
+        [ -f "$KEY_FILE" ] || die "no such key file: $KEY_FILE"
+        # The agent refuses such a key; say so before anything is installed.
+        [ -z "$(find "$KEY_FILE" -perm /0077)" ] ||
+            die "key file $KEY_FILE is accessible by others; run chmod 600 $KEY_FILE"
+    fi
     VENV=$DESTDIR$PREFIX
     ETC=$DESTDIR/etc/shoal
     UNIT=$DESTDIR/etc/systemd/system/shoal-agent.service
@@ -148,12 +160,38 @@ make_dirs() {
 }
 
 make_key() {
+    if [ -n "$KEY_FILE" ]; then
+        install_key
+        return
+    fi
     if [ -e "$ETC/admin.key" ]; then
         say "keeping existing key $ETC/admin.key"
         return
     fi
     key_id=$("$VENV/bin/shoal" keygen "$ETC/admin.key")
     say "created $ETC/admin.key (key id $key_id); copy it to the controllers that manage this host"
+}
+
+# The given key replaces admin.key: checked first (format, and 0600 like the agent
+# demands), then copied next to it and renamed, so the agent never reads half a key.
+install_key() {
+    "$VENV/bin/python" - "$KEY_FILE" <<'EOF' || exit 1
+import sys
+from agent.keyfile import load_key_file
+from protocol.errors import ConfigError
+try:
+    load_key_file(sys.argv[1])
+except ConfigError as exc:
+    sys.exit(f"install.sh: error: {exc}")
+EOF
+    if [ -f "$ETC/admin.key" ] && cmp -s "$KEY_FILE" "$ETC/admin.key"; then
+        say "key $ETC/admin.key is up to date"
+        return
+    fi
+    (umask 077 && cp "$KEY_FILE" "$ETC/admin.key.new")
+    chmod 0600 "$ETC/admin.key.new"
+    mv -f "$ETC/admin.key.new" "$ETC/admin.key"
+    say "installed $KEY_FILE as $ETC/admin.key"
 }
 
 write_config() {

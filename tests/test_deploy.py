@@ -170,6 +170,7 @@ def test_uninstall_refuses_to_delete_a_prefix_that_is_not_a_venv(tmp_path: Path)
     (("--prefix",), "--prefix needs a value"),
     (("--purge",), "--purge only goes with --uninstall"),
     (("--source", "/nonexistent/shoal"), "no such source"),
+    (("--key-file", "/nonexistent/admin.key"), "no such key file: /nonexistent/admin.key"),
     (("--frobnicate",), "unknown option: --frobnicate"),
 ])
 def test_bad_arguments_are_refused_before_anything_is_written(tmp_path: Path, args: tuple[str, ...],
@@ -177,6 +178,17 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path: Path, ar
     root = tmp_path / "root"
     result = run_install("--destdir", str(root), *args, check=False)
     assert result.returncode != 0 and message in result.stderr
+    assert not any(p.is_file() for p in root.rglob("*"))
+
+
+def test_key_file_others_can_read_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    key = tmp_path / "fleet.key"
+    key.write_text("shoal-key-v1 " + "ab" * 32 + "\n")
+    key.chmod(0o640)
+    root = tmp_path / "root"
+    result = run_install("--destdir", str(root), "--key-file", str(key), check=False)
+    assert result.returncode != 0
+    assert f"key file {key} is accessible by others; run chmod 600 {key}" in result.stderr
     assert not any(p.is_file() for p in root.rglob("*"))
 
 

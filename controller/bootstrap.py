@@ -1,0 +1,223 @@
+"""Enrol hosts over the ssh access they already have: push shoal, run deploy/install.sh.
+
+Each host costs one ssh session. Its standard input carries a gzipped tar of the
+shoal source (what pip needs plus deploy/) and, optionally, the fleet's key file;
+the remote command unpacks it into a private `mktemp -d` directory, removed on
+exit whatever happens, and runs install.sh from it. One session instead of an
+upload followed by an install means a host that drops mid-way leaves nothing
+behind in /tmp, and a fleet pays one ssh handshake per host.
+
+The remote command is POSIX shell for the login shell of the ssh user, as with
+ssh itself; `sudo=True` wraps it in `sudo -n sh -c` for a non-root login.
+Without a key file each host keeps (or generates) its own /etc/shoal/admin.key,
+which the controller then does not hold: enrolling a fleet means giving one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shlex
+import tarfile
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.errors import ConfigError
+
+from .result import UNREACHABLE, Result
+
+__all__ = [
+    "BUNDLE_NAME",
+    "DEFAULT_SSH_OPTIONS",
+    "Bootstrap",
+    "HostReport",
+    "bootstrap_host",
+    "bootstrap_hosts",
+    "build_bundle",
+    "find_source",
+    "key_file_checked",
+    "ssh_host",
+]
+
+# What the remote side calls the stream on its stdin (shown by --dry-run).
+BUNDLE_NAME = "shoal-bundle.tar.gz"
+# Never stop to ask for a password or a host key with many sessions in flight, and
+# give up on a dead host instead of waiting for TCP's own timeout. The user's -o
+# options come first, and ssh keeps the first value it sees, so they win.
+DEFAULT_SSH_OPTIONS = ("BatchMode=yes", "ConnectTimeout=10")
+# ssh exits 255 when it could not connect or authenticate (remote commands rarely do).
+SSH_FAILED = 255
+# The source directory's name inside the bundle, and the key's.
+_SOURCE_DIR = "shoal"
+_KEY_NAME = "admin.key"
+_TOP_FILES = ("pyproject.toml", "README.md", "LICENSE")
+
+
+def find_source(path: str | None) -> Path:
+    """The shoal source tree to push: `path`, else the checkout this controller runs from.
+
+    Raises ConfigError when the directory lacks pyproject.toml or deploy/install.sh
+    (a controller installed from a wheel has no tree next to it).
+    """
+    tree = Path(path) if path else Path(__file__).resolve().parent.parent
+    for needed in ("pyproject.toml", "deploy/install.sh"):
+        if not (tree / needed).is_file():
+            hint = "" if path else " (this shoal was not run from a checkout; give --source DIR)"
+            raise ConfigError(f"{tree} is not a shoal source tree: no {needed}{hint}", "--source")
+    return tree
+
+
+def build_bundle(source: Path, key_file: str | None = None) -> bytes:
+    """A tar.gz of what install.sh needs from `source`, plus the key file as admin.key."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
+        for name in _bundle_members(source):
+            tar.add(source / name, arcname=f"{_SOURCE_DIR}/{name}", filter=_without_litter)
+        if key_file is not None:
+            info = tar.gettarinfo(key_file, arcname=_KEY_NAME)
+            info.mode, info.uid, info.gid, info.uname, info.gname = 0o600, 0, 0, "root", "root"
+            with open(key_file, "rb") as stream:
+                tar.addfile(info, stream)
+    return buffer.getvalue()
+
+
+def _bundle_members(source: Path) -> list[str]:
+    """Top-level files pip reads, the packages pyproject.toml names, and deploy/."""
+    with open(source / "pyproject.toml", "rb") as stream:
+        project = tomllib.load(stream)
+    packages = project.get("tool", {}).get("setuptools", {}).get("packages", [])
+    names = [name for name in _TOP_FILES if (source / name).is_file()]
+    return names + [str(package) for package in packages] + ["deploy"]
+
+
+def _without_litter(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """Leave out bytecode caches; owner root, so a root tar -x does not chown to us."""
+    if "__pycache__" in info.name.split("/") or info.name.endswith(".pyc"):
+        return None
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap:
+    """How to reach the hosts and what to ask install.sh for.
+
+    Attributes:
+        ssh_options: `-o` options for ssh (`Port=2222`), before DEFAULT_SSH_OPTIONS.
+        ssh_user: login name (`-l`), or None for ssh's own choice.
+        key_file: local key file to install as /etc/shoal/admin.key, or None.
+        install_flags: extra install.sh flags (--prefix, --destdir, --no-systemd...).
+        sudo: run the remote command through `sudo -n` (non-root login).
+        ssh: the ssh program.
+    """
+
+    ssh_options: tuple[str, ...] = ()
+    ssh_user: str | None = None
+    key_file: str | None = None
+    install_flags: tuple[str, ...] = ()
+    sudo: bool = False
+    ssh: str = "ssh"
+
+    def remote_command(self) -> str:
+        """The shell command run on every host, reading the bundle from stdin."""
+        key = [f'--key-file "$d/{_KEY_NAME}"'] if self.key_file else []
+        install = " ".join([f'sh "$d/{_SOURCE_DIR}/deploy/install.sh" --source "$d/{_SOURCE_DIR}"',
+                            *key, *(shlex.quote(flag) for flag in self.install_flags)])
+        # $d comes from mktemp's template: no spaces, so the trap may expand it at once.
+        script = ('umask 077 && d=$(mktemp -d "${TMPDIR:-/tmp}/shoal-bootstrap.XXXXXX") && '
+                  f'trap "rm -rf $d" EXIT && tar -xzf - -C "$d" && {install}')
+        return f"sudo -n sh -c {shlex.quote(script)}" if self.sudo else script
+
+    def ssh_argv(self, host: str) -> list[str]:
+        """The full ssh command line for `host`."""
+        argv = [self.ssh]
+        for option in (*self.ssh_options, *DEFAULT_SSH_OPTIONS):
+            argv += ["-o", option]
+        if self.ssh_user:
+            argv += ["-l", self.ssh_user]
+        return [*argv, host, self.remote_command()]
+
+
+@dataclass(frozen=True, slots=True)
+class HostReport:
+    """One host's outcome with what install.sh (or ssh) said."""
+
+    result: Result
+    stdout: str
+    stderr: str
+
+    @property
+    def line(self) -> str:
+        """`host: ok (...)`, `host: failed (exit N): ...` or `host: unreachable: ...`."""
+        result = self.result
+        if result.ok:
+            return f"{result.host}: ok ({_last_line(self.stdout, 'install.sh: ') or 'installed'})"
+        if result.unreachable:
+            return f"{result.host}: unreachable: {result.error}"
+        return f"{result.host}: failed (exit {result.status}): {result.error}"
+
+
+def _last_line(text: str, prefix: str = "") -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1].removeprefix(prefix) if lines else ""
+
+
+async def bootstrap_host(plan: Bootstrap, host: str, bundle: bytes) -> HostReport:
+    """Run the install on one host; its failure is its own report, never an exception."""
+    started = time.monotonic()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *plan.ssh_argv(host), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot run {plan.ssh}: {exc.strerror or exc}", "ssh") from None
+    out, err = await proc.communicate(bundle)
+    stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    return HostReport(_result(host, proc.returncode or 0, stderr or stdout, time.monotonic() - started),
+                      stdout, stderr)
+
+
+def _result(host: str, status: int, output: str, duration: float) -> Result:
+    if status == 0:
+        return Result(host, 0, code=0, duration=duration)
+    reason = _last_line(output) or f"exit {status}"
+    if status == SSH_FAILED:
+        return Result(host, UNREACHABLE, code=status, duration=duration, error=reason, error_code="unreachable")
+    return Result(host, status, code=status, duration=duration, error=reason, error_code="failed")
+
+
+async def bootstrap_hosts(plan: Bootstrap, hosts: list[str], bundle: bytes, fanout: int,
+                          on_report: Callable[[HostReport], None]) -> list[HostReport]:
+    """Install on every host, at most `fanout` at once; `on_report` sees each as it ends."""
+    gate = asyncio.Semaphore(fanout)
+
+    async def one(host: str) -> HostReport:
+        async with gate:
+            report = await bootstrap_host(plan, host, bundle)
+        on_report(report)
+        return report
+
+    return list(await asyncio.gather(*(one(host) for host in hosts)))
+
+
+def ssh_host(name: str, host: str | None) -> str:
+    """The address ssh gets for a target; unix-socket targets have none."""
+    if host is None:
+        raise ConfigError(f"{name} is a local socket, not a host to reach over ssh", "bootstrap")
+    return host
+
+
+def key_file_checked(path: str | None) -> str | None:
+    """The key file, loaded once here so a bad one stops the run before any host is touched."""
+    if path is None:
+        return None
+    from agent.keyfile import load_key_file
+
+    expanded = os.path.expanduser(path)
+    load_key_file(expanded)
+    return expanded
