@@ -45,6 +45,11 @@ DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024
 MIN_MAX_FRAME_SIZE = 64 * 1024
 
 
+# A receive buffer up to this size is kept between frames: it holds one standard
+# 1 MiB data frame, so bulk streams never reallocate; larger ones are given back.
+_KEEP_BUFFER = 2 * 1024 * 1024 + 4096
+
+
 @dataclass(frozen=True, slots=True)
 class RawFrame:
     """One frame as read off the wire, before the body is interpreted."""
@@ -169,7 +174,7 @@ class FrameDecoder:
         self._start = end
         if self._start == self._end:
             self._start = self._end = 0
-            if len(self._buf) > 4 * self.READ_SIZE and not self.tagged:
+            if len(self._buf) > _KEEP_BUFFER:
                 self._buf = bytearray(self.READ_SIZE)  # give back a big frame's room
         return frame
 
