@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--discovery", action="store_true", help="answer `shoal discover` probes over UDP")
     p.add_argument("--discovery-port", type=int, metavar="PORT", help="UDP port for discovery (default 8470)")
+    p.add_argument("--discovery-name", metavar="NAME", help="name given in discovery replies (default: hostname)")
     _add_limit_options(p)
     return p
 
@@ -82,6 +83,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         overrides["discovery.enabled"] = True
     if args.discovery_port is not None:
         overrides["discovery.port"] = args.discovery_port
+    if args.discovery_name is not None:
+        overrides["discovery.name"] = args.discovery_name
     if args.audit_log:
         overrides["audit_log"] = os.path.abspath(args.audit_log)
     overrides.update(_tls_overrides(args, cfg))

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import build_parser, config_from_args, main
-from agent.config import AgentConfig, Limits, TlsConfig, load_config
+from agent.config import AgentConfig, DiscoveryConfig, Limits, TlsConfig, load_config
 from controller.client import AgentClient, Command
 from controller.targets import Target
 
@@ -49,7 +49,8 @@ FLAGS = ["--listen", "0.0.0.0:9000", "--listen", "unix:/run/shoal/a.sock", "--in
          "--tls-cert", "/etc/shoal/a.pem", "--tls-key", "/etc/shoal/a.key", "--tls-ca", "/etc/shoal/ca.pem",
          "--max-connections", "7", "--max-commands", "9", "--max-commands-per-connection", "3",
          "--max-frame-size", "65536", "--stdin-window", "4096", "--output-window", "65536",
-         "--handshake-timeout", "0.25", "--idle-timeout", "12.5", "--kill-grace", "0", "--keepalive", "1"]
+         "--handshake-timeout", "0.25", "--idle-timeout", "12.5", "--kill-grace", "0", "--keepalive", "1",
+         "--discovery", "--discovery-port", "9999", "--discovery-name", "web-01"]
 
 
 def expected_from_flags(cwd: Path) -> AgentConfig:
@@ -59,7 +60,8 @@ def expected_from_flags(cwd: Path) -> AgentConfig:
         tls=TlsConfig(cert="/etc/shoal/a.pem", key="/etc/shoal/a.key", ca="/etc/shoal/ca.pem"),
         limits=Limits(max_connections=7, max_commands=9, max_commands_per_connection=3,
                       max_frame_size=65536, stdin_window=4096, output_window=65536,
-                      handshake_timeout=0.25, idle_timeout=12.5, kill_grace=0.0, keepalive=1.0))
+                      handshake_timeout=0.25, idle_timeout=12.5, kill_grace=0.0, keepalive=1.0),
+        discovery=DiscoveryConfig(enabled=True, port=9999, name="web-01"))
 
 
 def test_every_limit_has_a_flag_of_the_same_name() -> None:
@@ -69,6 +71,8 @@ def test_every_limit_has_a_flag_of_the_same_name() -> None:
     for option in ("listen", "insecure", "log_level", "audit_log", "state_dir"):
         assert flag(option) in options, option
     assert {"--tls-cert", "--tls-key", "--tls-ca"} <= set(options)
+    assert {"--discovery", "--discovery-port", "--discovery-name"} <= set(options)  # enabled, port, name
+    assert [option.name for option in dataclasses.fields(DiscoveryConfig)] == ["enabled", "port", "name"]
 
 
 def test_flags_set_every_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,8 +85,11 @@ def test_flag_values_differ_from_the_defaults(tmp_path: Path) -> None:
     ours, default = expected_from_flags(tmp_path), AgentConfig.default()
     for option in dataclasses.fields(Limits):
         assert getattr(ours.limits, option.name) != getattr(default.limits, option.name), option.name
-    for option in ("listen", "insecure", "log_level", "audit_log", "state_dir", "tls"):
-        assert getattr(ours, option) != getattr(default, option), option
+    for option in dataclasses.fields(DiscoveryConfig):
+        assert getattr(ours.discovery, option.name) != getattr(default.discovery, option.name), option.name
+    for option in dataclasses.fields(AgentConfig):
+        if option.name != "keys":  # file-only: see FLAGS
+            assert getattr(ours, option.name) != getattr(default, option.name), option.name
 
 
 def test_flags_override_the_file_and_leave_the_rest(tmp_path: Path) -> None:
@@ -108,6 +115,7 @@ def test_flags_override_the_file_and_leave_the_rest(tmp_path: Path) -> None:
     (["--listen", "127.0.0.1"], "shoal-agent: --listen: bad listen address '127.0.0.1': no port "
                                 "(expected HOST:PORT, [IPv6]:PORT or unix:/path)"),
     (["--tls-cert", "/a.pem"], "shoal-agent: tls: --tls-cert, --tls-key and --tls-ca go together"),
+    (["--discovery-port", "0"], "shoal-agent: --discovery-port: 0 is out of range (1 to 65535)"),
 ])
 def test_bad_flag_value_names_the_flag(argv: list[str], line: str,
                                        capsys: pytest.CaptureFixture[str]) -> None:
