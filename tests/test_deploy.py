@@ -301,6 +301,29 @@ def test_docker_context_keeps_what_pip_needs() -> None:
         assert not any(fnmatch(needed, p) or needed.startswith(p.rstrip("/") + "/") for p in patterns), needed
 
 
+def test_example_agent_toml_names_every_option() -> None:
+    # "Every option is here": set, or commented out with its default.
+    import dataclasses
+    import tomllib
+
+    from agent.config import AgentConfig, DiscoveryConfig, Limits
+
+    text = (DEPLOY / "agent.toml").read_text()
+    example = load_config(DEPLOY / "agent.toml")
+    for section, cls in (("", AgentConfig), ("limits", Limits), ("discovery", DiscoveryConfig)):
+        for option in dataclasses.fields(cls):
+            if option.name in ("tls", "limits", "discovery", "keys"):
+                continue  # tables, each present
+            found = re.search(rf"^(# )?({option.name} = .*)$", text, re.MULTILINE)
+            assert found, f"{section}.{option.name}"
+            if found.group(1):  # commented out: with its default
+                assert tomllib.loads(found.group(2))[option.name] == getattr(cls(), option.name), option.name
+            elif section:  # the example's limits and discovery are the defaults, as it says
+                assert getattr(getattr(example, section), option.name) == getattr(cls(), option.name), option.name
+    for table in ("[tls]", "[limits]", "[discovery]", "[[keys]]"):
+        assert table in text, table
+
+
 def test_example_inventory_loads_with_nested_groups_and_overrides() -> None:
     from controller.inventory import load_inventory
 
