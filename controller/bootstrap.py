@@ -173,10 +173,17 @@ async def bootstrap_host(plan: Bootstrap, host: str, bundle: bytes) -> HostRepor
     try:
         proc = await asyncio.create_subprocess_exec(
             *plan.ssh_argv(host), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            stderr=asyncio.subprocess.PIPE)
     except OSError as exc:
         raise ConfigError(f"cannot run {plan.ssh}: {exc.strerror or exc}", "ssh") from None
-    out, err = await proc.communicate(bundle)
+    try:
+        out, err = await proc.communicate(bundle)
+    except asyncio.CancelledError:
+        # Ctrl-C or a failing sibling: do not leave an ssh session installing unattended.
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        raise
     stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
     return HostReport(_result(host, proc.returncode or 0, stderr or stdout, time.monotonic() - started),
                       stdout, stderr)
