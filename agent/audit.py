@@ -23,6 +23,11 @@ Every line holds `time` (seconds since the epoch, UTC) and `event`, plus:
     exit            peer, key_id, request, argv, cwd, start (epoch), duration (s), status,
                     timed_out, stdout_bytes, stderr_bytes, stdin_bytes
     metrics         peer, key_id, request
+    put, get        peer, key_id, request, path, size       a file transfer started (agent/transfer.py)
+    put_done, get_done  ... path, bytes                     it completed
+    put_failed      ... path, error
+    mkdir           ... path                                a directory created for a put
+    denied          peer, key_id, request, action ("put"/"get"), path, reason   (file transfers)
 
 `peer` is `host:port` (`[v6]:port` for IPv6, `unix` for a Unix socket); `argv` is
 what was executed (a shell command as `["/bin/sh", "-c", COMMAND]`).
