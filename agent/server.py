@@ -105,8 +105,9 @@ class Agent:
         self._check_exposure()
 
     def _check_exposure(self) -> None:
-        # Mutual TLS against our own CA authenticates controllers as well as a key does.
-        if self.keys.required or self.config.tls is not None or self.config.insecure:
+        # The shared key is the authentication the issue asks for; TLS alone (even
+        # mutual) does not unlock non-loopback addresses, --insecure does, loudly.
+        if self.keys.required or self.config.insecure:
             return
         for text in self.config.listen:
             addr = parse_listen(text)

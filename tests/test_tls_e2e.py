@@ -126,10 +126,12 @@ def test_silent_tls_connection_is_dropped_at_the_deadline(pki: dict[str, Path]) 
             sock.close()
 
 
-def test_tls_counts_as_authentication_for_listening_beyond_loopback(pki: dict[str, Path]) -> None:
+def test_only_a_key_or_insecure_unlocks_listening_beyond_loopback(pki: dict[str, Path]) -> None:
     with pytest.raises(ConfigError, match="without a key"):
         Agent(config(listen=("0.0.0.0:0",)))
-    Agent(config(listen=("0.0.0.0:0",), tls=agent_tls(pki)))  # constructed only, never bound
+    with pytest.raises(ConfigError, match="without a key"):
+        Agent(config(listen=("0.0.0.0:0",), tls=agent_tls(pki)))
+    Agent(config(listen=("0.0.0.0:0",), tls=agent_tls(pki), insecure=True))  # constructed only, never bound
 
 
 def test_agent_tls_options_are_made_absolute_and_go_together(
