@@ -47,8 +47,10 @@ __all__ = ["transfer_handlers", "remove_leftovers", "PUT_WINDOW", "GET_WINDOW", 
 PUT_WINDOW = 8 * 1024 * 1024
 # Granted back once this much was written, so WINDOW frames stay rare.
 GRANT_STEP = PUT_WINDOW // 4
-# Used when a GET_FILE names no window of its own.
+# Used when a GET_FILE names no window of its own; a larger one is cut to the
+# maximum, since the window is also what this side may have queued on the socket.
 GET_WINDOW = 8 * 1024 * 1024
+MAX_GET_WINDOW = 64 * 1024 * 1024
 # Largest FILE_DATA we send: the controller's 1 MiB reads make the same size.
 GET_CHUNK = 1024 * 1024
 # Concurrent transfers per connection; each may hold a window of memory.
@@ -118,7 +120,16 @@ class TransferService:
 
     def _start(self, job: Transfer) -> None:
         self.session.requests[job.request_id] = job
-        self.session.agent.tasks.spawn(job.run(), name=f"transfer-{job.request_id}")
+        self.session.agent.tasks.spawn(self._guard(job), name=f"transfer-{job.request_id}")
+
+    async def _guard(self, job: Transfer) -> None:
+        """Run a transfer; a bug in it ends that request with a generic error, logged in full."""
+        try:
+            await job.run()
+        except Exception:
+            self.session.log.error("internal error in transfer", exc_info=True, req=job.request_id)
+            self.done(job.request_id)
+            self.session.request_error(job.request_id, "internal", "internal error", 1)
 
     def authorize(self, path: str, action: str, rid: int) -> Path:
         """Resolve `path` and check it against the key's policy; refusals are audited."""
@@ -417,7 +428,7 @@ class GetTransfer(Transfer):
     def __init__(self, service: TransferService, msg: GetFile, path: Path) -> None:
         super().__init__(service, msg.request_id)
         self.path = path
-        self.credit = msg.window or GET_WINDOW
+        self.credit = min(msg.window or GET_WINDOW, MAX_GET_WINDOW)
 
     def grant(self, increment: int) -> None:
         self.credit += increment

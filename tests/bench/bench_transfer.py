@@ -15,6 +15,8 @@ stops, so all rows pay the same disk cost:
 
 While (3) runs, a second connection pings the agent every 20 ms and this process
 times its own event loop, to show that file I/O does not stall either loop.
+Each row is the best of `--repeat` runs, interleaved, since the machine is shared.
+`--dir /dev/shm` takes the disk out and leaves the CPU cost of each path.
 """
 
 from __future__ import annotations
@@ -173,33 +175,46 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=size_arg, default=size_arg("2G"))
     parser.add_argument("--dir", default=tempfile.gettempdir())
+    parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     source = os.path.join(args.dir, f"shoal-bench-{args.size}.bin")
     make_source(source, args.size)
     work = tempfile.mkdtemp(prefix="shoal-bench-", dir=args.dir)
     dest = os.path.join(work, "copy.bin")
     agent, port = start_agent(os.path.join(work, "state"))
+    best: dict[str, float] = {}
+    stalls = (0.0, 0.0)
+
+    def keep(name: str, seconds: float) -> None:
+        best[name] = min(seconds, best.get(name, seconds))
+
     try:
-        raw = raw_copy(source, dest, hashing=False)
-        row("raw loopback copy", raw, args.size, raw, "(baseline: read, send, write, fsync)")
-        hashed = raw_copy(source, dest, hashing=True)
-        row("raw copy + sha256 both ends", hashed, args.size, raw, "(what any checked copy costs)")
-        os.unlink(dest)
-        ours, ping, lag = asyncio.run(library_put(source, dest, port))
-        row("shoal put (library)", ours, args.size, raw, f"(vs raw+sha256 {hashed / ours:.2f}; goal vs raw >= 0.60)")
-        print(f"{'':<30} worst agent ping during put {ping * 1e3:.1f} ms, worst controller loop lag {lag * 1e3:.1f} ms")
-        assert sha256_of(dest) == sha256_of(source), "copy differs"
-        cli = cli_put(source, dest, port)
-        row("shoal put (CLI process)", cli, args.size, raw)
+        for _ in range(max(1, args.repeat)):
+            keep("raw", raw_copy(source, dest, hashing=False))
+            keep("hashed", raw_copy(source, dest, hashing=True))
+            os.unlink(dest)
+            ours, ping, lag = asyncio.run(library_put(source, dest, port))
+            keep("ours", ours)
+            stalls = (max(stalls[0], ping), max(stalls[1], lag))
+            assert sha256_of(dest) == sha256_of(source), "copy differs"
+            keep("cli", cli_put(source, dest, port))
         scp = scp_put(source, dest)
-        if scp is None:
-            print(f"{'scp 127.0.0.1':<30} not available (no sshd accepting our key here)")
-        else:
-            row("scp 127.0.0.1", scp, args.size, raw, f"(shoal put / scp speed {scp / ours:.2f})")
     finally:
         agent.terminate()
         agent.wait()
         shutil.rmtree(work, ignore_errors=True)
+    raw, hashed, ours = best["raw"], best["hashed"], best["ours"]
+    print(f"{args.size >> 20} MiB in {args.dir}, best of {args.repeat}:")
+    row("raw loopback copy", raw, args.size, raw, "(baseline: read, send, write, fsync)")
+    row("raw copy + sha256 both ends", hashed, args.size, raw, "(what any checked copy costs, unpipelined)")
+    row("shoal put (library)", ours, args.size, raw, f"(vs raw+sha256 {hashed / ours:.2f}; goal vs raw >= 0.60)")
+    print(f"{'':<30} worst agent ping during put {stalls[0] * 1e3:.1f} ms, "
+          f"worst controller loop lag {stalls[1] * 1e3:.1f} ms")
+    row("shoal put (CLI process)", best["cli"], args.size, raw)
+    if scp is None:
+        print(f"{'scp 127.0.0.1':<30} not available (no sshd accepting our key here)")
+    else:
+        row("scp 127.0.0.1", scp, args.size, raw, f"(shoal put / scp speed {scp / ours:.2f})")
 
 
 if __name__ == "__main__":
