@@ -17,6 +17,7 @@ clean what a killed agent could not.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import stat
 from collections import deque
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from .session import AgentSession
 
 __all__ = ["transfer_handlers", "remove_leftovers", "PUT_WINDOW", "GET_WINDOW", "MAX_TRANSFERS"]
+
+log = logging.getLogger("shoal.agent")
 
 # FILE_DATA bytes a controller may have in flight per put: enough to cover a
 # round trip at several GB/s on a LAN, small enough that 16 puts stay under 128 MiB.
@@ -72,9 +75,7 @@ def remove_leftovers(state_dir: str) -> list[str]:
     try:
         return Journal(state_dir).cleanup()
     except FileTransferError as err:
-        import logging
-
-        logging.getLogger("shoal.agent").warning("cannot clean unfinished transfers: %s", err)
+        log.warning("cannot clean unfinished transfers: %s", err)
         return []
 
 

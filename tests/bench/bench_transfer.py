@@ -25,11 +25,14 @@ import argparse
 import asyncio
 import hashlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+
+import psutil
 
 from controller.client import AgentClient
 from controller.targets import Target
@@ -76,8 +79,14 @@ def make_source(path: str, size: int) -> None:
             left -= out.write(src.read(min(left, 8 << 20)))
 
 
-def raw_copy(source: str, dest: str, hashing: bool) -> float:
-    """Seconds for the raw loopback copy, fsync included."""
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def raw_copy(source: str, dest: str, hashing: bool) -> tuple[float, float]:
+    """Seconds for the raw loopback copy, fsync included, and the CPU seconds it used."""
+    cpu = children_cpu()
     flag = "1" if hashing else "0"
     recv = subprocess.Popen([sys.executable, "-c", RAW_RECEIVER, dest, flag], stdout=subprocess.PIPE, text=True)
     assert recv.stdout is not None
@@ -87,7 +96,10 @@ def raw_copy(source: str, dest: str, hashing: bool) -> float:
     recv.stdout.readline()
     elapsed = time.perf_counter() - t
     recv.wait()
-    return elapsed
+    return elapsed, children_cpu() - cpu
+
+
+PORTS: dict[int, int] = {}
 
 
 def start_agent(state_dir: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -100,6 +112,7 @@ def start_agent(state_dir: str) -> tuple[subprocess.Popen[bytes], int]:
             import socket
 
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            PORTS[proc.pid] = port
             return proc, port
         except OSError:
             time.sleep(0.05)
@@ -107,8 +120,9 @@ def start_agent(state_dir: str) -> tuple[subprocess.Popen[bytes], int]:
     raise SystemExit("agent did not start")
 
 
-async def library_put(source: str, dest: str, port: int) -> tuple[float, float, float]:
-    """Seconds for put_file, worst agent ping round trip and worst local loop lag meanwhile."""
+async def library_put(source: str, dest: str, agent_pid: int) -> tuple[float, float, float, float]:
+    """Seconds for put_file, CPU seconds of both ends, worst agent ping and worst local loop lag."""
+    port = PORTS[agent_pid]
     target = Target("bench", "127.0.0.1", port)
     client = await AgentClient.connect(target)
     pinger = await AgentClient.connect(target)
@@ -129,15 +143,18 @@ async def library_put(source: str, dest: str, port: int) -> tuple[float, float, 
             worst["lag"] = max(worst["lag"], time.perf_counter() - t - 0.01)
 
     watchers = [asyncio.create_task(ping()), asyncio.create_task(lag())]
+    agent = psutil.Process(agent_pid)
+    cpu = sum(agent.cpu_times()[:2]) + time.process_time()
     t = time.perf_counter()
     result = await put_file(client, plan_put([source], dest, False), dest)
     elapsed = time.perf_counter() - t
+    cpu = sum(agent.cpu_times()[:2]) + time.process_time() - cpu
     stop.set()
     await asyncio.gather(*watchers)
     await client.close()
     await pinger.close()
     assert result.ok, result
-    return elapsed, worst["ping"], worst["lag"]
+    return elapsed, cpu, worst["ping"], worst["lag"]
 
 
 def cli_put(source: str, dest: str, port: int) -> float:
@@ -183,31 +200,36 @@ def main() -> None:
     dest = os.path.join(work, "copy.bin")
     agent, port = start_agent(os.path.join(work, "state"))
     best: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     stalls = (0.0, 0.0)
 
-    def keep(name: str, seconds: float) -> None:
-        best[name] = min(seconds, best.get(name, seconds))
+    def keep(name: str, measured: tuple[float, float]) -> None:
+        if measured[0] < best.get(name, float("inf")):
+            best[name], cpu[name] = measured
 
     try:
         for _ in range(max(1, args.repeat)):
             keep("raw", raw_copy(source, dest, hashing=False))
             keep("hashed", raw_copy(source, dest, hashing=True))
             os.unlink(dest)
-            ours, ping, lag = asyncio.run(library_put(source, dest, port))
-            keep("ours", ours)
+            ours, ours_cpu, ping, lag = asyncio.run(library_put(source, dest, agent.pid))
+            keep("ours", (ours, ours_cpu))
             stalls = (max(stalls[0], ping), max(stalls[1], lag))
             assert sha256_of(dest) == sha256_of(source), "copy differs"
-            keep("cli", cli_put(source, dest, port))
+            keep("cli", (cli_put(source, dest, port), 0.0))
         scp = scp_put(source, dest)
     finally:
         agent.terminate()
         agent.wait()
         shutil.rmtree(work, ignore_errors=True)
     raw, hashed, ours = best["raw"], best["hashed"], best["ours"]
+    gib = args.size / (1 << 30)
     print(f"{args.size >> 20} MiB in {args.dir}, best of {args.repeat}:")
-    row("raw loopback copy", raw, args.size, raw, "(baseline: read, send, write, fsync)")
-    row("raw copy + sha256 both ends", hashed, args.size, raw, "(what any checked copy costs, unpipelined)")
-    row("shoal put (library)", ours, args.size, raw, f"(vs raw+sha256 {hashed / ours:.2f}; goal vs raw >= 0.60)")
+    row("raw loopback copy", raw, args.size, raw, f"(baseline: read, send, write, fsync; "
+        f"{cpu['raw'] / gib:.1f} CPU s/GiB)")
+    row("raw copy + sha256 both ends", hashed, args.size, raw, f"(any checked copy; {cpu['hashed'] / gib:.1f} CPU s/GiB)")
+    row("shoal put (library)", ours, args.size, raw, f"(vs raw+sha256 {hashed / ours:.2f}; "
+        f"{cpu['ours'] / gib:.1f} CPU s/GiB; goal vs raw >= 0.60)")
     print(f"{'':<30} worst agent ping during put {stalls[0] * 1e3:.1f} ms, "
           f"worst controller loop lag {stalls[1] * 1e3:.1f} ms")
     row("shoal put (CLI process)", best["cli"], args.size, raw)
