@@ -65,10 +65,12 @@ _LEGAL: dict[State, frozenset[MessageType] | None] = {
 
 @dataclass(frozen=True, slots=True)
 class HandshakeComplete:
-    """The session is open. `key_id` names the key both sides proved, if any."""
+    """The session is open. `key_id` names the key both sides proved, if any;
+    `mac` the frame MAC algorithm in use (None when frames are not tagged)."""
 
     peer: Hello
     key_id: str | None
+    mac: str | None = None
 
 
 class KeyLookup:
@@ -95,6 +97,8 @@ class Connection:
         max_frame_size: largest body we accept; announced in our HELLO.
         software: our version string, announced in HELLO.
         nonce: fixed handshake nonce, for test vectors only.
+        macs: frame MAC algorithms we accept, in our order of preference; the
+            controller offers them, the agent picks the first offered it knows.
     """
 
     def __init__(
@@ -106,7 +110,11 @@ class Connection:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         software: str = "shoal",
         nonce: bytes | None = None,
+        macs: tuple[str, ...] | list[str] = handshake.SUPPORTED_MACS,
     ) -> None:
+        unknown = [m for m in macs if m not in handshake.SUPPORTED_MACS]
+        if unknown or not macs:
+            raise LocalProtocolError(f"frame MACs must be some of {list(handshake.SUPPORTED_MACS)}, not {list(macs)}")
         self.role = role
         self.state = State.HELLO
         self.key = key
@@ -115,6 +123,8 @@ class Connection:
         self.peer_hello: Hello | None = None
         self.peer_max_frame = DEFAULT_MAX_FRAME_SIZE
         self.key_id: str | None = None
+        self.macs = list(macs)
+        self.mac: str | None = None
         self._nonce = nonce if nonce is not None else secrets.token_bytes(NONCE_SIZE)
         self._decoder = FrameDecoder(max_frame_size)
         self._out: list[bytes] = []
@@ -122,8 +132,8 @@ class Connection:
         self._error: RemoteProtocolError | AuthError | None = None
         self._our_hello_frame = b""
         self._their_hello_frame = b""
-        self._send_mac: handshake.FrameMac | None = None
-        self._recv_mac: handshake.FrameMac | None = None
+        self._send_mac: handshake.FrameMac | handshake.GmacFrameMac | None = None
+        self._recv_mac: handshake.FrameMac | handshake.GmacFrameMac | None = None
         self._send_seq = 0
         self._recv_seq = 0
         self._sent_auth = False
@@ -272,8 +282,18 @@ class Connection:
         self.key = key
         self.key_id = hello.key_id
         self._require_nonce(hello)
+        self.mac = self._choose_mac(hello.macs)
         self._send_hello("hmac-sha256", hello.key_id)
         self.state = State.AUTH
+
+    def _choose_mac(self, offered: list[str]) -> str:
+        """Agent: the controller's first offer that we accept."""
+        for name in offered:
+            if name in self.macs:
+                return name
+        self._fail(RemoteProtocolError(
+            f"no frame MAC in common: the controller offered {offered}, this agent accepts {self.macs}",
+            "bad_hello"))
 
     def _controller_on_hello(self, hello: Hello) -> None:
         if self.key is None:
@@ -283,6 +303,10 @@ class Connection:
         if hello.auth != "hmac-sha256":
             self._auth_fail("a key is configured here but the agent has none (it offered no authentication)", None, queue=False)
         self._require_nonce(hello)
+        chosen = hello.mac or handshake.MAC_HMAC_SHA256
+        if chosen not in self.macs:
+            self._fail(RemoteProtocolError(f"the agent chose frame MAC {chosen!r}, which was not offered", "bad_hello"))
+        self.mac = chosen
         self.key_id = self.key.key_id
         th = self._transcript()
         self._emit(Auth(0, proof=handshake.controller_proof(self.key.secret, th).hex()))
@@ -311,14 +335,15 @@ class Connection:
         nonce_c, nonce_a = (ours, theirs) if self.role is Role.CONTROLLER else (theirs, ours)
         keys = handshake.derive_session_keys(secret, nonce_c, nonce_a, th)
         send, recv = (keys.c2a, keys.a2c) if self.role is Role.CONTROLLER else (keys.a2c, keys.c2a)
-        self._send_mac = handshake.FrameMac(send)
-        self._recv_mac = handshake.FrameMac(recv)
+        assert self.mac is not None
+        self._send_mac = handshake.frame_mac(self.mac, send)
+        self._recv_mac = handshake.frame_mac(self.mac, recv)
         self._decoder.tagged = True
 
     def _open(self, key_id: str | None) -> None:
         assert self.peer_hello is not None
         self.state = State.OPEN
-        self._events.append(HandshakeComplete(self.peer_hello, key_id))
+        self._events.append(HandshakeComplete(self.peer_hello, key_id, self.mac if key_id else None))
 
     def _transcript(self) -> bytes:
         if self.role is Role.CONTROLLER:
@@ -331,9 +356,12 @@ class Connection:
 
     def _send_hello(self, auth: str, key_id: str) -> None:
         self._our_hello_nonce = self._nonce.hex() if auth != "none" else ""
+        keyed, controller = auth != "none", self.role is Role.CONTROLLER
         hello = Hello(
             0, role=self.role.value, software=self.software, auth=auth, key_id=key_id,
             nonce=self._our_hello_nonce, max_frame=self._decoder.max_body,
+            macs=list(self.macs) if keyed and controller else [],
+            mac=(self.mac or "") if keyed and not controller else "",
         )
         self._emit(hello)
         self._our_hello_frame = b"".join(self._out[-2:])

@@ -1,13 +1,14 @@
 """Length-prefixed frames: the byte layout under every message.
 
 A frame is a 9-byte head followed by a body and, once a session is authenticated,
-a 32-byte MAC tag:
+a 16-byte MAC tag:
 
-    u32be length      bytes after this field: 5 + len(body) [+ 32]
+    u32be length      bytes after this field: 5 + len(body) [+ 16]
     u8    type        a `MessageType`
     u32be request id  0 for connection-level messages
     body              raw bytes or a UTF-8 JSON object, per type
-    [tag]             HMAC-SHA256, see handshake.FrameMac
+    [tag]             the negotiated frame MAC (AES-256-GMAC or HMAC-SHA256-128),
+                      see handshake.FrameMac and handshake.GmacFrameMac
 
 The length comes first so a reader never depends on how TCP splits or joins
 segments; it is checked against the limit before a single body byte is buffered.
@@ -35,7 +36,7 @@ HEAD = struct.Struct(">IBI")
 HEAD_SIZE = HEAD.size  # 9
 # Bytes of the head that the length field counts (type + request id).
 _COUNTED_HEAD = HEAD_SIZE - 4
-TAG_SIZE = 32
+TAG_SIZE = 16
 
 # Largest body we accept by default: big enough that streaming output moves in
 # 1 MiB chunks with room to spare, small enough that a hostile peer cannot make

@@ -120,6 +120,11 @@ class Hello(Message):
     key_id: str = ""
     nonce: str = ""
     max_frame: int = 0
+    # Frame MAC negotiation: the controller offers `macs` in its order of
+    # preference (absent: an older peer, which speaks only hmac-sha256); the agent
+    # answers with its choice in `mac` (absent: hmac-sha256).
+    macs: list[str] = field(default_factory=lambda: ["hmac-sha256"])
+    mac: str = ""
 
     def _validate(self) -> None:
         if self.role not in ("controller", "agent"):

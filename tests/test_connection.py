@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from protocol.connection import Connection, HandshakeComplete, KeyLookup, Role, State
 from protocol.errors import AuthError, LocalProtocolError, RemoteProtocolError
-from protocol.handshake import SharedKey
-from protocol.messages import Exec, Hello, MessageType, Stdout, encode_body
-from protocol.frames import frame_head
+from protocol.handshake import MAC_AES256_GMAC, MAC_HMAC_SHA256, SUPPORTED_MACS, SharedKey
+from protocol.messages import Exec, Hello, MessageType, Stdout, decode_body, encode_body
+from protocol.frames import HEAD_SIZE, TAG_SIZE, frame_head
 
 KEY = SharedKey(bytes(range(32)))
 OTHER = SharedKey(bytes(range(1, 33)))
@@ -25,9 +27,16 @@ def pump(src: Connection, dst: Connection) -> list[object]:
     return events
 
 
-def pair(ckey: SharedKey | None, akeys: list[SharedKey]) -> tuple[Connection, Connection, list[object], list[object]]:
-    c = Connection(Role.CONTROLLER, key=ckey)
-    a = Connection(Role.AGENT, keys=KeyLookup(akeys))
+@pytest.fixture(params=SUPPORTED_MACS)
+def mac(request: pytest.FixtureRequest) -> str:
+    """Run a test under each frame MAC: the controller offers only that one."""
+    return str(request.param)
+
+
+def pair(ckey: SharedKey | None, akeys: list[SharedKey], cmacs: tuple[str, ...] = SUPPORTED_MACS,
+         amacs: tuple[str, ...] = SUPPORTED_MACS) -> tuple[Connection, Connection, list[object], list[object]]:
+    c = Connection(Role.CONTROLLER, key=ckey, macs=cmacs)
+    a = Connection(Role.AGENT, keys=KeyLookup(akeys), macs=amacs)
     c.start()
     a_events = pump(c, a)
     c_events = pump(a, c)
@@ -43,13 +52,103 @@ def test_no_key_handshake_opens_both_sides() -> None:
     assert ae[0].key_id is None
 
 
-def test_hmac_handshake_then_sealed_messages_flow_both_ways() -> None:
-    c, a, ce, ae = pair(KEY, [KEY])
-    assert ae == [HandshakeComplete(ae[0].peer, KEY.key_id)] and isinstance(ce[0], HandshakeComplete)
+def test_hmac_handshake_then_sealed_messages_flow_both_ways(mac: str) -> None:
+    c, a, ce, ae = pair(KEY, [KEY], cmacs=(mac,))
+    assert ae == [HandshakeComplete(ae[0].peer, KEY.key_id, mac)]
+    assert ce == [HandshakeComplete(ce[0].peer, KEY.key_id, mac)]
     c.send(Exec(1, shell="true"))
     assert pump(c, a) == [Exec(1, shell="true")]
     a.send_data(MessageType.STDOUT, 1, b"out")
-    assert pump(a, c) == [Stdout(1, b"out")]
+    wire = b"".join(a.data_to_send())
+    assert len(wire) == HEAD_SIZE + 3 + TAG_SIZE == HEAD_SIZE + 3 + 16
+    c.receive_data(wire)
+    assert c.next_event() == Stdout(1, b"out")
+
+
+def test_gmac_is_preferred_when_both_ends_speak_it() -> None:
+    c, a, ce, ae = pair(KEY, [KEY])
+    assert c.mac == a.mac == MAC_AES256_GMAC
+    assert ce[0].peer.mac == MAC_AES256_GMAC and ae[0].peer.macs == [MAC_AES256_GMAC, MAC_HMAC_SHA256]
+
+
+def test_agent_picks_the_first_offer_it_accepts() -> None:
+    c, a, _, _ = pair(KEY, [KEY], amacs=(MAC_HMAC_SHA256,))
+    assert c.mac == a.mac == MAC_HMAC_SHA256 and c.state is a.state is State.OPEN
+    c, a, _, _ = pair(KEY, [KEY], cmacs=(MAC_HMAC_SHA256, MAC_AES256_GMAC))
+    assert c.mac == a.mac == MAC_HMAC_SHA256
+
+
+def test_unauthenticated_sessions_negotiate_no_mac() -> None:
+    c, a, ce, ae = pair(None, [])
+    assert ce[0].mac is ae[0].mac is None and ae[0].peer.macs == []
+
+
+def hello_frame(hello: Hello) -> bytes:
+    return raw(MessageType.HELLO, 0, encode_body(hello))
+
+
+def test_controller_hello_without_macs_means_hmac() -> None:
+    """An older controller sends no `macs`: the agent falls back to hmac-sha256."""
+    a = Connection(Role.AGENT, keys=KeyLookup([KEY]))
+    body = encode_body(Hello(0, auth="hmac-sha256", key_id=KEY.key_id, nonce="ab" * 32)).replace(
+        b',"macs":["hmac-sha256"],"mac":""', b"")
+    assert b'"macs"' not in body and b'"mac"' not in body
+    a.receive_data(raw(MessageType.HELLO, 0, body))
+    assert a.next_event() is None and a.mac == MAC_HMAC_SHA256
+    [_, reply] = a.data_to_send()
+    assert decode_body(MessageType.HELLO, 0, reply).mac == MAC_HMAC_SHA256  # type: ignore[attr-defined]
+
+
+def test_no_mac_in_common_is_a_clear_hello_error() -> None:
+    a = Connection(Role.AGENT, keys=KeyLookup([KEY]), macs=(MAC_HMAC_SHA256,))
+    a.receive_data(hello_frame(Hello(0, auth="hmac-sha256", key_id=KEY.key_id, nonce="ab" * 32,
+                                     macs=["aes256-gmac", "rot13"])))
+    with pytest.raises(RemoteProtocolError, match="no frame MAC in common") as err:
+        a.next_event()
+    assert err.value.code == "bad_hello"
+
+
+def test_agent_choosing_a_mac_not_offered_is_rejected() -> None:
+    c = Connection(Role.CONTROLLER, key=KEY, macs=(MAC_HMAC_SHA256,))
+    c.start()
+    c.data_to_send()
+    c.receive_data(hello_frame(Hello(0, role="agent", auth="hmac-sha256", key_id=KEY.key_id,
+                                     nonce="cd" * 32, macs=[], mac=MAC_AES256_GMAC)))
+    with pytest.raises(RemoteProtocolError, match="not offered") as err:
+        c.next_event()
+    assert err.value.code == "bad_hello"
+
+
+def rewrite_hello(wire: bytes, **changes: object) -> bytes:
+    """What a man in the middle does: re-encode a HELLO frame with fields changed."""
+    hello = decode_body(MessageType.HELLO, 0, wire[HEAD_SIZE:])
+    return hello_frame(dataclasses.replace(hello, **changes))  # type: ignore[arg-type]
+
+
+def test_downgraded_offer_fails_authentication() -> None:
+    """Stripping aes256-gmac from the controller's offer makes the agent pick
+    hmac-sha256, but the transcripts differ and the controller's proof fails."""
+    c = Connection(Role.CONTROLLER, key=KEY)
+    a = Connection(Role.AGENT, keys=KeyLookup([KEY]))
+    c.start()
+    a.receive_data(rewrite_hello(b"".join(c.data_to_send()), macs=[MAC_HMAC_SHA256]))
+    assert a.next_event() is None and a.mac == MAC_HMAC_SHA256
+    assert pump(a, c) == [] and c.mac == MAC_HMAC_SHA256  # the choice is among its offers
+    with pytest.raises(AuthError):
+        pump(c, a)
+    assert a.state is State.FAILED
+
+
+def test_downgraded_choice_fails_authentication() -> None:
+    c = Connection(Role.CONTROLLER, key=KEY)
+    a = Connection(Role.AGENT, keys=KeyLookup([KEY]))
+    c.start()
+    pump(c, a)
+    c.receive_data(rewrite_hello(b"".join(a.data_to_send()), mac=MAC_HMAC_SHA256))
+    assert c.next_event() is None and c.mac == MAC_HMAC_SHA256
+    with pytest.raises(AuthError):
+        pump(c, a)
+    assert a.state is State.FAILED and c.state is not State.OPEN
 
 
 def test_wrong_key_fails_on_both_sides() -> None:
@@ -146,13 +245,14 @@ def test_unsupported_version_is_rejected() -> None:
     assert err.value.code == "version"
 
 
-def sealed_pair() -> tuple[Connection, Connection]:
-    c, a, _, _ = pair(KEY, [KEY])
+def sealed_pair(mac: str) -> tuple[Connection, Connection]:
+    c, a, _, _ = pair(KEY, [KEY], cmacs=(mac,))
+    assert c.mac == a.mac == mac
     return c, a
 
 
-def test_replayed_frame_within_a_session_is_rejected() -> None:
-    c, a = sealed_pair()
+def test_replayed_frame_within_a_session_is_rejected(mac: str) -> None:
+    c, a = sealed_pair(mac)
     c.send(Exec(1, shell="true"))
     wire = b"".join(c.data_to_send())
     a.receive_data(wire)
@@ -163,8 +263,8 @@ def test_replayed_frame_within_a_session_is_rejected() -> None:
     assert err.value.code == "bad_mac"
 
 
-def test_reordered_frames_are_rejected() -> None:
-    c, a = sealed_pair()
+def test_reordered_frames_are_rejected(mac: str) -> None:
+    c, a = sealed_pair(mac)
     c.send(Exec(1, shell="true"))
     first = b"".join(c.data_to_send())
     c.send(Exec(2, shell="true"))
@@ -174,8 +274,8 @@ def test_reordered_frames_are_rejected() -> None:
         a.next_event()
 
 
-def test_reflected_frame_is_rejected() -> None:
-    c, a = sealed_pair()
+def test_reflected_frame_is_rejected(mac: str) -> None:
+    c, a = sealed_pair(mac)
     c.send(Exec(1, shell="true"))
     wire = b"".join(c.data_to_send())
     c.receive_data(wire)  # sent back to its own sender
@@ -183,19 +283,19 @@ def test_reflected_frame_is_rejected() -> None:
         c.next_event()
 
 
-def test_frame_from_an_earlier_session_is_rejected() -> None:
-    c1, a1 = sealed_pair()
+def test_frame_from_an_earlier_session_is_rejected(mac: str) -> None:
+    c1, a1 = sealed_pair(mac)
     c1.send(Exec(1, shell="true"))
     old = b"".join(c1.data_to_send())
-    c2, a2 = sealed_pair()
+    c2, a2 = sealed_pair(mac)
     a2.receive_data(old)
     with pytest.raises(RemoteProtocolError):
         a2.next_event()
 
 
 @pytest.mark.parametrize("where", ["header", "body", "tag"])
-def test_flipped_bit_is_rejected(where: str) -> None:
-    c, a = sealed_pair()
+def test_flipped_bit_is_rejected(where: str, mac: str) -> None:
+    c, a = sealed_pair(mac)
     c.send(Exec(1, shell="true"))
     wire = bytearray(b"".join(c.data_to_send()))
     index = {"header": 5, "body": 12, "tag": len(wire) - 1}[where]
@@ -205,15 +305,15 @@ def test_flipped_bit_is_rejected(where: str) -> None:
         a.next_event()
 
 
-def test_missing_mac_is_rejected() -> None:
-    c, a = sealed_pair()
+def test_missing_mac_is_rejected(mac: str) -> None:
+    c, a = sealed_pair(mac)
     a.receive_data(raw(MessageType.EXEC, 1, encode_body(Exec(1, shell="true"))))
     with pytest.raises(RemoteProtocolError):
         a.next_event()
 
 
-def test_truncated_sealed_frame_at_eof_is_rejected() -> None:
-    c, a = sealed_pair()
+def test_truncated_sealed_frame_at_eof_is_rejected(mac: str) -> None:
+    c, a = sealed_pair(mac)
     c.send(Exec(1, shell="true"))
     wire = b"".join(c.data_to_send())
     a.receive_data(wire[:-5])

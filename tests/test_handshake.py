@@ -6,8 +6,8 @@ The vector's inputs (also printed in PROTOCOL.md, "Test vector"):
     nonce_a  = bytes 0x40..0x5f
     hello_c  = b"shoal test vector: controller HELLO frame"
     hello_a  = b"shoal test vector: agent HELLO frame"
-    frame    = head 00000032 11 00000007 (STDIN, request 7), body b"hello, shoal\\n",
-               sealed with the c2a key at sequence number 5
+    frame    = head 00000022 11 00000007 (STDIN, request 7), body b"hello, shoal\\n",
+               sealed with the c2a key at sequence number 5, under each frame MAC
 """
 
 from __future__ import annotations
@@ -17,18 +17,19 @@ import hmac
 
 import pytest
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from protocol import handshake
 from protocol.errors import ConfigError, LocalProtocolError
-from protocol.handshake import FrameMac, SharedKey
+from protocol.handshake import FrameMac, GmacFrameMac, SharedKey
 
 KEY = bytes(range(0x00, 0x20))
 NONCE_C = bytes(range(0x20, 0x40))
 NONCE_A = bytes(range(0x40, 0x60))
 HELLO_C = b"shoal test vector: controller HELLO frame"
 HELLO_A = b"shoal test vector: agent HELLO frame"
-HEAD = bytes.fromhex("00000032" "11" "00000007")
+HEAD = bytes.fromhex("00000022" "11" "00000007")
 BODY = b"hello, shoal\n"
 SEQ = 5
 
@@ -38,7 +39,9 @@ CONTROLLER_PROOF = "28ea4297ed5833acacd1514e61b31f68297d05d0d74fe32c8d331121fd89
 AGENT_PROOF = "799e6ce5582c1ce74f43bfb35dc75ec6fa67e1504a01b7725c281dfc04f1523f"
 C2A = "a83e48f65f311613bfd33889f37d286c1c908a93f9af9246926d37743090476e"
 A2C = "630bf6574f68d52bb04056edd320501a474528943a12b1d7641e376feb035879"
-TAG = "cff526a99756d306cf1ef69bfd90a0439b1bed0551f66f9165c6f51cb496bca5"
+HMAC_TAG = "a8da8bba4bd12537082c8f77ec3bd44a"
+GMAC_TAG = "1f6d24d394e1f6f5b69e88fbec1b7694"
+MACS = {"hmac-sha256": (FrameMac, HMAC_TAG), "aes256-gmac": (GmacFrameMac, GMAC_TAG)}
 
 
 def th() -> bytes:
@@ -70,8 +73,16 @@ def test_vector_session_keys() -> None:
     assert (keys.c2a.hex(), keys.a2c.hex()) == (C2A, A2C)
 
 
-def test_vector_frame_tag() -> None:
-    assert FrameMac(session().c2a).tag(SEQ, HEAD, BODY).hex() == TAG
+def test_vector_frame_tags() -> None:
+    assert FrameMac(session().c2a).tag(SEQ, HEAD, BODY).hex() == HMAC_TAG
+    assert GmacFrameMac(session().c2a).tag(SEQ, HEAD, BODY).hex() == GMAC_TAG
+    for name, (cls, tag) in MACS.items():
+        assert handshake.frame_mac(name, session().c2a).tag(SEQ, HEAD, BODY).hex() == tag
+
+
+def test_unknown_mac_name_is_refused() -> None:
+    with pytest.raises(LocalProtocolError, match="rot13"):
+        handshake.frame_mac("rot13", session().c2a)
 
 
 def test_vector_matches_an_independent_reading_of_the_spec() -> None:
@@ -86,7 +97,13 @@ def test_vector_matches_an_independent_reading_of_the_spec() -> None:
     a2c = HKDF(hashes.SHA256(), 32, NONCE_C + NONCE_A, b"shoal a2c v1" + transcript).derive(KEY)
     assert (c2a.hex(), a2c.hex()) == (C2A, A2C)
     tag = hmac.new(c2a, SEQ.to_bytes(8, "big") + HEAD + BODY, "sha256").hexdigest()
-    assert tag == TAG
+    assert tag[:32] == HMAC_TAG
+    # GMAC through the streaming GCM interface rather than AESGCM: no plaintext,
+    # head and body as associated data, nonce = 4 zero bytes || u64(seq).
+    gcm = Cipher(algorithms.AES(c2a), modes.GCM(bytes(4) + SEQ.to_bytes(8, "big"))).encryptor()
+    gcm.authenticate_additional_data(HEAD + BODY)
+    gcm.finalize()
+    assert gcm.tag.hex() == GMAC_TAG
 
 
 def test_hkdf_matches_rfc5869_case_1() -> None:
@@ -198,67 +215,83 @@ def test_new_nonce_gives_new_keys() -> None:
 # -- frame MAC properties ---------------------------------------------------
 
 
-def sealed() -> bytes:
-    return HEAD + BODY + bytes.fromhex(TAG)
+@pytest.fixture(params=sorted(MACS))
+def mac_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
-def verify_sealed(frame: bytes, seq: int = SEQ) -> bool:
-    head, body, tag = frame[:9], frame[9:-32], frame[-32:]
-    return FrameMac(session().c2a).verify(seq, head, body, tag)
+def sealed(mac_name: str) -> bytes:
+    return HEAD + BODY + bytes.fromhex(MACS[mac_name][1])
 
 
-def test_untouched_frame_verifies() -> None:
-    assert verify_sealed(sealed())
+def verify_sealed(mac_name: str, frame: bytes, seq: int = SEQ) -> bool:
+    head, body, tag = frame[:9], frame[9:-16], frame[-16:]
+    return handshake.frame_mac(mac_name, session().c2a).verify(seq, head, body, tag)
 
 
-def test_every_flipped_bit_fails_verify() -> None:
-    frame = sealed()
+def test_untouched_frame_verifies(mac_name: str) -> None:
+    assert verify_sealed(mac_name, sealed(mac_name))
+
+
+def test_every_flipped_bit_fails_verify(mac_name: str) -> None:
+    frame = sealed(mac_name)
     for i in range(len(frame)):
         for bit in range(8):
             corrupt = bytearray(frame)
             corrupt[i] ^= 1 << bit
-            assert not verify_sealed(bytes(corrupt)), (i, bit)
+            assert not verify_sealed(mac_name, bytes(corrupt)), (i, bit)
 
 
-def test_replayed_or_reordered_seq_fails() -> None:
-    assert not verify_sealed(sealed(), SEQ - 1)
-    assert not verify_sealed(sealed(), SEQ + 1)
+def test_replayed_or_reordered_seq_fails(mac_name: str) -> None:
+    assert not verify_sealed(mac_name, sealed(mac_name), SEQ - 1)
+    assert not verify_sealed(mac_name, sealed(mac_name), SEQ + 1)
 
 
-def test_frame_reflected_to_its_sender_fails() -> None:
-    tag = FrameMac(session().c2a).tag(SEQ, HEAD, BODY)
-    assert not FrameMac(session().a2c).verify(SEQ, HEAD, BODY, tag)
+def test_frame_reflected_to_its_sender_fails(mac_name: str) -> None:
+    tag = handshake.frame_mac(mac_name, session().c2a).tag(SEQ, HEAD, BODY)
+    assert not handshake.frame_mac(mac_name, session().a2c).verify(SEQ, HEAD, BODY, tag)
 
 
-def test_truncated_or_missing_tag_fails() -> None:
-    mac = FrameMac(session().c2a)
-    assert not mac.verify(SEQ, HEAD, BODY, bytes.fromhex(TAG)[:16])
+def test_the_two_macs_never_accept_each_others_tags() -> None:
+    assert not GmacFrameMac(session().c2a).verify(SEQ, HEAD, BODY, bytes.fromhex(HMAC_TAG))
+    assert not FrameMac(session().c2a).verify(SEQ, HEAD, BODY, bytes.fromhex(GMAC_TAG))
+
+
+def test_truncated_or_missing_tag_fails(mac_name: str) -> None:
+    mac = handshake.frame_mac(mac_name, session().c2a)
+    full = bytes.fromhex(MACS[mac_name][1])
+    assert not mac.verify(SEQ, HEAD, BODY, full[:15])
+    assert not mac.verify(SEQ, HEAD, BODY, full + b"\x00")
     assert not mac.verify(SEQ, HEAD, BODY, b"")
 
 
 def test_tag_accepts_views_without_changing_the_result() -> None:
     mac = FrameMac(session().c2a)
     big = bytes(range(256)) * 4096  # 1 MiB
-    want = hmac.new(session().c2a, (0).to_bytes(8, "big") + HEAD + big, "sha256").digest()
+    want = hmac.new(session().c2a, (0).to_bytes(8, "big") + HEAD + big, "sha256").digest()[:16]
     assert mac.tag(0, HEAD, memoryview(big)) == want
     assert mac.tag(0, HEAD, bytearray(big)) == want
     # The keyed template is copied, never consumed: a second call gives the same.
     assert mac.tag(0, HEAD, big) == want
+    gmac = GmacFrameMac(session().c2a)
+    want = gmac.tag(0, HEAD, big)
+    assert gmac.tag(0, HEAD, memoryview(big)) == gmac.tag(0, HEAD, bytearray(big)) == want
 
 
-def test_seq_out_of_range_is_refused() -> None:
-    mac = FrameMac(session().c2a)
+def test_seq_out_of_range_is_refused(mac_name: str) -> None:
+    mac = handshake.frame_mac(mac_name, session().c2a)
     with pytest.raises(LocalProtocolError):
         mac.tag(-1, HEAD, BODY)
     with pytest.raises(LocalProtocolError):
         mac.tag(2**64, HEAD, BODY)
-    assert len(mac.tag(2**64 - 1, HEAD, BODY)) == 32
+    assert len(mac.tag(2**64 - 1, HEAD, BODY)) == 16 == handshake.FRAME_TAG_SIZE
 
 
-def test_frame_mac_refuses_short_key_and_hides_its_key() -> None:
+def test_frame_mac_refuses_short_key_and_hides_its_key(mac_name: str) -> None:
     with pytest.raises(LocalProtocolError):
-        FrameMac(bytes(16))
-    assert C2A not in repr(FrameMac(session().c2a))
+        handshake.frame_mac(mac_name, bytes(16))
+    assert C2A not in repr(handshake.frame_mac(mac_name, session().c2a))
+    assert "<secret>" in repr(handshake.frame_mac(mac_name, session().c2a))
 
 
 def test_module_is_pure() -> None:
@@ -269,7 +302,9 @@ def test_module_is_pure() -> None:
     tree = ast.parse(inspect.getsource(handshake))
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported <= {"__future__", "hashlib", "hmac", "secrets", "struct", "dataclasses", "errors"}
+    # cryptography is here for AES-GCM only, which does no I/O.
+    assert imported <= {"__future__", "hashlib", "hmac", "secrets", "struct", "collections", "dataclasses",
+                        "cryptography", "errors", "frames"}
 
 
 def test_exports_exist() -> None:
