@@ -27,7 +27,8 @@ from protocol.connection import Connection, Role
 from protocol import handshake
 from protocol.frames import frame_head
 from protocol.handshake import SharedKey
-from protocol.messages import Auth, Exec, Hello, MessageType, Ping, Pong, Stdin, StdinEof, Stdout, encode_body
+from protocol.messages import (Auth, Exec, Exit, Hello, Message, MessageType, Ping, Pong, Stdin, StdinEof, Stdout,
+                               encode_body)
 from tests.agents import AgentThread
 from tests.agents import config as agent_config
 from tests.rawpeer import DEADLINE, RawController, audit_events, connect, split_frames, untagged_frames
@@ -67,9 +68,16 @@ def touch(path: Path, rid: int = 1) -> Exec:
     return Exec(rid, shell=f"touch {path}")
 
 
-def open_session(agent: AgentThread, key: SharedKey) -> RawController:
+@pytest.fixture(params=handshake.SUPPORTED_MACS)
+def mac(request: pytest.FixtureRequest) -> str:
+    """A frame MAC to force: the raw controller offers only this one."""
+    return str(request.param)
+
+
+def open_session(agent: AgentThread, key: SharedKey, mac: str = handshake.MAC_AES256_GMAC) -> RawController:
     peer = RawController(agent.addresses[0], key)
-    peer.handshake()
+    peer.conn.macs = [mac]
+    assert peer.handshake().mac == mac
     return peer
 
 
@@ -129,6 +137,40 @@ def test_key_on_controller_only_is_named_on_both_sides(
     assert not (tmp_path / "f").exists()
 
 
+def test_each_frame_mac_carries_a_whole_command_both_ways(
+        agent: AgentThread, keys: dict[str, tuple[SharedKey, Path]], mac: str) -> None:
+    """A real agent speaks both MACs: stdin in, 1 MiB of output out, under each."""
+    peer = open_session(agent, keys["admin"][0], mac)
+    peer.conn.send(Exec(1, shell="cat; head -c 1048576 /dev/zero", stdin=True))
+    peer.conn.send(Stdin(1, b"typed\n"))
+    peer.conn.send(StdinEof(1))
+    peer.flush()
+    exit_, seen = collect(peer, 1)
+    out = b"".join(m.data for m in seen if isinstance(m, Stdout))
+    assert exit_.code == 0 and out == b"typed\n" + bytes(1 << 20)
+    last = split_frames(peer.received)[-1]  # the EXIT, sealed: 9-byte head, body, 16-byte tag
+    assert len(last) == 9 + len(encode_body(exit_)) + 16
+
+
+def collect(peer: RawController, rid: int) -> tuple[Exit, list[Message]]:
+    """This request's frames up to its EXIT."""
+    seen: list[Message] = []
+    while True:
+        event = peer.next_event()
+        assert event is not None, f"agent closed the connection; got {seen}"
+        if isinstance(event, Exit) and event.request_id == rid:
+            return event, seen
+        if isinstance(event, Message) and event.request_id == rid:
+            seen.append(event)
+
+
+def test_default_controller_negotiates_gmac_with_a_real_agent(
+        agent: AgentThread, keys: dict[str, tuple[SharedKey, Path]]) -> None:
+    peer = RawController(agent.addresses[0], keys["admin"][0])
+    assert peer.handshake().mac == handshake.MAC_AES256_GMAC
+    assert peer.conn.peer_hello is not None and peer.conn.peer_hello.mac == handshake.MAC_AES256_GMAC
+
+
 def test_right_key_runs_the_command(agent: AgentThread, keys: dict[str, tuple[SharedKey, Path]],
                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status = shoal_main(["run", "-n", agent.targets_spec(), "--key-file", str(keys["admin"][1]),
@@ -167,9 +209,9 @@ def test_frames_captured_from_one_session_do_nothing_in_another(
 
 
 def test_frame_replayed_within_a_session_is_refused(
-        agent: AgentThread, keys: dict[str, tuple[SharedKey, Path]], tmp_path: Path) -> None:
+        agent: AgentThread, keys: dict[str, tuple[SharedKey, Path]], tmp_path: Path, mac: str) -> None:
     log = tmp_path / "runs"
-    peer = open_session(agent, keys["admin"][0])
+    peer = open_session(agent, keys["admin"][0], mac)
     frame = peer.queue(Exec(1, shell=f"echo run >> {log}"))
     peer.send_raw(frame)
     while not audit(tmp_path, event="exit", peer=peer.peer):
@@ -181,9 +223,9 @@ def test_frame_replayed_within_a_session_is_refused(
 
 
 def test_reordered_frames_are_refused(agent: AgentThread, keys: dict[str, tuple[SharedKey, Path]],
-                                      tmp_path: Path) -> None:
+                                      tmp_path: Path, mac: str) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
-    peer = open_session(agent, keys["admin"][0])
+    peer = open_session(agent, keys["admin"][0], mac)
     frame1 = peer.queue(touch(first, 1))
     frame2 = peer.queue(touch(second, 2))
     peer.send_raw(frame2 + frame1)
@@ -192,8 +234,8 @@ def test_reordered_frames_are_refused(agent: AgentThread, keys: dict[str, tuple[
 
 
 def test_agent_frame_reflected_back_to_it_is_refused(
-        agent: AgentThread, keys: dict[str, tuple[SharedKey, Path]], tmp_path: Path) -> None:
-    peer = open_session(agent, keys["admin"][0])
+        agent: AgentThread, keys: dict[str, tuple[SharedKey, Path]], tmp_path: Path, mac: str) -> None:
+    peer = open_session(agent, keys["admin"][0], mac)
     peer.run(Exec(1, shell="echo out"))  # controller sent seq 0; agent sent STARTED, STDOUT, EXIT
     agent_frames = split_frames(peer.received)
     tagged = agent_frames[2:]  # after the agent's untagged HELLO and AUTH
@@ -221,9 +263,9 @@ def test_pong_reflected_back_to_the_agent_is_refused(
 
 @pytest.mark.parametrize("where", ["body", "type", "request id", "length", "tag"])
 def test_flipped_bit_is_refused(agent: AgentThread, keys: dict[str, tuple[SharedKey, Path]],
-                                tmp_path: Path, where: str) -> None:
+                                tmp_path: Path, where: str, mac: str) -> None:
     target = tmp_path / "flipped"
-    peer = open_session(agent, keys["admin"][0])
+    peer = open_session(agent, keys["admin"][0], mac)
     frame = bytearray(peer.queue(touch(target)))
     offset = {"body": 20, "type": 4, "request id": 8, "length": 3, "tag": len(frame) - 1}[where]
     # A longer length would only leave the agent waiting for more bytes, so for
