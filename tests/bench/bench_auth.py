@@ -2,8 +2,11 @@
 
     python -m tests.bench.bench_auth [--bytes 1G] [--rounds 300] [--repeat 3]
 
-Four `shoal-agent` processes run side by side: plain, HMAC key, mutual TLS, and
-both. For each we measure
+`shoal-agent` processes run side by side: plain, shared key, mutual TLS, and key
+plus TLS. A keyed session negotiates its frame MAC; "gmac" is what a controller
+gets by default (aes256-gmac), "hmac" a controller that offers only hmac-sha256
+(what an older controller offers; forced here by changing the offer's default in
+the controller process, since no option selects it). For each we measure
 1. stdout throughput: `shoal run --raw -- head -c N /dev/zero | wc -c` (best of
    --repeat runs, whole processes, as a user would run it; modes interleaved), with
    the CPU seconds the agent and the controller spent per GiB, which show where the
@@ -11,13 +14,15 @@ both. For each we measure
 2. round-trip latency of `true` over an open connection (median and p99);
 3. connect + handshake time of a new connection (median).
 Every figure is printed next to the plain agent's figure from the same run.
-The goal for HMAC: at least half the plain throughput and above 600 MB/s.
+The goal for the default keyed mode: at least half the plain throughput and
+above 600 MB/s.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import ssl
@@ -27,13 +32,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from agent.keyfile import load_key_file, write_key_file
 from agent.tls import client_context
 from controller.client import AgentClient, Command
 from controller.pki import init_pki
 from controller.targets import Target
-from protocol.handshake import SharedKey
+from protocol.connection import Connection
+from protocol.handshake import MAC_HMAC_SHA256, GmacFrameMac, SharedKey
 from tests.bench.bench_core import SHOAL, pct, size_arg
 
 AGENT = str(Path(sys.executable).parent / "shoal-agent")
@@ -46,6 +53,7 @@ class Mode:
     name: str
     key: Path | None
     tls: dict[str, Path] | None
+    macs: tuple[str, ...] | None = None  # the controller's offer; None: its default
     address: str = ""
     proc: subprocess.Popen[str] | None = None
 
@@ -78,6 +86,28 @@ class Mode:
     def target(self) -> Target:
         host, _, port = self.address.rpartition(":")
         return Target(self.name, host, int(port))
+
+    def shoal_command(self) -> list[str]:
+        """The controller CLI, made to offer only `macs` when set."""
+        if self.macs is None:
+            return SHOAL.split()
+        force = (f"import sys, protocol.connection as c; c.Connection.__init__.__kwdefaults__['macs'] = {self.macs!r}; "
+                 "from controller.cli import main; sys.exit(main(sys.argv[1:]))")
+        return [sys.executable, "-c", force]
+
+
+@contextlib.contextmanager
+def offering(macs: tuple[str, ...] | None) -> Iterator[None]:
+    """In this process, make new controller connections offer only `macs`."""
+    defaults = Connection.__init__.__kwdefaults__
+    assert defaults is not None
+    saved = defaults["macs"]
+    if macs is not None:
+        defaults["macs"] = macs
+    try:
+        yield
+    finally:
+        defaults["macs"] = saved
 
 
 def start(mode: Mode, state_dir: Path) -> None:
@@ -117,7 +147,7 @@ def transfer(mode: Mode, nbytes: int) -> Transfer:
     """One whole `shoal run` process moving `nbytes` of stdout into `wc -c`."""
     import psutil
 
-    cmd = [*SHOAL.split(), "run", "-n", "--raw", mode.address, *mode.controller_args(),
+    cmd = [*mode.shoal_command(), "run", "-n", "--raw", mode.address, *mode.controller_args(),
            "--", "head", "-c", str(nbytes), "/dev/zero"]
     assert mode.proc is not None
     agent = psutil.Process(mode.proc.pid)
@@ -157,11 +187,30 @@ def hmac_ceiling() -> float:
     return 128 * len(data) / (time.perf_counter() - t)
 
 
+def gmac_ceiling() -> float:
+    """Frame tags per second with AES-256-GMAC on 1 MiB bodies, one core, as the
+    connection computes them (head and body joined, then tagged)."""
+    mac, data = GmacFrameMac(bytes(32)), bytes(1 << 20)
+    t = time.perf_counter()
+    for seq in range(512):
+        mac.tag(seq, bytes(9), data)
+    return 512 * len(data) / (time.perf_counter() - t)
+
+
 # -- 2 and 3. latency --------------------------------------------------------------
 
 
+async def negotiated(mode: Mode) -> str:
+    """The frame MAC a session in this mode uses ("none" without a key)."""
+    with offering(mode.macs):
+        client = await AgentClient.connect(mode.target(), key=mode.shared_key(), ssl=mode.ssl_context(), timeout=10)
+    await client.close()
+    return client.conn.mac or "none"
+
+
 async def round_trips(mode: Mode, rounds: int) -> list[float]:
-    client = await AgentClient.connect(mode.target(), key=mode.shared_key(), ssl=mode.ssl_context(), timeout=10)
+    with offering(mode.macs):
+        client = await AgentClient.connect(mode.target(), key=mode.shared_key(), ssl=mode.ssl_context(), timeout=10)
     times = []
     try:
         for _ in range(rounds):
@@ -178,7 +227,8 @@ async def connects(mode: Mode, rounds: int) -> list[float]:
     times = []
     for _ in range(rounds):
         t = time.perf_counter()
-        client = await AgentClient.connect(mode.target(), key=key, ssl=ctx, timeout=10)
+        with offering(mode.macs):
+            client = await AgentClient.connect(mode.target(), key=key, ssl=ctx, timeout=10)
         times.append(time.perf_counter() - t)
         await client.close()
     return times
@@ -187,9 +237,12 @@ async def connects(mode: Mode, rounds: int) -> list[float]:
 # -- report --------------------------------------------------------------------------
 
 
+MODES = ("gmac", "hmac", "tls", "gmac+tls")
+
+
 def row(name: str, figures: dict[str, float], fmt: str, base: str = "plain") -> None:
     cells = [f"{fmt.format(figures[base]):>12}"]
-    for mode in ("hmac", "tls", "hmac+tls"):
+    for mode in MODES:
         value = figures[mode]
         cells.append(f"{fmt.format(value):>12} ({value / figures[base]:4.2f}x)")
     print(f"{name:<28}" + "".join(f"{c:>22}" for c in cells))
@@ -206,8 +259,8 @@ def main() -> None:
         key = base / "bench.key"
         write_key_file(key)
         pki = init_pki(base / "pki", [])
-        modes = [Mode("plain", None, None), Mode("hmac", key, None), Mode("tls", None, pki),
-                 Mode("hmac+tls", key, pki)]
+        modes = [Mode("plain", None, None), Mode("gmac", key, None), Mode("hmac", key, None, (MAC_HMAC_SHA256,)),
+                 Mode("tls", None, pki), Mode("gmac+tls", key, pki)]
         try:
             for mode in modes:
                 start(mode, base)
@@ -218,6 +271,9 @@ def main() -> None:
 
 
 def report(modes: list[Mode], args: argparse.Namespace) -> None:
+    macs = {m.name: asyncio.run(negotiated(m)) for m in modes}
+    print("frame MAC negotiated: " + ", ".join(f"{name} {mac}" for name, mac in macs.items()))
+    assert macs["gmac"] == macs["gmac+tls"] == "aes256-gmac" and macs["hmac"] == MAC_HMAC_SHA256, macs
     print(f"{'':<28}{'plain (baseline)':>22}" + "".join(f"{m.name + ' (ratio)':>22}" for m in modes[1:]))
     runs = throughputs(modes, args.bytes, args.repeat)
     mbps = {name: run.rate / 1e6 for name, run in runs.items()}
@@ -233,10 +289,11 @@ def report(modes: list[Mode], args: argparse.Namespace) -> None:
     ceiling = hmac_ceiling() / 1e6
     print(f"HMAC-SHA256 on this CPU, one core, 1 MiB buffers: {ceiling:.0f} MB/s "
           "(each end hashes every byte once)")
-    hmac = mbps["hmac"]
-    verdict = "met" if hmac >= max(600.0, mbps["plain"] / 2) else "NOT met"
-    print(f"goal for HMAC throughput (>= half of plain and > 600 MB/s): {verdict} "
-          f"({hmac:.0f} MB/s vs plain {mbps['plain']:.0f} MB/s)")
+    print(f"AES-256-GMAC frame tags on this CPU, one core, 1 MiB bodies: {gmac_ceiling() / 1e6:.0f} MB/s")
+    keyed = mbps["gmac"]
+    verdict = "met" if keyed >= max(600.0, mbps["plain"] / 2) else "NOT met"
+    print(f"goal for keyed throughput with the default MAC (>= half of plain and > 600 MB/s): {verdict} "
+          f"({keyed:.0f} MB/s vs plain {mbps['plain']:.0f} MB/s)")
 
 
 if __name__ == "__main__":
