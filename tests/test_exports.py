@@ -22,3 +22,11 @@ def test_unknown_names_raise_attribute_error() -> None:
         agent.NoSuchThing  # noqa: B018
     with pytest.raises(AttributeError):
         controller.NoSuchThing  # noqa: B018
+
+
+@pytest.mark.parametrize("name", sorted(__import__("controller.cli", fromlist=["SUBCOMMANDS"]).SUBCOMMANDS))
+def test_every_subcommand_module_exists_and_has_the_interface(name: str) -> None:
+    from controller.cli import SUBCOMMANDS
+
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    assert callable(module.add_arguments) and callable(module.run) and module.__doc__
