@@ -34,6 +34,7 @@ from typing import Iterator, Sequence
 from protocol.errors import RemoteCommandError
 
 __all__ = [
+    "process_umask",
     "CODES",
     "FileTransferError",
     "map_os_error",
@@ -416,7 +417,7 @@ def _final_attributes(target: Path, mode: int | None,
         raise FileTransferError("is_directory", target)
     existing = st if st is not None and stat.S_ISREG(st.st_mode) else None
     if mode is None:
-        mode = stat.S_IMODE(existing.st_mode) if existing else 0o666 & ~_process_umask()
+        mode = stat.S_IMODE(existing.st_mode) if existing else 0o666 & ~process_umask()
     if os.geteuid() != 0:
         return mode, None
     if owner is None and existing is not None:
@@ -434,7 +435,7 @@ def _maybe_stat(path: Path, *, follow: bool) -> os.stat_result | None:
         raise map_os_error(err, path) from err
 
 
-def _process_umask() -> int:
+def process_umask() -> int:
     """Read the umask without setting it (os.umask would race other threads)."""
     try:
         with open("/proc/self/status", "rb") as status:

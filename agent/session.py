@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from protocol.connection import Connection, HandshakeComplete, Role, State
-from protocol.errors import AuthError, ProtocolError, RemoteCommandError
+from protocol.errors import AuthError, ProtocolError
 from protocol.messages import (
     Cancel,
     Error,

@@ -36,7 +36,15 @@ from protocol.messages import (
     Window,
 )
 
-from .files import AtomicWriter, FileReader, FileTransferError, Journal, map_os_error, resolve_path
+from .files import (
+    AtomicWriter,
+    FileReader,
+    FileTransferError,
+    Journal,
+    map_os_error,
+    process_umask,
+    resolve_path,
+)
 
 if TYPE_CHECKING:
     from .session import AgentSession
@@ -273,21 +281,9 @@ def _set_directory_attributes(path: Path, mode: int | None, owner: list[int] | N
     try:
         if owner is not None and os.geteuid() == 0:
             os.chown(path, owner[0], owner[1])
-        os.chmod(path, stat.S_IMODE(mode) if mode is not None else 0o777 & ~_umask())
+        os.chmod(path, stat.S_IMODE(mode) if mode is not None else 0o777 & ~process_umask())
     except OSError as err:
         raise map_os_error(err, path) from err
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (from /proc)."""
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
 
 
 def _is_dir(path: Path) -> bool:

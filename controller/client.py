@@ -36,7 +36,6 @@ from protocol.messages import (
     Exit,
     Goodbye,
     Message,
-    MessageType,
     MetricsReply,
     MetricsRequest,
     Ping,
@@ -558,4 +557,3 @@ def _tls_reason(exc: ssl_module.SSLError) -> str:
     return str(exc.reason or exc)
 
 
-_ = (RemoteCommandError, MessageType)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,6 +26,7 @@ from .batch import BatchLine, BatchReport, BatchRunner, read_batch, summary_tabl
 from .client import Command
 from .display import Display
 from .fleet import ConnectOptions, Handler
+from .interrupt import run_interruptible
 from .options import add_connect_options, add_target_options, connect_options_from_args, parse_env, targets_from_args
 from .output import GatherHandler, JsonHandler, StreamHandler
 from .targets import Target
@@ -66,29 +66,10 @@ async def run_batch(targets: list[Target], lines: list[BatchLine], commands: lis
     """Run the batch with Ctrl-C handling: first cancels and starts nothing more, second stops waiting."""
     runner = BatchRunner(targets, options, fanout=args.fanout, keep_going=args.keep_going)
     handler_for, finish = _handlers(args.output, display, [t.name for t in targets], lines)
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    interrupts = 0
-
-    def on_sigint() -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts == 1:
-            display.message("shoal: interrupted, cancelling on every host (Ctrl-C again to stop waiting)")
-            runner.cancel(args.kill_grace)
-        else:
-            runner.kill()
-            assert task is not None
-            task.cancel()
-
-    loop.add_signal_handler(signal.SIGINT, on_sigint)
-    try:
-        report = await runner.run(lines, commands, handler_for)
-    except asyncio.CancelledError:
-        await asyncio.sleep(0.05)  # let the kill frames reach the sockets
+    report, interrupts = await run_interruptible(runner.run(lines, commands, handler_for), display,
+                                                 lambda: runner.cancel(args.kill_grace), runner.kill)
+    if report is None:
         return 130
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
     finish()
     _report(display, report)
     return 130 if interrupts else report.status

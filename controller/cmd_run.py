@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 from typing import Any
 
 from .client import Command
 from .display import Display
 from .fleet import ConnectOptions, Fleet, Handler
+from .interrupt import run_interruptible
 from .options import (
     add_connect_options,
     add_exec_options,
@@ -82,31 +82,14 @@ async def run_fleet(targets: list[Target], command: Command, options: ConnectOpt
     stdin = StdinSpool.from_fd(sys.stdin.fileno()) if forward_stdin else None
     if script is not None:
         stdin = StdinSpool.from_bytes(script)
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    interrupts = 0
-
-    def on_sigint() -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts == 1:
-            display.message("shoal: interrupted, cancelling on every host (Ctrl-C again to stop waiting)")
-            fleet.cancel()
-        else:
-            fleet.kill()
-            assert main_task is not None
-            main_task.cancel()
-
-    loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
-        result = await fleet.run(command, handler, stdin)
-    except asyncio.CancelledError:
-        await asyncio.sleep(0.05)  # let the kill frames reach the sockets
-        return 130
+        result, interrupts = await run_interruptible(fleet.run(command, handler, stdin), display,
+                                                     fleet.cancel, fleet.kill)
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
         if stdin is not None:
             stdin.close()
+    if result is None:
+        return 130
     handler.close()
     if len(targets) > 1 and not getattr(args, "quiet", False):
         report_summary(display, result.results, result.elapsed)
