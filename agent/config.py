@@ -286,18 +286,30 @@ class DiscoveryConfig:
             raise ConfigError("name must be printable and at most 253 characters", "name")
 
 
+# Words a command pattern may match: nothing a shell would expand or act on.
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_./:=@%+,-]+")
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+def _words_match(words: list[str], entry: str) -> bool:
+    patterns = entry.split()
+    return len(patterns) == len(words) and all(
+        fnmatch.fnmatchcase(w, p) for w, p in zip(words, patterns))
+
+
 @dataclass(frozen=True, slots=True)
 class KeyPolicy:
     """A named shared key and what a client holding it may do.
 
     `allow_all` permits every command, metrics and files (its other fields are then
     fixed: no command list, no file roots). A listed key may run only the command
-    lines in `commands`; each entry matches the request's command line exactly or
-    as an fnmatch pattern (`*`, `?`, `[...]`). Shell metacharacters are NOT special:
-    the pattern `systemctl status *` also matches `systemctl status x; reboot` sent as
-    a shell command, which /bin/sh then runs in full. A listed key meant to be
-    restricted should therefore use exact entries, or patterns only for argv requests
-    (their command line is shlex-quoted, so `;` stays inside an argument).
+    lines in `commands`. An entry matches the request's command line exactly as
+    written, or, when it holds a wildcard (`*`, `?`, `[...]`), word by word as an
+    fnmatch pattern. A pattern only ever matches plain words (letters, digits and
+    `_./:=@%+,-`), never a word containing `..`, and the word counts must agree: so
+    `systemctl status *` admits `systemctl status sshd` but not
+    `systemctl status x; reboot`, `systemctl status $(reboot)` or a path escaping
+    with `..`, and the shell is given nothing it could interpret.
     """
 
     name: str
@@ -336,12 +348,16 @@ class KeyPolicy:
         if self.allow_all:
             return True
         if shell is not None:
-            line = shell
+            line, words = shell, shell.split()
         elif argv:
-            line = shlex.join(argv)
+            line, words = shlex.join(argv), list(argv)
         else:
             return False
-        return any(line == entry or fnmatch.fnmatchcase(line, entry) for entry in self.commands)
+        if line in self.commands and not _WILDCARD.search(line):
+            return True  # exactly as the admin wrote it (entries with wildcards are patterns)
+        if not all(_PLAIN_WORD.fullmatch(w) and ".." not in w for w in words):
+            return False
+        return any(_words_match(words, entry) for entry in self.commands if _WILDCARD.search(entry))
 
     def allows_metrics(self) -> bool:
         return self.allow_all or self.metrics

@@ -386,7 +386,8 @@ def policy_agent(tmp_path: Path, keys: dict[str, tuple[SharedKey, Path]]) -> Ite
     """An agent configured with an admin key and a monitor key that may run two commands."""
     policies = (
         KeyPolicy(name="admin", file=str(keys["admin"][1]), allow_all=True),
-        KeyPolicy(name="monitor", file=str(keys["monitor"][1]), commands=("uptime", "echo ok"), metrics=True),
+        KeyPolicy(name="monitor", file=str(keys["monitor"][1]), commands=("uptime", "echo ok", "echo status *"),
+                  metrics=True),
     )
     thread = AgentThread(0)
     thread.agents = [Agent(agent_config(keys=policies, audit_log=str(tmp_path / "audit.jsonl")))]
@@ -417,6 +418,21 @@ def test_denied_command_under_monitor_key_runs_nothing_and_is_audited(
     assert target.exists()
     names = {e["key_id"]: e["key_name"] for e in audit(tmp_path, event="authenticated")}
     assert names == {monitor_key.key_id: "monitor", keys["admin"][0].key_id: "admin"}
+
+
+@pytest.mark.parametrize("smuggled", ["echo status x; touch {t}", "echo status $(touch {t})",
+                                      "echo status `touch {t}`", "echo status x && touch {t}"])
+def test_a_pattern_cannot_smuggle_a_second_command(
+        policy_agent: AgentThread, keys: dict[str, tuple[SharedKey, Path]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], smuggled: str) -> None:
+    target = tmp_path / "smuggled"
+    monitor_path = keys["monitor"][1]
+    spec = policy_agent.targets_spec()
+    assert shoal_main(["run", "-n", spec, "--key-file", str(monitor_path), "--", "echo status web1"]) == 0
+    assert capsys.readouterr().out == "status web1\n"
+    status = shoal_main(["run", "-n", spec, "--key-file", str(monitor_path), "--", smuggled.format(t=target)])
+    assert status == 126 and "permission denied" in capsys.readouterr().err
+    assert not target.exists()
 
 
 # -- the audit record of one request -------------------------------------------

@@ -305,12 +305,29 @@ def test_listed_key_matches_exact_lines_and_patterns() -> None:
     assert not key.allows_metrics() and not key.allows_files("/tmp/x")
 
 
-def test_patterns_do_not_treat_shell_metacharacters_specially() -> None:
-    # Documented hazard: as a shell string the pattern also covers a chained command;
-    # as an argv the same text is one quoted argument and stays harmless.
+@pytest.mark.parametrize("request_argv, request_shell", [
+    (None, "systemctl status x; reboot"),
+    (None, "systemctl status $(reboot)"),
+    (None, "systemctl status `reboot`"),
+    (None, "systemctl status x && reboot"),
+    (None, "systemctl status x | sh"),
+    (None, "systemctl status x > /etc/passwd"),
+    (None, "systemctl status *"),
+    (["systemctl", "status", "x; reboot"], None),
+    (["systemctl", "status", "../../bin/sh"], None),
+    (["systemctl", "status", "a", "b"], None),
+])
+def test_patterns_never_admit_shell_syntax_extra_words_or_dotdot(request_argv, request_shell) -> None:  # type: ignore[no-untyped-def]
+    # An attacker holding the monitor key must not turn an allowed pattern into reboot.
     key = KeyPolicy("m", "/k", commands=("systemctl status *",))
-    assert key.allows_command(None, "systemctl status x; reboot")
-    assert key.allows_command(["systemctl", "status", "x; reboot"], None)
+    assert not key.allows_command(request_argv, request_shell)
+
+
+def test_patterns_admit_plain_words_as_shell_or_argv() -> None:
+    key = KeyPolicy("m", "/k", commands=("systemctl status *", "cat /var/log/app/*.log"))
+    assert key.allows_command(None, "systemctl status sshd.service")
+    assert key.allows_command(["systemctl", "status", "nginx"], None)
+    assert key.allows_command(None, "cat /var/log/app/web-1.log")
     exact = KeyPolicy("m", "/k", commands=("systemctl status sshd",))
     assert not exact.allows_command(None, "systemctl status sshd; reboot")
 
