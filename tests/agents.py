@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 from typing import AsyncIterator, Iterator
 
@@ -86,3 +87,19 @@ async def _call(fn, *args):  # type: ignore[no-untyped-def]
 def agent_thread(count: int = 1, **kw: object) -> Iterator[AgentThread]:
     with AgentThread(count, **kw) as t:
         yield t
+
+
+def shoal(capsysbinary, *argv: str) -> tuple[int, bytes, bytes]:  # type: ignore[no-untyped-def]
+    """Run `shoal ARGV` in-process: (exit status, stdout bytes, stderr bytes)."""
+    from controller.cli import main
+
+    status = main(list(argv))
+    out, err = capsysbinary.readouterr()
+    return status, out, err
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound by us, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

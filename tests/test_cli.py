@@ -11,8 +11,7 @@ import tarfile
 
 import pytest
 
-from controller.cli import main
-from tests.agents import AgentThread
+from tests.agents import AgentThread, shoal
 
 
 @pytest.fixture(scope="module")
@@ -21,26 +20,20 @@ def agents():  # type: ignore[no-untyped-def]
         yield t
 
 
-def run(capsysbinary: pytest.CaptureFixture[bytes], *argv: str) -> tuple[int, bytes, bytes]:
-    status = main(list(argv))
-    out, err = capsysbinary.readouterr()
-    return status, out, err
-
-
 def test_single_host_exit_code_is_the_commands(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]
-    status, out, _ = run(capsysbinary, "run", agents.addresses[0], "-n", "--", "echo hi; exit 3")
+    status, out, _ = shoal(capsysbinary, "run", agents.addresses[0], "-n", "--", "echo hi; exit 3")
     assert status == 3 and out == b"hi\n"
 
 
 def test_signal_death_is_128_plus_n(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]
-    status, _, _ = run(capsysbinary, "run", agents.addresses[0], "-n", "--", "kill -TERM $$")
+    status, _, _ = shoal(capsysbinary, "run", agents.addresses[0], "-n", "--", "kill -TERM $$")
     assert status == 128 + 15
 
 
 def test_raw_single_host_output_is_byte_exact(agents, capsysbinary, tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "a.txt").write_bytes(b"alpha\n")
     (tmp_path / "b.bin").write_bytes(os.urandom(50000))
-    status, out, _ = run(capsysbinary, "run", agents.addresses[0], "-n", "--", f"tar c -C {tmp_path} a.txt b.bin")
+    status, out, _ = shoal(capsysbinary, "run", agents.addresses[0], "-n", "--", f"tar c -C {tmp_path} a.txt b.bin")
     assert status == 0
     with tarfile.open(fileobj=io.BytesIO(out)) as tar:
         assert sorted(tar.getnames()) == ["a.txt", "b.bin"]
@@ -49,7 +42,7 @@ def test_raw_single_host_output_is_byte_exact(agents, capsysbinary, tmp_path) ->
 
 
 def test_many_hosts_get_prefixed_lines_and_a_summary(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]
-    status, out, err = run(capsysbinary, "run", agents.targets_spec(), "-n", "--", "printf 'one\\ntwo'")
+    status, out, err = shoal(capsysbinary, "run", agents.targets_spec(), "-n", "--", "printf 'one\\ntwo'")
     assert status == 0
     lines = out.decode().splitlines()
     for address in agents.addresses:
@@ -59,19 +52,19 @@ def test_many_hosts_get_prefixed_lines_and_a_summary(agents, capsysbinary) -> No
 
 def test_stderr_lines_go_to_stderr(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]
     spec = ",".join(agents.addresses[:2])
-    status, out, err = run(capsysbinary, "run", spec, "-n", "--", "echo oops >&2")
+    status, out, err = shoal(capsysbinary, "run", spec, "-n", "--", "echo oops >&2")
     assert b"oops" not in out and err.count(b": oops") == 2
 
 
 def test_invalid_utf8_is_replaced_only_for_display(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]
     spec = ",".join(agents.addresses[:2])
-    status, out, _ = run(capsysbinary, "run", spec, "-n", "--", "printf 'a\\377b\\n'")
+    status, out, _ = shoal(capsysbinary, "run", spec, "-n", "--", "printf 'a\\377b\\n'")
     assert status == 0 and "a\ufffdb".encode() in out
 
 
 def test_unreachable_host_is_reported_and_others_still_print(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]
     spec = f"{agents.addresses[0]},127.0.0.1:1"
-    status, out, err = run(capsysbinary, "run", spec, "-n", "--", "echo alive")
+    status, out, err = shoal(capsysbinary, "run", spec, "-n", "--", "echo alive")
     assert status == 255
     assert f"{agents.addresses[0]}: alive".encode() in out
     assert b"127.0.0.1:1: connection refused" in err
@@ -79,7 +72,7 @@ def test_unreachable_host_is_reported_and_others_still_print(agents, capsysbinar
 
 
 def test_argv_mode_passes_words_without_a_shell(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]
-    status, out, _ = run(capsysbinary, "run", agents.addresses[0], "-n", "--argv", "--", "echo", "$HOME", "a;b")
+    status, out, _ = shoal(capsysbinary, "run", agents.addresses[0], "-n", "--argv", "--", "echo", "$HOME", "a;b")
     assert status == 0 and out == b"$HOME a;b\n"
 
 
@@ -89,7 +82,7 @@ def test_argv_mode_passes_words_without_a_shell(agents, capsysbinary) -> None:  
     (["run", "127.0.0.1"], b"no command"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsysbinary, argv, needle) -> None:  # type: ignore[no-untyped-def]
-    status, _, err = run(capsysbinary, *argv)
+    status, _, err = shoal(capsysbinary, *argv)
     assert status == 2
     assert err.count(b"\n") == 1 and err.startswith(b"shoal:") and needle in err
 
@@ -98,7 +91,7 @@ def test_demo_runs_three_agents_and_cleans_up(capsysbinary) -> None:  # type: ig
     import psutil
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    status, out, err = run(capsysbinary, "demo")
+    status, out, err = shoal(capsysbinary, "demo")
     assert status == 0
     for name in ("demo1", "demo2", "demo3"):
         assert f"{name}: tick 3".encode() in out

@@ -23,7 +23,7 @@ from agent.discovery import PER_SOURCE_BURST, PER_SOURCE_RATE, bind_host
 from agent.keyfile import write_key_file
 from agent.server import Agent, software_version
 from controller.cli import main
-from controller.discovery import DiscoveryClient, discover, subnet_addresses
+from controller.discovery import DiscoveryClient, subnet_addresses
 from protocol.discovery import (
     MAX_NAME_BYTES,
     MAX_REPLY_SIZE,

@@ -13,7 +13,7 @@ from controller.client import AgentClient, Command
 from controller.fleet import ConnectOptions, Fleet
 from controller.result import Result
 from controller.targets import Target
-from tests.agents import running_agents, target_for
+from tests.agents import closed_port as _closed_port, running_agents, target_for
 
 
 class Collect:
@@ -236,15 +236,6 @@ async def test_slow_reader_makes_the_child_block_instead_of_buffering() -> None:
         finally:
             await client.close()
 
-
-def _closed_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 async def test_closed_clients_are_freed_without_the_cycle_collector() -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import main
+from tests.agents import shoal
+
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = "127.0.0.[1-3,5-16,18-28,30]"
@@ -66,12 +67,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     finally:
         stop_pool(variant)
         stop_pool(plain)
-
-
-def shoal(capsysbinary: pytest.CaptureFixture[bytes], *argv: str) -> tuple[int, bytes, bytes]:
-    status = main(list(argv))
-    out, err = capsysbinary.readouterr()
-    return status, out, err
 
 
 def test_gather_prints_each_distinct_output_once_under_folded_hosts(

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import main
+from tests.agents import shoal
+
 
 _BIN = Path(sys.executable).with_name("shoal")
 SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "controller.cli"]
@@ -31,12 +32,6 @@ port = 9100
 groups = ["web", "db"]
 hosts = ["lb1"]
 """
-
-
-def shoal(capsysbinary: pytest.CaptureFixture[bytes], *argv: str) -> tuple[int, bytes, bytes]:
-    status = main(list(argv))
-    out, err = capsysbinary.readouterr()
-    return status, out, err
 
 
 @pytest.fixture

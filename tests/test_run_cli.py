@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import pty
-import socket
 import subprocess
 import sys
 import time
@@ -17,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import main
-from tests.agents import AgentThread
+from tests.agents import AgentThread, shoal, closed_port
 
 _BIN = Path(sys.executable).with_name("shoal")
 SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "controller.cli"]
@@ -28,19 +26,6 @@ SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "controller.cli
 def agents() -> Iterator[AgentThread]:
     with AgentThread(10) as t:
         yield t
-
-
-def shoal(capsysbinary: pytest.CaptureFixture[bytes], *argv: str) -> tuple[int, bytes, bytes]:
-    status = main(list(argv))
-    out, err = capsysbinary.readouterr()
-    return status, out, err
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on (just released by us)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_stdin_reaches_ten_hosts_byte_exact(agents: AgentThread) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import select
 import pty
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import main
 from controller.display import Display
 from controller.transfer import host_directory_name
 from controller.transferprogress import TransferProgress, format_bytes, format_duration
-from tests.agents import AgentThread
+from tests.agents import AgentThread, shoal, closed_port
 
 _BIN = Path(sys.executable).with_name("shoal")
 SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "controller.cli"]
@@ -28,18 +26,6 @@ SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "controller.cli
 def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentThread]:
     with AgentThread(3, state_dir=str(tmp_path_factory.mktemp("state"))) as t:
         yield t
-
-
-def shoal(capsysbinary: pytest.CaptureFixture[bytes], *argv: str) -> tuple[int, bytes, bytes]:
-    status = main(list(argv))
-    out, err = capsysbinary.readouterr()
-    return status, out, err
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_put_one_file_to_three_hosts(agents: AgentThread, tmp_path: Path,

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,7 +32,7 @@ from controller.targets import Target
 from controller.transfer import PutOptions, get_file, get_fleet, put_file, put_fleet
 from controller.transferplan import plan_put
 from protocol.messages import FileData, PutFile
-from tests.agents import config, running_agents, target_for
+from tests.agents import config, running_agents, target_for, closed_port as _closed_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -233,12 +232,6 @@ async def test_get_from_ten_agents_into_per_host_directories(tmp_path: Path) -> 
         copy = tmp_path / "out" / f"node{i:02d}" / "served.bin"
         assert by_host[f"node{i:02d}"].ok
         assert sha256_of(copy) == digest and copy.stat().st_mode & 0o777 == 0o604
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- errors ------------------------------------------------------------------------
