@@ -377,9 +377,19 @@ class PutTransfer(Transfer):
         self.service.done(self.request_id)
 
     async def _write(self, writer: AtomicWriter) -> None:
-        chunks = list(self._chunks)
-        self._chunks.clear()
-        written = await self._io(_write_all, writer, chunks)
+        """Write and hash the next batch on two threads at once, then grant it back.
+
+        A batch stops at GRANT_STEP bytes so grants flow while the disk or hash
+        lags: taking the whole queue would let the sender's credit run dry until
+        a full window was written.
+        """
+        chunks = [self._chunks.popleft()]
+        batch = len(chunks[0])
+        while self._chunks and batch < GRANT_STEP:
+            chunks.append(self._chunks.popleft())
+            batch += len(chunks[-1])
+        written, _ = await asyncio.gather(self._io(_write_all, writer, chunks),
+                                          self._io(_hash_all, writer, chunks))
         self._written_since_grant += written
         if self._written_since_grant >= GRANT_STEP and not self.aborted:
             self.outstanding -= self._written_since_grant
@@ -399,10 +409,16 @@ class PutTransfer(Transfer):
 
 
 def _write_all(writer: AtomicWriter, chunks: list[bytes]) -> int:
-    """Write queued chunks in one executor job; return the byte count."""
+    """Write queued chunks (unhashed) in one executor job; return the byte count."""
     for chunk in chunks:
-        writer.write(chunk)
+        writer.write_data(chunk)
     return sum(map(len, chunks))
+
+
+def _hash_all(writer: AtomicWriter, chunks: list[bytes]) -> None:
+    """Hash queued chunks in one executor job, beside the one writing them."""
+    for chunk in chunks:
+        writer.add_to_hash(chunk)
 
 
 def _check_free_space(directory: Path, size: int) -> None:
