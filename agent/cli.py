@@ -170,9 +170,7 @@ async def _serve(args: argparse.Namespace, cfg: AgentConfig) -> int:
 def _reload(agent: Agent, args: argparse.Namespace) -> None:
     """SIGHUP: re-read config and keys; existing sessions keep their state."""
     try:
-        cfg = config_from_args(args)
-        agent.config = cfg
-        agent.load_keys(_extra_keys(args))
+        agent.reload(config_from_args(args), _extra_keys(args))
         log.info("configuration reloaded")
     except ShoalError as exc:
         log.error("reload failed, keeping the old configuration: %s", exc)

@@ -99,15 +99,28 @@ class Agent:
         for key in extra:
             keys.append(key)
             policies.setdefault(key.key_id, None)
+        self._check_exposure(keyed=bool(keys))
         self._extra_keys = list(extra)
         self.keys = KeyLookup(keys)
         self._policies = policies
-        self._check_exposure()
 
-    def _check_exposure(self) -> None:
+    def reload(self, config: AgentConfig, extra: list[SharedKey]) -> None:
+        """Adopt a new configuration and key set, all or nothing (SIGHUP).
+
+        Sessions already open keep the limits and policy they started with.
+        """
+        old = self.config
+        self.config = config
+        try:
+            self.load_keys(extra)
+        except BaseException:
+            self.config = old
+            raise
+
+    def _check_exposure(self, keyed: bool) -> None:
         # The shared key is the authentication the issue asks for; TLS alone (even
         # mutual) does not unlock non-loopback addresses, --insecure does, loudly.
-        if self.keys.required or self.config.insecure:
+        if keyed or self.config.insecure:
             return
         for text in self.config.listen:
             addr = parse_listen(text)

@@ -156,3 +156,25 @@ def test_log_level_hides_lower_levels(spawn: object, tmp_path: Path) -> None:
     agent.proc.send_signal(signal.SIGTERM)
     assert agent.proc.wait(15) == 0
     assert "INFO" not in agent.text() and "listening on" not in agent.text()
+
+
+def test_a_failed_reload_keeps_the_old_configuration_and_keys(tmp_path: Path) -> None:
+    """A SIGHUP with a broken key file must not leave half a new configuration behind."""
+    from agent.config import AgentConfig, KeyPolicy
+    from agent.server import Agent
+    from protocol.errors import ConfigError
+
+    good = tmp_path / "good.key"
+    key = write_key_file(good, SharedKey.generate())
+    policy = KeyPolicy(name="admin", file=str(good), allow_all=True)
+    agent = Agent(AgentConfig.default().replace_from_cli(listen=("127.0.0.1:0",), keys=(policy,)))
+    old_config, old_keys = agent.config, agent.keys
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key\n")
+    bad.chmod(0o600)
+    broken = agent.config.replace_from_cli(keys=(KeyPolicy(name="other", file=str(bad), allow_all=True),),
+                                           **{"limits.max_connections": 7})
+    with pytest.raises(ConfigError):
+        agent.reload(broken, [])
+    assert agent.config is old_config and agent.keys is old_keys
+    assert agent.keys.get(key.key_id) is not None
