@@ -310,3 +310,17 @@ def test_module_is_pure() -> None:
 def test_exports_exist() -> None:
     for name in handshake.__all__:
         assert hasattr(handshake, name), name
+
+
+@pytest.mark.parametrize("size", [0, 1000, 256 * 1024, 1024 * 1024 + 3])
+def test_gmac_tag_is_the_same_for_joined_and_streamed_associated_data(size: int) -> None:
+    """Large bodies are fed to GCM in two pieces; the tag must equal the one-shot one."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from protocol.handshake import GmacFrameMac
+
+    key, head, body = bytes(range(32)), bytes(range(9)), bytes(i % 251 for i in range(size))
+    expected = AESGCM(key).encrypt(bytes(4) + (7).to_bytes(8, "big"), b"", head + body)
+    mac = GmacFrameMac(key)
+    assert mac.tag(7, head, body) == expected
+    assert mac.verify(7, head, body, expected) and not mac.verify(8, head, body, expected)
