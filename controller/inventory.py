@@ -21,7 +21,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,6 +209,8 @@ def _decode(raw: bytes, file: Path) -> str:
 
 def _parse_toml(text: str, file: Path) -> dict[str, Any]:
     """Parse TOML, moving tomllib's "(at line N, column M)" into `where`."""
+    import tomllib  # only when there is an inventory file: keeps `shoal run` quick to start
+
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -225,6 +226,8 @@ def _parse_toml(text: str, file: Path) -> dict[str, Any]:
 
 def _key_path(raw: str) -> tuple[str, ...] | None:
     """Decode a dotted TOML key such as `hosts."web01"` by letting tomllib read it."""
+    import tomllib
+
     try:
         node: Any = tomllib.loads(f"{raw} = 0")
     except tomllib.TOMLDecodeError:

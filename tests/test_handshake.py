@@ -303,7 +303,7 @@ def test_module_is_pure() -> None:
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     # cryptography is here for AES-GCM only, which does no I/O.
-    assert imported <= {"__future__", "hashlib", "hmac", "secrets", "struct", "collections", "dataclasses",
+    assert imported <= {"__future__", "hashlib", "hmac", "secrets", "struct", "collections", "dataclasses", "typing",
                         "cryptography", "errors", "frames"}
 
 
