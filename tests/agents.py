@@ -15,7 +15,7 @@ from typing import AsyncIterator, Iterator
 
 from agent.config import AgentConfig
 from agent.server import Agent
-from controller.targets import Target
+from controller.targets import DEFAULT_PORT, Target
 from protocol.handshake import SharedKey
 
 
@@ -27,7 +27,7 @@ def config(**overrides: object) -> AgentConfig:
 def target_for(agent: Agent, name: str | None = None, index: int = 0) -> Target:
     address = agent.addresses[index]
     if address.startswith("unix:"):
-        return Target(name=name or address, host=None, port=0, path=address[5:])
+        return Target(name=name or address, host=None, port=DEFAULT_PORT, path=address[5:])
     host, _, port = address.rpartition(":")
     return Target(name=name or address, host=host.strip("[]"), port=int(port))
 
