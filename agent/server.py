@@ -37,6 +37,9 @@ __all__ = ["Agent", "software_version"]
 
 log = logging.getLogger("shoal.agent")
 
+# Longest close() waits, after killing them, for commands to report their end.
+CLOSE_WAIT = 10.0
+
 
 def software_version() -> str:
     try:
@@ -214,8 +217,13 @@ class Agent:
         self._loops.cancel_all()
         await self._loops.wait(timeout=1)
         await self.tasks.wait(timeout=10)
-        while self.running_commands:
+        # Killed trees normally finish at once; a pipe held open by something that
+        # escaped every kill must not keep the agent from exiting.
+        give_up = asyncio.get_running_loop().time() + CLOSE_WAIT
+        while self.running_commands and asyncio.get_running_loop().time() < give_up:
             await asyncio.sleep(0.01)
+        if self.running_commands:
+            log.error("%d command(s) still hold their pipes after kill; exiting anyway", self.running_commands)
         self.tasks.cancel_all()
         await self.tasks.wait(timeout=1)
         self.audit.close()
