@@ -101,7 +101,6 @@ class Child:
         self._started = time.monotonic()
         self._stdin_buf: deque[memoryview] = deque()
         self._stdin_eof = False
-        self.stdin_pending = 0
         self.on_stdin_drained: Callable[[int], None] | None = None
         self._open: set[int] = set()
         self._paused = False
@@ -196,7 +195,6 @@ class Child:
         if not self._stdin_buf:
             self._loop.add_writer(self._stdin_w, self._flush_stdin)
         self._stdin_buf.append(memoryview(data))
-        self.stdin_pending += len(data)
 
     def close_stdin(self) -> None:
         self._stdin_eof = True
@@ -221,7 +219,6 @@ class Child:
                 raise
             written += sum(len(c) for c in self._stdin_buf)
             self._stdin_buf.clear()
-        self.stdin_pending -= written
         if not self._stdin_buf:
             self._loop.remove_writer(self._stdin_w)
             if self._stdin_eof:
@@ -258,10 +255,6 @@ class Child:
             result, self._result = self._result, None
             self._open.add(-1)  # never report twice
             self._on_done(result)
-
-    @property
-    def exited(self) -> bool:
-        return self._pidfd < 0
 
     def signal(self, sig: int) -> None:
         """Send `sig` to the child's whole process group."""

@@ -38,7 +38,7 @@ from protocol.messages import (
 from .commands import CommandRequest, build_argv
 from .log import ConnLog
 from .process import ChildResult, spawn_error
-from .wire import write_buffers
+from .wire import raw_fd, write_buffers
 
 if TYPE_CHECKING:
     from .config import KeyPolicy, Limits
@@ -64,6 +64,7 @@ class AgentSession(asyncio.BufferedProtocol):
             software=agent.software,
         )
         self.transport: asyncio.Transport | None = None
+        self._fd = -1
         self.peer = "?"
         self.log = ConnLog(log, {"peer": "?"})
         self.requests: dict[int, Any] = {}
@@ -86,6 +87,7 @@ class AgentSession(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self._fd = raw_fd(transport)
         self.peer = _peer_name(transport)
         self.log = ConnLog(log, {"peer": self.peer})
         _tune_socket(transport, self.limits.keepalive)
@@ -169,7 +171,7 @@ class AgentSession(asyncio.BufferedProtocol):
     def flush(self) -> None:
         out = self.conn.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
-            write_buffers(self.transport, out)
+            write_buffers(self.transport, out, self._fd)
 
     def abort(self) -> None:
         """Close after flushing any queued ERROR frame."""

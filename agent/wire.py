@@ -12,25 +12,26 @@ from __future__ import annotations
 import asyncio
 import os
 
-__all__ = ["write_buffers"]
+__all__ = ["raw_fd", "write_buffers"]
 
 _IOV_MAX = 512
 
 
-def _raw_fd(transport: asyncio.Transport) -> int:
+def raw_fd(transport: asyncio.Transport) -> int:
+    """The socket fd we may writev to directly, or -1 (TLS must go through the transport).
+
+    Look it up once per connection: `get_extra_info` is too slow for every frame.
+    """
     if transport.get_extra_info("sslcontext") is not None:
         return -1
     sock = transport.get_extra_info("socket")
     return sock.fileno() if sock is not None else -1
 
 
-def write_buffers(transport: asyncio.Transport, bufs: list[bytes]) -> None:
-    """Send `bufs` in order, directly when possible, else via the transport."""
-    if transport.get_write_buffer_size() or len(bufs) > _IOV_MAX:
-        transport.writelines(bufs)
-        return
-    fd = _raw_fd(transport)
-    if fd < 0:
+def write_buffers(transport: asyncio.Transport, bufs: list[bytes], fd: int) -> None:
+    """Send `bufs` in order: straight to `fd` (from raw_fd) when the transport has
+    nothing queued, else through the transport."""
+    if fd < 0 or transport.get_write_buffer_size() or len(bufs) > _IOV_MAX:
         transport.writelines(bufs)
         return
     try:

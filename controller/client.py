@@ -49,7 +49,7 @@ from protocol.messages import (
     Window,
 )
 
-from agent.wire import write_buffers
+from agent.wire import raw_fd, write_buffers
 
 from .result import UNREACHABLE, Result
 from .targets import Target
@@ -258,6 +258,7 @@ class AgentClient(asyncio.BufferedProtocol):
         self.conn = Connection(Role.CONTROLLER, key=key)
         self.requests: dict[int, Any] = {}
         self.transport: asyncio.Transport | None = None
+        self._fd = -1
         self.closed = False
         self.close_reason: str | None = None
         self.agent_version = ""
@@ -320,6 +321,7 @@ class AgentClient(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self._fd = raw_fd(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -416,7 +418,7 @@ class AgentClient(asyncio.BufferedProtocol):
     def flush(self) -> None:
         out = self.conn.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
-            write_buffers(self.transport, out)
+            write_buffers(self.transport, out, self._fd)
 
     async def drain(self) -> None:
         """Wait while the socket's write buffer is over its high-water mark."""

@@ -136,7 +136,6 @@ class Connection:
         self._recv_mac: handshake.FrameMac | handshake.GmacFrameMac | None = None
         self._send_seq = 0
         self._recv_seq = 0
-        self._sent_auth = False
 
     # -- public API ----------------------------------------------------------
 
@@ -310,7 +309,6 @@ class Connection:
         self.key_id = self.key.key_id
         th = self._transcript()
         self._emit(Auth(0, proof=handshake.controller_proof(self.key.secret, th).hex()))
-        self._sent_auth = True
         self.state = State.AUTH
 
     def _on_auth(self, auth: Auth) -> None:

@@ -141,15 +141,6 @@ class FrameDecoder:
             self._buf[:pending] = self._buf[self._start:self._end]
         self._start, self._end = 0, pending
 
-    @property
-    def buffered(self) -> int:
-        """Bytes waiting to become a frame."""
-        return self._end - self._start
-
-    def peek_type(self) -> int | None:
-        """The type byte of the next frame, once its head has arrived."""
-        return self._buf[self._start + 4] if self._end - self._start >= 5 else None
-
     def next_frame(self) -> RawFrame | None:
         """Return the next complete frame, or None when more bytes are needed."""
         start, avail = self._start, self._end - self._start
