@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,11 +26,11 @@ from agent.server import Agent
 from controller.client import AgentClient, Command
 from controller.fleet import ConnectOptions, Fleet
 from controller.targets import Target
+from tests.bench.common import ROOT, free_port, start_agent
 
 # The installed entry point next to this interpreter (not a version-manager shim).
 _BIN = os.path.join(os.path.dirname(sys.executable), "shoal")
 SHOAL = _BIN if os.path.exists(_BIN) else f"{sys.executable} -m controller.cli"
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def size_arg(text: str) -> int:
@@ -46,27 +45,6 @@ def pct(values: list[float], p: float) -> float:
 
 def line(name: str, ours: str, base: str, ratio: float, note: str = "") -> None:
     print(f"{name:<38} {ours:>16}   baseline {base:>16}   ratio {ratio:6.2f}  {note}")
-
-
-def start_agent_process(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--listen", f"127.0.0.1:{port}", "--log-level", "error"],
-                            cwd=ROOT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("agent did not start")
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # -- 1. round trip -----------------------------------------------------------
@@ -207,7 +185,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=300)
     args = ap.parse_args()
     port = free_port()
-    agent = start_agent_process(port)
+    agent = start_agent(port)
     try:
         asyncio.run(latency(args.rounds, port))
         whole_process(port)

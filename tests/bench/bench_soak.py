@@ -18,37 +18,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import socket
 import statistics
 import subprocess
-import sys
 import time
 
 import psutil
 
 from controller.client import AgentClient, Command
 from controller.targets import Target
-from tests.bench.bench_core import ROOT, line, pct, size_arg
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.bench import common
+from tests.bench.bench_core import line, pct, size_arg
+from tests.bench.common import free_port
 
 
 def start_agent(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--listen", f"127.0.0.1:{port}",
-                             "--log-level", "error", "--kill-grace", "0.5"], cwd=ROOT)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("agent did not start")
+    return common.start_agent(port, "--kill-grace", "0.5")
 
 
 def resources(pid: int) -> tuple[int, int, int]:

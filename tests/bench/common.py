@@ -1,0 +1,33 @@
+"""Helpers the benchmark scripts share: a free port and an agent in its own process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (bound by us, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_agent(port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """Start `shoal-agent` on 127.0.0.1:PORT and wait until it accepts connections."""
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--listen", f"127.0.0.1:{port}",
+                             "--log-level", "error", *extra], cwd=ROOT)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("agent did not start")
