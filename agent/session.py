@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .config import KeyPolicy, Limits
     from .server import Agent
 
-__all__ = ["AgentSession"]
+__all__ = ["AgentSession", "peer_name"]
 
 log = logging.getLogger("shoal.agent")
 
@@ -88,7 +88,7 @@ class AgentSession(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self._fd = raw_fd(transport)
-        self.peer = _peer_name(transport)
+        self.peer = peer_name(transport)
         self.log = ConnLog(log, {"peer": self.peer})
         _tune_socket(transport, self.limits.keepalive)
         transport.set_write_buffer_limits(high=4 * 1024 * 1024)
@@ -342,7 +342,8 @@ class AgentSession(asyncio.BufferedProtocol):
         self._timers.append(asyncio.get_running_loop().call_later(wait, self._idle_check))
 
 
-def _peer_name(transport: asyncio.Transport) -> str:
+def peer_name(transport: asyncio.Transport) -> str:
+    """`host:port` (`[v6]:port`) of the other end, or `unix`, as logs and audit records name it."""
     peer = transport.get_extra_info("peername")
     if isinstance(peer, tuple):
         host, port = peer[0], peer[1]
