@@ -27,6 +27,7 @@ from .handshake import KEY_SIZE, NONCE_SIZE, TAG_SIZE, SharedKey, hkdf_expand, h
 __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_GROUP",
+    "DEFAULT_GROUP6",
     "MAGIC",
     "VERSION",
     "PROBE_SIZE",
@@ -47,6 +48,10 @@ DEFAULT_PORT = 8470
 #: Multicast group agents listening on all interfaces join; administratively
 #: scoped (RFC 2365), so routers do not carry it beyond the site.
 DEFAULT_GROUP = "239.255.84.70"
+#: IPv6 group agents listening on all IPv6 interfaces join on every interface.
+#: Link-local scope (ff02::/16), so it never leaves the link; the group id
+#: 0x84708470 is in RFC 3307's range for groups a host picks for itself.
+DEFAULT_GROUP6 = "ff02::8470:8470"
 
 MAGIC = b"SHDV"
 VERSION = 1
