@@ -32,6 +32,7 @@ from .transfer import remove_leftovers, transfer_handlers
 
 if TYPE_CHECKING:
     from .commands import CommandRequest
+    from .tlsgate import TlsAcceptor
 
 __all__ = ["Agent", "software_version"]
 
@@ -75,7 +76,7 @@ class Agent:
         self.detached: dict[int, CommandRequest] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._unix_paths: list[str] = []
-        self._tls: ssl.SSLContext | None = None
+        self._tls: TlsAcceptor | None = None  # TCP listeners' TLS handshakes, when configured
         self._reap_orphans = reap_orphans
         self._reaper: Any = None
         self._sampler: Any = None
@@ -108,10 +109,12 @@ class Agent:
         self._policies = policies
 
     def reload(self, config: AgentConfig, extra: list[SharedKey]) -> None:
-        """Adopt a new configuration and key set, all or nothing (SIGHUP).
+        """Adopt a new configuration, key set and TLS files, all or nothing (SIGHUP).
 
-        Sessions already open keep the limits and policy they started with.
+        Sessions already open keep the limits, policy and TLS certificate they
+        started with; new connections get the renewed certificate.
         """
+        tls = self._reload_tls_context(config)
         old = self.config
         self.config = config
         try:
@@ -119,6 +122,19 @@ class Agent:
         except BaseException:
             self.config = old
             raise
+        if self._tls is not None and tls is not None:
+            self._tls.context = tls
+
+    def _reload_tls_context(self, config: AgentConfig) -> ssl.SSLContext | None:
+        """Read the TLS files `config` names, changing nothing; ConfigError names a bad file."""
+        tcp_bound = any(not a.startswith("unix:") for a in self.addresses)
+        if tcp_bound and (config.tls is None) != (self._tls is None):
+            raise ConfigError("turning TLS on or off takes a restart, not a reload", "tls")
+        if config.tls is None:
+            return None
+        from .tls import server_context
+
+        return server_context(config.tls.cert, config.tls.key, config.tls.ca)
 
     def _check_exposure(self, keyed: bool) -> None:
         # The shared key is the authentication the issue asks for; TLS alone (even
@@ -177,10 +193,8 @@ class Agent:
                 self._unix_paths.append(addr.path)
                 self.addresses.append(f"unix:{addr.path}")
             else:
-                tls = self._tls_context()
                 server = await loop.create_server(
-                    lambda: AgentSession(self), addr.host, addr.port, reuse_address=True, backlog=1024,
-                    ssl=tls, ssl_handshake_timeout=self.config.limits.handshake_timeout if tls else None)
+                    self._tcp_protocol(), addr.host, addr.port, reuse_address=True, backlog=1024)
                 for sock in server.sockets:
                     host, port = sock.getsockname()[:2]
                     self.addresses.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
@@ -188,14 +202,16 @@ class Agent:
             raise ConfigError(f"cannot listen on {addr}: {exc.strerror or exc}", "listen") from exc
         self._servers.append(server)
 
-    def _tls_context(self) -> ssl.SSLContext | None:
-        """Mutual TLS for TCP listeners when configured (built once, checked file by file)."""
+    def _tcp_protocol(self) -> Callable[[], asyncio.BaseProtocol]:
+        """Sessions at once, or (mutual TLS) after a handshake we run, so failures are audited."""
         if self.config.tls is None:
-            return None
+            return lambda: AgentSession(self)
         if self._tls is None:
             from .tls import server_context
+            from .tlsgate import TlsAcceptor
 
-            self._tls = server_context(self.config.tls.cert, self.config.tls.key, self.config.tls.ca)
+            context = server_context(self.config.tls.cert, self.config.tls.key, self.config.tls.ca)
+            self._tls = TlsAcceptor(self, context)
         return self._tls
 
     async def serve_forever(self) -> None:
@@ -237,6 +253,8 @@ class Agent:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        if self._tls is not None:
+            await self._tls.close()
         for path in self._unix_paths:
             try:
                 os.unlink(path)
