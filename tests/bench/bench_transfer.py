@@ -20,7 +20,8 @@ byte twice on this machine's cores. Without SHA CPU extensions that ceiling sits
 far below a raw copy; the report prints it and put's share of it.
 
 While (3) runs, a second connection pings the agent every 20 ms and this process
-times its own event loop, to show that file I/O does not stall either loop.
+times its own event loop, to show that file I/O does not stall either loop, and
+both ends' RSS is sampled, to show memory stays flat whatever the file size.
 Each row is the best of `--repeat` runs, interleaved, since the machine is shared.
 `--dir /dev/shm` takes the disk out and leaves the CPU cost of each path.
 """
@@ -122,12 +123,15 @@ def sha256_rate(path: str, limit: int = 512 << 20) -> float:
     return done / (time.perf_counter() - t)
 
 
-async def library_put(source: str, dest: str, agent_pid: int, port: int) -> tuple[float, float, float, float]:
-    """Seconds for put_file, CPU seconds of both ends, worst agent ping and worst local loop lag."""
+async def library_put(source: str, dest: str, agent_pid: int, port: int) -> tuple[float, float, dict[str, float]]:
+    """Seconds for put_file, CPU seconds of both ends, and the worst seen while it ran:
+    agent ping, local loop lag, and how far each end's RSS rose above its start."""
     target = Target("bench", "127.0.0.1", port)
     client = await AgentClient.connect(target)
     pinger = await AgentClient.connect(target)
-    worst = {"ping": 0.0, "lag": 0.0}
+    agent, me = psutil.Process(agent_pid), psutil.Process()
+    rss0 = {"agent_rss": agent.memory_info().rss, "ctl_rss": me.memory_info().rss}
+    worst = {"ping": 0.0, "lag": 0.0, "agent_rss": 0.0, "ctl_rss": 0.0}
     stop = asyncio.Event()
 
     async def ping() -> None:
@@ -135,6 +139,8 @@ async def library_put(source: str, dest: str, agent_pid: int, port: int) -> tupl
             t = time.perf_counter()
             await pinger.ping()
             worst["ping"] = max(worst["ping"], time.perf_counter() - t)
+            for key, proc in (("agent_rss", agent), ("ctl_rss", me)):
+                worst[key] = max(worst[key], proc.memory_info().rss - rss0[key])
             await asyncio.sleep(0.02)
 
     async def lag() -> None:
@@ -144,7 +150,6 @@ async def library_put(source: str, dest: str, agent_pid: int, port: int) -> tupl
             worst["lag"] = max(worst["lag"], time.perf_counter() - t - 0.01)
 
     watchers = [asyncio.create_task(ping()), asyncio.create_task(lag())]
-    agent = psutil.Process(agent_pid)
     cpu = sum(agent.cpu_times()[:2]) + time.process_time()
     t = time.perf_counter()
     result = await put_file(client, plan_put([source], dest, False), dest)
@@ -155,7 +160,7 @@ async def library_put(source: str, dest: str, agent_pid: int, port: int) -> tupl
     await client.close()
     await pinger.close()
     assert result.ok, result
-    return elapsed, cpu, worst["ping"], worst["lag"]
+    return elapsed, cpu, worst
 
 
 def cli_put(source: str, dest: str, port: int) -> float:
@@ -211,7 +216,7 @@ def main() -> None:
     scp = have_scp()
     best: dict[str, float] = {}
     cpu: dict[str, float] = {}
-    stalls = (0.0, 0.0)
+    worst: dict[str, float] = {}
     hash_rate = 0.0
 
     def keep(name: str, measured: tuple[float, float]) -> None:
@@ -224,9 +229,9 @@ def main() -> None:
             keep("raw", raw_copy(source, dest, hashing=False))
             keep("hashed", raw_copy(source, dest, hashing=True))
             os.unlink(dest)
-            ours, ours_cpu, ping, lag = asyncio.run(library_put(source, dest, agent.pid, port))
+            ours, ours_cpu, seen = asyncio.run(library_put(source, dest, agent.pid, port))
             keep("ours", (ours, ours_cpu))
-            stalls = (max(stalls[0], ping), max(stalls[1], lag))
+            worst = {key: max(value, worst.get(key, 0.0)) for key, value in seen.items()}
             assert sha256_of(dest) == sha256_of(source), "copy differs"
             keep("cli", (cli_put(source, dest, port), 0.0))
             if scp:
@@ -235,11 +240,11 @@ def main() -> None:
         agent.terminate()
         agent.wait()
         shutil.rmtree(work, ignore_errors=True)
-    report(args, best, cpu, stalls, hash_rate)
+    report(args, best, cpu, worst, hash_rate)
 
 
 def report(args: argparse.Namespace, best: dict[str, float], cpu: dict[str, float],
-           stalls: tuple[float, float], hash_rate: float) -> None:
+           worst: dict[str, float], hash_rate: float) -> None:
     raw, hashed, ours = best["raw"], best["hashed"], best["ours"]
     size, gib = args.size, args.size / (1 << 30)
     cores = len(os.sched_getaffinity(0))
@@ -254,8 +259,10 @@ def report(args: argparse.Namespace, best: dict[str, float], cpu: dict[str, floa
           f"with {cores} cores: {ceiling / 1e6:.0f} MB/s = {ceiling * raw / size:.2f} of raw")
     row("shoal put (library)", ours, size, raw, f"(vs raw+sha256 {hashed / ours:.2f}; of ceiling "
         f"{size / ours / ceiling:.2f}; {cpu['ours'] / gib:.1f} CPU s/GiB; goal vs raw >= 0.60)")
-    print(f"{'':<30} worst agent ping during put {stalls[0] * 1e3:.1f} ms, "
-          f"worst controller loop lag {stalls[1] * 1e3:.1f} ms")
+    print(f"{'':<30} worst agent ping during put {worst['ping'] * 1e3:.1f} ms, "
+          f"worst controller loop lag {worst['lag'] * 1e3:.1f} ms")
+    print(f"{'':<30} RSS growth during put: agent {worst['agent_rss'] / (1 << 20):.1f} MiB, "
+          f"controller {worst['ctl_rss'] / (1 << 20):.1f} MiB (flat: independent of --size)")
     row("shoal put (CLI process)", best["cli"], size, raw)
     if "scp" not in best:
         print(f"{'scp 127.0.0.1':<30} not available (no sshd accepting our key here)")
