@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--discovery", action="store_true", help="answer `shoal discover` probes over UDP")
     p.add_argument("--discovery-port", type=int, metavar="PORT", help="UDP port for discovery (default 8470)")
     p.add_argument("--discovery-name", metavar="NAME", help="name given in discovery replies (default: hostname)")
+    p.add_argument("--discovery-group", metavar="ADDR",
+                   help="IPv4 multicast group joined when listening beyond loopback (default 239.255.84.70)")
+    p.add_argument("--discovery-group6", metavar="ADDR",
+                   help="IPv6 group joined on every interface when listening beyond IPv6 loopback "
+                   "(default ff02::8470:8470)")
     _add_limit_options(p)
     return p
 
@@ -81,10 +86,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         overrides["insecure"] = True
     if args.discovery:
         overrides["discovery.enabled"] = True
-    if args.discovery_port is not None:
-        overrides["discovery.port"] = args.discovery_port
-    if args.discovery_name is not None:
-        overrides["discovery.name"] = args.discovery_name
+    for option in ("port", "name", "group", "group6"):
+        if getattr(args, f"discovery_{option}") is not None:
+            overrides[f"discovery.{option}"] = getattr(args, f"discovery_{option}")
     if args.audit_log:
         overrides["audit_log"] = os.path.abspath(args.audit_log)
     overrides.update(_tls_overrides(args, cfg))

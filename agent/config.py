@@ -272,11 +272,17 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class DiscoveryConfig:
-    """Answering controllers' discovery broadcasts; off by default (it reveals the agent)."""
+    """Answering controllers' discovery broadcasts; off by default (it reveals the agent).
+
+    `group` is joined when the agent listens on a non-loopback IPv4 address,
+    `group6` (on every interface) when it listens on a non-loopback IPv6 one.
+    """
 
     enabled: bool = False
     port: int = DEFAULT_PORT
     name: str = ""  # empty means the hostname
+    group: str = "239.255.84.70"  # protocol.discovery.DEFAULT_GROUP
+    group6: str = "ff02::8470:8470"  # protocol.discovery.DEFAULT_GROUP6
 
     def __post_init__(self) -> None:
         _boolean("enabled", self.enabled)
@@ -284,6 +290,23 @@ class DiscoveryConfig:
         name = _text("name", self.name)
         if len(name) > 253 or not name.isprintable():
             raise ConfigError("name must be printable and at most 253 characters", "name")
+        _store(self, "group", _multicast_group("group", self.group, ipaddress.IPv4Address))
+        _store(self, "group6", _multicast_group("group6", self.group6, ipaddress.IPv6Address))
+
+
+def _multicast_group(name: str, value: object, cls: type[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> str:
+    """A multicast address of one family, in canonical form."""
+    text = _text(name, value)
+    family = "IPv4" if cls is ipaddress.IPv4Address else "IPv6"
+    if "%" in text:
+        raise ConfigError(f"{text!r}: give the group without %interface (it is joined on every one)", name)
+    try:
+        address = cls(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an {family} address", name) from None
+    if not address.is_multicast:
+        raise ConfigError(f"{text!r} is not an {family} multicast group", name)
+    return str(address)
 
 
 # Words a command pattern may match: nothing a shell would expand or act on.

@@ -50,7 +50,8 @@ FLAGS = ["--listen", "0.0.0.0:9000", "--listen", "unix:/run/shoal/a.sock", "--in
          "--max-connections", "7", "--max-commands", "9", "--max-commands-per-connection", "3",
          "--max-frame-size", "65536", "--stdin-window", "4096", "--output-window", "65536",
          "--handshake-timeout", "0.25", "--idle-timeout", "12.5", "--kill-grace", "0", "--keepalive", "1",
-         "--discovery", "--discovery-port", "9999", "--discovery-name", "web-01"]
+         "--discovery", "--discovery-port", "9999", "--discovery-name", "web-01",
+         "--discovery-group", "239.1.2.3", "--discovery-group6", "ff05::1:3"]
 
 
 def expected_from_flags(cwd: Path) -> AgentConfig:
@@ -61,7 +62,7 @@ def expected_from_flags(cwd: Path) -> AgentConfig:
         limits=Limits(max_connections=7, max_commands=9, max_commands_per_connection=3,
                       max_frame_size=65536, stdin_window=4096, output_window=65536,
                       handshake_timeout=0.25, idle_timeout=12.5, kill_grace=0.0, keepalive=1.0),
-        discovery=DiscoveryConfig(enabled=True, port=9999, name="web-01"))
+        discovery=DiscoveryConfig(enabled=True, port=9999, name="web-01", group="239.1.2.3", group6="ff05::1:3"))
 
 
 def test_every_limit_has_a_flag_of_the_same_name() -> None:
@@ -71,8 +72,10 @@ def test_every_limit_has_a_flag_of_the_same_name() -> None:
     for option in ("listen", "insecure", "log_level", "audit_log", "state_dir"):
         assert flag(option) in options, option
     assert {"--tls-cert", "--tls-key", "--tls-ca"} <= set(options)
-    assert {"--discovery", "--discovery-port", "--discovery-name"} <= set(options)  # enabled, port, name
-    assert [option.name for option in dataclasses.fields(DiscoveryConfig)] == ["enabled", "port", "name"]
+    assert {"--discovery", "--discovery-port", "--discovery-name", "--discovery-group",
+            "--discovery-group6"} <= set(options)
+    assert [option.name for option in dataclasses.fields(DiscoveryConfig)] == ["enabled", "port", "name", "group",
+                                                                               "group6"]
 
 
 def test_flags_set_every_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,6 +119,7 @@ def test_flags_override_the_file_and_leave_the_rest(tmp_path: Path) -> None:
                                 "(expected HOST:PORT, [IPv6]:PORT or unix:/path)"),
     (["--tls-cert", "/a.pem"], "shoal-agent: tls: --tls-cert, --tls-key and --tls-ca go together"),
     (["--discovery-port", "0"], "shoal-agent: --discovery-port: 0 is out of range (1 to 65535)"),
+    (["--discovery-group6", "fe80::1"], "shoal-agent: --discovery-group6: 'fe80::1' is not an IPv6 multicast group"),
 ])
 def test_bad_flag_value_names_the_flag(argv: list[str], line: str,
                                        capsys: pytest.CaptureFixture[str]) -> None:
