@@ -11,36 +11,42 @@ as little as it can and never more than it receives:
   are rate limited per source address and in total, so spoofed probes cannot
   turn the agent into a flood aimed at someone else.
 
-Where it listens: an agent listening on loopback only answers on that loopback
-address (telling the network about it would be pointless); otherwise it binds
-all IPv4 interfaces, so broadcasts reach it, and joins `DEFAULT_GROUP`.
+Where it listens (IPv4 and IPv6, loopback or every interface, which groups) is
+`agent.discoverysocket`'s business. Its sockets are watched with
+`loop.add_reader`, so starting, reconfiguring and stopping are synchronous and
+`Agent.reload` (SIGHUP) stays all or nothing: `prepare_reload` binds whatever
+is new before anything changes, a socket that cannot be bound refuses the
+reload while the old ones keep answering, and sockets whose address stays are
+kept, so a rebind never fights the socket already holding the port.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from protocol.discovery import (
-    DEFAULT_GROUP,
     MAX_NAME_BYTES,
     MAX_VERSION_BYTES,
+    PROBE_SIZE,
     decode_probe,
     encode_reply,
     fit_utf8,
 )
-from protocol.errors import ConfigError, RemoteProtocolError
+from protocol.errors import RemoteProtocolError
 
-from .config import parse_listen
+from .config import AgentConfig, DiscoveryConfig, parse_listen
+from .discoverysocket import BoundSocket, Endpoint, bind_host, bind_host6, plan_endpoints
 
 if TYPE_CHECKING:
     from .server import Agent
 
-__all__ = ["DiscoveryResponder", "RateLimiter", "start_responder", "bind_host"]
+__all__ = ["DiscoveryResponder", "DiscoveryReload", "RateLimiter", "start_responder", "prepare_reload",
+           "bind_host", "bind_host6"]
 
 log = logging.getLogger("shoal.agent.discovery")
 
@@ -53,6 +59,8 @@ TOTAL_BURST = 100
 TOTAL_RATE = 50.0
 #: Sources remembered at once; beyond it the quietest are forgotten.
 MAX_SOURCES = 4096
+#: Datagrams read per wake-up before letting the rest of the agent run.
+READ_BATCH = 64
 
 
 class _Bucket:
@@ -102,98 +110,173 @@ class RateLimiter:
             del self._sources[source]
 
 
-class DiscoveryResponder(asyncio.DatagramProtocol):
-    """Answers probes for one agent; see the module docstring for the rules."""
+class DiscoveryResponder:
+    """Answers probes for one agent on every socket `agent.discoverysocket` plans."""
 
     def __init__(self, agent: Agent, limiter: RateLimiter | None = None) -> None:
         self.agent = agent
         self.limiter = limiter or RateLimiter()
-        self.transport: asyncio.DatagramTransport | None = None
-        self.name = fit_utf8(agent.config.discovery.name or socket.gethostname(), MAX_NAME_BYTES)
+        self.name = ""
         self.version = fit_utf8(agent.software, MAX_VERSION_BYTES)
-        self.tcp_port = _tcp_port(agent.addresses)
-        self.address = ""
+        self._loop = asyncio.get_running_loop()
+        self._sockets: dict[tuple[int, str, int], BoundSocket] = {}
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        host, port = transport.get_extra_info("sockname")[:2]
-        self.address = f"{host}:{port}"
+    @property
+    def addresses(self) -> list[str]:
+        """Where we answer, e.g. ["0.0.0.0:8470", "[::]:8470"]."""
+        return [str(bound.endpoint) for bound in self._sockets.values()]
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
+    def prepare(self, settings: DiscoveryConfig) -> _Change:
+        """Bind the sockets `settings` needs that we lack; nothing answers differently yet.
+
+        Raises ConfigError (naming the address) when one cannot be bound; those
+        bound before it are closed again.
+        """
+        endpoints = plan_endpoints(self.agent.addresses, settings) if settings.enabled else []
+        fresh: dict[tuple[int, str, int], BoundSocket] = {}
+        try:
+            for endpoint in endpoints:
+                if endpoint.where not in self._sockets:
+                    fresh[endpoint.where] = BoundSocket.open(endpoint)
+        except BaseException:
+            for bound in fresh.values():
+                bound.close()
+            raise
+        name = fit_utf8(settings.name or socket.gethostname(), MAX_NAME_BYTES)
+        return _Change(endpoints, fresh, name)
+
+    def apply(self, change: _Change) -> None:
+        """Answer as `change` says: close sockets no longer wanted, start the new ones."""
+        wanted = {endpoint.where for endpoint in change.endpoints}
+        for where in [w for w in self._sockets if w not in wanted]:
+            self._remove(where)
+        for endpoint in change.endpoints:
+            bound = self._sockets.get(endpoint.where)
+            if bound is None:
+                bound = self._sockets[endpoint.where] = change.fresh[endpoint.where]
+                self._loop.add_reader(bound.sock.fileno(), self._readable, bound)
+            bound.endpoint = endpoint
+            bound.set_group(endpoint.group)
+        self.name = change.name
+
+    def answering(self) -> bool:
+        return bool(self._sockets)
+
+    def _remove(self, where: tuple[int, str, int]) -> None:
+        bound = self._sockets.pop(where)
+        self._loop.remove_reader(bound.sock.fileno())
+        bound.close()
+
+    def close(self) -> None:
+        for where in list(self._sockets):
+            self._remove(where)
+
+    def _readable(self, bound: BoundSocket) -> None:
+        for _ in range(READ_BATCH):
+            try:
+                # One byte more than a probe, so an oversized datagram is seen as such.
+                data, addr = bound.sock.recvfrom(PROBE_SIZE + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("discovery socket %s: %s", bound.endpoint, exc)
+                return
+            reply = self.answer(data, addr[0], bound.endpoint.family)
+            if reply is None:
+                continue
+            try:
+                bound.sock.sendto(reply, addr)
+            except OSError as exc:
+                log.debug("could not answer %s: %s", addr[0], exc)
+
+    def answer(self, data: bytes, source: str, family: int) -> bytes | None:
+        """The reply `data` from `source` earns under the rules above, or None."""
         try:
             probe = decode_probe(data)
         except RemoteProtocolError as exc:
-            log.debug("ignored datagram from %s: %s", addr[0], exc)
-            return
+            log.debug("ignored datagram from %s: %s", source, exc)
+            return None
         key = None
         if probe.key_id is not None:
             key = self.agent.keys.get(probe.key_id)
             if key is None or not probe.verify(key):
-                log.debug("ignored probe from %s: key %s unknown or MAC wrong", addr[0], probe.key_id)
-                return
-        if not self.limiter.allow(addr[0]):
-            log.debug("not answering %s: reply rate limit", addr[0])
+                log.debug("ignored probe from %s: key %s unknown or MAC wrong", source, probe.key_id)
+                return None
+        if not self.limiter.allow(source):
+            log.debug("not answering %s: reply rate limit", source)
+            return None
+        return encode_reply(probe.nonce, _tcp_port(self.agent.addresses, family), self.name, self.version, key)
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """Sockets bound for a new setting, not yet answering."""
+
+    endpoints: list[Endpoint]
+    fresh: dict[tuple[int, str, int], BoundSocket]
+    name: str
+
+    def discard(self) -> None:
+        for bound in self.fresh.values():
+            bound.close()
+
+
+def _tcp_port(addresses: list[str], family: int) -> int:
+    """Our first TCP port reachable over `family` (any TCP port failing that; 0 for unix sockets only)."""
+    ports = [(a.host or "", a.port or 0) for a in map(parse_listen, addresses) if a.kind == "tcp"]
+    ipv6 = family == socket.AF_INET6
+    for host, port in ports:
+        if (":" in host) == ipv6:
+            return port
+    return ports[0][1] if ports else 0
+
+
+class DiscoveryReload:
+    """A new [discovery] setting, bound but not in effect: `commit()` or `abort()` it."""
+
+    def __init__(self, agent: Agent, responder: DiscoveryResponder | None, change: _Change | None) -> None:
+        self.agent, self.responder, self.change = agent, responder, change
+
+    def commit(self) -> None:
+        if self.responder is None or self.change is None:
             return
-        assert self.transport is not None
-        self.transport.sendto(encode_reply(probe.nonce, self.tcp_port, self.name, self.version, key), addr)
+        before = self.responder.addresses
+        self.responder.apply(self.change)
+        self.agent.discovery = self.responder if self.responder.answering() else None
+        _log_change(before, self.responder)
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("discovery socket error: %s", exc)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-def _tcp_port(addresses: list[str]) -> int:
-    """The first TCP port we listen on; 0 when we listen on unix sockets only."""
-    for address in addresses:
-        if not address.startswith("unix:"):
-            return int(address.rpartition(":")[2])
-    return 0
+    def abort(self) -> None:
+        if self.change is not None:
+            self.change.discard()
 
 
-def bind_host(listen: tuple[str, ...]) -> str:
-    """The IPv4 address to answer on: our loopback one if we listen on loopback only."""
-    hosts = [a.host or "" for a in map(parse_listen, listen) if a.kind == "tcp"]
-    loopback = [h for h in hosts if _is_loopback(h)]
-    if hosts and len(loopback) == len(hosts):
-        return next((h for h in loopback if ":" not in h and h != "localhost"), "127.0.0.1")
-    return "0.0.0.0"
+def prepare_reload(agent: Agent, config: AgentConfig) -> DiscoveryReload:
+    """Bind what `config.discovery` needs beyond what answers now (see the module docstring).
+
+    Raises ConfigError, with nothing changed, when a new socket cannot be bound.
+    """
+    responder: DiscoveryResponder | None = agent.discovery
+    if responder is None and config.discovery.enabled and agent.addresses:  # else start() will read it
+        responder = DiscoveryResponder(agent)
+    if responder is None:
+        return DiscoveryReload(agent, None, None)
+    return DiscoveryReload(agent, responder, responder.prepare(config.discovery))
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _join_group(sock: socket.socket) -> None:
-    """Join the discovery multicast group; a host without a multicast route just skips it."""
-    request = socket.inet_aton(DEFAULT_GROUP) + socket.inet_aton("0.0.0.0")
-    try:
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, request)
-    except OSError as exc:
-        log.warning("not answering multicast discovery on %s: %s", DEFAULT_GROUP, exc.strerror or exc)
+def _log_change(before: list[str], responder: DiscoveryResponder) -> None:
+    after = responder.addresses
+    if after and after != before:
+        log.info("answering discovery on %s/udp as %r", ", ".join(after), responder.name)
+    elif before and not after:
+        log.info("no longer answering discovery")
 
 
 async def start_responder(agent: Agent) -> DiscoveryResponder:
-    """Bind the discovery port and answer probes until `close()`.
+    """Bind the discovery sockets and answer probes until `close()`.
 
-    Raises ConfigError when the port cannot be bound.
+    Raises ConfigError when one cannot be bound.
     """
-    host = bind_host(agent.config.listen)
-    port = agent.config.discovery.port
-    loop = asyncio.get_running_loop()
-    try:
-        _, responder = await loop.create_datagram_endpoint(
-            lambda: DiscoveryResponder(agent), local_addr=(host, port), family=socket.AF_INET)
-    except OSError as exc:
-        raise ConfigError(f"cannot answer discovery on {host}:{port}/udp: {exc.strerror or exc}",
-                          "discovery.port") from exc
-    if host == "0.0.0.0":
-        assert responder.transport is not None
-        _join_group(responder.transport.get_extra_info("socket"))
-    log.info("answering discovery on %s/udp as %r", responder.address, responder.name)
+    responder = DiscoveryResponder(agent)
+    responder.apply(responder.prepare(agent.config.discovery))
+    _log_change([], responder)
     return responder

@@ -80,7 +80,7 @@ class Agent:
         self._reap_orphans = reap_orphans
         self._reaper: Any = None
         self._sampler: Any = None
-        self.discovery: Any = None  # agent.discovery.DiscoveryResponder when enabled
+        self.discovery: Any = None  # agent.discovery.DiscoveryResponder while answering
         self._live_pids: set[int] = set()
         self._handler_factories: list[Callable[[AgentSession], dict[type, Callable[[Any], None]]]] = []
         self.add_handlers(transfer_handlers)
@@ -112,18 +112,26 @@ class Agent:
         """Adopt a new configuration, key set and TLS files, all or nothing (SIGHUP).
 
         Sessions already open keep the limits, policy and TLS certificate they
-        started with; new connections get the renewed certificate.
+        started with; new connections get the renewed certificate. Discovery
+        starts, stops or moves as [discovery] now says; a new discovery socket
+        that cannot be bound refuses the reload (ConfigError) and the old one
+        keeps answering.
         """
+        from .discovery import prepare_reload
+
         tls = self._reload_tls_context(config)
+        discovery = prepare_reload(self, config)
         old = self.config
         self.config = config
         try:
             self.load_keys(extra)
         except BaseException:
             self.config = old
+            discovery.abort()
             raise
         if self._tls is not None and tls is not None:
             self._tls.context = tls
+        discovery.commit()
 
     def _reload_tls_context(self, config: AgentConfig) -> ssl.SSLContext | None:
         """Read the TLS files `config` names, changing nothing; ConfigError names a bad file."""
