@@ -10,9 +10,10 @@ refusals and denials as warnings, sessions and commands as info, the rest as deb
 
 Every line holds `time` (seconds since the epoch, UTC) and `event`, plus:
 
-    accepted        peer                                    a connection arrived
+    accepted        peer                                    a connection arrived (TLS: handshake done)
     refused         peer, reason                            dropped before authenticating
-                                                            (connection limit, handshake timeout)
+                                                            (connection limit, handshake timeout,
+                                                            "TLS handshake failed: <OpenSSL's reason>")
     auth_failed     peer, key_id (offered, or null), reason wrong key, or a key on one side only
     authenticated   peer, key_id (null: no key), key_name   handshake done
     protocol_error  peer, key_id, code, reason              bad frame (e.g. bad_mac); connection closed
