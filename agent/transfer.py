@@ -3,7 +3,8 @@
 The wire sequence is in PROTOCOL.md ("File transfer"). A put streams FILE_DATA into
 an `AtomicWriter` under a window this side grants; a get streams a `FileReader` out
 under the window the controller grants. Each transfer is one background task that
-owns its file: every read, write, fsync and rename runs in the loop's default
+owns its file: a put's chunks are written and hashed on the two threads of its
+`ChunkSink`, every other read, open, fsync and rename runs in the loop's default
 executor, one job at a time per transfer so chunks stay in order, and a slow disk
 stalls only its own transfer, never the session's other requests.
 
@@ -45,6 +46,7 @@ from .files import (
     process_umask,
     resolve_path,
 )
+from .sink import ChunkSink
 
 if TYPE_CHECKING:
     from .session import AgentSession
@@ -308,19 +310,17 @@ class PutTransfer(Transfer):
         self.dest = dest
         self.window = 0  # nothing may arrive before FILE_INFO grants the window
         self.outstanding = 0  # received and not yet granted back
-        self._chunks: deque[bytes] = deque()
+        self._sink: ChunkSink | None = None
         self._expected_sha256: str | None = None
-        self._written_since_grant = 0
 
     # -- from the session ----------------------------------------------------
 
     def feed(self, data: bytes) -> bool:
         """Queue a chunk; False when it overruns the window or follows FILE_END."""
         self.outstanding += len(data)
-        if self.outstanding > self.window or self._expected_sha256 is not None:
+        if self.outstanding > self.window or self._expected_sha256 is not None or self._sink is None:
             return False
-        self._chunks.append(data)
-        self._wake.set()
+        self._sink.push(data)
         return True
 
     def finish(self, sha256: str) -> bool:
@@ -341,12 +341,18 @@ class PutTransfer(Transfer):
         try:
             await self._receive(writer)
         except FileTransferError as err:
-            await self._io(writer.abort)
+            await self._abandon(writer)
             self.service.audit("put_failed", self.request_id, path=str(writer.dest), error=err.code)
             self.service.fail(self.request_id, err)
         except BaseException:
-            await asyncio.shield(self._io(writer.abort))
+            await asyncio.shield(self._abandon(writer))
             raise
+
+    async def _abandon(self, writer: AtomicWriter) -> None:
+        """Stop the sink's threads, then drop the temp file (the old file stays)."""
+        if self._sink is not None:
+            await self._sink.cancel()
+        await self._io(writer.abort)
 
     def _open(self) -> AtomicWriter:
         msg = self.msg
@@ -362,39 +368,25 @@ class PutTransfer(Transfer):
         return writer
 
     async def _receive(self, writer: AtomicWriter) -> None:
-        """Grant the window, write what arrives, commit on FILE_END."""
+        """Grant the window, let the sink write and hash what arrives, commit on FILE_END."""
         self.service.audit("put", self.request_id, path=str(writer.dest), size=self.msg.size)
+        self._sink = ChunkSink(writer, self._grant_back, GRANT_STEP, on_error=self._wake.set,
+                               name=f"put{self.request_id}")
         self.window = PUT_WINDOW
         self.session.send(FileInfo(self.request_id, size=self.msg.size, window=PUT_WINDOW))
-        while not self.aborted:
-            if self._chunks:
-                await self._write(writer)
-            elif self._expected_sha256 is not None:
-                return await self._commit(writer)
-            else:
-                await self._sleep()
-        await self._io(writer.abort)
-        self.service.done(self.request_id)
+        while not self.aborted and self._expected_sha256 is None and self._sink.error is None:
+            await self._sleep()
+        if self.aborted:
+            await self._abandon(writer)
+            return self.service.done(self.request_id)
+        await self._sink.finish()
+        await self._commit(writer)
 
-    async def _write(self, writer: AtomicWriter) -> None:
-        """Write and hash the next batch on two threads at once, then grant it back.
-
-        A batch stops at GRANT_STEP bytes so grants flow while the disk or hash
-        lags: taking the whole queue would let the sender's credit run dry until
-        a full window was written.
-        """
-        chunks = [self._chunks.popleft()]
-        batch = len(chunks[0])
-        while self._chunks and batch < GRANT_STEP:
-            chunks.append(self._chunks.popleft())
-            batch += len(chunks[-1])
-        written, _ = await asyncio.gather(self._io(_write_all, writer, chunks),
-                                          self._io(_hash_all, writer, chunks))
-        self._written_since_grant += written
-        if self._written_since_grant >= GRANT_STEP and not self.aborted:
-            self.outstanding -= self._written_since_grant
-            self.session.send(Window(self.request_id, bytes=self._written_since_grant))
-            self._written_since_grant = 0
+    def _grant_back(self, n: int) -> None:
+        """`n` more bytes are on disk and hashed: the controller may send as many again."""
+        if not self.aborted and self._expected_sha256 is None:
+            self.outstanding -= n
+            self.session.send(Window(self.request_id, bytes=n))
 
     async def _commit(self, writer: AtomicWriter) -> None:
         if writer.size != self.msg.size:
@@ -406,19 +398,6 @@ class PutTransfer(Transfer):
         self.service.audit("put_done", self.request_id, path=str(writer.dest), bytes=writer.size)
         self.session.send(FileDone(self.request_id, sha256=writer.hexdigest(), bytes=writer.size,
                                    path=str(writer.dest)))
-
-
-def _write_all(writer: AtomicWriter, chunks: list[bytes]) -> int:
-    """Write queued chunks (unhashed) in one executor job; return the byte count."""
-    for chunk in chunks:
-        writer.write_data(chunk)
-    return sum(map(len, chunks))
-
-
-def _hash_all(writer: AtomicWriter, chunks: list[bytes]) -> None:
-    """Hash queued chunks in one executor job, beside the one writing them."""
-    for chunk in chunks:
-        writer.add_to_hash(chunk)
 
 
 def _check_free_space(directory: Path, size: int) -> None:

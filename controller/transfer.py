@@ -5,10 +5,10 @@ Layers, as for commands: `PutRequest`/`GetRequest` are one transfer on one
 over one connection; `put_fleet`/`get_fleet` run a whole CLI operation over many
 targets and turn every host's outcome into its `Result`.
 
-Fan-out reads each local chunk once: chunk N is read (and hashed) in a worker
-thread while chunk N-1 goes out, then handed to every host in turn, each as far as
-its window allows. The file therefore advances at the pace of the slowest host and
-memory stays at about one chunk plus each host's socket buffer, whatever the file
+Fan-out reads each local chunk once: a thread reads (and hashes) a few chunks
+ahead (`ReadAhead`) while each goes to every host in turn, each as far as its
+window allows. The file therefore advances at the pace of the slowest host and
+memory stays at a few chunks plus each host's socket buffer, whatever the file
 size. A host that fails leaves the group; the others carry on.
 
 Statuses: 0 copied, `TRANSFER_FAILED` (1) refused or failed on that host (no such
@@ -40,6 +40,7 @@ from protocol.messages import (
 
 from .client import AgentClient
 from .fleet import ConnectOptions, FleetResult, failure_result
+from .readahead import ReadAhead
 from .result import Result
 from .targets import Target
 from .transferplan import PlanItem, PutPlan
@@ -359,18 +360,15 @@ class FanoutPut:
             await host.step(lambda r: _end(r, sha256))
 
     async def _stream(self, reader: FileReader, item: PlanItem) -> str:
-        """Read ahead one chunk in a thread while the last goes to every live host."""
+        """Send each chunk to every live host while a thread reads (and hashes) ahead."""
         size = min([h.client.max_chunk for h in self.hosts] + [1024 * 1024])
-        data = await _in_thread(reader.read, size)
-        while data and self.live():
-            pending = asyncio.ensure_future(_in_thread(reader.read, size))
-            try:
+        chunks = ReadAhead(reader, size)
+        try:
+            while (data := await chunks.next()) and self.live():
                 for host in self.live():
                     await host.step(lambda r: r.send(data, host.advance))
-            except BaseException:
-                await asyncio.gather(pending, return_exceptions=True)
-                raise
-            data = await pending
+        finally:
+            await chunks.close()
         if self.live() and reader.bytes_read != item.size:
             raise FileTransferError("io_error", item.local, "file changed size while it was being sent")
         return reader.hexdigest()

@@ -1,0 +1,124 @@
+"""Feeding a put's chunks to disk and to its sha256 on two threads that never wait for the loop.
+
+A checked put costs a sha256 of every byte, and on CPUs without SHA extensions
+that hash is the slowest stage of the whole copy. Run as executor jobs, the hash
+would stop after every batch until the event loop came round to submit the next
+one; on a busy machine that gap is a scheduler slice each time. Here the hasher
+and the writer are threads of their own, each draining its own queue of the same
+chunks in order, so the hash runs back to back while the loop only receives.
+
+Memory stays bounded by the sender's window: `on_progress` reports bytes both
+threads are done with, and only those are granted back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from typing import Callable, Union
+
+from .files import AtomicWriter, FileTransferError
+
+__all__ = ["ChunkSink"]
+
+_STOP = object()  # end of a queue; never equal to a chunk, even an empty one
+_Item = Union[bytes, object]
+
+
+class ChunkSink:
+    """Writes and hashes chunks for one `AtomicWriter`; lives on one event loop.
+
+    `push` and `finish` are called on the loop thread. `on_progress(n)` is called
+    there too, each time at least `step` more bytes are both written and hashed;
+    `on_error()` once a write failed (`error` holds why).
+    """
+
+    def __init__(self, writer: AtomicWriter, on_progress: Callable[[int], None], step: int,
+                 on_error: Callable[[], None], name: str = "put") -> None:
+        self.writer = writer
+        self._loop = asyncio.get_running_loop()
+        self._on_progress = on_progress
+        self._on_error = on_error
+        self._step = step
+        self._done = {"write": 0, "hash": 0}
+        self._reported = 0
+        self._cancelled = False
+        self.error: FileTransferError | None = None
+        self._queues: dict[str, queue.SimpleQueue[_Item]] = {}
+        self._finished: dict[str, asyncio.Future[None]] = {}
+        for stage, work in (("write", writer.write_data), ("hash", writer.add_to_hash)):
+            self._queues[stage] = queue.SimpleQueue()
+            self._finished[stage] = self._loop.create_future()
+            threading.Thread(target=self._drain, args=(stage, work), name=f"shoal-{name}-{stage}",
+                             daemon=True).start()
+
+    def push(self, chunk: bytes) -> None:
+        """Queue `chunk` for both stages."""
+        if chunk:
+            for q in self._queues.values():
+                q.put(chunk)
+
+    async def finish(self) -> None:
+        """Wait until every pushed chunk is written and hashed.
+
+        Raises:
+            FileTransferError: a write failed (the writer is then already aborted).
+        """
+        await self._stop()
+        if self.error is not None:
+            raise self.error
+
+    async def cancel(self) -> None:
+        """Drop what is still queued and wait for both threads to let go of the file."""
+        self._cancelled = True
+        await self._stop()
+
+    async def _stop(self) -> None:
+        for q in self._queues.values():
+            q.put(_STOP)
+        # Shielded: a cancelled waiter must not cancel these, or a later wait
+        # (before aborting the writer) would return while a thread still writes.
+        await asyncio.gather(*(asyncio.shield(f) for f in self._finished.values()))
+
+    # -- the threads -----------------------------------------------------------
+
+    def _drain(self, stage: str, work: Callable[[bytes], None]) -> None:
+        q = self._queues[stage]
+        since = 0
+        try:
+            while (chunk := q.get()) is not _STOP:
+                if self._cancelled or self.error is not None or not isinstance(chunk, bytes):
+                    continue  # keep draining to the stop mark, touching nothing
+                try:
+                    work(chunk)
+                except FileTransferError as err:
+                    self.error = err
+                    self._call(self._on_error)
+                    continue
+                since += len(chunk)
+                if since >= self._step:
+                    self._call(self._advance, stage, since)
+                    since = 0
+            if since:
+                self._call(self._advance, stage, since)
+        finally:
+            self._call(self._stopped, stage)
+
+    def _call(self, fn: Callable[..., None], *args: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            pass  # the loop is closed: the agent is exiting, nobody waits for us
+
+    # -- back on the loop ------------------------------------------------------
+
+    def _stopped(self, stage: str) -> None:
+        self._finished[stage].set_result(None)
+
+    def _advance(self, stage: str, n: int) -> None:
+        self._done[stage] += n
+        ready = min(self._done.values()) - self._reported
+        if ready >= self._step and not self._cancelled:
+            self._reported += ready
+            self._on_progress(ready)

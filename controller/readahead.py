@@ -1,0 +1,82 @@
+"""Reading (and hashing) a local file on a thread of its own, a few chunks ahead of the sender.
+
+A put's read thread also computes the file's sha256, the costliest stage of a
+checked copy on CPUs without SHA extensions. As one executor job per chunk it
+would stop after each chunk until the event loop asked for the next; here it
+keeps going until `depth` chunks wait unsent, so the hash runs back to back
+while the loop sends. Memory stays at `depth` chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from agent.files import FileReader
+
+__all__ = ["ReadAhead"]
+
+
+class ReadAhead:
+    """Chunks of one `FileReader`, read by a thread up to `depth` chunks ahead.
+
+    Use on one event loop: `await next()` until it returns b"", then `await close()`
+    (also on every error path: it waits for the thread to let go of the file).
+    """
+
+    def __init__(self, reader: FileReader, size: int, depth: int = 4) -> None:
+        self.reader = reader
+        self._size = size
+        self._loop = asyncio.get_running_loop()
+        self._ready: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
+        self._slots = threading.Semaphore(depth)
+        self._stopping = False
+        self._stopped: asyncio.Future[None] = self._loop.create_future()
+        threading.Thread(target=self._read, name="shoal-put-read", daemon=True).start()
+
+    async def next(self) -> bytes:
+        """The next chunk; b"" at end of file.
+
+        Raises:
+            FileTransferError: the file could not be read.
+        """
+        item = await self._ready.get()
+        if isinstance(item, BaseException):
+            raise item
+        self._slots.release()  # a chunk taken makes room for one more read
+        return item
+
+    async def close(self) -> None:
+        """Stop reading and wait until the thread is done with the file."""
+        self._stopping = True
+        self._slots.release()
+        await asyncio.shield(self._stopped)
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self._slots.acquire()
+                if self._stopping:
+                    return
+                try:
+                    data = self.reader.read(self._size)
+                except Exception as exc:  # handed to the loop, raised by next()
+                    self._post(exc)
+                    return
+                self._post(data)
+                if not data:
+                    return
+        finally:
+            self._post_done()
+
+    def _post(self, item: bytes | BaseException) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._ready.put_nowait, item)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
+
+    def _post_done(self) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._stopped.set_result, None)
+        except RuntimeError:
+            pass
