@@ -100,8 +100,13 @@ class _Gate(asyncio.Protocol):
             agent.audit.record("refused", peer=self.peer,
                                reason=f"TLS handshake failed: {handshake_failure(exc, timeout)}")
             return
-        if tls is not None:  # None: the peer left between its handshake and now
+        if tls is None:  # the peer left between its handshake and now
+            return
+        try:
             self._hand_over(tls)
+        except BaseException:  # a bug: TaskSet logs it; the connection must not linger
+            tls.abort()
+            raise
 
     def _hand_over(self, tls: asyncio.Transport) -> None:
         """Make an `AgentSession` the TLS transport's protocol, with what came early."""
