@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 from agent.files import AtomicWriter, FileReader, FileTransferError, map_os_error
+from agent.sink import ChunkSink
 from protocol.errors import RemoteCommandError, ShoalConnectionError, ShoalError
 from protocol.messages import (
     Error,
@@ -136,6 +137,11 @@ class _Request:
 
     def lost(self, reason: str) -> None:
         self._fail(ShoalConnectionError(self.host, reason))
+        self._changed.set()
+
+    def give_up(self, exc: ShoalError) -> None:
+        """A local failure ends this request: waiters see `exc`, frames stop coming to us."""
+        self._fail(exc)
         self._changed.set()
 
     def _fail(self, exc: ShoalError) -> None:
@@ -434,17 +440,25 @@ def _open_local(local_path: str, info: FileInfo, preserve: bool) -> AtomicWriter
 
 
 async def _receive_into(request: GetRequest, writer: AtomicWriter, progress: Progress) -> None:
-    """Write chunks as they come, in a thread, granting the window back as they land."""
-    while chunks := await request.next_chunks():
-        written = await _in_thread(_write_all, writer, chunks)
-        progress.advance(written)
-        request.consumed(written)
+    """Write and hash chunks as they come, on the sink's threads, granting the window
+    back as they land."""
 
+    def landed(n: int) -> None:
+        progress.advance(n)
+        request.consumed(n)
 
-def _write_all(writer: AtomicWriter, chunks: list[bytes]) -> int:
-    for chunk in chunks:
-        writer.write(chunk)
-    return sum(map(len, chunks))
+    def failed() -> None:
+        assert sink.error is not None
+        request.give_up(sink.error)
+
+    sink = ChunkSink(writer, landed, GET_WINDOW // 8, on_error=failed, name="get")
+    try:
+        while chunks := await request.next_chunks():
+            for chunk in chunks:
+                sink.push(chunk)
+        await sink.finish()
+    finally:
+        await sink.cancel()
 
 
 # -- fleets --------------------------------------------------------------------

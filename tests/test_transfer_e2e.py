@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import psutil
 import pytest
@@ -29,8 +29,9 @@ from agent.server import Agent
 from controller.client import AgentClient
 from controller.fleet import ConnectOptions
 from controller.targets import Target
-from controller.transfer import PutOptions, get_file, get_fleet, put_file, put_fleet
+from controller.transfer import PutOptions, PutRequest, get_file, get_fleet, put_file, put_fleet
 from controller.transferplan import plan_put
+from protocol.errors import RemoteCommandError
 from protocol.messages import FileData, PutFile
 from tests.agents import config, running_agents, target_for, closed_port as _closed_port
 
@@ -255,13 +256,22 @@ async def test_per_host_errors_name_the_problem(tmp_path: Path) -> None:
     assert not (tmp_path / "g").exists() or os.listdir(tmp_path / "g") == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
-async def test_disk_full_is_reported_and_leaves_nothing(tmp_path: Path) -> None:
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)]).returncode != 0:
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path` for the block (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (no CAP_SYS_ADMIN in this container)")
     try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+async def test_disk_full_is_reported_and_leaves_nothing(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "small", "1m") as small:
         (small / "old").write_bytes(b"old content")
         src = tmp_path / "big"
         random_file(src, 2 * MiB)
@@ -270,8 +280,34 @@ async def test_disk_full_is_reported_and_leaves_nothing(tmp_path: Path) -> None:
         assert result.status == 1 and result.error_code == "no_space"
         assert "no space left on device" in (result.error or "")
         assert (small / "old").read_bytes() == b"old content" and temp_files(small) == []
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
+
+
+async def test_disk_filling_up_while_writing_fails_the_put_and_leaves_nothing(tmp_path: Path) -> None:
+    """The up-front free-space check passes (the PUT_FILE announces one byte), so the
+    disk fills while chunks are being written: still a clean no_space error."""
+    with small_tmpfs(tmp_path / "small", "1m") as small:
+        async with one_agent(tmp_path) as (_, client):
+            request = PutRequest(client, {"path": str(small / "f"), "size": 1})
+            await request.wait_open()
+            with pytest.raises(RemoteCommandError) as failed:
+                await request.send(os.urandom(3 * MiB), lambda n: None)
+                request.end(hashlib.sha256(b"x").hexdigest())
+                await request.wait_done()
+            still = await client.ping()
+        assert failed.value.code == "no_space" and still is not None
+        assert os.listdir(small) == []
+
+
+async def test_get_into_a_full_local_disk_fails_that_host_and_leaves_nothing(tmp_path: Path) -> None:
+    remote = tmp_path / "served.bin"
+    random_file(remote, 3 * MiB)
+    with small_tmpfs(tmp_path / "small", "1m") as small:
+        async with one_agent(tmp_path) as (_, client):
+            result = await get_file(client, str(remote), str(small / "copy.bin"))
+            still = await client.ping()
+        assert (result.status, result.error_code) == (1, "no_space"), result
+        assert str(small / "copy.bin") in (result.error or "")
+        assert os.listdir(small) == [] and still is not None
 
 
 # -- authorization -----------------------------------------------------------------
