@@ -4,9 +4,9 @@ The wire sequence is in PROTOCOL.md ("File transfer"). A put streams FILE_DATA i
 an `AtomicWriter` under a window this side grants; a get streams a `FileReader` out
 under the window the controller grants. Each transfer is one background task that
 owns its file: a put's chunks are written and hashed on the two threads of its
-`ChunkSink`, every other read, open, fsync and rename runs in the loop's default
-executor, one job at a time per transfer so chunks stay in order, and a slow disk
-stalls only its own transfer, never the session's other requests.
+`ChunkSink`, a get's are read and hashed by its `ReadAhead` thread, and every
+open, fsync and rename runs in the loop's default executor, so a slow disk stalls
+only its own transfer, never the session's other requests.
 
 Authorization happens before any file is touched: the key's policy must allow
 files, and `resolve_path` resolves `..` and symlinks before comparing with the
@@ -46,6 +46,7 @@ from .files import (
     process_umask,
     resolve_path,
 )
+from .readahead import ReadAhead
 from .sink import ChunkSink
 
 if TYPE_CHECKING:
@@ -439,17 +440,15 @@ class GetTransfer(Transfer):
             reader.close()
 
     async def _send(self, reader: FileReader) -> None:
-        """Read one chunk ahead while sending the last, never beyond the credit."""
+        """Send while a thread reads (and hashes) ahead, never beyond the credit."""
         self.service.audit("get", self.request_id, path=str(self.path), size=reader.size)
         self.session.send(FileInfo(self.request_id, size=reader.size, mode=reader.mode, mtime=reader.mtime))
-        chunk = min(GET_CHUNK, self.session.conn.peer_max_frame)
-        data: bytes = await self._io(reader.read, chunk)
-        while data and not self.aborted:
-            pending = asyncio.ensure_future(self._io(reader.read, chunk))
-            try:
+        chunks = ReadAhead(reader, min(GET_CHUNK, self.session.conn.peer_max_frame))
+        try:
+            while (data := await chunks.next()) and not self.aborted:
                 await self._send_chunk(data)
-            finally:
-                data = await pending
+        finally:
+            await chunks.close()
         self.service.done(self.request_id)
         if not self.aborted:
             self.service.audit("get_done", self.request_id, path=str(self.path), bytes=reader.bytes_read)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
 from agent.files import AtomicWriter, FileReader, FileTransferError, map_os_error
+from agent.readahead import ReadAhead
 from agent.sink import ChunkSink
 from protocol.errors import RemoteCommandError, ShoalConnectionError, ShoalError
 from protocol.messages import (
@@ -41,7 +42,6 @@ from protocol.messages import (
 
 from .client import AgentClient
 from .fleet import ConnectOptions, FleetResult, failure_result
-from .readahead import ReadAhead
 from .result import Result
 from .targets import Target
 from .transferplan import PlanItem, PutPlan

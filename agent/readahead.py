@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from agent.files import FileReader
+from .files import FileReader
 
 __all__ = ["ReadAhead"]
 
