@@ -3,8 +3,10 @@
     shoal discover [--subnet CIDR | --broadcast | --multicast [GROUP]] [options]
 
 Sends a probe to each local network's broadcast address (the default), to
-every address of `--subnet` (paced at `--rate` probes per second), or to a
-multicast group (default 239.255.84.70), then lists the agents that answered:
+every address of `--subnet` (IPv4 or IPv6, e.g. `::1/128`; paced at `--rate`
+probes per second), or to a multicast group (default 239.255.84.70; for IPv6,
+e.g. `ff02::8470:8470%eth0`, the group agents join on every interface, with
+the interface to send it on), then lists the agents that answered:
 name, address, TCP port, version and key id. It listens for `--timeout`
 seconds after the last probe, less when every probed address has answered or
 `--expect N` agents have.
@@ -24,8 +26,9 @@ import asyncio
 import ipaddress
 import json
 import os
+import socket
 
-from protocol.discovery import DEFAULT_GROUP, DEFAULT_PORT
+from protocol.discovery import DEFAULT_GROUP, DEFAULT_GROUP6, DEFAULT_PORT
 from protocol.errors import ConfigError
 from protocol.handshake import SharedKey
 
@@ -40,11 +43,13 @@ _HEADER = ("NAME", "ADDRESS", "PORT", "VERSION", "KEY")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--subnet", metavar="CIDR", help="probe every address of an IPv4 block, e.g. 10.0.0.0/24")
+    where.add_argument("--subnet", metavar="CIDR",
+                       help="probe every address of an IPv4 or IPv6 block, e.g. 10.0.0.0/24 or ::1/128")
     where.add_argument("--broadcast", action="store_true",
                        help="probe each local network's broadcast address (the default)")
     where.add_argument("--multicast", nargs="?", const=DEFAULT_GROUP, metavar="GROUP",
-                       help=f"probe a multicast group (default {DEFAULT_GROUP})")
+                       help=f"probe a multicast group (default {DEFAULT_GROUP}); IPv6 ones name the "
+                       f"interface, e.g. {DEFAULT_GROUP6}%%eth0")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="PORT",
                         help=f"the agents' discovery UDP port (default {DEFAULT_PORT})")
     parser.add_argument("--timeout", type=float, default=2.0, metavar="SECS",
@@ -67,17 +72,37 @@ def _destinations(args: argparse.Namespace) -> tuple[list[str], bool]:
     if args.subnet:
         return subnet_addresses(args.subnet), False
     if args.multicast:
-        try:
-            group = ipaddress.IPv4Address(args.multicast)
-        except ValueError:
-            raise ConfigError(f"bad multicast group {args.multicast!r}", "--multicast") from None
-        if not group.is_multicast:
-            raise ConfigError(f"{args.multicast} is not a multicast address", "--multicast")
-        return [str(group)], True
+        return [_multicast_group(args.multicast)], True
     found = broadcast_addresses()
     if not found:
         raise ConfigError("no local IPv4 network with a broadcast address; use --subnet", "--broadcast")
     return found, True
+
+
+def _multicast_group(text: str) -> str:
+    """A multicast group to probe; an IPv6 one with a link-local scope must name its interface."""
+    try:
+        group = ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(f"bad multicast group {text!r}", "--multicast") from None
+    if not group.is_multicast:
+        raise ConfigError(f"{text} is not a multicast address", "--multicast")
+    if isinstance(group, ipaddress.IPv6Address):
+        scope = group.scope_id
+        if scope is None and (group.packed[1] & 0x0F) <= 2:
+            raise ConfigError(f"{text} is link-local: name the interface to probe on, e.g. "
+                              f"{text}%eth0", "--multicast")
+        if scope is not None and not _interface_exists(scope):
+            raise ConfigError(f"no network interface {scope!r} for {text}", "--multicast")
+    return str(group)
+
+
+def _interface_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
 
 
 def _key(path: str | None) -> SharedKey | None:

@@ -11,7 +11,9 @@ believed only when
 
 Dropped replies are kept in `DiscoveryResult.ignored` with the reason, for
 `shoal discover -v`. Probes are paced at `rate` per second so scanning a
-subnet does not flood it.
+subnet does not flood it. One run probes one address family: IPv4, or IPv6,
+where a link-local address (ff02::..., fe80::...) names its interface after a
+`%`, as in `ff02::8470:8470%eth0`.
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ class FoundAgent:
 
     @property
     def target(self) -> str:
-        """The agent as a `shoal` target (host:port)."""
-        return f"{self.address}:{self.port}"
+        """The agent as a `shoal` target (host:port, [IPv6]:port)."""
+        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
 
 
 @dataclass(slots=True)
@@ -95,10 +97,12 @@ class DiscoveryClient(asyncio.DatagramProtocol):
 
     @classmethod
     async def open(cls, key: SharedKey | None = None, bind: str = "0.0.0.0") -> DiscoveryClient:
-        """Bind a UDP socket on `bind` (any port) allowed to broadcast."""
+        """Bind a UDP socket on `bind` (any port; "::" for IPv6), allowed to broadcast over IPv4."""
         loop = asyncio.get_running_loop()
+        ipv6 = ":" in bind
         _, client = await loop.create_datagram_endpoint(
-            lambda: cls(key), local_addr=(bind, 0), family=socket.AF_INET, allow_broadcast=True)
+            lambda: cls(key), local_addr=(bind, 0), family=socket.AF_INET6 if ipv6 else socket.AF_INET,
+            allow_broadcast=not ipv6)
         return client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -119,12 +123,12 @@ class DiscoveryClient(asyncio.DatagramProtocol):
             self._nonces[nonce] = None
         else:
             nonce = new_nonce()
-            self._nonces[nonce] = address
-        self.transport.sendto(encode_probe(nonce, self.key), (address, port))
+            self._nonces[nonce] = _canonical(address)
+        self.transport.sendto(encode_probe(nonce, self.key), _sockaddr(address, port))
         self.result.probes_sent += 1
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        source = addr[0]
+        source = _source(addr)
         try:
             reply = decode_reply(data)
         except RemoteProtocolError as exc:
@@ -179,6 +183,33 @@ class DiscoveryClient(asyncio.DatagramProtocol):
             self.transport.close()
 
 
+def _canonical(address: str) -> str:
+    """`address` as the kernel reports a reply's source (`0:0::1` is `::1`)."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
+
+
+def _source(addr: tuple[Any, ...]) -> str:
+    """A reply's source address; a link-local IPv6 one with its `%interface`, so it can be connected to."""
+    host = str(addr[0])
+    if len(addr) == 4 and addr[3] and "%" not in host:
+        try:
+            return f"{host}%{socket.if_indextoname(addr[3])}"
+        except OSError:  # the interface went away meanwhile
+            return f"{host}%{addr[3]}"
+    return host
+
+
+def _sockaddr(address: str, port: int) -> tuple[Any, ...]:
+    """Where to send: an IPv6 address's `%interface` becomes the scope id sendto needs."""
+    if ":" not in address:
+        return (address, port)
+    info = socket.getaddrinfo(address, port, socket.AF_INET6, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST)
+    return tuple(info[0][4])
+
+
 async def discover(destinations: list[str], port: int = DEFAULT_PORT, *, key: SharedKey | None = None,
                    timeout: float = 2.0, rate: float = 200.0, many: bool = False,
                    expect: int | None = None) -> DiscoveryResult:
@@ -188,7 +219,8 @@ async def discover(destinations: list[str], port: int = DEFAULT_PORT, *, key: Sh
     `expect` agents have answered (broadcast replies can never all be known).
 
     Args:
-        destinations: IPv4 addresses; with `many`, broadcast or multicast ones.
+        destinations: IPv4 or IPv6 addresses, one family per run; with `many`,
+            broadcast or multicast ones (`ff02::8470:8470%eth0` names its interface).
         port: the agents' discovery port.
         key: authenticate probes and require authenticated replies.
 
@@ -200,9 +232,12 @@ async def discover(destinations: list[str], port: int = DEFAULT_PORT, *, key: Sh
     """
     if rate <= 0:
         raise ConfigError(f"the probe rate must be positive, got {rate:g}", "--rate")
+    ipv6 = [":" in address for address in destinations]
+    if any(ipv6) and not all(ipv6):
+        raise ConfigError("probe IPv4 and IPv6 addresses in separate runs", "discover")
     loop = asyncio.get_running_loop()
     try:
-        client = await DiscoveryClient.open(key)
+        client = await DiscoveryClient.open(key, "::" if any(ipv6) else "0.0.0.0")
     except OSError as exc:
         raise ConfigError(f"cannot open a UDP socket: {exc.strerror or exc}", "discover") from exc
     try:
@@ -224,19 +259,18 @@ async def discover(destinations: list[str], port: int = DEFAULT_PORT, *, key: Sh
 
 
 def subnet_addresses(cidr: str) -> list[str]:
-    """Every host address of an IPv4 block (both ends too for /31 and /32).
+    """Every host address of an IPv4 or IPv6 block (both ends too for /31, /32, /127, /128).
 
-    Raises ConfigError for a malformed, IPv6 or oversized block.
+    Raises ConfigError for a malformed or oversized block.
     """
     try:
         network = ipaddress.ip_network(cidr, strict=False)
     except ValueError as exc:
         raise ConfigError(f"bad subnet {cidr!r}: {exc}", "--subnet") from None
-    if not isinstance(network, ipaddress.IPv4Network):
-        raise ConfigError(f"discovery is IPv4 only, got {cidr!r}", "--subnet")
     if network.num_addresses > MAX_SUBNET_ADDRESSES:
+        size = "a /16" if network.version == 4 else "a /112"
         raise ConfigError(f"{cidr} has {network.num_addresses} addresses; scan at most "
-                          f"{MAX_SUBNET_ADDRESSES} (a /16) at a time", "--subnet")
+                          f"{MAX_SUBNET_ADDRESSES} ({size}) at a time", "--subnet")
     return [str(a) for a in network.hosts()]
 
 

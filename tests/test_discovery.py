@@ -106,7 +106,8 @@ def test_garbage_is_refused_at_every_length() -> None:
 def test_subnet_addresses() -> None:
     assert subnet_addresses("127.0.0.4/30") == ["127.0.0.5", "127.0.0.6"]
     assert subnet_addresses("127.0.0.9/32") == ["127.0.0.9"]
-    for bad in ("10.0.0.0/8", "::1/128", "nonsense"):
+    assert subnet_addresses("::1/128") == ["::1"]
+    for bad in ("10.0.0.0/8", "fd00::/64", "nonsense"):
         with pytest.raises(ConfigError):
             subnet_addresses(bad)
 
