@@ -32,7 +32,7 @@ class ReadAhead:
         self._slots = threading.Semaphore(depth)
         self._stopping = False
         self._stopped: asyncio.Future[None] = self._loop.create_future()
-        threading.Thread(target=self._read, name="shoal-put-read", daemon=True).start()
+        threading.Thread(target=self._read, name="shoal-read", daemon=True).start()
 
     async def next(self) -> bytes:
         """The next chunk; b"" at end of file.

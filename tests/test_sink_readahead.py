@@ -1,0 +1,106 @@
+"""The transfer threads on their own: ChunkSink (write + hash) and ReadAhead (read + hash).
+
+Real files in tmp_path; what is checked is what a transfer relies on: content and
+sha256 exact, progress never ahead of both threads, and no thread still holding
+the file once `finish`/`cancel`/`close` returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+from agent.files import AtomicWriter, FileReader
+from agent.readahead import ReadAhead
+from agent.sink import ChunkSink
+
+MiB = 1024 * 1024
+
+
+def shoal_threads() -> list[str]:
+    """Sink and read-ahead threads still alive (named shoal-...-write/-hash, shoal-read)."""
+    return [t.name for t in threading.enumerate()
+            if t.name.startswith("shoal-") and t.name.endswith(("-write", "-hash", "-read"))]
+
+
+async def test_sink_writes_and_hashes_every_chunk_in_order(tmp_path: Path) -> None:
+    chunks = [os.urandom(n) for n in (1, MiB, 3 * MiB + 7, 0, 5)]
+    granted: list[int] = []
+    writer = AtomicWriter.open(tmp_path / "out")
+    sink = ChunkSink(writer, granted.append, MiB, on_error=lambda: None)
+    for chunk in chunks:
+        sink.push(chunk)
+    await sink.finish()
+    data = b"".join(chunks)
+    assert writer.size == len(data) and writer.hexdigest() == hashlib.sha256(data).hexdigest()
+    writer.commit(hashlib.sha256(data).hexdigest())
+    assert (tmp_path / "out").read_bytes() == data
+    assert 0 < sum(granted) <= len(data) and all(n >= MiB for n in granted)
+    assert shoal_threads() == []
+
+
+async def test_sink_grants_only_what_both_threads_finished(tmp_path: Path) -> None:
+    """Progress is the smaller of written and hashed: with one stage ahead of the
+    other, nothing is granted past the slower one."""
+    granted: list[int] = []
+    writer = AtomicWriter.open(tmp_path / "out")
+    sink = ChunkSink(writer, granted.append, MiB, on_error=lambda: None)
+    sink._advance("write", 4 * MiB)  # as the writer thread reports it
+    assert granted == []
+    sink._advance("hash", 3 * MiB)
+    assert granted == [3 * MiB]
+    await sink.cancel()
+    writer.abort()
+
+
+async def test_sink_cancel_stops_both_threads_before_the_file_is_dropped(tmp_path: Path) -> None:
+    writer = AtomicWriter.open(tmp_path / "out")
+    sink = ChunkSink(writer, lambda n: None, MiB, on_error=lambda: None)
+    for _ in range(16):
+        sink.push(os.urandom(MiB))
+    await sink.cancel()
+    assert shoal_threads() == []
+    writer.abort()
+    assert os.listdir(tmp_path) == []
+
+
+async def test_read_ahead_yields_the_file_and_its_sha256(tmp_path: Path) -> None:
+    data = os.urandom(5 * MiB + 3)
+    (tmp_path / "src").write_bytes(data)
+    reader = FileReader.open(tmp_path / "src")
+    chunks = ReadAhead(reader, MiB, depth=2)
+    got = []
+    while chunk := await chunks.next():
+        got.append(chunk)
+    await chunks.close()
+    reader.close()
+    assert b"".join(got) == data and max(map(len, got)) == MiB
+    assert reader.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert shoal_threads() == []
+
+
+async def test_read_ahead_closed_early_lets_go_of_the_file(tmp_path: Path) -> None:
+    (tmp_path / "src").write_bytes(os.urandom(8 * MiB))
+    reader = FileReader.open(tmp_path / "src")
+    chunks = ReadAhead(reader, MiB, depth=2)
+    assert len(await chunks.next()) == MiB
+    await chunks.close()
+    assert shoal_threads() == []
+    assert reader.bytes_read <= 4 * MiB  # at most depth + 1 read ahead, never the whole file
+    reader.close()
+
+
+async def test_read_ahead_never_runs_more_than_depth_chunks_ahead(tmp_path: Path) -> None:
+    (tmp_path / "src").write_bytes(os.urandom(16 * MiB))
+    reader = FileReader.open(tmp_path / "src")
+    chunks = ReadAhead(reader, MiB, depth=3)
+    await chunks.next()
+    deadline = asyncio.get_running_loop().time() + 5
+    while reader.bytes_read < 4 * MiB and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)  # polling until the thread has filled its slots
+    assert reader.bytes_read == 4 * MiB  # the one taken plus three waiting
+    await chunks.close()
+    reader.close()
