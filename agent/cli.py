@@ -2,7 +2,8 @@
 
 Exit statuses: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a bad option,
 configuration or key file, or an address that cannot be bound.
-SIGHUP re-reads the configuration file and key files without dropping sessions.
+SIGHUP re-reads the configuration file, key files and TLS files without dropping
+sessions; discovery starts, stops or moves with it. A reload that fails changes nothing.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ async def _serve(args: argparse.Namespace, cfg: AgentConfig) -> int:
 
 
 def _reload(agent: Agent, args: argparse.Namespace) -> None:
-    """SIGHUP: re-read config and keys; existing sessions keep their state."""
+    """SIGHUP: re-read config, keys and TLS files; existing sessions keep their state."""
     try:
         agent.reload(config_from_args(args), _extra_keys(args))
         log.info("configuration reloaded")
