@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from .bulk import start_bulk_thread
 from .files import FileReader
 
 __all__ = ["ReadAhead"]
@@ -32,7 +33,7 @@ class ReadAhead:
         self._slots = threading.Semaphore(depth)
         self._stopping = False
         self._stopped: asyncio.Future[None] = self._loop.create_future()
-        threading.Thread(target=self._read, name="shoal-read", daemon=True).start()
+        start_bulk_thread(self._read, name="shoal-read")
 
     async def next(self) -> bytes:
         """The next chunk; b"" at end of file.

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import threading
 from typing import Callable, Union
 
+from .bulk import start_bulk_thread
 from .files import AtomicWriter, FileTransferError
 
 __all__ = ["ChunkSink"]
@@ -50,8 +50,7 @@ class ChunkSink:
         for stage, work in (("write", writer.write_data), ("hash", writer.add_to_hash)):
             self._queues[stage] = queue.SimpleQueue()
             self._finished[stage] = self._loop.create_future()
-            threading.Thread(target=self._drain, args=(stage, work), name=f"shoal-{name}-{stage}",
-                             daemon=True).start()
+            start_bulk_thread(self._drain, stage, work, name=f"shoal-{name}-{stage}")
 
     def push(self, chunk: bytes) -> None:
         """Queue `chunk` for both stages."""
