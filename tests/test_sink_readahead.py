@@ -13,6 +13,7 @@ import os
 import threading
 from pathlib import Path
 
+from agent.bulk import BULK_NICE
 from agent.files import AtomicWriter, FileReader
 from agent.readahead import ReadAhead
 from agent.sink import ChunkSink
@@ -104,3 +105,21 @@ async def test_read_ahead_never_runs_more_than_depth_chunks_ahead(tmp_path: Path
     assert reader.bytes_read == 4 * MiB  # the one taken plus three waiting
     await chunks.close()
     reader.close()
+
+
+async def test_transfer_threads_run_below_the_event_loop_priority(tmp_path: Path) -> None:
+    writer = AtomicWriter.open(tmp_path / "out")
+    sink = ChunkSink(writer, lambda n: None, MiB, on_error=lambda: None)
+    sink.push(b"x")  # the threads set their priority before their first chunk
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    want = min(19, base + BULK_NICE)
+    bulk = [t for t in threading.enumerate() if t.name in ("shoal-put-write", "shoal-put-hash")]
+    deadline = asyncio.get_running_loop().time() + 5
+    while asyncio.get_running_loop().time() < deadline:
+        nices = [os.getpriority(os.PRIO_PROCESS, t.native_id or 0) for t in bulk if t.is_alive()]
+        if nices == [want, want]:
+            break
+        await asyncio.sleep(0.01)
+    assert nices == [want, want]
+    await sink.finish()
+    writer.abort()
