@@ -41,6 +41,7 @@ __all__ = [
     "TlsConfig",
     "dump_config",
     "load_config",
+    "locate_option",
     "parse_listen",
 ]
 
@@ -564,6 +565,22 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> AgentConf
         return config_from_table(data)
     except ConfigError as exc:
         raise ConfigError(exc.reason, _Locator(text).where(path, exc.where)) from None
+
+
+def locate_option(path: str | os.PathLike[str], option: str) -> str:
+    """`path:line` where a dotted option (`keys[1].file`) is set, or just the path.
+
+    For messages about a value that was valid as text but turned out wrong later,
+    such as a key file that cannot be loaded, so they point at the same line a
+    `load_config` error would.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as stream:
+            text = stream.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return path
+    return _Locator(text).where(path, option)
 
 
 def _syntax_error(path: str, exc: tomllib.TOMLDecodeError, text: str) -> ConfigError:

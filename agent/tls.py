@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Callable
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from protocol.errors import ConfigError
 
-__all__ = ["server_context", "client_context"]
+__all__ = ["server_context", "server_context_problems", "client_context"]
 
 # Certificates, keys and CA bundles are a few kilobytes; the cap keeps a wrong
 # path (a log, a device) from being read whole.
@@ -55,6 +56,40 @@ def client_context(cert: PathLike, key: PathLike, ca: PathLike) -> ssl.SSLContex
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname on
     _configure(ctx, cert, key, ca)
     return ctx
+
+
+def server_context_problems(cert: PathLike, key: PathLike, ca: PathLike) -> list[tuple[str, ConfigError]]:
+    """Every reason `server_context` would refuse these files, not just the first.
+
+    For `shoal-agent --check-config`: each file gets the check `server_context`
+    makes on it, and when all pass, `server_context` itself is built, so a key
+    not matching its certificate (or anything else OpenSSL objects to) is found
+    exactly as at start.
+
+    Returns:
+        (option, error) pairs, option being "cert", "key" or "ca": the file the
+        error is about. Empty when the agent would start with these files.
+    """
+    checks: list[tuple[str, Callable[[], object]]] = [
+        ("cert", lambda: _check_certificates(cert, "certificate")),
+        ("key", lambda: _check_private_key(key)),
+        ("ca", lambda: _check_certificates(ca, "CA certificate"))]
+    problems = [(option, error) for option, check in checks for error in _raised(check)]
+    if not problems:
+        # What is left is OpenSSL's: the key against the certificate, or the CA file.
+        paths = {os.fspath(ca): "ca", os.fspath(cert): "cert"}
+        problems = [(paths.get(error.where or "", "cert"), error)
+                    for error in _raised(lambda: server_context(cert, key, ca))]
+    return problems
+
+
+def _raised(check: Callable[[], object]) -> list[ConfigError]:
+    """The ConfigError `check` raises, as a list of none or one."""
+    try:
+        check()
+    except ConfigError as exc:
+        return [exc]
+    return []
 
 
 def _configure(ctx: ssl.SSLContext, cert: PathLike, key: PathLike, ca: PathLike) -> None:
