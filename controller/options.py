@@ -19,6 +19,7 @@ __all__ = [
     "add_target_options",
     "add_connect_options",
     "add_output_options",
+    "add_outdir_failed_options",
     "add_exec_options",
     "targets_from_args",
     "connect_options_from_args",
@@ -54,10 +55,16 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
                    help="stream lines as they come (default on a TTY), gather identical output, or JSON events")
     g.add_argument("--raw", action="store_true",
                    help="with one host: pass output through byte-exact, no prefix (default when stdout is not a TTY)")
-    g.add_argument("--outdir", metavar="DIR", help="also write each host's output to DIR/HOST.out and DIR/HOST.err")
-    g.add_argument("--failed-only", action="store_true", help="after the run, list only failed hosts and why")
+    add_outdir_failed_options(g, outdir_help="also write each host's output to DIR/HOST.out and DIR/HOST.err",
+                              failed_only_help="after the run, list only failed hosts and why")
     g.add_argument("-q", "--quiet", action="store_true", help="no summary or progress; errors only")
     g.add_argument("-v", "--verbose", action="store_true", help="more detail on stderr")
+
+
+def add_outdir_failed_options(group: argparse._ArgumentGroup, *, outdir_help: str, failed_only_help: str) -> None:
+    """--outdir and --failed-only, spelled once for run and batch; each says what they mean there."""
+    group.add_argument("--outdir", metavar="DIR", help=outdir_help)
+    group.add_argument("--failed-only", action="store_true", help=failed_only_help)
 
 
 def add_exec_options(parser: argparse.ArgumentParser) -> None:
