@@ -2,6 +2,9 @@
 
 Exit statuses: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a bad option,
 configuration or key file, or an address that cannot be bound.
+--check-config exits 0 when the agent would start with these settings, 2 when not:
+it also loads every key file and the TLS files, as a start does, and prints one
+line per file it could not use (`path:line: option: file: reason`).
 SIGHUP re-reads the configuration file, key files and TLS files without dropping
 sessions; discovery starts, stops or moves with it. A reload that fails changes nothing.
 """
@@ -132,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         if args.check_config:
-            print(f"configuration ok: {_config_path(args) or 'built-in defaults (no ' + DEFAULT_CONFIG + ')'}")
-            return 0
+            return _check_config(args, cfg)
         setup_logging(cfg.log_level)
         return asyncio.run(_serve(args, cfg))
     except ConfigError as exc:
@@ -144,6 +146,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def _check_config(args: argparse.Namespace, cfg: AgentConfig) -> int:
+    """The settings are valid; now open the files they name, as a start would."""
+    from .configfiles import file_problems
+
+    tls_flags = [name for name in ("cert", "key", "ca") if getattr(args, f"tls_{name}")]
+    problems = file_problems(cfg, _config_path(args), key_files=args.key_file or [], tls_flags=tls_flags)
+    for problem in problems:
+        print(f"shoal-agent: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"configuration ok: {_config_path(args) or 'built-in defaults (no ' + DEFAULT_CONFIG + ')'}")
+    return 0
 
 
 def _extra_keys(args: argparse.Namespace) -> list:  # type: ignore[type-arg]

@@ -23,7 +23,9 @@ import pytest
 
 from agent.cli import build_parser, config_from_args, main
 from agent.config import AgentConfig, DiscoveryConfig, Limits, TlsConfig, load_config
+from controller.cli import main as controller_main
 from controller.client import AgentClient, Command
+from controller.pki import init_pki
 from controller.targets import Target
 
 AGENT = os.path.join(os.path.dirname(sys.executable), "shoal-agent")
@@ -169,6 +171,108 @@ def test_check_config_on_a_missing_file_names_it(tmp_path: Path) -> None:
     result = check_config(tmp_path / "nope.toml")
     assert result.returncode == 2
     assert result.stderr == f"shoal-agent: {tmp_path / 'nope.toml'}: cannot read: No such file or directory\n"
+
+
+# -- --check-config opens the files the configuration names ---------------------------
+
+# Line numbers below refer to this text.
+NAMED_FILES = """\
+listen = ["127.0.0.1:0"]
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+ca = "{ca}"
+
+[[keys]]
+name = "admin"
+file = "{admin}"
+allow = "all"
+
+[[keys]]
+name = "monitor"
+file = "{monitor}"
+metrics = true
+"""
+
+
+@pytest.fixture
+def named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Path]:
+    """A configuration whose key and TLS files all exist and fit, made as an admin would."""
+    pki = init_pki(tmp_path / "pki", [])
+    files = {"cert": pki["agent_cert"], "key": pki["agent_key"], "ca": pki["ca_cert"],
+             "admin": tmp_path / "admin.key", "monitor": tmp_path / "monitor.key",
+             "other_key": pki["controller_key"], "config": tmp_path / "agent.toml"}
+    for name in ("admin", "monitor"):
+        assert controller_main(["keygen", str(files[name])]) == 0
+    capsys.readouterr()
+    files["config"].write_text(NAMED_FILES.format(**{name: files[name] for name in ("cert", "key", "ca",
+                                                                                   "admin", "monitor")}))
+    return files
+
+
+def check_config_module(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *argv, "--check-config"],
+                          capture_output=True, text=True, timeout=DEADLINE)
+
+
+def test_check_config_loads_good_key_and_tls_files(named: dict[str, Path]) -> None:
+    result = check_config_module("--config", str(named["config"]))
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"configuration ok: {named['config']}\n", "")
+
+
+def break_named(files: dict[str, Path], how: str) -> str:
+    """Spoil one named file; the line --check-config must print for it, after the config path."""
+    monitor, cert, ca = files["monitor"], files["cert"], files["ca"]
+    if how == "missing key file":
+        monitor.unlink()
+        return f"15: keys.monitor.file: {monitor}: no such key file"
+    if how == "key file 0644":
+        monitor.chmod(0o644)
+        return (f"15: keys.monitor.file: {monitor}: key file is accessible by others (mode 0644); "
+                f"run chmod 600 {monitor}")
+    if how == "garbage key file":
+        monitor.write_text("ssh-ed25519 AAAAC3Nza not-a-shoal-key\n")
+        return (f"15: keys.monitor.file: {monitor}:1: not a shoal key file "
+                "(expected one line 'shoal-key-v1 <64 hex digits>')")
+    if how == "cert and key mismatch":
+        files["key"].write_bytes(files["other_key"].read_bytes())
+        return f"4: tls.cert: {cert}: private key {files['key']} does not match this certificate ("
+    assert how == "CA not PEM"
+    ca.write_text("this is not a certificate\n")
+    return f"6: tls.ca: {ca}: not a PEM CA certificate file"
+
+
+@pytest.mark.parametrize("how", ["missing key file", "key file 0644", "garbage key file",
+                                 "cert and key mismatch", "CA not PEM"])
+def test_check_config_names_a_file_that_would_stop_the_start(named: dict[str, Path], how: str) -> None:
+    secret = named["monitor"].read_text().split()[1]
+    expected = f"shoal-agent: {named['config']}:" + break_named(named, how)
+    result = check_config_module("--config", str(named["config"]))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.endswith("\n") and "\n" not in result.stderr[:-1], result.stderr
+    assert result.stderr.startswith(expected), result.stderr
+    assert secret not in result.stderr
+
+
+def test_check_config_reports_every_bad_file_not_just_the_first(named: dict[str, Path]) -> None:
+    config = named["config"]
+    lines = [f"shoal-agent: {config}:" + break_named(named, how) + "\n"
+             for how in ("key file 0644", "CA not PEM")]
+    named["admin"].unlink()
+    lines.insert(0, f"shoal-agent: {config}:10: keys.admin.file: {named['admin']}: no such key file\n")
+    result = check_config_module("--config", str(config))
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", "".join(lines))
+
+
+def test_check_config_names_the_flag_that_named_a_bad_file(named: dict[str, Path], tmp_path: Path) -> None:
+    not_a_ca = tmp_path / "ca.txt"
+    not_a_ca.write_text("nothing\n")
+    result = check_config_module("--config", str(named["config"]), "--key-file", str(tmp_path / "gone.key"),
+                                 "--tls-ca", str(not_a_ca))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (f"shoal-agent: --key-file: {tmp_path / 'gone.key'}: no such key file\n"
+                             f"shoal-agent: --tls-ca: {not_a_ca}: not a PEM CA certificate file\n")
 
 
 # -- the running agent, under a stand-in systemd ---------------------------------------
