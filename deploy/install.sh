@@ -10,6 +10,9 @@
 #   2. /etc/shoal, mode 0700;
 #   3. /etc/shoal/admin.key from `shoal keygen`, unless a key file is already there
 #      (or the one given with --key-file, replacing any there);
+#   3b. with --tls-dir: its agent.pem, agent.key (0600) and ca.pem into /etc/shoal,
+#      replacing any there, and a [tls] table naming them appended to an existing
+#      agent.toml that has no TLS settings (an existing one is left as it is);
 #   4. /etc/shoal/agent.toml with defaults, unless one exists (never overwritten),
 #      then checked with `shoal-agent --check-config`;
 #   5. /var/lib/shoal and /var/log/shoal;
@@ -31,6 +34,9 @@
 #                     (from distro packages, or on hosts without access to PyPI).
 #   --key-file PATH   install this shoal key as /etc/shoal/admin.key (0600), so every
 #                     host enrolled with it accepts the controllers holding it.
+#   --tls-dir DIR     install DIR/agent.pem, DIR/agent.key and DIR/ca.pem (this host's
+#                     certificate, its key and the fleet CA; see `shoal bootstrap
+#                     --tls-ca-dir`) into /etc/shoal, so the agent requires mutual TLS.
 #   --no-systemd      install the unit file but do not call systemctl.
 #   --uninstall       stop and disable the service, remove the unit and virtualenv.
 #   --purge           with --uninstall: also remove /etc/shoal (keys!), state and logs.
@@ -42,6 +48,7 @@ PREFIX=/opt/shoal
 DESTDIR=
 SOURCE=
 KEY_FILE=
+TLS_DIR=
 ACTION=install
 USE_SYSTEMD=yes
 PURGE=no
@@ -72,6 +79,8 @@ parse_args() {
             --source=*) SOURCE=${1#*=} ;;
             --key-file) need_value "$1" $#; KEY_FILE=$2; shift ;;
             --key-file=*) KEY_FILE=${1#*=} ;;
+            --tls-dir) need_value "$1" $#; TLS_DIR=$2; shift ;;
+            --tls-dir=*) TLS_DIR=${1#*=} ;;
             --system-site-packages) VENV_FLAGS=--system-site-packages ;;
             --no-systemd) USE_SYSTEMD=no ;;
             --uninstall) ACTION=uninstall ;;
@@ -109,6 +118,9 @@ check_args() {
         [ -z "$(find "$KEY_FILE" -perm /0077)" ] ||
             die "key file $KEY_FILE is accessible by others; run chmod 600 $KEY_FILE"
     fi
+    for name in $TLS_FILES; do
+        [ -z "$TLS_DIR" ] || [ -f "$TLS_DIR/$name" ] || die "no $name in --tls-dir $TLS_DIR"
+    done
     VENV=$DESTDIR$PREFIX
     ETC=$DESTDIR/etc/shoal
     UNIT=$DESTDIR/etc/systemd/system/shoal-agent.service
@@ -118,6 +130,9 @@ check_args() {
 
 # systemctl only on the live system, and only when systemd is what booted it
 # (/run/systemd/system is the test sd_booted(3) uses: PID 1 is systemd).
+# What --tls-dir holds, installed under the same names next to admin.key.
+TLS_FILES="agent.pem agent.key ca.pem"
+
 systemd_live() {
     [ -z "$DESTDIR" ] && [ "$USE_SYSTEMD" = yes ] && [ -d /run/systemd/system ]
 }
@@ -194,6 +209,55 @@ EOF
     say "installed $KEY_FILE as $ETC/admin.key"
 }
 
+# The certificate and key are checked together first (the key must be the
+# certificate's), then each is copied next to admin.key and renamed into place.
+install_tls() {
+    [ -n "$TLS_DIR" ] || return 0
+    "$VENV/bin/python" - "$TLS_DIR" <<'EOF' || exit 1
+import sys
+from agent.tls import server_context
+from protocol.errors import ConfigError
+tls_dir = sys.argv[1]
+try:
+    server_context(f"{tls_dir}/agent.pem", f"{tls_dir}/agent.key", f"{tls_dir}/ca.pem")
+except ConfigError as exc:
+    sys.exit(f"install.sh: error: {exc}")
+EOF
+    for name in $TLS_FILES; do
+        mode=0644
+        [ "$name" != agent.key ] || mode=0600
+        (umask 077 && cp "$TLS_DIR/$name" "$ETC/$name.new")
+        chmod "$mode" "$ETC/$name.new"
+        mv -f "$ETC/$name.new" "$ETC/$name"
+    done
+    say "installed $ETC/agent.pem, agent.key and ca.pem from $TLS_DIR"
+    if [ -e "$ETC/agent.toml" ]; then add_tls_config; fi
+}
+
+# An existing agent.toml gets the [tls] table unless it already sets TLS
+# (a [tls] table or tls keys), which is the admin's choice and kept.
+add_tls_config() {
+    if grep -Eq '^[[:space:]]*(\[[[:space:]]*tls[[:space:]]*\]|tls[[:space:]]*[=.])' "$ETC/agent.toml"; then
+        say "keeping the TLS settings in $ETC/agent.toml"
+        return
+    fi
+    (umask 077 && { cat "$ETC/agent.toml"; tls_config; } > "$ETC/agent.toml.new")
+    mv "$ETC/agent.toml.new" "$ETC/agent.toml"
+    say "added [tls] to $ETC/agent.toml"
+}
+
+tls_config() {
+    cat <<EOF
+
+# Mutual TLS, from install.sh --tls-dir: the agent presents agent.pem and admits
+# only controllers with a certificate from ca.pem.
+[tls]
+cert = "/etc/shoal/agent.pem"
+key = "/etc/shoal/agent.key"
+ca = "/etc/shoal/ca.pem"
+EOF
+}
+
 write_config() {
     if [ -e "$ETC/agent.toml" ]; then
         say "keeping existing $ETC/agent.toml"
@@ -202,8 +266,19 @@ write_config() {
         mv "$ETC/agent.toml.new" "$ETC/agent.toml"
         say "wrote $ETC/agent.toml"
     fi
-    "$VENV/bin/shoal-agent" --config "$ETC/agent.toml" --check-config > /dev/null ||
-        die "$ETC/agent.toml is not valid; fix it and run this again"
+    check_config || die "$ETC/agent.toml is not valid; fix it and run this again"
+}
+
+# --check-config also loads the key and TLS files the configuration names. Under
+# --destdir those are staged below DESTDIR, so check a copy whose /etc/shoal/
+# paths point there (its errors name the copy, with the same line numbers).
+check_config() {
+    checked=$ETC/agent.toml
+    if [ -n "$DESTDIR" ]; then
+        checked=$WORK/agent.toml
+        sed "s|\"/etc/shoal/|\"$ETC/|g" "$ETC/agent.toml" > "$checked"
+    fi
+    "$VENV/bin/shoal-agent" --config "$checked" --check-config > /dev/null
 }
 
 default_config() {
@@ -224,6 +299,7 @@ name = "admin"
 file = "/etc/shoal/admin.key"
 allow = "all"
 EOF
+    if [ -n "$TLS_DIR" ]; then tls_config; fi
 }
 
 install_unit() {
@@ -263,6 +339,7 @@ do_install() {
     install_package
     make_dirs
     make_key
+    install_tls
     write_config
     install_unit
     start_service

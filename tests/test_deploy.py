@@ -101,12 +101,15 @@ def test_etc_shoal_is_private_and_holds_a_usable_key(staged: Staged) -> None:
     assert f"key id {key.key_id}" in staged.first.stdout
 
 
-def test_default_agent_toml_requires_the_admin_key(staged: Staged) -> None:
+def test_default_agent_toml_requires_the_admin_key(staged: Staged, tmp_path: Path) -> None:
     path = staged.root / "etc" / "shoal" / "agent.toml"
     config = load_config(path)
     assert [(k.name, k.file, k.allow_all) for k in config.keys] == [("admin", "/etc/shoal/admin.key", True)]
     assert config.listen == ("0.0.0.0:8470",)
-    checked = subprocess.run([str(staged.venv / "bin" / "shoal-agent"), "--config", str(path), "--check-config"],
+    # --check-config loads the key file too: point a copy at the staged one, as install.sh does.
+    copy = tmp_path / "agent.toml"
+    copy.write_text(path.read_text().replace('"/etc/shoal/', f'"{path.parent}/'))
+    checked = subprocess.run([str(staged.venv / "bin" / "shoal-agent"), "--config", str(copy), "--check-config"],
                              capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
 
