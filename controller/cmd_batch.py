@@ -9,6 +9,12 @@ stops at its first failing command (its later ones are "skipped") unless
 --keep-going. A table on stderr ends the run: per command, the hosts that
 succeeded, failed and were skipped.
 
+--outdir DIR also keeps each command's per-host output in files,
+DIR/NN-SLUG/HOST.out and .err (layout in controller/batchoutput.py).
+--failed-only shows, for each command, only the output of hosts where it failed
+(non-zero, unreachable, lost, timed out), each host's at once when its command
+ends; the table still counts every host.
+
 Exit status: the largest per-host status (255 unreachable or lost), 2 for a bad
 batch file or options, 130 when interrupted.
 """
@@ -23,11 +29,21 @@ from dataclasses import replace
 from typing import Any
 
 from .batch import BatchLine, BatchReport, BatchRunner, read_batch, summary_table
+from .batchoutput import FailedOutputFilter, command_directories
 from .client import Command
 from .display import Display
+from .fdlimit import raise_open_files_limit
 from .fleet import ConnectOptions, Handler
 from .interrupt import run_interruptible
-from .options import add_connect_options, add_target_options, connect_options_from_args, parse_env, targets_from_args
+from .options import (
+    add_connect_options,
+    add_outdir_failed_options,
+    add_target_options,
+    connect_options_from_args,
+    parse_env,
+    targets_from_args,
+)
+from .outdir import OutdirTee
 from .output import GatherHandler, JsonHandler, StreamHandler
 from .targets import Target
 
@@ -49,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("-o", "--output", choices=("stream", "gather", "json"), default="stream",
                    help="stream prefixed lines as they come (default), gather identical output per command, "
                         "or JSON events (as `run -o json`, each with its 1-based `command`)")
+    add_outdir_failed_options(o, outdir_help="also write each command's output per host to "
+                                             "DIR/NN-COMMAND/HOST.out and HOST.err (NN: its number in FILE)",
+                              failed_only_help="per command, show output only of hosts where it failed, "
+                                               "each when it ends (the table still counts all)")
     o.add_argument("-q", "--quiet", action="store_true", help="no summary table; errors only")
     o.add_argument("-v", "--verbose", action="store_true", help="more detail on stderr")
 
@@ -64,9 +84,10 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
 async def run_batch(targets: list[Target], lines: list[BatchLine], commands: list[Command],
                     options: ConnectOptions, args: argparse.Namespace, display: Display) -> int:
     """Run the batch with Ctrl-C handling: first cancels and starts nothing more, second stops waiting."""
+    raise_open_files_limit(min(len(targets), args.fanout))
     runner = BatchRunner(targets, options, fanout=args.fanout, keep_going=args.keep_going)
-    handler_for, finish = _handlers(args.output, display, [t.name for t in targets], lines)
-    report, interrupts = await run_interruptible(runner.run(lines, commands, handler_for), display,
+    handlers, finish = _handlers(args, display, [t.name for t in targets], lines)
+    report, interrupts = await run_interruptible(runner.run(lines, commands, handlers.__getitem__), display,
                                                  lambda: runner.cancel(args.kill_grace), runner.kill)
     if report is None:
         return 130
@@ -75,28 +96,35 @@ async def run_batch(targets: list[Target], lines: list[BatchLine], commands: lis
     return 130 if interrupts else report.status
 
 
-def _handlers(mode: str, display: Display, hosts: list[str],
-              lines: list[BatchLine]) -> tuple[Callable[[int], Handler], Callable[[], None]]:
-    """Stream: one handler for all commands. Gather and JSON: one per command."""
-    if mode == "stream":
-        stream = StreamHandler(display, hosts)
-        return (lambda i: stream), stream.close
-    if mode == "json":
-        numbered = [CommandJsonHandler(display, i + 1) for i in range(len(lines))]
+def _handlers(args: argparse.Namespace, display: Display, hosts: list[str],
+              lines: list[BatchLine]) -> tuple[list[Handler], Callable[[], None]]:
+    """One handler per command: the mode's, inside --failed-only's filter, inside --outdir's tee.
 
-        def summaries() -> None:
-            for handler in numbered:
-                handler.close()
-
-        return numbered.__getitem__, summaries
-    gatherers = [GatherHandler(display) for _ in lines]
+    The tee sits outermost so the files get every host's output, shown or not.
+    """
+    chain: list[Any] = _mode_handlers(args.output, display, hosts, len(lines))
+    filters = [FailedOutputFilter(h) for h in chain] if args.failed_only else []
+    if filters:
+        chain = list(filters)
+    if args.outdir is not None:
+        chain = [OutdirTee(h, d) for h, d in zip(chain, command_directories(args.outdir, lines))]
 
     def finish() -> None:
-        for i, (line, gatherer) in enumerate(zip(lines, gatherers)):
-            display.print(display.paint(f"=== {i + 1}: {line.text}", "1"))
-            gatherer.close()
+        for i, (line, handler) in enumerate(zip(lines, chain)):
+            if args.output == "gather" and (not filters or filters[i].shown):
+                display.print(display.paint(f"=== {i + 1}: {line.text}", "1"))
+            handler.close()
 
-    return gatherers.__getitem__, finish
+    return chain, finish
+
+
+def _mode_handlers(mode: str, display: Display, hosts: list[str], count: int) -> list[Any]:
+    """Stream: one handler shared by every command (closing it does nothing). Gather and JSON: one each."""
+    if mode == "stream":
+        return [StreamHandler(display, hosts)] * count
+    if mode == "json":
+        return [CommandJsonHandler(display, i + 1) for i in range(count)]
+    return [GatherHandler(display) for _ in range(count)]
 
 
 class CommandJsonHandler(JsonHandler):
