@@ -11,36 +11,49 @@ The remote command is POSIX shell for the login shell of the ssh user, as with
 ssh itself; `sudo=True` wraps it in `sudo -n sh -c` for a non-root login.
 Without a key file each host keeps (or generates) its own /etc/shoal/admin.key,
 which the controller then does not hold: enrolling a fleet means giving one.
+
+With a CA (`shoal certs init`), each host also gets a certificate of its own,
+issued here for the name it is reached by, and install.sh --tls-dir puts it in
+/etc/shoal with the CA certificate and names them in agent.toml's [tls]. The CA's
+private key is never in a bundle. Since the source part is the same for every
+host, it is compressed once; a host's certificate follows it as a second gzip
+member (RFC 1952 allows several; gunzip and tar -z read them as one stream).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import os
 import shlex
 import tarfile
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.errors import ConfigError
 
+from .pki import CertificateAuthority, issue_agent_certificate
 from .result import UNREACHABLE, Result
 
 __all__ = [
     "BUNDLE_NAME",
+    "Bundle",
     "DEFAULT_SSH_OPTIONS",
     "Bootstrap",
     "HostReport",
     "bootstrap_host",
     "bootstrap_hosts",
     "build_bundle",
+    "bundle_head",
+    "bundle_tail",
     "find_source",
     "key_file_checked",
     "ssh_host",
+    "tls_files",
 ]
 
 # What the remote side calls the stream on its stdin (shown by --dry-run).
@@ -51,10 +64,20 @@ BUNDLE_NAME = "shoal-bundle.tar.gz"
 DEFAULT_SSH_OPTIONS = ("BatchMode=yes", "ConnectTimeout=10")
 # ssh exits 255 when it could not connect or authenticate (remote commands rarely do).
 SSH_FAILED = 255
+# A host whose bundle could not be made (no ssh session was started): usage's status.
+_CONFIG_STATUS = 2
+_NOT_SENT = "not_sent"
 # The source directory's name inside the bundle, and the key's.
 _SOURCE_DIR = "shoal"
 _KEY_NAME = "admin.key"
 _TOP_FILES = ("pyproject.toml", "README.md", "LICENSE")
+# The directory of a host's TLS files inside the bundle, and their names and modes
+# there (install.sh --tls-dir installs them under the same names in /etc/shoal).
+_TLS_DIR = "tls"
+_TLS_MODES = {"agent.pem": 0o644, "agent.key": 0o600, "ca.pem": 0o644}
+
+# What a host reads on its stdin; raising ConfigError makes that host's failure.
+Bundle = Callable[[str], bytes]
 
 
 def find_source(path: str | None) -> Path:
@@ -71,18 +94,49 @@ def find_source(path: str | None) -> Path:
     return tree
 
 
-def build_bundle(source: Path, key_file: str | None = None) -> bytes:
-    """A tar.gz of what install.sh needs from `source`, plus the key file as admin.key."""
+def build_bundle(source: Path, key_file: str | None = None,
+                 files: Mapping[str, tuple[bytes, int]] | None = None) -> bytes:
+    """A tar.gz of what install.sh needs from `source`, the key file as admin.key, and `files`."""
+    return bundle_head(source, key_file) + bundle_tail(files or {})
+
+
+def bundle_head(source: Path, key_file: str | None = None) -> bytes:
+    """The shared start of every host's bundle: one gzip member, a tar without its end."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=6) as tar:
-        for name in _bundle_members(source):
-            tar.add(source / name, arcname=f"{_SOURCE_DIR}/{name}", filter=_without_litter)
-        if key_file is not None:
-            info = tar.gettarinfo(key_file, arcname=_KEY_NAME)
-            info.mode, info.uid, info.gid, info.uname, info.gname = 0o600, 0, 0, "root", "root"
-            with open(key_file, "rb") as stream:
-                tar.addfile(info, stream)
-    return buffer.getvalue()
+    tar = tarfile.open(fileobj=buffer, mode="w")
+    for name in _bundle_members(source):
+        tar.add(source / name, arcname=f"{_SOURCE_DIR}/{name}", filter=_without_litter)
+    if key_file is not None:
+        info = tar.gettarinfo(key_file, arcname=_KEY_NAME)
+        info.mode, info.uid, info.gid, info.uname, info.gname = 0o600, 0, 0, "root", "root"
+        with open(key_file, "rb") as stream:
+            tar.addfile(info, stream)
+    members = buffer.getvalue()  # before close() appends the end-of-archive blocks
+    tar.close()
+    return gzip.compress(members, compresslevel=6, mtime=0)
+
+
+def bundle_tail(files: Mapping[str, tuple[bytes, int]]) -> bytes:
+    """The end of a bundle: `files` (name -> (data, mode)), owner root, and the tar's end."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, (data, mode) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(buffer.getvalue(), compresslevel=6, mtime=0)
+
+
+def tls_files(ca: CertificateAuthority, names: list[str], days: int = 825) -> dict[str, tuple[bytes, int]]:
+    """A new agent certificate for `names`, its key and the CA certificate, as bundle files.
+
+    Raises ConfigError when a name cannot go in a certificate.
+    """
+    cert, key = issue_agent_certificate(ca, names, days)
+    data = {"agent.pem": cert, "agent.key": key, "ca.pem": ca.cert_pem}
+    return {f"{_TLS_DIR}/{name}": (data[name], mode) for name, mode in _TLS_MODES.items()}
 
 
 def _bundle_members(source: Path) -> list[str]:
@@ -114,6 +168,7 @@ class Bootstrap:
         install_flags: extra install.sh flags (--prefix, --destdir, --no-systemd...).
         sudo: run the remote command through `sudo -n` (non-root login).
         ssh: the ssh program.
+        tls: the bundles carry tls/ (see `tls_files`) for install.sh --tls-dir.
     """
 
     ssh_options: tuple[str, ...] = ()
@@ -122,12 +177,14 @@ class Bootstrap:
     install_flags: tuple[str, ...] = ()
     sudo: bool = False
     ssh: str = "ssh"
+    tls: bool = False
 
     def remote_command(self) -> str:
         """The shell command run on every host, reading the bundle from stdin."""
         key = [f'--key-file "$d/{_KEY_NAME}"'] if self.key_file else []
+        tls = [f'--tls-dir "$d/{_TLS_DIR}"'] if self.tls else []
         install = " ".join([f'sh "$d/{_SOURCE_DIR}/deploy/install.sh" --source "$d/{_SOURCE_DIR}"',
-                            *key, *(shlex.quote(flag) for flag in self.install_flags)])
+                            *key, *tls, *(shlex.quote(flag) for flag in self.install_flags)])
         # $d comes from mktemp's template: no spaces, so the trap may expand it at once.
         script = ('umask 077 && d=$(mktemp -d "${TMPDIR:-/tmp}/shoal-bootstrap.XXXXXX") && '
                   f'trap "rm -rf $d" EXIT && tar -xzf - -C "$d" && {install}')
@@ -153,12 +210,14 @@ class HostReport:
 
     @property
     def line(self) -> str:
-        """`host: ok (...)`, `host: failed (exit N): ...` or `host: unreachable: ...`."""
+        """`host: ok (...)`, `host: failed (exit N): ...`, `host: unreachable: ...` or `host: not enrolled: ...`."""
         result = self.result
         if result.ok:
             return f"{result.host}: ok ({_last_line(self.stdout, 'install.sh: ') or 'installed'})"
         if result.unreachable:
             return f"{result.host}: unreachable: {result.error}"
+        if result.error_code == _NOT_SENT:
+            return f"{result.host}: not enrolled: {result.error}"
         return f"{result.host}: failed (exit {result.status}): {result.error}"
 
 
@@ -167,9 +226,15 @@ def _last_line(text: str, prefix: str = "") -> str:
     return lines[-1].removeprefix(prefix) if lines else ""
 
 
-async def bootstrap_host(plan: Bootstrap, host: str, bundle: bytes) -> HostReport:
+async def bootstrap_host(plan: Bootstrap, host: str, bundle: Bundle) -> HostReport:
     """Run the install on one host; its failure is its own report, never an exception."""
     started = time.monotonic()
+    try:
+        stdin = bundle(host)
+    except ConfigError as exc:
+        # Nothing was sent: this host's name (say) cannot be in a certificate.
+        return HostReport(Result(host, _CONFIG_STATUS, duration=time.monotonic() - started, error=str(exc),
+                                 error_code=_NOT_SENT), "", "")
     try:
         proc = await asyncio.create_subprocess_exec(
             *plan.ssh_argv(host), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -177,7 +242,7 @@ async def bootstrap_host(plan: Bootstrap, host: str, bundle: bytes) -> HostRepor
     except OSError as exc:
         raise ConfigError(f"cannot run {plan.ssh}: {exc.strerror or exc}", "ssh") from None
     try:
-        out, err = await proc.communicate(bundle)
+        out, err = await proc.communicate(stdin)
     except asyncio.CancelledError:
         # Ctrl-C or a failing sibling: do not leave an ssh session installing unattended.
         if proc.returncode is None:
@@ -198,7 +263,7 @@ def _result(host: str, status: int, output: str, duration: float) -> Result:
     return Result(host, status, code=status, duration=duration, error=reason, error_code="failed")
 
 
-async def bootstrap_hosts(plan: Bootstrap, hosts: list[str], bundle: bytes, fanout: int,
+async def bootstrap_hosts(plan: Bootstrap, hosts: list[str], bundle: Bundle, fanout: int,
                           on_report: Callable[[HostReport], None]) -> list[HostReport]:
     """Install on every host, at most `fanout` at once; `on_report` sees each as it ends."""
     gate = asyncio.Semaphore(fanout)

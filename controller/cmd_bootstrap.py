@@ -1,6 +1,7 @@
 """Install the shoal agent on hosts over the ssh access they already have.
 
-    shoal bootstrap TARGETS --key-file PATH [--ssh-user USER] [--ssh-option OPT]... [--dry-run]
+    shoal bootstrap TARGETS --key-file PATH [--tls-ca-dir DIR [--tls-name NAME]...]
+                    [--ssh-user USER] [--ssh-option OPT]... [--dry-run]
 
 One ssh session per host carries the shoal source (the checkout this shoal runs
 from, or --source DIR) and the key file on its stdin, and runs deploy/install.sh
@@ -14,33 +15,51 @@ with a user allowed to run sudo without a password. ssh runs in batch mode (no
 password or host key prompts) with a 10 s connect timeout; --ssh-option can
 override both (e.g. --ssh-option ConnectTimeout=30).
 
+With --tls-ca-dir DIR (a `shoal certs init` directory) every host is enrolled for
+mutual TLS as well: this controller issues the host a certificate of its own
+(valid for the host name or IP address as given in TARGETS, plus every --tls-name)
+with a new key, and the install puts it in /etc/shoal as agent.pem, agent.key
+(0600, root's) and ca.pem, and names them in agent.toml's [tls] (added to an
+existing agent.toml that has none), so the agent starts with TLS. DIR/ca.key
+signs here and is never sent. Connect with DIR's controller certificate:
+--tls-cert DIR/controller.pem --tls-key DIR/controller.key --tls-ca DIR/ca.pem.
+A host whose name cannot be in a certificate is reported (not enrolled, status 2)
+and the others go on.
+
 Exit status: 0 every host installed; otherwise the largest host status (the
 remote install's exit status; 255 for a host ssh could not reach or log in to);
-2 bad usage, target, key file or source tree.
+2 bad usage, target, key file, CA directory or source tree (or a host name no
+certificate can hold).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import shutil
 import time
+from pathlib import Path
 
 from protocol.errors import ConfigError
 
 from .bootstrap import (
     BUNDLE_NAME,
     Bootstrap,
+    Bundle,
     HostReport,
     bootstrap_hosts,
-    build_bundle,
+    bundle_head,
+    bundle_tail,
     find_source,
     key_file_checked,
     ssh_host,
+    tls_files,
 )
 from .display import Display
 from .options import add_target_options, targets_from_args
+from .pki import CertificateAuthority, load_ca
 from .result import fleet_status
 from .summary import summary_line
 
@@ -66,6 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     install.add_argument("--system-site-packages", action="store_true",
                          help="let the virtualenv use the hosts' psutil and cryptography packages")
     install.add_argument("--no-systemd", action="store_true", help="install the unit but do not start it")
+    tls = parser.add_argument_group("tls")
+    tls.add_argument("--tls-ca-dir", metavar="DIR",
+                     help="`shoal certs init` directory: issue each host a certificate and enable mutual TLS")
+    tls.add_argument("--tls-name", action="append", default=[], metavar="NAME",
+                     help="extra host name or IP address in every host's certificate (repeatable; "
+                          "comma-separated lists allowed)")
     parser.add_argument("--dry-run", action="store_true", help="print the ssh commands instead of running them")
     parser.add_argument("-q", "--quiet", action="store_true", help="no summary; errors only")
     parser.add_argument("-v", "--verbose", action="store_true", help="show each host's install output")
@@ -90,9 +115,30 @@ def _hosts(args: argparse.Namespace) -> list[str]:
 def _plan(args: argparse.Namespace) -> Bootstrap:
     if args.fanout < 1:
         raise ConfigError(f"fanout must be at least 1, got {args.fanout}", "--fanout")
+    if args.tls_name and not args.tls_ca_dir:
+        raise ConfigError("--tls-name needs --tls-ca-dir", "--tls-name")
     return Bootstrap(ssh_options=tuple(args.ssh_option), ssh_user=args.ssh_user,
                      key_file=key_file_checked(args.key_file), install_flags=_install_flags(args),
-                     sudo=args.sudo)
+                     sudo=args.sudo, tls=args.tls_ca_dir is not None)
+
+
+def _bundle(args: argparse.Namespace, plan: Bootstrap, source: Path) -> Bundle:
+    """Each host's stdin: the shared source part, then its own certificate when enrolling for TLS."""
+    head = bundle_head(source, plan.key_file)
+    ca = _ca(args)
+    if ca is None:
+        whole = head + bundle_tail({})
+        return lambda host: whole
+    extra = _tls_names(args)
+    return lambda host: head + bundle_tail(tls_files(ca, [host, *extra]))
+
+
+def _ca(args: argparse.Namespace) -> CertificateAuthority | None:
+    return load_ca(os.path.expanduser(args.tls_ca_dir)) if args.tls_ca_dir else None
+
+
+def _tls_names(args: argparse.Namespace) -> list[str]:
+    return [name.strip() for item in args.tls_name for name in item.split(",") if name.strip()]
 
 
 def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
@@ -106,16 +152,19 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
                         "which this controller does not hold")
     if args.dry_run:
         key = f" and {plan.key_file} as admin.key" if plan.key_file else ""
-        display.message(f"shoal: dry run: each command reads {BUNDLE_NAME} (the source in {source}{key}) on stdin")
+        ca = _ca(args)
+        tls = f", a certificate for the host from {ca.where / 'ca.pem'}" if ca else ""
+        display.message(f"shoal: dry run: each command reads {BUNDLE_NAME} (the source in {source}{key}{tls}) "
+                        "on stdin")
         for host in hosts:
             display.print(f"{shlex.join(plan.ssh_argv(host))} < {BUNDLE_NAME}")
         return 0
     if shutil.which(plan.ssh) is None:
         raise ConfigError("no ssh program found on PATH", "ssh")
-    return _install(plan, hosts, build_bundle(source, plan.key_file), args.fanout, display)
+    return _install(plan, hosts, _bundle(args, plan, source), args.fanout, display)
 
 
-def _install(plan: Bootstrap, hosts: list[str], bundle: bytes, fanout: int, display: Display) -> int:
+def _install(plan: Bootstrap, hosts: list[str], bundle: Bundle, fanout: int, display: Display) -> int:
     started = time.monotonic()
 
     def report(host_report: HostReport) -> None:

@@ -18,6 +18,7 @@ import os
 import secrets
 import string
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -27,7 +28,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protocol.errors import ConfigError
 
-__all__ = ["PKI_FILES", "DEFAULT_AGENT_NAMES", "init_pki"]
+__all__ = ["PKI_FILES", "DEFAULT_AGENT_NAMES", "CertificateAuthority", "init_pki", "issue_agent_certificate",
+           "load_ca"]
 
 # What init_pki writes, by the key it returns them under.
 PKI_FILES = {
@@ -88,6 +90,80 @@ def init_pki(directory: str | os.PathLike[str], agent_names: list[str],
         "agent_cert": _cert_pem(agent_cert), "controller_cert": _cert_pem(controller_cert),
     })
     return paths
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateAuthority:
+    """A CA loaded from a `shoal certs init` directory, to issue more agent certificates.
+
+    The private key stays in this process: only certificates it signs, and keys
+    generated for them, are meant to leave the controller.
+    """
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+    where: Path
+
+    @property
+    def cert_pem(self) -> bytes:
+        """The CA certificate agents and controllers trust."""
+        return _cert_pem(self.cert)
+
+
+def load_ca(directory: str | os.PathLike[str]) -> CertificateAuthority:
+    """Read ca.pem and ca.key from a `shoal certs init` directory and check they belong together.
+
+    Raises:
+        ConfigError: a file is missing or unreadable, is not an EC CA certificate or
+            key, the key is not the certificate's, or the CA has expired; it names the file.
+    """
+    where = Path(directory)
+    cert_path, key_path = where / PKI_FILES["ca_cert"], where / PKI_FILES["ca_key"]
+    try:
+        cert = x509.load_pem_x509_certificate(_read_pem(cert_path))
+    except ValueError as exc:
+        raise ConfigError("not a PEM certificate", str(cert_path)) from exc
+    try:
+        key = serialization.load_pem_private_key(_read_pem(key_path), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("not an unencrypted PEM private key", str(key_path)) from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+        raise ConfigError(f"this key does not belong to {cert_path}", str(key_path))
+    if cert.not_valid_after_utc <= datetime.datetime.now(datetime.timezone.utc):
+        raise ConfigError(f"the CA expired on {cert.not_valid_after_utc:%Y-%m-%d}", str(cert_path))
+    return CertificateAuthority(cert, key, where)
+
+
+def _read_pem(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror} (is it a `shoal certs init` directory?)",
+                          str(path)) from exc
+
+
+def issue_agent_certificate(ca: CertificateAuthority, names: list[str], days: int = 825) -> tuple[bytes, bytes]:
+    """Issue one agent's server certificate for exactly `names`, with a fresh key.
+
+    Validity ends with the CA's at the latest: a certificate outliving its issuer
+    would fail verification anyway, later and more confusingly.
+
+    Returns:
+        (certificate PEM, private key PEM).
+
+    Raises:
+        ConfigError: no names, a name not usable in a certificate, or days < 1.
+    """
+    if days < 1:
+        raise ConfigError(f"certificate validity must be at least 1 day, not {days}", "days")
+    sans = agent_sans(names)
+    if not sans:
+        raise ConfigError("an agent certificate needs at least one host name or IP address", "agent names")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    days = min(days, max(1, (ca.cert.not_valid_after_utc - now).days))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _leaf(ca.cert, ca.key, key, "shoal-agent", now, days, ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    return _cert_pem(cert), _key_pem(key)
 
 
 def agent_sans(names: Iterable[str]) -> list[x509.GeneralName]:
