@@ -101,23 +101,27 @@ def load_key_file(path: str | os.PathLike[str]) -> SharedKey:
     except OSError as exc:
         raise ConfigError(f"cannot open key file: {exc.strerror}", where) from None
     try:
-        _check_private(fd, where)
+        check_private(fd, where)
         data = _read_capped(fd, where)
     finally:
         os.close(fd)
     return _parse(data, where)
 
 
-def _check_private(fd: int, where: str) -> None:
-    """Refuse anything but a regular file only its owner can read and write."""
+def check_private(fd: int, where: str, what: str = "key file") -> None:
+    """Refuse anything but a regular file only its owner can read and write.
+
+    Shared with the TLS private key: any secret an agent or controller loads gets
+    the same rule, as ssh applies to its private keys.
+    """
     # fstat on the open descriptor: the file we check is the file we read.
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        raise ConfigError("key file is not a regular file", where)
+        raise ConfigError(f"{what} is not a regular file", where)
     if st.st_mode & _OTHERS_RW:
         mode = stat.S_IMODE(st.st_mode)
         raise ConfigError(
-            f"key file is accessible by others (mode {mode:04o}); run chmod 600 {where}", where)
+            f"{what} is accessible by others (mode {mode:04o}); run chmod 600 {where}", where)
 
 
 def _read_capped(fd: int, where: str) -> bytes:

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import serialization
 
 from protocol.errors import ConfigError
 
+from .keyfile import check_private
+
 __all__ = ["server_context", "server_context_problems", "client_context"]
 
 # Certificates, keys and CA bundles are a few kilobytes; the cap keeps a wrong
@@ -109,10 +111,13 @@ def _configure(ctx: ssl.SSLContext, cert: PathLike, key: PathLike, ca: PathLike)
                           os.fspath(cert)) from exc
 
 
-def _read(path: PathLike, what: str) -> bytes:
+def _read(path: PathLike, what: str, private: bool = False) -> bytes:
+    """The file's bytes; a `private` one must be readable by its owner only."""
     where = os.fspath(path)
     try:
         with open(where, "rb") as f:
+            if private:
+                check_private(f.fileno(), where, f"{what} file")
             data = f.read(_MAX_PEM_SIZE + 1)
     except FileNotFoundError:
         raise ConfigError(f"no such {what} file", where) from None
@@ -135,8 +140,8 @@ def _check_certificates(path: PathLike, what: str) -> None:
 
 
 def _check_private_key(path: PathLike) -> None:
-    """Require an unencrypted PEM private key (the agent starts unattended)."""
-    data = _read(path, "private key")
+    """Require an unencrypted PEM private key (the agent starts unattended), mode 0600."""
+    data = _read(path, "private key", private=True)
     try:
         serialization.load_pem_private_key(data, password=None)
     except TypeError:

@@ -209,10 +209,27 @@ def test_garbage_file_is_named(files: dict[str, Path], which: str, complaint: st
     assert info.value.where == str(files[which])
 
 
-def test_certificate_given_as_key_is_refused(files: dict[str, Path]) -> None:
+def test_certificate_given_as_key_is_refused(files: dict[str, Path], tmp_path: Path) -> None:
+    as_key = tmp_path / "cert-as-key.pem"
+    as_key.write_bytes(files["agent_cert"].read_bytes())
+    as_key.chmod(0o600)
     with pytest.raises(ConfigError, match="not a PEM private key") as info:
-        server_context(files["agent_cert"], files["agent_cert"], files["ca_cert"])
-    assert info.value.where == str(files["agent_cert"])
+        server_context(files["agent_cert"], as_key, files["ca_cert"])
+    assert info.value.where == str(as_key)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660])
+def test_private_key_others_can_read_is_refused_on_both_ends(files: dict[str, Path], mode: int) -> None:
+    """Like a shared key file, a TLS private key must be the owner's alone."""
+    for cert, key, make in ((files["agent_cert"], files["agent_key"], server_context),
+                            (files["controller_cert"], files["controller_key"], client_context)):
+        key.chmod(mode)
+        try:
+            with pytest.raises(ConfigError, match=f"accessible by others \\(mode 0{mode:o}\\)") as info:
+                make(cert, key, files["ca_cert"])
+            assert info.value.where == str(key)
+        finally:
+            key.chmod(0o600)
 
 
 def test_key_of_another_certificate_is_refused(files: dict[str, Path]) -> None:
