@@ -3,7 +3,9 @@
 `init_pki` makes everything a small fleet needs in one directory: a CA, one agent
 certificate (shared by the agents, with every name they are reached by) and one
 controller client certificate. Both ends trust only this CA, so a certificate from
-any public CA, or from another shoal installation, is refused.
+any public CA, or from another shoal installation, is refused. `shoal bootstrap
+--tls-ca-dir` instead gives each host a certificate of its own (`load_ca`,
+`issue_agent_certificate`), so one host's key opens no other host's name.
 
 Keys are EC P-256: small, fast, and supported by every OpenSSL that speaks
 TLS 1.3. Private keys are written 0600 and nothing existing is ever overwritten,
