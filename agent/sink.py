@@ -41,22 +41,45 @@ class ChunkSink:
         self._on_progress = on_progress
         self._on_error = on_error
         self._step = step
+        self._name = name
         self._done = {"write": 0, "hash": 0}
         self._reported = 0
         self._cancelled = False
         self.error: FileTransferError | None = None
         self._queues: dict[str, queue.SimpleQueue[_Item]] = {}
         self._finished: dict[str, asyncio.Future[None]] = {}
-        for stage, work in (("write", writer.write_data), ("hash", writer.add_to_hash)):
-            self._queues[stage] = queue.SimpleQueue()
-            self._finished[stage] = self._loop.create_future()
-            start_bulk_thread(self._drain, stage, work, name=f"shoal-{name}-{stage}")
+        self._held: list[bytes] = []  # chunks of a file too small (so far) for the threads
+        self._held_bytes = 0
 
     def push(self, chunk: bytes) -> None:
-        """Queue `chunk` for both stages."""
-        if chunk:
+        """Queue `chunk` for both stages.
+
+        The threads start only once `step` bytes have come: a smaller file is
+        written and hashed by one executor job in `finish`, since two threads
+        per file would cost a recursive put of many small files more than the
+        hashing they overlap.
+        """
+        if not chunk:
+            return
+        if self._queues:
             for q in self._queues.values():
                 q.put(chunk)
+            return
+        self._held.append(chunk)
+        self._held_bytes += len(chunk)
+        if self._held_bytes >= self._step:
+            self._start_threads()
+
+    def _start_threads(self) -> None:
+        """Start both threads, handing them what was held so far."""
+        for stage, work in (("write", self.writer.write_data), ("hash", self.writer.add_to_hash)):
+            q: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+            for held in self._held:
+                q.put(held)
+            self._queues[stage] = q
+            self._finished[stage] = self._loop.create_future()
+            start_bulk_thread(self._drain, stage, work, name=f"shoal-{self._name}-{stage}")
+        self._held = []
 
     async def finish(self) -> None:
         """Wait until every pushed chunk is written and hashed.
@@ -74,6 +97,11 @@ class ChunkSink:
         await self._stop()
 
     async def _stop(self) -> None:
+        if not self._queues:  # never started: write what is held, unless cancelled
+            held, self._held = self._held, []
+            if held and not self._cancelled and self.error is None:
+                self.error = await self._loop.run_in_executor(None, _write_held, self.writer, held)
+            return
         for q in self._queues.values():
             q.put(_STOP)
         # Shielded: a cancelled waiter must not cancel these, or a later wait
@@ -121,3 +149,13 @@ class ChunkSink:
         if ready >= self._step and not self._cancelled:
             self._reported += ready
             self._on_progress(ready)
+
+
+def _write_held(writer: AtomicWriter, chunks: list[bytes]) -> FileTransferError | None:
+    """A small file's chunks, hashed and written in one executor job; the error if any."""
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+    except FileTransferError as err:
+        return err
+    return None

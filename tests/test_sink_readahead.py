@@ -27,6 +27,15 @@ def shoal_threads() -> list[str]:
             if t.name.startswith("shoal-") and t.name.endswith(("-write", "-hash", "-read"))]
 
 
+async def threads_end() -> list[str]:
+    """Shoal threads left once they had a moment to exit: a thread's last act is
+    telling the loop it is done with the file, and it exits right after."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while shoal_threads() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    return shoal_threads()
+
+
 async def test_sink_writes_and_hashes_every_chunk_in_order(tmp_path: Path) -> None:
     chunks = [os.urandom(n) for n in (1, MiB, 3 * MiB + 7, 0, 5)]
     granted: list[int] = []
@@ -40,7 +49,22 @@ async def test_sink_writes_and_hashes_every_chunk_in_order(tmp_path: Path) -> No
     writer.commit(hashlib.sha256(data).hexdigest())
     assert (tmp_path / "out").read_bytes() == data
     assert 0 < sum(granted) <= len(data) and all(n >= MiB for n in granted)
-    assert shoal_threads() == []
+    assert await threads_end() == []
+
+
+async def test_small_file_is_written_without_threads(tmp_path: Path) -> None:
+    """Under one step, no thread starts: finish() writes and hashes it in one job."""
+    data = [os.urandom(1000), os.urandom(MiB - 2000)]
+    writer = AtomicWriter.open(tmp_path / "out")
+    sink = ChunkSink(writer, lambda n: None, MiB, on_error=lambda: None, name="small")
+    for chunk in data:
+        sink.push(chunk)
+    assert not [name for name in shoal_threads() if name.startswith("shoal-small-")] and writer.size == 0
+    await sink.finish()
+    assert writer.size == MiB - 1000
+    assert writer.hexdigest() == hashlib.sha256(b"".join(data)).hexdigest()
+    writer.commit(writer.hexdigest())
+    assert (tmp_path / "out").read_bytes() == b"".join(data)
 
 
 async def test_sink_grants_only_what_both_threads_finished(tmp_path: Path) -> None:
@@ -63,7 +87,7 @@ async def test_sink_cancel_stops_both_threads_before_the_file_is_dropped(tmp_pat
     for _ in range(16):
         sink.push(os.urandom(MiB))
     await sink.cancel()
-    assert shoal_threads() == []
+    assert await threads_end() == []
     writer.abort()
     assert os.listdir(tmp_path) == []
 
@@ -80,7 +104,7 @@ async def test_read_ahead_yields_the_file_and_its_sha256(tmp_path: Path) -> None
     reader.close()
     assert b"".join(got) == data and max(map(len, got)) == MiB
     assert reader.hexdigest() == hashlib.sha256(data).hexdigest()
-    assert shoal_threads() == []
+    assert await threads_end() == []
 
 
 async def test_read_ahead_closed_early_lets_go_of_the_file(tmp_path: Path) -> None:
@@ -89,7 +113,7 @@ async def test_read_ahead_closed_early_lets_go_of_the_file(tmp_path: Path) -> No
     chunks = ReadAhead(reader, MiB, depth=2)
     assert len(await chunks.next()) == MiB
     await chunks.close()
-    assert shoal_threads() == []
+    assert await threads_end() == []
     assert reader.bytes_read <= 4 * MiB  # at most depth + 1 read ahead, never the whole file
     reader.close()
 
@@ -110,7 +134,7 @@ async def test_read_ahead_never_runs_more_than_depth_chunks_ahead(tmp_path: Path
 async def test_transfer_threads_run_below_the_event_loop_priority(tmp_path: Path) -> None:
     writer = AtomicWriter.open(tmp_path / "out")
     sink = ChunkSink(writer, lambda n: None, MiB, on_error=lambda: None)
-    sink.push(b"x")  # the threads set their priority before their first chunk
+    sink.push(os.urandom(MiB))  # a step's worth starts the threads
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     want = min(19, base + BULK_NICE)
     bulk = [t for t in threading.enumerate() if t.name in ("shoal-put-write", "shoal-put-hash")]
