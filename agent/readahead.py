@@ -33,7 +33,13 @@ class ReadAhead:
         self._slots = threading.Semaphore(depth)
         self._stopping = False
         self._stopped: asyncio.Future[None] = self._loop.create_future()
-        start_bulk_thread(self._read, name="shoal-read")
+        # A file of one chunk (most of a recursive put) gains nothing from a
+        # thread: it is read by executor jobs, one per next().
+        self._threaded = reader.size > size
+        if self._threaded:
+            start_bulk_thread(self._read, name="shoal-read")
+        else:
+            self._stopped.set_result(None)
 
     async def next(self) -> bytes:
         """The next chunk; b"" at end of file.
@@ -41,6 +47,8 @@ class ReadAhead:
         Raises:
             FileTransferError: the file could not be read.
         """
+        if not self._threaded:
+            return await self._loop.run_in_executor(None, self.reader.read, self._size)
         item = await self._ready.get()
         if isinstance(item, BaseException):
             raise item
@@ -50,7 +58,8 @@ class ReadAhead:
     async def close(self) -> None:
         """Stop reading and wait until the thread is done with the file."""
         self._stopping = True
-        self._slots.release()
+        if self._threaded:
+            self._slots.release()
         await asyncio.shield(self._stopped)
 
     def _read(self) -> None:

@@ -147,3 +147,17 @@ async def test_transfer_threads_run_below_the_event_loop_priority(tmp_path: Path
     assert nices == [want, want]
     await sink.finish()
     writer.abort()
+
+
+async def test_read_ahead_reads_a_one_chunk_file_without_a_thread(tmp_path: Path) -> None:
+    assert await threads_end() == []
+    data = os.urandom(1000)
+    (tmp_path / "src").write_bytes(data)
+    reader = FileReader.open(tmp_path / "src")
+    chunks = ReadAhead(reader, MiB)
+    assert await chunks.next() == data
+    assert shoal_threads() == []
+    assert await chunks.next() == b""
+    await chunks.close()
+    reader.close()
+    assert reader.hexdigest() == hashlib.sha256(data).hexdigest()
