@@ -348,7 +348,7 @@ async def second_command_error(address: tuple[str, int]) -> str | None:
     """Start a command that waits on stdin, then another on the same connection."""
     client = await AgentClient.connect(Target(name="agent", host=address[0], port=address[1]))
     try:
-        first = await client.exec(Command(shell="cat"))
+        first = await client.exec(Command(shell="cat", stdin=True))  # runs until stdin closes
         second = await (await client.exec(Command(shell="true"))).wait()
         first.close_stdin()
         assert (await first.wait()).ok
