@@ -22,7 +22,7 @@ class ReadAhead:
     """Chunks of one `FileReader`, read by a thread up to `depth` chunks ahead.
 
     Use on one event loop: `await next()` until it returns b"", then `await close()`
-    (also on every error path: it waits for the thread to let go of the file).
+    (also on every error path: it waits until no read is using the file).
     """
 
     def __init__(self, reader: FileReader, size: int, depth: int = 4) -> None:
@@ -36,10 +36,9 @@ class ReadAhead:
         # A file of one chunk (most of a recursive put) gains nothing from a
         # thread: it is read by executor jobs, one per next().
         self._threaded = reader.size > size
+        self._job: asyncio.Future[bytes] | None = None  # the executor read, unthreaded
         if self._threaded:
             start_bulk_thread(self._read, name="shoal-read")
-        else:
-            self._stopped.set_result(None)
 
     async def next(self) -> bytes:
         """The next chunk; b"" at end of file.
@@ -48,7 +47,10 @@ class ReadAhead:
             FileTransferError: the file could not be read.
         """
         if not self._threaded:
-            return await self._loop.run_in_executor(None, self.reader.read, self._size)
+            # Shielded: if our caller is cancelled the read still runs, and close()
+            # must wait for it before the file may be closed.
+            self._job = self._loop.run_in_executor(None, self.reader.read, self._size)
+            return await asyncio.shield(self._job)
         item = await self._ready.get()
         if isinstance(item, BaseException):
             raise item
@@ -60,7 +62,9 @@ class ReadAhead:
         self._stopping = True
         if self._threaded:
             self._slots.release()
-        await asyncio.shield(self._stopped)
+            await asyncio.shield(self._stopped)
+        elif self._job is not None:  # its error, if any, was raised by next()
+            await asyncio.gather(asyncio.shield(self._job), return_exceptions=True)
 
     def _read(self) -> None:
         try:

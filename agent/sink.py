@@ -50,6 +50,7 @@ class ChunkSink:
         self._finished: dict[str, asyncio.Future[None]] = {}
         self._held: list[bytes] = []  # chunks of a file too small (so far) for the threads
         self._held_bytes = 0
+        self._held_job: asyncio.Future[FileTransferError | None] | None = None
 
     def push(self, chunk: bytes) -> None:
         """Queue `chunk` for both stages.
@@ -98,9 +99,13 @@ class ChunkSink:
 
     async def _stop(self) -> None:
         if not self._queues:  # never started: write what is held, unless cancelled
-            held, self._held = self._held, []
-            if held and not self._cancelled and self.error is None:
-                self.error = await self._loop.run_in_executor(None, _write_held, self.writer, held)
+            if self._held and not self._cancelled and self._held_job is None:
+                self._held_job = self._loop.run_in_executor(None, _write_held, self.writer, self._held)
+                self._held = []
+            if self._held_job is not None:
+                # Shielded like the threads' futures: a cancelled finish() leaves the
+                # job writing, and cancel() must still wait for it.
+                self.error = self.error or await asyncio.shield(self._held_job)
             return
         for q in self._queues.values():
             q.put(_STOP)

@@ -161,3 +161,30 @@ async def test_read_ahead_reads_a_one_chunk_file_without_a_thread(tmp_path: Path
     await chunks.close()
     reader.close()
     assert reader.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+async def test_cancelled_small_file_write_is_waited_for_before_the_file_is_dropped(tmp_path: Path) -> None:
+    """finish() cancelled mid-write leaves its executor job running; cancel() must
+    wait for it, or the caller would abort (close) the file under a running write."""
+    writer = AtomicWriter.open(tmp_path / "out")
+    sink = ChunkSink(writer, lambda n: None, 4 * MiB, on_error=lambda: None)
+    sink.push(os.urandom(4 * MiB - 1))
+    finishing = asyncio.ensure_future(sink.finish())
+    await asyncio.sleep(0)  # finish() has handed the write to the executor
+    finishing.cancel()
+    await sink.cancel()
+    assert writer.size == 4 * MiB - 1  # the job was over when cancel() returned
+    writer.abort()
+    assert finishing.cancelled() and os.listdir(tmp_path) == []
+
+
+async def test_cancelled_unthreaded_read_is_waited_for_by_close(tmp_path: Path) -> None:
+    (tmp_path / "src").write_bytes(os.urandom(4 * MiB))
+    reader = FileReader.open(tmp_path / "src")
+    chunks = ReadAhead(reader, 4 * MiB)  # one chunk: no thread, executor reads
+    reading = asyncio.ensure_future(chunks.next())
+    await asyncio.sleep(0)
+    reading.cancel()
+    await chunks.close()
+    assert reader.bytes_read == 4 * MiB  # the read was over when close() returned
+    reader.close()
