@@ -170,14 +170,20 @@ def _extra_keys(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
 
 async def _serve(args: argparse.Namespace, cfg: AgentConfig) -> int:
     agent = Agent(cfg, keys=_extra_keys(args), reap_orphans=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # Handlers go in before the first listener exists: anyone who sees the agent
+    # listening may signal it, and a default SIGTERM would skip the shutdown.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reload_asked = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
     await agent.start()
     if not agent.keys.required and cfg.insecure:
         log.warning("running WITHOUT authentication on a non-loopback address (--insecure)")
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(agent, args))
+    if reload_asked.is_set():
+        _reload(agent, args)  # a SIGHUP that came while starting still counts
     # Only now: systemd may send SIGTERM the moment it hears READY. STATUS shows in
     # `systemctl status`, with the real ports when the config asked for port 0.
     notify("READY=1\nSTATUS=listening on " + ", ".join(agent.addresses))

@@ -27,6 +27,7 @@ from . import proctree
 from .audit import Audit
 from .config import AgentConfig, KeyPolicy, ListenAddress, parse_listen
 from .session import AgentSession
+from .sigclean import clean_child_signals
 from .tasks import TaskSet
 from .transfer import remove_leftovers, transfer_handlers
 
@@ -174,6 +175,7 @@ class Agent:
 
     async def start(self) -> None:
         """Bind every listen address; ConfigError when one cannot be bound."""
+        clean_child_signals()
         remove_leftovers(self.config.state_dir)  # temp files of transfers a killed agent left
         try:
             for text in self.config.listen:

@@ -16,6 +16,8 @@ import pytest
 
 from agent import proctree
 from agent.proctree import MARKER_ENV
+from agent.sigclean import clean_child_signals
+from tests.debris import poll
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +26,7 @@ class Launched:
     """One `sh -c` request started the way the agent starts them: own session, marked env."""
 
     def __init__(self, script: str, scrub_env: bool = False) -> None:
+        clean_child_signals()  # as the agent does: under nohup the test would pass SIGHUP ignored on
         self.token = proctree.new_token()
         env = {**os.environ, MARKER_ENV: self.token}
         argv = ["env", "-i", "sh", "-c", script] if scrub_env else ["sh", "-c", script]
@@ -52,19 +55,29 @@ class Launched:
         return pids
 
     def cleanup(self) -> None:
-        """SIGKILL whatever is left, by means independent of the code under test."""
-        for proc in marked(self.token) + _existing(self.seen_pids):
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
+        """SIGKILL whatever is left, by means independent of the code under test.
+
+        A SIGKILLed process runs until the kernel has torn it down, which on a
+        loaded machine can take a while, and a shell may fork between our scan
+        and our signal: so kill and rescan until nothing marked is left.
+        """
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        poll(lambda: not self._kill_survivors(), timeout=30)
         self.popen.wait()
         assert self.popen.stdout is not None
         self.popen.stdout.close()
+
+    def _kill_survivors(self) -> list[psutil.Process]:
+        survivors = alive_procs(marked(self.token) + _existing(self.seen_pids))
+        for proc in survivors:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        return survivors
 
 
 def marked(token: str) -> list[psutil.Process]:
@@ -89,16 +102,21 @@ def _existing(pids: set[int]) -> list[psutil.Process]:
     return procs
 
 
-def alive(pids: set[int]) -> set[int]:
-    """Which of `pids` still run (zombies count as gone: they are dead, only unreaped)."""
-    out = set()
-    for proc in _existing(pids):
+def alive_procs(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of `procs` still running (zombies count as gone: dead, only unreaped)."""
+    out = []
+    for proc in procs:
         try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                out.add(proc.pid)
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
         except psutil.NoSuchProcess:
             continue
     return out
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Which of `pids` still run."""
+    return {proc.pid for proc in alive_procs(_existing(pids))}
 
 
 @pytest.fixture
@@ -113,9 +131,7 @@ def launch() -> Iterator[Callable[..., Launched]]:
         yield start
     finally:
         for request in started:
-            request.cleanup()
-        for request in started:
-            assert not marked(request.token), "a marked process survived cleanup"
+            request.cleanup()  # fails if a marked process outlives 30 s of SIGKILLs
 
 
 # -- tokens ------------------------------------------------------------------
