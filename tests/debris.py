@@ -40,10 +40,15 @@ def marked(token: str) -> list[psutil.Process]:
     return [p for p in psutil.process_iter() if _alive(p) and _environ(p).get(MARKER_ENV) == token]
 
 
-def marker_of(pid: int) -> str:
-    """The request marker of a running command's root process."""
-    token = _environ(psutil.Process(pid)).get(MARKER_ENV)
-    assert token, f"pid {pid} carries no {MARKER_ENV}"
+def marker_of(pid: int, timeout: float = 10.0) -> str:
+    """The request marker of a running command's root process.
+
+    Polled: between fork and exec the child still shows the agent's environment, and
+    during exec /proc shows none at all, so a first read can come too early.
+    """
+    proc = psutil.Process(pid)
+    token = poll(lambda: _environ(proc).get(MARKER_ENV), timeout)
+    assert isinstance(token, str)
     return token
 
 
