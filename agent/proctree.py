@@ -128,7 +128,8 @@ def _maybe_pgid(pid: int) -> int | None:
 
 def _maybe_marker(proc: psutil.Process) -> str | None:
     try:
-        return proc.environ().get(MARKER_ENV)
+        marker: str | None = proc.environ().get(MARKER_ENV)
+        return marker
     except (psutil.Error, OSError):
         return None
 
@@ -165,7 +166,7 @@ def _owns_unseen_root(pid: int) -> bool:
     can lead a group with that number.
     """
     try:
-        return psutil.Process(pid).ppid() == os.getpid()
+        return bool(psutil.Process(pid).ppid() == os.getpid())
     except psutil.NoSuchProcess:
         return True
     except psutil.Error:
@@ -275,7 +276,7 @@ async def _gone_within(pid: int, token: str, grace: float, poll: float) -> bool:
 
 def _alive(proc: psutil.Process) -> bool:
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 

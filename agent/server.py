@@ -203,6 +203,7 @@ class Agent:
                 self._unix_paths.append(addr.path)
                 self.addresses.append(f"unix:{addr.path}")
             else:
+                assert addr.port is not None  # parse_listen gives every TCP address a port
                 server = await loop.create_server(
                     self._tcp_protocol(), addr.host, addr.port, reuse_address=True, backlog=1024)
                 for sock in server.sockets:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from shoal.protocol.errors import ConfigError
 
-from shoal.controller.term.metricsview import METRICS, Snapshots, failure_reason, host_order_key, metric_value
+from shoal.controller.metricsview import METRICS, Snapshots, failure_reason, host_order_key, metric_value
 
 __all__ = ["State", "Threshold", "HostCheck", "CheckResult", "parse_thresholds", "evaluate", "worst"]
 

@@ -301,6 +301,7 @@ class AgentClient(asyncio.BufferedProtocol):
                 await loop.create_unix_connection(lambda: self, t.path, ssl=ssl,
                                                   server_hostname="localhost" if ssl else None)
             else:
+                assert t.host is not None  # a Target has exactly one of host and path
                 await loop.create_connection(lambda: self, t.host, t.port, ssl=ssl,
                                              server_hostname=t.host if ssl else None)
         except socket.gaierror as exc:

@@ -9,7 +9,6 @@ Without a `#!` line the script runs under /bin/sh.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 from pathlib import Path
@@ -17,9 +16,8 @@ from pathlib import Path
 from shoal.protocol.errors import ConfigError
 
 from shoal.controller.client import Command
-from shoal.controller.cli.options import parse_env
 
-__all__ = ["script_command", "script_from_args", "read_script", "interpreter_argv"]
+__all__ = ["script_command", "read_script", "interpreter_argv"]
 
 # Interpreters that take a script on stdin as `-s -- ARGS` rather than `- ARGS`.
 _SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox"})
@@ -53,10 +51,3 @@ def script_command(path: str, args: list[str], base: Command) -> tuple[Command, 
     argv = interpreter_argv(script, args, path)
     return Command(argv=argv, env=base.env, cwd=base.cwd, timeout=base.timeout, stdin=True,
                    detach=base.detach, kill_grace=base.kill_grace), script
-
-
-def script_from_args(options: argparse.Namespace, words: list[str]) -> tuple[Command, bytes]:
-    """`run --script FILE [-- ARGS]`: the words after `--` are the script's arguments."""
-    base = Command(env=parse_env(options.env), cwd=options.cwd, timeout=options.timeout,
-                   detach=options.detach, kill_grace=options.kill_grace)
-    return script_command(options.script, words, base)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from shoal.agent.metrics import Sampler
-from shoal.controller.term.metricsview import (
+from shoal.controller.metricsview import (
     format_json_lines,
     format_prometheus,
     format_table,

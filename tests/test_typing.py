@@ -41,7 +41,8 @@ def test_all_packages_are_clean_under_mypy_strict(tmp_path: Path) -> None:
     base = _link_tree(tmp_path)
     args = [arg for name in PACKAGES for arg in ("-p", f"shoal.{name}")]
     env = dict(os.environ, MYPYPATH=str(base))
-    proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", *args],
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
+                           "--strict", "--no-incremental", *args],
                           cwd=base, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

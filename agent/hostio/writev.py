@@ -43,7 +43,7 @@ def write_buffers(transport: asyncio.Transport, bufs: list[bytes], fd: int) -> N
         return
     for i, buf in enumerate(bufs):
         if sent < len(buf):
-            rest = [memoryview(buf)[sent:], *bufs[i + 1:]]
+            rest: list[bytes | memoryview] = [memoryview(buf)[sent:], *bufs[i + 1:]]
             transport.write(b"".join(rest))
             return
         sent -= len(buf)

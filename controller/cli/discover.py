@@ -34,7 +34,7 @@ from shoal.protocol.handshake import SharedKey
 
 from shoal.controller.probe import DiscoveryResult, FoundAgent, broadcast_addresses, discover, subnet_addresses
 from shoal.controller.term.display import Display
-from shoal.controller.term.metricsview import host_order_key
+from shoal.controller.metricsview import host_order_key
 
 __all__ = ["add_arguments", "run", "format_found"]
 

@@ -23,7 +23,7 @@ import tempfile
 from shoal.protocol.errors import ConfigError
 
 from shoal.controller.term.display import Display
-from shoal.controller.term.metricsview import SORT_KEYS, format_json_lines, format_prometheus, format_table
+from shoal.controller.metricsview import SORT_KEYS, format_json_lines, format_prometheus, format_table
 from shoal.controller.monitor import MetricsRound, gather_metrics
 from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
 

@@ -118,8 +118,9 @@ def connect_options_from_args(args: argparse.Namespace) -> ConnectOptions:
 
     def ssl_for(target: Target) -> ssl_module.SSLContext | None:
         files = (target.tls_cert, target.tls_key, target.tls_ca)
-        if all(files):
-            return _client_ssl(*(os.path.expanduser(f) for f in files))  # type: ignore[arg-type]
+        cert, key, ca = files
+        if cert and key and ca:
+            return _client_ssl(os.path.expanduser(cert), os.path.expanduser(key), os.path.expanduser(ca))
         if all(tls_given):
             return _client_ssl(args.tls_cert, args.tls_key, args.tls_ca)
         return None
@@ -144,5 +145,5 @@ def command_from_args(args: argparse.Namespace, words: list[str]) -> Command:
     common = dict(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout,
                   detach=args.detach, kill_grace=args.kill_grace)
     if args.argv:
-        return Command(argv=list(words), **common)  # type: ignore[arg-type]
-    return Command(shell=" ".join(words), **common)  # type: ignore[arg-type]
+        return Command(argv=list(words), **common)
+    return Command(shell=" ".join(words), **common)

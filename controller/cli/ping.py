@@ -23,7 +23,7 @@ import json
 from shoal.protocol.errors import ConfigError
 
 from shoal.controller.term.display import Display
-from shoal.controller.term.metricsview import host_order_key
+from shoal.controller.metricsview import host_order_key
 from shoal.controller.monitor import FleetMonitor, PingReport, ping_fleet
 from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
 from shoal.controller.result import UNREACHABLE

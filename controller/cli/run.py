@@ -17,7 +17,7 @@ from typing import Any
 
 from shoal.controller.client import Command
 from shoal.controller.term.display import Display
-from shoal.controller.fleet import ConnectOptions, Fleet, Handler
+from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.term.interrupt import run_interruptible
 from shoal.controller.cli.options import (
     add_connect_options,
@@ -26,9 +26,12 @@ from shoal.controller.cli.options import (
     add_target_options,
     command_from_args,
     connect_options_from_args,
+    parse_env,
     targets_from_args,
 )
 from shoal.controller.fdlimit import raise_open_files_limit
+from shoal.controller.script import script_command
+from shoal.controller.term.handler import OutputHandler
 from shoal.controller.term.output import choose_output
 from shoal.controller.result import Result
 from shoal.controller.stdin import StdinSpool
@@ -49,8 +52,6 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     targets = targets_from_args(args)
     options = connect_options_from_args(args)
     if args.script:
-        from shoal.controller.script import script_from_args
-
         command, script = script_from_args(args, words)
         return asyncio.run(run_fleet(targets, command, options, args, display, False, script))
     command = command_from_args(args, words)
@@ -65,7 +66,7 @@ def _isatty(fd: int) -> bool:
         return False
 
 
-def choose_handler(args: argparse.Namespace, display: Display, targets: list[Target]) -> Any:
+def choose_handler(args: argparse.Namespace, display: Display, targets: list[Target]) -> OutputHandler:
     """Pick the output handler once (modes in controller/term/output.py)."""
     return choose_output(display, [t.name for t in targets], getattr(args, "output", None),
                          raw=getattr(args, "raw", False), outdir=getattr(args, "outdir", None),
@@ -78,7 +79,7 @@ async def run_fleet(targets: list[Target], command: Command, options: ConnectOpt
     """Run on the fleet with Ctrl-C handling: first cancels everywhere, second gives up."""
     raise_open_files_limit(min(len(targets), args.fanout))
     fleet = Fleet(targets, options, fanout=args.fanout)
-    handler: Handler = choose_handler(args, display, targets)
+    handler = choose_handler(args, display, targets)
     stdin = StdinSpool.from_fd(sys.stdin.fileno()) if forward_stdin else None
     if script is not None:
         stdin = StdinSpool.from_bytes(script)
@@ -101,3 +102,10 @@ def report_summary(display: Display, results: list[Result], elapsed: float | Non
     from shoal.controller.term.summary import summary_line
 
     display.message(summary_line(results, elapsed))
+
+
+def script_from_args(options: argparse.Namespace, words: list[str]) -> tuple[Command, bytes]:
+    """`run --script FILE [-- ARGS]`: the words after `--` are the script's arguments."""
+    base = Command(env=parse_env(options.env), cwd=options.cwd, timeout=options.timeout,
+                   detach=options.detach, kill_grace=options.kill_grace)
+    return script_command(options.script, words, base)

@@ -22,7 +22,7 @@ from typing import Awaitable
 from shoal.protocol.errors import ConfigError
 
 from shoal.controller.term.display import Display
-from shoal.controller.term.metricsview import SORT_KEYS, format_table
+from shoal.controller.metricsview import SORT_KEYS, format_table
 from shoal.controller.monitor import FleetMonitor, MetricsRound
 from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
 

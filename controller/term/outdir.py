@@ -19,6 +19,8 @@ import os
 import re
 from typing import IO, Any
 
+from shoal.controller.term.handler import OutputHandler
+
 from shoal.protocol.errors import ConfigError
 
 from shoal.controller.result import Result
@@ -55,7 +57,7 @@ def prepare_outdir(path: str) -> str:
 class OutdirTee:
     """Write each host's output to files, then pass every event to the inner handler."""
 
-    def __init__(self, inner: Any, directory: str) -> None:
+    def __init__(self, inner: OutputHandler, directory: str) -> None:
         self.inner = inner
         self.directory = directory
         self._files: dict[tuple[str, str], IO[bytes]] = {}

@@ -52,6 +52,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal.controller.term.display import Display
+from shoal.controller.term.handler import OutputHandler
 from shoal.controller.term.msgtree import MsgTree
 from shoal.controller.nodeset import NodeSet, natural_key
 from shoal.controller.term.outdir import OutdirTee, prepare_outdir
@@ -312,7 +313,7 @@ class FailedOnlyHandler:
 
 
 def choose_output(display: Display, hosts: list[str], mode: str | None, *, raw: bool = False,
-                  outdir: str | None = None, failed_only: bool = False) -> Any:
+                  outdir: str | None = None, failed_only: bool = False) -> OutputHandler:
     """Build the handler for a run, once.
 
     `mode` None means the default: raw passthrough for one host when stdout is not a
@@ -321,7 +322,7 @@ def choose_output(display: Display, hosts: list[str], mode: str | None, *, raw: 
     failed-host listing (JSON records with mode "json"). `outdir` tees into files, and
     the progress line wraps it all when the run is big and stderr is a terminal.
     """
-    handler: Any
+    handler: OutputHandler
     if failed_only:
         handler = FailedOnlyHandler(display, as_json=mode == "json")
     elif mode == "gather":

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from shoal.controller.term.display import Display
+from shoal.controller.term.handler import OutputHandler
 from shoal.controller.result import Result
 
 __all__ = ["PROGRESS_INTERVAL", "PROGRESS_MIN_HOSTS", "ProgressHandler", "wants_progress"]
@@ -35,7 +35,7 @@ class ProgressHandler:
     Must be created inside the running event loop, which drives the redraws.
     """
 
-    def __init__(self, inner: Any, display: Display, total: int) -> None:
+    def __init__(self, inner: OutputHandler, display: Display, total: int) -> None:
         self.inner = inner
         self.display = display
         self.total = total
