@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 from shoal.protocol.messages import Exit, MessageType, Started, Window
 
 from shoal.agent import proctree
-from shoal.agent.process import CHUNK, STDOUT, Child, ChildResult
+from shoal.agent.process import STDOUT, Child, ChildResult
+from shoal.protocol.defaults import DATA_CHUNK, OUTPUT_WINDOW
 
 if TYPE_CHECKING:
     from shoal.agent.session import AgentSession
 
-__all__ = ["CommandRequest", "DEFAULT_OUTPUT_WINDOW", "SHELL"]
+__all__ = ["CommandRequest", "SHELL"]
 
-DEFAULT_OUTPUT_WINDOW = 4 * 1024 * 1024
 SHELL = "/bin/sh"
 
 
@@ -41,7 +41,7 @@ class CommandRequest:
         self.cwd = cwd
         self.detached = output_file is not None
         self.output_file = output_file
-        self.credit = window or DEFAULT_OUTPUT_WINDOW
+        self.credit = window or OUTPUT_WINDOW
         self.grace = grace
         self.timed_out = False
         self.cancelled = False
@@ -53,7 +53,7 @@ class CommandRequest:
         self._stdin_in_flight = 0
         self.child = Child(argv, env, cwd, want_stdin, self._on_data, self._on_done, output_file)
         self.child.on_stdin_drained = self._on_stdin_drained
-        self._max_read = min(CHUNK, session.conn.peer_max_frame)
+        self._max_read = min(DATA_CHUNK, session.conn.peer_max_frame)
         self._update_read_size()
         self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout) if timeout else None
         session.send(Started(request_id, pid=self.child.pid, stdin_window=self._stdin_window if want_stdin else 0))

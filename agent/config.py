@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shoal.protocol.errors import ConfigError
-from shoal.protocol.frames import MIN_MAX_FRAME_SIZE
+from shoal.protocol.defaults import OUTPUT_WINDOW
+from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_CEILING, MIN_MAX_FRAME_SIZE
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -47,9 +48,6 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH = "/etc/shoal/agent.toml"
 DEFAULT_PORT = 8470
-# A frame is buffered whole before it is checked, so this bounds the memory one
-# peer can make us hold per connection; 16 MiB is far above what streaming needs.
-MAX_FRAME_SIZE_CEILING = 16 * 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Longest AF_UNIX socket path Linux accepts (sun_path is 108 bytes with the NUL).
 _MAX_UNIX_PATH = 107
@@ -249,9 +247,9 @@ class Limits:
     max_connections: int = 512
     max_commands: int = 1024
     max_commands_per_connection: int = 128
-    max_frame_size: int = 4 * 1024 * 1024
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     stdin_window: int = 1024 * 1024
-    output_window: int = 4 * 1024 * 1024
+    output_window: int = OUTPUT_WINDOW
     handshake_timeout: float = 5.0
     idle_timeout: float = 600.0
     kill_grace: float = 5.0

@@ -3,7 +3,7 @@
 We do not use asyncio's subprocess transports: they read 256 KiB at a time, rely
 on a child watcher thread per process in 3.11, and cannot grow the pipe buffer.
 Here each request gets its own pipes enlarged with F_SETPIPE_SZ, reads of up to
-`CHUNK` bytes straight into a bytes object, and a pidfd that becomes readable
+`DATA_CHUNK` bytes straight into a bytes object, and a pidfd that becomes readable
 when the child exits. Pausing a stream removes its reader, so a child writing
 faster than the controller consumes blocks on its full pipe: backpressure with
 no buffering on our side.
@@ -21,15 +21,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
+from shoal.protocol.defaults import DATA_CHUNK
 from shoal.protocol.errors import RemoteCommandError
 
 from shoal.agent import proctree
 
-__all__ = ["CHUNK", "PIPE_SIZE", "ChildResult", "Child", "spawn_error"]
+__all__ = ["PIPE_SIZE", "ChildResult", "Child", "spawn_error"]
 
-# One read moves up to this much output; with a pipe this large the child rarely
+# One read moves up to DATA_CHUNK of output; with a pipe as large the child rarely
 # blocks between our reads, and per-byte Python work is amortised over 1 MiB.
-CHUNK = 1024 * 1024
 PIPE_SIZE = 1024 * 1024
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
@@ -104,7 +104,7 @@ class Child:
         self.on_stdin_drained: Callable[[int], None] | None = None
         self._open: set[int] = set()
         self._paused = False
-        self.max_read = CHUNK
+        self.max_read = DATA_CHUNK
         self._result: ChildResult | None = None
         self._proc = self._spawn(argv, {**env, proctree.MARKER_ENV: self.token}, cwd, want_stdin, output_file)
         self.pid = self._proc.pid

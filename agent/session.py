@@ -38,7 +38,7 @@ from shoal.protocol.messages import (
 from shoal.agent.commands import CommandRequest, build_argv
 from shoal.agent.log import ConnLog
 from shoal.agent.process import ChildResult, spawn_error
-from shoal.hostio.writev import raw_fd, write_buffers
+from shoal.hostio.writev import WRITE_BUFFER_HIGH, raw_fd, write_buffers
 
 if TYPE_CHECKING:
     from shoal.agent.config import KeyPolicy, Limits
@@ -91,7 +91,7 @@ class AgentSession(asyncio.BufferedProtocol):
         self.peer = peer_name(transport)
         self.log = ConnLog(log, {"peer": self.peer})
         _tune_socket(transport, self.limits.keepalive)
-        transport.set_write_buffer_limits(high=4 * 1024 * 1024)
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         if not self.agent.admit(self):
             return
         self.agent.audit.record("accepted", peer=self.peer)

@@ -25,6 +25,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from shoal.protocol.defaults import DATA_CHUNK, MAX_GET_WINDOW, TRANSFER_WINDOW
 from shoal.protocol.messages import (
     FileData,
     FileDone,
@@ -52,21 +53,13 @@ from shoal.hostio.sink import ChunkSink
 if TYPE_CHECKING:
     from shoal.agent.session import AgentSession
 
-__all__ = ["transfer_handlers", "remove_leftovers", "PUT_WINDOW", "GET_WINDOW", "MAX_TRANSFERS"]
+__all__ = ["transfer_handlers", "remove_leftovers", "MAX_TRANSFERS"]
 
 log = logging.getLogger("shoal.agent")
 
-# FILE_DATA bytes a controller may have in flight per put: enough to cover a
-# round trip at several GB/s on a LAN, small enough that 16 puts stay under 128 MiB.
-PUT_WINDOW = 8 * 1024 * 1024
-# Granted back once this much was written, so WINDOW frames stay rare.
-GRANT_STEP = PUT_WINDOW // 4
-# Used when a GET_FILE names no window of its own; a larger one is cut to the
-# maximum, since the window is also what this side may have queued on the socket.
-GET_WINDOW = 8 * 1024 * 1024
-MAX_GET_WINDOW = 64 * 1024 * 1024
-# Largest FILE_DATA we send: the controller's 1 MiB reads make the same size.
-GET_CHUNK = 1024 * 1024
+# A put's window (TRANSFER_WINDOW, in shoal.protocol.defaults) is granted back once
+# this much was written, so WINDOW frames stay rare. 16 puts stay under 128 MiB.
+GRANT_STEP = TRANSFER_WINDOW // 4
 # Concurrent transfers per connection; each may hold a window of memory.
 MAX_TRANSFERS = 16
 # Ended transfers whose late FILE_DATA/FILE_END frames are dropped silently: after
@@ -373,8 +366,8 @@ class PutTransfer(Transfer):
         self.service.audit("put", self.request_id, path=str(writer.dest), size=self.msg.size)
         self._sink = ChunkSink(writer, self._grant_back, GRANT_STEP, on_error=self._wake.set,
                                name=f"put{self.request_id}")
-        self.window = PUT_WINDOW
-        self.session.send(FileInfo(self.request_id, size=self.msg.size, window=PUT_WINDOW))
+        self.window = TRANSFER_WINDOW
+        self.session.send(FileInfo(self.request_id, size=self.msg.size, window=TRANSFER_WINDOW))
         while not self.aborted and self._expected_sha256 is None and self._sink.error is None:
             await self._sleep()
         if self.aborted:
@@ -421,7 +414,7 @@ class GetTransfer(Transfer):
     def __init__(self, service: TransferService, msg: GetFile, path: Path) -> None:
         super().__init__(service, msg.request_id)
         self.path = path
-        self.credit = min(msg.window or GET_WINDOW, MAX_GET_WINDOW)
+        self.credit = min(msg.window or TRANSFER_WINDOW, MAX_GET_WINDOW)
 
     def grant(self, increment: int) -> None:
         self.credit += increment
@@ -443,7 +436,7 @@ class GetTransfer(Transfer):
         """Send while a thread reads (and hashes) ahead, never beyond the credit."""
         self.service.audit("get", self.request_id, path=str(self.path), size=reader.size)
         self.session.send(FileInfo(self.request_id, size=reader.size, mode=reader.mode, mtime=reader.mtime))
-        chunks = ReadAhead(reader, min(GET_CHUNK, self.session.conn.peer_max_frame))
+        chunks = ReadAhead(reader, min(DATA_CHUNK, self.session.conn.peer_max_frame))
         try:
             while (data := await chunks.next()) and not self.aborted:
                 await self._send_chunk(data)

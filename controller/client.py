@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+from shoal.protocol.defaults import DATA_CHUNK, OUTPUT_WINDOW
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
 from shoal.protocol.errors import (
     AuthError,
@@ -49,19 +50,15 @@ from shoal.protocol.messages import (
     Window,
 )
 
-from shoal.hostio.writev import raw_fd, write_buffers
+from shoal.hostio.writev import WRITE_BUFFER_HIGH, raw_fd, write_buffers
 
 from shoal.controller.result import UNREACHABLE, Result
 from shoal.controller.targets import Target
 
-__all__ = ["Command", "AgentClient", "RemoteProcess", "OutputEvent", "DEFAULT_WINDOW"]
+__all__ = ["Command", "AgentClient", "RemoteProcess", "OutputEvent"]
 
 log = logging.getLogger("shoal.controller")
 
-# Output we let an agent send per request before it must wait for us: large
-# enough to keep a 1+ GB/s stream busy across a round trip, small enough that
-# hundreds of hosts stay within a reasonable memory budget.
-DEFAULT_WINDOW = 4 * 1024 * 1024
 DEFAULT_KEEPALIVE = 15.0
 
 
@@ -327,7 +324,7 @@ class AgentClient(asyncio.BufferedProtocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        transport.set_write_buffer_limits(high=4 * 1024 * 1024)
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.conn.get_buffer(sizehint)
@@ -408,7 +405,7 @@ class AgentClient(asyncio.BufferedProtocol):
 
     @property
     def max_chunk(self) -> int:
-        return min(1024 * 1024, self.conn.peer_max_frame)
+        return min(DATA_CHUNK, self.conn.peer_max_frame)
 
     def send(self, msg: Message) -> None:
         if self.closed or self.conn.state is not State.OPEN:
@@ -432,7 +429,7 @@ class AgentClient(asyncio.BufferedProtocol):
 
     # -- requests ------------------------------------------------------------
 
-    async def exec(self, command: Command, window: int = DEFAULT_WINDOW) -> RemoteProcess:
+    async def exec(self, command: Command, window: int = OUTPUT_WINDOW) -> RemoteProcess:
         """Start `command`; raises RemoteCommandError if it cannot start."""
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")

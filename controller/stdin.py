@@ -14,9 +14,9 @@ import os
 import tempfile
 from typing import AsyncIterator
 
-__all__ = ["StdinSpool", "CHUNK"]
+from shoal.protocol.defaults import DATA_CHUNK
 
-CHUNK = 1024 * 1024
+__all__ = ["StdinSpool"]
 
 
 class StdinSpool:
@@ -47,7 +47,7 @@ class StdinSpool:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                data = await loop.run_in_executor(None, os.read, fd, CHUNK)
+                data = await loop.run_in_executor(None, os.read, fd, DATA_CHUNK)
                 if not data:
                     break
                 self._append(data)
@@ -60,7 +60,7 @@ class StdinSpool:
         self._size += len(data)
         self._grew.set()
 
-    async def chunks(self, size: int = CHUNK) -> AsyncIterator[bytes]:
+    async def chunks(self, size: int = DATA_CHUNK) -> AsyncIterator[bytes]:
         """Yield everything spooled, from the start, until the source's EOF."""
         offset = 0
         while True:

@@ -27,6 +27,7 @@ from typing import Any, Awaitable, Callable, Protocol, TypeVar
 from shoal.hostio.files import AtomicWriter, FileReader, FileTransferError, map_os_error
 from shoal.hostio.readahead import ReadAhead
 from shoal.hostio.sink import ChunkSink
+from shoal.protocol.defaults import TRANSFER_WINDOW
 from shoal.protocol.errors import RemoteCommandError, ShoalConnectionError, ShoalError
 from shoal.protocol.messages import (
     Error,
@@ -48,7 +49,6 @@ from shoal.controller.transferplan import PlanItem, PutPlan
 
 __all__ = [
     "TRANSFER_FAILED",
-    "GET_WINDOW",
     "PutOptions",
     "Progress",
     "PutRequest",
@@ -62,8 +62,6 @@ __all__ = [
 
 # Exit status of a host whose transfer was refused or failed (not unreachable).
 TRANSFER_FAILED = 1
-# FILE_DATA bytes an agent may have in flight to us per get; granted back in quarters.
-GET_WINDOW = 8 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -211,7 +209,7 @@ class PutRequest(_Request):
 class GetRequest(_Request):
     """One GET_FILE: FILE_INFO, FILE_DATA within our window, FILE_END with the digest."""
 
-    def __init__(self, client: AgentClient, path: str, window: int = GET_WINDOW) -> None:
+    def __init__(self, client: AgentClient, path: str, window: int = TRANSFER_WINDOW) -> None:
         super().__init__(client)
         self.window = window
         self.info: FileInfo | None = None
@@ -451,7 +449,7 @@ async def _receive_into(request: GetRequest, writer: AtomicWriter, progress: Pro
         assert sink.error is not None
         request.give_up(sink.error)
 
-    sink = ChunkSink(writer, landed, GET_WINDOW // 8, on_error=failed, name="get")
+    sink = ChunkSink(writer, landed, TRANSFER_WINDOW // 8, on_error=failed, name="get")
     try:
         while chunks := await request.next_chunks():
             for chunk in chunks:

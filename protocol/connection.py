@@ -23,7 +23,7 @@ from typing import NoReturn
 
 from shoal.protocol import handshake
 from shoal.protocol.errors import AuthError, LocalProtocolError, RemoteProtocolError
-from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, RawFrame, frame_head
+from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_CEILING, FrameDecoder, RawFrame, frame_head
 from shoal.protocol.messages import (
     PROTOCOL_VERSION,
     Auth,
@@ -260,7 +260,7 @@ class Connection:
                 f"protocol version {hello.protocol} not supported (this end speaks {PROTOCOL_VERSION})", "version"))
         self.peer_hello = hello
         if hello.max_frame:
-            self.peer_max_frame = min(hello.max_frame, DEFAULT_MAX_FRAME_SIZE * 4)
+            self.peer_max_frame = min(hello.max_frame, MAX_FRAME_SIZE_CEILING)
         self._their_hello_frame = frame.head + frame.body
         if self.role is Role.AGENT:
             self._agent_on_hello(hello)

@@ -44,6 +44,9 @@ TAG_SIZE = 16
 DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024
 # Below this, JSON control messages (env, argv) could no longer fit.
 MIN_MAX_FRAME_SIZE = 64 * 1024
+# The most either end may configure or a peer's HELLO may announce: a frame is
+# buffered whole before it is checked, so this bounds what one peer can make us hold.
+MAX_FRAME_SIZE_CEILING = 16 * 1024 * 1024
 
 
 # A receive buffer up to this size is kept between frames: it holds one standard

@@ -12,7 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 
-__all__ = ["raw_fd", "write_buffers"]
+__all__ = ["raw_fd", "write_buffers", "WRITE_BUFFER_HIGH"]
+
+# Both ends pause their producers once this much waits in a socket's write buffer:
+# four 1 MiB data frames keep the socket busy without queueing much per connection.
+WRITE_BUFFER_HIGH = 4 * 1024 * 1024
 
 _IOV_MAX = 512
 

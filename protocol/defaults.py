@@ -1,0 +1,24 @@
+"""Flow-control defaults both ends use: windows and data chunk sizes, one place each.
+
+An end that guesses the other's default differently either stalls (waiting for a
+window that never comes) or buffers more than it meant to, so both import these.
+The frame-size limits live with the frames (`shoal.protocol.frames`).
+"""
+
+from __future__ import annotations
+
+__all__ = ["OUTPUT_WINDOW", "TRANSFER_WINDOW", "MAX_GET_WINDOW", "DATA_CHUNK"]
+
+MiB = 1024 * 1024
+
+# STDOUT/STDERR bytes an agent may send for one command before a WINDOW, when EXEC
+# names no window: enough to keep a fast command streaming across a round trip.
+OUTPUT_WINDOW = 4 * MiB
+# FILE_DATA bytes in flight for one transfer: the window a put's receiver grants, and
+# the one a get asks for when it names none. Deep enough for disk and hash to overlap.
+TRANSFER_WINDOW = 8 * MiB
+# The largest window a GET_FILE may ask for; also what the agent may queue on the socket.
+MAX_GET_WINDOW = 64 * MiB
+# The largest data payload in one STDOUT/STDERR/STDIN/FILE_DATA message (and pipe read):
+# large enough that per-message costs vanish, well under the default frame limit.
+DATA_CHUNK = 1 * MiB
