@@ -28,6 +28,8 @@ from typing import Any, Literal
 from protocol.errors import ConfigError
 from protocol.frames import MIN_MAX_FRAME_SIZE
 
+from . import restrict
+
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_PORT",
@@ -334,6 +336,10 @@ class KeyPolicy:
     `systemctl status *` admits `systemctl status sshd` but not
     `systemctl status x; reboot`, `systemctl status $(reboot)` or a path escaping
     with `..`, and the shell is given nothing it could interpret.
+
+    A listed key's request may set only the environment variables named in `env`
+    and a working directory only when `cwd` is true; its programs are found on a
+    fixed trusted PATH (agent/restrict.py says why).
     """
 
     name: str
@@ -343,6 +349,8 @@ class KeyPolicy:
     metrics: bool = False
     files: bool = False
     file_roots: tuple[str, ...] | None = None
+    env: tuple[str, ...] = ()
+    cwd: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _KEY_NAME.fullmatch(self.name):
@@ -355,12 +363,15 @@ class KeyPolicy:
         if self.file_roots is not None:
             roots = _strings("file_roots", self.file_roots, _absolute_path)
             _store(self, "file_roots", tuple(os.path.normpath(root) for root in roots))
+        _store(self, "env", _strings("env", self.env, restrict.check_env_name))
+        _boolean("cwd", self.cwd)
         self._check_combination()
 
     def _check_combination(self) -> None:
         if self.allow_all:
-            if self.commands or self.file_roots is not None:
-                where = "commands" if self.commands else "file_roots"
+            if self.commands or self.file_roots is not None or self.env or self.cwd:
+                where = next(name for name in ("commands", "file_roots", "env", "cwd")
+                             if getattr(self, name) not in ((), None, False))
                 raise ConfigError(f"'{where}' only applies to allow = \"listed\" keys", where)
             _store(self, "metrics", True)
             _store(self, "files", True)
@@ -382,6 +393,14 @@ class KeyPolicy:
         if not all(_PLAIN_WORD.fullmatch(w) and ".." not in w for w in words):
             return False
         return any(_words_match(words, entry) for entry in self.commands if _WILDCARD.search(entry))
+
+    def refuse_request(self, argv: Sequence[str] | None, shell: str | None, env: Mapping[str, str],
+                       cwd: str | None) -> str | None:
+        """Why the request's env, cwd or program path may not be used under this key, or None."""
+        if self.allow_all:
+            return None
+        words = shell.split() if shell is not None else list(argv or ())
+        return restrict.refusal(self.env, self.cwd, words[0] if words else None, env, cwd)
 
     def allows_metrics(self) -> bool:
         return self.allow_all or self.metrics
@@ -643,7 +662,7 @@ def _policy_from_table(table: dict[str, Any], prefix: str) -> KeyPolicy:
     if "allow_all" in options:
         raise ConfigError("unknown key 'allow_all' (use allow = \"all\")", f"{prefix}.allow_all")
     if allow == "all":
-        for name in ("commands", "metrics", "files", "file_roots"):
+        for name in ("commands", "metrics", "files", "file_roots", "env", "cwd"):
             if name in options:
                 raise ConfigError(f"'{name}' only applies to allow = \"listed\" keys "
                                   "(allow = \"all\" permits everything)", f"{prefix}.{name}")
@@ -736,6 +755,7 @@ def _policy_fields(policy: KeyPolicy) -> dict[str, Any]:
         options.update(commands=list(policy.commands), metrics=policy.metrics, files=policy.files)
         if policy.file_roots is not None:
             options["file_roots"] = list(policy.file_roots)
+        options.update(env=list(policy.env), cwd=policy.cwd)
     return options
 
 

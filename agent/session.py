@@ -38,6 +38,7 @@ from protocol.messages import (
 from .commands import CommandRequest, build_argv
 from .log import ConnLog
 from .process import ChildResult, spawn_error
+from .restrict import restricted_env
 from .wire import raw_fd, write_buffers
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ class AgentSession(asyncio.BufferedProtocol):
             return self.request_error(rid, *reason)
         argv = build_argv(msg.argv, msg.shell)
         audit = {"peer": self.peer, "key_id": self.key_id, "request": rid, "argv": argv, "cwd": msg.cwd}
-        env = {**os.environ, **msg.env}
+        env = restricted_env(os.environ, msg.env) if self._restricted() else {**os.environ, **msg.env}
         grace = msg.kill_grace if msg.kill_grace is not None else self.limits.kill_grace
         out_file = self.agent.detached_output_path() if msg.detach else None
         try:
@@ -233,9 +234,11 @@ class AgentSession(asyncio.BufferedProtocol):
         if msg.argv is not None and (not msg.argv or msg.argv[0] == "") or msg.shell is not None and not msg.shell.strip():
             return ("empty_command", "empty command", 2)
         if self.policy is not None and not self.policy.allows_command(msg.argv, msg.shell):
-            self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
-                                    what="exec", argv=build_argv(msg.argv, msg.shell), cwd=msg.cwd)
-            return ("permission_denied", f"permission denied for key {self.key_id}: command not allowed", 126)
+            return self._deny_exec(msg, "command not allowed")
+        if self.policy is not None:
+            why = self.policy.refuse_request(msg.argv, msg.shell, msg.env, msg.cwd)
+            if why is not None:
+                return self._deny_exec(msg, why)
         if self._command_count() >= self.limits.max_commands_per_connection:
             return ("limit", f"too many commands on this connection (limit {self.limits.max_commands_per_connection})", 255)
         if self.agent.running_commands >= self.limits.max_commands:
@@ -243,6 +246,15 @@ class AgentSession(asyncio.BufferedProtocol):
         if msg.cwd is not None and not os.path.isdir(msg.cwd):
             return ("bad_cwd", f"cannot change directory to {msg.cwd}: no such directory", 126)
         return None
+
+    def _deny_exec(self, msg: Exec, why: str) -> tuple[str, str, int]:
+        """Audit a refused EXEC and say why: the policy forbids it, nothing runs."""
+        self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
+                                what="exec", argv=build_argv(msg.argv, msg.shell), cwd=msg.cwd, reason=why)
+        return ("permission_denied", f"permission denied for key {self.key_id}: {why}", 126)
+
+    def _restricted(self) -> bool:
+        return self.policy is not None and not self.policy.allow_all
 
     def _command_count(self) -> int:
         return sum(1 for r in self.requests.values() if isinstance(r, CommandRequest))

@@ -37,7 +37,7 @@ EVERYTHING = AgentConfig(
     keys=(
         KeyPolicy("admin", "/etc/shoal/admin.key", allow_all=True),
         KeyPolicy("monitor", "/etc/shoal/monitor.key", commands=("uptime", "printf 'a\tb\n\x7f'", "df *"),
-                  metrics=True, files=True, file_roots=("/srv/shoal", "/tmp")),
+                  metrics=True, files=True, file_roots=("/srv/shoal", "/tmp"), env=("LANG", "TZ"), cwd=True),
         KeyPolicy("nofiles", "/etc/shoal/nofiles.key"),
     ),
 )
