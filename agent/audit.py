@@ -32,6 +32,11 @@ Every line holds `time` (seconds since the epoch, UTC) and `event`, plus:
 
 `peer` is `host:port` (`[v6]:port` for IPv6, `unix` for a Unix socket); `argv` is
 what was executed (a shell command as `["/bin/sh", "-c", COMMAND]`).
+
+A string longer than AUDIT_FIELD_BYTES (4096 bytes of UTF-8) is cut there and ends
+with `…[truncated, N bytes]`, N its original size; a list longer than
+AUDIT_LIST_ITEMS (256) keeps that many items and gains `…[truncated, N items]`
+(agent/clip.py). The stderr summary is cut the same way.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ import logging
 import os
 import time
 from typing import Any
+
+from .clip import clip
 
 __all__ = ["Audit"]
 
@@ -65,6 +72,7 @@ class Audit:
 
     def record(self, event: str, **fields: Any) -> None:
         """Append one event; `fields` must hold no secrets or payload bytes."""
+        fields = {name: clip(value) for name, value in fields.items()}
         level = _LEVELS.get(event, logging.DEBUG)
         if log.isEnabledFor(level):
             log.log(level, "%s %s", event, " ".join(f"{k}={v}" for k, v in fields.items()))

@@ -7,7 +7,13 @@ import os
 import sys
 from typing import Any, MutableMapping
 
+from .clip import ClipFilter
+
 __all__ = ["ConnLog", "setup_logging"]
+
+# The agent's records carry peer data (argv, paths, messages): cap each argument.
+for _name in ("shoal.agent", "shoal.audit"):
+    logging.getLogger(_name).addFilter(ClipFilter())
 
 
 class ConnLog(logging.LoggerAdapter):  # type: ignore[type-arg]
