@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="PATH")
     p.add_argument("--tls-ca", metavar="PATH", help="CA for controller certificates (mutual TLS)")
     p.add_argument("--audit-log", metavar="PATH", help="append one JSON line per security event")
+    p.add_argument("--audit-required", action="store_true",
+                   help="refuse commands while the audit log cannot be written (default: run them and warn)")
     p.add_argument("--state-dir", metavar="DIR")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--discovery", action="store_true", help="answer `shoal discover` probes over UDP")
@@ -88,6 +90,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             overrides[dotted] = tuple(value) if isinstance(value, list) else value
     if args.insecure:
         overrides["insecure"] = True
+    if args.audit_required:
+        overrides["audit_required"] = True
     if args.discovery:
         overrides["discovery.enabled"] = True
     for option in ("port", "name", "group", "group6"):

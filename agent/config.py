@@ -86,6 +86,7 @@ def _seconds(name: str, value: object, low: float, high: float, *, low_open: boo
 
 
 def _boolean(name: str, value: object) -> bool:
+    """True or false, never a truthy stand-in such as 1 or "yes"."""
     if not isinstance(value, bool):
         raise ConfigError(f"expected true or false, got {_kind(value)}", name)
     return value
@@ -440,6 +441,8 @@ class AgentConfig:
         insecure: allow listening beyond loopback without any key.
         log_level: one of LOG_LEVELS.
         audit_log: JSON-lines file recording every command, or None for none.
+        audit_required: refuse commands while the audit log cannot be written
+            (default: run them and warn; agent/audit.py says why).
         state_dir: journals of in-progress transfers and output of detached commands.
         tls: TLS for TCP listeners, or None for plain TCP.
         limits: resource limits.
@@ -451,6 +454,7 @@ class AgentConfig:
     insecure: bool = False
     log_level: str = "info"
     audit_log: str | None = None
+    audit_required: bool = False
     state_dir: str = "/var/lib/shoal"
     tls: TlsConfig | None = None
     limits: Limits = field(default_factory=Limits)
@@ -468,6 +472,8 @@ class AgentConfig:
                               "log_level")
         if self.audit_log is not None:
             _absolute_path("audit_log", self.audit_log)
+        if _boolean("audit_required", self.audit_required) and self.audit_log is None:
+            raise ConfigError("audit_required needs an audit log (audit_log)", "audit_required")
         _absolute_path("state_dir", self.state_dir)
         _instance("tls", self.tls, TlsConfig, optional=True)
         _instance("limits", self.limits, Limits)
@@ -734,6 +740,7 @@ def dump_config(config: AgentConfig) -> str:
              f"log_level = {_toml(config.log_level)}"]
     if config.audit_log is not None:
         lines.append(f"audit_log = {_toml(config.audit_log)}")
+        lines.append(f"audit_required = {_toml(config.audit_required)}")
     lines.append(f"state_dir = {_toml(config.state_dir)}")
     if config.tls is not None:
         lines += _table("[tls]", _fields(config.tls))

@@ -215,6 +215,9 @@ class AgentSession(asyncio.BufferedProtocol):
             return self.request_error(rid, *reason)
         argv = build_argv(msg.argv, msg.shell)
         audit = {"peer": self.peer, "key_id": self.key_id, "request": rid, "argv": argv, "cwd": msg.cwd}
+        if self.agent.config.audit_required and not self.agent.audit.record("exec_request", **audit):
+            return self.request_error(rid, "audit_unavailable",
+                                      "refused: the agent cannot write its audit log (audit_required)", 255)
         env = restricted_env(os.environ, msg.env) if self._restricted() else {**os.environ, **msg.env}
         grace = msg.kill_grace if msg.kill_grace is not None else self.limits.kill_grace
         out_file = self.agent.detached_output_path() if msg.detach else None
