@@ -112,8 +112,11 @@ class Agent:
     def reload(self, config: AgentConfig, extra: list[SharedKey]) -> None:
         """Adopt a new configuration, key set and TLS files, all or nothing (SIGHUP).
 
-        Sessions already open keep the limits, policy and TLS certificate they
-        started with; new connections get the renewed certificate. Discovery
+        Sessions already open keep the limits and TLS certificate they started
+        with; new connections get the renewed certificate. A session whose key
+        was removed is revoked (no new requests, closed once its commands end);
+        one whose key's policy changed uses the new policy from its next request
+        (AgentSession.policy_reloaded). Discovery
         starts, stops or moves as [discovery] now says; a new discovery socket
         that cannot be bound refuses the reload (ConfigError) and the old one
         keeps answering.
@@ -133,6 +136,8 @@ class Agent:
         if self._tls is not None and tls is not None:
             self._tls.context = tls
         discovery.commit()
+        for session in list(self.sessions):
+            session.policy_reloaded()
 
     def _reload_tls_context(self, config: AgentConfig) -> ssl.SSLContext | None:
         """Read the TLS files `config` names, changing nothing; ConfigError names a bad file."""
@@ -156,6 +161,10 @@ class Agent:
                 raise ConfigError(
                     f"refusing to listen on {text} without a key: anyone who can reach it could run "
                     "commands; configure a key (--key-file) or pass --insecure", "listen")
+
+    def accepts(self, key_id: str | None) -> bool:
+        """Whether a connection authenticated with `key_id` (None: no key) is still welcome."""
+        return key_id in self._policies if key_id else not self.keys.required
 
     def policy_for(self, key_id: str | None) -> KeyPolicy | None:
         """The policy of an authenticated key; None means unrestricted."""
