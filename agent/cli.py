@@ -26,6 +26,7 @@ from .config import AgentConfig, Limits, TlsConfig, load_config
 from .log import setup_logging
 from .sdnotify import notify
 from .server import Agent
+from .strictmodes import check_path
 
 __all__ = ["main", "build_parser"]
 
@@ -78,6 +79,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """The config file (if any) with command-line options on top."""
 
     path = _config_path(args)
+    if path:
+        check_path(path, "configuration file")
     cfg = load_config(path) if path else AgentConfig.default()
     overrides: dict[str, object] = {}
     limits = [(option.name, f"limits.{option.name}") for option in dataclasses.fields(Limits)]
@@ -169,6 +172,8 @@ def _check_config(args: argparse.Namespace, cfg: AgentConfig) -> int:
 def _extra_keys(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
     from .keyfile import load_key_file
 
+    for path in args.key_file or []:
+        check_path(path, "key file")
     return [load_key_file(p) for p in args.key_file or []]
 
 

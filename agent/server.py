@@ -28,6 +28,7 @@ from .audit import Audit
 from .config import AgentConfig, KeyPolicy, ListenAddress, parse_listen
 from .session import AgentSession
 from .sigclean import clean_child_signals
+from .strictmodes import check_path, check_tls_files
 from .tasks import TaskSet
 from .transfer import remove_leftovers, transfer_handlers
 
@@ -98,6 +99,7 @@ class Agent:
         policies: dict[str, KeyPolicy | None] = {}
         keys: list[SharedKey] = []
         for policy in self.config.keys:
+            check_path(policy.file, "key file")
             key = load_key_file(policy.file)
             keys.append(key)
             policies[key.key_id] = policy
@@ -148,6 +150,7 @@ class Agent:
             return None
         from .tls import server_context
 
+        check_tls_files(config.tls)
         return server_context(config.tls.cert, config.tls.key, config.tls.ca)
 
     def _check_exposure(self, keyed: bool) -> None:
@@ -229,6 +232,7 @@ class Agent:
             from .tls import server_context
             from .tlsgate import TlsAcceptor
 
+            check_tls_files(self.config.tls)
             context = server_context(self.config.tls.cert, self.config.tls.key, self.config.tls.ca)
             self._tls = TlsAcceptor(self, context)
         return self._tls
