@@ -22,7 +22,8 @@ Every line holds `time` (seconds since the epoch, UTC) and `event`, plus:
     auth_failed     peer, key_id (offered, or null), reason wrong key, or a key on one side only
     authenticated   peer, key_id (null: no key), key_name   handshake done
     protocol_error  peer, key_id, code, reason              bad frame (e.g. bad_mac); connection closed
-    denied          peer, key_id, request, what ("exec" with argv and cwd, or "metrics")
+    denied          peer, key_id, request, what ("exec" with argv, cwd and reason, "metrics",
+                    or the request type with reason "key revoked")
                                                             the key's policy forbids it; nothing ran
     exec_request    peer, key_id, request, argv, cwd        audit_required only: written before the
                                                             command starts; if it fails, it never does
@@ -36,6 +37,9 @@ Every line holds `time` (seconds since the epoch, UTC) and `event`, plus:
     put_failed      ... path, error
     mkdir           ... path                                a directory created for a put
     denied          peer, key_id, request, action ("put"/"get"), path, reason   (file transfers)
+    revoked         peer, key_id, running                   a reload removed the key: no new requests
+    revoked_closed  peer, key_id                            ... and its connection closed, commands done
+    policy_changed  peer, key_id, key_name                  a reload changed the key's policy
 
 `peer` is `host:port` (`[v6]:port` for IPv6, `unix` for a Unix socket); `argv` is
 what was executed (a shell command as `["/bin/sh", "-c", COMMAND]`).

@@ -36,6 +36,7 @@ def setup_logging(level: str) -> None:
     fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(fmt))
+    handler.addFilter(ClipFilter())  # every shoal logger's records, children included
     root = logging.getLogger("shoal")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
