@@ -18,9 +18,10 @@ from agent.config import AgentConfig, KeyPolicy
 from agent.keyfile import write_key_file
 from agent.server import Agent
 from controller.client import AgentClient, Command
-from tests.agents import config, target_for
-from tests.debris import apoll
-from tests.rawpeer import audit_events
+from protocol.messages import Goodbye
+from tests.agents import AgentThread, config, target_for
+from tests.debris import apoll, poll
+from tests.rawpeer import DEADLINE, RawController, audit_events
 from tests.test_lifecycle import AgentProcess
 
 ENTRY = '[[keys]]\nname = "{0}"\nfile = "{1}"\nallow = "all"\n'
@@ -116,3 +117,25 @@ async def test_a_narrowed_policy_refuses_from_the_next_request_and_keeps_the_con
     [changed] = audit_events(audit, event="policy_changed")
     assert (changed["key_id"], changed["key_name"]) == (monitor.key_id, "monitor")
     assert "revoked" not in events(audit)
+
+
+def test_a_handshake_begun_before_the_reload_is_revoked_when_it_completes(tmp_path: Path) -> None:
+    old, new = (write_key_file(tmp_path / f"{name}.key") for name in ("old", "new"))
+    audit = tmp_path / "audit.jsonl"
+    policies = {name: KeyPolicy(name, str(tmp_path / f"{name}.key"), allow_all=True) for name in ("old", "new")}
+    thread = AgentThread(0)
+    thread.agents = [Agent(config(keys=(policies["old"],), audit_log=str(audit)))]
+    with thread:
+        peer = RawController(thread.addresses[0], old)
+        try:
+            poll(lambda: audit_events(audit, event="accepted"), timeout=DEADLINE)  # its session holds the old keys
+            thread.call(thread.agents[0].reload, config(keys=(policies["new"],), audit_log=str(audit)), [])
+            peer.handshake()
+            goodbye = peer.next_event()
+            assert isinstance(goodbye, Goodbye) and goodbye.reason == "key revoked"
+            assert peer.wait_closed()
+        finally:
+            peer.close()
+    [revoked] = audit_events(audit, event="revoked")
+    assert (revoked["key_id"], revoked["running"]) == (old.key_id, 0)
+    assert audit_events(audit, event="exec") == []
