@@ -58,9 +58,9 @@ import os
 import time
 from typing import Any
 
-from protocol.errors import ConfigError
+from shoal.protocol.errors import ConfigError
 
-from .clip import clip
+from shoal.agent.clip import clip
 
 __all__ = ["Audit"]
 

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any, MutableMapping
 
-from .clip import ClipFilter
+from shoal.agent.clip import ClipFilter
 
 __all__ = ["ConnLog", "setup_logging"]
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from protocol.errors import ConfigError
+from shoal.protocol.errors import ConfigError
 
 __all__ = ["TRUSTED_PATH", "check_env_name", "refusal", "restricted_env"]
 

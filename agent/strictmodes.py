@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 import stat
 
-from protocol.errors import ConfigError
+from shoal.protocol.errors import ConfigError
 
-from .config import TlsConfig
+from shoal.agent.config import TlsConfig
 
 __all__ = ["check_path", "check_tls_files"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.clip import AUDIT_FIELD_BYTES, AUDIT_LIST_ITEMS, clip
+from shoal.agent.clip import AUDIT_FIELD_BYTES, AUDIT_LIST_ITEMS, clip
 from tests.agents import AgentThread, shoal
 from tests.rawpeer import audit_events
 

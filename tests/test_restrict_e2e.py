@@ -14,12 +14,12 @@ from typing import Iterator
 
 import pytest
 
-from agent.config import KeyPolicy, load_config
-from agent.keyfile import write_key_file
-from agent.server import Agent
-from controller.cli import main as shoal_main
-from protocol.errors import ConfigError
-from protocol.handshake import SharedKey
+from shoal.agent.config import KeyPolicy, load_config
+from shoal.hostio.keyfile import write_key_file
+from shoal.agent.server import Agent
+from shoal.controller.cli.main import main as shoal_main
+from shoal.protocol.errors import ConfigError
+from shoal.protocol.handshake import SharedKey
 from tests.agents import AgentThread
 from tests.agents import config as agent_config
 from tests.rawpeer import audit_events

@@ -14,11 +14,11 @@ import signal
 from pathlib import Path
 from typing import AsyncIterator
 
-from agent.config import AgentConfig, KeyPolicy
-from agent.keyfile import write_key_file
-from agent.server import Agent
-from controller.client import AgentClient, Command
-from protocol.messages import Goodbye
+from shoal.agent.config import AgentConfig, KeyPolicy
+from shoal.hostio.keyfile import write_key_file
+from shoal.agent.server import Agent
+from shoal.controller.client import AgentClient, Command
+from shoal.protocol.messages import Goodbye
 from tests.agents import AgentThread, config, target_for
 from tests.debris import apoll, poll
 from tests.rawpeer import DEADLINE, RawController, audit_events

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.keyfile import write_key_file
-from controller import pki as pki_module
+from shoal.hostio.keyfile import write_key_file
+from shoal.controller import pki as pki_module
 from tests.rawpeer import DEADLINE
 
 BIN = Path(sys.executable).parent
