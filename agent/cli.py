@@ -26,6 +26,7 @@ from shoal.agent.config import AgentConfig, Limits, TlsConfig, load_config
 from shoal.agent.log import setup_logging
 from shoal.agent.sdnotify import notify
 from shoal.agent.server import Agent
+from shoal.agent.strictmodes import check_path
 
 __all__ = ["main", "build_parser"]
 
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="PATH")
     p.add_argument("--tls-ca", metavar="PATH", help="CA for controller certificates (mutual TLS)")
     p.add_argument("--audit-log", metavar="PATH", help="append one JSON line per security event")
+    p.add_argument("--audit-required", action="store_true",
+                   help="refuse commands while the audit log cannot be written (default: run them and warn)")
     p.add_argument("--state-dir", metavar="DIR")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--discovery", action="store_true", help="answer `shoal discover` probes over UDP")
@@ -76,6 +79,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """The config file (if any) with command-line options on top."""
 
     path = _config_path(args)
+    if path:
+        check_path(path, "configuration file")
     cfg = load_config(path) if path else AgentConfig.default()
     overrides: dict[str, object] = {}
     limits = [(option.name, f"limits.{option.name}") for option in dataclasses.fields(Limits)]
@@ -88,6 +93,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             overrides[dotted] = tuple(value) if isinstance(value, list) else value
     if args.insecure:
         overrides["insecure"] = True
+    if args.audit_required:
+        overrides["audit_required"] = True
     if args.discovery:
         overrides["discovery.enabled"] = True
     for option in ("port", "name", "group", "group6"):
@@ -165,6 +172,8 @@ def _check_config(args: argparse.Namespace, cfg: AgentConfig) -> int:
 def _extra_keys(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
     from shoal.hostio.keyfile import load_key_file
 
+    for path in args.key_file or []:
+        check_path(path, "key file")
     return [load_key_file(p) for p in args.key_file or []]
 
 

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from shoal.protocol.errors import ConfigError
 from shoal.protocol.defaults import OUTPUT_WINDOW
 from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_CEILING, MIN_MAX_FRAME_SIZE
+from shoal.agent import restrict
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -82,6 +83,7 @@ def _seconds(name: str, value: object, low: float, high: float, *, low_open: boo
 
 
 def _boolean(name: str, value: object) -> bool:
+    """True or false, never a truthy stand-in such as 1 or "yes"."""
     if not isinstance(value, bool):
         raise ConfigError(f"expected true or false, got {_kind(value)}", name)
     return value
@@ -332,6 +334,10 @@ class KeyPolicy:
     `systemctl status *` admits `systemctl status sshd` but not
     `systemctl status x; reboot`, `systemctl status $(reboot)` or a path escaping
     with `..`, and the shell is given nothing it could interpret.
+
+    A listed key's request may set only the environment variables named in `env`
+    and a working directory only when `cwd` is true; its programs are found on a
+    fixed trusted PATH (agent/restrict.py says why).
     """
 
     name: str
@@ -341,6 +347,8 @@ class KeyPolicy:
     metrics: bool = False
     files: bool = False
     file_roots: tuple[str, ...] | None = None
+    env: tuple[str, ...] = ()
+    cwd: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _KEY_NAME.fullmatch(self.name):
@@ -353,12 +361,15 @@ class KeyPolicy:
         if self.file_roots is not None:
             roots = _strings("file_roots", self.file_roots, _absolute_path)
             _store(self, "file_roots", tuple(os.path.normpath(root) for root in roots))
+        _store(self, "env", _strings("env", self.env, restrict.check_env_name))
+        _boolean("cwd", self.cwd)
         self._check_combination()
 
     def _check_combination(self) -> None:
         if self.allow_all:
-            if self.commands or self.file_roots is not None:
-                where = "commands" if self.commands else "file_roots"
+            if self.commands or self.file_roots is not None or self.env or self.cwd:
+                where = next(name for name in ("commands", "file_roots", "env", "cwd")
+                             if getattr(self, name) not in ((), None, False))
                 raise ConfigError(f"'{where}' only applies to allow = \"listed\" keys", where)
             _store(self, "metrics", True)
             _store(self, "files", True)
@@ -380,6 +391,14 @@ class KeyPolicy:
         if not all(_PLAIN_WORD.fullmatch(w) and ".." not in w for w in words):
             return False
         return any(_words_match(words, entry) for entry in self.commands if _WILDCARD.search(entry))
+
+    def refuse_request(self, argv: Sequence[str] | None, shell: str | None, env: Mapping[str, str],
+                       cwd: str | None) -> str | None:
+        """Why the request's env, cwd or program path may not be used under this key, or None."""
+        if self.allow_all:
+            return None
+        words = shell.split() if shell is not None else list(argv or ())
+        return restrict.refusal(self.env, self.cwd, words[0] if words else None, env, cwd)
 
     def allows_metrics(self) -> bool:
         return self.allow_all or self.metrics
@@ -419,6 +438,8 @@ class AgentConfig:
         insecure: allow listening beyond loopback without any key.
         log_level: one of LOG_LEVELS.
         audit_log: JSON-lines file recording every command, or None for none.
+        audit_required: refuse commands while the audit log cannot be written
+            (default: run them and warn; agent/audit.py says why).
         state_dir: journals of in-progress transfers and output of detached commands.
         tls: TLS for TCP listeners, or None for plain TCP.
         limits: resource limits.
@@ -430,6 +451,7 @@ class AgentConfig:
     insecure: bool = False
     log_level: str = "info"
     audit_log: str | None = None
+    audit_required: bool = False
     state_dir: str = "/var/lib/shoal"
     tls: TlsConfig | None = None
     limits: Limits = field(default_factory=Limits)
@@ -447,6 +469,8 @@ class AgentConfig:
                               "log_level")
         if self.audit_log is not None:
             _absolute_path("audit_log", self.audit_log)
+        if _boolean("audit_required", self.audit_required) and self.audit_log is None:
+            raise ConfigError("audit_required needs an audit log (audit_log)", "audit_required")
         _absolute_path("state_dir", self.state_dir)
         _instance("tls", self.tls, TlsConfig, optional=True)
         _instance("limits", self.limits, Limits)
@@ -641,7 +665,7 @@ def _policy_from_table(table: dict[str, Any], prefix: str) -> KeyPolicy:
     if "allow_all" in options:
         raise ConfigError("unknown key 'allow_all' (use allow = \"all\")", f"{prefix}.allow_all")
     if allow == "all":
-        for name in ("commands", "metrics", "files", "file_roots"):
+        for name in ("commands", "metrics", "files", "file_roots", "env", "cwd"):
             if name in options:
                 raise ConfigError(f"'{name}' only applies to allow = \"listed\" keys "
                                   "(allow = \"all\" permits everything)", f"{prefix}.{name}")
@@ -713,6 +737,7 @@ def dump_config(config: AgentConfig) -> str:
              f"log_level = {_toml(config.log_level)}"]
     if config.audit_log is not None:
         lines.append(f"audit_log = {_toml(config.audit_log)}")
+        lines.append(f"audit_required = {_toml(config.audit_required)}")
     lines.append(f"state_dir = {_toml(config.state_dir)}")
     if config.tls is not None:
         lines += _table("[tls]", _fields(config.tls))
@@ -734,6 +759,7 @@ def _policy_fields(policy: KeyPolicy) -> dict[str, Any]:
         options.update(commands=list(policy.commands), metrics=policy.metrics, files=policy.files)
         if policy.file_roots is not None:
             options["file_roots"] = list(policy.file_roots)
+        options.update(env=list(policy.env), cwd=policy.cwd)
     return options
 
 

@@ -7,7 +7,13 @@ import os
 import sys
 from typing import Any, MutableMapping
 
+from shoal.agent.clip import ClipFilter
+
 __all__ = ["ConnLog", "setup_logging"]
+
+# The agent's records carry peer data (argv, paths, messages): cap each argument.
+for _name in ("shoal.agent", "shoal.audit"):
+    logging.getLogger(_name).addFilter(ClipFilter())
 
 
 class ConnLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -30,6 +36,7 @@ def setup_logging(level: str) -> None:
     fmt = "%(levelname)s %(name)s: %(message)s" if under_systemd else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(fmt))
+    handler.addFilter(ClipFilter())  # every shoal logger's records, children included
     root = logging.getLogger("shoal")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

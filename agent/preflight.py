@@ -20,6 +20,7 @@ from shoal.protocol.errors import ConfigError
 
 from shoal.agent.config import AgentConfig, TlsConfig, locate_option
 from shoal.hostio.keyfile import load_key_file
+from shoal.agent.strictmodes import check_path
 from shoal.hostio.tls import server_context_problems
 
 __all__ = ["FileProblem", "file_problems"]
@@ -71,6 +72,7 @@ def file_problems(config: AgentConfig, config_path: str | None, *, key_files: Se
 
 def _key_errors(path: str) -> list[ConfigError]:
     try:
+        check_path(path, "key file")
         load_key_file(path)  # the key itself is dropped here, unseen
     except ConfigError as exc:
         return [exc]
@@ -79,11 +81,22 @@ def _key_errors(path: str) -> list[ConfigError]:
 
 def _tls_problems(tls: TlsConfig, config_path: str | None, flags: Collection[str]) -> list[FileProblem]:
     problems = []
-    for name, error in server_context_problems(tls.cert, tls.key, tls.ca):
+    for name, error in _strict_problems(tls) or server_context_problems(tls.cert, tls.key, tls.ca):
         if name in flags:
             problems.append(FileProblem(None, f"--tls-{name}", error))
         else:
             problems.append(FileProblem(_where(config_path, f"tls.{name}"), f"tls.{name}", error))
+    return problems
+
+
+def _strict_problems(tls: TlsConfig) -> list[tuple[str, ConfigError]]:
+    """Files others could have changed: reported instead of what they hold."""
+    problems = []
+    for name in ("cert", "key", "ca"):
+        try:
+            check_path(getattr(tls, name), f"TLS {name} file")
+        except ConfigError as exc:
+            problems.append((name, exc))
     return problems
 
 

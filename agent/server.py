@@ -28,6 +28,7 @@ from shoal.agent.audit import Audit
 from shoal.agent.config import AgentConfig, KeyPolicy, ListenAddress, parse_listen
 from shoal.agent.session import AgentSession
 from shoal.agent.sigclean import clean_child_signals
+from shoal.agent.strictmodes import check_path, check_tls_files
 from shoal.hostio.tasks import TaskSet
 from shoal.agent.transfer import remove_leftovers, transfer_handlers
 
@@ -98,6 +99,7 @@ class Agent:
         policies: dict[str, KeyPolicy | None] = {}
         keys: list[SharedKey] = []
         for policy in self.config.keys:
+            check_path(policy.file, "key file")
             key = load_key_file(policy.file)
             keys.append(key)
             policies[key.key_id] = policy
@@ -112,8 +114,11 @@ class Agent:
     def reload(self, config: AgentConfig, extra: list[SharedKey]) -> None:
         """Adopt a new configuration, key set and TLS files, all or nothing (SIGHUP).
 
-        Sessions already open keep the limits, policy and TLS certificate they
-        started with; new connections get the renewed certificate. Discovery
+        Sessions already open keep the limits and TLS certificate they started
+        with; new connections get the renewed certificate. A session whose key
+        was removed is revoked (no new requests, closed once its commands end);
+        one whose key's policy changed uses the new policy from its next request
+        (AgentSession.policy_reloaded). Discovery
         starts, stops or moves as [discovery] now says; a new discovery socket
         that cannot be bound refuses the reload (ConfigError) and the old one
         keeps answering.
@@ -133,6 +138,8 @@ class Agent:
         if self._tls is not None and tls is not None:
             self._tls.context = tls
         discovery.commit()
+        for session in list(self.sessions):
+            session.policy_reloaded()
 
     def _reload_tls_context(self, config: AgentConfig) -> ssl.SSLContext | None:
         """Read the TLS files `config` names, changing nothing; ConfigError names a bad file."""
@@ -143,6 +150,7 @@ class Agent:
             return None
         from shoal.hostio.tls import server_context
 
+        check_tls_files(config.tls)
         return server_context(config.tls.cert, config.tls.key, config.tls.ca)
 
     def _check_exposure(self, keyed: bool) -> None:
@@ -156,6 +164,10 @@ class Agent:
                 raise ConfigError(
                     f"refusing to listen on {text} without a key: anyone who can reach it could run "
                     "commands; configure a key (--key-file) or pass --insecure", "listen")
+
+    def accepts(self, key_id: str | None) -> bool:
+        """Whether a connection authenticated with `key_id` (None: no key) is still welcome."""
+        return key_id in self._policies if key_id else not self.keys.required
 
     def policy_for(self, key_id: str | None) -> KeyPolicy | None:
         """The policy of an authenticated key; None means unrestricted."""
@@ -221,6 +233,7 @@ class Agent:
             from shoal.hostio.tls import server_context
             from shoal.agent.tlsgate import TlsAcceptor
 
+            check_tls_files(self.config.tls)
             context = server_context(self.config.tls.cert, self.config.tls.key, self.config.tls.ca)
             self._tls = TlsAcceptor(self, context)
         return self._tls

@@ -39,6 +39,7 @@ from shoal.agent.commands import CommandRequest, build_argv
 from shoal.agent.log import ConnLog
 from shoal.agent.process import ChildResult, spawn_error
 from shoal.hostio.writev import WRITE_BUFFER_HIGH, raw_fd, write_buffers
+from shoal.agent.restrict import restricted_env
 
 if TYPE_CHECKING:
     from shoal.agent.config import KeyPolicy, Limits
@@ -51,6 +52,10 @@ log = logging.getLogger("shoal.agent")
 # Grace given to a dropped controller's commands between SIGTERM and SIGKILL, so
 # that everything is gone within a second of the connection closing.
 DISCONNECT_GRACE = 0.5
+# Messages that act on a request already running (or on none): a revoked key's
+# connection may still send them, so its running commands can be fed and stopped.
+_CONTROL = (Window, Stdin, StdinEof, Signal, Cancel, Ping, Pong, Goodbye, Error)
+REVOKED = "key revoked"
 
 
 class AgentSession(asyncio.BufferedProtocol):
@@ -70,6 +75,7 @@ class AgentSession(asyncio.BufferedProtocol):
         self.requests: dict[int, Any] = {}
         self.policy: KeyPolicy | None = None
         self.key_id: str | None = None
+        self.revoked = False  # its key left the configuration: no new requests, close when idle
         self.closed = False
         self.writing_paused = False
         self._last_frame = time.monotonic()
@@ -189,6 +195,12 @@ class AgentSession(asyncio.BufferedProtocol):
     def _dispatch(self, event: Message | HandshakeComplete) -> None:
         if isinstance(event, HandshakeComplete):
             return self._on_authenticated(event)
+        if self.revoked and not isinstance(event, _CONTROL) and event.request_id not in self.requests:
+            self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=event.request_id,
+                                    what=event.TYPE.name.lower(), reason=REVOKED)
+            self.request_error(event.request_id, "permission_denied",
+                               f"permission denied for key {self.key_id}: {REVOKED}", 126)
+            return
         handler = self._handlers.get(type(event))
         if handler is None:
             self.send(Error(event.request_id, code="unsupported", message=f"{event.TYPE.name} is not handled by an agent"))
@@ -201,6 +213,51 @@ class AgentSession(asyncio.BufferedProtocol):
         self.log = ConnLog(log, {"peer": self.peer, "key": event.key_id})
         self.agent.audit.record("authenticated", peer=self.peer, key_id=event.key_id,
                                 key_name=self.policy.name if self.policy else None)
+        if not self.agent.accepts(event.key_id):
+            self.revoke()  # the handshake began before a reload removed its key
+
+    # -- reload ----------------------------------------------------------------
+
+    def policy_reloaded(self) -> None:
+        """The configuration changed (SIGHUP): revoke, or adopt the key's new policy.
+
+        A removed key ends the connection (`revoke`). A changed policy applies from
+        the next request on; the connection and the commands it runs carry on.
+        """
+        if self.conn.state is not State.OPEN or self.revoked or self.closed:
+            return  # not authenticated yet: `_on_authenticated` checks the key
+        if not self.agent.accepts(self.key_id):
+            return self.revoke()
+        policy = self.agent.policy_for(self.key_id)
+        if policy != self.policy:
+            self.policy = policy
+            self.agent.audit.record("policy_changed", peer=self.peer, key_id=self.key_id,
+                                    key_name=policy.name if policy else None)
+
+    def revoke(self) -> None:
+        """Refuse every new request; close once the running commands end.
+
+        They get the kill grace (`limits.kill_grace`) to end by themselves, then
+        their trees are killed, so a revoked key keeps nothing running for long.
+        """
+        self.revoked = True
+        running = [r for r in self.requests.values() if isinstance(r, CommandRequest)]
+        self.agent.audit.record("revoked", peer=self.peer, key_id=self.key_id, running=len(running))
+        if running:
+            loop = asyncio.get_running_loop()
+            self._timers.append(loop.call_later(self.agent.config.limits.kill_grace, self._kill_revoked))
+        self._maybe_close_revoked()
+
+    def _kill_revoked(self) -> None:
+        for req in list(self.requests.values()):
+            if isinstance(req, CommandRequest):
+                req.kill(signal.SIGTERM, DISCONNECT_GRACE)
+
+    def _maybe_close_revoked(self) -> None:
+        if self.revoked and not self.closed and not self._command_count():
+            self.agent.audit.record("revoked_closed", peer=self.peer, key_id=self.key_id)
+            self.goodbye(REVOKED)
+            self.abort()
 
     def request_error(self, request_id: int, code: str, message: str, status: int | None = None) -> None:
         self.send(Error(request_id, code=code, message=message, status=status))
@@ -214,7 +271,10 @@ class AgentSession(asyncio.BufferedProtocol):
             return self.request_error(rid, *reason)
         argv = build_argv(msg.argv, msg.shell)
         audit = {"peer": self.peer, "key_id": self.key_id, "request": rid, "argv": argv, "cwd": msg.cwd}
-        env = {**os.environ, **msg.env}
+        if self.agent.config.audit_required and not self.agent.audit.record("exec_request", **audit):
+            return self.request_error(rid, "audit_unavailable",
+                                      "refused: the agent cannot write its audit log (audit_required)", 255)
+        env = restricted_env(os.environ, msg.env) if self._restricted() else {**os.environ, **msg.env}
         grace = msg.kill_grace if msg.kill_grace is not None else self.limits.kill_grace
         out_file = self.agent.detached_output_path() if msg.detach else None
         try:
@@ -233,9 +293,11 @@ class AgentSession(asyncio.BufferedProtocol):
         if msg.argv is not None and (not msg.argv or msg.argv[0] == "") or msg.shell is not None and not msg.shell.strip():
             return ("empty_command", "empty command", 2)
         if self.policy is not None and not self.policy.allows_command(msg.argv, msg.shell):
-            self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
-                                    what="exec", argv=build_argv(msg.argv, msg.shell), cwd=msg.cwd)
-            return ("permission_denied", f"permission denied for key {self.key_id}: command not allowed", 126)
+            return self._deny_exec(msg, "command not allowed")
+        if self.policy is not None:
+            why = self.policy.refuse_request(msg.argv, msg.shell, msg.env, msg.cwd)
+            if why is not None:
+                return self._deny_exec(msg, why)
         if self._command_count() >= self.limits.max_commands_per_connection:
             return ("limit", f"too many commands on this connection (limit {self.limits.max_commands_per_connection})", 255)
         if self.agent.running_commands >= self.limits.max_commands:
@@ -243,6 +305,15 @@ class AgentSession(asyncio.BufferedProtocol):
         if msg.cwd is not None and not os.path.isdir(msg.cwd):
             return ("bad_cwd", f"cannot change directory to {msg.cwd}: no such directory", 126)
         return None
+
+    def _deny_exec(self, msg: Exec, why: str) -> tuple[str, str, int]:
+        """Audit a refused EXEC and say why: the policy forbids it, nothing runs."""
+        self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
+                                what="exec", argv=build_argv(msg.argv, msg.shell), cwd=msg.cwd, reason=why)
+        return ("permission_denied", f"permission denied for key {self.key_id}: {why}", 126)
+
+    def _restricted(self) -> bool:
+        return self.policy is not None and not self.policy.allow_all
 
     def _command_count(self) -> int:
         return sum(1 for r in self.requests.values() if isinstance(r, CommandRequest))
@@ -257,6 +328,7 @@ class AgentSession(asyncio.BufferedProtocol):
             stdin_bytes=req.stdin_bytes,
         )
         self.send(req.exit_message(result))
+        self._maybe_close_revoked()
 
     def _request(self, msg: Message, kind: type = CommandRequest) -> Any:
         req = self.requests.get(msg.request_id)

@@ -47,7 +47,7 @@ def flag(option: str) -> str:
 # Every option that makes sense on a command line, away from its default. [[keys]] are
 # file-only: a policy is a table, and --key-file grants full rights for quick setups.
 FLAGS = ["--listen", "0.0.0.0:9000", "--listen", "unix:/run/shoal/a.sock", "--insecure",
-         "--log-level", "debug", "--audit-log", "audit.jsonl", "--state-dir", "state",
+         "--log-level", "debug", "--audit-log", "audit.jsonl", "--audit-required", "--state-dir", "state",
          "--tls-cert", "/etc/shoal/a.pem", "--tls-key", "/etc/shoal/a.key", "--tls-ca", "/etc/shoal/ca.pem",
          "--max-connections", "7", "--max-commands", "9", "--max-commands-per-connection", "3",
          "--max-frame-size", "65536", "--stdin-window", "4096", "--output-window", "65536",
@@ -59,7 +59,7 @@ FLAGS = ["--listen", "0.0.0.0:9000", "--listen", "unix:/run/shoal/a.sock", "--in
 def expected_from_flags(cwd: Path) -> AgentConfig:
     return AgentConfig(
         listen=("0.0.0.0:9000", "unix:/run/shoal/a.sock"), insecure=True, log_level="debug",
-        audit_log=str(cwd / "audit.jsonl"), state_dir=str(cwd / "state"),
+        audit_log=str(cwd / "audit.jsonl"), audit_required=True, state_dir=str(cwd / "state"),
         tls=TlsConfig(cert="/etc/shoal/a.pem", key="/etc/shoal/a.key", ca="/etc/shoal/ca.pem"),
         limits=Limits(max_connections=7, max_commands=9, max_commands_per_connection=3,
                       max_frame_size=65536, stdin_window=4096, output_window=65536,
@@ -71,7 +71,7 @@ def test_every_limit_has_a_flag_of_the_same_name() -> None:
     options = build_parser()._option_string_actions
     for option in dataclasses.fields(Limits):
         assert flag(option.name) in options, option.name
-    for option in ("listen", "insecure", "log_level", "audit_log", "state_dir"):
+    for option in ("listen", "insecure", "log_level", "audit_log", "audit_required", "state_dir"):
         assert flag(option) in options, option
     assert {"--tls-cert", "--tls-key", "--tls-ca"} <= set(options)
     assert {"--discovery", "--discovery-port", "--discovery-name", "--discovery-group",

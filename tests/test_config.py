@@ -27,6 +27,7 @@ EVERYTHING = AgentConfig(
     insecure=True,
     log_level="debug",
     audit_log="/var/log/shoal/audit \"quoted\" \\ é.jsonl",
+    audit_required=True,
     state_dir="/srv/state",
     tls=TlsConfig(cert="/etc/shoal/a.pem", key="/etc/shoal/a.key", ca="/etc/shoal/ca.pem"),
     limits=Limits(max_connections=7, max_commands=9, max_commands_per_connection=3,
@@ -37,7 +38,7 @@ EVERYTHING = AgentConfig(
     keys=(
         KeyPolicy("admin", "/etc/shoal/admin.key", allow_all=True),
         KeyPolicy("monitor", "/etc/shoal/monitor.key", commands=("uptime", "printf 'a\tb\n\x7f'", "df *"),
-                  metrics=True, files=True, file_roots=("/srv/shoal", "/tmp")),
+                  metrics=True, files=True, file_roots=("/srv/shoal", "/tmp"), env=("LANG", "TZ"), cwd=True),
         KeyPolicy("nofiles", "/etc/shoal/nofiles.key"),
     ),
 )
