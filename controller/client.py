@@ -51,6 +51,7 @@ from protocol.messages import (
 
 from agent.wire import raw_fd, write_buffers
 
+from .escape import quote_peer_bytes
 from .result import UNREACHABLE, Result
 from .targets import Target
 
@@ -63,6 +64,9 @@ log = logging.getLogger("shoal.controller")
 # hundreds of hosts stay within a reasonable memory budget.
 DEFAULT_WINDOW = 4 * 1024 * 1024
 DEFAULT_KEEPALIVE = 15.0
+# Bytes of a peer's first words kept to name what answered when it is not an
+# agent (an SSH banner, an HTTP reply): enough for a banner line, no more.
+PEEK_BYTES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +276,8 @@ class AgentClient(asyncio.BufferedProtocol):
         self._writing = asyncio.Event()
         self._writing.set()
         self._tls = False
+        self._recv_view: memoryview | None = None
+        self._first_bytes = b""
 
     @classmethod
     async def connect(cls, target: Target, *, key: SharedKey | None = None,
@@ -329,9 +335,13 @@ class AgentClient(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=4 * 1024 * 1024)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.conn.get_buffer(sizehint)
+        self._recv_view = self.conn.get_buffer(sizehint)
+        return self._recv_view
 
     def buffer_updated(self, nbytes: int) -> None:
+        if len(self._first_bytes) < PEEK_BYTES and self._recv_view is not None:
+            self._first_bytes += bytes(self._recv_view[:min(nbytes, PEEK_BYTES - len(self._first_bytes))])
+        self._recv_view = None
         self.conn.buffer_updated(nbytes)
         self._process()
 
@@ -347,8 +357,16 @@ class AgentClient(asyncio.BufferedProtocol):
             self._fail(AuthError("authentication failed" if "failed" in exc.reason else exc.reason,
                                  host=self.name, key_id=exc.key_id))
         except ProtocolError as exc:
-            self._fail(ShoalConnectionError(self.name, f"protocol error: {exc}"))
+            self._fail(ShoalConnectionError(self.name, self._protocol_error_reason(exc)))
         self.flush()
+
+    def _protocol_error_reason(self, exc: ProtocolError) -> str:
+        """Name a peer that broke the rules before its HELLO: most likely not an agent at all."""
+        if self.conn.peer_hello is not None or self._ready.done():
+            return f"protocol error: {exc}"
+        if exc.code == "truncated":
+            return "connection closed by the peer in the middle of its HELLO"
+        return f"not a shoal agent (it sent {quote_peer_bytes(self._first_bytes)})"
 
     def eof_received(self) -> bool:
         self.conn.receive_data(b"")
@@ -359,7 +377,9 @@ class AgentClient(asyncio.BufferedProtocol):
         self.transport = None
         # After the agent's EOF the connection's state is CLOSED, not OPEN: ask
         # whether the handshake had completed instead.
-        opened = self._ready.done() and self._ready.exception() is None
+        # A connect timeout cancels `_ready`, and asking a cancelled future for its
+        # exception raises CancelledError.
+        opened = self._ready.done() and not self._ready.cancelled() and self._ready.exception() is None
         reason = self.close_reason or ("connection lost" if opened else self._early_close_reason())
         if exc is not None and not self.close_reason:
             reason = f"connection lost ({exc})" if opened else f"connection closed ({exc})"
