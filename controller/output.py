@@ -52,6 +52,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .display import Display
+from .escape import escape_line, escape_text, json_safe
 from .msgtree import MsgTree
 from .nodeset import NodeSet, natural_key
 from .outdir import OutdirTee, prepare_outdir
@@ -111,15 +112,16 @@ class StreamHandler:
 
     def __init__(self, display: Display, hosts: list[str]) -> None:
         self.display = display
-        self.width = max((len(h) for h in hosts), default=0)
+        self.width = max((len(escape_text(h)) for h in hosts), default=0)
         self._lines = LineSplitter()
         self._prefix: dict[str, bytes] = {}
 
     def prefix(self, host: str) -> bytes:
         cached = self._prefix.get(host)
         if cached is None:
-            label = self.display.paint(host, Display.host_color(host)) + ":"
-            pad = " " * (self.width - len(host))
+            shown = escape_text(host)
+            label = self.display.paint(shown, Display.host_color(host)) + ":"
+            pad = " " * (self.width - len(shown))
             cached = (label + pad + " ").encode()
             self._prefix[host] = cached
         return cached
@@ -134,7 +136,7 @@ class StreamHandler:
 
     def _write(self, host: str, stream: str, lines: list[bytes]) -> None:
         prefix = self.prefix(host)
-        text = b"".join(prefix + decode_for_display(line).encode() + b"\n" for line in lines)
+        text = b"".join(prefix + escape_line(line) for line in lines)
         (self.display.out if stream == "stdout" else self.display.err)(text)
 
     def on_result(self, result: Result) -> None:
@@ -205,8 +207,8 @@ class GatherHandler:
 
     def _print_groups(self, tree: MsgTree, write: Callable[[bytes], None], label: str) -> None:
         for lines, hosts in tree.walk():
-            header = self.display.paint(f"{NodeSet(hosts)} ({len(hosts)}){label}", "1;34")
-            body = b"".join(decode_for_display(line).encode() + b"\n" for line in lines)
+            header = self.display.paint(escape_text(f"{NodeSet(hosts)} ({len(hosts)}){label}"), "1;34")
+            body = b"".join(escape_line(line) for line in lines)
             write(f"{RULE}\n{header}\n{RULE}\n".encode() + body)
 
 
@@ -239,6 +241,11 @@ def data_fields(data: bytes) -> dict[str, str]:
         return {"data_b64": base64.b64encode(data).decode("ascii")}
 
 
+def json_line(record: dict[str, Any]) -> bytes:
+    """One JSON object and a newline; no character in it can drive a terminal."""
+    return json_safe(json.dumps(record, ensure_ascii=False, separators=(",", ":"))).encode() + b"\n"
+
+
 class JsonHandler:
     """One JSON object per line per event, for scripts and monitoring (schema above)."""
 
@@ -251,7 +258,7 @@ class JsonHandler:
 
     def emit(self, event: str, fields: dict[str, Any]) -> None:
         record = {"event": event, **fields, "t": round(self.clock() - self.started, 6)}
-        self.display.out(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+        self.display.out(json_line(record))
 
     def on_start(self, host: str) -> None:
         self.emit("start", {"host": host})
@@ -306,7 +313,7 @@ class FailedOnlyHandler:
         for result in failed:
             if self.as_json:
                 record = {"event": "exit", **exit_record(result)}
-                self.display.out(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+                self.display.out(json_line(record))
             else:
                 self.display.print(f"{result.host}: {result.reason}")
 
