@@ -11,6 +11,8 @@ subprocess or in-process can meet them next to real agents:
     halfclose       shuts down its sending side right after accept, stays open
     truncated       answers our HELLO with the first half of a real agent HELLO, then waits
     truncated_close the same, then closes
+    lying_agent     completes the handshake calling itself EVIL_SOFTWARE, then answers
+                    anything with a connection ERROR whose text is EVIL_ERROR
 """
 
 from __future__ import annotations
@@ -20,11 +22,16 @@ import threading
 from collections.abc import Awaitable, Callable
 
 from protocol.connection import Connection, Role
+from protocol.messages import Error, Message
 
 __all__ = ["HostilePeers", "BEHAVIOURS"]
 
 SSH_BANNER = b"SSH-2.0-OpenSSH_9.6p1 Debian-4\r\n"
 HTTP_REPLY = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+# Terminal controls where a real agent puts plain text: set the clipboard, clear the
+# screen, return the cursor over the host prefix.
+EVIL_SOFTWARE = "shoal-agent/\x1b]52;c;Zm9yZ2Vk\x07"
+EVIL_ERROR = "no\x1b[2J\rweb99: ok"
 
 Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -81,9 +88,19 @@ async def _truncated_close(reader: asyncio.StreamReader, writer: asyncio.StreamW
     await writer.drain()
 
 
+async def _lying_agent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    agent = Connection(Role.AGENT, software=EVIL_SOFTWARE)
+    while data := await reader.read(65536):
+        agent.receive_data(data)
+        while (event := agent.next_event()) is not None:
+            if isinstance(event, Message):
+                agent.send(Error(0, code="refused", message=EVIL_ERROR))
+        writer.write(b"".join(agent.data_to_send()))
+
+
 BEHAVIOURS: dict[str, Behaviour] = {
     "silent": _silent, "ssh": _ssh, "http": _http, "close": _close, "halfclose": _halfclose,
-    "truncated": _truncated, "truncated_close": _truncated_close,
+    "truncated": _truncated, "truncated_close": _truncated_close, "lying_agent": _lying_agent,
 }
 
 

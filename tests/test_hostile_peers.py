@@ -31,8 +31,9 @@ EXPECTED = {
     "halfclose": "connection closed by agent before its HELLO",
     "truncated": "connect timed out after 5s",
     "truncated_close": "connection closed by the peer in the middle of its HELLO",
+    "lying_agent": "agent error refused: no\\x1b[2J\\x0dweb99: ok",
 }
-NOISE = (b"Traceback", b"Exception in callback", b"never retrieved", b"CancelledError")
+NOISE = (b"Traceback", b"Exception in callback", b"never retrieved", b"CancelledError", b"\x1b", b"\r")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_run_reports_each_hostile_peer_in_one_line(peers: tuple[str, HostilePeer
     assert done.stdout == f"{good}:{' ' * (width - len(good))} hello\n".encode()
     *failures, summary = done.stderr.decode().splitlines()
     assert_one_line_each(failures, hostile, "shoal: ")
-    assert summary.startswith("shoal: 1 ok, 0 failed, 7 unreachable")
+    assert summary.startswith("shoal: 1 ok, 0 failed, 8 unreachable")
 
 
 def test_gather_folds_hostile_peers_by_reason(peers: tuple[str, HostilePeers]) -> None:
@@ -89,7 +90,7 @@ def test_gather_folds_hostile_peers_by_reason(peers: tuple[str, HostilePeers]) -
     assert set(reason_of) == set(hostile.address.values())
     for name, address in hostile.address.items():
         assert EXPECTED[name] in reason_of[address], (name, reason_of[address])
-    assert summary.startswith("shoal: 1 ok, 0 failed, 7 unreachable")
+    assert summary.startswith("shoal: 1 ok, 0 failed, 8 unreachable")
 
 
 @pytest.mark.parametrize("command", [["ping", "-c", "1"], ["metrics"]])
