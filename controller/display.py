@@ -73,9 +73,12 @@ class Display:
 
     # -- text ----------------------------------------------------------------
 
-    def print(self, text: str = "") -> None:
-        """A line of text on stdout (tables, listings)."""
-        self.out(text.encode("utf-8", "replace") + b"\n")
+    def print(self, text: str = "", style: str | None = None) -> None:
+        """Lines of text on stdout (tables, listings), escaped, then painted in `style`."""
+        shown = "\n".join(escape_text(line) for line in text.split("\n"))
+        if style is not None:
+            shown = self.paint(shown, style)
+        self.out(shown.encode("utf-8", "replace") + b"\n")
 
     def message(self, text: str) -> None:
         """Informational lines on stderr, hidden by --quiet; each line escaped on its own."""

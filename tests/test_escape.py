@@ -119,3 +119,11 @@ def test_agent_error_text_is_escaped(agents: AgentThread, capsysbinary: pytest.C
     assert status != 0 and out == b""
     assert CONTROL.search(err) is None, err
     assert all(b"/no\\x1b[2Jsuch\\x0dx" in line for line in err.splitlines()[:-1])
+
+
+def test_discovered_names_are_escaped() -> None:
+    from controller.cmd_discover import format_found
+    from controller.discovery import FoundAgent
+
+    table = format_found([FoundAgent("web\x1b[2J\rweb99", "127.0.0.1", 8470, "1.0\x9b", None)])
+    assert table.splitlines()[1].split() == ["web\\x1b[2J\\x0dweb99", "127.0.0.1", "8470", "1.0\\x9b", "-"]

@@ -102,3 +102,14 @@ def test_tables_report_each_hostile_peer_in_one_row(peers: tuple[str, HostilePee
     rows = done.stdout.decode().splitlines()
     assert_one_line_each([row.replace("unreachable: ", "") for row in rows], hostile, "")
     assert [row.split()[0] for row in rows if "unreachable" not in row] == ["HOST", good]
+
+
+def test_check_and_shell_show_a_lying_agent_escaped(peers: tuple[str, HostilePeers]) -> None:
+    liar = peers[1].address["lying_agent"]
+    check = shoal_cli("check", liar, "--warn", "cpu>90", "--connect-timeout", CONNECT_TIMEOUT)
+    assert check.returncode == 2 and check.stderr == b""
+    assert b"\x1b" not in check.stdout and b"agent error refused: no\\x1b[2J" in check.stdout
+    shell = subprocess.run([*SHOAL, "shell", liar, "--connect-timeout", CONNECT_TIMEOUT], input=b":hosts\n",
+                           capture_output=True, timeout=120)
+    assert shell.returncode == 0 and b"Traceback" not in shell.stderr
+    assert b"\x1b" not in shell.stdout and b"agent shoal-agent/\\x1b]52;c;Zm9yZ2Vk\\x07" in shell.stdout
