@@ -67,6 +67,9 @@ DEFAULT_KEEPALIVE = 15.0
 # Bytes of a peer's first words kept to name what answered when it is not an
 # agent (an SSH banner, an HTTP reply): enough for a banner line, no more.
 PEEK_BYTES = 64
+# Error codes meaning the first bytes were not shoal frames at all (as opposed to an
+# agent's ERROR, or a HELLO of another protocol version).
+_NOT_FRAMES = frozenset({"bad_frame", "frame_too_large", "unknown_type", "bad_message"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +369,9 @@ class AgentClient(asyncio.BufferedProtocol):
             return f"protocol error: {exc}"
         if exc.code == "truncated":
             return "connection closed by the peer in the middle of its HELLO"
-        return f"not a shoal agent (it sent {quote_peer_bytes(self._first_bytes)})"
+        if exc.code in _NOT_FRAMES:
+            return f"not a shoal agent (it sent {quote_peer_bytes(self._first_bytes)})"
+        return f"protocol error: {exc}"  # well-formed frames: an agent refusing, or of another version
 
     def eof_received(self) -> bool:
         self.conn.receive_data(b"")
