@@ -22,7 +22,7 @@ _TEXT_TABLE = {c: f"\\x{c:02x}" for c in _CONTROLS}
 # JSON already escapes C0 (`\u001b`); DEL and C1 pass through `ensure_ascii=False`.
 _JSON_TABLE = {c: f"\\u{c:04x}" for c in [0x7F, *range(0x80, 0xA0)]}
 # A peer's first bytes shown in an error: one banner line's worth.
-QUOTE_CHARS = 40
+_QUOTE_CHARS = 40
 
 
 def escape_text(text: str) -> str:
@@ -51,6 +51,6 @@ def quote_peer_bytes(data: bytes) -> str:
     """A peer's first line, escaped and quoted, to say what answered instead of an agent."""
     first = data.split(b"\n", 1)[0].rstrip(b"\r")
     text = escape_text(first.decode("utf-8", "replace"))
-    if len(text) > QUOTE_CHARS or len(first) < len(data.rstrip(b"\r\n")):
-        text = text[:QUOTE_CHARS] + "…"
+    if len(text) > _QUOTE_CHARS or len(first) < len(data.rstrip(b"\r\n")):
+        text = text[:_QUOTE_CHARS] + "…"
     return f'"{text}"'

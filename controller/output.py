@@ -40,7 +40,9 @@ Concatenating a host's `output` events of one stream gives its exact bytes. Host
 never connected have only an `exit` event, with `error` saying why.
 
 Lines are split only for display, with a cap so one endless line cannot grow memory
-without bound.
+without bound. Stream and gather lines go through controller/escape.py, so a host's
+terminal controls are shown, not obeyed; raw passthrough and --outdir files keep the
+exact bytes.
 """
 
 from __future__ import annotations
@@ -69,7 +71,6 @@ __all__ = [
     "RawHandler",
     "StreamHandler",
     "choose_output",
-    "decode_for_display",
     "failure_groups",
     "exit_record",
 ]
@@ -78,11 +79,6 @@ __all__ = [
 LINE_CAP = 64 * 1024
 # The rule above and below a gathered group's host set (dshbak's width).
 RULE = "-" * 15
-
-
-def decode_for_display(data: bytes) -> str:
-    """Text for a human: UTF-8 with invalid bytes replaced, never an exception."""
-    return data.decode("utf-8", "replace")
 
 
 class LineSplitter:
