@@ -74,8 +74,11 @@ class Display:
     # -- text ----------------------------------------------------------------
 
     def print(self, text: str = "", style: str | None = None) -> None:
-        """Lines of text on stdout (tables, listings), escaped, then painted in `style`."""
-        shown = "\n".join(escape_text(line) for line in text.split("\n"))
+        """One line on stdout (tables, listings), escaped whole, then painted in `style`.
+
+        A newline inside is escaped too: a host's reason cannot add a line of its own.
+        """
+        shown = escape_text(text)
         if style is not None:
             shown = self.paint(shown, style)
         self.out(shown.encode("utf-8", "replace") + b"\n")

@@ -127,3 +127,11 @@ def test_discovered_names_are_escaped() -> None:
 
     table = format_found([FoundAgent("web\x1b[2J\rweb99", "127.0.0.1", 8470, "1.0\x9b", None)])
     assert table.splitlines()[1].split() == ["web\\x1b[2J\\x0dweb99", "127.0.0.1", "8470", "1.0\\x9b", "-"]
+
+
+def test_failed_only_reasons_stay_on_their_hosts_line(agents: AgentThread,
+                                                     capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    status, out, err = shoal(capsysbinary, "run", agents.targets_spec(), "-n", "--failed-only",
+                             "--cwd", "/no\nweb99: ok", "--", "true")
+    assert status != 0
+    assert len(out.splitlines()) == 2 and all(b"/no\\x0aweb99: ok" in line for line in out.splitlines())
