@@ -40,9 +40,16 @@ def marked(token: str) -> list[psutil.Process]:
     return [p for p in psutil.process_iter() if _alive(p) and _environ(p).get(MARKER_ENV) == token]
 
 
-def marker_of(pid: int) -> str:
-    """The request marker of a running command's root process."""
-    token = _environ(psutil.Process(pid)).get(MARKER_ENV)
+def marker_of(pid: int, deadline: float = 10.0) -> str:
+    """The request marker of a running command's root process.
+
+    Polled: STARTED can arrive while the forked child has not yet exec'd, and until
+    then /proc shows the agent's environment, without the marker.
+    """
+    proc = psutil.Process(pid)
+    end = time.monotonic() + deadline
+    while not (token := _environ(proc).get(MARKER_ENV)) and time.monotonic() < end:
+        time.sleep(0.01)
     assert token, f"pid {pid} carries no {MARKER_ENV}"
     return token
 
