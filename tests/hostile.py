@@ -21,8 +21,8 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 
-from protocol.connection import Connection, Role
-from protocol.messages import Error, Message
+from shoal.protocol.connection import Connection, Role
+from shoal.protocol.messages import Error, Message
 
 __all__ = ["HostilePeers", "BEHAVIOURS"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import EXIT_SOFTWARE
-from controller.debuglog import setup_debug_log
+from shoal.controller.cli.main import EXIT_SOFTWARE
+from shoal.controller.debuglog import setup_debug_log
 from tests.agents import shoal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # reports asyncio prints itself, with a traceback, through logging.
 _LOOP_ACCIDENTS = """
 import asyncio, gc
-from controller.debuglog import setup_debug_log
+from shoal.controller.debuglog import setup_debug_log
 
 async def fail() -> None:
     raise ValueError("task went wrong")
@@ -60,7 +60,7 @@ def test_asyncio_reports_go_to_the_debug_log(tmp_path: Path) -> None:
 
 def test_an_internal_error_is_one_line_and_exit_70(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                     capsysbinary: pytest.CaptureFixture[bytes]) -> None:
-    import controller.cmd_hosts
+    import shoal.controller.cli.hosts
 
     def broken(*args: object) -> int:
         raise RuntimeError("something impossible")

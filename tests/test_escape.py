@@ -1,4 +1,4 @@
-"""Remote bytes cannot drive the operator's terminal (controller/escape.py).
+"""Remote bytes cannot drive the operator's terminal (controller/term/escape.py).
 
 Real agents print OSC 52 (set the clipboard), ESC[2J (clear the screen), a bare CR
 that would overwrite the host prefix, C1 controls and DEL; through the CLI, every
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller.escape import escape_line, escape_text, json_safe, quote_peer_bytes
+from shoal.controller.term.escape import escape_line, escape_text, json_safe, quote_peer_bytes
 from tests.agents import AgentThread, shoal
 
 # printf arguments and the bytes they make
@@ -122,8 +122,8 @@ def test_agent_error_text_is_escaped(agents: AgentThread, capsysbinary: pytest.C
 
 
 def test_discovered_names_are_escaped() -> None:
-    from controller.cmd_discover import format_found
-    from controller.discovery import FoundAgent
+    from shoal.controller.cli.discover import format_found
+    from shoal.controller.probe import FoundAgent
 
     table = format_found([FoundAgent("web\x1b[2J\rweb99", "127.0.0.1", 8470, "1.0\x9b", None)])
     assert table.splitlines()[1].split() == ["web\\x1b[2J\\x0dweb99", "127.0.0.1", "8470", "1.0\\x9b", "-"]

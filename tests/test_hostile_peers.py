@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from controller.nodeset import NodeSet
+from shoal.controller.nodeset import NodeSet
 from tests.agents import AgentThread
 from tests.hostile import HostilePeers
 
 _BIN = Path(sys.executable).with_name("shoal")
-SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "controller.cli"]
+SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "shoal.controller.cli.main"]
 # Long enough for the real agent on a loaded 2-core box; the silent peers wait it out.
 CONNECT_TIMEOUT = "5"
 
