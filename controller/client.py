@@ -51,7 +51,7 @@ from shoal.protocol.messages import (
 )
 
 from shoal.hostio.writev import WRITE_BUFFER_HIGH, raw_fd, write_buffers
-
+from shoal.controller.escape import quote_peer_bytes
 from shoal.controller.result import UNREACHABLE, Result
 from shoal.controller.targets import Target
 
@@ -60,6 +60,12 @@ __all__ = ["Command", "AgentClient", "RemoteProcess", "OutputEvent"]
 log = logging.getLogger("shoal.controller")
 
 DEFAULT_KEEPALIVE = 15.0
+# Bytes of a peer's first words kept to name what answered when it is not an
+# agent (an SSH banner, an HTTP reply): enough for a banner line, no more.
+PEEK_BYTES = 64
+# Error codes meaning the first bytes were not shoal frames at all (as opposed to an
+# agent's ERROR, or a HELLO of another protocol version).
+_NOT_FRAMES = frozenset({"bad_frame", "frame_too_large", "unknown_type", "bad_message"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +275,8 @@ class AgentClient(asyncio.BufferedProtocol):
         self._writing = asyncio.Event()
         self._writing.set()
         self._tls = False
+        self._recv_view: memoryview | None = None
+        self._first_bytes = b""
 
     @classmethod
     async def connect(cls, target: Target, *, key: SharedKey | None = None,
@@ -327,9 +335,13 @@ class AgentClient(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.conn.get_buffer(sizehint)
+        self._recv_view = self.conn.get_buffer(sizehint)
+        return self._recv_view
 
     def buffer_updated(self, nbytes: int) -> None:
+        if len(self._first_bytes) < PEEK_BYTES and self._recv_view is not None:
+            self._first_bytes += bytes(self._recv_view[:min(nbytes, PEEK_BYTES - len(self._first_bytes))])
+        self._recv_view = None
         self.conn.buffer_updated(nbytes)
         self._process()
 
@@ -345,8 +357,18 @@ class AgentClient(asyncio.BufferedProtocol):
             self._fail(AuthError("authentication failed" if "failed" in exc.reason else exc.reason,
                                  host=self.name, key_id=exc.key_id))
         except ProtocolError as exc:
-            self._fail(ShoalConnectionError(self.name, f"protocol error: {exc}"))
+            self._fail(ShoalConnectionError(self.name, self._protocol_error_reason(exc)))
         self.flush()
+
+    def _protocol_error_reason(self, exc: ProtocolError) -> str:
+        """Name a peer that broke the rules before its HELLO: most likely not an agent at all."""
+        if self.conn.peer_hello is not None or self._ready.done():
+            return f"protocol error: {exc}"
+        if exc.code == "truncated":
+            return "connection closed by the peer in the middle of its HELLO"
+        if exc.code in _NOT_FRAMES:
+            return f"not a shoal agent (it sent {quote_peer_bytes(self._first_bytes)})"
+        return f"protocol error: {exc}"  # well-formed frames: an agent refusing, or of another version
 
     def eof_received(self) -> bool:
         self.conn.receive_data(b"")
@@ -357,7 +379,9 @@ class AgentClient(asyncio.BufferedProtocol):
         self.transport = None
         # After the agent's EOF the connection's state is CLOSED, not OPEN: ask
         # whether the handshake had completed instead.
-        opened = self._ready.done() and self._ready.exception() is None
+        # A connect timeout cancels `_ready`, and asking a cancelled future for its
+        # exception raises CancelledError.
+        opened = self._ready.done() and not self._ready.cancelled() and self._ready.exception() is None
         reason = self.close_reason or ("connection lost" if opened else self._early_close_reason())
         if exc is not None and not self.close_reason:
             reason = f"connection lost ({exc})" if opened else f"connection closed ({exc})"

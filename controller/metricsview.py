@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal, Mapping
 
 from shoal.protocol.errors import ConfigError
+from shoal.controller.escape import escape_text
 
 __all__ = [
     "METRICS",
@@ -175,11 +176,6 @@ def _table_order(snapshots: Snapshots, sort: str | None) -> list[str]:
     return sorted(hosts, key=key)  # stable: natural host order breaks ties
 
 
-def _printable(text: str) -> str:
-    """Text safe for one table cell: control characters (a newline in a mount) become "?"."""
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
 def _render(cells: list[str], widths: list[int]) -> str:
     padded = [c.ljust(w) if i in _LEFT_ALIGNED else c.rjust(w)
               for i, (c, w) in enumerate(zip(cells, widths))]
@@ -203,7 +199,7 @@ def format_table(snapshots: Snapshots, sort: str | None = None) -> str:
     for host in order:
         value = snapshots[host]
         cells = _table_row(host, value) if isinstance(value, Mapping) else [host, str(failure_reason(value))]
-        rows.append([_printable(c) for c in cells])
+        rows.append([escape_text(c) for c in cells])  # a newline in a mount, an agent's error text
     full = [r for r in rows if len(r) == len(_HEADER)]
     widths = [max(len(r[i]) for r in [list(_HEADER), *full]) for i in range(len(_HEADER))]
     widths[0] = max([widths[0], *(len(r[0]) for r in rows)])

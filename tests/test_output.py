@@ -210,7 +210,7 @@ def test_outdir_tee_writes_files_and_passes_events_on(tmp_path: Path) -> None:
     assert files == ["%5B::1%5D:8470.err", "%5B::1%5D:8470.out"]
     assert (tmp_path / "new" / "dir" / "%5B::1%5D:8470.out").read_bytes() == b"\x00bin\n"
     assert (tmp_path / "new" / "dir" / "%5B::1%5D:8470.err").read_bytes() == b""
-    assert out.getvalue() == b"[::1]:8470: \x00bin\n"
+    assert out.getvalue() == b"[::1]:8470: \\x00bin\n"  # the file keeps the NUL, the terminal sees it escaped
 
 
 def test_outdir_that_cannot_be_created_is_a_config_error(tmp_path: Path) -> None:

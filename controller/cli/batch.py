@@ -112,7 +112,7 @@ def _handlers(args: argparse.Namespace, display: Display, hosts: list[str],
     def finish() -> None:
         for i, (line, handler) in enumerate(zip(lines, chain)):
             if args.output == "gather" and (not filters or filters[i].shown):
-                display.print(display.paint(f"=== {i + 1}: {line.text}", "1"))
+                display.print(f"=== {i + 1}: {line.text}", style="1")
             handler.close()
 
     return chain, finish

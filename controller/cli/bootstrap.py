@@ -58,6 +58,7 @@ from shoal.controller.bootstrap import (
     tls_files,
 )
 from shoal.controller.term.display import Display
+from shoal.controller.escape import escape_line
 from shoal.controller.cli.options import add_target_options, targets_from_args
 from shoal.controller.pki import CertificateAuthority, load_ca
 from shoal.controller.result import fleet_status
@@ -170,7 +171,7 @@ def _install(plan: Bootstrap, hosts: list[str], bundle: Bundle, fanout: int, dis
     def report(host_report: HostReport) -> None:
         if display.verbosity >= 2:
             for line in (host_report.stdout + host_report.stderr).splitlines():
-                display.err(f"{host_report.result.host}: {line}\n".encode("utf-8", "replace"))
+                display.err(escape_line(f"{host_report.result.host}: {line}".encode("utf-8", "replace")))
         display.print(host_report.line)
 
     reports = asyncio.run(bootstrap_hosts(plan, hosts, bundle, fanout, report))

@@ -34,6 +34,7 @@ from shoal.protocol.handshake import SharedKey
 
 from shoal.controller.probe import DiscoveryResult, FoundAgent, broadcast_addresses, discover, subnet_addresses
 from shoal.controller.term.display import Display
+from shoal.controller.escape import escape_text
 from shoal.controller.metricsview import host_order_key
 
 __all__ = ["add_arguments", "run", "format_found"]
@@ -118,7 +119,7 @@ def _ordered(found: list[FoundAgent]) -> list[FoundAgent]:
 def format_found(found: list[FoundAgent]) -> str:
     """An aligned table, one agent per row."""
     rows = [[f.name, f.address, str(f.port), f.version, f.key_id or "-"] for f in _ordered(found)]
-    rows = [["".join(c if c.isprintable() else "?" for c in cell) for cell in row] for row in rows]
+    rows = [[escape_text(cell) for cell in row] for row in rows]  # names and versions come off the network
     widths = [max(len(r[i]) for r in [list(_HEADER), *rows]) for i in range(len(_HEADER))]
     lines = ["  ".join(c.rjust(w) if i == 2 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
              for row in [list(_HEADER), *rows]]

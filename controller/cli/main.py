@@ -8,6 +8,8 @@ errors to exit statuses:
     1-254 the largest exit status among the hosts (128+N: killed by signal N)
     255   a host was unreachable, failed authentication, timed out or was lost
     2     bad usage, configuration, inventory, key file or target pattern
+    70    internal error: a bug in shoal (one line on stderr; the traceback goes to
+          the file named by SHOAL_DEBUG_LOG, if set)
     130   interrupted (Ctrl-C)
 """
 
@@ -15,19 +17,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import signal
 import sys
 from types import ModuleType
 
 from shoal.protocol.errors import AuthError, ConfigError, ShoalConnectionError, ShoalError
 
+from shoal.controller.debuglog import DEBUG_LOG_ENV, setup_debug_log
 from shoal.controller.term.display import Display
 
-__all__ = ["main", "SUBCOMMANDS", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_INTERRUPTED"]
+__all__ = ["main", "SUBCOMMANDS", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_INTERRUPTED", "EXIT_SOFTWARE"]
 
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 255
 EXIT_INTERRUPTED = 130
+EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE
+
+log = logging.getLogger("shoal.controller")
 
 # Subcommand name -> (module under controller/, one-line help). Only the module of
 # the subcommand being run is imported, which keeps `shoal run` quick to start.
@@ -59,7 +66,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shoal", description="Run commands on many hosts through shoal agents.",
         epilog="Exit status: 0 ok; otherwise the largest host status (128+N for signal N); "
-               "255 unreachable/auth/timeout; 2 usage or configuration error; 130 interrupted.")
+               "255 unreachable/auth/timeout; 2 usage or configuration error; 70 internal error; "
+               "130 interrupted.")
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
     for name, (_, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
@@ -89,6 +97,7 @@ def split_words(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `shoal`; returns the exit status (see module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    setup_debug_log()
     opts, words = split_words(argv)
     parser = build_parser(_subcommand_of(opts))
     args, extra = parser.parse_known_args(opts)
@@ -112,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _quiet_broken_pipe()
         return 128 + signal.SIGPIPE
+    except Exception as exc:  # a bug: one line for the user, the traceback for the debug log
+        log.exception("internal error in shoal %s", args.subcommand)
+        display.error(f"internal error: {type(exc).__name__}: {exc} "
+                      f"(a bug in shoal; set {DEBUG_LOG_ENV}=FILE for the traceback)")
+        return EXIT_SOFTWARE
 
 
 def _quiet_broken_pipe() -> None:

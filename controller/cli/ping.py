@@ -23,6 +23,7 @@ import json
 from shoal.protocol.errors import ConfigError
 
 from shoal.controller.term.display import Display
+from shoal.controller.escape import escape_text
 from shoal.controller.metricsview import host_order_key
 from shoal.controller.monitor import FleetMonitor, PingReport, ping_fleet
 from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
@@ -48,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _version(report: PingReport) -> str:
-    return report.version.removeprefix(_AGENT_PREFIX) or "-"
+    """The agent's own word for its version, so escaped for the table."""
+    return escape_text(report.version.removeprefix(_AGENT_PREFIX)) or "-"
 
 
 def _ms(seconds: float) -> str:
@@ -72,7 +74,7 @@ def format_reports(reports: list[PingReport], max_offset: float) -> str:
     full = iter(rows)
     for report in ordered:
         if report.error is not None:
-            lines.append(f"{report.host.ljust(widths[0])}  unreachable: {report.error}")
+            lines.append(f"{report.host.ljust(widths[0])}  unreachable: {escape_text(report.error)}")
             continue
         cells = next(full)
         lines.append("  ".join(c.ljust(w) if i in (0, 5, 6) else c.rjust(w)

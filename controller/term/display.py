@@ -3,6 +3,9 @@
 Everything a user sees goes through one Display so colour rules (TTY, NO_COLOR,
 TERM=dumb), verbosity and the live progress line are decided in one place, and
 a progress line is always wiped before an output line is written.
+
+Messages, errors and the progress line carry host names and agents' error text,
+so they are escaped here (controller/escape.py) and cannot drive the terminal.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import os
 import sys
 import zlib
 from typing import BinaryIO
+
+from shoal.controller.escape import escape_text
 
 __all__ = ["Display"]
 
@@ -68,27 +73,34 @@ class Display:
 
     # -- text ----------------------------------------------------------------
 
-    def print(self, text: str = "") -> None:
-        """A line of text on stdout (tables, listings)."""
-        self.out(text.encode("utf-8", "replace") + b"\n")
+    def print(self, text: str = "", style: str | None = None) -> None:
+        """One line on stdout (tables, listings), escaped whole, then painted in `style`.
+
+        A newline inside is escaped too: a host's reason cannot add a line of its own.
+        """
+        shown = escape_text(text)
+        if style is not None:
+            shown = self.paint(shown, style)
+        self.out(shown.encode("utf-8", "replace") + b"\n")
 
     def message(self, text: str) -> None:
-        """An informational line on stderr, hidden by --quiet."""
+        """Informational lines on stderr, hidden by --quiet; each line escaped on its own."""
         if self.verbosity >= 1:
-            self.err(text.encode("utf-8", "replace") + b"\n")
+            shown = "\n".join(escape_text(line) for line in text.split("\n"))
+            self.err(shown.encode("utf-8", "replace") + b"\n")
 
     def debug(self, text: str) -> None:
         if self.verbosity >= 2:
-            self.err(b"shoal: " + text.encode("utf-8", "replace") + b"\n")
+            self.err(b"shoal: " + escape_text(text).encode("utf-8", "replace") + b"\n")
 
     def error(self, text: str) -> None:
         """One line naming what was wrong, on stderr, always shown."""
         prefix = self.paint("shoal:", "1;31", err=True)
-        self.err(f"{prefix} {text}\n".encode("utf-8", "replace"))
+        self.err(f"{prefix} {escape_text(text)}\n".encode("utf-8", "replace"))
 
     def warning(self, text: str) -> None:
         prefix = self.paint("shoal: warning:", "1;33", err=True)
-        self.err(f"{prefix} {text}\n".encode("utf-8", "replace"))
+        self.err(f"{prefix} {escape_text(text)}\n".encode("utf-8", "replace"))
 
     # -- colour --------------------------------------------------------------
 
@@ -111,7 +123,7 @@ class Display:
         """Redraw the one-line progress indicator on a TTY stderr."""
         if not self.progress_enabled:
             return
-        self.stderr.write(b"\r\x1b[K" + text.encode("utf-8", "replace"))
+        self.stderr.write(b"\r\x1b[K" + escape_text(text).encode("utf-8", "replace"))
         self.stderr.flush()
         self._progress_shown = True
 

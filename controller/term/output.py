@@ -40,7 +40,9 @@ Concatenating a host's `output` events of one stream gives its exact bytes. Host
 never connected have only an `exit` event, with `error` saying why.
 
 Lines are split only for display, with a cap so one endless line cannot grow memory
-without bound.
+without bound. Stream and gather lines go through controller/escape.py, so a host's
+terminal controls are shown, not obeyed; raw passthrough and --outdir files keep the
+exact bytes.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from typing import Any
 
 from shoal.controller.term.display import Display
 from shoal.controller.term.handler import OutputHandler
+from shoal.controller.escape import escape_line, escape_text, json_safe
 from shoal.controller.term.msgtree import MsgTree
 from shoal.controller.nodeset import NodeSet, natural_key
 from shoal.controller.term.outdir import OutdirTee, prepare_outdir
@@ -69,7 +72,6 @@ __all__ = [
     "RawHandler",
     "StreamHandler",
     "choose_output",
-    "decode_for_display",
     "failure_groups",
     "exit_record",
 ]
@@ -78,11 +80,6 @@ __all__ = [
 LINE_CAP = 64 * 1024
 # The rule above and below a gathered group's host set (dshbak's width).
 RULE = "-" * 15
-
-
-def decode_for_display(data: bytes) -> str:
-    """Text for a human: UTF-8 with invalid bytes replaced, never an exception."""
-    return data.decode("utf-8", "replace")
 
 
 class LineSplitter:
@@ -112,15 +109,16 @@ class StreamHandler:
 
     def __init__(self, display: Display, hosts: list[str]) -> None:
         self.display = display
-        self.width = max((len(h) for h in hosts), default=0)
+        self.width = max((len(escape_text(h)) for h in hosts), default=0)
         self._lines = LineSplitter()
         self._prefix: dict[str, bytes] = {}
 
     def prefix(self, host: str) -> bytes:
         cached = self._prefix.get(host)
         if cached is None:
-            label = self.display.paint(host, Display.host_color(host)) + ":"
-            pad = " " * (self.width - len(host))
+            shown = escape_text(host)
+            label = self.display.paint(shown, Display.host_color(host)) + ":"
+            pad = " " * (self.width - len(shown))
             cached = (label + pad + " ").encode()
             self._prefix[host] = cached
         return cached
@@ -135,7 +133,7 @@ class StreamHandler:
 
     def _write(self, host: str, stream: str, lines: list[bytes]) -> None:
         prefix = self.prefix(host)
-        text = b"".join(prefix + decode_for_display(line).encode() + b"\n" for line in lines)
+        text = b"".join(prefix + escape_line(line) for line in lines)
         (self.display.out if stream == "stdout" else self.display.err)(text)
 
     def on_result(self, result: Result) -> None:
@@ -206,8 +204,8 @@ class GatherHandler:
 
     def _print_groups(self, tree: MsgTree, write: Callable[[bytes], None], label: str) -> None:
         for lines, hosts in tree.walk():
-            header = self.display.paint(f"{NodeSet(hosts)} ({len(hosts)}){label}", "1;34")
-            body = b"".join(decode_for_display(line).encode() + b"\n" for line in lines)
+            header = self.display.paint(escape_text(f"{NodeSet(hosts)} ({len(hosts)}){label}"), "1;34")
+            body = b"".join(escape_line(line) for line in lines)
             write(f"{RULE}\n{header}\n{RULE}\n".encode() + body)
 
 
@@ -240,6 +238,11 @@ def data_fields(data: bytes) -> dict[str, str]:
         return {"data_b64": base64.b64encode(data).decode("ascii")}
 
 
+def json_line(record: dict[str, Any]) -> bytes:
+    """One JSON object and a newline; no character in it can drive a terminal."""
+    return json_safe(json.dumps(record, ensure_ascii=False, separators=(",", ":"))).encode() + b"\n"
+
+
 class JsonHandler:
     """One JSON object per line per event, for scripts and monitoring (schema above)."""
 
@@ -252,7 +255,7 @@ class JsonHandler:
 
     def emit(self, event: str, fields: dict[str, Any]) -> None:
         record = {"event": event, **fields, "t": round(self.clock() - self.started, 6)}
-        self.display.out(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+        self.display.out(json_line(record))
 
     def on_start(self, host: str) -> None:
         self.emit("start", {"host": host})
@@ -307,7 +310,7 @@ class FailedOnlyHandler:
         for result in failed:
             if self.as_json:
                 record = {"event": "exit", **exit_record(result)}
-                self.display.out(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+                self.display.out(json_line(record))
             else:
                 self.display.print(f"{result.host}: {result.reason}")
 
