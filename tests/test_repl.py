@@ -252,23 +252,35 @@ def _agent_process(port: int, state: Path) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _wait_listening(port: int) -> None:
-    def up() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            return False
+def _listening_agent(state: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """Start an agent on `port` (a free one if None) and wait until it accepts.
 
-    assert poll(up), f"agent on port {port} never listened"
+    A port found free can be taken before the agent binds it (other processes' outgoing
+    connections draw from the same range); an agent that exits instead of listening is
+    started again, on a fresh port when the caller did not need this one.
+    """
+    for _ in range(5):
+        chosen = port or _free_port()
+        proc = _agent_process(chosen, state)
+
+        def up() -> bool | None:
+            try:
+                socket.create_connection(("127.0.0.1", chosen), timeout=1).close()
+                return True
+            except OSError:
+                return None if proc.poll() is None else False
+
+        if poll(lambda: up() is not None) and up():
+            return proc, chosen
+        proc.kill()
+        proc.wait()
+    raise AssertionError(f"no agent would listen (last port {chosen})")
 
 
 def test_a_killed_agent_is_reported_once_and_comes_back(terminal: Callable[..., Terminal], tmp_path: Path) -> None:
-    port = _free_port()
+    agent, port = _listening_agent(tmp_path)
     name = f"127.0.0.1:{port}"
-    agent = _agent_process(port, tmp_path)
     try:
-        _wait_listening(port)
         with AgentThread(1) as other:
             term = terminal("shell", f"{name},{other.targets_spec()}")
             term.expect(b"connected to 2 of 2 hosts")
@@ -282,7 +294,7 @@ def test_a_killed_agent_is_reported_once_and_comes_back(terminal: Callable[..., 
             assert hosts_said(shown, [name, *other.addresses], "still-working") == set(other.addresses)
             assert b"1 down" in shown
 
-            agent = _agent_process(port, tmp_path)
+            agent, _ = _listening_agent(tmp_path, port)
             shown = poll(lambda: re.search(re.escape(name).encode() + rb" +connected", s := term.line(":hosts"))
                          and s)
             assert shown, "the restarted agent was not reconnected"

@@ -22,6 +22,7 @@ import asyncio
 import collections
 import fnmatch
 import os
+import signal
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ T = TypeVar("T")
 HISTORY_LENGTH = 5000
 # How long closing may take before we stop waiting for goodbyes.
 CLOSE_WAIT = 5.0
+# Signals only the main thread may take: it reads the terminal and owns Ctrl-C.
+_MAIN_THREAD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 
 COMMANDS: dict[str, tuple[str, str]] = {
     ":help": ("", "show this help"),
@@ -109,7 +112,7 @@ class Repl:
         self.current = [t.name for t in targets]
         self.last: list[Result] = []
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="shoal-shell-loop", daemon=True)
+        self._thread = threading.Thread(target=self._serve_loop, name="shoal-shell-loop", daemon=True)
         self._history_start = 0
         self._last_down: set[str] = set()  # hosts the last line skipped, not connected
 
@@ -355,6 +358,17 @@ class Repl:
             self.display.warning(self._notices.popleft())
 
     # -- the loop thread -------------------------------------------------------
+
+    def _serve_loop(self) -> None:
+        """Run the loop with the interrupt signals blocked in this thread.
+
+        The kernel hands a process-wide signal to any thread that does not block it.
+        Were Ctrl-C's SIGINT given to this thread, Python would note it for the main
+        thread, but the main thread would sit on in readline's select() until the next
+        key: the Ctrl-C would look ignored.
+        """
+        signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
+        self._loop.run_forever()
 
     def _submit(self, coro: Coroutine[Any, Any, T]) -> T | None:
         """Run `coro` on the loop and wait; Ctrl-C abandons it and returns None."""
