@@ -27,6 +27,7 @@ __all__ = [
     "TAG_SIZE",
     "DEFAULT_MAX_FRAME_SIZE",
     "MIN_MAX_FRAME_SIZE",
+    "PREAUTH_MAX_FRAME",
     "RawFrame",
     "FrameDecoder",
     "frame_head",
@@ -44,6 +45,10 @@ TAG_SIZE = 16
 DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024
 # Below this, JSON control messages (env, argv) could no longer fit.
 MIN_MAX_FRAME_SIZE = 64 * 1024
+# Largest body accepted before the handshake completes, in bytes. HELLO, AUTH and
+# ERROR are well under 1 KiB; without this cap anyone who can connect could make
+# the agent buffer a whole `max_frame` per connection without holding any key.
+PREAUTH_MAX_FRAME = 4 * 1024
 
 
 # A receive buffer up to this size is kept between frames: it holds one standard
