@@ -22,6 +22,7 @@ import sys
 
 from protocol.errors import ConfigError, ShoalError
 
+from .accept import raise_nofile_limit
 from .config import AgentConfig, Limits, TlsConfig, load_config
 from .log import setup_logging
 from .sdnotify import notify
@@ -178,6 +179,7 @@ async def _serve(args: argparse.Namespace, cfg: AgentConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     reload_asked = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
+    raise_nofile_limit(cfg.limits.max_connections)
     await agent.start()
     if not agent.keys.required and cfg.insecure:
         log.warning("running WITHOUT authentication on a non-loopback address (--insecure)")
