@@ -41,8 +41,15 @@ def marked(token: str) -> list[psutil.Process]:
 
 
 def marker_of(pid: int) -> str:
-    """The request marker of a running command's root process."""
-    token = _environ(psutil.Process(pid)).get(MARKER_ENV)
+    """The request marker of a running command's root process.
+
+    Polled: while the process is inside execve (a shell's `exec sleep`), reading
+    /proc/PID/environ can come back empty for a moment.
+    """
+    process = psutil.Process(pid)
+    deadline = time.monotonic() + 5.0
+    while not (token := _environ(process).get(MARKER_ENV)) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert token, f"pid {pid} carries no {MARKER_ENV}"
     return token
 
