@@ -144,6 +144,7 @@ class Connection:
         self._max_frame_size = max_frame_size
         # Until the handshake is done only small frames are legal (PREAUTH_MAX_FRAME).
         self._decoder = FrameDecoder(min(max_frame_size, PREAUTH_MAX_FRAME))
+        self._decoder.max_read_size = FrameDecoder.FIRST_READ_SIZE
         self._key_unknown = False
         self._out: list[bytes] = []
         self._events: deque[Message | HandshakeComplete] = deque()
@@ -362,7 +363,8 @@ class Connection:
     def _open(self, key_id: str | None) -> None:
         assert self.peer_hello is not None
         self.state = State.OPEN
-        self._decoder.max_body = self._max_frame_size  # large frames only once authenticated
+        self._decoder.max_body = self._max_frame_size  # large frames and reads only once authenticated
+        self._decoder.max_read_size = FrameDecoder.READ_SIZE
         self._events.append(HandshakeComplete(self.peer_hello, key_id, self.mac if key_id else None))
 
     def _transcript(self) -> bytes:

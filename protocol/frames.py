@@ -97,6 +97,9 @@ class FrameDecoder:
 
     def __init__(self, max_body: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.max_body = max_body
+        # Reads grow up to this; the connection keeps it at FIRST_READ_SIZE until the
+        # peer has authenticated, so an unauthenticated peer never gets a big buffer.
+        self.max_read_size = self.READ_SIZE
         self.tagged = False
         self._read_size = self.FIRST_READ_SIZE
         self._offered = 0
@@ -127,8 +130,8 @@ class FrameDecoder:
     def buffer_updated(self, nbytes: int) -> None:
         """`nbytes` were written at the start of the last `get_buffer()` view."""
         self._end += nbytes
-        if nbytes >= self._offered and self._read_size < self.READ_SIZE:
-            self._read_size = min(self.READ_SIZE, self._read_size * 4)
+        if nbytes >= self._offered and self._read_size < self.max_read_size:
+            self._read_size = min(self.max_read_size, self._read_size * 4)
 
     def _frame_size(self) -> int:
         if self._end - self._start < 4:

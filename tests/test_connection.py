@@ -228,6 +228,15 @@ def test_a_pre_auth_frame_over_the_limit_is_refused_from_its_length_alone() -> N
     assert len(a.get_buffer()) < 64 * 1024  # no room was made for the declared body
 
 
+def test_reads_stay_small_until_authenticated() -> None:
+    """Filling every read offered grows the next one, but not for an unauthenticated peer."""
+    a = Connection(Role.AGENT, keys=KeyLookup([KEY]))
+    for _ in range(4):
+        a.buffer_updated(len(a.get_buffer()))  # as if the peer filled all it was offered
+        a._decoder._start = a._decoder._end = 0  # unparsed: only the size of the next read matters
+    assert len(a.get_buffer()) <= 16 * 1024
+
+
 def test_the_full_frame_limit_applies_once_authenticated(mac: str) -> None:
     c = Connection(Role.CONTROLLER, key=KEY, macs=[mac])
     a = Connection(Role.AGENT, keys=KeyLookup([KEY]))
