@@ -25,7 +25,7 @@ from typing import NoReturn
 
 from . import handshake
 from .errors import AuthError, LocalProtocolError, RemoteProtocolError
-from .frames import DEFAULT_MAX_FRAME_SIZE, PREAUTH_MAX_FRAME, FrameDecoder, RawFrame, frame_head
+from .frames import DEFAULT_MAX_FRAME_SIZE, HEAD_SIZE, PREAUTH_MAX_FRAME, TAG_SIZE, FrameDecoder, RawFrame, frame_head
 from .messages import (
     PROTOCOL_VERSION,
     Auth,
@@ -40,6 +40,9 @@ from .messages import (
 __all__ = ["Role", "State", "Connection", "HandshakeComplete", "KeyLookup"]
 
 NONCE_SIZE = 32
+# Read buffer before authentication: one largest pre-auth frame. A flood opens many
+# connections at once, and glibc keeps the freed 16 KiB buffers (measured).
+_PREAUTH_READ_SIZE = PREAUTH_MAX_FRAME + HEAD_SIZE + TAG_SIZE
 # What the peer is told when a keyed handshake fails, whatever the cause: an unknown
 # key id and a wrong proof must look alike, or the reply tells key ids apart.
 AUTH_FAILED_MESSAGE = "authentication failed"
@@ -143,8 +146,8 @@ class Connection:
         self._nonce = nonce if nonce is not None else secrets.token_bytes(NONCE_SIZE)
         self._max_frame_size = max_frame_size
         # Until the handshake is done only small frames are legal (PREAUTH_MAX_FRAME).
-        self._decoder = FrameDecoder(min(max_frame_size, PREAUTH_MAX_FRAME))
-        self._decoder.max_read_size = FrameDecoder.FIRST_READ_SIZE
+        self._decoder = FrameDecoder(min(max_frame_size, PREAUTH_MAX_FRAME), read_size=_PREAUTH_READ_SIZE)
+        self._decoder.max_read_size = _PREAUTH_READ_SIZE
         self._key_unknown = False
         self._out: list[bytes] = []
         self._events: deque[Message | HandshakeComplete] = deque()

@@ -95,13 +95,13 @@ class FrameDecoder:
     # should not pin 500 x 256 KiB, while a bulk stream reaches full size in two reads.
     FIRST_READ_SIZE = 16 * 1024
 
-    def __init__(self, max_body: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(self, max_body: int = DEFAULT_MAX_FRAME_SIZE, read_size: int = FIRST_READ_SIZE) -> None:
         self.max_body = max_body
-        # Reads grow up to this; the connection keeps it at FIRST_READ_SIZE until the
+        # Reads grow up to this; the connection keeps it at `read_size` until the
         # peer has authenticated, so an unauthenticated peer never gets a big buffer.
         self.max_read_size = self.READ_SIZE
         self.tagged = False
-        self._read_size = self.FIRST_READ_SIZE
+        self._read_size = read_size
         self._offered = 0
         self._buf = bytearray(self._read_size)
         self._start = 0  # first unconsumed byte

@@ -117,36 +117,43 @@ def test_a_flood_of_huge_declared_hellos_costs_no_memory_and_a_controller_is_ser
     try:
         assert agent.run("true").returncode == 0  # warm up: everything a session needs is imported
         idle = agent.rss()
-        head = HEAD.pack(5 + DEFAULT_MAX_FRAME_SIZE, MessageType.HELLO, 0)
-        for _ in range(FLOOD):
-            sock = _connect(agent.port)
-            sockets.append(sock)
-            sock.setblocking(False)
-            try:
-                sock.send(head + bytes(BODY_SENT))  # what the kernel takes; never blocks
-            except OSError:
-                pass  # already refused and closed
-        peers = {"%s:%d" % s.getsockname()[:2] for s in sockets}
-        served = subprocess.Popen(  # the real CLI, while the flood's sockets are all still open
-            [str(BIN / "shoal"), "run", f"127.0.0.1:{agent.port}", "--key-file", str(agent.key_path),
-             "--", "echo", "served"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        peak = idle
-        deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline:
-            peak = max(peak, agent.rss())
-            if served.poll() is not None and _peers_accounted(agent.audit, peers) == peers:
-                break
-            time.sleep(0.02)
-        out, err = served.communicate(timeout=DEADLINE)
-        assert peak - idle < 10 * MIB, f"RSS grew by {(peak - idle) / MIB:.1f} MiB during the flood"
-        assert (served.returncode, out) == (0, "served\n"), err
-        assert _peers_accounted(agent.audit, peers) == peers
-        for s in sockets:
-            s.close()
-        sockets.clear()
+        for _ in range(2):  # the second flood must fit in the memory the first one gave back
+            peak = _flood_while_serving(agent, sockets)
+            assert peak - idle < 10 * MIB, f"RSS grew by {(peak - idle) / MIB:.1f} MiB during the flood"
+            for s in sockets:
+                s.close()
+            sockets.clear()
         assert agent.rss() - idle < 10 * MIB
     finally:
         agent.stop()
+
+
+def _flood_while_serving(agent: AgentProcess, sockets: list[socket.socket]) -> int:
+    """FLOOD connections each declaring a 4 MiB HELLO, and a real `shoal run` meanwhile; peak RSS."""
+    head = HEAD.pack(5 + DEFAULT_MAX_FRAME_SIZE, MessageType.HELLO, 0)
+    for _ in range(FLOOD):
+        sock = _connect(agent.port)
+        sockets.append(sock)
+        sock.setblocking(False)
+        try:
+            sock.send(head + bytes(BODY_SENT))  # what the kernel takes; never blocks
+        except OSError:
+            pass  # already refused and closed
+    peers = {"%s:%d" % s.getsockname()[:2] for s in sockets}
+    served = subprocess.Popen(  # the real CLI, while the flood's sockets are all still open
+        [str(BIN / "shoal"), "run", f"127.0.0.1:{agent.port}", "--key-file", str(agent.key_path),
+         "--", "echo", "served"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = agent.rss()
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        peak = max(peak, agent.rss())
+        if served.poll() is not None and _peers_accounted(agent.audit, peers) == peers:
+            break
+        time.sleep(0.02)
+    out, err = served.communicate(timeout=DEADLINE)
+    assert (served.returncode, out) == (0, "served\n"), err
+    assert _peers_accounted(agent.audit, peers) == peers, "the agent never dealt with some flood connections"
+    return peak
 
 
 def test_a_refused_pre_auth_frame_gets_frame_too_large_naming_the_limit(tmp_path: Path) -> None:
