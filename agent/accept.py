@@ -12,7 +12,6 @@ its counts, when accepting works again.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import resource
 import socket
@@ -31,6 +30,8 @@ log = logging.getLogger("shoal.agent")
 ACCEPT_PAUSE = 0.2
 # Connections the kernel queues for us while we are busy or paused.
 BACKLOG = 1024
+# Seconds without a failed accept that end an episode (and its log line).
+EPISODE_QUIET = 1.0
 # Connections accepted per readiness callback, so a flood cannot starve the loop.
 ACCEPT_BATCH = 64
 # Unauthenticated connections shed per exhausted accept: frees room for a few
@@ -40,22 +41,27 @@ SHED_BATCH = 16
 # pipes of running commands, when checking that the limit fits.
 FD_RESERVE = 64
 
-_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
 
 class FdPressure:
-    """One agent's episodes of running out of descriptors, logged once each."""
+    """One agent's episodes of running out of descriptors, logged once each.
+
+    An episode ends once the backlog has been drained and no accept has failed
+    for EPISODE_QUIET, so a flood arriving in bursts stays one episode.
+    """
 
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
         self._since: float | None = None
+        self._last_failure = 0.0
         self._failures = 0
         self._shed = 0
+        self._check: asyncio.TimerHandle | None = None
 
     def exhausted(self, exc: OSError) -> None:
         """An accept failed for lack of resources: shed, and log if this starts an episode."""
+        self._last_failure = time.monotonic()
         if self._since is None:
-            self._since = time.monotonic()
+            self._since = self._last_failure
             self._failures = self._shed = 0
             log.warning("cannot accept connections: %s; pausing accepts and shedding "
                         "unauthenticated connections", exc.strerror or exc)
@@ -63,12 +69,26 @@ class FdPressure:
         self._shed += self._agent.shed_startups(SHED_BATCH)
 
     def relieved(self) -> None:
-        """The backlog is empty: accepting has caught up, so close the episode."""
+        """The backlog is empty: end the episode once it stays quiet."""
+        if self._since is not None and self._check is None:
+            self._check = asyncio.get_running_loop().call_later(EPISODE_QUIET, self._maybe_end)
+
+    def _maybe_end(self) -> None:
+        self._check = None
         if self._since is None:
             return
+        quiet = time.monotonic() - self._last_failure
+        if quiet < EPISODE_QUIET:
+            self._check = asyncio.get_running_loop().call_later(EPISODE_QUIET - quiet, self._maybe_end)
+            return
         log.warning("accepting connections again after %.1fs: %d failed accept(s), %d unauthenticated "
-                    "connection(s) shed", time.monotonic() - self._since, self._failures, self._shed)
+                    "connection(s) shed", self._last_failure - self._since, self._failures, self._shed)
         self._since = None
+
+    def close(self) -> None:
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
 
 
 class Acceptor:
@@ -109,9 +129,7 @@ class Acceptor:
                 return
             except ConnectionAbortedError:
                 continue
-            except OSError as exc:
-                if exc.errno not in _EXHAUSTED:
-                    log.error("accept failed: %s", exc)
+            except OSError as exc:  # EMFILE/ENFILE mostly; any other is paused on as well
                 return self._pause(exc)
             conn.setblocking(False)
             self._agent.tasks.spawn(self._loop.connect_accepted_socket(self._factory, conn), name="accept")

@@ -281,6 +281,7 @@ class Agent:
         for acceptor in self._acceptors:
             acceptor.close()
         self._acceptors.clear()
+        self.fd_pressure.close()
         for server in self._servers:
             server.close()
         self._stopped.set()
