@@ -323,7 +323,8 @@ class Agent:
             victim, limit = next(iter(self.startups)), f"max_startups ({limits.max_startups})"
         if victim is not None:
             if not self._shedding:
-                log.warning("too many unauthenticated connections: %s reached, shedding the oldest", limit)
+                log.warning("too many unauthenticated connections: %s reached; shedding the oldest "
+                            "or refusing new ones", limit)
             self._shedding += 1
             if session.accepted_at - victim.accepted_at < STARTUP_GRACE:
                 self.shed(session, f"{limit} reached")
