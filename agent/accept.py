@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from .server import Agent
+    from shoal.agent.server import Agent
 
 __all__ = ["Acceptor", "FdPressure", "raise_nofile_limit"]
 

@@ -25,7 +25,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from protocol.messages import (
+from shoal.protocol.messages import (
     FileData,
     FileDone,
     FileEnd,
@@ -37,7 +37,7 @@ from protocol.messages import (
     Window,
 )
 
-from .files import (
+from shoal.hostio.files import (
     AtomicWriter,
     FileReader,
     FileTransferError,
@@ -46,11 +46,11 @@ from .files import (
     process_umask,
     resolve_path,
 )
-from .readahead import ReadAhead
-from .sink import ChunkSink
+from shoal.hostio.readahead import ReadAhead
+from shoal.hostio.sink import ChunkSink
 
 if TYPE_CHECKING:
-    from .session import AgentSession
+    from shoal.agent.session import AgentSession
 
 __all__ = ["transfer_handlers", "remove_leftovers", "PUT_WINDOW", "GET_WINDOW", "MAX_TRANSFERS"]
 

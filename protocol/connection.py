@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NoReturn
 
-from . import handshake
-from .errors import AuthError, LocalProtocolError, RemoteProtocolError
-from .frames import DEFAULT_MAX_FRAME_SIZE, HEAD_SIZE, PREAUTH_MAX_FRAME, TAG_SIZE, FrameDecoder, RawFrame, frame_head
-from .messages import (
+from shoal.protocol import handshake
+from shoal.protocol.errors import AuthError, LocalProtocolError, RemoteProtocolError
+from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, HEAD_SIZE, PREAUTH_MAX_FRAME, TAG_SIZE, FrameDecoder, RawFrame, frame_head
+from shoal.protocol.messages import (
     PROTOCOL_VERSION,
     Auth,
     Error,

@@ -22,11 +22,11 @@ from typing import Iterator
 import psutil
 import pytest
 
-from agent.keyfile import write_key_file
-from controller.cli import main as shoal_main
-from protocol.frames import DEFAULT_MAX_FRAME_SIZE, HEAD
-from protocol.handshake import SharedKey
-from protocol.messages import MessageType
+from shoal.hostio.keyfile import write_key_file
+from shoal.controller.cli.main import main as shoal_main
+from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, HEAD
+from shoal.protocol.handshake import SharedKey
+from shoal.protocol.messages import MessageType
 from tests.agents import AgentThread
 from tests.debris import poll
 from tests.rawpeer import RawController, audit_events, untagged_frames
@@ -50,7 +50,7 @@ class AgentProcess:
         env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", "--listen", "127.0.0.1:0", "--key-file", str(self.key_path),
+                [sys.executable, "-m", "shoal.agent.cli", "--listen", "127.0.0.1:0", "--key-file", str(self.key_path),
                  "--audit-log", str(self.audit), *args],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd=str(ROOT), env=env,
                 preexec_fn=limit)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from protocol.frames import FrameDecoder
-from protocol.messages import MESSAGE_CLASSES, Exec, Stdout, decode_body
+from shoal.protocol.frames import FrameDecoder
+from shoal.protocol.messages import MESSAGE_CLASSES, Exec, Stdout, decode_body
 
 DOC = Path(__file__).resolve().parent.parent.joinpath("protocol", "PROTOCOL.md").read_text()
 ROWS = {m.group(1).lower(): m.group(0) for m in re.finditer(r"^\| (0x[0-9a-f]{2}) \|.*$", DOC, re.M | re.I)}
