@@ -22,6 +22,7 @@ import sys
 
 from shoal.protocol.errors import ConfigError, ShoalError
 
+from shoal.agent.accept import raise_nofile_limit
 from shoal.agent.config import AgentConfig, Limits, TlsConfig, load_config
 from shoal.agent.log import setup_logging
 from shoal.agent.sdnotify import notify
@@ -187,6 +188,7 @@ async def _serve(args: argparse.Namespace, cfg: AgentConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     reload_asked = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
+    raise_nofile_limit(cfg.limits.max_connections)
     await agent.start()
     if not agent.keys.required and cfg.insecure:
         log.warning("running WITHOUT authentication on a non-loopback address (--insecure)")

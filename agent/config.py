@@ -225,6 +225,13 @@ class Limits:
     Attributes:
         max_connections: open connections. Bounds file descriptors and per-connection
             buffers against a flood of (possibly unauthenticated) clients.
+        max_startups: connections still in the handshake (not yet authenticated), like
+            sshd's MaxStartups. Kept well below max_connections so a flood of
+            unauthenticated sockets cannot lock authenticated controllers out; when
+            full, the oldest unauthenticated connection is shed for the new one.
+        max_startups_per_source: connections still in the handshake from one source
+            address (one for all unix-socket clients), like sshd's
+            PerSourceMaxStartups; when full, that source's oldest is shed.
         max_commands: commands running at once on this agent. Bounds child processes,
             so a runaway controller cannot fill the process table.
         max_commands_per_connection: commands running at once on one connection, so
@@ -247,6 +254,8 @@ class Limits:
     """
 
     max_connections: int = 512
+    max_startups: int = 64
+    max_startups_per_source: int = 16
     max_commands: int = 1024
     max_commands_per_connection: int = 128
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
@@ -259,6 +268,8 @@ class Limits:
 
     def __post_init__(self) -> None:
         _integer("max_connections", self.max_connections, 1, 1_000_000)
+        _integer("max_startups", self.max_startups, 1, 1_000_000)
+        _integer("max_startups_per_source", self.max_startups_per_source, 1, 1_000_000)
         _integer("max_commands", self.max_commands, 1, 1_000_000)
         _integer("max_commands_per_connection", self.max_commands_per_connection, 1, 1_000_000)
         _integer("max_frame_size", self.max_frame_size, MIN_MAX_FRAME_SIZE, MAX_FRAME_SIZE_CEILING)

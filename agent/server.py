@@ -24,6 +24,7 @@ from shoal.protocol.errors import ConfigError
 from shoal.protocol.handshake import SharedKey
 
 from shoal.agent import proctree
+from shoal.agent.accept import Acceptor, FdPressure
 from shoal.agent.audit import Audit
 from shoal.agent.config import AgentConfig, KeyPolicy, ListenAddress, parse_listen
 from shoal.agent.session import AgentSession
@@ -40,6 +41,10 @@ __all__ = ["Agent", "software_version"]
 
 log = logging.getLogger("shoal.agent")
 
+# Seconds a connection may take to authenticate before a new one may shed it when
+# the startup caps are full: a handshake is a few round trips, so one still open
+# after this is more likely a flood than a controller about to finish.
+STARTUP_GRACE = 1.0
 # Longest close() waits, after killing them, for commands to report their end.
 CLOSE_WAIT = 10.0
 
@@ -74,9 +79,15 @@ class Agent:
         # Loops that never end by themselves (reaper, metrics sampler): cancelled at close.
         self._loops = TaskSet()
         self.sessions: set[AgentSession] = set()
+        # Sessions still in the handshake, oldest first (a dict keeps insertion order).
+        self.startups: dict[AgentSession, None] = {}
         self.running_commands = 0
         self.detached: dict[int, CommandRequest] = {}
         self._servers: list[asyncio.AbstractServer] = []
+        self._acceptors: list[Acceptor] = []
+        self._stopped = asyncio.Event()
+        self.fd_pressure = FdPressure(self)
+        self._shedding = 0  # connections shed by the startup caps in the current episode
         self._unix_paths: list[str] = []
         self._tls: TlsAcceptor | None = None  # TCP listeners' TLS handshakes, when configured
         self._reap_orphans = reap_orphans
@@ -210,20 +221,28 @@ class Agent:
             if addr.kind == "unix":
                 assert addr.path is not None
                 _remove_stale_socket(addr.path)
-                server = await loop.create_unix_server(lambda: AgentSession(self), addr.path)
+                server = await loop.create_unix_server(lambda: AgentSession(self), addr.path, start_serving=False)
                 os.chmod(addr.path, 0o600 if not self.keys.required else 0o666)
                 self._unix_paths.append(addr.path)
                 self.addresses.append(f"unix:{addr.path}")
             else:
                 assert addr.port is not None  # parse_listen gives every TCP address a port
                 server = await loop.create_server(
-                    self._tcp_protocol(), addr.host, addr.port, reuse_address=True, backlog=1024)
+                    self._tcp_protocol(), addr.host, addr.port, reuse_address=True, backlog=1024,
+                    start_serving=False)
                 for sock in server.sockets:
                     host, port = sock.getsockname()[:2]
                     self.addresses.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         except OSError as exc:
             raise ConfigError(f"cannot listen on {addr}: {exc.strerror or exc}", "listen") from exc
         self._servers.append(server)
+        # We accept ourselves (shoal.agent.accept): asyncio's loop floods the log when descriptors run out.
+        factory: Callable[[], asyncio.BaseProtocol] = (
+            (lambda: AgentSession(self)) if addr.kind == "unix" else self._tcp_protocol())
+        for sock in server.sockets:
+            acceptor = Acceptor(self, sock.dup(), factory)
+            acceptor.start()
+            self._acceptors.append(acceptor)
 
     def _tcp_protocol(self) -> Callable[[], asyncio.BaseProtocol]:
         """Sessions at once, or (mutual TLS) after a handshake we run, so failures are audited."""
@@ -239,7 +258,8 @@ class Agent:
         return self._tls
 
     async def serve_forever(self) -> None:
-        await asyncio.gather(*(s.serve_forever() for s in self._servers))
+        """Wait until the agent stops listening (close())."""
+        await self._stopped.wait()
 
     async def close(self, grace: float = 0.0) -> None:
         """Stop accepting, say goodbye, let commands finish for `grace` s, kill the rest."""
@@ -272,8 +292,13 @@ class Agent:
         if self.discovery is not None:
             self.discovery.close()
             self.discovery = None
+        for acceptor in self._acceptors:
+            acceptor.close()
+        self._acceptors.clear()
+        self.fd_pressure.close()
         for server in self._servers:
             server.close()
+        self._stopped.set()
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
@@ -289,18 +314,72 @@ class Agent:
     # -- shared counters -----------------------------------------------------
 
     def admit(self, session: AgentSession) -> bool:
-        """Take a new connection unless over the cap (then refuse it at once)."""
-        if len(self.sessions) >= self.config.limits.max_connections:
-            session.conn.fail("too_many_connections",
-                              f"agent connection limit ({self.config.limits.max_connections}) reached")
+        """Take a new connection unless over a cap (then refuse it at once).
+
+        A new connection starts in the handshake. Over `max_startups_per_source`
+        (its source's) or `max_startups` (anyone's), the oldest such connection is
+        shed to make room if it has had STARTUP_GRACE to authenticate: a flood of
+        idle unauthenticated sockets then churns through its own slots while a
+        real controller connects and authenticates. Otherwise the newcomer is
+        refused, so a burst of honest handshakes is not shed before it can finish.
+        """
+        limits = self.config.limits
+        if len(self.sessions) >= limits.max_connections:
+            session.conn.fail("too_many_connections", f"agent connection limit ({limits.max_connections}) reached")
             self.audit.record("refused", peer=session.peer, reason="connection limit")
             session.abort()
             return False
+        same_source = [s for s in self.startups if s.source == session.source]
+        victim, limit = None, ""
+        if len(same_source) >= limits.max_startups_per_source:
+            victim, limit = same_source[0], f"max_startups_per_source ({limits.max_startups_per_source})"
+        elif len(self.startups) >= limits.max_startups:
+            victim, limit = next(iter(self.startups)), f"max_startups ({limits.max_startups})"
+        if victim is not None:
+            if not self._shedding:
+                log.warning("too many unauthenticated connections: %s reached; shedding the oldest "
+                            "or refusing new ones", limit)
+            self._shedding += 1
+            if session.accepted_at - victim.accepted_at < STARTUP_GRACE:
+                self.shed(session, f"{limit} reached")
+                return False
+            self.shed(victim, f"{limit} reached")
         self.sessions.add(session)
+        self.startups[session] = None
         return True
+
+    def shed(self, session: AgentSession, reason: str) -> None:
+        """Close a connection still in the handshake to make room for others.
+
+        Audited as `shed` (debug level in the log: a flood must not flood the log).
+        """
+        self.startups.pop(session, None)
+        self.sessions.discard(session)
+        session.conn.fail("too_many_connections", "too many connections are authenticating; try again")
+        self.audit.record("shed", peer=session.peer, reason=reason)
+        session.abort()
+
+    def shed_startups(self, count: int) -> int:
+        """Shed up to `count` of the oldest connections still in the handshake; how many were."""
+        victims = list(self.startups)[:count]
+        for victim in victims:
+            self.shed(victim, "out of file descriptors")
+        return len(victims)
+
+    def _end_shedding(self) -> None:
+        if self._shedding and not self.startups:
+            log.warning("no unauthenticated connections left; %d were shed or refused", self._shedding)
+            self._shedding = 0
+
+    def authenticated(self, session: AgentSession) -> None:
+        """The session finished its handshake: it no longer counts as a startup."""
+        self.startups.pop(session, None)
+        self._end_shedding()
 
     def release(self, session: AgentSession) -> None:
         self.sessions.discard(session)
+        self.startups.pop(session, None)
+        self._end_shedding()
 
     def command_started(self, req: CommandRequest) -> None:
         self.running_commands += 1

@@ -71,6 +71,8 @@ class AgentSession(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self._fd = -1
         self.peer = "?"
+        self.source = "?"  # the peer's address without the port: what per-source limits count
+        self.accepted_at = time.monotonic()
         self.log = ConnLog(log, {"peer": "?"})
         self.requests: dict[int, Any] = {}
         self.policy: KeyPolicy | None = None
@@ -95,6 +97,8 @@ class AgentSession(asyncio.BufferedProtocol):
         self.transport = transport
         self._fd = raw_fd(transport)
         self.peer = peer_name(transport)
+        self.source = self.peer.rpartition(":")[0] or self.peer
+        self.accepted_at = time.monotonic()
         self.log = ConnLog(log, {"peer": self.peer})
         _tune_socket(transport, self.limits.keepalive)
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
@@ -208,6 +212,7 @@ class AgentSession(asyncio.BufferedProtocol):
         handler(event)
 
     def _on_authenticated(self, event: HandshakeComplete) -> None:
+        self.agent.authenticated(self)
         self.key_id = event.key_id
         self.policy = self.agent.policy_for(event.key_id)
         self.log = ConnLog(log, {"peer": self.peer, "key": event.key_id})

@@ -15,6 +15,8 @@ States (one table, `_LEGAL`):
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from collections import deque
 from dataclasses import dataclass
@@ -23,7 +25,8 @@ from typing import NoReturn
 
 from shoal.protocol import handshake
 from shoal.protocol.errors import AuthError, LocalProtocolError, RemoteProtocolError
-from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_CEILING, FrameDecoder, RawFrame, frame_head
+from shoal.protocol.frames import (DEFAULT_MAX_FRAME_SIZE, HEAD_SIZE, MAX_FRAME_SIZE_CEILING, PREAUTH_MAX_FRAME, TAG_SIZE,
+                                   FrameDecoder, RawFrame, frame_head)
 from shoal.protocol.messages import (
     PROTOCOL_VERSION,
     Auth,
@@ -38,6 +41,12 @@ from shoal.protocol.messages import (
 __all__ = ["Role", "State", "Connection", "HandshakeComplete", "KeyLookup"]
 
 NONCE_SIZE = 32
+# Read buffer before authentication: one largest pre-auth frame. A flood opens many
+# connections at once, and glibc keeps the freed 16 KiB buffers (measured).
+_PREAUTH_READ_SIZE = PREAUTH_MAX_FRAME + HEAD_SIZE + TAG_SIZE
+# What the peer is told when a keyed handshake fails, whatever the cause: an unknown
+# key id and a wrong proof must look alike, or the reply tells key ids apart.
+AUTH_FAILED_MESSAGE = "authentication failed"
 
 
 class Role(Enum):
@@ -78,6 +87,7 @@ class KeyLookup:
 
     def __init__(self, keys: list[handshake.SharedKey]) -> None:
         self._by_id = {k.key_id: k for k in keys}
+        self._dummy_salt = secrets.token_bytes(handshake.KEY_SIZE)
 
     @property
     def required(self) -> bool:
@@ -85,6 +95,15 @@ class KeyLookup:
 
     def get(self, key_id: str) -> handshake.SharedKey | None:
         return self._by_id.get(key_id)
+
+    def dummy(self, key_id: str) -> handshake.SharedKey:
+        """A stand-in for an unknown key id, the same for every connection offering it.
+
+        The handshake runs on with it and fails at the proof, so an unknown id
+        takes the same path (and about the same time) as a wrong secret.
+        """
+        secret = hmac.new(self._dummy_salt, key_id.encode("utf-8", "replace"), hashlib.sha256).digest()
+        return handshake.SharedKey(secret)
 
 
 class Connection:
@@ -126,7 +145,11 @@ class Connection:
         self.macs = list(macs)
         self.mac: str | None = None
         self._nonce = nonce if nonce is not None else secrets.token_bytes(NONCE_SIZE)
-        self._decoder = FrameDecoder(max_frame_size)
+        self._max_frame_size = max_frame_size
+        # Until the handshake is done only small frames are legal (PREAUTH_MAX_FRAME).
+        self._decoder = FrameDecoder(min(max_frame_size, PREAUTH_MAX_FRAME), read_size=_PREAUTH_READ_SIZE)
+        self._decoder.max_read_size = _PREAUTH_READ_SIZE
+        self._key_unknown = False
         self._out: list[bytes] = []
         self._events: deque[Message | HandshakeComplete] = deque()
         self._error: RemoteProtocolError | AuthError | None = None
@@ -141,7 +164,7 @@ class Connection:
 
     @property
     def max_frame_size(self) -> int:
-        return self._decoder.max_body
+        return self._max_frame_size
 
     def start(self) -> None:
         """Controller only: queue our HELLO. The agent answers one in kind."""
@@ -273,14 +296,15 @@ class Connection:
                 self._auth_fail("this agent requires a key but the controller offered none", None)
             self._send_hello("none", "")
             return self._open(None)
-        key = self._keys.get(hello.key_id) if self._keys.required else None
         if not self._keys.required:
             self._auth_fail("the controller offered a key but this agent has none configured", hello.key_id)
-        if key is None:
-            self._auth_fail("authentication failed: unknown key", hello.key_id)
-        self.key = key
-        self.key_id = hello.key_id
         self._require_nonce(hello)
+        # An unknown key id gets a HELLO like any other and fails at the proof (§5.2):
+        # answering it differently would tell a prober which key ids exist.
+        key = self._keys.get(hello.key_id)
+        self._key_unknown = key is None
+        self.key = key if key is not None else self._keys.dummy(hello.key_id)
+        self.key_id = hello.key_id
         self.mac = self._choose_mac(hello.macs)
         self._send_hello("hmac-sha256", hello.key_id)
         self.state = State.AUTH
@@ -320,8 +344,10 @@ class Connection:
             expected = handshake.controller_proof(secret, th)
         else:
             expected = handshake.agent_proof(secret, th)
-        if not handshake.verify_proof(expected, _unhex(auth.proof)):
-            self._auth_fail("authentication failed", self.key_id, queue=self.role is Role.AGENT)
+        proof_ok = handshake.verify_proof(expected, _unhex(auth.proof))
+        if self._key_unknown or not proof_ok:
+            local = "unknown key id" if self._key_unknown else "bad proof (wrong key)"
+            self._auth_fail(local, self.key_id, queue=self.role is Role.AGENT, peer_reason=AUTH_FAILED_MESSAGE)
         if self.role is Role.AGENT:
             self._emit(Auth(0, proof=handshake.agent_proof(secret, th).hex()))
         self._install_keys(secret, th)
@@ -341,6 +367,8 @@ class Connection:
     def _open(self, key_id: str | None) -> None:
         assert self.peer_hello is not None
         self.state = State.OPEN
+        self._decoder.max_body = self._max_frame_size  # large frames and reads only once authenticated
+        self._decoder.max_read_size = FrameDecoder.READ_SIZE
         self._events.append(HandshakeComplete(self.peer_hello, key_id, self.mac if key_id else None))
 
     def _transcript(self) -> bytes:
@@ -349,15 +377,21 @@ class Connection:
         return handshake.transcript_hash(self._their_hello_frame, self._our_hello_frame)
 
     def _require_nonce(self, hello: Hello) -> None:
-        if len(_unhex(hello.nonce)) != NONCE_SIZE:
+        """Refuse a nonce that is not 32 bytes, is one byte repeated, or reflects ours (§5.2)."""
+        nonce = _unhex(hello.nonce)
+        if len(nonce) != NONCE_SIZE:
             self._fail(RemoteProtocolError("HELLO carries no valid nonce", "bad_hello"))
+        if nonce == bytes([nonce[0]]) * NONCE_SIZE:
+            self._fail(RemoteProtocolError("HELLO nonce is one byte repeated, not random", "bad_hello"))
+        if nonce == self._nonce:
+            self._fail(RemoteProtocolError("HELLO nonce equals ours (reflected)", "bad_hello"))
 
     def _send_hello(self, auth: str, key_id: str) -> None:
         self._our_hello_nonce = self._nonce.hex() if auth != "none" else ""
         keyed, controller = auth != "none", self.role is Role.CONTROLLER
         hello = Hello(
             0, role=self.role.value, software=self.software, auth=auth, key_id=key_id,
-            nonce=self._our_hello_nonce, max_frame=self._decoder.max_body,
+            nonce=self._our_hello_nonce, max_frame=self._max_frame_size,
             macs=list(self.macs) if keyed and controller else [],
             mac=(self.mac or "") if keyed and not controller else "",
         )
@@ -380,10 +414,12 @@ class Connection:
 
     # -- failure -------------------------------------------------------------
 
-    def _auth_fail(self, reason: str, key_id: str | None, queue: bool = True) -> NoReturn:
+    def _auth_fail(self, reason: str, key_id: str | None, queue: bool = True,
+                   peer_reason: str | None = None) -> NoReturn:
+        """Fail the handshake; the peer gets `peer_reason` (default `reason`), our log `reason`."""
         err = AuthError(reason, key_id=key_id)
         if queue:
-            self.fail("auth_failed", reason)
+            self.fail("auth_failed", peer_reason or reason)
         self.state = State.FAILED
         self._error = err
         raise err

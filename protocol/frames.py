@@ -27,6 +27,7 @@ __all__ = [
     "TAG_SIZE",
     "DEFAULT_MAX_FRAME_SIZE",
     "MIN_MAX_FRAME_SIZE",
+    "PREAUTH_MAX_FRAME",
     "RawFrame",
     "FrameDecoder",
     "frame_head",
@@ -47,6 +48,10 @@ MIN_MAX_FRAME_SIZE = 64 * 1024
 # The most either end may configure or a peer's HELLO may announce: a frame is
 # buffered whole before it is checked, so this bounds what one peer can make us hold.
 MAX_FRAME_SIZE_CEILING = 16 * 1024 * 1024
+# Largest body accepted before the handshake completes, in bytes. HELLO, AUTH and
+# ERROR are well under 1 KiB; without this cap anyone who can connect could make
+# the agent buffer a whole `max_frame` per connection without holding any key.
+PREAUTH_MAX_FRAME = 4 * 1024
 
 
 # A receive buffer up to this size is kept between frames: it holds one standard
@@ -93,10 +98,13 @@ class FrameDecoder:
     # should not pin 500 x 256 KiB, while a bulk stream reaches full size in two reads.
     FIRST_READ_SIZE = 16 * 1024
 
-    def __init__(self, max_body: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(self, max_body: int = DEFAULT_MAX_FRAME_SIZE, read_size: int = FIRST_READ_SIZE) -> None:
         self.max_body = max_body
+        # Reads grow up to this; the connection keeps it at `read_size` until the
+        # peer has authenticated, so an unauthenticated peer never gets a big buffer.
+        self.max_read_size = self.READ_SIZE
         self.tagged = False
-        self._read_size = self.FIRST_READ_SIZE
+        self._read_size = read_size
         self._offered = 0
         self._buf = bytearray(self._read_size)
         self._start = 0  # first unconsumed byte
@@ -125,8 +133,8 @@ class FrameDecoder:
     def buffer_updated(self, nbytes: int) -> None:
         """`nbytes` were written at the start of the last `get_buffer()` view."""
         self._end += nbytes
-        if nbytes >= self._offered and self._read_size < self.READ_SIZE:
-            self._read_size = min(self.READ_SIZE, self._read_size * 4)
+        if nbytes >= self._offered and self._read_size < self.max_read_size:
+            self._read_size = min(self.max_read_size, self._read_size * 4)
 
     def _frame_size(self) -> int:
         if self._end - self._start < 4:

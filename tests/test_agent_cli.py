@@ -49,7 +49,8 @@ def flag(option: str) -> str:
 FLAGS = ["--listen", "0.0.0.0:9000", "--listen", "unix:/run/shoal/a.sock", "--insecure",
          "--log-level", "debug", "--audit-log", "audit.jsonl", "--audit-required", "--state-dir", "state",
          "--tls-cert", "/etc/shoal/a.pem", "--tls-key", "/etc/shoal/a.key", "--tls-ca", "/etc/shoal/ca.pem",
-         "--max-connections", "7", "--max-commands", "9", "--max-commands-per-connection", "3",
+         "--max-connections", "7", "--max-startups", "5", "--max-startups-per-source", "2",
+         "--max-commands", "9", "--max-commands-per-connection", "3",
          "--max-frame-size", "65536", "--stdin-window", "4096", "--output-window", "65536",
          "--handshake-timeout", "0.25", "--idle-timeout", "12.5", "--kill-grace", "0", "--keepalive", "1",
          "--discovery", "--discovery-port", "9999", "--discovery-name", "web-01",
@@ -61,7 +62,7 @@ def expected_from_flags(cwd: Path) -> AgentConfig:
         listen=("0.0.0.0:9000", "unix:/run/shoal/a.sock"), insecure=True, log_level="debug",
         audit_log=str(cwd / "audit.jsonl"), audit_required=True, state_dir=str(cwd / "state"),
         tls=TlsConfig(cert="/etc/shoal/a.pem", key="/etc/shoal/a.key", ca="/etc/shoal/ca.pem"),
-        limits=Limits(max_connections=7, max_commands=9, max_commands_per_connection=3,
+        limits=Limits(max_connections=7, max_startups=5, max_startups_per_source=2, max_commands=9, max_commands_per_connection=3,
                       max_frame_size=65536, stdin_window=4096, output_window=65536,
                       handshake_timeout=0.25, idle_timeout=12.5, kill_grace=0.0, keepalive=1.0),
         discovery=DiscoveryConfig(enabled=True, port=9999, name="web-01", group="239.1.2.3", group6="ff05::1:3"))

@@ -330,7 +330,7 @@ def test_exec_behind_a_forged_proof_never_runs(
     admin = keys["admin"][0]
     peer = RawController(agent.addresses[0])
     hello = Hello(0, role="controller", software="x", auth="hmac-sha256", key_id=admin.key_id,
-                  nonce="ab" * 32, max_frame=1 << 20)
+                  nonce=bytes(range(32)).hex(), max_frame=1 << 20)
     frames = b""
     for msg in (hello, Auth(0, proof="00" * 32)):
         body = encode_body(msg)

@@ -10,7 +10,11 @@ from shoal.protocol.connection import Connection, HandshakeComplete, KeyLookup, 
 from shoal.protocol.errors import AuthError, LocalProtocolError, RemoteProtocolError
 from shoal.protocol.handshake import MAC_AES256_GMAC, MAC_HMAC_SHA256, SUPPORTED_MACS, SharedKey
 from shoal.protocol.messages import Exec, Hello, MessageType, Stdout, decode_body, encode_body
-from shoal.protocol.frames import HEAD_SIZE, TAG_SIZE, frame_head
+from shoal.protocol.frames import HEAD_SIZE, PREAUTH_MAX_FRAME, TAG_SIZE, frame_head
+
+# Fixed nonces for hand-made HELLOs: distinct bytes, so the degenerate-nonce rule passes.
+NONCE_AB = bytes(range(32)).hex()
+NONCE_CD = bytes(range(32, 64)).hex()
 
 KEY = SharedKey(bytes(range(32)))
 OTHER = SharedKey(bytes(range(1, 33)))
@@ -90,7 +94,7 @@ def hello_frame(hello: Hello) -> bytes:
 def test_controller_hello_without_macs_means_hmac() -> None:
     """An older controller sends no `macs`: the agent falls back to hmac-sha256."""
     a = Connection(Role.AGENT, keys=KeyLookup([KEY]))
-    body = encode_body(Hello(0, auth="hmac-sha256", key_id=KEY.key_id, nonce="ab" * 32)).replace(
+    body = encode_body(Hello(0, auth="hmac-sha256", key_id=KEY.key_id, nonce=NONCE_AB)).replace(
         b',"macs":["hmac-sha256"],"mac":""', b"")
     assert b'"macs"' not in body and b'"mac"' not in body
     a.receive_data(raw(MessageType.HELLO, 0, body))
@@ -101,7 +105,7 @@ def test_controller_hello_without_macs_means_hmac() -> None:
 
 def test_no_mac_in_common_is_a_clear_hello_error() -> None:
     a = Connection(Role.AGENT, keys=KeyLookup([KEY]), macs=(MAC_HMAC_SHA256,))
-    a.receive_data(hello_frame(Hello(0, auth="hmac-sha256", key_id=KEY.key_id, nonce="ab" * 32,
+    a.receive_data(hello_frame(Hello(0, auth="hmac-sha256", key_id=KEY.key_id, nonce=NONCE_AB,
                                      macs=["aes256-gmac", "rot13"])))
     with pytest.raises(RemoteProtocolError, match="no frame MAC in common") as err:
         a.next_event()
@@ -113,7 +117,7 @@ def test_agent_choosing_a_mac_not_offered_is_rejected() -> None:
     c.start()
     c.data_to_send()
     c.receive_data(hello_frame(Hello(0, role="agent", auth="hmac-sha256", key_id=KEY.key_id,
-                                     nonce="cd" * 32, macs=[], mac=MAC_AES256_GMAC)))
+                                     nonce=NONCE_CD, macs=[], mac=MAC_AES256_GMAC)))
     with pytest.raises(RemoteProtocolError, match="not offered") as err:
         c.next_event()
     assert err.value.code == "bad_hello"
@@ -155,10 +159,93 @@ def test_wrong_key_fails_on_both_sides() -> None:
     c = Connection(Role.CONTROLLER, key=OTHER)
     a = Connection(Role.AGENT, keys=KeyLookup([KEY]))
     c.start()
-    with pytest.raises(AuthError):
-        pump(c, a)  # unknown key id
-    with pytest.raises(AuthError):
-        pump(a, c)  # the agent's ERROR frame says so
+    pump(c, a)  # an unknown key id still gets the agent's HELLO
+    pump(a, c)
+    with pytest.raises(AuthError, match="unknown key id"):
+        pump(c, a)  # ...and fails at the proof
+    with pytest.raises(AuthError, match="^authentication failed$"):
+        pump(a, c)  # the agent's ERROR frame says no more than that
+
+
+def _failed_handshake(agent_keys: dict[str, SharedKey], controller_key: SharedKey) -> tuple[Hello, bytes, str]:
+    """Run a handshake that fails: (the agent's HELLO, its ERROR frame, its local reason)."""
+    c = Connection(Role.CONTROLLER, key=controller_key)
+    a = Connection(Role.AGENT, keys=KeyLookup([]))
+    a._keys._by_id.update(agent_keys)
+    c.start()
+    pump(c, a)
+    hello_wire = b"".join(a.data_to_send())
+    c.receive_data(hello_wire)
+    assert c.next_event() is None
+    with pytest.raises(AuthError) as local:
+        pump(c, a)
+    hello = decode_body(MessageType.HELLO, 0, hello_wire[HEAD_SIZE:])
+    assert isinstance(hello, Hello)
+    return hello, b"".join(a.data_to_send()), local.value.reason
+
+
+def test_unknown_key_id_and_wrong_secret_look_alike_to_the_controller() -> None:
+    """Issue 13 point 10: the handshake must not tell which key ids an agent knows."""
+    unknown = _failed_handshake({KEY.key_id: KEY}, OTHER)
+    wrong_secret = _failed_handshake({OTHER.key_id: KEY}, OTHER)  # id known, secret not
+    for hello in (unknown[0], wrong_secret[0]):
+        assert hello.auth == "hmac-sha256" and hello.key_id == OTHER.key_id and hello.mac
+    same = dict(nonce="")
+    assert dataclasses.replace(unknown[0], **same) == dataclasses.replace(wrong_secret[0], **same)
+    assert unknown[1] == wrong_secret[1]  # byte for byte the same ERROR
+    assert unknown[2] == "unknown key id" and wrong_secret[2].startswith("bad proof")
+
+
+@pytest.mark.parametrize("nonce", [bytes(32), b"\x07" * 32, None], ids=["zero", "one-byte", "reflected"])
+def test_degenerate_nonces_are_refused(nonce: bytes | None) -> None:
+    """Issue 13 point 11: an all-zero, one-byte or reflected nonce is not a nonce."""
+    a = Connection(Role.AGENT, keys=KeyLookup([KEY]), nonce=bytes(range(64, 96)))
+    value = (nonce if nonce is not None else bytes(range(64, 96))).hex()
+    a.receive_data(hello_frame(Hello(0, auth="hmac-sha256", key_id=KEY.key_id, nonce=value)))
+    with pytest.raises(RemoteProtocolError, match="nonce") as exc:
+        a.next_event()
+    assert exc.value.code == "bad_hello" and a.state is State.FAILED
+
+
+def test_controller_refuses_an_agent_reflecting_its_nonce() -> None:
+    c = Connection(Role.CONTROLLER, key=KEY)
+    c.start()
+    ours = decode_body(MessageType.HELLO, 0, b"".join(c.data_to_send())[HEAD_SIZE:])
+    assert isinstance(ours, Hello)
+    c.receive_data(hello_frame(Hello(0, role="agent", auth="hmac-sha256", key_id=KEY.key_id,
+                                     nonce=ours.nonce, mac=MAC_HMAC_SHA256)))
+    with pytest.raises(RemoteProtocolError, match="reflected"):
+        c.next_event()
+
+
+def test_a_pre_auth_frame_over_the_limit_is_refused_from_its_length_alone() -> None:
+    """Issue 13 point 2: 4 bytes declaring a big HELLO end the connection; nothing is buffered."""
+    a = Connection(Role.AGENT, keys=KeyLookup([KEY]))
+    a.receive_data(frame_head(MessageType.HELLO, 0, PREAUTH_MAX_FRAME + 1, False)[:4])
+    with pytest.raises(RemoteProtocolError, match="exceeds the limit of 4096") as exc:
+        a.next_event()
+    assert exc.value.code == "frame_too_large"
+    assert len(a.get_buffer()) < 64 * 1024  # no room was made for the declared body
+
+
+def test_reads_stay_small_until_authenticated() -> None:
+    """Filling every read offered grows the next one, but not for an unauthenticated peer."""
+    a = Connection(Role.AGENT, keys=KeyLookup([KEY]))
+    for _ in range(4):
+        a.buffer_updated(len(a.get_buffer()))  # as if the peer filled all it was offered
+        a._decoder._start = a._decoder._end = 0  # unparsed: only the size of the next read matters
+    assert len(a.get_buffer()) <= PREAUTH_MAX_FRAME + 64  # one largest pre-auth frame
+
+
+def test_the_full_frame_limit_applies_once_authenticated(mac: str) -> None:
+    c = Connection(Role.CONTROLLER, key=KEY, macs=[mac])
+    a = Connection(Role.AGENT, keys=KeyLookup([KEY]))
+    c.start()
+    pump(c, a), pump(a, c), pump(c, a), pump(a, c)
+    assert a.state is State.OPEN
+    c.send(Stdout(1, data=bytes(PREAUTH_MAX_FRAME * 4)))
+    events = pump(c, a)
+    assert isinstance(events[0], Stdout) and len(events[0].data) == PREAUTH_MAX_FRAME * 4
 
 
 def test_same_key_id_but_wrong_secret_fails_at_the_proof() -> None:

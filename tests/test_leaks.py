@@ -80,7 +80,10 @@ async def _one_visit(target: Target) -> str:
 async def test_a_thousand_concurrent_connections_are_served_or_refused_cleanly(tmp_path: Path) -> None:
     _raise_fd_limit(4 * FLOOD + 1024)
     flag = tmp_path / "go"
-    async with running_agents(**{"limits.max_connections": MAX_CONNECTIONS}) as (agent,):
+    # Every visit comes from 127.0.0.1 at once: lift the startup caps, which would
+    # (rightly) turn most of such a burst away, to exercise max_connections itself.
+    caps = {"limits.max_startups": FLOOD, "limits.max_startups_per_source": FLOOD}
+    async with running_agents(**{"limits.max_connections": MAX_CONNECTIONS, **caps}) as (agent,):
         target = target_for(agent)
         held = [await AgentClient.connect(target, timeout=5) for _ in range(HELD)]
         try:
