@@ -17,7 +17,8 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from protocol.connection import Connection, HandshakeComplete, Role, State
-from protocol.errors import AuthError, ProtocolError
+from protocol.errors import AuthError, BadRequestError, ProtocolError
+from protocol.fields import check_request
 from protocol.messages import (
     Cancel,
     Error,
@@ -207,8 +208,12 @@ class AgentSession(asyncio.BufferedProtocol):
 
     def _on_exec(self, msg: Exec) -> None:
         rid = msg.request_id
-        if rid == 0 or rid in self.requests:
+        if rid in self.requests:
             return self.request_error(rid, "duplicate_request", f"request id {rid} is already in use", 255)
+        try:
+            check_request(msg)
+        except BadRequestError as exc:
+            return self.request_error(rid, exc.code, f"bad EXEC: {exc}", 2)
         reason = self._refuse_exec(msg)
         if reason is not None:
             return self.request_error(rid, *reason)
