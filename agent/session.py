@@ -259,7 +259,7 @@ class AgentSession(asyncio.BufferedProtocol):
             "exit", peer=self.peer, key_id=self.key_id, request=req.request_id, argv=req.argv, cwd=req.cwd,
             start=round(req.started, 6), duration=round(result.duration, 6), status=result.status,
             timed_out=req.timed_out, stdout_bytes=req.bytes[1], stderr_bytes=req.bytes[2],
-            stdin_bytes=req.stdin_bytes,
+            stdin_bytes=req.stdin_bytes, leftovers_ended=req.leftovers_ended,
         )
         self.send(req.exit_message(result))
 

@@ -288,6 +288,8 @@ class Exit(Message):
     """Last frame of a request: how it ended, after all of its output.
 
     `status` follows the shell convention (the exit code, or 128+signal).
+    `leftovers_ended` counts processes the command left holding its output that the
+    agent ended after the output linger; None when there were none.
     """
 
     TYPE = MessageType.EXIT
@@ -300,6 +302,7 @@ class Exit(Message):
     stdout_bytes: int = 0
     stderr_bytes: int = 0
     output_file: str | None = None
+    leftovers_ended: int | None = None
 
 
 # -- metrics and files -------------------------------------------------------
