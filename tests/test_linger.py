@@ -72,3 +72,31 @@ def test_command_without_leftovers_reports_none(agent: AgentThread) -> None:
     done = _run(agent, "-o", "json", "--", "echo hi")
     exits = [e for e in map(json.loads, done.stdout.splitlines()) if e["event"] == "exit"]
     assert exits[0]["leftovers_ended"] is None and done.stderr == b""
+
+
+def test_linger_clock_stops_while_the_controller_grants_no_window(agent: AgentThread) -> None:
+    """Output already in the pipe when the command exits is not lost to a slow controller."""
+    from protocol.messages import Exec, Exit, Started, Stdout, Window
+    from tests.rawpeer import RawController
+
+    peer = RawController(agent.addresses[0])
+    try:
+        peer.handshake()
+        peer.conn.send(Exec(1, argv=["head", "-c", "60000", "/dev/zero"], window=4096))  # fits a pipe
+        peer.flush()
+        got, pid = 0, 0
+        while got < 4096:
+            event = peer.next_event()
+            assert event is not None
+            pid = event.pid if isinstance(event, Started) else pid
+            got += len(event.data) if isinstance(event, Stdout) else 0
+        assert _gone(pid)  # the command has exited; the rest waits in the pipe, unread
+        time.sleep(3 * LINGER)  # stalled well past the linger: only this controller's doing
+        peer.conn.send(Window(1, bytes=60000))
+        peer.flush()
+        while not isinstance(event := peer.next_event(), Exit):
+            assert event is not None
+            got += len(event.data) if isinstance(event, Stdout) else 0
+        assert got == 60000 and event.stdout_bytes == 60000 and event.leftovers_ended is None
+    finally:
+        peer.close()
