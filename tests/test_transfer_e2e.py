@@ -446,9 +446,12 @@ def _agent_process(port: int, state_dir: Path) -> subprocess.Popen[bytes]:
 async def test_data_beyond_the_window_is_a_protocol_error(tmp_path: Path) -> None:
     async with one_agent(tmp_path) as (agent, client):
         rid = client.new_request_id()
-        client.send(PutFile(rid, path=str(tmp_path / "x"), size=9 * MiB))
-        for _ in range(3):  # 9 MiB against an 8 MiB window, whenever FILE_INFO goes out
-            client.send(FileData(rid, bytes(3 * MiB)))
+        # FILE_DATA in the same write as its PUT_FILE reaches the agent before FILE_INFO
+        # can grant anything: it overruns a window of 0 however fast the agent writes.
+        # (Sending 9 MiB against the 8 MiB window raced the agent's grants back.)
+        client.conn.send(PutFile(rid, path=str(tmp_path / "x"), size=9 * MiB))
+        client.conn.send(FileData(rid, b"x"))
+        client.flush()
         await eventually(lambda: client.closed, "the agent to close the connection")
         await eventually(lambda: not agent.sessions, "the agent to drop the session")
     assert "window_exceeded" in (client.close_reason or "")
