@@ -9,13 +9,13 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Agent": "agent.server",
-    "AgentConfig": "agent.config",
-    "Limits": "agent.config",
-    "KeyPolicy": "agent.config",
-    "load_config": "agent.config",
-    "load_key_file": "agent.keyfile",
-    "write_key_file": "agent.keyfile",
+    "Agent": "shoal.agent.server",
+    "AgentConfig": "shoal.agent.config",
+    "Limits": "shoal.agent.config",
+    "KeyPolicy": "shoal.agent.config",
+    "load_config": "shoal.agent.config",
+    "load_key_file": "shoal.hostio.keyfile",
+    "write_key_file": "shoal.hostio.keyfile",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -20,12 +20,12 @@ import re
 import signal
 import sys
 
-from protocol.errors import ConfigError, ShoalError
+from shoal.protocol.errors import ConfigError, ShoalError
 
-from .config import AgentConfig, Limits, TlsConfig, load_config
-from .log import setup_logging
-from .sdnotify import notify
-from .server import Agent
+from shoal.agent.config import AgentConfig, Limits, TlsConfig, load_config
+from shoal.agent.log import setup_logging
+from shoal.agent.sdnotify import notify
+from shoal.agent.server import Agent
 
 __all__ = ["main", "build_parser"]
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_config(args: argparse.Namespace, cfg: AgentConfig) -> int:
     """The settings are valid; now open the files they name, as a start would."""
-    from .configfiles import file_problems
+    from shoal.agent.preflight import file_problems
 
     tls_flags = [name for name in ("cert", "key", "ca") if getattr(args, f"tls_{name}")]
     problems = file_problems(cfg, _config_path(args), key_files=args.key_file or [], tls_flags=tls_flags)
@@ -163,7 +163,7 @@ def _check_config(args: argparse.Namespace, cfg: AgentConfig) -> int:
 
 
 def _extra_keys(args: argparse.Namespace) -> list:  # type: ignore[type-arg]
-    from .keyfile import load_key_file
+    from shoal.hostio.keyfile import load_key_file
 
     return [load_key_file(p) for p in args.key_file or []]
 

@@ -15,13 +15,13 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from protocol.messages import Exit, MessageType, Started, Window
+from shoal.protocol.messages import Exit, MessageType, Started, Window
 
-from . import proctree
-from .process import CHUNK, STDOUT, Child, ChildResult
+from shoal.agent import proctree
+from shoal.agent.process import CHUNK, STDOUT, Child, ChildResult
 
 if TYPE_CHECKING:
-    from .session import AgentSession
+    from shoal.agent.session import AgentSession
 
 __all__ = ["CommandRequest", "DEFAULT_OUTPUT_WINDOW", "SHELL"]
 

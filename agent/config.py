@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from protocol.errors import ConfigError
-from protocol.frames import MIN_MAX_FRAME_SIZE
+from shoal.protocol.errors import ConfigError
+from shoal.protocol.frames import MIN_MAX_FRAME_SIZE
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -288,8 +288,8 @@ class DiscoveryConfig:
     enabled: bool = False
     port: int = DEFAULT_PORT
     name: str = ""  # empty means the hostname
-    group: str = "239.255.84.70"  # protocol.discovery.DEFAULT_GROUP
-    group6: str = "ff02::8470:8470"  # protocol.discovery.DEFAULT_GROUP6
+    group: str = "239.255.84.70"  # shoal.protocol.discovery.DEFAULT_GROUP
+    group6: str = "ff02::8470:8470"  # shoal.protocol.discovery.DEFAULT_GROUP6
 
     def __post_init__(self) -> None:
         _boolean("enabled", self.enabled)

@@ -21,9 +21,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from protocol.errors import RemoteCommandError
+from shoal.protocol.errors import RemoteCommandError
 
-from . import proctree
+from shoal.agent import proctree
 
 __all__ = ["CHUNK", "PIPE_SIZE", "ChildResult", "Child", "spawn_error"]
 

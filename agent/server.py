@@ -19,21 +19,21 @@ import stat
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Callable
 
-from protocol.connection import KeyLookup
-from protocol.errors import ConfigError
-from protocol.handshake import SharedKey
+from shoal.protocol.connection import KeyLookup
+from shoal.protocol.errors import ConfigError
+from shoal.protocol.handshake import SharedKey
 
-from . import proctree
-from .audit import Audit
-from .config import AgentConfig, KeyPolicy, ListenAddress, parse_listen
-from .session import AgentSession
-from .sigclean import clean_child_signals
-from .tasks import TaskSet
-from .transfer import remove_leftovers, transfer_handlers
+from shoal.agent import proctree
+from shoal.agent.audit import Audit
+from shoal.agent.config import AgentConfig, KeyPolicy, ListenAddress, parse_listen
+from shoal.agent.session import AgentSession
+from shoal.agent.sigclean import clean_child_signals
+from shoal.hostio.tasks import TaskSet
+from shoal.agent.transfer import remove_leftovers, transfer_handlers
 
 if TYPE_CHECKING:
-    from .commands import CommandRequest
-    from .tlsgate import TlsAcceptor
+    from shoal.agent.commands import CommandRequest
+    from shoal.agent.tlsgate import TlsAcceptor
 
 __all__ = ["Agent", "software_version"]
 
@@ -81,7 +81,7 @@ class Agent:
         self._reap_orphans = reap_orphans
         self._reaper: Any = None
         self._sampler: Any = None
-        self.discovery: Any = None  # agent.discovery.DiscoveryResponder while answering
+        self.discovery: Any = None  # shoal.agent.responder.DiscoveryResponder while answering
         self._live_pids: set[int] = set()
         self._handler_factories: list[Callable[[AgentSession], dict[type, Callable[[Any], None]]]] = []
         self.add_handlers(transfer_handlers)
@@ -93,7 +93,7 @@ class Agent:
 
     def load_keys(self, extra: list[SharedKey]) -> None:
         """(Re)build the key table from the config's key files plus `extra`."""
-        from .keyfile import load_key_file
+        from shoal.hostio.keyfile import load_key_file
 
         policies: dict[str, KeyPolicy | None] = {}
         keys: list[SharedKey] = []
@@ -118,7 +118,7 @@ class Agent:
         that cannot be bound refuses the reload (ConfigError) and the old one
         keeps answering.
         """
-        from .discovery import prepare_reload
+        from shoal.agent.responder import prepare_reload
 
         tls = self._reload_tls_context(config)
         discovery = prepare_reload(self, config)
@@ -141,7 +141,7 @@ class Agent:
             raise ConfigError("turning TLS on or off takes a restart, not a reload", "tls")
         if config.tls is None:
             return None
-        from .tls import server_context
+        from shoal.hostio.tls import server_context
 
         return server_context(config.tls.cert, config.tls.key, config.tls.ca)
 
@@ -181,7 +181,7 @@ class Agent:
             for text in self.config.listen:
                 await self._listen(parse_listen(text))
             if self.config.discovery.enabled:
-                from .discovery import start_responder
+                from shoal.agent.responder import start_responder
 
                 self.discovery = await start_responder(self)
         except BaseException:
@@ -217,8 +217,8 @@ class Agent:
         if self.config.tls is None:
             return lambda: AgentSession(self)
         if self._tls is None:
-            from .tls import server_context
-            from .tlsgate import TlsAcceptor
+            from shoal.hostio.tls import server_context
+            from shoal.agent.tlsgate import TlsAcceptor
 
             context = server_context(self.config.tls.cert, self.config.tls.key, self.config.tls.ca)
             self._tls = TlsAcceptor(self, context)
@@ -308,7 +308,7 @@ class Agent:
         return os.path.join(directory, f"{os.getpid()}-{secrets.token_hex(6)}.out")
 
     def metrics_snapshot(self) -> dict[str, Any]:
-        from .metrics import Sampler, run_sampler
+        from shoal.agent.metrics import Sampler, run_sampler
 
         if self._sampler is None:
             self._sampler = Sampler()

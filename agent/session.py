@@ -16,10 +16,10 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from protocol.connection import Connection, HandshakeComplete, Role, State
-from protocol.errors import AuthError, BadRequestError, ProtocolError
-from protocol.fields import check_request
-from protocol.messages import (
+from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
+from shoal.protocol.errors import AuthError, BadRequestError, ProtocolError
+from shoal.protocol.fields import check_request
+from shoal.protocol.messages import (
     Cancel,
     Error,
     Exec,
@@ -36,14 +36,14 @@ from protocol.messages import (
     Window,
 )
 
-from .commands import CommandRequest, build_argv
-from .log import ConnLog
-from .process import ChildResult, spawn_error
-from .wire import raw_fd, write_buffers
+from shoal.agent.commands import CommandRequest, build_argv
+from shoal.agent.log import ConnLog
+from shoal.agent.process import ChildResult, spawn_error
+from shoal.hostio.writev import raw_fd, write_buffers
 
 if TYPE_CHECKING:
-    from .config import KeyPolicy, Limits
-    from .server import Agent
+    from shoal.agent.config import KeyPolicy, Limits
+    from shoal.agent.server import Agent
 
 __all__ = ["AgentSession", "peer_name"]
 

@@ -18,11 +18,11 @@ import asyncio
 import ssl
 from typing import TYPE_CHECKING
 
-from .session import AgentSession, peer_name
-from .tasks import TaskSet
+from shoal.agent.session import AgentSession, peer_name
+from shoal.hostio.tasks import TaskSet
 
 if TYPE_CHECKING:
-    from .server import Agent
+    from shoal.agent.server import Agent
 
 __all__ = ["TlsAcceptor", "handshake_failure"]
 

@@ -25,9 +25,9 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from protocol.errors import BadRequestError
-from protocol.fields import check_request
-from protocol.messages import (
+from shoal.protocol.errors import BadRequestError
+from shoal.protocol.fields import check_request
+from shoal.protocol.messages import (
     FileData,
     FileDone,
     FileEnd,
@@ -39,7 +39,7 @@ from protocol.messages import (
     Window,
 )
 
-from .files import (
+from shoal.hostio.files import (
     AtomicWriter,
     FileReader,
     FileTransferError,
@@ -48,11 +48,11 @@ from .files import (
     process_umask,
     resolve_path,
 )
-from .readahead import ReadAhead
-from .sink import ChunkSink
+from shoal.hostio.readahead import ReadAhead
+from shoal.hostio.sink import ChunkSink
 
 if TYPE_CHECKING:
-    from .session import AgentSession
+    from shoal.agent.session import AgentSession
 
 __all__ = ["transfer_handlers", "remove_leftovers", "PUT_WINDOW", "GET_WINDOW", "MAX_TRANSFERS"]
 

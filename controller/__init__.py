@@ -12,18 +12,18 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "AgentClient": "controller.client",
-    "Command": "controller.client",
-    "RemoteProcess": "controller.client",
-    "OutputEvent": "controller.client",
-    "Fleet": "controller.fleet",
-    "FleetResult": "controller.fleet",
-    "ConnectOptions": "controller.fleet",
-    "Result": "controller.result",
-    "Target": "controller.targets",
-    "parse_targets": "controller.targets",
-    "NodeSet": "controller.nodeset",
-    "load_inventory": "controller.inventory",
+    "AgentClient": "shoal.controller.client",
+    "Command": "shoal.controller.client",
+    "RemoteProcess": "shoal.controller.client",
+    "OutputEvent": "shoal.controller.client",
+    "Fleet": "shoal.controller.fleet",
+    "FleetResult": "shoal.controller.fleet",
+    "ConnectOptions": "shoal.controller.fleet",
+    "Result": "shoal.controller.result",
+    "Target": "shoal.controller.targets",
+    "parse_targets": "shoal.controller.targets",
+    "NodeSet": "shoal.controller.nodeset",
+    "load_inventory": "shoal.controller.inventory",
 }
 
 __all__ = sorted(_EXPORTS)

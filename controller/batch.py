@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from protocol.errors import ConfigError, ShoalError
+from shoal.protocol.errors import ConfigError, ShoalError
 
-from .client import AgentClient, Command, RemoteProcess
-from .fleet import ConnectOptions, Handler, failure_result
-from .nodeset import NodeSet
-from .result import Result
-from .targets import Target
+from shoal.controller.client import AgentClient, Command, RemoteProcess
+from shoal.controller.fleet import ConnectOptions, Handler, failure_result
+from shoal.controller.nodeset import NodeSet
+from shoal.controller.result import Result
+from shoal.controller.targets import Target
 
 __all__ = ["BatchLine", "BatchReport", "BatchRunner", "parse_batch", "read_batch", "summary_table"]
 

@@ -34,10 +34,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.errors import ConfigError
+from shoal.protocol.errors import ConfigError
 
-from .pki import CertificateAuthority, issue_agent_certificate
-from .result import UNREACHABLE, Result
+from shoal.controller.pki import CertificateAuthority, issue_agent_certificate
+from shoal.controller.result import UNREACHABLE, Result
 
 __all__ = [
     "BUNDLE_NAME",
@@ -140,12 +140,13 @@ def tls_files(ca: CertificateAuthority, names: list[str], days: int = 825) -> di
 
 
 def _bundle_members(source: Path) -> list[str]:
-    """Top-level files pip reads, the packages pyproject.toml names, and deploy/."""
+    """Top-level files pip reads, the top folders pyproject.toml maps packages to, and deploy/."""
     with open(source / "pyproject.toml", "rb") as stream:
         project = tomllib.load(stream)
-    packages = project.get("tool", {}).get("setuptools", {}).get("packages", [])
+    package_dirs = project.get("tool", {}).get("setuptools", {}).get("package-dir", {})
+    folders = sorted({str(folder).split("/")[0] for folder in package_dirs.values()})
     names = [name for name in _TOP_FILES if (source / name).is_file()]
-    return names + [str(package) for package in packages] + ["deploy"]
+    return names + folders + ["deploy"]
 
 
 def _without_litter(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
@@ -288,7 +289,7 @@ def key_file_checked(path: str | None) -> str | None:
     """The key file, loaded once here so a bad one stops the run before any host is touched."""
     if path is None:
         return None
-    from agent.keyfile import load_key_file
+    from shoal.hostio.keyfile import load_key_file
 
     expanded = os.path.expanduser(path)
     load_key_file(expanded)

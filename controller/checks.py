@@ -23,9 +23,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from protocol.errors import ConfigError
+from shoal.protocol.errors import ConfigError
 
-from .metricsview import METRICS, Snapshots, failure_reason, host_order_key, metric_value
+from shoal.controller.metricsview import METRICS, Snapshots, failure_reason, host_order_key, metric_value
 
 __all__ = ["State", "Threshold", "HostCheck", "CheckResult", "parse_thresholds", "evaluate", "worst"]
 

@@ -19,8 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-from protocol.connection import Connection, HandshakeComplete, Role, State
-from protocol.errors import (
+from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
+from shoal.protocol.errors import (
     AuthError,
     ProtocolError,
     RemoteCommandError,
@@ -28,8 +28,8 @@ from protocol.errors import (
     ShoalError,
     ShoalTimeoutError,
 )
-from protocol.handshake import SharedKey
-from protocol.messages import (
+from shoal.protocol.handshake import SharedKey
+from shoal.protocol.messages import (
     Cancel,
     Error,
     Exec,
@@ -49,10 +49,10 @@ from protocol.messages import (
     Window,
 )
 
-from agent.wire import raw_fd, write_buffers
+from shoal.hostio.writev import raw_fd, write_buffers
 
-from .result import UNREACHABLE, Result
-from .targets import Target
+from shoal.controller.result import UNREACHABLE, Result
+from shoal.controller.targets import Target
 
 __all__ = ["Command", "AgentClient", "RemoteProcess", "OutputEvent", "DEFAULT_WINDOW"]
 
@@ -447,7 +447,7 @@ class AgentClient(asyncio.BufferedProtocol):
         return proc
 
     async def metrics(self) -> dict[str, Any]:
-        """Ask the agent for a metrics snapshot (schema in `agent.metrics`).
+        """Ask the agent for a metrics snapshot (schema in `shoal.agent.metrics`).
 
         Raises RemoteCommandError when the agent refuses (e.g. the key may not
         read metrics) and ShoalConnectionError when the connection is lost first.

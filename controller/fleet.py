@@ -13,13 +13,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from protocol.errors import AuthError, RemoteCommandError, ShoalConnectionError, ShoalError, ShoalTimeoutError
-from protocol.handshake import SharedKey
+from shoal.protocol.errors import AuthError, RemoteCommandError, ShoalConnectionError, ShoalError, ShoalTimeoutError
+from shoal.protocol.handshake import SharedKey
 
-from .client import AgentClient, Command, RemoteProcess
-from .result import UNREACHABLE, Result, fleet_status
-from .stdin import StdinSpool
-from .targets import Target
+from shoal.controller.client import AgentClient, Command, RemoteProcess
+from shoal.controller.result import UNREACHABLE, Result, fleet_status
+from shoal.controller.stdin import StdinSpool
+from shoal.controller.targets import Target
 
 __all__ = ["Handler", "Fleet", "FleetResult", "ConnectOptions"]
 

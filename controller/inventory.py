@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.nodeset import NodeSet
-from protocol.errors import ConfigError
+from shoal.controller.nodeset import NodeSet
+from shoal.protocol.errors import ConfigError
 
 __all__ = ["SETTING_NAMES", "Group", "Inventory", "default_inventory_path", "load_inventory"]
 

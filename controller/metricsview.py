@@ -2,7 +2,7 @@
 
 Every view takes a mapping of host name to what that host gave us:
 
-    dict   the agent's snapshot (schema in `agent.metrics`),
+    dict   the agent's snapshot (schema in `shoal.agent.metrics`),
     str    why there is no snapshot (unreachable, refused, timed out...),
     None   the host answered but sent no metrics; shown as the reason "no metrics".
 
@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal, Mapping
 
-from protocol.errors import ConfigError
+from shoal.protocol.errors import ConfigError
 
 __all__ = [
     "METRICS",

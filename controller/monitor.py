@@ -16,12 +16,12 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
 
-from protocol.errors import ShoalError, ShoalTimeoutError
+from shoal.protocol.errors import ShoalError, ShoalTimeoutError
 
-from .client import AgentClient
-from .fleet import ConnectOptions, failure_result
-from .result import UNREACHABLE
-from .targets import Target
+from shoal.controller.client import AgentClient
+from shoal.controller.fleet import ConnectOptions, failure_result
+from shoal.controller.result import UNREACHABLE
+from shoal.controller.targets import Target
 
 __all__ = [
     "FleetMonitor",

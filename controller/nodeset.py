@@ -18,7 +18,7 @@ import itertools
 import re
 from collections.abc import Iterable, Iterator
 
-from protocol.errors import ConfigError
+from shoal.protocol.errors import ConfigError
 
 __all__ = ["MAX_NAMES", "NodeSet", "expand", "natural_key", "split_patterns"]
 

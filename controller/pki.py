@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from protocol.errors import ConfigError
+from shoal.protocol.errors import ConfigError
 
 __all__ = ["PKI_FILES", "DEFAULT_AGENT_NAMES", "CertificateAuthority", "init_pki", "issue_agent_certificate",
            "load_ca"]

@@ -14,10 +14,10 @@ import os
 import shlex
 from pathlib import Path
 
-from protocol.errors import ConfigError
+from shoal.protocol.errors import ConfigError
 
-from .client import Command
-from .options import parse_env
+from shoal.controller.client import Command
+from shoal.controller.cli.options import parse_env
 
 __all__ = ["script_command", "script_from_args", "read_script", "interpreter_argv"]
 

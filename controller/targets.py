@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from controller.nodeset import MAX_NAMES, expand, split_patterns
-from protocol.errors import ConfigError
+from shoal.controller.nodeset import MAX_NAMES, expand, split_patterns
+from shoal.protocol.errors import ConfigError
 
 if TYPE_CHECKING:
-    from controller.inventory import Inventory
+    from shoal.controller.inventory import Inventory
 
 __all__ = ["DEFAULT_PORT", "LARGE_TARGET_COUNT", "Target", "parse_targets"]
 

@@ -24,11 +24,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
-from agent.files import AtomicWriter, FileReader, FileTransferError, map_os_error
-from agent.readahead import ReadAhead
-from agent.sink import ChunkSink
-from protocol.errors import RemoteCommandError, ShoalConnectionError, ShoalError
-from protocol.messages import (
+from shoal.hostio.files import AtomicWriter, FileReader, FileTransferError, map_os_error
+from shoal.hostio.readahead import ReadAhead
+from shoal.hostio.sink import ChunkSink
+from shoal.protocol.errors import RemoteCommandError, ShoalConnectionError, ShoalError
+from shoal.protocol.messages import (
     Error,
     FileData,
     FileDone,
@@ -40,11 +40,11 @@ from protocol.messages import (
     Window,
 )
 
-from .client import AgentClient
-from .fleet import ConnectOptions, FleetResult, failure_result
-from .result import Result
-from .targets import Target
-from .transferplan import PlanItem, PutPlan
+from shoal.controller.client import AgentClient
+from shoal.controller.fleet import ConnectOptions, FleetResult, failure_result
+from shoal.controller.result import Result
+from shoal.controller.targets import Target
+from shoal.controller.transferplan import PlanItem, PutPlan
 
 __all__ = [
     "TRANSFER_FAILED",

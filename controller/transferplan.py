@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable
 
-from agent.files import FileTransferError, map_os_error, walk_tree
+from shoal.hostio.files import FileTransferError, map_os_error, walk_tree
 
 __all__ = ["PlanItem", "PutPlan", "plan_put"]
 

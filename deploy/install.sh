@@ -192,8 +192,8 @@ make_key() {
 install_key() {
     "$VENV/bin/python" - "$KEY_FILE" <<'EOF' || exit 1
 import sys
-from agent.keyfile import load_key_file
-from protocol.errors import ConfigError
+from shoal.hostio.keyfile import load_key_file
+from shoal.protocol.errors import ConfigError
 try:
     load_key_file(sys.argv[1])
 except ConfigError as exc:
@@ -215,8 +215,8 @@ install_tls() {
     [ -n "$TLS_DIR" ] || return 0
     "$VENV/bin/python" - "$TLS_DIR" <<'EOF' || exit 1
 import sys
-from agent.tls import server_context
-from protocol.errors import ConfigError
+from shoal.hostio.tls import server_context
+from shoal.protocol.errors import ConfigError
 tls_dir = sys.argv[1]
 try:
     server_context(f"{tls_dir}/agent.pem", f"{tls_dir}/agent.key", f"{tls_dir}/ca.pem")

@@ -4,8 +4,8 @@ Drivers own the sockets; this package only parses and produces bytes. See
 PROTOCOL.md in this directory for the byte-level specification.
 """
 
-from .connection import Connection, HandshakeComplete, KeyLookup, Role, State
-from .errors import (
+from shoal.protocol.connection import Connection, HandshakeComplete, KeyLookup, Role, State
+from shoal.protocol.errors import (
     ERROR_CODES,
     AuthError,
     BadRequestError,
@@ -18,9 +18,9 @@ from .errors import (
     ShoalError,
     ShoalTimeoutError,
 )
-from .frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder
-from .handshake import SharedKey
-from .messages import MESSAGE_CLASSES, PROTOCOL_VERSION, Message, MessageType
+from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder
+from shoal.protocol.handshake import SharedKey
+from shoal.protocol.messages import MESSAGE_CLASSES, PROTOCOL_VERSION, Message, MessageType
 
 __all__ = [
     "AuthError",

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NoReturn
 
-from . import handshake
-from .errors import AuthError, LocalProtocolError, RemoteProtocolError
-from .frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, RawFrame, frame_head
-from .messages import (
+from shoal.protocol import handshake
+from shoal.protocol.errors import AuthError, LocalProtocolError, RemoteProtocolError
+from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, RawFrame, frame_head
+from shoal.protocol.messages import (
     AGENT_ONLY,
     CONTROLLER_ONLY,
     PROTOCOL_VERSION,

@@ -21,8 +21,8 @@ import hmac
 import struct
 from dataclasses import dataclass
 
-from .errors import LocalProtocolError, RemoteProtocolError
-from .handshake import KEY_SIZE, NONCE_SIZE, TAG_SIZE, SharedKey, hkdf_expand, hkdf_extract, verify_proof
+from shoal.protocol.errors import LocalProtocolError, RemoteProtocolError
+from shoal.protocol.handshake import KEY_SIZE, NONCE_SIZE, TAG_SIZE, SharedKey, hkdf_expand, hkdf_extract, verify_proof
 
 __all__ = [
     "DEFAULT_PORT",

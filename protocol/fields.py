@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
-from .errors import BadRequestError
-from .messages import Exec, GetFile, Message, PutFile
+from shoal.protocol.errors import BadRequestError
+from shoal.protocol.messages import Exec, GetFile, Message, PutFile
 
 __all__ = ["check_request", "MAX_KILL_GRACE", "MAX_MTIME", "MAX_SIZE"]
 

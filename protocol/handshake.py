@@ -38,8 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError, LocalProtocolError
-from .frames import TAG_SIZE as FRAME_TAG_SIZE
+from shoal.protocol.errors import ConfigError, LocalProtocolError
+from shoal.protocol.frames import TAG_SIZE as FRAME_TAG_SIZE
 
 __all__ = [
     "KEY_SIZE",

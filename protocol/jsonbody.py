@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from .errors import RemoteProtocolError
+from shoal.protocol.errors import RemoteProtocolError
 
 __all__ = ["MAX_DEPTH", "parse_object"]
 

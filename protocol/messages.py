@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
-from .errors import LocalProtocolError, RemoteProtocolError
-from .jsonbody import parse_object
+from shoal.protocol.errors import LocalProtocolError, RemoteProtocolError
+from shoal.protocol.jsonbody import parse_object
 
 __all__ = [
     "MessageType",
@@ -317,7 +317,7 @@ class MetricsRequest(Message):
 
 @dataclass(frozen=True, slots=True)
 class MetricsReply(Message):
-    """A metrics snapshot (schema in agent.metrics)."""
+    """A metrics snapshot (schema in shoal.agent.metrics)."""
 
     TYPE = MessageType.METRICS_REPLY
     metrics: dict[str, Any] = field(default_factory=dict)

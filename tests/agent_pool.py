@@ -18,9 +18,9 @@ import json
 import resource
 import sys
 
-from agent.server import Agent
-from controller.nodeset import expand
-from protocol.errors import ConfigError
+from shoal.agent.server import Agent
+from shoal.controller.nodeset import expand
+from shoal.protocol.errors import ConfigError
 from tests.agents import config
 
 ATTEMPTS = 20

@@ -13,10 +13,10 @@ import socket
 import threading
 from typing import AsyncIterator, Iterator
 
-from agent.config import AgentConfig
-from agent.server import Agent
-from controller.targets import DEFAULT_PORT, Target
-from protocol.handshake import SharedKey
+from shoal.agent.config import AgentConfig
+from shoal.agent.server import Agent
+from shoal.controller.targets import DEFAULT_PORT, Target
+from shoal.protocol.handshake import SharedKey
 
 
 def config(**overrides: object) -> AgentConfig:
@@ -91,7 +91,7 @@ def agent_thread(count: int = 1, **kw: object) -> Iterator[AgentThread]:
 
 def shoal(capsysbinary, *argv: str) -> tuple[int, bytes, bytes]:  # type: ignore[no-untyped-def]
     """Run `shoal ARGV` in-process: (exit status, stdout bytes, stderr bytes)."""
-    from controller.cli import main
+    from shoal.controller.cli.main import main
 
     status = main(list(argv))
     out, err = capsysbinary.readouterr()

@@ -14,9 +14,9 @@ from typing import Awaitable, Callable
 
 import psutil
 
-from agent.commands import CommandRequest
-from agent.proctree import MARKER_ENV
-from agent.server import Agent
+from shoal.agent.commands import CommandRequest
+from shoal.agent.proctree import MARKER_ENV
+from shoal.agent.server import Agent
 
 __all__ = ["marked", "marker_of", "tokens_of", "poll", "apoll", "zombie_children"]
 

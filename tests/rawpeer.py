@@ -1,6 +1,6 @@
 """A controller on a plain blocking socket, for attacking an agent frame by frame.
 
-It speaks the real protocol through `protocol.connection.Connection`, but lets a
+It speaks the real protocol through `shoal.protocol.connection.Connection`, but lets a
 test see and keep every frame it sends, send any bytes it likes instead (replayed,
 reordered, reflected, flipped, cut short), and watch the agent hang up. Agents run
 on another thread's loop (tests.agents.AgentThread), so blocking here is fine.
@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from protocol.connection import Connection, HandshakeComplete, Role
-from protocol.errors import AuthError, ProtocolError
-from protocol.frames import FrameDecoder
-from protocol.handshake import SharedKey
-from protocol.messages import Error, Exec, Exit, Message, decode_body
+from shoal.protocol.connection import Connection, HandshakeComplete, Role
+from shoal.protocol.errors import AuthError, ProtocolError
+from shoal.protocol.frames import FrameDecoder
+from shoal.protocol.handshake import SharedKey
+from shoal.protocol.messages import Error, Exec, Exit, Message, decode_body
 
 # Generous: the agents share a loaded 2-core box with other test runs.
 DEADLINE = 15.0

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import build_parser, config_from_args, main
-from agent.config import AgentConfig, DiscoveryConfig, Limits, TlsConfig, load_config
-from controller.cli import main as controller_main
-from controller.client import AgentClient, Command
-from controller.pki import init_pki
-from controller.targets import Target
+from shoal.agent.cli import build_parser, config_from_args, main
+from shoal.agent.config import AgentConfig, DiscoveryConfig, Limits, TlsConfig, load_config
+from shoal.controller.cli.main import main as controller_main
+from shoal.controller.client import AgentClient, Command
+from shoal.controller.pki import init_pki
+from shoal.controller.targets import Target
 
 AGENT = os.path.join(os.path.dirname(sys.executable), "shoal-agent")
 # Deadline against a hung child, never a timing assertion.
@@ -213,7 +213,7 @@ def named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Path]
 
 
 def check_config_module(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *argv, "--check-config"],
+    return subprocess.run([sys.executable, "-m", "shoal.agent.cli", *argv, "--check-config"],
                           capture_output=True, text=True, timeout=DEADLINE)
 
 

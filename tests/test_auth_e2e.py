@@ -19,15 +19,15 @@ from typing import Iterator
 
 import pytest
 
-from agent.config import KeyPolicy
-from agent.keyfile import write_key_file
-from agent.server import Agent
-from controller.cli import main as shoal_main
-from protocol.connection import Connection, Role
-from protocol import handshake
-from protocol.frames import frame_head
-from protocol.handshake import SharedKey
-from protocol.messages import (Auth, Exec, Exit, Hello, Message, MessageType, Ping, Pong, Stdin, StdinEof, Stdout,
+from shoal.agent.config import KeyPolicy
+from shoal.hostio.keyfile import write_key_file
+from shoal.agent.server import Agent
+from shoal.controller.cli.main import main as shoal_main
+from shoal.protocol.connection import Connection, Role
+from shoal.protocol import handshake
+from shoal.protocol.frames import frame_head
+from shoal.protocol.handshake import SharedKey
+from shoal.protocol.messages import (Auth, Exec, Exit, Hello, Message, MessageType, Ping, Pong, Stdin, StdinEof, Stdout,
                                encode_body)
 from tests.agents import AgentThread
 from tests.agents import config as agent_config

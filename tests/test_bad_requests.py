@@ -21,9 +21,9 @@ from typing import Any
 import psutil
 import pytest
 
-from protocol.errors import CONNECTION_SCOPE, ERROR_CODES, REQUEST_SCOPE
-from protocol.handshake import SharedKey
-from protocol.messages import (
+from shoal.protocol.errors import CONNECTION_SCOPE, ERROR_CODES, REQUEST_SCOPE
+from shoal.protocol.handshake import SharedKey
+from shoal.protocol.messages import (
     Error,
     Exec,
     Exit,

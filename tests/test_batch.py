@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.batch import parse_batch, read_batch
-from controller.cli import main
-from controller.nodeset import NodeSet
-from protocol.errors import ConfigError
+from shoal.controller.batch import parse_batch, read_batch
+from shoal.controller.cli.main import main
+from shoal.controller.nodeset import NodeSet
+from shoal.protocol.errors import ConfigError
 from tests.agents import AgentThread
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from controller.batchoutput import SPOOL_MEMORY, FailedOutputFilter, command_directory_name
-from controller.cli import main
-from controller.display import Display
-from controller.nodeset import NodeSet
-from controller.output import StreamHandler
-from controller.result import Result
+from shoal.controller.term.batchoutput import SPOOL_MEMORY, FailedOutputFilter, command_directory_name
+from shoal.controller.cli.main import main
+from shoal.controller.term.display import Display
+from shoal.controller.nodeset import NodeSet
+from shoal.controller.term.output import StreamHandler
+from shoal.controller.result import Result
 from tests.agents import AgentThread, closed_port
 from tests.test_batch import start_pool, stop_pool
 
@@ -31,7 +31,7 @@ echo one; echo one-err >&2
 echo two; test -z "$BATCH_FAIL" || { echo broken >&2; exit 3; }
 echo three
 """
-# The layout documented in controller/batchoutput.py, spelt out by hand.
+# The layout documented in controller/term/batchoutput.py, spelt out by hand.
 DIRS = ["01-echo-one-echo-one-err-2", "02-echo-two-test-z-BATCH_FAIL-echo-broken-2", "03-echo-three"]
 
 

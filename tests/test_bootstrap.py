@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.keyfile import write_key_file
-from controller.bootstrap import build_bundle, find_source
-from controller.cli import main
+from shoal.hostio.keyfile import write_key_file
+from shoal.controller.bootstrap import build_bundle, find_source
+from shoal.controller.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "/opt/shoal-test"
@@ -162,7 +162,7 @@ def test_bundle_holds_what_install_needs_and_a_private_key(key_file: Path) -> No
         assert key is not None and key.read() == key_file.read_bytes()
     assert members["admin.key"].mode == 0o600
     for needed in ("pyproject.toml", "README.md", "deploy/install.sh", "deploy/shoal-agent.service",
-                   "agent/cli.py", "controller/cli.py", "protocol/PROTOCOL.md"):
+                   "agent/cli.py", "controller/cli/main.py", "protocol/PROTOCOL.md"):
         assert f"shoal/{needed}" in members, needed
     assert not any("__pycache__" in name or name.startswith("shoal/tests") or "/.git" in name for name in members)
 

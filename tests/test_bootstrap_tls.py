@@ -33,15 +33,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from agent.config import load_config
-from agent.keyfile import load_key_file, write_key_file
-from agent.server import Agent
-from agent.tls import client_context
-from controller.cli import main
-from controller.client import AgentClient, Command
-from controller.pki import init_pki, issue_agent_certificate, load_ca
-from controller.targets import parse_targets
-from protocol.errors import ConfigError, ShoalConnectionError
+from shoal.agent.config import load_config
+from shoal.hostio.keyfile import load_key_file, write_key_file
+from shoal.agent.server import Agent
+from shoal.hostio.tls import client_context
+from shoal.controller.cli.main import main
+from shoal.controller.client import AgentClient, Command
+from shoal.controller.pki import init_pki, issue_agent_certificate, load_ca
+from shoal.controller.targets import parse_targets
+from shoal.protocol.errors import ConfigError, ShoalConnectionError
 from tests.test_bootstrap import FAKE_SSH, FAKE_SUDO, PREFIX, REMOTE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,7 +98,7 @@ def enrolled(tmp_path_factory: pytest.TempPathFactory) -> Enrolled:
            "FAKE_SSH_LOG": str(base / "ssh.log"), "PYTHONPATH": str(REPO)}
     env.pop("PYTHON", None)
     done = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "bootstrap", "127.0.0.1,localhost,bad..name",
+        [sys.executable, "-m", "shoal.controller.cli.main", "bootstrap", "127.0.0.1,localhost,bad..name",
          "--key-file", str(key_file), "--tls-ca-dir", str(base / "pki"), "--tls-name", "agent.test",
          "--destdir", "stage", "--prefix", PREFIX, "--no-systemd", "--system-site-packages"],
         env=env, cwd=base, capture_output=True, text=True, timeout=300)

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from agent.metrics import Sampler
-from controller.checks import CheckResult, State, Threshold, evaluate, parse_thresholds, worst
-from protocol.errors import ConfigError
+from shoal.agent.metrics import Sampler
+from shoal.controller.checks import CheckResult, State, Threshold, evaluate, parse_thresholds, worst
+from shoal.protocol.errors import ConfigError
 
 WARN = parse_thresholds("cpu>80,disk>85,mem>=95,load1>4")
 CRIT = parse_thresholds("cpu>95,disk>95")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import (
+from shoal.agent.config import (
     AgentConfig,
     DiscoveryConfig,
     KeyPolicy,
@@ -18,7 +18,7 @@ from agent.config import (
     load_config,
     parse_listen,
 )
-from protocol.errors import ConfigError
+from shoal.protocol.errors import ConfigError
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 

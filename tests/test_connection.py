@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from protocol.connection import Connection, HandshakeComplete, KeyLookup, Role, State
-from protocol.errors import AuthError, LocalProtocolError, RemoteProtocolError
-from protocol.handshake import MAC_AES256_GMAC, MAC_HMAC_SHA256, SUPPORTED_MACS, SharedKey
-from protocol.messages import Exec, Hello, MessageType, Stdout, decode_body, encode_body
-from protocol.frames import HEAD_SIZE, TAG_SIZE, frame_head
+from shoal.protocol.connection import Connection, HandshakeComplete, KeyLookup, Role, State
+from shoal.protocol.errors import AuthError, LocalProtocolError, RemoteProtocolError
+from shoal.protocol.handshake import MAC_AES256_GMAC, MAC_HMAC_SHA256, SUPPORTED_MACS, SharedKey
+from shoal.protocol.messages import Exec, Hello, MessageType, Stdout, decode_body, encode_body
+from shoal.protocol.frames import HEAD_SIZE, TAG_SIZE, frame_head
 
 KEY = SharedKey(bytes(range(32)))
 OTHER = SharedKey(bytes(range(1, 33)))

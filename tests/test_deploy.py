@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
-from agent.keyfile import load_key_file
+from shoal.agent.config import load_config
+from shoal.hostio.keyfile import load_key_file
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -88,7 +88,7 @@ def test_venv_holds_working_commands(staged: Staged, tmp_path: Path) -> None:
     for name in ("shoal", "shoal-agent"):
         assert os.access(staged.venv / "bin" / name, os.X_OK), name
     # The venv runs its own copy of shoal, not the source tree it was built from.
-    where = subprocess.run([str(staged.venv / "bin" / "python"), "-c", "import agent.config as m; print(m.__file__)"],
+    where = subprocess.run([str(staged.venv / "bin" / "python"), "-c", "import shoal.agent.config as m; print(m.__file__)"],
                            capture_output=True, text=True, cwd=tmp_path, check=True).stdout
     assert where.startswith(str(staged.venv) + "/")
 
@@ -287,7 +287,7 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 
 def test_dockerfile_entrypoint_uses_real_agent_options() -> None:
-    from agent.cli import build_parser
+    from shoal.agent.cli import build_parser
 
     instructions = dict(dockerfile_instructions())
     assert instructions["FROM"] == "python:3.11-slim"
@@ -300,7 +300,7 @@ def test_dockerfile_entrypoint_uses_real_agent_options() -> None:
 def test_docker_context_keeps_what_pip_needs() -> None:
     patterns = [line for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
                 if line and not line.startswith("#")]
-    for needed in ("pyproject.toml", "README.md", "agent/config.py", "controller/cli.py", "protocol/errors.py"):
+    for needed in ("pyproject.toml", "README.md", "agent/config.py", "controller/cli/main.py", "protocol/errors.py"):
         assert not any(fnmatch(needed, p) or needed.startswith(p.rstrip("/") + "/") for p in patterns), needed
 
 
@@ -309,7 +309,7 @@ def test_example_agent_toml_names_every_option() -> None:
     import dataclasses
     import tomllib
 
-    from agent.config import AgentConfig, DiscoveryConfig, Limits
+    from shoal.agent.config import AgentConfig, DiscoveryConfig, Limits
 
     text = (DEPLOY / "agent.toml").read_text()
     example = load_config(DEPLOY / "agent.toml")
@@ -328,7 +328,7 @@ def test_example_agent_toml_names_every_option() -> None:
 
 
 def test_example_inventory_loads_with_nested_groups_and_overrides() -> None:
-    from controller.inventory import load_inventory
+    from shoal.controller.inventory import load_inventory
 
     inventory = load_inventory(str(DEPLOY / "inventory.toml"))
     assert set(inventory.groups) >= {"web", "db", "edge", "production", "all"}

@@ -17,7 +17,7 @@ from typing import IO
 
 import pytest
 
-from controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient, Command
 from tests.agents import AgentThread, running_agents, target_for
 from tests.debris import apoll, marked, poll, tokens_of
 
@@ -33,7 +33,7 @@ class Cli:
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "run", *args],
+            [sys.executable, "-m", "shoal.controller.cli.main", "run", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent),
         )

@@ -19,12 +19,12 @@ from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
-from agent.discovery import PER_SOURCE_BURST, PER_SOURCE_RATE, bind_host
-from agent.keyfile import write_key_file
-from agent.server import Agent, software_version
-from controller.cli import main
-from controller.discovery import DiscoveryClient, subnet_addresses
-from protocol.discovery import (
+from shoal.agent.responder import PER_SOURCE_BURST, PER_SOURCE_RATE, bind_host
+from shoal.hostio.keyfile import write_key_file
+from shoal.agent.server import Agent, software_version
+from shoal.controller.cli.main import main
+from shoal.controller.probe import DiscoveryClient, subnet_addresses
+from shoal.protocol.discovery import (
     MAX_NAME_BYTES,
     MAX_REPLY_SIZE,
     PROBE_SIZE,
@@ -33,8 +33,8 @@ from protocol.discovery import (
     encode_probe,
     encode_reply,
 )
-from protocol.errors import ConfigError, RemoteProtocolError
-from protocol.handshake import SharedKey, new_nonce
+from shoal.protocol.errors import ConfigError, RemoteProtocolError
+from shoal.protocol.handshake import SharedKey, new_nonce
 from tests.agents import AgentThread, config
 
 KEY = SharedKey(b"k" * 32)
@@ -425,7 +425,7 @@ def test_agents_in_namespaces_answer_broadcast_and_multicast(tmp_path) -> None:
                 state = tmp_path / f"state{i}"
                 state.mkdir()
                 procs.append(subprocess.Popen(
-                    ["ip", "netns", "exec", ns, sys.executable, "-m", "agent.cli", "--listen", "0.0.0.0:8470",
+                    ["ip", "netns", "exec", ns, sys.executable, "-m", "shoal.agent.cli", "--listen", "0.0.0.0:8470",
                      "--key-file", str(key_path), "--discovery", "--state-dir", str(state),
                      "--log-level", "warning"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -436,7 +436,7 @@ def test_agents_in_namespaces_answer_broadcast_and_multicast(tmp_path) -> None:
                 time.sleep(0.05)
             for how in (["--broadcast"], ["--multicast"]):
                 run = subprocess.run(
-                    ["ip", "netns", "exec", ctl, sys.executable, "-m", "controller.cli", "discover", *how,
+                    ["ip", "netns", "exec", ctl, sys.executable, "-m", "shoal.controller.cli.main", "discover", *how,
                      "--key-file", str(key_path), "--expect", "2", "--timeout", "30"],
                     capture_output=True, text=True, timeout=60)
                 assert run.returncode == 0, run.stderr

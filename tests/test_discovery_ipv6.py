@@ -21,13 +21,13 @@ from typing import Iterator
 
 import pytest
 
-from agent.cli import main as agent_main
-from agent.config import DiscoveryConfig
-from agent.discoverysocket import Endpoint, plan_endpoints
-from agent.keyfile import write_key_file
-from agent.server import Agent
-from controller.cli import main
-from protocol.discovery import DEFAULT_GROUP, DEFAULT_GROUP6, decode_reply
+from shoal.agent.cli import main as agent_main
+from shoal.agent.config import DiscoveryConfig
+from shoal.agent.respondersocket import Endpoint, plan_endpoints
+from shoal.hostio.keyfile import write_key_file
+from shoal.agent.server import Agent
+from shoal.controller.cli.main import main
+from shoal.protocol.discovery import DEFAULT_GROUP, DEFAULT_GROUP6, decode_reply
 from tests.agents import AgentThread, config
 from tests.test_discovery import KEY, NETNS_REASON, _ip
 from tests.test_discovery_reload import _probe
@@ -161,7 +161,7 @@ def _udp6_bound(ns: str, port: int) -> bool:
 
 
 def _discover(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "controller.cli", *args],
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "shoal.controller.cli.main", *args],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
@@ -183,7 +183,7 @@ def test_agent_answers_a_link_local_ipv6_multicast_probe_and_follows_a_group_cha
             f'[[keys]]\nname = "k"\nfile = "{key_path}"\nallow = "all"\n[discovery]\nenabled = true\n')
     cfg.write_text(body)
     with ipv6_link() as (agent_ns, ctl_ns), open(log_path, "wb") as log:
-        proc = subprocess.Popen(["ip", "netns", "exec", agent_ns, sys.executable, "-m", "agent.cli",
+        proc = subprocess.Popen(["ip", "netns", "exec", agent_ns, sys.executable, "-m", "shoal.agent.cli",
                                  "--config", str(cfg)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
         try:
             _wait(lambda: _udp6_bound(agent_ns, 8470), "the agent's discovery socket", proc)

@@ -20,12 +20,12 @@ from typing import AsyncIterator
 
 import pytest
 
-from agent.config import AgentConfig, KeyPolicy
-from agent.keyfile import write_key_file
-from agent.server import Agent
-from protocol.discovery import decode_reply, encode_probe
-from protocol.errors import ConfigError
-from protocol.handshake import SharedKey, new_nonce
+from shoal.agent.config import AgentConfig, KeyPolicy
+from shoal.hostio.keyfile import write_key_file
+from shoal.agent.server import Agent
+from shoal.protocol.discovery import decode_reply, encode_probe
+from shoal.protocol.errors import ConfigError
+from shoal.protocol.handshake import SharedKey, new_nonce
 from tests.agents import config
 from tests.test_discovery import KEY, OTHER, _free_udp_port
 
@@ -168,7 +168,7 @@ def test_sighup_moves_the_responder_and_refuses_a_port_it_cannot_bind(tmp_path: 
     with open(log_path, "wb") as log, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
         squatter.bind((host, 0))
         taken = squatter.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--config", str(cfg)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "shoal.agent.cli", "--config", str(cfg)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=log)
         try:
             _poll(lambda: _answers((host, first), key), "the agent to answer")

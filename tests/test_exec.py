@@ -9,10 +9,10 @@ import signal
 
 import pytest
 
-from controller.client import AgentClient, Command
-from controller.fleet import ConnectOptions, Fleet
-from controller.result import Result
-from controller.targets import Target
+from shoal.controller.client import AgentClient, Command
+from shoal.controller.fleet import ConnectOptions, Fleet
+from shoal.controller.result import Result
+from shoal.controller.targets import Target
 from tests.agents import closed_port as _closed_port, running_agents, target_for
 
 

@@ -1,4 +1,4 @@
-"""agent.files on real files: atomic puts, crash cleanup, root checks, streamed gets."""
+"""shoal.hostio.files on real files: atomic puts, crash cleanup, root checks, streamed gets."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import files
-from agent.files import AtomicWriter, FileReader, FileTransferError, Journal, WriterState
-from agent.files import map_os_error, resolve_path, walk_tree
+from shoal.hostio import files
+from shoal.hostio.files import AtomicWriter, FileReader, FileTransferError, Journal, WriterState
+from shoal.hostio.files import map_os_error, resolve_path, walk_tree
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -158,7 +158,7 @@ def test_temp_name_of_a_very_long_name_fits_name_max(dest_dir: Path) -> None:
 
 CRASH_SCRIPT = """
 import os, signal, sys
-from agent.files import AtomicWriter, Journal
+from shoal.hostio.files import AtomicWriter, Journal
 writer = AtomicWriter.open(sys.argv[1], journal=Journal(sys.argv[2]))
 for _ in range(4):
     writer.write(b"x" * 65536)

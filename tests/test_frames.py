@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from protocol.errors import RemoteProtocolError
-from protocol.frames import HEAD_SIZE, TAG_SIZE, FrameDecoder, frame_head
+from shoal.protocol.errors import RemoteProtocolError
+from shoal.protocol.frames import HEAD_SIZE, TAG_SIZE, FrameDecoder, frame_head
 
 
 def frame(type_: int, rid: int, body: bytes) -> bytes:

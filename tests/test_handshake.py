@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from protocol import handshake
-from protocol.errors import ConfigError, LocalProtocolError
-from protocol.handshake import FrameMac, GmacFrameMac, SharedKey
+from shoal.protocol import handshake
+from shoal.protocol.errors import ConfigError, LocalProtocolError
+from shoal.protocol.handshake import FrameMac, GmacFrameMac, SharedKey
 
 KEY = bytes(range(0x00, 0x20))
 NONCE_C = bytes(range(0x20, 0x40))
@@ -301,7 +301,9 @@ def test_module_is_pure() -> None:
 
     tree = ast.parse(inspect.getsource(handshake))
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    ours = "shoal.protocol."
+    imported |= {n.module.removeprefix(ours).split(".")[0] for n in ast.walk(tree)
+                 if isinstance(n, ast.ImportFrom) and n.module}
     # cryptography is here for AES-GCM only, which does no I/O.
     assert imported <= {"__future__", "hashlib", "hmac", "secrets", "struct", "collections", "dataclasses", "typing",
                         "cryptography", "errors", "frames"}
@@ -317,7 +319,7 @@ def test_gmac_tag_is_the_same_for_joined_and_streamed_associated_data(size: int)
     """Large bodies are fed to GCM in two pieces; the tag must equal the one-shot one."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from protocol.handshake import GmacFrameMac
+    from shoal.protocol.handshake import GmacFrameMac
 
     key, head, body = bytes(range(32)), bytes(range(9)), bytes(i % 251 for i in range(size))
     expected = AESGCM(key).encrypt(bytes(4) + (7).to_bytes(8, "big"), b"", head + body)

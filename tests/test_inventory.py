@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.inventory import Inventory, default_inventory_path, load_inventory
-from protocol.errors import ConfigError
+from shoal.controller.inventory import Inventory, default_inventory_path, load_inventory
+from shoal.protocol.errors import ConfigError
 
 EXAMPLE = """\
 [defaults]
@@ -179,7 +179,7 @@ def test_self_nesting_is_a_cycle(tmp_path: Path) -> None:
 
 
 def test_cycle_in_a_built_inventory_is_refused_at_lookup() -> None:
-    from controller.inventory import Group
+    from shoal.controller.inventory import Group
 
     inventory = Inventory(group_table={"a": Group("a", children=("b",)), "b": Group("b", children=("a",))})
     with pytest.raises(ConfigError, match="a -> b -> a"):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.keyfile import format_key, load_key_file, write_key_file
-from protocol.errors import ConfigError
-from protocol.handshake import SharedKey
+from shoal.hostio.keyfile import format_key, load_key_file, write_key_file
+from shoal.protocol.errors import ConfigError
+from shoal.protocol.handshake import SharedKey
 
 
 def mode_of(path: Path) -> int:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import psutil
 
-from controller.client import AgentClient, Command
-from controller.targets import Target
-from protocol.errors import ShoalConnectionError
+from shoal.controller.client import AgentClient, Command
+from shoal.controller.targets import Target
+from shoal.protocol.errors import ShoalConnectionError
 from tests.agents import running_agents, target_for
 from tests.debris import apoll, marked, tokens_of, zombie_children
 

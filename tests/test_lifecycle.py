@@ -12,11 +12,11 @@ from typing import Iterator
 
 import pytest
 
-from agent.keyfile import write_key_file
-from controller.client import AgentClient, Command
-from controller.targets import Target
-from protocol.errors import AuthError, ShoalConnectionError
-from protocol.handshake import SharedKey
+from shoal.hostio.keyfile import write_key_file
+from shoal.controller.client import AgentClient, Command
+from shoal.controller.targets import Target
+from shoal.protocol.errors import AuthError, ShoalConnectionError
+from shoal.protocol.handshake import SharedKey
 from tests.debris import apoll, marked, marker_of, poll
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ class AgentProcess:
         self.log = tmp / f"agent-{len(list(tmp.glob('agent-*.log')))}.log"
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", *args], stdin=subprocess.DEVNULL,
+                [sys.executable, "-m", "shoal.agent.cli", *args], stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=err, cwd=str(ROOT), env={**_outside_systemd(), **(env or {})},
             )
 
@@ -160,9 +160,9 @@ def test_log_level_hides_lower_levels(spawn: object, tmp_path: Path) -> None:
 
 def test_a_failed_reload_keeps_the_old_configuration_and_keys(tmp_path: Path) -> None:
     """A SIGHUP with a broken key file must not leave half a new configuration behind."""
-    from agent.config import AgentConfig, KeyPolicy
-    from agent.server import Agent
-    from protocol.errors import ConfigError
+    from shoal.agent.config import AgentConfig, KeyPolicy
+    from shoal.agent.server import Agent
+    from shoal.protocol.errors import ConfigError
 
     good = tmp_path / "good.key"
     key = write_key_file(good, SharedKey.generate())

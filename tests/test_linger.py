@@ -16,7 +16,7 @@ import pytest
 from tests.agents import AgentThread
 
 _BIN = Path(sys.executable).with_name("shoal")
-SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "controller.cli"]
+SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "shoal.controller.cli.main"]
 LINGER = 0.5
 # Generous: the machine is busy; a broken agent would wait an hour, not this long.
 DEADLINE = 60.0
@@ -76,7 +76,7 @@ def test_command_without_leftovers_reports_none(agent: AgentThread) -> None:
 
 def test_linger_clock_stops_while_the_controller_grants_no_window(agent: AgentThread) -> None:
     """Output already in the pipe when the command exits is not lost to a slow controller."""
-    from protocol.messages import Exec, Exit, Started, Stdout, Window
+    from shoal.protocol.messages import Exec, Exit, Started, Stdout, Window
     from tests.rawpeer import RawController
 
     peer = RawController(agent.addresses[0])

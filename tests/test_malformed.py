@@ -17,11 +17,11 @@ from typing import Iterator
 
 import pytest
 
-from controller.client import AgentClient, Command
-from controller.targets import Target
-from protocol.connection import Connection, HandshakeComplete, Role
-from protocol.frames import HEAD, FrameDecoder
-from protocol.messages import Error, Exec, Exit, Message, MessageType, Signal, Started, Stdin, Window, decode_body
+from shoal.controller.client import AgentClient, Command
+from shoal.controller.targets import Target
+from shoal.protocol.connection import Connection, HandshakeComplete, Role
+from shoal.protocol.frames import HEAD, FrameDecoder
+from shoal.protocol.messages import Error, Exec, Exit, Message, MessageType, Signal, Started, Stdin, Window, decode_body
 from tests.agents import AgentThread
 
 GIB = 1024 ** 3

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.messages import (
+from shoal.protocol.errors import LocalProtocolError, RemoteProtocolError
+from shoal.protocol.messages import (
     MESSAGE_CLASSES,
     Cancel,
     Error,

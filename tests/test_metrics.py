@@ -10,8 +10,8 @@ import time
 import psutil
 import pytest
 
-import agent.metrics
-from agent.metrics import Sampler, agent_version, run_sampler
+import shoal.agent.metrics
+from shoal.agent.metrics import Sampler, agent_version, run_sampler
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_load_and_process_count(snapshot: dict) -> None:
 
 
 def test_net_totals_are_the_counters(snapshot: dict) -> None:
-    assert set(snapshot["net"]) == set(agent.metrics.NET_FIELDS)
+    assert set(snapshot["net"]) == set(shoal.agent.metrics.NET_FIELDS)
     assert all(isinstance(v, int) and v >= 0 for v in snapshot["net"].values())
 
 
@@ -65,7 +65,7 @@ def test_disks_are_real_filesystems(snapshot: dict) -> None:
     mounts = [d["mount"] for d in disks]
     assert len(mounts) == len(set(mounts))
     for disk in disks:
-        assert disk["fstype"] not in agent.metrics.PSEUDO_FSTYPES
+        assert disk["fstype"] not in shoal.agent.metrics.PSEUDO_FSTYPES
         assert disk["total"] > 0 and disk["used"] <= disk["total"] and disk["free"] <= disk["total"]
         assert 0.0 <= disk["percent"] <= 100.0
     root = psutil.disk_usage("/")

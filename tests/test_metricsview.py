@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from agent.metrics import Sampler
-from controller.metricsview import (
+from shoal.agent.metrics import Sampler
+from shoal.controller.metricsview import (
     format_json_lines,
     format_prometheus,
     format_table,
@@ -17,7 +17,7 @@ from controller.metricsview import (
     human_duration,
     metric_value,
 )
-from protocol.errors import ConfigError
+from shoal.protocol.errors import ConfigError
 
 
 def snap(cpu: float = 10.0, mem: float = 20.0, load1: float = 0.5, disks: dict[str, float] | None = None,

@@ -9,14 +9,14 @@ import socket
 import psutil
 import pytest
 
-from agent.config import KeyPolicy
-from agent.keyfile import write_key_file
-from agent.server import Agent, software_version
-from controller.cli import main
-from controller.client import AgentClient
-from controller.fleet import ConnectOptions
-from controller.monitor import FleetMonitor, clock_offset, gather_metrics, ping_fleet
-from protocol.errors import RemoteCommandError
+from shoal.agent.config import KeyPolicy
+from shoal.hostio.keyfile import write_key_file
+from shoal.agent.server import Agent, software_version
+from shoal.controller.cli.main import main
+from shoal.controller.client import AgentClient
+from shoal.controller.fleet import ConnectOptions
+from shoal.controller.monitor import FleetMonitor, clock_offset, gather_metrics, ping_fleet
+from shoal.protocol.errors import RemoteCommandError
 from tests.agents import AgentThread, config, running_agents, target_for
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.msgtree import MsgTree
+from shoal.controller.term.msgtree import MsgTree
 
 
 def test_identical_output_is_gathered() -> None:

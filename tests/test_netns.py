@@ -20,12 +20,12 @@ from typing import Iterator
 import psutil
 import pytest
 
-from agent.proctree import MARKER_ENV
-from agent.server import Agent
-from controller.client import Command
-from controller.fleet import ConnectOptions, Fleet
-from controller.result import UNREACHABLE, Result
-from controller.targets import Target
+from shoal.agent.proctree import MARKER_ENV
+from shoal.agent.server import Agent
+from shoal.controller.client import Command
+from shoal.controller.fleet import ConnectOptions, Fleet
+from shoal.controller.result import UNREACHABLE, Result
+from shoal.controller.targets import Target
 from tests.agents import running_agents, target_for
 from tests.debris import apoll, marked, tokens_of
 
@@ -100,7 +100,7 @@ def netns_agent(namespace: Namespace, tmp_path: Path) -> Iterator[tuple[Target, 
     log = tmp_path / "agent.log"
     with open(log, "wb") as err:
         agent = subprocess.Popen(
-            ["ip", "netns", "exec", namespace.name, sys.executable, "-m", "agent.cli", "--config", str(config),
+            ["ip", "netns", "exec", namespace.name, sys.executable, "-m", "shoal.agent.cli", "--config", str(config),
              "--listen", f"{namespace.inner_ip}:{AGENT_PORT}", "--insecure", "--log-level", "debug",
              "--state-dir", str(tmp_path / "state")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from controller.nodeset import MAX_NAMES, NodeSet, expand, natural_key, split_patterns
-from protocol.errors import ConfigError
+from shoal.controller.nodeset import MAX_NAMES, NodeSet, expand, natural_key, split_patterns
+from shoal.protocol.errors import ConfigError
 
 
 @pytest.mark.parametrize(("pattern", "names"), [

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.display import Display
-from controller.outdir import OutdirTee, host_file_stem, prepare_outdir
-from controller.output import (
+from shoal.controller.term.display import Display
+from shoal.controller.term.outdir import OutdirTee, host_file_stem, prepare_outdir
+from shoal.controller.term.output import (
     LINE_CAP,
     FailedOnlyHandler,
     GatherHandler,
@@ -29,10 +29,10 @@ from controller.output import (
     StreamHandler,
     choose_output,
 )
-from controller.progress import PROGRESS_MIN_HOSTS, ProgressHandler
-from controller.result import UNREACHABLE, Result
-from controller.summary import folded, summary_line
-from protocol.errors import ConfigError
+from shoal.controller.term.progress import PROGRESS_MIN_HOSTS, ProgressHandler
+from shoal.controller.result import UNREACHABLE, Result
+from shoal.controller.term.summary import folded, summary_line
+from shoal.protocol.errors import ConfigError
 
 
 def display() -> tuple[Display, io.BytesIO, io.BytesIO]:

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from controller.pki import PKI_FILES, init_pki
-from protocol.errors import ConfigError
+from shoal.controller.pki import PKI_FILES, init_pki
+from shoal.protocol.errors import ConfigError
 
 
 def load(path: Path) -> x509.Certificate:

@@ -1,4 +1,4 @@
-"""agent.proctree on real process trees: nothing a request started may outlive its kill."""
+"""shoal.agent.proctree on real process trees: nothing a request started may outlive its kill."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Callable, Iterator
 import psutil
 import pytest
 
-from agent import proctree
-from agent.proctree import MARKER_ENV
-from agent.sigclean import clean_child_signals
+from shoal.agent import proctree
+from shoal.agent.proctree import MARKER_ENV
+from shoal.agent.sigclean import clean_child_signals
 from tests.debris import poll
 
 REPO = Path(__file__).resolve().parents[1]
@@ -296,7 +296,7 @@ async def test_escalate_ends_with_sigkill_even_if_not_listed(launch: Callable[..
 SUBREAPER_SCENARIO = r"""
 import json, os, signal, subprocess, time
 import psutil
-from agent import proctree
+from shoal.agent import proctree
 
 report = {"subreaper": proctree.enable_subreaper()}
 known = subprocess.Popen(["sh", "-c", "exit 3"])

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from protocol.errors import ERROR_CODES
-from protocol.frames import FrameDecoder
-from protocol.messages import MESSAGE_CLASSES, Exec, Stdout, decode_body
+from shoal.protocol.errors import ERROR_CODES
+from shoal.protocol.frames import FrameDecoder
+from shoal.protocol.messages import MESSAGE_CLASSES, Exec, Stdout, decode_body
 
 DOC = Path(__file__).resolve().parent.parent.joinpath("protocol", "PROTOCOL.md").read_text()
 ROWS = {m.group(1).lower(): m.group(0) for m in re.finditer(r"^\| (0x[0-9a-f]{2}) \|.*$", DOC, re.M | re.I)}
@@ -65,7 +65,7 @@ def test_every_code_the_sources_send_is_in_the_table() -> None:
         sent |= set(re.findall(r'(?<!\w)code="([a-z_]+)"', text))  # not Result's error_code
         sent |= set(re.findall(r'(?:fail|request_error|_protocol_error)\([^,()]*,?\s*"([a-z_]+)"', text))
         sent |= set(re.findall(r'(?:RemoteProtocolError|FileTransferError|RemoteCommandError)\([^"]*?"[^"]*",\s*"([a-z_]+)"', text))
-    from agent.files import CODES as TRANSFER_CODES
+    from shoal.hostio.files import CODES as TRANSFER_CODES
     sent |= set(TRANSFER_CODES) | {"bad_message", "bad_request", "empty_command"}
     assert "unsupported" in sent and "wrong_direction" in sent
     assert sent <= set(ERROR_CODES), sent - set(ERROR_CODES)

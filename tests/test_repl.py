@@ -1,6 +1,6 @@
 """`shoal shell` driven the way a person uses it: in a real pseudo-terminal.
 
-The shell runs as `python -m controller.cli shell ...` with the pty as its
+The shell runs as `python -m shoal.controller.cli.main shell ...` with the pty as its
 controlling terminal, so \\x03 really is SIGINT from the tty driver and readline
 really edits the line. Agents serve from the test process (AgentThread), except
 where one must be killed and restarted: that one is a `shoal-agent` subprocess.
@@ -43,7 +43,7 @@ class Terminal:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 250, 0, 0))
         env = dict(os.environ, TERM="dumb", NO_COLOR="1", INPUTRC="/dev/null", PYTHONPATH=str(REPO))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", LAUNCH, sys.executable, "-m", "controller.cli", *args],
+            [sys.executable, "-c", LAUNCH, sys.executable, "-m", "shoal.controller.cli.main", *args],
             stdin=slave, stdout=slave, stderr=slave, start_new_session=True, env=env, cwd=REPO)
         os.close(slave)
         self.fd = master
@@ -306,7 +306,7 @@ def test_shell_refuses_a_command_after_double_dash(terminal: Callable[..., Termi
 
 @pytest.mark.parametrize("state_home", [True, False])
 def test_history_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, state_home: bool) -> None:
-    from controller.repl import history_path
+    from shoal.controller.term.repl import history_path
 
     monkeypatch.setenv("HOME", str(tmp_path))
     if state_home:

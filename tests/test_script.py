@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.cli import main
-from controller.script import interpreter_argv
-from protocol.errors import ConfigError
+from shoal.controller.cli.main import main
+from shoal.controller.script import interpreter_argv
+from shoal.protocol.errors import ConfigError
 from tests.agents import AgentThread
 
 

@@ -13,10 +13,10 @@ import os
 import threading
 from pathlib import Path
 
-from agent.bulk import BULK_NICE
-from agent.files import AtomicWriter, FileReader
-from agent.readahead import ReadAhead
-from agent.sink import ChunkSink
+from shoal.hostio.bulk import BULK_NICE
+from shoal.hostio.files import AtomicWriter, FileReader
+from shoal.hostio.readahead import ReadAhead
+from shoal.hostio.sink import ChunkSink
 
 MiB = 1024 * 1024
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.inventory import Inventory, load_inventory
-from controller.targets import DEFAULT_PORT, LARGE_TARGET_COUNT, Target, parse_targets
-from protocol.errors import ConfigError
+from shoal.controller.inventory import Inventory, load_inventory
+from shoal.controller.targets import DEFAULT_PORT, LARGE_TARGET_COUNT, Target, parse_targets
+from shoal.protocol.errors import ConfigError
 
 
 def names(spec: str, **kwargs: object) -> list[str]:

@@ -9,8 +9,8 @@ import sys
 
 import psutil
 
-from controller.client import AgentClient, Command, RemoteProcess
-from controller.result import UNREACHABLE
+from shoal.controller.client import AgentClient, Command, RemoteProcess
+from shoal.controller.result import UNREACHABLE
 from tests.agents import running_agents, target_for
 from tests.debris import apoll, marked, marker_of
 

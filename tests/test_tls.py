@@ -14,9 +14,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from agent.tls import client_context, server_context
-from controller.pki import init_pki
-from protocol.errors import ConfigError
+from shoal.hostio.tls import client_context, server_context
+from shoal.controller.pki import init_pki
+from shoal.protocol.errors import ConfigError
 
 PAYLOAD = b"hello from the agent"
 

@@ -1,6 +1,6 @@
 """Failed TLS handshakes reach the audit log; SIGHUP's reload renews the agent's certificate.
 
-Certificates come from `shoal certs init` (controller.pki); a renewal is a new agent
+Certificates come from `shoal certs init` (shoal.controller.pki); a renewal is a new agent
 certificate from the same CA, issued with pki's own leaf-certificate code, as an
 admin renewing before expiry would. Clients are real sockets on loopback.
 """
@@ -22,13 +22,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from agent.config import TlsConfig
-from agent.server import Agent
-from agent.tls import client_context
-from controller import pki as pki_module
-from controller.client import AgentClient, Command
-from protocol.connection import Connection, Role
-from protocol.errors import ConfigError
+from shoal.agent.config import TlsConfig
+from shoal.agent.server import Agent
+from shoal.hostio.tls import client_context
+from shoal.controller import pki as pki_module
+from shoal.controller.client import AgentClient, Command
+from shoal.protocol.connection import Connection, Role
+from shoal.protocol.errors import ConfigError
 from tests.agents import config, running_agents, target_for
 from tests.debris import apoll
 

@@ -1,6 +1,6 @@
 """Mutual TLS between real controllers and agents: alone, with HMAC, and refused.
 
-Certificates come from `shoal certs init` (controller.pki); a second PKI plays the
+Certificates come from `shoal certs init` (shoal.controller.pki); a second PKI plays the
 stranger whose certificates must not be trusted.
 """
 
@@ -15,16 +15,16 @@ from typing import Iterator
 
 import pytest
 
-from agent.cli import build_parser, config_from_args
-from agent.config import TlsConfig
-from agent.keyfile import write_key_file
-from agent.server import Agent
-from agent.tls import client_context
-from controller.cli import main as shoal_main
-from controller.client import AgentClient, Command
-from controller.pki import init_pki
-from protocol.errors import ConfigError, ShoalConnectionError
-from protocol.handshake import SharedKey
+from shoal.agent.cli import build_parser, config_from_args
+from shoal.agent.config import TlsConfig
+from shoal.hostio.keyfile import write_key_file
+from shoal.agent.server import Agent
+from shoal.hostio.tls import client_context
+from shoal.controller.cli.main import main as shoal_main
+from shoal.controller.client import AgentClient, Command
+from shoal.controller.pki import init_pki
+from shoal.protocol.errors import ConfigError, ShoalConnectionError
+from shoal.protocol.handshake import SharedKey
 from tests.agents import config, running_agents, target_for
 from tests.rawpeer import DEADLINE, connect
 

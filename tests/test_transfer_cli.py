@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from controller.display import Display
-from controller.transfer import host_directory_name
-from controller.transferprogress import TransferProgress, format_bytes, format_duration
+from shoal.controller.term.display import Display
+from shoal.controller.transfer import host_directory_name
+from shoal.controller.term.transferprogress import TransferProgress, format_bytes, format_duration
 from tests.agents import AgentThread, shoal, closed_port
 
 _BIN = Path(sys.executable).with_name("shoal")
-SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "controller.cli"]
+SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "shoal.controller.cli.main"]
 
 
 @pytest.fixture(scope="module")

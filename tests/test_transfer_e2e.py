@@ -22,17 +22,17 @@ from typing import AsyncIterator, Iterator
 import psutil
 import pytest
 
-from agent.config import KeyPolicy
-from agent.files import TEMP_MARK
-from agent.keyfile import write_key_file
-from agent.server import Agent
-from controller.client import AgentClient
-from controller.fleet import ConnectOptions
-from controller.targets import Target
-from controller.transfer import PutOptions, PutRequest, get_file, get_fleet, put_file, put_fleet
-from controller.transferplan import plan_put
-from protocol.errors import RemoteCommandError
-from protocol.messages import FileData, PutFile
+from shoal.agent.config import KeyPolicy
+from shoal.hostio.files import TEMP_MARK
+from shoal.hostio.keyfile import write_key_file
+from shoal.agent.server import Agent
+from shoal.controller.client import AgentClient
+from shoal.controller.fleet import ConnectOptions
+from shoal.controller.targets import Target
+from shoal.controller.transfer import PutOptions, PutRequest, get_file, get_fleet, put_file, put_fleet
+from shoal.controller.transferplan import plan_put
+from shoal.protocol.errors import RemoteCommandError
+from shoal.protocol.messages import FileData, PutFile
 from tests.agents import config, running_agents, target_for, closed_port as _closed_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -431,7 +431,7 @@ async def test_agent_killed_mid_put_leaves_old_file_and_restart_cleans(tmp_path:
 
 def _agent_process(port: int, state_dir: Path) -> subprocess.Popen[bytes]:
     """A real `shoal-agent` process, returned once it accepts connections."""
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--listen", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.agent.cli", "--listen", f"127.0.0.1:{port}",
                              "--state-dir", str(state_dir), "--log-level", "error"], cwd=ROOT)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient, Command
 from tests.agents import running_agents, target_for
 
 

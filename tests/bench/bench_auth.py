@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from agent.keyfile import load_key_file, write_key_file
-from agent.tls import client_context
-from controller.client import AgentClient, Command
-from controller.pki import init_pki
-from controller.targets import Target
-from protocol.connection import Connection
-from protocol.handshake import MAC_HMAC_SHA256, GmacFrameMac, SharedKey
+from shoal.hostio.keyfile import load_key_file, write_key_file
+from shoal.hostio.tls import client_context
+from shoal.controller.client import AgentClient, Command
+from shoal.controller.pki import init_pki
+from shoal.controller.targets import Target
+from shoal.protocol.connection import Connection
+from shoal.protocol.handshake import MAC_HMAC_SHA256, GmacFrameMac, SharedKey
 from tests.bench.bench_core import SHOAL, pct, size_arg
 
 AGENT = str(Path(sys.executable).parent / "shoal-agent")
@@ -91,8 +91,8 @@ class Mode:
         """The controller CLI, made to offer only `macs` when set."""
         if self.macs is None:
             return SHOAL.split()
-        force = (f"import sys, protocol.connection as c; c.Connection.__init__.__kwdefaults__['macs'] = {self.macs!r}; "
-                 "from controller.cli import main; sys.exit(main(sys.argv[1:]))")
+        force = (f"import sys, shoal.protocol.connection as c; c.Connection.__init__.__kwdefaults__['macs'] = {self.macs!r}; "
+                 "from shoal.controller.cli.main import main; sys.exit(main(sys.argv[1:]))")
         return [sys.executable, "-c", force]
 
 

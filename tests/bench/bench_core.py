@@ -21,16 +21,16 @@ import subprocess
 import sys
 import time
 
-from agent.config import AgentConfig
-from agent.server import Agent
-from controller.client import AgentClient, Command
-from controller.fleet import ConnectOptions, Fleet
-from controller.targets import Target
+from shoal.agent.config import AgentConfig
+from shoal.agent.server import Agent
+from shoal.controller.client import AgentClient, Command
+from shoal.controller.fleet import ConnectOptions, Fleet
+from shoal.controller.targets import Target
 from tests.bench.common import ROOT, free_port, start_agent
 
 # The installed entry point next to this interpreter (not a version-manager shim).
 _BIN = os.path.join(os.path.dirname(sys.executable), "shoal")
-SHOAL = _BIN if os.path.exists(_BIN) else f"{sys.executable} -m controller.cli"
+SHOAL = _BIN if os.path.exists(_BIN) else f"{sys.executable} -m shoal.controller.cli.main"
 
 
 def size_arg(text: str) -> int:

@@ -28,7 +28,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BIN = os.path.join(os.path.dirname(sys.executable), "shoal")
-SHOAL = [_BIN] if os.path.exists(_BIN) else [sys.executable, "-m", "controller.cli"]
+SHOAL = [_BIN] if os.path.exists(_BIN) else [sys.executable, "-m", "shoal.controller.cli.main"]
 
 
 def pattern_for(hosts: int) -> str:

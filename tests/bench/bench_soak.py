@@ -24,8 +24,8 @@ import time
 
 import psutil
 
-from controller.client import AgentClient, Command
-from controller.targets import Target
+from shoal.controller.client import AgentClient, Command
+from shoal.controller.targets import Target
 from tests.bench import common
 from tests.bench.bench_core import line, pct, size_arg
 from tests.bench.common import free_port

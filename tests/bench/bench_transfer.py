@@ -41,10 +41,10 @@ import time
 
 import psutil
 
-from controller.client import AgentClient
-from controller.targets import Target
-from controller.transfer import put_file
-from controller.transferplan import plan_put
+from shoal.controller.client import AgentClient
+from shoal.controller.targets import Target
+from shoal.controller.transfer import put_file
+from shoal.controller.transferplan import plan_put
 from tests.bench.bench_core import ROOT, SHOAL, size_arg
 from tests.bench.common import free_port, start_agent
 

@@ -20,7 +20,7 @@ def free_port() -> int:
 
 def start_agent(port: int, *extra: str) -> subprocess.Popen[bytes]:
     """Start `shoal-agent` on 127.0.0.1:PORT and wait until it accepts connections."""
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--listen", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.agent.cli", "--listen", f"127.0.0.1:{port}",
                              "--log-level", "error", *extra], cwd=ROOT)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

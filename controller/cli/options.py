@@ -1,0 +1,148 @@
+"""Option groups shared by subcommands, so every flag is spelled the same everywhere,
+and the helpers that turn parsed options into library objects."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import ssl as ssl_module
+
+from shoal.protocol.errors import ConfigError
+from shoal.protocol.handshake import SharedKey
+
+from shoal.controller.client import Command
+from shoal.controller.fleet import ConnectOptions
+from shoal.controller.targets import Target
+
+__all__ = [
+    "add_target_options",
+    "add_connect_options",
+    "add_output_options",
+    "add_outdir_failed_options",
+    "add_exec_options",
+    "targets_from_args",
+    "connect_options_from_args",
+    "command_from_args",
+]
+
+
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("targets", metavar="TARGETS",
+                        help="comma-separated hosts: name, host:port, [v6]:port, unix:/path, "
+                             "ranges web[01-20], CIDR 10.0.0.0/28, @group")
+    parser.add_argument("-x", "--exclude", metavar="PATTERN", help="hosts to leave out (same syntax)")
+    parser.add_argument("--inventory", metavar="PATH",
+                        help="inventory TOML (default: $SHOAL_INVENTORY or ~/.config/shoal/inventory.toml)")
+    parser.add_argument("--yes", action="store_true", help="allow target patterns that expand to very many hosts")
+
+
+def add_connect_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("connection")
+    g.add_argument("--key-file", metavar="PATH", help="shared key for HMAC authentication (shoal keygen)")
+    g.add_argument("--tls-cert", metavar="PATH", help="controller certificate for mutual TLS")
+    g.add_argument("--tls-key", metavar="PATH", help="private key of --tls-cert")
+    g.add_argument("--tls-ca", metavar="PATH", help="CA that signed the agents' certificates")
+    g.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECS",
+                   help="give up on a host that has not connected and authenticated in SECS (default 10)")
+    g.add_argument("-f", "--fanout", type=int, default=64, metavar="N",
+                   help="hosts connecting or running at once (default 64)")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("output")
+    g.add_argument("-o", "--output", choices=("stream", "gather", "json"), default=None,
+                   help="stream lines as they come (default on a TTY), gather identical output, or JSON events")
+    g.add_argument("--raw", action="store_true",
+                   help="with one host: pass output through byte-exact, no prefix (default when stdout is not a TTY)")
+    add_outdir_failed_options(g, outdir_help="also write each host's output to DIR/HOST.out and DIR/HOST.err",
+                              failed_only_help="after the run, list only failed hosts and why")
+    g.add_argument("-q", "--quiet", action="store_true", help="no summary or progress; errors only")
+    g.add_argument("-v", "--verbose", action="store_true", help="more detail on stderr")
+
+
+def add_outdir_failed_options(group: argparse._ArgumentGroup, *, outdir_help: str, failed_only_help: str) -> None:
+    """--outdir and --failed-only, spelled once for run and batch; each says what they mean there."""
+    group.add_argument("--outdir", metavar="DIR", help=outdir_help)
+    group.add_argument("--failed-only", action="store_true", help=failed_only_help)
+
+
+def add_exec_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("command")
+    g.add_argument("-t", "--timeout", type=float, metavar="SECS",
+                   help="kill the command's process tree after SECS (SIGTERM, then SIGKILL)")
+    g.add_argument("--kill-grace", type=float, metavar="SECS", help="seconds between SIGTERM and SIGKILL")
+    g.add_argument("--cwd", metavar="DIR", help="working directory on the hosts")
+    g.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="environment variable (repeatable)")
+    g.add_argument("--argv", action="store_true",
+                   help="run the words after -- as an argv, without /bin/sh (default joins them for the shell, like ssh)")
+    g.add_argument("-n", "--no-stdin", action="store_true", help="do not forward standard input")
+    g.add_argument("--detach", action="store_true",
+                   help="keep running if the controller disconnects; output goes to a file on the agent")
+
+
+def targets_from_args(args: argparse.Namespace) -> list[Target]:
+    from shoal.controller.inventory import load_inventory
+    from shoal.controller.targets import parse_targets
+
+    inventory = load_inventory(args.inventory)
+    targets = parse_targets(args.targets, exclude=args.exclude, inventory=inventory, allow_large=args.yes)
+    if not targets:
+        raise ConfigError("no hosts match", args.targets)
+    return targets
+
+
+@functools.lru_cache(maxsize=64)
+def _load_key(path: str) -> SharedKey:
+    from shoal.hostio.keyfile import load_key_file
+
+    return load_key_file(path)
+
+
+@functools.lru_cache(maxsize=64)
+def _client_ssl(cert: str, key: str, ca: str) -> ssl_module.SSLContext:
+    from shoal.hostio.tls import client_context
+
+    return client_context(cert, key, ca)
+
+
+def connect_options_from_args(args: argparse.Namespace) -> ConnectOptions:
+    """Keys and TLS from options, with per-target overrides from the inventory."""
+    default_key = _load_key(os.path.expanduser(args.key_file)) if args.key_file else None
+    tls_given = [args.tls_cert, args.tls_key, args.tls_ca]
+    if any(tls_given) and not all(tls_given):
+        raise ConfigError("--tls-cert, --tls-key and --tls-ca go together", "tls")
+
+    def key_for(target: Target) -> SharedKey | None:
+        return _load_key(os.path.expanduser(target.key_file)) if target.key_file else default_key
+
+    def ssl_for(target: Target) -> ssl_module.SSLContext | None:
+        files = (target.tls_cert, target.tls_key, target.tls_ca)
+        if all(files):
+            return _client_ssl(*(os.path.expanduser(f) for f in files))  # type: ignore[arg-type]
+        if all(tls_given):
+            return _client_ssl(args.tls_cert, args.tls_key, args.tls_ca)
+        return None
+
+    return ConnectOptions(timeout=args.connect_timeout, key_for=key_for, ssl_for=ssl_for)
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"bad environment setting {item!r} (expected NAME=VALUE)", "--env")
+        env[name] = value
+    return env
+
+
+def command_from_args(args: argparse.Namespace, words: list[str]) -> Command:
+    """The command after `--`: joined for /bin/sh like ssh does, or an argv with --argv."""
+    if not words:
+        raise ConfigError("no command given (put it after --)", "command")
+    common = dict(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout,
+                  detach=args.detach, kill_grace=args.kill_grace)
+    if args.argv:
+        return Command(argv=list(words), **common)  # type: ignore[arg-type]
+    return Command(shell=" ".join(words), **common)  # type: ignore[arg-type]

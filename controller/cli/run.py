@@ -1,0 +1,113 @@
+"""Run a command on every target and stream its output back.
+
+    shoal run TARGETS [options] -- COMMAND...
+
+The words after `--` are joined and run by /bin/sh on each host, like ssh does
+(`--argv` runs them as an argv without a shell). Standard input is forwarded to
+every host when it is not a terminal (`-n` to disable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Any
+
+from shoal.controller.client import Command
+from shoal.controller.term.display import Display
+from shoal.controller.fleet import ConnectOptions, Fleet, Handler
+from shoal.controller.term.interrupt import run_interruptible
+from shoal.controller.cli.options import (
+    add_connect_options,
+    add_exec_options,
+    add_output_options,
+    add_target_options,
+    command_from_args,
+    connect_options_from_args,
+    targets_from_args,
+)
+from shoal.controller.fdlimit import raise_open_files_limit
+from shoal.controller.term.output import choose_output
+from shoal.controller.result import Result
+from shoal.controller.stdin import StdinSpool
+from shoal.controller.targets import Target
+
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_target_options(parser)
+    add_exec_options(parser)
+    parser.add_argument("--script", metavar="FILE", help="run this local script on each host (fed on stdin, "
+                        "like ssh host bash -s); words after -- become its arguments; honours #!")
+    add_connect_options(parser)
+    add_output_options(parser)
+
+
+def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
+    targets = targets_from_args(args)
+    options = connect_options_from_args(args)
+    if args.script:
+        from shoal.controller.script import script_from_args
+
+        command, script = script_from_args(args, words)
+        return asyncio.run(run_fleet(targets, command, options, args, display, False, script))
+    command = command_from_args(args, words)
+    forward_stdin = not args.no_stdin and not _isatty(0)
+    return asyncio.run(run_fleet(targets, command, options, args, display, forward_stdin))
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def choose_handler(args: argparse.Namespace, display: Display, targets: list[Target]) -> Any:
+    """Pick the output handler once (modes in controller/term/output.py)."""
+    return choose_output(display, [t.name for t in targets], getattr(args, "output", None),
+                         raw=getattr(args, "raw", False), outdir=getattr(args, "outdir", None),
+                         failed_only=getattr(args, "failed_only", False))
+
+
+async def run_fleet(targets: list[Target], command: Command, options: ConnectOptions,
+                    args: argparse.Namespace, display: Display, forward_stdin: bool,
+                    script: bytes | None = None) -> int:
+    """Run on the fleet with Ctrl-C handling: first cancels everywhere, second gives up."""
+    raise_open_files_limit(min(len(targets), args.fanout))
+    fleet = Fleet(targets, options, fanout=args.fanout)
+    handler: Handler = choose_handler(args, display, targets)
+    stdin = StdinSpool.from_fd(sys.stdin.fileno()) if forward_stdin else None
+    if script is not None:
+        stdin = StdinSpool.from_bytes(script)
+    try:
+        result, interrupts = await run_interruptible(fleet.run(command, handler, stdin), display,
+                                                     fleet.cancel, fleet.kill)
+    finally:
+        if stdin is not None:
+            stdin.close()
+    if result is None:
+        return 130
+    handler.close()
+    report_leftovers(display, result.results)
+    if len(targets) > 1 and not getattr(args, "quiet", False):
+        report_summary(display, result.results, result.elapsed)
+    return 130 if interrupts else result.status
+
+
+def report_leftovers(display: Display, results: list[Result]) -> None:
+    """One stderr line per host whose agent ended processes the command left holding its output."""
+    for r in results:
+        if r.leftovers_ended:
+            noun = "process" if r.leftovers_ended == 1 else "processes"
+            display.err(f"shoal: {r.host}: ended {r.leftovers_ended} leftover {noun} after the command exited\n"
+                        .encode("utf-8", "replace"))
+
+
+def report_summary(display: Display, results: list[Result], elapsed: float | None = None) -> None:
+    """One line on stderr: ok / failed / unreachable counts with their host sets."""
+    from shoal.controller.term.summary import summary_line
+
+    display.message(summary_line(results, elapsed))

@@ -1,0 +1,341 @@
+"""Output handlers for fleet runs: chosen once, fed events, own all formatting.
+
+Modes (`-o/--output`), one class each:
+
+* `StreamHandler` (default on a TTY, and for many hosts when piped): lines as they
+  arrive, prefixed `host: ` with aligned prefixes, stderr lines on stderr.
+* `RawHandler` (one host, stdout not a TTY, or `--raw`): bytes passed through untouched,
+  so `shoal run h -- tar c /etc > etc.tar` gives a valid tarball.
+* `GatherHandler` (`-o gather`): nothing until the run ends, then each distinct output
+  once under the folded set of hosts that printed it, like dshbak / clush -b::
+
+      ---------------
+      web[01-05,07] (6)
+      ---------------
+      Linux 6.1.0
+
+  stdout and stderr are gathered separately: stdout groups go to stdout, then stderr
+  groups to stderr with `(stderr)` in their header, so `-o gather > file` keeps only
+  stdout. A host's output without a final newline is shown with one. Hosts that did
+  not exit 0 are listed last on stderr, one line per distinct reason
+  (`shoal: web[03,05]: exit 3`).
+* `JsonHandler` (`-o json`): one JSON object per line per event; schema below.
+* `FailedOnlyHandler` (`--failed-only`): no output during the run; afterwards one line
+  per host that did not exit 0, `host: reason` (with `-o json`: its `exit` event).
+
+JSON schema (`-o json`; every object has `event` and `t`, seconds since the run began)::
+
+    {"event": "start",  "host": H, "t": T}                       connected, command sent
+    {"event": "output", "host": H, "t": T, "stream": "stdout"|"stderr",
+     "data": TEXT}  or  "data_b64": BASE64                       when not valid UTF-8
+    {"event": "exit",   "host": H, "t": T, "status": N, "code": N|null,
+     "signal": N|null, "timed_out": B, "cancelled": B, "duration": SECS,
+     "error": TEXT|null, "error_code": TEXT|null, "ok": B, "unreachable": B,
+     "leftovers_ended": N|null}                                 N: processes still holding
+                                                                 the output, ended by the agent
+    {"event": "summary", "t": T, "status": N,
+     "ok": [H...], "failed": [H...], "unreachable": [H...]}      last line of the run
+
+`output` data holds whole lines where it can: a host's stream is cut after its last
+newline (or every LINE_CAP bytes of one long line); the final piece may lack one.
+Concatenating a host's `output` events of one stream gives its exact bytes. Hosts that
+never connected have only an `exit` event, with `error` saying why.
+
+Lines are split only for display, with a cap so one endless line cannot grow memory
+without bound.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from shoal.controller.term.display import Display
+from shoal.controller.term.msgtree import MsgTree
+from shoal.controller.nodeset import NodeSet, natural_key
+from shoal.controller.term.outdir import OutdirTee, prepare_outdir
+from shoal.controller.term.progress import ProgressHandler, wants_progress
+from shoal.controller.result import Result
+from shoal.controller.term.summary import classify
+
+__all__ = [
+    "LINE_CAP",
+    "FailedOnlyHandler",
+    "GatherHandler",
+    "JsonHandler",
+    "LineSplitter",
+    "RawHandler",
+    "StreamHandler",
+    "choose_output",
+    "decode_for_display",
+    "failure_groups",
+    "exit_record",
+]
+
+# A "line" longer than this is printed in pieces rather than buffered further.
+LINE_CAP = 64 * 1024
+# The rule above and below a gathered group's host set (dshbak's width).
+RULE = "-" * 15
+
+
+def decode_for_display(data: bytes) -> str:
+    """Text for a human: UTF-8 with invalid bytes replaced, never an exception."""
+    return data.decode("utf-8", "replace")
+
+
+class LineSplitter:
+    """Cut each (host, stream)'s bytes into complete lines, holding back the partial one."""
+
+    def __init__(self) -> None:
+        self._partial: dict[tuple[str, str], bytes] = {}
+
+    def feed(self, key: tuple[str, str], data: bytes) -> list[bytes]:
+        """Return the complete lines (without their newline) that `data` finished."""
+        lines = (self._partial.pop(key, b"") + data).split(b"\n")
+        rest = lines.pop()
+        while len(rest) > LINE_CAP:
+            lines.append(rest[:LINE_CAP])
+            rest = rest[LINE_CAP:]
+        if rest:
+            self._partial[key] = rest
+        return lines
+
+    def flush(self, key: tuple[str, str]) -> bytes:
+        """Return and forget what is left of a stream that has ended."""
+        return self._partial.pop(key, b"")
+
+
+class StreamHandler:
+    """Prefix each line with its host, as it arrives; stderr lines go to stderr."""
+
+    def __init__(self, display: Display, hosts: list[str]) -> None:
+        self.display = display
+        self.width = max((len(h) for h in hosts), default=0)
+        self._lines = LineSplitter()
+        self._prefix: dict[str, bytes] = {}
+
+    def prefix(self, host: str) -> bytes:
+        cached = self._prefix.get(host)
+        if cached is None:
+            label = self.display.paint(host, Display.host_color(host)) + ":"
+            pad = " " * (self.width - len(host))
+            cached = (label + pad + " ").encode()
+            self._prefix[host] = cached
+        return cached
+
+    def on_start(self, host: str) -> None:
+        pass
+
+    def on_output(self, host: str, stream: str, data: bytes) -> None:
+        lines = self._lines.feed((host, stream), data)
+        if lines:
+            self._write(host, stream, lines)
+
+    def _write(self, host: str, stream: str, lines: list[bytes]) -> None:
+        prefix = self.prefix(host)
+        text = b"".join(prefix + decode_for_display(line).encode() + b"\n" for line in lines)
+        (self.display.out if stream == "stdout" else self.display.err)(text)
+
+    def on_result(self, result: Result) -> None:
+        for stream in ("stdout", "stderr"):
+            rest = self._lines.flush((result.host, stream))
+            if rest:
+                self._write(result.host, stream, [rest])
+        if result.error:
+            self.display.error(f"{result.host}: {result.error}")
+
+    def close(self) -> None:
+        pass
+
+
+class RawHandler:
+    """Byte-exact passthrough for a single host: no prefix, no decoding."""
+
+    def __init__(self, display: Display) -> None:
+        self.display = display
+
+    def on_start(self, host: str) -> None:
+        pass
+
+    def on_output(self, host: str, stream: str, data: bytes) -> None:
+        (self.display.out if stream == "stdout" else self.display.err)(data)
+
+    def on_result(self, result: Result) -> None:
+        if result.error:
+            self.display.error(f"{result.host}: {result.error}")
+
+    def close(self) -> None:
+        pass
+
+
+class GatherHandler:
+    """Hold every host's lines in a MsgTree; print each distinct output once at the end.
+
+    Memory grows with the distinct output, not with the host count: 500 hosts
+    printing the same 100 lines cost 100 stored lines.
+    """
+
+    def __init__(self, display: Display) -> None:
+        self.display = display
+        self.trees = {"stdout": MsgTree(), "stderr": MsgTree()}
+        self.results: list[Result] = []
+        self._lines = LineSplitter()
+
+    def on_start(self, host: str) -> None:
+        pass
+
+    def on_output(self, host: str, stream: str, data: bytes) -> None:
+        tree = self.trees[stream]
+        for line in self._lines.feed((host, stream), data):
+            tree.add(host, line)
+
+    def on_result(self, result: Result) -> None:
+        for stream, tree in self.trees.items():
+            rest = self._lines.flush((result.host, stream))
+            if rest:
+                tree.add(result.host, rest)
+        self.results.append(result)
+
+    def close(self) -> None:
+        self._print_groups(self.trees["stdout"], self.display.out, "")
+        self._print_groups(self.trees["stderr"], self.display.err, " (stderr)")
+        for hosts, reason in failure_groups(self.results):
+            self.display.error(f"{hosts}: {reason}")
+
+    def _print_groups(self, tree: MsgTree, write: Callable[[bytes], None], label: str) -> None:
+        for lines, hosts in tree.walk():
+            header = self.display.paint(f"{NodeSet(hosts)} ({len(hosts)}){label}", "1;34")
+            body = b"".join(decode_for_display(line).encode() + b"\n" for line in lines)
+            write(f"{RULE}\n{header}\n{RULE}\n".encode() + body)
+
+
+def failure_groups(results: list[Result]) -> list[tuple[NodeSet, str]]:
+    """Group the hosts that did not exit 0 by reason, in order of their first host."""
+    by_reason: dict[str, list[str]] = {}
+    for result in results:
+        if not result.ok:
+            by_reason.setdefault(result.reason, []).append(result.host)
+    groups = [(min(hosts, key=natural_key), NodeSet(hosts), reason) for reason, hosts in by_reason.items()]
+    groups.sort(key=lambda group: natural_key(group[0]))
+    return [(hosts, reason) for _, hosts, reason in groups]
+
+
+def exit_record(result: Result) -> dict[str, Any]:
+    """The fields of a JSON `exit` event for one host's result."""
+    return {
+        "host": result.host, "status": result.status, "code": result.code, "signal": result.signal,
+        "timed_out": result.timed_out, "cancelled": result.cancelled,
+        "duration": round(result.duration, 6), "error": result.error, "error_code": result.error_code,
+        "ok": result.ok, "unreachable": result.unreachable, "leftovers_ended": result.leftovers_ended,
+    }
+
+
+def data_fields(data: bytes) -> dict[str, str]:
+    """`data` as text when it is valid UTF-8, else `data_b64`."""
+    try:
+        return {"data": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"data_b64": base64.b64encode(data).decode("ascii")}
+
+
+class JsonHandler:
+    """One JSON object per line per event, for scripts and monitoring (schema above)."""
+
+    def __init__(self, display: Display, clock: Callable[[], float] = time.monotonic) -> None:
+        self.display = display
+        self.clock = clock
+        self.started = clock()
+        self.results: list[Result] = []
+        self._partial: dict[tuple[str, str], bytes] = {}
+
+    def emit(self, event: str, fields: dict[str, Any]) -> None:
+        record = {"event": event, **fields, "t": round(self.clock() - self.started, 6)}
+        self.display.out(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+
+    def on_start(self, host: str) -> None:
+        self.emit("start", {"host": host})
+
+    def on_output(self, host: str, stream: str, data: bytes) -> None:
+        key = (host, stream)
+        buf = self._partial.pop(key, b"") + data
+        cut = buf.rfind(b"\n") + 1
+        if cut == 0 and len(buf) >= LINE_CAP:
+            cut = len(buf)
+        if cut < len(buf):
+            self._partial[key] = buf[cut:]
+        if cut:
+            self._emit_output(host, stream, buf[:cut])
+
+    def _emit_output(self, host: str, stream: str, data: bytes) -> None:
+        self.emit("output", {"host": host, "stream": stream, **data_fields(data)})
+
+    def on_result(self, result: Result) -> None:
+        for stream in ("stdout", "stderr"):
+            rest = self._partial.pop((result.host, stream), b"")
+            if rest:
+                self._emit_output(result.host, stream, rest)
+        self.emit("exit", exit_record(result))
+        self.results.append(result)
+
+    def close(self) -> None:
+        ok, failed, unreachable = (sorted(hosts, key=natural_key) for hosts in classify(self.results))
+        status = max((r.status for r in self.results), default=0)
+        self.emit("summary", {"status": status, "ok": ok, "failed": failed, "unreachable": unreachable})
+
+
+class FailedOnlyHandler:
+    """Print nothing while running; afterwards list the hosts that did not exit 0."""
+
+    def __init__(self, display: Display, as_json: bool = False) -> None:
+        self.display = display
+        self.as_json = as_json
+        self.results: list[Result] = []
+
+    def on_start(self, host: str) -> None:
+        pass
+
+    def on_output(self, host: str, stream: str, data: bytes) -> None:
+        pass
+
+    def on_result(self, result: Result) -> None:
+        self.results.append(result)
+
+    def close(self) -> None:
+        failed = sorted((r for r in self.results if not r.ok), key=lambda r: natural_key(r.host))
+        for result in failed:
+            if self.as_json:
+                record = {"event": "exit", **exit_record(result)}
+                self.display.out(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+            else:
+                self.display.print(f"{result.host}: {result.reason}")
+
+
+def choose_output(display: Display, hosts: list[str], mode: str | None, *, raw: bool = False,
+                  outdir: str | None = None, failed_only: bool = False) -> Any:
+    """Build the handler for a run, once.
+
+    `mode` None means the default: raw passthrough for one host when stdout is not a
+    terminal or `raw` is set, else stream (with prefixes, also when piped, so many
+    hosts' lines stay attributable). `failed_only` replaces the mode's output with the
+    failed-host listing (JSON records with mode "json"). `outdir` tees into files, and
+    the progress line wraps it all when the run is big and stderr is a terminal.
+    """
+    handler: Any
+    if failed_only:
+        handler = FailedOnlyHandler(display, as_json=mode == "json")
+    elif mode == "gather":
+        handler = GatherHandler(display)
+    elif mode == "json":
+        handler = JsonHandler(display)
+    elif mode is None and len(hosts) == 1 and (raw or not display.stdout_tty):
+        handler = RawHandler(display)
+    else:
+        handler = StreamHandler(display, hosts)
+    if outdir is not None:
+        handler = OutdirTee(handler, prepare_outdir(outdir))
+    if wants_progress(display, len(hosts)):
+        handler = ProgressHandler(handler, display, len(hosts))
+    return handler
