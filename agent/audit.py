@@ -30,7 +30,7 @@ Every line holds `time` (seconds since the epoch, UTC) and `event`, plus:
     exec            peer, key_id, request, argv, cwd, pid, detach
     exec_failed     peer, key_id, request, argv, cwd, error the command could not start
     exit            peer, key_id, request, argv, cwd, start (epoch), duration (s), status,
-                    timed_out, stdout_bytes, stderr_bytes, stdin_bytes
+                    timed_out, stdout_bytes, stderr_bytes, stdin_bytes, leftovers_ended
     metrics         peer, key_id, request
     put, get        peer, key_id, request, path, size       a file transfer started (agent/transfer.py)
     put_done, get_done  ... path, bytes                     it completed

@@ -51,7 +51,9 @@ class CommandRequest:
         self.started = time.time()
         self._stdin_window = session.limits.stdin_window
         self._stdin_in_flight = 0
-        self.child = Child(argv, env, cwd, want_stdin, self._on_data, self._on_done, output_file)
+        self.leftovers_ended: int | None = None
+        self.child = Child(argv, env, cwd, want_stdin, self._on_data, self._on_done, output_file,
+                           linger=session.limits.output_linger)
         self.child.on_stdin_drained = self._on_stdin_drained
         self._max_read = min(DATA_CHUNK, session.conn.peer_max_frame)
         self._update_read_size()
@@ -131,14 +133,30 @@ class CommandRequest:
     def _on_done(self, result: ChildResult) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self.child.output_cut and not self.detached:
+            self._end_leftovers()
         self.session.command_done(self, result)
         self.child.close()
+
+    def _end_leftovers(self) -> None:
+        """The main process is gone but its output outlived the linger: end the rest.
+
+        They are counted for the EXIT first, then killed like a cancelled command
+        (SIGTERM, SIGKILL `grace` later); the EXIT does not wait for them to die.
+        """
+        count = len(proctree.find_tree(self.child.pid, self.child.token))
+        self.session.log.info("output outlived the command by %gs: ending %d leftover processes",
+                              self.session.limits.output_linger, count, req=self.request_id)
+        if count:
+            self.leftovers_ended = count
+            self.kill(signal.SIGTERM)
 
     def exit_message(self, result: ChildResult) -> Exit:
         return Exit(
             self.request_id, status=result.status, code=result.code, signal=result.signal,
             timed_out=self.timed_out, cancelled=self.cancelled, duration=round(result.duration, 6),
             stdout_bytes=self.bytes[1], stderr_bytes=self.bytes[2], output_file=self.output_file,
+            leftovers_ended=self.leftovers_ended,
         )
 
 

@@ -249,6 +249,10 @@ class Limits:
             dropped, so half-open connections of vanished controllers do not pile up.
         kill_grace: seconds between SIGTERM and SIGKILL when a command is cancelled, so
             children can clean up but cannot refuse to die.
+        output_linger: seconds of output still read after a command's main process
+            exits, while something it left behind holds its stdout or stderr open. Then
+            EXIT is sent and the leftovers are ended, so `sleep 3600 &` cannot hold a
+            request (its slot, its fds) open for an hour.
         keepalive: seconds of TCP idleness before keepalive probes (also the probe
             interval base), so dead peers behind NAT or a crash are noticed.
     """
@@ -264,6 +268,7 @@ class Limits:
     handshake_timeout: float = 5.0
     idle_timeout: float = 600.0
     kill_grace: float = 5.0
+    output_linger: float = 2.0
     keepalive: float = 15.0
 
     def __post_init__(self) -> None:
@@ -279,6 +284,7 @@ class Limits:
                                                    low_open=True))
         _store(self, "idle_timeout", _seconds("idle_timeout", self.idle_timeout, 0, 7 * _DAY, low_open=True))
         _store(self, "kill_grace", _seconds("kill_grace", self.kill_grace, 0, 3600))
+        _store(self, "output_linger", _seconds("output_linger", self.output_linger, 0, 3600))
         _store(self, "keepalive", _seconds("keepalive", self.keepalive, 1, 7200))
 
 

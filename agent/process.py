@@ -80,8 +80,11 @@ class Child:
         cwd: working directory, or None for the agent's.
         want_stdin: give the child a pipe on stdin rather than /dev/null.
         on_data: called with (STDOUT|STDERR, bytes) as output arrives.
-        on_done: called once with the result after both pipes hit EOF and the child exited.
+        on_done: called once with the result after both pipes hit EOF and the child exited,
+            or after the child exited and `linger` seconds of reading passed without EOF
+            (something it left behind holds a pipe); `output_cut` then says so.
         output_file: detached mode: stdout and stderr go to this file, not to us.
+        linger: seconds of reading allowed after the exit; None waits for EOF for ever.
     """
 
     def __init__(
@@ -93,8 +96,13 @@ class Child:
         on_data: Callable[[int, bytes], None],
         on_done: Callable[[ChildResult], None],
         output_file: str | None = None,
+        linger: float | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
+        self._linger_left = linger
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._linger_armed_at = 0.0
+        self.output_cut = False
         self.token = proctree.new_token()
         self._on_data = on_data
         self._on_done = on_done
@@ -175,6 +183,7 @@ class Child:
         """Stop reading output: the child blocks once its pipes fill."""
         if not self._paused:
             self._paused = True
+            self._stop_linger_clock()
             for fd in self._out_fds.values():
                 if fd >= 0:
                     self._loop.remove_reader(fd)
@@ -185,6 +194,33 @@ class Child:
             for stream, fd in self._out_fds.items():
                 if fd >= 0:
                     self._loop.add_reader(fd, self._read, stream)
+            self._maybe_start_linger_clock()
+
+    # -- linger --------------------------------------------------------------
+    # After the main process exits, output is read for at most `linger` seconds
+    # more. The clock runs only while we read: time spent paused because the
+    # controller has not granted window is the controller's, and must not cut
+    # output that a plain `cat bigfile` already wrote into the pipe.
+
+    def _maybe_start_linger_clock(self) -> None:
+        if (self._result is not None and self._open and not self._paused
+                and self._linger_left is not None and self._linger_timer is None):
+            self._linger_armed_at = self._loop.time()
+            self._linger_timer = self._loop.call_later(self._linger_left, self._linger_expired)
+
+    def _stop_linger_clock(self) -> None:
+        if self._linger_timer is not None and self._linger_left is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+            self._linger_left = max(0.0, self._linger_left - (self._loop.time() - self._linger_armed_at))
+
+    def _linger_expired(self) -> None:
+        """Stop waiting for EOF: whoever still holds the pipes is not the command."""
+        self._linger_timer = None
+        self.output_cut = True
+        self._close_output()
+        self._open.clear()
+        self._maybe_done()
 
     # -- stdin ---------------------------------------------------------------
 
@@ -246,10 +282,12 @@ class Child:
             self._result = ChildResult(128 - rc, None, -rc, duration)
         else:
             self._result = ChildResult(rc, rc, None, duration)
+        self._maybe_start_linger_clock()
         self._maybe_done()
 
     def _maybe_done(self) -> None:
         if self._result is not None and not self._open:
+            self._stop_linger_clock()
             self._close_stdin_fd()
             self._stdin_buf.clear()
             result, self._result = self._result, None
@@ -260,16 +298,20 @@ class Child:
         """Send `sig` to the child's whole process group."""
         try:
             os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        except OSError:
+            pass  # gone, not ours any more, or a number this kernel has no signal for (EINVAL)
 
-    def close(self) -> None:
-        """Release every fd; the caller has made sure the tree is dead or detached."""
+    def _close_output(self) -> None:
         for stream, fd in self._out_fds.items():
             if fd >= 0:
                 self._loop.remove_reader(fd)
                 os.close(fd)
                 self._out_fds[stream] = -1
+
+    def close(self) -> None:
+        """Release every fd; the caller has made sure the tree is dead or detached."""
+        self._stop_linger_clock()
+        self._close_output()
         self._close_stdin_fd()
         if self._pidfd >= 0:
             self._loop.remove_reader(self._pidfd)

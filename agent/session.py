@@ -17,7 +17,8 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
-from shoal.protocol.errors import AuthError, ProtocolError
+from shoal.protocol.errors import AuthError, BadRequestError, ProtocolError
+from shoal.protocol.fields import check_request
 from shoal.protocol.messages import (
     Cancel,
     Error,
@@ -269,8 +270,12 @@ class AgentSession(asyncio.BufferedProtocol):
 
     def _on_exec(self, msg: Exec) -> None:
         rid = msg.request_id
-        if rid == 0 or rid in self.requests:
+        if rid in self.requests:
             return self.request_error(rid, "duplicate_request", f"request id {rid} is already in use", 255)
+        try:
+            check_request(msg)
+        except BadRequestError as exc:
+            return self.request_error(rid, exc.code, f"bad EXEC: {exc}", 2)
         reason = self._refuse_exec(msg)
         if reason is not None:
             return self.request_error(rid, *reason)
@@ -330,7 +335,7 @@ class AgentSession(asyncio.BufferedProtocol):
             "exit", peer=self.peer, key_id=self.key_id, request=req.request_id, argv=req.argv, cwd=req.cwd,
             start=round(req.started, 6), duration=round(result.duration, 6), status=result.status,
             timed_out=req.timed_out, stdout_bytes=req.bytes[1], stderr_bytes=req.bytes[2],
-            stdin_bytes=req.stdin_bytes,
+            stdin_bytes=req.stdin_bytes, leftovers_ended=req.leftovers_ended,
         )
         self.send(req.exit_message(result))
         self._maybe_close_revoked()

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from shoal.protocol.defaults import DATA_CHUNK, MAX_GET_WINDOW, TRANSFER_WINDOW
+from shoal.protocol.errors import BadRequestError
+from shoal.protocol.fields import check_request
 from shoal.protocol.messages import (
     FileData,
     FileDone,
@@ -113,13 +115,19 @@ class TransferService:
         self._start(GetTransfer(self, msg, path))
 
     def _admit(self, msg: PutFile | GetFile) -> bool:
-        """Refuse a reused request id or one transfer too many."""
+        """Refuse a reused request id, a field no file can be made of, or one transfer too many."""
         rid, session = msg.request_id, self.session
-        if rid == 0 or rid in session.requests:
+        if rid in session.requests:
             session.request_error(rid, "duplicate_request", f"request id {rid} is already in use", 255)
             return False
         if sum(isinstance(r, Transfer) for r in session.requests.values()) >= MAX_TRANSFERS:
             session.request_error(rid, "limit", f"too many transfers on this connection (limit {MAX_TRANSFERS})")
+            return False
+        try:
+            check_request(msg)
+        except BadRequestError as exc:
+            self.done(rid)
+            session.request_error(rid, exc.code, f"bad {msg.TYPE.name}: {exc}", 1)
             return False
         return True
 
@@ -147,11 +155,15 @@ class TransferService:
             roots = policy.file_roots
         try:
             resolved = resolve_path(path, roots)
+            allowed = policy is None or policy.allows_files(str(resolved))
         except FileTransferError as err:
             if err.code == "outside_root":
                 self._audit_denied(action, rid, path, "outside file roots")
             raise
-        if policy is not None and not policy.allows_files(str(resolved)):
+        except OSError as exc:  # a component vanished or changed kind while links were read
+            code = "not_found" if isinstance(exc, (FileNotFoundError, NotADirectoryError)) else "io_error"
+            raise FileTransferError(code, path, exc.strerror or str(exc)) from None
+        if not allowed:
             self._audit_denied(action, rid, path, "outside file roots")
             raise FileTransferError("outside_root", path)
         return resolved

@@ -225,7 +225,7 @@ def _result_from_exit(host: str, msg: Exit) -> Result:
     return Result(
         host, status, code=msg.code, signal=msg.signal, timed_out=msg.timed_out,
         cancelled=msg.cancelled, duration=msg.duration, stdout_bytes=msg.stdout_bytes,
-        stderr_bytes=msg.stderr_bytes, output_file=msg.output_file,
+        stderr_bytes=msg.stderr_bytes, output_file=msg.output_file, leftovers_ended=msg.leftovers_ended,
         error="timed out" if msg.timed_out else None, error_code="timeout" if msg.timed_out else None,
     )
 

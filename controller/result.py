@@ -18,7 +18,9 @@ class Result:
     `status` is what a shell would see: the exit code, 128+signal for a signal
     death, 255 when the host was unreachable, lost, timed out or refused the
     command's connection. `error` is a one-line reason when the command did not
-    simply exit (unreachable, not found, timed out...).
+    simply exit (unreachable, not found, timed out...). `leftovers_ended` counts
+    processes the command left holding its output that the agent ended once the
+    output linger ran out (None: there were none).
     """
 
     host: str
@@ -33,6 +35,7 @@ class Result:
     stdout_bytes: int = 0
     stderr_bytes: int = 0
     output_file: str | None = None
+    leftovers_ended: int | None = None
 
     @property
     def ok(self) -> bool:

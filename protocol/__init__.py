@@ -6,7 +6,9 @@ PROTOCOL.md in this directory for the byte-level specification.
 
 from shoal.protocol.connection import Connection, HandshakeComplete, KeyLookup, Role, State
 from shoal.protocol.errors import (
+    ERROR_CODES,
     AuthError,
+    BadRequestError,
     ConfigError,
     LocalProtocolError,
     ProtocolError,
@@ -22,6 +24,8 @@ from shoal.protocol.messages import MESSAGE_CLASSES, PROTOCOL_VERSION, Message, 
 
 __all__ = [
     "AuthError",
+    "BadRequestError",
+    "ERROR_CODES",
     "ConfigError",
     "Connection",
     "DEFAULT_MAX_FRAME_SIZE",

@@ -28,6 +28,8 @@ from shoal.protocol.errors import AuthError, LocalProtocolError, RemoteProtocolE
 from shoal.protocol.frames import (DEFAULT_MAX_FRAME_SIZE, HEAD_SIZE, MAX_FRAME_SIZE_CEILING, PREAUTH_MAX_FRAME, TAG_SIZE,
                                    FrameDecoder, RawFrame, frame_head)
 from shoal.protocol.messages import (
+    AGENT_ONLY,
+    CONTROLLER_ONLY,
     PROTOCOL_VERSION,
     Auth,
     Error,
@@ -70,6 +72,9 @@ _LEGAL: dict[State, frozenset[MessageType] | None] = {
     State.CLOSED: frozenset(),
     State.FAILED: frozenset(),
 }
+
+# What the peer may never send us: the types only our own role sends.
+_OURS_ONLY: dict[Role, frozenset[MessageType]] = {Role.AGENT: AGENT_ONLY, Role.CONTROLLER: CONTROLLER_ONLY}
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +247,9 @@ class Connection:
             name = MessageType(frame.type).name if frame.type in MessageType._value2member_map_ else f"0x{frame.type:02x}"
             code = "unknown_type" if name.startswith("0x") else "out_of_order"
             self._fail(RemoteProtocolError(f"{name} not allowed in state {self.state.value}", code))
+        if frame.type in _OURS_ONLY[self.role]:
+            self._fail(RemoteProtocolError(
+                f"{MessageType(frame.type).name} is sent only by the {self.role.value}, never to it", "wrong_direction"))
         try:
             msg = decode_body(frame.type, frame.request_id, frame.body)
         except RemoteProtocolError as exc:
@@ -426,8 +434,7 @@ class Connection:
 
     def _fail(self, exc: RemoteProtocolError, queue: bool = True) -> NoReturn:
         if queue:
-            generic = exc.code if exc.code != "internal" else "protocol_error"
-            self.fail(generic, str(exc))
+            self.fail(exc.code, str(exc))
         self.state = State.FAILED
         self._error = exc
         raise exc

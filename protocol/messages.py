@@ -18,6 +18,7 @@ from enum import IntEnum
 from typing import Any, ClassVar
 
 from shoal.protocol.errors import LocalProtocolError, RemoteProtocolError
+from shoal.protocol.jsonbody import parse_object
 
 __all__ = [
     "MessageType",
@@ -50,6 +51,8 @@ __all__ = [
     "decode_body",
     "encode_body",
     "CONNECTION_LEVEL",
+    "CONTROLLER_ONLY",
+    "AGENT_ONLY",
 ]
 
 PROTOCOL_VERSION = 1
@@ -285,6 +288,8 @@ class Exit(Message):
     """Last frame of a request: how it ended, after all of its output.
 
     `status` follows the shell convention (the exit code, or 128+signal).
+    `leftovers_ended` counts processes the command left holding its output that the
+    agent ended after the output linger; None when there were none.
     """
 
     TYPE = MessageType.EXIT
@@ -297,6 +302,7 @@ class Exit(Message):
     stdout_bytes: int = 0
     stderr_bytes: int = 0
     output_file: str | None = None
+    leftovers_ended: int | None = None
 
 
 # -- metrics and files -------------------------------------------------------
@@ -394,6 +400,16 @@ CONNECTION_LEVEL = frozenset(
     {MessageType.HELLO, MessageType.AUTH, MessageType.PING, MessageType.PONG, MessageType.GOODBYE}
 )
 
+# Types only one role ever sends; the other role receiving one is `wrong_direction`.
+CONTROLLER_ONLY = frozenset({
+    MessageType.EXEC, MessageType.STDIN, MessageType.STDIN_EOF, MessageType.SIGNAL, MessageType.CANCEL,
+    MessageType.METRICS_REQUEST, MessageType.PUT_FILE, MessageType.GET_FILE,
+})
+AGENT_ONLY = frozenset({
+    MessageType.STARTED, MessageType.STDOUT, MessageType.STDERR, MessageType.EXIT,
+    MessageType.METRICS_REPLY, MessageType.FILE_INFO, MessageType.FILE_DONE,
+})
+
 
 # -- body codec --------------------------------------------------------------
 
@@ -413,6 +429,8 @@ def decode_body(type_: int, request_id: int, body: bytes) -> Message:
         raise RemoteProtocolError(f"unknown message type 0x{type_:02x}", "unknown_type")
     if cls.TYPE in CONNECTION_LEVEL and request_id != 0:
         raise _bad(f"{cls.TYPE.name} must use request id 0")
+    if cls.TYPE not in CONNECTION_LEVEL and cls.TYPE is not MessageType.ERROR and request_id == 0:
+        raise _bad(f"{cls.TYPE.name} needs a request id other than 0")
     if cls.RAW:
         return cls(request_id, body)  # type: ignore[call-arg]
     values = _parse_json(cls, body)
@@ -423,12 +441,7 @@ def decode_body(type_: int, request_id: int, body: bytes) -> Message:
 
 
 def _parse_json(cls: type[Message], body: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(body) if body else {}
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _bad(f"{cls.TYPE.name} body is not valid UTF-8 JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise _bad(f"{cls.TYPE.name} body must be a JSON object")
+    obj = parse_object(body, cls.TYPE.name)
     values = {}
     hints = _hints(cls)
     for f in _fields(cls):

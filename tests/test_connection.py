@@ -9,7 +9,7 @@ import pytest
 from shoal.protocol.connection import Connection, HandshakeComplete, KeyLookup, Role, State
 from shoal.protocol.errors import AuthError, LocalProtocolError, RemoteProtocolError
 from shoal.protocol.handshake import MAC_AES256_GMAC, MAC_HMAC_SHA256, SUPPORTED_MACS, SharedKey
-from shoal.protocol.messages import Exec, Hello, MessageType, Stdout, decode_body, encode_body
+from shoal.protocol.messages import Exec, Hello, MessageType, Stdin, Stdout, decode_body, encode_body
 from shoal.protocol.frames import HEAD_SIZE, PREAUTH_MAX_FRAME, TAG_SIZE, frame_head
 
 # Fixed nonces for hand-made HELLOs: distinct bytes, so the degenerate-nonce rule passes.
@@ -243,9 +243,9 @@ def test_the_full_frame_limit_applies_once_authenticated(mac: str) -> None:
     c.start()
     pump(c, a), pump(a, c), pump(c, a), pump(a, c)
     assert a.state is State.OPEN
-    c.send(Stdout(1, data=bytes(PREAUTH_MAX_FRAME * 4)))
+    c.send(Stdin(1, data=bytes(PREAUTH_MAX_FRAME * 4)))
     events = pump(c, a)
-    assert isinstance(events[0], Stdout) and len(events[0].data) == PREAUTH_MAX_FRAME * 4
+    assert isinstance(events[0], Stdin) and len(events[0].data) == PREAUTH_MAX_FRAME * 4
 
 
 def test_same_key_id_but_wrong_secret_fails_at_the_proof() -> None:

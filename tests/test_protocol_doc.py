@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.protocol.errors import ERROR_CODES
 from shoal.protocol.frames import FrameDecoder
 from shoal.protocol.messages import MESSAGE_CLASSES, Exec, Stdout, decode_body
 
@@ -42,3 +43,29 @@ def test_worked_examples_decode_as_described() -> None:
     assert first is not None and second is not None
     assert decode_body(first.type, first.request_id, first.body) == Exec(1, shell="echo hi")
     assert decode_body(second.type, second.request_id, second.body) == Stdout(1, b"hi\n")
+
+
+def _documented_codes() -> dict[str, str]:
+    table = DOC[DOC.index("### Error codes"):].split("\n\n")[2]
+    rows = re.findall(r"^\| `([a-z_]+)` \| (\w+) \|", table, re.M)
+    assert len(rows) == len(dict(rows)), "a code is listed twice"
+    return dict(rows)
+
+
+def test_error_code_table_matches_the_code() -> None:
+    assert _documented_codes() == {code: scope for code, (scope, _) in ERROR_CODES.items()}
+
+
+def test_every_code_the_sources_send_is_in_the_table() -> None:
+    root = Path(__file__).resolve().parent.parent
+    sent: set[str] = set()
+    for path in [*root.joinpath("agent").glob("*.py"), *root.joinpath("protocol").glob("*.py"),
+                 root / "controller" / "client.py"]:
+        text = path.read_text()
+        sent |= set(re.findall(r'(?<!\w)code="([a-z_]+)"', text))  # not Result's error_code
+        sent |= set(re.findall(r'(?:fail|request_error|_protocol_error)\([^,()]*,?\s*"([a-z_]+)"', text))
+        sent |= set(re.findall(r'(?:RemoteProtocolError|FileTransferError|RemoteCommandError)\([^"]*?"[^"]*",\s*"([a-z_]+)"', text))
+    from shoal.hostio.files import CODES as TRANSFER_CODES
+    sent |= set(TRANSFER_CODES) | {"bad_message", "bad_request", "empty_command"}
+    assert "unsupported" in sent and "wrong_direction" in sent
+    assert sent <= set(ERROR_CODES), sent - set(ERROR_CODES)

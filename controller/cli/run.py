@@ -92,9 +92,19 @@ async def run_fleet(targets: list[Target], command: Command, options: ConnectOpt
     if result is None:
         return 130
     handler.close()
+    report_leftovers(display, result.results)
     if len(targets) > 1 and not getattr(args, "quiet", False):
         report_summary(display, result.results, result.elapsed)
     return 130 if interrupts else result.status
+
+
+def report_leftovers(display: Display, results: list[Result]) -> None:
+    """One stderr line per host whose agent ended processes the command left holding its output."""
+    for r in results:
+        if r.leftovers_ended:
+            noun = "process" if r.leftovers_ended == 1 else "processes"
+            display.err(f"shoal: {r.host}: ended {r.leftovers_ended} leftover {noun} after the command exited\n"
+                        .encode("utf-8", "replace"))
 
 
 def report_summary(display: Display, results: list[Result], elapsed: float | None = None) -> None:

@@ -30,7 +30,9 @@ JSON schema (`-o json`; every object has `event` and `t`, seconds since the run 
      "data": TEXT}  or  "data_b64": BASE64                       when not valid UTF-8
     {"event": "exit",   "host": H, "t": T, "status": N, "code": N|null,
      "signal": N|null, "timed_out": B, "cancelled": B, "duration": SECS,
-     "error": TEXT|null, "error_code": TEXT|null, "ok": B, "unreachable": B}
+     "error": TEXT|null, "error_code": TEXT|null, "ok": B, "unreachable": B,
+     "leftovers_ended": N|null}                                 N: processes still holding
+                                                                 the output, ended by the agent
     {"event": "summary", "t": T, "status": N,
      "ok": [H...], "failed": [H...], "unreachable": [H...]}      last line of the run
 
@@ -226,7 +228,7 @@ def exit_record(result: Result) -> dict[str, Any]:
         "host": result.host, "status": result.status, "code": result.code, "signal": result.signal,
         "timed_out": result.timed_out, "cancelled": result.cancelled,
         "duration": round(result.duration, 6), "error": result.error, "error_code": result.error_code,
-        "ok": result.ok, "unreachable": result.unreachable,
+        "ok": result.ok, "unreachable": result.unreachable, "leftovers_ended": result.leftovers_ended,
     }
 
 

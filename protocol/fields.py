@@ -1,0 +1,92 @@
+"""Field rules for requests, checked before the agent acts on one.
+
+A body can be valid JSON with every member of the right type and still be
+something no process or file can be made from: a NUL byte inside an argv
+element, an environment key holding `=`, a lone surrogate that has no bytes, a
+mode or owner the kernel rejects. `check_request` finds those and raises
+BadRequestError naming the field, so the agent answers ERROR `bad_request` for
+that request and the connection carries on.
+"""
+
+from __future__ import annotations
+
+import math
+
+from shoal.protocol.errors import BadRequestError
+from shoal.protocol.messages import Exec, GetFile, Message, PutFile
+
+__all__ = ["check_request", "MAX_KILL_GRACE", "MAX_MTIME", "MAX_SIZE"]
+
+# Longest grace a request may ask for between signals, in seconds: an hour is
+# already far beyond any shutdown a command could need.
+MAX_KILL_GRACE = 3600.0
+# |mtime| in seconds from the epoch; beyond this (about year 2514) utime() overflows
+# on some filesystems.
+MAX_MTIME = float(2 ** 34)
+# Largest file size or window in bytes: what an off_t can hold.
+MAX_SIZE = 2 ** 63 - 1
+# Highest uid or gid; 2**32 - 1 means "unchanged" to chown(2).
+_MAX_ID = 2 ** 32 - 2
+
+
+def check_request(msg: Message) -> None:
+    """Raise BadRequestError if a request-opening message breaks a field rule."""
+    if isinstance(msg, Exec):
+        _check_exec(msg)
+    elif isinstance(msg, PutFile):
+        _check_put(msg)
+    elif isinstance(msg, GetFile):
+        _check_encodable("path", msg.path)
+        _check_range("window", msg.window, 0, MAX_SIZE)
+
+
+def _check_exec(msg: Exec) -> None:
+    for i, arg in enumerate(msg.argv or ()):
+        _check_text(f"argv[{i}]", arg)
+    if msg.shell is not None:
+        _check_text("shell", msg.shell)
+    for key, value in msg.env.items():
+        if not key or "=" in key:
+            raise BadRequestError(f"env key {key!r}", "must be non-empty and hold no '='")
+        _check_text(f"env key {key!r}", key)
+        _check_text(f"env[{key!r}]", value)
+    if msg.cwd is not None:
+        _check_text("cwd", msg.cwd)
+    if msg.kill_grace is not None:
+        _check_range("kill_grace", msg.kill_grace, 0, MAX_KILL_GRACE)
+
+
+def _check_put(msg: PutFile) -> None:
+    _check_encodable("path", msg.path)  # a NUL byte is the file service's `bad_path`
+    _check_encodable("name", msg.name)
+    _check_range("size", msg.size, 0, MAX_SIZE)
+    _check_range("window", msg.window, 0, MAX_SIZE)
+    if msg.mode is not None:
+        _check_range("mode", msg.mode, 0, 0o7777)
+    if msg.mtime is not None:
+        _check_range("mtime", msg.mtime, -MAX_MTIME, MAX_MTIME)
+    if msg.owner is not None:
+        if len(msg.owner) != 2:
+            raise BadRequestError("owner", "must be [uid, gid]")
+        _check_range("owner[0]", msg.owner[0], 0, _MAX_ID)
+        _check_range("owner[1]", msg.owner[1], 0, _MAX_ID)
+
+
+def _check_text(field: str, text: str) -> None:
+    """Text handed to the OS: no NUL byte, and bytes for every character."""
+    if "\0" in text:
+        raise BadRequestError(field, "contains a NUL byte")
+    _check_encodable(field, text)
+
+
+def _check_encodable(field: str, text: str) -> None:
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise BadRequestError(field, f"character {exc.start} has no bytes (lone surrogate)") from None
+
+
+def _check_range(field: str, value: float, low: float, high: float) -> None:
+    if isinstance(value, float) and not math.isfinite(value) or not low <= value <= high:
+        shown = repr(value) if len(repr(value)) <= 24 else repr(value)[:20] + "..."
+        raise BadRequestError(field, f"must be between {low:g} and {high:g}, not {shown}")
