@@ -75,7 +75,7 @@ def add_exec_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cwd", metavar="DIR", help="working directory on the hosts")
     g.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="environment variable (repeatable)")
     g.add_argument("--argv", action="store_true",
-                   help="run the words after -- as an argv, without /bin/sh (default joins them for the shell, like ssh)")
+                   help="run the command's words as an argv, without /bin/sh (default joins them for the shell, like ssh)")
     g.add_argument("-n", "--no-stdin", action="store_true", help="do not forward standard input")
     g.add_argument("--detach", action="store_true",
                    help="keep running if the controller disconnects; output goes to a file on the agent")
@@ -139,9 +139,9 @@ def parse_env(items: list[str]) -> dict[str, str]:
 
 
 def command_from_args(args: argparse.Namespace, words: list[str]) -> Command:
-    """The command after `--`: joined for /bin/sh like ssh does, or an argv with --argv."""
+    """The command's words: joined for /bin/sh like ssh does, or an argv with --argv."""
     if not words:
-        raise ConfigError("no command given (put it after --)", "command")
+        raise ConfigError("no command given (put it after TARGETS and shoal's options)", "command")
     common = dict(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout,
                   detach=args.detach, kill_grace=args.kill_grace)
     if args.argv:
