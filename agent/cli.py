@@ -26,6 +26,7 @@ from shoal.agent.config import AgentConfig, Limits, TlsConfig, load_config
 from shoal.agent.log import setup_logging
 from shoal.agent.sdnotify import notify
 from shoal.agent.server import Agent
+from shoal.hostio.version import VersionAction
 
 __all__ = ["main", "build_parser"]
 
@@ -35,6 +36,7 @@ DEFAULT_CONFIG = "/etc/shoal/agent.toml"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shoal-agent", description="Run shoal commands on this host for controllers.")
+    p.add_argument("--version", action=VersionAction)
     p.add_argument("--config", metavar="PATH", help=f"agent configuration (TOML; default {DEFAULT_CONFIG} if it exists)")
     p.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
     p.add_argument("--listen", action="append", metavar="ADDR",

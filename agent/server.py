@@ -16,7 +16,6 @@ import secrets
 import socket
 import ssl
 import stat
-from importlib import metadata
 from typing import TYPE_CHECKING, Any, Callable
 
 from shoal.protocol.connection import KeyLookup
@@ -29,6 +28,7 @@ from shoal.agent.config import AgentConfig, KeyPolicy, ListenAddress, parse_list
 from shoal.agent.session import AgentSession
 from shoal.agent.sigclean import clean_child_signals
 from shoal.hostio.tasks import TaskSet
+from shoal.hostio.version import software_version
 from shoal.agent.transfer import remove_leftovers, transfer_handlers
 
 if TYPE_CHECKING:
@@ -41,13 +41,6 @@ log = logging.getLogger("shoal.agent")
 
 # Longest close() waits, after killing them, for commands to report their end.
 CLOSE_WAIT = 10.0
-
-
-def software_version() -> str:
-    try:
-        return metadata.version("shoal")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 class Agent:

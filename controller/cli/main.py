@@ -23,6 +23,7 @@ from shoal.protocol.errors import AuthError, ConfigError, ShoalConnectionError, 
 
 from shoal.controller.cli.words import split_at_command
 from shoal.controller.term.display import Display
+from shoal.hostio.version import VersionAction
 
 __all__ = ["main", "SUBCOMMANDS", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_INTERRUPTED"]
 
@@ -61,6 +62,7 @@ def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, argp
         prog="shoal", description="Run commands on many hosts through shoal agents.",
         epilog="Exit status: 0 ok; otherwise the largest host status (128+N for signal N); "
                "255 unreachable/auth/timeout; 2 usage or configuration error; 130 interrupted.")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
     chosen = None
     for name, (_, help_text) in SUBCOMMANDS.items():
