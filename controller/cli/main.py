@@ -21,6 +21,7 @@ from types import ModuleType
 
 from shoal.protocol.errors import AuthError, ConfigError, ShoalConnectionError, ShoalError
 
+from shoal.controller.cli.options import add_config_options, color_from_args, with_user_config
 from shoal.controller.cli.words import split_at_command
 from shoal.controller.term.display import Display
 from shoal.hostio.version import VersionAction
@@ -72,6 +73,7 @@ def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, argp
             p.description = module.__doc__
             p.formatter_class = argparse.RawDescriptionHelpFormatter
             module.add_arguments(p)
+            add_config_options(p)
             chosen = p
     return parser, chosen
 
@@ -109,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     words = extra + words
     if any(w.startswith("-") for w in extra):
         parser.error(f"unrecognized arguments: {' '.join(w for w in extra if w.startswith('-'))}")
-    display = Display(verbosity=0 if getattr(args, "quiet", False) else 2 if getattr(args, "verbose", False) else 1)
+    display = Display(verbosity=_verbosity(args), color=color_from_args(args))
     try:
+        if sub is not None:
+            args = with_user_config(parser, sub, opts, args)
+            display = Display(verbosity=_verbosity(args), color=color_from_args(args))
         return int(_load(args.subcommand).run(args, words, display))
     except ConfigError as exc:
         display.error(str(exc))
@@ -126,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _quiet_broken_pipe()
         return 128 + signal.SIGPIPE
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    return 0 if getattr(args, "quiet", False) else 2 if getattr(args, "verbose", False) else 1
 
 
 def _quiet_broken_pipe() -> None:

@@ -24,6 +24,9 @@ __all__ = [
     "targets_from_args",
     "connect_options_from_args",
     "command_from_args",
+    "add_config_options",
+    "with_user_config",
+    "color_from_args",
 ]
 
 
@@ -147,3 +150,37 @@ def command_from_args(args: argparse.Namespace, words: list[str]) -> Command:
     if args.argv:
         return Command(argv=list(words), **common)
     return Command(shell=" ".join(words), **common)
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """--config and --color, which every subcommand takes."""
+    g = parser.add_argument_group("configuration")
+    g.add_argument("--config", metavar="PATH",
+                   help="controller defaults (TOML; default $XDG_CONFIG_HOME/shoal/config.toml if it exists)")
+    g.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour output: auto (default) only on a terminal and without NO_COLOR; "
+                        "always even with NO_COLOR")
+
+
+def with_user_config(parser: argparse.ArgumentParser, sub: argparse.ArgumentParser,
+                     opts: list[str], args: argparse.Namespace) -> argparse.Namespace:
+    """Parse again with the config file's values as the subcommand's defaults, so flags win.
+
+    A value the subcommand's option does not accept (`output = "json"` for the shell,
+    which has no JSON mode) leaves that subcommand's own default.
+    """
+    from shoal.controller.userconfig import load_user_config
+
+    config = load_user_config(args.config)
+    if not config.defaults:
+        return args
+    defaults = {action.dest: config.defaults[action.dest] for action in sub._actions
+                if action.dest in config.defaults
+                and (action.choices is None or config.defaults[action.dest] in action.choices)}
+    sub.set_defaults(**defaults)
+    return parser.parse_known_args(opts)[0]
+
+
+def color_from_args(args: argparse.Namespace) -> bool | None:
+    """--color as Display takes it: True, False, or None to decide from the terminal."""
+    return {"always": True, "never": False}.get(getattr(args, "color", "auto"))
