@@ -90,6 +90,7 @@ def test_demo_command_keeps_its_options(capsysbinary: pytest.CaptureFixture[byte
     (["-x", "web1", "web[1-2]", "echo", "-x", "web1"], ["-x", "web1", "web[1-2]"], ["echo", "-x", "web1"]),
     (["H", "--", "--x"], ["H"], ["--x"]),
     (["H", "--bogus", "x"], ["H", "--bogus"], ["x"]),
+    (["H", "-nZ", "x"], ["H", "-nZ"], ["x"]),  # unknown letter: argparse will say so
     (["H"], ["H"], []),
 ])
 def test_split_at_command(argv: list[str], options: list[str], command: list[str]) -> None:

@@ -57,9 +57,8 @@ def _values_after(word: str, values: dict[str, int]) -> int:
         return values.get(name, 0)
     for j in range(1, len(word)):  # a cluster of short flags: -nq, -nt5, -nt 5
         n = values.get("-" + word[j])
-        if not n:
-            if n is None:
-                return 0
-            continue
-        return 0 if j + 1 < len(word) else n
+        if n is None:
+            return 0  # unknown: argparse reports it
+        if n:
+            return 0 if j + 1 < len(word) else n  # the rest of the word is the value
     return 0
