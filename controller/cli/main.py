@@ -85,7 +85,8 @@ def _subcommand_of(argv: list[str]) -> str | None:
     return None
 
 
-def split_words(argv: list[str], name: str | None, sub: argparse.ArgumentParser | None) -> tuple[list[str], list[str]]:
+def split_words(argv: list[str], name: str | None,
+                sub: argparse.ArgumentParser | None) -> tuple[list[str], list[str]]:
     """Split argv into shoal's words and the rest.
 
     A subcommand that takes a command (`TAKES_COMMAND`) ends its options at the
