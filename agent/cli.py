@@ -28,6 +28,7 @@ from shoal.agent.log import setup_logging
 from shoal.agent.sdnotify import notify
 from shoal.agent.server import Agent
 from shoal.agent.strictmodes import check_path
+from shoal.hostio.version import VersionAction
 
 __all__ = ["main", "build_parser"]
 
@@ -37,6 +38,7 @@ DEFAULT_CONFIG = "/etc/shoal/agent.toml"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shoal-agent", description="Run shoal commands on this host for controllers.")
+    p.add_argument("--version", action=VersionAction)
     p.add_argument("--config", metavar="PATH", help=f"agent configuration (TOML; default {DEFAULT_CONFIG} if it exists)")
     p.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
     p.add_argument("--listen", action="append", metavar="ADDR",

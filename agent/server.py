@@ -16,7 +16,6 @@ import secrets
 import socket
 import ssl
 import stat
-from importlib import metadata
 from typing import TYPE_CHECKING, Any, Callable
 
 from shoal.protocol.connection import KeyLookup
@@ -31,6 +30,7 @@ from shoal.agent.session import AgentSession
 from shoal.agent.sigclean import clean_child_signals
 from shoal.agent.strictmodes import check_path, check_tls_files
 from shoal.hostio.tasks import TaskSet
+from shoal.hostio.version import software_version
 from shoal.agent.transfer import remove_leftovers, transfer_handlers
 
 if TYPE_CHECKING:
@@ -47,13 +47,6 @@ log = logging.getLogger("shoal.agent")
 STARTUP_GRACE = 1.0
 # Longest close() waits, after killing them, for commands to report their end.
 CLOSE_WAIT = 10.0
-
-
-def software_version() -> str:
-    try:
-        return metadata.version("shoal")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 class Agent:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.controller.nodeset import NodeSet
+from shoal.controller.tomlfile import TomlLocator, config_home, read_toml
 from shoal.protocol.errors import ConfigError
 
 __all__ = ["SETTING_NAMES", "Group", "Inventory", "default_inventory_path", "load_inventory"]
@@ -38,10 +39,6 @@ SETTING_NAMES = ("port", "key_file", "tls_cert", "tls_key", "tls_ca")
 _GROUP_KEYS = ("hosts", "groups", *SETTING_NAMES)
 _TOP_KEYS = ("defaults", "groups", "hosts")
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column \d+\)|\s*\(at end of document\)")
-_HEADER = re.compile(r"""\s*\[\[?\s*((?:[^\]"'#]|"(?:[^"\\]|\\.)*"|'[^']*')+?)\s*\]\]?\s*(?:#.*)?$""")
-_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'[^']*')"""
-_KEY = re.compile(rf"\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,17 +157,11 @@ def _find_cycle(nesting: Mapping[str, tuple[str, ...]], start: str) -> list[str]
 
 
 def default_inventory_path() -> Path:
-    """Return `$SHOAL_INVENTORY`, else `$XDG_CONFIG_HOME/shoal/inventory.toml`.
-
-    A relative or empty XDG_CONFIG_HOME is ignored, as the XDG spec asks, in favour of
-    `~/.config`.
-    """
+    """Return `$SHOAL_INVENTORY`, else `$XDG_CONFIG_HOME/shoal/inventory.toml`."""
     explicit = os.environ.get("SHOAL_INVENTORY")
     if explicit:
         return Path(explicit).expanduser()
-    config = os.environ.get("XDG_CONFIG_HOME", "")
-    base = Path(config) if os.path.isabs(config) else Path.home() / ".config"
-    return base / "shoal" / "inventory.toml"
+    return config_home() / "inventory.toml"
 
 
 def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
@@ -186,112 +177,15 @@ def load_inventory(path: str | os.PathLike[str] | None = None) -> Inventory:
     """
     optional = path is None and not os.environ.get("SHOAL_INVENTORY")
     file = Path(path) if path is not None else default_inventory_path()
-    try:
-        raw = file.read_bytes()
-    except FileNotFoundError:
-        if optional:
-            return Inventory()
-        raise ConfigError("inventory file not found", str(file)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read inventory: {exc.strerror}", str(file)) from exc
-    text = _decode(raw, file)
-    return _Loader(file, text).build(_parse_toml(text, file))
+    found = read_toml(file, "inventory", missing_ok=optional)
+    if found is None:
+        return Inventory()
+    data, text = found
+    return _Loader(file, text).build(data)
 
 
-def _decode(raw: bytes, file: Path) -> str:
-    """Decode the file as UTF-8 (TOML requires it), pointing at the first bad line."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise ConfigError("inventory is not valid UTF-8", f"{file}:{line}") from None
-
-
-def _parse_toml(text: str, file: Path) -> dict[str, Any]:
-    """Parse TOML, moving tomllib's "(at line N, column M)" into `where`."""
-    import tomllib  # only when there is an inventory file: keeps `shoal run` quick to start
-
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        found = _TOML_POSITION.search(message)
-        if found and found.group(1):
-            line = int(found.group(1))
-        else:
-            line = text.count("\n") + 1
-        reason = _TOML_POSITION.sub("", message)
-        raise ConfigError(f"bad TOML: {reason}", f"{file}:{line}") from None
-
-
-def _key_path(raw: str) -> tuple[str, ...] | None:
-    """Decode a dotted TOML key such as `hosts."web01"` by letting tomllib read it."""
-    import tomllib
-
-    try:
-        node: Any = tomllib.loads(f"{raw} = 0")
-    except tomllib.TOMLDecodeError:
-        return None
-    parts: list[str] = []
-    while isinstance(node, dict) and len(node) == 1:
-        key, node = next(iter(node.items()))
-        parts.append(key)
-    return tuple(parts)
-
-
-def _key_lines(text: str) -> dict[tuple[str, ...], int]:
-    """Map every table and key path to the line that first mentions it.
-
-    tomllib reports no positions for valid documents, so this light scan of headers
-    and `key =` lines finds where a key lives. It only serves error messages: a line it
-    cannot place falls back to the nearest enclosing table.
-    """
-    lines: dict[tuple[str, ...], int] = {}
-    table: tuple[str, ...] = ()
-    for number, line in enumerate(text.splitlines(), 1):
-        header = _HEADER.match(line)
-        match = header or _KEY.match(line)
-        found = _key_path(match.group(1)) if match else None
-        if found is None:
-            continue
-        path = found if header else table + found
-        if header:
-            table = path
-        for end in range(1, len(path) + 1):
-            lines.setdefault(path[:end], number)
-    return lines
-
-
-class _Loader:
-    """Validate parsed TOML against the schema, locating each error in the file."""
-
-    def __init__(self, file: Path, text: str) -> None:
-        self.file = file
-        self.text_lines = text.splitlines()
-        self.lines = _key_lines(text)
-
-    def where(self, keys: tuple[str, ...], value: str | None = None) -> str:
-        """Return `path:line` of the key path (or of `value` listed under it)."""
-        line = 1
-        for end in range(len(keys), 0, -1):
-            if keys[:end] in self.lines:
-                line = self.lines[keys[:end]]
-                break
-        if value is not None:
-            line = self._value_line(line, value)
-        return f"{self.file}:{line}"
-
-    def _value_line(self, start: int, value: str) -> int:
-        """Find the line, at or after `start`, holding `value` as a string literal."""
-        quoted = (f'"{value}"', f"'{value}'")
-        for number in range(start, len(self.text_lines) + 1):
-            if any(q in self.text_lines[number - 1] for q in quoted):
-                return number
-        return start
-
-    def error(self, reason: str, keys: tuple[str, ...], value: str | None = None) -> ConfigError:
-        """Build a located ConfigError."""
-        return ConfigError(reason, self.where(keys, value))
+class _Loader(TomlLocator):
+    """Validate parsed TOML against the inventory schema, locating each error in the file."""
 
     def build(self, data: dict[str, Any]) -> Inventory:
         """Validate the whole document into an Inventory."""
@@ -302,22 +196,6 @@ class _Loader:
         self.check_nesting(groups)
         hosts = self.hosts(self.table(data, "hosts", ()))
         return Inventory(self.file, defaults, groups, hosts)
-
-    def table(self, parent: Mapping[str, Any], key: str, keys: tuple[str, ...]) -> dict[str, Any]:
-        """Return sub-table `key` of `parent` (empty if absent), insisting it is a table."""
-        value = parent.get(key, {})
-        if not isinstance(value, dict):
-            raise self.error(f"{'.'.join(keys + (key,))} must be a table", keys + (key,))
-        return value
-
-    def check_keys(self, table: Mapping[str, Any], allowed: tuple[str, ...],
-                   keys: tuple[str, ...]) -> None:
-        """Refuse any key the schema does not know, naming the ones it does."""
-        for key in table:
-            if key not in allowed:
-                place = ".".join(keys) or "top level"
-                raise self.error(f"unknown key {key!r} in {place} (allowed: {', '.join(allowed)})",
-                                 keys + (key,))
 
     def settings(self, table: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, str | int]:
         """Validate connection settings: a port number and file paths."""
@@ -334,10 +212,7 @@ class _Loader:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
                 raise self.error(f"port must be an integer from 1 to 65535, not {value!r}", keys)
             return value
-        if not isinstance(value, str) or not value:
-            raise self.error(f"{name} must be a non-empty string (a file path)", keys)
-        path = Path(value).expanduser()
-        return str(path if path.is_absolute() else self.file.parent / path)
+        return self.path(name, value, keys)
 
     def string_list(self, value: Any, keys: tuple[str, ...]) -> list[str]:
         """Insist on a list of non-empty strings."""

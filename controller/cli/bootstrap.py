@@ -74,10 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="passed to ssh as -o OPT, e.g. Port=2222 (repeatable)")
     ssh.add_argument("--ssh-user", metavar="USER", help="log in as USER (default: ssh's choice)")
     ssh.add_argument("--sudo", action="store_true", help="run the install through sudo -n (non-root login)")
-    ssh.add_argument("-f", "--fanout", type=int, default=16, metavar="N",
+    # Own dests: the config file's fanout and key_file are for agents, not for ssh installs.
+    ssh.add_argument("-f", "--fanout", dest="ssh_fanout", type=int, default=16, metavar="N",
                      help="hosts installing at once (default 16)")
     install = parser.add_argument_group("install")
-    install.add_argument("--key-file", metavar="PATH",
+    install.add_argument("--key-file", dest="install_key", metavar="PATH",
                          help="shared key installed as /etc/shoal/admin.key (0600) on every host")
     install.add_argument("--source", metavar="DIR", help="shoal source tree to install (default: this checkout)")
     install.add_argument("--prefix", metavar="DIR", help="virtualenv location on the hosts (default /opt/shoal)")
@@ -114,12 +115,12 @@ def _hosts(args: argparse.Namespace) -> list[str]:
 
 
 def _plan(args: argparse.Namespace) -> Bootstrap:
-    if args.fanout < 1:
-        raise ConfigError(f"fanout must be at least 1, got {args.fanout}", "--fanout")
+    if args.ssh_fanout < 1:
+        raise ConfigError(f"fanout must be at least 1, got {args.ssh_fanout}", "--fanout")
     if args.tls_name and not args.tls_ca_dir:
         raise ConfigError("--tls-name needs --tls-ca-dir", "--tls-name")
     return Bootstrap(ssh_options=tuple(args.ssh_option), ssh_user=args.ssh_user,
-                     key_file=key_file_checked(args.key_file), install_flags=_install_flags(args),
+                     key_file=key_file_checked(args.install_key), install_flags=_install_flags(args),
                      sudo=args.sudo, tls=args.tls_ca_dir is not None)
 
 
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
         return 0
     if shutil.which(plan.ssh) is None:
         raise ConfigError("no ssh program found on PATH", "ssh")
-    return _install(plan, hosts, _bundle(args, plan, source), args.fanout, display)
+    return _install(plan, hosts, _bundle(args, plan, source), args.ssh_fanout, display)
 
 
 def _install(plan: Bootstrap, hosts: list[str], bundle: Bundle, fanout: int, display: Display) -> int:

@@ -1,9 +1,11 @@
 """Start three local agents, run a command across them, show the output, clean up.
 
-    shoal demo
+    shoal demo [--agents N] [COMMAND...]
 
-Needs no configuration: the agents listen on 127.0.0.1 on ports the kernel
-picks, inside this process, and are stopped when the demo ends.
+The first word that is not an option starts COMMAND (default: a short script), and
+every word from there on is its own, as with `shoal run`. Needs no configuration:
+the agents listen on 127.0.0.1 on ports the kernel picks, inside this process, and
+are stopped when the demo ends.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from shoal.controller.term.output import StreamHandler
 from shoal.controller.term.summary import summary_line
 from shoal.controller.targets import Target
 
+# The words after shoal's options are the command's (controller/cli/words.py).
+TAKES_COMMAND = True
 
 DEMO_COMMAND = (
     'echo "hello from $(hostname), shell pid $$"; '

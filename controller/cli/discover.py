@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        f"interface, e.g. {DEFAULT_GROUP6}%%eth0")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="PORT",
                         help=f"the agents' discovery UDP port (default {DEFAULT_PORT})")
-    parser.add_argument("--timeout", type=float, default=2.0, metavar="SECS",
+    parser.add_argument("--timeout", dest="wait", type=float, default=2.0, metavar="SECS",
                         help="wait this long for replies after the last probe (default 2)")
     parser.add_argument("--rate", type=float, default=200.0, metavar="N",
                         help="send at most N probes per second (default 200)")
@@ -149,11 +149,11 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
         raise ConfigError(f"unexpected arguments: {' '.join(words)}", "discover")
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"port must be 1-65535, got {args.port}", "--port")
-    if args.timeout < 0:
-        raise ConfigError(f"the timeout cannot be negative, got {args.timeout:g}", "--timeout")
+    if args.wait < 0:
+        raise ConfigError(f"the timeout cannot be negative, got {args.wait:g}", "--timeout")
     destinations, many = _destinations(args)
     key = _key(args.key_file)
-    result = asyncio.run(discover(destinations, args.port, key=key, timeout=args.timeout, rate=args.rate,
+    result = asyncio.run(discover(destinations, args.port, key=key, timeout=args.wait, rate=args.rate,
                                   many=many, expect=args.expect))
     display.out(_render(args, result.found).encode("utf-8", "replace"))
     _report(display, result, args.verbose)

@@ -25,7 +25,10 @@ from types import ModuleType
 from shoal.protocol.errors import AuthError, ConfigError, ShoalConnectionError, ShoalError
 
 from shoal.controller.debuglog import DEBUG_LOG_ENV, setup_debug_log
+from shoal.controller.cli.options import add_config_options, color_from_args, with_user_config
+from shoal.controller.cli.words import split_at_command
 from shoal.controller.term.display import Display
+from shoal.hostio.version import VersionAction
 
 __all__ = ["main", "SUBCOMMANDS", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_INTERRUPTED", "EXIT_SOFTWARE"]
 
@@ -61,14 +64,16 @@ def _load(name: str) -> ModuleType:
     return importlib.import_module(SUBCOMMANDS[name][0])
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The parser; with `only`, just that subcommand's options are built."""
+def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
+    """The parser and, with `only`, that subcommand's parser: only its options are built."""
     parser = argparse.ArgumentParser(
         prog="shoal", description="Run commands on many hosts through shoal agents.",
         epilog="Exit status: 0 ok; otherwise the largest host status (128+N for signal N); "
                "255 unreachable/auth/timeout; 2 usage or configuration error; 70 internal error; "
                "130 interrupted.")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+    chosen = None
     for name, (_, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         if name == only:
@@ -76,7 +81,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             p.description = module.__doc__
             p.formatter_class = argparse.RawDescriptionHelpFormatter
             module.add_arguments(p)
-    return parser
+            add_config_options(p)
+            chosen = p
+    return parser, chosen
 
 
 def _subcommand_of(argv: list[str]) -> str | None:
@@ -86,8 +93,17 @@ def _subcommand_of(argv: list[str]) -> str | None:
     return None
 
 
-def split_words(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Split at the first `--`: options before, the remote command after."""
+def split_words(argv: list[str], name: str | None,
+                sub: argparse.ArgumentParser | None) -> tuple[list[str], list[str]]:
+    """Split argv into shoal's words and the rest.
+
+    A subcommand that takes a command (`TAKES_COMMAND`) ends its options at the
+    command's first word (controller/cli/words.py); the others at the first `--`.
+    """
+    if name is not None and sub is not None and getattr(_load(name), "TAKES_COMMAND", False):
+        at = argv.index(name) + 1
+        opts, words = split_at_command(sub, argv[at:])
+        return argv[:at] + opts, words
     if "--" in argv:
         i = argv.index("--")
         return argv[:i], argv[i + 1:]
@@ -98,14 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `shoal`; returns the exit status (see module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_debug_log()
-    opts, words = split_words(argv)
-    parser = build_parser(_subcommand_of(opts))
+    name = _subcommand_of(argv)
+    parser, sub = build_parser(name)
+    opts, words = split_words(argv, name, sub)
     args, extra = parser.parse_known_args(opts)
     words = extra + words
     if any(w.startswith("-") for w in extra):
         parser.error(f"unrecognized arguments: {' '.join(w for w in extra if w.startswith('-'))}")
-    display = Display(verbosity=0 if getattr(args, "quiet", False) else 2 if getattr(args, "verbose", False) else 1)
+    display = Display(verbosity=_verbosity(args), color=color_from_args(args))
     try:
+        if sub is not None:
+            args = with_user_config(parser, sub, opts, args)
+            display = Display(verbosity=_verbosity(args), color=color_from_args(args))
         return int(_load(args.subcommand).run(args, words, display))
     except ConfigError as exc:
         display.error(str(exc))
@@ -126,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         display.error(f"internal error: {type(exc).__name__}: {exc} "
                       f"(a bug in shoal; set {DEBUG_LOG_ENV}=FILE for the traceback)")
         return EXIT_SOFTWARE
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    return 0 if getattr(args, "quiet", False) else 2 if getattr(args, "verbose", False) else 1
 
 
 def _quiet_broken_pipe() -> None:

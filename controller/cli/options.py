@@ -24,6 +24,9 @@ __all__ = [
     "targets_from_args",
     "connect_options_from_args",
     "command_from_args",
+    "add_config_options",
+    "with_user_config",
+    "color_from_args",
 ]
 
 
@@ -75,7 +78,7 @@ def add_exec_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cwd", metavar="DIR", help="working directory on the hosts")
     g.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="environment variable (repeatable)")
     g.add_argument("--argv", action="store_true",
-                   help="run the words after -- as an argv, without /bin/sh (default joins them for the shell, like ssh)")
+                   help="run the command's words as an argv, without /bin/sh (default joins them for the shell, like ssh)")
     g.add_argument("-n", "--no-stdin", action="store_true", help="do not forward standard input")
     g.add_argument("--detach", action="store_true",
                    help="keep running if the controller disconnects; output goes to a file on the agent")
@@ -139,11 +142,45 @@ def parse_env(items: list[str]) -> dict[str, str]:
 
 
 def command_from_args(args: argparse.Namespace, words: list[str]) -> Command:
-    """The command after `--`: joined for /bin/sh like ssh does, or an argv with --argv."""
+    """The command's words: joined for /bin/sh like ssh does, or an argv with --argv."""
     if not words:
-        raise ConfigError("no command given (put it after --)", "command")
+        raise ConfigError("no command given (put it after TARGETS and shoal's options)", "command")
     common = dict(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout,
                   detach=args.detach, kill_grace=args.kill_grace)
     if args.argv:
         return Command(argv=list(words), **common)
     return Command(shell=" ".join(words), **common)
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """--config and --color, which every subcommand takes."""
+    g = parser.add_argument_group("configuration")
+    g.add_argument("--config", metavar="PATH",
+                   help="controller defaults (TOML; default $XDG_CONFIG_HOME/shoal/config.toml if it exists)")
+    g.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour output: auto (default) only on a terminal and without NO_COLOR; "
+                        "always even with NO_COLOR")
+
+
+def with_user_config(parser: argparse.ArgumentParser, sub: argparse.ArgumentParser,
+                     opts: list[str], args: argparse.Namespace) -> argparse.Namespace:
+    """Parse again with the config file's values as the subcommand's defaults, so flags win.
+
+    A value the subcommand's option does not accept (`output = "json"` for the shell,
+    which has no JSON mode) leaves that subcommand's own default.
+    """
+    from shoal.controller.userconfig import load_user_config
+
+    config = load_user_config(args.config)
+    if not config.defaults:
+        return args
+    defaults = {action.dest: config.defaults[action.dest] for action in sub._actions
+                if action.dest in config.defaults
+                and (action.choices is None or config.defaults[action.dest] in action.choices)}
+    sub.set_defaults(**defaults)
+    return parser.parse_known_args(opts)[0]
+
+
+def color_from_args(args: argparse.Namespace) -> bool | None:
+    """--color as Display takes it: True, False, or None to decide from the terminal."""
+    return {"always": True, "never": False}.get(getattr(args, "color", "auto"))

@@ -1,10 +1,12 @@
 """Run a command on every target and stream its output back.
 
-    shoal run TARGETS [options] -- COMMAND...
+    shoal run [options] TARGETS [options] [--] COMMAND...
 
-The words after `--` are joined and run by /bin/sh on each host, like ssh does
-(`--argv` runs them as an argv without a shell). Standard input is forwarded to
-every host when it is not a terminal (`-n` to disable).
+shoal's options come before the command: the first word after TARGETS that does not
+start with `-` starts it, and every word from there on is the command's, so
+`shoal run web1 sed -n 1p f` runs `sed -n 1p f`. The words are joined and run by
+/bin/sh on each host, like ssh does (`--argv` runs them as an argv without a shell).
+Standard input is forwarded to every host when it is not a terminal (`-n` to disable).
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ from shoal.controller.result import Result
 from shoal.controller.stdin import StdinSpool
 from shoal.controller.targets import Target
 
-
+# The words after TARGETS and shoal's options are the command's (controller/cli/words.py).
+TAKES_COMMAND = True
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_options(parser)
     add_exec_options(parser)
     parser.add_argument("--script", metavar="FILE", help="run this local script on each host (fed on stdin, "
-                        "like ssh host bash -s); words after -- become its arguments; honours #!")
+                        "like ssh host bash -s); the words after TARGETS become its arguments; honours #!")
     add_connect_options(parser)
     add_output_options(parser)
 
@@ -115,7 +118,7 @@ def report_summary(display: Display, results: list[Result], elapsed: float | Non
 
 
 def script_from_args(options: argparse.Namespace, words: list[str]) -> tuple[Command, bytes]:
-    """`run --script FILE [-- ARGS]`: the words after `--` are the script's arguments."""
+    """`run TARGETS --script FILE [ARGS]`: the command's words are the script's arguments."""
     base = Command(env=parse_env(options.env), cwd=options.cwd, timeout=options.timeout,
                    detach=options.detach, kill_grace=options.kill_grace)
     return script_command(options.script, words, base)

@@ -24,7 +24,8 @@ _PALETTE = ("32", "33", "34", "35", "36", "1;32", "1;33", "1;34", "1;35", "1;36"
 
 
 def _wants_color(stream: BinaryIO) -> bool:
-    if "NO_COLOR" in os.environ or os.environ.get("TERM") == "dumb":
+    """Colour on a terminal, unless NO_COLOR is set and non-empty (no-color.org) or TERM=dumb."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
         return False
     try:
         return os.isatty(stream.fileno())
