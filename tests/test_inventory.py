@@ -138,7 +138,7 @@ def test_default_path_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     ('[defaults]\nkey_file = 7\n', 2, "key_file must be a non-empty string"),
     ('defaults = 3\n', 1, "defaults must be a table"),
     ('[groups.web]\nhosts = "web1"\n', 2, "hosts must be a list"),
-    ('[groups.web]\nhosts = [\n  "web1",\n  "web[3-1]",\n]\n', 4, "reversed range"),
+    ('[groups.web]\nhosts = [\n  "web1",\n  "web[3-1]",\n]\n', 4, "range end before start"),
     ('[groups.web]\nhosts = ["10.0.0.0/33"]\n', 2, "bad CIDR block"),
     ('[groups.web]\nhosts = ["@db"]\n', 2, "nest groups"),
     ('[groups.web]\nhosts = []\n\n[groups.all]\ngroups = ["web", "dbs"]\n', 5, "unknown group 'dbs'"),
