@@ -97,6 +97,14 @@ class Inventory:
         patterns = [p for group in self._descendants(name) for p in group.patterns]
         return list(dict.fromkeys(patterns))
 
+    def host_names(self) -> list[str]:
+        """Every host name the file lists, in groups or `[hosts]` tables, in file order.
+
+        CIDR blocks in groups are left out: they stand for addresses, not names.
+        """
+        names = [name for group in self.group_table.values() for name in group.members]
+        return list(dict.fromkeys(names + list(self.host_table)))
+
     def settings_for(self, name: str) -> dict[str, str | int]:
         """Return the merged settings for host `name`: defaults, then groups, then hosts."""
         merged = dict(self.defaults)

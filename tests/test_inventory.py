@@ -196,3 +196,10 @@ def test_relative_paths_resolve_against_the_inventory(tmp_path: Path) -> None:
 def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_inventory(tmp_path)
+
+
+def test_host_names_lists_group_members_and_host_tables_once(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.toml"
+    path.write_text('[groups.web]\nhosts = ["web[1-2]", "10.0.0.0/30"]\n'
+                    '[groups.all]\nhosts = ["web1", "db1"]\n[hosts."lb1"]\nport = 9000\n')
+    assert load_inventory(path).host_names() == ["web1", "web2", "db1", "lb1"]

@@ -47,6 +47,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "certs": ("shoal.controller.cli.certs", "create a small CA and TLS certificates"),
     "bootstrap": ("shoal.controller.cli.bootstrap", "install the agent on hosts over ssh"),
     "demo": ("shoal.controller.cli.demo", "try shoal on three local agents, no configuration needed"),
+    "completion": ("shoal.controller.cli.completion", "print a bash or zsh completion script"),
+    "man": ("shoal.controller.cli.man", "print the shoal(1) manual page (roff)"),
 }
 
 
@@ -54,8 +56,8 @@ def _load(name: str) -> ModuleType:
     return importlib.import_module(SUBCOMMANDS[name][0])
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The parser; with `only`, just that subcommand's options are built."""
+def build_parser(only: str | None = None, *, every: bool = False) -> argparse.ArgumentParser:
+    """The parser; with `only`, just that subcommand's options are built; with `every`, all."""
     parser = argparse.ArgumentParser(
         prog="shoal", description="Run commands on many hosts through shoal agents.",
         epilog="Exit status: 0 ok; otherwise the largest host status (128+N for signal N); "
@@ -63,7 +65,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
     for name, (_, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        if name == only:
+        if every or name == only:
             module = _load(name)
             p.description = module.__doc__
             p.formatter_class = argparse.RawDescriptionHelpFormatter
