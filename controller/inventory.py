@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.controller.nodeset import NodeSet
+from shoal.controller.targets import cidr_block
 from shoal.protocol.errors import ConfigError
 
 __all__ = ["SETTING_NAMES", "Group", "Inventory", "default_inventory_path", "load_inventory"]
@@ -375,8 +376,9 @@ class _Loader:
             try:
                 if pattern.startswith("@"):
                     raise ConfigError(f"{pattern!r}: nest groups with groups = [...], not '@'")
-                if "/" in pattern and not pattern.startswith("unix:"):
-                    networks.append(_network(pattern))
+                block = cidr_block(pattern)
+                if block is not None:
+                    networks.append(block)
                 else:
                     names.update(NodeSet(pattern))
             except ConfigError as exc:
@@ -413,10 +415,3 @@ class _Loader:
                 found.setdefault(name, {}).update(checked)
         return found
 
-
-def _network(pattern: str) -> _Network:
-    """Parse a CIDR block, host bits allowed (`10.0.0.5/24` means its network)."""
-    try:
-        return ipaddress.ip_network(pattern, strict=False)
-    except ValueError as exc:
-        raise ConfigError(f"bad CIDR block {pattern!r}: {exc}") from None

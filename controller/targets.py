@@ -26,7 +26,7 @@ from shoal.protocol.errors import ConfigError
 if TYPE_CHECKING:
     from shoal.controller.inventory import Inventory
 
-__all__ = ["DEFAULT_PORT", "LARGE_TARGET_COUNT", "Target", "parse_targets"]
+__all__ = ["DEFAULT_PORT", "LARGE_TARGET_COUNT", "Target", "cidr_block", "parse_targets"]
 
 DEFAULT_PORT = 8470
 # A CIDR block is the easiest way to address far more hosts than intended (/16 is 65534
@@ -164,8 +164,9 @@ class _Resolver:
         """Parse one element: `@group`, CIDR block, `[v6]:port`, or a range pattern."""
         if element.startswith("@"):
             return self.group(element, group)
-        if _is_block(element):
-            return _Hosts((_network(element),))
+        block = cidr_block(element)
+        if block is not None:
+            return _Hosts((block,))
         if _BRACKETED.fullmatch(element) and ":" in element.partition("]")[0]:
             return _Hosts((_bracketed(element),))
         return _Hosts(tuple(_address(name) for name in expand(element)))
@@ -193,9 +194,21 @@ def _anywhere_key(address: _Address) -> tuple[str | None, str | None]:
     return (address.host.lower() if address.host else None), address.path
 
 
-def _is_block(element: str) -> bool:
-    """Tell a CIDR block from a name: a '/' outside brackets (inside, it is a step)."""
-    return not element.startswith("unix:") and "/" in _BRACKET_BODIES.sub("", element)
+def cidr_block(element: str) -> _Network | None:
+    """Return the network if the element is a CIDR block, else None (it is a name).
+
+    A block has a '/' outside brackets (inside, `web[1-9/2]`, it is a range step) and is
+    not a `unix:` path. Host bits are allowed: `10.0.0.5/24` means its network.
+
+    Raises:
+        ConfigError: it is written as a block but is not a valid one.
+    """
+    if element.startswith("unix:") or "/" not in _BRACKET_BODIES.sub("", element):
+        return None
+    try:
+        return ipaddress.ip_network(element, strict=False)
+    except ValueError as exc:
+        raise ConfigError(f"bad CIDR block {element!r}: {exc}") from None
 
 
 def _inside(address: _Address, block: _Network) -> bool:
@@ -206,14 +219,6 @@ def _inside(address: _Address, block: _Network) -> bool:
         return ipaddress.ip_address(address.host) in block
     except ValueError:
         return False
-
-
-def _network(element: str) -> _Network:
-    """Parse a CIDR block; host bits are allowed (`10.0.0.5/24` means its network)."""
-    try:
-        return ipaddress.ip_network(element, strict=False)
-    except ValueError as exc:
-        raise ConfigError(f"bad CIDR block {element!r}: {exc}") from None
 
 
 def _cidr_addresses(network: _Network, allow_large: bool) -> Iterator[_Address]:

@@ -203,3 +203,12 @@ def test_host_names_lists_group_members_and_host_tables_once(tmp_path: Path) -> 
     path.write_text('[groups.web]\nhosts = ["web[1-2]", "10.0.0.0/30"]\n'
                     '[groups.all]\nhosts = ["web1", "db1"]\n[hosts."lb1"]\nport = 9000\n')
     assert load_inventory(path).host_names() == ["web1", "web2", "db1", "lb1"]
+
+
+def test_group_hosts_take_step_ranges_and_operators(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.toml"
+    path.write_text('[groups.odd]\nhosts = ["web[01-09/4]", "db[1-4]!db2", "10.0.0.0/31"]\nport = 9000\n')
+    inventory = load_inventory(path)
+    assert inventory.host_names() == ["db1", "db3", "db4", "web01", "web05", "web09"]
+    assert inventory.settings_for("web05") == {"port": 9000}
+    assert inventory.settings_for("10.0.0.1") == {"port": 9000}
