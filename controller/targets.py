@@ -7,9 +7,10 @@ element is one of: a name or address with optional bracket ranges and `:port`;
 `@group` from the inventory. Nothing is resolved here: names go to DNS at
 connect time, so a typo'd host fails as that host's own result, not the whole run.
 
-A target's `name` is what output headers show and what de-duplicates the list, so it is
-normalised (IPv6 compressed) and carries the port only when one was typed and it is not
-the default: `web01`, `web01:9000`, `[::1]:8471`, `unix:/run/a.sock`.
+A target's `name` is what output headers show and what de-duplicates the list (host
+names without regard to case, first spelling kept), so it is normalised (IPv6
+compressed) and carries the port only when one was typed and it is not the default:
+`web01`, `web01:9000`, `[::1]:8471`, `unix:/run/a.sock`.
 """
 
 from __future__ import annotations
