@@ -28,6 +28,7 @@ from typing import Any
 
 from shoal.controller.nodeset import NodeSet
 from shoal.controller.tomlfile import TomlLocator, config_home, read_toml
+from shoal.controller.targets import cidr_block
 from shoal.protocol.errors import ConfigError
 
 __all__ = ["SETTING_NAMES", "Group", "Inventory", "default_inventory_path", "load_inventory"]
@@ -93,6 +94,14 @@ class Inventory:
             raise ConfigError(f"group nesting loops: {' -> '.join(cycle)}", self._where())
         patterns = [p for group in self._descendants(name) for p in group.patterns]
         return list(dict.fromkeys(patterns))
+
+    def host_names(self) -> list[str]:
+        """Every host name the file lists, in groups or `[hosts]` tables, in file order.
+
+        CIDR blocks in groups are left out: they stand for addresses, not names.
+        """
+        names = [name for group in self.group_table.values() for name in group.members]
+        return list(dict.fromkeys(names + list(self.host_table)))
 
     def settings_for(self, name: str) -> dict[str, str | int]:
         """Return the merged settings for host `name`: defaults, then groups, then hosts."""
@@ -242,8 +251,9 @@ class _Loader(TomlLocator):
             try:
                 if pattern.startswith("@"):
                     raise ConfigError(f"{pattern!r}: nest groups with groups = [...], not '@'")
-                if "/" in pattern and not pattern.startswith("unix:"):
-                    networks.append(_network(pattern))
+                block = cidr_block(pattern)
+                if block is not None:
+                    networks.append(block)
                 else:
                     names.update(NodeSet(pattern))
             except ConfigError as exc:
@@ -280,10 +290,3 @@ class _Loader(TomlLocator):
                 found.setdefault(name, {}).update(checked)
         return found
 
-
-def _network(pattern: str) -> _Network:
-    """Parse a CIDR block, host bits allowed (`10.0.0.5/24` means its network)."""
-    try:
-        return ipaddress.ip_network(pattern, strict=False)
-    except ValueError as exc:
-        raise ConfigError(f"bad CIDR block {pattern!r}: {exc}") from None

@@ -1,8 +1,11 @@
 """Host sets as a type: bracket-range patterns, set algebra, and folding back.
 
-A pattern is a comma-separated list of names; each name may hold bracket ranges
-(`web[01-20]`, `web[1,3,5-7]`, `rack[1-3]-node[1-8]`). Commas inside brackets belong
-to the range. Folding is the inverse: a set of names becomes the shortest pattern we can
+A pattern is a set expression over names; each name may hold bracket ranges
+(`web[01-20]`, `web[1,3,5-7]`, `rack[1-3]-node[1-8]`, every other one: `web[1-9/2]`).
+As in ClusterShell, `,` is union, `!` difference, `&` intersection and `^` symmetric
+difference, all of one precedence and applied left to right (`web[1-9]!web5,web20`
+is `(web[1-9] - web5) | web20`). Operators and commas inside brackets belong to the
+range. Folding is the inverse: a set of names becomes the shortest pattern we can
 find cheaply, so a 500-host header reads `web[001-500]` rather than 500 names.
 
 Round trip is the contract: ``NodeSet(str(s)) == s`` for every set of names. Names whose
@@ -16,11 +19,12 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from shoal.protocol.errors import ConfigError
 
-__all__ = ["MAX_NAMES", "NodeSet", "expand", "natural_key", "split_patterns"]
+__all__ = ["MAX_NAMES", "OPERATORS", "NodeSet", "expand", "natural_key", "split_expression",
+           "split_patterns"]
 
 # A range is expanded into real strings, so a typo such as `web[1-10000000]` would eat
 # memory before anything ran. Fleets here are hundreds to a few thousand hosts; 65536
@@ -29,10 +33,12 @@ MAX_NAMES = 65536
 
 _DIGITS = re.compile(r"([0-9]+)")
 _SPECIAL = re.compile(r"\\(.)?|\[|\]", re.S)
-_SPLIT_MARKS = re.compile(r"\\.|[\[\],]", re.S)
-_RANGE_ITEM = re.compile(r"([0-9]+)(?:-([0-9]+))?")
-_ATOMIC_CHARS = re.compile(r"[\[\],\\/]")
-_ESCAPED_CHARS = re.compile(r"([\[\],\\])")
+_SPLIT_MARKS = re.compile(r"\\.|[\[\],!&^]", re.S)
+_RANGE_ITEM = re.compile(r"([0-9]+)(?:-([0-9]+)(?:/([0-9]+))?)?")
+_ATOMIC_CHARS = re.compile(r"[\[\],!&^\\/]")
+_ESCAPED_CHARS = re.compile(r"([\[\],!&^\\])")
+# The set operators between patterns, in ClusterShell's spelling; `,` (union) first.
+OPERATORS = (",", "!", "&", "^")
 # A bracketed IPv6 literal, optional zone and port: read whole, never as a range.
 _IPV6_BRACKETED = re.compile(r"\[[0-9A-Fa-f.]*:[0-9A-Fa-f.:]*(?:%[\w.-]+)?\](?::[0-9]+)?")
 
@@ -48,37 +54,60 @@ def natural_key(name: str) -> _Key:
 
 
 def split_patterns(text: str) -> list[str]:
-    """Split `text` at commas outside brackets, leaving escapes in the pieces.
+    """Split `text` at commas outside brackets, leaving escapes (and operators) in the pieces.
 
     Pieces are stripped of surrounding whitespace, so ``"a, b"`` works as typed.
     Bracket balance is not judged here; `expand` reports it with the piece in hand.
     """
-    pieces: list[str] = []
+    return [piece for _op, piece in _split(text, ",")]
+
+
+def split_expression(text: str) -> list[tuple[str, str]]:
+    """Split a set expression into (operator, pattern) steps, the first operator `,`.
+
+    `"a[1-4]!a2,b"` gives ``[(",", "a[1-4]"), ("!", "a2"), (",", "b")]``; the caller
+    folds the steps left to right.
+
+    Raises:
+        ConfigError: a piece is empty (`"a,,b"`, `"!a"`, `"a&"`); the message names `text`.
+    """
+    steps = _split(text, "".join(OPERATORS))
+    for index, (op, piece) in enumerate(steps):
+        if not piece:
+            where = f"before {steps[index + 1][0]!r}" if index + 1 < len(steps) else f"after {op!r}"
+            raise _bad(text, f"empty element {where}")
+    return steps
+
+
+def _split(text: str, separators: str) -> list[tuple[str, str]]:
+    """Cut `text` at the separators that stand outside brackets and escapes."""
+    steps: list[tuple[str, str]] = []
     start = depth = 0
+    op = ","
     for mark in _SPLIT_MARKS.finditer(text):
         char = mark.group()
         if char == "[":
             depth += 1
         elif char == "]":
             depth = max(depth - 1, 0)
-        elif char == "," and depth == 0:
-            pieces.append(text[start:mark.start()].strip())
-            start = mark.end()
-    pieces.append(text[start:].strip())
-    return pieces
+        elif char in separators and depth == 0:
+            steps.append((op, text[start:mark.start()].strip()))
+            op, start = char, mark.end()
+    steps.append((op, text[start:].strip()))
+    return steps
 
 
 def expand(pattern: str) -> list[str]:
     """Expand one pattern (no top-level commas) into names, in written order.
 
     Raises:
-        ConfigError: unclosed or stray bracket, empty or reversed range, mixed padding,
+        ConfigError: unclosed or stray bracket, empty or reversed range, step 0, mixed padding,
             a top-level comma, or more than `MAX_NAMES` names; the message names `pattern`.
     """
     text = pattern.strip()
     if not text:
         raise _bad(pattern, "empty pattern")
-    if len(split_patterns(text)) > 1:
+    if len(_split(text, "".join(OPERATORS))) > 1:
         raise _bad(pattern, "holds several patterns; separate them before expanding")
     if _IPV6_BRACKETED.fullmatch(text):
         return [text]
@@ -93,7 +122,7 @@ def expand(pattern: str) -> list[str]:
 
 def _bad(pattern: str, reason: str) -> ConfigError:
     """Build the error every pattern problem raises, naming the pattern."""
-    return ConfigError(f"bad host pattern {pattern!r}: {reason}")
+    return ConfigError(f'bad host pattern "{pattern}": {reason}')
 
 
 def _segments(text: str, pattern: str) -> list[list[str]]:
@@ -127,27 +156,30 @@ def _segments(text: str, pattern: str) -> list[list[str]]:
 
 
 def _range_choices(body: str, pattern: str) -> list[str]:
-    """Expand the inside of one bracket, `1,3,05-07`, keeping zero padding."""
+    """Expand the inside of one bracket, `1,3,05-07,1-9/2`, keeping zero padding."""
     if not body.strip():
         raise _bad(pattern, "empty range '[]'")
     choices: list[str] = []
     for item in body.split(","):
         match = _RANGE_ITEM.fullmatch(item.strip())
         if match is None:
-            raise _bad(pattern, f"bad range {item.strip()!r}; use N, N-M or 0N-0M")
-        first, last = match.groups()
+            raise _bad(pattern, f"bad range {item.strip()!r}; use N, N-M, 0N-0M or N-M/STEP")
+        first, last, step_text = match.groups()
         if last is None:
             choices.append(first)
             continue
         low, high = int(first), int(last)
         if high < low:
-            raise _bad(pattern, f"reversed range {first}-{last}")
+            raise _bad(pattern, "range end before start")
+        step = int(step_text) if step_text is not None else 1
+        if step == 0:
+            raise _bad(pattern, f"step 0 in range {item.strip()!r}; a step is 1 or more")
         width = len(first) if _padded(first) else 0
         if _padded(last) and len(last) != width:
             raise _bad(pattern, f"range {first}-{last} mixes zero-padded widths")
-        if len(choices) + high - low + 1 > MAX_NAMES:
+        if len(choices) + (high - low) // step + 1 > MAX_NAMES:
             raise _bad(pattern, f"range {first}-{last} has more than {MAX_NAMES} values")
-        choices.extend(str(value).zfill(width) for value in range(low, high + 1))
+        choices.extend(str(value).zfill(width) for value in range(low, high + 1, step))
     return choices
 
 
@@ -177,15 +209,17 @@ def _check_name(name: object) -> str:
     return name
 
 
+_SET_OPERATIONS: dict[str, Callable[[set[str], set[str]], set[str]]] = {
+    ",": set.union, "!": set.difference, "&": set.intersection, "^": set.symmetric_difference}
+
+
 def _parse(pattern: str) -> set[str]:
-    """Expand a comma-separated pattern string; the empty string is the empty set."""
+    """Evaluate a pattern expression left to right; the empty string is the empty set."""
     if not pattern.strip():
         return set()
     names: set[str] = set()
-    for piece in split_patterns(pattern):
-        if not piece:
-            raise _bad(pattern, "empty element between commas")
-        names.update(expand(piece))
+    for op, piece in split_expression(pattern):
+        names = _SET_OPERATIONS[op](names, set(expand(piece)))
     return names
 
 

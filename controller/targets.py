@@ -1,30 +1,33 @@
 """Turn what the user typed (`web[01-20],@db,10.0.0.0/28,[::1]:8471`) into connect targets.
 
-Each comma-separated element is one of: a name or address with optional bracket ranges
-and `:port`; `[v6addr]` with optional `:port`; a bare IPv6 address; `unix:/path`; a CIDR
-block; or `@group` from the inventory. Nothing is resolved here: names go to DNS at
+The text is a set expression (`nodeset.py`): elements joined by `,` (union), `!`
+(difference), `&` (intersection) and `^` (symmetric difference), left to right. Each
+element is one of: a name or address with optional bracket ranges and `:port`;
+`[v6addr]` with optional `:port`; a bare IPv6 address; `unix:/path`; a CIDR block; or
+`@group` from the inventory. Nothing is resolved here: names go to DNS at
 connect time, so a typo'd host fails as that host's own result, not the whole run.
 
-A target's `name` is what output headers show and what de-duplicates the list, so it is
-normalised (IPv6 compressed) and carries the port only when one was typed and it is not
-the default: `web01`, `web01:9000`, `[::1]:8471`, `unix:/run/a.sock`.
+A target's `name` is what output headers show and what de-duplicates the list (host
+names without regard to case, first spelling kept), so it is normalised (IPv6
+compressed) and carries the port only when one was typed and it is not the default:
+`web01`, `web01:9000`, `[::1]:8471`, `unix:/run/a.sock`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shoal.controller.nodeset import MAX_NAMES, expand, split_patterns
+from shoal.controller.nodeset import MAX_NAMES, expand, split_expression
 from shoal.protocol.errors import ConfigError
 
 if TYPE_CHECKING:
     from shoal.controller.inventory import Inventory
 
-__all__ = ["DEFAULT_PORT", "LARGE_TARGET_COUNT", "Target", "parse_targets"]
+__all__ = ["DEFAULT_PORT", "LARGE_TARGET_COUNT", "Target", "cidr_block", "parse_targets"]
 
 DEFAULT_PORT = 8470
 # A CIDR block is the easiest way to address far more hosts than intended (/16 is 65534
@@ -33,6 +36,7 @@ LARGE_TARGET_COUNT = 4096
 
 _HOSTNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _BRACKETED = re.compile(r"\[([^\[\]]+)\](?::(.*))?")
+_BRACKET_BODIES = re.compile(r"\[[^\[\]]*\]")
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -69,13 +73,21 @@ class _Address:
 
 def parse_targets(spec: str, *, exclude: str | None = None,
                   inventory: Inventory | None = None, allow_large: bool = False) -> list[Target]:
-    """Parse a target list into de-duplicated Targets in order of first appearance.
+    """Evaluate a target expression into de-duplicated Targets in order of first appearance.
+
+    One pass: the expression is split into operands and operators, each `@group` is
+    looked up in the inventory once however often it is named, the set algebra runs on
+    the resulting host sets left to right (`,` union, `!` difference, `&` intersection,
+    `^` symmetric difference), and the targets are built once at the end. Names are
+    compared without regard to case; the first spelling is kept.
+
+    On the right of `!` and `&` (and in `exclude`), an element without a port stands for
+    that host on every port, and a CIDR block for every address in it (network and
+    broadcast included, any size), so `10.0.0.0/24!10.0.0.0/30` needs no enumeration.
 
     Args:
-        spec: comma-separated targets (commas inside `[...]` do not split).
-        exclude: targets to drop, same syntax; an element without a port drops that
-            host on every port, one with a port drops only that name, and a CIDR block
-            drops every address in it (network and broadcast included, any size).
+        spec: the expression (commas and operators inside `[...]` do not split).
+        exclude: targets to drop, same syntax: `spec` minus this whole expression.
         inventory: source of `@group` and per-host settings; a typed `:port` wins.
         allow_large: accept CIDR blocks of more than LARGE_TARGET_COUNT hosts.
 
@@ -84,90 +96,139 @@ def parse_targets(spec: str, *, exclude: str | None = None,
     """
     if not spec.strip():
         raise ConfigError("no targets given")
-    chosen = _unique(_addresses(spec, inventory, allow_large))
+    resolver = _Resolver(inventory, allow_large)
+    chosen = resolver.expression(spec)
     if exclude and exclude.strip():
-        chosen = _without(chosen, exclude, inventory)
-    return [_target(address, inventory) for address in chosen]
+        chosen = resolver.combine("!", chosen, resolver.expression(exclude))
+    return [_target(address, inventory) for address in resolver.addresses(chosen)]
 
 
-def _without(chosen: list[_Address], exclude: str, inventory: Inventory | None) -> list[_Address]:
-    """Drop the addresses that `exclude` names."""
-    blocks: list[_Network] = []
-    dropped = list(_addresses(exclude, inventory, True, blocks=blocks))
-    names = {address.name for address in dropped}
-    anywhere = {(a.host, a.path) for a in dropped if a.port is None}
-    return [a for a in chosen
-            if a.name not in names and (a.host, a.path) not in anywhere and not _inside(a, blocks)]
+_Item = _Address | _Network
 
 
-def _inside(address: _Address, blocks: list[_Network]) -> bool:
-    """Tell whether the address is an IP literal inside one of the blocks."""
-    if not blocks or address.host is None:
-        return False
-    try:
-        ip = ipaddress.ip_address(address.host)
-    except ValueError:
-        return False
-    return any(ip in block for block in blocks)
+@dataclass(frozen=True, slots=True)
+class _Hosts:
+    """An operand or partial result: addresses and CIDR blocks, blocks not yet enumerated."""
+
+    items: tuple[_Item, ...]
+
+    def matcher(self) -> Callable[[_Address], bool]:
+        """Return a test for "named here": by name, by port-less host, or by block."""
+        named = [item for item in self.items if isinstance(item, _Address)]
+        blocks = [item for item in self.items if not isinstance(item, _Address)]
+        keys = {_key(a) for a in named}
+        anywhere = {_anywhere_key(a) for a in named if a.port is None}
+
+        def holds(address: _Address) -> bool:
+            return (_key(address) in keys or _anywhere_key(address) in anywhere
+                    or any(_inside(address, block) for block in blocks))
+
+        return holds
 
 
-def _unique(addresses: Iterator[_Address]) -> list[_Address]:
-    """Keep the first address of each name."""
-    seen: dict[str, _Address] = {}
-    for address in addresses:
-        seen.setdefault(address.name, address)
-    return list(seen.values())
+class _Resolver:
+    """Evaluate expressions for one `parse_targets` call, remembering resolved groups."""
 
+    def __init__(self, inventory: Inventory | None, allow_large: bool) -> None:
+        self.inventory = inventory
+        self.allow_large = allow_large
+        self.groups: dict[str, _Hosts] = {}
 
-def _addresses(spec: str, inventory: Inventory | None, allow_large: bool,
-               group: str | None = None, blocks: list[_Network] | None = None) -> Iterator[_Address]:
-    """Yield the address of every element of `spec`, expanding groups and ranges.
+    def expression(self, text: str, group: str | None = None) -> _Hosts:
+        """Fold the expression's operands left to right with its operators."""
+        result = _Hosts(())
+        for op, piece in split_expression(text):
+            result = self.combine(op, result, self.operand(piece, group))
+        return result
 
-    With `blocks`, CIDR elements are collected there whole instead of enumerated.
-    """
-    for element in split_patterns(spec):
-        if not element:
-            raise ConfigError(f"empty element in target list {spec!r}")
+    def combine(self, op: str, left: _Hosts, right: _Hosts) -> _Hosts:
+        """Apply one set operator; only `^` needs its right side enumerated."""
+        if op == ",":
+            return _Hosts(left.items + right.items)
+        if op == "^":
+            ours, theirs = self.addresses(left), self.addresses(right)
+            keys, their_keys = {_key(a) for a in ours}, {_key(a) for a in theirs}
+            return _Hosts(tuple(a for a in ours if _key(a) not in their_keys)
+                          + tuple(a for a in theirs if _key(a) not in keys))
+        keep, holds = op == "&", right.matcher()
+        return _Hosts(tuple(a for a in self.addresses(left) if holds(a) == keep))
+
+    def addresses(self, hosts: _Hosts) -> list[_Address]:
+        """Enumerate blocks and drop repeats, keeping each name's first spelling."""
+        seen: dict[str, _Address] = {}
+        for item in hosts.items:
+            for address in (item,) if isinstance(item, _Address) else _cidr_addresses(item, self.allow_large):
+                seen.setdefault(_key(address), address)
+        return list(seen.values())
+
+    def operand(self, element: str, group: str | None) -> _Hosts:
+        """Parse one element: `@group`, CIDR block, `[v6]:port`, or a range pattern."""
         if element.startswith("@"):
-            yield from _group_addresses(element, inventory, allow_large, group, blocks)
-        elif "/" in element and not element.startswith("unix:"):
-            if blocks is None:
-                yield from _cidr_addresses(element, allow_large)
-            else:
-                blocks.append(_network(element))
-        elif _BRACKETED.fullmatch(element) and ":" in element.partition("]")[0]:
-            yield _bracketed(element)
-        else:
-            for name in expand(element):
-                yield _address(name)
+            return self.group(element, group)
+        block = cidr_block(element)
+        if block is not None:
+            return _Hosts((block,))
+        if _BRACKETED.fullmatch(element) and ":" in element.partition("]")[0]:
+            return _Hosts((_bracketed(element),))
+        return _Hosts(tuple(_address(name) for name in expand(element)))
+
+    def group(self, element: str, within: str | None) -> _Hosts:
+        """Resolve `@group` once per call; groups nest in the inventory, not via '@'."""
+        if within is not None:
+            raise ConfigError(f"group {within!r} lists {element!r}; nest groups with groups = [...]")
+        if self.inventory is None:
+            raise ConfigError(f"{element}: no inventory to look groups up in")
+        name = element[1:]
+        if name not in self.groups:
+            parts = [self.expression(p, name) for p in self.inventory.group_patterns(name)]
+            self.groups[name] = _Hosts(tuple(item for part in parts for item in part.items))
+        return self.groups[name]
 
 
-def _group_addresses(element: str, inventory: Inventory | None, allow_large: bool,
-                     group: str | None, blocks: list[_Network] | None) -> Iterator[_Address]:
-    """Yield the addresses of `@group`; groups nest in the inventory, not via '@'."""
-    if group is not None:
-        raise ConfigError(f"group {group!r} lists {element!r}; nest groups with groups = [...]")
-    if inventory is None:
-        raise ConfigError(f"{element}: no inventory to look groups up in")
-    for pattern in inventory.group_patterns(element[1:]):
-        yield from _addresses(pattern, inventory, allow_large, element[1:], blocks)
+def _key(address: _Address) -> str:
+    """Identity for de-duplication: host names ignore case, socket paths do not."""
+    return address.name if address.path is not None else address.name.lower()
 
 
-def _network(element: str) -> _Network:
-    """Parse a CIDR block; host bits are allowed (`10.0.0.5/24` means its network)."""
+def _anywhere_key(address: _Address) -> tuple[str | None, str | None]:
+    """Identity of the host or socket, whatever the port."""
+    return (address.host.lower() if address.host else None), address.path
+
+
+def cidr_block(element: str) -> _Network | None:
+    """Return the network if the element is a CIDR block, else None (it is a name).
+
+    A block has a '/' outside brackets (inside, `web[1-9/2]`, it is a range step) and is
+    not a `unix:` path. Host bits are allowed: `10.0.0.5/24` means its network.
+
+    Raises:
+        ConfigError: it is written as a block but is not a valid one.
+    """
+    if element.startswith("unix:") or "/" not in _BRACKET_BODIES.sub("", element):
+        return None
     try:
         return ipaddress.ip_network(element, strict=False)
     except ValueError as exc:
         raise ConfigError(f"bad CIDR block {element!r}: {exc}") from None
 
 
-def _cidr_addresses(element: str, allow_large: bool) -> Iterator[_Address]:
+def _inside(address: _Address, block: _Network) -> bool:
+    """Tell whether the address is an IP literal inside the block."""
+    if address.host is None:
+        return False
+    try:
+        return ipaddress.ip_address(address.host) in block
+    except ValueError:
+        return False
+
+
+def _cidr_addresses(network: _Network, allow_large: bool) -> Iterator[_Address]:
     """Yield the host addresses of a CIDR block, refusing surprisingly large ones.
 
     Network and broadcast addresses are left out, as nothing listens there, except in
     /31 and /32 (IPv6: /127, /128) blocks, whose every address is a host (RFC 3021).
     """
-    network = _network(element)
+    element = str(network)
     whole = network.prefixlen >= network.max_prefixlen - 1
     count = network.num_addresses - (0 if whole else 2 if network.version == 4 else 1)
     if count > MAX_NAMES:

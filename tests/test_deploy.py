@@ -93,6 +93,20 @@ def test_venv_holds_working_commands(staged: Staged, tmp_path: Path) -> None:
     assert where.startswith(str(staged.venv) + "/")
 
 
+def test_completion_and_man_page_are_installed_under_the_prefix(staged: Staged) -> None:
+    share = staged.venv / "share"
+    installed = {
+        share / "bash-completion" / "completions" / "shoal": ["completion", "bash"],
+        share / "zsh" / "site-functions" / "_shoal": ["completion", "zsh"],
+        share / "man" / "man1" / "shoal.1": ["man"],
+    }
+    for path, args in installed.items():
+        made = subprocess.run([str(staged.venv / "bin" / "shoal"), *args], capture_output=True, check=True).stdout
+        assert path.read_bytes() == made and made, path
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert "installed" not in " ".join(line for line in staged.second.stdout.splitlines() if "/share/" in line)
+
+
 def test_etc_shoal_is_private_and_holds_a_usable_key(staged: Staged) -> None:
     etc = staged.root / "etc" / "shoal"
     assert stat.S_IMODE(etc.stat().st_mode) == 0o700

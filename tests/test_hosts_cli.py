@@ -98,6 +98,33 @@ def test_bad_patterns_exit_2_with_one_line(capsysbinary: pytest.CaptureFixture[b
     assert err.startswith(b"shoal: ") and err.count(b"\n") == 1 and needle in err
 
 
+@pytest.mark.parametrize(("pattern", "folded"), [
+    ("web[1-10]!web[3-5]", b"web[1-2,6-10]"),
+    ("web[1-4]&web[3-6]", b"web[3-4]"),
+    ("web[1-4]^web[3-6]", b"web[1-2,5-6]"),
+    ("web[01-09/2]", b"web[01,03,05,07,09]"),
+    ("@all&@db,lb1", b"db[1-2],lb1"),
+    ("@all!@web!lb1", b"db[1-2]"),
+])
+def test_set_operators_and_steps(capsysbinary: pytest.CaptureFixture[bytes], inventory: Path,
+                                 pattern: str, folded: bytes) -> None:
+    assert shoal(capsysbinary, "hosts", "--inventory", str(inventory), pattern, "--fold") == (
+        0, folded + b"\n", b"")
+
+
+def test_case_insensitive_dedup_keeps_first_spelling(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    assert shoal(capsysbinary, "hosts", "Web1,web1,WEB2,web2") == (0, b"Web1\nWEB2\n", b"")
+
+
+@pytest.mark.parametrize(("pattern", "line"), [
+    ("web[9-1]", b'shoal: bad host pattern "web[9-1]": range end before start\n'),
+    ("web[1-9]!", b'shoal: bad host pattern "web[1-9]!": empty element after \'!\'\n'),
+])
+def test_bad_pattern_line_names_the_pattern(capsysbinary: pytest.CaptureFixture[bytes],
+                                            pattern: str, line: bytes) -> None:
+    assert shoal(capsysbinary, "hosts", pattern) == (2, b"", line)
+
+
 def test_everything_excluded_is_an_error(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
     status, _, err = shoal(capsysbinary, "hosts", "web[1-3]", "-x", "web[1-3]")
     assert (status, err) == (2, b"shoal: web[1-3]: no hosts match\n")

@@ -138,7 +138,7 @@ def test_default_path_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     ('[defaults]\nkey_file = 7\n', 2, "key_file must be a non-empty string"),
     ('defaults = 3\n', 1, "defaults must be a table"),
     ('[groups.web]\nhosts = "web1"\n', 2, "hosts must be a list"),
-    ('[groups.web]\nhosts = [\n  "web1",\n  "web[3-1]",\n]\n', 4, "reversed range"),
+    ('[groups.web]\nhosts = [\n  "web1",\n  "web[3-1]",\n]\n', 4, "range end before start"),
     ('[groups.web]\nhosts = ["10.0.0.0/33"]\n', 2, "bad CIDR block"),
     ('[groups.web]\nhosts = ["@db"]\n', 2, "nest groups"),
     ('[groups.web]\nhosts = []\n\n[groups.all]\ngroups = ["web", "dbs"]\n', 5, "unknown group 'dbs'"),
@@ -196,3 +196,19 @@ def test_relative_paths_resolve_against_the_inventory(tmp_path: Path) -> None:
 def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_inventory(tmp_path)
+
+
+def test_host_names_lists_group_members_and_host_tables_once(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.toml"
+    path.write_text('[groups.web]\nhosts = ["web[1-2]", "10.0.0.0/30"]\n'
+                    '[groups.all]\nhosts = ["web1", "db1"]\n[hosts."lb1"]\nport = 9000\n')
+    assert load_inventory(path).host_names() == ["web1", "web2", "db1", "lb1"]
+
+
+def test_group_hosts_take_step_ranges_and_operators(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.toml"
+    path.write_text('[groups.odd]\nhosts = ["web[01-09/4]", "db[1-4]!db2", "10.0.0.0/31"]\nport = 9000\n')
+    inventory = load_inventory(path)
+    assert inventory.host_names() == ["db1", "db3", "db4", "web01", "web05", "web09"]
+    assert inventory.settings_for("web05") == {"port": 9000}
+    assert inventory.settings_for("10.0.0.1") == {"port": 9000}

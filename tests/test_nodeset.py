@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from shoal.controller.nodeset import MAX_NAMES, NodeSet, expand, natural_key, split_patterns
+from shoal.controller.nodeset import MAX_NAMES, NodeSet, expand, natural_key, split_expression, split_patterns
 from shoal.protocol.errors import ConfigError
 
 
@@ -43,7 +43,9 @@ def test_expand_node_001_to_100_keeps_padding() -> None:
 
 @pytest.mark.parametrize(("pattern", "why"), [
     ("web[01-20", "unclosed"),
-    ("web[5-1]", "reversed"),
+    ("web[5-1]", "range end before start"),
+    ("web[1-9/0]", "step 0"),
+    ("web[1-9/]", "bad range"),
     ("", "empty"),
     ("   ", "empty"),
     ("web[]", "empty range"),
@@ -60,7 +62,7 @@ def test_expand_node_001_to_100_keeps_padding() -> None:
 def test_expand_rejects_bad_syntax_naming_the_pattern(pattern: str, why: str) -> None:
     with pytest.raises(ConfigError) as caught:
         expand(pattern)
-    assert repr(pattern) in str(caught.value)
+    assert f'"{pattern}"' in str(caught.value)
     assert why in str(caught.value)
 
 
@@ -195,3 +197,52 @@ def test_ten_thousand_names_fold_and_round_trip() -> None:
     sparse = NodeSet(names[::3] + [f"r{i % 50}-c{i // 50}" for i in range(10000)])
     assert NodeSet(str(sparse)) == sparse
     assert str(NodeSet("r[0-49]-c[0-199]")) == "r[0-49]-c[0-199]"
+
+
+@pytest.mark.parametrize(("pattern", "names"), [
+    ("web[1-9/2]", ["web1", "web3", "web5", "web7", "web9"]),
+    ("web[01-09/2]", ["web01", "web03", "web05", "web07", "web09"]),
+    ("web[1-10/3]", ["web1", "web4", "web7", "web10"]),
+    ("web[08-12/2]", ["web08", "web10", "web12"]),
+    ("web[0-4/2,7]", ["web0", "web2", "web4", "web7"]),
+    ("web[1-2/5]", ["web1"]),
+])
+def test_step_ranges_keep_padding(pattern: str, names: list[str]) -> None:
+    assert expand(pattern) == names
+
+
+@pytest.mark.parametrize(("pattern", "folded"), [
+    ("web[1-10]!web[3-5]", "web[1-2,6-10]"),
+    ("web[1-4]&web[3-6]", "web[3-4]"),
+    ("web[1-4]^web[3-6]", "web[1-2,5-6]"),
+    # One precedence, left to right: (web[1-5] - web[2-3]) | web2, then & web[1-2].
+    ("web[1-5]!web[2-3],web2&web[1-2]", "web[1-2]"),
+    ("web[1-3],db1!db1", "web[1-3]"),
+    ("web[1-9/2]!web[1-3]", "web[5,7,9]"),
+])
+def test_operators_apply_left_to_right(pattern: str, folded: str) -> None:
+    assert str(NodeSet(pattern)) == folded
+
+
+@pytest.mark.parametrize(("pattern", "why"), [
+    ("!web1", "empty element before '!'"),
+    ("web1&", "empty element after '&'"),
+    ("web1^^web2", "empty element before '^'"),
+    ("web1,!web2", "empty element before '!'"),
+    ("x[1!2]", "bad range '1!2'"),
+])
+def test_operator_without_an_operand_names_the_pattern(pattern: str, why: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        NodeSet(pattern)
+    assert str(caught.value).startswith(f'bad host pattern "{pattern}": {why}')
+
+
+def test_split_expression_keeps_operators_inside_brackets_and_escaped() -> None:
+    assert split_expression("a[1-4]!a2,b&c\\^d^e") == [
+        (",", "a[1-4]"), ("!", "a2"), (",", "b"), ("&", "c\\^d"), ("^", "e")]
+
+
+def test_names_holding_operator_characters_round_trip() -> None:
+    nodes = NodeSet(["a!b", "c&d", "e^f"])
+    assert str(nodes) == "a\\!b,c\\&d,e\\^f"
+    assert NodeSet(str(nodes)) == nodes

@@ -181,6 +181,9 @@ def test_lines_run_prefixed_and_commands_change_the_session(terminal: Callable[.
 
         shown = term.line(":target 127.0.0.1:*")  # globs match known hosts
         assert b"targets: 3 hosts" in shown
+        # Operators apply left to right across commas: (0 and 1) minus 0, not 0 and (1 minus 0).
+        shown = term.line(f":target {hosts[0]},{hosts[1]}!{hosts[0]}")
+        assert f"targets: 1 host ({hosts[1]})".encode() in shown
         term.line(f":target {hosts[2]}")
         shown = term.line(f":add {hosts[0]}")
         assert b"targets: 2 hosts" in shown

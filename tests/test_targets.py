@@ -176,3 +176,62 @@ def test_target_checks_itself() -> None:
         Target("x", None, DEFAULT_PORT)
     with pytest.raises(ConfigError):
         Target("x", "x", 0)
+
+
+def test_operators_on_targets() -> None:
+    assert names("web[1-10]!web[3-5]") == ["web1", "web2", "web6", "web7", "web8", "web9", "web10"]
+    assert names("web[1-4]&web[3-6]") == ["web3", "web4"]
+    assert names("web[1-4]^web[3-6]") == ["web1", "web2", "web5", "web6"]
+    assert names("web[1-5]!web2,web2") == ["web1", "web3", "web4", "web5", "web2"]
+
+
+def test_step_ranges_are_names_not_cidr_blocks() -> None:
+    assert names("web[1-9/2]") == ["web1", "web3", "web5", "web7", "web9"]
+    assert names("10.0.0.[1-7/3]:9000") == ["10.0.0.1:9000", "10.0.0.4:9000", "10.0.0.7:9000"]
+
+
+def test_names_deduplicate_ignoring_case_first_spelling_kept() -> None:
+    assert names("Web1,web1,WEB2,db,web2,DB") == ["Web1", "WEB2", "db"]
+    assert names("Web[1-3]!WEB2") == ["Web1", "Web3"]
+    # Socket paths are files, where case matters.
+    assert names("unix:/A,unix:/a") == ["unix:/A", "unix:/a"]
+
+
+def test_operators_keep_port_and_block_rules_of_exclusion() -> None:
+    assert names("web1:9000,web1:9001,web2:9000!web1") == ["web2:9000"]
+    assert names("web1:9000,web1:9001&web1:9001") == ["web1:9001"]
+    # A block on the right is matched, never enumerated: no --yes needed for a /8.
+    assert names("10.0.0.0/29!10.0.0.0/8,web1") == ["web1"]
+    assert names("10.0.0.1,web1,[::1]:9&10.0.0.0/8") == ["10.0.0.1"]
+
+
+def test_group_algebra(inventory: Inventory) -> None:
+    assert names("@all&@web", inventory=inventory) == ["web01", "web02", "web03", "10.0.0.1", "10.0.0.2"]
+    assert names("@all!@web", inventory=inventory) == ["db1"]
+    assert names("@web^web[03-04]", inventory=inventory) == ["web01", "web02", "10.0.0.1", "10.0.0.2", "web04"]
+
+
+def test_each_group_is_resolved_once_per_pattern(inventory: Inventory) -> None:
+    asked: list[str] = []
+
+    class Counting(Inventory):
+        def group_patterns(self, name: str) -> list[str]:
+            asked.append(name)
+            return super().group_patterns(name)
+
+    counting = Counting(inventory.path, inventory.defaults, inventory.group_table, inventory.host_table)
+    got = names("@web,@db!@web,@web^@db", exclude="@db,@web", inventory=counting)
+    assert got == []
+    assert sorted(asked) == ["db", "web"]
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("web[9-1]", 'bad host pattern "web[9-1]": range end before start'),
+    ("web1!", 'bad host pattern "web1!": empty element after \'!\''),
+    ("&web1", 'bad host pattern "&web1": empty element before \'&\''),
+    ("web[1-9/0]", 'bad host pattern "web[1-9/0]": step 0 in range \'1-9/0\'; a step is 1 or more'),
+])
+def test_bad_expression_names_itself(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_targets(spec)
+    assert str(caught.value) == message

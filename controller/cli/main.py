@@ -57,6 +57,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "certs": ("shoal.controller.cli.certs", "create a small CA and TLS certificates"),
     "bootstrap": ("shoal.controller.cli.bootstrap", "install the agent on hosts over ssh"),
     "demo": ("shoal.controller.cli.demo", "try shoal on three local agents, no configuration needed"),
+    "completion": ("shoal.controller.cli.completion", "print a bash or zsh completion script"),
+    "man": ("shoal.controller.cli.man", "print the shoal(1) manual page (roff)"),
 }
 
 
@@ -64,8 +66,10 @@ def _load(name: str) -> ModuleType:
     return importlib.import_module(SUBCOMMANDS[name][0])
 
 
-def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
-    """The parser and, with `only`, that subcommand's parser: only its options are built."""
+def build_parser(only: str | None = None, *,
+                 every: bool = False) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
+    """The parser and, with `only`, that subcommand's parser (only its options are built);
+    with `every`, all subcommands' options are built."""
     parser = argparse.ArgumentParser(
         prog="shoal", description="Run commands on many hosts through shoal agents.",
         epilog="Exit status: 0 ok; otherwise the largest host status (128+N for signal N); "
@@ -76,13 +80,14 @@ def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, argp
     chosen = None
     for name, (_, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        if name == only:
+        if every or name == only:
             module = _load(name)
             p.description = module.__doc__
             p.formatter_class = argparse.RawDescriptionHelpFormatter
             module.add_arguments(p)
             add_config_options(p)
-            chosen = p
+            if name == only:
+                chosen = p
     return parser, chosen
 
 

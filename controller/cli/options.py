@@ -33,7 +33,8 @@ __all__ = [
 def add_target_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("targets", metavar="TARGETS",
                         help="comma-separated hosts: name, host:port, [v6]:port, unix:/path, "
-                             "ranges web[01-20], CIDR 10.0.0.0/28, @group")
+                             "ranges web[01-20] or web[1-9/2], CIDR 10.0.0.0/28, @group; "
+                             "combine with ! (minus), & (and), ^ (xor), left to right")
     parser.add_argument("-x", "--exclude", metavar="PATTERN", help="hosts to leave out (same syntax)")
     parser.add_argument("--inventory", metavar="PATH",
                         help="inventory TOML (default: $SHOAL_INVENTORY or ~/.config/shoal/inventory.toml)")

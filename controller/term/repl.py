@@ -35,7 +35,7 @@ from shoal.controller.client import Command
 from shoal.controller.term.display import Display
 from shoal.controller.fleet import ConnectOptions
 from shoal.controller.inventory import Inventory
-from shoal.controller.nodeset import NodeSet, split_patterns
+from shoal.controller.nodeset import NodeSet, split_expression, split_patterns
 from shoal.controller.term.output import GatherHandler, StreamHandler
 from shoal.controller.result import Result
 from shoal.controller.pool import LinkState, Session
@@ -315,9 +315,15 @@ class Repl:
     # -- targets -------------------------------------------------------------
 
     def _select(self, pattern: str, connect: bool) -> list[str]:
-        """Names for a pattern: globs match known hosts, the rest is host list syntax."""
+        """Names for a pattern: globs match known hosts, the rest is host list syntax.
+
+        A pattern with `!`, `&` or `^` is one set expression, evaluated whole (no globs),
+        so the operators apply left to right across its commas as everywhere else.
+        """
         if not pattern:
             raise ConfigError("give a host pattern (e.g. web[01-04] or 'web*')")
+        if any(op != "," for op, _piece in split_expression(pattern)):
+            return self._known_or_new(pattern, connect)
         names: list[str] = []
         for element in split_patterns(pattern):
             if "*" in element or "?" in element:
