@@ -21,6 +21,7 @@ import logging
 import signal
 import sys
 from types import ModuleType
+from typing import NoReturn
 
 from shoal.protocol.errors import AuthError, ConfigError, ShoalConnectionError, ShoalError
 
@@ -61,9 +62,24 @@ def _load(name: str) -> ModuleType:
     return importlib.import_module(SUBCOMMANDS[name][0])
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """argparse with the usage-error status a subcommand asks for (`USAGE_STATUS`).
+
+    `shoal check` is a monitoring plugin, where 2 means CRITICAL: its usage errors
+    exit 3 (UNKNOWN) under its own usage line instead.
+    """
+
+    usage_status = EXIT_USAGE
+    chosen: Parser | None = None  # the subcommand parser build_parser filled in
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(self.usage_status, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(only: str | None = None) -> Parser:
     """The parser; with `only`, just that subcommand's options are built."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="shoal", description="Run commands on many hosts through shoal agents.",
         epilog="Exit status: 0 ok; otherwise the largest host status (128+N for signal N); "
                "255 unreachable/auth/timeout; 2 usage or configuration error; 70 internal error; "
@@ -76,6 +92,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             p.description = module.__doc__
             p.formatter_class = argparse.RawDescriptionHelpFormatter
             module.add_arguments(p)
+            p.usage_status = getattr(module, "USAGE_STATUS", EXIT_USAGE)
+            parser.chosen = p
     return parser
 
 
@@ -103,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(opts)
     words = extra + words
     if any(w.startswith("-") for w in extra):
-        parser.error(f"unrecognized arguments: {' '.join(w for w in extra if w.startswith('-'))}")
+        (parser.chosen or parser).error(f"unrecognized arguments: {' '.join(w for w in extra if w.startswith('-'))}")
     display = Display(verbosity=0 if getattr(args, "quiet", False) else 2 if getattr(args, "verbose", False) else 1)
     try:
         return int(_load(args.subcommand).run(args, words, display))
