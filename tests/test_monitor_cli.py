@@ -276,7 +276,7 @@ def test_ping_flags_skew_and_unreachable(three: AgentThread, capsys) -> None:
 
 def test_top_prints_one_table_per_refresh_when_piped(three: AgentThread, capsys) -> None:
     down = _closed_port()
-    assert main(["top", f"{three.targets_spec()},{down}", "-n", "0.05", "--count", "3"]) == 0
+    assert main(["top", f"{three.targets_spec()},{down}", "-d", "0.05", "-n", "3"]) == 0
     out = capsys.readouterr().out
     frames = out.split("\n\n")
     assert len(frames) == 3
