@@ -7,7 +7,8 @@ loads a library into the allowed program, `BASH_ENV` or `PYTHONSTARTUP` make an
 interpreter read a file of the caller's choosing. Like ssh's `command=` with
 PermitUserEnvironment off, such keys therefore get:
 
-- only the environment variables their policy names (`env = ["LANG", "TZ"]`), and
+- only the environment variables their policy names (`env = ["LANG", "TZ"]`), plus
+  the controller's `NODE_ENV` (SHOAL_HOST...: which target this is, never code), and
   never a loader or interpreter variable, even if named (refused when the
   configuration is loaded, see `check_env_name`);
 - a working directory only when the policy says `cwd = true`;
@@ -22,6 +23,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from shoal.protocol.errors import ConfigError
+from shoal.protocol.messages import NODE_ENV
 
 __all__ = ["TRUSTED_PATH", "check_env_name", "refusal", "restricted_env"]
 
@@ -60,6 +62,8 @@ def refusal(allowed_env: Sequence[str], allow_cwd: bool, program: str | None,
     (argv[0], or the first word of a shell string).
     """
     for name in env:
+        if name in NODE_ENV:
+            continue
         if name not in allowed_env or _CODE_CHOOSING.fullmatch(name):
             return f"environment variable {name} not allowed"
     if cwd is not None and not allow_cwd:

@@ -40,6 +40,7 @@ from shoal.agent.commands import CommandRequest, build_argv
 from shoal.agent.log import ConnLog
 from shoal.agent.process import ChildResult, spawn_error
 from shoal.hostio.writev import WRITE_BUFFER_HIGH, raw_fd, write_buffers
+from shoal.agent.childenv import base_env, default_cwd
 from shoal.agent.restrict import restricted_env
 
 if TYPE_CHECKING:
@@ -284,13 +285,15 @@ class AgentSession(asyncio.BufferedProtocol):
         if self.agent.config.audit_required and not self.agent.audit.record("exec_request", **audit):
             return self.request_error(rid, "audit_unavailable",
                                       "refused: the agent cannot write its audit log (audit_required)", 255)
-        env = restricted_env(os.environ, msg.env) if self._restricted() else {**os.environ, **msg.env}
+        base = base_env(os.environ)
+        env = restricted_env(base, msg.env) if self._restricted() else {**base, **msg.env}
+        cwd = msg.cwd if msg.cwd is not None else default_cwd()
         grace = msg.kill_grace if msg.kill_grace is not None else self.limits.kill_grace
         out_file = self.agent.detached_output_path() if msg.detach else None
         try:
-            req = CommandRequest(self, rid, argv, env, msg.cwd, msg.stdin, msg.window, msg.timeout, grace, out_file)
+            req = CommandRequest(self, rid, argv, env, cwd, msg.stdin, msg.window, msg.timeout, grace, out_file)
         except OSError as exc:
-            err = spawn_error(exc, argv[0], msg.cwd)
+            err = spawn_error(exc, argv[0], cwd)
             self.agent.audit.record("exec_failed", **audit, error=err.reason)
             return self.request_error(rid, err.code, err.reason, err.status)
         self.requests[rid] = req

@@ -2,7 +2,8 @@
 
 Levels, each a few lines over the one below: `AgentClient` (one connection) →
 `RemoteProcess` (one command: stream its output, feed its stdin, wait for its
-Result) → `Fleet` (many hosts, bounded fan-out, events to a handler). Names are
+Result) → `Fleet` (many hosts, bounded fan-out, events to a handler) → `run`
+(one blocking call, every host's output back). Names are
 loaded on first use so `shoal run` does not import what it does not need.
 """
 
@@ -24,6 +25,9 @@ _EXPORTS = {
     "parse_targets": "shoal.controller.targets",
     "NodeSet": "shoal.controller.nodeset",
     "load_inventory": "shoal.controller.inventory",
+    "run": "shoal.controller.sync",
+    "run_async": "shoal.controller.sync",
+    "HostOutput": "shoal.controller.sync",
 }
 
 __all__ = sorted(_EXPORTS)

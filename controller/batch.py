@@ -151,11 +151,12 @@ class BatchRunner:
         report = BatchReport(lines, {t.name: [None] * len(commands) for t in self.targets})
         gate = asyncio.Semaphore(self.fanout)
 
-        async def one(target: Target) -> None:
+        async def one(index: int, target: Target) -> None:
+            node = [c.for_node(target.name, index, len(self.targets)) for c in commands]
             async with gate:
-                await self._host(target, commands, handler_for, report.results[target.name])
+                await self._host(target, node, handler_for, report.results[target.name])
 
-        await asyncio.gather(*(one(t) for t in self.targets))
+        await asyncio.gather(*(one(i, t) for i, t in enumerate(self.targets)))
         return report
 
     async def _host(self, target: Target, commands: list[Command], handler_for: Callable[[int], Handler],

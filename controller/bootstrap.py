@@ -1,7 +1,9 @@
 """Enrol hosts over the ssh access they already have: push shoal, run deploy/install.sh.
 
 Each host costs one ssh session. Its standard input carries a gzipped tar of the
-shoal source (what pip needs plus deploy/) and, optionally, the fleet's key file;
+shoal source (what pip needs plus deploy/; from a shoal installed without its tree,
+a wheel rebuilt from the installed files plus shoal.deploy) and, optionally, the
+fleet's key file;
 the remote command unpacks it into a private `mktemp -d` directory, removed on
 exit whatever happens, and runs install.sh from it. One session instead of an
 upload followed by an install means a host that drops mid-way leaves nothing
@@ -23,13 +25,16 @@ member (RFC 1952 allows several; gunzip and tar -z read them as one stream).
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
+import hashlib
 import io
 import os
 import shlex
 import tarfile
 import time
 import tomllib
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +50,7 @@ __all__ = [
     "DEFAULT_SSH_OPTIONS",
     "Bootstrap",
     "HostReport",
+    "Source",
     "bootstrap_host",
     "bootstrap_hosts",
     "build_bundle",
@@ -80,32 +86,120 @@ _TLS_MODES = {"agent.pem": 0o644, "agent.key": 0o600, "ca.pem": 0o644}
 Bundle = Callable[[str], bytes]
 
 
-def find_source(path: str | None) -> Path:
-    """The shoal source tree to push: `path`, else the checkout this controller runs from.
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What a bundle carries under `shoal/`, and what install.sh installs from.
 
-    Raises ConfigError when the directory lacks pyproject.toml or deploy/install.sh
-    (a controller installed from a wheel has no tree next to it).
+    Attributes:
+        where: what --dry-run names (a directory, or the installed shoal).
+        files: name under `shoal/` -> a local file or directory.
+        wheel: a wheel rebuilt from the installed packages (file name, bytes), which
+            install.sh then installs; None for a source tree, installed as it is.
     """
-    tree = Path(path) if path else Path(__file__).resolve().parent.parent
-    for needed in ("pyproject.toml", "deploy/install.sh"):
-        if not (tree / needed).is_file():
-            hint = "" if path else " (this shoal was not run from a checkout; give --source DIR)"
-            raise ConfigError(f"{tree} is not a shoal source tree: no {needed}{hint}", "--source")
-    return tree
+
+    where: str
+    files: tuple[tuple[str, Path], ...]
+    wheel: tuple[str, bytes] | None = None
+
+    @property
+    def install_from(self) -> str:
+        """What install.sh --source gets, relative to the bundle's `shoal/` ("" for the tree)."""
+        return self.wheel[0] if self.wheel else ""
 
 
-def build_bundle(source: Path, key_file: str | None = None,
+# What a tree needs for install.sh; the same names under the installed shoal.deploy.
+_TREE_NEEDS = ("pyproject.toml", "deploy/install.sh")
+_DEPLOY_FILES = ("install.sh", "shoal-agent.service", "agent.toml", "inventory.toml")
+# Files of the installed distribution's metadata a wheel keeps (RECORD is made anew;
+# INSTALLER, REQUESTED and direct_url.json describe this installation, not the wheel).
+_WHEEL_INFO = frozenset({"METADATA", "WHEEL", "entry_points.txt", "top_level.txt"})
+
+
+def find_source(path: str | None) -> Source:
+    """What to push: the tree at `path`; else the checkout we run from; else the installed shoal.
+
+    A shoal installed with `pip install .` has no tree next to it: then its own
+    packages are zipped back into a wheel, and its `shoal.deploy` files ride along.
+
+    Raises ConfigError when `path` lacks pyproject.toml or deploy/install.sh, or an
+    installed shoal lacks its deploy files or metadata.
+    """
+    if path:
+        for needed in _TREE_NEEDS:
+            if not (Path(path) / needed).is_file():
+                raise ConfigError(f"{path} is not a shoal source tree: no {needed}", "--source")
+        return _tree(Path(path))
+    checkout = Path(__file__).resolve().parent.parent
+    if all((checkout / needed).is_file() for needed in _TREE_NEEDS):
+        return _tree(checkout)
+    return _installed(checkout)
+
+
+def _tree(tree: Path) -> Source:
+    return Source(str(tree), tuple((name, tree / name) for name in _bundle_members(tree)))
+
+
+def _installed(package_root: Path) -> Source:
+    """The installed shoal (`package_root` is its `shoal/` folder) as a wheel plus deploy/."""
+    deploy = package_root / "deploy"
+    missing = [name for name in _DEPLOY_FILES if not (deploy / name).is_file()]
+    if missing:
+        raise ConfigError(f"this shoal was installed without its deploy files ({deploy / missing[0]}); "
+                          "give --source DIR (a shoal source tree)", "--source")
+    name, wheel = _installed_wheel()
+    return Source(f"the installed shoal ({name})", tuple((f"deploy/{n}", deploy / n) for n in _DEPLOY_FILES),
+                  (name, wheel))
+
+
+def _installed_wheel() -> tuple[str, bytes]:
+    """A wheel of the installed shoal distribution, from the files its RECORD lists."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution("shoal")
+    except PackageNotFoundError:
+        raise ConfigError("shoal is not installed as a distribution; give --source DIR", "--source") from None
+    buffer = io.BytesIO()
+    record = []
+    info_dir = ""
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as wheel:
+        for file in dist.files or ():
+            parts = file.parts
+            if parts[0].endswith(".dist-info"):
+                info_dir = parts[0]
+                if file.name not in _WHEEL_INFO:
+                    continue
+            elif parts[0] != "shoal" or "__pycache__" in parts or file.suffix == ".pyc":
+                continue  # console scripts (../../bin/shoal) are made by the installer again
+            data = file.read_binary()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            wheel.writestr(file.as_posix(), data)
+            record.append(f"{file.as_posix()},sha256={digest},{len(data)}")
+        if not info_dir:
+            raise ConfigError("the installed shoal has no metadata to rebuild a wheel from; "
+                              "give --source DIR", "--source")
+        record.append(f"{info_dir}/RECORD,,")
+        wheel.writestr(f"{info_dir}/RECORD", "\n".join(record) + "\n")
+    return f"{dist.metadata['Name']}-{dist.version}-py3-none-any.whl", buffer.getvalue()
+
+
+def build_bundle(source: Source, key_file: str | None = None,
                  files: Mapping[str, tuple[bytes, int]] | None = None) -> bytes:
     """A tar.gz of what install.sh needs from `source`, the key file as admin.key, and `files`."""
     return bundle_head(source, key_file) + bundle_tail(files or {})
 
 
-def bundle_head(source: Path, key_file: str | None = None) -> bytes:
+def bundle_head(source: Source, key_file: str | None = None) -> bytes:
     """The shared start of every host's bundle: one gzip member, a tar without its end."""
     buffer = io.BytesIO()
     tar = tarfile.open(fileobj=buffer, mode="w")
-    for name in _bundle_members(source):
-        tar.add(source / name, arcname=f"{_SOURCE_DIR}/{name}", filter=_without_litter)
+    for name, path in source.files:
+        tar.add(path, arcname=f"{_SOURCE_DIR}/{name}", filter=_without_litter)
+    if source.wheel is not None:
+        wheel_name, data = source.wheel
+        info = tarfile.TarInfo(f"{_SOURCE_DIR}/{wheel_name}")
+        info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+        tar.addfile(_without_litter(info) or info, io.BytesIO(data))
     if key_file is not None:
         info = tar.gettarinfo(key_file, arcname=_KEY_NAME)
         info.mode, info.uid, info.gid, info.uname, info.gname = 0o600, 0, 0, "root", "root"
@@ -170,6 +264,7 @@ class Bootstrap:
         sudo: run the remote command through `sudo -n` (non-root login).
         ssh: the ssh program.
         tls: the bundles carry tls/ (see `tls_files`) for install.sh --tls-dir.
+        install_from: `Source.install_from`: the wheel in the bundle, or "" for its tree.
     """
 
     ssh_options: tuple[str, ...] = ()
@@ -179,12 +274,14 @@ class Bootstrap:
     sudo: bool = False
     ssh: str = "ssh"
     tls: bool = False
+    install_from: str = ""
 
     def remote_command(self) -> str:
         """The shell command run on every host, reading the bundle from stdin."""
         key = [f'--key-file "$d/{_KEY_NAME}"'] if self.key_file else []
         tls = [f'--tls-dir "$d/{_TLS_DIR}"'] if self.tls else []
-        install = " ".join([f'sh "$d/{_SOURCE_DIR}/deploy/install.sh" --source "$d/{_SOURCE_DIR}"',
+        source = f"{_SOURCE_DIR}/{self.install_from}" if self.install_from else _SOURCE_DIR
+        install = " ".join([f'sh "$d/{_SOURCE_DIR}/deploy/install.sh" --source "$d/{source}"',
                             *key, *tls, *(shlex.quote(flag) for flag in self.install_flags)])
         # $d comes from mktemp's template: no spaces, so the trap may expand it at once.
         script = ('umask 077 && d=$(mktemp -d "${TMPDIR:-/tmp}/shoal-bootstrap.XXXXXX") && '

@@ -49,6 +49,12 @@ _PERCENT_METRICS = frozenset({"cpu", "mem", "swap", "disk"})
 
 #: Problem hosts named in the status line; the rest are counted (all are in details()).
 MAX_SUMMARY_HOSTS = 10
+#: Bytes of the first output line: Nagios keeps 8 KiB of it (MAX_PLUGIN_OUTPUT_LENGTH)
+#: and cuts the rest, perfdata and all. Perfdata that does not fit follows the long
+#: output, after a "|", one item per line, as the plugin guidelines allow.
+MAX_STATUS_LINE = 8192
+#: Of that, what the problem text may take, so some perfdata always fits after it.
+MAX_STATUS_TEXT = 2048
 
 _THRESHOLD_RE = re.compile(r"\s*([a-z0-9]+)\s*(>=|<=|>|<)\s*([^\s%]+)\s*%?\s*", re.IGNORECASE)
 
@@ -133,7 +139,7 @@ class HostCheck:
     host: str
     state: State
     problems: tuple[str, ...]
-    values: tuple[tuple[str, float], ...] = ()
+    values: tuple[tuple[str, float | None], ...] = ()
 
     def summary(self) -> str:
         """The host's problems for the status line, e.g. "web03 disk 97% > 95"."""
@@ -143,7 +149,8 @@ class HostCheck:
         """One long-output line: state and problems, or the values when all is well."""
         if self.problems:
             return f"{self.host}: {self.state.name} - {'; '.join(self.problems)}"
-        shown = ", ".join(f"{m} {_fmt(v)}{'%' if m in _PERCENT_METRICS else ''}" for m, v in self.values)
+        shown = ", ".join(f"{m} {_fmt(v)}{'%' if m in _PERCENT_METRICS else ''}"
+                          for m, v in self.values if v is not None)
         return f"{self.host}: OK - {shown}" if shown else f"{self.host}: OK"
 
 
@@ -159,23 +166,46 @@ class CheckResult:
         ranked = sorted(self.hosts, key=lambda h: host_order_key(h.host))
         return sorted(ranked, key=lambda h: -_SEVERITY[h.state])
 
-    def line(self) -> str:
-        """The plugin status line: `SHOAL STATE - text | perfdata`."""
+    def _text(self) -> str:
         bad = [h for h in self._by_severity() if h.state is not State.OK]
         if not self.hosts:
-            text = "no hosts"
-        elif not bad:
-            text = f"{len(self.hosts)} host{'s' if len(self.hosts) != 1 else ''} ok"
-        else:
-            text = "; ".join(h.summary() for h in bad[:MAX_SUMMARY_HOSTS])
-            if len(bad) > MAX_SUMMARY_HOSTS:
-                text += f"; and {len(bad) - MAX_SUMMARY_HOSTS} more"
-        perf = f" | {' '.join(self.perfdata)}" if self.perfdata else ""
-        return f"SHOAL {self.status.name} - {text}{perf}"
+            return "no hosts"
+        if not bad:
+            return f"{len(self.hosts)} host{'s' if len(self.hosts) != 1 else ''} ok"
+        text = "; ".join(h.summary() for h in bad[:MAX_SUMMARY_HOSTS])
+        if len(text.encode()) > MAX_STATUS_TEXT:
+            text = text.encode()[:MAX_STATUS_TEXT - 3].decode(errors="ignore") + "..."
+        if len(bad) > MAX_SUMMARY_HOSTS:
+            text += f"; and {len(bad) - MAX_SUMMARY_HOSTS} more"
+        return text
+
+    def _split_perfdata(self) -> tuple[list[str], list[str]]:
+        """The perfdata items that fit on the status line, and the rest."""
+        size = len(f"SHOAL {self.status.name} - {self._text()} |".encode())
+        for i, item in enumerate(self.perfdata):
+            size += 1 + len(item.encode())
+            if size > MAX_STATUS_LINE:
+                return list(self.perfdata[:i]), list(self.perfdata[i:])
+        return list(self.perfdata), []
+
+    def line(self) -> str:
+        """The plugin status line, `SHOAL STATE - text | perfdata`, at most MAX_STATUS_LINE bytes."""
+        first, _ = self._split_perfdata()
+        perf = f" | {' '.join(first)}" if first else ""
+        return f"SHOAL {self.status.name} - {self._text()}{perf}"
 
     def details(self) -> list[str]:
         """Long output: one line per host, worst first."""
         return [h.line() for h in self._by_severity()]
+
+    def output(self) -> list[str]:
+        """Everything to print: the status line, the long output, then perfdata that did not fit."""
+        _, rest = self._split_perfdata()
+        lines = [self.line(), *self.details()]
+        if rest:
+            lines[-1] += f" | {rest[0]}"
+            lines += rest[1:]
+        return lines
 
 
 def _clean(text: str) -> str:
@@ -203,19 +233,21 @@ def _checked_metrics(warn: Sequence[Threshold], crit: Sequence[Threshold]) -> li
 def _check_host(host: str, snapshot: Mapping[str, Any] | str | None, warn: Sequence[Threshold],
                 crit: Sequence[Threshold], unreachable_state: State) -> HostCheck:
     reason = failure_reason(snapshot)
+    checked = _checked_metrics(warn, crit)
+    unknown = tuple((m, None) for m in checked)
     if isinstance(snapshot, str):
-        return HostCheck(_clean(host), unreachable_state, (f"unreachable ({_clean(str(reason))})",))
+        return HostCheck(_clean(host), unreachable_state, (f"unreachable ({_clean(str(reason))})",), unknown)
     if not isinstance(snapshot, Mapping):
-        return HostCheck(_clean(host), State.UNKNOWN, (str(reason),))
+        return HostCheck(_clean(host), State.UNKNOWN, (str(reason),), unknown)
     states: list[State] = []
     problems: list[str] = []
-    values: list[tuple[str, float]] = []
-    for metric in _checked_metrics(warn, crit):
+    values: list[tuple[str, float | None]] = []
+    for metric in checked:
         value = metric_value(snapshot, metric)
         state, problem = _check_metric(metric, value, warn, crit)
         states.append(state)
         problems += [problem] if problem else []
-        values += [(metric, value)] if value is not None else []
+        values.append((metric, value))
     return HostCheck(_clean(host), worst(states), tuple(problems), tuple(values))
 
 
@@ -225,12 +257,18 @@ def _perf_label(text: str) -> str:
 
 
 def _perfdata(check: HostCheck, warn: Sequence[Threshold], crit: Sequence[Threshold]) -> list[str]:
-    """`'host_metric'=value[uom];warn;crit;min;max` for each measured checked metric."""
+    """`'host_metric'=value[uom];warn;crit;min;max` for every checked metric of every host.
+
+    A value we could not get is "U" (the guidelines' "undetermined"), so a graph keeps
+    its series while a host is down; every host is listed, so changing a threshold
+    never makes a series appear or vanish.
+    """
     items = []
     for metric, value in check.values:
         percent = metric in _PERCENT_METRICS
         ranges = [next((t.perf_range() for t in ts if t.metric == metric), "") for ts in (warn, crit)]
-        fields = [f"{_fmt(value)}{'%' if percent else ''}", *ranges, "0", "100" if percent else ""]
+        shown = "U" if value is None else f"{_fmt(value)}{'%' if percent else ''}"
+        fields = [shown, *ranges, "0", "100" if percent else ""]
         items.append(f"{_perf_label(f'{check.host}_{metric}')}={';'.join(fields).rstrip(';')}")
     return items
 

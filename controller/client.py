@@ -16,7 +16,7 @@ import socket
 import ssl as ssl_module
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator
 
 from shoal.protocol.defaults import DATA_CHUNK, OUTPUT_WINDOW
@@ -36,6 +36,7 @@ from shoal.protocol.messages import (
     Exec,
     Exit,
     Goodbye,
+    NODE_ENV,
     Message,
     MetricsReply,
     MetricsRequest,
@@ -83,6 +84,11 @@ class Command:
 
     def describe(self) -> str:
         return self.shell if self.shell is not None else " ".join(self.argv or [])
+
+    def for_node(self, host: str, index: int, count: int) -> Command:
+        """This command as target `index` (0-based) of `count` runs it: SHOAL_HOST and friends set."""
+        node = dict(zip(NODE_ENV, (host, str(index), str(count))))
+        return replace(self, env={**self.env, **node})
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,13 +103,14 @@ class Fleet:
         out = FleetResult()
         gate = asyncio.Semaphore(self.fanout)
 
-        async def one(target: Target) -> None:
+        async def one(index: int, target: Target) -> None:
             async with gate:
-                result = await self._run_one(target, command, handler, stdin)
+                node = command.for_node(target.name, index, len(self.targets))
+                result = await self._run_one(target, node, handler, stdin)
             out.results.append(result)
             handler.on_result(result)
 
-        await asyncio.gather(*(one(t) for t in self.targets))
+        await asyncio.gather(*(one(i, t) for i, t in enumerate(self.targets)))
         out.elapsed = time.monotonic() - start
         return out
 

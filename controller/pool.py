@@ -187,12 +187,14 @@ class Session:
 
         Hosts not connected get an unreachable result without being tried; a
         host lost mid-command gets status 255. Never raises for one host's sake.
+        Each host sees its place among `names` in SHOAL_NODENUM (`Command.for_node`).
         """
         self._interrupted = False
         up = self.connected(names)
         down = [Result(n, UNREACHABLE, error=f"not connected ({self.links[n].state.value})",
                        error_code="unreachable") for n in names if n not in up]
-        ran = await asyncio.gather(*(self._run_one(self.links[n], command, handler) for n in up))
+        nodes = {n: command.for_node(n, i, len(names)) for i, n in enumerate(names)}
+        ran = await asyncio.gather(*(self._run_one(self.links[n], nodes[n], handler) for n in up))
         return list(ran) + down
 
     async def _run_one(self, link: HostLink, command: Command, handler: Handler) -> Result:

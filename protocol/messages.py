@@ -21,6 +21,7 @@ from shoal.protocol.errors import LocalProtocolError, RemoteProtocolError
 from shoal.protocol.jsonbody import parse_object
 
 __all__ = [
+    "NODE_ENV",
     "MessageType",
     "Message",
     "Hello",
@@ -182,6 +183,11 @@ class Goodbye(Message):
 
 
 # -- commands ----------------------------------------------------------------
+
+
+# EXEC env names the controller sets to say which of the targets this is (as pssh's
+# PSSH_HOST, PSSH_NODENUM, PSSH_NUMNODES). They cannot choose code, so every key may pass them.
+NODE_ENV = ("SHOAL_HOST", "SHOAL_NODENUM", "SHOAL_NUMNODES")
 
 
 @dataclass(frozen=True, slots=True)

@@ -231,3 +231,21 @@ def test_json_events_carry_their_command_number(fleet: Fleet, script: Path,
     assert exits == {**{(1, h): 0 for h in fleet.all}, **{(2, h): 0 for h in fleet.plain},
                      **{(2, h): 1 for h in fleet.failing}, **{(3, h): 0 for h in fleet.plain}}
     assert [e["command"] for e in events if e["event"] == "summary"] == [1, 2, 3]
+
+
+async def test_each_line_is_its_own_shell() -> None:
+    # What README promises: `cd`, variables and `set` do not carry to the next line.
+    from shoal.controller.batch import BatchRunner
+    from shoal.controller.client import Command
+    from shoal.controller.fleet import ConnectOptions
+    from tests.agents import running_agents, target_for
+    from tests.test_exec import Collect
+
+    lines = parse_batch("cd /proc\nX=set\nset -u\npwd -P; echo \"${X:-unset}\" \"$UNSET_VAR\"\n", "t")
+    async with running_agents() as (agent,):
+        seen = Collect()
+        report = await BatchRunner([target_for(agent, "h")], ConnectOptions()).run(
+            lines, [Command(shell=line.text) for line in lines], lambda i: seen)
+    assert report.status == 0
+    assert not seen.out["h"].decode().startswith("/proc")
+    assert seen.out["h"].decode().splitlines()[-1] == "unset "

@@ -205,3 +205,48 @@ def test_bootstrap_installs_reports_each_host_and_cleans_up(capsysbinary: pytest
     assert log.count("-o Port=2222") == 3 and log.count("-o BatchMode=yes") == 3 and log.count("-l admin") == 3
     assert log.count("sudo -n sh -c") == 2  # not on the host ssh never reached
 
+
+
+# -- from a shoal installed with `pip install .` (no checkout next to it) ----------------------
+
+def test_bootstrap_works_from_an_installed_shoal(fake_ssh: Path, key_file: Path, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+
+    # A non-editable install, built from a copy so the checkout gets no build/ litter.
+    copy = tmp_path / "src"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__",
+                                                              ".mypy_cache", "tests"))
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
+                    str(copy)], check=True, capture_output=True)
+    shutil.rmtree(copy)
+    # -S: no .pth files, so this checkout's editable install stays out; the installed
+    # shoal and the test venv's own packages (psutil, cryptography) go on the path
+    # inside, not through PYTHONPATH, which the remote pip would inherit.
+    paths = [str(site), sysconfig.get_paths()["purelib"]]
+    launch = (f"import sys; sys.path[:0] = {paths!r}; from shoal.controller.cli.main import main; "
+              "sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-S", "-c", launch, "bootstrap", "h1",
+                           "--key-file", str(key_file), "--destdir", "stage", "--prefix", PREFIX,
+                           "--no-systemd", "--system-site-packages"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("h1: ok ")
+    staged = fake_ssh / "h1" / "stage"
+    agent = staged / PREFIX.lstrip("/") / "bin" / "shoal-agent"
+    assert os.access(agent, os.X_OK)
+    assert (staged / "etc" / "systemd" / "system" / "shoal-agent.service").is_file()
+    assert (staged / "etc" / "shoal" / "admin.key").read_bytes() == key_file.read_bytes()
+    check = subprocess.run([str(agent), "--help"], capture_output=True, text=True)
+    assert check.returncode == 0 and "usage: shoal-agent" in check.stdout
+
+
+def test_dry_run_from_an_installed_shoal_installs_the_wheel(tmp_path: Path) -> None:
+    from shoal.controller.bootstrap import Bootstrap, Source
+
+    source = Source("the installed shoal", (), ("shoal-0.1.0-py3-none-any.whl", b""))
+    remote = Bootstrap(install_from=source.install_from).remote_command()
+    assert remote.endswith('sh "$d/shoal/deploy/install.sh" --source "$d/shoal/shoal-0.1.0-py3-none-any.whl"')

@@ -167,7 +167,7 @@ def test_text_that_would_break_the_status_line_is_cleaned() -> None:
 
 def test_status_line_names_at_most_ten_problem_hosts() -> None:
     result = evaluate({f"n{i}": "down" for i in range(15)}, WARN, CRIT)
-    assert result.line().endswith("n9 unreachable (down); and 5 more")
+    assert "n9 unreachable (down); and 5 more | 'n0_cpu'=U;80;95;0;100 " in result.line()
     assert len(result.details()) == 15
 
 
@@ -193,3 +193,24 @@ def test_real_snapshot_is_checkable() -> None:
     assert result.status is State.OK
     assert {item.split("=")[0] for item in perfdata(result)} == {
         "'local_cpu'", "'local_mem'", "'local_disk'", "'local_procs'"}
+
+
+def test_a_metric_a_host_did_not_report_is_U_in_perfdata() -> None:
+    blind = snap()
+    blind["memory"] = None
+    items = perfdata(evaluate({"a": blind, "b": "refused"}, WARN, CRIT))
+    assert "'a_mem'=U;95;;0;100" in items and "'a_cpu'=10%;80;95;0;100" in items
+    assert {i.split("=")[0] for i in items if i.startswith("'b_")} == {"'b_cpu'", "'b_mem'", "'b_disk'", "'b_load1'"}
+    assert all(i.split("=")[1].startswith("U;") for i in items if i.startswith("'b_"))
+
+
+def test_500_healthy_hosts_fit_the_first_line_and_carry_all_perfdata() -> None:
+    result = evaluate({f"web{i:03}.example.net": snap() for i in range(500)}, WARN, CRIT)
+    lines = result.output()
+    assert len(lines[0].encode()) <= 8192 and lines[0].startswith("SHOAL OK - 500 hosts ok | ")
+    assert lines[1:500] == result.details()[:499]
+    last, _, rest = lines[500].partition(" | ")
+    assert last == result.details()[499]
+    items = lines[0].split(" | ", 1)[1].split() + [rest, *lines[501:]]
+    assert items == list(result.perfdata) and len(items) == 500 * 4
+    assert all(PERF_ITEM.fullmatch(item) for item in items)

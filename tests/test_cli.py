@@ -119,3 +119,29 @@ def test_installed_commands_run_end_to_end(tmp_path) -> None:  # type: ignore[no
     finally:
         agent.terminate()
         assert agent.wait(15) == 0
+
+
+def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    from shoal.controller.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(__import__("shoal.controller.cli.main", fromlist=["SUBCOMMANDS"]).SUBCOMMANDS))
+def test_help_never_points_at_source_files(capsys: pytest.CaptureFixture[str], name: str) -> None:
+    # An installed shoal has no controller/ folder to read: help must say it itself.
+    import re
+
+    text = _help(capsys, name)
+    assert not re.search(r"\b[\w/]+\.py\b|\b(controller|agent|protocol)/", text), text
+
+
+def test_run_help_gives_the_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
+    text = " ".join(_help(capsys, "run").split())
+    assert "Exit status:" in text
+    for part in ("largest host status", "128+N", "255 when a host was unreachable", "2 bad usage",
+                 "70 internal error", "130 interrupted"):
+        assert part in text, part

@@ -190,7 +190,58 @@ def test_check_unreachable_host(capsys, flag: list[str], status: int, word: str)
     down = _closed_port()
     assert main(["check", down, "--warn", "cpu>90", *flag]) == status
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"SHOAL {word} - {down} unreachable (connection refused)"
+    assert out[0] == f"SHOAL {word} - {down} unreachable (connection refused) | '{down}_cpu'=U;90;;0;100"
+
+
+def test_check_perfdata_has_every_checked_metric_of_every_host(three: AgentThread, capsys) -> None:
+    # Graphs need every series every time: hosts well inside the thresholds and
+    # hosts that did not answer ("U") alike.
+    down = _closed_port()
+    assert main(["check", f"{three.targets_spec()},{down}", "--warn", "cpu>100", "--crit", "procs<0"]) == 2
+    perf = dict(p.split("=", 1) for p in capsys.readouterr().out.splitlines()[0].split(" | ", 1)[1].split())
+    assert sorted(perf) == sorted(f"'{h}_{m}'" for h in [*three.addresses, down] for m in ("cpu", "procs"))
+    assert perf[f"'{down}_cpu'"] == "U;100;;0;100" and perf[f"'{down}_procs'"] == "U;;0:;0"
+    assert all(not perf[f"'{a}_procs'"].startswith("U") for a in three.addresses)
+
+
+def test_check_output_for_500_hosts_keeps_the_first_line_under_8k(capsys) -> None:
+    port = _closed_port().rpartition(":")[2]
+    pattern = f"127.0.[1-2].[1-250]:{port}"
+    assert main(["check", pattern, "--yes", "--warn", "cpu>80,mem>90,disk>85,load1>4",
+                 "--unreachable-unknown"]) == 3
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines[0].encode()) <= 8192
+    assert lines[0].startswith("SHOAL UNKNOWN - ") and "; and 490 more | " in lines[0]
+    # The rest of the perfdata follows the 500 long-output lines, after a "|".
+    assert all(" | " not in line for line in lines[1:500])
+    long_output, _, first_rest = lines[500].partition(" | ")
+    assert long_output.endswith(": UNKNOWN - unreachable (connection refused)")
+    items = lines[0].split(" | ", 1)[1].split() + [first_rest, *lines[501:]]
+    hosts = [f"127.0.{a}.{b}:{port}" for a in (1, 2) for b in range(1, 251)]
+    assert sorted(i.split("=")[0] for i in items) == sorted(
+        f"'{h}_{m}'" for h in hosts for m in ("cpu", "mem", "disk", "load1"))
+    assert all(i.split("=")[1].startswith("U;") for i in items)
+
+
+@pytest.mark.parametrize("argv", [
+    ["check"],
+    ["check", "127.0.0.1:1", "--warn", "cpu>9", "--no-such-option"],
+    ["check", "127.0.0.1:1", "--warn", "cpu>9", "--fanout", "many"],
+])
+def test_check_usage_errors_are_unknown_under_checks_usage(capsys, argv: list[str]) -> None:
+    # 2 would be CRITICAL to the monitoring system: a typo must not page anyone.
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 3
+    err = capsys.readouterr().err
+    assert err.startswith("usage: shoal check ") and "\nshoal check: error: " in err
+
+
+def test_other_subcommands_keep_exit_2_for_usage_errors(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["run", "127.0.0.1:1", "--no-such-option", "--", "true"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("usage: shoal run ")
 
 
 def test_check_bad_threshold_is_unknown(capsys) -> None:
@@ -225,7 +276,7 @@ def test_ping_flags_skew_and_unreachable(three: AgentThread, capsys) -> None:
 
 def test_top_prints_one_table_per_refresh_when_piped(three: AgentThread, capsys) -> None:
     down = _closed_port()
-    assert main(["top", f"{three.targets_spec()},{down}", "-n", "0.05", "--count", "3"]) == 0
+    assert main(["top", f"{three.targets_spec()},{down}", "-d", "0.05", "-n", "3"]) == 0
     out = capsys.readouterr().out
     frames = out.split("\n\n")
     assert len(frames) == 3

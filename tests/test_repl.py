@@ -158,6 +158,10 @@ def test_lines_run_prefixed_and_commands_change_the_session(terminal: Callable[.
         shown = term.line(":last")
         assert re.search(rb"exit 4 +3 +127\.0\.0\.1:\[", shown)
 
+        shown = term.line("cd /tmp")  # would move a throwaway shell only: not run, pointed at :cd
+        assert b"use :cd /tmp" in shown and not hosts_said(shown, hosts, "")
+        shown = term.line("echo $(pwd)")
+        assert b"/tmp" not in shown
         term.line(":cd /tmp")
         term.line(":env GREETING=bonjour")
         shown = term.line("echo $GREETING-$(pwd)")

@@ -49,7 +49,7 @@ def decoy(tmp_path: Path) -> Path:
 def agent(tmp_path: Path, keys: dict[str, tuple[SharedKey, Path]]) -> Iterator[AgentThread]:
     policies = (
         KeyPolicy(name="admin", file=str(keys["admin"][1]), allow_all=True),
-        KeyPolicy(name="monitor", file=str(keys["monitor"][1]), commands=("uptime", "printenv TZ", "pwd"),
+        KeyPolicy(name="monitor", file=str(keys["monitor"][1]), commands=("uptime", "printenv TZ", "pwd", "printenv SHOAL_HOST"),
                   env=("LANG", "TZ")),
         KeyPolicy(name="roamer", file=str(keys["roamer"][1]), commands=("pwd", "./uptime"), cwd=True),
     )
@@ -103,6 +103,13 @@ def test_a_listed_variable_passes(agent: AgentThread, keys: dict[str, tuple[Shar
                                   capsys: pytest.CaptureFixture[str]) -> None:
     assert run(agent, keys["monitor"][1], "-e", "TZ=Europe/Paris", "--", "printenv", "TZ") == 0
     assert capsys.readouterr().out == "Europe/Paris\n"
+
+
+def test_the_node_variables_always_pass(agent: AgentThread, keys: dict[str, tuple[SharedKey, Path]],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # SHOAL_HOST and friends say which target this is and choose no code: no policy lists them.
+    assert run(agent, keys["monitor"][1], "--", "printenv", "SHOAL_HOST") == 0
+    assert capsys.readouterr().out == f"{agent.targets_spec()}\n"
 
 
 def test_cwd_is_refused_unless_the_policy_allows_it(

@@ -2,15 +2,19 @@
 
     shoal batch TARGETS FILE [options]
 
-FILE (`-` for standard input) holds one command per line for /bin/sh; blank
-lines and `#` comments are skipped and a trailing backslash continues a line.
+FILE (`-` for standard input) holds one command per line; blank lines and `#`
+comments are skipped and a trailing backslash continues a line. Each command
+runs in its own /bin/sh -c, so `cd`, variables and `set` do not carry over to
+the next line: write `cd /srv && make` on one line, or use --cwd.
 Each host runs the commands in order, hosts in parallel up to --fanout. A host
 stops at its first failing command (its later ones are "skipped") unless
 --keep-going. A table on stderr ends the run: per command, the hosts that
 succeeded, failed and were skipped.
 
 --outdir DIR also keeps each command's per-host output in files,
-DIR/NN-SLUG/HOST.out and .err (layout in controller/term/batchoutput.py).
+DIR/NN-SLUG/HOST.out and .err: NN numbers the commands in file order (at
+least two digits), SLUG is the command text cut to letters, digits, `.`, `_`
+and `-` (`test -z "$X"` -> 01-test-z-X), HOST as for `run --outdir`.
 --failed-only shows, for each command, only the output of hosts where it failed
 (non-zero, unreachable, lost, timed out), each host's at once when its command
 ends; the table still counts every host.

@@ -3,8 +3,9 @@
     shoal bootstrap TARGETS --key-file PATH [--tls-ca-dir DIR [--tls-name NAME]...]
                     [--ssh-user USER] [--ssh-option OPT]... [--dry-run]
 
-One ssh session per host carries the shoal source (the checkout this shoal runs
-from, or --source DIR) and the key file on its stdin, and runs deploy/install.sh
+One ssh session per host carries shoal (--source DIR, else the checkout this
+shoal runs from, else this installed shoal as a wheel) and the key file on its
+stdin, and runs deploy/install.sh
 from a private temporary directory that is removed afterwards: a virtualenv in
 /opt/shoal, /etc/shoal/agent.toml (an existing one is kept), the key as
 /etc/shoal/admin.key (0600), and the systemd unit, enabled and started. Run it
@@ -40,7 +41,6 @@ import os
 import shlex
 import shutil
 import time
-from pathlib import Path
 
 from shoal.protocol.errors import ConfigError
 
@@ -49,6 +49,7 @@ from shoal.controller.bootstrap import (
     Bootstrap,
     Bundle,
     HostReport,
+    Source,
     bootstrap_hosts,
     bundle_head,
     bundle_tail,
@@ -80,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     install = parser.add_argument_group("install")
     install.add_argument("--key-file", dest="install_key", metavar="PATH",
                          help="shared key installed as /etc/shoal/admin.key (0600) on every host")
-    install.add_argument("--source", metavar="DIR", help="shoal source tree to install (default: this checkout)")
+    install.add_argument("--source", metavar="DIR", help="shoal source tree to install (default: this checkout, or this installed shoal)")
     install.add_argument("--prefix", metavar="DIR", help="virtualenv location on the hosts (default /opt/shoal)")
     install.add_argument("--destdir", metavar="DIR",
                          help="stage every file under DIR on the hosts and leave systemd alone")
@@ -114,17 +115,17 @@ def _hosts(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(hosts))
 
 
-def _plan(args: argparse.Namespace) -> Bootstrap:
+def _plan(args: argparse.Namespace, source: Source) -> Bootstrap:
     if args.ssh_fanout < 1:
         raise ConfigError(f"fanout must be at least 1, got {args.ssh_fanout}", "--fanout")
     if args.tls_name and not args.tls_ca_dir:
         raise ConfigError("--tls-name needs --tls-ca-dir", "--tls-name")
     return Bootstrap(ssh_options=tuple(args.ssh_option), ssh_user=args.ssh_user,
                      key_file=key_file_checked(args.install_key), install_flags=_install_flags(args),
-                     sudo=args.sudo, tls=args.tls_ca_dir is not None)
+                     sudo=args.sudo, tls=args.tls_ca_dir is not None, install_from=source.install_from)
 
 
-def _bundle(args: argparse.Namespace, plan: Bootstrap, source: Path) -> Bundle:
+def _bundle(args: argparse.Namespace, plan: Bootstrap, source: Source) -> Bundle:
     """Each host's stdin: the shared source part, then its own certificate when enrolling for TLS."""
     head = bundle_head(source, plan.key_file)
     ca = _ca(args)
@@ -147,8 +148,8 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     if words:
         raise ConfigError(f"unexpected arguments: {' '.join(words)}", "bootstrap")
     hosts = _hosts(args)
-    plan = _plan(args)
     source = find_source(args.source)
+    plan = _plan(args, source)
     if plan.key_file is None:
         display.warning("no --key-file: a host without /etc/shoal/admin.key gets a new key of its own, "
                         "which this controller does not hold")
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
         key = f" and {plan.key_file} as admin.key" if plan.key_file else ""
         ca = _ca(args)
         tls = f", a certificate for the host from {ca.where / 'ca.pem'}" if ca else ""
-        display.message(f"shoal: dry run: each command reads {BUNDLE_NAME} (the source in {source}{key}{tls}) "
+        display.message(f"shoal: dry run: each command reads {BUNDLE_NAME} (the source in {source.where}{key}{tls}) "
                         "on stdin")
         for host in hosts:
             display.print(f"{shlex.join(plan.ssh_argv(host))} < {BUNDLE_NAME}")

@@ -6,10 +6,13 @@ Metrics: cpu, mem, swap, disk (the fullest filesystem), load1, load5, load15,
 procs; operators >, >=, <, <=. The first line is the plugin status line,
 `SHOAL STATE - problems | perfdata`; one line per host follows, worst first.
 
+Perfdata names every checked metric of every host ("U" when unknown), so
+graphs keep their series; what does not fit the 8 KiB first line follows the
+long output after a "|".
+
 Exit status (the plugin convention): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
-An unreachable host is CRITICAL, or UNKNOWN with --unreachable-unknown. A bad
-threshold or target pattern is UNKNOWN (3) with the reason on the status line;
-only an option argparse itself rejects exits 2 before we get to say so.
+An unreachable host is CRITICAL, or UNKNOWN with --unreachable-unknown. Any
+usage error (a bad option, threshold or target pattern) is UNKNOWN (3).
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from shoal.controller.term.display import Display
 from shoal.controller.monitor import gather_metrics
 from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
 
-__all__ = ["add_arguments", "run", "report"]
+__all__ = ["USAGE_STATUS", "add_arguments", "run", "report"]
+
+#: What a usage error exits with: UNKNOWN, since 2 would page someone as CRITICAL.
+USAGE_STATUS = int(State.UNKNOWN)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def report(display: Display, result: CheckResult) -> int:
     """Print the status line and the per-host long output; return the exit status."""
-    display.print(result.line())
-    for line in result.details():
+    for line in result.output():
         display.print(line)
     return int(result.status)
 

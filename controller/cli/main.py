@@ -21,6 +21,7 @@ import logging
 import signal
 import sys
 from types import ModuleType
+from typing import NoReturn
 
 from shoal.protocol.errors import AuthError, ConfigError, ShoalConnectionError, ShoalError
 
@@ -66,26 +67,40 @@ def _load(name: str) -> ModuleType:
     return importlib.import_module(SUBCOMMANDS[name][0])
 
 
-def build_parser(only: str | None = None, *,
-                 every: bool = False) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
+class Parser(argparse.ArgumentParser):
+    """argparse with the usage-error status a subcommand asks for (`USAGE_STATUS`).
+
+    `shoal check` is a monitoring plugin, where 2 means CRITICAL: its usage errors
+    exit 3 (UNKNOWN) under its own usage line instead.
+    """
+
+    usage_status = EXIT_USAGE
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(self.usage_status, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(only: str | None = None, *, every: bool = False) -> tuple[Parser, Parser | None]:
     """The parser and, with `only`, that subcommand's parser (only its options are built);
     with `every`, all subcommands' options are built."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="shoal", description="Run commands on many hosts through shoal agents.",
         epilog="Exit status: 0 ok; otherwise the largest host status (128+N for signal N); "
                "255 unreachable/auth/timeout; 2 usage or configuration error; 70 internal error; "
                "130 interrupted.")
     parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
-    chosen = None
+    chosen: Parser | None = None
     for name, (_, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+        p: Parser = sub.add_parser(name, help=help_text)
         if every or name == only:
             module = _load(name)
             p.description = module.__doc__
             p.formatter_class = argparse.RawDescriptionHelpFormatter
             module.add_arguments(p)
             add_config_options(p)
+            p.usage_status = getattr(module, "USAGE_STATUS", EXIT_USAGE)
             if name == only:
                 chosen = p
     return parser, chosen
@@ -125,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(opts)
     words = extra + words
     if any(w.startswith("-") for w in extra):
-        parser.error(f"unrecognized arguments: {' '.join(w for w in extra if w.startswith('-'))}")
+        (sub or parser).error(f"unrecognized arguments: {' '.join(w for w in extra if w.startswith('-'))}")
     display = Display(verbosity=_verbosity(args), color=color_from_args(args))
     try:
         if sub is not None:

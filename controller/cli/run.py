@@ -7,6 +7,14 @@ start with `-` starts it, and every word from there on is the command's, so
 `shoal run web1 sed -n 1p f` runs `sed -n 1p f`. The words are joined and run by
 /bin/sh on each host, like ssh does (`--argv` runs them as an argv without a shell).
 Standard input is forwarded to every host when it is not a terminal (`-n` to disable).
+
+A command starts in the remote user's home directory (--cwd to change it), with
+SHOAL_HOST, SHOAL_NODENUM (0-based, in target order) and SHOAL_NUMNODES set.
+
+Exit status: 0 when every host exited 0; otherwise the largest host status
+(1-254; 128+N when killed by signal N); 255 when a host was unreachable, failed
+authentication, timed out or was lost; 2 bad usage, configuration or target
+pattern; 70 internal error; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -70,7 +78,7 @@ def _isatty(fd: int) -> bool:
 
 
 def choose_handler(args: argparse.Namespace, display: Display, targets: list[Target]) -> OutputHandler:
-    """Pick the output handler once (modes in controller/term/output.py)."""
+    """Pick the output handler once (the modes live in shoal.controller.term.output)."""
     return choose_output(display, [t.name for t in targets], getattr(args, "output", None),
                          raw=getattr(args, "raw", False), outdir=getattr(args, "outdir", None),
                          failed_only=getattr(args, "failed_only", False))

@@ -1,14 +1,14 @@
 """Refresh a metrics table in place until Ctrl-C.
 
-    shoal top TARGETS [-n SECS] [--sort cpu|mem|load|disk] [--count N]
+    shoal top TARGETS [-d SECS] [-n N] [--sort cpu|mem|load|disk]
 
-Every SECS seconds (default 2) each host is asked for a snapshot over a
+The options are top(1)'s: every SECS seconds (-d, default 2) each host is asked for a snapshot over a
 connection kept open between refreshes; a host that cannot be reached is shown
 as such and retried on the next refresh. On a terminal the table is redrawn in
 place; otherwise one table per refresh is printed, separated by a blank line,
 so `shoal top ... > log` records a history.
 
-Exit status: 0 after Ctrl-C or --count refreshes; 2 bad usage.
+Exit status: 0 after Ctrl-C or -n N refreshes; 2 bad usage.
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ _REDRAW = "\x1b[H\x1b[2J"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_options(parser)
     g = parser.add_argument_group("display")
-    g.add_argument("-n", "--interval", type=float, default=2.0, metavar="SECS",
-                   help="seconds between refreshes (default 2)")
+    g.add_argument("-d", "--delay", dest="interval", type=float, default=2.0, metavar="SECS",
+                   help="seconds between refreshes, as top -d (default 2)")
+    g.add_argument("-n", "--iterations", dest="count", type=int, metavar="N",
+                   help="stop after N refreshes, as top -n (default: until Ctrl-C)")
     g.add_argument("--sort", choices=tuple(SORT_KEYS), help="rows by this metric, highest first")
-    g.add_argument("--count", type=int, metavar="N", help="stop after N refreshes (default: until Ctrl-C)")
     add_connect_options(parser)
 
 
@@ -103,8 +104,8 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     if words:
         raise ConfigError(f"unexpected arguments: {' '.join(words)}", "top")
     if not args.interval > 0:
-        raise ConfigError(f"the interval must be positive, got {args.interval:g}", "--interval")
+        raise ConfigError(f"the interval must be positive, got {args.interval:g}", "--delay")
     if args.count is not None and args.count < 1:
-        raise ConfigError(f"--count must be at least 1, got {args.count}", "--count")
+        raise ConfigError(f"-n must be at least 1, got {args.count}", "--iterations")
     asyncio.run(_top(args, display))
     return 0

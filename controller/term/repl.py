@@ -61,11 +61,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ":drop": ("PATTERN", "remove hosts from the current targets (their connections stay open)"),
     ":mode": ("stream|gather", "stream prefixed lines as they come, or gather identical output per host set"),
     ":timeout": ("SECS|off", "kill later commands after SECS on each host"),
-    ":cd": ("[DIR]", "run later commands in DIR (no DIR: the agent's default)"),
+    ":cd": ("[DIR]", "run later commands in DIR (no DIR: the remote user's home)"),
     ":env": ("[K=V | -u K]", "set (or with -u unset) a variable for later commands; no argument lists them"),
     ":last": ("", "exit status of the last command per host, grouped"),
     ":quit": ("", "close the connections and leave (Ctrl-D too)"),
 }
+
+
+def _is_plain_cd(line: str) -> bool:
+    """A lone `cd [DIR]`: it would only move a shell that exits straight after."""
+    words = line.split()
+    return words[0] == "cd" and len(words) <= 2 and not any(c in line for c in ";&|<>()`$")
 
 
 def history_path() -> Path:
@@ -167,6 +173,11 @@ class Repl:
         if not text:
             return True
         if not text.startswith(":"):
+            if _is_plain_cd(text):
+                where = text.split()[1] if len(text.split()) > 1 else ""
+                self.display.message(f"shoal: each line runs in a new shell, so `{text}` would change nothing; "
+                                     f"use :cd {where or 'DIR'}")
+                return True
             self.run_command(text)
             return True
         name, _, arg = text.partition(" ")

@@ -1,0 +1,39 @@
+"""The environment and working directory a command starts with, like an ssh login's.
+
+A command inherits the agent's environment, less what belongs to the agent
+alone: systemd's hand-over variables. With `NOTIFY_SOCKET` a command could tell
+systemd the agent is ready or stopping, with `LISTEN_FDS`/`LISTEN_PID` a daemon
+it starts might take fds that are not its own, with `WATCHDOG_*` it might pet
+(or starve) the agent's watchdog. ssh starts commands in the user's home
+directory, and so do we when the request names none: the agent's own working
+directory (often `/` under systemd, anything by hand) is an accident of how it
+was started.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+from collections.abc import Mapping
+
+__all__ = ["AGENT_PRIVATE_ENV", "base_env", "default_cwd"]
+
+# Variables systemd (or another service manager) hands to the agent process only.
+AGENT_PRIVATE_ENV = re.compile(
+    r"NOTIFY_SOCKET|LISTEN_FDS|LISTEN_PID|LISTEN_FDNAMES|WATCHDOG_.*|INVOCATION_ID|JOURNAL_STREAM|"
+    r"MANAGERPID|SYSTEMD_EXEC_PID|TRIGGER_.*|MONITOR_.*|CREDENTIALS_DIRECTORY")
+
+
+def base_env(agent_env: Mapping[str, str]) -> dict[str, str]:
+    """The agent's environment without its private variables."""
+    return {k: v for k, v in agent_env.items() if not AGENT_PRIVATE_ENV.fullmatch(k)}
+
+
+def default_cwd() -> str:
+    """The home directory of the user commands run as (ours), or `/` when it is missing."""
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return "/"
+    return home if home and os.path.isdir(home) else "/"
