@@ -146,19 +146,23 @@ def _installed(package_root: Path) -> Source:
     if missing:
         raise ConfigError(f"this shoal was installed without its deploy files ({deploy / missing[0]}); "
                           "give --source DIR (a shoal source tree)", "--source")
-    name, wheel = _installed_wheel()
+    name, wheel = _installed_wheel(package_root.parent)
     return Source(f"the installed shoal ({name})", tuple((f"deploy/{n}", deploy / n) for n in _DEPLOY_FILES),
                   (name, wheel))
 
 
-def _installed_wheel() -> tuple[str, bytes]:
-    """A wheel of the installed shoal distribution, from the files its RECORD lists."""
-    from importlib.metadata import PackageNotFoundError, distribution
+def _installed_wheel(site: Path) -> tuple[str, bytes]:
+    """A wheel of the installed shoal distribution, from the files its RECORD lists.
 
-    try:
-        dist = distribution("shoal")
-    except PackageNotFoundError:
-        raise ConfigError("shoal is not installed as a distribution; give --source DIR", "--source") from None
+    The metadata is looked up in `site`, the directory that holds the running `shoal`
+    package: the first `shoal` on sys.path could be another one (a source tree's
+    shoal.egg-info when run from inside it).
+    """
+    from importlib.metadata import distributions
+
+    dist = next((d for d in distributions(path=[str(site)]) if d.metadata["Name"] == "shoal"), None)
+    if dist is None:
+        raise ConfigError("shoal is not installed as a distribution; give --source DIR", "--source")
     buffer = io.BytesIO()
     record = []
     info_dir = ""

@@ -82,8 +82,19 @@ def key_file(tmp_path: Path) -> Path:
     return path
 
 
+def with_source(argv: tuple[str, ...] | list[str]) -> list[str]:
+    """`argv` with `--source` naming this checkout (before any `--`), unless it has its own."""
+    words = list(argv)
+    if "--source" in words:
+        return words
+    at = words.index("--") if "--" in words else len(words)
+    return [*words[:at], "--source", str(REPO), *words[at:]]
+
+
 def run(capsysbinary: pytest.CaptureFixture[bytes], *argv: str) -> tuple[int, str, str]:
-    status = main(["bootstrap", *argv])
+    """`shoal bootstrap ARGV` pushing this checkout (an installed shoal, as CI tests
+    with `pip install .`, would push itself: its own tests are below)."""
+    status = main(["bootstrap", *with_source(argv)])
     out, err = capsysbinary.readouterr()
     return status, out.decode(), err.decode()
 

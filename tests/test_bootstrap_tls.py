@@ -42,7 +42,7 @@ from shoal.controller.client import AgentClient, Command
 from shoal.controller.pki import init_pki, issue_agent_certificate, load_ca
 from shoal.controller.targets import parse_targets
 from shoal.protocol.errors import ConfigError, ShoalConnectionError
-from tests.test_bootstrap import FAKE_SSH, FAKE_SUDO, PREFIX, REMOTE
+from tests.test_bootstrap import FAKE_SSH, FAKE_SUDO, PREFIX, REMOTE, with_source
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,7 +100,8 @@ def enrolled(tmp_path_factory: pytest.TempPathFactory) -> Enrolled:
     done = subprocess.run(
         [sys.executable, "-m", "shoal.controller.cli.main", "bootstrap", "127.0.0.1,localhost,bad..name",
          "--key-file", str(key_file), "--tls-ca-dir", str(base / "pki"), "--tls-name", "agent.test",
-         "--destdir", "stage", "--prefix", PREFIX, "--no-systemd", "--system-site-packages"],
+         "--destdir", "stage", "--prefix", PREFIX, "--no-systemd", "--system-site-packages",
+         "--source", str(REPO)],
         env=env, cwd=base, capture_output=True, text=True, timeout=300)
     return Enrolled(done.returncode, done.stdout, done.stderr, hosts, pki, key_file,
                     (base / "ssh.log").read_text())
@@ -233,7 +234,7 @@ def fake_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def run(capsysbinary: pytest.CaptureFixture[bytes], *argv: str) -> tuple[int, str, str]:
-    status = main(["bootstrap", *argv])
+    status = main(["bootstrap", *with_source(argv)])
     out, err = capsysbinary.readouterr()
     return status, out.decode(), err.decode()
 
