@@ -66,10 +66,12 @@ def _load(name: str) -> ModuleType:
     return importlib.import_module(SUBCOMMANDS[name][0])
 
 
-def build_parser(only: str | None = None, *,
-                 every: bool = False) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
+def build_parser(only: str | None = None, *, every: bool = False,
+                 alone: bool = False) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser | None]:
     """The parser and, with `only`, that subcommand's parser (only its options are built);
-    with `every`, all subcommands' options are built."""
+    with `every`, all subcommands' options are built. With `alone`, the other
+    subcommands are left out: their parsers only serve `shoal --help` and rejecting a
+    misspelt name, and building them costs `shoal run` milliseconds at start-up."""
     parser = argparse.ArgumentParser(
         prog="shoal", description="Run commands on many hosts through shoal agents.",
         epilog="Exit status: 0 ok; otherwise the largest host status (128+N for signal N); "
@@ -79,6 +81,8 @@ def build_parser(only: str | None = None, *,
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
     chosen = None
     for name, (_, help_text) in SUBCOMMANDS.items():
+        if alone and name != only:
+            continue
         p = sub.add_parser(name, help=help_text)
         if every or name == only:
             module = _load(name)
@@ -120,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_debug_log()
     name = _subcommand_of(argv)
-    parser, sub = build_parser(name)
+    # `shoal run ...` (the subcommand first) needs no other subcommand's parser;
+    # `shoal --help run` still lists them all.
+    parser, sub = build_parser(name, alone=name is not None and argv[0] == name)
     opts, words = split_words(argv, name, sub)
     args, extra = parser.parse_known_args(opts)
     words = extra + words
