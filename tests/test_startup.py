@@ -68,13 +68,26 @@ def _modules_of_run(*argv: str) -> tuple[int, set[str]]:
     return int(status), set(modules)
 
 
+def _heavy(modules: set[str], allowed: tuple[str, ...] = ()) -> dict[str, str]:
+    return {name: why for name, why in NOT_IMPORTED.items() if name not in allowed
+            and (name in modules or any(m.startswith(name + ".") for m in modules))}
+
+
 def test_run_to_connect_imports_nothing_heavy() -> None:
     status, modules = _modules_of_run("run", f"127.0.0.1:{_closed_port()}", "-n", "--", "true")
     assert status == 255  # unreachable: the run got as far as connecting
     assert "shoal.controller.client" in modules  # the probe saw a real run
-    loaded = {name: why for name, why in NOT_IMPORTED.items()
-              if name in modules or any(m.startswith(name + ".") for m in modules)}
-    assert loaded == {}
+    assert _heavy(modules) == {}
+
+
+def test_keyed_run_leaves_cryptography_to_the_handshake(tmp_path: Path) -> None:
+    from shoal.hostio.keyfile import write_key_file
+
+    write_key_file(tmp_path / "key")
+    status, modules = _modules_of_run("run", f"127.0.0.1:{_closed_port()}", "--key-file", str(tmp_path / "key"),
+                                      "-n", "--", "true")
+    assert status == 255 and "shoal.hostio.keyfile" in modules
+    assert _heavy(modules, allowed=("shoal.hostio.keyfile",)) == {}
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--help", "run"]])
