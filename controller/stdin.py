@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 from typing import AsyncIterator
 
 from shoal.protocol.defaults import DATA_CHUNK
@@ -23,6 +22,8 @@ class StdinSpool:
     """Bytes from a file descriptor, replayable by any number of readers."""
 
     def __init__(self) -> None:
+        import tempfile  # with shutil behind it: only when stdin is forwarded
+
         self._file = tempfile.TemporaryFile(prefix="shoal-stdin-")
         self._size = 0
         self._eof = False

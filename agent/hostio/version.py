@@ -7,7 +7,6 @@ version in HELLO and discovery replies, so `shoal ping` shows what each host run
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +31,8 @@ def software_version() -> str:
 
 def version_text(program: str) -> str:
     """One line for `program --version`: package, protocol and Python versions."""
+    import platform  # a millisecond or two `shoal run` need not pay
+
     return f"{program} {software_version()} (protocol {PROTOCOL_VERSION}, Python {platform.python_version()})"
 
 

@@ -81,9 +81,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(self.usage_status, f"{self.prog}: error: {message}\n")
 
 
-def build_parser(only: str | None = None, *, every: bool = False) -> tuple[Parser, Parser | None]:
+def build_parser(only: str | None = None, *, every: bool = False,
+                 alone: bool = False) -> tuple[Parser, Parser | None]:
     """The parser and, with `only`, that subcommand's parser (only its options are built);
-    with `every`, all subcommands' options are built."""
+    with `every`, all subcommands' options are built. With `alone`, the other
+    subcommands are left out: their parsers only serve `shoal --help` and rejecting a
+    misspelt name, and building them costs `shoal run` milliseconds at start-up."""
     parser = Parser(
         prog="shoal", description="Run commands on many hosts through shoal agents.",
         epilog="Exit status: 0 ok; otherwise the largest host status (128+N for signal N); "
@@ -93,6 +96,8 @@ def build_parser(only: str | None = None, *, every: bool = False) -> tuple[Parse
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
     chosen: Parser | None = None
     for name, (_, help_text) in SUBCOMMANDS.items():
+        if alone and name != only:
+            continue
         p: Parser = sub.add_parser(name, help=help_text)
         if every or name == only:
             module = _load(name)
@@ -135,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_debug_log()
     name = _subcommand_of(argv)
-    parser, sub = build_parser(name)
+    # `shoal run ...` (the subcommand first) needs no other subcommand's parser;
+    # `shoal --help run` still lists them all.
+    parser, sub = build_parser(name, alone=name is not None and argv[0] == name)
     opts, words = split_words(argv, name, sub)
     args, extra = parser.parse_known_args(opts)
     words = extra + words

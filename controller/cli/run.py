@@ -40,7 +40,6 @@ from shoal.controller.cli.options import (
     targets_from_args,
 )
 from shoal.controller.fdlimit import raise_open_files_limit
-from shoal.controller.script import script_command
 from shoal.controller.term.handler import OutputHandler
 from shoal.controller.term.output import choose_output
 from shoal.controller.result import Result
@@ -127,6 +126,8 @@ def report_summary(display: Display, results: list[Result], elapsed: float | Non
 
 def script_from_args(options: argparse.Namespace, words: list[str]) -> tuple[Command, bytes]:
     """`run TARGETS --script FILE [ARGS]`: the command's words are the script's arguments."""
+    from shoal.controller.script import script_command  # shlex and pathlib: --script only
+
     base = Command(env=parse_env(options.env), cwd=options.cwd, timeout=options.timeout,
                    detach=options.detach, kill_grace=options.kill_grace)
     return script_command(options.script, words, base)

@@ -1,0 +1,103 @@
+"""`shoal run`'s import diet: what a run must not import before it connects.
+
+A whole `shoal run host -- true` process is mostly Python start-up and imports
+(tests/bench/bench_core.py prints it against `python -c pass` and ssh), so each
+module below, imported on the way to the first connection, is start-up time every
+run pays for nothing. No timings here: the test runs a real `shoal run` against a
+closed loopback port in a fresh interpreter (the run fails at connect, the point
+where it would start talking) and checks which modules were loaded. A run that does
+connect imports nothing more before its first message (measured with -X importtime).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Module -> why `shoal run` (no key file, no TLS, no config or inventory file, stdin
+# not forwarded, one plain target) must not need it. Not listed because a run cannot
+# shed them: ssl (asyncio imports it, TLS or not), shutil (argparse's help formatter,
+# built for every option), pathlib with urllib.parse and ipaddress (the config and
+# inventory lookups), json (message bodies), dataclasses with inspect (the messages).
+NOT_IMPORTED = {
+    "cryptography": "AES-GMAC frame MACs load it when a keyed session negotiates them; "
+                    "TLS and certificates only with --tls-*",
+    "psutil": "host probes and metrics, not runs",
+    "tomllib": "read only when a config or inventory file exists",
+    "importlib.metadata": "the package version, for --version and the agent's HELLO only",
+    "email": "importlib.metadata's dependency",
+    "platform": "the Python version, for --version only",
+    "tempfile": "the stdin spool, only when stdin is forwarded (shutil, its dependency, "
+                "comes with argparse's help formatter anyway)",
+    "shlex": "--script's #! line only",
+    "shoal.agent": "the daemon: the controller never imports it",
+    "shoal.hostio.tls": "--tls-* only",
+    "shoal.hostio.keyfile": "--key-file only",
+    "shoal.controller.cli.shell": "another subcommand",
+    "shoal.controller.cli.completion": "another subcommand (it builds every parser)",
+    "shoal.controller.cli.argtree": "every subcommand's parser, for completion and man",
+    "shoal.controller.term.repl": "the shell",
+    "shoal.controller.transfer": "put and get",
+    "shoal.controller.pki": "certs",
+    "shoal.controller.bootstrap": "bootstrap",
+    "shoal.controller.probe": "discover",
+    "shoal.controller.pool": "the shell and batch",
+    "shoal.controller.script": "--script only",
+}
+
+_PROBE = """
+import sys
+from shoal.controller.cli.main import main
+status = main(sys.argv[1:])
+print(status)
+print("\\n".join(sorted(sys.modules)))
+"""
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _modules_of_run(*argv: str) -> tuple[int, set[str]]:
+    done = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=60, cwd=Path(__file__).parent)
+    status, *modules = done.stdout.splitlines()
+    return int(status), set(modules)
+
+
+def _heavy(modules: set[str], allowed: tuple[str, ...] = ()) -> dict[str, str]:
+    return {name: why for name, why in NOT_IMPORTED.items() if name not in allowed
+            and (name in modules or any(m.startswith(name + ".") for m in modules))}
+
+
+def test_run_to_connect_imports_nothing_heavy() -> None:
+    status, modules = _modules_of_run("run", f"127.0.0.1:{_closed_port()}", "-n", "--", "true")
+    assert status == 255  # unreachable: the run got as far as connecting
+    assert "shoal.controller.client" in modules  # the probe saw a real run
+    assert _heavy(modules) == {}
+
+
+def test_keyed_run_leaves_cryptography_to_the_handshake(tmp_path: Path) -> None:
+    from shoal.hostio.keyfile import write_key_file
+
+    write_key_file(tmp_path / "key")
+    status, modules = _modules_of_run("run", f"127.0.0.1:{_closed_port()}", "--key-file", str(tmp_path / "key"),
+                                      "-n", "--", "true")
+    assert status == 255 and "shoal.hostio.keyfile" in modules
+    assert _heavy(modules, allowed=("shoal.hostio.keyfile",)) == {}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--help", "run"]])
+def test_help_still_lists_every_subcommand(argv: list[str]) -> None:
+    from shoal.controller.cli.main import SUBCOMMANDS
+
+    done = subprocess.run([sys.executable, "-m", "shoal.controller.cli.main", *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert all(name in done.stdout for name in SUBCOMMANDS)
