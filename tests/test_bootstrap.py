@@ -166,7 +166,7 @@ def test_no_ssh_on_path_is_a_usage_error(capsysbinary: pytest.CaptureFixture[byt
 # -- the bundle ------------------------------------------------------------------------------
 
 def test_bundle_holds_what_install_needs_and_a_private_key(key_file: Path) -> None:
-    bundle = build_bundle(find_source(None), str(key_file))
+    bundle = build_bundle(find_source(str(REPO)), str(key_file))
     with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
         members = {info.name: info for info in tar.getmembers()}
         key = tar.extractfile(members["admin.key"])
