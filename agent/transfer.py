@@ -40,15 +40,10 @@ from shoal.protocol.messages import (
     Window,
 )
 
-from shoal.hostio.files import (
-    AtomicWriter,
-    FileReader,
-    FileTransferError,
-    Journal,
-    map_os_error,
-    process_umask,
-    resolve_path,
-)
+from shoal.agent.paths import resolve_path
+from shoal.hostio.atomic import AtomicWriter, Journal, process_umask
+from shoal.hostio.fileerrors import FileTransferError, map_os_error
+from shoal.hostio.reader import FileReader
 from shoal.hostio.readahead import ReadAhead
 from shoal.hostio.sink import ChunkSink
 
