@@ -10,7 +10,7 @@ from typing import Literal
 from shoal.protocol.errors import ConfigError
 from shoal.agent.config.checks import _kind
 
-__all__ = ["DEFAULT_PORT", "ListenAddress", "parse_listen"]
+__all__ = ["DEFAULT_PORT", "ListenAddress", "is_loopback", "parse_listen"]
 
 DEFAULT_PORT = 8470
 # Longest AF_UNIX socket path Linux accepts (sun_path is 108 bytes with the NUL).
@@ -88,3 +88,11 @@ def _is_ipv6(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) stays on this machine."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
