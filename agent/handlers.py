@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterator, TypeVar, cast
+from typing import TYPE_CHECKING, Callable, TypeVar, cast
 
 from shoal.protocol.messages import Message
 
@@ -26,8 +26,12 @@ class HandlerTable:
         # under `kind` is only ever given a `kind`: the cast cannot lie.
         self._by_type[kind] = cast(Handler, handler)
 
-    def items(self) -> Iterator[tuple[type[Message], Handler]]:
-        return iter(self._by_type.items())
+    def get(self, kind: type[Message]) -> Handler | None:
+        return self._by_type.get(kind)
+
+    def update(self, other: HandlerTable) -> None:
+        """Add `other`'s handlers; where both have one for a type, `other`'s wins."""
+        self._by_type.update(other._by_type)
 
 
 HandlerFactory = Callable[["AgentSession"], HandlerTable]
@@ -47,6 +51,5 @@ class HandlerRegistry:
         """Build the handlers of every factory for `session`; a later factory wins a type."""
         table = HandlerTable()
         for factory in self._factories:
-            for kind, handler in factory(session).items():
-                table.add(kind, handler)
+            table.update(factory(session))
         return table

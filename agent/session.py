@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
 from shoal.protocol.errors import AuthError, BadRequestError, ProtocolError
@@ -38,6 +38,7 @@ from shoal.protocol.messages import (
 
 from shoal.agent.commands import CommandRequest, build_argv
 from shoal.agent.detached import output_path
+from shoal.agent.handlers import HandlerTable
 from shoal.agent.log import ConnLog
 from shoal.agent.process import ChildResult, spawn_error
 from shoal.hostio.writev import WRITE_BUFFER_HIGH, raw_fd, write_buffers
@@ -84,13 +85,19 @@ class AgentSession(asyncio.BufferedProtocol):
         self.writing_paused = False
         self._last_frame = time.monotonic()
         self._timers: list[asyncio.TimerHandle] = []
-        self._handlers: dict[type[Message], Callable[[Any], None]] = {
-            Exec: self._on_exec, Stdin: self._on_stdin, StdinEof: self._on_stdin_eof,
-            Signal: self._on_signal, Cancel: self._on_cancel, Window: self._on_window,
-            Ping: self._on_ping, Pong: lambda m: None, Goodbye: self._on_goodbye,
-            MetricsRequest: self._on_metrics, Error: self._on_error,
-        }
-        self._handlers.update(agent.handlers.for_session(self).items())
+        self._handlers = HandlerTable()
+        self._handlers.add(Exec, self._on_exec)
+        self._handlers.add(Stdin, self._on_stdin)
+        self._handlers.add(StdinEof, self._on_stdin_eof)
+        self._handlers.add(Signal, self._on_signal)
+        self._handlers.add(Cancel, self._on_cancel)
+        self._handlers.add(Window, self._on_window)
+        self._handlers.add(Ping, self._on_ping)
+        self._handlers.add(Pong, lambda m: None)
+        self._handlers.add(Goodbye, self._on_goodbye)
+        self._handlers.add(MetricsRequest, self._on_metrics)
+        self._handlers.add(Error, self._on_error)
+        self._handlers.update(agent.handlers.for_session(self))
 
     # -- transport events ----------------------------------------------------
 
