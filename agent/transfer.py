@@ -40,15 +40,11 @@ from shoal.protocol.messages import (
     Window,
 )
 
-from shoal.hostio.files import (
-    AtomicWriter,
-    FileReader,
-    FileTransferError,
-    Journal,
-    map_os_error,
-    process_umask,
-    resolve_path,
-)
+from shoal.agent.handlers import HandlerTable
+from shoal.agent.paths import resolve_path
+from shoal.hostio.atomic import AtomicWriter, Journal, process_umask
+from shoal.hostio.fileerrors import FileTransferError, map_os_error
+from shoal.hostio.reader import FileReader
 from shoal.hostio.readahead import ReadAhead
 from shoal.hostio.sink import ChunkSink
 
@@ -69,11 +65,15 @@ MAX_TRANSFERS = 16
 REMEMBERED_ENDS = 256
 
 
-def transfer_handlers(session: AgentSession) -> dict[type, Callable[[Any], None]]:
-    """The message handlers file transfer adds to a session (for `Agent.add_handlers`)."""
+def transfer_handlers(session: AgentSession) -> HandlerTable:
+    """The message handlers file transfer adds to a session (for `Agent.handlers`)."""
     service = TransferService(session)
-    return {PutFile: service.on_put, GetFile: service.on_get,
-            FileData: service.on_data, FileEnd: service.on_end}
+    table = HandlerTable()
+    table.add(PutFile, service.on_put)
+    table.add(GetFile, service.on_get)
+    table.add(FileData, service.on_data)
+    table.add(FileEnd, service.on_end)
+    return table
 
 
 def remove_leftovers(state_dir: str) -> list[str]:

@@ -242,9 +242,9 @@ def _bundle_members(source: Path) -> list[str]:
     with open(source / "pyproject.toml", "rb") as stream:
         project = tomllib.load(stream)
     package_dirs = project.get("tool", {}).get("setuptools", {}).get("package-dir", {})
-    folders = sorted({str(folder).split("/")[0] for folder in package_dirs.values()})
+    folders = sorted({str(folder).split("/")[0] for folder in package_dirs.values()} | {"deploy"})
     names = [name for name in _TOP_FILES if (source / name).is_file()]
-    return names + folders + ["deploy"]
+    return names + folders
 
 
 def _without_litter(info: tarfile.TarInfo) -> tarfile.TarInfo | None:

@@ -24,7 +24,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
-from shoal.hostio.files import AtomicWriter, FileReader, FileTransferError, map_os_error
+from shoal.hostio.atomic import AtomicWriter
+from shoal.hostio.fileerrors import FileTransferError, map_os_error
+from shoal.hostio.reader import FileReader
 from shoal.hostio.readahead import ReadAhead
 from shoal.hostio.sink import ChunkSink
 from shoal.protocol.defaults import TRANSFER_WINDOW

@@ -13,7 +13,8 @@ import stat
 from dataclasses import dataclass
 from typing import Callable
 
-from shoal.hostio.files import FileTransferError, map_os_error, walk_tree
+from shoal.hostio.fileerrors import FileTransferError, map_os_error
+from shoal.hostio.reader import walk_tree
 
 __all__ = ["PlanItem", "PutPlan", "plan_put"]
 

@@ -65,7 +65,7 @@ def test_every_code_the_sources_send_is_in_the_table() -> None:
         sent |= set(re.findall(r'(?<!\w)code="([a-z_]+)"', text))  # not Result's error_code
         sent |= set(re.findall(r'(?:fail|request_error|_protocol_error)\([^,()]*,?\s*"([a-z_]+)"', text))
         sent |= set(re.findall(r'(?:RemoteProtocolError|FileTransferError|RemoteCommandError)\([^"]*?"[^"]*",\s*"([a-z_]+)"', text))
-    from shoal.hostio.files import CODES as TRANSFER_CODES
+    from shoal.hostio.fileerrors import CODES as TRANSFER_CODES
     sent |= set(TRANSFER_CODES) | {"bad_message", "bad_request", "empty_command"}
     assert "unsupported" in sent and "wrong_direction" in sent
     assert sent <= set(ERROR_CODES), sent - set(ERROR_CODES)
