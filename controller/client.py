@@ -5,6 +5,10 @@ and request ids; `RemoteProcess` is one command's channel with its windows; the
 fleet runner and the CLI sit on top. Output flow control: we grant the agent a
 window per request and grant more only as the consumer takes output from the
 process's queue, so a slow consumer bounds memory at one window per request.
+
+This module is the boundary for foreign errors, as httpx's transport is: socket,
+TLS, resolver and timeout errors become `ShoalConnectionError`, `AuthError` or
+`ShoalTimeoutError` here, so the fan-out above catches only `ShoalError`.
 """
 
 from __future__ import annotations
@@ -309,14 +313,8 @@ class AgentClient(asyncio.BufferedProtocol):
                 assert t.host is not None  # a Target has exactly one of host and path
                 await loop.create_connection(lambda: self, t.host, t.port, ssl=ssl,
                                              server_hostname=t.host if ssl else None)
-        except socket.gaierror as exc:
-            raise ShoalConnectionError(t.name, f"cannot resolve host: {exc.strerror}") from exc
-        except ssl_module.SSLError as exc:
-            raise ShoalConnectionError(t.name, f"TLS handshake failed: {_tls_reason(exc)}") from exc
-        except ConnectionRefusedError as exc:
-            raise ShoalConnectionError(t.name, "connection refused") from exc
         except OSError as exc:
-            raise ShoalConnectionError(t.name, exc.strerror or str(exc)) from exc
+            raise _connect_error(t.name, exc) from exc
         self._tls = ssl is not None
         self.conn.start()
         self.flush()
@@ -440,7 +438,10 @@ class AgentClient(asyncio.BufferedProtocol):
     def flush(self) -> None:
         out = self.conn.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
-            write_buffers(self.transport, out, self._fd)
+            try:
+                write_buffers(self.transport, out, self._fd)
+            except OSError as exc:  # ours from here on: callers see only ShoalError
+                self._fail(ShoalConnectionError(self.name, f"connection lost ({exc.strerror or exc})"))
 
     async def drain(self) -> None:
         """Wait while the socket's write buffer is over its high-water mark."""
@@ -569,6 +570,17 @@ class AgentClient(asyncio.BufferedProtocol):
         else:
             self._closed_event.set()
         await self._closed_event.wait()
+
+
+def _connect_error(host: str, exc: OSError) -> ShoalConnectionError:
+    """The one translation of a socket error while connecting into ours."""
+    if isinstance(exc, socket.gaierror):
+        return ShoalConnectionError(host, f"cannot resolve host: {exc.strerror}")
+    if isinstance(exc, ssl_module.SSLError):
+        return ShoalConnectionError(host, f"TLS handshake failed: {_tls_reason(exc)}")
+    if isinstance(exc, ConnectionRefusedError):
+        return ShoalConnectionError(host, "connection refused")
+    return ShoalConnectionError(host, exc.strerror or str(exc))
 
 
 def _tls_reason(exc: ssl_module.SSLError) -> str:
