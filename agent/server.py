@@ -19,7 +19,7 @@ import stat
 from typing import TYPE_CHECKING, Any, Callable
 
 from shoal.protocol.connection import KeyLookup
-from shoal.protocol.errors import ConfigError
+from shoal.protocol.errors import ConfigError, ErrorCode
 from shoal.protocol.handshake import SharedKey
 
 from shoal.agent import proctree
@@ -318,7 +318,7 @@ class Agent:
         """
         limits = self.config.limits
         if len(self.sessions) >= limits.max_connections:
-            session.conn.fail("too_many_connections", f"agent connection limit ({limits.max_connections}) reached")
+            session.conn.fail(ErrorCode.TOO_MANY_CONNECTIONS, f"agent connection limit ({limits.max_connections}) reached")
             self.audit.record("refused", peer=session.peer, reason="connection limit")
             session.abort()
             return False
@@ -348,7 +348,7 @@ class Agent:
         """
         self.startups.pop(session, None)
         self.sessions.discard(session)
-        session.conn.fail("too_many_connections", "too many connections are authenticating; try again")
+        session.conn.fail(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections are authenticating; try again")
         self.audit.record("shed", peer=session.peer, reason=reason)
         session.abort()
 

@@ -27,6 +27,7 @@ from shoal.protocol.defaults import DATA_CHUNK, OUTPUT_WINDOW
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
 from shoal.protocol.errors import (
     AuthError,
+    ErrorCode,
     ProtocolError,
     RemoteCommandError,
     ShoalConnectionError,
@@ -56,6 +57,7 @@ from shoal.protocol.messages import (
 
 from shoal.hostio.writev import WRITE_BUFFER_HIGH, raw_fd, write_buffers
 from shoal.controller.escape import quote_peer_bytes
+from shoal.controller.outcome import Outcome
 from shoal.controller.result import UNREACHABLE, Result
 from shoal.controller.targets import Target
 
@@ -69,7 +71,7 @@ DEFAULT_KEEPALIVE = 15.0
 PEEK_BYTES = 64
 # Error codes meaning the first bytes were not shoal frames at all (as opposed to an
 # agent's ERROR, or a HELLO of another protocol version).
-_NOT_FRAMES = frozenset({"bad_frame", "frame_too_large", "unknown_type", "bad_message"})
+_NOT_FRAMES = frozenset({ErrorCode.BAD_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCode.UNKNOWN_TYPE, ErrorCode.BAD_MESSAGE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +150,7 @@ class RemoteProcess:
             self._started.set_result(None)
         self._stdin_ready.set()
 
-    def lost(self, reason: str, code: str = "connection_lost") -> None:
+    def lost(self, reason: str, code: str = Outcome.CONNECTION_LOST) -> None:
         self._finish(Result(self.host, UNREACHABLE, error=reason, error_code=code))
         self._changed.set()
 
@@ -230,7 +232,7 @@ def _result_from_exit(host: str, msg: Exit) -> Result:
         host, status, code=msg.code, signal=msg.signal, timed_out=msg.timed_out,
         cancelled=msg.cancelled, duration=msg.duration, stdout_bytes=msg.stdout_bytes,
         stderr_bytes=msg.stderr_bytes, output_file=msg.output_file, leftovers_ended=msg.leftovers_ended,
-        error="timed out" if msg.timed_out else None, error_code="timeout" if msg.timed_out else None,
+        error="timed out" if msg.timed_out else None, error_code=Outcome.TIMEOUT if msg.timed_out else None,
     )
 
 
@@ -251,7 +253,7 @@ class _MetricsCall:
             self.reply.set_exception(RemoteCommandError(msg.message, msg.code, self.host, self.request_id,
                                                         msg.status))
 
-    def lost(self, reason: str, code: str = "connection_lost") -> None:
+    def lost(self, reason: str, code: str = Outcome.CONNECTION_LOST) -> None:
         if not self.reply.done():
             self.reply.set_exception(ShoalConnectionError(self.host, reason))
 
@@ -362,7 +364,7 @@ class AgentClient(asyncio.BufferedProtocol):
         """Name a peer that broke the rules before its HELLO: most likely not an agent at all."""
         if self.conn.peer_hello is not None or self._ready.done():
             return f"protocol error: {exc}"
-        if exc.code == "truncated":
+        if exc.code == ErrorCode.TRUNCATED:
             return "connection closed by the peer in the middle of its HELLO"
         if exc.code in _NOT_FRAMES:
             return f"not a shoal agent (it sent {quote_peer_bytes(self._first_bytes)})"
@@ -514,7 +516,7 @@ class AgentClient(asyncio.BufferedProtocol):
     # -- closing -------------------------------------------------------------
 
     def protocol_violation(self, reason: str) -> None:
-        self.conn.fail("protocol_error", reason)
+        self.conn.fail(ErrorCode.PROTOCOL_ERROR, reason)
         self.flush()
         self._fail(ShoalConnectionError(self.name, f"protocol error: {reason}"))
 

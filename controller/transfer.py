@@ -28,7 +28,7 @@ from shoal.hostio.files import AtomicWriter, FileReader, FileTransferError, map_
 from shoal.hostio.readahead import ReadAhead
 from shoal.hostio.sink import ChunkSink
 from shoal.protocol.defaults import TRANSFER_WINDOW
-from shoal.protocol.errors import RemoteCommandError, ShoalConnectionError, ShoalError
+from shoal.protocol.errors import ErrorCode, RemoteCommandError, ShoalConnectionError, ShoalError
 from shoal.protocol.messages import (
     Error,
     FileData,
@@ -368,7 +368,7 @@ class FanoutPut:
         finally:
             await chunks.close()
         if self.live() and reader.bytes_read != item.size:
-            raise FileTransferError("io_error", item.local, "file changed size while it was being sent")
+            raise FileTransferError(ErrorCode.IO_ERROR, item.local, "file changed size while it was being sent")
         return reader.hexdigest()
 
 
@@ -509,7 +509,7 @@ async def get_fleet(targets: list[Target], connect: ConnectOptions, remote_path:
     """
     name = os.path.basename(remote_path.rstrip("/"))
     if not name:
-        raise FileTransferError("bad_path", remote_path, "remote path names no file")
+        raise FileTransferError(ErrorCode.BAD_PATH, remote_path, "remote path names no file")
     out = FleetResult()
     start = time.monotonic()
 

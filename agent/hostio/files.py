@@ -13,7 +13,8 @@ removes what a killed transfer left behind. Memory per transfer is one chunk plu
 hash state: no function here ever reads a whole file.
 
 All failures surface as `FileTransferError`, a `RemoteCommandError` whose `code` is
-one of `CODES`, so the agent can send the code over the wire unchanged.
+one of the wire's `ErrorCode`s that `FILE_ERRORS` describes, so the agent can send
+it over the wire unchanged.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Iterator, Sequence
 
-from shoal.protocol.errors import RemoteCommandError
+from shoal.protocol.errors import ErrorCode, RemoteCommandError
 
 __all__ = [
     "process_umask",
-    "CODES",
+    "FILE_ERRORS",
     "FileTransferError",
     "map_os_error",
     "resolve_path",
@@ -47,34 +48,28 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Machine codes a transfer failure carries; the controller maps them to messages
-# and exit statuses, so they are part of the wire contract.
-CODES = frozenset({
-    "bad_path", "not_found", "permission_denied", "no_space", "is_directory",
-    "not_directory", "outside_root", "checksum_mismatch", "io_error",
-})
-
 _ERRNO_CODES = {
-    errno.ENOENT: "not_found",
-    errno.EACCES: "permission_denied",
-    errno.EPERM: "permission_denied",
-    errno.EROFS: "permission_denied",
-    errno.ENOSPC: "no_space",
-    errno.EDQUOT: "no_space",
-    errno.EISDIR: "is_directory",
-    errno.ENOTDIR: "not_directory",
+    errno.ENOENT: ErrorCode.NOT_FOUND,
+    errno.EACCES: ErrorCode.PERMISSION_DENIED,
+    errno.EPERM: ErrorCode.PERMISSION_DENIED,
+    errno.EROFS: ErrorCode.PERMISSION_DENIED,
+    errno.ENOSPC: ErrorCode.NO_SPACE,
+    errno.EDQUOT: ErrorCode.NO_SPACE,
+    errno.EISDIR: ErrorCode.IS_DIRECTORY,
+    errno.ENOTDIR: ErrorCode.NOT_DIRECTORY,
 }
 
-_DEFAULT_DETAIL = {
-    "bad_path": "invalid path",
-    "not_found": "no such file or directory",
-    "permission_denied": "permission denied",
-    "no_space": "no space left on device",
-    "is_directory": "is a directory",
-    "not_directory": "not a directory",
-    "outside_root": "outside the directories this key may use",
-    "checksum_mismatch": "sha256 of the received data does not match",
-    "io_error": "input/output error",
+# The wire codes a transfer failure may carry, each with its default detail.
+FILE_ERRORS: dict[ErrorCode, str] = {
+    ErrorCode.BAD_PATH: "invalid path",
+    ErrorCode.NOT_FOUND: "no such file or directory",
+    ErrorCode.PERMISSION_DENIED: "permission denied",
+    ErrorCode.NO_SPACE: "no space left on device",
+    ErrorCode.IS_DIRECTORY: "is a directory",
+    ErrorCode.NOT_DIRECTORY: "not a directory",
+    ErrorCode.OUTSIDE_ROOT: "outside the directories this key may use",
+    ErrorCode.CHECKSUM_MISMATCH: "sha256 of the received data does not match",
+    ErrorCode.IO_ERROR: "input/output error",
 }
 
 # The hidden temp name keeps the destination's name readable for an operator who
@@ -100,13 +95,13 @@ class FileTransferError(RemoteCommandError):
     shown as a repr so it cannot forge extra lines in a log or terminal.
     """
 
-    def __init__(self, code: str, path: str | os.PathLike[str], detail: str | None = None) -> None:
-        if code not in CODES:
+    def __init__(self, code: ErrorCode, path: str | os.PathLike[str], detail: str | None = None) -> None:
+        if code not in FILE_ERRORS:
             raise ValueError(f"unknown file transfer code {code!r}")
         shown = _printable(os.fspath(path))
-        super().__init__(f"{shown}: {detail or _DEFAULT_DETAIL[code]}", code=code)
+        super().__init__(f"{shown}: {detail or FILE_ERRORS[code]}", code=code)
         self.path = os.fspath(path)
-        self.detail = detail or _DEFAULT_DETAIL[code]
+        self.detail = detail or FILE_ERRORS[code]
 
 
 def _printable(text: str) -> str:
@@ -121,7 +116,7 @@ def map_os_error(err: OSError, path: str | os.PathLike[str]) -> FileTransferErro
     "you may not write here". Errors without a specific code become io_error,
     keeping the system's own wording as the detail.
     """
-    code = _ERRNO_CODES.get(err.errno or 0, "io_error")
+    code = _ERRNO_CODES.get(err.errno or 0, ErrorCode.IO_ERROR)
     return FileTransferError(code, path, err.strerror.lower() if err.strerror else None)
 
 
@@ -147,12 +142,12 @@ def resolve_path(path: str, roots: Sequence[str] | None = None) -> Path:
     directory for a symlink between this check and the open can still race it.
     """
     if "\0" in path:
-        raise FileTransferError("bad_path", path, "path contains a NUL byte")
+        raise FileTransferError(ErrorCode.BAD_PATH, path, "path contains a NUL byte")
     if not os.path.isabs(path):
-        raise FileTransferError("bad_path", path, "path must be absolute")
+        raise FileTransferError(ErrorCode.BAD_PATH, path, "path must be absolute")
     real = Path(os.path.realpath(path))
     if roots is not None and not any(real.is_relative_to(os.path.realpath(root)) for root in roots):
-        raise FileTransferError("outside_root", path)
+        raise FileTransferError(ErrorCode.OUTSIDE_ROOT, path)
     return real
 
 
@@ -365,7 +360,7 @@ class AtomicWriter:
         actual = self._hash.hexdigest()
         if actual != expected_sha256.strip().lower():
             self.abort()
-            raise FileTransferError("checksum_mismatch", self.dest,
+            raise FileTransferError(ErrorCode.CHECKSUM_MISMATCH, self.dest,
                                     f"sha256 of received data is {actual}, sender said {expected_sha256}")
         try:
             self._seal()
@@ -433,17 +428,17 @@ def _target_path(dest: Path, name: str | None, into: bool) -> Path:
     st = _maybe_stat(dest, follow=True)
     if st is not None and stat.S_ISDIR(st.st_mode):
         if name is None:
-            raise FileTransferError("is_directory", dest)
+            raise FileTransferError(ErrorCode.IS_DIRECTORY, dest)
         return dest / _check_basename(name)
     if into:
-        raise FileTransferError("not_found" if st is None else "not_directory", dest)
+        raise FileTransferError(ErrorCode.NOT_FOUND if st is None else ErrorCode.NOT_DIRECTORY, dest)
     return dest
 
 
 def _check_basename(name: str) -> str:
     """Refuse a `name` that is not a single plain path component."""
     if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise FileTransferError("bad_path", name, "file name must be a single path component")
+        raise FileTransferError(ErrorCode.BAD_PATH, name, "file name must be a single path component")
     return name
 
 
@@ -452,7 +447,7 @@ def _final_attributes(target: Path, mode: int | None,
     """Return the mode and owner the committed file gets (owner None: leave ours)."""
     st = _maybe_stat(target, follow=False)
     if st is not None and stat.S_ISDIR(st.st_mode):
-        raise FileTransferError("is_directory", target)
+        raise FileTransferError(ErrorCode.IS_DIRECTORY, target)
     existing = st if st is not None and stat.S_ISREG(st.st_mode) else None
     if mode is None:
         mode = stat.S_IMODE(existing.st_mode) if existing else 0o666 & ~process_umask()
@@ -581,9 +576,9 @@ def _regular_file_stat(fd: int, path: str | os.PathLike[str]) -> os.stat_result:
     except OSError as err:
         raise map_os_error(err, path) from err
     if stat.S_ISDIR(st.st_mode):
-        raise FileTransferError("is_directory", path)
+        raise FileTransferError(ErrorCode.IS_DIRECTORY, path)
     if not stat.S_ISREG(st.st_mode):
-        raise FileTransferError("io_error", path, "not a regular file")
+        raise FileTransferError(ErrorCode.IO_ERROR, path, "not a regular file")
     return st
 
 
@@ -603,9 +598,9 @@ def walk_tree(root: str | os.PathLike[str]) -> Iterator[tuple[str, os.stat_resul
     top = Path(root)
     st = _maybe_stat(top, follow=True)
     if st is None:
-        raise FileTransferError("not_found", top)
+        raise FileTransferError(ErrorCode.NOT_FOUND, top)
     if not stat.S_ISDIR(st.st_mode):
-        raise FileTransferError("not_directory", top)
+        raise FileTransferError(ErrorCode.NOT_DIRECTORY, top)
     pending: deque[tuple[Path, str]] = deque([(top, "")])
     while pending:
         directory, prefix = pending.popleft()
