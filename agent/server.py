@@ -318,7 +318,8 @@ class Agent:
         """
         limits = self.config.limits
         if len(self.sessions) >= limits.max_connections:
-            session.conn.fail(ErrorCode.TOO_MANY_CONNECTIONS, f"agent connection limit ({limits.max_connections}) reached")
+            session.conn.fail(ErrorCode.TOO_MANY_CONNECTIONS,
+                              f"agent connection limit ({limits.max_connections}) reached")
             self.audit.record("refused", peer=session.peer, reason="connection limit")
             session.abort()
             return False

@@ -208,7 +208,8 @@ class AgentSession(asyncio.BufferedProtocol):
             return
         handler = self._handlers.get(type(event))
         if handler is None:
-            self.send(Error(event.request_id, code=ErrorCode.UNSUPPORTED, message=f"{event.TYPE.name} is not handled by an agent"))
+            self.send(Error(event.request_id, code=ErrorCode.UNSUPPORTED,
+                            message=f"{event.TYPE.name} is not handled by an agent"))
             return
         handler(event)
 
@@ -309,7 +310,8 @@ class AgentSession(asyncio.BufferedProtocol):
             if why is not None:
                 return self._deny_exec(msg, why)
         if self._command_count() >= self.limits.max_commands_per_connection:
-            return (ErrorCode.LIMIT, f"too many commands on this connection (limit {self.limits.max_commands_per_connection})", 255)
+            return (ErrorCode.LIMIT,
+                    f"too many commands on this connection (limit {self.limits.max_commands_per_connection})", 255)
         if self.agent.running_commands >= self.limits.max_commands:
             return (ErrorCode.LIMIT, f"too many commands on this agent (limit {self.limits.max_commands})", 255)
         if msg.cwd is not None and not os.path.isdir(msg.cwd):

@@ -121,7 +121,8 @@ class TransferService:
             session.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use", 255)
             return False
         if sum(isinstance(r, Transfer) for r in session.requests.values()) >= MAX_TRANSFERS:
-            session.request_error(rid, ErrorCode.LIMIT, f"too many transfers on this connection (limit {MAX_TRANSFERS})")
+            session.request_error(rid, ErrorCode.LIMIT,
+                                  f"too many transfers on this connection (limit {MAX_TRANSFERS})")
             return False
         try:
             check_request(msg)
@@ -151,7 +152,8 @@ class TransferService:
         if policy is not None and not policy.allow_all:
             if not policy.files:
                 self._audit_denied(action, rid, path, "files not allowed")
-                raise FileTransferError(ErrorCode.PERMISSION_DENIED, path, f"permission denied for key {self.session.key_id}")
+                raise FileTransferError(ErrorCode.PERMISSION_DENIED, path,
+                                        f"permission denied for key {self.session.key_id}")
             roots = policy.file_roots
         try:
             resolved = resolve_path(path, roots)
@@ -161,7 +163,8 @@ class TransferService:
                 self._audit_denied(action, rid, path, "outside file roots")
             raise
         except OSError as exc:  # a component vanished or changed kind while links were read
-            code = ErrorCode.NOT_FOUND if isinstance(exc, (FileNotFoundError, NotADirectoryError)) else ErrorCode.IO_ERROR
+            missing = isinstance(exc, (FileNotFoundError, NotADirectoryError))
+            code = ErrorCode.NOT_FOUND if missing else ErrorCode.IO_ERROR
             raise FileTransferError(code, path, exc.strerror or str(exc)) from None
         if not allowed:
             self._audit_denied(action, rid, path, "outside file roots")
@@ -177,7 +180,8 @@ class TransferService:
     def on_data(self, msg: FileData) -> None:
         job = self._put_for(msg)
         if job is not None and not job.feed(msg.data):
-            self._protocol_error(ErrorCode.WINDOW_EXCEEDED, f"FILE_DATA for request {msg.request_id} overran its window")
+            self._protocol_error(ErrorCode.WINDOW_EXCEEDED,
+                                 f"FILE_DATA for request {msg.request_id} overran its window")
 
     def on_end(self, msg: FileEnd) -> None:
         job = self._put_for(msg)
@@ -191,7 +195,8 @@ class TransferService:
             return job
         if job is None and msg.request_id in self._ended:
             return None
-        self.session.request_error(msg.request_id, ErrorCode.UNKNOWN_REQUEST, f"no put in progress as request {msg.request_id}")
+        self.session.request_error(msg.request_id, ErrorCode.UNKNOWN_REQUEST,
+                                   f"no put in progress as request {msg.request_id}")
         return None
 
     def _protocol_error(self, code: str, message: str) -> None:
@@ -417,7 +422,8 @@ def _check_free_space(directory: Path, size: int) -> None:
     blocks = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
     free = blocks * fs.f_frsize
     if size > free:
-        raise FileTransferError(ErrorCode.NO_SPACE, directory, f"no space left on device ({size} bytes needed, {free} free)")
+        raise FileTransferError(ErrorCode.NO_SPACE, directory,
+                                f"no space left on device ({size} bytes needed, {free} free)")
 
 
 class GetTransfer(Transfer):

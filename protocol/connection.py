@@ -249,7 +249,8 @@ class Connection:
             self._fail(RemoteProtocolError(f"{name} not allowed in state {self.state.value}", code))
         if frame.type in _OURS_ONLY[self.role]:
             self._fail(RemoteProtocolError(
-                f"{MessageType(frame.type).name} is sent only by the {self.role.value}, never to it", ErrorCode.WRONG_DIRECTION))
+                f"{MessageType(frame.type).name} is sent only by the {self.role.value}, never to it",
+                ErrorCode.WRONG_DIRECTION))
         try:
             msg = decode_body(frame.type, frame.request_id, frame.body)
         except RemoteProtocolError as exc:
@@ -285,10 +286,12 @@ class Connection:
         if self.peer_hello is not None or self.state is not State.HELLO:
             self._fail(RemoteProtocolError("second HELLO", ErrorCode.OUT_OF_ORDER))
         if hello.role != expected_role:
-            self._fail(RemoteProtocolError(f"peer says it is a {hello.role}, expected a {expected_role}", ErrorCode.BAD_HELLO))
+            self._fail(RemoteProtocolError(f"peer says it is a {hello.role}, expected a {expected_role}",
+                                           ErrorCode.BAD_HELLO))
         if hello.protocol != PROTOCOL_VERSION:
             self._fail(RemoteProtocolError(
-                f"protocol version {hello.protocol} not supported (this end speaks {PROTOCOL_VERSION})", ErrorCode.VERSION))
+                f"protocol version {hello.protocol} not supported (this end speaks {PROTOCOL_VERSION})",
+                ErrorCode.VERSION))
         self.peer_hello = hello
         if hello.max_frame:
             self.peer_max_frame = min(hello.max_frame, MAX_FRAME_SIZE_CEILING)
@@ -336,7 +339,8 @@ class Connection:
         self._require_nonce(hello)
         chosen = hello.mac or handshake.MAC_HMAC_SHA256
         if chosen not in self.macs:
-            self._fail(RemoteProtocolError(f"the agent chose frame MAC {chosen!r}, which was not offered", ErrorCode.BAD_HELLO))
+            self._fail(RemoteProtocolError(f"the agent chose frame MAC {chosen!r}, which was not offered",
+                                           ErrorCode.BAD_HELLO))
         self.mac = chosen
         self.key_id = self.key.key_id
         th = self._transcript()
