@@ -39,16 +39,6 @@ T = TypeVar("T")
 DEFAULT_REQUEST_TIMEOUT = 10.0
 
 
-def _reason(host: str, exc: ShoalError) -> str:
-    """A host's failure as the one-line reason the views show."""
-    return failure_result(host, exc).reason
-
-
-def _unreachable(exc: ShoalError) -> bool:
-    """Whether a failure means we could not talk to the host at all (exit 255)."""
-    return failure_result("-", exc).status == UNREACHABLE
-
-
 @dataclass(slots=True)
 class MetricsRound:
     """One round of snapshots: host -> snapshot dict, or the reason there is none.
@@ -126,8 +116,9 @@ class FleetMonitor:
             try:
                 out.snapshots[target.name] = await self.ask(target, AgentClient.metrics)
             except ShoalError as exc:
-                out.snapshots[target.name] = _reason(target.name, exc)
-                if _unreachable(exc):
+                failed = failure_result(target.name, exc)
+                out.snapshots[target.name] = failed.reason
+                if failed.status == UNREACHABLE:
                     out.unreachable.add(target.name)
 
         await fan_out(self.targets, one)  # ask() keeps within the fan-out
@@ -225,7 +216,7 @@ async def ping_fleet(monitor: FleetMonitor, count: int = 3, interval: float = 0.
             client = await monitor.client(target)
             return await asyncio.wait_for(_probe_host(client, count, interval), timeout)
         except ShoalError as exc:  # before TimeoutError: ours is one too
-            return PingReport(target.name, error=_reason(target.name, exc))
+            return PingReport(target.name, error=failure_result(target.name, exc).reason)
         except asyncio.TimeoutError:
             monitor.clients.pop(target.name).abort()
             return PingReport(target.name, error=f"no answer within {timeout:g}s")
