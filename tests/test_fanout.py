@@ -20,34 +20,30 @@ async def test_results_in_item_order_callbacks_as_they_finish() -> None:
     assert finished == [40, 30, 20, 10]
 
 
-async def test_at_most_limit_run_at_once() -> None:
-    running, peak = 0, 0
+class Peak:
+    """Work that notes how many copies of itself run at once."""
 
-    async def work(n: int) -> int:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
+    def __init__(self) -> None:
+        self.running = self.peak = 0
+
+    async def work(self, n: int) -> int:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
         await asyncio.sleep(0.01)
-        running -= 1
+        self.running -= 1
         return n
 
-    assert await fan_out(range(20), work, limit=3) == list(range(20))
-    assert peak == 3
+
+async def test_at_most_limit_run_at_once() -> None:
+    peak = Peak()
+    assert await fan_out(range(20), peak.work, limit=3) == list(range(20))
+    assert peak.peak == 3
 
 
 async def test_a_shared_semaphore_bounds_across_calls() -> None:
-    gate = asyncio.Semaphore(2)
-    running, peak = 0, 0
-
-    async def work(n: int) -> None:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await asyncio.sleep(0.01)
-        running -= 1
-
-    await asyncio.gather(fan_out(range(5), work, limit=gate), fan_out(range(5), work, limit=gate))
-    assert peak == 2
+    gate, peak = asyncio.Semaphore(2), Peak()
+    await asyncio.gather(fan_out(range(5), peak.work, limit=gate), fan_out(range(5), peak.work, limit=gate))
+    assert peak.peak == 2
 
 
 async def test_one_raising_cancels_and_awaits_the_others() -> None:
