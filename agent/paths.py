@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from shoal.protocol.errors import ErrorCode
 from shoal.hostio.fileerrors import FileTransferError
 
 __all__ = ["resolve_path"]
@@ -33,10 +34,10 @@ def resolve_path(path: str, roots: Sequence[str] | None = None) -> Path:
     directory for a symlink between this check and the open can still race it.
     """
     if "\0" in path:
-        raise FileTransferError("bad_path", path, "path contains a NUL byte")
+        raise FileTransferError(ErrorCode.BAD_PATH, path, "path contains a NUL byte")
     if not os.path.isabs(path):
-        raise FileTransferError("bad_path", path, "path must be absolute")
+        raise FileTransferError(ErrorCode.BAD_PATH, path, "path must be absolute")
     real = Path(os.path.realpath(path))
     if roots is not None and not any(real.is_relative_to(os.path.realpath(root)) for root in roots):
-        raise FileTransferError("outside_root", path)
+        raise FileTransferError(ErrorCode.OUTSIDE_ROOT, path)
     return real

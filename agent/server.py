@@ -15,6 +15,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from shoal.protocol.connection import KeyLookup
+from shoal.protocol.errors import ConfigError, ErrorCode
 from shoal.protocol.handshake import SharedKey
 
 from shoal.agent import proctree

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
-from shoal.protocol.errors import AuthError, BadRequestError, ProtocolError
+from shoal.protocol.errors import AuthError, BadRequestError, ErrorCode, ProtocolError
 from shoal.protocol.fields import check_request
 from shoal.protocol.messages import (
     Cancel,
@@ -143,7 +143,7 @@ class AgentSession(asyncio.BufferedProtocol):
             self.abort()
         except Exception:
             self.log.error("internal error, closing connection", exc_info=True)
-            self.conn.fail("internal", "internal error")
+            self.conn.fail(ErrorCode.INTERNAL, "internal error")
             self.abort()
         self.flush()
 
@@ -212,12 +212,13 @@ class AgentSession(asyncio.BufferedProtocol):
         if self.revoked and not isinstance(event, _CONTROL) and event.request_id not in self.requests:
             self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=event.request_id,
                                     what=event.TYPE.name.lower(), reason=REVOKED)
-            self.request_error(event.request_id, "permission_denied",
+            self.request_error(event.request_id, ErrorCode.PERMISSION_DENIED,
                                f"permission denied for key {self.key_id}: {REVOKED}", 126)
             return
         handler = self._handlers.get(type(event))
         if handler is None:
-            self.send(Error(event.request_id, code="unsupported", message=f"{event.TYPE.name} is not handled by an agent"))
+            self.send(Error(event.request_id, code=ErrorCode.UNSUPPORTED,
+                            message=f"{event.TYPE.name} is not handled by an agent"))
             return
         handler(event)
 
@@ -280,7 +281,7 @@ class AgentSession(asyncio.BufferedProtocol):
     def _on_exec(self, msg: Exec) -> None:
         rid = msg.request_id
         if rid in self.requests:
-            return self.request_error(rid, "duplicate_request", f"request id {rid} is already in use", 255)
+            return self.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use", 255)
         try:
             check_request(msg)
         except BadRequestError as exc:
@@ -291,7 +292,7 @@ class AgentSession(asyncio.BufferedProtocol):
         argv = build_argv(msg.argv, msg.shell)
         audit = {"peer": self.peer, "key_id": self.key_id, "request": rid, "argv": argv, "cwd": msg.cwd}
         if self.agent.config.audit_required and not self.agent.audit.record("exec_request", **audit):
-            return self.request_error(rid, "audit_unavailable",
+            return self.request_error(rid, ErrorCode.AUDIT_UNAVAILABLE,
                                       "refused: the agent cannot write its audit log (audit_required)", 255)
         base = base_env(os.environ)
         env = restricted_env(base, msg.env) if self._restricted() else {**base, **msg.env}
@@ -312,7 +313,7 @@ class AgentSession(asyncio.BufferedProtocol):
     def _refuse_exec(self, msg: Exec) -> tuple[str, str, int] | None:
         """Why this EXEC must not run (code, message, status), or None."""
         if msg.argv is not None and (not msg.argv or msg.argv[0] == "") or msg.shell is not None and not msg.shell.strip():
-            return ("empty_command", "empty command", 2)
+            return (ErrorCode.EMPTY_COMMAND, "empty command", 2)
         if self.policy is not None and not self.policy.allows_command(msg.argv, msg.shell):
             return self._deny_exec(msg, "command not allowed")
         if self.policy is not None:
@@ -320,18 +321,19 @@ class AgentSession(asyncio.BufferedProtocol):
             if why is not None:
                 return self._deny_exec(msg, why)
         if self._command_count() >= self.limits.max_commands_per_connection:
-            return ("limit", f"too many commands on this connection (limit {self.limits.max_commands_per_connection})", 255)
+            return (ErrorCode.LIMIT,
+                    f"too many commands on this connection (limit {self.limits.max_commands_per_connection})", 255)
         if self.agent.running.count >= self.limits.max_commands:
-            return ("limit", f"too many commands on this agent (limit {self.limits.max_commands})", 255)
+            return (ErrorCode.LIMIT, f"too many commands on this agent (limit {self.limits.max_commands})", 255)
         if msg.cwd is not None and not os.path.isdir(msg.cwd):
-            return ("bad_cwd", f"cannot change directory to {msg.cwd}: no such directory", 126)
+            return (ErrorCode.BAD_CWD, f"cannot change directory to {msg.cwd}: no such directory", 126)
         return None
 
     def _deny_exec(self, msg: Exec, why: str) -> tuple[str, str, int]:
         """Audit a refused EXEC and say why: the policy forbids it, nothing runs."""
         self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
                                 what="exec", argv=build_argv(msg.argv, msg.shell), cwd=msg.cwd, reason=why)
-        return ("permission_denied", f"permission denied for key {self.key_id}: {why}", 126)
+        return (ErrorCode.PERMISSION_DENIED, f"permission denied for key {self.key_id}: {why}", 126)
 
     def _restricted(self) -> bool:
         return self.policy is not None and not self.policy.allow_all
@@ -356,14 +358,14 @@ class AgentSession(asyncio.BufferedProtocol):
         req = self.requests.get(msg.request_id)
         if not isinstance(req, kind):
             self.log.info("%s for unknown request", msg.TYPE.name, req=msg.request_id)
-            self.request_error(msg.request_id, "unknown_request", f"no running request {msg.request_id}")
+            self.request_error(msg.request_id, ErrorCode.UNKNOWN_REQUEST, f"no running request {msg.request_id}")
             return None
         return req
 
     def _on_stdin(self, msg: Stdin) -> None:
         req = self._request(msg)
         if req is not None and not req.stdin(msg.data):
-            self.conn.fail("window_exceeded", f"stdin for request {msg.request_id} overran its window")
+            self.conn.fail(ErrorCode.WINDOW_EXCEEDED, f"stdin for request {msg.request_id} overran its window")
             self.abort()
 
     def _on_stdin_eof(self, msg: StdinEof) -> None:
@@ -394,7 +396,7 @@ class AgentSession(asyncio.BufferedProtocol):
         if self.policy is not None and not self.policy.allows_metrics():
             self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
                                     what="metrics")
-            return self.request_error(msg.request_id, "permission_denied",
+            return self.request_error(msg.request_id, ErrorCode.PERMISSION_DENIED,
                                       f"permission denied for key {self.key_id}: metrics not allowed")
         self.agent.audit.record("metrics", peer=self.peer, key_id=self.key_id, request=msg.request_id)
         self.send(MetricsReply(msg.request_id, metrics=self.agent.metrics.snapshot()))

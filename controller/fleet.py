@@ -13,11 +13,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from shoal.protocol.errors import AuthError, RemoteCommandError, ShoalConnectionError, ShoalError, ShoalTimeoutError
+from shoal.protocol.errors import ShoalError
 from shoal.protocol.handshake import SharedKey
 
 from shoal.controller.client import AgentClient, Command, RemoteProcess
-from shoal.controller.result import UNREACHABLE, Result, fleet_status
+from shoal.controller.fanout import fan_out
+from shoal.controller.result import Result, failure_result, fleet_status
 from shoal.controller.stdin import StdinSpool
 from shoal.controller.targets import Target
 
@@ -67,21 +68,6 @@ class FleetResult:
         return {r.host: r for r in self.results}
 
 
-def failure_result(host: str, exc: BaseException) -> Result:
-    """Turn a per-host exception into that host's result."""
-    if isinstance(exc, AuthError):
-        return Result(host, UNREACHABLE, error=exc.reason, error_code="auth_failed")
-    if isinstance(exc, ShoalTimeoutError):
-        return Result(host, UNREACHABLE, error=f"{exc.what} timed out after {exc.seconds:g}s", error_code="timeout_connect")
-    if isinstance(exc, ShoalConnectionError):
-        return Result(host, UNREACHABLE, error=exc.reason, error_code="unreachable")
-    if isinstance(exc, RemoteCommandError):
-        return Result(host, exc.status if exc.status is not None else 1, error=exc.reason, error_code=exc.code)
-    if isinstance(exc, ShoalError):
-        return Result(host, UNREACHABLE, error=str(exc), error_code="error")
-    return Result(host, UNREACHABLE, error=f"internal error: {exc!r}", error_code="internal")
-
-
 class Fleet:
     """A set of targets and how to reach them.
 
@@ -101,16 +87,15 @@ class Fleet:
         """Run `command` everywhere; per-host failures become results, never raise."""
         start = time.monotonic()
         out = FleetResult()
-        gate = asyncio.Semaphore(self.fanout)
 
-        async def one(index: int, target: Target) -> None:
-            async with gate:
-                node = command.for_node(target.name, index, len(self.targets))
-                result = await self._run_one(target, node, handler, stdin)
+        def done(result: Result) -> None:
             out.results.append(result)
             handler.on_result(result)
 
-        await asyncio.gather(*(one(i, t) for i, t in enumerate(self.targets)))
+        count = len(self.targets)
+        await fan_out(list(enumerate(self.targets)),
+                      lambda it: self._run_one(it[1], command.for_node(it[1].name, it[0], count), handler, stdin),
+                      limit=self.fanout, on_done=done)
         out.elapsed = time.monotonic() - start
         return out
 
@@ -131,7 +116,7 @@ class Fleet:
             if feeder is not None:
                 feeder.cancel()
             return result
-        except (ShoalError, OSError) as exc:
+        except ShoalError as exc:
             return failure_result(target.name, exc)
         finally:
             self.processes.pop(target.name, None)

@@ -1,10 +1,15 @@
-"""What a command on one host came to, as the library reports it."""
+"""What a command on one host came to, as the library reports it, and the one
+translation from a host's error to its Result."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Result", "UNREACHABLE", "fleet_status"]
+from shoal.protocol.errors import AuthError, RemoteCommandError, ShoalConnectionError, ShoalError, ShoalTimeoutError
+
+from shoal.controller.outcome import UNREACHABLE_OUTCOMES, Outcome
+
+__all__ = ["Result", "UNREACHABLE", "failure_result", "fleet_status"]
 
 # ssh's convention: 255 when the host could not be reached, authenticated, or
 # its connection was lost; clush uses it for timeouts too.
@@ -44,7 +49,7 @@ class Result:
     @property
     def unreachable(self) -> bool:
         """True when the command never ran or its outcome is unknown."""
-        return self.error_code in ("unreachable", "auth_failed", "connection_lost", "timeout_connect")
+        return self.error_code in UNREACHABLE_OUTCOMES
 
     @property
     def reason(self) -> str:
@@ -61,3 +66,22 @@ class Result:
 def fleet_status(results: list[Result]) -> int:
     """The run's exit status: the largest per-host status (0 when there are none)."""
     return max((r.status for r in results), default=0)
+
+
+def failure_result(host: str, exc: ShoalError) -> Result:
+    """Turn one host's error into its Result, so it never stops the other hosts.
+
+    The client turns socket, TLS and timeout errors into ours, so only shoal's
+    errors arrive here; anything else is a bug and propagates. A refusal that
+    carries no status (a transfer the agent refused, say) is status 1.
+    """
+    if isinstance(exc, AuthError):
+        return Result(host, UNREACHABLE, error=exc.reason, error_code=Outcome.AUTH_FAILED)
+    if isinstance(exc, ShoalTimeoutError):
+        return Result(host, UNREACHABLE, error=f"{exc.what} timed out after {exc.seconds:g}s",
+                      error_code=Outcome.CONNECT_TIMEOUT)
+    if isinstance(exc, ShoalConnectionError):
+        return Result(host, UNREACHABLE, error=exc.reason, error_code=Outcome.UNREACHABLE)
+    if isinstance(exc, RemoteCommandError):
+        return Result(host, exc.status or 1, error=exc.reason, error_code=exc.code)
+    return Result(host, UNREACHABLE, error=str(exc), error_code=Outcome.ERROR)

@@ -23,6 +23,7 @@ from types import TracebackType
 
 from shoal.hostio.fileerrors import FileTransferError, map_os_error
 from shoal.hostio.reader import maybe_stat
+from shoal.protocol.errors import ErrorCode
 
 __all__ = ["TEMP_MARK", "process_umask", "Journal", "WriterState", "AtomicWriter"]
 
@@ -253,7 +254,7 @@ class AtomicWriter:
         actual = self._hash.hexdigest()
         if actual != expected_sha256.strip().lower():
             self.abort()
-            raise FileTransferError("checksum_mismatch", self.dest,
+            raise FileTransferError(ErrorCode.CHECKSUM_MISMATCH, self.dest,
                                     f"sha256 of received data is {actual}, sender said {expected_sha256}")
         try:
             self._seal()
@@ -321,17 +322,17 @@ def _target_path(dest: Path, name: str | None, into: bool) -> Path:
     st = maybe_stat(dest, follow=True)
     if st is not None and stat.S_ISDIR(st.st_mode):
         if name is None:
-            raise FileTransferError("is_directory", dest)
+            raise FileTransferError(ErrorCode.IS_DIRECTORY, dest)
         return dest / _check_basename(name)
     if into:
-        raise FileTransferError("not_found" if st is None else "not_directory", dest)
+        raise FileTransferError(ErrorCode.NOT_FOUND if st is None else ErrorCode.NOT_DIRECTORY, dest)
     return dest
 
 
 def _check_basename(name: str) -> str:
     """Refuse a `name` that is not a single plain path component."""
     if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise FileTransferError("bad_path", name, "file name must be a single path component")
+        raise FileTransferError(ErrorCode.BAD_PATH, name, "file name must be a single path component")
     return name
 
 
@@ -340,7 +341,7 @@ def _final_attributes(target: Path, mode: int | None,
     """Return the mode and owner the committed file gets (owner None: leave ours)."""
     st = maybe_stat(target, follow=False)
     if st is not None and stat.S_ISDIR(st.st_mode):
-        raise FileTransferError("is_directory", target)
+        raise FileTransferError(ErrorCode.IS_DIRECTORY, target)
     existing = st if st is not None and stat.S_ISREG(st.st_mode) else None
     if mode is None:
         mode = stat.S_IMODE(existing.st_mode) if existing else 0o666 & ~process_umask()

@@ -1,7 +1,7 @@
 """File transfer errors: one exception whose `code` goes over the wire unchanged.
 
 Both ends raise `FileTransferError`, a `RemoteCommandError` whose `code` is one of
-`CODES`, and translate OSErrors into it with `map_os_error` at one boundary.
+the wire's `ErrorCode`s that `FILE_ERRORS` describes, and translate OSErrors into it with `map_os_error` at one boundary.
 """
 
 from __future__ import annotations
@@ -9,40 +9,34 @@ from __future__ import annotations
 import errno
 import os
 
-from shoal.protocol.errors import RemoteCommandError
+from shoal.protocol.errors import ErrorCode, RemoteCommandError
 
-__all__ = ["CODES", "FileTransferError", "map_os_error"]
-
-# Machine codes a transfer failure carries; the controller maps them to messages
-# and exit statuses, so they are part of the wire contract.
-CODES = frozenset({
-    "bad_path", "not_found", "permission_denied", "no_space", "is_directory",
-    "not_directory", "outside_root", "checksum_mismatch", "io_error",
-})
+__all__ = ["FILE_ERRORS", "FileTransferError", "map_os_error"]
 
 _ERRNO_CODES = {
-    errno.ENOENT: "not_found",
-    errno.EACCES: "permission_denied",
-    errno.EPERM: "permission_denied",
-    errno.EROFS: "permission_denied",
-    errno.ENOSPC: "no_space",
-    errno.EDQUOT: "no_space",
-    errno.EISDIR: "is_directory",
-    errno.ENOTDIR: "not_directory",
+    errno.ENOENT: ErrorCode.NOT_FOUND,
+    errno.EACCES: ErrorCode.PERMISSION_DENIED,
+    errno.EPERM: ErrorCode.PERMISSION_DENIED,
+    errno.EROFS: ErrorCode.PERMISSION_DENIED,
+    errno.ENOSPC: ErrorCode.NO_SPACE,
+    errno.EDQUOT: ErrorCode.NO_SPACE,
+    errno.EISDIR: ErrorCode.IS_DIRECTORY,
+    errno.ENOTDIR: ErrorCode.NOT_DIRECTORY,
 }
 
-_DEFAULT_DETAIL = {
-    "bad_path": "invalid path",
-    "not_found": "no such file or directory",
-    "permission_denied": "permission denied",
-    "no_space": "no space left on device",
-    "is_directory": "is a directory",
-    "not_directory": "not a directory",
-    "outside_root": "outside the directories this key may use",
-    "checksum_mismatch": "sha256 of the received data does not match",
-    "io_error": "input/output error",
+# The wire codes a transfer failure may carry, each with its default detail; the
+# controller maps them to messages and exit statuses, so they are wire contract.
+FILE_ERRORS: dict[ErrorCode, str] = {
+    ErrorCode.BAD_PATH: "invalid path",
+    ErrorCode.NOT_FOUND: "no such file or directory",
+    ErrorCode.PERMISSION_DENIED: "permission denied",
+    ErrorCode.NO_SPACE: "no space left on device",
+    ErrorCode.IS_DIRECTORY: "is a directory",
+    ErrorCode.NOT_DIRECTORY: "not a directory",
+    ErrorCode.OUTSIDE_ROOT: "outside the directories this key may use",
+    ErrorCode.CHECKSUM_MISMATCH: "sha256 of the received data does not match",
+    ErrorCode.IO_ERROR: "input/output error",
 }
-
 
 
 class FileTransferError(RemoteCommandError):
@@ -52,13 +46,13 @@ class FileTransferError(RemoteCommandError):
     shown as a repr so it cannot forge extra lines in a log or terminal.
     """
 
-    def __init__(self, code: str, path: str | os.PathLike[str], detail: str | None = None) -> None:
-        if code not in CODES:
+    def __init__(self, code: ErrorCode, path: str | os.PathLike[str], detail: str | None = None) -> None:
+        if code not in FILE_ERRORS:
             raise ValueError(f"unknown file transfer code {code!r}")
         shown = _printable(os.fspath(path))
-        super().__init__(f"{shown}: {detail or _DEFAULT_DETAIL[code]}", code=code)
+        super().__init__(f"{shown}: {detail or FILE_ERRORS[code]}", code=code)
         self.path = os.fspath(path)
-        self.detail = detail or _DEFAULT_DETAIL[code]
+        self.detail = detail or FILE_ERRORS[code]
 
 
 def _printable(text: str) -> str:
@@ -73,5 +67,5 @@ def map_os_error(err: OSError, path: str | os.PathLike[str]) -> FileTransferErro
     "you may not write here". Errors without a specific code become io_error,
     keeping the system's own wording as the detail.
     """
-    code = _ERRNO_CODES.get(err.errno or 0, "io_error")
+    code = _ERRNO_CODES.get(err.errno or 0, ErrorCode.IO_ERROR)
     return FileTransferError(code, path, err.strerror.lower() if err.strerror else None)

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Iterator
 
+from shoal.protocol.errors import ErrorCode
 from shoal.hostio.fileerrors import FileTransferError, map_os_error
 
 __all__ = ["FileReader", "maybe_stat", "walk_tree"]
@@ -96,9 +97,9 @@ def _regular_file_stat(fd: int, path: str | os.PathLike[str]) -> os.stat_result:
     except OSError as err:
         raise map_os_error(err, path) from err
     if stat.S_ISDIR(st.st_mode):
-        raise FileTransferError("is_directory", path)
+        raise FileTransferError(ErrorCode.IS_DIRECTORY, path)
     if not stat.S_ISREG(st.st_mode):
-        raise FileTransferError("io_error", path, "not a regular file")
+        raise FileTransferError(ErrorCode.IO_ERROR, path, "not a regular file")
     return st
 
 
@@ -118,9 +119,9 @@ def walk_tree(root: str | os.PathLike[str]) -> Iterator[tuple[str, os.stat_resul
     top = Path(root)
     st = maybe_stat(top, follow=True)
     if st is None:
-        raise FileTransferError("not_found", top)
+        raise FileTransferError(ErrorCode.NOT_FOUND, top)
     if not stat.S_ISDIR(st.st_mode):
-        raise FileTransferError("not_directory", top)
+        raise FileTransferError(ErrorCode.NOT_DIRECTORY, top)
     pending: deque[tuple[Path, str]] = deque([(top, "")])
     while pending:
         directory, prefix = pending.popleft()
