@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal as signals
 from dataclasses import dataclass
 
 __all__ = ["Result", "UNREACHABLE", "fleet_status"]
@@ -44,15 +45,30 @@ class Result:
         return self.error_code in ("unreachable", "auth_failed", "connection_lost", "timeout_connect")
 
     @property
+    def ran(self) -> bool:
+        """True when the command ran to its own end (exit, signal, timeout): a failure that
+        is the command's, which `-q` may hide, unlike a host that could not run it."""
+        return self.error_code in (None, "timeout")
+
+    @property
     def reason(self) -> str:
-        """Short human text for summaries: 'exit 3', 'killed by signal 9', or the error."""
+        """Short human text, as clush words it: 'exited with code 3',
+        'killed by signal 9 (KILL)', 'timed out after 10s', or the error."""
         if self.error:
             return self.error
         if self.timed_out:
             return "timed out"
         if self.signal:
-            return f"killed by signal {self.signal}"
-        return f"exit {self.status}"
+            return f"killed by signal {self.signal}{_signal_name(self.signal)}"
+        return f"exited with code {self.status}"
+
+
+def _signal_name(number: int) -> str:
+    """' (KILL)' for 9; nothing for a number this system has no name for."""
+    try:
+        return f" ({signals.Signals(number).name.removeprefix('SIG')})"
+    except ValueError:
+        return ""
 
 
 def fleet_status(results: list[Result]) -> int:

@@ -89,7 +89,7 @@ def test_gather_prints_each_distinct_output_once_under_its_folded_hosts() -> Non
         rule + b"web[01-02,04-05,07-08] (6)\n" + rule + b"Linux 6.1\nup\n"
         + rule + b"web[03,06] (2)\n" + rule + b"Linux 6.2\nup\n")
     assert err.getvalue() == (rule + b"web08 (1) (stderr)\n" + rule + b"warning: disk\n"
-                              + b"shoal: web06: exit 3\n")
+                              + b"shoal: web06: exited with code 3\n")
 
 
 def test_gather_lists_failures_by_reason_and_prints_nothing_for_silent_hosts() -> None:
@@ -101,7 +101,7 @@ def test_gather_lists_failures_by_reason_and_prints_nothing_for_silent_hosts() -
     h.on_result(ok("web1"))
     h.close()
     assert out.getvalue() == b""
-    assert err.getvalue() == b"shoal: app: killed by signal 9\nshoal: db[1-2]: connection refused\n"
+    assert err.getvalue() == b"shoal: app: killed by signal 9 (KILL)\nshoal: db[1-2]: connection refused\n"
 
 
 def json_lines(data: bytes) -> list[dict]:  # type: ignore[type-arg]
@@ -156,7 +156,7 @@ def test_failed_only_lists_failed_hosts_with_reasons() -> None:
                                                              error_code="unreachable")):
         h.on_result(r)
     h.close()
-    assert out.getvalue() == b"web2: connection refused\nweb10: exit 1\n"
+    assert out.getvalue() == b"web2: connection refused\nweb10: exited with code 1\n"
 
 
 def test_failed_only_json_prints_exit_records() -> None:

@@ -156,7 +156,7 @@ def test_lines_run_prefixed_and_commands_change_the_session(terminal: Callable[.
         shown = term.line("exit 4")
         assert b"shoal [3 hosts, 3 failed]> " in shown
         shown = term.line(":last")
-        assert re.search(rb"exit 4 +3 +127\.0\.0\.1:\[", shown)
+        assert re.search(rb"exited with code 4 +3 +127\.0\.0\.1:\[", shown)
 
         term.line(":cd /tmp")
         term.line(":env GREETING=bonjour")

@@ -128,3 +128,28 @@ def test_no_progress_line_when_stderr_is_a_pipe(agents: AgentThread) -> None:
                           capture_output=True, timeout=60)
     assert done.returncode == 0
     assert done.stderr.startswith(b"shoal: 10 ok") and b"\r" not in done.stderr
+
+
+
+def _outcomes(slots: Path) -> str:
+    """A command whose first three hosts exit 3, die by SIGKILL and hang; the rest exit 0."""
+    return (f"mkdir {slots}/a 2>/dev/null && exit 3; mkdir {slots}/b 2>/dev/null && kill -9 $$; "
+            f"mkdir {slots}/c 2>/dev/null && exec sleep 30; exit 0")
+
+
+def test_stream_gives_every_failed_host_its_line_and_quiet_keeps_the_unreachable(
+        agents: AgentThread, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    closed = f"127.0.0.1:{closed_port()}"
+    spec = ",".join([*agents.addresses[:4], closed])
+    (tmp_path / "loud").mkdir()
+    status, _, err = shoal(capsysbinary, "run", spec, "-n", "-o", "stream", "-t", "2", "-v", "--",
+                           _outcomes(tmp_path / "loud"))
+    lines = err.decode().splitlines()
+    assert status == 255 and lines[-1].startswith("shoal: 1 ok, 3 failed (")
+    reasons = sorted(line.split(": ", 2)[2] for line in lines[:-1])
+    assert reasons == ["connection refused", "exited with code 3", "killed by signal 9 (KILL)", "timed out after 2s"]
+    assert all(line.split(": ")[1] in spec.split(",") for line in lines[:-1])
+    (tmp_path / "quiet").mkdir()
+    status, _, err = shoal(capsysbinary, "run", spec, "-n", "-q", "-o", "stream", "-t", "2", "--",
+                           _outcomes(tmp_path / "quiet"))
+    assert status == 255 and err.decode().splitlines() == [f"shoal: {closed}: connection refused"]

@@ -3,7 +3,10 @@
 Modes (`-o/--output`), one class each:
 
 * `StreamHandler` (default on a TTY, and for many hosts when piped): lines as they
-  arrive, prefixed `host: ` with aligned prefixes, stderr lines on stderr.
+  arrive, prefixed `host: ` with aligned prefixes, stderr lines on stderr; each host
+  that does not exit 0 gets a line on stderr when it ends (`shoal: web03: exited with
+  code 3`). `-q` hides those of hosts whose command ran and failed, never those of
+  hosts that could not run it (unreachable, refused, lost).
 * `RawHandler` (one host, stdout not a TTY, or `--raw`): bytes passed through untouched,
   so `shoal run h -- tar c /etc > etc.tar` gives a valid tarball.
 * `GatherHandler` (`-o gather`): nothing until the run ends, then each distinct output
@@ -18,7 +21,7 @@ Modes (`-o/--output`), one class each:
   groups to stderr with `(stderr)` in their header, so `-o gather > file` keeps only
   stdout. A host's output without a final newline is shown with one. Hosts that did
   not exit 0 are listed last on stderr, one line per distinct reason
-  (`shoal: web[03,05]: exit 3`).
+  (`shoal: web[03,05]: exited with code 3`).
 * `JsonHandler` (`-o json`): one JSON object per line per event; schema below.
 * `FailedOnlyHandler` (`--failed-only`): no output during the run; afterwards one line
   per host that did not exit 0, `host: reason` (with `-o json`: its `exit` event).
@@ -74,6 +77,8 @@ __all__ = [
     "choose_output",
     "failure_groups",
     "exit_record",
+    "failure_shown",
+    "report_failure",
 ]
 
 # A "line" longer than this is printed in pieces rather than buffered further.
@@ -141,8 +146,7 @@ class StreamHandler:
             rest = self._lines.flush((result.host, stream))
             if rest:
                 self._write(result.host, stream, [rest])
-        if result.error:
-            self.display.error(f"{result.host}: {result.error}")
+        report_failure(self.display, result)
 
     def close(self) -> None:
         pass
@@ -161,8 +165,7 @@ class RawHandler:
         (self.display.out if stream == "stdout" else self.display.err)(data)
 
     def on_result(self, result: Result) -> None:
-        if result.error:
-            self.display.error(f"{result.host}: {result.error}")
+        report_failure(self.display, result)
 
     def close(self) -> None:
         pass
@@ -199,7 +202,8 @@ class GatherHandler:
     def close(self) -> None:
         self._print_groups(self.trees["stdout"], self.display.out, "")
         self._print_groups(self.trees["stderr"], self.display.err, " (stderr)")
-        for hosts, reason in failure_groups(self.results):
+        shown = [r for r in self.results if failure_shown(self.display, r)]
+        for hosts, reason in failure_groups(shown):
             self.display.error(f"{hosts}: {reason}")
 
     def _print_groups(self, tree: MsgTree, write: Callable[[bytes], None], label: str) -> None:
@@ -207,6 +211,17 @@ class GatherHandler:
             header = self.display.paint(escape_text(f"{NodeSet(hosts)} ({len(hosts)}){label}"), "1;34")
             body = b"".join(escape_line(line) for line in lines)
             write(f"{RULE}\n{header}\n{RULE}\n".encode() + body)
+
+
+def failure_shown(display: Display, result: Result) -> bool:
+    """A host that did not exit 0 gets its line; `-q` keeps only hosts that could not run."""
+    return not result.ok and (display.verbosity >= 1 or not result.ran)
+
+
+def report_failure(display: Display, result: Result) -> None:
+    """`shoal: web03: exited with code 3` on stderr, when `failure_shown` says so."""
+    if failure_shown(display, result):
+        display.error(f"{result.host}: {result.reason}")
 
 
 def failure_groups(results: list[Result]) -> list[tuple[NodeSet, str]]:
