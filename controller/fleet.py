@@ -98,24 +98,39 @@ class Fleet:
         self.processes: dict[str, RemoteProcess] = {}
 
     async def run(self, command: Command, handler: Handler, stdin: StdinSpool | None = None) -> FleetResult:
-        """Run `command` everywhere; per-host failures become results, never raise."""
+        """Run `command` everywhere; per-host failures become results, never raise.
+
+        What the handler raises (our own output failing) ends the run: every host's
+        command is cancelled (its connection closed) and the handler's exception is
+        raised here, unchanged, for the caller to map (a closed stdout is exit 141).
+        """
         start = time.monotonic()
         out = FleetResult()
         gate = asyncio.Semaphore(self.fanout)
 
+        local = _LocalGuard(handler)
+
         async def one(target: Target) -> None:
             async with gate:
-                result = await self._run_one(target, command, handler, stdin)
+                result = await self._run_one(target, command, local, stdin)
             out.results.append(result)
-            handler.on_result(result)
+            local.on_result(result)
 
-        await asyncio.gather(*(one(t) for t in self.targets))
+        tasks = [asyncio.ensure_future(one(t)) for t in self.targets]
+        try:
+            await asyncio.gather(*tasks)
+        except _LocalError as exc:  # our output failed (`| head` closed it): stop every host
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise exc.original from None
         out.elapsed = time.monotonic() - start
         return out
 
     async def _run_one(self, target: Target, command: Command, handler: Handler,
                        stdin: StdinSpool | None) -> Result:
         client: AgentClient | None = None
+        feeder: asyncio.Task[None] | None = None
         try:
             client = await self.options.connect(target)
             handler.on_start(target.name)
@@ -126,13 +141,12 @@ class Fleet:
             feeder = asyncio.create_task(_feed(proc, stdin)) if stdin is not None else None
             async for event in proc:
                 handler.on_output(target.name, event.stream, event.data)
-            result = await proc.wait()
-            if feeder is not None:
-                feeder.cancel()
-            return result
+            return await proc.wait()
         except (ShoalError, OSError) as exc:
             return failure_result(target.name, exc)
         finally:
+            if feeder is not None:
+                feeder.cancel()
             self.processes.pop(target.name, None)
             if client is not None:
                 await client.close()
@@ -145,6 +159,40 @@ class Fleet:
     def kill(self) -> None:
         for proc in list(self.processes.values()):
             proc.kill()
+
+
+class _LocalError(Exception):
+    """The handler raised: a failure on our side (a closed stdout, a full disk), never the host's."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+class _LocalGuard:
+    """Pass events to the handler; what it raises becomes a _LocalError, so `_run_one`
+    cannot take it for the host's failure and mark a healthy host unreachable."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def on_start(self, host: str) -> None:
+        try:
+            self.handler.on_start(host)
+        except Exception as exc:
+            raise _LocalError(exc) from exc
+
+    def on_output(self, host: str, stream: str, data: bytes) -> None:
+        try:
+            self.handler.on_output(host, stream, data)
+        except Exception as exc:
+            raise _LocalError(exc) from exc
+
+    def on_result(self, result: Result) -> None:
+        try:
+            self.handler.on_result(result)
+        except Exception as exc:
+            raise _LocalError(exc) from exc
 
 
 def _with_stdin(command: Command) -> Command:

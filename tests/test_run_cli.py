@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.agents import AgentThread, shoal, closed_port
+from tests.debris import marked, poll, tokens_of
 
 _BIN = Path(sys.executable).with_name("shoal")
 SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "shoal.controller.cli.main"]
@@ -153,3 +154,39 @@ def test_stream_gives_every_failed_host_its_line_and_quiet_keeps_the_unreachable
     status, _, err = shoal(capsysbinary, "run", spec, "-n", "-q", "-o", "stream", "-t", "2", "--",
                            _outcomes(tmp_path / "quiet"))
     assert status == 255 and err.decode().splitlines() == [f"shoal: {closed}: connection refused"]
+
+
+ENDLESS = "yes 'shoal-endless-output-line'"
+SIZED = "yes 'shoal-sized-output-line' | head -n 200000"  # far more than a pipe holds
+
+
+@pytest.mark.parametrize(("options", "command", "hosts", "endless"), [
+    (["-o", "stream"], ENDLESS, 3, True),
+    (["-o", "json"], ENDLESS, 3, True),
+    (["--raw"], ENDLESS, 1, True),
+    (["-o", "stream", "--outdir", "{tmp}/o"], ENDLESS, 3, True),
+    (["-o", "gather"], SIZED, 3, False),
+    (["--failed-only"], SIZED + "; exit 1", 3, False),
+], ids=["stream", "json", "raw", "outdir", "gather", "failed-only"])
+def test_a_reader_that_stops_early_ends_the_run_quietly_with_141(
+        agents: AgentThread, tmp_path: Path, options: list[str], command: str, hosts: int, endless: bool) -> None:
+    spec = ",".join(agents.addresses[:hosts])
+    argv = [*SHOAL, "run", spec, "-n", *(o.replace("{tmp}", str(tmp_path)) for o in options), "--", command]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stderr is not None
+    tokens: list[str] = []
+    if endless:  # like `| head -1`: read one line, then go away while every host still prints
+        assert proc.stdout.readline()
+        tokens = poll(lambda: _running_tokens(agents, hosts), timeout=30)  # type: ignore[assignment]
+    proc.stdout.close()  # gather and --failed-only print at the end, into a reader already gone
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(60) == 141, err
+    assert err == b""
+    for token in tokens:
+        poll(lambda: not marked(token), timeout=30)  # the endless commands were stopped
+
+
+def _running_tokens(agents: AgentThread, count: int) -> list[str] | None:
+    tokens = [t for agent in agents.agents for t in agents.call(tokens_of, agent)]
+    return tokens if len(tokens) == count else None
