@@ -43,6 +43,11 @@ def _reason(host: str, exc: BaseException) -> str:
     return failure_result(host, exc).reason
 
 
+def _code(exc: BaseException) -> str | None:
+    """A host's failure as the `error_code` JSON views give, like `exit` events."""
+    return failure_result("-", exc).error_code
+
+
 def _unreachable(exc: BaseException) -> bool:
     """Whether a failure means we could not talk to the host at all (exit 255)."""
     return failure_result("-", exc).status == UNREACHABLE
@@ -58,6 +63,7 @@ class MetricsRound:
 
     snapshots: dict[str, dict[str, Any] | str] = field(default_factory=dict)
     unreachable: set[str] = field(default_factory=set)
+    error_codes: dict[str, str | None] = field(default_factory=dict)
 
     def for_table(self) -> dict[str, dict[str, Any] | str]:
         """The snapshots with each unreachable host's reason marked "unreachable: ..."."""
@@ -126,6 +132,7 @@ class FleetMonitor:
                 out.snapshots[target.name] = await self.ask(target, AgentClient.metrics)
             except (ShoalError, OSError) as exc:
                 out.snapshots[target.name] = _reason(target.name, exc)
+                out.error_codes[target.name] = _code(exc)
                 if _unreachable(exc):
                     out.unreachable.add(target.name)
 
@@ -182,6 +189,7 @@ class PingReport:
     offset: float | None = None
     version: str = ""
     error: str | None = None
+    error_code: str | None = None
 
     @property
     def rtt_min(self) -> float:
@@ -224,10 +232,10 @@ async def ping_fleet(monitor: FleetMonitor, count: int = 3, interval: float = 0.
             client = await monitor.client(target)
             return await asyncio.wait_for(_probe_host(client, count, interval), timeout)
         except (ShoalError, OSError) as exc:  # before TimeoutError: ours is one too
-            return PingReport(target.name, error=_reason(target.name, exc))
+            return PingReport(target.name, error=_reason(target.name, exc), error_code=_code(exc))
         except asyncio.TimeoutError:
             monitor.clients.pop(target.name).abort()
-            return PingReport(target.name, error=f"no answer within {timeout:g}s")
+            return PingReport(target.name, error=f"no answer within {timeout:g}s", error_code="timeout")
 
     gate = asyncio.Semaphore(monitor.fanout)
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import signal as signals
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Result", "UNREACHABLE", "fleet_status"]
+__all__ = ["Result", "UNREACHABLE", "UNREACHABLE_CODES", "fleet_status", "outcome_fields"]
 
 # ssh's convention: 255 when the host could not be reached, authenticated, or
 # its connection was lost; clush uses it for timeouts too.
 UNREACHABLE = 255
+
+# Error codes meaning the command never ran or its outcome is unknown.
+UNREACHABLE_CODES = frozenset({"unreachable", "auth_failed", "connection_lost", "timeout_connect"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +46,7 @@ class Result:
     @property
     def unreachable(self) -> bool:
         """True when the command never ran or its outcome is unknown."""
-        return self.error_code in ("unreachable", "auth_failed", "connection_lost", "timeout_connect")
+        return self.error_code in UNREACHABLE_CODES
 
     @property
     def ran(self) -> bool:
@@ -74,3 +78,11 @@ def _signal_name(number: int) -> str:
 def fleet_status(results: list[Result]) -> int:
     """The run's exit status: the largest per-host status (0 when there are none)."""
     return max((r.status for r in results), default=0)
+
+
+def outcome_fields(error: str | None, error_code: str | None) -> dict[str, Any]:
+    """`ok`, `unreachable`, `error`, `error_code` for a host's JSON record, one spelling for all views."""
+    if error is not None and error_code is None:
+        error_code = "error"
+    return {"ok": error is None, "unreachable": error_code in UNREACHABLE_CODES,
+            "error": error, "error_code": error_code}

@@ -133,6 +133,33 @@ def test_json_events_follow_the_schema() -> None:
     ]
 
 
+def _joined(events: list[dict]) -> bytes:  # type: ignore[type-arg]
+    return b"".join(base64.b64decode(e["data_b64"]) if "data_b64" in e else e["data"].encode() for e in events)
+
+
+def test_json_keeps_valid_lines_as_text_next_to_an_invalid_one() -> None:
+    d, out, _ = display()
+    h = JsonHandler(d)
+    h.on_output("h", "stdout", b"hi\nthere\n\xff bad\nbye\r\n")
+    h.on_result(ok("h"))
+    pieces = [{k: e[k] for k in e if k.startswith("data")} for e in json_lines(out.getvalue()) if e["event"] == "output"]
+    assert pieces == [{"data": "hi\nthere\n"}, {"data_b64": base64.b64encode(b"\xff bad\n").decode()},
+                      {"data": "bye\r\n"}]
+
+
+def test_json_long_line_cut_at_the_cap_never_splits_a_character() -> None:
+    d, out, _ = display()
+    h = JsonHandler(d)
+    text = "€" * (LINE_CAP // 3 * 4) + "\n"  # one line over the cap, three bytes a character
+    data = text.encode()
+    for i in range(0, len(data), 4096):  # 4096 is no multiple of 3: chunks end mid-character
+        h.on_output("h", "stdout", data[i:i + 4096])
+    h.on_result(ok("h"))
+    pieces = [e for e in json_lines(out.getvalue()) if e["event"] == "output"]
+    assert len(pieces) > 1 and all("data" in e for e in pieces)
+    assert "".join(e["data"] for e in pieces) == text
+
+
 def test_json_binary_output_is_base64_and_concatenates_to_the_exact_bytes() -> None:
     d, out, _ = display()
     h = JsonHandler(d)

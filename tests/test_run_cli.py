@@ -82,6 +82,15 @@ def test_json_through_the_cli_encodes_binary_and_reports_exits(agents: AgentThre
     assert err.startswith(b"shoal: 0 ok, 1 failed")
 
 
+def test_json_invalid_line_goes_to_base64_alone(agents: AgentThread,
+                                                capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    status, out, _ = shoal(capsysbinary, "run", agents.addresses[0], "-n", "-o", "json", "--",
+                           r"printf 'hi\n\377\nbye\n'")
+    pieces = [e for e in map(json.loads, out.splitlines()) if e["event"] == "output"]
+    assert status == 0
+    assert [(e.get("data"), e.get("data_b64")) for e in pieces] == [("hi\n", None), (None, "/wo="), ("bye\n", None)]
+
+
 def test_outdir_names_unix_socket_hosts_safely(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
     sock = tmp_path / "a.sock"
     with AgentThread(1, listen=(f"unix:{sock}",)) as t:

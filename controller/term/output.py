@@ -30,7 +30,7 @@ JSON schema (`-o json`; every object has `event` and `t`, seconds since the run 
 
     {"event": "start",  "host": H, "t": T}                       connected, command sent
     {"event": "output", "host": H, "t": T, "stream": "stdout"|"stderr",
-     "data": TEXT}  or  "data_b64": BASE64                       when not valid UTF-8
+     "data": TEXT}  or  "data_b64": BASE64                       lines not valid UTF-8
     {"event": "exit",   "host": H, "t": T, "status": N, "code": N|null,
      "signal": N|null, "timed_out": B, "cancelled": B, "duration": SECS,
      "error": TEXT|null, "error_code": TEXT|null, "ok": B, "unreachable": B}
@@ -39,7 +39,10 @@ JSON schema (`-o json`; every object has `event` and `t`, seconds since the run 
 
 `output` data holds whole lines where it can: a host's stream is cut after its last
 newline (or every LINE_CAP bytes of one long line); the final piece may lack one.
-Concatenating a host's `output` events of one stream gives its exact bytes. Hosts that
+Valid lines stay `data` and only the invalid ones go to `data_b64`, so one piece may
+become several events; a cut at LINE_CAP never splits a UTF-8 character (its start
+waits for the next chunk). Concatenating a host's `output` events of one stream gives
+its exact bytes. Hosts that
 never connected have only an `exit` event, with `error` saying why.
 
 Lines are split only for display, with a cap so one endless line cannot grow memory
@@ -52,6 +55,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -85,6 +89,8 @@ __all__ = [
 LINE_CAP = 64 * 1024
 # The rule above and below a gathered group's host set (dshbak's width).
 RULE = "-" * 15
+# Each line with its newline, and a last one without.
+_LINES = re.compile(rb"[^\n]*\n|[^\n]+\Z")
 
 
 class LineSplitter:
@@ -245,12 +251,41 @@ def exit_record(result: Result) -> dict[str, Any]:
     }
 
 
-def data_fields(data: bytes) -> dict[str, str]:
-    """`data` as text when it is valid UTF-8, else `data_b64`."""
+def data_fields(data: bytes) -> list[dict[str, str]]:
+    """`data` as `data` text where its lines are valid UTF-8, `data_b64` for the lines
+    that are not, in order; neighbouring lines of one kind share a piece."""
     try:
-        return {"data": data.decode("utf-8")}
+        return [{"data": data.decode("utf-8")}]
     except UnicodeDecodeError:
-        return {"data_b64": base64.b64encode(data).decode("ascii")}
+        pass
+    pieces: list[tuple[bool, list[bytes]]] = []
+    for line in _LINES.findall(data):
+        valid = _is_utf8(line)
+        if pieces and pieces[-1][0] == valid:
+            pieces[-1][1].append(line)
+        else:
+            pieces.append((valid, [line]))
+    return [{"data": b"".join(lines).decode("utf-8")} if valid
+            else {"data_b64": base64.b64encode(b"".join(lines)).decode("ascii")} for valid, lines in pieces]
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def utf8_cut(data: bytes, cut: int) -> int:
+    """Move `cut` back to the start of a UTF-8 sequence it would split, so the
+    sequence reaches the next piece whole (it may continue in the next chunk)."""
+    for back in range(1, min(4, cut) + 1):
+        byte = data[cut - back]
+        if byte & 0xC0 != 0x80:  # the lead byte (or ASCII) of the last sequence
+            need = 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4 if byte >> 3 == 0b11110 else 1
+            return cut - back if need > back else cut
+    return cut
 
 
 def json_line(record: dict[str, Any]) -> bytes:
@@ -280,14 +315,15 @@ class JsonHandler:
         buf = self._partial.pop(key, b"") + data
         cut = buf.rfind(b"\n") + 1
         if cut == 0 and len(buf) >= LINE_CAP:
-            cut = len(buf)
+            cut = utf8_cut(buf, len(buf)) or len(buf)
         if cut < len(buf):
             self._partial[key] = buf[cut:]
         if cut:
             self._emit_output(host, stream, buf[:cut])
 
     def _emit_output(self, host: str, stream: str, data: bytes) -> None:
-        self.emit("output", {"host": host, "stream": stream, **data_fields(data)})
+        for fields in data_fields(data):
+            self.emit("output", {"host": host, "stream": stream, **fields})
 
     def on_result(self, result: Result) -> None:
         for stream in ("stdout", "stderr"):
