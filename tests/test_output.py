@@ -29,6 +29,7 @@ from shoal.controller.term.output import (
     StreamHandler,
     choose_output,
 )
+from shoal.controller.term.outputcap import GATHER_MAX_OUTPUT, OutputCap, gap_line
 from shoal.controller.term.progress import PROGRESS_MIN_HOSTS, ProgressHandler
 from shoal.controller.result import UNREACHABLE, Result
 from shoal.controller.term.summary import folded, summary_line
@@ -131,6 +132,33 @@ def test_json_events_follow_the_schema() -> None:
          "error_code": "unreachable", "ok": False, "unreachable": True, "t": 2.5},
         {"event": "summary", "status": 255, "ok": ["h1"], "failed": [], "unreachable": ["h2"], "t": 3.0},
     ]
+
+
+def test_output_cap_keeps_whole_lines_of_head_and_tail_around_one_gap_line() -> None:
+    d, out, _ = display()
+    h = OutputCap(GatherHandler(d), 80)  # 70 bytes of head, 10 of tail
+    data = b"".join(b"line %03d\n" % i for i in range(100))  # 9 bytes a line
+    for host in ("a", "b"):
+        for i in range(0, len(data), 7):
+            h.on_output(host, "stdout", data[i:i + 7])
+    h.on_output("c", "stdout", b"short\n")
+    for host in ("a", "b", "c"):
+        h.on_result(ok(host))
+    h.close()
+    rule = b"---------------\n"
+    kept_head, kept_tail = data[:63], data[-9:]  # seven whole lines; the last whole line
+    gap = gap_line(len(data) - len(kept_head) - len(kept_tail))
+    assert gap == b"[... 828 B not shown ...]\n"
+    assert out.getvalue() == (rule + b"a[-b] (2)\n".replace(b"a[-b]", b"a,b") + rule + kept_head + gap + kept_tail
+                              + rule + b"c (1)\n" + rule + b"short\n")
+
+
+def test_output_cap_cuts_one_endless_line_by_bytes() -> None:
+    d, out, _ = display()
+    h = OutputCap(RawHandler(d), 80)
+    h.on_output("a", "stdout", b"x" * 300)
+    h.on_result(ok("a"))
+    assert out.getvalue() == b"x" * 70 + b"\n" + gap_line(220) + b"x" * 10
 
 
 def _joined(events: list[dict]) -> bytes:  # type: ignore[type-arg]
@@ -251,13 +279,16 @@ async def test_choose_output_picks_one_handler_per_mode(tmp_path: Path) -> None:
     assert isinstance(choose_output(d, ["a"], None), RawHandler)
     assert isinstance(choose_output(d, ["a", "b"], None), StreamHandler)
     assert isinstance(choose_output(d, ["a"], "stream"), StreamHandler)
-    assert isinstance(choose_output(d, ["a", "b"], "gather"), GatherHandler)
+    capped = choose_output(d, ["a", "b"], "gather")  # gather holds output: capped by default
+    assert isinstance(capped, OutputCap) and isinstance(capped.inner, GatherHandler)
+    assert capped.head_limit + capped.tail_limit == GATHER_MAX_OUTPUT
+    assert isinstance(choose_output(d, ["a", "b"], "gather", max_output=0), GatherHandler)
     assert isinstance(choose_output(d, ["a", "b"], "json"), JsonHandler)
     assert isinstance(choose_output(d, ["a", "b"], "gather", failed_only=True), FailedOnlyHandler)
     tee = choose_output(d, ["a", "b"], "gather", outdir=str(tmp_path))
-    assert isinstance(tee, OutdirTee) and isinstance(tee.inner, GatherHandler)
+    assert isinstance(tee, OutdirTee) and isinstance(tee.inner, OutputCap)  # the files get every byte
     many = [f"h{i}" for i in range(PROGRESS_MIN_HOSTS)]
-    assert isinstance(choose_output(d, many, "gather"), GatherHandler)
+    assert isinstance(choose_output(d, many, "json"), JsonHandler)
 
 
 def read_until(fd: int, needle: bytes, seen: bytearray, deadline: float) -> bool:

@@ -199,3 +199,35 @@ def test_a_reader_that_stops_early_ends_the_run_quietly_with_141(
 def _running_tokens(agents: AgentThread, count: int) -> list[str] | None:
     tokens = [t for agent in agents.agents for t in agents.call(tokens_of, agent)]
     return tokens if len(tokens) == count else None
+
+
+def test_gather_max_output_keeps_head_and_tail_and_outdir_keeps_everything(
+        agents: AgentThread, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    hosts = agents.addresses[:3]
+    status, out, _ = shoal(capsysbinary, "run", ",".join(hosts), "-n", "-o", "gather", "--max-output", "64K",
+                           "--outdir", str(tmp_path), "--", "seq 1 300000")
+    full = b"".join(b"%d\n" % i for i in range(1, 300001))
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[1].endswith(b" (3)") and lines[3] == b"1"  # one group: the same head, gap and tail
+    gaps = [line for line in lines if line.startswith(b"[... ")]
+    assert len(gaps) == 1 and gaps[0].endswith(b" MiB not shown ...]")
+    head, tail = out.split(gaps[0] + b"\n")
+    assert full.startswith(head.split(b"---------------\n")[-1])
+    assert full.endswith(tail) and tail.endswith(b"\n300000\n") and tail.startswith(b"2")  # whole lines
+    assert len(head) + len(tail) < 64 * 1024 + 200
+    for host in hosts:
+        assert (tmp_path / (host + ".out")).read_bytes() == full
+
+
+def test_max_output_none_and_stream_default_hold_everything(
+        agents: AgentThread, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    full = b"".join(b"%d\n" % i for i in range(1, 30001))
+    status, out, _ = shoal(capsysbinary, "run", agents.addresses[0], "-n", "-o", "gather", "--max-output", "none",
+                           "--", "seq 1 30000")
+    assert status == 0 and out.split(b"---------------\n")[-1] == full
+    status, out, _ = shoal(capsysbinary, "run", agents.addresses[0], "-n", "--raw", "--", "seq 1 30000")
+    assert status == 0 and out == full
+    with pytest.raises(SystemExit) as bad:
+        shoal(capsysbinary, "run", agents.addresses[0], "--max-output", "lots", "--", "true")
+    assert bad.value.code == 2

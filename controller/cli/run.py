@@ -70,7 +70,8 @@ def choose_handler(args: argparse.Namespace, display: Display, targets: list[Tar
     """Pick the output handler once (modes in controller/term/output.py)."""
     return choose_output(display, [t.name for t in targets], getattr(args, "output", None),
                          raw=getattr(args, "raw", False), outdir=getattr(args, "outdir", None),
-                         failed_only=getattr(args, "failed_only", False))
+                         failed_only=getattr(args, "failed_only", False),
+                         max_output=getattr(args, "max_output", None), diff=getattr(args, "diff", False))
 
 
 async def run_fleet(targets: list[Target], command: Command, options: ConnectOptions,

@@ -66,6 +66,7 @@ from shoal.controller.escape import escape_line, escape_text, json_safe
 from shoal.controller.term.msgtree import MsgTree
 from shoal.controller.nodeset import NodeSet, natural_key
 from shoal.controller.term.outdir import OutdirTee, prepare_outdir
+from shoal.controller.term.outputcap import GATHER_MAX_OUTPUT, OutputCap
 from shoal.controller.term.progress import ProgressHandler, wants_progress
 from shoal.controller.result import Result
 from shoal.controller.term.summary import classify
@@ -367,7 +368,8 @@ class FailedOnlyHandler:
 
 
 def choose_output(display: Display, hosts: list[str], mode: str | None, *, raw: bool = False,
-                  outdir: str | None = None, failed_only: bool = False) -> OutputHandler:
+                  outdir: str | None = None, failed_only: bool = False,
+                  max_output: int | None = None, diff: bool = False) -> OutputHandler:
     """Build the handler for a run, once.
 
     `mode` None means the default: raw passthrough for one host when stdout is not a
@@ -375,6 +377,9 @@ def choose_output(display: Display, hosts: list[str], mode: str | None, *, raw: 
     hosts' lines stay attributable). `failed_only` replaces the mode's output with the
     failed-host listing (JSON records with mode "json"). `outdir` tees into files, and
     the progress line wraps it all when the run is big and stderr is a terminal.
+    `max_output` caps each host's stream (controller/term/outputcap.py), inside the
+    tee so the files stay whole: None is the mode's default (GATHER_MAX_OUTPUT for
+    gather, which holds output; no cap for the others, which hold none), 0 no cap.
     """
     handler: OutputHandler
     if failed_only:
@@ -387,6 +392,9 @@ def choose_output(display: Display, hosts: list[str], mode: str | None, *, raw: 
         handler = RawHandler(display)
     else:
         handler = StreamHandler(display, hosts)
+    limit = max_output if max_output is not None else GATHER_MAX_OUTPUT if mode == "gather" else 0
+    if limit and not failed_only:
+        handler = OutputCap(handler, limit)
     if outdir is not None:
         handler = OutdirTee(handler, prepare_outdir(outdir))
     if wants_progress(display, len(hosts)):
