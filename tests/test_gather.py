@@ -128,3 +128,18 @@ def test_failed_only_lists_the_failed_hosts_and_why(fleet: Path, capsysbinary: p
     assert out == (f"{closed}: connection refused\n127.0.0.4: exited with code 1\n"
                    "127.0.0.17: exited with code 1\n127.0.0.29: exited with code 1\n").encode()
     assert err.startswith(f"shoal: 27 ok, 3 failed ({VARIANT}), 1 unreachable ({closed}) in ".encode())
+
+
+def test_diff_shows_each_distinct_output_against_the_most_common(
+        fleet: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    status, out, err = shoal(capsysbinary, "run", "--inventory", str(fleet), ALL, "-n", "--diff",
+                             "--", "echo first; echo ${TEST_VARIANT:-same}; echo last")
+    assert status == 0
+    assert out == (b"--- 127.0.0.[1-3,5-16,18-28,30] (27)\n+++ 127.0.0.[4,17,29] (3)\n@@ -1,3 +1,3 @@\n"
+                   b" first\n-same\n+other\n last\n")
+    assert err.startswith(b"shoal: 30 ok, 0 failed, 0 unreachable in ")
+    status, out, _ = shoal(capsysbinary, "run", "--inventory", str(fleet), ALL, "-n", "--diff", "--", "echo same")
+    assert status == 0 and out == b""  # one output everywhere: nothing differs
+    status, _, err = shoal(capsysbinary, "run", "--inventory", str(fleet), ALL, "-n", "--diff", "-o", "json",
+                           "--", "true")
+    assert status == 2 and b"--diff" in err

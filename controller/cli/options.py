@@ -59,6 +59,8 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
                    help="with one host: pass output through byte-exact, no prefix (default when stdout is not a TTY)")
     add_outdir_failed_options(g, outdir_help="also write each host's output to DIR/HOST.out and DIR/HOST.err",
                               failed_only_help="after the run, list only failed hosts and why")
+    g.add_argument("--diff", action="store_true",
+                   help="gather, then show each distinct output as a unified diff against the most common one")
     g.add_argument("--max-output", type=parse_size, metavar="SIZE",
                    help="keep the first and last of each host's stdout and stderr up to SIZE (64K, 16M, 1G; "
                         "0 or none: all), with a gap line between; default 16M with -o gather, none otherwise; "

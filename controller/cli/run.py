@@ -15,6 +15,8 @@ import os
 import sys
 from typing import Any
 
+from shoal.protocol.errors import ConfigError
+
 from shoal.controller.client import Command
 from shoal.controller.term.display import Display
 from shoal.controller.fleet import ConnectOptions, Fleet
@@ -68,6 +70,8 @@ def _isatty(fd: int) -> bool:
 
 def choose_handler(args: argparse.Namespace, display: Display, targets: list[Target]) -> OutputHandler:
     """Pick the output handler once (modes in controller/term/output.py)."""
+    if getattr(args, "diff", False) and getattr(args, "output", None) in ("stream", "json"):
+        raise ConfigError(f"--diff compares gathered output; it does not go with -o {args.output}", "--diff")
     return choose_output(display, [t.name for t in targets], getattr(args, "output", None),
                          raw=getattr(args, "raw", False), outdir=getattr(args, "outdir", None),
                          failed_only=getattr(args, "failed_only", False),

@@ -54,6 +54,7 @@ exact bytes.
 from __future__ import annotations
 
 import base64
+import difflib
 import json
 import re
 import time
@@ -69,7 +70,7 @@ from shoal.controller.term.outdir import OutdirTee, prepare_outdir
 from shoal.controller.term.outputcap import GATHER_MAX_OUTPUT, OutputCap
 from shoal.controller.term.progress import ProgressHandler, wants_progress
 from shoal.controller.result import Result
-from shoal.controller.term.summary import classify
+from shoal.controller.term.summary import classify, folded
 
 __all__ = [
     "LINE_CAP",
@@ -185,8 +186,9 @@ class GatherHandler:
     printing the same 100 lines cost 100 stored lines.
     """
 
-    def __init__(self, display: Display) -> None:
+    def __init__(self, display: Display, diff: bool = False) -> None:
         self.display = display
+        self.diff = diff
         self.trees = {"stdout": MsgTree(), "stderr": MsgTree()}
         self.results: list[Result] = []
         self._lines = LineSplitter()
@@ -207,8 +209,9 @@ class GatherHandler:
         self.results.append(result)
 
     def close(self) -> None:
-        self._print_groups(self.trees["stdout"], self.display.out, "")
-        self._print_groups(self.trees["stderr"], self.display.err, " (stderr)")
+        show = self._print_diffs if self.diff else self._print_groups
+        show(self.trees["stdout"], self.display.out, "")
+        show(self.trees["stderr"], self.display.err, " (stderr)")
         shown = [r for r in self.results if failure_shown(self.display, r)]
         for hosts, reason in failure_groups(shown):
             self.display.error(f"{hosts}: {reason}")
@@ -218,6 +221,29 @@ class GatherHandler:
             header = self.display.paint(escape_text(f"{NodeSet(hosts)} ({len(hosts)}){label}"), "1;34")
             body = b"".join(escape_line(line) for line in lines)
             write(f"{RULE}\n{header}\n{RULE}\n".encode() + body)
+
+
+    def _print_diffs(self, tree: MsgTree, write: Callable[[bytes], None], label: str) -> None:
+        """`--diff`: each distinct output as a unified diff against the most common one."""
+        groups = list(tree.walk())
+        common_lines, common_hosts = max(groups, key=lambda group: len(group[1]), default=([], []))
+        common = [_shown(line) for line in common_lines]
+        for lines, hosts in groups:
+            if hosts is common_hosts:
+                continue
+            diff = difflib.unified_diff(common, [_shown(line) for line in lines], lineterm="",
+                                        fromfile=_set_name(common_hosts, label), tofile=_set_name(hosts, label))
+            write("".join(line + "\n" for line in diff).encode("utf-8", "replace"))
+
+
+def _shown(line: bytes) -> str:
+    """A remote line as a diff shows it: decoded and escaped (controller/escape.py)."""
+    return escape_text(line.decode("utf-8", "replace"))
+
+
+def _set_name(hosts: list[str], label: str) -> str:
+    """`web[01-05,07] (6)`, folded and cut like the summary's host sets."""
+    return escape_text(f"{folded(hosts)} ({len(hosts)}){label}")
 
 
 def failure_shown(display: Display, result: Result) -> bool:
@@ -377,6 +403,7 @@ def choose_output(display: Display, hosts: list[str], mode: str | None, *, raw: 
     hosts' lines stay attributable). `failed_only` replaces the mode's output with the
     failed-host listing (JSON records with mode "json"). `outdir` tees into files, and
     the progress line wraps it all when the run is big and stderr is a terminal.
+    `diff` gathers and shows each distinct output as a diff against the most common.
     `max_output` caps each host's stream (controller/term/outputcap.py), inside the
     tee so the files stay whole: None is the mode's default (GATHER_MAX_OUTPUT for
     gather, which holds output; no cap for the others, which hold none), 0 no cap.
@@ -384,15 +411,15 @@ def choose_output(display: Display, hosts: list[str], mode: str | None, *, raw: 
     handler: OutputHandler
     if failed_only:
         handler = FailedOnlyHandler(display, as_json=mode == "json")
-    elif mode == "gather":
-        handler = GatherHandler(display)
+    elif mode == "gather" or diff:
+        handler = GatherHandler(display, diff=diff)
     elif mode == "json":
         handler = JsonHandler(display)
     elif mode is None and len(hosts) == 1 and (raw or not display.stdout_tty):
         handler = RawHandler(display)
     else:
         handler = StreamHandler(display, hosts)
-    limit = max_output if max_output is not None else GATHER_MAX_OUTPUT if mode == "gather" else 0
+    limit = max_output if max_output is not None else GATHER_MAX_OUTPUT if isinstance(handler, GatherHandler) else 0
     if limit and not failed_only:
         handler = OutputCap(handler, limit)
     if outdir is not None:
