@@ -231,3 +231,12 @@ def test_max_output_none_and_stream_default_hold_everything(
     with pytest.raises(SystemExit) as bad:
         shoal(capsysbinary, "run", agents.addresses[0], "--max-output", "lots", "--", "true")
     assert bad.value.code == 2
+
+
+def test_an_outdir_file_that_cannot_be_written_ends_the_run_without_blaming_the_host(
+        agents: AgentThread, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    host = agents.addresses[0]
+    (tmp_path / (host + ".out")).symlink_to("/dev/full")  # every write: ENOSPC
+    status, _, err = shoal(capsysbinary, "run", host, "-n", "--outdir", str(tmp_path), "--", "echo hello")
+    assert status == 2
+    assert err.decode() == f"shoal: --outdir: cannot write {tmp_path / (host + '.out')}: No space left on device\n"
