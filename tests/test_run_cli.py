@@ -240,3 +240,20 @@ def test_an_outdir_file_that_cannot_be_written_ends_the_run_without_blaming_the_
     status, _, err = shoal(capsysbinary, "run", host, "-n", "--outdir", str(tmp_path), "--", "echo hello")
     assert status == 2
     assert err.decode() == f"shoal: --outdir: cannot write {tmp_path / (host + '.out')}: No space left on device\n"
+
+
+def test_batch_with_a_reader_that_stops_early_ends_quietly_with_141(agents: AgentThread, tmp_path: Path) -> None:
+    script = tmp_path / "endless"
+    script.write_text(f"{ENDLESS}\necho never\n")
+    proc = subprocess.Popen([*SHOAL, "batch", ",".join(agents.addresses[:3]), str(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline()
+    tokens = poll(lambda: _running_tokens(agents, 3), timeout=30)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(60) == 141, err
+    assert err == b""
+    for token in tokens:  # type: ignore[attr-defined]
+        poll(lambda: not marked(token), timeout=30)
