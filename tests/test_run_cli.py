@@ -181,19 +181,26 @@ def test_a_reader_that_stops_early_ends_the_run_quietly_with_141(
         agents: AgentThread, tmp_path: Path, options: list[str], command: str, hosts: int, endless: bool) -> None:
     spec = ",".join(agents.addresses[:hosts])
     argv = [*SHOAL, "run", spec, "-n", *(o.replace("{tmp}", str(tmp_path)) for o in options), "--", command]
+    _read_then_go_away(agents, argv, hosts if endless else 0)
+
+
+def _read_then_go_away(agents: AgentThread, argv: list[str], endless_hosts: int) -> None:
+    """Run `argv` with stdout to a pipe we close: after one line while `endless_hosts`
+    hosts still print (like `| head -1`), or at once (gather and --failed-only print at
+    the end, into a reader already gone). Exit 141, nothing on stderr, commands ended."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None and proc.stderr is not None
     tokens: list[str] = []
-    if endless:  # like `| head -1`: read one line, then go away while every host still prints
+    if endless_hosts:
         assert proc.stdout.readline()
-        tokens = poll(lambda: _running_tokens(agents, hosts), timeout=30)  # type: ignore[assignment]
-    proc.stdout.close()  # gather and --failed-only print at the end, into a reader already gone
+        tokens = poll(lambda: _running_tokens(agents, endless_hosts), timeout=30)  # type: ignore[assignment]
+    proc.stdout.close()
     err = proc.stderr.read()
     proc.stderr.close()
     assert proc.wait(60) == 141, err
     assert err == b""
     for token in tokens:
-        poll(lambda: not marked(token), timeout=30)  # the endless commands were stopped
+        poll(lambda: not marked(token), timeout=30)
 
 
 def _running_tokens(agents: AgentThread, count: int) -> list[str] | None:
@@ -245,15 +252,4 @@ def test_an_outdir_file_that_cannot_be_written_ends_the_run_without_blaming_the_
 def test_batch_with_a_reader_that_stops_early_ends_quietly_with_141(agents: AgentThread, tmp_path: Path) -> None:
     script = tmp_path / "endless"
     script.write_text(f"{ENDLESS}\necho never\n")
-    proc = subprocess.Popen([*SHOAL, "batch", ",".join(agents.addresses[:3]), str(script)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None and proc.stderr is not None
-    assert proc.stdout.readline()
-    tokens = poll(lambda: _running_tokens(agents, 3), timeout=30)
-    proc.stdout.close()
-    err = proc.stderr.read()
-    proc.stderr.close()
-    assert proc.wait(60) == 141, err
-    assert err == b""
-    for token in tokens:  # type: ignore[attr-defined]
-        poll(lambda: not marked(token), timeout=30)
+    _read_then_go_away(agents, [*SHOAL, "batch", ",".join(agents.addresses[:3]), str(script)], 3)

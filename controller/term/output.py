@@ -21,7 +21,9 @@ Modes (`-o/--output`), one class each:
   groups to stderr with `(stderr)` in their header, so `-o gather > file` keeps only
   stdout. A host's output without a final newline is shown with one. Hosts that did
   not exit 0 are listed last on stderr, one line per distinct reason
-  (`shoal: web[03,05]: exited with code 3`).
+  (`shoal: web[03,05]: exited with code 3`). With `diff`, each distinct output is
+  shown instead as a unified diff against the most common one (clush --diff). Gather
+  holds output, so it is capped by default (controller/term/outputcap.py).
 * `JsonHandler` (`-o json`): one JSON object per line per event; schema below.
 * `FailedOnlyHandler` (`--failed-only`): no output during the run; afterwards one line
   per host that did not exit 0, `host: reason` (with `-o json`: its `exit` event).
