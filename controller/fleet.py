@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from shoal.protocol.errors import AuthError, RemoteCommandError, ShoalConnectionError, ShoalError, ShoalTimeoutError
+from shoal.protocol.defaults import OUTPUT_WINDOW
 from shoal.protocol.handshake import SharedKey
 
 from shoal.controller.client import AgentClient, Command, RemoteProcess
@@ -21,7 +22,15 @@ from shoal.controller.result import UNREACHABLE, Result, fleet_status
 from shoal.controller.stdin import StdinSpool
 from shoal.controller.targets import Target
 
-__all__ = ["Handler", "Fleet", "FleetResult", "ConnectOptions"]
+__all__ = ["Handler", "Fleet", "FleetResult", "ConnectOptions", "FLEET_OUTPUT_BUDGET", "MIN_OUTPUT_WINDOW"]
+
+# Output in flight across all running hosts: each host's window is its share, so a
+# controller slower than its agents holds at most about this much unconsumed output
+# (64 hosts x the 4 MiB default window would otherwise be 256 MiB, and each
+# connection's frame buffer grows to its frames, which fit in its window).
+FLEET_OUTPUT_BUDGET = 32 * 1024 * 1024
+# No host's window is smaller than this, whatever the fan-out: throughput needs it.
+MIN_OUTPUT_WINDOW = 256 * 1024
 
 
 class Handler(Protocol):
@@ -107,12 +116,13 @@ class Fleet:
         start = time.monotonic()
         out = FleetResult()
         gate = asyncio.Semaphore(self.fanout)
-
         local = _LocalGuard(handler)
+        running = max(1, min(self.fanout, len(self.targets)))
+        window = max(MIN_OUTPUT_WINDOW, min(OUTPUT_WINDOW, FLEET_OUTPUT_BUDGET // running))
 
         async def one(target: Target) -> None:
             async with gate:
-                result = await self._run_one(target, command, local, stdin)
+                result = await self._run_one(target, command, local, stdin, window)
             out.results.append(result)
             local.on_result(result)
 
@@ -128,7 +138,7 @@ class Fleet:
         return out
 
     async def _run_one(self, target: Target, command: Command, handler: Handler,
-                       stdin: StdinSpool | None) -> Result:
+                       stdin: StdinSpool | None, window: int) -> Result:
         client: AgentClient | None = None
         feeder: asyncio.Task[None] | None = None
         try:
@@ -136,7 +146,7 @@ class Fleet:
             handler.on_start(target.name)
             if stdin is not None:
                 command = _with_stdin(command)
-            proc = await client.exec(command)
+            proc = await client.exec(command, window)
             self.processes[target.name] = proc
             feeder = asyncio.create_task(_feed(proc, stdin)) if stdin is not None else None
             async for event in proc:

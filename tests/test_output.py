@@ -29,7 +29,7 @@ from shoal.controller.term.output import (
     StreamHandler,
     choose_output,
 )
-from shoal.controller.term.outputcap import GATHER_MAX_OUTPUT, OutputCap, gap_line
+from shoal.controller.term.outputcap import GATHER_MAX_OUTPUT, TAIL_SHARE, OutputCap, gap_line
 from shoal.controller.term.progress import PROGRESS_MIN_HOSTS, ProgressHandler
 from shoal.controller.result import UNREACHABLE, Result
 from shoal.controller.term.summary import folded, summary_line
@@ -136,7 +136,8 @@ def test_json_events_follow_the_schema() -> None:
 
 def test_output_cap_keeps_whole_lines_of_head_and_tail_around_one_gap_line() -> None:
     d, out, _ = display()
-    h = OutputCap(GatherHandler(d), 80)  # 70 bytes of head, 10 of tail
+    limit = 10 * TAIL_SHARE  # 10 bytes of tail, the rest head
+    h = OutputCap(GatherHandler(d), limit)
     data = b"".join(b"line %03d\n" % i for i in range(100))  # 9 bytes a line
     for host in ("a", "b"):
         for i in range(0, len(data), 7):
@@ -146,19 +147,20 @@ def test_output_cap_keeps_whole_lines_of_head_and_tail_around_one_gap_line() -> 
         h.on_result(ok(host))
     h.close()
     rule = b"---------------\n"
-    kept_head, kept_tail = data[:63], data[-9:]  # seven whole lines; the last whole line
+    kept_head, kept_tail = data[:(limit - 10) // 9 * 9], data[-9:]  # whole lines only
     gap = gap_line(len(data) - len(kept_head) - len(kept_tail))
-    assert gap == b"[... 828 B not shown ...]\n"
+    assert gap == f"[... {len(data) - len(kept_head) - 9} B not shown ...]\n".encode()
     assert out.getvalue() == (rule + b"a[-b] (2)\n".replace(b"a[-b]", b"a,b") + rule + kept_head + gap + kept_tail
                               + rule + b"c (1)\n" + rule + b"short\n")
 
 
 def test_output_cap_cuts_one_endless_line_by_bytes() -> None:
     d, out, _ = display()
-    h = OutputCap(RawHandler(d), 80)
-    h.on_output("a", "stdout", b"x" * 300)
+    limit = 10 * TAIL_SHARE
+    h = OutputCap(RawHandler(d), limit)
+    h.on_output("a", "stdout", b"x" * (limit + 100))
     h.on_result(ok("a"))
-    assert out.getvalue() == b"x" * 70 + b"\n" + gap_line(220) + b"x" * 10
+    assert out.getvalue() == b"x" * (limit - 10) + b"\n" + gap_line(100) + b"x" * 10
 
 
 def _joined(events: list[dict]) -> bytes:  # type: ignore[type-arg]

@@ -11,7 +11,7 @@ then the tail::
 
 The tail is the smaller share (TAIL_SHARE), because it is the part held per running
 host: with the 16 MiB gather default and 64 hosts running, the rings hold at most
-64 x 2 MiB per stream. The tail starts at a whole line; the partial line cut by the
+64 x 1 MiB per stream. The tail starts at a whole line; the partial line cut by the
 ring is counted in the gap. `--outdir` sits outside the cap and still gets every byte.
 """
 
@@ -28,7 +28,7 @@ __all__ = ["GATHER_MAX_OUTPUT", "TAIL_SHARE", "OutputCap", "gap_line"]
 # What gather keeps per host and stream unless told otherwise (--max-output).
 GATHER_MAX_OUTPUT = 16 * 1024 * 1024
 # The tail gets 1/TAIL_SHARE of the cap: it is held per running host, the head is not.
-TAIL_SHARE = 8
+TAIL_SHARE = 16
 
 
 def gap_line(dropped: int) -> bytes:

@@ -8,7 +8,8 @@ host prints the same MB megabytes of text lines. Figures, next to a same-run bas
 (the same controller running `true` on one host: interpreter, imports, one connection):
 
 1. `run -o gather` on HOSTS hosts with the default --max-output (16M): memory stays
-   bounded by the cap and the fan-out, not by hosts x output;
+   bounded by the cap (the head stored once, a tail ring per running host) and the
+   output in flight (controller/fleet.py FLEET_OUTPUT_BUDGET), not by hosts x output;
 2. the same with `--max-output none` on UNCAPPED hosts, which is what gather did
    before the cap (it held every byte); kept to a few hosts so it fits in memory.
 """
