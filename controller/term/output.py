@@ -44,8 +44,8 @@ newline (or every LINE_CAP bytes of one long line); the final piece may lack one
 Valid lines stay `data` and only the invalid ones go to `data_b64`, so one piece may
 become several events; a cut at LINE_CAP never splits a UTF-8 character (its start
 waits for the next chunk). Concatenating a host's `output` events of one stream gives
-its exact bytes. Hosts that
-never connected have only an `exit` event, with `error` saying why.
+its exact bytes. Hosts that never connected have only an `exit` event, with `error`
+saying why.
 
 Lines are split only for display, with a cap so one endless line cannot grow memory
 without bound. Stream and gather lines go through controller/escape.py, so a host's
@@ -226,7 +226,6 @@ class GatherHandler:
             write(f"{RULE}\n{header}\n{RULE}\n".encode())
             for start in range(0, len(lines), WRITE_LINES):  # a copy of 16 MiB at once would double the peak
                 write(b"".join(escape_line(line) for line in lines[start:start + WRITE_LINES]))
-
 
     def _print_diffs(self, tree: MsgTree, write: Callable[[bytes], None], label: str) -> None:
         """`--diff`: each distinct output as a unified diff against the most common one."""
