@@ -163,6 +163,17 @@ def test_output_cap_cuts_one_endless_line_by_bytes() -> None:
     assert out.getvalue() == b"x" * (limit - 10) + b"\n" + gap_line(100) + b"x" * 10
 
 
+def test_stream_cuts_an_endless_line_between_characters() -> None:
+    d, out, _ = display()
+    h = StreamHandler(d, ["h"])
+    text = "€" * LINE_CAP  # three bytes a character: the cap falls inside one
+    h.on_output("h", "stdout", text.encode())  # no newline yet: printed in pieces of about LINE_CAP
+    h.on_output("h", "stdout", b"\n")
+    h.on_result(ok("h"))
+    shown = out.getvalue().decode()
+    assert "\ufffd" not in shown and shown.replace("h: ", "").replace("\n", "") == text
+
+
 def _joined(events: list[dict]) -> bytes:  # type: ignore[type-arg]
     return b"".join(base64.b64decode(e["data_b64"]) if "data_b64" in e else e["data"].encode() for e in events)
 

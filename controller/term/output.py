@@ -110,8 +110,9 @@ class LineSplitter:
         lines = (self._partial.pop(key, b"") + data).split(b"\n")
         rest = lines.pop()
         while len(rest) > LINE_CAP:
-            lines.append(rest[:LINE_CAP])
-            rest = rest[LINE_CAP:]
+            cut = utf8_cut(rest, LINE_CAP) or LINE_CAP  # a character stays whole
+            lines.append(rest[:cut])
+            rest = rest[cut:]
         if rest:
             self._partial[key] = rest
         return lines
