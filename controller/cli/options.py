@@ -65,7 +65,9 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
                    help="keep the first and last of each host's stdout and stderr up to SIZE (64K, 16M, 1G; "
                         "0 or none: all), with a gap line between; default 16M with -o gather, none otherwise; "
                         "--outdir files keep everything")
-    g.add_argument("-q", "--quiet", action="store_true", help="no summary or progress; errors only")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="no summary or progress, and no line for a host whose command failed; "
+                        "hosts that could not run it still get theirs")
     g.add_argument("-v", "--verbose", action="store_true", help="more detail on stderr")
 
 
