@@ -110,8 +110,10 @@ class RemoteProcess:
     after all output, from `wait()`. `write()`/`close_stdin()` feed its stdin.
     """
 
-    def __init__(self, client: AgentClient, request_id: int, window: int) -> None:
+    def __init__(self, client: AgentClient, request_id: int, window: int,
+                 timeout: float | None = None) -> None:
         self.client = client
+        self.timeout = timeout  # the command's own limit, named when it is reached
         self.host = client.name
         self.request_id = request_id
         self.pid: int | None = None
@@ -142,7 +144,7 @@ class RemoteProcess:
         elif isinstance(msg, Window):
             self._add_stdin_credit(msg.bytes)
         elif isinstance(msg, Exit):
-            self._finish(_result_from_exit(self.host, msg))
+            self._finish(_result_from_exit(self.host, msg, self.timeout))
         elif isinstance(msg, Error):
             status = msg.status if msg.status is not None else 1
             self._finish(Result(self.host, status, error=msg.message, error_code=msg.code))
@@ -232,13 +234,14 @@ class RemoteProcess:
         self.signal(signals.SIGKILL)
 
 
-def _result_from_exit(host: str, msg: Exit) -> Result:
+def _result_from_exit(host: str, msg: Exit, timeout: float | None) -> Result:
     status = UNREACHABLE if msg.timed_out else msg.status
+    timed_out = f"timed out after {timeout:g}s" if timeout else "timed out"
     return Result(
         host, status, code=msg.code, signal=msg.signal, timed_out=msg.timed_out,
         cancelled=msg.cancelled, duration=msg.duration, stdout_bytes=msg.stdout_bytes,
         stderr_bytes=msg.stderr_bytes, output_file=msg.output_file, leftovers_ended=msg.leftovers_ended,
-        error="timed out" if msg.timed_out else None, error_code=Outcome.TIMEOUT if msg.timed_out else None,
+        error=timed_out if msg.timed_out else None, error_code=Outcome.TIMEOUT if msg.timed_out else None,
     )
 
 
@@ -467,7 +470,7 @@ class AgentClient(asyncio.BufferedProtocol):
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
         rid = self.new_request_id()
-        proc = RemoteProcess(self, rid, window)
+        proc = RemoteProcess(self, rid, window, command.timeout)
         self.requests[rid] = proc
         self.send(Exec(
             rid, argv=command.argv, shell=command.shell, env=command.env, cwd=command.cwd,

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from shoal.protocol.errors import ShoalError
+from shoal.protocol.errors import AuthError, RemoteCommandError, ShoalConnectionError, ShoalError, ShoalTimeoutError
+from shoal.protocol.defaults import OUTPUT_WINDOW
 from shoal.protocol.handshake import SharedKey
 
 from shoal.controller.client import AgentClient, Command, RemoteProcess
@@ -22,7 +23,15 @@ from shoal.controller.result import Result, failure_result, fleet_status
 from shoal.controller.stdin import StdinSpool
 from shoal.controller.targets import Target
 
-__all__ = ["Handler", "Fleet", "FleetResult", "ConnectOptions"]
+__all__ = ["Handler", "Fleet", "FleetResult", "ConnectOptions", "FLEET_OUTPUT_BUDGET", "MIN_OUTPUT_WINDOW"]
+
+# Output in flight across all running hosts: each host's window is its share, so a
+# controller slower than its agents holds at most about this much unconsumed output
+# (64 hosts x the 4 MiB default window would otherwise be 256 MiB, and each
+# connection's frame buffer grows to its frames, which fit in its window).
+FLEET_OUTPUT_BUDGET = 32 * 1024 * 1024
+# No host's window is smaller than this, whatever the fan-out: throughput needs it.
+MIN_OUTPUT_WINDOW = 256 * 1024
 
 
 class Handler(Protocol):
@@ -84,30 +93,43 @@ class Fleet:
         self.processes: dict[str, RemoteProcess] = {}
 
     async def run(self, command: Command, handler: Handler, stdin: StdinSpool | None = None) -> FleetResult:
-        """Run `command` everywhere; per-host failures become results, never raise."""
+        """Run `command` everywhere; per-host failures become results, never raise.
+
+        What the handler raises (our own output failing) ends the run: every host's
+        command is cancelled (its connection closed) and the handler's exception is
+        raised here, unchanged, for the caller to map (a closed stdout is exit 141).
+        """
         start = time.monotonic()
         out = FleetResult()
+        local = _LocalGuard(handler)
+        running = max(1, min(self.fanout, len(self.targets)))
+        window = max(MIN_OUTPUT_WINDOW, min(OUTPUT_WINDOW, FLEET_OUTPUT_BUDGET // running))
 
         def done(result: Result) -> None:
             out.results.append(result)
-            handler.on_result(result)
+            local.on_result(result)
 
         count = len(self.targets)
-        await fan_out(list(enumerate(self.targets)),
-                      lambda it: self._run_one(it[1], command.for_node(it[1].name, it[0], count), handler, stdin),
-                      limit=self.fanout, on_done=done)
+        try:
+            await fan_out(list(enumerate(self.targets)),
+                          lambda it: self._run_one(it[1], command.for_node(it[1].name, it[0], count), local, stdin,
+                                                   window),
+                          limit=self.fanout, on_done=done)
+        except _LocalError as exc:  # our output failed (`| head` closed it): every host was stopped
+            raise exc.original from None
         out.elapsed = time.monotonic() - start
         return out
 
     async def _run_one(self, target: Target, command: Command, handler: Handler,
-                       stdin: StdinSpool | None) -> Result:
+                       stdin: StdinSpool | None, window: int) -> Result:
         client: AgentClient | None = None
+        feeder: asyncio.Task[None] | None = None
         try:
             client = await self.options.connect(target)
             handler.on_start(target.name)
             if stdin is not None:
                 command = _with_stdin(command)
-            proc = await client.exec(command)
+            proc = await client.exec(command, window)
             self.processes[target.name] = proc
             feeder = asyncio.create_task(_feed(proc, stdin)) if stdin is not None else None
             async for event in proc:
@@ -119,6 +141,8 @@ class Fleet:
         except ShoalError as exc:
             return failure_result(target.name, exc)
         finally:
+            if feeder is not None:
+                feeder.cancel()
             self.processes.pop(target.name, None)
             if client is not None:
                 await client.close()
@@ -131,6 +155,40 @@ class Fleet:
     def kill(self) -> None:
         for proc in list(self.processes.values()):
             proc.kill()
+
+
+class _LocalError(Exception):
+    """The handler raised: a failure on our side (a closed stdout, a full disk), never the host's."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+class _LocalGuard:
+    """Pass events to the handler; what it raises becomes a _LocalError, so `_run_one`
+    cannot take it for the host's failure and mark a healthy host unreachable."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def on_start(self, host: str) -> None:
+        try:
+            self.handler.on_start(host)
+        except Exception as exc:
+            raise _LocalError(exc) from exc
+
+    def on_output(self, host: str, stream: str, data: bytes) -> None:
+        try:
+            self.handler.on_output(host, stream, data)
+        except Exception as exc:
+            raise _LocalError(exc) from exc
+
+    def on_result(self, result: Result) -> None:
+        try:
+            self.handler.on_result(result)
+        except Exception as exc:
+            raise _LocalError(exc) from exc
 
 
 def _with_stdin(command: Command) -> Command:

@@ -49,6 +49,7 @@ class MetricsRound:
 
     snapshots: dict[str, dict[str, Any] | str] = field(default_factory=dict)
     unreachable: set[str] = field(default_factory=set)
+    error_codes: dict[str, str | None] = field(default_factory=dict)
 
     def for_table(self) -> dict[str, dict[str, Any] | str]:
         """The snapshots with each unreachable host's reason marked "unreachable: ..."."""
@@ -118,6 +119,7 @@ class FleetMonitor:
             except ShoalError as exc:
                 failed = failure_result(target.name, exc)
                 out.snapshots[target.name] = failed.reason
+                out.error_codes[target.name] = failed.error_code
                 if failed.status == UNREACHABLE:
                     out.unreachable.add(target.name)
 
@@ -174,6 +176,7 @@ class PingReport:
     offset: float | None = None
     version: str = ""
     error: str | None = None
+    error_code: str | None = None
 
     @property
     def rtt_min(self) -> float:
@@ -216,9 +219,10 @@ async def ping_fleet(monitor: FleetMonitor, count: int = 3, interval: float = 0.
             client = await monitor.client(target)
             return await asyncio.wait_for(_probe_host(client, count, interval), timeout)
         except ShoalError as exc:  # before TimeoutError: ours is one too
-            return PingReport(target.name, error=failure_result(target.name, exc).reason)
+            failed = failure_result(target.name, exc)
+            return PingReport(target.name, error=failed.reason, error_code=failed.error_code)
         except asyncio.TimeoutError:
             monitor.clients.pop(target.name).abort()
-            return PingReport(target.name, error=f"no answer within {timeout:g}s")
+            return PingReport(target.name, error=f"no answer within {timeout:g}s", error_code="timeout")
 
     return await fan_out(monitor.targets, one, limit=monitor.fanout)

@@ -3,18 +3,19 @@ translation from a host's error to its Result."""
 
 from __future__ import annotations
 
+import signal as signals
 from dataclasses import dataclass
+from typing import Any
 
 from shoal.protocol.errors import AuthError, RemoteCommandError, ShoalConnectionError, ShoalError, ShoalTimeoutError
 
 from shoal.controller.outcome import UNREACHABLE_OUTCOMES, Outcome
 
-__all__ = ["Result", "UNREACHABLE", "failure_result", "fleet_status"]
+__all__ = ["Result", "UNREACHABLE", "failure_result", "fleet_status", "outcome_fields"]
 
 # ssh's convention: 255 when the host could not be reached, authenticated, or
 # its connection was lost; clush uses it for timeouts too.
 UNREACHABLE = 255
-
 
 @dataclass(frozen=True, slots=True)
 class Result:
@@ -52,15 +53,30 @@ class Result:
         return self.error_code in UNREACHABLE_OUTCOMES
 
     @property
+    def ran(self) -> bool:
+        """True when the command ran to its own end (exit, signal, timeout): a failure that
+        is the command's, which `-q` may hide, unlike a host that could not run it."""
+        return self.error_code in (None, Outcome.TIMEOUT)
+
+    @property
     def reason(self) -> str:
-        """Short human text for summaries: 'exit 3', 'killed by signal 9', or the error."""
+        """Short human text, as clush words it: 'exited with code 3',
+        'killed by signal 9 (KILL)', 'timed out after 10s', or the error."""
         if self.error:
             return self.error
         if self.timed_out:
             return "timed out"
         if self.signal:
-            return f"killed by signal {self.signal}"
-        return f"exit {self.status}"
+            return f"killed by signal {self.signal}{_signal_name(self.signal)}"
+        return f"exited with code {self.status}"
+
+
+def _signal_name(number: int) -> str:
+    """' (KILL)' for 9; nothing for a number this system has no name for."""
+    try:
+        return f" ({signals.Signals(number).name.removeprefix('SIG')})"
+    except ValueError:
+        return ""
 
 
 def fleet_status(results: list[Result]) -> int:
@@ -85,3 +101,11 @@ def failure_result(host: str, exc: ShoalError) -> Result:
     if isinstance(exc, RemoteCommandError):
         return Result(host, exc.status or 1, error=exc.reason, error_code=exc.code)
     return Result(host, UNREACHABLE, error=str(exc), error_code=Outcome.ERROR)
+
+
+def outcome_fields(error: str | None, error_code: str | None) -> dict[str, Any]:
+    """`ok`, `unreachable`, `error`, `error_code` for a host's JSON record, one spelling for all views."""
+    if error is not None and error_code is None:
+        error_code = Outcome.ERROR
+    return {"ok": error is None, "unreachable": error_code in UNREACHABLE_OUTCOMES,
+            "error": error, "error_code": error_code}
