@@ -27,7 +27,7 @@ import pytest
 
 from tests.agents import AgentThread
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Make the pty the child's controlling terminal, then become the shell: setsid is
 # done by Popen(start_new_session=True), TIOCSCTTY here, before any Python of ours.
 LAUNCH = "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execvp(sys.argv[1], sys.argv[1:])"
