@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
-from shoal.protocol.errors import AuthError, BadRequestError, ErrorCode, ProtocolError
+from shoal.protocol.errors import AuthError, BadRequestError, ErrorCode, ProtocolError, RemoteProtocolError
 from shoal.protocol.fields import check_request
 from shoal.protocol.messages import (
     Cancel,
@@ -364,24 +364,40 @@ class AgentSession(asyncio.BufferedProtocol):
 
     def _on_stdin(self, msg: Stdin) -> None:
         req = self._request(msg)
-        if req is not None and not req.stdin(msg.data):
-            self.conn.fail(ErrorCode.WINDOW_EXCEEDED, f"stdin for request {msg.request_id} overran its window")
-            self.abort()
+        if req is not None:
+            try:
+                req.stdin(msg.data)  # its channel checks the stdin window
+            except RemoteProtocolError as exc:
+                self._request_broke(exc)
 
     def _on_stdin_eof(self, msg: StdinEof) -> None:
         req = self._request(msg)
-        if req is not None:
+        if req is not None and self._step(req, msg):
             req.child.close_stdin()
 
     def _on_signal(self, msg: Signal) -> None:
         req = self._request(msg)
-        if req is not None:
+        if req is not None and self._step(req, msg):
             req.child.signal(msg.signal)
 
     def _on_cancel(self, msg: Cancel) -> None:
         req = self._request(msg)
-        if req is not None:
+        if req is not None and self._step(req, msg):
             req.cancel(msg.grace)
+
+    def _step(self, req: CommandRequest, msg: Message) -> bool:
+        """Step the request's state machine with the controller's `msg`; False when illegal."""
+        try:
+            req.channel.receive(msg)
+        except RemoteProtocolError as exc:
+            self._request_broke(exc)
+            return False
+        return True
+
+    def _request_broke(self, exc: RemoteProtocolError) -> None:
+        """The controller broke a request's rules (out_of_order, window_exceeded): close."""
+        self.conn.fail(exc.code, str(exc))
+        self.abort()
 
     def _on_window(self, msg: Window) -> None:
         req = self.requests.get(msg.request_id)

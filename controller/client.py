@@ -30,11 +30,13 @@ from shoal.protocol.errors import (
     ErrorCode,
     ProtocolError,
     RemoteCommandError,
+    RemoteProtocolError,
     ShoalConnectionError,
     ShoalError,
     ShoalTimeoutError,
 )
 from shoal.protocol.handshake import SharedKey
+from shoal.protocol.request import RequestChannel
 from shoal.protocol.messages import (
     Cancel,
     Error,
@@ -43,6 +45,7 @@ from shoal.protocol.messages import (
     Goodbye,
     NODE_ENV,
     Message,
+    MessageType,
     MetricsReply,
     MetricsRequest,
     Ping,
@@ -110,37 +113,40 @@ class RemoteProcess:
     after all output, from `wait()`. `write()`/`close_stdin()` feed its stdin.
     """
 
-    def __init__(self, client: AgentClient, request_id: int, window: int) -> None:
+    def __init__(self, client: AgentClient, request_id: int) -> None:
         self.client = client
         self.host = client.name
         self.request_id = request_id
         self.pid: int | None = None
-        self._window = window
-        self._window_left = window
-        self._consumed = 0
+        # The request's state and both windows, the same machine the agent keeps.
+        self.channel = RequestChannel(Role.CONTROLLER, request_id)
         self._events: deque[OutputEvent] = deque()
         self._result: Result | None = None
         self._changed = asyncio.Event()
         self._started = asyncio.get_running_loop().create_future()
-        self._stdin_credit = 0
         self._stdin_ready = asyncio.Event()
+
+    def _send(self, msg: Message) -> None:
+        self.channel.send(msg)
+        self.client.send(msg)
 
     # -- from the connection -------------------------------------------------
 
     def receive(self, msg: Message) -> None:
+        try:
+            self.channel.receive(msg)
+        except RemoteProtocolError as exc:  # out of order, or past the output window
+            self.client.protocol_violation(f"agent broke request {self.request_id}: {exc}", exc.code)
+            return
         if isinstance(msg, (Stdout, Stderr)):
-            self._window_left -= len(msg.data)
-            if self._window_left < 0:
-                self.client.protocol_violation(f"agent overran the output window of request {self.request_id}")
-                return
             self._events.append(OutputEvent("stdout" if isinstance(msg, Stdout) else "stderr", msg.data))
         elif isinstance(msg, Started):
             self.pid = msg.pid
-            self._add_stdin_credit(msg.stdin_window)
+            self._stdin_credit_changed()
             if not self._started.done():
                 self._started.set_result(None)
         elif isinstance(msg, Window):
-            self._add_stdin_credit(msg.bytes)
+            self._stdin_credit_changed()
         elif isinstance(msg, Exit):
             self._finish(_result_from_exit(self.host, msg))
         elif isinstance(msg, Error):
@@ -157,6 +163,7 @@ class RemoteProcess:
         self._stdin_ready.set()
 
     def lost(self, reason: str, code: str = Outcome.CONNECTION_LOST) -> None:
+        self.channel.connection_lost()
         self._finish(Result(self.host, UNREACHABLE, error=reason, error_code=code))
         self._changed.set()
 
@@ -172,16 +179,10 @@ class RemoteProcess:
             self._changed.clear()
             await self._changed.wait()
         event = self._events.popleft()
-        self._credit_back(len(event.data))
+        grant = self.channel.output_consumed(len(event.data))  # in batches of half a window
+        if grant:
+            self._send(Window(self.request_id, bytes=grant))
         return event
-
-    def _credit_back(self, n: int) -> None:
-        """Return consumed window to the agent in batches of half a window."""
-        self._consumed += n
-        if self._consumed >= self._window // 2 and self._result is None:
-            self._window_left += self._consumed
-            self.client.send(Window(self.request_id, bytes=self._consumed))
-            self._consumed = 0
 
     async def wait(self) -> Result:
         """Wait for the end, discarding output not yet read."""
@@ -196,37 +197,36 @@ class RemoteProcess:
 
     # -- input and control ---------------------------------------------------
 
-    def _add_stdin_credit(self, n: int) -> None:
-        self._stdin_credit += n
-        if self._stdin_credit > 0:
+    def _stdin_credit_changed(self) -> None:
+        if self.channel.stdin_credit > 0:
             self._stdin_ready.set()
 
     async def write(self, data: bytes) -> None:
         """Send stdin bytes, waiting for the agent's window; dropped once ended."""
         view = memoryview(data)
+        ch = self.channel
         while view and self._result is None:
-            while self._stdin_credit <= 0 and self._result is None:
+            while ch.stdin_credit <= 0 and self._result is None:
                 self._stdin_ready.clear()
                 await self._stdin_ready.wait()
             if self._result is not None:
                 return
-            n = min(len(view), self._stdin_credit, self.client.max_chunk)
-            self._stdin_credit -= n
-            self.client.send(Stdin(self.request_id, bytes(view[:n])))
+            n = min(len(view), ch.stdin_credit, self.client.max_chunk)
+            self._send(Stdin(self.request_id, bytes(view[:n])))
             view = view[n:]
 
     def close_stdin(self) -> None:
-        if self._result is None:
-            self.client.send(StdinEof(self.request_id))
+        if self.channel.can_send(MessageType.STDIN_EOF):
+            self._send(StdinEof(self.request_id))
 
     def signal(self, sig: int) -> None:
-        if self._result is None:
-            self.client.send(Signal(self.request_id, signal=sig))
+        if self.channel.can_send(MessageType.SIGNAL):
+            self._send(Signal(self.request_id, signal=sig))
 
     def cancel(self, grace: float | None = None) -> None:
         """Ask the agent to stop the command: SIGINT, SIGTERM, SIGKILL."""
-        if self._result is None:
-            self.client.send(Cancel(self.request_id, grace=grace))
+        if self.channel.can_send(MessageType.CANCEL):
+            self._send(Cancel(self.request_id, grace=grace))
 
     def kill(self) -> None:
         self.signal(signals.SIGKILL)
@@ -467,9 +467,9 @@ class AgentClient(asyncio.BufferedProtocol):
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
         rid = self.new_request_id()
-        proc = RemoteProcess(self, rid, window)
+        proc = RemoteProcess(self, rid)
         self.requests[rid] = proc
-        self.send(Exec(
+        proc._send(Exec(
             rid, argv=command.argv, shell=command.shell, env=command.env, cwd=command.cwd,
             timeout=command.timeout, stdin=command.stdin, window=window, detach=command.detach,
             kill_grace=command.kill_grace,
@@ -521,8 +521,8 @@ class AgentClient(asyncio.BufferedProtocol):
 
     # -- closing -------------------------------------------------------------
 
-    def protocol_violation(self, reason: str) -> None:
-        self.conn.fail(ErrorCode.PROTOCOL_ERROR, reason)
+    def protocol_violation(self, reason: str, code: str = ErrorCode.PROTOCOL_ERROR) -> None:
+        self.conn.fail(code, reason)
         self.flush()
         self._fail(ShoalConnectionError(self.name, f"protocol error: {reason}"))
 

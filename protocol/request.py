@@ -107,13 +107,15 @@ class RequestChannel:
         `window_exceeded`): the connection must fail with that code."""
         self._step(self.their_role, msg.TYPE, _amount(msg), RemoteProtocolError)
 
-    def send_data(self, type_: MessageType, nbytes: int) -> None:
-        """`send` for a raw data message of `nbytes` payload bytes."""
-        self._step(self.our_role, type_, nbytes, LocalProtocolError)
+    def send_data(self, type_: MessageType, amount: int) -> None:
+        """`send` without a message object: its type and the one number it moves a
+        window by (payload bytes of STDOUT/STDERR/STDIN, WINDOW's grant, EXEC's
+        `window`, STARTED's `stdin_window`; 0 for the others)."""
+        self._step(self.our_role, type_, amount, LocalProtocolError)
 
-    def receive_data(self, type_: MessageType, nbytes: int) -> None:
-        """`receive` for a raw data message of `nbytes` payload bytes."""
-        self._step(self.their_role, type_, nbytes, RemoteProtocolError)
+    def receive_data(self, type_: MessageType, amount: int) -> None:
+        """`receive` without a message object, as `send_data`."""
+        self._step(self.their_role, type_, amount, RemoteProtocolError)
 
     def output_consumed(self, nbytes: int) -> int:
         """Controller: its consumer took `nbytes` of output. Returns what to grant back
