@@ -59,7 +59,7 @@ from shoal.protocol.messages import (
     Window,
 )
 
-from shoal.hostio.writev import WRITE_BUFFER_HIGH, raw_fd, write_buffers
+from shoal.hostio.driver import FrameDriver
 from shoal.controller.escape import quote_peer_bytes
 from shoal.controller.outcome import Outcome
 from shoal.controller.result import UNREACHABLE, Result
@@ -264,28 +264,25 @@ class _MetricsCall:
             self.reply.set_exception(ShoalConnectionError(self.host, reason))
 
 
-class AgentClient(asyncio.BufferedProtocol):
+class AgentClient(FrameDriver):
     """An authenticated connection to one agent. Create with `connect()`."""
 
+    # Replies for requests still open keep coming after close() began (GOODBYE sent).
+    dispatch_after_close = True
+
     def __init__(self, target: Target, key: SharedKey | None, keepalive: float) -> None:
+        super().__init__(Connection(Role.CONTROLLER, key=key))  # kernel TCP keepalive timing; we ping
         self.target = target
         self.name = target.name
-        self.conn = Connection(Role.CONTROLLER, key=key)
         self.requests: dict[int, Any] = {}
-        self.transport: asyncio.Transport | None = None
-        self._fd = -1
-        self.closed = False
         self.close_reason: str | None = None
         self.agent_version = ""
         self._next_id = 1
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closed_event = asyncio.Event()
         self._keepalive = keepalive
-        self._last_frame = time.monotonic()
         self._pinger: asyncio.Task[None] | None = None
         self._pongs: dict[float, asyncio.Future[tuple[Pong, float]]] = {}
-        self._writing = asyncio.Event()
-        self._writing.set()
         self._tls = False
         self._recv_view: memoryview | None = None
         self._first_bytes = b""
@@ -330,16 +327,6 @@ class AgentClient(asyncio.BufferedProtocol):
 
     # -- transport events ----------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self._fd = raw_fd(transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-
     def get_buffer(self, sizehint: int) -> memoryview:
         self._recv_view = self.conn.get_buffer(sizehint)
         return self._recv_view
@@ -348,23 +335,14 @@ class AgentClient(asyncio.BufferedProtocol):
         if len(self._first_bytes) < PEEK_BYTES and self._recv_view is not None:
             self._first_bytes += bytes(self._recv_view[:min(nbytes, PEEK_BYTES - len(self._first_bytes))])
         self._recv_view = None
-        self.conn.buffer_updated(nbytes)
-        self._process()
+        super().buffer_updated(nbytes)
 
-    def _process(self) -> None:
-        self._last_frame = time.monotonic()
-        try:
-            while True:
-                event = self.conn.next_event()
-                if event is None:
-                    break
-                self._dispatch(event)
-        except AuthError as exc:
+    def peer_failed(self, exc: AuthError | ProtocolError) -> None:
+        if isinstance(exc, AuthError):
             self._fail(AuthError("authentication failed" if "failed" in exc.reason else exc.reason,
                                  host=self.name, key_id=exc.key_id))
-        except ProtocolError as exc:
+        else:
             self._fail(ShoalConnectionError(self.name, self._protocol_error_reason(exc)))
-        self.flush()
 
     def _protocol_error_reason(self, exc: ProtocolError) -> str:
         """Name a peer that broke the rules before its HELLO: most likely not an agent at all."""
@@ -375,11 +353,6 @@ class AgentClient(asyncio.BufferedProtocol):
         if exc.code in _NOT_FRAMES:
             return f"not a shoal agent (it sent {quote_peer_bytes(self._first_bytes)})"
         return f"protocol error: {exc}"  # well-formed frames: an agent refusing, or of another version
-
-    def eof_received(self) -> bool:
-        self.conn.receive_data(b"")
-        self._process()
-        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -402,13 +375,7 @@ class AgentClient(asyncio.BufferedProtocol):
             return "connection closed by agent before its HELLO (did it refuse our TLS certificate?)"
         return "connection closed by agent before its HELLO (does it require TLS?)"
 
-    def pause_writing(self) -> None:
-        self._writing.clear()
-
-    def resume_writing(self) -> None:
-        self._writing.set()
-
-    def _dispatch(self, event: Message | HandshakeComplete) -> None:
+    def dispatch(self, event: Message | HandshakeComplete) -> None:
         if isinstance(event, HandshakeComplete):
             self.agent_version = event.peer.software
             if not self._ready.done():
@@ -443,17 +410,9 @@ class AgentClient(asyncio.BufferedProtocol):
         self.conn.send(msg)
         self.flush()
 
-    def flush(self) -> None:
-        out = self.conn.data_to_send()
-        if out and self.transport is not None and not self.transport.is_closing():
-            try:
-                write_buffers(self.transport, out, self._fd)
-            except OSError as exc:  # ours from here on: callers see only ShoalError
-                self._fail(ShoalConnectionError(self.name, f"connection lost ({exc.strerror or exc})"))
-
-    async def drain(self) -> None:
-        """Wait while the socket's write buffer is over its high-water mark."""
-        await self._writing.wait()
+    def write_failed(self, exc: OSError) -> None:
+        # ours from here on: callers see only ShoalError
+        self._fail(ShoalConnectionError(self.name, f"connection lost ({exc.strerror or exc})"))
 
     def new_request_id(self) -> int:
         rid = self._next_id
