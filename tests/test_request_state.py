@@ -8,6 +8,8 @@ the peer's as RemoteProtocolError. Then the windows, both directions.
 from __future__ import annotations
 
 import itertools
+import re
+from pathlib import Path
 
 import pytest
 
@@ -165,3 +167,26 @@ def test_a_lost_connection_ends_the_request() -> None:
     ch = channel_in(RequestState.RUNNING, _C)
     ch.connection_lost()
     assert ch.done and not ch.can_send(MessageType.SIGNAL)
+
+
+def _doc_cell(cell: str) -> dict[MessageType, RequestState]:
+    """`A, B; C → state` as the table's row: types without an arrow keep the row's state."""
+    out: dict[MessageType, RequestState] = {}
+    if cell.strip() == "nothing":
+        return out
+    for part in re.split(r"[;,]", cell):
+        name, _, after = part.strip().partition(" → ")
+        out[MessageType[name]] = RequestState(after.strip("` ")) if after else None  # type: ignore[assignment]
+    return out
+
+
+def test_protocol_md_states_the_same_table() -> None:
+    doc = Path(__file__).resolve().parent.parent.joinpath("protocol", "PROTOCOL.md").read_text()
+    states = "|".join(s.value for s in RequestState)
+    rows = re.findall(r"^\| `(%s)` \| ([^|]+) \| ([^|]+) \|$" % states, doc, re.M)
+    table = {}
+    for state_name, controller, agent in rows:
+        state = RequestState(state_name)
+        for role, cell in ((_C, controller), (_A, agent)):
+            table[(state, role)] = {t: (after or state) for t, after in _doc_cell(cell).items()}
+    assert table == TRANSITIONS
