@@ -36,7 +36,6 @@ from shoal.protocol.errors import (
     ShoalTimeoutError,
 )
 from shoal.protocol.handshake import SharedKey
-from shoal.protocol.request import RequestChannel
 from shoal.protocol.messages import (
     Cancel,
     Error,
@@ -58,6 +57,7 @@ from shoal.protocol.messages import (
     Stdout,
     Window,
 )
+from shoal.protocol.request import RequestChannel
 
 from shoal.hostio.driver import FrameDriver
 from shoal.controller.escape import quote_peer_bytes
