@@ -17,10 +17,10 @@ from shoal.protocol.errors import ShoalError
 from shoal.protocol.handshake import SharedKey
 
 from shoal.controller.client import AgentClient, Command, RemoteProcess
-from shoal.controller.fanout import fan_out
 from shoal.controller.result import Result, failure_result, fleet_status
 from shoal.controller.stdin import StdinSpool
 from shoal.controller.targets import Target
+from shoal.controller.waves import WavePolicy, run_in_waves
 
 __all__ = ["Handler", "Fleet", "FleetResult", "ConnectOptions"]
 
@@ -83,8 +83,15 @@ class Fleet:
         self.fanout = max(1, fanout)
         self.processes: dict[str, RemoteProcess] = {}
 
-    async def run(self, command: Command, handler: Handler, stdin: StdinSpool | None = None) -> FleetResult:
-        """Run `command` everywhere; per-host failures become results, never raise."""
+    async def run(self, command: Command, handler: Handler, stdin: StdinSpool | None = None, *,
+                  policy: WavePolicy = WavePolicy(),
+                  on_wave: Callable[[int, int, list[str]], None] | None = None) -> FleetResult:
+        """Run `command` everywhere; per-host failures become results, never raise.
+
+        `policy` rolls the run in waves with a failure budget (`shoal.controller.waves`);
+        hosts it never starts get a `skipped` result. `on_wave(n, count, hosts)` is
+        called as each wave starts.
+        """
         start = time.monotonic()
         out = FleetResult()
 
@@ -93,9 +100,11 @@ class Fleet:
             handler.on_result(result)
 
         count = len(self.targets)
-        await fan_out(list(enumerate(self.targets)),
-                      lambda it: self._run_one(it[1], command.for_node(it[1].name, it[0], count), handler, stdin),
-                      limit=self.fanout, on_done=done)
+        wave_hosts = None if on_wave is None else (
+            lambda n, total, items: on_wave(n, total, [t.name for _, t in items]))
+        await run_in_waves(list(enumerate(self.targets)),
+                           lambda it: self._run_one(it[1], command.for_node(it[1].name, it[0], count), handler, stdin),
+                           lambda it: it[1].name, policy=policy, limit=self.fanout, on_done=done, on_wave=wave_hosts)
         out.elapsed = time.monotonic() - start
         return out
 

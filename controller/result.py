@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shoal.protocol.errors import AuthError, RemoteCommandError, ShoalConnectionError, ShoalError, ShoalTimeoutError
+from shoal.protocol.errors import ErrorCode, AuthError, RemoteCommandError, ShoalConnectionError, ShoalError, ShoalTimeoutError
 
 from shoal.controller.outcome import UNREACHABLE_OUTCOMES, Outcome
 
@@ -52,6 +52,11 @@ class Result:
         return self.error_code in UNREACHABLE_OUTCOMES
 
     @property
+    def outcome(self) -> Outcome:
+        """This host's outcome in the one vocabulary (`shoal.controller.outcome.HOST_OUTCOMES`)."""
+        return _outcome(self)
+
+    @property
     def reason(self) -> str:
         """Short human text for summaries: 'exit 3', 'killed by signal 9', or the error."""
         if self.error:
@@ -61,6 +66,29 @@ class Result:
         if self.signal:
             return f"killed by signal {self.signal}"
         return f"exit {self.status}"
+
+
+# error_code -> outcome, for the codes that name one of their own.
+_CODE_OUTCOMES: dict[str, Outcome] = {
+    Outcome.SKIPPED: Outcome.SKIPPED, Outcome.AUTH_FAILED: Outcome.AUTH_FAILED,
+    Outcome.CONNECTION_LOST: Outcome.LOST, Outcome.UNREACHABLE: Outcome.UNREACHABLE,
+    Outcome.CONNECT_TIMEOUT: Outcome.UNREACHABLE, Outcome.CANCELLED: Outcome.CANCELLED,
+    Outcome.TIMEOUT: Outcome.TIMED_OUT, ErrorCode.PERMISSION_DENIED: Outcome.DENIED,
+}
+
+
+def _outcome(r: Result) -> Outcome:
+    if r.error_code in _CODE_OUTCOMES:
+        return _CODE_OUTCOMES[r.error_code]
+    if r.ok:
+        return Outcome.OK
+    if r.timed_out:
+        return Outcome.TIMED_OUT
+    if r.cancelled:
+        return Outcome.CANCELLED
+    if r.signal:
+        return Outcome.SIGNAL
+    return Outcome.FAILED
 
 
 def fleet_status(results: list[Result]) -> int:

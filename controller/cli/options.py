@@ -14,6 +14,7 @@ from shoal.protocol.handshake import SharedKey
 from shoal.controller.client import Command
 from shoal.controller.fleet import ConnectOptions
 from shoal.controller.targets import Target
+from shoal.controller.waves import WavePolicy, parse_count
 
 __all__ = [
     "add_target_options",
@@ -21,6 +22,8 @@ __all__ = [
     "add_output_options",
     "add_outdir_failed_options",
     "add_exec_options",
+    "add_rolling_options",
+    "wave_policy_from_args",
     "targets_from_args",
     "connect_options_from_args",
     "command_from_args",
@@ -83,6 +86,32 @@ def add_exec_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-n", "--no-stdin", action="store_true", help="do not forward standard input")
     g.add_argument("--detach", action="store_true",
                    help="keep running if the controller disconnects; output goes to a file on the agent")
+
+
+def add_rolling_options(parser: argparse.ArgumentParser) -> None:
+    """--serial, --serial-wait, --max-fail and --canary, spelled once for run, batch and put."""
+    g = parser.add_argument_group("rolling")
+    g.add_argument("--serial", metavar="N|N%",
+                   help="run the hosts in waves of N (or N%% of the targets, rounded down, at least 1); "
+                        "each wave starts when the previous one has finished")
+    g.add_argument("--serial-wait", type=float, default=0.0, metavar="SECS",
+                   help="pause SECS between waves")
+    g.add_argument("--max-fail", metavar="N|N%",
+                   help="once more than N (or N%% of the targets, rounded down) hosts have failed, start no "
+                        "more; running hosts finish, the rest are skipped")
+    g.add_argument("--canary", type=int, default=0, metavar="N",
+                   help="run the first N hosts alone first; any failure among them skips the rest")
+
+
+def wave_policy_from_args(args: argparse.Namespace) -> WavePolicy:
+    """The rolling options as the library's WavePolicy."""
+    if args.serial_wait < 0:
+        raise ConfigError("must not be negative", "--serial-wait")
+    if args.canary < 0:
+        raise ConfigError("must not be negative", "--canary")
+    serial = parse_count(args.serial, "--serial", minimum=1) if args.serial is not None else None
+    max_fail = parse_count(args.max_fail, "--max-fail") if args.max_fail is not None else None
+    return WavePolicy(serial=serial, wait=args.serial_wait, max_fail=max_fail, canary=args.canary)
 
 
 def targets_from_args(args: argparse.Namespace) -> list[Target]:

@@ -1,0 +1,121 @@
+"""Rolling runs end to end: --serial waves, the --max-fail budget, --canary, and the
+`skipped` outcome in the summary, JSON and --failed-only, over real loopback agents."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shoal.controller.waves import Count, RollingRun, WavePolicy, parse_count, skipped_result
+from shoal.controller.result import Result
+from shoal.protocol.errors import ConfigError
+from tests.agents import AgentThread, shoal
+
+
+@pytest.fixture(scope="module")
+def agents() -> Iterator[AgentThread]:
+    with AgentThread(6) as t:
+        yield t
+
+
+def _events(out: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def _fail_on(node: int, status: int = 7) -> str:
+    return f'test "$SHOAL_NODENUM" != {node} || exit {status}'
+
+
+def test_failure_in_wave_two_with_no_budget_skips_wave_three(agents: AgentThread,
+                                                             capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    hosts = agents.addresses
+    status, out, err = shoal(capsysbinary, "run", agents.targets_spec(), "-n", "-o", "json",
+                             "--serial", "2", "--max-fail", "0", "--", _fail_on(2))
+    events = _events(out)
+    assert status == 7  # the largest status among the hosts that ran
+    waves = [e for e in events if e["event"] == "wave"]
+    assert [(w["wave"], w["waves"], w["hosts"]) for w in waves] == [(1, 3, hosts[:2]), (2, 3, hosts[2:4])]
+    started = [e["host"] for e in events if e["event"] == "start"]
+    assert sorted(started) == sorted(hosts[:4])
+    exits = {e["host"]: e for e in events if e["event"] == "exit"}
+    assert [exits[h]["outcome"] for h in hosts] == ["ok", "ok", "failed", "ok", "skipped", "skipped"]
+    assert (exits[hosts[4]]["status"], exits[hosts[4]]["ok"], exits[hosts[4]]["unreachable"]) == (1, False, False)
+    # a wave starts only after the previous one has ended
+    order = [(e["event"], e.get("host"), e.get("wave")) for e in events]
+    assert order.index(("wave", None, 2)) > max(order.index(("exit", h, None)) for h in hosts[:2])
+    summary = events[-1]
+    assert summary["event"] == "summary" and sorted(summary["skipped"]) == sorted(hosts[4:]) and summary["failed"] == [hosts[2]]
+
+
+def test_summary_line_and_failed_only_list_skipped_hosts(agents: AgentThread,
+                                                         capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    hosts = agents.addresses
+    status, out, err = shoal(capsysbinary, "run", agents.targets_spec(), "-n", "--failed-only",
+                             "--serial", "3", "--max-fail", "0", "--", _fail_on(0, 3))
+    assert status == 3
+    assert sorted(out.decode().splitlines()) == sorted([f"{hosts[0]}: exit 3"] + [f"{h}: skipped" for h in hosts[3:]])
+    assert ", 3 skipped (" in err.decode().splitlines()[-1]
+
+
+def test_budget_not_exceeded_runs_everything(agents: AgentThread,
+                                             capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    status, out, err = shoal(capsysbinary, "run", agents.targets_spec(), "-n", "-o", "json",
+                             "--serial", "1", "--max-fail", "1", "--", _fail_on(1))
+    exits = [e for e in _events(out) if e["event"] == "exit"]
+    assert status == 7 and len(exits) == 6 and sum(e["outcome"] == "skipped" for e in exits) == 0
+
+
+def test_failing_canary_runs_nothing_else(agents: AgentThread, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    hosts = agents.addresses
+    status, out, err = shoal(capsysbinary, "run", agents.targets_spec(), "-n", "-o", "json",
+                             "--canary", "1", "--", _fail_on(0))
+    events = _events(out)
+    assert status == 7
+    assert [e["host"] for e in events if e["event"] == "start"] == [hosts[0]]
+    assert [(w["wave"], w["waves"]) for w in events if w["event"] == "wave"] == [(1, 2)]
+    assert [e["outcome"] for e in events if e["event"] == "exit"] == ["failed"] + ["skipped"] * 5
+
+
+def test_passing_canary_lets_the_rest_run(agents: AgentThread, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    status, out, err = shoal(capsysbinary, "run", agents.targets_spec(), "-n", "-o", "json",
+                             "--canary", "2", "--", "true")
+    events = _events(out)
+    assert status == 0 and sum(e["event"] == "start" for e in events) == 6
+    assert [w["hosts"] for w in events if w["event"] == "wave"] == [agents.addresses[:2], agents.addresses[2:]]
+
+
+@pytest.mark.parametrize(("serial", "total", "sizes"), [
+    (Count(30, True), 10, [3, 3, 3, 1]),    # 30% of 10: 3
+    (Count(25, True), 10, [2, 2, 2, 2, 2]),  # 2.5 rounds down to 2
+    (Count(5, True), 10, [1] * 10),          # 0.5 rounds down to 0, then at least 1
+    (Count(4), 10, [4, 4, 2]),
+])
+def test_serial_percentages_round_down_to_at_least_one(serial: Count, total: int, sizes: list[int]) -> None:
+    assert [len(w) for w in WavePolicy(serial=serial).waves(list(range(total)))] == sizes
+
+
+def test_max_fail_percentage_rounds_down() -> None:
+    run = RollingRun(WavePolicy(max_fail=Count(10, True)), 25)  # 2.5 -> 2 hosts may fail
+    failed = Result("h", 1)
+    run.record(failed)
+    run.record(failed)
+    assert not run.stopped
+    run.record(skipped_result("s"))  # skipped hosts do not spend the budget
+    assert not run.stopped
+    run.record(failed)
+    assert run.stopped
+
+
+@pytest.mark.parametrize("text", ["x", "-1", "150%", "1.5", "%"])
+def test_bad_counts_are_config_errors(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_count(text, "--serial")
+
+
+def test_bad_serial_is_usage_error_not_traceback(agents: AgentThread,
+                                                 capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    status, out, err = shoal(capsysbinary, "run", agents.targets_spec(), "-n", "--serial", "0", "--", "true")
+    assert status == 2 and b"--serial" in err and b"Traceback" not in err
