@@ -119,3 +119,29 @@ def test_bad_serial_is_usage_error_not_traceback(agents: AgentThread,
                                                  capsysbinary: pytest.CaptureFixture[bytes]) -> None:
     status, out, err = shoal(capsysbinary, "run", agents.targets_spec(), "-n", "--serial", "0", "--", "true")
     assert status == 2 and b"--serial" in err and b"Traceback" not in err
+
+
+def test_batch_rolls_in_waves_and_skips_after_the_budget(agents: AgentThread, tmp_path: Any,
+                                                         capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    hosts = agents.addresses
+    batch = tmp_path / "cmds"
+    batch.write_text(f"{_fail_on(3, 5)}\necho second\n")
+    status, out, err = shoal(capsysbinary, "batch", agents.targets_spec(), str(batch), "-o", "json",
+                             "--serial", "2", "--max-fail", "0")
+    events = _events(out)
+    assert status == 5
+    assert [(w["wave"], w["waves"]) for w in events if w["event"] == "wave"] == [(1, 3), (2, 3)]
+    assert sorted({e["host"] for e in events if e["event"] == "start"}) == sorted(hosts[:4])
+    skipped = [e["host"] for e in events if e["event"] == "exit" and e["outcome"] == "skipped"]
+    assert sorted(skipped) == sorted(hosts[4:])
+    table = err.decode().splitlines()
+    assert table[0].split() == ["#", "COMMAND", "OK", "FAILED", "SKIPPED"]
+    first, second = (row.split() for row in table[1:3])
+    assert (first[0], first[-2]) == ("1", "2") and (second[0], second[-2]) == ("2", "3")  # skipped counts
+
+
+def test_batch_stopped_with_all_that_ran_ok_would_exit_one() -> None:
+    from shoal.controller.batch import BatchLine, BatchReport
+
+    report = BatchReport([BatchLine("true", 1)], {"a": [Result("a", 0)], "b": [None]}, skipped=["b"])
+    assert report.status == 1

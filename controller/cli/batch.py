@@ -19,8 +19,16 @@ and `-` (`test -z "$X"` -> 01-test-z-X), HOST as for `run --outdir`.
 (non-zero, unreachable, lost, timed out), each host's at once when its command
 ends; the table still counts every host.
 
+--serial, --max-fail and --canary roll the hosts in waves as for `run`; a host
+fails when any of its commands does. Hosts a stopped run never started are
+skipped for every command (the table's SKIPPED column); with -o json or
+--failed-only they are reported with command 1 (JSON `wave` events also carry
+`"command": 1`).
+
 Exit status: the largest per-host status (255 unreachable or lost), 2 for a bad
-batch file or options, 130 when interrupted.
+batch file or options, 130 when interrupted. A run that --max-fail or --canary
+stopped exits with the largest status among the hosts that ran, or 1 when all of
+those succeeded.
 """
 
 from __future__ import annotations
@@ -42,10 +50,12 @@ from shoal.controller.term.interrupt import run_interruptible
 from shoal.controller.cli.options import (
     add_connect_options,
     add_outdir_failed_options,
+    add_rolling_options,
     add_target_options,
     connect_options_from_args,
     parse_env,
     targets_from_args,
+    wave_policy_from_args,
 )
 from shoal.controller.term.outdir import OutdirTee
 from shoal.controller.term.output import GatherHandler, JsonHandler, StreamHandler
@@ -65,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
                    help="environment variable for every command (repeatable)")
     add_connect_options(parser)
+    add_rolling_options(parser)
     o = parser.add_argument_group("output")
     o.add_argument("-o", "--output", choices=("stream", "gather", "json"), default="stream",
                    help="stream prefixed lines as they come (default), gather identical output per command, "
@@ -88,10 +99,15 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
 async def run_batch(targets: list[Target], lines: list[BatchLine], commands: list[Command],
                     options: ConnectOptions, args: argparse.Namespace, display: Display) -> int:
     """Run the batch with Ctrl-C handling: first cancels and starts nothing more, second stops waiting."""
+    from shoal.controller.term.waveview import wave_reporter
+
+    policy = wave_policy_from_args(args)
     raise_open_files_limit(min(len(targets), args.fanout))
     runner = BatchRunner(targets, options, fanout=args.fanout, keep_going=args.keep_going)
     handlers, finish = _handlers(args, display, [t.name for t in targets], lines)
-    report, interrupts = await run_interruptible(runner.run(lines, commands, handlers.__getitem__), display,
+    batch = runner.run(lines, commands, handlers.__getitem__, policy=policy,
+                       on_wave=wave_reporter(display, handlers[0]))
+    report, interrupts = await run_interruptible(batch, display,
                                                  lambda: runner.cancel(args.kill_grace), runner.kill)
     if report is None:
         return 130
