@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,12 +13,12 @@ import pytest
 from shoal.controller.waves import Count, RollingRun, WavePolicy, parse_count, skipped_result
 from shoal.controller.result import Result
 from shoal.protocol.errors import ConfigError
-from tests.agents import AgentThread, shoal
+from tests.agents import AgentThread, closed_port, shoal
 
 
 @pytest.fixture(scope="module")
-def agents() -> Iterator[AgentThread]:
-    with AgentThread(6) as t:
+def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentThread]:
+    with AgentThread(6, state_dir=str(tmp_path_factory.mktemp("state"))) as t:
         yield t
 
 
@@ -145,3 +146,30 @@ def test_batch_stopped_with_all_that_ran_ok_would_exit_one() -> None:
 
     report = BatchReport([BatchLine("true", 1)], {"a": [Result("a", 0)], "b": [None]}, skipped=["b"])
     assert report.status == 1
+
+
+def test_put_with_a_failing_canary_copies_nowhere(agents: AgentThread, tmp_path: Path,
+                                                   capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    (tmp_path / "app.conf").write_bytes(b"x\n")
+    closed = f"127.0.0.1:{closed_port()}"
+    spec = ",".join([closed, *agents.addresses[:3]])
+    status, out, err = shoal(capsysbinary, "put", spec, "--canary", "1", str(tmp_path / "app.conf"),
+                             str(tmp_path / "deployed.conf"))
+    assert status == 255 and not (tmp_path / "deployed.conf").exists()
+    lines = err.decode().splitlines()
+    assert sorted(line for line in lines if line.endswith(": skipped")) == sorted(
+        f"shoal: {h}: skipped" for h in agents.addresses[:3])
+    assert ", 3 skipped (" in lines[-1]
+
+
+def test_put_budget_skips_later_waves(agents: AgentThread, tmp_path: Path,
+                                      capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    (tmp_path / "app.conf").write_bytes(b"x\n")
+    closed = f"127.0.0.1:{closed_port()}"
+    hosts = agents.addresses
+    spec = ",".join([hosts[0], closed, hosts[1], hosts[2]])
+    status, out, err = shoal(capsysbinary, "put", spec, "--serial", "1", "--max-fail", "0",
+                             str(tmp_path / "app.conf"), str(tmp_path / "deployed.conf"))
+    assert status == 255 and (tmp_path / "deployed.conf").read_bytes() == b"x\n"  # wave 1 ran
+    assert err.decode().splitlines()[-1].startswith("shoal: 1 ok, 0 failed, 1 unreachable")
+    assert ", 2 skipped (" in err.decode().splitlines()[-1]
