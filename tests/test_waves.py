@@ -173,3 +173,29 @@ def test_put_budget_skips_later_waves(agents: AgentThread, tmp_path: Path,
     assert status == 255 and (tmp_path / "deployed.conf").read_bytes() == b"x\n"  # wave 1 ran
     assert err.decode().splitlines()[-1].startswith("shoal: 1 ok, 0 failed, 1 unreachable")
     assert ", 2 skipped (" in err.decode().splitlines()[-1]
+
+
+def test_json_outcomes_name_what_happened(agents: AgentThread, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    closed = f"127.0.0.1:{closed_port()}"
+    hosts = agents.addresses
+    cases = {hosts[0]: "exit 0", hosts[1]: "exit 3", hosts[2]: "kill -9 $$", hosts[3]: "exec sleep 60"}
+    command = " ; ".join(f'if [ "$SHOAL_HOST" = "{h}" ]; then {c}; fi' for h, c in cases.items())
+    spec = ",".join([*cases, closed])
+    status, out, err = shoal(capsysbinary, "run", spec, "-n", "-o", "json", "--timeout", "1", "--", command)
+    exits = {e["host"]: e for e in _events(out) if e["event"] == "exit"}
+    assert {h: e["outcome"] for h, e in exits.items()} == {
+        hosts[0]: "ok", hosts[1]: "failed", hosts[2]: "signal", hosts[3]: "timed_out", closed: "unreachable"}
+    assert (exits[hosts[2]]["status"], exits[hosts[2]]["signal"]) == (137, 9)
+
+
+def test_library_outcomes_cover_the_refusals() -> None:
+    from shoal.controller.outcome import HOST_OUTCOMES, Outcome
+
+    assert Result("h", 1, error="denied", error_code="permission_denied").outcome == Outcome.DENIED
+    assert Result("h", 255, error_code=Outcome.AUTH_FAILED).outcome == "auth_failed"
+    assert Result("h", 255, error_code=Outcome.CONNECTION_LOST).outcome == "lost"
+    assert Result("h", 255, error_code=Outcome.CONNECT_TIMEOUT).outcome == "unreachable"
+    assert Result("h", 130, signal=2, cancelled=True).outcome == "cancelled"
+    assert skipped_result("h").outcome == "skipped"
+    assert {str(o) for o in HOST_OUTCOMES} == {"ok", "failed", "signal", "timed_out", "idle_timeout", "cancelled",
+                                                "unreachable", "auth_failed", "denied", "lost", "skipped"}
