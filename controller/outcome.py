@@ -32,7 +32,7 @@ class Outcome(enum.StrEnum):
     OK = "ok"                    # exit 0
     SIGNAL = "signal"            # killed by a signal
     TIMED_OUT = "timed_out"      # ended by --timeout
-    IDLE_TIMEOUT = "idle_timeout"  # ended by --idle-timeout: printed nothing for too long
+    IDLE_TIMEOUT = "idle_timeout"  # ended by --idle-timeout: printed nothing for too long (also an error_code)
     DENIED = "denied"            # the key's policy refused the command
     LOST = "lost"                # the connection dropped while the command ran
 

@@ -74,6 +74,7 @@ _CODE_OUTCOMES: dict[str, Outcome] = {
     Outcome.CONNECTION_LOST: Outcome.LOST, Outcome.UNREACHABLE: Outcome.UNREACHABLE,
     Outcome.CONNECT_TIMEOUT: Outcome.UNREACHABLE, Outcome.CANCELLED: Outcome.CANCELLED,
     Outcome.TIMEOUT: Outcome.TIMED_OUT, ErrorCode.PERMISSION_DENIED: Outcome.DENIED,
+    Outcome.IDLE_TIMEOUT: Outcome.IDLE_TIMEOUT,
 }
 
 

@@ -49,6 +49,7 @@ from shoal.controller.fleet import ConnectOptions, Handler
 from shoal.controller.term.interrupt import run_interruptible
 from shoal.controller.cli.options import (
     add_connect_options,
+    add_idle_timeout_option,
     add_outdir_failed_options,
     add_rolling_options,
     add_target_options,
@@ -70,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="run every command on every host even after one fails")
     g.add_argument("-t", "--timeout", type=float, metavar="SECS",
                    help="kill each command's process tree after SECS (per command)")
+    add_idle_timeout_option(g)
     g.add_argument("--kill-grace", type=float, metavar="SECS", help="seconds between SIGTERM and SIGKILL")
     g.add_argument("--cwd", metavar="DIR", help="working directory on the hosts")
     g.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
@@ -91,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     lines = read_batch(args.file, sys.stdin.buffer)
     targets = targets_from_args(args)
-    base = Command(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout, kill_grace=args.kill_grace)
+    base = Command(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout, kill_grace=args.kill_grace,
+                   idle_timeout=args.idle_timeout)
     commands = [replace(base, shell=line.text) for line in lines]
     return asyncio.run(run_batch(targets, lines, commands, connect_options_from_args(args), args, display))
 

@@ -22,6 +22,7 @@ __all__ = [
     "add_output_options",
     "add_outdir_failed_options",
     "add_exec_options",
+    "add_idle_timeout_option",
     "add_rolling_options",
     "wave_policy_from_args",
     "targets_from_args",
@@ -74,10 +75,28 @@ def add_outdir_failed_options(group: argparse._ArgumentGroup, *, outdir_help: st
     group.add_argument("--failed-only", action="store_true", help=failed_only_help)
 
 
+def add_idle_timeout_option(group: argparse._ArgumentGroup) -> None:
+    """--idle-timeout, spelled once for run and batch."""
+    group.add_argument("--idle-timeout", type=_positive_seconds, metavar="SECS",
+                       help="kill the command's process tree once it has printed nothing for SECS "
+                            "(decided on the agent; outcome idle_timeout)")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text!r}")
+    return value
+
+
 def add_exec_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("command")
     g.add_argument("-t", "--timeout", type=float, metavar="SECS",
                    help="kill the command's process tree after SECS (SIGTERM, then SIGKILL)")
+    add_idle_timeout_option(g)
     g.add_argument("--kill-grace", type=float, metavar="SECS", help="seconds between SIGTERM and SIGKILL")
     g.add_argument("--cwd", metavar="DIR", help="working directory on the hosts")
     g.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="environment variable (repeatable)")
@@ -175,8 +194,10 @@ def command_from_args(args: argparse.Namespace, words: list[str]) -> Command:
     """The command's words: joined for /bin/sh like ssh does, or an argv with --argv."""
     if not words:
         raise ConfigError("no command given (put it after TARGETS and shoal's options)", "command")
+    if args.idle_timeout is not None and args.detach:
+        raise ConfigError("cannot go with --detach (a detached command's output is not watched)", "--idle-timeout")
     common = dict(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout,
-                  detach=args.detach, kill_grace=args.kill_grace)
+                  detach=args.detach, kill_grace=args.kill_grace, idle_timeout=args.idle_timeout)
     if args.argv:
         return Command(argv=list(words), **common)
     return Command(shell=" ".join(words), **common)

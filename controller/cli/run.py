@@ -138,5 +138,5 @@ def script_from_args(options: argparse.Namespace, words: list[str]) -> tuple[Com
     from shoal.controller.script import script_command  # shlex and pathlib: --script only
 
     base = Command(env=parse_env(options.env), cwd=options.cwd, timeout=options.timeout,
-                   detach=options.detach, kill_grace=options.kill_grace)
+                   detach=options.detach, kill_grace=options.kill_grace, idle_timeout=options.idle_timeout)
     return script_command(options.script, words, base)
