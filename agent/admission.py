@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Callable
 
+from shoal.protocol.errors import ErrorCode
+
 from shoal.agent.audit import Audit
 from shoal.agent.config import Limits
 
@@ -55,7 +57,7 @@ class Admission:
         """
         limits = self._limits()
         if len(self.sessions) >= limits.max_connections:
-            session.conn.fail("too_many_connections", f"agent connection limit ({limits.max_connections}) reached")
+            session.conn.fail(ErrorCode.TOO_MANY_CONNECTIONS, f"agent connection limit ({limits.max_connections}) reached")
             self._audit.record("refused", peer=session.peer, reason="connection limit")
             session.abort()
             return False
@@ -85,7 +87,7 @@ class Admission:
         """
         self.startups.pop(session, None)
         self.sessions.discard(session)
-        session.conn.fail("too_many_connections", "too many connections are authenticating; try again")
+        session.conn.fail(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections are authenticating; try again")
         self._audit.record("shed", peer=session.peer, reason=reason)
         session.abort()
 

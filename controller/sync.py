@@ -34,10 +34,10 @@ class HostOutput:
     """One host's command: its status, all its output, and what came of it.
 
     `outcome` is one word of the one vocabulary (`Result.outcome`, listed in
-    `shoal.controller.outcome.HOST_OUTCOMES`): "ok", "failed" (another exit status,
-    or the agent could not start it, e.g. not found: status 127), "signal",
-    "timed_out", "idle_timeout", "cancelled", "unreachable", "auth_failed", "denied",
-    "lost". `result` has the rest (exit code, signal, duration, `reason`).
+    `shoal.controller.outcome.HOST_OUTCOMES`): `ok`, `failed` (another exit status,
+    or the agent could not start it, e.g. not found: status 127), `signal`,
+    `timed_out`, `idle_timeout`, `cancelled`, `unreachable`, `auth_failed`, `denied`,
+    `lost`. `result` has the rest (exit code, signal, duration, `reason`).
     """
 
     host: str
