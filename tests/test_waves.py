@@ -199,3 +199,53 @@ def test_library_outcomes_cover_the_refusals() -> None:
     assert skipped_result("h").outcome == "skipped"
     assert {str(o) for o in HOST_OUTCOMES} == {"ok", "failed", "signal", "timed_out", "idle_timeout", "cancelled",
                                                 "unreachable", "auth_failed", "denied", "lost", "skipped"}
+
+
+def test_canary_comes_before_the_serial_waves() -> None:
+    policy = WavePolicy(serial=Count(2), canary=1)
+    assert policy.waves(list("abcdef")) == [["a"], ["b", "c"], ["d", "e"], ["f"]]
+
+
+def test_serial_wait_pauses_between_waves_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from shoal.controller import waves
+
+    pauses: list[float] = []
+
+    async def recorded(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(waves.asyncio, "sleep", recorded)
+    seen: list[tuple[int, int]] = []
+
+    async def work(host: str) -> Result:
+        return Result(host, 0)
+
+    results = asyncio.run(waves.run_in_waves(list("abcde"), work, lambda h: h,
+                                             policy=WavePolicy(serial=Count(2), wait=7.5), limit=8,
+                                             on_done=lambda r: None,
+                                             on_wave=lambda n, count, items: seen.append((n, count))))
+    assert pauses == [7.5, 7.5] and seen == [(1, 3), (2, 3), (3, 3)] and all(r.ok for r in results)
+
+
+def test_progress_line_names_the_wave_and_does_not_count_skipped_as_failed() -> None:
+    import asyncio
+    import io
+
+    from shoal.controller.term.display import Display
+    from shoal.controller.term.output import FailedOnlyHandler
+    from shoal.controller.term.progress import ProgressHandler
+    from shoal.controller.term.waveview import wave_reporter
+
+    async def drive() -> str:
+        display = Display(io.BytesIO(), io.BytesIO())
+        progress = ProgressHandler(FailedOnlyHandler(display), display, 4)
+        wave_reporter(display, progress)(2, 3, ["c", "d"])
+        progress.on_result(Result("a", 3))
+        progress.on_result(skipped_result("b"))
+        text = progress.text()
+        progress.close()
+        return text
+
+    assert asyncio.run(drive()).startswith("shoal: wave 2/3, 2/4 done, 0 running, 1 failed, ")

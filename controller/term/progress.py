@@ -17,6 +17,7 @@ import time
 
 from shoal.controller.term.display import Display
 from shoal.controller.term.handler import OutputHandler
+from shoal.controller.outcome import Outcome
 from shoal.controller.result import Result
 
 __all__ = ["PROGRESS_INTERVAL", "PROGRESS_MIN_HOSTS", "ProgressHandler", "wants_progress"]
@@ -67,7 +68,7 @@ class ProgressHandler:
     def on_result(self, result: Result) -> None:
         self.done += 1
         self.running.discard(result.host)
-        self.failed += not result.ok
+        self.failed += not result.ok and result.outcome != Outcome.SKIPPED
         self.inner.on_result(result)
 
     def close(self) -> None:
