@@ -17,7 +17,8 @@ from shoal.protocol.errors import ShoalError
 from shoal.protocol.handshake import SharedKey
 
 from shoal.controller.client import AgentClient, Command, RemoteProcess
-from shoal.controller.result import Result, failure_result, fleet_status
+from shoal.controller.outcome import Outcome
+from shoal.controller.result import CANCELLED_STATUS, Result, failure_result, fleet_status
 from shoal.controller.stdin import StdinSpool
 from shoal.controller.targets import Target
 from shoal.controller.waves import WavePolicy, run_in_waves
@@ -82,6 +83,7 @@ class Fleet:
         self.options = options or ConnectOptions()
         self.fanout = max(1, fanout)
         self.processes: dict[str, RemoteProcess] = {}
+        self._stopping = False  # cancel() or kill(): start no more hosts (queued ones, later waves)
 
     async def run(self, command: Command, handler: Handler, stdin: StdinSpool | None = None, *,
                   policy: WavePolicy = WavePolicy(),
@@ -111,6 +113,9 @@ class Fleet:
     async def _run_one(self, target: Target, command: Command, handler: Handler,
                        stdin: StdinSpool | None) -> Result:
         client: AgentClient | None = None
+        if self._stopping:
+            return Result(target.name, CANCELLED_STATUS, cancelled=True, error="cancelled before it started",
+                          error_code=Outcome.CANCELLED)
         try:
             client = await self.options.connect(target)
             handler.on_start(target.name)
@@ -133,11 +138,13 @@ class Fleet:
                 await client.close()
 
     def cancel(self, grace: float | None = None) -> None:
-        """Cancel the command on every host where it is running."""
+        """Cancel the command on every host where it is running; start it on no more."""
+        self._stopping = True
         for proc in list(self.processes.values()):
             proc.cancel(grace)
 
     def kill(self) -> None:
+        self._stopping = True
         for proc in list(self.processes.values()):
             proc.kill()
 

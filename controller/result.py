@@ -9,11 +9,13 @@ from shoal.protocol.errors import ErrorCode, AuthError, RemoteCommandError, Shoa
 
 from shoal.controller.outcome import UNREACHABLE_OUTCOMES, Outcome
 
-__all__ = ["Result", "UNREACHABLE", "failure_result", "fleet_status"]
+__all__ = ["Result", "UNREACHABLE", "CANCELLED_STATUS", "failure_result", "fleet_status"]
 
 # ssh's convention: 255 when the host could not be reached, authenticated, or
 # its connection was lost; clush uses it for timeouts too.
 UNREACHABLE = 255
+# Status of a host whose command was cancelled before it started (as Ctrl-C would).
+CANCELLED_STATUS = 130
 
 
 @dataclass(frozen=True, slots=True)

@@ -249,3 +249,29 @@ def test_progress_line_names_the_wave_and_does_not_count_skipped_as_failed() -> 
         return text
 
     assert asyncio.run(drive()).startswith("shoal: wave 2/3, 2/4 done, 0 running, 1 failed, ")
+
+
+def test_cancel_starts_no_later_wave(agents: AgentThread) -> None:
+    import asyncio
+
+    from shoal.controller.client import Command
+    from shoal.controller.fleet import Fleet
+    from shoal.controller.targets import parse_targets
+
+    fleet = Fleet(parse_targets(",".join(agents.addresses[:3])))
+    started: list[str] = []
+
+    class CancelAfterFirst:
+        def on_start(self, host: str) -> None:
+            started.append(host)
+
+        def on_output(self, host: str, stream: str, data: bytes) -> None:
+            pass
+
+        def on_result(self, result: Result) -> None:
+            fleet.cancel()  # as the first Ctrl-C does
+
+    out = asyncio.run(fleet.run(Command(shell="true"), CancelAfterFirst(), policy=WavePolicy(serial=Count(1))))
+    by = out.by_host()
+    assert started == agents.addresses[:1]
+    assert [by[h].outcome for h in agents.addresses[:3]] == ["ok", "cancelled", "cancelled"]
