@@ -90,3 +90,15 @@ def test_idle_timeout_and_detach_are_a_usage_error(agents: AgentThread,
     status, out, err = shoal(capsysbinary, "run", agents.addresses[0], "-n", "--detach", "--idle-timeout", "1",
                              "--", "true")
     assert status == 2 and b"--idle-timeout" in err
+
+
+def test_shell_idle_setting_reaches_the_command() -> None:
+    from shoal.controller.term.repl import ReplSettings, _seconds_or_off
+    from shoal.protocol.errors import ConfigError
+
+    settings = ReplSettings()
+    settings.idle_timeout = _seconds_or_off(":idle", "2.5")
+    assert settings.command("true").idle_timeout == 2.5
+    assert _seconds_or_off(":idle", "off") is None
+    with pytest.raises(ConfigError, match=":idle must be positive"):
+        _seconds_or_off(":idle", "-1")
