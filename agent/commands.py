@@ -14,6 +14,7 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from shoal.protocol.connection import Role
@@ -37,7 +38,7 @@ class CommandRequest:
 
     def __init__(self, session: AgentSession, request_id: int, argv: list[str], env: dict[str, str],
                  cwd: str | None, want_stdin: bool, window: int, timeout: float | None,
-                 grace: float, output_file: str | None = None) -> None:
+                 grace: float, output_file: str | None = None, *, idle_timeout: float | None = None) -> None:
         self.session = session
         self.request_id = request_id
         self.argv = argv
@@ -61,6 +62,8 @@ class CommandRequest:
         self._max_read = min(DATA_CHUNK, session.conn.peer_max_frame)
         self._update_read_size()
         self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout) if timeout else None
+        self.idle_timed_out = False
+        self._idle = IdleClock(idle_timeout, self.child, self._on_idle) if idle_timeout else None
         started = Started(request_id, pid=self.child.pid, stdin_window=session.limits.stdin_window if want_stdin else 0)
         self.channel.send(started)
         session.send(started)
@@ -74,6 +77,8 @@ class CommandRequest:
 
     def _on_data(self, stream: int, data: bytes) -> None:
         self.bytes[stream] += len(data)
+        if self._idle is not None:
+            self._idle.heard()
         if self.abandoned:
             return
         kind = MessageType.STDOUT if stream == STDOUT else MessageType.STDERR
@@ -127,6 +132,11 @@ class CommandRequest:
         self.session.log.info("command timed out, killing its tree", req=self.request_id)
         self.kill(signal.SIGTERM)
 
+    def _on_idle(self) -> None:
+        self.idle_timed_out = True
+        self.session.log.info("command printed nothing for its idle timeout, killing its tree", req=self.request_id)
+        self.kill(signal.SIGTERM)
+
     def kill(self, first: int = signal.SIGTERM, grace: float | None = None) -> None:
         """Signal the whole tree, SIGKILL what is left after the grace period."""
         g = self.grace if grace is None else grace
@@ -143,6 +153,8 @@ class CommandRequest:
     def _on_done(self, result: ChildResult) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._idle is not None:
+            self._idle.stop()
         if self.child.output_cut and not self.detached:
             self._end_leftovers()
         self.session.command_done(self, result)
@@ -167,10 +179,48 @@ class CommandRequest:
             self.request_id, status=result.status, code=result.code, signal=result.signal,
             timed_out=self.timed_out, cancelled=self.cancelled, duration=round(result.duration, 6),
             stdout_bytes=self.bytes[1], stderr_bytes=self.bytes[2], output_file=self.output_file,
-            leftovers_ended=self.leftovers_ended,
+            leftovers_ended=self.leftovers_ended, idle_timed_out=self.idle_timed_out,
         )
         self.channel.send(exit_)
         return exit_
+
+
+class IdleClock:
+    """Fire `on_idle` once the child has printed nothing for `seconds` while being read.
+
+    The clock counts only while we read the pipes: when flow control has paused
+    reading (the window or the socket is full), the child may be blocked writing,
+    which is not silence, so a check that finds reading paused starts over.
+    """
+
+    def __init__(self, seconds: float, child: Child, on_idle: Callable[[], None]) -> None:
+        self.seconds = seconds
+        self.child = child
+        self.on_idle = on_idle
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(seconds, self._check)
+
+    def heard(self) -> None:
+        """Output arrived: the silence starts again now."""
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self.child.reading_paused:
+            self._last = now
+        self._last = max(self._last, self.child.resumed_at)
+        left = self._last + self.seconds - now
+        if left > 0:
+            self._handle = self._loop.call_later(left, self._check)
+        else:
+            self._handle = None
+            self.on_idle()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def build_argv(argv: list[str] | None, shell: str | None) -> list[str]:

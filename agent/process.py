@@ -112,6 +112,7 @@ class Child:
         self.on_stdin_drained: Callable[[int], None] | None = None
         self._open: set[int] = set()
         self._paused = False
+        self.resumed_at = 0.0  # loop time reading last resumed after a pause (the idle clock's restart)
         self.max_read = DATA_CHUNK
         self._result: ChildResult | None = None
         self._proc = self._spawn(argv, {**env, proctree.MARKER_ENV: self.token}, cwd, want_stdin, output_file)
@@ -188,9 +189,14 @@ class Child:
                 if fd >= 0:
                     self._loop.remove_reader(fd)
 
+    @property
+    def reading_paused(self) -> bool:
+        return self._paused
+
     def resume_reading(self) -> None:
         if self._paused:
             self._paused = False
+            self.resumed_at = self._loop.time()
             for stream, fd in self._out_fds.items():
                 if fd >= 0:
                     self._loop.add_reader(fd, self._read, stream)

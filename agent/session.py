@@ -267,7 +267,8 @@ class AgentSession(FrameDriver):
         grace = msg.kill_grace if msg.kill_grace is not None else self.limits.kill_grace
         out_file = output_path(self.agent.config.state_dir) if msg.detach else None
         try:
-            req = CommandRequest(self, rid, argv, env, cwd, msg.stdin, msg.window, msg.timeout, grace, out_file)
+            req = CommandRequest(self, rid, argv, env, cwd, msg.stdin, msg.window, msg.timeout, grace, out_file,
+                                 idle_timeout=msg.idle_timeout)
         except OSError as exc:
             err = spawn_error(exc, argv[0], cwd)
             self.agent.audit.record("exec_failed", **audit, error=err.reason)

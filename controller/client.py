@@ -90,6 +90,7 @@ class Command:
     stdin: bool = False
     detach: bool = False
     kill_grace: float | None = None
+    idle_timeout: float | None = None  # end it after this many seconds without output
 
     def describe(self) -> str:
         return self.shell if self.shell is not None else " ".join(self.argv or [])
@@ -234,13 +235,15 @@ class RemoteProcess:
 
 
 def _result_from_exit(host: str, msg: Exit, timeout: float | None) -> Result:
-    status = UNREACHABLE if msg.timed_out else msg.status
-    timed_out = f"timed out after {timeout:g}s" if timeout else "timed out"
+    ended = msg.timed_out or msg.idle_timed_out
+    error, code = ((f"timed out after {timeout:g}s" if timeout else "timed out", Outcome.TIMEOUT) if msg.timed_out
+                   else ("idle timeout: no output for too long", Outcome.IDLE_TIMEOUT) if msg.idle_timed_out
+                   else (None, None))
     return Result(
-        host, status, code=msg.code, signal=msg.signal, timed_out=msg.timed_out,
+        host, UNREACHABLE if ended else msg.status, code=msg.code, signal=msg.signal, timed_out=msg.timed_out,
         cancelled=msg.cancelled, duration=msg.duration, stdout_bytes=msg.stdout_bytes,
         stderr_bytes=msg.stderr_bytes, output_file=msg.output_file, leftovers_ended=msg.leftovers_ended,
-        error=timed_out if msg.timed_out else None, error_code=Outcome.TIMEOUT if msg.timed_out else None,
+        error=error, error_code=code,
     )
 
 
@@ -416,6 +419,11 @@ class AgentClient(FrameDriver):
         # ours from here on: callers see only ShoalError
         self._fail(ShoalConnectionError(self.name, f"connection lost ({exc.strerror or exc})"))
 
+    @property
+    def features(self) -> list[str]:
+        """What the agent announced it honours beyond protocol version 1 (its HELLO)."""
+        return self.conn.peer_hello.features if self.conn.peer_hello is not None else []
+
     def new_request_id(self) -> int:
         rid = self._next_id
         self._next_id += 1
@@ -427,13 +435,17 @@ class AgentClient(FrameDriver):
         """Start `command`; raises RemoteCommandError if it cannot start."""
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
+        if command.idle_timeout is not None and "idle_timeout" not in self.features:
+            # an older agent would ignore the member and run the command unbounded
+            raise RemoteCommandError("this agent does not support --idle-timeout (upgrade it); nothing was run",
+                                     Outcome.NOT_SENT, self.name, status=1)
         rid = self.new_request_id()
         proc = RemoteProcess(self, rid, command.timeout)
         self.requests[rid] = proc
         proc._send(Exec(
             rid, argv=command.argv, shell=command.shell, env=command.env, cwd=command.cwd,
             timeout=command.timeout, stdin=command.stdin, window=window, detach=command.detach,
-            kill_grace=command.kill_grace,
+            kill_grace=command.kill_grace, idle_timeout=command.idle_timeout,
         ))
         await proc._started
         return proc

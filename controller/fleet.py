@@ -18,10 +18,11 @@ from shoal.protocol.defaults import OUTPUT_WINDOW
 from shoal.protocol.handshake import SharedKey
 
 from shoal.controller.client import AgentClient, Command, RemoteProcess
-from shoal.controller.fanout import fan_out
-from shoal.controller.result import Result, failure_result, fleet_status
+from shoal.controller.outcome import Outcome
+from shoal.controller.result import CANCELLED_STATUS, Result, failure_result, fleet_status
 from shoal.controller.stdin import StdinSpool
 from shoal.controller.targets import Target
+from shoal.controller.waves import WavePolicy, run_in_waves
 
 __all__ = ["Handler", "Fleet", "FleetResult", "ConnectOptions", "FLEET_OUTPUT_BUDGET", "MIN_OUTPUT_WINDOW"]
 
@@ -91,9 +92,16 @@ class Fleet:
         self.options = options or ConnectOptions()
         self.fanout = max(1, fanout)
         self.processes: dict[str, RemoteProcess] = {}
+        self._stopping = False  # cancel() or kill(): start no more hosts (queued ones, later waves)
 
-    async def run(self, command: Command, handler: Handler, stdin: StdinSpool | None = None) -> FleetResult:
+    async def run(self, command: Command, handler: Handler, stdin: StdinSpool | None = None, *,
+                  policy: WavePolicy = WavePolicy(),
+                  on_wave: Callable[[int, int, list[str]], None] | None = None) -> FleetResult:
         """Run `command` everywhere; per-host failures become results, never raise.
+
+        `policy` rolls the run in waves with a failure budget (`shoal.controller.waves`);
+        hosts it never starts get a `skipped` result. `on_wave(n, count, hosts)` is
+        called as each wave starts.
 
         What the handler raises (our own output failing) ends the run: every host's
         command is cancelled (its connection closed) and the handler's exception is
@@ -110,11 +118,14 @@ class Fleet:
             local.on_result(result)
 
         count = len(self.targets)
+        wave_hosts = None if on_wave is None else (
+            lambda n, total, items: on_wave(n, total, [t.name for _, t in items]))
         try:
-            await fan_out(list(enumerate(self.targets)),
-                          lambda it: self._run_one(it[1], command.for_node(it[1].name, it[0], count), local, stdin,
-                                                   window),
-                          limit=self.fanout, on_done=done)
+            await run_in_waves(list(enumerate(self.targets)),
+                               lambda it: self._run_one(it[1], command.for_node(it[1].name, it[0], count), local,
+                                                        stdin, window),
+                               lambda it: it[1].name, policy=policy, limit=self.fanout, on_done=done,
+                               on_wave=wave_hosts)
         except _LocalError as exc:  # our output failed (`| head` closed it): every host was stopped
             raise exc.original from None
         out.elapsed = time.monotonic() - start
@@ -123,6 +134,9 @@ class Fleet:
     async def _run_one(self, target: Target, command: Command, handler: Handler,
                        stdin: StdinSpool | None, window: int) -> Result:
         client: AgentClient | None = None
+        if self._stopping:
+            return Result(target.name, CANCELLED_STATUS, cancelled=True, error="cancelled before it started",
+                          error_code=Outcome.CANCELLED)
         feeder: asyncio.Task[None] | None = None
         try:
             client = await self.options.connect(target)
@@ -148,11 +162,13 @@ class Fleet:
                 await client.close()
 
     def cancel(self, grace: float | None = None) -> None:
-        """Cancel the command on every host where it is running."""
+        """Cancel the command on every host where it is running; start it on no more."""
+        self._stopping = True
         for proc in list(self.processes.values()):
             proc.cancel(grace)
 
     def kill(self) -> None:
+        self._stopping = True
         for proc in list(self.processes.values()):
             proc.kill()
 

@@ -12,7 +12,7 @@ import enum
 
 from shoal.protocol.errors import ErrorCode
 
-__all__ = ["Outcome", "UNREACHABLE_OUTCOMES"]
+__all__ = ["Outcome", "UNREACHABLE_OUTCOMES", "HOST_OUTCOMES"]
 
 
 class Outcome(enum.StrEnum):
@@ -27,8 +27,24 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"            # a local tool (ssh, for bootstrap) failed
     NOT_SENT = "not_sent"        # nothing was sent: this host's own inputs were bad
     ERROR = "error"              # one of our errors with no narrower outcome
+    SKIPPED = "skipped"          # never started: the run stopped first (--max-fail, --canary)
+    # Members only `Result.outcome` gives (see HOST_OUTCOMES), never an error_code:
+    OK = "ok"                    # exit 0
+    SIGNAL = "signal"            # killed by a signal
+    TIMED_OUT = "timed_out"      # ended by --timeout
+    IDLE_TIMEOUT = "idle_timeout"  # ended by --idle-timeout: printed nothing for too long (also an error_code)
+    DENIED = "denied"            # the key's policy refused the command
+    LOST = "lost"                # the connection dropped while the command ran
 
 
 # The command never ran, or its end is unknown: status 255, like ssh.
 UNREACHABLE_OUTCOMES = frozenset({Outcome.UNREACHABLE, Outcome.AUTH_FAILED, Outcome.CONNECTION_LOST,
                                   Outcome.CONNECT_TIMEOUT})
+
+
+# The one vocabulary of what came of a host (`Result.outcome`), everywhere a run is
+# reported: JSON `exit` events, --failed-only, the summary. `failed` there means the
+# command ran and exited non-zero.
+HOST_OUTCOMES = frozenset({Outcome.OK, Outcome.FAILED, Outcome.SIGNAL, Outcome.TIMED_OUT, Outcome.IDLE_TIMEOUT,
+                           Outcome.CANCELLED, Outcome.UNREACHABLE, Outcome.AUTH_FAILED, Outcome.DENIED,
+                           Outcome.LOST, Outcome.SKIPPED})

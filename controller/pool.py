@@ -26,7 +26,7 @@ from shoal.controller.client import AgentClient, Command, RemoteProcess
 from shoal.controller.fanout import fan_out
 from shoal.controller.fleet import ConnectOptions, Handler
 from shoal.controller.outcome import Outcome
-from shoal.controller.result import UNREACHABLE, Result, failure_result
+from shoal.controller.result import CANCELLED_STATUS, UNREACHABLE, Result, failure_result
 from shoal.controller.targets import Target
 
 __all__ = ["LinkState", "HostLink", "Session", "RETRY_FIRST", "RETRY_MAX"]
@@ -35,9 +35,6 @@ __all__ = ["LinkState", "HostLink", "Session", "RETRY_FIRST", "RETRY_MAX"]
 # double up to a minute so a host that is really gone costs almost nothing.
 RETRY_FIRST = 0.25
 RETRY_MAX = 60.0
-
-# Status of a host whose command was cancelled before it started (as Ctrl-C would).
-CANCELLED_STATUS = 130
 
 
 class LinkState(enum.Enum):

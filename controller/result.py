@@ -7,15 +7,17 @@ import signal as signals
 from dataclasses import dataclass
 from typing import Any
 
-from shoal.protocol.errors import AuthError, RemoteCommandError, ShoalConnectionError, ShoalError, ShoalTimeoutError
+from shoal.protocol.errors import ErrorCode, AuthError, RemoteCommandError, ShoalConnectionError, ShoalError, ShoalTimeoutError
 
 from shoal.controller.outcome import UNREACHABLE_OUTCOMES, Outcome
 
-__all__ = ["Result", "UNREACHABLE", "failure_result", "fleet_status", "outcome_fields"]
+__all__ = ["Result", "UNREACHABLE", "CANCELLED_STATUS", "failure_result", "fleet_status", "outcome_fields"]
 
 # ssh's convention: 255 when the host could not be reached, authenticated, or
 # its connection was lost; clush uses it for timeouts too.
 UNREACHABLE = 255
+# Status of a host whose command was cancelled before it started (as Ctrl-C would).
+CANCELLED_STATUS = 130
 
 @dataclass(frozen=True, slots=True)
 class Result:
@@ -59,6 +61,11 @@ class Result:
         return self.error_code in (None, Outcome.TIMEOUT)
 
     @property
+    def outcome(self) -> Outcome:
+        """This host's outcome in the one vocabulary (`shoal.controller.outcome.HOST_OUTCOMES`)."""
+        return _outcome(self)
+
+    @property
     def reason(self) -> str:
         """Short human text, as clush words it: 'exited with code 3',
         'killed by signal 9 (KILL)', 'timed out after 10s', or the error."""
@@ -77,6 +84,30 @@ def _signal_name(number: int) -> str:
         return f" ({signals.Signals(number).name.removeprefix('SIG')})"
     except ValueError:
         return ""
+
+
+# error_code -> outcome, for the codes that name one of their own.
+_CODE_OUTCOMES: dict[str, Outcome] = {
+    Outcome.SKIPPED: Outcome.SKIPPED, Outcome.AUTH_FAILED: Outcome.AUTH_FAILED,
+    Outcome.CONNECTION_LOST: Outcome.LOST, Outcome.UNREACHABLE: Outcome.UNREACHABLE,
+    Outcome.CONNECT_TIMEOUT: Outcome.UNREACHABLE, Outcome.CANCELLED: Outcome.CANCELLED,
+    Outcome.TIMEOUT: Outcome.TIMED_OUT, ErrorCode.PERMISSION_DENIED: Outcome.DENIED,
+    Outcome.IDLE_TIMEOUT: Outcome.IDLE_TIMEOUT,
+}
+
+
+def _outcome(r: Result) -> Outcome:
+    if r.error_code in _CODE_OUTCOMES:
+        return _CODE_OUTCOMES[r.error_code]
+    if r.ok:
+        return Outcome.OK
+    if r.timed_out:
+        return Outcome.TIMED_OUT
+    if r.cancelled:
+        return Outcome.CANCELLED
+    if r.signal:
+        return Outcome.SIGNAL
+    return Outcome.FAILED
 
 
 def fleet_status(results: list[Result]) -> int:

@@ -45,6 +45,7 @@ from shoal.protocol.messages import (
 
 from shoal.controller.client import AgentClient
 from shoal.controller.fanout import fan_out
+from shoal.controller.waves import RollingRun, WavePolicy, skipped_result
 from shoal.controller.fleet import ConnectOptions, FleetResult
 from shoal.controller.result import Result, failure_result
 from shoal.controller.targets import Target
@@ -460,19 +461,36 @@ async def _receive_into(request: GetRequest, writer: AtomicWriter, progress: Pro
 
 async def put_fleet(targets: list[Target], connect: ConnectOptions, plan: PutPlan, remote_path: str, *,
                     options: PutOptions = PutOptions(), fanout: int = 64,
-                    progress: Progress | None = None) -> FleetResult:
+                    progress: Progress | None = None, policy: WavePolicy = WavePolicy(),
+                    on_wave: Callable[[int, int, list[str]], None] | None = None) -> FleetResult:
     """Put `plan` on every target: groups of `fanout` hosts share each local read.
 
-    Per-host failures become results and never stop the others. Raises
+    Per-host failures become results and never stop the others. `policy` rolls the
+    targets in waves with a failure budget (`shoal.controller.waves`); once it
+    stops the run, no new group starts and the hosts not started are `skipped`.
+    `on_wave(n, count, hosts)` is called as each wave starts. Raises
     FileTransferError when a local file fails to read mid-way (every host's
     connection is then aborted, so no host keeps a partial file).
     """
     progress = progress or _NoProgress()
     out = FleetResult()
     start = time.monotonic()
-    for first in range(0, len(targets), max(1, fanout)):
-        group = targets[first:first + max(1, fanout)]
-        out.results.extend(await _put_group(group, connect, plan, remote_path, options, progress))
+    state = RollingRun(policy, len(targets))
+    waves = policy.waves(targets)
+    for wave in waves:
+        if not state.stopped:
+            await state.next_wave()
+            if on_wave is not None:
+                on_wave(state.wave, len(waves), [t.name for t in wave])
+        for first in range(0, len(wave), max(1, fanout)):
+            group = wave[first:first + max(1, fanout)]
+            if state.stopped:
+                out.results.extend(skipped_result(t.name) for t in group)
+                continue
+            results = await _put_group(group, connect, plan, remote_path, options, progress)
+            for result in results:
+                state.record(result)
+            out.results.extend(results)
     out.elapsed = time.monotonic() - start
     return out
 

@@ -28,6 +28,7 @@ from shoal.protocol.errors import AuthError, ErrorCode, LocalProtocolError, Remo
 from shoal.protocol.frames import (DEFAULT_MAX_FRAME_SIZE, HEAD_SIZE, MAX_FRAME_SIZE_CEILING, PREAUTH_MAX_FRAME, TAG_SIZE,
                                    FrameDecoder, RawFrame, frame_head)
 from shoal.protocol.messages import (
+    AGENT_FEATURES,
     AGENT_ONLY,
     CONTROLLER_ONLY,
     PROTOCOL_VERSION,
@@ -406,6 +407,7 @@ class Connection:
             nonce=self._our_hello_nonce, max_frame=self._max_frame_size,
             macs=list(self.macs) if keyed and controller else [],
             mac=(self.mac or "") if keyed and not controller else "",
+            features=[] if controller else list(AGENT_FEATURES),
         )
         self._emit(hello)
         self._our_hello_frame = b"".join(self._out[-2:])

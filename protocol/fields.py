@@ -15,11 +15,14 @@ import math
 from shoal.protocol.errors import BadRequestError
 from shoal.protocol.messages import Exec, GetFile, Message, PutFile
 
-__all__ = ["check_request", "MAX_KILL_GRACE", "MAX_MTIME", "MAX_SIZE"]
+__all__ = ["check_request", "MAX_IDLE_TIMEOUT", "MAX_KILL_GRACE", "MAX_MTIME", "MAX_SIZE"]
 
 # Longest grace a request may ask for between signals, in seconds: an hour is
 # already far beyond any shutdown a command could need.
 MAX_KILL_GRACE = 3600.0
+# Longest silence an EXEC may allow, in seconds (30 days): past that nobody is
+# waiting for the output, and the timer's arithmetic stays exact.
+MAX_IDLE_TIMEOUT = 30 * 86400.0
 # |mtime| in seconds from the epoch; beyond this (about year 2514) utime() overflows
 # on some filesystems.
 MAX_MTIME = float(2 ** 34)
@@ -54,6 +57,12 @@ def _check_exec(msg: Exec) -> None:
         _check_text("cwd", msg.cwd)
     if msg.kill_grace is not None:
         _check_range("kill_grace", msg.kill_grace, 0, MAX_KILL_GRACE)
+    if msg.idle_timeout is not None:
+        _check_range("idle_timeout", msg.idle_timeout, 0, MAX_IDLE_TIMEOUT)
+        if msg.idle_timeout == 0:
+            raise BadRequestError("idle_timeout", "must be more than 0")
+        if msg.detach:
+            raise BadRequestError("idle_timeout", "cannot go with detach (its output goes to a file, unseen)")
 
 
 def _check_put(msg: PutFile) -> None:

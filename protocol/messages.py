@@ -112,6 +112,11 @@ class Message:
 # -- connection level --------------------------------------------------------
 
 
+# What this agent honours beyond version 1, named in its HELLO `features`:
+# "idle_timeout" is EXEC's `idle_timeout` (and EXIT's `idle_timed_out`).
+AGENT_FEATURES = ("idle_timeout",)
+
+
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
     """First frame from each side: version, role, authentication offer."""
@@ -129,6 +134,10 @@ class Hello(Message):
     # answers with its choice in `mac` (absent: hmac-sha256).
     macs: list[str] = field(default_factory=lambda: ["hmac-sha256"])
     mac: str = ""
+    # Request members beyond version 1 this end honours (the agent lists AGENT_FEATURES;
+    # absent: none). Unknown members are ignored, so a controller must not send one
+    # the agent did not list: an older agent would run the command without it.
+    features: list[str] = field(default_factory=list)
 
     def _validate(self) -> None:
         if self.role not in ("controller", "agent"):
@@ -204,6 +213,7 @@ class Exec(Message):
     window: int = 0
     detach: bool = False
     kill_grace: float | None = None
+    idle_timeout: float | None = None  # feature "idle_timeout"; range in shoal.protocol.fields
 
     def _validate(self) -> None:
         if (self.argv is None) == (self.shell is None):
@@ -309,6 +319,7 @@ class Exit(Message):
     stderr_bytes: int = 0
     output_file: str | None = None
     leftovers_ended: int | None = None
+    idle_timed_out: bool = False  # feature "idle_timeout": ended by EXEC's idle_timeout
 
 
 # -- metrics and files -------------------------------------------------------

@@ -15,6 +15,7 @@ from shoal.protocol.handshake import SharedKey
 from shoal.controller.client import Command
 from shoal.controller.fleet import ConnectOptions
 from shoal.controller.targets import Target
+from shoal.controller.waves import WavePolicy, parse_count
 
 __all__ = [
     "add_target_options",
@@ -23,6 +24,9 @@ __all__ = [
     "add_outdir_failed_options",
     "add_exec_options",
     "parse_size",
+    "add_idle_timeout_option",
+    "add_rolling_options",
+    "wave_policy_from_args",
     "targets_from_args",
     "connect_options_from_args",
     "command_from_args",
@@ -95,10 +99,28 @@ def add_outdir_failed_options(group: argparse._ArgumentGroup, *, outdir_help: st
     group.add_argument("--failed-only", action="store_true", help=failed_only_help)
 
 
+def add_idle_timeout_option(group: argparse._ArgumentGroup) -> None:
+    """--idle-timeout, spelled once for run and batch."""
+    group.add_argument("--idle-timeout", type=_positive_seconds, metavar="SECS",
+                       help="kill the command's process tree once it has printed nothing for SECS "
+                            "(decided on the agent; outcome idle_timeout)")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text!r}")
+    return value
+
+
 def add_exec_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("command")
     g.add_argument("-t", "--timeout", type=float, metavar="SECS",
                    help="kill the command's process tree after SECS (SIGTERM, then SIGKILL)")
+    add_idle_timeout_option(g)
     g.add_argument("--kill-grace", type=float, metavar="SECS", help="seconds between SIGTERM and SIGKILL")
     g.add_argument("--cwd", metavar="DIR", help="working directory on the hosts")
     g.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="environment variable (repeatable)")
@@ -107,6 +129,32 @@ def add_exec_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-n", "--no-stdin", action="store_true", help="do not forward standard input")
     g.add_argument("--detach", action="store_true",
                    help="keep running if the controller disconnects; output goes to a file on the agent")
+
+
+def add_rolling_options(parser: argparse.ArgumentParser) -> None:
+    """--serial, --serial-wait, --max-fail and --canary, spelled once for run, batch and put."""
+    g = parser.add_argument_group("rolling")
+    g.add_argument("--serial", metavar="N|N%",
+                   help="run the hosts in waves of N (or N%% of the targets, rounded down, at least 1); "
+                        "each wave starts when the previous one has finished")
+    g.add_argument("--serial-wait", type=float, default=0.0, metavar="SECS",
+                   help="pause SECS between waves")
+    g.add_argument("--max-fail", metavar="N|N%",
+                   help="once more than N (or N%% of the targets, rounded down) hosts have failed, start no "
+                        "more; running hosts finish, the rest are skipped")
+    g.add_argument("--canary", type=int, default=0, metavar="N",
+                   help="run the first N hosts alone first; any failure among them skips the rest")
+
+
+def wave_policy_from_args(args: argparse.Namespace) -> WavePolicy:
+    """The rolling options as the library's WavePolicy."""
+    if args.serial_wait < 0:
+        raise ConfigError("must not be negative", "--serial-wait")
+    if args.canary < 0:
+        raise ConfigError("must not be negative", "--canary")
+    serial = parse_count(args.serial, "--serial", minimum=1) if args.serial is not None else None
+    max_fail = parse_count(args.max_fail, "--max-fail") if args.max_fail is not None else None
+    return WavePolicy(serial=serial, wait=args.serial_wait, max_fail=max_fail, canary=args.canary)
 
 
 def targets_from_args(args: argparse.Namespace) -> list[Target]:
@@ -170,8 +218,10 @@ def command_from_args(args: argparse.Namespace, words: list[str]) -> Command:
     """The command's words: joined for /bin/sh like ssh does, or an argv with --argv."""
     if not words:
         raise ConfigError("no command given (put it after TARGETS and shoal's options)", "command")
+    if args.idle_timeout is not None and args.detach:
+        raise ConfigError("cannot go with --detach (a detached command's output is not watched)", "--idle-timeout")
     common = dict(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout,
-                  detach=args.detach, kill_grace=args.kill_grace)
+                  detach=args.detach, kill_grace=args.kill_grace, idle_timeout=args.idle_timeout)
     if args.argv:
         return Command(argv=list(words), **common)
     return Command(shell=" ".join(words), **common)

@@ -13,6 +13,12 @@ and sent to every host.
 Exit status: 0 when every host has the files; 1 when a host refused or failed the
 transfer (no such directory, permission denied, disk full...) or a LOCAL cannot be
 read; 255 when a host was unreachable or its connection was lost; 2 for bad usage.
+
+--serial, --max-fail and --canary roll the hosts in waves as for `run`; hosts that
+share one local read (a --fanout group) start together, so the budget is checked
+before each group. A run they stopped exits with the largest status among the
+hosts that ran, or 1 when all of those succeeded; skipped hosts are listed as
+`host: skipped`.
 """
 
 from __future__ import annotations
@@ -24,7 +30,14 @@ from shoal.protocol.errors import ConfigError
 
 from shoal.controller.term.display import Display
 from shoal.controller.fleet import FleetResult
-from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
+from shoal.controller.cli.options import (
+    add_connect_options,
+    add_rolling_options,
+    add_target_options,
+    connect_options_from_args,
+    targets_from_args,
+    wave_policy_from_args,
+)
 from shoal.controller.transfer import PutOptions, put_fleet
 from shoal.controller.transferplan import plan_put
 from shoal.controller.term.transferprogress import TransferProgress
@@ -40,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="copy directories and their contents (symlinks and special files are skipped)")
     g.add_argument("--owner", action="store_true", help="keep owner and group (only when the agent runs as root)")
     add_connect_options(parser)
+    add_rolling_options(parser)
 
 
 def add_transfer_flags(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +72,7 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     if not remote.startswith("/"):
         raise ConfigError(f"remote path must be absolute: {remote}", "put")
     targets = targets_from_args(args)
+    policy = wave_policy_from_args(args)
     plan = plan_put(sources, remote, args.recursive,
                     skipped=lambda path, why: display.warning(f"skipping {path}: {why}"))
     progress = TransferProgress(display, len(targets))
@@ -65,7 +80,7 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
         result = asyncio.run(put_fleet(
             targets, connect_options_from_args(args), plan, remote,
             options=PutOptions(preserve=args.preserve, owner=args.owner), fanout=args.fanout,
-            progress=progress))
+            progress=progress, policy=policy, on_wave=lambda n, count, hosts: progress.set_wave(n, count)))
     finally:
         progress.close()
     report(display, result, len(targets) > 1)

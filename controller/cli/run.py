@@ -13,7 +13,9 @@ SHOAL_HOST, SHOAL_NODENUM (0-based, in target order) and SHOAL_NUMNODES set.
 
 Exit status: 0 when every host exited 0; otherwise the largest host status
 (1-254; 128+N when killed by signal N); 255 when a host was unreachable, failed
-authentication, timed out or was lost; 2 bad usage, configuration or target
+authentication, timed out or was lost; a run that --max-fail or --canary stopped
+exits with the largest status among the hosts that ran, or 1 when all of those
+exited 0 (skipped hosts count as status 1); 2 bad usage, configuration or target
 pattern; 70 internal error; 130 interrupted.
 """
 
@@ -35,11 +37,13 @@ from shoal.controller.cli.options import (
     add_connect_options,
     add_exec_options,
     add_output_options,
+    add_rolling_options,
     add_target_options,
     command_from_args,
     connect_options_from_args,
     parse_env,
     targets_from_args,
+    wave_policy_from_args,
 )
 from shoal.controller.fdlimit import raise_open_files_limit
 from shoal.controller.term.handler import OutputHandler
@@ -57,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--script", metavar="FILE", help="run this local script on each host (fed on stdin, "
                         "like ssh host bash -s); the words after TARGETS become its arguments; honours #!")
     add_connect_options(parser)
+    add_rolling_options(parser)
     add_output_options(parser)
 
 
@@ -92,6 +97,9 @@ async def run_fleet(targets: list[Target], command: Command, options: ConnectOpt
                     args: argparse.Namespace, display: Display, forward_stdin: bool,
                     script: bytes | None = None) -> int:
     """Run on the fleet with Ctrl-C handling: first cancels everywhere, second gives up."""
+    from shoal.controller.term.waveview import wave_reporter
+
+    policy = wave_policy_from_args(args)
     raise_open_files_limit(min(len(targets), args.fanout))
     fleet = Fleet(targets, options, fanout=args.fanout)
     handler = choose_handler(args, display, targets)
@@ -99,7 +107,8 @@ async def run_fleet(targets: list[Target], command: Command, options: ConnectOpt
     if script is not None:
         stdin = StdinSpool.from_bytes(script)
     try:
-        result, interrupts = await run_interruptible(fleet.run(command, handler, stdin), display,
+        result, interrupts = await run_interruptible(fleet.run(command, handler, stdin, policy=policy,
+                                                               on_wave=wave_reporter(display, handler)), display,
                                                      fleet.cancel, fleet.kill)
     finally:
         if stdin is not None:
@@ -134,5 +143,5 @@ def script_from_args(options: argparse.Namespace, words: list[str]) -> tuple[Com
     from shoal.controller.script import script_command  # shlex and pathlib: --script only
 
     base = Command(env=parse_env(options.env), cwd=options.cwd, timeout=options.timeout,
-                   detach=options.detach, kill_grace=options.kill_grace)
+                   detach=options.detach, kill_grace=options.kill_grace, idle_timeout=options.idle_timeout)
     return script_command(options.script, words, base)

@@ -36,10 +36,15 @@ JSON schema (`-o json`; every object has `event` and `t`, seconds since the run 
     {"event": "exit",   "host": H, "t": T, "status": N, "code": N|null,
      "signal": N|null, "timed_out": B, "cancelled": B, "duration": SECS,
      "error": TEXT|null, "error_code": TEXT|null, "ok": B, "unreachable": B,
-     "leftovers_ended": N|null}                                 N: processes still holding
+     "leftovers_ended": N|null,                                 N: processes still holding
                                                                  the output, ended by the agent
-    {"event": "summary", "t": T, "status": N,
-     "ok": [H...], "failed": [H...], "unreachable": [H...]}      last line of the run
+     "outcome": OUTCOME}                                         ok, failed, signal, timed_out,
+                                                                 idle_timeout, cancelled, unreachable,
+                                                                 auth_failed, denied, lost, skipped
+    {"event": "wave", "t": T, "wave": N, "waves": N,
+     "hosts": [H...]}                                            a wave starts (--serial, --canary)
+    {"event": "summary", "t": T, "status": N, "ok": [H...],
+     "failed": [H...], "unreachable": [H...], "skipped": [H...]} last line of the run
 
 `output` data holds whole lines where it can: a host's stream is cut after its last
 newline (or every LINE_CAP bytes of one long line); the final piece may lack one.
@@ -74,7 +79,7 @@ from shoal.controller.term.outdir import OutdirTee, prepare_outdir
 from shoal.controller.term.outputcap import GATHER_MAX_OUTPUT, OutputCap
 from shoal.controller.term.progress import ProgressHandler, wants_progress
 from shoal.controller.result import Result
-from shoal.controller.term.summary import classify, folded
+from shoal.controller.term.summary import classify, folded, skipped
 
 __all__ = [
     "LINE_CAP",
@@ -282,6 +287,7 @@ def exit_record(result: Result) -> dict[str, Any]:
         "timed_out": result.timed_out, "cancelled": result.cancelled,
         "duration": round(result.duration, 6), "error": result.error, "error_code": result.error_code,
         "ok": result.ok, "unreachable": result.unreachable, "leftovers_ended": result.leftovers_ended,
+        "outcome": result.outcome,
     }
 
 
@@ -370,7 +376,8 @@ class JsonHandler:
     def close(self) -> None:
         ok, failed, unreachable = (sorted(hosts, key=natural_key) for hosts in classify(self.results))
         status = max((r.status for r in self.results), default=0)
-        self.emit("summary", {"status": status, "ok": ok, "failed": failed, "unreachable": unreachable})
+        self.emit("summary", {"status": status, "ok": ok, "failed": failed, "unreachable": unreachable,
+                              "skipped": sorted(skipped(self.results), key=natural_key)})
 
 
 class FailedOnlyHandler:

@@ -126,11 +126,13 @@ def test_json_events_follow_the_schema() -> None:
         {"event": "output", "host": "h1", "stream": "stdout", "data": "ta", "t": 1.25},
         {"event": "exit", "host": "h1", "status": 0, "code": 0, "signal": None, "timed_out": False,
          "cancelled": False, "duration": 0.25, "error": None, "error_code": None, "ok": True,
-         "unreachable": False, "leftovers_ended": None, "t": 1.25 + 0.75},
+         "unreachable": False, "leftovers_ended": None, "outcome": "ok", "t": 1.25 + 0.75},
         {"event": "exit", "host": "h2", "status": 255, "code": None, "signal": None, "timed_out": False,
          "cancelled": False, "duration": 0.0, "error": "cannot resolve host: x",
-         "error_code": "unreachable", "ok": False, "unreachable": True, "leftovers_ended": None, "t": 2.5},
-        {"event": "summary", "status": 255, "ok": ["h1"], "failed": [], "unreachable": ["h2"], "t": 3.0},
+         "error_code": "unreachable", "ok": False, "unreachable": True, "leftovers_ended": None,
+         "outcome": "unreachable", "t": 2.5},
+        {"event": "summary", "status": 255, "ok": ["h1"], "failed": [], "unreachable": ["h2"], "skipped": [],
+         "t": 3.0},
     ]
 
 

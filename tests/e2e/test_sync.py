@@ -35,8 +35,8 @@ def test_argv_timeout_and_missing_programs_are_outcomes() -> None:
         [slow] = shoal.controller.run(host, ["sleep", "60"], timeout=0.5).values()
         [gone] = shoal.controller.run(host, ["/no/such/program"]).values()
         [said] = shoal.controller.run(host, ["printf", "%s", "a b"], cwd="/", env={"X": "1"}).values()
-    assert slow.outcome == "timed out" and slow.status != 0
-    assert gone.outcome == "error" and gone.status == 127
+    assert slow.outcome == "timed_out" and slow.status != 0
+    assert gone.outcome == "failed" and gone.status == 127
     assert said.stdout == b"a b" and said.outcome == "ok"
 
 
