@@ -49,6 +49,7 @@ from shoal.hostio.files import (
     process_umask,
     resolve_path,
 )
+from shoal.hostio.manifest import path_below
 from shoal.hostio.readahead import ReadAhead
 from shoal.hostio.sink import ChunkSink
 
@@ -71,9 +72,11 @@ REMEMBERED_ENDS = 256
 
 def transfer_handlers(session: AgentSession) -> dict[type, Callable[[Any], None]]:
     """The message handlers file transfer adds to a session (for `Agent.add_handlers`)."""
+    from shoal.agent.treeops import tree_handlers  # tree sync builds on this service's checks
+
     service = TransferService(session)
     return {PutFile: service.on_put, GetFile: service.on_get,
-            FileData: service.on_data, FileEnd: service.on_end}
+            FileData: service.on_data, FileEnd: service.on_end, **tree_handlers(service)}
 
 
 def remove_leftovers(state_dir: str) -> list[str]:
@@ -99,7 +102,7 @@ class TransferService:
         if not self._admit(msg):
             return
         try:
-            dest = self.authorize(msg.path, "put", msg.request_id)
+            dest = self.authorize_in_tree(msg.path, msg.tree, "put", msg.request_id)
         except FileTransferError as err:
             return self.fail(msg.request_id, err)
         job: Transfer = MakeDirectory(self, msg, dest) if msg.mkdir else PutTransfer(self, msg, dest)
@@ -109,7 +112,7 @@ class TransferService:
         if not self._admit(msg):
             return
         try:
-            path = self.authorize(msg.path, "get", msg.request_id)
+            path = self.authorize_in_tree(msg.path, msg.tree, "get", msg.request_id)
         except FileTransferError as err:
             return self.fail(msg.request_id, err)
         self._start(GetTransfer(self, msg, path))
@@ -167,6 +170,13 @@ class TransferService:
             self._audit_denied(action, rid, path, "outside file roots")
             raise FileTransferError("outside_root", path)
         return resolved
+
+    def authorize_in_tree(self, path: str, tree: str, action: str, rid: int) -> Path:
+        """Authorize `path`, or with `tree` set authorize the tree and refuse links below it."""
+        if not tree:
+            return self.authorize(path, action, rid)
+        root = self.authorize(tree, action, rid)
+        return path_below(root, tree, path)
 
     def _audit_denied(self, action: str, rid: int, path: str, reason: str) -> None:
         self.session.agent.audit.record("denied", peer=self.session.peer, key_id=self.session.key_id,
@@ -273,8 +283,13 @@ class MakeDirectory(Transfer):
         elif msg.into_dir:
             raise FileTransferError("not_found", self.dest)
         try:
+            if msg.parents:
+                os.makedirs(target.parent, exist_ok=True)
             os.mkdir(target, 0o700)
         except FileExistsError:
+            if os.path.islink(target):
+                raise FileTransferError("bad_path", target, "is a symbolic link; nothing is written "
+                                        "through links") from None
             if not _is_dir(target):
                 raise FileTransferError("not_directory", target, "exists and is not a directory") from None
             return target
