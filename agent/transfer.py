@@ -53,6 +53,8 @@ from shoal.hostio.manifest import path_below
 from shoal.hostio.readahead import ReadAhead
 from shoal.hostio.sink import ChunkSink
 
+from shoal.agent.treeops import tree_handlers
+
 if TYPE_CHECKING:
     from shoal.agent.session import AgentSession
 
@@ -72,8 +74,6 @@ REMEMBERED_ENDS = 256
 
 def transfer_handlers(session: AgentSession) -> dict[type, Callable[[Any], None]]:
     """The message handlers file transfer adds to a session (for `Agent.add_handlers`)."""
-    from shoal.agent.treeops import tree_handlers  # tree sync builds on this service's checks
-
     service = TransferService(session)
     return {PutFile: service.on_put, GetFile: service.on_get,
             FileData: service.on_data, FileEnd: service.on_end, **tree_handlers(service)}

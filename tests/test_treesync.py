@@ -212,3 +212,23 @@ async def test_delete_never_follows_a_link_out_of_the_root(tmp_path: Path) -> No
     assert dotdot.value.code == "bad_path" and out_of_roots.value.code == "outside_root"
     assert removed == 2 and os.listdir(root / "tree") == []
     assert (outside / "precious").read_bytes() == b"keep"
+
+
+def test_delete_removes_a_stray_link_itself_never_its_target(
+        agents: AgentThread, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    site = make_site(tmp_path)
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub" / "precious").write_bytes(b"keep")
+    dest = tmp_path / "www"
+    host = agents.addresses[0]
+    assert shoal(capsysbinary, "put", host, "-r", "-p", str(site) + "/", str(dest))[0] == 0
+    (dest / "escape").symlink_to(outside)
+    (dest / "css" / "sub").symlink_to(outside / "sub")
+    status, out, _ = shoal(capsysbinary, "put", host, "-r", "-p", "--delete", "-n", str(site) + "/", str(dest))
+    assert status == 0 and out.decode().splitlines() == [f"{host}: would delete {dest}/escape",
+                                                         f"{host}: would delete {dest}/css/sub"]
+    status, _, err = shoal(capsysbinary, "put", host, "-r", "-p", "--delete", str(site) + "/", str(dest))
+    assert status == 0 and err.endswith(b", 2 deleted\n"), err
+    assert tree_of(dest) == tree_of(site)
+    assert tree_of(outside) == {"sub": None, "sub/precious": b"keep"}
