@@ -24,11 +24,14 @@ from shoal.hostio.manifest import list_tree, remove_below
 if TYPE_CHECKING:
     from shoal.agent.transfer import TransferService
 
-__all__ = ["tree_handlers", "ENTRIES_BYTES"]
+__all__ = ["tree_handlers", "ENTRIES_BYTES", "MAX_TREE_REQUESTS"]
 
 # Largest TREE_ENTRIES body the agent builds (before the peer's own frame limit,
 # which may be lower): big enough that a tree of 10 000 files takes a few frames.
 ENTRIES_BYTES = 256 * 1024
+# Tree requests running at once per connection: each may hold a whole listing in
+# memory, so a controller cannot start more than a few.
+MAX_TREE_REQUESTS = 4
 
 
 def tree_handlers(service: TransferService) -> dict[type, Callable[[Any], None]]:
@@ -70,6 +73,10 @@ class TreeOps:
         rid = msg.request_id
         if rid in self.session.requests:
             self.session.request_error(rid, "duplicate_request", f"request id {rid} is already in use", 255)
+            return False
+        if sum(isinstance(r, TreeJob) for r in self.session.requests.values()) >= MAX_TREE_REQUESTS:
+            self.session.request_error(rid, "limit", f"too many tree requests on this connection "
+                                                     f"(limit {MAX_TREE_REQUESTS})")
             return False
         try:
             check_request(msg)

@@ -271,6 +271,7 @@ class HostPut:
         self.error: ShoalError | None = None
         self.request: PutRequest | None = None
         self.moved = 0
+        self.planned = plan.total_bytes  # content bytes this host is to receive
         self._bases: dict[int, str] = {}
         self._start = time.monotonic()
 
@@ -312,7 +313,7 @@ class HostPut:
             return await action(self.request)
         except ShoalError as exc:
             self.error = exc
-            self.progress.dropped(self.plan.total_bytes - self.moved)
+            self.progress.dropped(self.planned - self.moved)
             return None
 
     def result(self) -> Result:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import stat
 import time
 from dataclasses import dataclass, field
@@ -172,6 +173,7 @@ class HostSync(HostPut):
         self.root = remote_path  # the resolved REMOTE once created
         self.wanted: set[int] = set()
         self.deletions: dict[int, list[str]] = {}
+        self.conflicts: dict[int, list[str]] = {}  # --delete: the host's kind differs; removed first
 
     def base(self, source: int) -> str:
         """Where source `source` lands on this host."""
@@ -207,6 +209,7 @@ class HostSync(HostPut):
                 await self._prepare_source(index, hashes)
         except ShoalError as exc:
             self.error = exc
+        self.planned = sum(self.plan.items[i].size for i in self.wanted)
 
     async def _prepare_source(self, source: int, hashes: LocalHashes) -> None:
         items = [(i, item) for i, item in enumerate(self.plan.items) if item.source == source]
@@ -218,6 +221,7 @@ class HostSync(HostPut):
             await PutRequest(self.client, self._fields(top)).wait_done()
         have = await list_remote(self.client, self.base(source), self.sync.checksum) or {}
         refused: list[str] = []
+        conflicts = self.conflicts.setdefault(source, [])
         for i, item in items[1:]:
             if any(item.relative.startswith(r + "/") for r in refused):
                 continue
@@ -225,6 +229,9 @@ class HostSync(HostPut):
             if entry is not None and entry.get("type") == "link":
                 refused.append(item.relative)
                 self.stats.refused.append(_join(self.base(source), item.relative))
+            elif entry is not None and self.sync.delete and entry.get("type") != ("dir" if item.is_dir else "file"):
+                conflicts.append(item.relative)  # a file where the source has a directory, or the reverse
+                self.wanted.add(i)
             elif item.is_dir:
                 if entry is None or entry.get("type") != "dir":
                     self.wanted.add(i)
@@ -233,7 +240,7 @@ class HostSync(HostPut):
             else:
                 self.wanted.add(i)
         if self.sync.delete:
-            self.deletions[source] = _extras(have, {item.relative for _, item in items})
+            self.deletions[source] = _extras(have, {item.relative for _, item in items}, conflicts)
 
     async def _same(self, item: PlanItem, entry: dict[str, Any] | None, hashes: LocalHashes) -> bool:
         """Whether the host's entry already is this file, by the chosen comparison."""
@@ -255,14 +262,23 @@ class HostSync(HostPut):
             item = self.plan.items[i]
             if not item.is_dir:
                 self.stats.would_send.append(_join(self.base(item.source), item.relative))
-        for source, extras in self.deletions.items():
-            self.stats.would_delete.extend(_join(self.base(source), rel) for rel in extras)
+        for found in (self.conflicts, self.deletions):
+            for source, paths in found.items():
+                self.stats.would_delete.extend(_join(self.base(source), rel) for rel in paths)
+
+    async def delete_conflicts(self) -> None:
+        """Before sending: remove what is in the way of a source path of another kind."""
+        await self._remove(self.conflicts)
 
     async def delete_extras(self) -> None:
-        for source, extras in self.deletions.items():
-            if extras and self.ok:
+        """After sending: remove what the source lacks."""
+        await self._remove(self.deletions)
+
+    async def _remove(self, found: dict[int, list[str]]) -> None:
+        for source, paths in found.items():
+            if paths and self.ok:
                 try:
-                    self.stats.deleted += await RemoveRequest(self.client, self.base(source), extras).wait()
+                    self.stats.deleted += await RemoveRequest(self.client, self.base(source), paths).wait()
                 except ShoalError as exc:
                     self.error = exc
 
@@ -276,11 +292,14 @@ class HostSync(HostPut):
         return super().result()
 
 
-def _extras(have: dict[str, dict[str, Any]], source: set[str]) -> list[str]:
-    """The host's paths the source lacks, each directory once (not its contents)."""
+def _extras(have: dict[str, dict[str, Any]], source: set[str], removed: list[str]) -> list[str]:
+    """The host's paths the source lacks, each directory once (not its contents).
+
+    Paths below `removed` (conflicts, deleted whole before sending) are gone already.
+    """
     extras: list[str] = []
     for relative in sorted(have, key=lambda r: (r.count("/"), r)):
-        if relative in source or any(relative.startswith(e + "/") for e in extras):
+        if relative in source or any(relative.startswith(e + "/") for e in extras + removed):
             continue
         extras.append(relative)
     return extras
@@ -360,7 +379,8 @@ async def _sync_group(group: list[Target], connect: ConnectOptions, plan: PutPla
             for host in hosts:
                 host.note_dry_run()
         else:
-            progress.expect(sum(plan.items[i].size for h in hosts if h.ok for i in h.wanted))
+            progress.expect(sum(h.planned for h in hosts if h.ok))
+            await asyncio.gather(*(h.delete_conflicts() for h in hosts))
             await FanoutSync(hosts, plan).run()
             await asyncio.gather(*(h.delete_extras() for h in hosts))
     except BaseException:
@@ -468,7 +488,7 @@ def _make_link(base: str, local: str, entry: dict[str, Any]) -> None:
     if not isinstance(target, str):
         return
     path_below(_real(base), base, local, final_link=True)
-    temp = f"{local}.shoal-link-{os.getpid()}"
+    temp = os.path.join(os.path.dirname(local), f".{os.path.basename(local)}.shoal-link-{secrets.token_hex(8)}")
     try:
         if os.path.islink(local) and os.readlink(local) == target:
             return

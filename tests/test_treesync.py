@@ -4,6 +4,7 @@ trailing-slash rule both ways, reruns that send nothing, --checksum, --delete an
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,3 +233,47 @@ def test_delete_removes_a_stray_link_itself_never_its_target(
     assert status == 0 and err.endswith(b", 2 deleted\n"), err
     assert tree_of(dest) == tree_of(site)
     assert tree_of(outside) == {"sub": None, "sub/precious": b"keep"}
+
+
+def test_delete_replaces_a_path_of_another_kind(agents: AgentThread, tmp_path: Path,
+                                               capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    site = make_site(tmp_path)
+    dest = tmp_path / "www"
+    (dest / "index.html").mkdir(parents=True)  # a directory where the source has a file
+    (dest / "index.html" / "inner").write_bytes(b"")
+    (dest / "css").write_bytes(b"a file where the source has a directory")
+    host = agents.addresses[0]
+    status, _, err = shoal(capsysbinary, "put", host, "-r", str(site) + "/", str(dest))
+    assert status == 1 and b"/www/css: exists and is not a directory" in err  # without --delete: kept
+    status, _, err = shoal(capsysbinary, "put", host, "-r", "--delete", str(site) + "/", str(dest))
+    assert status == 0 and err == f"{host}: 3 sent, 0 skipped, 12 B, 2 deleted\n".encode(), err
+    assert tree_of(dest) == tree_of(site)
+
+
+class HoldingClient(AgentClient):
+    """A client that can hold its frames and write them in one go, so they reach the agent in one read."""
+
+    hold = False
+
+    def flush(self) -> None:
+        if not self.hold:
+            super().flush()
+
+
+async def test_tree_requests_are_limited_per_connection(tmp_path: Path) -> None:
+    from shoal.agent.treeops import MAX_TREE_REQUESTS
+    from shoal.controller.treesync import ListTreeRequest
+    from tests.agents import running_agents
+
+    (tmp_path / "t").mkdir()
+    async with running_agents(1) as agents:
+        client = await HoldingClient.connect(target_for(agents[0]))
+        client.hold = True
+        requests = [ListTreeRequest(client, str(tmp_path / "t"), False) for _ in range(MAX_TREE_REQUESTS + 1)]
+        client.hold = False
+        client.flush()
+        outcomes = await asyncio.gather(*(r.wait() for r in requests), return_exceptions=True)
+        await client.close()
+    refused = [o for o in outcomes if isinstance(o, RemoteCommandError)]
+    assert len(refused) == 1 and refused[0].code == "limit"
+    assert [o for o in outcomes if not isinstance(o, RemoteCommandError)] == [[]] * MAX_TREE_REQUESTS
