@@ -174,6 +174,9 @@ class HostSync(HostPut):
         self.wanted: set[int] = set()
         self.deletions: dict[int, list[str]] = {}
         self.conflicts: dict[int, list[str]] = {}  # --delete: the host's kind differs; removed first
+        self._dir_sources = {item.source for item in plan.items if item.is_dir and not item.relative}
+        self._destinations: set[str] = set()  # every path the sources put on this host
+        self.deletions_at: set[str] = set()  # bases already cleaned: sources may share one
 
     def base(self, source: int) -> str:
         """Where source `source` lands on this host."""
@@ -183,7 +186,7 @@ class HostSync(HostPut):
         return _join(self.root, name)
 
     def _is_dir_source(self, source: int) -> bool:
-        return any(item.source == source and item.is_dir for item in self.plan.items)
+        return source in self._dir_sources
 
     def _fields(self, item: PlanItem) -> dict[str, Any]:
         fields: dict[str, Any] = {"size": item.size, "mode": item.mode, "mkdir": item.is_dir,
@@ -205,6 +208,7 @@ class HostSync(HostPut):
                 done = await PutRequest(self.client, {"path": self.remote_path, "mkdir": True,
                                                       "parents": self.sync.mkdir}).wait_done()
                 self.root = done.path
+            self._destinations = {_join(self.base(i.source), i.relative) for i in self.plan.items}
             for index, source in enumerate(self.sources):
                 await self._prepare_source(index, hashes)
         except ShoalError as exc:
@@ -220,14 +224,14 @@ class HostSync(HostPut):
             top = self.plan.items[items[0][0]]
             await PutRequest(self.client, self._fields(top)).wait_done()
         have = await list_remote(self.client, self.base(source), self.sync.checksum) or {}
-        refused: list[str] = []
+        refused: set[str] = set()
         conflicts = self.conflicts.setdefault(source, [])
         for i, item in items[1:]:
-            if any(item.relative.startswith(r + "/") for r in refused):
+            if _has_ancestor_in(item.relative, refused):
                 continue
             entry = have.get(item.relative)
             if entry is not None and entry.get("type") == "link":
-                refused.append(item.relative)
+                refused.add(item.relative)
                 self.stats.refused.append(_join(self.base(source), item.relative))
             elif entry is not None and self.sync.delete and entry.get("type") != ("dir" if item.is_dir else "file"):
                 conflicts.append(item.relative)  # a file where the source has a directory, or the reverse
@@ -239,8 +243,11 @@ class HostSync(HostPut):
                 self.stats.skipped += 1
             else:
                 self.wanted.add(i)
-        if self.sync.delete:
-            self.deletions[source] = _extras(have, {item.relative for _, item in items}, conflicts)
+        if self.sync.delete and self.base(source) not in self.deletions_at:
+            self.deletions_at.add(self.base(source))
+            base = self.base(source)  # what any source (several may share a base) puts there is kept
+            keep = {rel for rel in have if _join(base, rel) in self._destinations}
+            self.deletions[source] = _extras(have, keep, conflicts)
 
     async def _same(self, item: PlanItem, entry: dict[str, Any] | None, hashes: LocalHashes) -> bool:
         """Whether the host's entry already is this file, by the chosen comparison."""
@@ -298,11 +305,18 @@ def _extras(have: dict[str, dict[str, Any]], source: set[str], removed: list[str
     Paths below `removed` (conflicts, deleted whole before sending) are gone already.
     """
     extras: list[str] = []
+    gone = set(removed)
     for relative in sorted(have, key=lambda r: (r.count("/"), r)):
-        if relative in source or any(relative.startswith(e + "/") for e in extras + removed):
+        if relative in source or _has_ancestor_in(relative, gone):
             continue
         extras.append(relative)
+        gone.add(relative)
     return extras
+
+
+def _has_ancestor_in(relative: str, paths: set[str]) -> bool:
+    parts = relative.split("/")
+    return any("/".join(parts[:n]) in paths for n in range(1, len(parts)))
 
 
 class LocalHashes:

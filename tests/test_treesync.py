@@ -277,3 +277,21 @@ async def test_tree_requests_are_limited_per_connection(tmp_path: Path) -> None:
     refused = [o for o in outcomes if isinstance(o, RemoteCommandError)]
     assert len(refused) == 1 and refused[0].code == "limit"
     assert [o for o in outcomes if not isinstance(o, RemoteCommandError)] == [[]] * MAX_TREE_REQUESTS
+
+
+def test_delete_keeps_what_another_source_puts_in_the_same_directory(
+        agents: AgentThread, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    site = make_site(tmp_path)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "robots.txt").write_bytes(b"ok")
+    (tmp_path / "motd").write_bytes(b"hi")
+    dest = tmp_path / "www"
+    host = agents.addresses[0]
+    args = ["put", host, "-r", "-p", "--delete", str(site) + "/", str(extra) + "/", str(extra), str(tmp_path / "motd"), str(dest)]
+    assert shoal(capsysbinary, *args)[0] == 0
+    (dest / "stale").write_bytes(b"")
+    status, out, err = shoal(capsysbinary, *args[:5], "-n", *args[5:])
+    assert (status, out) == (0, f"{host}: would send {dest}/motd\n{host}: would delete {dest}/stale\n".encode()), err
+    assert shoal(capsysbinary, *args)[0] == 0
+    assert sorted(os.listdir(dest)) == ["blank", "css", "empty", "extra", "index.html", "motd", "robots.txt"]
