@@ -172,7 +172,7 @@ def test_get_r_fetches_trees_both_ways(agents: AgentThread, tmp_path: Path,
         assert tree_of(copy) == tree_of(remote)
         assert (copy / "bin").stat().st_mode & 0o777 == 0o750
     status, _, err = shoal(capsysbinary, "get", agents.addresses[0], "-r", str(remote) + "/", str(tmp_path / "flat"))
-    assert status == 0, err
+    assert (status, err) == (0, f"{agents.addresses[0]}: 2 sent, 0 skipped, 75.0 KiB\n".encode())
     assert tree_of(tmp_path / "flat" / host_directory_name(agents.addresses[0])) == tree_of(remote)
 
 
@@ -295,3 +295,21 @@ def test_delete_keeps_what_another_source_puts_in_the_same_directory(
     assert (status, out) == (0, f"{host}: would send {dest}/motd\n{host}: would delete {dest}/stale\n".encode()), err
     assert shoal(capsysbinary, *args)[0] == 0
     assert sorted(os.listdir(dest)) == ["blank", "css", "empty", "extra", "index.html", "motd", "robots.txt"]
+
+
+def test_get_r_never_writes_through_a_local_link(agents: AgentThread, tmp_path: Path,
+                                                 capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    remote = tmp_path / "www"
+    (remote / "bin").mkdir(parents=True)
+    (remote / "bin" / "tool").write_bytes(b"new")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    host = agents.addresses[0]
+    copy = tmp_path / "local" / host_directory_name(host) / "www"
+    copy.mkdir(parents=True)
+    (copy / "bin").symlink_to(outside)
+    status, _, err = shoal(capsysbinary, "get", host, "-r", str(remote), str(tmp_path / "local"))
+    assert status == 1
+    assert err.endswith(f"shoal: {host}: {copy}/bin: is a symbolic link; nothing is written, read or deleted "
+                        f"through links\n".encode())
+    assert os.listdir(outside) == []

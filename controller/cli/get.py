@@ -78,7 +78,6 @@ def run_tree(args: argparse.Namespace, targets: list[Target], display: Display) 
                                              preserve=args.preserve, fanout=args.fanout, progress=progress))
     finally:
         progress.close()
-    if args.verbose:
-        report_stats(display, outcome.stats, False)
+    report_stats(display, outcome.stats, False)
     report(display, outcome.fleet, len(targets) > 1)
     return outcome.fleet.status

@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_transfer_flags(parser)
     g = parser.add_argument_group("put")
     g.add_argument("-r", "--recursive", action="store_true",
-                   help="copy directories and their contents (symlinks and special files are skipped)")
+                   help="copy directories, rsync's way: DIR/ sends the contents, DIR makes REMOTE_PATH/DIR "
+                        "(symlinks and special files are skipped)")
     g.add_argument("--owner", action="store_true", help="keep owner and group (only when the agent runs as root)")
     g.add_argument("--checksum", action="store_true",
                    help="with -r: skip files whose sha256 matches the host's copy (else -p: size and mtime)")
