@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from shoal.protocol.defaults import DATA_CHUNK
-from shoal.protocol.errors import RemoteCommandError
+from shoal.protocol.errors import ErrorCode, RemoteCommandError
 
 from shoal.agent import proctree
 
@@ -63,12 +63,12 @@ def _pipe() -> tuple[int, int]:
 def spawn_error(exc: OSError, argv0: str, cwd: str | None) -> RemoteCommandError:
     """Map a failed exec to the shell's 127/126 statuses and a clear reason."""
     if cwd is not None and exc.filename == cwd or isinstance(exc, NotADirectoryError) and cwd:
-        return RemoteCommandError(f"cannot change directory to {cwd}: {exc.strerror}", "bad_cwd", status=126)
+        return RemoteCommandError(f"cannot change directory to {cwd}: {exc.strerror}", ErrorCode.BAD_CWD, status=126)
     if isinstance(exc, FileNotFoundError):
-        return RemoteCommandError(f"{argv0}: command not found", "not_found", status=127)
+        return RemoteCommandError(f"{argv0}: command not found", ErrorCode.NOT_FOUND, status=127)
     if isinstance(exc, PermissionError):
-        return RemoteCommandError(f"{argv0}: permission denied", "not_executable", status=126)
-    return RemoteCommandError(f"{argv0}: cannot execute: {exc.strerror}", "exec_failed", status=126)
+        return RemoteCommandError(f"{argv0}: permission denied", ErrorCode.NOT_EXECUTABLE, status=126)
+    return RemoteCommandError(f"{argv0}: cannot execute: {exc.strerror}", ErrorCode.EXEC_FAILED, status=126)
 
 
 class Child:

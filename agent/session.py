@@ -14,10 +14,10 @@ import os
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
-from shoal.protocol.errors import AuthError, BadRequestError, ProtocolError
+from shoal.protocol.errors import AuthError, BadRequestError, ErrorCode, ProtocolError
 from shoal.protocol.fields import check_request
 from shoal.protocol.messages import (
     Cancel,
@@ -37,6 +37,8 @@ from shoal.protocol.messages import (
 )
 
 from shoal.agent.commands import CommandRequest, build_argv
+from shoal.agent.detached import output_path
+from shoal.agent.handlers import HandlerTable
 from shoal.agent.log import ConnLog
 from shoal.agent.process import ChildResult, spawn_error
 from shoal.hostio.writev import WRITE_BUFFER_HIGH, raw_fd, write_buffers
@@ -84,13 +86,19 @@ class AgentSession(asyncio.BufferedProtocol):
         self.writing_paused = False
         self._last_frame = time.monotonic()
         self._timers: list[asyncio.TimerHandle] = []
-        self._handlers: dict[type[Message], Callable[[Any], None]] = {
-            Exec: self._on_exec, Stdin: self._on_stdin, StdinEof: self._on_stdin_eof,
-            Signal: self._on_signal, Cancel: self._on_cancel, Window: self._on_window,
-            Ping: self._on_ping, Pong: lambda m: None, Goodbye: self._on_goodbye,
-            MetricsRequest: self._on_metrics, Error: self._on_error,
-        }
-        self._handlers.update(agent.extra_handlers(self))
+        self._handlers = HandlerTable()
+        self._handlers.add(Exec, self._on_exec)
+        self._handlers.add(Stdin, self._on_stdin)
+        self._handlers.add(StdinEof, self._on_stdin_eof)
+        self._handlers.add(Signal, self._on_signal)
+        self._handlers.add(Cancel, self._on_cancel)
+        self._handlers.add(Window, self._on_window)
+        self._handlers.add(Ping, self._on_ping)
+        self._handlers.add(Pong, lambda m: None)
+        self._handlers.add(Goodbye, self._on_goodbye)
+        self._handlers.add(MetricsRequest, self._on_metrics)
+        self._handlers.add(Error, self._on_error)
+        self._handlers.update(agent.handlers.for_session(self))
 
     # -- transport events ----------------------------------------------------
 
@@ -104,7 +112,7 @@ class AgentSession(asyncio.BufferedProtocol):
         self.log = ConnLog(log, {"peer": self.peer})
         _tune_socket(transport, self.limits.keepalive)
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-        if not self.agent.admit(self):
+        if not self.agent.admission.admit(self):
             return
         self.agent.audit.record("accepted", peer=self.peer)
         loop = asyncio.get_running_loop()
@@ -135,7 +143,7 @@ class AgentSession(asyncio.BufferedProtocol):
             self.abort()
         except Exception:
             self.log.error("internal error, closing connection", exc_info=True)
-            self.conn.fail("internal", "internal error")
+            self.conn.fail(ErrorCode.INTERNAL, "internal error")
             self.abort()
         self.flush()
 
@@ -153,7 +161,7 @@ class AgentSession(asyncio.BufferedProtocol):
             t.cancel()
         for req in list(self.requests.values()):
             self._drop_request(req)
-        self.agent.release(self)
+        self.agent.admission.release(self)
         self.log.debug("connection closed (%s)", exc or "eof")
 
     def pause_writing(self) -> None:
@@ -204,23 +212,24 @@ class AgentSession(asyncio.BufferedProtocol):
         if self.revoked and not isinstance(event, _CONTROL) and event.request_id not in self.requests:
             self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=event.request_id,
                                     what=event.TYPE.name.lower(), reason=REVOKED)
-            self.request_error(event.request_id, "permission_denied",
+            self.request_error(event.request_id, ErrorCode.PERMISSION_DENIED,
                                f"permission denied for key {self.key_id}: {REVOKED}", 126)
             return
         handler = self._handlers.get(type(event))
         if handler is None:
-            self.send(Error(event.request_id, code="unsupported", message=f"{event.TYPE.name} is not handled by an agent"))
+            self.send(Error(event.request_id, code=ErrorCode.UNSUPPORTED,
+                            message=f"{event.TYPE.name} is not handled by an agent"))
             return
         handler(event)
 
     def _on_authenticated(self, event: HandshakeComplete) -> None:
-        self.agent.authenticated(self)
+        self.agent.admission.authenticated(self)
         self.key_id = event.key_id
-        self.policy = self.agent.policy_for(event.key_id)
+        self.policy = self.agent.keys.policy_for(event.key_id)
         self.log = ConnLog(log, {"peer": self.peer, "key": event.key_id})
         self.agent.audit.record("authenticated", peer=self.peer, key_id=event.key_id,
                                 key_name=self.policy.name if self.policy else None)
-        if not self.agent.accepts(event.key_id):
+        if not self.agent.keys.accepts(event.key_id):
             self.revoke()  # the handshake began before a reload removed its key
 
     # -- reload ----------------------------------------------------------------
@@ -233,9 +242,9 @@ class AgentSession(asyncio.BufferedProtocol):
         """
         if self.conn.state is not State.OPEN or self.revoked or self.closed:
             return  # not authenticated yet: `_on_authenticated` checks the key
-        if not self.agent.accepts(self.key_id):
+        if not self.agent.keys.accepts(self.key_id):
             return self.revoke()
-        policy = self.agent.policy_for(self.key_id)
+        policy = self.agent.keys.policy_for(self.key_id)
         if policy != self.policy:
             self.policy = policy
             self.agent.audit.record("policy_changed", peer=self.peer, key_id=self.key_id,
@@ -272,7 +281,7 @@ class AgentSession(asyncio.BufferedProtocol):
     def _on_exec(self, msg: Exec) -> None:
         rid = msg.request_id
         if rid in self.requests:
-            return self.request_error(rid, "duplicate_request", f"request id {rid} is already in use", 255)
+            return self.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use", 255)
         try:
             check_request(msg)
         except BadRequestError as exc:
@@ -283,13 +292,13 @@ class AgentSession(asyncio.BufferedProtocol):
         argv = build_argv(msg.argv, msg.shell)
         audit = {"peer": self.peer, "key_id": self.key_id, "request": rid, "argv": argv, "cwd": msg.cwd}
         if self.agent.config.audit_required and not self.agent.audit.record("exec_request", **audit):
-            return self.request_error(rid, "audit_unavailable",
+            return self.request_error(rid, ErrorCode.AUDIT_UNAVAILABLE,
                                       "refused: the agent cannot write its audit log (audit_required)", 255)
         base = base_env(os.environ)
         env = restricted_env(base, msg.env) if self._restricted() else {**base, **msg.env}
         cwd = msg.cwd if msg.cwd is not None else default_cwd()
         grace = msg.kill_grace if msg.kill_grace is not None else self.limits.kill_grace
-        out_file = self.agent.detached_output_path() if msg.detach else None
+        out_file = output_path(self.agent.config.state_dir) if msg.detach else None
         try:
             req = CommandRequest(self, rid, argv, env, cwd, msg.stdin, msg.window, msg.timeout, grace, out_file)
         except OSError as exc:
@@ -297,14 +306,14 @@ class AgentSession(asyncio.BufferedProtocol):
             self.agent.audit.record("exec_failed", **audit, error=err.reason)
             return self.request_error(rid, err.code, err.reason, err.status)
         self.requests[rid] = req
-        self.agent.command_started(req)
+        self.agent.running.started(req)
         self.agent.audit.record("exec", **audit, pid=req.child.pid, detach=msg.detach)
         self.log.debug("started pid %d: %s", req.child.pid, argv, req=rid)
 
     def _refuse_exec(self, msg: Exec) -> tuple[str, str, int] | None:
         """Why this EXEC must not run (code, message, status), or None."""
         if msg.argv is not None and (not msg.argv or msg.argv[0] == "") or msg.shell is not None and not msg.shell.strip():
-            return ("empty_command", "empty command", 2)
+            return (ErrorCode.EMPTY_COMMAND, "empty command", 2)
         if self.policy is not None and not self.policy.allows_command(msg.argv, msg.shell):
             return self._deny_exec(msg, "command not allowed")
         if self.policy is not None:
@@ -312,18 +321,19 @@ class AgentSession(asyncio.BufferedProtocol):
             if why is not None:
                 return self._deny_exec(msg, why)
         if self._command_count() >= self.limits.max_commands_per_connection:
-            return ("limit", f"too many commands on this connection (limit {self.limits.max_commands_per_connection})", 255)
-        if self.agent.running_commands >= self.limits.max_commands:
-            return ("limit", f"too many commands on this agent (limit {self.limits.max_commands})", 255)
+            return (ErrorCode.LIMIT,
+                    f"too many commands on this connection (limit {self.limits.max_commands_per_connection})", 255)
+        if self.agent.running.count >= self.limits.max_commands:
+            return (ErrorCode.LIMIT, f"too many commands on this agent (limit {self.limits.max_commands})", 255)
         if msg.cwd is not None and not os.path.isdir(msg.cwd):
-            return ("bad_cwd", f"cannot change directory to {msg.cwd}: no such directory", 126)
+            return (ErrorCode.BAD_CWD, f"cannot change directory to {msg.cwd}: no such directory", 126)
         return None
 
     def _deny_exec(self, msg: Exec, why: str) -> tuple[str, str, int]:
         """Audit a refused EXEC and say why: the policy forbids it, nothing runs."""
         self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
                                 what="exec", argv=build_argv(msg.argv, msg.shell), cwd=msg.cwd, reason=why)
-        return ("permission_denied", f"permission denied for key {self.key_id}: {why}", 126)
+        return (ErrorCode.PERMISSION_DENIED, f"permission denied for key {self.key_id}: {why}", 126)
 
     def _restricted(self) -> bool:
         return self.policy is not None and not self.policy.allow_all
@@ -333,7 +343,8 @@ class AgentSession(asyncio.BufferedProtocol):
 
     def command_done(self, req: CommandRequest, result: ChildResult) -> None:
         self.requests.pop(req.request_id, None)
-        self.agent.command_finished(req)
+        self.agent.running.finished(req)
+        self.agent.detached.forget(req)
         self.agent.audit.record(
             "exit", peer=self.peer, key_id=self.key_id, request=req.request_id, argv=req.argv, cwd=req.cwd,
             start=round(req.started, 6), duration=round(result.duration, 6), status=result.status,
@@ -347,14 +358,14 @@ class AgentSession(asyncio.BufferedProtocol):
         req = self.requests.get(msg.request_id)
         if not isinstance(req, kind):
             self.log.info("%s for unknown request", msg.TYPE.name, req=msg.request_id)
-            self.request_error(msg.request_id, "unknown_request", f"no running request {msg.request_id}")
+            self.request_error(msg.request_id, ErrorCode.UNKNOWN_REQUEST, f"no running request {msg.request_id}")
             return None
         return req
 
     def _on_stdin(self, msg: Stdin) -> None:
         req = self._request(msg)
         if req is not None and not req.stdin(msg.data):
-            self.conn.fail("window_exceeded", f"stdin for request {msg.request_id} overran its window")
+            self.conn.fail(ErrorCode.WINDOW_EXCEEDED, f"stdin for request {msg.request_id} overran its window")
             self.abort()
 
     def _on_stdin_eof(self, msg: StdinEof) -> None:
@@ -385,10 +396,10 @@ class AgentSession(asyncio.BufferedProtocol):
         if self.policy is not None and not self.policy.allows_metrics():
             self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
                                     what="metrics")
-            return self.request_error(msg.request_id, "permission_denied",
+            return self.request_error(msg.request_id, ErrorCode.PERMISSION_DENIED,
                                       f"permission denied for key {self.key_id}: metrics not allowed")
         self.agent.audit.record("metrics", peer=self.peer, key_id=self.key_id, request=msg.request_id)
-        self.send(MetricsReply(msg.request_id, metrics=self.agent.metrics_snapshot()))
+        self.send(MetricsReply(msg.request_id, metrics=self.agent.metrics.snapshot()))
 
     def _on_goodbye(self, msg: Goodbye) -> None:
         self.abort()
@@ -402,7 +413,7 @@ class AgentSession(asyncio.BufferedProtocol):
         """The controller is gone: kill what it started unless told to detach."""
         if isinstance(req, CommandRequest):
             if req.detached:
-                self.agent.adopt_detached(req)
+                self.agent.detached.adopt(req)
                 return
             req.abandon()
             req.kill(signal.SIGTERM, DISCONNECT_GRACE)

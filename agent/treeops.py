@@ -14,12 +14,14 @@ import asyncio
 import json
 from typing import TYPE_CHECKING, Any, Callable
 
-from shoal.protocol.errors import BadRequestError
+from shoal.protocol.errors import BadRequestError, ErrorCode
 from shoal.protocol.fields import check_request
 from shoal.protocol.messages import ListTree, RemovePaths, Removed, TreeEntries
 
-from shoal.hostio.files import FileTransferError
+from shoal.hostio.fileerrors import FileTransferError
 from shoal.hostio.manifest import list_tree, remove_below
+
+from shoal.agent.handlers import HandlerTable
 
 if TYPE_CHECKING:
     from shoal.agent.transfer import TransferService
@@ -34,10 +36,13 @@ ENTRIES_BYTES = 256 * 1024
 MAX_TREE_REQUESTS = 4
 
 
-def tree_handlers(service: TransferService) -> dict[type, Callable[[Any], None]]:
+def tree_handlers(service: TransferService) -> HandlerTable:
     """The handlers tree sync adds to a session, sharing the transfer service's checks."""
     ops = TreeOps(service)
-    return {ListTree: ops.on_list, RemovePaths: ops.on_remove}
+    table = HandlerTable()
+    table.add(ListTree, ops.on_list)
+    table.add(RemovePaths, ops.on_remove)
+    return table
 
 
 class TreeJob:
@@ -72,10 +77,10 @@ class TreeOps:
     def _admit(self, msg: ListTree | RemovePaths) -> bool:
         rid = msg.request_id
         if rid in self.session.requests:
-            self.session.request_error(rid, "duplicate_request", f"request id {rid} is already in use", 255)
+            self.session.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use", 255)
             return False
         if sum(isinstance(r, TreeJob) for r in self.session.requests.values()) >= MAX_TREE_REQUESTS:
-            self.session.request_error(rid, "limit", f"too many tree requests on this connection "
+            self.session.request_error(rid, ErrorCode.LIMIT, f"too many tree requests on this connection "
                                                      f"(limit {MAX_TREE_REQUESTS})")
             return False
         try:
@@ -99,7 +104,7 @@ class TreeOps:
         except Exception:
             self.session.log.error("internal error in tree request", exc_info=True, req=job.request_id)
             self.service.done(job.request_id)
-            self.session.request_error(job.request_id, "internal", "internal error", 1)
+            self.session.request_error(job.request_id, ErrorCode.INTERNAL, "internal error", 1)
 
     async def _list(self, msg: ListTree) -> None:
         root = self.service.authorize(msg.path, "list", msg.request_id)

@@ -10,7 +10,6 @@ reached, or is lost, fails the command it was on and skips the rest.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,10 @@ from typing import BinaryIO
 from shoal.protocol.errors import ConfigError, ShoalError
 
 from shoal.controller.client import AgentClient, Command, RemoteProcess
-from shoal.controller.fleet import ConnectOptions, Handler, failure_result
+from shoal.controller.fanout import fan_out
+from shoal.controller.fleet import ConnectOptions, Handler
 from shoal.controller.nodeset import NodeSet
-from shoal.controller.result import Result
+from shoal.controller.result import Result, failure_result
 from shoal.controller.targets import Target
 
 __all__ = ["BatchLine", "BatchReport", "BatchRunner", "parse_batch", "read_batch", "summary_table"]
@@ -149,14 +149,11 @@ class BatchRunner:
         `handler_for(i)` gives the handler that receives command i's events.
         """
         report = BatchReport(lines, {t.name: [None] * len(commands) for t in self.targets})
-        gate = asyncio.Semaphore(self.fanout)
-
-        async def one(index: int, target: Target) -> None:
-            node = [c.for_node(target.name, index, len(self.targets)) for c in commands]
-            async with gate:
-                await self._host(target, node, handler_for, report.results[target.name])
-
-        await asyncio.gather(*(one(i, t) for i, t in enumerate(self.targets)))
+        count = len(self.targets)
+        await fan_out(list(enumerate(self.targets)),
+                      lambda it: self._host(it[1], [c.for_node(it[1].name, it[0], count) for c in commands],
+                                            handler_for, report.results[it[1].name]),
+                      limit=self.fanout)
         return report
 
     async def _host(self, target: Target, commands: list[Command], handler_for: Callable[[int], Handler],
@@ -165,7 +162,7 @@ class BatchRunner:
             return
         try:
             client = await self.options.connect(target)
-        except (ShoalError, OSError) as exc:
+        except ShoalError as exc:
             failed = results[0] = failure_result(target.name, exc)
             handler_for(0).on_result(failed)
             return
@@ -183,7 +180,7 @@ class BatchRunner:
         handler.on_start(host)
         try:
             proc = await client.exec(command)
-        except (ShoalError, OSError) as exc:
+        except ShoalError as exc:
             result = failure_result(host, exc)
         else:
             self._procs[host] = proc

@@ -5,6 +5,10 @@ and request ids; `RemoteProcess` is one command's channel with its windows; the
 fleet runner and the CLI sit on top. Output flow control: we grant the agent a
 window per request and grant more only as the consumer takes output from the
 process's queue, so a slow consumer bounds memory at one window per request.
+
+This module is the boundary for foreign errors, as httpx's transport is: socket,
+TLS, resolver and timeout errors become `ShoalConnectionError`, `AuthError` or
+`ShoalTimeoutError` here, so the fan-out above catches only `ShoalError`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from shoal.protocol.defaults import DATA_CHUNK, OUTPUT_WINDOW
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
 from shoal.protocol.errors import (
     AuthError,
+    ErrorCode,
     ProtocolError,
     RemoteCommandError,
     ShoalConnectionError,
@@ -53,6 +58,7 @@ from shoal.protocol.messages import (
 
 from shoal.hostio.writev import WRITE_BUFFER_HIGH, raw_fd, write_buffers
 from shoal.controller.escape import quote_peer_bytes
+from shoal.controller.outcome import Outcome
 from shoal.controller.result import UNREACHABLE, Result
 from shoal.controller.targets import Target
 
@@ -66,7 +72,7 @@ DEFAULT_KEEPALIVE = 15.0
 PEEK_BYTES = 64
 # Error codes meaning the first bytes were not shoal frames at all (as opposed to an
 # agent's ERROR, or a HELLO of another protocol version).
-_NOT_FRAMES = frozenset({"bad_frame", "frame_too_large", "unknown_type", "bad_message"})
+_NOT_FRAMES = frozenset({ErrorCode.BAD_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCode.UNKNOWN_TYPE, ErrorCode.BAD_MESSAGE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +110,10 @@ class RemoteProcess:
     after all output, from `wait()`. `write()`/`close_stdin()` feed its stdin.
     """
 
-    def __init__(self, client: AgentClient, request_id: int, window: int) -> None:
+    def __init__(self, client: AgentClient, request_id: int, window: int,
+                 timeout: float | None = None) -> None:
         self.client = client
+        self.timeout = timeout  # the command's own limit, named when it is reached
         self.host = client.name
         self.request_id = request_id
         self.pid: int | None = None
@@ -136,7 +144,7 @@ class RemoteProcess:
         elif isinstance(msg, Window):
             self._add_stdin_credit(msg.bytes)
         elif isinstance(msg, Exit):
-            self._finish(_result_from_exit(self.host, msg))
+            self._finish(_result_from_exit(self.host, msg, self.timeout))
         elif isinstance(msg, Error):
             status = msg.status if msg.status is not None else 1
             self._finish(Result(self.host, status, error=msg.message, error_code=msg.code))
@@ -150,7 +158,7 @@ class RemoteProcess:
             self._started.set_result(None)
         self._stdin_ready.set()
 
-    def lost(self, reason: str, code: str = "connection_lost") -> None:
+    def lost(self, reason: str, code: str = Outcome.CONNECTION_LOST) -> None:
         self._finish(Result(self.host, UNREACHABLE, error=reason, error_code=code))
         self._changed.set()
 
@@ -226,13 +234,14 @@ class RemoteProcess:
         self.signal(signals.SIGKILL)
 
 
-def _result_from_exit(host: str, msg: Exit) -> Result:
+def _result_from_exit(host: str, msg: Exit, timeout: float | None) -> Result:
     status = UNREACHABLE if msg.timed_out else msg.status
+    timed_out = f"timed out after {timeout:g}s" if timeout else "timed out"
     return Result(
         host, status, code=msg.code, signal=msg.signal, timed_out=msg.timed_out,
         cancelled=msg.cancelled, duration=msg.duration, stdout_bytes=msg.stdout_bytes,
         stderr_bytes=msg.stderr_bytes, output_file=msg.output_file, leftovers_ended=msg.leftovers_ended,
-        error="timed out" if msg.timed_out else None, error_code="timeout" if msg.timed_out else None,
+        error=timed_out if msg.timed_out else None, error_code=Outcome.TIMEOUT if msg.timed_out else None,
     )
 
 
@@ -253,7 +262,7 @@ class _MetricsCall:
             self.reply.set_exception(RemoteCommandError(msg.message, msg.code, self.host, self.request_id,
                                                         msg.status))
 
-    def lost(self, reason: str, code: str = "connection_lost") -> None:
+    def lost(self, reason: str, code: str = Outcome.CONNECTION_LOST) -> None:
         if not self.reply.done():
             self.reply.set_exception(ShoalConnectionError(self.host, reason))
 
@@ -315,14 +324,8 @@ class AgentClient(asyncio.BufferedProtocol):
                 assert t.host is not None  # a Target has exactly one of host and path
                 await loop.create_connection(lambda: self, t.host, t.port, ssl=ssl,
                                              server_hostname=t.host if ssl else None)
-        except socket.gaierror as exc:
-            raise ShoalConnectionError(t.name, f"cannot resolve host: {exc.strerror}") from exc
-        except ssl_module.SSLError as exc:
-            raise ShoalConnectionError(t.name, f"TLS handshake failed: {_tls_reason(exc)}") from exc
-        except ConnectionRefusedError as exc:
-            raise ShoalConnectionError(t.name, "connection refused") from exc
         except OSError as exc:
-            raise ShoalConnectionError(t.name, exc.strerror or str(exc)) from exc
+            raise _connect_error(t.name, exc) from exc
         self._tls = ssl is not None
         self.conn.start()
         self.flush()
@@ -370,7 +373,7 @@ class AgentClient(asyncio.BufferedProtocol):
         """Name a peer that broke the rules before its HELLO: most likely not an agent at all."""
         if self.conn.peer_hello is not None or self._ready.done():
             return f"protocol error: {exc}"
-        if exc.code == "truncated":
+        if exc.code == ErrorCode.TRUNCATED:
             return "connection closed by the peer in the middle of its HELLO"
         if exc.code in _NOT_FRAMES:
             return f"not a shoal agent (it sent {quote_peer_bytes(self._first_bytes)})"
@@ -446,7 +449,10 @@ class AgentClient(asyncio.BufferedProtocol):
     def flush(self) -> None:
         out = self.conn.data_to_send()
         if out and self.transport is not None and not self.transport.is_closing():
-            write_buffers(self.transport, out, self._fd)
+            try:
+                write_buffers(self.transport, out, self._fd)
+            except OSError as exc:  # ours from here on: callers see only ShoalError
+                self._fail(ShoalConnectionError(self.name, f"connection lost ({exc.strerror or exc})"))
 
     async def drain(self) -> None:
         """Wait while the socket's write buffer is over its high-water mark."""
@@ -464,7 +470,7 @@ class AgentClient(asyncio.BufferedProtocol):
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
         rid = self.new_request_id()
-        proc = RemoteProcess(self, rid, window)
+        proc = RemoteProcess(self, rid, window, command.timeout)
         self.requests[rid] = proc
         self.send(Exec(
             rid, argv=command.argv, shell=command.shell, env=command.env, cwd=command.cwd,
@@ -519,7 +525,7 @@ class AgentClient(asyncio.BufferedProtocol):
     # -- closing -------------------------------------------------------------
 
     def protocol_violation(self, reason: str) -> None:
-        self.conn.fail("protocol_error", reason)
+        self.conn.fail(ErrorCode.PROTOCOL_ERROR, reason)
         self.flush()
         self._fail(ShoalConnectionError(self.name, f"protocol error: {reason}"))
 
@@ -575,6 +581,17 @@ class AgentClient(asyncio.BufferedProtocol):
         else:
             self._closed_event.set()
         await self._closed_event.wait()
+
+
+def _connect_error(host: str, exc: OSError) -> ShoalConnectionError:
+    """The one translation of a socket error while connecting into ours."""
+    if isinstance(exc, socket.gaierror):
+        return ShoalConnectionError(host, f"cannot resolve host: {exc.strerror}")
+    if isinstance(exc, ssl_module.SSLError):
+        return ShoalConnectionError(host, f"TLS handshake failed: {_tls_reason(exc)}")
+    if isinstance(exc, ConnectionRefusedError):
+        return ShoalConnectionError(host, "connection refused")
+    return ShoalConnectionError(host, exc.strerror or str(exc))
 
 
 def _tls_reason(exc: ssl_module.SSLError) -> str:

@@ -24,11 +24,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
-from shoal.hostio.files import AtomicWriter, FileReader, FileTransferError, map_os_error
+from shoal.hostio.atomic import AtomicWriter
+from shoal.hostio.fileerrors import FileTransferError, map_os_error
+from shoal.hostio.reader import FileReader
 from shoal.hostio.readahead import ReadAhead
 from shoal.hostio.sink import ChunkSink
 from shoal.protocol.defaults import TRANSFER_WINDOW
-from shoal.protocol.errors import RemoteCommandError, ShoalConnectionError, ShoalError
+from shoal.protocol.errors import ErrorCode, RemoteCommandError, ShoalConnectionError, ShoalError
 from shoal.protocol.messages import (
     Error,
     FileData,
@@ -42,8 +44,9 @@ from shoal.protocol.messages import (
 )
 
 from shoal.controller.client import AgentClient
-from shoal.controller.fleet import ConnectOptions, FleetResult, failure_result
-from shoal.controller.result import Result
+from shoal.controller.fanout import fan_out
+from shoal.controller.fleet import ConnectOptions, FleetResult
+from shoal.controller.result import Result, failure_result
 from shoal.controller.targets import Target
 from shoal.controller.transferplan import PlanItem, PutPlan
 
@@ -318,15 +321,8 @@ class HostPut:
 
     def result(self) -> Result:
         if self.error is not None:
-            return _failure(self.host, self.error)
+            return failure_result(self.host, self.error)
         return Result(self.host, 0, duration=time.monotonic() - self._start)
-
-
-def _failure(host: str, exc: BaseException) -> Result:
-    """A host's failed transfer as its Result (transfer errors: status 1)."""
-    if isinstance(exc, RemoteCommandError):
-        return Result(host, exc.status or TRANSFER_FAILED, error=exc.reason, error_code=exc.code)
-    return failure_result(host, exc)
 
 
 class FanoutPut:
@@ -375,7 +371,7 @@ class FanoutPut:
         finally:
             await chunks.close()
         if self.live() and reader.bytes_read != item.size:
-            raise FileTransferError("io_error", item.local, "file changed size while it was being sent")
+            raise FileTransferError(ErrorCode.IO_ERROR, item.local, "file changed size while it was being sent")
         return reader.hexdigest()
 
 
@@ -425,7 +421,7 @@ async def get_file(client: AgentClient, remote_path: str, local_path: str, *, pr
     except ShoalError as exc:
         if request.error is None:
             request.lost("transfer abandoned")  # stop routing its frames to us
-        return _failure(client.name, exc)
+        return failure_result(client.name, exc)
     return Result(client.name, 0, duration=time.monotonic() - start)
 
 
@@ -485,7 +481,7 @@ async def put_fleet(targets: list[Target], connect: ConnectOptions, plan: PutPla
 
 async def _put_group(group: list[Target], connect: ConnectOptions, plan: PutPlan, remote_path: str,
                      options: PutOptions, progress: Progress) -> list[Result]:
-    attempts = await asyncio.gather(*(_connect(connect, t) for t in group))
+    attempts = await fan_out(group, lambda t: _connect(connect, t))
     clients = [a for a in attempts if isinstance(a, AgentClient)]
     failed = [a for a in attempts if isinstance(a, Result)]
     progress.expect(plan.total_bytes * len(clients))
@@ -503,7 +499,7 @@ async def _put_group(group: list[Target], connect: ConnectOptions, plan: PutPlan
 async def _connect(connect: ConnectOptions, target: Target) -> AgentClient | Result:
     try:
         return await connect.connect(target)
-    except (ShoalError, OSError) as exc:
+    except ShoalError as exc:
         return failure_result(target.name, exc)
 
 
@@ -517,19 +513,17 @@ async def get_fleet(targets: list[Target], connect: ConnectOptions, remote_path:
     """
     name = os.path.basename(remote_path.rstrip("/"))
     if not name:
-        raise FileTransferError("bad_path", remote_path, "remote path names no file")
-    gate = asyncio.Semaphore(max(1, fanout))
+        raise FileTransferError(ErrorCode.BAD_PATH, remote_path, "remote path names no file")
     out = FleetResult()
     start = time.monotonic()
 
-    async def one(target: Target) -> None:
-        async with gate:
-            result = await _get_one(target, connect, remote_path, local_dir, name, preserve, progress)
+    def done(result: Result) -> None:
         out.results.append(result)
         if on_result is not None:
             on_result(result)
 
-    await asyncio.gather(*(one(t) for t in targets))
+    await fan_out(targets, lambda t: _get_one(t, connect, remote_path, local_dir, name, preserve, progress),
+                  limit=fanout, on_done=done)
     out.elapsed = time.monotonic() - start
     return out
 

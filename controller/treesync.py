@@ -32,14 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal.hostio.files import FileTransferError, map_os_error
+from shoal.hostio.fileerrors import FileTransferError, map_os_error
 from shoal.hostio.manifest import file_sha256, path_below
-from shoal.protocol.errors import RemoteCommandError, ShoalError
+from shoal.protocol.errors import ErrorCode, RemoteCommandError, ShoalError
 from shoal.protocol.messages import ListTree, Message, Removed, RemovePaths, TreeEntries
 
 from shoal.controller.client import AgentClient
+from shoal.controller.fanout import fan_out
 from shoal.controller.fleet import ConnectOptions, FleetResult
-from shoal.controller.result import Result
+from shoal.controller.result import Result, failure_result
 from shoal.controller.targets import Target
 from shoal.controller.transfer import (
     TRANSFER_FAILED,
@@ -49,7 +50,6 @@ from shoal.controller.transfer import (
     PutOptions,
     PutRequest,
     _connect,
-    _failure,
     _NoProgress,
     _Request,
     get_file,
@@ -148,7 +148,7 @@ async def list_remote(client: AgentClient, path: str, sha256: bool = False) -> d
     try:
         entries = await ListTreeRequest(client, path, sha256).wait()
     except RemoteCommandError as exc:
-        if exc.code == "not_found":
+        if exc.code == ErrorCode.NOT_FOUND:
             return None
         raise
     return {entry["path"]: entry for entry in entries if isinstance(entry.get("path"), str)}
@@ -294,7 +294,7 @@ class HostSync(HostPut):
             first = self.stats.refused[0]
             more = f" (and {len(self.stats.refused) - 1} more)" if len(self.stats.refused) > 1 else ""
             reason = f"{first}: is a symbolic link; nothing is written through links{more}"
-            return Result(self.host, TRANSFER_FAILED, error=reason, error_code="bad_path",
+            return Result(self.host, TRANSFER_FAILED, error=reason, error_code=ErrorCode.BAD_PATH,
                           duration=time.monotonic() - self._start)
         return super().result()
 
@@ -383,20 +383,20 @@ async def sync_fleet(targets: list[Target], connect: ConnectOptions, plan: PutPl
 async def _sync_group(group: list[Target], connect: ConnectOptions, plan: PutPlan, sources: list[str],
                       remote_path: str, options: SyncOptions, progress: Progress, hashes: LocalHashes,
                       stats: dict[str, HostStats]) -> list[Result]:
-    attempts = await asyncio.gather(*(_connect(connect, t) for t in group))
+    attempts = await fan_out(group, lambda t: _connect(connect, t))
     clients = [a for a in attempts if isinstance(a, AgentClient)]
     failed = [a for a in attempts if isinstance(a, Result)]
     hosts = [HostSync(c, remote_path, plan, sources, options, progress) for c in clients]
     try:
-        await asyncio.gather(*(h.prepare(hashes) for h in hosts))
+        await fan_out(hosts, lambda h: h.prepare(hashes))
         if options.dry_run:
             for host in hosts:
                 host.note_dry_run()
         else:
             progress.expect(sum(h.planned for h in hosts if h.ok))
-            await asyncio.gather(*(h.delete_conflicts() for h in hosts))
+            await fan_out(hosts, lambda h: h.delete_conflicts())
             await FanoutSync(hosts, plan).run()
-            await asyncio.gather(*(h.delete_extras() for h in hosts))
+            await fan_out(hosts, lambda h: h.delete_extras())
     except BaseException:
         for client in clients:
             client.abort()
@@ -416,25 +416,21 @@ async def get_tree_fleet(targets: list[Target], connect: ConnectOptions, remote_
     """Fetch the directory `remote_path` from every target into `local_dir/<host>/…`."""
     name = "" if remote_path.endswith("/") else os.path.basename(remote_path.rstrip("/"))
     local_dir = os.path.abspath(local_dir)
-    gate = asyncio.Semaphore(max(1, fanout))
     out = SyncOutcome(FleetResult(), {})
     start = time.monotonic()
 
-    async def one(target: Target) -> None:
+    async def one(target: Target) -> Result:
+        attempt = await _connect(connect, target)
+        if isinstance(attempt, Result):
+            return attempt
+        stats = out.stats[target.name] = HostStats()
         local = os.path.join(local_dir, host_directory_name(target.name))
-        async with gate:
-            attempt = await _connect(connect, target)
-            if isinstance(attempt, Result):
-                out.fleet.results.append(attempt)
-                return
-            stats = out.stats[target.name] = HostStats()
-            try:
-                result = await _get_tree(attempt, remote_path, local, name, preserve, progress, stats)
-            finally:
-                await attempt.close()
-        out.fleet.results.append(result)
+        try:
+            return await _get_tree(attempt, remote_path, local, name, preserve, progress, stats)
+        finally:
+            await attempt.close()
 
-    await asyncio.gather(*(one(t) for t in targets))
+    await fan_out(targets, one, limit=fanout, on_done=out.fleet.results.append)
     out.fleet.elapsed = time.monotonic() - start
     return out
 
@@ -445,7 +441,7 @@ async def _get_tree(client: AgentClient, remote: str, host_dir: str, name: str, 
     try:
         have = await list_remote(client, remote)
         if have is None:
-            raise FileTransferError("not_found", remote)
+            raise FileTransferError(ErrorCode.NOT_FOUND, remote)
         base = os.path.join(host_dir, name) if name else host_dir
         await asyncio.get_running_loop().run_in_executor(None, _make_local_dirs, host_dir, base, have)
         for relative, entry in have.items():
@@ -462,7 +458,7 @@ async def _get_tree(client: AgentClient, remote: str, host_dir: str, name: str, 
                 stats.bytes += int(entry.get("size") or 0)
         await asyncio.get_running_loop().run_in_executor(None, _set_dir_modes, base, have)
     except ShoalError as exc:
-        return _failure(client.name, exc)
+        return failure_result(client.name, exc)
     return Result(client.name, 0, duration=time.monotonic() - start)
 
 
@@ -490,7 +486,7 @@ def _mkdir(path: str) -> None:
         os.mkdir(path, 0o700)
     except FileExistsError:
         if not stat.S_ISDIR(os.lstat(path).st_mode):
-            raise FileTransferError("bad_path" if os.path.islink(path) else "not_directory", path,
+            raise FileTransferError(ErrorCode.BAD_PATH if os.path.islink(path) else ErrorCode.NOT_DIRECTORY, path,
                                     "exists and is not a directory (links are not followed)") from None
     except OSError as err:
         raise map_os_error(err, path) from err

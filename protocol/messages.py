@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
-from shoal.protocol.errors import LocalProtocolError, RemoteProtocolError
+from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from shoal.protocol.jsonbody import parse_object
 
 __all__ = [
@@ -97,7 +97,7 @@ class MessageType(IntEnum):
 
 
 def _bad(message: str) -> RemoteProtocolError:
-    return RemoteProtocolError(message, "bad_message")
+    return RemoteProtocolError(message, ErrorCode.BAD_MESSAGE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,7 +480,7 @@ def decode_body(type_: int, request_id: int, body: bytes) -> Message:
     """Build the typed message for a frame; RemoteProtocolError on any mismatch."""
     cls = MESSAGE_CLASSES.get(type_)
     if cls is None:
-        raise RemoteProtocolError(f"unknown message type 0x{type_:02x}", "unknown_type")
+        raise RemoteProtocolError(f"unknown message type 0x{type_:02x}", ErrorCode.UNKNOWN_TYPE)
     if cls.TYPE in CONNECTION_LEVEL and request_id != 0:
         raise _bad(f"{cls.TYPE.name} must use request id 0")
     if cls.TYPE not in CONNECTION_LEVEL and cls.TYPE is not MessageType.ERROR and request_id == 0:

@@ -143,6 +143,9 @@ def test_a_host_stops_at_its_first_failing_command(fleet: Fleet, script: Path,
     assert status == 1
     assert said(out, fleet.all, "one") == set(fleet.all)
     assert said(out, fleet.all, "three continued") == set(fleet.plain)
+    failed_lines = [f"shoal: {h}: exited with code 1" for h in fleet.failing]
+    assert sorted(err.splitlines()[:2]) == sorted(failed_lines)  # each failed host gets its line
+    err = "\n".join(err.splitlines()[2:])
     assert err.splitlines()[0].split() == ["#", "COMMAND", "OK", "FAILED", "SKIPPED"]
     assert table_row(err, 1) == ["1", "echo one", f"4 {sets(fleet.all)}", "0", "0"]
     assert table_row(err, 2) == ["2", 'test -z "$BATCH_FAIL"', f"2 {sets(fleet.plain)}",

@@ -166,8 +166,10 @@ def test_no_ssh_on_path_is_a_usage_error(capsysbinary: pytest.CaptureFixture[byt
 # -- the bundle ------------------------------------------------------------------------------
 
 def test_bundle_holds_what_install_needs_and_a_private_key(key_file: Path) -> None:
-    bundle = build_bundle(find_source(None), str(key_file))
+    bundle = build_bundle(find_source(str(REPO)), str(key_file))
     with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
+        names = [info.name for info in tar.getmembers()]
+        assert len(names) == len(set(names)), "a file is bundled twice"
         members = {info.name: info for info in tar.getmembers()}
         key = tar.extractfile(members["admin.key"])
         assert key is not None and key.read() == key_file.read_bytes()

@@ -314,7 +314,7 @@ def test_dockerfile_entrypoint_uses_real_agent_options() -> None:
 def test_docker_context_keeps_what_pip_needs() -> None:
     patterns = [line for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
                 if line and not line.startswith("#")]
-    for needed in ("pyproject.toml", "README.md", "agent/config.py", "controller/cli/main.py", "protocol/errors.py",
+    for needed in ("pyproject.toml", "README.md", "agent/config/settings.py", "controller/cli/main.py", "protocol/errors.py",
                    "deploy/install.sh", "deploy/agent.toml"):  # shoal.deploy is package data
         assert not any(fnmatch(needed, p) or needed.startswith(p.rstrip("/") + "/") for p in patterns), needed
 

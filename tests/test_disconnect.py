@@ -79,7 +79,7 @@ def test_killed_controller_leaves_nothing_running_on_the_agent() -> None:
             poll(lambda: len(_all_marked(tokens)) >= 3)  # the shell, the daemon, the TERM-ignorer
             cli.proc.send_signal(signal.SIGKILL)
             poll(lambda: not _all_marked(tokens), timeout=5)
-            poll(lambda: t.agents[0].running_commands == 0)
+            poll(lambda: t.agents[0].running.count == 0)
         finally:
             cli.stop()
 
@@ -89,10 +89,10 @@ async def test_dropped_connection_with_unread_output_frees_the_request() -> None
         client = await AgentClient.connect(target_for(agent), timeout=5)
         proc = await client.exec(Command(shell="head -c 20000000 /dev/zero; sleep 300"), window=65536)
         tokens = tokens_of(agent)
-        await apoll(lambda: agent.running_commands == 1 and marked(tokens[0]))
+        await apoll(lambda: agent.running.count == 1 and marked(tokens[0]))
         client.abort()
         await apoll(lambda: not marked(tokens[0]), timeout=5)
-        await apoll(lambda: agent.running_commands == 0, timeout=5)
+        await apoll(lambda: agent.running.count == 0, timeout=5)
         assert proc.result is not None and proc.result.error_code == "connection_lost"
 
 
@@ -104,13 +104,13 @@ async def test_detached_command_survives_the_disconnect_writing_to_state_dir(tmp
         proc = await client.exec(Command(shell=script, detach=True))
         pid = proc.pid
         client.abort()
-        await apoll(lambda: pid in agent.detached)
+        await apoll(lambda: pid in agent.detached.requests)
         await apoll(lambda: not agent.sessions)
         await asyncio.sleep(0)  # any kill would have been sent by now
-        output_file = Path(agent.detached[pid].output_file or "")
+        output_file = Path(agent.detached.requests[pid].output_file or "")
         flag.touch()
         await apoll(lambda: output_file.exists() and output_file.read_bytes() == b"start\nend\n", timeout=10)
-        await apoll(lambda: agent.running_commands == 0 and not agent.detached)
+        await apoll(lambda: agent.running.count == 0 and not agent.detached.requests)
     assert output_file.is_relative_to(tmp_path / "state")
     assert output_file.stat().st_mode & 0o077 == 0
 

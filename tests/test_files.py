@@ -1,4 +1,4 @@
-"""shoal.hostio.files on real files: atomic puts, crash cleanup, root checks, streamed gets."""
+"""shoal.hostio.atomic, .reader, .fileerrors and shoal.agent.paths on real files: atomic puts, crash cleanup, root checks, streamed gets."""
 
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ import sys
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-from shoal.hostio import files
-from shoal.hostio.files import AtomicWriter, FileReader, FileTransferError, Journal, WriterState
-from shoal.hostio.files import map_os_error, resolve_path, walk_tree
+from shoal.agent import paths
+from shoal.hostio import atomic, fileerrors, reader
+from shoal.hostio.atomic import TEMP_MARK, AtomicWriter, Journal, WriterState
+from shoal.hostio.fileerrors import FileTransferError, map_os_error
+from shoal.hostio.reader import FileReader, walk_tree
+from shoal.agent.paths import resolve_path
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -29,7 +33,7 @@ def sha(data: bytes) -> str:
 
 def leftovers(directory: Path) -> list[str]:
     """Names of temp files a writer left in `directory`."""
-    return [name for name in os.listdir(directory) if files.TEMP_MARK in name]
+    return [name for name in os.listdir(directory) if TEMP_MARK in name]
 
 
 def put(dest: Path | str, data: bytes, **options: object) -> AtomicWriter:
@@ -53,8 +57,9 @@ def dest_dir(tmp_path: Path) -> Path:
     return directory
 
 
-def test_public_names_are_exported() -> None:
-    assert all(hasattr(files, name) for name in files.__all__)
+@pytest.mark.parametrize("module", [atomic, fileerrors, reader, paths])
+def test_public_names_are_exported(module: ModuleType) -> None:
+    assert all(hasattr(module, name) for name in module.__all__)
 
 
 # -- atomic writes ---------------------------------------------------------------
@@ -158,7 +163,7 @@ def test_temp_name_of_a_very_long_name_fits_name_max(dest_dir: Path) -> None:
 
 CRASH_SCRIPT = """
 import os, signal, sys
-from shoal.hostio.files import AtomicWriter, Journal
+from shoal.hostio.atomic import AtomicWriter, Journal
 writer = AtomicWriter.open(sys.argv[1], journal=Journal(sys.argv[2]))
 for _ in range(4):
     writer.write(b"x" * 65536)

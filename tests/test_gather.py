@@ -89,7 +89,7 @@ def test_gather_shows_stderr_apart_and_lists_non_zero_exits(
     assert b"\n".join(lines[:8]) == (
         RULE + b"127.0.0.[1-3,5-16,18-28,30] (27) (stderr)\n" + RULE + b"fine\n"
         + RULE + b"127.0.0.[4,17,29] (3) (stderr)\n" + RULE + b"other")
-    assert lines[8] == b"shoal: 127.0.0.[4,17,29]: exit 4"
+    assert lines[8] == b"shoal: 127.0.0.[4,17,29]: exited with code 4"
     assert lines[9].startswith(b"shoal: 27 ok, 3 failed (127.0.0.[4,17,29]), 0 unreachable in ")
     assert lines[10:] == [b""]
 
@@ -125,6 +125,21 @@ def test_failed_only_lists_the_failed_hosts_and_why(fleet: Path, capsysbinary: p
     status, out, err = shoal(capsysbinary, "run", "--inventory", str(fleet), f"{ALL},{closed}", "-n",
                              "--failed-only", "--", 'echo noise; [ -z "$TEST_VARIANT" ]')
     assert status == 255
-    assert out == (f"{closed}: connection refused\n127.0.0.4: exit 1\n"
-                   "127.0.0.17: exit 1\n127.0.0.29: exit 1\n").encode()
+    assert out == (f"{closed}: connection refused\n127.0.0.4: exited with code 1\n"
+                   "127.0.0.17: exited with code 1\n127.0.0.29: exited with code 1\n").encode()
     assert err.startswith(f"shoal: 27 ok, 3 failed ({VARIANT}), 1 unreachable ({closed}) in ".encode())
+
+
+def test_diff_shows_each_distinct_output_against_the_most_common(
+        fleet: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    status, out, err = shoal(capsysbinary, "run", "--inventory", str(fleet), ALL, "-n", "--diff",
+                             "--", "echo first; echo ${TEST_VARIANT:-same}; echo last")
+    assert status == 0
+    assert out == (b"--- 127.0.0.[1-3,5-16,18-28,30] (27)\n+++ 127.0.0.[4,17,29] (3)\n@@ -1,3 +1,3 @@\n"
+                   b" first\n-same\n+other\n last\n")
+    assert err.startswith(b"shoal: 30 ok, 0 failed, 0 unreachable in ")
+    status, out, _ = shoal(capsysbinary, "run", "--inventory", str(fleet), ALL, "-n", "--diff", "--", "echo same")
+    assert status == 0 and out == b""  # one output everywhere: nothing differs
+    status, _, err = shoal(capsysbinary, "run", "--inventory", str(fleet), ALL, "-n", "--diff", "-o", "json",
+                           "--", "true")
+    assert status == 2 and b"--diff" in err

@@ -154,10 +154,11 @@ def test_json_lines_one_object_per_host() -> None:
     s = snap(cpu=33.0)
     text = format_json_lines({"web2": s, "web10": "connection refused", "web1": None})
     records = [json.loads(line) for line in text.splitlines()]
+    ok = {"ok": True, "unreachable": False, "error": None, "error_code": None}
     assert records == [
-        {"host": "web1", "error": "no metrics"},
-        {"host": "web2", "metrics": s},
-        {"host": "web10", "error": "connection refused"},
+        {"host": "web1", "ok": False, "unreachable": False, "error": "no metrics", "error_code": "error"},
+        {"host": "web2", **ok, "metrics": s},
+        {"host": "web10", "ok": False, "unreachable": False, "error": "connection refused", "error_code": "error"},
     ]
     assert text.endswith("\n") and text.count("\n") == 3
 

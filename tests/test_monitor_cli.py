@@ -155,6 +155,18 @@ def test_metrics_table_and_json(three: AgentThread, capsys) -> None:
     assert all(r["metrics"]["cpu"]["count"] == psutil.cpu_count() for r in records)
 
 
+@pytest.mark.parametrize("argv", [["metrics", "--json"], ["ping", "-c", "1", "--json"]], ids=["metrics", "ping"])
+def test_json_views_give_unreachable_hosts_the_fields_of_exit_events(three: AgentThread, capsys,
+                                                                      argv: list[str]) -> None:
+    down = _closed_port()
+    assert main([argv[0], f"{three.addresses[0]},{down}", *argv[1:]]) == 255
+    records = {r["host"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert {k: records[down][k] for k in ("ok", "unreachable", "error", "error_code")} == {
+        "ok": False, "unreachable": True, "error": "connection refused", "error_code": "unreachable"}
+    up = records[three.addresses[0]]
+    assert (up["ok"], up["unreachable"], up["error"], up["error_code"]) == (True, False, None, None)
+
+
 def test_metrics_textfile_is_written_whole(three: AgentThread, tmp_path, capsys) -> None:
     path = tmp_path / "shoal.prom"
     assert main(["metrics", three.targets_spec(), "--prometheus", "--textfile", str(path)]) == 0

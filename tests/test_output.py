@@ -29,6 +29,7 @@ from shoal.controller.term.output import (
     StreamHandler,
     choose_output,
 )
+from shoal.controller.term.outputcap import GATHER_MAX_OUTPUT, TAIL_SHARE, OutputCap, gap_line
 from shoal.controller.term.progress import PROGRESS_MIN_HOSTS, ProgressHandler
 from shoal.controller.result import UNREACHABLE, Result
 from shoal.controller.term.summary import folded, summary_line
@@ -89,7 +90,7 @@ def test_gather_prints_each_distinct_output_once_under_its_folded_hosts() -> Non
         rule + b"web[01-02,04-05,07-08] (6)\n" + rule + b"Linux 6.1\nup\n"
         + rule + b"web[03,06] (2)\n" + rule + b"Linux 6.2\nup\n")
     assert err.getvalue() == (rule + b"web08 (1) (stderr)\n" + rule + b"warning: disk\n"
-                              + b"shoal: web06: exit 3\n")
+                              + b"shoal: web06: exited with code 3\n")
 
 
 def test_gather_lists_failures_by_reason_and_prints_nothing_for_silent_hosts() -> None:
@@ -101,7 +102,7 @@ def test_gather_lists_failures_by_reason_and_prints_nothing_for_silent_hosts() -
     h.on_result(ok("web1"))
     h.close()
     assert out.getvalue() == b""
-    assert err.getvalue() == b"shoal: app: killed by signal 9\nshoal: db[1-2]: connection refused\n"
+    assert err.getvalue() == b"shoal: app: killed by signal 9 (KILL)\nshoal: db[1-2]: connection refused\n"
 
 
 def json_lines(data: bytes) -> list[dict]:  # type: ignore[type-arg]
@@ -133,6 +134,73 @@ def test_json_events_follow_the_schema() -> None:
     ]
 
 
+def test_output_cap_keeps_whole_lines_of_head_and_tail_around_one_gap_line() -> None:
+    d, out, _ = display()
+    limit = 10 * TAIL_SHARE  # 10 bytes of tail, the rest head
+    h = OutputCap(GatherHandler(d), limit)
+    data = b"".join(b"line %03d\n" % i for i in range(100))  # 9 bytes a line
+    for host in ("a", "b"):
+        for i in range(0, len(data), 7):
+            h.on_output(host, "stdout", data[i:i + 7])
+    h.on_output("c", "stdout", b"short\n")
+    for host in ("a", "b", "c"):
+        h.on_result(ok(host))
+    h.close()
+    rule = b"---------------\n"
+    kept_head, kept_tail = data[:(limit - 10) // 9 * 9], data[-9:]  # whole lines only
+    gap = gap_line(len(data) - len(kept_head) - len(kept_tail))
+    assert gap == f"[... {len(data) - len(kept_head) - 9} B not shown ...]\n".encode()
+    assert out.getvalue() == (rule + b"a[-b] (2)\n".replace(b"a[-b]", b"a,b") + rule + kept_head + gap + kept_tail
+                              + rule + b"c (1)\n" + rule + b"short\n")
+
+
+def test_output_cap_cuts_one_endless_line_by_bytes() -> None:
+    d, out, _ = display()
+    limit = 10 * TAIL_SHARE
+    h = OutputCap(RawHandler(d), limit)
+    h.on_output("a", "stdout", b"x" * (limit + 100))
+    h.on_result(ok("a"))
+    assert out.getvalue() == b"x" * (limit - 10) + b"\n" + gap_line(100) + b"x" * 10
+
+
+def test_stream_cuts_an_endless_line_between_characters() -> None:
+    d, out, _ = display()
+    h = StreamHandler(d, ["h"])
+    text = "€" * LINE_CAP  # three bytes a character: the cap falls inside one
+    h.on_output("h", "stdout", text.encode())  # no newline yet: printed in pieces of about LINE_CAP
+    h.on_output("h", "stdout", b"\n")
+    h.on_result(ok("h"))
+    shown = out.getvalue().decode()
+    assert "\ufffd" not in shown and shown.replace("h: ", "").replace("\n", "") == text
+
+
+def _joined(events: list[dict]) -> bytes:  # type: ignore[type-arg]
+    return b"".join(base64.b64decode(e["data_b64"]) if "data_b64" in e else e["data"].encode() for e in events)
+
+
+def test_json_keeps_valid_lines_as_text_next_to_an_invalid_one() -> None:
+    d, out, _ = display()
+    h = JsonHandler(d)
+    h.on_output("h", "stdout", b"hi\nthere\n\xff bad\nbye\r\n")
+    h.on_result(ok("h"))
+    pieces = [{k: e[k] for k in e if k.startswith("data")} for e in json_lines(out.getvalue()) if e["event"] == "output"]
+    assert pieces == [{"data": "hi\nthere\n"}, {"data_b64": base64.b64encode(b"\xff bad\n").decode()},
+                      {"data": "bye\r\n"}]
+
+
+def test_json_long_line_cut_at_the_cap_never_splits_a_character() -> None:
+    d, out, _ = display()
+    h = JsonHandler(d)
+    text = "€" * (LINE_CAP // 3 * 4) + "\n"  # one line over the cap, three bytes a character
+    data = text.encode()
+    for i in range(0, len(data), 4096):  # 4096 is no multiple of 3: chunks end mid-character
+        h.on_output("h", "stdout", data[i:i + 4096])
+    h.on_result(ok("h"))
+    pieces = [e for e in json_lines(out.getvalue()) if e["event"] == "output"]
+    assert len(pieces) > 1 and all("data" in e for e in pieces)
+    assert "".join(e["data"] for e in pieces) == text
+
+
 def test_json_binary_output_is_base64_and_concatenates_to_the_exact_bytes() -> None:
     d, out, _ = display()
     h = JsonHandler(d)
@@ -156,7 +224,7 @@ def test_failed_only_lists_failed_hosts_with_reasons() -> None:
                                                              error_code="unreachable")):
         h.on_result(r)
     h.close()
-    assert out.getvalue() == b"web2: connection refused\nweb10: exit 1\n"
+    assert out.getvalue() == b"web2: connection refused\nweb10: exited with code 1\n"
 
 
 def test_failed_only_json_prints_exit_records() -> None:
@@ -224,13 +292,16 @@ async def test_choose_output_picks_one_handler_per_mode(tmp_path: Path) -> None:
     assert isinstance(choose_output(d, ["a"], None), RawHandler)
     assert isinstance(choose_output(d, ["a", "b"], None), StreamHandler)
     assert isinstance(choose_output(d, ["a"], "stream"), StreamHandler)
-    assert isinstance(choose_output(d, ["a", "b"], "gather"), GatherHandler)
+    capped = choose_output(d, ["a", "b"], "gather")  # gather holds output: capped by default
+    assert isinstance(capped, OutputCap) and isinstance(capped.inner, GatherHandler)
+    assert capped.head_limit + capped.tail_limit == GATHER_MAX_OUTPUT
+    assert isinstance(choose_output(d, ["a", "b"], "gather", max_output=0), GatherHandler)
     assert isinstance(choose_output(d, ["a", "b"], "json"), JsonHandler)
     assert isinstance(choose_output(d, ["a", "b"], "gather", failed_only=True), FailedOnlyHandler)
     tee = choose_output(d, ["a", "b"], "gather", outdir=str(tmp_path))
-    assert isinstance(tee, OutdirTee) and isinstance(tee.inner, GatherHandler)
+    assert isinstance(tee, OutdirTee) and isinstance(tee.inner, OutputCap)  # the files get every byte
     many = [f"h{i}" for i in range(PROGRESS_MIN_HOSTS)]
-    assert isinstance(choose_output(d, many, "gather"), GatherHandler)
+    assert isinstance(choose_output(d, many, "json"), JsonHandler)
 
 
 def read_until(fd: int, needle: bytes, seen: bytearray, deadline: float) -> bool:

@@ -231,7 +231,7 @@ def test_a_flood_from_one_source_cannot_take_the_startup_slots(
         _hold(agents.addresses[0], ["127.0.0.2"], 30, sockets)
         poll(lambda: len(audit_events(tmp_path / "audit.jsonl", event="shed")) >= 26, timeout=DEADLINE)
         assert _run(agents, key_path) == 0  # from 127.0.0.1: at once
-        held = agents.call(lambda: len(agents.agents[0].startups))
+        held = agents.call(lambda: len(agents.agents[0].admission.startups))
     assert held == 4
     refused = [s for s in sockets if s.recv(4096)]  # the 26 turned away were told why, then closed
     assert len(refused) == 26
@@ -247,7 +247,7 @@ def test_a_flood_from_many_sources_sheds_its_oldest_for_a_controller(
         _hold(agents.addresses[0], [f"127.0.0.{n}" for n in range(2, 10)], 3, sockets)  # 24 idle sockets
         # Held sockets are shed once they have had a second to authenticate: retry till then.
         assert poll(lambda: _run(agents, key_path) == 0, timeout=DEADLINE, interval=0.2)
-        held = agents.call(lambda: len(agents.agents[0].startups))
+        held = agents.call(lambda: len(agents.agents[0].admission.startups))
     assert held <= 8
 
 

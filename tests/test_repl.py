@@ -156,7 +156,7 @@ def test_lines_run_prefixed_and_commands_change_the_session(terminal: Callable[.
         shown = term.line("exit 4")
         assert b"shoal [3 hosts, 3 failed]> " in shown
         shown = term.line(":last")
-        assert re.search(rb"exit 4 +3 +127\.0\.0\.1:\[", shown)
+        assert re.search(rb"exited with code 4 +3 +127\.0\.0\.1:\[", shown)
 
         shown = term.line("cd /tmp")  # would move a throwaway shell only: not run, pointed at :cd
         assert b"use :cd /tmp" in shown and not hosts_said(shown, hosts, "")

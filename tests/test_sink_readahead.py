@@ -14,7 +14,8 @@ import threading
 from pathlib import Path
 
 from shoal.hostio.bulk import BULK_NICE
-from shoal.hostio.files import AtomicWriter, FileReader
+from shoal.hostio.atomic import AtomicWriter
+from shoal.hostio.reader import FileReader
 from shoal.hostio.readahead import ReadAhead
 from shoal.hostio.sink import ChunkSink
 

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from shoal.agent.config import KeyPolicy
-from shoal.hostio.files import TEMP_MARK
+from shoal.hostio.atomic import TEMP_MARK
 from shoal.hostio.keyfile import write_key_file
 from shoal.agent.server import Agent
 from shoal.controller.client import AgentClient

@@ -22,7 +22,10 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from shoal.hostio.files import FileTransferError, map_os_error, walk_tree
+from shoal.protocol.errors import ErrorCode
+
+from shoal.hostio.fileerrors import FileTransferError, map_os_error
+from shoal.hostio.reader import walk_tree
 
 __all__ = ["ENTRY_TYPES", "entry_type", "list_tree", "file_sha256", "path_below", "remove_below"]
 
@@ -73,7 +76,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         raise map_os_error(err, path) from err
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise FileTransferError("io_error", path, "not a regular file")
+            raise FileTransferError(ErrorCode.IO_ERROR, path, "not a regular file")
         while chunk := os.read(fd, _HASH_CHUNK):
             digest.update(chunk)
     except OSError as err:
@@ -116,10 +119,10 @@ def path_below(root: Path, named_root: str, path: str, *, final_link: bool = Fal
             raise map_os_error(err, current) from err
         last = index == len(relative) - 1
         if stat.S_ISLNK(st.st_mode) and not (last and final_link):
-            raise FileTransferError("bad_path", current, "is a symbolic link; nothing is written, read "
+            raise FileTransferError(ErrorCode.BAD_PATH, current, "is a symbolic link; nothing is written, read "
                                     "or deleted through links")
         if not last and not stat.S_ISDIR(st.st_mode):
-            raise FileTransferError("not_directory", current)
+            raise FileTransferError(ErrorCode.NOT_DIRECTORY, current)
     return root.joinpath(*relative)
 
 
@@ -127,10 +130,10 @@ def _relative_parts(named_root: str, path: str) -> tuple[str, ...]:
     """The components of `path` below `named_root`, compared as written."""
     top, full = PurePosixPath(named_root), PurePosixPath(path)
     if "\0" in path or not full.is_absolute() or full.parts[:len(top.parts)] != top.parts:
-        raise FileTransferError("bad_path", path, f"not below the tree {named_root}")
+        raise FileTransferError(ErrorCode.BAD_PATH, path, f"not below the tree {named_root}")
     parts = full.parts[len(top.parts):]
     if any(part in (".", "..") for part in parts) or "/./" in f"{path}/" or "/../" in f"{path}/":
-        raise FileTransferError("bad_path", path, "`.` and `..` are not allowed below a tree")
+        raise FileTransferError(ErrorCode.BAD_PATH, path, "`.` and `..` are not allowed below a tree")
     return parts
 
 
@@ -143,7 +146,7 @@ def remove_below(root: Path, named_root: str, path: str) -> bool:
     """
     target = path_below(root, named_root, path, final_link=True)
     if target == root:
-        raise FileTransferError("bad_path", path, "the tree's root itself is never removed")
+        raise FileTransferError(ErrorCode.BAD_PATH, path, "the tree's root itself is never removed")
     try:
         st = os.lstat(target)
     except FileNotFoundError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import ssl as ssl_module
 
 from shoal.protocol.errors import ConfigError
@@ -21,6 +22,7 @@ __all__ = [
     "add_output_options",
     "add_outdir_failed_options",
     "add_exec_options",
+    "parse_size",
     "targets_from_args",
     "connect_options_from_args",
     "command_from_args",
@@ -61,8 +63,30 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
                    help="with one host: pass output through byte-exact, no prefix (default when stdout is not a TTY)")
     add_outdir_failed_options(g, outdir_help="also write each host's output to DIR/HOST.out and DIR/HOST.err",
                               failed_only_help="after the run, list only failed hosts and why")
-    g.add_argument("-q", "--quiet", action="store_true", help="no summary or progress; errors only")
+    g.add_argument("--diff", action="store_true",
+                   help="gather, then show each distinct output as a unified diff against the most common one")
+    g.add_argument("--max-output", type=parse_size, metavar="SIZE",
+                   help="keep the first and last of each host's stdout and stderr up to SIZE (64K, 16M, 1G; "
+                        "0 or none: all), with a gap line between; default 16M with -o gather, none otherwise; "
+                        "--outdir files keep everything")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="no summary or progress, and no line for a host whose command failed; "
+                        "hosts that could not run it still get theirs")
     g.add_argument("-v", "--verbose", action="store_true", help="more detail on stderr")
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """`64K`, `16M`, `1G` (binary units; `KiB`, `MB` too), plain bytes; `0` or `none`: no limit (0)."""
+    if text.strip().lower() == "none":
+        return 0
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (like 64K, 16M, 1G, or none)")
+    return int(float(match[1]) * _SIZE_UNITS[match[2].upper()])
 
 
 def add_outdir_failed_options(group: argparse._ArgumentGroup, *, outdir_help: str, failed_only_help: str) -> None:

@@ -25,6 +25,8 @@ import os
 import sys
 from typing import Any
 
+from shoal.protocol.errors import ConfigError
+
 from shoal.controller.client import Command
 from shoal.controller.term.display import Display
 from shoal.controller.fleet import ConnectOptions, Fleet
@@ -78,9 +80,12 @@ def _isatty(fd: int) -> bool:
 
 def choose_handler(args: argparse.Namespace, display: Display, targets: list[Target]) -> OutputHandler:
     """Pick the output handler once (the modes live in shoal.controller.term.output)."""
+    if getattr(args, "diff", False) and getattr(args, "output", None) in ("stream", "json"):
+        raise ConfigError(f"--diff compares gathered output; it does not go with -o {args.output}", "--diff")
     return choose_output(display, [t.name for t in targets], getattr(args, "output", None),
                          raw=getattr(args, "raw", False), outdir=getattr(args, "outdir", None),
-                         failed_only=getattr(args, "failed_only", False))
+                         failed_only=getattr(args, "failed_only", False),
+                         max_output=getattr(args, "max_output", None), diff=getattr(args, "diff", False))
 
 
 async def run_fleet(targets: list[Target], command: Command, options: ConnectOptions,

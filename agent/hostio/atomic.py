@@ -1,8 +1,4 @@
-"""The agent's side of file transfer: checked paths, atomic writes, streamed reads.
-
-Nothing here knows about the network. The agent resolves the path a request names
-(`resolve_path`), then streams chunks into an `AtomicWriter` (put) or out of a
-`FileReader` (get), and walks directories with `walk_tree` for recursive transfers.
+"""Atomic writes for `put`, and the journal that cleans up after a killed one.
 
 Writes never expose a half-written destination: data goes to a hidden temp file in
 the destination directory (same filesystem, so the final rename is atomic), is
@@ -10,72 +6,28 @@ checked against the sender's sha256, fsynced, then renamed over the destination,
 and the directory is fsynced so the rename survives a power cut. A `Journal` in the
 agent's state directory remembers temp files in flight, so the next agent start
 removes what a killed transfer left behind. Memory per transfer is one chunk plus a
-hash state: no function here ever reads a whole file.
-
-All failures surface as `FileTransferError`, a `RemoteCommandError` whose `code` is
-one of `CODES`, so the agent can send the code over the wire unchanged.
+hash state: nothing here ever reads a whole file.
 """
 
 from __future__ import annotations
 
 import enum
-import errno
 import hashlib
 import logging
 import os
 import re
 import secrets
 import stat
-from collections import deque
 from pathlib import Path
 from types import TracebackType
-from typing import Iterator, Sequence
 
-from shoal.protocol.errors import RemoteCommandError
+from shoal.hostio.fileerrors import FileTransferError, map_os_error
+from shoal.hostio.reader import maybe_stat
+from shoal.protocol.errors import ErrorCode
 
-__all__ = [
-    "process_umask",
-    "CODES",
-    "FileTransferError",
-    "map_os_error",
-    "resolve_path",
-    "Journal",
-    "AtomicWriter",
-    "FileReader",
-    "walk_tree",
-]
+__all__ = ["TEMP_MARK", "process_umask", "Journal", "WriterState", "AtomicWriter"]
 
 log = logging.getLogger(__name__)
-
-# Machine codes a transfer failure carries; the controller maps them to messages
-# and exit statuses, so they are part of the wire contract.
-CODES = frozenset({
-    "bad_path", "not_found", "permission_denied", "no_space", "is_directory",
-    "not_directory", "outside_root", "checksum_mismatch", "io_error",
-})
-
-_ERRNO_CODES = {
-    errno.ENOENT: "not_found",
-    errno.EACCES: "permission_denied",
-    errno.EPERM: "permission_denied",
-    errno.EROFS: "permission_denied",
-    errno.ENOSPC: "no_space",
-    errno.EDQUOT: "no_space",
-    errno.EISDIR: "is_directory",
-    errno.ENOTDIR: "not_directory",
-}
-
-_DEFAULT_DETAIL = {
-    "bad_path": "invalid path",
-    "not_found": "no such file or directory",
-    "permission_denied": "permission denied",
-    "no_space": "no space left on device",
-    "is_directory": "is a directory",
-    "not_directory": "not a directory",
-    "outside_root": "outside the directories this key may use",
-    "checksum_mismatch": "sha256 of the received data does not match",
-    "io_error": "input/output error",
-}
 
 # The hidden temp name keeps the destination's name readable for an operator who
 # finds a stray one; the random suffix makes concurrent puts to one file safe.
@@ -91,69 +43,6 @@ _JOURNAL_DIR = "transfers"
 # the fsync at commit finds little left: otherwise a 2 GB put ends with a second
 # or more of pure disk wait after the last byte arrived.
 _WRITEBACK_STEP = 8 * 1024 * 1024
-
-
-class FileTransferError(RemoteCommandError):
-    """A file operation failed; `code` says how, `path` says where.
-
-    The message is one line, `path: detail`, with a path holding control characters
-    shown as a repr so it cannot forge extra lines in a log or terminal.
-    """
-
-    def __init__(self, code: str, path: str | os.PathLike[str], detail: str | None = None) -> None:
-        if code not in CODES:
-            raise ValueError(f"unknown file transfer code {code!r}")
-        shown = _printable(os.fspath(path))
-        super().__init__(f"{shown}: {detail or _DEFAULT_DETAIL[code]}", code=code)
-        self.path = os.fspath(path)
-        self.detail = detail or _DEFAULT_DETAIL[code]
-
-
-def _printable(text: str) -> str:
-    """Return text as is when printable, else its repr."""
-    return text if text.isprintable() else repr(text)
-
-
-def map_os_error(err: OSError, path: str | os.PathLike[str]) -> FileTransferError:
-    """Translate an OSError raised while touching `path` into our error.
-
-    A read-only filesystem counts as permission denied: for the user both mean
-    "you may not write here". Errors without a specific code become io_error,
-    keeping the system's own wording as the detail.
-    """
-    code = _ERRNO_CODES.get(err.errno or 0, "io_error")
-    return FileTransferError(code, path, err.strerror.lower() if err.strerror else None)
-
-
-def resolve_path(path: str, roots: Sequence[str] | None = None) -> Path:
-    """Return the real path a request names, refusing escapes from `roots`.
-
-    Args:
-        path: absolute path from the request. Relative paths are refused because
-            the agent's cwd means nothing to the user on the controller.
-        roots: directories this key may touch, or None for anywhere. An empty
-            sequence allows nothing.
-
-    Returns:
-        The path with `..` and every symlink of its existing components resolved,
-        so a link inside a root that points outside is caught. A trailing `/` is
-        dropped; callers that give it meaning pass `into_dir` to `AtomicWriter.open`.
-
-    Raises:
-        FileTransferError: `bad_path` (relative, or holds a NUL byte) or
-            `outside_root`.
-
-    The check is only as strong as the filesystem is quiet: someone able to swap a
-    directory for a symlink between this check and the open can still race it.
-    """
-    if "\0" in path:
-        raise FileTransferError("bad_path", path, "path contains a NUL byte")
-    if not os.path.isabs(path):
-        raise FileTransferError("bad_path", path, "path must be absolute")
-    real = Path(os.path.realpath(path))
-    if roots is not None and not any(real.is_relative_to(os.path.realpath(root)) for root in roots):
-        raise FileTransferError("outside_root", path)
-    return real
 
 
 class Journal:
@@ -365,7 +254,7 @@ class AtomicWriter:
         actual = self._hash.hexdigest()
         if actual != expected_sha256.strip().lower():
             self.abort()
-            raise FileTransferError("checksum_mismatch", self.dest,
+            raise FileTransferError(ErrorCode.CHECKSUM_MISMATCH, self.dest,
                                     f"sha256 of received data is {actual}, sender said {expected_sha256}")
         try:
             self._seal()
@@ -430,29 +319,29 @@ class AtomicWriter:
 
 def _target_path(dest: Path, name: str | None, into: bool) -> Path:
     """Decide the final file path from `dest`, the sender's `name` and `into`."""
-    st = _maybe_stat(dest, follow=True)
+    st = maybe_stat(dest, follow=True)
     if st is not None and stat.S_ISDIR(st.st_mode):
         if name is None:
-            raise FileTransferError("is_directory", dest)
+            raise FileTransferError(ErrorCode.IS_DIRECTORY, dest)
         return dest / _check_basename(name)
     if into:
-        raise FileTransferError("not_found" if st is None else "not_directory", dest)
+        raise FileTransferError(ErrorCode.NOT_FOUND if st is None else ErrorCode.NOT_DIRECTORY, dest)
     return dest
 
 
 def _check_basename(name: str) -> str:
     """Refuse a `name` that is not a single plain path component."""
     if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise FileTransferError("bad_path", name, "file name must be a single path component")
+        raise FileTransferError(ErrorCode.BAD_PATH, name, "file name must be a single path component")
     return name
 
 
 def _final_attributes(target: Path, mode: int | None,
                       owner: tuple[int, int] | None) -> tuple[int, tuple[int, int] | None]:
     """Return the mode and owner the committed file gets (owner None: leave ours)."""
-    st = _maybe_stat(target, follow=False)
+    st = maybe_stat(target, follow=False)
     if st is not None and stat.S_ISDIR(st.st_mode):
-        raise FileTransferError("is_directory", target)
+        raise FileTransferError(ErrorCode.IS_DIRECTORY, target)
     existing = st if st is not None and stat.S_ISREG(st.st_mode) else None
     if mode is None:
         mode = stat.S_IMODE(existing.st_mode) if existing else 0o666 & ~process_umask()
@@ -461,17 +350,6 @@ def _final_attributes(target: Path, mode: int | None,
     if owner is None and existing is not None:
         owner = (existing.st_uid, existing.st_gid)
     return mode, owner
-
-
-def _maybe_stat(path: Path, *, follow: bool) -> os.stat_result | None:
-    """Stat `path`, or return None when nothing is there."""
-    try:
-        return os.stat(path, follow_symlinks=follow)
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise map_os_error(err, path) from err
-
 
 def process_umask() -> int:
     """Read the umask without setting it (os.umask would race other threads)."""
@@ -501,125 +379,3 @@ def _fsync_directory(directory: Path) -> None:
             os.close(fd)
     except OSError as err:
         raise map_os_error(err, directory) from err
-
-
-class FileReader:
-    """Stream one regular file out for `get`, hashing what was read.
-
-    `size`, `mode`, `mtime` and `owner` come from the open file, so they describe
-    what is being sent even if the path is replaced meanwhile.
-    """
-
-    __slots__ = ("path", "size", "mode", "mtime", "owner", "bytes_read", "_fd", "_hash")
-
-    def __init__(self, path: Path, fd: int, st: os.stat_result) -> None:
-        self.path = path
-        self.size = st.st_size
-        self.mode = stat.S_IMODE(st.st_mode)
-        self.mtime = st.st_mtime
-        self.owner = (st.st_uid, st.st_gid)
-        self.bytes_read = 0
-        self._fd = fd
-        self._hash = hashlib.sha256()
-
-    @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> FileReader:
-        """Open `path` for reading.
-
-        Raises:
-            FileTransferError: is_directory (send directories with `walk_tree`),
-                io_error for anything but a regular file (a FIFO or device would
-                block or never end), not_found, permission_denied.
-        """
-        # O_NONBLOCK so opening a FIFO cannot hang the agent before we can refuse it.
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as err:
-            raise map_os_error(err, path) from err
-        try:
-            st = _regular_file_stat(fd, path)
-            os.set_blocking(fd, True)
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(Path(path), fd, st)
-
-    def read(self, n: int) -> bytes:
-        """Return up to `n` bytes; b"" at end of file."""
-        if self._fd < 0:
-            raise ValueError(f"reader for {self.path} is closed")
-        try:
-            data = os.read(self._fd, n)
-        except OSError as err:
-            raise map_os_error(err, self.path) from err
-        self._hash.update(data)
-        self.bytes_read += len(data)
-        return data
-
-    def hexdigest(self) -> str:
-        """Return the sha256 of everything read so far (the whole file at EOF)."""
-        return self._hash.hexdigest()
-
-    def close(self) -> None:
-        """Release the file descriptor. Safe to call twice."""
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-
-    def __enter__(self) -> FileReader:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-
-def _regular_file_stat(fd: int, path: str | os.PathLike[str]) -> os.stat_result:
-    """Stat an open file and refuse anything but a regular file."""
-    try:
-        st = os.fstat(fd)
-    except OSError as err:
-        raise map_os_error(err, path) from err
-    if stat.S_ISDIR(st.st_mode):
-        raise FileTransferError("is_directory", path)
-    if not stat.S_ISREG(st.st_mode):
-        raise FileTransferError("io_error", path, "not a regular file")
-    return st
-
-
-def walk_tree(root: str | os.PathLike[str]) -> Iterator[tuple[str, os.stat_result]]:
-    """Yield `(relative_path, lstat)` for everything below the directory `root`.
-
-    Order is breadth first with names sorted in each directory, so a directory
-    always comes before its contents and a recursive put can create it first.
-    Relative paths use `/`. Symlinks are reported as links (their own lstat) and
-    never followed, so nothing outside `root` is visited; the caller decides
-    whether to skip or recreate them. `root` itself is not yielded.
-
-    Raises:
-        FileTransferError: not_directory or not_found for `root`, or the code of a
-            directory that cannot be listed.
-    """
-    top = Path(root)
-    st = _maybe_stat(top, follow=True)
-    if st is None:
-        raise FileTransferError("not_found", top)
-    if not stat.S_ISDIR(st.st_mode):
-        raise FileTransferError("not_directory", top)
-    pending: deque[tuple[Path, str]] = deque([(top, "")])
-    while pending:
-        directory, prefix = pending.popleft()
-        for name, entry_stat in _list_directory(directory):
-            yield prefix + name, entry_stat
-            if stat.S_ISDIR(entry_stat.st_mode):
-                pending.append((directory / name, f"{prefix}{name}/"))
-
-
-def _list_directory(directory: Path) -> list[tuple[str, os.stat_result]]:
-    """Return the sorted names and lstats of one directory's entries."""
-    try:
-        with os.scandir(directory) as entries:
-            found = [(entry.name, entry.stat(follow_symlinks=False)) for entry in entries]
-    except OSError as err:
-        raise map_os_error(err, err.filename or directory) from err
-    return sorted(found, key=lambda item: item[0])
