@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Callable
 
+from shoal.protocol.errors import ErrorCode
+
 from shoal.agent.audit import Audit
 from shoal.agent.config import Limits
 from shoal.protocol.errors import ErrorCode

@@ -4,7 +4,8 @@ Output flow control is per request. The controller grants `window` bytes in its
 EXEC and more with WINDOW frames as it consumes; we never send past the grant,
 and when it is used up we stop reading the child's pipes so the child blocks.
 Stdin works the other way round: we advertise `stdin_window` in STARTED and grant
-more as bytes reach the child's pipe.
+more as bytes reach the child's pipe. The states and both windows are kept by the
+request's `RequestChannel` (shoal.protocol.request), the same one the controller keeps.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
+from shoal.protocol.connection import Role
 from shoal.protocol.messages import Exit, MessageType, Started, Window
+from shoal.protocol.request import RequestChannel
 
 from shoal.agent import proctree
 from shoal.agent.process import STDOUT, Child, ChildResult
-from shoal.protocol.defaults import DATA_CHUNK, OUTPUT_WINDOW
+from shoal.protocol.defaults import DATA_CHUNK
 
 if TYPE_CHECKING:
     from shoal.agent.session import AgentSession
@@ -41,7 +44,9 @@ class CommandRequest:
         self.cwd = cwd
         self.detached = output_file is not None
         self.output_file = output_file
-        self.credit = window or OUTPUT_WINDOW
+        # request state machine: EXEC received (its window), STARTED sent below
+        self.channel = RequestChannel(Role.AGENT, request_id)
+        self.channel.receive_data(MessageType.EXEC, window)
         self.grace = grace
         self.timed_out = False
         self.cancelled = False
@@ -49,8 +54,6 @@ class CommandRequest:
         self.bytes = {1: 0, 2: 0}
         self.stdin_bytes = 0
         self.started = time.time()
-        self._stdin_window = session.limits.stdin_window
-        self._stdin_in_flight = 0
         self.leftovers_ended: int | None = None
         self.child = Child(argv, env, cwd, want_stdin, self._on_data, self._on_done, output_file,
                            linger=session.limits.output_linger)
@@ -58,7 +61,14 @@ class CommandRequest:
         self._max_read = min(DATA_CHUNK, session.conn.peer_max_frame)
         self._update_read_size()
         self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout) if timeout else None
-        session.send(Started(request_id, pid=self.child.pid, stdin_window=self._stdin_window if want_stdin else 0))
+        started = Started(request_id, pid=self.child.pid, stdin_window=session.limits.stdin_window if want_stdin else 0)
+        self.channel.send(started)
+        session.send(started)
+
+    @property
+    def credit(self) -> int:
+        """Output bytes the controller still accepts (the channel's output window)."""
+        return self.channel.output_credit
 
     # -- output --------------------------------------------------------------
 
@@ -66,8 +76,8 @@ class CommandRequest:
         self.bytes[stream] += len(data)
         if self.abandoned:
             return
-        self.credit -= len(data)
         kind = MessageType.STDOUT if stream == STDOUT else MessageType.STDERR
+        self.channel.send_data(kind, len(data))
         self.session.send_data(kind, self.request_id, data)
         self._update_read_size()
 
@@ -90,25 +100,25 @@ class CommandRequest:
         self.child.resume_reading()
 
     def grant(self, increment: int) -> None:
-        """The controller consumed output: it may have this much more."""
-        self.credit += increment
+        """The controller consumed output: it may have this much more (0: re-check only)."""
+        if increment:
+            self.channel.receive_data(MessageType.WINDOW, increment)
         self._update_read_size()
 
     # -- stdin ---------------------------------------------------------------
 
-    def stdin(self, data: bytes) -> bool:
-        """Queue stdin; False when the controller overran the window it was given."""
-        self._stdin_in_flight += len(data)
+    def stdin(self, data: bytes) -> None:
+        """Queue stdin. Raises RemoteProtocolError (`window_exceeded`) when the
+        controller overran the window it was given."""
         self.stdin_bytes += len(data)
-        if self._stdin_in_flight > self._stdin_window:
-            return False
+        self.channel.receive_data(MessageType.STDIN, len(data))
         self.child.write_stdin(data)
-        return True
 
     def _on_stdin_drained(self, n: int) -> None:
-        self._stdin_in_flight -= n
         if not self.session.closed:
-            self.session.send(Window(self.request_id, bytes=n))
+            window = Window(self.request_id, bytes=n)
+            self.channel.send(window)
+            self.session.send(window)
 
     # -- ending --------------------------------------------------------------
 
@@ -152,12 +162,15 @@ class CommandRequest:
             self.kill(signal.SIGTERM)
 
     def exit_message(self, result: ChildResult) -> Exit:
-        return Exit(
+        """The EXIT to send now; the request's channel is DONE after it."""
+        exit_ = Exit(
             self.request_id, status=result.status, code=result.code, signal=result.signal,
             timed_out=self.timed_out, cancelled=self.cancelled, duration=round(result.duration, 6),
             stdout_bytes=self.bytes[1], stderr_bytes=self.bytes[2], output_file=self.output_file,
             leftovers_ended=self.leftovers_ended,
         )
+        self.channel.send(exit_)
+        return exit_
 
 
 def build_argv(argv: list[str] | None, shell: str | None) -> list[str]:

@@ -1,9 +1,10 @@
 """One controller connection on the agent: drive the protocol, dispatch requests.
 
-The driver is short on purpose: bytes arrive, the sans-I/O connection turns them
-into messages, each message goes to its handler, and whatever the connection
-queued goes out in one `writelines`. A bad frame closes this connection only; a
-bad request gets an ERROR frame for that request id only.
+The driver is short on purpose and shared: `shoal.hostio.driver.FrameDriver` feeds
+bytes to the sans-I/O connection, hands each message to `dispatch` here (and on to
+its handler), and writes whatever the connection queued with one `writev`. A bad
+frame closes this connection only; a bad request gets an ERROR frame for that
+request id only.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import time
 from typing import TYPE_CHECKING, Any
 
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
-from shoal.protocol.errors import AuthError, BadRequestError, ErrorCode, ProtocolError
+from shoal.protocol.errors import AuthError, BadRequestError, ErrorCode, ProtocolError, RemoteProtocolError
 from shoal.protocol.fields import check_request
 from shoal.protocol.messages import (
     Cancel,
@@ -41,7 +41,7 @@ from shoal.agent.detached import output_path
 from shoal.agent.handlers import HandlerTable
 from shoal.agent.log import ConnLog
 from shoal.agent.process import ChildResult, spawn_error
-from shoal.hostio.writev import WRITE_BUFFER_HIGH, raw_fd, write_buffers
+from shoal.hostio.driver import FrameDriver
 from shoal.agent.childenv import base_env, default_cwd
 from shoal.agent.restrict import restricted_env
 
@@ -62,18 +62,16 @@ _CONTROL = (Window, Stdin, StdinEof, Signal, Cancel, Ping, Pong, Goodbye, Error)
 REVOKED = "key revoked"
 
 
-class AgentSession(asyncio.BufferedProtocol):
+class AgentSession(FrameDriver):
     """The agent's end of one connection."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.limits: Limits = agent.config.limits
-        self.conn = Connection(
+        super().__init__(Connection(
             Role.AGENT, keys=agent.keys, max_frame_size=self.limits.max_frame_size,
             software=agent.software,
-        )
-        self.transport: asyncio.Transport | None = None
-        self._fd = -1
+        ), keepalive=self.limits.keepalive)
         self.peer = "?"
         self.source = "?"  # the peer's address without the port: what per-source limits count
         self.accepted_at = time.monotonic()
@@ -82,9 +80,6 @@ class AgentSession(asyncio.BufferedProtocol):
         self.policy: KeyPolicy | None = None
         self.key_id: str | None = None
         self.revoked = False  # its key left the configuration: no new requests, close when idle
-        self.closed = False
-        self.writing_paused = False
-        self._last_frame = time.monotonic()
         self._timers: list[asyncio.TimerHandle] = []
         self._handlers = HandlerTable()
         self._handlers.add(Exec, self._on_exec)
@@ -103,15 +98,12 @@ class AgentSession(asyncio.BufferedProtocol):
     # -- transport events ----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # socket tuning, write-buffer limits
         assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self._fd = raw_fd(transport)
         self.peer = peer_name(transport)
         self.source = self.peer.rpartition(":")[0] or self.peer
         self.accepted_at = time.monotonic()
         self.log = ConnLog(log, {"peer": self.peer})
-        _tune_socket(transport, self.limits.keepalive)
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         if not self.agent.admission.admit(self):
             return
         self.agent.audit.record("accepted", peer=self.peer)
@@ -119,38 +111,18 @@ class AgentSession(asyncio.BufferedProtocol):
         self._timers.append(loop.call_later(self.limits.handshake_timeout, self._handshake_deadline))
         self._timers.append(loop.call_later(self.limits.idle_timeout, self._idle_check))
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.conn.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.conn.buffer_updated(nbytes)
-        self._process()
-
-    def _process(self) -> None:
-        self._last_frame = time.monotonic()
-        try:
-            while not self.closed:
-                event = self.conn.next_event()
-                if event is None:
-                    break
-                self._dispatch(event)
-        except AuthError as exc:
+    def peer_failed(self, exc: AuthError | ProtocolError) -> None:
+        if isinstance(exc, AuthError):
             self.agent.audit.record("auth_failed", peer=self.peer, key_id=exc.key_id, reason=exc.reason)
-            self.abort()
-        except ProtocolError as exc:  # logged once, by the audit record's summary
+        else:  # logged once, by the audit record's summary
             self.agent.audit.record("protocol_error", peer=self.peer, key_id=self.key_id, code=exc.code,
                                     reason=str(exc))
-            self.abort()
-        except Exception:
-            self.log.error("internal error, closing connection", exc_info=True)
-            self.conn.fail(ErrorCode.INTERNAL, "internal error")
-            self.abort()
-        self.flush()
+        self.abort()
 
-    def eof_received(self) -> bool:
-        self.conn.receive_data(b"")
-        self._process()
-        return False
+    def internal_error(self, exc: Exception) -> None:
+        self.log.error("internal error, closing connection", exc_info=exc)
+        self.conn.fail(ErrorCode.INTERNAL, "internal error")
+        self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed and self.transport is None:
@@ -165,13 +137,13 @@ class AgentSession(asyncio.BufferedProtocol):
         self.log.debug("connection closed (%s)", exc or "eof")
 
     def pause_writing(self) -> None:
-        self.writing_paused = True
+        super().pause_writing()
         for req in self.requests.values():
             if isinstance(req, CommandRequest):
                 req.child.pause_reading()
 
     def resume_writing(self) -> None:
-        self.writing_paused = False
+        super().resume_writing()
         for req in list(self.requests.values()):
             if isinstance(req, CommandRequest):
                 req.grant(0)
@@ -188,11 +160,6 @@ class AgentSession(asyncio.BufferedProtocol):
             self.conn.send_data(kind, request_id, data)
             self.flush()
 
-    def flush(self) -> None:
-        out = self.conn.data_to_send()
-        if out and self.transport is not None and not self.transport.is_closing():
-            write_buffers(self.transport, out, self._fd)
-
     def abort(self) -> None:
         """Close after flushing any queued ERROR frame."""
         self.flush()
@@ -206,7 +173,7 @@ class AgentSession(asyncio.BufferedProtocol):
 
     # -- dispatch ------------------------------------------------------------
 
-    def _dispatch(self, event: Message | HandshakeComplete) -> None:
+    def dispatch(self, event: Message | HandshakeComplete) -> None:
         if isinstance(event, HandshakeComplete):
             return self._on_authenticated(event)
         if self.revoked and not isinstance(event, _CONTROL) and event.request_id not in self.requests:
@@ -364,24 +331,40 @@ class AgentSession(asyncio.BufferedProtocol):
 
     def _on_stdin(self, msg: Stdin) -> None:
         req = self._request(msg)
-        if req is not None and not req.stdin(msg.data):
-            self.conn.fail(ErrorCode.WINDOW_EXCEEDED, f"stdin for request {msg.request_id} overran its window")
-            self.abort()
+        if req is not None:
+            try:
+                req.stdin(msg.data)  # its channel checks the stdin window
+            except RemoteProtocolError as exc:
+                self._request_broke(exc)
 
     def _on_stdin_eof(self, msg: StdinEof) -> None:
         req = self._request(msg)
-        if req is not None:
+        if req is not None and self._step(req, msg):
             req.child.close_stdin()
 
     def _on_signal(self, msg: Signal) -> None:
         req = self._request(msg)
-        if req is not None:
+        if req is not None and self._step(req, msg):
             req.child.signal(msg.signal)
 
     def _on_cancel(self, msg: Cancel) -> None:
         req = self._request(msg)
-        if req is not None:
+        if req is not None and self._step(req, msg):
             req.cancel(msg.grace)
+
+    def _step(self, req: CommandRequest, msg: Message) -> bool:
+        """Step the request's state machine with the controller's `msg`; False when illegal."""
+        try:
+            req.channel.receive(msg)
+        except RemoteProtocolError as exc:
+            self._request_broke(exc)
+            return False
+        return True
+
+    def _request_broke(self, exc: RemoteProtocolError) -> None:
+        """The controller broke a request's rules (out_of_order, window_exceeded): close."""
+        self.conn.fail(exc.code, str(exc))
+        self.abort()
 
     def _on_window(self, msg: Window) -> None:
         req = self.requests.get(msg.request_id)
@@ -446,22 +429,3 @@ def peer_name(transport: asyncio.Transport) -> str:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return "unix"
 
-
-def _tune_socket(transport: asyncio.Transport, keepalive: float) -> None:
-    """No Nagle (small frames go at once) and TCP keepalive to notice dead peers.
-
-    Keepalive probes only run while none of our data awaits an ACK; a controller
-    that vanishes while we stream output to it is caught by TCP_USER_TIMEOUT,
-    set to the same deadline: `keepalive` + 3 probe intervals of `keepalive`/3.
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    idle = max(1, int(keepalive))
-    interval = max(1, idle // 3)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (idle + 3 * interval) * 1000)

@@ -30,6 +30,7 @@ from shoal.protocol.errors import (
     ErrorCode,
     ProtocolError,
     RemoteCommandError,
+    RemoteProtocolError,
     ShoalConnectionError,
     ShoalError,
     ShoalTimeoutError,
@@ -43,6 +44,7 @@ from shoal.protocol.messages import (
     Goodbye,
     NODE_ENV,
     Message,
+    MessageType,
     MetricsReply,
     MetricsRequest,
     Ping,
@@ -55,8 +57,9 @@ from shoal.protocol.messages import (
     Stdout,
     Window,
 )
+from shoal.protocol.request import RequestChannel
 
-from shoal.hostio.writev import WRITE_BUFFER_HIGH, raw_fd, write_buffers
+from shoal.hostio.driver import FrameDriver
 from shoal.controller.escape import quote_peer_bytes
 from shoal.controller.outcome import Outcome
 from shoal.controller.result import UNREACHABLE, Result
@@ -110,39 +113,41 @@ class RemoteProcess:
     after all output, from `wait()`. `write()`/`close_stdin()` feed its stdin.
     """
 
-    def __init__(self, client: AgentClient, request_id: int, window: int,
-                 timeout: float | None = None) -> None:
+    def __init__(self, client: AgentClient, request_id: int, timeout: float | None = None) -> None:
         self.client = client
         self.timeout = timeout  # the command's own limit, named when it is reached
         self.host = client.name
         self.request_id = request_id
         self.pid: int | None = None
-        self._window = window
-        self._window_left = window
-        self._consumed = 0
+        # The request's state and both windows, the same machine the agent keeps.
+        self.channel = RequestChannel(Role.CONTROLLER, request_id)
         self._events: deque[OutputEvent] = deque()
         self._result: Result | None = None
         self._changed = asyncio.Event()
         self._started = asyncio.get_running_loop().create_future()
-        self._stdin_credit = 0
         self._stdin_ready = asyncio.Event()
+
+    def _send(self, msg: Message) -> None:
+        self.channel.send(msg)
+        self.client.send(msg)
 
     # -- from the connection -------------------------------------------------
 
     def receive(self, msg: Message) -> None:
+        try:
+            self.channel.receive(msg)
+        except RemoteProtocolError as exc:  # out of order, or past the output window
+            self.client.protocol_violation(f"agent broke request {self.request_id}: {exc}", exc.code)
+            return
         if isinstance(msg, (Stdout, Stderr)):
-            self._window_left -= len(msg.data)
-            if self._window_left < 0:
-                self.client.protocol_violation(f"agent overran the output window of request {self.request_id}")
-                return
             self._events.append(OutputEvent("stdout" if isinstance(msg, Stdout) else "stderr", msg.data))
         elif isinstance(msg, Started):
             self.pid = msg.pid
-            self._add_stdin_credit(msg.stdin_window)
+            self._stdin_credit_changed()
             if not self._started.done():
                 self._started.set_result(None)
         elif isinstance(msg, Window):
-            self._add_stdin_credit(msg.bytes)
+            self._stdin_credit_changed()
         elif isinstance(msg, Exit):
             self._finish(_result_from_exit(self.host, msg, self.timeout))
         elif isinstance(msg, Error):
@@ -159,6 +164,7 @@ class RemoteProcess:
         self._stdin_ready.set()
 
     def lost(self, reason: str, code: str = Outcome.CONNECTION_LOST) -> None:
+        self.channel.connection_lost()
         self._finish(Result(self.host, UNREACHABLE, error=reason, error_code=code))
         self._changed.set()
 
@@ -174,16 +180,10 @@ class RemoteProcess:
             self._changed.clear()
             await self._changed.wait()
         event = self._events.popleft()
-        self._credit_back(len(event.data))
+        grant = self.channel.output_consumed(len(event.data))  # in batches of half a window
+        if grant:
+            self._send(Window(self.request_id, bytes=grant))
         return event
-
-    def _credit_back(self, n: int) -> None:
-        """Return consumed window to the agent in batches of half a window."""
-        self._consumed += n
-        if self._consumed >= self._window // 2 and self._result is None:
-            self._window_left += self._consumed
-            self.client.send(Window(self.request_id, bytes=self._consumed))
-            self._consumed = 0
 
     async def wait(self) -> Result:
         """Wait for the end, discarding output not yet read."""
@@ -198,37 +198,36 @@ class RemoteProcess:
 
     # -- input and control ---------------------------------------------------
 
-    def _add_stdin_credit(self, n: int) -> None:
-        self._stdin_credit += n
-        if self._stdin_credit > 0:
+    def _stdin_credit_changed(self) -> None:
+        if self.channel.stdin_credit > 0:
             self._stdin_ready.set()
 
     async def write(self, data: bytes) -> None:
         """Send stdin bytes, waiting for the agent's window; dropped once ended."""
         view = memoryview(data)
+        ch = self.channel
         while view and self._result is None:
-            while self._stdin_credit <= 0 and self._result is None:
+            while ch.stdin_credit <= 0 and self._result is None:
                 self._stdin_ready.clear()
                 await self._stdin_ready.wait()
             if self._result is not None:
                 return
-            n = min(len(view), self._stdin_credit, self.client.max_chunk)
-            self._stdin_credit -= n
-            self.client.send(Stdin(self.request_id, bytes(view[:n])))
+            n = min(len(view), ch.stdin_credit, self.client.max_chunk)
+            self._send(Stdin(self.request_id, bytes(view[:n])))
             view = view[n:]
 
     def close_stdin(self) -> None:
-        if self._result is None:
-            self.client.send(StdinEof(self.request_id))
+        if self.channel.can_send(MessageType.STDIN_EOF):
+            self._send(StdinEof(self.request_id))
 
     def signal(self, sig: int) -> None:
-        if self._result is None:
-            self.client.send(Signal(self.request_id, signal=sig))
+        if self.channel.can_send(MessageType.SIGNAL):
+            self._send(Signal(self.request_id, signal=sig))
 
     def cancel(self, grace: float | None = None) -> None:
         """Ask the agent to stop the command: SIGINT, SIGTERM, SIGKILL."""
-        if self._result is None:
-            self.client.send(Cancel(self.request_id, grace=grace))
+        if self.channel.can_send(MessageType.CANCEL):
+            self._send(Cancel(self.request_id, grace=grace))
 
     def kill(self) -> None:
         self.signal(signals.SIGKILL)
@@ -267,28 +266,25 @@ class _MetricsCall:
             self.reply.set_exception(ShoalConnectionError(self.host, reason))
 
 
-class AgentClient(asyncio.BufferedProtocol):
+class AgentClient(FrameDriver):
     """An authenticated connection to one agent. Create with `connect()`."""
 
+    # Replies for requests still open keep coming after close() began (GOODBYE sent).
+    dispatch_after_close = True
+
     def __init__(self, target: Target, key: SharedKey | None, keepalive: float) -> None:
+        super().__init__(Connection(Role.CONTROLLER, key=key))  # kernel TCP keepalive timing; we ping
         self.target = target
         self.name = target.name
-        self.conn = Connection(Role.CONTROLLER, key=key)
         self.requests: dict[int, Any] = {}
-        self.transport: asyncio.Transport | None = None
-        self._fd = -1
-        self.closed = False
         self.close_reason: str | None = None
         self.agent_version = ""
         self._next_id = 1
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closed_event = asyncio.Event()
         self._keepalive = keepalive
-        self._last_frame = time.monotonic()
         self._pinger: asyncio.Task[None] | None = None
         self._pongs: dict[float, asyncio.Future[tuple[Pong, float]]] = {}
-        self._writing = asyncio.Event()
-        self._writing.set()
         self._tls = False
         self._recv_view: memoryview | None = None
         self._first_bytes = b""
@@ -333,16 +329,6 @@ class AgentClient(asyncio.BufferedProtocol):
 
     # -- transport events ----------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self._fd = raw_fd(transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-
     def get_buffer(self, sizehint: int) -> memoryview:
         self._recv_view = self.conn.get_buffer(sizehint)
         return self._recv_view
@@ -351,23 +337,14 @@ class AgentClient(asyncio.BufferedProtocol):
         if len(self._first_bytes) < PEEK_BYTES and self._recv_view is not None:
             self._first_bytes += bytes(self._recv_view[:min(nbytes, PEEK_BYTES - len(self._first_bytes))])
         self._recv_view = None
-        self.conn.buffer_updated(nbytes)
-        self._process()
+        super().buffer_updated(nbytes)
 
-    def _process(self) -> None:
-        self._last_frame = time.monotonic()
-        try:
-            while True:
-                event = self.conn.next_event()
-                if event is None:
-                    break
-                self._dispatch(event)
-        except AuthError as exc:
+    def peer_failed(self, exc: AuthError | ProtocolError) -> None:
+        if isinstance(exc, AuthError):
             self._fail(AuthError("authentication failed" if "failed" in exc.reason else exc.reason,
                                  host=self.name, key_id=exc.key_id))
-        except ProtocolError as exc:
+        else:
             self._fail(ShoalConnectionError(self.name, self._protocol_error_reason(exc)))
-        self.flush()
 
     def _protocol_error_reason(self, exc: ProtocolError) -> str:
         """Name a peer that broke the rules before its HELLO: most likely not an agent at all."""
@@ -378,11 +355,6 @@ class AgentClient(asyncio.BufferedProtocol):
         if exc.code in _NOT_FRAMES:
             return f"not a shoal agent (it sent {quote_peer_bytes(self._first_bytes)})"
         return f"protocol error: {exc}"  # well-formed frames: an agent refusing, or of another version
-
-    def eof_received(self) -> bool:
-        self.conn.receive_data(b"")
-        self._process()
-        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -405,13 +377,7 @@ class AgentClient(asyncio.BufferedProtocol):
             return "connection closed by agent before its HELLO (did it refuse our TLS certificate?)"
         return "connection closed by agent before its HELLO (does it require TLS?)"
 
-    def pause_writing(self) -> None:
-        self._writing.clear()
-
-    def resume_writing(self) -> None:
-        self._writing.set()
-
-    def _dispatch(self, event: Message | HandshakeComplete) -> None:
+    def dispatch(self, event: Message | HandshakeComplete) -> None:
         if isinstance(event, HandshakeComplete):
             self.agent_version = event.peer.software
             if not self._ready.done():
@@ -446,17 +412,9 @@ class AgentClient(asyncio.BufferedProtocol):
         self.conn.send(msg)
         self.flush()
 
-    def flush(self) -> None:
-        out = self.conn.data_to_send()
-        if out and self.transport is not None and not self.transport.is_closing():
-            try:
-                write_buffers(self.transport, out, self._fd)
-            except OSError as exc:  # ours from here on: callers see only ShoalError
-                self._fail(ShoalConnectionError(self.name, f"connection lost ({exc.strerror or exc})"))
-
-    async def drain(self) -> None:
-        """Wait while the socket's write buffer is over its high-water mark."""
-        await self._writing.wait()
+    def write_failed(self, exc: OSError) -> None:
+        # ours from here on: callers see only ShoalError
+        self._fail(ShoalConnectionError(self.name, f"connection lost ({exc.strerror or exc})"))
 
     def new_request_id(self) -> int:
         rid = self._next_id
@@ -470,9 +428,9 @@ class AgentClient(asyncio.BufferedProtocol):
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
         rid = self.new_request_id()
-        proc = RemoteProcess(self, rid, window, command.timeout)
+        proc = RemoteProcess(self, rid, command.timeout)
         self.requests[rid] = proc
-        self.send(Exec(
+        proc._send(Exec(
             rid, argv=command.argv, shell=command.shell, env=command.env, cwd=command.cwd,
             timeout=command.timeout, stdin=command.stdin, window=window, detach=command.detach,
             kill_grace=command.kill_grace,
@@ -524,8 +482,8 @@ class AgentClient(asyncio.BufferedProtocol):
 
     # -- closing -------------------------------------------------------------
 
-    def protocol_violation(self, reason: str) -> None:
-        self.conn.fail(ErrorCode.PROTOCOL_ERROR, reason)
+    def protocol_violation(self, reason: str, code: str = ErrorCode.PROTOCOL_ERROR) -> None:
+        self.conn.fail(code, reason)
         self.flush()
         self._fail(ShoalConnectionError(self.name, f"protocol error: {reason}"))
 

@@ -22,6 +22,7 @@ from shoal.protocol.errors import (
 from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder
 from shoal.protocol.handshake import SharedKey
 from shoal.protocol.messages import MESSAGE_CLASSES, PROTOCOL_VERSION, Message, MessageType
+from shoal.protocol.request import RequestChannel, RequestState
 
 __all__ = [
     "AuthError",
@@ -42,6 +43,8 @@ __all__ = [
     "ProtocolError",
     "RemoteCommandError",
     "RemoteProtocolError",
+    "RequestChannel",
+    "RequestState",
     "Role",
     "SharedKey",
     "ShoalConnectionError",

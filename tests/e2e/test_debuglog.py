@@ -13,7 +13,7 @@ from shoal.controller.cli.main import EXIT_SOFTWARE
 from shoal.controller.debuglog import setup_debug_log
 from tests.agents import shoal
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # A callback that raises and a task whose exception nobody retrieves: the two
 # reports asyncio prints itself, with a traceback, through logging.

@@ -493,7 +493,7 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Path, command: str) ->
 
 def documented_vector() -> dict[str, str]:
     """The `| name | value |` rows and `name = hex` lines of PROTOCOL.md section 5.5."""
-    text = (Path(__file__).parent.parent / "protocol" / "PROTOCOL.md").read_text()
+    text = (Path(__file__).parents[2] / "protocol" / "PROTOCOL.md").read_text()
     section = text.split("### 5.5 Test vector", 1)[1].split("\n### ", 1)[0]
     rows = dict(re.findall(r"^\| (\w+) \| (?:ASCII )?`([^`]+)`", section, re.M))
     rows.update(re.findall(r"^ {4}(head|body) = ([0-9a-f ]+)$", section, re.M))

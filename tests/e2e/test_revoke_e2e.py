@@ -22,7 +22,7 @@ from shoal.protocol.messages import Goodbye
 from tests.agents import AgentThread, config, target_for
 from tests.debris import apoll, poll
 from tests.rawpeer import DEADLINE, RawController, audit_events
-from tests.test_lifecycle import AgentProcess
+from tests.e2e.test_lifecycle import AgentProcess
 
 ENTRY = '[[keys]]\nname = "{0}"\nfile = "{1}"\nallow = "all"\n'
 WAIT_FOR_FLAG = "echo before; while [ ! -e {flag} ]; do sleep 0.05; done; echo after"

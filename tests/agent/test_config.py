@@ -20,7 +20,7 @@ from shoal.agent.config import (
 )
 from shoal.protocol.errors import ConfigError
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 EVERYTHING = AgentConfig(
     listen=("0.0.0.0:9000", "[::1]:9001", "unix:/run/shoal/agent.sock"),

@@ -31,7 +31,7 @@ from tests.agents import AgentThread
 from tests.debris import poll
 from tests.rawpeer import RawController, audit_events, untagged_frames
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # Generous: a loaded 2-core box runs other suites beside this one.
 DEADLINE = 30.0

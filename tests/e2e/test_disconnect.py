@@ -35,7 +35,7 @@ class Cli:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shoal.controller.cli.main", "run", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent),
+            start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]),
         )
         self.out = bytearray()
         self.err = bytearray()

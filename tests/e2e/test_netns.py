@@ -104,7 +104,7 @@ def netns_agent(namespace: Namespace, tmp_path: Path) -> Iterator[tuple[Target, 
              "--listen", f"{namespace.inner_ip}:{AGENT_PORT}", "--insecure", "--log-level", "debug",
              "--state-dir", str(tmp_path / "state")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-            cwd=str(Path(__file__).resolve().parent.parent),
+            cwd=str(Path(__file__).resolve().parents[2]),
         )
     try:
         yield Target(name="cut-host", host=namespace.inner_ip, port=AGENT_PORT), log, namespace

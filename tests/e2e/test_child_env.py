@@ -25,9 +25,9 @@ from shoal.controller.fleet import ConnectOptions
 from shoal.controller.pool import Session
 from shoal.controller.targets import Target
 from tests.agents import AgentThread, running_agents, shoal, target_for
-from tests.test_exec import Collect, run_one
+from tests.e2e.test_exec import Collect, run_one
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 SYSTEMD_ENV = {"NOTIFY_SOCKET": "/run/systemd/notify", "LISTEN_FDS": "1", "LISTEN_PID": "1",
                "LISTEN_FDNAMES": "x", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1",

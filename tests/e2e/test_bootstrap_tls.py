@@ -42,9 +42,9 @@ from shoal.controller.client import AgentClient, Command
 from shoal.controller.pki import init_pki, issue_agent_certificate, load_ca
 from shoal.controller.targets import parse_targets
 from shoal.protocol.errors import ConfigError, ShoalConnectionError
-from tests.test_bootstrap import FAKE_SSH, FAKE_SUDO, PREFIX, REMOTE, with_source
+from tests.controller.test_bootstrap import FAKE_SSH, FAKE_SUDO, PREFIX, REMOTE, with_source
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # The stand-in ssh, keeping what it receives: the command line and the whole stdin.
 RECORDING_SSH = FAKE_SSH.replace("host=$1\nshift\n", """host=$1

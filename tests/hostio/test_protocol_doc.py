@@ -13,7 +13,7 @@ from shoal.protocol.errors import ERROR_CODES, ErrorCode
 from shoal.protocol.frames import FrameDecoder
 from shoal.protocol.messages import MESSAGE_CLASSES, Exec, Stdout, decode_body
 
-DOC = Path(__file__).resolve().parent.parent.joinpath("protocol", "PROTOCOL.md").read_text()
+DOC = Path(__file__).resolve().parents[2].joinpath("protocol", "PROTOCOL.md").read_text()
 ROWS = {m.group(1).lower(): m.group(0) for m in re.finditer(r"^\| (0x[0-9a-f]{2}) \|.*$", DOC, re.M | re.I)}
 
 
@@ -60,7 +60,7 @@ def test_sources_spell_wire_codes_only_through_the_enum() -> None:
     """A code as a bare string escapes mypy; an ErrorCode member cannot be misspelt.
 
     Audit event names and JSON keys that happen to share a code's text are not codes."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     quoted = re.compile(r'"(%s)"' % "|".join(ErrorCode))
     not_codes = ("audit.record(", '"version"')
     paths = [*root.joinpath("agent").rglob("*.py"), *root.joinpath("protocol").glob("*.py"),

@@ -28,7 +28,7 @@ import pytest
 from shoal.agent.config import load_config
 from shoal.hostio.keyfile import load_key_file
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 PREFIX = "/opt/shoal-test"  # not the default, so the unit's ExecStart rewrite is exercised
 

@@ -27,9 +27,9 @@ from shoal.protocol.discovery import decode_reply, encode_probe
 from shoal.protocol.errors import ConfigError
 from shoal.protocol.handshake import SharedKey, new_nonce
 from tests.agents import config
-from tests.test_discovery import KEY, OTHER, _free_udp_port
+from tests.e2e.test_discovery import KEY, OTHER, _free_udp_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _settings(host: str, port: int, enabled: bool = True, name: str = "n1") -> AgentConfig:

@@ -24,7 +24,7 @@ from shoal.controller.nodeset import NodeSet
 from shoal.controller.term.output import StreamHandler
 from shoal.controller.result import Result
 from tests.agents import AgentThread, closed_port
-from tests.test_batch import start_pool, stop_pool
+from tests.e2e.test_batch import start_pool, stop_pool
 
 SCRIPT = """\
 echo one; echo one-err >&2

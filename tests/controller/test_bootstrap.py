@@ -23,7 +23,7 @@ from shoal.hostio.keyfile import write_key_file
 from shoal.controller.bootstrap import build_bundle, find_source
 from shoal.controller.cli.main import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PREFIX = "/opt/shoal-test"
 
 FAKE_SSH = """\

@@ -23,7 +23,7 @@ from shoal.controller.nodeset import NodeSet
 from shoal.protocol.errors import ConfigError
 from tests.agents import AgentThread
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """\
 # stop here on hosts that have BATCH_FAIL set
@@ -242,7 +242,7 @@ async def test_each_line_is_its_own_shell() -> None:
     from shoal.controller.client import Command
     from shoal.controller.fleet import ConnectOptions
     from tests.agents import running_agents, target_for
-    from tests.test_exec import Collect
+    from tests.e2e.test_exec import Collect
 
     lines = parse_batch("cd /proc\nX=set\nset -u\npwd -P; echo \"${X:-unset}\" \"$UNSET_VAR\"\n", "t")
     async with running_agents() as (agent,):

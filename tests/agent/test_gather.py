@@ -22,7 +22,7 @@ import pytest
 from tests.agents import shoal
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PLAIN = "127.0.0.[1-3,5-16,18-28,30]"
 VARIANT = "127.0.0.[4,17,29]"
 ALL = "127.0.0.[1-30]"

@@ -27,7 +27,7 @@ import pytest
 
 from tests.agents import AgentThread
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Make the pty the child's controlling terminal, then become the shell: setsid is
 # done by Popen(start_new_session=True), TIOCSCTTY here, before any Python of ours.
 LAUNCH = "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execvp(sys.argv[1], sys.argv[1:])"
@@ -205,6 +205,24 @@ def test_lines_run_prefixed_and_commands_change_the_session(terminal: Callable[.
         assert term.finish() == 0
 
 
+def ctrl_c_at_the_prompt(term: Terminal) -> bytes:
+    """Press Ctrl-C at the prompt and wait for the next one, pressing again if need be.
+
+    CPython's readline notices a signal only when it interrupts readline's select():
+    a SIGINT that lands while readline is still redrawing the line (as it does when the
+    key follows the echo at once) stays pending until the next one. A user would press
+    again; so does this test, after a pause long enough for the first to show.
+    """
+    for _ in range(3):
+        term.send("\x03")
+        try:
+            return term.expect(PROMPT, deadline=3.0)
+        except AssertionError:
+            if term.proc.poll() is not None:
+                raise
+    return term.expect(PROMPT)
+
+
 def test_ctrl_c_cancels_on_every_host_and_returns_to_the_prompt(terminal: Callable[..., Terminal]) -> None:
     with AgentThread(5) as agents:
         term = terminal("shell", agents.targets_spec(), "--kill-grace", "1")
@@ -219,8 +237,7 @@ def test_ctrl_c_cancels_on_every_host_and_returns_to_the_prompt(terminal: Callab
 
         term.send("echo partial-line")  # Ctrl-C at the prompt drops what was typed
         term.expect(b"partial-line")
-        term.send("\x03")
-        term.expect(PROMPT)
+        ctrl_c_at_the_prompt(term)
         shown = term.line("echo after-interrupt")
         assert hosts_said(shown, agents.addresses, "after-interrupt") == set(agents.addresses)
         assert b"partial-line" not in shown

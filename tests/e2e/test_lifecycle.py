@@ -19,7 +19,7 @@ from shoal.protocol.errors import AuthError, ShoalConnectionError
 from shoal.protocol.handshake import SharedKey
 from tests.debris import apoll, marked, marker_of, poll
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class AgentProcess:

@@ -35,7 +35,7 @@ from shoal.protocol.errors import RemoteCommandError
 from shoal.protocol.messages import FileData, PutFile
 from tests.agents import config, running_agents, target_for, closed_port as _closed_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
 
 

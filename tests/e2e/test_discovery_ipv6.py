@@ -29,10 +29,10 @@ from shoal.agent.server import Agent
 from shoal.controller.cli.main import main
 from shoal.protocol.discovery import DEFAULT_GROUP, DEFAULT_GROUP6, decode_reply
 from tests.agents import AgentThread, config
-from tests.test_discovery import KEY, NETNS_REASON, _ip
-from tests.test_discovery_reload import _probe
+from tests.e2e.test_discovery import KEY, NETNS_REASON, _ip
+from tests.agent.test_discovery_reload import _probe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_udp6_port() -> int:
