@@ -44,9 +44,12 @@ from shoal.agent.handlers import HandlerTable
 from shoal.agent.paths import resolve_path
 from shoal.hostio.atomic import AtomicWriter, Journal, process_umask
 from shoal.hostio.fileerrors import FileTransferError, map_os_error
+from shoal.hostio.manifest import path_below
 from shoal.hostio.reader import FileReader
 from shoal.hostio.readahead import ReadAhead
 from shoal.hostio.sink import ChunkSink
+
+from shoal.agent.treeops import tree_handlers
 
 if TYPE_CHECKING:
     from shoal.agent.session import AgentSession
@@ -73,6 +76,7 @@ def transfer_handlers(session: AgentSession) -> HandlerTable:
     table.add(GetFile, service.on_get)
     table.add(FileData, service.on_data)
     table.add(FileEnd, service.on_end)
+    table.update(tree_handlers(service))
     return table
 
 
@@ -99,7 +103,7 @@ class TransferService:
         if not self._admit(msg):
             return
         try:
-            dest = self.authorize(msg.path, "put", msg.request_id)
+            dest = self.authorize_in_tree(msg.path, msg.tree, "put", msg.request_id)
         except FileTransferError as err:
             return self.fail(msg.request_id, err)
         job: Transfer = MakeDirectory(self, msg, dest) if msg.mkdir else PutTransfer(self, msg, dest)
@@ -109,7 +113,7 @@ class TransferService:
         if not self._admit(msg):
             return
         try:
-            path = self.authorize(msg.path, "get", msg.request_id)
+            path = self.authorize_in_tree(msg.path, msg.tree, "get", msg.request_id)
         except FileTransferError as err:
             return self.fail(msg.request_id, err)
         self._start(GetTransfer(self, msg, path))
@@ -170,6 +174,13 @@ class TransferService:
             self._audit_denied(action, rid, path, "outside file roots")
             raise FileTransferError(ErrorCode.OUTSIDE_ROOT, path)
         return resolved
+
+    def authorize_in_tree(self, path: str, tree: str, action: str, rid: int) -> Path:
+        """Authorize `path`, or with `tree` set authorize the tree and refuse links below it."""
+        if not tree:
+            return self.authorize(path, action, rid)
+        root = self.authorize(tree, action, rid)
+        return path_below(root, tree, path)
 
     def _audit_denied(self, action: str, rid: int, path: str, reason: str) -> None:
         self.session.agent.audit.record("denied", peer=self.session.peer, key_id=self.session.key_id,
@@ -278,8 +289,13 @@ class MakeDirectory(Transfer):
         elif msg.into_dir:
             raise FileTransferError(ErrorCode.NOT_FOUND, self.dest)
         try:
+            if msg.parents:
+                os.makedirs(target.parent, exist_ok=True)
             os.mkdir(target, 0o700)
         except FileExistsError:
+            if os.path.islink(target):
+                raise FileTransferError(ErrorCode.BAD_PATH, target, "is a symbolic link; nothing is written "
+                                        "through links") from None
             if not _is_dir(target):
                 raise FileTransferError(ErrorCode.NOT_DIRECTORY, target, "exists and is not a directory") from None
             return target

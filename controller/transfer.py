@@ -213,7 +213,7 @@ class PutRequest(_Request):
 class GetRequest(_Request):
     """One GET_FILE: FILE_INFO, FILE_DATA within our window, FILE_END with the digest."""
 
-    def __init__(self, client: AgentClient, path: str, window: int = TRANSFER_WINDOW) -> None:
+    def __init__(self, client: AgentClient, path: str, window: int = TRANSFER_WINDOW, tree: str = "") -> None:
         super().__init__(client)
         self.window = window
         self.info: FileInfo | None = None
@@ -222,7 +222,7 @@ class GetRequest(_Request):
         self._outstanding = 0
         self._consumed = 0
         if self.error is None:
-            client.send(GetFile(self.request_id, path=path, window=window))
+            client.send(GetFile(self.request_id, path=path, window=window, tree=tree))
 
     def _on_message(self, msg: Message) -> None:
         if isinstance(msg, FileInfo):
@@ -275,6 +275,7 @@ class HostPut:
         self.error: ShoalError | None = None
         self.request: PutRequest | None = None
         self.moved = 0
+        self.planned = plan.total_bytes  # content bytes this host is to receive
         self._bases: dict[int, str] = {}
         self._start = time.monotonic()
 
@@ -316,7 +317,7 @@ class HostPut:
             return await action(self.request)
         except ShoalError as exc:
             self.error = exc
-            self.progress.dropped(self.plan.total_bytes - self.moved)
+            self.progress.dropped(self.planned - self.moved)
             return None
 
     def result(self) -> Result:
@@ -398,17 +399,18 @@ async def put_file(client: AgentClient, plan: PutPlan, remote_path: str,
 
 
 async def get_file(client: AgentClient, remote_path: str, local_path: str, *, preserve: bool = False,
-                   progress: Progress | None = None) -> Result:
+                   progress: Progress | None = None, tree: str = "") -> Result:
     """Fetch one remote file into `local_path`, atomically and checked by sha256.
 
     The local file is written beside `local_path` and renamed over it only when
     its sha256 matches the agent's; it gets the remote mode (and mtime with
     `preserve`). Returns the host's Result; errors writing locally become that
-    host's failure too, with the local path in the reason.
+    host's failure too, with the local path in the reason. `tree` (a get -r's
+    remote root) makes the agent refuse a path crossing a link below it.
     """
     progress = progress or _NoProgress()
     start = time.monotonic()
-    request = GetRequest(client, remote_path)
+    request = GetRequest(client, remote_path, tree=tree)
     try:
         info = await request.wait_info()
         progress.expect(info.size)

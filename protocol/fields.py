@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from shoal.protocol.errors import BadRequestError
-from shoal.protocol.messages import Exec, GetFile, Message, PutFile
+from shoal.protocol.messages import Exec, GetFile, ListTree, Message, PutFile, RemovePaths
 
 __all__ = ["check_request", "MAX_IDLE_TIMEOUT", "MAX_KILL_GRACE", "MAX_MTIME", "MAX_SIZE"]
 
@@ -40,7 +40,14 @@ def check_request(msg: Message) -> None:
         _check_put(msg)
     elif isinstance(msg, GetFile):
         _check_encodable("path", msg.path)
+        _check_encodable("tree", msg.tree)
         _check_range("window", msg.window, 0, MAX_SIZE)
+    elif isinstance(msg, ListTree):
+        _check_encodable("path", msg.path)
+    elif isinstance(msg, RemovePaths):
+        _check_encodable("tree", msg.tree)
+        for i, path in enumerate(msg.paths):
+            _check_encodable(f"paths[{i}]", path)
 
 
 def _check_exec(msg: Exec) -> None:
@@ -68,6 +75,7 @@ def _check_exec(msg: Exec) -> None:
 def _check_put(msg: PutFile) -> None:
     _check_encodable("path", msg.path)  # a NUL byte is the file service's `bad_path`
     _check_encodable("name", msg.name)
+    _check_encodable("tree", msg.tree)
     _check_range("size", msg.size, 0, MAX_SIZE)
     _check_range("window", msg.window, 0, MAX_SIZE)
     if msg.mode is not None:

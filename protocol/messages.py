@@ -48,6 +48,10 @@ __all__ = [
     "FileData",
     "FileEnd",
     "FileDone",
+    "ListTree",
+    "TreeEntries",
+    "RemovePaths",
+    "Removed",
     "MESSAGE_CLASSES",
     "decode_body",
     "encode_body",
@@ -86,6 +90,10 @@ class MessageType(IntEnum):
     FILE_DATA = 0x43
     FILE_END = 0x44
     FILE_DONE = 0x45
+    LIST_TREE = 0x46
+    TREE_ENTRIES = 0x47
+    REMOVE_PATHS = 0x48
+    REMOVED = 0x49
 
 
 def _bad(message: str) -> RemoteProtocolError:
@@ -354,6 +362,8 @@ class PutFile(Message):
     name: str = ""
     mkdir: bool = False
     window: int = 0
+    tree: str = ""
+    parents: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +373,7 @@ class GetFile(Message):
     TYPE = MessageType.GET_FILE
     path: str = ""
     window: int = 0
+    tree: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,12 +414,47 @@ class FileDone(Message):
     path: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ListTree(Message):
+    """Ask what a directory tree holds: one entry per path, with sha256 of files on request."""
+
+    TYPE = MessageType.LIST_TREE
+    path: str = ""
+    sha256: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEntries(Message):
+    """Part of a LIST_TREE answer; the last part has `done` set."""
+
+    TYPE = MessageType.TREE_ENTRIES
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RemovePaths(Message):
+    """Remove entries below `tree`, named relative to it, never following a link."""
+
+    TYPE = MessageType.REMOVE_PATHS
+    tree: str = ""
+    paths: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Removed(Message):
+    """REMOVE_PATHS is done: how many of its paths were there and are now gone."""
+
+    TYPE = MessageType.REMOVED
+    count: int = 0
+
+
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Auth, Error, Ping, Pong, Goodbye, Exec, Stdin, StdinEof, Signal, Cancel,
         Window, Started, Stdout, Stderr, Exit, MetricsRequest, MetricsReply, PutFile,
-        GetFile, FileInfo, FileData, FileEnd, FileDone,
+        GetFile, FileInfo, FileData, FileEnd, FileDone, ListTree, TreeEntries, RemovePaths, Removed,
     )
 }
 
@@ -421,10 +467,12 @@ CONNECTION_LEVEL = frozenset(
 CONTROLLER_ONLY = frozenset({
     MessageType.EXEC, MessageType.STDIN, MessageType.STDIN_EOF, MessageType.SIGNAL, MessageType.CANCEL,
     MessageType.METRICS_REQUEST, MessageType.PUT_FILE, MessageType.GET_FILE,
+    MessageType.LIST_TREE, MessageType.REMOVE_PATHS,
 })
 AGENT_ONLY = frozenset({
     MessageType.STARTED, MessageType.STDOUT, MessageType.STDERR, MessageType.EXIT,
     MessageType.METRICS_REPLY, MessageType.FILE_INFO, MessageType.FILE_DONE,
+    MessageType.TREE_ENTRIES, MessageType.REMOVED,
 })
 
 

@@ -12,11 +12,15 @@ from shoal.protocol.messages import (
     Exec,
     Exit,
     Hello,
+    ListTree,
     Ping,
     Pong,
+    Removed,
+    RemovePaths,
     Signal,
     Started,
     Stdout,
+    TreeEntries,
     Window,
     decode_body,
     encode_body,
@@ -35,7 +39,17 @@ SAMPLES = [
     Started(3, pid=1234, stdin_window=65536),
     Ping(0, t0=1.5),
     Pong(0, t0=1.5, t1=2.0, t2=2.1, version="x"),
+    ListTree(5, path="/srv/www", sha256=True),
+    TreeEntries(5, entries=[{"path": "a/b", "type": "file", "size": 3, "mtime": 1.5, "mode": 420,
+                             "sha256": "00" * 32, "target": None}], done=True),
+    RemovePaths(6, tree="/srv/www", paths=["old", "a/stale"]),
+    Removed(6, count=2),
 ]
+
+
+def test_tree_entries_must_be_objects() -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_body(TreeEntries.TYPE, 5, b'{"entries": ["a"]}')
 
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
