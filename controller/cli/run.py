@@ -116,10 +116,19 @@ async def run_fleet(targets: list[Target], command: Command, options: ConnectOpt
     if result is None:
         return 130
     handler.close()
+    if command.detach and getattr(args, "output", None) != "json":
+        report_jobs(display, result.results)
     report_leftovers(display, result.results)
     if len(targets) > 1 and not getattr(args, "quiet", False):
         report_summary(display, result.results, result.elapsed)
     return 130 if interrupts else result.status
+
+
+def report_jobs(display: Display, results: list[Result]) -> None:
+    """`HOST: job ID` on stdout for each host that started the detached command."""
+    for r in results:
+        if r.job is not None:
+            display.out(f"{r.host}: job {r.job}\n".encode("utf-8", "replace"))
 
 
 def report_leftovers(display: Display, results: list[Result]) -> None:
