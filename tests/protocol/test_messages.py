@@ -18,6 +18,12 @@ from shoal.protocol.messages import (
     Started,
     Stdout,
     Window,
+    JobAttach,
+    JobKill,
+    JobKilled,
+    JobStarted,
+    JobsList,
+    JobsReply,
     decode_body,
     encode_body,
 )
@@ -35,6 +41,12 @@ SAMPLES = [
     Started(3, pid=1234, stdin_window=65536),
     Ping(0, t0=1.5),
     Pong(0, t0=1.5, t1=2.0, t2=2.1, version="x"),
+    JobStarted(4, job="0a1b2c3d", pid=99),
+    JobsList(5),
+    JobsReply(5, jobs=[{"job": "0a1b2c3d", "argv": ["sleep", "1"], "state": "running", "status": None}]),
+    JobAttach(6, job="0a1b2c3d", window=65536),
+    JobKill(7, job="0a1b2c3d", signal=9),
+    JobKilled(7, job="0a1b2c3d", processes=3),
 ]
 
 
