@@ -9,6 +9,9 @@ are one request and one reply per host, fanned out like metrics; a host's failur
 from __future__ import annotations
 
 import asyncio
+import json
+import shlex
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +25,7 @@ from shoal.controller.outcome import Outcome
 from shoal.controller.result import failure_result
 from shoal.controller.targets import Target
 
-__all__ = ["JobsAnswer", "list_jobs", "kill_job", "gather_jobs", "kill_jobs"]
+__all__ = ["JobsAnswer", "list_jobs", "kill_job", "gather_jobs", "kill_jobs", "format_jobs"]
 
 
 @dataclass(slots=True)
@@ -123,3 +126,28 @@ async def kill_jobs(targets: list[Target], options: ConnectOptions, fanout: int,
         return answer
 
     return await fan_out(targets, lambda t: _per_host(t, options, one), limit=fanout)
+
+
+def format_jobs(answers: list[JobsAnswer], *, as_json: bool = False) -> str:
+    """The listing: a table (or JSON lines), hosts in target order, jobs oldest first."""
+    if as_json:
+        lines = [json.dumps({"host": a.host, "error": a.error}) for a in answers if a.error is not None]
+        lines += [json.dumps({"host": a.host, **job}) for a in answers for job in a.jobs]
+        return "".join(line + "\n" for line in lines)
+    rows = [("HOST", "JOB", "STATE", "STATUS", "USER", "STARTED", "OUTPUT", "COMMAND")]
+    for a in answers:
+        if a.error is not None:
+            rows.append((a.host, "-", "error", "-", "-", "-", "-", a.error))
+        rows += [(a.host, *_row(job)) for job in a.jobs]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] + "\n" for r in rows)
+
+
+def _row(job: dict[str, object]) -> tuple[str, ...]:
+    status = "-" if job.get("status") is None else str(job["status"])
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(job.get("started", 0))))  # type: ignore[arg-type]
+    size, kept = job.get("output_bytes", 0), job.get("kept_bytes", 0)
+    output = f"{size}" if size == kept else f"{size} (kept {kept})"
+    argv = job.get("argv") or []
+    command = shlex.join(str(a) for a in argv) if isinstance(argv, list) else str(argv)
+    return (str(job.get("job")), str(job.get("state")), status, str(job.get("user")), started, output, command)
