@@ -134,7 +134,7 @@ def format_jobs(answers: list[JobsAnswer], *, as_json: bool = False) -> str:
         lines = [json.dumps({"host": a.host, "error": a.error}) for a in answers if a.error is not None]
         lines += [json.dumps({"host": a.host, **job}) for a in answers for job in a.jobs]
         return "".join(line + "\n" for line in lines)
-    rows = [("HOST", "JOB", "STATE", "STATUS", "USER", "STARTED", "OUTPUT", "COMMAND")]
+    rows: list[tuple[str, ...]] = [("HOST", "JOB", "STATE", "STATUS", "USER", "STARTED", "OUTPUT", "COMMAND")]
     for a in answers:
         if a.error is not None:
             rows.append((a.host, "-", "error", "-", "-", "-", "-", a.error))
