@@ -68,11 +68,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     targets = targets_from_args(args)
     options = connect_options_from_args(args)
+    if args.script and args.detach:
+        raise ConfigError("cannot go with --detach (a job's stdin is /dev/null, so the script would not reach it)",
+                          "--script")
     if args.script:
         command, script = script_from_args(args, words)
         return asyncio.run(run_fleet(targets, command, options, args, display, False, script))
     command = command_from_args(args, words)
-    forward_stdin = not args.no_stdin and not _isatty(0)
+    forward_stdin = not args.no_stdin and not args.detach and not _isatty(0)  # a job's stdin is /dev/null
     return asyncio.run(run_fleet(targets, command, options, args, display, forward_stdin))
 
 

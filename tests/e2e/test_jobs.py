@@ -163,3 +163,33 @@ def _me() -> str:
     import pwd
 
     return pwd.getpwuid(os.geteuid()).pw_name
+
+
+async def test_attach_follows_live_output_past_its_window_byte_exact(tmp_path: Path) -> None:
+    flag = tmp_path / "go"
+    script = (f"head -c 3000000 /dev/urandom > {tmp_path}/blob; cat {tmp_path}/blob; "
+              f"while [ ! -e {flag} ]; do sleep 0.05; done; cat {tmp_path}/blob; exit 5")
+    async with running_agents(**{"limits.job_output_size": 8_000_000}) as (agent,):
+        client = await AgentClient.connect(target_for(agent), timeout=10)
+        try:
+            job = (await (await client.exec(Command(shell=script, detach=True))).wait()).job
+            assert job is not None
+            await apoll(lambda: agent.jobs.jobs[job].bytes[1] == 3_000_000, timeout=20)
+            proc = await client.exec(Command(attach=job), window=65536)
+            got = bytearray()
+            async for event in proc:
+                got += event.data
+                if len(got) == 3_000_000:
+                    flag.touch()  # the second half arrives live
+            result = await proc.wait()
+            blob = (tmp_path / "blob").read_bytes()
+            assert bytes(got) == blob + blob and (result.status, result.stdout_bytes) == (5, 6_000_000)
+        finally:
+            await client.close()
+
+
+def test_script_does_not_go_with_detach(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    script = tmp_path / "s.sh"
+    script.write_text("echo hi\n")
+    status, out, err = shoal(capsysbinary, "run", "127.0.0.1:1", "--detach", "--script", str(script))
+    assert (status, out) == (2, b"") and b"--script: cannot go with --detach" in err
