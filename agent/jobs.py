@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["Job", "JobOutput", "JobTable", "AttachRequest", "job_handlers"]
 
 Chunk = tuple[int, bytes]  # (STDOUT or STDERR, bytes)
+_NOTE = 0  # an attacher's own stderr line about output it dropped, not the job's
 
 
 class JobOutput:
@@ -239,6 +240,11 @@ class AttachRequest:
         self.channel = RequestChannel(Role.AGENT, msg.request_id)
         self.channel.receive(msg)
         self._queue: deque[Chunk] = deque(job.output.replay())
+        # What waits for this attacher's window is bounded like the job's own copy:
+        # past `job_output_size` the oldest waiting bytes are dropped, and said so.
+        self._limit = session.agent.config.limits.job_output_size
+        self._queued = sum(len(d) for _, d in self._queue)
+        self._behind = 0
         self._max_chunk = min(DATA_CHUNK, session.conn.peer_max_frame)
         started = Started(msg.request_id, pid=job.child.pid, stdin_window=0)
         self.channel.send(started)
@@ -248,7 +254,18 @@ class AttachRequest:
 
     def live(self, stream: int, data: bytes) -> None:
         self._queue.append((stream, data))
+        self._queued += len(data)
         self.pump()
+        if self._queued > self._limit:
+            self._fall_behind()
+
+    def _fall_behind(self) -> None:
+        """Drop the oldest waiting output down to the limit; `pump` says how much, in order."""
+        while self._queued > self._limit and len(self._queue) > 1:
+            stream, data = self._queue.popleft()
+            self._queued -= len(data)
+            if stream != _NOTE:  # a note cut short is superseded by the next one
+                self._behind += len(data)
 
     def grant(self, increment: int) -> None:
         if increment:
@@ -270,15 +287,21 @@ class AttachRequest:
         if self.channel.done or self.session.closed:
             return
         while self._queue and self.channel.output_credit > 0 and not self.session.writing_paused:
+            if self._behind:
+                note = f"[shoal: {self._behind} bytes of this job's output were dropped: the attach fell behind]\n"
+                self._queue.appendleft((_NOTE, note.encode()))
+                self._queued += len(note)
+                self._behind = 0
             stream, data = self._queue[0]
             n = min(len(data), self.channel.output_credit, self._max_chunk)
-            kind = MessageType.STDOUT if stream == STDOUT else MessageType.STDERR
+            kind = MessageType.STDOUT if stream == STDOUT else MessageType.STDERR  # a note goes to stderr
             self.channel.send_data(kind, n)
             self.session.send_data(kind, self.request_id, data[:n])
             if n == len(data):
                 self._queue.popleft()
             else:
                 self._queue[0] = (stream, data[n:])
+            self._queued -= n
         if not self._queue and self.job.result is not None:
             self.session.send(self.job.exit_message(self.request_id))
             self.channel.send_data(MessageType.EXIT, 0)

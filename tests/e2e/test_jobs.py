@@ -18,6 +18,7 @@ import pytest
 from shoal.controller.client import AgentClient, Command
 from shoal.controller.jobs import kill_job, list_jobs
 from shoal.hostio.keyfile import write_key_file
+from shoal.protocol.defaults import DATA_CHUNK
 from shoal.protocol.errors import RemoteCommandError
 from tests.agents import running_agents, shoal, target_for
 from tests.debris import apoll, marked, marker_of, poll
@@ -193,3 +194,29 @@ def test_script_does_not_go_with_detach(tmp_path: Path, capsysbinary: pytest.Cap
     script.write_text("echo hi\n")
     status, out, err = shoal(capsysbinary, "run", "127.0.0.1:1", "--detach", "--script", str(script))
     assert (status, out) == (2, b"") and b"--script: cannot go with --detach" in err
+
+
+async def test_an_attach_that_falls_behind_is_bounded_and_told(tmp_path: Path) -> None:
+    flag = tmp_path / "go"
+    script = f"while [ ! -e {flag} ]; do sleep 0.05; done; head -c 4000000 /dev/zero; echo; echo last"
+    async with running_agents(**{"limits.job_output_size": 100_000}) as (agent,):
+        client = await AgentClient.connect(target_for(agent), timeout=10)
+        try:
+            job = (await (await client.exec(Command(shell=script, detach=True))).wait()).job
+            assert job is not None
+            proc = await client.exec(Command(attach=job), window=65536)  # and nothing read for now
+            flag.touch()
+            await apoll(lambda: agent.jobs.jobs[job].result is not None, timeout=20)
+            events = [(e.stream, e.data) async for e in proc]
+            result = await proc.wait()
+            stdout = b"".join(d for s, d in events if s == "stdout")
+            notes = [d for s, d in events if s == "stderr"]
+            # bounded by the window, the limit and the one read that overflowed it
+            assert stdout.endswith(b"\nlast\n") and len(stdout) <= 65536 + 100_000 + DATA_CHUNK
+            [note] = notes
+            dropped = int(note.split()[1])
+            assert dropped + len(stdout) == 4_000_000 + len(b"\nlast\n")
+            assert note == f"[shoal: {dropped} bytes of this job's output were dropped: the attach fell behind]\n".encode()
+            assert result.status == 0 and result.stdout_bytes == 4_000_006
+        finally:
+            await client.close()
