@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from shoal.agent.commands import CommandRequest
+    from shoal.agent.jobs import Job
 
 __all__ = ["RunningCommands"]
 
@@ -21,12 +22,12 @@ class RunningCommands:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def started(self, req: CommandRequest) -> None:
+    def started(self, req: CommandRequest | Job) -> None:
         self.count += 1
         self.pids.add(req.child.pid)
         self._idle.clear()
 
-    def finished(self, req: CommandRequest) -> None:
+    def finished(self, req: CommandRequest | Job) -> None:
         self.count -= 1
         self.pids.discard(req.child.pid)
         if not self.count:

@@ -25,6 +25,7 @@ from shoal.agent.admission import Admission
 from shoal.agent.audit import Audit
 from shoal.agent.config import AgentConfig, parse_listen
 from shoal.agent.detached import DetachedCommands
+from shoal.agent.jobs import JobTable, job_handlers
 from shoal.agent.handlers import HandlerRegistry
 from shoal.agent.keys import KeyTable
 from shoal.agent.listeners import Listeners
@@ -74,11 +75,13 @@ class Agent:
         self.discovery: DiscoveryResponder | None = None  # while answering
         self.handlers = HandlerRegistry()
         self.handlers.add(transfer_handlers)
+        self.handlers.add(job_handlers)
         self.keys = KeyTable.load(self.config, keys or [])
         self.audit = Audit(self.config.audit_log)
         self.admission = Admission(self.audit, lambda: self.config.limits)
         self.running = RunningCommands()
         self.detached = DetachedCommands()
+        self.jobs = JobTable(self)
         self.metrics = HostMetrics(self._loops)
         self.listeners = Listeners(self)
         self.fd_pressure = FdPressure(self)
@@ -155,6 +158,7 @@ class Agent:
             session.abort()
             session.connection_lost(None)
         self.detached.kill_all()
+        self.jobs.close()
         self._loops.cancel_all()
         await self._loops.wait(timeout=1)
         await self.tasks.wait(timeout=10)

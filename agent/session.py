@@ -24,6 +24,7 @@ from shoal.protocol.messages import (
     Error,
     Exec,
     Goodbye,
+    JobStarted,
     Message,
     MessageType,
     MetricsReply,
@@ -37,7 +38,7 @@ from shoal.protocol.messages import (
 )
 
 from shoal.agent.commands import CommandRequest, build_argv
-from shoal.agent.detached import output_path
+from shoal.agent.jobs import AttachRequest
 from shoal.agent.handlers import HandlerTable
 from shoal.agent.log import ConnLog
 from shoal.agent.process import ChildResult, spawn_error
@@ -145,7 +146,7 @@ class AgentSession(FrameDriver):
     def resume_writing(self) -> None:
         super().resume_writing()
         for req in list(self.requests.values()):
-            if isinstance(req, CommandRequest):
+            if isinstance(req, (CommandRequest, AttachRequest)):
                 req.grant(0)
 
     # -- sending -------------------------------------------------------------
@@ -265,9 +266,10 @@ class AgentSession(FrameDriver):
         env = restricted_env(base, msg.env) if self._restricted() else {**base, **msg.env}
         cwd = msg.cwd if msg.cwd is not None else default_cwd()
         grace = msg.kill_grace if msg.kill_grace is not None else self.limits.kill_grace
-        out_file = output_path(self.agent.config.state_dir) if msg.detach else None
+        if msg.detach:
+            return self._start_job(msg, argv, env, cwd, grace, audit)
         try:
-            req = CommandRequest(self, rid, argv, env, cwd, msg.stdin, msg.window, msg.timeout, grace, out_file,
+            req = CommandRequest(self, rid, argv, env, cwd, msg.stdin, msg.window, msg.timeout, grace,
                                  idle_timeout=msg.idle_timeout)
         except OSError as exc:
             err = spawn_error(exc, argv[0], cwd)
@@ -277,6 +279,18 @@ class AgentSession(FrameDriver):
         self.agent.running.started(req)
         self.agent.audit.record("exec", **audit, pid=req.child.pid, detach=msg.detach)
         self.log.debug("started pid %d: %s", req.child.pid, argv, req=rid)
+
+    def _start_job(self, msg: Exec, argv: list[str], env: dict[str, str], cwd: str, grace: float,
+                   audit: dict[str, Any]) -> None:
+        """A detached EXEC: start it as a job (shoal.agent.jobs) and end the request with its id."""
+        try:
+            job = self.agent.jobs.start(self.key_id, argv, env, cwd, msg.timeout, grace)
+        except OSError as exc:
+            err = spawn_error(exc, argv[0], cwd)
+            self.agent.audit.record("exec_failed", **audit, error=err.reason)
+            return self.request_error(msg.request_id, err.code, err.reason, err.status)
+        self.agent.audit.record("job_start", **audit, pid=job.child.pid, job=job.id)
+        self.send(JobStarted(msg.request_id, job=job.id, pid=job.child.pid))
 
     def _refuse_exec(self, msg: Exec) -> tuple[str, str, int] | None:
         """Why this EXEC must not run (code, message, status), or None."""
@@ -322,7 +336,7 @@ class AgentSession(FrameDriver):
         self.send(req.exit_message(result))
         self._maybe_close_revoked()
 
-    def _request(self, msg: Message, kind: type = CommandRequest) -> Any:
+    def _request(self, msg: Message, kind: type | tuple[type, ...] = (CommandRequest, AttachRequest)) -> Any:
         req = self.requests.get(msg.request_id)
         if not isinstance(req, kind):
             self.log.info("%s for unknown request", msg.TYPE.name, req=msg.request_id)
@@ -353,7 +367,7 @@ class AgentSession(FrameDriver):
         if req is not None and self._step(req, msg):
             req.cancel(msg.grace)
 
-    def _step(self, req: CommandRequest, msg: Message) -> bool:
+    def _step(self, req: CommandRequest | AttachRequest, msg: Message) -> bool:
         """Step the request's state machine with the controller's `msg`; False when illegal."""
         try:
             req.channel.receive(msg)

@@ -45,6 +45,8 @@ from shoal.protocol.messages import (
     NODE_ENV,
     Message,
     MessageType,
+    JobAttach,
+    JobStarted,
     MetricsReply,
     MetricsRequest,
     Ping,
@@ -91,8 +93,11 @@ class Command:
     detach: bool = False
     kill_grace: float | None = None
     idle_timeout: float | None = None  # end it after this many seconds without output
+    attach: str | None = None  # follow this job's output (JOB_ATTACH) instead of running anything
 
     def describe(self) -> str:
+        if self.attach is not None:
+            return f"job {self.attach}"
         return self.shell if self.shell is not None else " ".join(self.argv or [])
 
     def for_node(self, host: str, index: int, count: int) -> Command:
@@ -147,6 +152,9 @@ class RemoteProcess:
             self._stdin_credit_changed()
             if not self._started.done():
                 self._started.set_result(None)
+        elif isinstance(msg, JobStarted):  # a detached command runs as a job: the request ends here
+            self.pid = msg.pid
+            self._finish(Result(self.host, 0, job=msg.job))
         elif isinstance(msg, Window):
             self._stdin_credit_changed()
         elif isinstance(msg, Exit):
@@ -442,6 +450,10 @@ class AgentClient(FrameDriver):
         rid = self.new_request_id()
         proc = RemoteProcess(self, rid, command.timeout)
         self.requests[rid] = proc
+        if command.attach is not None:
+            proc._send(JobAttach(rid, job=command.attach, window=window))
+            await proc._started
+            return proc
         proc._send(Exec(
             rid, argv=command.argv, shell=command.shell, env=command.env, cwd=command.cwd,
             timeout=command.timeout, stdin=command.stdin, window=window, detach=command.detach,

@@ -44,6 +44,7 @@ class Result:
     stderr_bytes: int = 0
     output_file: str | None = None
     leftovers_ended: int | None = None
+    job: str | None = None  # a detached command: the agent's job id (shoal jobs, attach, kill)
 
     @property
     def ok(self) -> bool:

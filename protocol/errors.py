@@ -63,6 +63,7 @@ class ErrorCode(enum.StrEnum):
     DUPLICATE_REQUEST = "duplicate_request"
     UNKNOWN_REQUEST = "unknown_request"
     UNSUPPORTED = "unsupported"
+    UNKNOWN_JOB = "unknown_job"
     BAD_FRAME = "bad_frame"
     FRAME_TOO_LARGE = "frame_too_large"
     TRUNCATED = "truncated"
@@ -135,6 +136,7 @@ ERROR_CODES: dict[ErrorCode, tuple[str, str]] = {
     ErrorCode.DUPLICATE_REQUEST: (REQUEST_SCOPE, "the request id is already in use on this connection"),
     ErrorCode.UNKNOWN_REQUEST: (REQUEST_SCOPE, "no open request has this id"),
     ErrorCode.UNSUPPORTED: (REQUEST_SCOPE, "the receiver knows the message type but does not handle it"),
+    ErrorCode.UNKNOWN_JOB: (REQUEST_SCOPE, "no job with this id that this key may see (never started, expired, or another key's; status 255)"),
     ErrorCode.BAD_FRAME: (CONNECTION_SCOPE, "a frame length is impossible, or a tagged frame cannot hold its tag"),
     ErrorCode.FRAME_TOO_LARGE: (CONNECTION_SCOPE, "a frame body exceeds the receiver's limit"),
     ErrorCode.TRUNCATED: (CONNECTION_SCOPE, "end of stream in the middle of a frame"),

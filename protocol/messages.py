@@ -42,6 +42,12 @@ __all__ = [
     "Exit",
     "MetricsRequest",
     "MetricsReply",
+    "JobStarted",
+    "JobsList",
+    "JobsReply",
+    "JobAttach",
+    "JobKill",
+    "JobKilled",
     "PutFile",
     "GetFile",
     "FileInfo",
@@ -82,6 +88,7 @@ class MessageType(IntEnum):
     STDOUT = 0x21
     STDERR = 0x22
     EXIT = 0x23
+    JOB_STARTED = 0x24
     METRICS_REQUEST = 0x30
     METRICS_REPLY = 0x31
     PUT_FILE = 0x40
@@ -94,6 +101,11 @@ class MessageType(IntEnum):
     TREE_ENTRIES = 0x47
     REMOVE_PATHS = 0x48
     REMOVED = 0x49
+    JOBS_LIST = 0x50
+    JOBS_REPLY = 0x51
+    JOB_ATTACH = 0x52
+    JOB_KILL = 0x53
+    JOB_KILLED = 0x54
 
 
 def _bad(message: str) -> RemoteProtocolError:
@@ -349,6 +361,65 @@ class MetricsReply(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class JobStarted(Message):
+    """A detached EXEC is running as job `job`; the request ends here."""
+
+    TYPE = MessageType.JOB_STARTED
+    job: str = ""
+    pid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class JobsList(Message):
+    """Ask for the jobs this key may see."""
+
+    TYPE = MessageType.JOBS_LIST
+
+
+@dataclass(frozen=True, slots=True)
+class JobsReply(Message):
+    """The jobs this key may see, oldest first (fields in PROTOCOL.md §3 Jobs)."""
+
+    TYPE = MessageType.JOBS_REPLY
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class JobAttach(Message):
+    """Replay job `job`'s kept output, then follow it live: a command request's stream."""
+
+    TYPE = MessageType.JOB_ATTACH
+    job: str = ""
+    window: int = 0
+
+    def __post_init__(self) -> None:
+        if self.window < 0:
+            raise _bad("JOB_ATTACH window must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class JobKill(Message):
+    """End job `job`'s whole process tree: `signal` first, SIGKILL after the kill grace."""
+
+    TYPE = MessageType.JOB_KILL
+    job: str = ""
+    signal: int = 15
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.signal <= 64:
+            raise _bad("JOB_KILL signal must be 1..64")
+
+
+@dataclass(frozen=True, slots=True)
+class JobKilled(Message):
+    """The job's tree was signalled: `processes` it held then."""
+
+    TYPE = MessageType.JOB_KILLED
+    job: str = ""
+    processes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class PutFile(Message):
     """Open an upload: FILE_DATA chunks follow, then FILE_END with the digest."""
 
@@ -455,6 +526,7 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
         Hello, Auth, Error, Ping, Pong, Goodbye, Exec, Stdin, StdinEof, Signal, Cancel,
         Window, Started, Stdout, Stderr, Exit, MetricsRequest, MetricsReply, PutFile,
         GetFile, FileInfo, FileData, FileEnd, FileDone, ListTree, TreeEntries, RemovePaths, Removed,
+        JobStarted, JobsList, JobsReply, JobAttach, JobKill, JobKilled,
     )
 }
 
@@ -468,11 +540,13 @@ CONTROLLER_ONLY = frozenset({
     MessageType.EXEC, MessageType.STDIN, MessageType.STDIN_EOF, MessageType.SIGNAL, MessageType.CANCEL,
     MessageType.METRICS_REQUEST, MessageType.PUT_FILE, MessageType.GET_FILE,
     MessageType.LIST_TREE, MessageType.REMOVE_PATHS,
+    MessageType.JOBS_LIST, MessageType.JOB_ATTACH, MessageType.JOB_KILL,
 })
 AGENT_ONLY = frozenset({
     MessageType.STARTED, MessageType.STDOUT, MessageType.STDERR, MessageType.EXIT,
     MessageType.METRICS_REPLY, MessageType.FILE_INFO, MessageType.FILE_DONE,
     MessageType.TREE_ENTRIES, MessageType.REMOVED,
+    MessageType.JOB_STARTED, MessageType.JOBS_REPLY, MessageType.JOB_KILLED,
 })
 
 

@@ -5,7 +5,10 @@ or receive under its request id (PROTOCOL.md §3 Requests), as h11 keeps its
 request/response cycle: neither end re-judges the peer's frames by itself.
 
     IDLE ──EXEC──▶ STARTING ──STARTED──▶ RUNNING ──EXIT──▶ DONE
-                      └────────ERROR──────────┴──ERROR (agent)──▶ DONE
+        JOB_ATTACH ──┘   └──JOB_STARTED, ERROR──┴──ERROR (agent)──▶ DONE
+
+A JOB_ATTACH is the same stream as an EXEC (its `window` is the output window); a
+detached EXEC ends at JOB_STARTED.
 
 `_TRANSITIONS` is the one table: for each state and each sending role, the message
 types that role may send and the state that follows. A message the peer sent that
@@ -30,7 +33,7 @@ from enum import Enum
 from shoal.protocol.connection import Role
 from shoal.protocol.defaults import OUTPUT_WINDOW
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
-from shoal.protocol.messages import Exec, Message, MessageType, Started, Window
+from shoal.protocol.messages import Exec, JobAttach, Message, MessageType, Started, Window
 
 __all__ = ["RequestState", "RequestChannel", "TRANSITIONS"]
 
@@ -50,10 +53,10 @@ _T = MessageType
 _CONTROL = (_T.STDIN_EOF, _T.SIGNAL, _T.CANCEL, _T.WINDOW, _T.ERROR)
 
 TRANSITIONS: dict[tuple[RequestState, Role], dict[MessageType, RequestState]] = {
-    (_S.IDLE, Role.CONTROLLER): {_T.EXEC: _S.STARTING},
+    (_S.IDLE, Role.CONTROLLER): {_T.EXEC: _S.STARTING, _T.JOB_ATTACH: _S.STARTING},
     (_S.IDLE, Role.AGENT): {},
     (_S.STARTING, Role.CONTROLLER): dict.fromkeys(_CONTROL, _S.STARTING),
-    (_S.STARTING, Role.AGENT): {_T.STARTED: _S.RUNNING, _T.ERROR: _S.DONE},
+    (_S.STARTING, Role.AGENT): {_T.STARTED: _S.RUNNING, _T.JOB_STARTED: _S.DONE, _T.ERROR: _S.DONE},
     (_S.RUNNING, Role.CONTROLLER): {_T.STDIN: _S.RUNNING, **dict.fromkeys(_CONTROL, _S.RUNNING)},
     (_S.RUNNING, Role.AGENT): {_T.STDOUT: _S.RUNNING, _T.STDERR: _S.RUNNING, _T.WINDOW: _S.RUNNING,
                                _T.EXIT: _S.DONE, _T.ERROR: _S.DONE},
@@ -155,7 +158,7 @@ class RequestChannel:
                 self.output_credit += amount
             else:
                 self.stdin_credit += amount
-        elif type_ is MessageType.EXEC:
+        elif type_ is MessageType.EXEC or type_ is MessageType.JOB_ATTACH:
             self.output_window = self.output_credit = amount or OUTPUT_WINDOW
         elif type_ is MessageType.STARTED:
             self.stdin_credit = amount
@@ -167,7 +170,7 @@ def _amount(msg: Message) -> int:
         return len(msg.data)  # type: ignore[attr-defined]
     if isinstance(msg, Window):
         return msg.bytes
-    if isinstance(msg, Exec):
+    if isinstance(msg, (Exec, JobAttach)):
         return msg.window
     if isinstance(msg, Started):
         return msg.stdin_window

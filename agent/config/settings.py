@@ -75,6 +75,11 @@ class Limits:
             exits, while something it left behind holds its stdout or stderr open. Then
             EXIT is sent and the leftovers are ended, so `sleep 3600 &` cannot hold a
             request (its slot, its fds) open for an hour.
+        job_output_size: bytes of each job's (detached command's) output kept in the
+            agent's memory: the first half and the last half; what lies between is
+            dropped, so a chatty job cannot grow the agent without bound.
+        job_retention: seconds a finished job stays listed (and attachable) before
+            the agent forgets it and its output.
         keepalive: seconds of TCP idleness before keepalive probes (also the probe
             interval base), so dead peers behind NAT or a crash are noticed.
     """
@@ -91,6 +96,8 @@ class Limits:
     idle_timeout: float = 600.0
     kill_grace: float = 5.0
     output_linger: float = 2.0
+    job_output_size: int = 1024 * 1024
+    job_retention: float = 86400.0
     keepalive: float = 15.0
 
     def __post_init__(self) -> None:
@@ -107,6 +114,8 @@ class Limits:
         _store(self, "idle_timeout", _seconds("idle_timeout", self.idle_timeout, 0, 7 * _DAY, low_open=True))
         _store(self, "kill_grace", _seconds("kill_grace", self.kill_grace, 0, 3600))
         _store(self, "output_linger", _seconds("output_linger", self.output_linger, 0, 3600))
+        _integer("job_output_size", self.job_output_size, 2, _GIB)
+        _store(self, "job_retention", _seconds("job_retention", self.job_retention, 0, 30 * _DAY))
         _store(self, "keepalive", _seconds("keepalive", self.keepalive, 1, 7200))
 
 

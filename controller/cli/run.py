@@ -68,11 +68,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     targets = targets_from_args(args)
     options = connect_options_from_args(args)
+    if args.script and args.detach:
+        raise ConfigError("cannot go with --detach (a job's stdin is /dev/null, so the script would not reach it)",
+                          "--script")
     if args.script:
         command, script = script_from_args(args, words)
         return asyncio.run(run_fleet(targets, command, options, args, display, False, script))
     command = command_from_args(args, words)
-    forward_stdin = not args.no_stdin and not _isatty(0)
+    forward_stdin = not args.no_stdin and not args.detach and not _isatty(0)  # a job's stdin is /dev/null
     return asyncio.run(run_fleet(targets, command, options, args, display, forward_stdin))
 
 
@@ -116,10 +119,19 @@ async def run_fleet(targets: list[Target], command: Command, options: ConnectOpt
     if result is None:
         return 130
     handler.close()
+    if command.detach and getattr(args, "output", None) != "json":
+        report_jobs(display, result.results)
     report_leftovers(display, result.results)
     if len(targets) > 1 and not getattr(args, "quiet", False):
         report_summary(display, result.results, result.elapsed)
     return 130 if interrupts else result.status
+
+
+def report_jobs(display: Display, results: list[Result]) -> None:
+    """`HOST: job ID` on stdout for each host that started the detached command."""
+    for r in results:
+        if r.job is not None:
+            display.out(f"{r.host}: job {r.job}\n".encode("utf-8", "replace"))
 
 
 def report_leftovers(display: Display, results: list[Result]) -> None:

@@ -41,6 +41,8 @@ JSON schema (`-o json`; every object has `event` and `t`, seconds since the run 
      "outcome": OUTCOME}                                         ok, failed, signal, timed_out,
                                                                  idle_timeout, cancelled, unreachable,
                                                                  auth_failed, denied, lost, skipped
+    {"event": "job",    "host": H, "t": T, "job": ID}             run --detach: the command
+                                                                 started as job ID (no exit event)
     {"event": "wave", "t": T, "wave": N, "waves": N,
      "hosts": [H...]}                                            a wave starts (--serial, --canary)
     {"event": "summary", "t": T, "status": N, "ok": [H...],
@@ -370,7 +372,10 @@ class JsonHandler:
             rest = self._partial.pop((result.host, stream), b"")
             if rest:
                 self._emit_output(result.host, stream, rest)
-        self.emit("exit", exit_record(result))
+        if result.job is not None:  # run --detach: started, not ended
+            self.emit("job", {"host": result.host, "job": result.job})
+        else:
+            self.emit("exit", exit_record(result))
         self.results.append(result)
 
     def close(self) -> None:

@@ -29,11 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shoal.protocol.errors import ConfigError
+from shoal.protocol.errors import ConfigError, ShoalConnectionError, ShoalError
 
 from shoal.controller.client import Command
 from shoal.controller.term.display import Display
+from shoal.controller.fanout import fan_out
 from shoal.controller.fleet import ConnectOptions
+from shoal.controller.jobs import JobsAnswer, format_jobs, list_jobs
 from shoal.controller.inventory import Inventory
 from shoal.controller.nodeset import NodeSet, split_expression, split_patterns
 from shoal.controller.term.output import GatherHandler, StreamHandler
@@ -65,6 +67,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ":cd": ("[DIR]", "run later commands in DIR (no DIR: the remote user's home)"),
     ":env": ("[K=V | -u K]", "set (or with -u unset) a variable for later commands; no argument lists them"),
     ":last": ("", "outcome and exit status of the last command per host, grouped"),
+    ":jobs": ("", "the detached jobs (run --detach) each targeted host's agent keeps"),
     ":quit": ("", "close the connections and leave (Ctrl-D too)"),
 }
 
@@ -320,6 +323,24 @@ class Repl:
         reasons = max(len(reason) for _, _, reason in groups)
         for (_, outcome, reason), hosts in sorted(groups.items()):
             self.display.print(f"{outcome:<{width}}  {reason:<{reasons}}  {len(hosts):>4}  {NodeSet(hosts)}")
+
+    def cmd_jobs(self, arg: str) -> None:
+        names = self.session.connected(list(self.current))
+        answers = asyncio.run_coroutine_threadsafe(self._jobs(names), self._loop).result()
+        for row in format_jobs(answers).splitlines():
+            self.display.print(row)
+
+    async def _jobs(self, names: list[str]) -> list[JobsAnswer]:
+        async def one(name: str) -> JobsAnswer:
+            client = self.session.links[name].client
+            try:
+                if client is None:
+                    raise ShoalConnectionError(name, "not connected")
+                return JobsAnswer(name, jobs=await list_jobs(client))
+            except ShoalError as exc:
+                return JobsAnswer(name, error=str(exc), status=255)
+
+        return await fan_out(names, one)
 
     # -- targets -------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from shoal.protocol.messages import (
     FileDone,
     FileEnd,
     FileInfo,
+    JobStarted,
     Message,
     MessageType,
     Stderr,
@@ -339,7 +340,7 @@ def _encode(rng: random.Random, body: dict[str, Any]) -> bytes:
 
 def _finish(session: Session, type_: MessageType, rid: int) -> Message | None:
     """Drive one request to its end; returns its last message (None: connection closed)."""
-    msg = session.until(rid, lambda m: isinstance(m, (Exit, FileInfo, FileDone)))
+    msg = session.until(rid, lambda m: isinstance(m, (Exit, JobStarted, FileInfo, FileDone)))  # detached: a job
     if isinstance(msg, FileInfo) and type_ is MessageType.PUT_FILE:
         session.send(FileData(rid, b"x"))  # one byte whatever the size: checksum or size mismatch at worst
         session.send(FileEnd(rid, sha256=hashlib.sha256(b"x").hexdigest()))

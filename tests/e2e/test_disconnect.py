@@ -96,23 +96,27 @@ async def test_dropped_connection_with_unread_output_frees_the_request() -> None
         assert proc.result is not None and proc.result.error_code == "connection_lost"
 
 
-async def test_detached_command_survives_the_disconnect_writing_to_state_dir(tmp_path: Path) -> None:
+async def test_detached_command_survives_the_disconnect_as_a_job_keeping_its_output(tmp_path: Path) -> None:
     flag = tmp_path / "go"
     script = f"echo start; while [ ! -e {flag} ]; do sleep 0.05; done; echo end"
-    async with running_agents(state_dir=str(tmp_path / "state")) as (agent,):
+    async with running_agents() as (agent,):
         client = await AgentClient.connect(target_for(agent), timeout=5)
-        proc = await client.exec(Command(shell=script, detach=True))
-        pid = proc.pid
+        started = await (await client.exec(Command(shell=script, detach=True))).wait()
+        assert started.job is not None
         client.abort()
-        await apoll(lambda: pid in agent.detached.requests)
         await apoll(lambda: not agent.sessions)
         await asyncio.sleep(0)  # any kill would have been sent by now
-        output_file = Path(agent.detached.requests[pid].output_file or "")
+        job = agent.jobs.jobs[started.job]
+        assert job.result is None and marked(job.child.token)
         flag.touch()
-        await apoll(lambda: output_file.exists() and output_file.read_bytes() == b"start\nend\n", timeout=10)
-        await apoll(lambda: agent.running.count == 0 and not agent.detached.requests)
-    assert output_file.is_relative_to(tmp_path / "state")
-    assert output_file.stat().st_mode & 0o077 == 0
+        await apoll(lambda: job.result is not None and agent.running.count == 0, timeout=10)
+        again = await AgentClient.connect(target_for(agent), timeout=5)
+        try:
+            proc = await again.exec(Command(attach=started.job))
+            assert b"".join([e.data async for e in proc]) == b"start\nend\n"
+            assert (await proc.wait()).status == 0
+        finally:
+            await again.close()
 
 
 @pytest.mark.parametrize("hosts", [2])

@@ -351,3 +351,19 @@ def test_history_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     else:
         monkeypatch.delenv("XDG_STATE_HOME")
         assert history_path() == tmp_path / ".local" / "state" / "shoal" / "history"
+
+
+def test_jobs_lists_the_detached_jobs_of_the_targeted_hosts(terminal: Callable[..., Terminal]) -> None:
+    with AgentThread(2) as agents:
+        started = subprocess.run([sys.executable, "-m", "shoal.controller.cli.main", "run", agents.addresses[0],
+                                  "--detach", "--", "sleep 3600"], capture_output=True, timeout=60, check=True)
+        job = started.stdout.decode().rpartition(": job ")[2].strip()
+        term = terminal("shell", agents.targets_spec())
+        term.expect(b"connected to 2 of 2 hosts")
+        term.expect(PROMPT)
+        shown = term.line(":jobs")
+        assert re.search(re.escape(f"{agents.addresses[0]}  {job}  running").encode() + rb" +- +\S+ .*sleep 3600",
+                         shown), shown
+        assert agents.addresses[1].encode() not in shown.split(b"\n", 2)[-1]  # no jobs there: no row
+        term.send(":quit\r")
+        assert term.finish() == 0

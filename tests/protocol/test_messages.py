@@ -22,6 +22,12 @@ from shoal.protocol.messages import (
     Stdout,
     TreeEntries,
     Window,
+    JobAttach,
+    JobKill,
+    JobKilled,
+    JobStarted,
+    JobsList,
+    JobsReply,
     decode_body,
     encode_body,
 )
@@ -44,6 +50,12 @@ SAMPLES = [
                              "sha256": "00" * 32, "target": None}], done=True),
     RemovePaths(6, tree="/srv/www", paths=["old", "a/stale"]),
     Removed(6, count=2),
+    JobStarted(4, job="0a1b2c3d", pid=99),
+    JobsList(5),
+    JobsReply(5, jobs=[{"job": "0a1b2c3d", "argv": ["sleep", "1"], "state": "running", "status": None}]),
+    JobAttach(6, job="0a1b2c3d", window=65536),
+    JobKill(7, job="0a1b2c3d", signal=9),
+    JobKilled(7, job="0a1b2c3d", processes=3),
 ]
 
 

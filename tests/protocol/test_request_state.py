@@ -16,8 +16,8 @@ import pytest
 from shoal.protocol.connection import Role
 from shoal.protocol.defaults import OUTPUT_WINDOW
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from shoal.protocol.messages import (Error, Exec, Exit, MessageType, Signal, Started, Stderr, Stdin, StdinEof,
-                                     Stdout, Window)
+from shoal.protocol.messages import (Error, Exec, Exit, JobAttach, JobStarted, MessageType, Signal, Started,
+                                     Stderr, Stdin, StdinEof, Stdout, Window)
 from shoal.protocol.request import TRANSITIONS, RequestChannel, RequestState
 
 RID = 7
@@ -88,6 +88,27 @@ def test_a_lifecycle_in_messages_on_both_ends() -> None:
         assert (ends[0].output_credit, ends[0].stdin_credit) == (ends[1].output_credit, ends[1].stdin_credit)
     assert ends[0].done and ends[1].done
     assert ends[0].output_credit == 10 and ends[0].stdin_credit == 4
+
+
+def test_an_attach_is_the_same_stream_as_an_exec_and_a_detached_exec_ends_at_job_started() -> None:
+    ends = [RequestChannel(_C, RID), RequestChannel(_A, RID)]
+    script = [JobAttach(RID, job="j", window=6), Started(RID, pid=1), Stdout(RID, b"abcd"), Stderr(RID, b"ef"),
+              Window(RID, bytes=6), Exit(RID, status=3)]
+    for msg in script:
+        sender = _C if isinstance(msg, (JobAttach, Window)) else _A
+        for ch in ends:
+            (ch.send if ch.our_role is sender else ch.receive)(msg)
+    assert ends[0].done and ends[1].done and ends[1].output_credit == 6
+    overrun = RequestChannel(_C, RID)
+    overrun.send(JobAttach(RID, job="j", window=2))
+    overrun.receive(Started(RID, pid=1))
+    with pytest.raises(RemoteProtocolError) as info:
+        overrun.receive(Stdout(RID, b"abc"))
+    assert info.value.code == ErrorCode.WINDOW_EXCEEDED
+    detached = RequestChannel(_A, RID)
+    detached.receive(Exec(RID, shell="sleep 9", detach=True))
+    detached.send(JobStarted(RID, job="j", pid=1))
+    assert detached.done
 
 
 def test_an_agent_error_ends_a_request_starting_or_running() -> None:

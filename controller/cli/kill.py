@@ -1,0 +1,60 @@
+"""End a job's whole process tree on every host.
+
+    shoal kill TARGETS JOB [--signal SIG]
+
+The agent sends SIG (default TERM) to every process of the job's tree (its
+descendants, its process group and whatever carries its marker) and SIGKILL to
+what is left after its kill grace (`[limits] kill_grace`). Prints `HOST: killed
+job JOB (N processes)` per host.
+
+Exit status: 0 every host signalled the job; 255 unreachable, or no such job
+for this key (`unknown_job`); 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from shoal.protocol.errors import ConfigError
+
+from shoal.controller.term.display import Display
+from shoal.controller.jobs import kill_jobs
+from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
+
+__all__ = ["add_arguments", "run", "parse_signal"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_target_options(parser)
+    parser.add_argument("job", metavar="JOB", help="the job id (shoal jobs lists them)")
+    parser.add_argument("-s", "--signal", default="TERM", metavar="SIG",
+                        help="first signal to the tree: a name (TERM, INT, KILL, SIGHUP) or number (default TERM)")
+    add_connect_options(parser)
+
+
+def parse_signal(text: str) -> int:
+    """`TERM`, `SIGTERM`, `term` or `15`; ConfigError otherwise."""
+    name = text.strip().upper()
+    if name.isdigit() and 1 <= int(name) <= 64:
+        return int(name)
+    try:
+        return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
+    except KeyError:
+        raise ConfigError(f"unknown signal {text!r}", "--signal") from None
+
+
+def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
+    if words:
+        raise ConfigError(f"unexpected arguments: {' '.join(words)}", "kill")
+    sig = parse_signal(args.signal)
+    answers = asyncio.run(kill_jobs(targets_from_args(args), connect_options_from_args(args), args.fanout,
+                                    args.job, sig))
+    for a in answers:
+        if a.error is not None:
+            display.err(f"shoal: {a.host}: {a.error}\n".encode("utf-8", "replace"))
+        else:
+            noun = "process" if a.processes == 1 else "processes"
+            display.out(f"{a.host}: killed job {args.job} ({a.processes} {noun})\n".encode("utf-8", "replace"))
+    return max((a.status for a in answers), default=0)
