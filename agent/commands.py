@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from shoal.protocol.messages import Exit, MessageType, Started, Window
 
 from shoal.agent import proctree
-from shoal.agent.process import STDOUT, Child, ChildResult
+from shoal.agent.process import STDERR, STDOUT, Child, ChildResult
+from shoal.agent.runas import RunAs
 from shoal.protocol.defaults import DATA_CHUNK, OUTPUT_WINDOW
 
 if TYPE_CHECKING:
@@ -34,7 +35,8 @@ class CommandRequest:
 
     def __init__(self, session: AgentSession, request_id: int, argv: list[str], env: dict[str, str],
                  cwd: str | None, want_stdin: bool, window: int, timeout: float | None,
-                 grace: float, output_file: str | None = None) -> None:
+                 grace: float, output_file: str | None = None, run_as: RunAs | None = None,
+                 pty_size: tuple[int, int] | None = None) -> None:
         self.session = session
         self.request_id = request_id
         self.argv = argv
@@ -52,8 +54,9 @@ class CommandRequest:
         self._stdin_window = session.limits.stdin_window
         self._stdin_in_flight = 0
         self.leftovers_ended: int | None = None
+        self.user = run_as.name if run_as is not None else None
         self.child = Child(argv, env, cwd, want_stdin, self._on_data, self._on_done, output_file,
-                           linger=session.limits.output_linger)
+                           linger=session.limits.output_linger, run_as=run_as, pty_size=pty_size)
         self.child.on_stdin_drained = self._on_stdin_drained
         self._max_read = min(DATA_CHUNK, session.conn.peer_max_frame)
         self._update_read_size()
@@ -70,6 +73,10 @@ class CommandRequest:
         kind = MessageType.STDOUT if stream == STDOUT else MessageType.STDERR
         self.session.send_data(kind, self.request_id, data)
         self._update_read_size()
+
+    def notice(self, text: str) -> None:
+        """A line from the agent itself to the command's stderr (its terminal with a pty)."""
+        self._on_data(STDOUT if self.child.is_pty else STDERR, text.encode("utf-8", "replace"))
 
     def _update_read_size(self) -> None:
         if self.credit <= 0:

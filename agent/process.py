@@ -24,7 +24,8 @@ from typing import Callable
 from shoal.protocol.defaults import DATA_CHUNK
 from shoal.protocol.errors import RemoteCommandError
 
-from shoal.agent import proctree
+from shoal.agent import proctree, ptyio
+from shoal.agent.runas import RunAs
 
 __all__ = ["PIPE_SIZE", "ChildResult", "Child", "spawn_error"]
 
@@ -85,6 +86,8 @@ class Child:
             (something it left behind holds a pipe); `output_cut` then says so.
         output_file: detached mode: stdout and stderr go to this file, not to us.
         linger: seconds of reading allowed after the exit; None waits for EOF for ever.
+        run_as: the user to run as (ids set in the child before exec), or None for ours.
+        pty_size: (rows, cols) to run on a new pseudo-terminal; output then all comes as STDOUT.
     """
 
     def __init__(
@@ -97,6 +100,8 @@ class Child:
         on_done: Callable[[ChildResult], None],
         output_file: str | None = None,
         linger: float | None = None,
+        run_as: RunAs | None = None,
+        pty_size: tuple[int, int] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._linger_left = linger
@@ -114,6 +119,10 @@ class Child:
         self._paused = False
         self.max_read = DATA_CHUNK
         self._result: ChildResult | None = None
+        self.is_pty = pty_size is not None
+        self._last_stdin = b"\n"
+        self._run_as = run_as
+        self._pty_size = pty_size
         self._proc = self._spawn(argv, {**env, proctree.MARKER_ENV: self.token}, cwd, want_stdin, output_file)
         self.pid = self._proc.pid
         self._pidfd = os.pidfd_open(self.pid)
@@ -124,13 +133,24 @@ class Child:
         ours: list[int] = []    # kept by us after the spawn
         theirs: list[int] = []  # the child's ends, closed here once it has them
         try:
-            if want_stdin:
+            if self._pty_size is not None:
+                master, slave = ptyio.open_pty(*self._pty_size)
+                ours.append(master)
+                theirs.append(slave)
+                stdin_r = out_w = err_w = slave
+                out_r, err_r = master, -1
+                self._stdin_w = os.dup(master) if want_stdin else -1
+                if self._stdin_w >= 0:
+                    ours.append(self._stdin_w)
+            elif want_stdin:
                 stdin_r, self._stdin_w = _pipe()
                 theirs.append(stdin_r)
                 ours.append(self._stdin_w)
             else:
                 stdin_r, self._stdin_w = subprocess.DEVNULL, -1
-            if output_file is None:
+            if self._pty_size is not None:
+                pass
+            elif output_file is None:
                 out_r, out_w = _pipe()
                 err_r, err_w = _pipe()
                 ours += [out_r, err_r]
@@ -141,7 +161,7 @@ class Child:
                 theirs.append(out_w)
             proc = subprocess.Popen(
                 argv, stdin=stdin_r, stdout=out_w, stderr=err_w, cwd=cwd, env=env,
-                start_new_session=True, close_fds=True,
+                start_new_session=True, close_fds=True, **self._credentials(),
             )
         except BaseException:
             for fd in ours:
@@ -159,6 +179,24 @@ class Child:
         if self._stdin_w >= 0:
             os.set_blocking(self._stdin_w, False)
         return proc
+
+    def _credentials(self) -> dict[str, object]:
+        """Popen arguments for the user and the terminal: set in the child, before exec."""
+        extra: dict[str, object] = {}
+        if self._run_as is not None and self._run_as.uid != os.getuid():
+            extra.update(user=self._run_as.uid, group=self._run_as.gid, extra_groups=list(self._run_as.groups))
+        if self._pty_size is not None:
+            extra["preexec_fn"] = ptyio.take_controlling_tty
+        return extra
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Apply a new window size to the pty (the kernel sends SIGWINCH); ignored without one."""
+        fd = self._out_fds.get(STDOUT, -1)
+        if self.is_pty and fd >= 0:
+            try:
+                ptyio.set_size(fd, rows, cols)
+            except OSError:
+                pass  # the terminal is going away with the command
 
     # -- output --------------------------------------------------------------
 
@@ -228,11 +266,18 @@ class Child:
         """Queue stdin bytes; the caller bounds how much is in flight (its window)."""
         if self._stdin_w < 0 or self._stdin_eof:
             return
+        if not data:
+            return
         if not self._stdin_buf:
             self._loop.add_writer(self._stdin_w, self._flush_stdin)
         self._stdin_buf.append(memoryview(data))
+        self._last_stdin = data[-1:]
 
     def close_stdin(self) -> None:
+        if self.is_pty and self._stdin_w >= 0 and not self._stdin_eof:
+            # A terminal has no end of input, only its EOF character: once after a
+            # newline, twice after a partial line (the first delivers the line).
+            self.write_stdin(ptyio.EOF_BYTES * (1 if self._last_stdin == b"\n" else 2))
         self._stdin_eof = True
         if not self._stdin_buf:
             self._close_stdin_fd()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
 from shoal.protocol.errors import AuthError, BadRequestError, ProtocolError
-from shoal.protocol.fields import check_request
+from shoal.protocol.fields import check_request, unknown_requirements
 from shoal.protocol.messages import (
     Cancel,
     Error,
@@ -30,6 +30,7 @@ from shoal.protocol.messages import (
     MetricsRequest,
     Ping,
     Pong,
+    Resize,
     Signal,
     Stdin,
     StdinEof,
@@ -42,6 +43,7 @@ from shoal.agent.process import ChildResult, spawn_error
 from shoal.hostio.writev import WRITE_BUFFER_HIGH, raw_fd, write_buffers
 from shoal.agent.childenv import base_env, default_cwd
 from shoal.agent.restrict import restricted_env
+from shoal.agent import runas
 
 if TYPE_CHECKING:
     from shoal.agent.config import KeyPolicy, Limits
@@ -56,7 +58,7 @@ log = logging.getLogger("shoal.agent")
 DISCONNECT_GRACE = 0.5
 # Messages that act on a request already running (or on none): a revoked key's
 # connection may still send them, so its running commands can be fed and stopped.
-_CONTROL = (Window, Stdin, StdinEof, Signal, Cancel, Ping, Pong, Goodbye, Error)
+_CONTROL = (Window, Stdin, StdinEof, Signal, Cancel, Resize, Ping, Pong, Goodbye, Error)
 REVOKED = "key revoked"
 
 
@@ -88,7 +90,7 @@ class AgentSession(asyncio.BufferedProtocol):
             Exec: self._on_exec, Stdin: self._on_stdin, StdinEof: self._on_stdin_eof,
             Signal: self._on_signal, Cancel: self._on_cancel, Window: self._on_window,
             Ping: self._on_ping, Pong: lambda m: None, Goodbye: self._on_goodbye,
-            MetricsRequest: self._on_metrics, Error: self._on_error,
+            MetricsRequest: self._on_metrics, Error: self._on_error, Resize: self._on_resize,
         }
         self._handlers.update(agent.extra_handlers(self))
 
@@ -273,6 +275,10 @@ class AgentSession(asyncio.BufferedProtocol):
         rid = msg.request_id
         if rid in self.requests:
             return self.request_error(rid, "duplicate_request", f"request id {rid} is already in use", 255)
+        unknown = unknown_requirements(msg)
+        if unknown:
+            return self.request_error(rid, "unsupported", f"this agent does not support {', '.join(unknown)}: "
+                                      "nothing was run (upgrade the agent)", 126)
         try:
             check_request(msg)
         except BadRequestError as exc:
@@ -280,18 +286,34 @@ class AgentSession(asyncio.BufferedProtocol):
         reason = self._refuse_exec(msg)
         if reason is not None:
             return self.request_error(rid, *reason)
+        run_as, warning = None, None
+        if msg.user is not None:
+            try:
+                run_as = runas.lookup(msg.user)
+            except runas.UnknownUser:
+                return self.request_error(rid, "exec_failed", f"no such user {msg.user!r}", 126)
         argv = build_argv(msg.argv, msg.shell)
-        audit = {"peer": self.peer, "key_id": self.key_id, "request": rid, "argv": argv, "cwd": msg.cwd}
+        audit = {"peer": self.peer, "key_id": self.key_id, "request": rid, "argv": argv, "cwd": msg.cwd,
+                 "user": run_as.name if run_as else runas.agent_user()}
         if self.agent.config.audit_required and not self.agent.audit.record("exec_request", **audit):
             return self.request_error(rid, "audit_unavailable",
                                       "refused: the agent cannot write its audit log (audit_required)", 255)
         base = base_env(os.environ)
+        if run_as is not None:
+            base.update(runas.user_env(run_as))
         env = restricted_env(base, msg.env) if self._restricted() else {**base, **msg.env}
-        cwd = msg.cwd if msg.cwd is not None else default_cwd()
+        if msg.cwd is not None:
+            cwd = msg.cwd
+        elif run_as is not None:
+            cwd, warning = runas.home_cwd(run_as)
+        else:
+            cwd = default_cwd()
         grace = msg.kill_grace if msg.kill_grace is not None else self.limits.kill_grace
         out_file = self.agent.detached_output_path() if msg.detach else None
+        pty_size = (msg.rows, msg.cols) if msg.pty else None
         try:
-            req = CommandRequest(self, rid, argv, env, cwd, msg.stdin, msg.window, msg.timeout, grace, out_file)
+            req = CommandRequest(self, rid, argv, env, cwd, msg.stdin, msg.window, msg.timeout, grace, out_file,
+                                 run_as=run_as, pty_size=pty_size)
         except OSError as exc:
             err = spawn_error(exc, argv[0], cwd)
             self.agent.audit.record("exec_failed", **audit, error=err.reason)
@@ -300,6 +322,8 @@ class AgentSession(asyncio.BufferedProtocol):
         self.agent.command_started(req)
         self.agent.audit.record("exec", **audit, pid=req.child.pid, detach=msg.detach)
         self.log.debug("started pid %d: %s", req.child.pid, argv, req=rid)
+        if warning is not None:
+            req.notice(warning)
 
     def _refuse_exec(self, msg: Exec) -> tuple[str, str, int] | None:
         """Why this EXEC must not run (code, message, status), or None."""
@@ -311,6 +335,13 @@ class AgentSession(asyncio.BufferedProtocol):
             why = self.policy.refuse_request(msg.argv, msg.shell, msg.env, msg.cwd)
             if why is not None:
                 return self._deny_exec(msg, why)
+        if msg.user is not None:
+            policy = self.policy
+            why = runas.refusal(msg.user, policy.users if policy else None, policy is None or policy.allow_all)
+            if why is not None:
+                return self._deny_exec(msg, why)
+        if msg.pty and msg.detach:
+            return ("bad_request", "bad EXEC: pty: a detached command has no terminal", 2)
         if self._command_count() >= self.limits.max_commands_per_connection:
             return ("limit", f"too many commands on this connection (limit {self.limits.max_commands_per_connection})", 255)
         if self.agent.running_commands >= self.limits.max_commands:
@@ -336,6 +367,7 @@ class AgentSession(asyncio.BufferedProtocol):
         self.agent.command_finished(req)
         self.agent.audit.record(
             "exit", peer=self.peer, key_id=self.key_id, request=req.request_id, argv=req.argv, cwd=req.cwd,
+            user=req.user or runas.agent_user(),
             start=round(req.started, 6), duration=round(result.duration, 6), status=result.status,
             timed_out=req.timed_out, stdout_bytes=req.bytes[1], stderr_bytes=req.bytes[2],
             stdin_bytes=req.stdin_bytes, leftovers_ended=req.leftovers_ended,
@@ -376,6 +408,11 @@ class AgentSession(asyncio.BufferedProtocol):
         req = self.requests.get(msg.request_id)
         if req is not None:
             req.grant(msg.bytes)
+
+    def _on_resize(self, msg: Resize) -> None:
+        req = self._request(msg)
+        if req is not None:
+            req.child.resize(msg.rows, msg.cols)
 
     def _on_ping(self, msg: Ping) -> None:
         t1 = time.time()

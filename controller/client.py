@@ -42,6 +42,7 @@ from shoal.protocol.messages import (
     MetricsRequest,
     Ping,
     Pong,
+    Resize,
     Signal,
     Started,
     Stderr,
@@ -81,6 +82,10 @@ class Command:
     stdin: bool = False
     detach: bool = False
     kill_grace: float | None = None
+    user: str | None = None  # run as this user (the agent must be root, the key allowed)
+    pty: bool = False  # on a pseudo-terminal: stdout and stderr merged
+    rows: int = 0  # its window size (0: the agent's default, 24x80)
+    cols: int = 0
 
     def describe(self) -> str:
         return self.shell if self.shell is not None else " ".join(self.argv or [])
@@ -224,6 +229,16 @@ class RemoteProcess:
 
     def kill(self) -> None:
         self.signal(signals.SIGKILL)
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Tell the agent the terminal is now `rows` x `cols` (a `pty` command only)."""
+        if self._result is None and rows > 0 and cols > 0:
+            self.client.send(Resize(self.request_id, rows=min(rows, 0xFFFF), cols=min(cols, 0xFFFF)))
+
+
+def _requires(command: Command) -> list[str]:
+    """EXEC fields the agent must honour or refuse (PROTOCOL.md, EXEC `requires`)."""
+    return [name for name, used in (("user", command.user is not None), ("pty", command.pty)) if used]
 
 
 def _result_from_exit(host: str, msg: Exit) -> Result:
@@ -469,7 +484,8 @@ class AgentClient(asyncio.BufferedProtocol):
         self.send(Exec(
             rid, argv=command.argv, shell=command.shell, env=command.env, cwd=command.cwd,
             timeout=command.timeout, stdin=command.stdin, window=window, detach=command.detach,
-            kill_grace=command.kill_grace,
+            kill_grace=command.kill_grace, user=command.user, pty=command.pty,
+            rows=command.rows, cols=command.cols, requires=_requires(command),
         ))
         await proc._started
         return proc

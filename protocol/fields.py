@@ -15,7 +15,14 @@ import math
 from shoal.protocol.errors import BadRequestError
 from shoal.protocol.messages import Exec, GetFile, Message, PutFile
 
-__all__ = ["check_request", "MAX_KILL_GRACE", "MAX_MTIME", "MAX_SIZE"]
+__all__ = ["check_request", "unknown_requirements", "EXEC_FEATURES", "MAX_KILL_GRACE", "MAX_MTIME", "MAX_SIZE", "MAX_USER"]
+
+# EXEC fields this agent honours when a request names them in `requires`. Any
+# other name is a field added after us that the controller needs honoured: we
+# refuse with `unsupported` rather than run the command without it.
+EXEC_FEATURES = frozenset({"user", "pty"})
+# Longest user name accepted (useradd's limit is 32; leave room for LDAP names).
+MAX_USER = 256
 
 # Longest grace a request may ask for between signals, in seconds: an hour is
 # already far beyond any shutdown a command could need.
@@ -40,6 +47,11 @@ def check_request(msg: Message) -> None:
         _check_range("window", msg.window, 0, MAX_SIZE)
 
 
+def unknown_requirements(msg: Exec) -> list[str]:
+    """The names in EXEC's `requires` this agent cannot honour: the request must not run."""
+    return sorted(set(msg.requires) - EXEC_FEATURES)
+
+
 def _check_exec(msg: Exec) -> None:
     for i, arg in enumerate(msg.argv or ()):
         _check_text(f"argv[{i}]", arg)
@@ -54,6 +66,13 @@ def _check_exec(msg: Exec) -> None:
         _check_text("cwd", msg.cwd)
     if msg.kill_grace is not None:
         _check_range("kill_grace", msg.kill_grace, 0, MAX_KILL_GRACE)
+    if msg.user is not None:
+        if not msg.user or len(msg.user) > MAX_USER or "/" in msg.user or ":" in msg.user:
+            raise BadRequestError("user", "must be a user name (1-256 characters, no '/' or ':')")
+        _check_text("user", msg.user)
+    if msg.pty:
+        _check_range("rows", msg.rows, 0, 0xFFFF)
+        _check_range("cols", msg.cols, 0, 0xFFFF)
 
 
 def _check_put(msg: PutFile) -> None:

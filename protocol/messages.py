@@ -36,6 +36,7 @@ __all__ = [
     "Signal",
     "Cancel",
     "Window",
+    "Resize",
     "Started",
     "Stdout",
     "Stderr",
@@ -74,6 +75,7 @@ class MessageType(IntEnum):
     SIGNAL = 0x13
     CANCEL = 0x14
     WINDOW = 0x15
+    RESIZE = 0x16
     STARTED = 0x20
     STDOUT = 0x21
     STDERR = 0x22
@@ -204,6 +206,15 @@ class Exec(Message):
     window: int = 0
     detach: bool = False
     kill_grace: float | None = None
+    # Issue 17: run as `user`, on a pseudo-terminal of `rows` x `cols`. A field the
+    # agent must honour is also named in `requires`; an agent that does not know a
+    # name listed there refuses the request (`unsupported`) rather than run it
+    # without (shoal.protocol.fields.EXEC_FEATURES).
+    user: str | None = None
+    pty: bool = False
+    rows: int = 0
+    cols: int = 0
+    requires: list[str] = field(default_factory=list)
 
     def _validate(self) -> None:
         if (self.argv is None) == (self.shell is None):
@@ -260,6 +271,19 @@ class Window(Message):
     def _validate(self) -> None:
         if self.bytes <= 0:
             raise LocalProtocolError(f"window increment must be positive, not {self.bytes!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Resize(Message):
+    """The controller's terminal changed size: apply it to the request's pty."""
+
+    TYPE = MessageType.RESIZE
+    rows: int = 0
+    cols: int = 0
+
+    def _validate(self) -> None:
+        if not (1 <= self.rows <= 0xFFFF and 1 <= self.cols <= 0xFFFF):
+            raise LocalProtocolError(f"bad window size {self.rows!r}x{self.cols!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +420,7 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Auth, Error, Ping, Pong, Goodbye, Exec, Stdin, StdinEof, Signal, Cancel,
-        Window, Started, Stdout, Stderr, Exit, MetricsRequest, MetricsReply, PutFile,
+        Window, Resize, Started, Stdout, Stderr, Exit, MetricsRequest, MetricsReply, PutFile,
         GetFile, FileInfo, FileData, FileEnd, FileDone,
     )
 }
@@ -409,7 +433,7 @@ CONNECTION_LEVEL = frozenset(
 # Types only one role ever sends; the other role receiving one is `wrong_direction`.
 CONTROLLER_ONLY = frozenset({
     MessageType.EXEC, MessageType.STDIN, MessageType.STDIN_EOF, MessageType.SIGNAL, MessageType.CANCEL,
-    MessageType.METRICS_REQUEST, MessageType.PUT_FILE, MessageType.GET_FILE,
+    MessageType.METRICS_REQUEST, MessageType.PUT_FILE, MessageType.GET_FILE, MessageType.RESIZE,
 })
 AGENT_ONLY = frozenset({
     MessageType.STARTED, MessageType.STDOUT, MessageType.STDERR, MessageType.EXIT,
