@@ -147,6 +147,11 @@ class Fleet:
         for proc in list(self.processes.values()):
             proc.kill()
 
+    def resize(self, rows: int, cols: int) -> None:
+        """The local terminal changed size: tell every running `pty` command."""
+        for proc in list(self.processes.values()):
+            proc.resize(rows, cols)
+
 
 def _with_stdin(command: Command) -> Command:
     from dataclasses import replace
