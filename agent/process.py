@@ -72,6 +72,21 @@ def spawn_error(exc: OSError, argv0: str, cwd: str | None) -> RemoteCommandError
     return RemoteCommandError(f"{argv0}: cannot execute: {exc.strerror}", "exec_failed", status=126)
 
 
+@dataclass(frozen=True, slots=True)
+class _Ids:
+    """Popen's user, group and extra_groups: set in the child before exec, or all None (ours)."""
+
+    uid: int | None = None
+    gid: int | None = None
+    groups: list[int] | None = None
+
+    @classmethod
+    def of(cls, user: RunAs | None) -> _Ids:
+        if user is None or user.uid == os.getuid():
+            return cls()
+        return cls(user.uid, user.gid, list(user.groups))
+
+
 class Child:
     """One running command and its pipes.
 
@@ -159,9 +174,11 @@ class Child:
                 out_w = err_w = os.open(output_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
                 out_r = err_r = -1
                 theirs.append(out_w)
+            ids = _Ids.of(self._run_as)
             proc = subprocess.Popen(
                 argv, stdin=stdin_r, stdout=out_w, stderr=err_w, cwd=cwd, env=env,
-                start_new_session=True, close_fds=True, **self._credentials(),
+                start_new_session=True, close_fds=True, user=ids.uid, group=ids.gid,
+                extra_groups=ids.groups, preexec_fn=ptyio.take_controlling_tty if self.is_pty else None,
             )
         except BaseException:
             for fd in ours:
@@ -179,15 +196,6 @@ class Child:
         if self._stdin_w >= 0:
             os.set_blocking(self._stdin_w, False)
         return proc
-
-    def _credentials(self) -> dict[str, object]:
-        """Popen arguments for the user and the terminal: set in the child, before exec."""
-        extra: dict[str, object] = {}
-        if self._run_as is not None and self._run_as.uid != os.getuid():
-            extra.update(user=self._run_as.uid, group=self._run_as.gid, extra_groups=list(self._run_as.groups))
-        if self._pty_size is not None:
-            extra["preexec_fn"] = ptyio.take_controlling_tty
-        return extra
 
     def resize(self, rows: int, cols: int) -> None:
         """Apply a new window size to the pty (the kernel sends SIGWINCH); ignored without one."""

@@ -291,6 +291,8 @@ class AgentSession(asyncio.BufferedProtocol):
             try:
                 run_as = runas.lookup(msg.user)
             except runas.UnknownUser:
+                self.agent.audit.record("exec_failed", peer=self.peer, key_id=self.key_id, request=rid,
+                                        argv=build_argv(msg.argv, msg.shell), user=msg.user, error="no such user")
                 return self.request_error(rid, "exec_failed", f"no such user {msg.user!r}", 126)
         argv = build_argv(msg.argv, msg.shell)
         audit = {"peer": self.peer, "key_id": self.key_id, "request": rid, "argv": argv, "cwd": msg.cwd,
