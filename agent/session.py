@@ -355,7 +355,8 @@ class AgentSession(asyncio.BufferedProtocol):
     def _deny_exec(self, msg: Exec, why: str) -> tuple[str, str, int]:
         """Audit a refused EXEC and say why: the policy forbids it, nothing runs."""
         self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
-                                what="exec", argv=build_argv(msg.argv, msg.shell), cwd=msg.cwd, reason=why)
+                                what="exec", argv=build_argv(msg.argv, msg.shell), cwd=msg.cwd, reason=why,
+                                user=msg.user if msg.user is not None else runas.agent_user())
         return ("permission_denied", f"permission denied for key {self.key_id}: {why}", 126)
 
     def _restricted(self) -> bool:
