@@ -63,7 +63,7 @@ def agent_user() -> str | None:
 
 
 def refusal(name: str, key_users: Sequence[str] | None, allow_all: bool) -> str | None:
-    """Why a key may not run commands as `name` (None: it may).
+    """Why a key may not run commands or transfer files as `name` (None: it may).
 
     Args:
         name: the user the request names.
@@ -74,9 +74,9 @@ def refusal(name: str, key_users: Sequence[str] | None, allow_all: bool) -> str 
         return None
     if key_users is None and allow_all or key_users is not None and name in key_users:
         if os.getuid() != 0:
-            return f"the agent does not run as root and cannot run commands as {name!r}"
+            return f"the agent does not run as root and cannot act as {name!r}"
         return None
-    return f"may not run commands as user {name!r}"
+    return f"may not act as user {name!r}"
 
 
 def user_env(user: RunAs) -> dict[str, str]:

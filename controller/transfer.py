@@ -93,6 +93,7 @@ class PutOptions:
 
     preserve: bool = False
     owner: bool = False
+    user: str | None = None  # create as this user, with its rights (the agent must allow it)
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -209,7 +210,8 @@ class PutRequest(_Request):
 class GetRequest(_Request):
     """One GET_FILE: FILE_INFO, FILE_DATA within our window, FILE_END with the digest."""
 
-    def __init__(self, client: AgentClient, path: str, window: int = TRANSFER_WINDOW) -> None:
+    def __init__(self, client: AgentClient, path: str, window: int = TRANSFER_WINDOW,
+                 user: str | None = None) -> None:
         super().__init__(client)
         self.window = window
         self.info: FileInfo | None = None
@@ -218,7 +220,8 @@ class GetRequest(_Request):
         self._outstanding = 0
         self._consumed = 0
         if self.error is None:
-            client.send(GetFile(self.request_id, path=path, window=window))
+            client.send(GetFile(self.request_id, path=path, window=window, user=user,
+                                requires=["user"] if user is not None else []))
 
     def _on_message(self, msg: Message) -> None:
         if isinstance(msg, FileInfo):
@@ -293,6 +296,8 @@ class HostPut:
             fields["mtime"] = item.mtime
         if self.options.owner:
             fields["owner"] = list(item.owner)
+        if self.options.user is not None:
+            fields.update(user=self.options.user, requires=["user"])
         return fields
 
     def advance(self, n: int) -> None:
@@ -401,17 +406,18 @@ async def put_file(client: AgentClient, plan: PutPlan, remote_path: str,
 
 
 async def get_file(client: AgentClient, remote_path: str, local_path: str, *, preserve: bool = False,
-                   progress: Progress | None = None) -> Result:
+                   progress: Progress | None = None, user: str | None = None) -> Result:
     """Fetch one remote file into `local_path`, atomically and checked by sha256.
 
     The local file is written beside `local_path` and renamed over it only when
     its sha256 matches the agent's; it gets the remote mode (and mtime with
-    `preserve`). Returns the host's Result; errors writing locally become that
+    `preserve`). With `user`, the agent opens the file with that user's rights.
+    Returns the host's Result; errors writing locally become that
     host's failure too, with the local path in the reason.
     """
     progress = progress or _NoProgress()
     start = time.monotonic()
-    request = GetRequest(client, remote_path)
+    request = GetRequest(client, remote_path, user=user)
     try:
         info = await request.wait_info()
         progress.expect(info.size)
@@ -507,7 +513,7 @@ async def _connect(connect: ConnectOptions, target: Target) -> AgentClient | Res
 
 async def get_fleet(targets: list[Target], connect: ConnectOptions, remote_path: str, local_dir: str, *,
                     preserve: bool = False, fanout: int = 64, progress: Progress | None = None,
-                    on_result: Callable[[Result], None] | None = None) -> FleetResult:
+                    on_result: Callable[[Result], None] | None = None, user: str | None = None) -> FleetResult:
     """Fetch `remote_path` from every target into `local_dir/<host>/<basename>`.
 
     Host directories are created as needed; host names are escaped
@@ -522,7 +528,7 @@ async def get_fleet(targets: list[Target], connect: ConnectOptions, remote_path:
 
     async def one(target: Target) -> None:
         async with gate:
-            result = await _get_one(target, connect, remote_path, local_dir, name, preserve, progress)
+            result = await _get_one(target, connect, remote_path, local_dir, name, preserve, progress, user)
         out.results.append(result)
         if on_result is not None:
             on_result(result)
@@ -533,14 +539,14 @@ async def get_fleet(targets: list[Target], connect: ConnectOptions, remote_path:
 
 
 async def _get_one(target: Target, connect: ConnectOptions, remote_path: str, local_dir: str, name: str,
-                   preserve: bool, progress: Progress | None) -> Result:
+                   preserve: bool, progress: Progress | None, user: str | None = None) -> Result:
     directory = os.path.join(local_dir, host_directory_name(target.name))
     attempt = await _connect(connect, target)
     if isinstance(attempt, Result):
         return attempt
     try:
         return await get_file(attempt, remote_path, os.path.join(directory, name),
-                              preserve=preserve, progress=progress)
+                              preserve=preserve, progress=progress, user=user)
     finally:
         await attempt.close()
 

@@ -15,12 +15,13 @@ import math
 from shoal.protocol.errors import BadRequestError
 from shoal.protocol.messages import Exec, GetFile, Message, PutFile
 
-__all__ = ["check_request", "unknown_requirements", "EXEC_FEATURES", "MAX_KILL_GRACE", "MAX_MTIME", "MAX_SIZE", "MAX_USER"]
+__all__ = ["check_request", "unknown_requirements", "EXEC_FEATURES", "TRANSFER_FEATURES", "MAX_KILL_GRACE", "MAX_MTIME", "MAX_SIZE", "MAX_USER"]
 
-# EXEC fields this agent honours when a request names them in `requires`. Any
-# other name is a field added after us that the controller needs honoured: we
-# refuse with `unsupported` rather than run the command without it.
+# Fields this agent honours when a request names them in `requires`. Any other
+# name is a field added after us that the controller needs honoured: we refuse
+# with `unsupported` rather than act without it.
 EXEC_FEATURES = frozenset({"user", "pty"})
+TRANSFER_FEATURES = frozenset({"user"})
 # Longest user name accepted (useradd's limit is 32; leave room for LDAP names).
 MAX_USER = 256
 
@@ -44,12 +45,14 @@ def check_request(msg: Message) -> None:
         _check_put(msg)
     elif isinstance(msg, GetFile):
         _check_encodable("path", msg.path)
+        _check_user(msg.user)
         _check_range("window", msg.window, 0, MAX_SIZE)
 
 
-def unknown_requirements(msg: Exec) -> list[str]:
-    """The names in EXEC's `requires` this agent cannot honour: the request must not run."""
-    return sorted(set(msg.requires) - EXEC_FEATURES)
+def unknown_requirements(msg: Exec | PutFile | GetFile) -> list[str]:
+    """The names in a request's `requires` this agent cannot honour: the request must not run."""
+    known = EXEC_FEATURES if isinstance(msg, Exec) else TRANSFER_FEATURES
+    return sorted(set(msg.requires) - known)
 
 
 def _check_exec(msg: Exec) -> None:
@@ -66,18 +69,23 @@ def _check_exec(msg: Exec) -> None:
         _check_text("cwd", msg.cwd)
     if msg.kill_grace is not None:
         _check_range("kill_grace", msg.kill_grace, 0, MAX_KILL_GRACE)
-    if msg.user is not None:
-        if not msg.user or len(msg.user) > MAX_USER or "/" in msg.user or ":" in msg.user:
-            raise BadRequestError("user", "must be a user name (1-256 characters, no '/' or ':')")
-        _check_text("user", msg.user)
+    _check_user(msg.user)
     if msg.pty:
         _check_range("rows", msg.rows, 0, 0xFFFF)
         _check_range("cols", msg.cols, 0, 0xFFFF)
 
 
+def _check_user(user: str | None) -> None:
+    if user is not None:
+        if not user or len(user) > MAX_USER or "/" in user or ":" in user:
+            raise BadRequestError("user", "must be a user name (1-256 characters, no '/' or ':')")
+        _check_text("user", user)
+
+
 def _check_put(msg: PutFile) -> None:
     _check_encodable("path", msg.path)  # a NUL byte is the file service's `bad_path`
     _check_encodable("name", msg.name)
+    _check_user(msg.user)
     _check_range("size", msg.size, 0, MAX_SIZE)
     _check_range("window", msg.window, 0, MAX_SIZE)
     if msg.mode is not None:

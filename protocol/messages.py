@@ -367,6 +367,8 @@ class PutFile(Message):
     name: str = ""
     mkdir: bool = False
     window: int = 0
+    user: str | None = None  # create and check as this user (issue 17); named in `requires`
+    requires: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +378,8 @@ class GetFile(Message):
     TYPE = MessageType.GET_FILE
     path: str = ""
     window: int = 0
+    user: str | None = None  # open as this user (issue 17); named in `requires`
+    requires: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,7 +144,7 @@ def test_a_key_not_allowed_the_user_is_denied_and_runs_nothing(
         status, out, err = _run(capsysbinary, policy_agent, keys[key][1], "-u", user.name, "--", command)
         assert (status, out) == (126, b"")
         assert f"permission denied for key {keys[key][0].key_id}".encode() in err
-        assert f"may not run commands as user {user.name!r}".encode() in err
+        assert f"may not act as user {user.name!r}".encode() in err
     assert not mark.exists()
     denied = audit_events(tmp_path / "audit.jsonl", event="denied")
     assert [(e["key_id"], e["user"]) for e in denied] == [(keys["narrow"][0].key_id, user.name),
@@ -186,7 +186,7 @@ def test_users_in_the_configuration_file(tmp_path: Path) -> None:
 
 def test_an_agent_not_running_as_root_refuses_other_users(monkeypatch: pytest.MonkeyPatch, user: MadeUser) -> None:
     monkeypatch.setattr(runas.os, "getuid", lambda: pwd.getpwnam(user.name).pw_uid)
-    assert runas.refusal("root", None, True) == "the agent does not run as root and cannot run commands as 'root'"
+    assert runas.refusal("root", None, True) == "the agent does not run as root and cannot act as 'root'"
     assert runas.refusal(user.name, None, True) is None  # itself
 
 
@@ -220,3 +220,78 @@ def test_the_controller_names_what_the_agent_must_honour() -> None:
 
     assert _requires(Command(shell="x")) == []
     assert _requires(Command(shell="x", user="app", pty=True)) == ["user", "pty"]
+
+
+# -- put and get as a user (point 3) -------------------------------------------
+
+
+@pytest.fixture
+def secret(user: MadeUser) -> Iterator[Path]:
+    """A root-only file in a directory the user may enter."""
+    folder = Path(tempfile.mkdtemp(prefix="shoal-secret-"))
+    folder.chmod(0o755)
+    path = folder / "secret"
+    path.write_bytes(b"root only\n")
+    path.chmod(0o600)
+    try:
+        yield path
+    finally:
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
+
+
+def test_get_as_a_user_is_refused_a_root_only_file_that_root_gets(capsysbinary, user: MadeUser, secret: Path,
+                                                                  tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    with AgentThread(audit_log=str(audit)) as agent:
+        address = agent.addresses[0]
+        status, _, err = shoal(capsysbinary, "get", "--user", user.name, address, str(secret), str(tmp_path / "u"))
+        assert status != 0 and b"permission denied" in err
+        assert not (tmp_path / "u").exists() or not any((tmp_path / "u").rglob("secret"))
+        status, _, err = shoal(capsysbinary, "get", address, str(secret), str(tmp_path / "r"))
+        assert status == 0, err
+        assert next((tmp_path / "r").rglob("secret")).read_bytes() == b"root only\n"
+        secret.chmod(0o644)  # now the user may read it, and gets it
+        status, _, err = shoal(capsysbinary, "get", "-u", user.name, address, str(secret), str(tmp_path / "u2"))
+        assert status == 0, err
+    assert [e.get("user") for e in audit_events(audit, event="get")] == [None, user.name]
+
+
+def test_put_as_a_user_creates_its_files_and_cannot_write_where_it_may_not(
+        capsysbinary, user: MadeUser, secret: Path, shared_dir: Path, tmp_path: Path) -> None:
+    local = tmp_path / "payload"
+    local.write_bytes(b"data\n")
+    with AgentThread() as agent:
+        address = agent.addresses[0]
+        # Into root's directory (0755, root's): refused, and nothing appears.
+        status, _, err = shoal(capsysbinary, "put", "--user", user.name, address, str(local), str(secret.parent) + "/")
+        assert status != 0 and b"permission denied" in err
+        assert sorted(p.name for p in secret.parent.iterdir()) == ["secret"]
+        # Over a root-only file: refused, the file unchanged.
+        status, _, err = shoal(capsysbinary, "put", "-u", user.name, address, str(local), str(secret))
+        assert status != 0
+        assert secret.read_bytes() == b"root only\n"
+        # Into a directory it may write: created, and owned by the user.
+        status, _, err = shoal(capsysbinary, "put", "-u", user.name, address, str(local), str(shared_dir / "mine"))
+        assert status == 0, err
+        (tmp_path / "tree").mkdir()
+        status, _, err = shoal(capsysbinary, "put", "-r", "-u", user.name, address, str(tmp_path / "tree"),
+                               str(shared_dir / "tree"))
+        assert status == 0, err
+    entry = pwd.getpwnam(user.name)
+    for made in (shared_dir / "mine", shared_dir / "tree"):
+        st = made.stat()
+        assert (st.st_uid, st.st_gid) == (entry.pw_uid, entry.pw_gid), made
+    assert (shared_dir / "mine").read_bytes() == b"data\n"
+
+
+def test_a_key_not_allowed_the_user_cannot_transfer_as_it(
+        capsysbinary, policy_agent: AgentThread, keys: dict[str, tuple[SharedKey, Path]], user: MadeUser,
+        shared_dir: Path, tmp_path: Path) -> None:
+    local = tmp_path / "payload"
+    local.write_bytes(b"data\n")
+    status, _, err = shoal(capsysbinary, "put", "--key-file", str(keys["narrow"][1]), "-u", user.name,
+                           policy_agent.targets_spec(), str(local), str(shared_dir / "x"))
+    assert status != 0 and f"may not act as user {user.name!r}".encode() in err
+    assert not (shared_dir / "x").exists()
+    denied = audit_events(tmp_path / "audit.jsonl", event="denied")
+    assert [(e["action"], e["user"]) for e in denied] == [("put", user.name)]

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     try:
         result = asyncio.run(get_fleet(
             targets, connect_options_from_args(args), args.remote, args.local_dir,
-            preserve=args.preserve, fanout=args.fanout, progress=progress))
+            preserve=args.preserve, fanout=args.fanout, progress=progress, user=args.user))
     finally:
         progress.close()
     if args.verbose:

@@ -24,7 +24,13 @@ from shoal.protocol.errors import ConfigError
 
 from shoal.controller.term.display import Display
 from shoal.controller.fleet import FleetResult
-from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
+from shoal.controller.cli.options import (
+    add_connect_options,
+    add_target_options,
+    add_user_option,
+    connect_options_from_args,
+    targets_from_args,
+)
 from shoal.controller.transfer import PutOptions, put_fleet
 from shoal.controller.transferplan import plan_put
 from shoal.controller.term.transferprogress import TransferProgress
@@ -48,6 +54,7 @@ def add_transfer_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-p", "--preserve", action="store_true", help="keep modification times (modes are always kept)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress or summary; errors only")
     g.add_argument("-v", "--verbose", action="store_true", help="more detail on stderr")
+    add_user_option(g)
 
 
 def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
@@ -64,7 +71,7 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     try:
         result = asyncio.run(put_fleet(
             targets, connect_options_from_args(args), plan, remote,
-            options=PutOptions(preserve=args.preserve, owner=args.owner), fanout=args.fanout,
+            options=PutOptions(preserve=args.preserve, owner=args.owner, user=args.user), fanout=args.fanout,
             progress=progress))
     finally:
         progress.close()
