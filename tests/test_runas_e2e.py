@@ -295,3 +295,36 @@ def test_a_key_not_allowed_the_user_cannot_transfer_as_it(
     assert not (shared_dir / "x").exists()
     denied = audit_events(tmp_path / "audit.jsonl", event="denied")
     assert [(e["action"], e["user"]) for e in denied] == [("put", user.name)]
+
+
+# -- batch and shell -------------------------------------------------------------
+
+
+def test_batch_runs_every_command_as_the_user(capsysbinary, user: MadeUser, tmp_path: Path) -> None:
+    batch = tmp_path / "cmds"
+    batch.write_text("id -un\necho $HOME\n")
+    with AgentThread() as agent:
+        status, out, err = shoal(capsysbinary, "batch", "-q", "--user", user.name, agent.targets_spec(), str(batch))
+    assert status == 0, err
+    assert f": {user.name}\n".encode() in out and f": {user.home}\n".encode() in out
+
+
+def test_shell_user_switches_later_commands(user: MadeUser) -> None:
+    from tests.test_pty_e2e import SHOAL, Terminal
+
+    with AgentThread() as agent:
+        term = Terminal([*SHOAL, "shell", agent.targets_spec()], 24, 80)
+        try:
+            term.type(b"id -un\r")
+            term.expect(rb": root\r?\n")
+            term.type(f":user {user.name}\r".encode())
+            term.expect(f"user: {user.name}".encode())
+            term.type(b"id -un\r")
+            term.expect(f": {user.name}\r?\n".encode())
+            term.type(b":user\r")
+            term.type(b"id -un\r")
+            term.expect(rb": root\r?\n")
+            term.type(b":quit\r")
+            assert term.wait() == 0
+        finally:
+            term.close()

@@ -43,6 +43,7 @@ from shoal.controller.cli.options import (
     add_connect_options,
     add_outdir_failed_options,
     add_target_options,
+    add_user_option,
     connect_options_from_args,
     parse_env,
     targets_from_args,
@@ -64,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cwd", metavar="DIR", help="working directory on the hosts")
     g.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
                    help="environment variable for every command (repeatable)")
+    add_user_option(g)
     add_connect_options(parser)
     o = parser.add_argument_group("output")
     o.add_argument("-o", "--output", choices=("stream", "gather", "json"), default="stream",
@@ -80,7 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     lines = read_batch(args.file, sys.stdin.buffer)
     targets = targets_from_args(args)
-    base = Command(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout, kill_grace=args.kill_grace)
+    base = Command(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout, kill_grace=args.kill_grace,
+                   user=args.user)
     commands = [replace(base, shell=line.text) for line in lines]
     return asyncio.run(run_batch(targets, lines, commands, connect_options_from_args(args), args, display))
 

@@ -62,6 +62,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ":mode": ("stream|gather", "stream prefixed lines as they come, or gather identical output per host set"),
     ":timeout": ("SECS|off", "kill later commands after SECS on each host"),
     ":cd": ("[DIR]", "run later commands in DIR (no DIR: the remote user's home)"),
+    ":user": ("[NAME]", "run later commands as NAME (no NAME: the agent's own user)"),
     ":env": ("[K=V | -u K]", "set (or with -u unset) a variable for later commands; no argument lists them"),
     ":last": ("", "exit status of the last command per host, grouped"),
     ":quit": ("", "close the connections and leave (Ctrl-D too)"),
@@ -89,10 +90,11 @@ class ReplSettings:
     cwd: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     kill_grace: float | None = None
+    user: str | None = None
 
     def command(self, line: str) -> Command:
         return Command(shell=line, env=dict(self.env), cwd=self.cwd, timeout=self.timeout,
-                       kill_grace=self.kill_grace)
+                       kill_grace=self.kill_grace, user=self.user)
 
 
 class Repl:
@@ -298,6 +300,10 @@ class Repl:
     def cmd_cd(self, arg: str) -> None:
         self.settings.cwd = arg or None
         self.display.message(f"working directory: {arg or '(agent default)'}")
+
+    def cmd_user(self, arg: str) -> None:
+        self.settings.user = arg or None
+        self.display.message("user: " + (arg or "(the agent's own)"))
 
     def cmd_env(self, arg: str) -> None:
         if not arg:
