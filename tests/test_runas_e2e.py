@@ -328,3 +328,18 @@ def test_shell_user_switches_later_commands(user: MadeUser) -> None:
             assert term.wait() == 0
         finally:
             term.close()
+
+
+@pytest.mark.parametrize("name, ok", [("app", True), ("", False), ("a/b", False), ("a:b", False),
+                                      ("x" * 257, False), ("a\0b", False)])
+def test_user_field_rules(name: str, ok: bool) -> None:
+    from shoal.protocol.errors import BadRequestError
+    from shoal.protocol.fields import check_request
+    from shoal.protocol.messages import GetFile
+
+    for msg in (Exec(1, shell="true", user=name), GetFile(1, path="/x", user=name)):
+        if ok:
+            check_request(msg)
+        else:
+            with pytest.raises(BadRequestError, match="^user: "):
+                check_request(msg)
