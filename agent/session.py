@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
 from shoal.protocol.errors import AuthError, BadRequestError, ProtocolError
-from shoal.protocol.fields import check_request, unknown_requirements
+from shoal.protocol.fields import EXEC_FEATURES, TRANSFER_FEATURES, check_request, unknown_requirements
 from shoal.protocol.messages import (
     Cancel,
     Error,
@@ -70,7 +70,7 @@ class AgentSession(asyncio.BufferedProtocol):
         self.limits: Limits = agent.config.limits
         self.conn = Connection(
             Role.AGENT, keys=agent.keys, max_frame_size=self.limits.max_frame_size,
-            software=agent.software,
+            software=agent.software, features=sorted(EXEC_FEATURES | TRANSFER_FEATURES),
         )
         self.transport: asyncio.Transport | None = None
         self._fd = -1

@@ -478,6 +478,7 @@ class AgentClient(asyncio.BufferedProtocol):
         """Start `command`; raises RemoteCommandError if it cannot start."""
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
+        self.check_features(_requires(command))
         rid = self.new_request_id()
         proc = RemoteProcess(self, rid, window)
         self.requests[rid] = proc
@@ -489,6 +490,19 @@ class AgentClient(asyncio.BufferedProtocol):
         ))
         await proc._started
         return proc
+
+    def check_features(self, needed: list[str]) -> None:
+        """Refuse here what the agent announced no support for: it would ignore the field.
+
+        Raises:
+            RemoteCommandError: `unsupported` (status 126), naming what is missing.
+        """
+        hello = self.conn.peer_hello
+        missing = [name for name in needed if hello is None or name not in hello.features]
+        if missing:
+            raise RemoteCommandError(f"the agent does not support {', '.join(missing)} "
+                                     f"(agent {self.agent_version or 'unknown'}: upgrade it); nothing was run",
+                                     "unsupported", host=self.name, status=126)
 
     async def metrics(self) -> dict[str, Any]:
         """Ask the agent for a metrics snapshot (schema in `shoal.agent.metrics`).

@@ -134,6 +134,15 @@ class _Request:
     def _on_message(self, msg: Message) -> None:
         raise NotImplementedError
 
+    def _check_features(self, needed: list[str]) -> None:
+        """Fail at once, sending nothing, when the agent would ignore a field it must honour."""
+        if self.error is None:
+            try:
+                self.client.check_features(needed)
+            except RemoteCommandError as exc:
+                exc.status = TRANSFER_FAILED
+                self._fail(exc)
+
     def lost(self, reason: str) -> None:
         self._fail(ShoalConnectionError(self.host, reason))
         self._changed.set()
@@ -168,6 +177,7 @@ class PutRequest(_Request):
         self.credit = 0
         self.opened = False
         self.result: FileDone | None = None
+        self._check_features(msg_fields.get("requires", []))
         if self.error is None:
             client.send(PutFile(self.request_id, **msg_fields))
 
@@ -219,6 +229,7 @@ class GetRequest(_Request):
         self._chunks: deque[bytes] = deque()
         self._outstanding = 0
         self._consumed = 0
+        self._check_features(["user"] if user is not None else [])
         if self.error is None:
             client.send(GetFile(self.request_id, path=path, window=window, user=user,
                                 requires=["user"] if user is not None else []))

@@ -131,6 +131,9 @@ class Hello(Message):
     # answers with its choice in `mac` (absent: hmac-sha256).
     macs: list[str] = field(default_factory=lambda: ["hmac-sha256"])
     mac: str = ""
+    # Agent: the request fields it honours when named in `requires` (issue 17), so a
+    # controller can refuse locally what an older agent, sending none, would ignore.
+    features: list[str] = field(default_factory=list)
 
     def _validate(self) -> None:
         if self.role not in ("controller", "agent"):

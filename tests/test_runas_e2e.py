@@ -343,3 +343,28 @@ def test_user_field_rules(name: str, ok: bool) -> None:
         else:
             with pytest.raises(BadRequestError, match="^user: "):
                 check_request(msg)
+
+
+def test_an_agent_announcing_no_support_is_refused_by_the_controller(
+        capsysbinary, monkeypatch: pytest.MonkeyPatch, shared_dir: Path, tmp_path: Path) -> None:
+    """An agent from before issue 17 announces no features and would ignore --user: nothing is sent."""
+    import shoal.agent.session as session_module
+
+    monkeypatch.setattr(session_module, "EXEC_FEATURES", frozenset())
+    monkeypatch.setattr(session_module, "TRANSFER_FEATURES", frozenset())
+    mark = shared_dir / "ran"
+    local = tmp_path / "payload"
+    local.write_bytes(b"x")
+    with AgentThread(audit_log=str(tmp_path / "audit.jsonl")) as agent:
+        status, out, err = shoal(capsysbinary, "run", "-n", "-u", "nobody", agent.targets_spec(), "--", f"touch {mark}")
+        assert status == 126 and b"does not support user" in err
+        status, out, err = shoal(capsysbinary, "run", "-n", "--pty", agent.targets_spec(), "--", f"touch {mark}")
+        assert status == 126 and b"does not support pty" in err
+        status, out, err = shoal(capsysbinary, "put", "-u", "nobody", agent.targets_spec(), str(local),
+                                 str(shared_dir / "put"))
+        assert status != 0 and b"does not support user" in err
+        status, out, err = shoal(capsysbinary, "get", "-u", "nobody", agent.targets_spec(), "/etc/hostname",
+                                 str(tmp_path / "got"))
+        assert status != 0 and b"does not support user" in err
+    assert not mark.exists() and not (shared_dir / "put").exists()
+    assert audit_events(tmp_path / "audit.jsonl", event="exec") == []
