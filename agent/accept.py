@@ -66,7 +66,7 @@ class FdPressure:
             log.warning("cannot accept connections: %s; pausing accepts and shedding "
                         "unauthenticated connections", exc.strerror or exc)
         self._failures += 1
-        self._shed += self._agent.shed_startups(SHED_BATCH)
+        self._shed += self._agent.admission.shed_startups(SHED_BATCH)
 
     def relieved(self) -> None:
         """The backlog is empty: end the episode once it stays quiet."""

@@ -36,7 +36,9 @@ Every line holds `time` (seconds since the epoch, UTC) and `event`, plus:
     put_done, get_done  ... path, bytes                     it completed
     put_failed      ... path, error
     mkdir           ... path                                a directory created for a put
-    denied          peer, key_id, request, action ("put"/"get"), path, reason   (file transfers)
+    list            ... path, entries                       a tree listed for a sync (agent/treeops.py)
+    delete          ... path                                one path removed by REMOVE_PATHS (--delete)
+    denied          peer, key_id, request, action ("put"/"get"/"list"/"delete"), path, reason   (file transfers)
     revoked         peer, key_id, running                   a reload removed the key: no new requests
     revoked_closed  peer, key_id                            ... and its connection closed, commands done
     policy_changed  peer, key_id, key_name                  a reload changed the key's policy

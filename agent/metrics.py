@@ -40,7 +40,9 @@ from typing import Any, Callable, TypeVar
 
 import psutil
 
-__all__ = ["Sampler", "run_sampler", "agent_version"]
+from shoal.hostio.tasks import TaskSet
+
+__all__ = ["HostMetrics", "Sampler", "run_sampler", "agent_version"]
 
 log = logging.getLogger("shoal.agent.metrics")
 
@@ -238,3 +240,17 @@ async def run_sampler(sampler: Sampler, interval: float = 1.0) -> None:
     while True:
         sampler.tick()
         await asyncio.sleep(interval)
+
+
+class HostMetrics:
+    """The agent's sampler, ticking from the first METRICS request on, so an idle agent never samples."""
+
+    def __init__(self, loops: TaskSet) -> None:
+        self._loops = loops  # cancelled at agent close
+        self._sampler: Sampler | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        if self._sampler is None:
+            self._sampler = Sampler()
+            self._loops.spawn(run_sampler(self._sampler), name="metrics-sampler")
+        return self._sampler.snapshot()

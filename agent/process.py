@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from shoal.protocol.defaults import DATA_CHUNK
-from shoal.protocol.errors import RemoteCommandError
+from shoal.protocol.errors import ErrorCode, RemoteCommandError
 
 from shoal.agent import proctree, ptyio
 from shoal.agent.runas import RunAs
@@ -64,12 +64,12 @@ def _pipe() -> tuple[int, int]:
 def spawn_error(exc: OSError, argv0: str, cwd: str | None) -> RemoteCommandError:
     """Map a failed exec to the shell's 127/126 statuses and a clear reason."""
     if cwd is not None and exc.filename == cwd or isinstance(exc, NotADirectoryError) and cwd:
-        return RemoteCommandError(f"cannot change directory to {cwd}: {exc.strerror}", "bad_cwd", status=126)
+        return RemoteCommandError(f"cannot change directory to {cwd}: {exc.strerror}", ErrorCode.BAD_CWD, status=126)
     if isinstance(exc, FileNotFoundError):
-        return RemoteCommandError(f"{argv0}: command not found", "not_found", status=127)
+        return RemoteCommandError(f"{argv0}: command not found", ErrorCode.NOT_FOUND, status=127)
     if isinstance(exc, PermissionError):
-        return RemoteCommandError(f"{argv0}: permission denied", "not_executable", status=126)
-    return RemoteCommandError(f"{argv0}: cannot execute: {exc.strerror}", "exec_failed", status=126)
+        return RemoteCommandError(f"{argv0}: permission denied", ErrorCode.NOT_EXECUTABLE, status=126)
+    return RemoteCommandError(f"{argv0}: cannot execute: {exc.strerror}", ErrorCode.EXEC_FAILED, status=126)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +132,7 @@ class Child:
         self.on_stdin_drained: Callable[[int], None] | None = None
         self._open: set[int] = set()
         self._paused = False
+        self.resumed_at = 0.0  # loop time reading last resumed after a pause (the idle clock's restart)
         self.max_read = DATA_CHUNK
         self._result: ChildResult | None = None
         self.is_pty = pty_size is not None
@@ -234,9 +235,14 @@ class Child:
                 if fd >= 0:
                     self._loop.remove_reader(fd)
 
+    @property
+    def reading_paused(self) -> bool:
+        return self._paused
+
     def resume_reading(self) -> None:
         if self._paused:
             self._paused = False
+            self.resumed_at = self._loop.time()
             for stream, fd in self._out_fds.items():
                 if fd >= 0:
                     self._loop.add_reader(fd, self._read, stream)

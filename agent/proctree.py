@@ -48,6 +48,7 @@ __all__ = [
     "kill_tree",
     "escalate",
     "OrphanReaper",
+    "reap_orphans",
 ]
 
 log = logging.getLogger("shoal.proctree")
@@ -371,3 +372,11 @@ def _waitpid(pid: int) -> bool:
     except ChildProcessError:
         return False
     return done == pid
+
+
+async def reap_orphans(known: Container[int], interval: float = 1.0) -> None:
+    """Reap adopted orphans every `interval` s until cancelled, leaving the pids in `known` to their owners."""
+    reaper = OrphanReaper()
+    while True:
+        await asyncio.sleep(interval)
+        reaper.reap(known)

@@ -20,7 +20,6 @@ multicast probe is heard.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import struct
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 
 from shoal.protocol.errors import ConfigError
 
-from shoal.agent.config import DiscoveryConfig, parse_listen
+from shoal.agent.config import DiscoveryConfig, is_loopback, parse_listen
 
 __all__ = ["Endpoint", "BoundSocket", "plan_endpoints", "bind_host", "bind_host6"]
 
@@ -81,7 +80,7 @@ def bind_host(listen: Sequence[str]) -> str | None:
     ipv4 = [h for h in hosts if ":" not in h]
     if hosts and not ipv4:
         return None
-    if ipv4 and all(map(_is_loopback, ipv4)):
+    if ipv4 and all(map(is_loopback, ipv4)):
         return next((h for h in ipv4 if h != "localhost"), "127.0.0.1")
     return "0.0.0.0"
 
@@ -91,14 +90,7 @@ def bind_host6(listen: Sequence[str]) -> str | None:
     ipv6 = [h for h in _tcp_hosts(listen) if ":" in h]
     if not ipv6:
         return None
-    return "::1" if all(map(_is_loopback, ipv6)) else "::"
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return "::1" if all(map(is_loopback, ipv6)) else "::"
 
 
 class BoundSocket:

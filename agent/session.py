@@ -1,9 +1,10 @@
 """One controller connection on the agent: drive the protocol, dispatch requests.
 
-The driver is short on purpose: bytes arrive, the sans-I/O connection turns them
-into messages, each message goes to its handler, and whatever the connection
-queued goes out in one `writelines`. A bad frame closes this connection only; a
-bad request gets an ERROR frame for that request id only.
+The driver is short on purpose and shared: `shoal.hostio.driver.FrameDriver` feeds
+bytes to the sans-I/O connection, hands each message to `dispatch` here (and on to
+its handler), and writes whatever the connection queued with one `writev`. A bad
+frame closes this connection only; a bad request gets an ERROR frame for that
+request id only.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
-from shoal.protocol.errors import AuthError, BadRequestError, ProtocolError
+from shoal.protocol.errors import AuthError, BadRequestError, ErrorCode, ProtocolError, RemoteProtocolError
 from shoal.protocol.fields import EXEC_FEATURES, TRANSFER_FEATURES, check_request, unknown_requirements
 from shoal.protocol.messages import (
     Cancel,
@@ -38,9 +38,11 @@ from shoal.protocol.messages import (
 )
 
 from shoal.agent.commands import CommandRequest, build_argv
+from shoal.agent.detached import output_path
+from shoal.agent.handlers import HandlerTable
 from shoal.agent.log import ConnLog
 from shoal.agent.process import ChildResult, spawn_error
-from shoal.hostio.writev import WRITE_BUFFER_HIGH, raw_fd, write_buffers
+from shoal.hostio.driver import FrameDriver
 from shoal.agent.childenv import base_env, default_cwd
 from shoal.agent.restrict import restricted_env
 from shoal.agent import runas
@@ -62,18 +64,16 @@ _CONTROL = (Window, Stdin, StdinEof, Signal, Cancel, Resize, Ping, Pong, Goodbye
 REVOKED = "key revoked"
 
 
-class AgentSession(asyncio.BufferedProtocol):
+class AgentSession(FrameDriver):
     """The agent's end of one connection."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.limits: Limits = agent.config.limits
-        self.conn = Connection(
+        super().__init__(Connection(
             Role.AGENT, keys=agent.keys, max_frame_size=self.limits.max_frame_size,
             software=agent.software, features=sorted(EXEC_FEATURES | TRANSFER_FEATURES),
-        )
-        self.transport: asyncio.Transport | None = None
-        self._fd = -1
+        ), keepalive=self.limits.keepalive)
         self.peer = "?"
         self.source = "?"  # the peer's address without the port: what per-source limits count
         self.accepted_at = time.monotonic()
@@ -82,69 +82,50 @@ class AgentSession(asyncio.BufferedProtocol):
         self.policy: KeyPolicy | None = None
         self.key_id: str | None = None
         self.revoked = False  # its key left the configuration: no new requests, close when idle
-        self.closed = False
-        self.writing_paused = False
-        self._last_frame = time.monotonic()
         self._timers: list[asyncio.TimerHandle] = []
-        self._handlers: dict[type[Message], Callable[[Any], None]] = {
-            Exec: self._on_exec, Stdin: self._on_stdin, StdinEof: self._on_stdin_eof,
-            Signal: self._on_signal, Cancel: self._on_cancel, Window: self._on_window,
-            Ping: self._on_ping, Pong: lambda m: None, Goodbye: self._on_goodbye,
-            MetricsRequest: self._on_metrics, Error: self._on_error, Resize: self._on_resize,
-        }
-        self._handlers.update(agent.extra_handlers(self))
+        self._handlers = HandlerTable()
+        self._handlers.add(Exec, self._on_exec)
+        self._handlers.add(Stdin, self._on_stdin)
+        self._handlers.add(StdinEof, self._on_stdin_eof)
+        self._handlers.add(Signal, self._on_signal)
+        self._handlers.add(Cancel, self._on_cancel)
+        self._handlers.add(Window, self._on_window)
+        self._handlers.add(Resize, self._on_resize)
+        self._handlers.add(Ping, self._on_ping)
+        self._handlers.add(Pong, lambda m: None)
+        self._handlers.add(Goodbye, self._on_goodbye)
+        self._handlers.add(MetricsRequest, self._on_metrics)
+        self._handlers.add(Error, self._on_error)
+        self._handlers.update(agent.handlers.for_session(self))
 
     # -- transport events ----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # socket tuning, write-buffer limits
         assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self._fd = raw_fd(transport)
         self.peer = peer_name(transport)
         self.source = self.peer.rpartition(":")[0] or self.peer
         self.accepted_at = time.monotonic()
         self.log = ConnLog(log, {"peer": self.peer})
-        _tune_socket(transport, self.limits.keepalive)
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-        if not self.agent.admit(self):
+        if not self.agent.admission.admit(self):
             return
         self.agent.audit.record("accepted", peer=self.peer)
         loop = asyncio.get_running_loop()
         self._timers.append(loop.call_later(self.limits.handshake_timeout, self._handshake_deadline))
         self._timers.append(loop.call_later(self.limits.idle_timeout, self._idle_check))
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.conn.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.conn.buffer_updated(nbytes)
-        self._process()
-
-    def _process(self) -> None:
-        self._last_frame = time.monotonic()
-        try:
-            while not self.closed:
-                event = self.conn.next_event()
-                if event is None:
-                    break
-                self._dispatch(event)
-        except AuthError as exc:
+    def peer_failed(self, exc: AuthError | ProtocolError) -> None:
+        if isinstance(exc, AuthError):
             self.agent.audit.record("auth_failed", peer=self.peer, key_id=exc.key_id, reason=exc.reason)
-            self.abort()
-        except ProtocolError as exc:  # logged once, by the audit record's summary
+        else:  # logged once, by the audit record's summary
             self.agent.audit.record("protocol_error", peer=self.peer, key_id=self.key_id, code=exc.code,
                                     reason=str(exc))
-            self.abort()
-        except Exception:
-            self.log.error("internal error, closing connection", exc_info=True)
-            self.conn.fail("internal", "internal error")
-            self.abort()
-        self.flush()
+        self.abort()
 
-    def eof_received(self) -> bool:
-        self.conn.receive_data(b"")
-        self._process()
-        return False
+    def internal_error(self, exc: Exception) -> None:
+        self.log.error("internal error, closing connection", exc_info=exc)
+        self.conn.fail(ErrorCode.INTERNAL, "internal error")
+        self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed and self.transport is None:
@@ -155,17 +136,17 @@ class AgentSession(asyncio.BufferedProtocol):
             t.cancel()
         for req in list(self.requests.values()):
             self._drop_request(req)
-        self.agent.release(self)
+        self.agent.admission.release(self)
         self.log.debug("connection closed (%s)", exc or "eof")
 
     def pause_writing(self) -> None:
-        self.writing_paused = True
+        super().pause_writing()
         for req in self.requests.values():
             if isinstance(req, CommandRequest):
                 req.child.pause_reading()
 
     def resume_writing(self) -> None:
-        self.writing_paused = False
+        super().resume_writing()
         for req in list(self.requests.values()):
             if isinstance(req, CommandRequest):
                 req.grant(0)
@@ -182,11 +163,6 @@ class AgentSession(asyncio.BufferedProtocol):
             self.conn.send_data(kind, request_id, data)
             self.flush()
 
-    def flush(self) -> None:
-        out = self.conn.data_to_send()
-        if out and self.transport is not None and not self.transport.is_closing():
-            write_buffers(self.transport, out, self._fd)
-
     def abort(self) -> None:
         """Close after flushing any queued ERROR frame."""
         self.flush()
@@ -200,29 +176,30 @@ class AgentSession(asyncio.BufferedProtocol):
 
     # -- dispatch ------------------------------------------------------------
 
-    def _dispatch(self, event: Message | HandshakeComplete) -> None:
+    def dispatch(self, event: Message | HandshakeComplete) -> None:
         if isinstance(event, HandshakeComplete):
             return self._on_authenticated(event)
         if self.revoked and not isinstance(event, _CONTROL) and event.request_id not in self.requests:
             self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=event.request_id,
                                     what=event.TYPE.name.lower(), reason=REVOKED)
-            self.request_error(event.request_id, "permission_denied",
+            self.request_error(event.request_id, ErrorCode.PERMISSION_DENIED,
                                f"permission denied for key {self.key_id}: {REVOKED}", 126)
             return
         handler = self._handlers.get(type(event))
         if handler is None:
-            self.send(Error(event.request_id, code="unsupported", message=f"{event.TYPE.name} is not handled by an agent"))
+            self.send(Error(event.request_id, code=ErrorCode.UNSUPPORTED,
+                            message=f"{event.TYPE.name} is not handled by an agent"))
             return
         handler(event)
 
     def _on_authenticated(self, event: HandshakeComplete) -> None:
-        self.agent.authenticated(self)
+        self.agent.admission.authenticated(self)
         self.key_id = event.key_id
-        self.policy = self.agent.policy_for(event.key_id)
+        self.policy = self.agent.keys.policy_for(event.key_id)
         self.log = ConnLog(log, {"peer": self.peer, "key": event.key_id})
         self.agent.audit.record("authenticated", peer=self.peer, key_id=event.key_id,
                                 key_name=self.policy.name if self.policy else None)
-        if not self.agent.accepts(event.key_id):
+        if not self.agent.keys.accepts(event.key_id):
             self.revoke()  # the handshake began before a reload removed its key
 
     # -- reload ----------------------------------------------------------------
@@ -235,9 +212,9 @@ class AgentSession(asyncio.BufferedProtocol):
         """
         if self.conn.state is not State.OPEN or self.revoked or self.closed:
             return  # not authenticated yet: `_on_authenticated` checks the key
-        if not self.agent.accepts(self.key_id):
+        if not self.agent.keys.accepts(self.key_id):
             return self.revoke()
-        policy = self.agent.policy_for(self.key_id)
+        policy = self.agent.keys.policy_for(self.key_id)
         if policy != self.policy:
             self.policy = policy
             self.agent.audit.record("policy_changed", peer=self.peer, key_id=self.key_id,
@@ -274,11 +251,11 @@ class AgentSession(asyncio.BufferedProtocol):
     def _on_exec(self, msg: Exec) -> None:
         rid = msg.request_id
         if rid in self.requests:
-            return self.request_error(rid, "duplicate_request", f"request id {rid} is already in use", 255)
+            return self.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use", 255)
         unknown = unknown_requirements(msg)
         if unknown:
-            return self.request_error(rid, "unsupported", f"this agent does not support {', '.join(unknown)}: "
-                                      "nothing was run (upgrade the agent)", 126)
+            return self.request_error(rid, ErrorCode.UNSUPPORTED, f"this agent does not support "
+                                      f"{', '.join(unknown)}: nothing was run (upgrade the agent)", 126)
         try:
             check_request(msg)
         except BadRequestError as exc:
@@ -293,12 +270,12 @@ class AgentSession(asyncio.BufferedProtocol):
             except runas.UnknownUser:
                 self.agent.audit.record("exec_failed", peer=self.peer, key_id=self.key_id, request=rid,
                                         argv=build_argv(msg.argv, msg.shell), user=msg.user, error="no such user")
-                return self.request_error(rid, "exec_failed", f"no such user {msg.user!r}", 126)
+                return self.request_error(rid, ErrorCode.EXEC_FAILED, f"no such user {msg.user!r}", 126)
         argv = build_argv(msg.argv, msg.shell)
         audit = {"peer": self.peer, "key_id": self.key_id, "request": rid, "argv": argv, "cwd": msg.cwd,
                  "user": run_as.name if run_as else runas.agent_user()}
         if self.agent.config.audit_required and not self.agent.audit.record("exec_request", **audit):
-            return self.request_error(rid, "audit_unavailable",
+            return self.request_error(rid, ErrorCode.AUDIT_UNAVAILABLE,
                                       "refused: the agent cannot write its audit log (audit_required)", 255)
         base = base_env(os.environ)
         if run_as is not None:
@@ -311,17 +288,17 @@ class AgentSession(asyncio.BufferedProtocol):
         else:
             cwd = default_cwd()
         grace = msg.kill_grace if msg.kill_grace is not None else self.limits.kill_grace
-        out_file = self.agent.detached_output_path() if msg.detach else None
+        out_file = output_path(self.agent.config.state_dir) if msg.detach else None
         pty_size = (msg.rows, msg.cols) if msg.pty else None
         try:
             req = CommandRequest(self, rid, argv, env, cwd, msg.stdin, msg.window, msg.timeout, grace, out_file,
-                                 run_as=run_as, pty_size=pty_size)
+                                 idle_timeout=msg.idle_timeout, run_as=run_as, pty_size=pty_size)
         except OSError as exc:
             err = spawn_error(exc, argv[0], cwd)
             self.agent.audit.record("exec_failed", **audit, error=err.reason)
             return self.request_error(rid, err.code, err.reason, err.status)
         self.requests[rid] = req
-        self.agent.command_started(req)
+        self.agent.running.started(req)
         self.agent.audit.record("exec", **audit, pid=req.child.pid, detach=msg.detach)
         self.log.debug("started pid %d: %s", req.child.pid, argv, req=rid)
         if warning is not None:
@@ -330,7 +307,7 @@ class AgentSession(asyncio.BufferedProtocol):
     def _refuse_exec(self, msg: Exec) -> tuple[str, str, int] | None:
         """Why this EXEC must not run (code, message, status), or None."""
         if msg.argv is not None and (not msg.argv or msg.argv[0] == "") or msg.shell is not None and not msg.shell.strip():
-            return ("empty_command", "empty command", 2)
+            return (ErrorCode.EMPTY_COMMAND, "empty command", 2)
         if self.policy is not None and not self.policy.allows_command(msg.argv, msg.shell):
             return self._deny_exec(msg, "command not allowed")
         if self.policy is not None:
@@ -343,13 +320,14 @@ class AgentSession(asyncio.BufferedProtocol):
             if why is not None:
                 return self._deny_exec(msg, why)
         if msg.pty and msg.detach:
-            return ("bad_request", "bad EXEC: pty: a detached command has no terminal", 2)
+            return (ErrorCode.BAD_REQUEST, "bad EXEC: pty: a detached command has no terminal", 2)
         if self._command_count() >= self.limits.max_commands_per_connection:
-            return ("limit", f"too many commands on this connection (limit {self.limits.max_commands_per_connection})", 255)
-        if self.agent.running_commands >= self.limits.max_commands:
-            return ("limit", f"too many commands on this agent (limit {self.limits.max_commands})", 255)
+            return (ErrorCode.LIMIT,
+                    f"too many commands on this connection (limit {self.limits.max_commands_per_connection})", 255)
+        if self.agent.running.count >= self.limits.max_commands:
+            return (ErrorCode.LIMIT, f"too many commands on this agent (limit {self.limits.max_commands})", 255)
         if msg.cwd is not None and not os.path.isdir(msg.cwd):
-            return ("bad_cwd", f"cannot change directory to {msg.cwd}: no such directory", 126)
+            return (ErrorCode.BAD_CWD, f"cannot change directory to {msg.cwd}: no such directory", 126)
         return None
 
     def _deny_exec(self, msg: Exec, why: str) -> tuple[str, str, int]:
@@ -357,7 +335,7 @@ class AgentSession(asyncio.BufferedProtocol):
         self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
                                 what="exec", argv=build_argv(msg.argv, msg.shell), cwd=msg.cwd, reason=why,
                                 user=msg.user if msg.user is not None else runas.agent_user())
-        return ("permission_denied", f"permission denied for key {self.key_id}: {why}", 126)
+        return (ErrorCode.PERMISSION_DENIED, f"permission denied for key {self.key_id}: {why}", 126)
 
     def _restricted(self) -> bool:
         return self.policy is not None and not self.policy.allow_all
@@ -367,7 +345,8 @@ class AgentSession(asyncio.BufferedProtocol):
 
     def command_done(self, req: CommandRequest, result: ChildResult) -> None:
         self.requests.pop(req.request_id, None)
-        self.agent.command_finished(req)
+        self.agent.running.finished(req)
+        self.agent.detached.forget(req)
         self.agent.audit.record(
             "exit", peer=self.peer, key_id=self.key_id, request=req.request_id, argv=req.argv, cwd=req.cwd,
             user=req.user or runas.agent_user(),
@@ -382,30 +361,46 @@ class AgentSession(asyncio.BufferedProtocol):
         req = self.requests.get(msg.request_id)
         if not isinstance(req, kind):
             self.log.info("%s for unknown request", msg.TYPE.name, req=msg.request_id)
-            self.request_error(msg.request_id, "unknown_request", f"no running request {msg.request_id}")
+            self.request_error(msg.request_id, ErrorCode.UNKNOWN_REQUEST, f"no running request {msg.request_id}")
             return None
         return req
 
     def _on_stdin(self, msg: Stdin) -> None:
         req = self._request(msg)
-        if req is not None and not req.stdin(msg.data):
-            self.conn.fail("window_exceeded", f"stdin for request {msg.request_id} overran its window")
-            self.abort()
+        if req is not None:
+            try:
+                req.stdin(msg.data)  # its channel checks the stdin window
+            except RemoteProtocolError as exc:
+                self._request_broke(exc)
 
     def _on_stdin_eof(self, msg: StdinEof) -> None:
         req = self._request(msg)
-        if req is not None:
+        if req is not None and self._step(req, msg):
             req.child.close_stdin()
 
     def _on_signal(self, msg: Signal) -> None:
         req = self._request(msg)
-        if req is not None:
+        if req is not None and self._step(req, msg):
             req.child.signal(msg.signal)
 
     def _on_cancel(self, msg: Cancel) -> None:
         req = self._request(msg)
-        if req is not None:
+        if req is not None and self._step(req, msg):
             req.cancel(msg.grace)
+
+    def _step(self, req: CommandRequest, msg: Message) -> bool:
+        """Step the request's state machine with the controller's `msg`; False when illegal."""
+        try:
+            req.channel.receive(msg)
+        except RemoteProtocolError as exc:
+            self._request_broke(exc)
+            return False
+        return True
+
+    def _request_broke(self, exc: RemoteProtocolError) -> None:
+        """The controller broke a request's rules (out_of_order, window_exceeded): close."""
+        self.conn.fail(exc.code, str(exc))
+        self.abort()
 
     def _on_window(self, msg: Window) -> None:
         req = self.requests.get(msg.request_id)
@@ -413,8 +408,9 @@ class AgentSession(asyncio.BufferedProtocol):
             req.grant(msg.bytes)
 
     def _on_resize(self, msg: Resize) -> None:
-        req = self._request(msg)
-        if req is not None:
+        # Dropped, like WINDOW, once the request is gone: a size change may cross its EXIT.
+        req = self.requests.get(msg.request_id)
+        if isinstance(req, CommandRequest) and self._step(req, msg):
             req.child.resize(msg.rows, msg.cols)
 
     def _on_ping(self, msg: Ping) -> None:
@@ -425,10 +421,10 @@ class AgentSession(asyncio.BufferedProtocol):
         if self.policy is not None and not self.policy.allows_metrics():
             self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
                                     what="metrics")
-            return self.request_error(msg.request_id, "permission_denied",
+            return self.request_error(msg.request_id, ErrorCode.PERMISSION_DENIED,
                                       f"permission denied for key {self.key_id}: metrics not allowed")
         self.agent.audit.record("metrics", peer=self.peer, key_id=self.key_id, request=msg.request_id)
-        self.send(MetricsReply(msg.request_id, metrics=self.agent.metrics_snapshot()))
+        self.send(MetricsReply(msg.request_id, metrics=self.agent.metrics.snapshot()))
 
     def _on_goodbye(self, msg: Goodbye) -> None:
         self.abort()
@@ -442,7 +438,7 @@ class AgentSession(asyncio.BufferedProtocol):
         """The controller is gone: kill what it started unless told to detach."""
         if isinstance(req, CommandRequest):
             if req.detached:
-                self.agent.adopt_detached(req)
+                self.agent.detached.adopt(req)
                 return
             req.abandon()
             req.kill(signal.SIGTERM, DISCONNECT_GRACE)
@@ -475,22 +471,3 @@ def peer_name(transport: asyncio.Transport) -> str:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return "unix"
 
-
-def _tune_socket(transport: asyncio.Transport, keepalive: float) -> None:
-    """No Nagle (small frames go at once) and TCP keepalive to notice dead peers.
-
-    Keepalive probes only run while none of our data awaits an ACK; a controller
-    that vanishes while we stream output to it is caught by TCP_USER_TIMEOUT,
-    set to the same deadline: `keepalive` + 3 probe intervals of `keepalive`/3.
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    idle = max(1, int(keepalive))
-    interval = max(1, idle // 3)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, (idle + 3 * interval) * 1000)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from shoal.protocol.defaults import DATA_CHUNK, MAX_GET_WINDOW, TRANSFER_WINDOW
-from shoal.protocol.errors import BadRequestError
+from shoal.protocol.errors import BadRequestError, ErrorCode
 from shoal.protocol.fields import check_request, unknown_requirements
 from shoal.protocol.messages import (
     FileData,
@@ -40,19 +40,18 @@ from shoal.protocol.messages import (
     Window,
 )
 
-from shoal.hostio.files import (
-    AtomicWriter,
-    FileReader,
-    FileTransferError,
-    Journal,
-    map_os_error,
-    process_umask,
-    resolve_path,
-)
+from shoal.agent.handlers import HandlerTable
+from shoal.agent.paths import resolve_path
+from shoal.hostio.atomic import AtomicWriter, Journal, process_umask
+from shoal.hostio.fileerrors import FileTransferError, map_os_error
+from shoal.hostio.manifest import path_below
+from shoal.hostio.reader import FileReader
 from shoal.hostio.readahead import ReadAhead
 from shoal.agent import runas
 from shoal.agent.asuser import UserFiles
 from shoal.hostio.sink import ChunkSink
+
+from shoal.agent.treeops import tree_handlers
 
 if TYPE_CHECKING:
     from shoal.agent.session import AgentSession
@@ -71,11 +70,16 @@ MAX_TRANSFERS = 16
 REMEMBERED_ENDS = 256
 
 
-def transfer_handlers(session: AgentSession) -> dict[type, Callable[[Any], None]]:
-    """The message handlers file transfer adds to a session (for `Agent.add_handlers`)."""
+def transfer_handlers(session: AgentSession) -> HandlerTable:
+    """The message handlers file transfer adds to a session (for `Agent.handlers`)."""
     service = TransferService(session)
-    return {PutFile: service.on_put, GetFile: service.on_get,
-            FileData: service.on_data, FileEnd: service.on_end}
+    table = HandlerTable()
+    table.add(PutFile, service.on_put)
+    table.add(GetFile, service.on_get)
+    table.add(FileData, service.on_data)
+    table.add(FileEnd, service.on_end)
+    table.update(tree_handlers(service))
+    return table
 
 
 def remove_leftovers(state_dir: str) -> list[str]:
@@ -104,7 +108,7 @@ class TransferService:
         if not allowed:
             return
         try:
-            dest = self.authorize(msg.path, "put", msg.request_id)
+            dest = self.authorize_in_tree(msg.path, msg.tree, "put", msg.request_id)
         except FileTransferError as err:
             return self.fail(msg.request_id, err)
         job: Transfer = MakeDirectory(self, msg, dest) if msg.mkdir else PutTransfer(self, msg, dest)
@@ -118,7 +122,7 @@ class TransferService:
         if not allowed:
             return
         try:
-            path = self.authorize(msg.path, "get", msg.request_id)
+            path = self.authorize_in_tree(msg.path, msg.tree, "get", msg.request_id)
         except FileTransferError as err:
             return self.fail(msg.request_id, err)
         job = GetTransfer(self, msg, path)
@@ -135,7 +139,7 @@ class TransferService:
         unknown = unknown_requirements(msg)
         if unknown:
             self.done(rid)
-            session.request_error(rid, "unsupported", f"this agent does not support {', '.join(unknown)}: "
+            session.request_error(rid, ErrorCode.UNSUPPORTED, f"this agent does not support {', '.join(unknown)}: "
                                   "nothing was done (upgrade the agent)", 1)
             return False, None
         if msg.user is None or msg.user == runas.agent_user():
@@ -144,23 +148,24 @@ class TransferService:
         why = runas.refusal(msg.user, policy.users if policy else None, policy is None or policy.allow_all)
         if why is not None:
             self._audit_denied(action, rid, msg.path, why, user=msg.user)
-            self.fail(rid, FileTransferError("permission_denied", msg.path,
+            self.fail(rid, FileTransferError(ErrorCode.PERMISSION_DENIED, msg.path,
                                              f"permission denied for key {session.key_id}: {why}"))
             return False, None
         try:
             return True, runas.lookup(msg.user)
         except runas.UnknownUser:
-            self.fail(rid, FileTransferError("permission_denied", msg.path, f"no such user {msg.user!r}"))
+            self.fail(rid, FileTransferError(ErrorCode.PERMISSION_DENIED, msg.path, f"no such user {msg.user!r}"))
             return False, None
 
     def _admit(self, msg: PutFile | GetFile) -> bool:
         """Refuse a reused request id, a field no file can be made of, or one transfer too many."""
         rid, session = msg.request_id, self.session
         if rid in session.requests:
-            session.request_error(rid, "duplicate_request", f"request id {rid} is already in use", 255)
+            session.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use", 255)
             return False
         if sum(isinstance(r, Transfer) for r in session.requests.values()) >= MAX_TRANSFERS:
-            session.request_error(rid, "limit", f"too many transfers on this connection (limit {MAX_TRANSFERS})")
+            session.request_error(rid, ErrorCode.LIMIT,
+                                  f"too many transfers on this connection (limit {MAX_TRANSFERS})")
             return False
         try:
             check_request(msg)
@@ -181,7 +186,7 @@ class TransferService:
         except Exception:
             self.session.log.error("internal error in transfer", exc_info=True, req=job.request_id)
             self.done(job.request_id)
-            self.session.request_error(job.request_id, "internal", "internal error", 1)
+            self.session.request_error(job.request_id, ErrorCode.INTERNAL, "internal error", 1)
 
     def authorize(self, path: str, action: str, rid: int) -> Path:
         """Resolve `path` and check it against the key's policy; refusals are audited."""
@@ -190,22 +195,31 @@ class TransferService:
         if policy is not None and not policy.allow_all:
             if not policy.files:
                 self._audit_denied(action, rid, path, "files not allowed")
-                raise FileTransferError("permission_denied", path, f"permission denied for key {self.session.key_id}")
+                raise FileTransferError(ErrorCode.PERMISSION_DENIED, path,
+                                        f"permission denied for key {self.session.key_id}")
             roots = policy.file_roots
         try:
             resolved = resolve_path(path, roots)
             allowed = policy is None or policy.allows_files(str(resolved))
         except FileTransferError as err:
-            if err.code == "outside_root":
+            if err.code == ErrorCode.OUTSIDE_ROOT:
                 self._audit_denied(action, rid, path, "outside file roots")
             raise
         except OSError as exc:  # a component vanished or changed kind while links were read
-            code = "not_found" if isinstance(exc, (FileNotFoundError, NotADirectoryError)) else "io_error"
+            missing = isinstance(exc, (FileNotFoundError, NotADirectoryError))
+            code = ErrorCode.NOT_FOUND if missing else ErrorCode.IO_ERROR
             raise FileTransferError(code, path, exc.strerror or str(exc)) from None
         if not allowed:
             self._audit_denied(action, rid, path, "outside file roots")
-            raise FileTransferError("outside_root", path)
+            raise FileTransferError(ErrorCode.OUTSIDE_ROOT, path)
         return resolved
+
+    def authorize_in_tree(self, path: str, tree: str, action: str, rid: int) -> Path:
+        """Authorize `path`, or with `tree` set authorize the tree and refuse links below it."""
+        if not tree:
+            return self.authorize(path, action, rid)
+        root = self.authorize(tree, action, rid)
+        return path_below(root, tree, path)
 
     def _audit_denied(self, action: str, rid: int, path: str, reason: str, **extra: Any) -> None:
         self.session.agent.audit.record("denied", peer=self.session.peer, key_id=self.session.key_id,
@@ -216,12 +230,13 @@ class TransferService:
     def on_data(self, msg: FileData) -> None:
         job = self._put_for(msg)
         if job is not None and not job.feed(msg.data):
-            self._protocol_error("window_exceeded", f"FILE_DATA for request {msg.request_id} overran its window")
+            self._protocol_error(ErrorCode.WINDOW_EXCEEDED,
+                                 f"FILE_DATA for request {msg.request_id} overran its window")
 
     def on_end(self, msg: FileEnd) -> None:
         job = self._put_for(msg)
         if job is not None and not job.finish(msg.sha256):
-            self._protocol_error("out_of_order", f"FILE_END for request {msg.request_id} came twice")
+            self._protocol_error(ErrorCode.OUT_OF_ORDER, f"FILE_END for request {msg.request_id} came twice")
 
     def _put_for(self, msg: Message) -> PutTransfer | None:
         """The put this frame belongs to; None when ended (dropped) or unknown (answered)."""
@@ -230,7 +245,8 @@ class TransferService:
             return job
         if job is None and msg.request_id in self._ended:
             return None
-        self.session.request_error(msg.request_id, "unknown_request", f"no put in progress as request {msg.request_id}")
+        self.session.request_error(msg.request_id, ErrorCode.UNKNOWN_REQUEST,
+                                   f"no put in progress as request {msg.request_id}")
         return None
 
     def _protocol_error(self, code: str, message: str) -> None:
@@ -248,7 +264,7 @@ class TransferService:
         """End a transfer with an ERROR carrying the file error's code and message."""
         self.done(rid)
         self.session.log.info("transfer failed: %s", err, req=rid)
-        self.session.request_error(rid, err.code or "io_error", str(err), 1)
+        self.session.request_error(rid, err.code or ErrorCode.IO_ERROR, str(err), 1)
 
     def audit(self, event: str, rid: int, **fields: Any) -> None:
         self.session.agent.audit.record(event, peer=self.session.peer, key_id=self.session.key_id,
@@ -324,16 +340,23 @@ class MakeDirectory(Transfer):
         if _is_dir(self.dest) and msg.name:
             target = self.dest / _plain_name(msg.name)
         elif msg.into_dir:
-            raise FileTransferError("not_found", self.dest)
+            raise FileTransferError(ErrorCode.NOT_FOUND, self.dest)
         try:
             files = self.as_user
             if files is not None:
+                if msg.parents:
+                    _makedirs_as(files, target.parent)
                 files.mkdir(target, 0o700)
             else:
+                if msg.parents:
+                    os.makedirs(target.parent, exist_ok=True)
                 os.mkdir(target, 0o700)
         except FileExistsError:
+            if os.path.islink(target):
+                raise FileTransferError(ErrorCode.BAD_PATH, target, "is a symbolic link; nothing is written "
+                                        "through links") from None
             if not _is_dir(target):
-                raise FileTransferError("not_directory", target, "exists and is not a directory") from None
+                raise FileTransferError(ErrorCode.NOT_DIRECTORY, target, "exists and is not a directory") from None
             return target
         except OSError as err:
             raise map_os_error(err, target) from err
@@ -351,6 +374,19 @@ def _set_directory_attributes(path: Path, mode: int | None, owner: list[int] | N
         raise map_os_error(err, path) from err
 
 
+def _makedirs_as(files: UserFiles, directory: Path) -> None:
+    """os.makedirs(directory, exist_ok=True) as the transfer's user."""
+    missing: list[Path] = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        try:
+            files.mkdir(path)
+        except FileExistsError:
+            pass
+
+
 def _is_dir(path: Path) -> bool:
     try:
         return stat.S_ISDIR(os.stat(path).st_mode)
@@ -360,7 +396,7 @@ def _is_dir(path: Path) -> bool:
 
 def _plain_name(name: str) -> str:
     if name in (".", "..") or "/" in name or "\0" in name:
-        raise FileTransferError("bad_path", name, "file name must be a single path component")
+        raise FileTransferError(ErrorCode.BAD_PATH, name, "file name must be a single path component")
     return name
 
 
@@ -457,7 +493,7 @@ class PutTransfer(Transfer):
 
     async def _commit(self, writer: AtomicWriter) -> None:
         if writer.size != self.msg.size:
-            raise FileTransferError("io_error", writer.dest,
+            raise FileTransferError(ErrorCode.IO_ERROR, writer.dest,
                                     f"received {writer.size} bytes but PUT_FILE announced {self.msg.size}")
         assert self._expected_sha256 is not None
         await self._io(writer.commit, self._expected_sha256)
@@ -478,7 +514,8 @@ def _check_free_space(directory: Path, size: int) -> None:
     blocks = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
     free = blocks * fs.f_frsize
     if size > free:
-        raise FileTransferError("no_space", directory, f"no space left on device ({size} bytes needed, {free} free)")
+        raise FileTransferError(ErrorCode.NO_SPACE, directory,
+                                f"no space left on device ({size} bytes needed, {free} free)")
 
 
 class GetTransfer(Transfer):

@@ -10,7 +10,6 @@ reached, or is lost, fails the command it was on and skips the rest.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +18,12 @@ from typing import BinaryIO
 from shoal.protocol.errors import ConfigError, ShoalError
 
 from shoal.controller.client import AgentClient, Command, RemoteProcess
-from shoal.controller.fleet import ConnectOptions, Handler, failure_result
+from shoal.controller.fleet import ConnectOptions, Handler
 from shoal.controller.nodeset import NodeSet
-from shoal.controller.result import Result
+from shoal.controller.outcome import Outcome
+from shoal.controller.result import Result, failure_result
 from shoal.controller.targets import Target
+from shoal.controller.waves import SKIPPED_STATUS, WavePolicy, run_in_waves
 
 __all__ = ["BatchLine", "BatchReport", "BatchRunner", "parse_batch", "read_batch", "summary_table"]
 
@@ -87,6 +88,7 @@ class BatchReport:
 
     lines: list[BatchLine]
     results: dict[str, list[Result | None]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # hosts a stopped rolling run never started
 
     def host_status(self, host: str) -> int:
         """The largest status among the commands the host ran."""
@@ -94,8 +96,9 @@ class BatchReport:
 
     @property
     def status(self) -> int:
-        """The batch's exit status: the largest per-host status."""
-        return max((self.host_status(h) for h in self.results), default=0)
+        """The batch's exit status: the largest per-host status (a skipped host's is 1)."""
+        ran = max((self.host_status(h) for h in self.results), default=0)
+        return max(ran, SKIPPED_STATUS) if self.skipped else ran
 
     def outcome(self, index: int) -> tuple[list[str], list[str], list[str]]:
         """Hosts that succeeded, failed and skipped command `index`."""
@@ -143,29 +146,46 @@ class BatchRunner:
         self._stopping = False
 
     async def run(self, lines: list[BatchLine], commands: list[Command],
-                  handler_for: Callable[[int], Handler]) -> BatchReport:
+                  handler_for: Callable[[int], Handler], *, policy: WavePolicy = WavePolicy(),
+                  on_wave: Callable[[int, int, list[str]], None] | None = None) -> BatchReport:
         """Run `commands` (one per line) on every host; never raises for one host's sake.
 
-        `handler_for(i)` gives the handler that receives command i's events.
+        `handler_for(i)` gives the handler that receives command i's events. `policy`
+        rolls the hosts in waves with a failure budget (`shoal.controller.waves`): a
+        host fails when any of its commands does; hosts never started are listed in
+        `BatchReport.skipped` and reported to command 1's handler as `skipped`.
         """
         report = BatchReport(lines, {t.name: [None] * len(commands) for t in self.targets})
-        gate = asyncio.Semaphore(self.fanout)
+        count = len(self.targets)
 
-        async def one(index: int, target: Target) -> None:
-            node = [c.for_node(target.name, index, len(self.targets)) for c in commands]
-            async with gate:
-                await self._host(target, node, handler_for, report.results[target.name])
+        def done(result: Result) -> None:
+            if result.error_code == Outcome.SKIPPED:
+                report.skipped.append(result.host)
+                handler_for(0).on_result(result)
 
-        await asyncio.gather(*(one(i, t) for i, t in enumerate(self.targets)))
+        wave_hosts = None if on_wave is None else (
+            lambda n, total, items: on_wave(n, total, [t.name for _, t in items]))
+        await run_in_waves(list(enumerate(self.targets)),
+                           lambda it: self._host(it[1], [c.for_node(it[1].name, it[0], count) for c in commands],
+                                                 handler_for, report.results[it[1].name]),
+                           lambda it: it[1].name, policy=policy, limit=self.fanout, on_done=done,
+                           on_wave=wave_hosts)
         return report
 
     async def _host(self, target: Target, commands: list[Command], handler_for: Callable[[int], Handler],
+                    results: list[Result | None]) -> Result:
+        """Run one host's commands; its Result for the failure budget is its first failure, if any."""
+        await self._walk(target, commands, handler_for, results)
+        ran = [r for r in results if r is not None]
+        return next((r for r in ran if not r.ok), ran[-1] if ran else Result(target.name, 0, cancelled=True))
+
+    async def _walk(self, target: Target, commands: list[Command], handler_for: Callable[[int], Handler],
                     results: list[Result | None]) -> None:
         if self._stopping:
             return
         try:
             client = await self.options.connect(target)
-        except (ShoalError, OSError) as exc:
+        except ShoalError as exc:
             failed = results[0] = failure_result(target.name, exc)
             handler_for(0).on_result(failed)
             return
@@ -183,7 +203,7 @@ class BatchRunner:
         handler.on_start(host)
         try:
             proc = await client.exec(command)
-        except (ShoalError, OSError) as exc:
+        except ShoalError as exc:
             result = failure_result(host, exc)
         else:
             self._procs[host] = proc

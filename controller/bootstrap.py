@@ -41,6 +41,8 @@ from pathlib import Path
 
 from shoal.protocol.errors import ConfigError
 
+from shoal.controller.fanout import fan_out
+from shoal.controller.outcome import Outcome
 from shoal.controller.pki import CertificateAuthority, issue_agent_certificate
 from shoal.controller.result import UNREACHABLE, Result
 
@@ -72,7 +74,6 @@ DEFAULT_SSH_OPTIONS = ("BatchMode=yes", "ConnectTimeout=10")
 SSH_FAILED = 255
 # A host whose bundle could not be made (no ssh session was started): usage's status.
 _CONFIG_STATUS = 2
-_NOT_SENT = "not_sent"
 # The source directory's name inside the bundle, and the key's.
 _SOURCE_DIR = "shoal"
 _KEY_NAME = "admin.key"
@@ -242,9 +243,9 @@ def _bundle_members(source: Path) -> list[str]:
     with open(source / "pyproject.toml", "rb") as stream:
         project = tomllib.load(stream)
     package_dirs = project.get("tool", {}).get("setuptools", {}).get("package-dir", {})
-    folders = sorted({str(folder).split("/")[0] for folder in package_dirs.values()})
+    folders = sorted({str(folder).split("/")[0] for folder in package_dirs.values()} | {"deploy"})
     names = [name for name in _TOP_FILES if (source / name).is_file()]
-    return names + folders + ["deploy"]
+    return names + folders
 
 
 def _without_litter(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
@@ -318,7 +319,7 @@ class HostReport:
             return f"{result.host}: ok ({_last_line(self.stdout, 'install.sh: ') or 'installed'})"
         if result.unreachable:
             return f"{result.host}: unreachable: {result.error}"
-        if result.error_code == _NOT_SENT:
+        if result.error_code == Outcome.NOT_SENT:
             return f"{result.host}: not enrolled: {result.error}"
         return f"{result.host}: failed (exit {result.status}): {result.error}"
 
@@ -336,7 +337,7 @@ async def bootstrap_host(plan: Bootstrap, host: str, bundle: Bundle) -> HostRepo
     except ConfigError as exc:
         # Nothing was sent: this host's name (say) cannot be in a certificate.
         return HostReport(Result(host, _CONFIG_STATUS, duration=time.monotonic() - started, error=str(exc),
-                                 error_code=_NOT_SENT), "", "")
+                                 error_code=Outcome.NOT_SENT), "", "")
     try:
         proc = await asyncio.create_subprocess_exec(
             *plan.ssh_argv(host), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -361,22 +362,15 @@ def _result(host: str, status: int, output: str, duration: float) -> Result:
         return Result(host, 0, code=0, duration=duration)
     reason = _last_line(output) or f"exit {status}"
     if status == SSH_FAILED:
-        return Result(host, UNREACHABLE, code=status, duration=duration, error=reason, error_code="unreachable")
-    return Result(host, status, code=status, duration=duration, error=reason, error_code="failed")
+        return Result(host, UNREACHABLE, code=status, duration=duration, error=reason, error_code=Outcome.UNREACHABLE)
+    return Result(host, status, code=status, duration=duration, error=reason, error_code=Outcome.FAILED)
 
 
 async def bootstrap_hosts(plan: Bootstrap, hosts: list[str], bundle: Bundle, fanout: int,
                           on_report: Callable[[HostReport], None]) -> list[HostReport]:
     """Install on every host, at most `fanout` at once; `on_report` sees each as it ends."""
-    gate = asyncio.Semaphore(fanout)
-
-    async def one(host: str) -> HostReport:
-        async with gate:
-            report = await bootstrap_host(plan, host, bundle)
-        on_report(report)
-        return report
-
-    return list(await asyncio.gather(*(one(host) for host in hosts)))
+    return await fan_out(hosts, lambda host: bootstrap_host(plan, host, bundle), limit=fanout,
+                         on_done=on_report)
 
 
 def ssh_host(name: str, host: str | None) -> str:

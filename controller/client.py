@@ -5,6 +5,10 @@ and request ids; `RemoteProcess` is one command's channel with its windows; the
 fleet runner and the CLI sit on top. Output flow control: we grant the agent a
 window per request and grant more only as the consumer takes output from the
 process's queue, so a slow consumer bounds memory at one window per request.
+
+This module is the boundary for foreign errors, as httpx's transport is: socket,
+TLS, resolver and timeout errors become `ShoalConnectionError`, `AuthError` or
+`ShoalTimeoutError` here, so the fan-out above catches only `ShoalError`.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from shoal.protocol.defaults import DATA_CHUNK, OUTPUT_WINDOW
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
 from shoal.protocol.errors import (
     AuthError,
+    ErrorCode,
     ProtocolError,
     RemoteCommandError,
+    RemoteProtocolError,
     ShoalConnectionError,
     ShoalError,
     ShoalTimeoutError,
@@ -38,6 +44,7 @@ from shoal.protocol.messages import (
     Goodbye,
     NODE_ENV,
     Message,
+    MessageType,
     MetricsReply,
     MetricsRequest,
     Ping,
@@ -51,9 +58,11 @@ from shoal.protocol.messages import (
     Stdout,
     Window,
 )
+from shoal.protocol.request import RequestChannel
 
-from shoal.hostio.writev import WRITE_BUFFER_HIGH, raw_fd, write_buffers
+from shoal.hostio.driver import FrameDriver
 from shoal.controller.escape import quote_peer_bytes
+from shoal.controller.outcome import Outcome
 from shoal.controller.result import UNREACHABLE, Result
 from shoal.controller.targets import Target
 
@@ -67,7 +76,7 @@ DEFAULT_KEEPALIVE = 15.0
 PEEK_BYTES = 64
 # Error codes meaning the first bytes were not shoal frames at all (as opposed to an
 # agent's ERROR, or a HELLO of another protocol version).
-_NOT_FRAMES = frozenset({"bad_frame", "frame_too_large", "unknown_type", "bad_message"})
+_NOT_FRAMES = frozenset({ErrorCode.BAD_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCode.UNKNOWN_TYPE, ErrorCode.BAD_MESSAGE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +91,7 @@ class Command:
     stdin: bool = False
     detach: bool = False
     kill_grace: float | None = None
+    idle_timeout: float | None = None  # end it after this many seconds without output
     user: str | None = None  # run as this user (the agent must be root, the key allowed)
     pty: bool = False  # on a pseudo-terminal: stdout and stderr merged
     rows: int = 0  # its window size (0: the agent's default, 24x80)
@@ -109,39 +119,48 @@ class RemoteProcess:
     after all output, from `wait()`. `write()`/`close_stdin()` feed its stdin.
     """
 
-    def __init__(self, client: AgentClient, request_id: int, window: int) -> None:
+    def __init__(self, client: AgentClient, request_id: int, timeout: float | None = None) -> None:
         self.client = client
+        self.timeout = timeout  # the command's own limit, named when it is reached
         self.host = client.name
         self.request_id = request_id
         self.pid: int | None = None
-        self._window = window
-        self._window_left = window
-        self._consumed = 0
+        # The request's state and both windows, the same machine the agent keeps.
+        self.channel = RequestChannel(Role.CONTROLLER, request_id)
         self._events: deque[OutputEvent] = deque()
         self._result: Result | None = None
         self._changed = asyncio.Event()
         self._started = asyncio.get_running_loop().create_future()
-        self._stdin_credit = 0
         self._stdin_ready = asyncio.Event()
+        self._pending_size: tuple[int, int] | None = None  # a RESIZE asked for before STARTED
+
+    def _send(self, msg: Message) -> None:
+        self.channel.send(msg)
+        self.client.send(msg)
 
     # -- from the connection -------------------------------------------------
 
     def receive(self, msg: Message) -> None:
+        try:
+            self.channel.receive(msg)
+        except RemoteProtocolError as exc:  # out of order, or past the output window
+            self.client.protocol_violation(f"agent broke request {self.request_id}: {exc}", exc.code)
+            return
         if isinstance(msg, (Stdout, Stderr)):
-            self._window_left -= len(msg.data)
-            if self._window_left < 0:
-                self.client.protocol_violation(f"agent overran the output window of request {self.request_id}")
-                return
             self._events.append(OutputEvent("stdout" if isinstance(msg, Stdout) else "stderr", msg.data))
         elif isinstance(msg, Started):
             self.pid = msg.pid
-            self._add_stdin_credit(msg.stdin_window)
+            self._stdin_credit_changed()
+            if self._pending_size is not None:
+                rows, cols = self._pending_size
+                self._pending_size = None
+                self.resize(rows, cols)
             if not self._started.done():
                 self._started.set_result(None)
         elif isinstance(msg, Window):
-            self._add_stdin_credit(msg.bytes)
+            self._stdin_credit_changed()
         elif isinstance(msg, Exit):
-            self._finish(_result_from_exit(self.host, msg))
+            self._finish(_result_from_exit(self.host, msg, self.timeout))
         elif isinstance(msg, Error):
             status = msg.status if msg.status is not None else 1
             self._finish(Result(self.host, status, error=msg.message, error_code=msg.code))
@@ -155,7 +174,8 @@ class RemoteProcess:
             self._started.set_result(None)
         self._stdin_ready.set()
 
-    def lost(self, reason: str, code: str = "connection_lost") -> None:
+    def lost(self, reason: str, code: str = Outcome.CONNECTION_LOST) -> None:
+        self.channel.connection_lost()
         self._finish(Result(self.host, UNREACHABLE, error=reason, error_code=code))
         self._changed.set()
 
@@ -171,16 +191,10 @@ class RemoteProcess:
             self._changed.clear()
             await self._changed.wait()
         event = self._events.popleft()
-        self._credit_back(len(event.data))
+        grant = self.channel.output_consumed(len(event.data))  # in batches of half a window
+        if grant:
+            self._send(Window(self.request_id, bytes=grant))
         return event
-
-    def _credit_back(self, n: int) -> None:
-        """Return consumed window to the agent in batches of half a window."""
-        self._consumed += n
-        if self._consumed >= self._window // 2 and self._result is None:
-            self._window_left += self._consumed
-            self.client.send(Window(self.request_id, bytes=self._consumed))
-            self._consumed = 0
 
     async def wait(self) -> Result:
         """Wait for the end, discarding output not yet read."""
@@ -195,37 +209,36 @@ class RemoteProcess:
 
     # -- input and control ---------------------------------------------------
 
-    def _add_stdin_credit(self, n: int) -> None:
-        self._stdin_credit += n
-        if self._stdin_credit > 0:
+    def _stdin_credit_changed(self) -> None:
+        if self.channel.stdin_credit > 0:
             self._stdin_ready.set()
 
     async def write(self, data: bytes) -> None:
         """Send stdin bytes, waiting for the agent's window; dropped once ended."""
         view = memoryview(data)
+        ch = self.channel
         while view and self._result is None:
-            while self._stdin_credit <= 0 and self._result is None:
+            while ch.stdin_credit <= 0 and self._result is None:
                 self._stdin_ready.clear()
                 await self._stdin_ready.wait()
             if self._result is not None:
                 return
-            n = min(len(view), self._stdin_credit, self.client.max_chunk)
-            self._stdin_credit -= n
-            self.client.send(Stdin(self.request_id, bytes(view[:n])))
+            n = min(len(view), ch.stdin_credit, self.client.max_chunk)
+            self._send(Stdin(self.request_id, bytes(view[:n])))
             view = view[n:]
 
     def close_stdin(self) -> None:
-        if self._result is None:
-            self.client.send(StdinEof(self.request_id))
+        if self.channel.can_send(MessageType.STDIN_EOF):
+            self._send(StdinEof(self.request_id))
 
     def signal(self, sig: int) -> None:
-        if self._result is None:
-            self.client.send(Signal(self.request_id, signal=sig))
+        if self.channel.can_send(MessageType.SIGNAL):
+            self._send(Signal(self.request_id, signal=sig))
 
     def cancel(self, grace: float | None = None) -> None:
         """Ask the agent to stop the command: SIGINT, SIGTERM, SIGKILL."""
-        if self._result is None:
-            self.client.send(Cancel(self.request_id, grace=grace))
+        if self.channel.can_send(MessageType.CANCEL):
+            self._send(Cancel(self.request_id, grace=grace))
 
     def kill(self) -> None:
         self.signal(signals.SIGKILL)
@@ -233,7 +246,11 @@ class RemoteProcess:
     def resize(self, rows: int, cols: int) -> None:
         """Tell the agent the terminal is now `rows` x `cols` (a `pty` command only)."""
         if self._result is None and rows > 0 and cols > 0:
-            self.client.send(Resize(self.request_id, rows=min(rows, 0xFFFF), cols=min(cols, 0xFFFF)))
+            size = (min(rows, 0xFFFF), min(cols, 0xFFFF))
+            if self.channel.can_send(MessageType.RESIZE):
+                self._send(Resize(self.request_id, rows=size[0], cols=size[1]))
+            else:  # not STARTED yet: there is no terminal to size; send it once there is
+                self._pending_size = size
 
 
 def _requires(command: Command) -> list[str]:
@@ -241,13 +258,16 @@ def _requires(command: Command) -> list[str]:
     return [name for name, used in (("user", command.user is not None), ("pty", command.pty)) if used]
 
 
-def _result_from_exit(host: str, msg: Exit) -> Result:
-    status = UNREACHABLE if msg.timed_out else msg.status
+def _result_from_exit(host: str, msg: Exit, timeout: float | None) -> Result:
+    ended = msg.timed_out or msg.idle_timed_out
+    error, code = ((f"timed out after {timeout:g}s" if timeout else "timed out", Outcome.TIMEOUT) if msg.timed_out
+                   else ("idle timeout: no output for too long", Outcome.IDLE_TIMEOUT) if msg.idle_timed_out
+                   else (None, None))
     return Result(
-        host, status, code=msg.code, signal=msg.signal, timed_out=msg.timed_out,
+        host, UNREACHABLE if ended else msg.status, code=msg.code, signal=msg.signal, timed_out=msg.timed_out,
         cancelled=msg.cancelled, duration=msg.duration, stdout_bytes=msg.stdout_bytes,
         stderr_bytes=msg.stderr_bytes, output_file=msg.output_file, leftovers_ended=msg.leftovers_ended,
-        error="timed out" if msg.timed_out else None, error_code="timeout" if msg.timed_out else None,
+        error=error, error_code=code,
     )
 
 
@@ -268,33 +288,30 @@ class _MetricsCall:
             self.reply.set_exception(RemoteCommandError(msg.message, msg.code, self.host, self.request_id,
                                                         msg.status))
 
-    def lost(self, reason: str, code: str = "connection_lost") -> None:
+    def lost(self, reason: str, code: str = Outcome.CONNECTION_LOST) -> None:
         if not self.reply.done():
             self.reply.set_exception(ShoalConnectionError(self.host, reason))
 
 
-class AgentClient(asyncio.BufferedProtocol):
+class AgentClient(FrameDriver):
     """An authenticated connection to one agent. Create with `connect()`."""
 
+    # Replies for requests still open keep coming after close() began (GOODBYE sent).
+    dispatch_after_close = True
+
     def __init__(self, target: Target, key: SharedKey | None, keepalive: float) -> None:
+        super().__init__(Connection(Role.CONTROLLER, key=key))  # kernel TCP keepalive timing; we ping
         self.target = target
         self.name = target.name
-        self.conn = Connection(Role.CONTROLLER, key=key)
         self.requests: dict[int, Any] = {}
-        self.transport: asyncio.Transport | None = None
-        self._fd = -1
-        self.closed = False
         self.close_reason: str | None = None
         self.agent_version = ""
         self._next_id = 1
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closed_event = asyncio.Event()
         self._keepalive = keepalive
-        self._last_frame = time.monotonic()
         self._pinger: asyncio.Task[None] | None = None
         self._pongs: dict[float, asyncio.Future[tuple[Pong, float]]] = {}
-        self._writing = asyncio.Event()
-        self._writing.set()
         self._tls = False
         self._recv_view: memoryview | None = None
         self._first_bytes = b""
@@ -330,30 +347,14 @@ class AgentClient(asyncio.BufferedProtocol):
                 assert t.host is not None  # a Target has exactly one of host and path
                 await loop.create_connection(lambda: self, t.host, t.port, ssl=ssl,
                                              server_hostname=t.host if ssl else None)
-        except socket.gaierror as exc:
-            raise ShoalConnectionError(t.name, f"cannot resolve host: {exc.strerror}") from exc
-        except ssl_module.SSLError as exc:
-            raise ShoalConnectionError(t.name, f"TLS handshake failed: {_tls_reason(exc)}") from exc
-        except ConnectionRefusedError as exc:
-            raise ShoalConnectionError(t.name, "connection refused") from exc
         except OSError as exc:
-            raise ShoalConnectionError(t.name, exc.strerror or str(exc)) from exc
+            raise _connect_error(t.name, exc) from exc
         self._tls = ssl is not None
         self.conn.start()
         self.flush()
         await self._ready
 
     # -- transport events ----------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self._fd = raw_fd(transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         self._recv_view = self.conn.get_buffer(sizehint)
@@ -363,38 +364,24 @@ class AgentClient(asyncio.BufferedProtocol):
         if len(self._first_bytes) < PEEK_BYTES and self._recv_view is not None:
             self._first_bytes += bytes(self._recv_view[:min(nbytes, PEEK_BYTES - len(self._first_bytes))])
         self._recv_view = None
-        self.conn.buffer_updated(nbytes)
-        self._process()
+        super().buffer_updated(nbytes)
 
-    def _process(self) -> None:
-        self._last_frame = time.monotonic()
-        try:
-            while True:
-                event = self.conn.next_event()
-                if event is None:
-                    break
-                self._dispatch(event)
-        except AuthError as exc:
+    def peer_failed(self, exc: AuthError | ProtocolError) -> None:
+        if isinstance(exc, AuthError):
             self._fail(AuthError("authentication failed" if "failed" in exc.reason else exc.reason,
                                  host=self.name, key_id=exc.key_id))
-        except ProtocolError as exc:
+        else:
             self._fail(ShoalConnectionError(self.name, self._protocol_error_reason(exc)))
-        self.flush()
 
     def _protocol_error_reason(self, exc: ProtocolError) -> str:
         """Name a peer that broke the rules before its HELLO: most likely not an agent at all."""
         if self.conn.peer_hello is not None or self._ready.done():
             return f"protocol error: {exc}"
-        if exc.code == "truncated":
+        if exc.code == ErrorCode.TRUNCATED:
             return "connection closed by the peer in the middle of its HELLO"
         if exc.code in _NOT_FRAMES:
             return f"not a shoal agent (it sent {quote_peer_bytes(self._first_bytes)})"
         return f"protocol error: {exc}"  # well-formed frames: an agent refusing, or of another version
-
-    def eof_received(self) -> bool:
-        self.conn.receive_data(b"")
-        self._process()
-        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -417,13 +404,7 @@ class AgentClient(asyncio.BufferedProtocol):
             return "connection closed by agent before its HELLO (did it refuse our TLS certificate?)"
         return "connection closed by agent before its HELLO (does it require TLS?)"
 
-    def pause_writing(self) -> None:
-        self._writing.clear()
-
-    def resume_writing(self) -> None:
-        self._writing.set()
-
-    def _dispatch(self, event: Message | HandshakeComplete) -> None:
+    def dispatch(self, event: Message | HandshakeComplete) -> None:
         if isinstance(event, HandshakeComplete):
             self.agent_version = event.peer.software
             if not self._ready.done():
@@ -458,14 +439,14 @@ class AgentClient(asyncio.BufferedProtocol):
         self.conn.send(msg)
         self.flush()
 
-    def flush(self) -> None:
-        out = self.conn.data_to_send()
-        if out and self.transport is not None and not self.transport.is_closing():
-            write_buffers(self.transport, out, self._fd)
+    def write_failed(self, exc: OSError) -> None:
+        # ours from here on: callers see only ShoalError
+        self._fail(ShoalConnectionError(self.name, f"connection lost ({exc.strerror or exc})"))
 
-    async def drain(self) -> None:
-        """Wait while the socket's write buffer is over its high-water mark."""
-        await self._writing.wait()
+    @property
+    def features(self) -> list[str]:
+        """What the agent announced it honours beyond protocol version 1 (its HELLO)."""
+        return self.conn.peer_hello.features if self.conn.peer_hello is not None else []
 
     def new_request_id(self) -> int:
         rid = self._next_id
@@ -479,13 +460,17 @@ class AgentClient(asyncio.BufferedProtocol):
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
         self.check_features(_requires(command))
+        if command.idle_timeout is not None and "idle_timeout" not in self.features:
+            # an older agent would ignore the member and run the command unbounded
+            raise RemoteCommandError("this agent does not support --idle-timeout (upgrade it); nothing was run",
+                                     Outcome.NOT_SENT, self.name, status=1)
         rid = self.new_request_id()
-        proc = RemoteProcess(self, rid, window)
+        proc = RemoteProcess(self, rid, command.timeout)
         self.requests[rid] = proc
-        self.send(Exec(
+        proc._send(Exec(
             rid, argv=command.argv, shell=command.shell, env=command.env, cwd=command.cwd,
             timeout=command.timeout, stdin=command.stdin, window=window, detach=command.detach,
-            kill_grace=command.kill_grace, user=command.user, pty=command.pty,
+            kill_grace=command.kill_grace, idle_timeout=command.idle_timeout, user=command.user, pty=command.pty,
             rows=command.rows, cols=command.cols, requires=_requires(command),
         ))
         await proc._started
@@ -502,7 +487,7 @@ class AgentClient(asyncio.BufferedProtocol):
         if missing:
             raise RemoteCommandError(f"the agent does not support {', '.join(missing)} "
                                      f"(agent {self.agent_version or 'unknown'}: upgrade it); nothing was run",
-                                     "unsupported", host=self.name, status=126)
+                                     ErrorCode.UNSUPPORTED, host=self.name, status=126)
 
     async def metrics(self) -> dict[str, Any]:
         """Ask the agent for a metrics snapshot (schema in `shoal.agent.metrics`).
@@ -548,8 +533,8 @@ class AgentClient(asyncio.BufferedProtocol):
 
     # -- closing -------------------------------------------------------------
 
-    def protocol_violation(self, reason: str) -> None:
-        self.conn.fail("protocol_error", reason)
+    def protocol_violation(self, reason: str, code: str = ErrorCode.PROTOCOL_ERROR) -> None:
+        self.conn.fail(code, reason)
         self.flush()
         self._fail(ShoalConnectionError(self.name, f"protocol error: {reason}"))
 
@@ -605,6 +590,17 @@ class AgentClient(asyncio.BufferedProtocol):
         else:
             self._closed_event.set()
         await self._closed_event.wait()
+
+
+def _connect_error(host: str, exc: OSError) -> ShoalConnectionError:
+    """The one translation of a socket error while connecting into ours."""
+    if isinstance(exc, socket.gaierror):
+        return ShoalConnectionError(host, f"cannot resolve host: {exc.strerror}")
+    if isinstance(exc, ssl_module.SSLError):
+        return ShoalConnectionError(host, f"TLS handshake failed: {_tls_reason(exc)}")
+    if isinstance(exc, ConnectionRefusedError):
+        return ShoalConnectionError(host, "connection refused")
+    return ShoalConnectionError(host, exc.strerror or str(exc))
 
 
 def _tls_reason(exc: ssl_module.SSLError) -> str:

@@ -14,14 +14,25 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from shoal.protocol.errors import AuthError, RemoteCommandError, ShoalConnectionError, ShoalError, ShoalTimeoutError
+from shoal.protocol.defaults import OUTPUT_WINDOW
 from shoal.protocol.handshake import SharedKey
 
 from shoal.controller.client import AgentClient, Command, RemoteProcess
-from shoal.controller.result import UNREACHABLE, Result, fleet_status
+from shoal.controller.outcome import Outcome
+from shoal.controller.result import CANCELLED_STATUS, Result, failure_result, fleet_status
 from shoal.controller.stdin import StdinSpool
 from shoal.controller.targets import Target
+from shoal.controller.waves import WavePolicy, run_in_waves
 
-__all__ = ["Handler", "Fleet", "FleetResult", "ConnectOptions"]
+__all__ = ["Handler", "Fleet", "FleetResult", "ConnectOptions", "FLEET_OUTPUT_BUDGET", "MIN_OUTPUT_WINDOW"]
+
+# Output in flight across all running hosts: each host's window is its share, so a
+# controller slower than its agents holds at most about this much unconsumed output
+# (64 hosts x the 4 MiB default window would otherwise be 256 MiB, and each
+# connection's frame buffer grows to its frames, which fit in its window).
+FLEET_OUTPUT_BUDGET = 32 * 1024 * 1024
+# No host's window is smaller than this, whatever the fan-out: throughput needs it.
+MIN_OUTPUT_WINDOW = 256 * 1024
 
 
 class Handler(Protocol):
@@ -67,21 +78,6 @@ class FleetResult:
         return {r.host: r for r in self.results}
 
 
-def failure_result(host: str, exc: BaseException) -> Result:
-    """Turn a per-host exception into that host's result."""
-    if isinstance(exc, AuthError):
-        return Result(host, UNREACHABLE, error=exc.reason, error_code="auth_failed")
-    if isinstance(exc, ShoalTimeoutError):
-        return Result(host, UNREACHABLE, error=f"{exc.what} timed out after {exc.seconds:g}s", error_code="timeout_connect")
-    if isinstance(exc, ShoalConnectionError):
-        return Result(host, UNREACHABLE, error=exc.reason, error_code="unreachable")
-    if isinstance(exc, RemoteCommandError):
-        return Result(host, exc.status if exc.status is not None else 1, error=exc.reason, error_code=exc.code)
-    if isinstance(exc, ShoalError):
-        return Result(host, UNREACHABLE, error=str(exc), error_code="error")
-    return Result(host, UNREACHABLE, error=f"internal error: {exc!r}", error_code="internal")
-
-
 class Fleet:
     """A set of targets and how to reach them.
 
@@ -96,33 +92,58 @@ class Fleet:
         self.options = options or ConnectOptions()
         self.fanout = max(1, fanout)
         self.processes: dict[str, RemoteProcess] = {}
+        self._stopping = False  # cancel() or kill(): start no more hosts (queued ones, later waves)
 
-    async def run(self, command: Command, handler: Handler, stdin: StdinSpool | None = None) -> FleetResult:
-        """Run `command` everywhere; per-host failures become results, never raise."""
+    async def run(self, command: Command, handler: Handler, stdin: StdinSpool | None = None, *,
+                  policy: WavePolicy = WavePolicy(),
+                  on_wave: Callable[[int, int, list[str]], None] | None = None) -> FleetResult:
+        """Run `command` everywhere; per-host failures become results, never raise.
+
+        `policy` rolls the run in waves with a failure budget (`shoal.controller.waves`);
+        hosts it never starts get a `skipped` result. `on_wave(n, count, hosts)` is
+        called as each wave starts.
+
+        What the handler raises (our own output failing) ends the run: every host's
+        command is cancelled (its connection closed) and the handler's exception is
+        raised here, unchanged, for the caller to map (a closed stdout is exit 141).
+        """
         start = time.monotonic()
         out = FleetResult()
-        gate = asyncio.Semaphore(self.fanout)
+        local = _LocalGuard(handler)
+        running = max(1, min(self.fanout, len(self.targets)))
+        window = max(MIN_OUTPUT_WINDOW, min(OUTPUT_WINDOW, FLEET_OUTPUT_BUDGET // running))
 
-        async def one(index: int, target: Target) -> None:
-            async with gate:
-                node = command.for_node(target.name, index, len(self.targets))
-                result = await self._run_one(target, node, handler, stdin)
+        def done(result: Result) -> None:
             out.results.append(result)
-            handler.on_result(result)
+            local.on_result(result)
 
-        await asyncio.gather(*(one(i, t) for i, t in enumerate(self.targets)))
+        count = len(self.targets)
+        wave_hosts = None if on_wave is None else (
+            lambda n, total, items: on_wave(n, total, [t.name for _, t in items]))
+        try:
+            await run_in_waves(list(enumerate(self.targets)),
+                               lambda it: self._run_one(it[1], command.for_node(it[1].name, it[0], count), local,
+                                                        stdin, window),
+                               lambda it: it[1].name, policy=policy, limit=self.fanout, on_done=done,
+                               on_wave=wave_hosts)
+        except _LocalError as exc:  # our output failed (`| head` closed it): every host was stopped
+            raise exc.original from None
         out.elapsed = time.monotonic() - start
         return out
 
     async def _run_one(self, target: Target, command: Command, handler: Handler,
-                       stdin: StdinSpool | None) -> Result:
+                       stdin: StdinSpool | None, window: int) -> Result:
         client: AgentClient | None = None
+        if self._stopping:
+            return Result(target.name, CANCELLED_STATUS, cancelled=True, error="cancelled before it started",
+                          error_code=Outcome.CANCELLED)
+        feeder: asyncio.Task[None] | None = None
         try:
             client = await self.options.connect(target)
             handler.on_start(target.name)
             if stdin is not None:
                 command = _with_stdin(command)
-            proc = await client.exec(command)
+            proc = await client.exec(command, window)
             self.processes[target.name] = proc
             feeder = asyncio.create_task(_feed(proc, stdin)) if stdin is not None else None
             async for event in proc:
@@ -131,19 +152,23 @@ class Fleet:
             if feeder is not None:
                 feeder.cancel()
             return result
-        except (ShoalError, OSError) as exc:
+        except ShoalError as exc:
             return failure_result(target.name, exc)
         finally:
+            if feeder is not None:
+                feeder.cancel()
             self.processes.pop(target.name, None)
             if client is not None:
                 await client.close()
 
     def cancel(self, grace: float | None = None) -> None:
-        """Cancel the command on every host where it is running."""
+        """Cancel the command on every host where it is running; start it on no more."""
+        self._stopping = True
         for proc in list(self.processes.values()):
             proc.cancel(grace)
 
     def kill(self) -> None:
+        self._stopping = True
         for proc in list(self.processes.values()):
             proc.kill()
 
@@ -151,6 +176,40 @@ class Fleet:
         """The local terminal changed size: tell every running `pty` command."""
         for proc in list(self.processes.values()):
             proc.resize(rows, cols)
+
+
+class _LocalError(Exception):
+    """The handler raised: a failure on our side (a closed stdout, a full disk), never the host's."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+class _LocalGuard:
+    """Pass events to the handler; what it raises becomes a _LocalError, so `_run_one`
+    cannot take it for the host's failure and mark a healthy host unreachable."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def on_start(self, host: str) -> None:
+        try:
+            self.handler.on_start(host)
+        except Exception as exc:
+            raise _LocalError(exc) from exc
+
+    def on_output(self, host: str, stream: str, data: bytes) -> None:
+        try:
+            self.handler.on_output(host, stream, data)
+        except Exception as exc:
+            raise _LocalError(exc) from exc
+
+    def on_result(self, result: Result) -> None:
+        try:
+            self.handler.on_result(result)
+        except Exception as exc:
+            raise _LocalError(exc) from exc
 
 
 def _with_stdin(command: Command) -> Command:

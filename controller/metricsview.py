@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping
 
 from shoal.protocol.errors import ConfigError
 from shoal.controller.escape import escape_text
+from shoal.controller.result import outcome_fields
 
 __all__ = [
     "METRICS",
@@ -211,15 +212,19 @@ def format_table(snapshots: Snapshots, sort: str | None = None) -> str:
 
 # -- JSON lines --------------------------------------------------------------
 
-def format_json_lines(snapshots: Snapshots) -> str:
-    """One JSON object per host per line: {"host", "metrics"} or {"host", "error"}."""
+def format_json_lines(snapshots: Snapshots, error_codes: Mapping[str, str | None] | None = None) -> str:
+    """One JSON object per host per line: host, ok, unreachable, error, error_code (as
+    `run -o json` exit events have them), and metrics when there is a snapshot."""
     lines = []
     for host in _ordered(snapshots):
         value = snapshots[host]
         reason = failure_reason(value)
-        record = {"host": host, "metrics": value} if reason is None else {"host": host, "error": reason}
+        record: dict[str, Any] = {"host": host, **outcome_fields(reason, (error_codes or {}).get(host))}
+        if reason is None:
+            record["metrics"] = value
         lines.append(json.dumps(record, separators=(",", ":")) + "\n")
     return "".join(lines)
+
 
 
 # -- Prometheus text exposition format ----------------------------------------

@@ -19,8 +19,9 @@ from typing import Any, Awaitable, Callable, TypeVar
 from shoal.protocol.errors import ShoalError, ShoalTimeoutError
 
 from shoal.controller.client import AgentClient
-from shoal.controller.fleet import ConnectOptions, failure_result
-from shoal.controller.result import UNREACHABLE
+from shoal.controller.fanout import fan_out
+from shoal.controller.fleet import ConnectOptions
+from shoal.controller.result import UNREACHABLE, failure_result
 from shoal.controller.targets import Target
 
 __all__ = [
@@ -38,16 +39,6 @@ T = TypeVar("T")
 DEFAULT_REQUEST_TIMEOUT = 10.0
 
 
-def _reason(host: str, exc: BaseException) -> str:
-    """A host's failure as the one-line reason the views show."""
-    return failure_result(host, exc).reason
-
-
-def _unreachable(exc: BaseException) -> bool:
-    """Whether a failure means we could not talk to the host at all (exit 255)."""
-    return failure_result("-", exc).status == UNREACHABLE
-
-
 @dataclass(slots=True)
 class MetricsRound:
     """One round of snapshots: host -> snapshot dict, or the reason there is none.
@@ -58,6 +49,7 @@ class MetricsRound:
 
     snapshots: dict[str, dict[str, Any] | str] = field(default_factory=dict)
     unreachable: set[str] = field(default_factory=set)
+    error_codes: dict[str, str | None] = field(default_factory=dict)
 
     def for_table(self) -> dict[str, dict[str, Any] | str]:
         """The snapshots with each unreachable host's reason marked "unreachable: ..."."""
@@ -124,12 +116,14 @@ class FleetMonitor:
         async def one(target: Target) -> None:
             try:
                 out.snapshots[target.name] = await self.ask(target, AgentClient.metrics)
-            except (ShoalError, OSError) as exc:
-                out.snapshots[target.name] = _reason(target.name, exc)
-                if _unreachable(exc):
+            except ShoalError as exc:
+                failed = failure_result(target.name, exc)
+                out.snapshots[target.name] = failed.reason
+                out.error_codes[target.name] = failed.error_code
+                if failed.status == UNREACHABLE:
                     out.unreachable.add(target.name)
 
-        await asyncio.gather(*(one(t) for t in self.targets))
+        await fan_out(self.targets, one)  # ask() keeps within the fan-out
         return out
 
     async def close(self) -> None:
@@ -182,6 +176,7 @@ class PingReport:
     offset: float | None = None
     version: str = ""
     error: str | None = None
+    error_code: str | None = None
 
     @property
     def rtt_min(self) -> float:
@@ -223,16 +218,11 @@ async def ping_fleet(monitor: FleetMonitor, count: int = 3, interval: float = 0.
         try:
             client = await monitor.client(target)
             return await asyncio.wait_for(_probe_host(client, count, interval), timeout)
-        except (ShoalError, OSError) as exc:  # before TimeoutError: ours is one too
-            return PingReport(target.name, error=_reason(target.name, exc))
+        except ShoalError as exc:  # before TimeoutError: ours is one too
+            failed = failure_result(target.name, exc)
+            return PingReport(target.name, error=failed.reason, error_code=failed.error_code)
         except asyncio.TimeoutError:
             monitor.clients.pop(target.name).abort()
-            return PingReport(target.name, error=f"no answer within {timeout:g}s")
+            return PingReport(target.name, error=f"no answer within {timeout:g}s", error_code="timeout")
 
-    gate = asyncio.Semaphore(monitor.fanout)
-
-    async def gated(target: Target) -> PingReport:
-        async with gate:
-            return await one(target)
-
-    return list(await asyncio.gather(*(gated(t) for t in monitor.targets)))
+    return await fan_out(monitor.targets, one, limit=monitor.fanout)

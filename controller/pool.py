@@ -23,8 +23,10 @@ from shoal.protocol.errors import AuthError, ShoalError
 from shoal.protocol.messages import Message
 
 from shoal.controller.client import AgentClient, Command, RemoteProcess
-from shoal.controller.fleet import ConnectOptions, Handler, failure_result
-from shoal.controller.result import UNREACHABLE, Result
+from shoal.controller.fanout import fan_out
+from shoal.controller.fleet import ConnectOptions, Handler
+from shoal.controller.outcome import Outcome
+from shoal.controller.result import CANCELLED_STATUS, UNREACHABLE, Result, failure_result
 from shoal.controller.targets import Target
 
 __all__ = ["LinkState", "HostLink", "Session", "RETRY_FIRST", "RETRY_MAX"]
@@ -33,9 +35,6 @@ __all__ = ["LinkState", "HostLink", "Session", "RETRY_FIRST", "RETRY_MAX"]
 # double up to a minute so a host that is really gone costs almost nothing.
 RETRY_FIRST = 0.25
 RETRY_MAX = 60.0
-
-# Status of a host whose command was cancelled before it started (as Ctrl-C would).
-CANCELLED_STATUS = 130
 
 
 class LinkState(enum.Enum):
@@ -75,7 +74,7 @@ class _DropWatch:
     def receive(self, msg: Message) -> None:
         """No frames are addressed to this request id."""
 
-    def lost(self, reason: str, code: str = "connection_lost") -> None:
+    def lost(self, reason: str, code: str = Outcome.CONNECTION_LOST) -> None:
         self._session._dropped(self._link, self._client, reason)
 
 
@@ -118,12 +117,12 @@ class Session:
     async def connect(self, names: Iterable[str]) -> None:
         """Connect the hosts not yet tried; failures are reported and retried in the background."""
         fresh = [self.links[n] for n in names if self.links[n].state is LinkState.CONNECTING]
-        await asyncio.gather(*(self._first_connect(link) for link in fresh))
+        await fan_out(fresh, self._first_connect)  # _open() keeps within the fan-out
 
     async def _first_connect(self, link: HostLink) -> None:
         try:
             await self._open(link)
-        except (ShoalError, OSError) as exc:
+        except ShoalError as exc:
             self._connect_failed(link, exc, first=True)
 
     def _gate_(self) -> asyncio.Semaphore:
@@ -140,7 +139,7 @@ class Session:
         link.client, link.state, link.error, link.next_try = client, LinkState.CONNECTED, None, None
         client.requests[client.new_request_id()] = _DropWatch(self, link, client)
 
-    def _connect_failed(self, link: HostLink, exc: BaseException, first: bool) -> None:
+    def _connect_failed(self, link: HostLink, exc: ShoalError, first: bool) -> None:
         """Record why a connect failed; retry unless the key was refused."""
         link.error = failure_result(link.name, exc).error
         if isinstance(exc, AuthError):
@@ -168,7 +167,7 @@ class Session:
             await asyncio.sleep(delay)
             try:
                 await self._open(link)
-            except (ShoalError, OSError) as exc:
+            except ShoalError as exc:
                 self._connect_failed(link, exc, first=False)
                 delay = min(delay * 2, self.retry_max)
                 continue
@@ -192,28 +191,23 @@ class Session:
         self._interrupted = False
         up = self.connected(names)
         down = [Result(n, UNREACHABLE, error=f"not connected ({self.links[n].state.value})",
-                       error_code="unreachable") for n in names if n not in up]
+                       error_code=Outcome.UNREACHABLE) for n in names if n not in up]
         nodes = {n: command.for_node(n, i, len(names)) for i, n in enumerate(names)}
-        ran = await asyncio.gather(*(self._run_one(self.links[n], nodes[n], handler) for n in up))
-        return list(ran) + down
-
-    async def _run_one(self, link: HostLink, command: Command, handler: Handler) -> Result:
-        async with self._gate_():
-            result = await self._exec(link, command, handler)
-        handler.on_result(result)
-        return result
+        ran = await fan_out(up, lambda n: self._exec(self.links[n], nodes[n], handler), limit=self._gate_(),
+                            on_done=handler.on_result)
+        return ran + down
 
     async def _exec(self, link: HostLink, command: Command, handler: Handler) -> Result:
         client = link.client
         if self._interrupted:
             return Result(link.name, CANCELLED_STATUS, cancelled=True, error="cancelled before it started",
-                          error_code="cancelled")
+                          error_code=Outcome.CANCELLED)
         if client is None:
-            return Result(link.name, UNREACHABLE, error="connection lost", error_code="connection_lost")
+            return Result(link.name, UNREACHABLE, error="connection lost", error_code=Outcome.CONNECTION_LOST)
         handler.on_start(link.name)
         try:
             proc = await client.exec(command)
-        except (ShoalError, OSError) as exc:
+        except ShoalError as exc:
             return failure_result(link.name, exc)
         self._procs[link.name] = proc
         try:

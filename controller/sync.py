@@ -33,10 +33,11 @@ __all__ = ["HostOutput", "run", "run_async"]
 class HostOutput:
     """One host's command: its status, all its output, and what came of it.
 
-    `outcome` is one word: "ok" (exit 0), "failed" (another exit status), "killed"
-    (by a signal), "timed out", "unreachable" (never ran, or its connection was lost:
-    status 255) or "error" (the agent could not start it, e.g. not found). `result`
-    has the rest (exit code, signal, duration, `reason`).
+    `outcome` is one word of the one vocabulary (`Result.outcome`, listed in
+    `shoal.controller.outcome.HOST_OUTCOMES`): `ok`, `failed` (another exit status,
+    or the agent could not start it, e.g. not found: status 127), `signal`,
+    `timed_out`, `idle_timeout`, `cancelled`, `unreachable`, `auth_failed`, `denied`,
+    `lost`. `result` has the rest (exit code, signal, duration, `reason`).
     """
 
     host: str
@@ -53,15 +54,7 @@ class HostOutput:
 
 def outcome_of(result: Result) -> str:
     """The one-word outcome of `result` (see `HostOutput`)."""
-    if result.unreachable:
-        return "unreachable"
-    if result.timed_out:
-        return "timed out"
-    if result.signal:
-        return "killed"
-    if result.error:
-        return "error"
-    return "ok" if result.ok else "failed"
+    return str(result.outcome)
 
 
 class _Keep:

@@ -24,11 +24,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, TypeVar
 
-from shoal.hostio.files import AtomicWriter, FileReader, FileTransferError, map_os_error
+from shoal.hostio.atomic import AtomicWriter
+from shoal.hostio.fileerrors import FileTransferError, map_os_error
+from shoal.hostio.reader import FileReader
 from shoal.hostio.readahead import ReadAhead
 from shoal.hostio.sink import ChunkSink
 from shoal.protocol.defaults import TRANSFER_WINDOW
-from shoal.protocol.errors import RemoteCommandError, ShoalConnectionError, ShoalError
+from shoal.protocol.errors import ErrorCode, RemoteCommandError, ShoalConnectionError, ShoalError
 from shoal.protocol.messages import (
     Error,
     FileData,
@@ -42,8 +44,10 @@ from shoal.protocol.messages import (
 )
 
 from shoal.controller.client import AgentClient
-from shoal.controller.fleet import ConnectOptions, FleetResult, failure_result
-from shoal.controller.result import Result
+from shoal.controller.fanout import fan_out
+from shoal.controller.waves import RollingRun, WavePolicy, skipped_result
+from shoal.controller.fleet import ConnectOptions, FleetResult
+from shoal.controller.result import Result, failure_result
 from shoal.controller.targets import Target
 from shoal.controller.transferplan import PlanItem, PutPlan
 
@@ -220,7 +224,7 @@ class PutRequest(_Request):
 class GetRequest(_Request):
     """One GET_FILE: FILE_INFO, FILE_DATA within our window, FILE_END with the digest."""
 
-    def __init__(self, client: AgentClient, path: str, window: int = TRANSFER_WINDOW,
+    def __init__(self, client: AgentClient, path: str, window: int = TRANSFER_WINDOW, tree: str = "",
                  user: str | None = None) -> None:
         super().__init__(client)
         self.window = window
@@ -231,7 +235,7 @@ class GetRequest(_Request):
         self._consumed = 0
         self._check_features(["user"] if user is not None else [])
         if self.error is None:
-            client.send(GetFile(self.request_id, path=path, window=window, user=user,
+            client.send(GetFile(self.request_id, path=path, window=window, tree=tree, user=user,
                                 requires=["user"] if user is not None else []))
 
     def _on_message(self, msg: Message) -> None:
@@ -285,6 +289,7 @@ class HostPut:
         self.error: ShoalError | None = None
         self.request: PutRequest | None = None
         self.moved = 0
+        self.planned = plan.total_bytes  # content bytes this host is to receive
         self._bases: dict[int, str] = {}
         self._start = time.monotonic()
 
@@ -328,20 +333,13 @@ class HostPut:
             return await action(self.request)
         except ShoalError as exc:
             self.error = exc
-            self.progress.dropped(self.plan.total_bytes - self.moved)
+            self.progress.dropped(self.planned - self.moved)
             return None
 
     def result(self) -> Result:
         if self.error is not None:
-            return _failure(self.host, self.error)
+            return failure_result(self.host, self.error)
         return Result(self.host, 0, duration=time.monotonic() - self._start)
-
-
-def _failure(host: str, exc: BaseException) -> Result:
-    """A host's failed transfer as its Result (transfer errors: status 1)."""
-    if isinstance(exc, RemoteCommandError):
-        return Result(host, exc.status or TRANSFER_FAILED, error=exc.reason, error_code=exc.code)
-    return failure_result(host, exc)
 
 
 class FanoutPut:
@@ -390,7 +388,7 @@ class FanoutPut:
         finally:
             await chunks.close()
         if self.live() and reader.bytes_read != item.size:
-            raise FileTransferError("io_error", item.local, "file changed size while it was being sent")
+            raise FileTransferError(ErrorCode.IO_ERROR, item.local, "file changed size while it was being sent")
         return reader.hexdigest()
 
 
@@ -417,18 +415,19 @@ async def put_file(client: AgentClient, plan: PutPlan, remote_path: str,
 
 
 async def get_file(client: AgentClient, remote_path: str, local_path: str, *, preserve: bool = False,
-                   progress: Progress | None = None, user: str | None = None) -> Result:
+                   progress: Progress | None = None, tree: str = "", user: str | None = None) -> Result:
     """Fetch one remote file into `local_path`, atomically and checked by sha256.
 
     The local file is written beside `local_path` and renamed over it only when
     its sha256 matches the agent's; it gets the remote mode (and mtime with
     `preserve`). With `user`, the agent opens the file with that user's rights.
-    Returns the host's Result; errors writing locally become that
-    host's failure too, with the local path in the reason.
+    Returns the host's Result; errors writing locally become that host's failure
+    too, with the local path in the reason. `tree` (a get -r's remote root) makes
+    the agent refuse a path crossing a link below it.
     """
     progress = progress or _NoProgress()
     start = time.monotonic()
-    request = GetRequest(client, remote_path, user=user)
+    request = GetRequest(client, remote_path, tree=tree, user=user)
     try:
         info = await request.wait_info()
         progress.expect(info.size)
@@ -440,7 +439,7 @@ async def get_file(client: AgentClient, remote_path: str, local_path: str, *, pr
     except ShoalError as exc:
         if request.error is None:
             request.lost("transfer abandoned")  # stop routing its frames to us
-        return _failure(client.name, exc)
+        return failure_result(client.name, exc)
     return Result(client.name, 0, duration=time.monotonic() - start)
 
 
@@ -481,26 +480,43 @@ async def _receive_into(request: GetRequest, writer: AtomicWriter, progress: Pro
 
 async def put_fleet(targets: list[Target], connect: ConnectOptions, plan: PutPlan, remote_path: str, *,
                     options: PutOptions = PutOptions(), fanout: int = 64,
-                    progress: Progress | None = None) -> FleetResult:
+                    progress: Progress | None = None, policy: WavePolicy = WavePolicy(),
+                    on_wave: Callable[[int, int, list[str]], None] | None = None) -> FleetResult:
     """Put `plan` on every target: groups of `fanout` hosts share each local read.
 
-    Per-host failures become results and never stop the others. Raises
+    Per-host failures become results and never stop the others. `policy` rolls the
+    targets in waves with a failure budget (`shoal.controller.waves`); once it
+    stops the run, no new group starts and the hosts not started are `skipped`.
+    `on_wave(n, count, hosts)` is called as each wave starts. Raises
     FileTransferError when a local file fails to read mid-way (every host's
     connection is then aborted, so no host keeps a partial file).
     """
     progress = progress or _NoProgress()
     out = FleetResult()
     start = time.monotonic()
-    for first in range(0, len(targets), max(1, fanout)):
-        group = targets[first:first + max(1, fanout)]
-        out.results.extend(await _put_group(group, connect, plan, remote_path, options, progress))
+    state = RollingRun(policy, len(targets))
+    waves = policy.waves(targets)
+    for wave in waves:
+        if not state.stopped:
+            await state.next_wave()
+            if on_wave is not None:
+                on_wave(state.wave, len(waves), [t.name for t in wave])
+        for first in range(0, len(wave), max(1, fanout)):
+            group = wave[first:first + max(1, fanout)]
+            if state.stopped:
+                out.results.extend(skipped_result(t.name) for t in group)
+                continue
+            results = await _put_group(group, connect, plan, remote_path, options, progress)
+            for result in results:
+                state.record(result)
+            out.results.extend(results)
     out.elapsed = time.monotonic() - start
     return out
 
 
 async def _put_group(group: list[Target], connect: ConnectOptions, plan: PutPlan, remote_path: str,
                      options: PutOptions, progress: Progress) -> list[Result]:
-    attempts = await asyncio.gather(*(_connect(connect, t) for t in group))
+    attempts = await fan_out(group, lambda t: _connect(connect, t))
     clients = [a for a in attempts if isinstance(a, AgentClient)]
     failed = [a for a in attempts if isinstance(a, Result)]
     progress.expect(plan.total_bytes * len(clients))
@@ -518,7 +534,7 @@ async def _put_group(group: list[Target], connect: ConnectOptions, plan: PutPlan
 async def _connect(connect: ConnectOptions, target: Target) -> AgentClient | Result:
     try:
         return await connect.connect(target)
-    except (ShoalError, OSError) as exc:
+    except ShoalError as exc:
         return failure_result(target.name, exc)
 
 
@@ -532,19 +548,17 @@ async def get_fleet(targets: list[Target], connect: ConnectOptions, remote_path:
     """
     name = os.path.basename(remote_path.rstrip("/"))
     if not name:
-        raise FileTransferError("bad_path", remote_path, "remote path names no file")
-    gate = asyncio.Semaphore(max(1, fanout))
+        raise FileTransferError(ErrorCode.BAD_PATH, remote_path, "remote path names no file")
     out = FleetResult()
     start = time.monotonic()
 
-    async def one(target: Target) -> None:
-        async with gate:
-            result = await _get_one(target, connect, remote_path, local_dir, name, preserve, progress, user)
+    def done(result: Result) -> None:
         out.results.append(result)
         if on_result is not None:
             on_result(result)
 
-    await asyncio.gather(*(one(t) for t in targets))
+    await fan_out(targets, lambda t: _get_one(t, connect, remote_path, local_dir, name, preserve, progress, user),
+                  limit=fanout, on_done=done)
     out.elapsed = time.monotonic() - start
     return out
 

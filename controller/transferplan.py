@@ -13,7 +13,9 @@ import stat
 from dataclasses import dataclass
 from typing import Callable
 
-from shoal.hostio.files import FileTransferError, map_os_error, walk_tree
+from shoal.hostio.fileerrors import FileTransferError, map_os_error
+from shoal.hostio.reader import walk_tree
+from shoal.protocol.errors import ErrorCode
 
 __all__ = ["PlanItem", "PutPlan", "plan_put"]
 
@@ -68,13 +70,13 @@ def plan_put(sources: list[str], remote_path: str, recursive: bool,
         st = _stat(source)
         if stat.S_ISDIR(st.st_mode):
             if not recursive:
-                raise FileTransferError("is_directory", source, "is a directory (use -r to copy directories)")
+                raise FileTransferError(ErrorCode.IS_DIRECTORY, source, "is a directory (use -r to copy directories)")
             items.append(_item(source, index, "", st))
             items.extend(_tree(source, index, skipped))
         elif stat.S_ISREG(st.st_mode):
             items.append(_item(source, index, "", st))
         else:
-            raise FileTransferError("io_error", source, "not a regular file")
+            raise FileTransferError(ErrorCode.IO_ERROR, source, "not a regular file")
     into = remote_path.endswith("/") or len(sources) > 1
     return PutPlan(tuple(items), into, sum(item.size for item in items))
 

@@ -8,6 +8,7 @@ from shoal.protocol.connection import Connection, HandshakeComplete, KeyLookup, 
 from shoal.protocol.errors import (
     ERROR_CODES,
     AuthError,
+    ErrorCode,
     BadRequestError,
     ConfigError,
     LocalProtocolError,
@@ -21,12 +22,14 @@ from shoal.protocol.errors import (
 from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, FrameDecoder
 from shoal.protocol.handshake import SharedKey
 from shoal.protocol.messages import MESSAGE_CLASSES, PROTOCOL_VERSION, Message, MessageType
+from shoal.protocol.request import RequestChannel, RequestState
 
 __all__ = [
     "AuthError",
     "BadRequestError",
     "ERROR_CODES",
     "ConfigError",
+    "ErrorCode",
     "Connection",
     "DEFAULT_MAX_FRAME_SIZE",
     "FrameDecoder",
@@ -40,6 +43,8 @@ __all__ = [
     "ProtocolError",
     "RemoteCommandError",
     "RemoteProtocolError",
+    "RequestChannel",
+    "RequestState",
     "Role",
     "SharedKey",
     "ShoalConnectionError",

@@ -24,10 +24,11 @@ from enum import Enum
 from typing import NoReturn
 
 from shoal.protocol import handshake
-from shoal.protocol.errors import AuthError, LocalProtocolError, RemoteProtocolError
+from shoal.protocol.errors import AuthError, ErrorCode, LocalProtocolError, RemoteProtocolError
 from shoal.protocol.frames import (DEFAULT_MAX_FRAME_SIZE, HEAD_SIZE, MAX_FRAME_SIZE_CEILING, PREAUTH_MAX_FRAME, TAG_SIZE,
                                    FrameDecoder, RawFrame, frame_head)
 from shoal.protocol.messages import (
+    AGENT_FEATURES,
     AGENT_ONLY,
     CONTROLLER_ONLY,
     PROTOCOL_VERSION,
@@ -123,7 +124,8 @@ class Connection:
         nonce: fixed handshake nonce, for test vectors only.
         macs: frame MAC algorithms we accept, in our order of preference; the
             controller offers them, the agent picks the first offered it knows.
-        features: (agent) the `requires` names it honours, announced in HELLO.
+        features: (agent) the `requires` names it honours, announced in HELLO
+            together with AGENT_FEATURES.
     """
 
     def __init__(
@@ -248,11 +250,12 @@ class Connection:
         legal = _LEGAL[self.state]
         if legal is None or frame.type not in legal:
             name = MessageType(frame.type).name if frame.type in MessageType._value2member_map_ else f"0x{frame.type:02x}"
-            code = "unknown_type" if name.startswith("0x") else "out_of_order"
+            code = ErrorCode.UNKNOWN_TYPE if name.startswith("0x") else ErrorCode.OUT_OF_ORDER
             self._fail(RemoteProtocolError(f"{name} not allowed in state {self.state.value}", code))
         if frame.type in _OURS_ONLY[self.role]:
             self._fail(RemoteProtocolError(
-                f"{MessageType(frame.type).name} is sent only by the {self.role.value}, never to it", "wrong_direction"))
+                f"{MessageType(frame.type).name} is sent only by the {self.role.value}, never to it",
+                ErrorCode.WRONG_DIRECTION))
         try:
             msg = decode_body(frame.type, frame.request_id, frame.body)
         except RemoteProtocolError as exc:
@@ -267,7 +270,7 @@ class Connection:
         if not self._recv_mac.verify(self._recv_seq, frame.head, frame.body, frame.tag):
             self._fail(RemoteProtocolError(
                 f"frame {self._recv_seq} failed its MAC check (tampered, replayed, reordered or reflected)",
-                "bad_mac",
+                ErrorCode.BAD_MAC,
             ))
         self._recv_seq += 1
 
@@ -275,7 +278,7 @@ class Connection:
 
     def _handshake_step(self, msg: Message, frame: RawFrame) -> None:
         if isinstance(msg, Error):
-            if msg.code == "auth_failed":
+            if msg.code == ErrorCode.AUTH_FAILED:
                 self._auth_fail(msg.message or "authentication failed", None, queue=False)
             self._fail(RemoteProtocolError(f"peer reported {msg.code}: {msg.message}", msg.code), queue=False)
         if isinstance(msg, Hello):
@@ -286,12 +289,14 @@ class Connection:
     def _on_hello(self, hello: Hello, frame: RawFrame) -> None:
         expected_role = "agent" if self.role is Role.CONTROLLER else "controller"
         if self.peer_hello is not None or self.state is not State.HELLO:
-            self._fail(RemoteProtocolError("second HELLO", "out_of_order"))
+            self._fail(RemoteProtocolError("second HELLO", ErrorCode.OUT_OF_ORDER))
         if hello.role != expected_role:
-            self._fail(RemoteProtocolError(f"peer says it is a {hello.role}, expected a {expected_role}", "bad_hello"))
+            self._fail(RemoteProtocolError(f"peer says it is a {hello.role}, expected a {expected_role}",
+                                           ErrorCode.BAD_HELLO))
         if hello.protocol != PROTOCOL_VERSION:
             self._fail(RemoteProtocolError(
-                f"protocol version {hello.protocol} not supported (this end speaks {PROTOCOL_VERSION})", "version"))
+                f"protocol version {hello.protocol} not supported (this end speaks {PROTOCOL_VERSION})",
+                ErrorCode.VERSION))
         self.peer_hello = hello
         if hello.max_frame:
             self.peer_max_frame = min(hello.max_frame, MAX_FRAME_SIZE_CEILING)
@@ -327,7 +332,7 @@ class Connection:
                 return name
         self._fail(RemoteProtocolError(
             f"no frame MAC in common: the controller offered {offered}, this agent accepts {self.macs}",
-            "bad_hello"))
+            ErrorCode.BAD_HELLO))
 
     def _controller_on_hello(self, hello: Hello) -> None:
         if self.key is None:
@@ -339,7 +344,8 @@ class Connection:
         self._require_nonce(hello)
         chosen = hello.mac or handshake.MAC_HMAC_SHA256
         if chosen not in self.macs:
-            self._fail(RemoteProtocolError(f"the agent chose frame MAC {chosen!r}, which was not offered", "bad_hello"))
+            self._fail(RemoteProtocolError(f"the agent chose frame MAC {chosen!r}, which was not offered",
+                                           ErrorCode.BAD_HELLO))
         self.mac = chosen
         self.key_id = self.key.key_id
         th = self._transcript()
@@ -348,7 +354,7 @@ class Connection:
 
     def _on_auth(self, auth: Auth) -> None:
         if self.state is not State.AUTH or self.key is None:
-            self._fail(RemoteProtocolError("AUTH before HELLO", "out_of_order"))
+            self._fail(RemoteProtocolError("AUTH before HELLO", ErrorCode.OUT_OF_ORDER))
         th = self._transcript()
         secret = self.key.secret
         if self.role is Role.AGENT:
@@ -391,11 +397,11 @@ class Connection:
         """Refuse a nonce that is not 32 bytes, is one byte repeated, or reflects ours (§5.2)."""
         nonce = _unhex(hello.nonce)
         if len(nonce) != NONCE_SIZE:
-            self._fail(RemoteProtocolError("HELLO carries no valid nonce", "bad_hello"))
+            self._fail(RemoteProtocolError("HELLO carries no valid nonce", ErrorCode.BAD_HELLO))
         if nonce == bytes([nonce[0]]) * NONCE_SIZE:
-            self._fail(RemoteProtocolError("HELLO nonce is one byte repeated, not random", "bad_hello"))
+            self._fail(RemoteProtocolError("HELLO nonce is one byte repeated, not random", ErrorCode.BAD_HELLO))
         if nonce == self._nonce:
-            self._fail(RemoteProtocolError("HELLO nonce equals ours (reflected)", "bad_hello"))
+            self._fail(RemoteProtocolError("HELLO nonce equals ours (reflected)", ErrorCode.BAD_HELLO))
 
     def _send_hello(self, auth: str, key_id: str) -> None:
         self._our_hello_nonce = self._nonce.hex() if auth != "none" else ""
@@ -405,7 +411,7 @@ class Connection:
             nonce=self._our_hello_nonce, max_frame=self._max_frame_size,
             macs=list(self.macs) if keyed and controller else [],
             mac=(self.mac or "") if keyed and not controller else "",
-            features=list(self.features) if not controller else [],
+            features=[] if controller else sorted(set(AGENT_FEATURES) | set(self.features)),
         )
         self._emit(hello)
         self._our_hello_frame = b"".join(self._out[-2:])
@@ -431,7 +437,7 @@ class Connection:
         """Fail the handshake; the peer gets `peer_reason` (default `reason`), our log `reason`."""
         err = AuthError(reason, key_id=key_id)
         if queue:
-            self.fail("auth_failed", peer_reason or reason)
+            self.fail(ErrorCode.AUTH_FAILED, peer_reason or reason)
         self.state = State.FAILED
         self._error = err
         raise err

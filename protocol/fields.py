@@ -13,9 +13,12 @@ from __future__ import annotations
 import math
 
 from shoal.protocol.errors import BadRequestError
-from shoal.protocol.messages import Exec, GetFile, Message, PutFile
+from shoal.protocol.messages import Exec, GetFile, ListTree, Message, PutFile, RemovePaths
 
-__all__ = ["check_request", "unknown_requirements", "EXEC_FEATURES", "TRANSFER_FEATURES", "MAX_KILL_GRACE", "MAX_MTIME", "MAX_SIZE", "MAX_USER"]
+__all__ = [
+    "check_request", "unknown_requirements", "EXEC_FEATURES", "TRANSFER_FEATURES",
+    "MAX_IDLE_TIMEOUT", "MAX_KILL_GRACE", "MAX_MTIME", "MAX_SIZE", "MAX_USER",
+]
 
 # Fields this agent honours when a request names them in `requires`. Any other
 # name is a field added after us that the controller needs honoured: we refuse
@@ -28,6 +31,9 @@ MAX_USER = 256
 # Longest grace a request may ask for between signals, in seconds: an hour is
 # already far beyond any shutdown a command could need.
 MAX_KILL_GRACE = 3600.0
+# Longest silence an EXEC may allow, in seconds (30 days): past that nobody is
+# waiting for the output, and the timer's arithmetic stays exact.
+MAX_IDLE_TIMEOUT = 30 * 86400.0
 # |mtime| in seconds from the epoch; beyond this (about year 2514) utime() overflows
 # on some filesystems.
 MAX_MTIME = float(2 ** 34)
@@ -46,7 +52,14 @@ def check_request(msg: Message) -> None:
     elif isinstance(msg, GetFile):
         _check_encodable("path", msg.path)
         _check_user(msg.user)
+        _check_encodable("tree", msg.tree)
         _check_range("window", msg.window, 0, MAX_SIZE)
+    elif isinstance(msg, ListTree):
+        _check_encodable("path", msg.path)
+    elif isinstance(msg, RemovePaths):
+        _check_encodable("tree", msg.tree)
+        for i, path in enumerate(msg.paths):
+            _check_encodable(f"paths[{i}]", path)
 
 
 def unknown_requirements(msg: Exec | PutFile | GetFile) -> list[str]:
@@ -69,6 +82,12 @@ def _check_exec(msg: Exec) -> None:
         _check_text("cwd", msg.cwd)
     if msg.kill_grace is not None:
         _check_range("kill_grace", msg.kill_grace, 0, MAX_KILL_GRACE)
+    if msg.idle_timeout is not None:
+        _check_range("idle_timeout", msg.idle_timeout, 0, MAX_IDLE_TIMEOUT)
+        if msg.idle_timeout == 0:
+            raise BadRequestError("idle_timeout", "must be more than 0")
+        if msg.detach:
+            raise BadRequestError("idle_timeout", "cannot go with detach (its output goes to a file, unseen)")
     _check_user(msg.user)
     if msg.pty:
         _check_range("rows", msg.rows, 0, 0xFFFF)
@@ -86,6 +105,7 @@ def _check_put(msg: PutFile) -> None:
     _check_encodable("path", msg.path)  # a NUL byte is the file service's `bad_path`
     _check_encodable("name", msg.name)
     _check_user(msg.user)
+    _check_encodable("tree", msg.tree)
     _check_range("size", msg.size, 0, MAX_SIZE)
     _check_range("window", msg.window, 0, MAX_SIZE)
     if msg.mode is not None:

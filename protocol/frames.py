@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from shoal.protocol.errors import LocalProtocolError, RemoteProtocolError
+from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "HEAD",
@@ -185,18 +185,18 @@ class FrameDecoder:
         overhead = _COUNTED_HEAD + (TAG_SIZE if self.tagged else 0)
         if length < overhead:
             what = "too short to carry its MAC" if self.tagged else "shorter than its head"
-            raise RemoteProtocolError(f"frame length {length} is {what}", "bad_frame")
+            raise RemoteProtocolError(f"frame length {length} is {what}", ErrorCode.BAD_FRAME)
         if length - overhead > self.max_body:
             raise RemoteProtocolError(
                 f"frame body of {length - overhead} bytes exceeds the limit of {self.max_body}",
-                "frame_too_large",
+                ErrorCode.FRAME_TOO_LARGE,
             )
 
     def _check_truncation(self) -> None:
         if self._eof and self._end > self._start:
             raise RemoteProtocolError(
                 f"connection closed in the middle of a frame ({self._end - self._start} bytes pending)",
-                "truncated",
+                ErrorCode.TRUNCATED,
             )
         return None
 

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from shoal.protocol.errors import RemoteProtocolError
+from shoal.protocol.errors import ErrorCode, RemoteProtocolError
 
 __all__ = ["MAX_DEPTH", "parse_object"]
 
@@ -69,4 +69,4 @@ def _no_constant(name: str) -> Any:
 
 
 def _bad(message: str) -> RemoteProtocolError:
-    return RemoteProtocolError(message, "bad_message")
+    return RemoteProtocolError(message, ErrorCode.BAD_MESSAGE)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
-from shoal.protocol.errors import LocalProtocolError, RemoteProtocolError
+from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from shoal.protocol.jsonbody import parse_object
 
 __all__ = [
@@ -49,6 +49,10 @@ __all__ = [
     "FileData",
     "FileEnd",
     "FileDone",
+    "ListTree",
+    "TreeEntries",
+    "RemovePaths",
+    "Removed",
     "MESSAGE_CLASSES",
     "decode_body",
     "encode_body",
@@ -88,10 +92,14 @@ class MessageType(IntEnum):
     FILE_DATA = 0x43
     FILE_END = 0x44
     FILE_DONE = 0x45
+    LIST_TREE = 0x46
+    TREE_ENTRIES = 0x47
+    REMOVE_PATHS = 0x48
+    REMOVED = 0x49
 
 
 def _bad(message: str) -> RemoteProtocolError:
-    return RemoteProtocolError(message, "bad_message")
+    return RemoteProtocolError(message, ErrorCode.BAD_MESSAGE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +122,13 @@ class Message:
 # -- connection level --------------------------------------------------------
 
 
+# What this agent honours beyond version 1, named in its HELLO `features`:
+# "idle_timeout" is EXEC's `idle_timeout` (and EXIT's `idle_timed_out`). The agent's
+# HELLO adds the `requires` names it honours ("user", "pty"; issue 17), which its
+# session passes to the Connection: one `features` list holds both.
+AGENT_FEATURES = ("idle_timeout",)
+
+
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
     """First frame from each side: version, role, authentication offer."""
@@ -131,8 +146,11 @@ class Hello(Message):
     # answers with its choice in `mac` (absent: hmac-sha256).
     macs: list[str] = field(default_factory=lambda: ["hmac-sha256"])
     mac: str = ""
-    # Agent: the request fields it honours when named in `requires` (issue 17), so a
-    # controller can refuse locally what an older agent, sending none, would ignore.
+    # Request members beyond version 1 this end honours (absent: none). The agent lists
+    # AGENT_FEATURES plus the `requires` names it honours (issue 17: "user", "pty";
+    # shoal.protocol.fields.EXEC_FEATURES). Unknown members are ignored, so a controller
+    # must not send one the agent did not list: an older agent would run the command
+    # without it.
     features: list[str] = field(default_factory=list)
 
     def _validate(self) -> None:
@@ -218,6 +236,7 @@ class Exec(Message):
     rows: int = 0
     cols: int = 0
     requires: list[str] = field(default_factory=list)
+    idle_timeout: float | None = None  # feature "idle_timeout"; range in shoal.protocol.fields
 
     def _validate(self) -> None:
         if (self.argv is None) == (self.shell is None):
@@ -336,6 +355,7 @@ class Exit(Message):
     stderr_bytes: int = 0
     output_file: str | None = None
     leftovers_ended: int | None = None
+    idle_timed_out: bool = False  # feature "idle_timeout": ended by EXEC's idle_timeout
 
 
 # -- metrics and files -------------------------------------------------------
@@ -372,6 +392,8 @@ class PutFile(Message):
     window: int = 0
     user: str | None = None  # create and check as this user (issue 17); named in `requires`
     requires: list[str] = field(default_factory=list)
+    tree: str = ""
+    parents: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +405,7 @@ class GetFile(Message):
     window: int = 0
     user: str | None = None  # open as this user (issue 17); named in `requires`
     requires: list[str] = field(default_factory=list)
+    tree: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,12 +446,47 @@ class FileDone(Message):
     path: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ListTree(Message):
+    """Ask what a directory tree holds: one entry per path, with sha256 of files on request."""
+
+    TYPE = MessageType.LIST_TREE
+    path: str = ""
+    sha256: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEntries(Message):
+    """Part of a LIST_TREE answer; the last part has `done` set."""
+
+    TYPE = MessageType.TREE_ENTRIES
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RemovePaths(Message):
+    """Remove entries below `tree`, named relative to it, never following a link."""
+
+    TYPE = MessageType.REMOVE_PATHS
+    tree: str = ""
+    paths: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Removed(Message):
+    """REMOVE_PATHS is done: how many of its paths were there and are now gone."""
+
+    TYPE = MessageType.REMOVED
+    count: int = 0
+
+
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Auth, Error, Ping, Pong, Goodbye, Exec, Stdin, StdinEof, Signal, Cancel,
         Window, Resize, Started, Stdout, Stderr, Exit, MetricsRequest, MetricsReply, PutFile,
-        GetFile, FileInfo, FileData, FileEnd, FileDone,
+        GetFile, FileInfo, FileData, FileEnd, FileDone, ListTree, TreeEntries, RemovePaths, Removed,
     )
 }
 
@@ -441,10 +499,12 @@ CONNECTION_LEVEL = frozenset(
 CONTROLLER_ONLY = frozenset({
     MessageType.EXEC, MessageType.STDIN, MessageType.STDIN_EOF, MessageType.SIGNAL, MessageType.CANCEL,
     MessageType.METRICS_REQUEST, MessageType.PUT_FILE, MessageType.GET_FILE, MessageType.RESIZE,
+    MessageType.LIST_TREE, MessageType.REMOVE_PATHS,
 })
 AGENT_ONLY = frozenset({
     MessageType.STARTED, MessageType.STDOUT, MessageType.STDERR, MessageType.EXIT,
     MessageType.METRICS_REPLY, MessageType.FILE_INFO, MessageType.FILE_DONE,
+    MessageType.TREE_ENTRIES, MessageType.REMOVED,
 })
 
 
@@ -463,7 +523,7 @@ def decode_body(type_: int, request_id: int, body: bytes) -> Message:
     """Build the typed message for a frame; RemoteProtocolError on any mismatch."""
     cls = MESSAGE_CLASSES.get(type_)
     if cls is None:
-        raise RemoteProtocolError(f"unknown message type 0x{type_:02x}", "unknown_type")
+        raise RemoteProtocolError(f"unknown message type 0x{type_:02x}", ErrorCode.UNKNOWN_TYPE)
     if cls.TYPE in CONNECTION_LEVEL and request_id != 0:
         raise _bad(f"{cls.TYPE.name} must use request id 0")
     if cls.TYPE not in CONNECTION_LEVEL and cls.TYPE is not MessageType.ERROR and request_id == 0:

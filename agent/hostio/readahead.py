@@ -13,7 +13,7 @@ import asyncio
 import threading
 
 from shoal.hostio.bulk import start_bulk_thread
-from shoal.hostio.files import FileReader
+from shoal.hostio.reader import FileReader
 
 __all__ = ["ReadAhead"]
 

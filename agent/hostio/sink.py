@@ -18,7 +18,8 @@ import queue
 from typing import Callable, Union
 
 from shoal.hostio.bulk import start_bulk_thread
-from shoal.hostio.files import AtomicWriter, FileTransferError
+from shoal.hostio.atomic import AtomicWriter
+from shoal.hostio.fileerrors import FileTransferError
 
 __all__ = ["ChunkSink"]
 

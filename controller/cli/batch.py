@@ -19,8 +19,16 @@ and `-` (`test -z "$X"` -> 01-test-z-X), HOST as for `run --outdir`.
 (non-zero, unreachable, lost, timed out), each host's at once when its command
 ends; the table still counts every host.
 
+--serial, --max-fail and --canary roll the hosts in waves as for `run`; a host
+fails when any of its commands does. Hosts a stopped run never started are
+skipped for every command (the table's SKIPPED column); with -o json or
+--failed-only they are reported with command 1 (JSON `wave` events also carry
+`"command": 1`).
+
 Exit status: the largest per-host status (255 unreachable or lost), 2 for a bad
-batch file or options, 130 when interrupted.
+batch file or options, 130 when interrupted. A run that --max-fail or --canary
+stopped exits with the largest status among the hosts that ran, or 1 when all of
+those succeeded.
 """
 
 from __future__ import annotations
@@ -41,12 +49,15 @@ from shoal.controller.fleet import ConnectOptions, Handler
 from shoal.controller.term.interrupt import run_interruptible
 from shoal.controller.cli.options import (
     add_connect_options,
+    add_idle_timeout_option,
     add_outdir_failed_options,
+    add_rolling_options,
     add_target_options,
     add_user_option,
     connect_options_from_args,
     parse_env,
     targets_from_args,
+    wave_policy_from_args,
 )
 from shoal.controller.term.outdir import OutdirTee
 from shoal.controller.term.output import GatherHandler, JsonHandler, StreamHandler
@@ -61,12 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="run every command on every host even after one fails")
     g.add_argument("-t", "--timeout", type=float, metavar="SECS",
                    help="kill each command's process tree after SECS (per command)")
+    add_idle_timeout_option(g)
     g.add_argument("--kill-grace", type=float, metavar="SECS", help="seconds between SIGTERM and SIGKILL")
     g.add_argument("--cwd", metavar="DIR", help="working directory on the hosts")
     g.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
                    help="environment variable for every command (repeatable)")
     add_user_option(g)
     add_connect_options(parser)
+    add_rolling_options(parser)
     o = parser.add_argument_group("output")
     o.add_argument("-o", "--output", choices=("stream", "gather", "json"), default="stream",
                    help="stream prefixed lines as they come (default), gather identical output per command, "
@@ -83,7 +96,7 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     lines = read_batch(args.file, sys.stdin.buffer)
     targets = targets_from_args(args)
     base = Command(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout, kill_grace=args.kill_grace,
-                   user=args.user)
+                   idle_timeout=args.idle_timeout, user=args.user)
     commands = [replace(base, shell=line.text) for line in lines]
     return asyncio.run(run_batch(targets, lines, commands, connect_options_from_args(args), args, display))
 
@@ -91,10 +104,15 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
 async def run_batch(targets: list[Target], lines: list[BatchLine], commands: list[Command],
                     options: ConnectOptions, args: argparse.Namespace, display: Display) -> int:
     """Run the batch with Ctrl-C handling: first cancels and starts nothing more, second stops waiting."""
+    from shoal.controller.term.waveview import wave_reporter
+
+    policy = wave_policy_from_args(args)
     raise_open_files_limit(min(len(targets), args.fanout))
     runner = BatchRunner(targets, options, fanout=args.fanout, keep_going=args.keep_going)
     handlers, finish = _handlers(args, display, [t.name for t in targets], lines)
-    report, interrupts = await run_interruptible(runner.run(lines, commands, handlers.__getitem__), display,
+    batch = runner.run(lines, commands, handlers.__getitem__, policy=policy,
+                       on_wave=wave_reporter(display, handlers[0]))
+    report, interrupts = await run_interruptible(batch, display,
                                                  lambda: runner.cancel(args.kill_grace), runner.kill)
     if report is None:
         return 130

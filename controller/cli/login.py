@@ -21,7 +21,7 @@ import os
 import sys
 
 from shoal.protocol.defaults import DATA_CHUNK
-from shoal.protocol.errors import ConfigError, RemoteCommandError
+from shoal.protocol.errors import ConfigError, ErrorCode, RemoteCommandError
 
 from shoal.controller.client import AgentClient, Command, RemoteProcess
 from shoal.controller.cli.options import (
@@ -30,6 +30,7 @@ from shoal.controller.cli.options import (
     connect_options_from_args,
     targets_from_args,
 )
+from shoal.controller.outcome import Outcome
 from shoal.controller.result import UNREACHABLE
 from shoal.controller.targets import Target
 from shoal.controller.term.display import Display
@@ -73,7 +74,8 @@ async def login(target: Target, command: Command, args: argparse.Namespace, disp
             return exc.status if exc.status is not None else UNREACHABLE
         if proc.result is not None and proc.result.error is not None:
             display.error(f"{target.name}: {proc.result.error}")
-            return UNREACHABLE if proc.result.error_code in ("connection_lost", "permission_denied") else proc.result.status
+            lost = proc.result.error_code in (Outcome.CONNECTION_LOST, ErrorCode.PERMISSION_DENIED)
+            return UNREACHABLE if lost else proc.result.status
         return await _attached(proc, display)
     finally:
         await client.close()

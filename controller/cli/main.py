@@ -11,6 +11,7 @@ errors to exit statuses:
     70    internal error: a bug in shoal (one line on stderr; the traceback goes to
           the file named by SHOAL_DEBUG_LOG, if set)
     130   interrupted (Ctrl-C)
+    141   our stdout was closed early (`| head`): remote commands cancelled, no message
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ from shoal.controller.cli.words import split_at_command
 from shoal.controller.term.display import Display
 from shoal.hostio.version import VersionAction
 
-__all__ = ["main", "SUBCOMMANDS", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_INTERRUPTED", "EXIT_SOFTWARE"]
+__all__ = ["main", "SUBCOMMANDS", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_INTERRUPTED", "EXIT_SOFTWARE", "EXIT_BROKEN_PIPE"]
 
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 255
 EXIT_INTERRUPTED = 130
 EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a writer killed by SIGPIPE
 
 log = logging.getLogger("shoal.controller")
 
@@ -92,7 +94,7 @@ def build_parser(only: str | None = None, *, every: bool = False,
         prog="shoal", description="Run commands on many hosts through shoal agents.",
         epilog="Exit status: 0 ok; otherwise the largest host status (128+N for signal N); "
                "255 unreachable/auth/timeout; 2 usage or configuration error; 70 internal error; "
-               "130 interrupted.")
+               "130 interrupted; 141 stdout closed early (| head).")
     parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
     chosen: Parser | None = None
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         _quiet_broken_pipe()
-        return 128 + signal.SIGPIPE
+        return EXIT_BROKEN_PIPE
     except Exception as exc:  # a bug: one line for the user, the traceback for the debug log
         log.exception("internal error in shoal %s", args.subcommand)
         display.error(f"internal error: {type(exc).__name__}: {exc} "

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def render(args: argparse.Namespace, result: MetricsRound) -> str:
     """The chosen view of one round of snapshots."""
     if args.json:
-        return format_json_lines(result.snapshots)
+        return format_json_lines(result.snapshots, result.error_codes)
     if args.prometheus:
         return format_prometheus(result.snapshots)
     return format_table(result.for_table(), sort=args.sort)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import ssl as ssl_module
 
 from shoal.protocol.errors import ConfigError
@@ -14,6 +15,7 @@ from shoal.protocol.handshake import SharedKey
 from shoal.controller.client import Command
 from shoal.controller.fleet import ConnectOptions
 from shoal.controller.targets import Target
+from shoal.controller.waves import WavePolicy, parse_count
 
 __all__ = [
     "add_target_options",
@@ -21,6 +23,10 @@ __all__ = [
     "add_output_options",
     "add_outdir_failed_options",
     "add_exec_options",
+    "parse_size",
+    "add_idle_timeout_option",
+    "add_rolling_options",
+    "wave_policy_from_args",
     "targets_from_args",
     "connect_options_from_args",
     "command_from_args",
@@ -61,8 +67,30 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
                    help="with one host: pass output through byte-exact, no prefix (default when stdout is not a TTY)")
     add_outdir_failed_options(g, outdir_help="also write each host's output to DIR/HOST.out and DIR/HOST.err",
                               failed_only_help="after the run, list only failed hosts and why")
-    g.add_argument("-q", "--quiet", action="store_true", help="no summary or progress; errors only")
+    g.add_argument("--diff", action="store_true",
+                   help="gather, then show each distinct output as a unified diff against the most common one")
+    g.add_argument("--max-output", type=parse_size, metavar="SIZE",
+                   help="keep the first and last of each host's stdout and stderr up to SIZE (64K, 16M, 1G; "
+                        "0 or none: all), with a gap line between; default 16M with -o gather, none otherwise; "
+                        "--outdir files keep everything")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="no summary or progress, and no line for a host whose command failed; "
+                        "hosts that could not run it still get theirs")
     g.add_argument("-v", "--verbose", action="store_true", help="more detail on stderr")
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """`64K`, `16M`, `1G` (binary units; `KiB`, `MB` too), plain bytes; `0` or `none`: no limit (0)."""
+    if text.strip().lower() == "none":
+        return 0
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (like 64K, 16M, 1G, or none)")
+    return int(float(match[1]) * _SIZE_UNITS[match[2].upper()])
 
 
 def add_outdir_failed_options(group: argparse._ArgumentGroup, *, outdir_help: str, failed_only_help: str) -> None:
@@ -71,10 +99,28 @@ def add_outdir_failed_options(group: argparse._ArgumentGroup, *, outdir_help: st
     group.add_argument("--failed-only", action="store_true", help=failed_only_help)
 
 
+def add_idle_timeout_option(group: argparse._ArgumentGroup) -> None:
+    """--idle-timeout, spelled once for run and batch."""
+    group.add_argument("--idle-timeout", type=_positive_seconds, metavar="SECS",
+                       help="kill the command's process tree once it has printed nothing for SECS "
+                            "(decided on the agent; outcome idle_timeout)")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text!r}")
+    return value
+
+
 def add_exec_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("command")
     g.add_argument("-t", "--timeout", type=float, metavar="SECS",
                    help="kill the command's process tree after SECS (SIGTERM, then SIGKILL)")
+    add_idle_timeout_option(g)
     g.add_argument("--kill-grace", type=float, metavar="SECS", help="seconds between SIGTERM and SIGKILL")
     g.add_argument("--cwd", metavar="DIR", help="working directory on the hosts")
     g.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="environment variable (repeatable)")
@@ -92,6 +138,30 @@ def add_exec_options(parser: argparse.ArgumentParser) -> None:
 def add_user_option(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
     group.add_argument("-u", "--user", metavar="NAME",
                        help="run as this user on the hosts (the agent runs as root and the key allows NAME)")
+def add_rolling_options(parser: argparse.ArgumentParser) -> None:
+    """--serial, --serial-wait, --max-fail and --canary, spelled once for run, batch and put."""
+    g = parser.add_argument_group("rolling")
+    g.add_argument("--serial", metavar="N|N%",
+                   help="run the hosts in waves of N (or N%% of the targets, rounded down, at least 1); "
+                        "each wave starts when the previous one has finished")
+    g.add_argument("--serial-wait", type=float, default=0.0, metavar="SECS",
+                   help="pause SECS between waves")
+    g.add_argument("--max-fail", metavar="N|N%",
+                   help="once more than N (or N%% of the targets, rounded down) hosts have failed, start no "
+                        "more; running hosts finish, the rest are skipped")
+    g.add_argument("--canary", type=int, default=0, metavar="N",
+                   help="run the first N hosts alone first; any failure among them skips the rest")
+
+
+def wave_policy_from_args(args: argparse.Namespace) -> WavePolicy:
+    """The rolling options as the library's WavePolicy."""
+    if args.serial_wait < 0:
+        raise ConfigError("must not be negative", "--serial-wait")
+    if args.canary < 0:
+        raise ConfigError("must not be negative", "--canary")
+    serial = parse_count(args.serial, "--serial", minimum=1) if args.serial is not None else None
+    max_fail = parse_count(args.max_fail, "--max-fail") if args.max_fail is not None else None
+    return WavePolicy(serial=serial, wait=args.serial_wait, max_fail=max_fail, canary=args.canary)
 
 
 def targets_from_args(args: argparse.Namespace) -> list[Target]:
@@ -155,9 +225,11 @@ def command_from_args(args: argparse.Namespace, words: list[str]) -> Command:
     """The command's words: joined for /bin/sh like ssh does, or an argv with --argv."""
     if not words:
         raise ConfigError("no command given (put it after TARGETS and shoal's options)", "command")
+    if args.idle_timeout is not None and args.detach:
+        raise ConfigError("cannot go with --detach (a detached command's output is not watched)", "--idle-timeout")
     common = dict(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout,
-                  detach=args.detach, kill_grace=args.kill_grace, user=getattr(args, "user", None),
-                  pty=getattr(args, "pty", False))
+                  detach=args.detach, kill_grace=args.kill_grace, idle_timeout=args.idle_timeout,
+                  user=getattr(args, "user", None), pty=getattr(args, "pty", False))
     if args.argv:
         return Command(argv=list(words), **common)
     return Command(shell=" ".join(words), **common)

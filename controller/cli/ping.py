@@ -27,7 +27,7 @@ from shoal.controller.escape import escape_text
 from shoal.controller.metricsview import host_order_key
 from shoal.controller.monitor import FleetMonitor, PingReport, ping_fleet
 from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
-from shoal.controller.result import UNREACHABLE
+from shoal.controller.result import UNREACHABLE, outcome_fields
 
 __all__ = ["add_arguments", "run", "format_reports", "exit_status"]
 
@@ -83,14 +83,14 @@ def format_reports(reports: list[PingReport], max_offset: float) -> str:
 
 
 def format_json_lines(reports: list[PingReport], max_offset: float) -> str:
-    """One object per host: rtt figures in seconds, offset, version, skewed; or error."""
+    """One object per host: ok, unreachable, error, error_code (as `run -o json` exit
+    events have them), then rtt figures in seconds, offset, version, skewed when ok."""
     out = []
     for r in sorted(reports, key=lambda r: host_order_key(r.host)):
-        if r.error is not None:
-            record: dict[str, object] = {"host": r.host, "error": r.error}
-        else:
-            record = {"host": r.host, "rtt_min": r.rtt_min, "rtt_avg": r.rtt_avg, "rtt_max": r.rtt_max,
-                      "offset": r.offset, "version": _version(r), "skewed": r.skewed(max_offset)}
+        record: dict[str, object] = {"host": r.host, **outcome_fields(r.error, r.error_code)}
+        if r.error is None:
+            record.update(rtt_min=r.rtt_min, rtt_avg=r.rtt_avg, rtt_max=r.rtt_max,
+                          offset=r.offset, version=_version(r), skewed=r.skewed(max_offset))
         out.append(json.dumps(record, separators=(",", ":")) + "\n")
     return "".join(out)
 

@@ -16,7 +16,9 @@ SHOAL_HOST, SHOAL_NODENUM (0-based, in target order) and SHOAL_NUMNODES set.
 
 Exit status: 0 when every host exited 0; otherwise the largest host status
 (1-254; 128+N when killed by signal N); 255 when a host was unreachable, failed
-authentication, timed out or was lost; 2 bad usage, configuration or target
+authentication, timed out or was lost; a run that --max-fail or --canary stopped
+exits with the largest status among the hosts that ran, or 1 when all of those
+exited 0 (skipped hosts count as status 1); 2 bad usage, configuration or target
 pattern; 70 internal error; 130 interrupted.
 """
 
@@ -30,6 +32,8 @@ import sys
 from dataclasses import replace
 from typing import Any
 
+from shoal.protocol.errors import ConfigError
+
 from shoal.controller.client import Command
 from shoal.controller.term.display import Display
 from shoal.controller.fleet import ConnectOptions, Fleet
@@ -39,11 +43,13 @@ from shoal.controller.cli.options import (
     add_connect_options,
     add_exec_options,
     add_output_options,
+    add_rolling_options,
     add_target_options,
     command_from_args,
     connect_options_from_args,
     parse_env,
     targets_from_args,
+    wave_policy_from_args,
 )
 from shoal.controller.fdlimit import raise_open_files_limit
 from shoal.controller.term.handler import OutputHandler
@@ -61,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--script", metavar="FILE", help="run this local script on each host (fed on stdin, "
                         "like ssh host bash -s); the words after TARGETS become its arguments; honours #!")
     add_connect_options(parser)
+    add_rolling_options(parser)
     add_output_options(parser)
 
 
@@ -89,9 +96,12 @@ def _isatty(fd: int) -> bool:
 
 def choose_handler(args: argparse.Namespace, display: Display, targets: list[Target]) -> OutputHandler:
     """Pick the output handler once (the modes live in shoal.controller.term.output)."""
+    if getattr(args, "diff", False) and getattr(args, "output", None) in ("stream", "json"):
+        raise ConfigError(f"--diff compares gathered output; it does not go with -o {args.output}", "--diff")
     return choose_output(display, [t.name for t in targets], getattr(args, "output", None),
                          raw=getattr(args, "raw", False), outdir=getattr(args, "outdir", None),
-                         failed_only=getattr(args, "failed_only", False))
+                         failed_only=getattr(args, "failed_only", False),
+                         max_output=getattr(args, "max_output", None), diff=getattr(args, "diff", False))
 
 
 async def run_fleet(targets: list[Target], command: Command, options: ConnectOptions,
@@ -102,6 +112,9 @@ async def run_fleet(targets: list[Target], command: Command, options: ConnectOpt
     With `terminal` (`--pty` on a terminal) the keys are forwarded raw as typed and
     window size changes follow; the terminal's modes are restored however it ends.
     """
+    from shoal.controller.term.waveview import wave_reporter
+
+    policy = wave_policy_from_args(args)
     raise_open_files_limit(min(len(targets), args.fanout))
     fleet = Fleet(targets, options, fanout=args.fanout)
     handler = choose_handler(args, display, targets)
@@ -116,8 +129,9 @@ async def run_fleet(targets: list[Target], command: Command, options: ConnectOpt
             if terminal:
                 local_terminal.enter_context(raw_terminal(sys.stdin.fileno()))
                 local_terminal.enter_context(on_resize(fleet.resize, sys.stdin.fileno(), sys.stdout.fileno()))
-            result, interrupts = await run_interruptible(fleet.run(command, handler, stdin), display,
-                                                         fleet.cancel, fleet.kill)
+            result, interrupts = await run_interruptible(fleet.run(command, handler, stdin, policy=policy,
+                                                                   on_wave=wave_reporter(display, handler)),
+                                                         display, fleet.cancel, fleet.kill)
     finally:
         if stdin is not None:
             stdin.close()
@@ -151,5 +165,5 @@ def script_from_args(options: argparse.Namespace, words: list[str]) -> tuple[Com
     from shoal.controller.script import script_command  # shlex and pathlib: --script only
 
     base = Command(env=parse_env(options.env), cwd=options.cwd, timeout=options.timeout,
-                   detach=options.detach, kill_grace=options.kill_grace)
+                   detach=options.detach, kill_grace=options.kill_grace, idle_timeout=options.idle_timeout)
     return script_command(options.script, words, base)

@@ -23,8 +23,27 @@ class _Node:
     def __init__(self, line: bytes, parent: _Node | None) -> None:
         self.line = line
         self.parent = parent
-        self.children: dict[bytes, _Node] = {}
-        self.keys: set[str] = set()  # keys whose output ends exactly here
+        # Memory per line is what gather costs, so both are lean: most nodes have one
+        # child (held as the node itself, a dict only from the second) and no key (the
+        # set is dropped when it empties, since a set keeps its grown table).
+        self.children: _Node | dict[bytes, _Node] | None = None
+        self.keys: set[str] | None = None  # keys whose output ends exactly here
+
+    def child(self, line: bytes) -> _Node | None:
+        """The child for `line`, if there is one."""
+        if isinstance(self.children, _Node):
+            return self.children if self.children.line == line else None
+        return self.children.get(line) if self.children else None
+
+    def add_child(self, line: bytes) -> _Node:
+        child = _Node(line, self)
+        if self.children is None:
+            self.children = child
+        elif isinstance(self.children, _Node):
+            self.children = {self.children.line: self.children, line: child}
+        else:
+            self.children[line] = child
+        return child
 
     def path(self) -> list[bytes]:
         """Return the lines from the root down to this node."""
@@ -62,11 +81,16 @@ class MsgTree:
     def add(self, key: str, line: bytes) -> None:
         """Append `line` to the output of `key`."""
         node = self._ends.get(key, self._root)
-        child = node.children.get(line)
+        child = node.child(line)
         if child is None:
-            child = node.children[line] = _Node(line, node)
+            child = node.add_child(line)
             self._node_count += 1
-        node.keys.discard(key)
+        if node.keys is not None:
+            node.keys.discard(key)
+            if not node.keys:
+                node.keys = None
+        if child.keys is None:
+            child.keys = set()
         child.keys.add(key)
         self._ends[key] = child
 
@@ -86,7 +110,7 @@ class MsgTree:
         listing is stable however the hosts' lines interleaved on arrival.
         """
         ends = {id(node): node for node in self._ends.values()}.values()
-        groups = [sorted(node.keys, key=natural_key) for node in ends]
+        groups = [sorted(node.keys or (), key=natural_key) for node in ends]
         order = sorted(zip(ends, groups), key=lambda pair: natural_key(pair[1][0]))
         for node, keys in order:
             yield node.path(), keys

@@ -14,9 +14,11 @@ name can never climb out of DIR.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
+from collections.abc import Iterator
 from typing import IO, Any
 
 from shoal.controller.term.handler import OutputHandler
@@ -65,13 +67,15 @@ class OutdirTee:
     def on_start(self, host: str) -> None:
         stem = os.path.join(self.directory, host_file_stem(host))
         for stream, suffix in (("stdout", ".out"), ("stderr", ".err")):
-            self._files[(host, stream)] = open(stem + suffix, "wb")  # noqa: SIM115 - closed in on_result
+            with self._writing(stem + suffix):
+                self._files[(host, stream)] = open(stem + suffix, "wb")  # noqa: SIM115 - closed in on_result
         self.inner.on_start(host)
 
     def on_output(self, host: str, stream: str, data: bytes) -> None:
         file = self._files.get((host, stream))
         if file is not None:
-            file.write(data)
+            with self._writing(file.name):
+                file.write(data)
         self.inner.on_output(host, stream, data)
 
     def on_result(self, result: Result) -> None:
@@ -80,11 +84,25 @@ class OutdirTee:
 
     def _close_host(self, host: str) -> None:
         for stream in ("stdout", "stderr"):
-            file = self._files.pop((host, stream), None)
+            file = self._files.get((host, stream))
             if file is not None:
-                file.close()
+                with self._writing(file.name):
+                    file.close()
+                self._files.pop((host, stream), None)
 
     def close(self) -> None:
         for host, _ in list(self._files):
             self._close_host(host)
         self.inner.close()
+
+    @contextlib.contextmanager
+    def _writing(self, path: str | int) -> Iterator[None]:
+        """A file we cannot write (disk full) ends the run naming it: our failure, not the host's."""
+        try:
+            yield
+        except OSError as exc:
+            files, self._files = list(self._files.values()), {}
+            for file in files:
+                with contextlib.suppress(OSError):
+                    file.close()
+            raise ConfigError(f"cannot write {path}: {exc.strerror}", "--outdir") from None

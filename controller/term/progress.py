@@ -1,6 +1,7 @@
 """A live progress line for long fleet runs, drawn by Display on a TTY stderr only.
 
     shoal: 312/500 done, 64 running, 3 failed, 2.4s
+    shoal: wave 3/10, 120/500 done, 50 running, 0 failed, 9.1s     (--serial)
 
 Shown when a run has at least PROGRESS_MIN_HOSTS targets and stderr is a terminal
 (and not --quiet): below that, every host's output or the summary says as much. It is
@@ -16,6 +17,7 @@ import time
 
 from shoal.controller.term.display import Display
 from shoal.controller.term.handler import OutputHandler
+from shoal.controller.outcome import Outcome
 from shoal.controller.result import Result
 
 __all__ = ["PROGRESS_INTERVAL", "PROGRESS_MIN_HOSTS", "ProgressHandler", "wants_progress"]
@@ -42,13 +44,14 @@ class ProgressHandler:
         self.running: set[str] = set()
         self.done = 0
         self.failed = 0
+        self.wave = ""  # "wave 3/10, " while a rolling run is under way
         self.began = time.monotonic()
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             PROGRESS_INTERVAL, self._tick)
 
     def text(self) -> str:
         elapsed = time.monotonic() - self.began
-        return (f"shoal: {self.done}/{self.total} done, {len(self.running)} running, "
+        return (f"shoal: {self.wave}{self.done}/{self.total} done, {len(self.running)} running, "
                 f"{self.failed} failed, {elapsed:.1f}s")
 
     def _tick(self) -> None:
@@ -65,7 +68,7 @@ class ProgressHandler:
     def on_result(self, result: Result) -> None:
         self.done += 1
         self.running.discard(result.host)
-        self.failed += not result.ok
+        self.failed += not result.ok and result.outcome != Outcome.SKIPPED
         self.inner.on_result(result)
 
     def close(self) -> None:

@@ -61,10 +61,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ":drop": ("PATTERN", "remove hosts from the current targets (their connections stay open)"),
     ":mode": ("stream|gather", "stream prefixed lines as they come, or gather identical output per host set"),
     ":timeout": ("SECS|off", "kill later commands after SECS on each host"),
+    ":idle": ("SECS|off", "kill later commands once they print nothing for SECS (on each host)"),
     ":cd": ("[DIR]", "run later commands in DIR (no DIR: the remote user's home)"),
     ":user": ("[NAME]", "run later commands as NAME (no NAME: the agent's own user)"),
     ":env": ("[K=V | -u K]", "set (or with -u unset) a variable for later commands; no argument lists them"),
-    ":last": ("", "exit status of the last command per host, grouped"),
+    ":last": ("", "outcome and exit status of the last command per host, grouped"),
     ":quit": ("", "close the connections and leave (Ctrl-D too)"),
 }
 
@@ -83,10 +84,11 @@ def history_path() -> Path:
 
 @dataclass(slots=True)
 class ReplSettings:
-    """What applies to the lines run next; changed by `:mode`, `:timeout`, `:cd`, `:env`."""
+    """What applies to the lines run next; changed by `:mode`, `:timeout`, `:idle`, `:cd`, `:env`."""
 
     mode: str = "stream"
     timeout: float | None = None
+    idle_timeout: float | None = None
     cwd: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     kill_grace: float | None = None
@@ -94,7 +96,7 @@ class ReplSettings:
 
     def command(self, line: str) -> Command:
         return Command(shell=line, env=dict(self.env), cwd=self.cwd, timeout=self.timeout,
-                       kill_grace=self.kill_grace, user=self.user)
+                       kill_grace=self.kill_grace, idle_timeout=self.idle_timeout, user=self.user)
 
 
 class Repl:
@@ -284,18 +286,13 @@ class Repl:
         self.display.message(f"output mode: {arg}")
 
     def cmd_timeout(self, arg: str) -> None:
-        if arg in ("off", "0", "none"):
-            self.settings.timeout = None
-            self.display.message("timeout: off")
-            return
-        try:
-            seconds = float(arg)
-        except ValueError:
-            raise ConfigError(f":timeout takes seconds or off, not {arg!r}") from None
-        if seconds <= 0:
-            raise ConfigError(f":timeout must be positive, not {arg!r}")
-        self.settings.timeout = seconds
-        self.display.message(f"timeout: {seconds:g}s")
+        self.settings.timeout = _seconds_or_off(":timeout", arg)
+        self.display.message(f"timeout: {self.settings.timeout:g}s" if self.settings.timeout else "timeout: off")
+
+    def cmd_idle(self, arg: str) -> None:
+        self.settings.idle_timeout = _seconds_or_off(":idle", arg)
+        idle = self.settings.idle_timeout
+        self.display.message(f"idle timeout: {idle:g}s" if idle else "idle timeout: off")
 
     def cmd_cd(self, arg: str) -> None:
         self.settings.cwd = arg or None
@@ -322,12 +319,13 @@ class Repl:
         if not self.last:
             self.display.message("no command has run yet")
             return
-        groups: dict[tuple[int, str], list[str]] = {}
+        groups: dict[tuple[int, str, str], list[str]] = {}
         for r in self.last:
-            groups.setdefault((r.status, r.reason), []).append(r.host)
-        width = max(len(reason) for _, reason in groups)
-        for (_, reason), hosts in sorted(groups.items()):
-            self.display.print(f"{reason:<{width}}  {len(hosts):>4}  {NodeSet(hosts)}")
+            groups.setdefault((r.status, str(r.outcome), r.reason), []).append(r.host)
+        width = max(len(outcome) for _, outcome, _ in groups)
+        reasons = max(len(reason) for _, _, reason in groups)
+        for (_, outcome, reason), hosts in sorted(groups.items()):
+            self.display.print(f"{outcome:<{width}}  {reason:<{reasons}}  {len(hosts):>4}  {NodeSet(hosts)}")
 
     # -- targets -------------------------------------------------------------
 
@@ -465,3 +463,16 @@ class Repl:
             readline.append_history_file(new, path)  # trims the file to HISTORY_LENGTH too
         except OSError as exc:
             self.display.warning(f"cannot save history {path}: {exc.strerror or exc}")
+
+
+def _seconds_or_off(command: str, arg: str) -> float | None:
+    """`:timeout` and `:idle`'s argument: positive seconds, or None for off."""
+    if arg in ("off", "0", "none"):
+        return None
+    try:
+        seconds = float(arg)
+    except ValueError:
+        raise ConfigError(f"{command} takes seconds or off, not {arg!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{command} must be positive, not {arg!r}")
+    return seconds

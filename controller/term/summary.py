@@ -1,6 +1,7 @@
 """The one-line end-of-run summary, with host sets folded like clush does.
 
     shoal: 497 ok, 1 failed (web03), 2 unreachable (db[1-2]) in 1.42s
+    shoal: 20 ok, 1 failed (web21), 0 unreachable, 79 skipped (web[22-100]) in 9.80s
 
 At 500 hosts a folded set can still be long when failures are scattered, so each set
 is cut to about HOSTS_WIDTH characters (`web[001,007,...] +212 more`): the line stays
@@ -10,9 +11,10 @@ one line, and `--failed-only` lists every host with its reason.
 from __future__ import annotations
 
 from shoal.controller.nodeset import NodeSet, natural_key
+from shoal.controller.outcome import Outcome
 from shoal.controller.result import Result
 
-__all__ = ["HOSTS_WIDTH", "summary_line", "classify", "folded"]
+__all__ = ["HOSTS_WIDTH", "summary_line", "classify", "folded", "skipped"]
 
 HOSTS_WIDTH = 120
 
@@ -23,8 +25,15 @@ def classify(results: list[Result]) -> tuple[list[str], list[str], list[str]]:
     failed: list[str] = []
     unreachable: list[str] = []
     for r in results:
+        if r.error_code == Outcome.SKIPPED:  # listed apart: see `skipped`
+            continue
         (ok if r.ok else unreachable if r.unreachable else failed).append(r.host)
     return ok, failed, unreachable
+
+
+def skipped(results: list[Result]) -> list[str]:
+    """Hosts a stopped run (--max-fail, --canary) never started."""
+    return [r.host for r in results if r.error_code == Outcome.SKIPPED]
 
 
 def folded(hosts: list[str], width: int = HOSTS_WIDTH) -> str:
@@ -49,5 +58,7 @@ def summary_line(results: list[Result], elapsed: float | None = None) -> str:
     parts = [f"{len(ok)} ok"]
     for label, hosts in (("failed", failed), ("unreachable", unreachable)):
         parts.append(f"{len(hosts)} {label} ({folded(hosts)})" if hosts else f"0 {label}")
+    if skipped(results):
+        parts.append(f"{len(skipped(results))} skipped ({folded(skipped(results))})")
     timing = f" in {elapsed:.2f}s" if elapsed is not None else ""
     return "shoal: " + ", ".join(parts) + timing

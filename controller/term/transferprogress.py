@@ -37,6 +37,11 @@ class TransferProgress:
         self._clock = clock
         self._start = clock()
         self._drawn_at = 0.0
+        self.wave = ""  # "wave 2/5  " during a rolling put
+
+    def set_wave(self, number: int, count: int) -> None:
+        """A rolling put (--serial, --canary) started wave `number` of `count`."""
+        self.wave = f"wave {number}/{count}  " if count > 1 else ""
 
     def expect(self, n: int) -> None:
         """`n` more bytes are to be moved (a host's file size became known)."""
@@ -61,7 +66,7 @@ class TransferProgress:
         percent = 100 * self.done // self.total if self.total else 100
         eta = format_duration((self.total - self.done) / rate) if rate > 0 else "--:--"
         hosts = f"{self.hosts} host{'s' if self.hosts != 1 else ''}"
-        return (f"{format_bytes(self.done)} / {format_bytes(self.total)} {percent:3d}%  "
+        return (f"{self.wave}{format_bytes(self.done)} / {format_bytes(self.total)} {percent:3d}%  "
                 f"{format_bytes(rate)}/s  ETA {eta}  {hosts}")
 
     def close(self) -> None:

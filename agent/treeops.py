@@ -1,0 +1,153 @@
+"""The agent's end of tree sync: LIST_TREE and REMOVE_PATHS (PROTOCOL.md, "Tree sync").
+
+A recursive put first asks what the destination holds (LIST_TREE) so unchanged
+files are not sent, and with `--delete` asks the agent to remove what the source
+lacks (REMOVE_PATHS). Both are authorized like a transfer (the key may move
+files, the root lies inside its file roots) and run their file I/O in the loop's
+executor. Removal names paths relative to a tree root and never crosses a link
+below it (`shoal.hostio.manifest`), so nothing outside the tree can go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any, Callable
+
+from shoal.protocol.errors import BadRequestError, ErrorCode
+from shoal.protocol.fields import check_request
+from shoal.protocol.messages import ListTree, RemovePaths, Removed, TreeEntries
+
+from shoal.hostio.fileerrors import FileTransferError
+from shoal.hostio.manifest import list_tree, remove_below
+
+from shoal.agent.handlers import HandlerTable
+
+if TYPE_CHECKING:
+    from shoal.agent.transfer import TransferService
+
+__all__ = ["tree_handlers", "ENTRIES_BYTES", "MAX_TREE_REQUESTS"]
+
+# Largest TREE_ENTRIES body the agent builds (before the peer's own frame limit,
+# which may be lower): big enough that a tree of 10 000 files takes a few frames.
+ENTRIES_BYTES = 256 * 1024
+# Tree requests running at once per connection: each may hold a whole listing in
+# memory, so a controller cannot start more than a few.
+MAX_TREE_REQUESTS = 4
+
+
+def tree_handlers(service: TransferService) -> HandlerTable:
+    """The handlers tree sync adds to a session, sharing the transfer service's checks."""
+    ops = TreeOps(service)
+    table = HandlerTable()
+    table.add(ListTree, ops.on_list)
+    table.add(RemovePaths, ops.on_remove)
+    return table
+
+
+class TreeJob:
+    """A LIST_TREE or REMOVE_PATHS in progress: held in the session's requests so its id is taken."""
+
+    def __init__(self, request_id: int) -> None:
+        self.request_id = request_id
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def grant(self, increment: int) -> None:
+        """Tree requests have no window."""
+
+
+class TreeOps:
+    """Runs one session's tree requests."""
+
+    def __init__(self, service: TransferService) -> None:
+        self.service = service
+        self.session = service.session
+
+    def on_list(self, msg: ListTree) -> None:
+        if self._admit(msg):
+            self._spawn(msg.request_id, self._list(msg))
+
+    def on_remove(self, msg: RemovePaths) -> None:
+        if self._admit(msg):
+            self._spawn(msg.request_id, self._remove(msg))
+
+    def _admit(self, msg: ListTree | RemovePaths) -> bool:
+        rid = msg.request_id
+        if rid in self.session.requests:
+            self.session.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use", 255)
+            return False
+        if sum(isinstance(r, TreeJob) for r in self.session.requests.values()) >= MAX_TREE_REQUESTS:
+            self.session.request_error(rid, ErrorCode.LIMIT, f"too many tree requests on this connection "
+                                                     f"(limit {MAX_TREE_REQUESTS})")
+            return False
+        try:
+            check_request(msg)
+        except BadRequestError as exc:
+            self.session.request_error(rid, exc.code, f"bad {msg.TYPE.name}: {exc}", 1)
+            return False
+        return True
+
+    def _spawn(self, rid: int, work: Any) -> None:
+        job = TreeJob(rid)
+        self.session.requests[rid] = job
+        self.session.agent.tasks.spawn(self._guard(job, work), name=f"tree-{rid}")
+
+    async def _guard(self, job: TreeJob, work: Any) -> None:
+        """A file error ends the request with its code; a bug ends it with a generic error, logged."""
+        try:
+            await work
+        except FileTransferError as err:
+            self.service.fail(job.request_id, err)
+        except Exception:
+            self.session.log.error("internal error in tree request", exc_info=True, req=job.request_id)
+            self.service.done(job.request_id)
+            self.session.request_error(job.request_id, ErrorCode.INTERNAL, "internal error", 1)
+
+    async def _list(self, msg: ListTree) -> None:
+        root = self.service.authorize(msg.path, "list", msg.request_id)
+        entries = await _in_thread(list_tree, root, msg.sha256)
+        self.service.audit("list", msg.request_id, path=str(root), entries=len(entries))
+        limit = min(ENTRIES_BYTES, self.session.conn.peer_max_frame // 2)
+        for part in _parts(entries, limit):
+            if self.session.requests.get(msg.request_id) is None:
+                return
+            self.session.send(TreeEntries(msg.request_id, entries=part))
+        self.service.done(msg.request_id)
+        self.session.send(TreeEntries(msg.request_id, done=True))
+
+    async def _remove(self, msg: RemovePaths) -> None:
+        root = self.service.authorize(msg.tree, "delete", msg.request_id)
+        count = 0
+        for path in msg.paths:
+            full = f"{msg.tree.rstrip('/')}/{path}"
+            if await _in_thread(remove_below, root, msg.tree, full):
+                count += 1
+                self.service.audit("delete", msg.request_id, path=str(root / path))
+        self.service.done(msg.request_id)
+        self.session.send(Removed(msg.request_id, count=count))
+
+
+def _parts(entries: list[dict[str, Any]], limit: int) -> list[list[dict[str, Any]]]:
+    """Split entries into lists whose JSON stays under `limit` bytes."""
+    parts: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    size = 0
+    for entry in entries:
+        n = len(json.dumps(entry, separators=(",", ":"))) + 1
+        if current and size + n > limit:
+            parts.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += n
+    if current:
+        parts.append(current)
+    return parts
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run blocking file I/O off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+

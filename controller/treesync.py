@@ -1,0 +1,523 @@
+"""Recursive put and get as a sync: rsync's trailing-slash rule, skip what is there, --delete.
+
+`put -r SRC... REMOTE`: REMOTE is a directory on every host (created when missing,
+its parents too with `mkdir`). A directory source written with a trailing `/`
+sends its contents into REMOTE; without it, it becomes `REMOTE/<name>`; a file
+source becomes `REMOTE/<name>`. Rerunning the same put therefore converges.
+
+For each directory source the host is asked what its copy holds (LIST_TREE) and
+each file is compared with it: with `checksum` by sha256 (computed by the agent,
+no data sent), else with `preserve` by size and mtime; without either every file
+is sent. `delete` removes what the host has below the copy and the source lacks
+(REMOVE_PATHS); `dry_run` only lists what would be sent and removed.
+
+Every path below a copy's root is sent with that root as PUT_FILE `tree`, so the
+agent refuses one that crosses a symlink; the controller also refuses, from the
+listing, a source file or directory where the host has a link, and leaves the
+rest of the tree to go on.
+
+`get -r REMOTE LOCAL_DIR` lists REMOTE on each host and fetches it into
+`LOCAL_DIR/<host>/<name>` (`REMOTE/`: into `LOCAL_DIR/<host>`), each file atomic
+and checked by sha256 as `get` is, links recreated as links, empty directories kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal.hostio.fileerrors import FileTransferError, map_os_error
+from shoal.hostio.manifest import file_sha256, path_below
+from shoal.protocol.errors import ErrorCode, RemoteCommandError, ShoalError
+from shoal.protocol.messages import ListTree, Message, Removed, RemovePaths, TreeEntries
+
+from shoal.controller.client import AgentClient
+from shoal.controller.fanout import fan_out
+from shoal.controller.fleet import ConnectOptions, FleetResult
+from shoal.controller.result import Result, failure_result
+from shoal.controller.targets import Target
+from shoal.controller.transfer import (
+    TRANSFER_FAILED,
+    FanoutPut,
+    HostPut,
+    Progress,
+    PutOptions,
+    PutRequest,
+    _connect,
+    _NoProgress,
+    _Request,
+    get_file,
+    host_directory_name,
+)
+from shoal.controller.transferplan import PlanItem, PutPlan
+
+__all__ = ["SyncOptions", "HostStats", "SyncOutcome", "sync_fleet", "get_tree_fleet", "list_remote"]
+
+# Two mtimes within this many seconds are the same: a time set from a float with
+# nanosecond rounding reads back a few hundred nanoseconds off.
+MTIME_SLACK = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    """How a recursive put compares and cleans: see the module docstring."""
+
+    preserve: bool = False
+    owner: bool = False
+    checksum: bool = False
+    delete: bool = False
+    dry_run: bool = False
+    mkdir: bool = False
+
+
+@dataclass(slots=True)
+class HostStats:
+    """What one host got: files sent and skipped, content bytes moved, entries deleted.
+
+    In a dry run `would_send` and `would_delete` name the paths instead.
+    """
+
+    sent: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    deleted: int = 0
+    would_send: list[str] = field(default_factory=list)
+    would_delete: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SyncOutcome:
+    fleet: FleetResult
+    stats: dict[str, HostStats]
+
+
+# -- requests ------------------------------------------------------------------
+
+
+class ListTreeRequest(_Request):
+    """One LIST_TREE: gather TREE_ENTRIES until the one marked done."""
+
+    def __init__(self, client: AgentClient, path: str, sha256: bool) -> None:
+        super().__init__(client)
+        self.entries: list[dict[str, Any]] = []
+        self.done = False
+        if self.error is None:
+            client.send(ListTree(self.request_id, path=path, sha256=sha256))
+
+    def _on_message(self, msg: Message) -> None:
+        if isinstance(msg, TreeEntries):
+            self.entries.extend(msg.entries)
+            if msg.done:
+                self.done = True
+                self._end()
+
+    async def wait(self) -> list[dict[str, Any]]:
+        await self._until(lambda: self.done)
+        return self.entries
+
+
+class RemoveRequest(_Request):
+    """One REMOVE_PATHS: wait for REMOVED."""
+
+    def __init__(self, client: AgentClient, tree: str, paths: list[str]) -> None:
+        super().__init__(client)
+        self.count: int | None = None
+        if self.error is None:
+            client.send(RemovePaths(self.request_id, tree=tree, paths=paths))
+
+    def _on_message(self, msg: Message) -> None:
+        if isinstance(msg, Removed):
+            self.count = msg.count
+            self._end()
+
+    async def wait(self) -> int:
+        await self._until(lambda: self.count is not None)
+        assert self.count is not None
+        return self.count
+
+
+async def list_remote(client: AgentClient, path: str, sha256: bool = False) -> dict[str, dict[str, Any]] | None:
+    """What the directory `path` holds on this host, by relative path; None when it does not exist."""
+    try:
+        entries = await ListTreeRequest(client, path, sha256).wait()
+    except RemoteCommandError as exc:
+        if exc.code == ErrorCode.NOT_FOUND:
+            return None
+        raise
+    return {entry["path"]: entry for entry in entries if isinstance(entry.get("path"), str)}
+
+
+# -- put -r --------------------------------------------------------------------
+
+
+def _join(base: str, relative: str) -> str:
+    return f"{base.rstrip('/')}/{relative}" if relative else base
+
+
+class HostSync(HostPut):
+    """One host's part in a recursive put: its roots, what it lacks, what it has too much of."""
+
+    def __init__(self, client: AgentClient, remote_path: str, plan: PutPlan, sources: list[str],
+                 options: SyncOptions, progress: Progress) -> None:
+        super().__init__(client, remote_path, plan, PutOptions(options.preserve, options.owner), progress)
+        self.sources = sources
+        self.sync = options
+        self.stats = HostStats()
+        self.root = remote_path  # the resolved REMOTE once created
+        self.wanted: set[int] = set()
+        self.deletions: dict[int, list[str]] = {}
+        self.conflicts: dict[int, list[str]] = {}  # --delete: the host's kind differs; removed first
+        self._dir_sources = {item.source for item in plan.items if item.is_dir and not item.relative}
+        self._destinations: set[str] = set()  # every path the sources put on this host
+        self.deletions_at: set[str] = set()  # bases already cleaned: sources may share one
+
+    def base(self, source: int) -> str:
+        """Where source `source` lands on this host."""
+        if self.sources[source].endswith("/") and self._is_dir_source(source):
+            return self.root
+        name = os.path.basename(self.sources[source].rstrip("/")) or self.sources[source]
+        return _join(self.root, name)
+
+    def _is_dir_source(self, source: int) -> bool:
+        return source in self._dir_sources
+
+    def _fields(self, item: PlanItem) -> dict[str, Any]:
+        fields: dict[str, Any] = {"size": item.size, "mode": item.mode, "mkdir": item.is_dir,
+                                  "path": _join(self.base(item.source), item.relative), "tree": self.root}
+        if self.options.preserve and not item.is_dir:
+            fields["mtime"] = item.mtime
+        if self.options.owner:
+            fields["owner"] = list(item.owner)
+        return fields
+
+    def advance(self, n: int) -> None:
+        super().advance(n)
+        self.stats.bytes += n
+
+    async def prepare(self, hashes: LocalHashes) -> None:
+        """Create REMOTE (unless a dry run), list each copy, choose what to send and delete."""
+        try:
+            if not self.sync.dry_run:
+                done = await PutRequest(self.client, {"path": self.remote_path, "mkdir": True,
+                                                      "parents": self.sync.mkdir}).wait_done()
+                self.root = done.path
+            self._destinations = {_join(self.base(i.source), i.relative) for i in self.plan.items}
+            for index, source in enumerate(self.sources):
+                await self._prepare_source(index, hashes)
+        except ShoalError as exc:
+            self.error = exc
+        self.planned = sum(self.plan.items[i].size for i in self.wanted)
+
+    async def _prepare_source(self, source: int, hashes: LocalHashes) -> None:
+        items = [(i, item) for i, item in enumerate(self.plan.items) if item.source == source]
+        if not self._is_dir_source(source):
+            self.wanted.update(i for i, _ in items)
+            return
+        if not self.sync.dry_run:  # the copy's root: refused by the agent if it is a link
+            top = self.plan.items[items[0][0]]
+            await PutRequest(self.client, self._fields(top)).wait_done()
+        have = await list_remote(self.client, self.base(source), self.sync.checksum) or {}
+        refused: set[str] = set()
+        conflicts = self.conflicts.setdefault(source, [])
+        for i, item in items[1:]:
+            if _has_ancestor_in(item.relative, refused):
+                continue
+            entry = have.get(item.relative)
+            if entry is not None and entry.get("type") == "link":
+                refused.add(item.relative)
+                self.stats.refused.append(_join(self.base(source), item.relative))
+            elif entry is not None and self.sync.delete and entry.get("type") != ("dir" if item.is_dir else "file"):
+                conflicts.append(item.relative)  # a file where the source has a directory, or the reverse
+                self.wanted.add(i)
+            elif item.is_dir:
+                if entry is None or entry.get("type") != "dir":
+                    self.wanted.add(i)
+            elif await self._same(item, entry, hashes):
+                self.stats.skipped += 1
+            else:
+                self.wanted.add(i)
+        if self.sync.delete and self.base(source) not in self.deletions_at:
+            self.deletions_at.add(self.base(source))
+            base = self.base(source)  # what any source (several may share a base) puts there is kept
+            keep = {rel for rel in have if _join(base, rel) in self._destinations}
+            self.deletions[source] = _extras(have, keep, conflicts)
+
+    async def _same(self, item: PlanItem, entry: dict[str, Any] | None, hashes: LocalHashes) -> bool:
+        """Whether the host's entry already is this file, by the chosen comparison."""
+        if entry is None or entry.get("type") != "file" or entry.get("size") != item.size:
+            return False
+        if self.sync.checksum:
+            return entry.get("sha256") == await hashes.get(item.local)
+        if self.sync.preserve:
+            mtime = entry.get("mtime")
+            return isinstance(mtime, (int, float)) and abs(mtime - item.mtime) < MTIME_SLACK
+        return False
+
+    def wants(self, index: int) -> bool:
+        return self.ok and index in self.wanted
+
+    def note_dry_run(self) -> None:
+        """List what would happen instead of doing it."""
+        for i in sorted(self.wanted):
+            item = self.plan.items[i]
+            if not item.is_dir:
+                self.stats.would_send.append(_join(self.base(item.source), item.relative))
+        for found in (self.conflicts, self.deletions):
+            for source, paths in found.items():
+                self.stats.would_delete.extend(_join(self.base(source), rel) for rel in paths)
+
+    async def delete_conflicts(self) -> None:
+        """Before sending: remove what is in the way of a source path of another kind."""
+        await self._remove(self.conflicts)
+
+    async def delete_extras(self) -> None:
+        """After sending: remove what the source lacks."""
+        await self._remove(self.deletions)
+
+    async def _remove(self, found: dict[int, list[str]]) -> None:
+        for source, paths in found.items():
+            if paths and self.ok:
+                try:
+                    self.stats.deleted += await RemoveRequest(self.client, self.base(source), paths).wait()
+                except ShoalError as exc:
+                    self.error = exc
+
+    def result(self) -> Result:
+        if self.error is None and self.stats.refused:
+            first = self.stats.refused[0]
+            more = f" (and {len(self.stats.refused) - 1} more)" if len(self.stats.refused) > 1 else ""
+            reason = f"{first}: is a symbolic link; nothing is written through links{more}"
+            return Result(self.host, TRANSFER_FAILED, error=reason, error_code=ErrorCode.BAD_PATH,
+                          duration=time.monotonic() - self._start)
+        return super().result()
+
+
+def _extras(have: dict[str, dict[str, Any]], source: set[str], removed: list[str]) -> list[str]:
+    """The host's paths the source lacks, each directory once (not its contents).
+
+    Paths below `removed` (conflicts, deleted whole before sending) are gone already.
+    """
+    extras: list[str] = []
+    gone = set(removed)
+    for relative in sorted(have, key=lambda r: (r.count("/"), r)):
+        if relative in source or _has_ancestor_in(relative, gone):
+            continue
+        extras.append(relative)
+        gone.add(relative)
+    return extras
+
+
+def _has_ancestor_in(relative: str, paths: set[str]) -> bool:
+    parts = relative.split("/")
+    return any("/".join(parts[:n]) in paths for n in range(1, len(parts)))
+
+
+class LocalHashes:
+    """sha256 of local files for --checksum, each computed once (off the loop) for all hosts."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, asyncio.Future[str]] = {}
+
+    async def get(self, path: str) -> str:
+        if path not in self._known:
+            loop = asyncio.get_running_loop()
+            self._known[path] = asyncio.ensure_future(loop.run_in_executor(None, file_sha256, path))
+        return await self._known[path]
+
+
+class FanoutSync(FanoutPut):
+    """FanoutPut where each item goes only to the hosts that lack it."""
+
+    def __init__(self, hosts: list[HostSync], plan: PutPlan) -> None:
+        super().__init__(list(hosts), plan)
+        self.sync_hosts = hosts
+        self._index = -1
+
+    def live(self) -> list[HostPut]:
+        return [h for h in self.sync_hosts if h.wants(self._index)]
+
+    async def run(self) -> None:
+        for index, item in enumerate(self.plan.items):
+            self._index = index
+            hosts = self.live()
+            if not hosts:
+                continue
+            for host in hosts:
+                host.begin(item)
+            if not item.is_dir:
+                await self._copy(item, hosts)
+            for host in hosts:
+                if await host.step(lambda r: r.wait_done()) is not None and not item.is_dir:
+                    assert isinstance(host, HostSync)
+                    host.stats.sent += 1
+
+
+async def sync_fleet(targets: list[Target], connect: ConnectOptions, plan: PutPlan, sources: list[str],
+                     remote_path: str, *, options: SyncOptions = SyncOptions(), fanout: int = 64,
+                     progress: Progress | None = None) -> SyncOutcome:
+    """Recursive put of `plan` (made from `sources`) to `remote_path` on every target.
+
+    Per-host failures become results; a local file failing to read mid-way raises
+    FileTransferError after aborting every connection of its group.
+    """
+    progress = progress or _NoProgress()
+    out = SyncOutcome(FleetResult(), {})
+    start = time.monotonic()
+    hashes = LocalHashes()
+    step = max(1, fanout)
+    for first in range(0, len(targets), step):
+        group = targets[first:first + step]
+        out.fleet.results.extend(await _sync_group(group, connect, plan, sources, remote_path, options,
+                                                   progress, hashes, out.stats))
+    out.fleet.elapsed = time.monotonic() - start
+    return out
+
+
+async def _sync_group(group: list[Target], connect: ConnectOptions, plan: PutPlan, sources: list[str],
+                      remote_path: str, options: SyncOptions, progress: Progress, hashes: LocalHashes,
+                      stats: dict[str, HostStats]) -> list[Result]:
+    attempts = await fan_out(group, lambda t: _connect(connect, t))
+    clients = [a for a in attempts if isinstance(a, AgentClient)]
+    failed = [a for a in attempts if isinstance(a, Result)]
+    hosts = [HostSync(c, remote_path, plan, sources, options, progress) for c in clients]
+    try:
+        await fan_out(hosts, lambda h: h.prepare(hashes))
+        if options.dry_run:
+            for host in hosts:
+                host.note_dry_run()
+        else:
+            progress.expect(sum(h.planned for h in hosts if h.ok))
+            await fan_out(hosts, lambda h: h.delete_conflicts())
+            await FanoutSync(hosts, plan).run()
+            await fan_out(hosts, lambda h: h.delete_extras())
+    except BaseException:
+        for client in clients:
+            client.abort()
+        raise
+    await asyncio.gather(*(c.close() for c in clients))
+    for host in hosts:
+        stats[host.host] = host.stats
+    return failed + [h.result() for h in hosts]
+
+
+# -- get -r --------------------------------------------------------------------
+
+
+async def get_tree_fleet(targets: list[Target], connect: ConnectOptions, remote_path: str, local_dir: str, *,
+                         preserve: bool = False, fanout: int = 64,
+                         progress: Progress | None = None) -> SyncOutcome:
+    """Fetch the directory `remote_path` from every target into `local_dir/<host>/…`."""
+    name = "" if remote_path.endswith("/") else os.path.basename(remote_path.rstrip("/"))
+    local_dir = os.path.abspath(local_dir)
+    out = SyncOutcome(FleetResult(), {})
+    start = time.monotonic()
+
+    async def one(target: Target) -> Result:
+        attempt = await _connect(connect, target)
+        if isinstance(attempt, Result):
+            return attempt
+        stats = out.stats[target.name] = HostStats()
+        local = os.path.join(local_dir, host_directory_name(target.name))
+        try:
+            return await _get_tree(attempt, remote_path, local, name, preserve, progress, stats)
+        finally:
+            await attempt.close()
+
+    await fan_out(targets, one, limit=fanout, on_done=out.fleet.results.append)
+    out.fleet.elapsed = time.monotonic() - start
+    return out
+
+
+async def _get_tree(client: AgentClient, remote: str, host_dir: str, name: str, preserve: bool,
+                    progress: Progress | None, stats: HostStats) -> Result:
+    start = time.monotonic()
+    try:
+        have = await list_remote(client, remote)
+        if have is None:
+            raise FileTransferError(ErrorCode.NOT_FOUND, remote)
+        base = os.path.join(host_dir, name) if name else host_dir
+        await asyncio.get_running_loop().run_in_executor(None, _make_local_dirs, host_dir, base, have)
+        for relative, entry in have.items():
+            local = os.path.join(base, relative)
+            if entry.get("type") == "link":
+                await asyncio.get_running_loop().run_in_executor(None, _make_link, base, local, entry)
+            elif entry.get("type") == "file":
+                path_below(_real(base), base, local)  # no local link to write through
+                result = await get_file(client, _join(remote.rstrip("/") or "/", relative), local,
+                                        preserve=preserve, progress=progress, tree=remote.rstrip("/") or "/")
+                if not result.ok:
+                    return result
+                stats.sent += 1
+                stats.bytes += int(entry.get("size") or 0)
+        await asyncio.get_running_loop().run_in_executor(None, _set_dir_modes, base, have)
+    except ShoalError as exc:
+        return failure_result(client.name, exc)
+    return Result(client.name, 0, duration=time.monotonic() - start)
+
+
+def _real(path: str) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _make_local_dirs(host_dir: str, base: str, have: dict[str, dict[str, Any]]) -> None:
+    """Create the host's directory, the copy's root and every directory of the listing, link-free."""
+    try:
+        os.makedirs(host_dir, exist_ok=True)
+    except OSError as err:
+        raise map_os_error(err, host_dir) from err
+    _mkdir(base)
+    for relative, entry in have.items():
+        if entry.get("type") == "dir":
+            path = os.path.join(base, relative)
+            path_below(_real(base), base, path)
+            _mkdir(path)
+
+
+def _mkdir(path: str) -> None:
+    """Make one directory (0700 until its contents are in); an existing real directory is fine."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise FileTransferError(ErrorCode.BAD_PATH if os.path.islink(path) else ErrorCode.NOT_DIRECTORY, path,
+                                    "exists and is not a directory (links are not followed)") from None
+    except OSError as err:
+        raise map_os_error(err, path) from err
+
+
+def _make_link(base: str, local: str, entry: dict[str, Any]) -> None:
+    """Recreate a remote symlink as a link (never followed), replacing a file or link there."""
+    target = entry.get("target")
+    if not isinstance(target, str):
+        return
+    path_below(_real(base), base, local, final_link=True)
+    temp = os.path.join(os.path.dirname(local), f".{os.path.basename(local)}.shoal-link-{secrets.token_hex(8)}")
+    try:
+        if os.path.islink(local) and os.readlink(local) == target:
+            return
+        os.symlink(target, temp)
+        os.rename(temp, local)
+    except OSError as err:
+        if os.path.lexists(temp):
+            os.unlink(temp)
+        raise map_os_error(err, local) from err
+
+
+def _set_dir_modes(base: str, have: dict[str, dict[str, Any]]) -> None:
+    """Give each directory its remote mode, deepest first, once its files are in."""
+    dirs = sorted((r for r, e in have.items() if e.get("type") == "dir"), key=lambda r: -r.count("/"))
+    for relative in dirs:
+        mode = have[relative].get("mode")
+        path = os.path.join(base, relative)
+        try:
+            if isinstance(mode, int) and stat.S_ISDIR(os.lstat(path).st_mode):
+                os.chmod(path, stat.S_IMODE(mode))
+        except OSError as err:
+            raise map_os_error(err, path) from err

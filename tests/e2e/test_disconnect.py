@@ -1,0 +1,169 @@
+"""A controller that goes away must take its commands with it (unless they detach).
+
+The controller here is the real `shoal run` CLI in a subprocess, killed or
+interrupted with real signals; the agents run in-process on a background thread
+so the test can read their request markers and counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from shoal.controller.client import AgentClient, Command
+from tests.agents import AgentThread, running_agents, target_for
+from tests.debris import apoll, marked, poll, tokens_of
+
+# A tree that tries every way of outliving its parent: a daemon (setsid and a
+# double fork, reparented away from the command), a child ignoring SIGTERM, and
+# the shell itself waiting on them.
+_STUBBORN_TREE = ("setsid sh -c 'sleep 300 &'; sh -c 'trap \"\" TERM; exec sleep 300' & "
+                  "echo up; wait")
+
+
+class Cli:
+    """`shoal run` in a subprocess of its own session, its output collected by threads."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shoal.controller.cli.main", "run", *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]),
+        )
+        self.out = bytearray()
+        self.err = bytearray()
+        self._threads = [threading.Thread(target=_drain, args=(pipe, buf), daemon=True)
+                         for pipe, buf in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for t in self._threads:
+            t.start()
+
+    def wait(self, timeout: float = 20) -> int:
+        rc = self.proc.wait(timeout)
+        for t in self._threads:
+            t.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        return rc
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.wait()
+
+
+def _drain(pipe: IO[bytes] | None, buf: bytearray) -> None:
+    assert pipe is not None
+    for chunk in iter(lambda: pipe.read1(65536), b""):
+        buf.extend(chunk)
+
+
+def _all_marked(tokens: list[str]) -> list[object]:
+    return [p for t in tokens for p in marked(t)]
+
+
+def test_killed_controller_leaves_nothing_running_on_the_agent() -> None:
+    with AgentThread() as t:
+        cli = Cli(t.targets_spec(), "--", _STUBBORN_TREE)
+        try:
+            poll(lambda: b"up" in cli.out, timeout=10)
+            tokens = poll(lambda: t.call(tokens_of, t.agents[0]))
+            assert isinstance(tokens, list)
+            poll(lambda: len(_all_marked(tokens)) >= 3)  # the shell, the daemon, the TERM-ignorer
+            cli.proc.send_signal(signal.SIGKILL)
+            poll(lambda: not _all_marked(tokens), timeout=5)
+            poll(lambda: t.agents[0].running.count == 0)
+        finally:
+            cli.stop()
+
+
+async def test_dropped_connection_with_unread_output_frees_the_request() -> None:
+    async with running_agents() as (agent,):
+        client = await AgentClient.connect(target_for(agent), timeout=5)
+        proc = await client.exec(Command(shell="head -c 20000000 /dev/zero; sleep 300"), window=65536)
+        tokens = tokens_of(agent)
+        await apoll(lambda: agent.running.count == 1 and marked(tokens[0]))
+        client.abort()
+        await apoll(lambda: not marked(tokens[0]), timeout=5)
+        await apoll(lambda: agent.running.count == 0, timeout=5)
+        assert proc.result is not None and proc.result.error_code == "connection_lost"
+
+
+async def test_detached_command_survives_the_disconnect_writing_to_state_dir(tmp_path: Path) -> None:
+    flag = tmp_path / "go"
+    script = f"echo start; while [ ! -e {flag} ]; do sleep 0.05; done; echo end"
+    async with running_agents(state_dir=str(tmp_path / "state")) as (agent,):
+        client = await AgentClient.connect(target_for(agent), timeout=5)
+        proc = await client.exec(Command(shell=script, detach=True))
+        pid = proc.pid
+        client.abort()
+        await apoll(lambda: pid in agent.detached.requests)
+        await apoll(lambda: not agent.sessions)
+        await asyncio.sleep(0)  # any kill would have been sent by now
+        output_file = Path(agent.detached.requests[pid].output_file or "")
+        flag.touch()
+        await apoll(lambda: output_file.exists() and output_file.read_bytes() == b"start\nend\n", timeout=10)
+        await apoll(lambda: agent.running.count == 0 and not agent.detached.requests)
+    assert output_file.is_relative_to(tmp_path / "state")
+    assert output_file.stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("hosts", [2])
+def test_first_ctrl_c_cancels_on_every_host(hosts: int) -> None:
+    with AgentThread(hosts) as t:
+        cli = Cli(t.targets_spec(), "--", "echo up; exec sleep 300")
+        try:
+            poll(lambda: cli.out.count(b"up") == hosts, timeout=10)
+            tokens = poll(lambda: len(ts := [x for a in t.agents for x in t.call(tokens_of, a)]) == hosts and ts)
+            assert isinstance(tokens, list)
+            cli.proc.send_signal(signal.SIGINT)
+            assert cli.wait() == 130
+            assert not _all_marked(tokens)
+        finally:
+            cli.stop()
+    assert b"interrupted, cancelling on every host" in cli.err
+
+
+def test_second_ctrl_c_stops_waiting_exits_130_and_kills() -> None:
+    with AgentThread(2, **{"limits.kill_grace": 60}) as t:
+        cli = Cli(t.targets_spec(), "--", "trap '' INT TERM; echo up; exec sleep 300")
+        try:
+            poll(lambda: cli.out.count(b"up") == 2, timeout=10)
+            tokens = poll(lambda: len(ts := [x for a in t.agents for x in t.call(tokens_of, a)]) == 2 and ts)
+            assert isinstance(tokens, list)
+            cli.proc.send_signal(signal.SIGINT)
+            poll(lambda: b"interrupted" in cli.err)
+            assert cli.proc.poll() is None  # the commands ignore SIGINT: still waiting
+            cli.proc.send_signal(signal.SIGINT)
+            assert cli.wait() == 130
+            poll(lambda: not _all_marked(tokens), timeout=5)
+        finally:
+            cli.stop()
+
+
+def test_agent_lost_mid_command_is_reported_and_the_others_finish(tmp_path: Path) -> None:
+    flag = tmp_path / "go"
+    script = f"echo up; while [ ! -e {flag} ]; do sleep 0.05; done; echo done"
+    with AgentThread(3) as t:
+        names = t.addresses
+        cli = Cli(t.targets_spec(), "--", script)
+        try:
+            poll(lambda: cli.out.count(b"up") == 3, timeout=10)
+            lost = t.agents[1]
+            t.call(lambda: [s.transport.abort() for s in list(lost.sessions) if s.transport])
+            poll(lambda: f"{names[1]}: connection lost".encode() in cli.err, timeout=5)
+            assert cli.proc.poll() is None  # the others are still running
+            flag.touch()
+            assert cli.wait() == 255
+        finally:
+            cli.stop()
+    assert cli.out.count(b"done") == 2
+    assert f"{names[0]}: done".encode() in cli.out and f"{names[2]}: done".encode() in cli.out
+

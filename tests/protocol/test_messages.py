@@ -1,0 +1,93 @@
+"""Message bodies: a round trip per type, and bad bodies give typed errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.protocol.errors import LocalProtocolError, RemoteProtocolError
+from shoal.protocol.messages import (
+    MESSAGE_CLASSES,
+    Cancel,
+    Error,
+    Exec,
+    Exit,
+    Hello,
+    ListTree,
+    Ping,
+    Pong,
+    Removed,
+    RemovePaths,
+    Signal,
+    Started,
+    Stdout,
+    TreeEntries,
+    Window,
+    decode_body,
+    encode_body,
+)
+
+SAMPLES = [
+    Hello(0, role="agent", software="shoal-agent/1", auth="hmac-sha256", key_id="ab", nonce="00" * 32, max_frame=65536),
+    Exec(3, argv=["ls", "-l"], env={"A": "b"}, cwd="/tmp", timeout=2.5, stdin=True, window=1024),
+    Exec(4, shell="echo hi | wc -c", detach=True, kill_grace=1.0),
+    Stdout(3, b"\x00\xffbinary\n"),
+    Exit(3, status=137, code=None, signal=9, duration=0.25, stdout_bytes=10),
+    Error(3, code="not_found", message="nope: command not found", status=127),
+    Signal(3, signal=2),
+    Cancel(3, grace=0.5),
+    Window(3, bytes=4096),
+    Started(3, pid=1234, stdin_window=65536),
+    Ping(0, t0=1.5),
+    Pong(0, t0=1.5, t1=2.0, t2=2.1, version="x"),
+    ListTree(5, path="/srv/www", sha256=True),
+    TreeEntries(5, entries=[{"path": "a/b", "type": "file", "size": 3, "mtime": 1.5, "mode": 420,
+                             "sha256": "00" * 32, "target": None}], done=True),
+    RemovePaths(6, tree="/srv/www", paths=["old", "a/stale"]),
+    Removed(6, count=2),
+]
+
+
+def test_tree_entries_must_be_objects() -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_body(TreeEntries.TYPE, 5, b'{"entries": ["a"]}')
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip(msg: object) -> None:
+    assert decode_body(msg.TYPE, msg.request_id, encode_body(msg)) == msg  # type: ignore[attr-defined]
+
+
+def test_every_type_has_a_distinct_code() -> None:
+    assert len({cls.TYPE for cls in MESSAGE_CLASSES.values()}) == len(MESSAGE_CLASSES)
+
+
+@pytest.mark.parametrize("body", [b"not json", b"\xff\xfe", b"[1,2]", b'{"argv": "ls"}', b'{"argv": ["ls"], "shell": "ls"}',
+                                  b'{"argv": [1]}', b'{"shell": "x", "timeout": -1}', b'{"shell": "x", "stdin": 1}'])
+def test_bad_exec_bodies_are_remote_protocol_errors(body: bytes) -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_body(Exec.TYPE, 1, body)
+
+
+def test_unknown_type_is_a_typed_error() -> None:
+    with pytest.raises(RemoteProtocolError) as err:
+        decode_body(0x7F, 1, b"")
+    assert err.value.code == "unknown_type"
+
+
+def test_connection_level_message_with_request_id_is_rejected() -> None:
+    with pytest.raises(RemoteProtocolError):
+        decode_body(Ping.TYPE, 5, encode_body(Ping(0, t0=1.0)))
+
+
+def test_invalid_messages_cannot_be_built() -> None:
+    with pytest.raises(LocalProtocolError):
+        Exec(1)
+    with pytest.raises(LocalProtocolError):
+        Window(1, bytes=0)
+    with pytest.raises(LocalProtocolError):
+        Signal(1, signal=99)
+
+
+def test_unknown_json_fields_are_ignored_for_forward_compatibility() -> None:
+    msg = decode_body(Exec.TYPE, 2, b'{"shell": "true", "future_option": [1, 2]}')
+    assert msg == Exec(2, shell="true")
