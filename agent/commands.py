@@ -22,7 +22,8 @@ from shoal.protocol.messages import Exit, MessageType, Started, Window
 from shoal.protocol.request import RequestChannel
 
 from shoal.agent import proctree
-from shoal.agent.process import STDOUT, Child, ChildResult
+from shoal.agent.process import STDERR, STDOUT, Child, ChildResult
+from shoal.agent.runas import RunAs
 from shoal.protocol.defaults import DATA_CHUNK
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ class CommandRequest:
 
     def __init__(self, session: AgentSession, request_id: int, argv: list[str], env: dict[str, str],
                  cwd: str | None, want_stdin: bool, window: int, timeout: float | None,
-                 grace: float, output_file: str | None = None, *, idle_timeout: float | None = None) -> None:
+                 grace: float, output_file: str | None = None, *, idle_timeout: float | None = None,
+                 run_as: RunAs | None = None, pty_size: tuple[int, int] | None = None) -> None:
         self.session = session
         self.request_id = request_id
         self.argv = argv
@@ -56,8 +58,9 @@ class CommandRequest:
         self.stdin_bytes = 0
         self.started = time.time()
         self.leftovers_ended: int | None = None
+        self.user = run_as.name if run_as is not None else None
         self.child = Child(argv, env, cwd, want_stdin, self._on_data, self._on_done, output_file,
-                           linger=session.limits.output_linger)
+                           linger=session.limits.output_linger, run_as=run_as, pty_size=pty_size)
         self.child.on_stdin_drained = self._on_stdin_drained
         self._max_read = min(DATA_CHUNK, session.conn.peer_max_frame)
         self._update_read_size()
@@ -85,6 +88,12 @@ class CommandRequest:
         self.channel.send_data(kind, len(data))
         self.session.send_data(kind, self.request_id, data)
         self._update_read_size()
+
+    def notice(self, text: str) -> None:
+        """A line from the agent itself to the command's stderr (its terminal with a pty)."""
+        data = text.encode("utf-8", "replace")[:max(self.credit, 0)]  # within the output window
+        if data:
+            self._on_data(STDOUT if self.child.is_pty else STDERR, data)
 
     def _update_read_size(self) -> None:
         if self.credit <= 0:

@@ -24,7 +24,8 @@ from typing import Callable
 from shoal.protocol.defaults import DATA_CHUNK
 from shoal.protocol.errors import ErrorCode, RemoteCommandError
 
-from shoal.agent import proctree
+from shoal.agent import proctree, ptyio
+from shoal.agent.runas import RunAs
 
 __all__ = ["PIPE_SIZE", "ChildResult", "Child", "spawn_error"]
 
@@ -71,6 +72,21 @@ def spawn_error(exc: OSError, argv0: str, cwd: str | None) -> RemoteCommandError
     return RemoteCommandError(f"{argv0}: cannot execute: {exc.strerror}", ErrorCode.EXEC_FAILED, status=126)
 
 
+@dataclass(frozen=True, slots=True)
+class _Ids:
+    """Popen's user, group and extra_groups: set in the child before exec, or all None (ours)."""
+
+    uid: int | None = None
+    gid: int | None = None
+    groups: list[int] | None = None
+
+    @classmethod
+    def of(cls, user: RunAs | None) -> _Ids:
+        if user is None or user.uid == os.getuid():
+            return cls()
+        return cls(user.uid, user.gid, list(user.groups))
+
+
 class Child:
     """One running command and its pipes.
 
@@ -85,6 +101,8 @@ class Child:
             (something it left behind holds a pipe); `output_cut` then says so.
         output_file: detached mode: stdout and stderr go to this file, not to us.
         linger: seconds of reading allowed after the exit; None waits for EOF for ever.
+        run_as: the user to run as (ids set in the child before exec), or None for ours.
+        pty_size: (rows, cols) to run on a new pseudo-terminal; output then all comes as STDOUT.
     """
 
     def __init__(
@@ -97,6 +115,8 @@ class Child:
         on_done: Callable[[ChildResult], None],
         output_file: str | None = None,
         linger: float | None = None,
+        run_as: RunAs | None = None,
+        pty_size: tuple[int, int] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._linger_left = linger
@@ -115,6 +135,10 @@ class Child:
         self.resumed_at = 0.0  # loop time reading last resumed after a pause (the idle clock's restart)
         self.max_read = DATA_CHUNK
         self._result: ChildResult | None = None
+        self.is_pty = pty_size is not None
+        self._last_stdin = b"\n"
+        self._run_as = run_as
+        self._pty_size = pty_size
         self._proc = self._spawn(argv, {**env, proctree.MARKER_ENV: self.token}, cwd, want_stdin, output_file)
         self.pid = self._proc.pid
         self._pidfd = os.pidfd_open(self.pid)
@@ -125,13 +149,24 @@ class Child:
         ours: list[int] = []    # kept by us after the spawn
         theirs: list[int] = []  # the child's ends, closed here once it has them
         try:
-            if want_stdin:
+            if self._pty_size is not None:
+                master, slave = ptyio.open_pty(*self._pty_size)
+                ours.append(master)
+                theirs.append(slave)
+                stdin_r = out_w = err_w = slave
+                out_r, err_r = master, -1
+                self._stdin_w = os.dup(master) if want_stdin else -1
+                if self._stdin_w >= 0:
+                    ours.append(self._stdin_w)
+            elif want_stdin:
                 stdin_r, self._stdin_w = _pipe()
                 theirs.append(stdin_r)
                 ours.append(self._stdin_w)
             else:
                 stdin_r, self._stdin_w = subprocess.DEVNULL, -1
-            if output_file is None:
+            if self._pty_size is not None:
+                pass
+            elif output_file is None:
                 out_r, out_w = _pipe()
                 err_r, err_w = _pipe()
                 ours += [out_r, err_r]
@@ -140,9 +175,11 @@ class Child:
                 out_w = err_w = os.open(output_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
                 out_r = err_r = -1
                 theirs.append(out_w)
+            ids = _Ids.of(self._run_as)
             proc = subprocess.Popen(
                 argv, stdin=stdin_r, stdout=out_w, stderr=err_w, cwd=cwd, env=env,
-                start_new_session=True, close_fds=True,
+                start_new_session=True, close_fds=True, user=ids.uid, group=ids.gid,
+                extra_groups=ids.groups, preexec_fn=ptyio.take_controlling_tty if self.is_pty else None,
             )
         except BaseException:
             for fd in ours:
@@ -160,6 +197,15 @@ class Child:
         if self._stdin_w >= 0:
             os.set_blocking(self._stdin_w, False)
         return proc
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Apply a new window size to the pty (the kernel sends SIGWINCH); ignored without one."""
+        fd = self._out_fds.get(STDOUT, -1)
+        if self.is_pty and fd >= 0:
+            try:
+                ptyio.set_size(fd, rows, cols)
+            except OSError:
+                pass  # the terminal is going away with the command
 
     # -- output --------------------------------------------------------------
 
@@ -234,11 +280,18 @@ class Child:
         """Queue stdin bytes; the caller bounds how much is in flight (its window)."""
         if self._stdin_w < 0 or self._stdin_eof:
             return
+        if not data:
+            return
         if not self._stdin_buf:
             self._loop.add_writer(self._stdin_w, self._flush_stdin)
         self._stdin_buf.append(memoryview(data))
+        self._last_stdin = data[-1:]
 
     def close_stdin(self) -> None:
+        if self.is_pty and self._stdin_w >= 0 and not self._stdin_eof:
+            # A terminal has no end of input, only its EOF character: once after a
+            # newline, twice after a partial line (the first delivers the line).
+            self.write_stdin(ptyio.EOF_BYTES * (1 if self._last_stdin == b"\n" else 2))
         self._stdin_eof = True
         if not self._stdin_buf:
             self._close_stdin_fd()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
 from shoal.protocol.errors import AuthError, BadRequestError, ErrorCode, ProtocolError, RemoteProtocolError
-from shoal.protocol.fields import check_request
+from shoal.protocol.fields import EXEC_FEATURES, TRANSFER_FEATURES, check_request, unknown_requirements
 from shoal.protocol.messages import (
     Cancel,
     Error,
@@ -31,6 +31,7 @@ from shoal.protocol.messages import (
     MetricsRequest,
     Ping,
     Pong,
+    Resize,
     Signal,
     Stdin,
     StdinEof,
@@ -45,6 +46,7 @@ from shoal.agent.process import ChildResult, spawn_error
 from shoal.hostio.driver import FrameDriver
 from shoal.agent.childenv import base_env, default_cwd
 from shoal.agent.restrict import restricted_env
+from shoal.agent import runas
 
 if TYPE_CHECKING:
     from shoal.agent.config import KeyPolicy, Limits
@@ -59,7 +61,7 @@ log = logging.getLogger("shoal.agent")
 DISCONNECT_GRACE = 0.5
 # Messages that act on a request already running (or on none): a revoked key's
 # connection may still send them, so its running commands can be fed and stopped.
-_CONTROL = (Window, Stdin, StdinEof, Signal, Cancel, Ping, Pong, Goodbye, Error)
+_CONTROL = (Window, Stdin, StdinEof, Signal, Cancel, Resize, Ping, Pong, Goodbye, Error)
 REVOKED = "key revoked"
 
 
@@ -71,7 +73,7 @@ class AgentSession(FrameDriver):
         self.limits: Limits = agent.config.limits
         super().__init__(Connection(
             Role.AGENT, keys=agent.keys, max_frame_size=self.limits.max_frame_size,
-            software=agent.software,
+            software=agent.software, features=sorted(EXEC_FEATURES | TRANSFER_FEATURES),
         ), keepalive=self.limits.keepalive)
         self.peer = "?"
         self.source = "?"  # the peer's address without the port: what per-source limits count
@@ -89,6 +91,7 @@ class AgentSession(FrameDriver):
         self._handlers.add(Signal, self._on_signal)
         self._handlers.add(Cancel, self._on_cancel)
         self._handlers.add(Window, self._on_window)
+        self._handlers.add(Resize, self._on_resize)
         self._handlers.add(Ping, self._on_ping)
         self._handlers.add(Pong, lambda m: None)
         self._handlers.add(Goodbye, self._on_goodbye)
@@ -250,6 +253,10 @@ class AgentSession(FrameDriver):
         rid = msg.request_id
         if rid in self.requests:
             return self.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use", 255)
+        unknown = unknown_requirements(msg)
+        if unknown:
+            return self.request_error(rid, ErrorCode.UNSUPPORTED, f"this agent does not support "
+                                      f"{', '.join(unknown)}: nothing was run (upgrade the agent)", 126)
         try:
             check_request(msg)
         except BadRequestError as exc:
@@ -257,20 +264,41 @@ class AgentSession(FrameDriver):
         reason = self._refuse_exec(msg)
         if reason is not None:
             return self.request_error(rid, *reason)
+        run_as, warning = None, None
+        if msg.user is not None:
+            try:
+                run_as = runas.lookup(msg.user)
+            except runas.UnknownUser:
+                self.agent.audit.record("exec_failed", peer=self.peer, key_id=self.key_id, request=rid,
+                                        argv=build_argv(msg.argv, msg.shell), user=msg.user, error="no such user")
+                return self.request_error(rid, ErrorCode.EXEC_FAILED, f"no such user {msg.user!r}", 126)
         argv = build_argv(msg.argv, msg.shell)
-        audit = {"peer": self.peer, "key_id": self.key_id, "request": rid, "argv": argv, "cwd": msg.cwd}
+        audit = {"peer": self.peer, "key_id": self.key_id, "request": rid, "argv": argv, "cwd": msg.cwd,
+                 "user": run_as.name if run_as else runas.agent_user()}
         if self.agent.config.audit_required and not self.agent.audit.record("exec_request", **audit):
             return self.request_error(rid, ErrorCode.AUDIT_UNAVAILABLE,
                                       "refused: the agent cannot write its audit log (audit_required)", 255)
         base = base_env(os.environ)
+        if run_as is not None:
+            base.update(runas.user_env(run_as))
         env = restricted_env(base, msg.env) if self._restricted() else {**base, **msg.env}
-        cwd = msg.cwd if msg.cwd is not None else default_cwd()
+        if msg.cwd is not None:
+            cwd = msg.cwd
+        elif run_as is not None:
+            cwd, warning = runas.home_cwd(run_as)
+        else:
+            cwd = default_cwd()
         grace = msg.kill_grace if msg.kill_grace is not None else self.limits.kill_grace
         if msg.detach:
+            if run_as is not None:  # jobs run as the agent's user; never start one as root by mistake
+                return self.request_error(rid, ErrorCode.UNSUPPORTED,
+                                          "a job runs as the agent's user: --user cannot be combined with --detach",
+                                          126)
             return self._start_job(msg, argv, env, cwd, grace, audit)
+        pty_size = (msg.rows, msg.cols) if msg.pty else None
         try:
             req = CommandRequest(self, rid, argv, env, cwd, msg.stdin, msg.window, msg.timeout, grace,
-                                 idle_timeout=msg.idle_timeout)
+                                 idle_timeout=msg.idle_timeout, run_as=run_as, pty_size=pty_size)
         except OSError as exc:
             err = spawn_error(exc, argv[0], cwd)
             self.agent.audit.record("exec_failed", **audit, error=err.reason)
@@ -279,6 +307,8 @@ class AgentSession(FrameDriver):
         self.agent.running.started(req)
         self.agent.audit.record("exec", **audit, pid=req.child.pid, detach=msg.detach)
         self.log.debug("started pid %d: %s", req.child.pid, argv, req=rid)
+        if warning is not None:
+            req.notice(warning)
 
     def _start_job(self, msg: Exec, argv: list[str], env: dict[str, str], cwd: str, grace: float,
                    audit: dict[str, Any]) -> None:
@@ -302,6 +332,13 @@ class AgentSession(FrameDriver):
             why = self.policy.refuse_request(msg.argv, msg.shell, msg.env, msg.cwd)
             if why is not None:
                 return self._deny_exec(msg, why)
+        if msg.user is not None:
+            policy = self.policy
+            why = runas.refusal(msg.user, policy.users if policy else None, policy is None or policy.allow_all)
+            if why is not None:
+                return self._deny_exec(msg, why)
+        if msg.pty and msg.detach:
+            return (ErrorCode.BAD_REQUEST, "bad EXEC: pty: a detached command has no terminal", 2)
         if self._command_count() >= self.limits.max_commands_per_connection:
             return (ErrorCode.LIMIT,
                     f"too many commands on this connection (limit {self.limits.max_commands_per_connection})", 255)
@@ -314,7 +351,8 @@ class AgentSession(FrameDriver):
     def _deny_exec(self, msg: Exec, why: str) -> tuple[str, str, int]:
         """Audit a refused EXEC and say why: the policy forbids it, nothing runs."""
         self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
-                                what="exec", argv=build_argv(msg.argv, msg.shell), cwd=msg.cwd, reason=why)
+                                what="exec", argv=build_argv(msg.argv, msg.shell), cwd=msg.cwd, reason=why,
+                                user=msg.user if msg.user is not None else runas.agent_user())
         return (ErrorCode.PERMISSION_DENIED, f"permission denied for key {self.key_id}: {why}", 126)
 
     def _restricted(self) -> bool:
@@ -329,6 +367,7 @@ class AgentSession(FrameDriver):
         self.agent.detached.forget(req)
         self.agent.audit.record(
             "exit", peer=self.peer, key_id=self.key_id, request=req.request_id, argv=req.argv, cwd=req.cwd,
+            user=req.user or runas.agent_user(),
             start=round(req.started, 6), duration=round(result.duration, 6), status=result.status,
             timed_out=req.timed_out, stdout_bytes=req.bytes[1], stderr_bytes=req.bytes[2],
             stdin_bytes=req.stdin_bytes, leftovers_ended=req.leftovers_ended,
@@ -385,6 +424,12 @@ class AgentSession(FrameDriver):
         req = self.requests.get(msg.request_id)
         if req is not None:
             req.grant(msg.bytes)
+
+    def _on_resize(self, msg: Resize) -> None:
+        # Dropped, like WINDOW, once the request is gone: a size change may cross its EXIT.
+        req = self.requests.get(msg.request_id)
+        if isinstance(req, CommandRequest) and self._step(req, msg):
+            req.child.resize(msg.rows, msg.cols)
 
     def _on_ping(self, msg: Ping) -> None:
         t1 = time.time()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from shoal.protocol.defaults import DATA_CHUNK, MAX_GET_WINDOW, TRANSFER_WINDOW
 from shoal.protocol.errors import BadRequestError, ErrorCode
-from shoal.protocol.fields import check_request
+from shoal.protocol.fields import check_request, unknown_requirements
 from shoal.protocol.messages import (
     FileData,
     FileDone,
@@ -47,6 +47,8 @@ from shoal.hostio.fileerrors import FileTransferError, map_os_error
 from shoal.hostio.manifest import path_below
 from shoal.hostio.reader import FileReader
 from shoal.hostio.readahead import ReadAhead
+from shoal.agent import runas
+from shoal.agent.asuser import UserFiles
 from shoal.hostio.sink import ChunkSink
 
 from shoal.agent.treeops import tree_handlers
@@ -102,21 +104,58 @@ class TransferService:
     def on_put(self, msg: PutFile) -> None:
         if not self._admit(msg):
             return
+        allowed, user = self._user_for(msg, "put")
+        if not allowed:
+            return
         try:
             dest = self.authorize_in_tree(msg.path, msg.tree, "put", msg.request_id)
         except FileTransferError as err:
             return self.fail(msg.request_id, err)
         job: Transfer = MakeDirectory(self, msg, dest) if msg.mkdir else PutTransfer(self, msg, dest)
+        job.user = user
         self._start(job)
 
     def on_get(self, msg: GetFile) -> None:
         if not self._admit(msg):
             return
+        allowed, user = self._user_for(msg, "get")
+        if not allowed:
+            return
         try:
             path = self.authorize_in_tree(msg.path, msg.tree, "get", msg.request_id)
         except FileTransferError as err:
             return self.fail(msg.request_id, err)
-        self._start(GetTransfer(self, msg, path))
+        job = GetTransfer(self, msg, path)
+        job.user = user
+        self._start(job)
+
+    def _user_for(self, msg: PutFile | GetFile, action: str) -> tuple[bool, runas.RunAs | None]:
+        """Who the transfer acts as (None: the agent itself); False when refused and answered.
+
+        The key's policy decides as for EXEC (PROTOCOL.md 5.7, Users); a refusal is
+        audited and nothing on disk is touched.
+        """
+        rid, session = msg.request_id, self.session
+        unknown = unknown_requirements(msg)
+        if unknown:
+            self.done(rid)
+            session.request_error(rid, ErrorCode.UNSUPPORTED, f"this agent does not support {', '.join(unknown)}: "
+                                  "nothing was done (upgrade the agent)", 1)
+            return False, None
+        if msg.user is None or msg.user == runas.agent_user():
+            return True, None
+        policy = session.policy
+        why = runas.refusal(msg.user, policy.users if policy else None, policy is None or policy.allow_all)
+        if why is not None:
+            self._audit_denied(action, rid, msg.path, why, user=msg.user)
+            self.fail(rid, FileTransferError(ErrorCode.PERMISSION_DENIED, msg.path,
+                                             f"permission denied for key {session.key_id}: {why}"))
+            return False, None
+        try:
+            return True, runas.lookup(msg.user)
+        except runas.UnknownUser:
+            self.fail(rid, FileTransferError(ErrorCode.PERMISSION_DENIED, msg.path, f"no such user {msg.user!r}"))
+            return False, None
 
     def _admit(self, msg: PutFile | GetFile) -> bool:
         """Refuse a reused request id, a field no file can be made of, or one transfer too many."""
@@ -182,9 +221,9 @@ class TransferService:
         root = self.authorize(tree, action, rid)
         return path_below(root, tree, path)
 
-    def _audit_denied(self, action: str, rid: int, path: str, reason: str) -> None:
+    def _audit_denied(self, action: str, rid: int, path: str, reason: str, **extra: Any) -> None:
         self.session.agent.audit.record("denied", peer=self.session.peer, key_id=self.session.key_id,
-                                        request=rid, action=action, path=path, reason=reason)
+                                        request=rid, action=action, path=path, reason=reason, **extra)
 
     # -- data frames ---------------------------------------------------------
 
@@ -241,6 +280,20 @@ class Transfer:
         self.request_id = request_id
         self.aborted = False
         self._wake = asyncio.Event()
+        self.user: runas.RunAs | None = None  # act with this user's credentials (asuser.py)
+
+    @property
+    def as_user(self) -> UserFiles | None:
+        return UserFiles(self.user) if self.user is not None else None
+
+    def owner_for(self, requested: list[int] | None) -> list[int] | None:
+        """The owner to give what we create: as requested, else the user's (with --user)."""
+        if requested is None and self.user is not None:
+            return [self.user.uid, self.user.gid]
+        return requested
+
+    def audit_user(self) -> dict[str, str]:
+        return {"user": self.user.name} if self.user is not None else {}
 
     async def run(self) -> None:
         raise NotImplementedError
@@ -289,9 +342,15 @@ class MakeDirectory(Transfer):
         elif msg.into_dir:
             raise FileTransferError(ErrorCode.NOT_FOUND, self.dest)
         try:
-            if msg.parents:
-                os.makedirs(target.parent, exist_ok=True)
-            os.mkdir(target, 0o700)
+            files = self.as_user
+            if files is not None:
+                if msg.parents:
+                    _makedirs_as(files, target.parent)
+                files.mkdir(target, 0o700)
+            else:
+                if msg.parents:
+                    os.makedirs(target.parent, exist_ok=True)
+                os.mkdir(target, 0o700)
         except FileExistsError:
             if os.path.islink(target):
                 raise FileTransferError(ErrorCode.BAD_PATH, target, "is a symbolic link; nothing is written "
@@ -301,7 +360,7 @@ class MakeDirectory(Transfer):
             return target
         except OSError as err:
             raise map_os_error(err, target) from err
-        _set_directory_attributes(target, msg.mode, msg.owner)
+        _set_directory_attributes(target, msg.mode, self.owner_for(msg.owner))
         return target
 
 
@@ -313,6 +372,19 @@ def _set_directory_attributes(path: Path, mode: int | None, owner: list[int] | N
         os.chmod(path, stat.S_IMODE(mode) if mode is not None else 0o777 & ~process_umask())
     except OSError as err:
         raise map_os_error(err, path) from err
+
+
+def _makedirs_as(files: UserFiles, directory: Path) -> None:
+    """os.makedirs(directory, exist_ok=True) as the transfer's user."""
+    missing: list[Path] = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        try:
+            files.mkdir(path)
+        except FileExistsError:
+            pass
 
 
 def _is_dir(path: Path) -> bool:
@@ -383,10 +455,14 @@ class PutTransfer(Transfer):
 
     def _open(self) -> AtomicWriter:
         msg = self.msg
-        owner = (msg.owner[0], msg.owner[1]) if msg.owner is not None and len(msg.owner) == 2 else None
+        wanted = self.owner_for(msg.owner)
+        owner = (wanted[0], wanted[1]) if wanted is not None and len(wanted) == 2 else None
+        files = self.as_user
         writer = AtomicWriter.open(self.dest, name=msg.name or None, into_dir=msg.into_dir,
                                    mode=stat.S_IMODE(msg.mode) if msg.mode is not None else None,
-                                   mtime=msg.mtime, owner=owner, journal=self.service.journal)
+                                   mtime=msg.mtime, owner=owner, journal=self.service.journal,
+                                   opener=files.open if files is not None else os.open,
+                                   rename=files.rename if files is not None else os.rename)
         try:
             _check_free_space(writer.temp.parent, msg.size)
         except FileTransferError:
@@ -396,7 +472,7 @@ class PutTransfer(Transfer):
 
     async def _receive(self, writer: AtomicWriter) -> None:
         """Grant the window, let the sink write and hash what arrives, commit on FILE_END."""
-        self.service.audit("put", self.request_id, path=str(writer.dest), size=self.msg.size)
+        self.service.audit("put", self.request_id, path=str(writer.dest), size=self.msg.size, **self.audit_user())
         self._sink = ChunkSink(writer, self._grant_back, GRANT_STEP, on_error=self._wake.set,
                                name=f"put{self.request_id}")
         self.window = TRANSFER_WINDOW
@@ -456,7 +532,8 @@ class GetTransfer(Transfer):
 
     async def run(self) -> None:
         try:
-            reader: FileReader = await self._io(FileReader.open, self.path)
+            files = self.as_user
+            reader: FileReader = await self._io(FileReader.open, self.path, *([files.open] if files else []))
         except FileTransferError as err:
             return self.service.fail(self.request_id, err)
         try:
@@ -468,7 +545,7 @@ class GetTransfer(Transfer):
 
     async def _send(self, reader: FileReader) -> None:
         """Send while a thread reads (and hashes) ahead, never beyond the credit."""
-        self.service.audit("get", self.request_id, path=str(self.path), size=reader.size)
+        self.service.audit("get", self.request_id, path=str(self.path), size=reader.size, **self.audit_user())
         self.session.send(FileInfo(self.request_id, size=reader.size, mode=reader.mode, mtime=reader.mtime))
         chunks = ReadAhead(reader, min(DATA_CHUNK, self.session.conn.peer_max_frame))
         try:

@@ -51,6 +51,7 @@ from shoal.protocol.messages import (
     MetricsRequest,
     Ping,
     Pong,
+    Resize,
     Signal,
     Started,
     Stderr,
@@ -94,6 +95,10 @@ class Command:
     kill_grace: float | None = None
     idle_timeout: float | None = None  # end it after this many seconds without output
     attach: str | None = None  # follow this job's output (JOB_ATTACH) instead of running anything
+    user: str | None = None  # run as this user (the agent must be root, the key allowed)
+    pty: bool = False  # on a pseudo-terminal: stdout and stderr merged
+    rows: int = 0  # its window size (0: the agent's default, 24x80)
+    cols: int = 0
 
     def describe(self) -> str:
         if self.attach is not None:
@@ -132,6 +137,7 @@ class RemoteProcess:
         self._changed = asyncio.Event()
         self._started = asyncio.get_running_loop().create_future()
         self._stdin_ready = asyncio.Event()
+        self._pending_size: tuple[int, int] | None = None  # a RESIZE asked for before STARTED
 
     def _send(self, msg: Message) -> None:
         self.channel.send(msg)
@@ -150,6 +156,10 @@ class RemoteProcess:
         elif isinstance(msg, Started):
             self.pid = msg.pid
             self._stdin_credit_changed()
+            if self._pending_size is not None:
+                rows, cols = self._pending_size
+                self._pending_size = None
+                self.resize(rows, cols)
             if not self._started.done():
                 self._started.set_result(None)
         elif isinstance(msg, JobStarted):  # a detached command runs as a job: the request ends here
@@ -240,6 +250,20 @@ class RemoteProcess:
 
     def kill(self) -> None:
         self.signal(signals.SIGKILL)
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Tell the agent the terminal is now `rows` x `cols` (a `pty` command only)."""
+        if self._result is None and rows > 0 and cols > 0:
+            size = (min(rows, 0xFFFF), min(cols, 0xFFFF))
+            if self.channel.can_send(MessageType.RESIZE):
+                self._send(Resize(self.request_id, rows=size[0], cols=size[1]))
+            else:  # not STARTED yet: there is no terminal to size; send it once there is
+                self._pending_size = size
+
+
+def _requires(command: Command) -> list[str]:
+    """EXEC fields the agent must honour or refuse (PROTOCOL.md, EXEC `requires`)."""
+    return [name for name, used in (("user", command.user is not None), ("pty", command.pty)) if used]
 
 
 def _result_from_exit(host: str, msg: Exit, timeout: float | None) -> Result:
@@ -443,6 +467,7 @@ class AgentClient(FrameDriver):
         """Start `command`; raises RemoteCommandError if it cannot start."""
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
+        self.check_features(_requires(command))
         if command.idle_timeout is not None and "idle_timeout" not in self.features:
             # an older agent would ignore the member and run the command unbounded
             raise RemoteCommandError("this agent does not support --idle-timeout (upgrade it); nothing was run",
@@ -457,10 +482,24 @@ class AgentClient(FrameDriver):
         proc._send(Exec(
             rid, argv=command.argv, shell=command.shell, env=command.env, cwd=command.cwd,
             timeout=command.timeout, stdin=command.stdin, window=window, detach=command.detach,
-            kill_grace=command.kill_grace, idle_timeout=command.idle_timeout,
+            kill_grace=command.kill_grace, idle_timeout=command.idle_timeout, user=command.user, pty=command.pty,
+            rows=command.rows, cols=command.cols, requires=_requires(command),
         ))
         await proc._started
         return proc
+
+    def check_features(self, needed: list[str]) -> None:
+        """Refuse here what the agent announced no support for: it would ignore the field.
+
+        Raises:
+            RemoteCommandError: `unsupported` (status 126), naming what is missing.
+        """
+        hello = self.conn.peer_hello
+        missing = [name for name in needed if hello is None or name not in hello.features]
+        if missing:
+            raise RemoteCommandError(f"the agent does not support {', '.join(missing)} "
+                                     f"(agent {self.agent_version or 'unknown'}: upgrade it); nothing was run",
+                                     ErrorCode.UNSUPPORTED, host=self.name, status=126)
 
     async def metrics(self) -> dict[str, Any]:
         """Ask the agent for a metrics snapshot (schema in `shoal.agent.metrics`).

@@ -172,6 +172,11 @@ class Fleet:
         for proc in list(self.processes.values()):
             proc.kill()
 
+    def resize(self, rows: int, cols: int) -> None:
+        """The local terminal changed size: tell every running `pty` command."""
+        for proc in list(self.processes.values()):
+            proc.resize(rows, cols)
+
 
 class _LocalError(Exception):
     """The handler raised: a failure on our side (a closed stdout, a full disk), never the host's."""

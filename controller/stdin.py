@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from shoal.protocol.defaults import DATA_CHUNK
 
@@ -29,6 +29,7 @@ class StdinSpool:
         self._eof = False
         self._grew = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stop_reading: Callable[[], object] | None = None
 
     @classmethod
     def from_bytes(cls, data: bytes) -> StdinSpool:
@@ -42,6 +43,34 @@ class StdinSpool:
         """Start spooling `fd` (a pipe or file) in a background thread-reader."""
         spool = cls()
         spool._task = asyncio.get_running_loop().create_task(spool._pump(fd))
+        return spool
+
+    @classmethod
+    def from_terminal(cls, fd: int) -> StdinSpool:
+        """Spool a terminal's keys as they are typed, read on the event loop.
+
+        A thread blocked in read() on a terminal would outlive the command (nothing
+        more is typed) and hold up the loop's shutdown; a reader callback does not.
+        """
+        spool = cls()
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, DATA_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data:
+                spool._append(data)
+                return
+            loop.remove_reader(fd)
+            spool._eof = True
+            spool._grew.set()
+
+        loop.add_reader(fd, readable)
+        spool._stop_reading = lambda: loop.remove_reader(fd)
         return spool
 
     async def _pump(self, fd: int) -> None:
@@ -76,6 +105,9 @@ class StdinSpool:
                 await self._grew.wait()
 
     def close(self) -> None:
+        if self._stop_reading is not None:
+            self._stop_reading()
+            self._stop_reading = None
         if self._task is not None:
             self._task.cancel()
         self._file.close()

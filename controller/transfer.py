@@ -97,6 +97,7 @@ class PutOptions:
 
     preserve: bool = False
     owner: bool = False
+    user: str | None = None  # create as this user, with its rights (the agent must allow it)
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -137,6 +138,15 @@ class _Request:
     def _on_message(self, msg: Message) -> None:
         raise NotImplementedError
 
+    def _check_features(self, needed: list[str]) -> None:
+        """Fail at once, sending nothing, when the agent would ignore a field it must honour."""
+        if self.error is None:
+            try:
+                self.client.check_features(needed)
+            except RemoteCommandError as exc:
+                exc.status = TRANSFER_FAILED
+                self._fail(exc)
+
     def lost(self, reason: str) -> None:
         self._fail(ShoalConnectionError(self.host, reason))
         self._changed.set()
@@ -171,6 +181,7 @@ class PutRequest(_Request):
         self.credit = 0
         self.opened = False
         self.result: FileDone | None = None
+        self._check_features(msg_fields.get("requires", []))
         if self.error is None:
             client.send(PutFile(self.request_id, **msg_fields))
 
@@ -213,7 +224,8 @@ class PutRequest(_Request):
 class GetRequest(_Request):
     """One GET_FILE: FILE_INFO, FILE_DATA within our window, FILE_END with the digest."""
 
-    def __init__(self, client: AgentClient, path: str, window: int = TRANSFER_WINDOW, tree: str = "") -> None:
+    def __init__(self, client: AgentClient, path: str, window: int = TRANSFER_WINDOW, tree: str = "",
+                 user: str | None = None) -> None:
         super().__init__(client)
         self.window = window
         self.info: FileInfo | None = None
@@ -221,8 +233,10 @@ class GetRequest(_Request):
         self._chunks: deque[bytes] = deque()
         self._outstanding = 0
         self._consumed = 0
+        self._check_features(["user"] if user is not None else [])
         if self.error is None:
-            client.send(GetFile(self.request_id, path=path, window=window, tree=tree))
+            client.send(GetFile(self.request_id, path=path, window=window, tree=tree, user=user,
+                                requires=["user"] if user is not None else []))
 
     def _on_message(self, msg: Message) -> None:
         if isinstance(msg, FileInfo):
@@ -298,6 +312,8 @@ class HostPut:
             fields["mtime"] = item.mtime
         if self.options.owner:
             fields["owner"] = list(item.owner)
+        if self.options.user is not None:
+            fields.update(user=self.options.user, requires=["user"])
         return fields
 
     def advance(self, n: int) -> None:
@@ -399,18 +415,19 @@ async def put_file(client: AgentClient, plan: PutPlan, remote_path: str,
 
 
 async def get_file(client: AgentClient, remote_path: str, local_path: str, *, preserve: bool = False,
-                   progress: Progress | None = None, tree: str = "") -> Result:
+                   progress: Progress | None = None, tree: str = "", user: str | None = None) -> Result:
     """Fetch one remote file into `local_path`, atomically and checked by sha256.
 
     The local file is written beside `local_path` and renamed over it only when
     its sha256 matches the agent's; it gets the remote mode (and mtime with
-    `preserve`). Returns the host's Result; errors writing locally become that
-    host's failure too, with the local path in the reason. `tree` (a get -r's
-    remote root) makes the agent refuse a path crossing a link below it.
+    `preserve`). With `user`, the agent opens the file with that user's rights.
+    Returns the host's Result; errors writing locally become that host's failure
+    too, with the local path in the reason. `tree` (a get -r's remote root) makes
+    the agent refuse a path crossing a link below it.
     """
     progress = progress or _NoProgress()
     start = time.monotonic()
-    request = GetRequest(client, remote_path, tree=tree)
+    request = GetRequest(client, remote_path, tree=tree, user=user)
     try:
         info = await request.wait_info()
         progress.expect(info.size)
@@ -523,7 +540,7 @@ async def _connect(connect: ConnectOptions, target: Target) -> AgentClient | Res
 
 async def get_fleet(targets: list[Target], connect: ConnectOptions, remote_path: str, local_dir: str, *,
                     preserve: bool = False, fanout: int = 64, progress: Progress | None = None,
-                    on_result: Callable[[Result], None] | None = None) -> FleetResult:
+                    on_result: Callable[[Result], None] | None = None, user: str | None = None) -> FleetResult:
     """Fetch `remote_path` from every target into `local_dir/<host>/<basename>`.
 
     Host directories are created as needed; host names are escaped
@@ -540,21 +557,21 @@ async def get_fleet(targets: list[Target], connect: ConnectOptions, remote_path:
         if on_result is not None:
             on_result(result)
 
-    await fan_out(targets, lambda t: _get_one(t, connect, remote_path, local_dir, name, preserve, progress),
+    await fan_out(targets, lambda t: _get_one(t, connect, remote_path, local_dir, name, preserve, progress, user),
                   limit=fanout, on_done=done)
     out.elapsed = time.monotonic() - start
     return out
 
 
 async def _get_one(target: Target, connect: ConnectOptions, remote_path: str, local_dir: str, name: str,
-                   preserve: bool, progress: Progress | None) -> Result:
+                   preserve: bool, progress: Progress | None, user: str | None = None) -> Result:
     directory = os.path.join(local_dir, host_directory_name(target.name))
     attempt = await _connect(connect, target)
     if isinstance(attempt, Result):
         return attempt
     try:
         return await get_file(attempt, remote_path, os.path.join(directory, name),
-                              preserve=preserve, progress=progress)
+                              preserve=preserve, progress=progress, user=user)
     finally:
         await attempt.close()
 

@@ -124,6 +124,8 @@ class Connection:
         nonce: fixed handshake nonce, for test vectors only.
         macs: frame MAC algorithms we accept, in our order of preference; the
             controller offers them, the agent picks the first offered it knows.
+        features: (agent) the `requires` names it honours, announced in HELLO
+            together with AGENT_FEATURES.
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class Connection:
         software: str = "shoal",
         nonce: bytes | None = None,
         macs: tuple[str, ...] | list[str] = handshake.SUPPORTED_MACS,
+        features: tuple[str, ...] | list[str] = (),
     ) -> None:
         unknown = [m for m in macs if m not in handshake.SUPPORTED_MACS]
         if unknown or not macs:
@@ -145,6 +148,7 @@ class Connection:
         self.key = key
         self._keys = keys or KeyLookup([])
         self.software = software
+        self.features = sorted(features)
         self.peer_hello: Hello | None = None
         self.peer_max_frame = DEFAULT_MAX_FRAME_SIZE
         self.key_id: str | None = None
@@ -407,7 +411,7 @@ class Connection:
             nonce=self._our_hello_nonce, max_frame=self._max_frame_size,
             macs=list(self.macs) if keyed and controller else [],
             mac=(self.mac or "") if keyed and not controller else "",
-            features=[] if controller else list(AGENT_FEATURES),
+            features=[] if controller else sorted(set(AGENT_FEATURES) | set(self.features)),
         )
         self._emit(hello)
         self._our_hello_frame = b"".join(self._out[-2:])

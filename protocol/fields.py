@@ -15,7 +15,18 @@ import math
 from shoal.protocol.errors import BadRequestError
 from shoal.protocol.messages import Exec, GetFile, ListTree, Message, PutFile, RemovePaths
 
-__all__ = ["check_request", "MAX_IDLE_TIMEOUT", "MAX_KILL_GRACE", "MAX_MTIME", "MAX_SIZE"]
+__all__ = [
+    "check_request", "unknown_requirements", "EXEC_FEATURES", "TRANSFER_FEATURES",
+    "MAX_IDLE_TIMEOUT", "MAX_KILL_GRACE", "MAX_MTIME", "MAX_SIZE", "MAX_USER",
+]
+
+# Fields this agent honours when a request names them in `requires`. Any other
+# name is a field added after us that the controller needs honoured: we refuse
+# with `unsupported` rather than act without it.
+EXEC_FEATURES = frozenset({"user", "pty"})
+TRANSFER_FEATURES = frozenset({"user"})
+# Longest user name accepted (useradd's limit is 32; leave room for LDAP names).
+MAX_USER = 256
 
 # Longest grace a request may ask for between signals, in seconds: an hour is
 # already far beyond any shutdown a command could need.
@@ -40,6 +51,7 @@ def check_request(msg: Message) -> None:
         _check_put(msg)
     elif isinstance(msg, GetFile):
         _check_encodable("path", msg.path)
+        _check_user(msg.user)
         _check_encodable("tree", msg.tree)
         _check_range("window", msg.window, 0, MAX_SIZE)
     elif isinstance(msg, ListTree):
@@ -48,6 +60,12 @@ def check_request(msg: Message) -> None:
         _check_encodable("tree", msg.tree)
         for i, path in enumerate(msg.paths):
             _check_encodable(f"paths[{i}]", path)
+
+
+def unknown_requirements(msg: Exec | PutFile | GetFile) -> list[str]:
+    """The names in a request's `requires` this agent cannot honour: the request must not run."""
+    known = EXEC_FEATURES if isinstance(msg, Exec) else TRANSFER_FEATURES
+    return sorted(set(msg.requires) - known)
 
 
 def _check_exec(msg: Exec) -> None:
@@ -70,11 +88,23 @@ def _check_exec(msg: Exec) -> None:
             raise BadRequestError("idle_timeout", "must be more than 0")
         if msg.detach:
             raise BadRequestError("idle_timeout", "cannot go with detach (its output goes to a file, unseen)")
+    _check_user(msg.user)
+    if msg.pty:
+        _check_range("rows", msg.rows, 0, 0xFFFF)
+        _check_range("cols", msg.cols, 0, 0xFFFF)
+
+
+def _check_user(user: str | None) -> None:
+    if user is not None:
+        if not user or len(user) > MAX_USER or "/" in user or ":" in user:
+            raise BadRequestError("user", "must be a user name (1-256 characters, no '/' or ':')")
+        _check_text("user", user)
 
 
 def _check_put(msg: PutFile) -> None:
     _check_encodable("path", msg.path)  # a NUL byte is the file service's `bad_path`
     _check_encodable("name", msg.name)
+    _check_user(msg.user)
     _check_encodable("tree", msg.tree)
     _check_range("size", msg.size, 0, MAX_SIZE)
     _check_range("window", msg.window, 0, MAX_SIZE)

@@ -36,6 +36,7 @@ __all__ = [
     "Signal",
     "Cancel",
     "Window",
+    "Resize",
     "Started",
     "Stdout",
     "Stderr",
@@ -84,6 +85,7 @@ class MessageType(IntEnum):
     SIGNAL = 0x13
     CANCEL = 0x14
     WINDOW = 0x15
+    RESIZE = 0x16
     STARTED = 0x20
     STDOUT = 0x21
     STDERR = 0x22
@@ -133,7 +135,9 @@ class Message:
 
 
 # What this agent honours beyond version 1, named in its HELLO `features`:
-# "idle_timeout" is EXEC's `idle_timeout` (and EXIT's `idle_timed_out`).
+# "idle_timeout" is EXEC's `idle_timeout` (and EXIT's `idle_timed_out`). The agent's
+# HELLO adds the `requires` names it honours ("user", "pty"; issue 17), which its
+# session passes to the Connection: one `features` list holds both.
 AGENT_FEATURES = ("idle_timeout",)
 
 
@@ -154,9 +158,11 @@ class Hello(Message):
     # answers with its choice in `mac` (absent: hmac-sha256).
     macs: list[str] = field(default_factory=lambda: ["hmac-sha256"])
     mac: str = ""
-    # Request members beyond version 1 this end honours (the agent lists AGENT_FEATURES;
-    # absent: none). Unknown members are ignored, so a controller must not send one
-    # the agent did not list: an older agent would run the command without it.
+    # Request members beyond version 1 this end honours (absent: none). The agent lists
+    # AGENT_FEATURES plus the `requires` names it honours (issue 17: "user", "pty";
+    # shoal.protocol.fields.EXEC_FEATURES). Unknown members are ignored, so a controller
+    # must not send one the agent did not list: an older agent would run the command
+    # without it.
     features: list[str] = field(default_factory=list)
 
     def _validate(self) -> None:
@@ -233,6 +239,15 @@ class Exec(Message):
     window: int = 0
     detach: bool = False
     kill_grace: float | None = None
+    # Issue 17: run as `user`, on a pseudo-terminal of `rows` x `cols`. A field the
+    # agent must honour is also named in `requires`; an agent that does not know a
+    # name listed there refuses the request (`unsupported`) rather than run it
+    # without (shoal.protocol.fields.EXEC_FEATURES).
+    user: str | None = None
+    pty: bool = False
+    rows: int = 0
+    cols: int = 0
+    requires: list[str] = field(default_factory=list)
     idle_timeout: float | None = None  # feature "idle_timeout"; range in shoal.protocol.fields
 
     def _validate(self) -> None:
@@ -290,6 +305,19 @@ class Window(Message):
     def _validate(self) -> None:
         if self.bytes <= 0:
             raise LocalProtocolError(f"window increment must be positive, not {self.bytes!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Resize(Message):
+    """The controller's terminal changed size: apply it to the request's pty."""
+
+    TYPE = MessageType.RESIZE
+    rows: int = 0
+    cols: int = 0
+
+    def _validate(self) -> None:
+        if not (1 <= self.rows <= 0xFFFF and 1 <= self.cols <= 0xFFFF):
+            raise LocalProtocolError(f"bad window size {self.rows!r}x{self.cols!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +461,8 @@ class PutFile(Message):
     name: str = ""
     mkdir: bool = False
     window: int = 0
+    user: str | None = None  # create and check as this user (issue 17); named in `requires`
+    requires: list[str] = field(default_factory=list)
     tree: str = ""
     parents: bool = False
 
@@ -444,6 +474,8 @@ class GetFile(Message):
     TYPE = MessageType.GET_FILE
     path: str = ""
     window: int = 0
+    user: str | None = None  # open as this user (issue 17); named in `requires`
+    requires: list[str] = field(default_factory=list)
     tree: str = ""
 
 
@@ -524,7 +556,7 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Auth, Error, Ping, Pong, Goodbye, Exec, Stdin, StdinEof, Signal, Cancel,
-        Window, Started, Stdout, Stderr, Exit, MetricsRequest, MetricsReply, PutFile,
+        Window, Resize, Started, Stdout, Stderr, Exit, MetricsRequest, MetricsReply, PutFile,
         GetFile, FileInfo, FileData, FileEnd, FileDone, ListTree, TreeEntries, RemovePaths, Removed,
         JobStarted, JobsList, JobsReply, JobAttach, JobKill, JobKilled,
     )
@@ -538,7 +570,7 @@ CONNECTION_LEVEL = frozenset(
 # Types only one role ever sends; the other role receiving one is `wrong_direction`.
 CONTROLLER_ONLY = frozenset({
     MessageType.EXEC, MessageType.STDIN, MessageType.STDIN_EOF, MessageType.SIGNAL, MessageType.CANCEL,
-    MessageType.METRICS_REQUEST, MessageType.PUT_FILE, MessageType.GET_FILE,
+    MessageType.METRICS_REQUEST, MessageType.PUT_FILE, MessageType.GET_FILE, MessageType.RESIZE,
     MessageType.LIST_TREE, MessageType.REMOVE_PATHS,
     MessageType.JOBS_LIST, MessageType.JOB_ATTACH, MessageType.JOB_KILL,
 })

@@ -57,7 +57,10 @@ TRANSITIONS: dict[tuple[RequestState, Role], dict[MessageType, RequestState]] = 
     (_S.IDLE, Role.AGENT): {},
     (_S.STARTING, Role.CONTROLLER): dict.fromkeys(_CONTROL, _S.STARTING),
     (_S.STARTING, Role.AGENT): {_T.STARTED: _S.RUNNING, _T.JOB_STARTED: _S.DONE, _T.ERROR: _S.DONE},
-    (_S.RUNNING, Role.CONTROLLER): {_T.STDIN: _S.RUNNING, **dict.fromkeys(_CONTROL, _S.RUNNING)},
+    # RESIZE (a pty's window size, issue 17) only once the command runs: before
+    # STARTED there is no terminal to size, and the controller keeps the size for later.
+    (_S.RUNNING, Role.CONTROLLER): {_T.STDIN: _S.RUNNING, _T.RESIZE: _S.RUNNING,
+                                    **dict.fromkeys(_CONTROL, _S.RUNNING)},
     (_S.RUNNING, Role.AGENT): {_T.STDOUT: _S.RUNNING, _T.STDERR: _S.RUNNING, _T.WINDOW: _S.RUNNING,
                                _T.EXIT: _S.DONE, _T.ERROR: _S.DONE},
     (_S.DONE, Role.CONTROLLER): {},

@@ -56,6 +56,7 @@ class KeyPolicy:
     file_roots: tuple[str, ...] | None = None
     env: tuple[str, ...] = ()
     cwd: bool = False
+    users: tuple[str, ...] | None = None  # issue 17: who its commands may run as (agent/runas.py)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _KEY_NAME.fullmatch(self.name):
@@ -70,6 +71,8 @@ class KeyPolicy:
             _store(self, "file_roots", tuple(os.path.normpath(root) for root in roots))
         _store(self, "env", _strings("env", self.env, restrict.check_env_name))
         _boolean("cwd", self.cwd)
+        if self.users is not None:  # issue 17
+            _store(self, "users", _strings("users", self.users))
         self._check_combination()
 
     def _check_combination(self) -> None:

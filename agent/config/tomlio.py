@@ -214,6 +214,8 @@ def _policy_fields(policy: KeyPolicy) -> dict[str, Any]:
         if policy.file_roots is not None:
             options["file_roots"] = list(policy.file_roots)
         options.update(env=list(policy.env), cwd=policy.cwd)
+    if policy.users is not None:  # issue 17
+        options["users"] = list(policy.users)
     return options
 
 

@@ -20,9 +20,10 @@ import secrets
 import stat
 from pathlib import Path
 from types import TracebackType
+from typing import Callable
 
 from shoal.hostio.fileerrors import FileTransferError, map_os_error
-from shoal.hostio.reader import maybe_stat
+from shoal.hostio.reader import Opener, maybe_stat
 from shoal.protocol.errors import ErrorCode
 
 __all__ = ["TEMP_MARK", "process_umask", "Journal", "WriterState", "AtomicWriter"]
@@ -138,7 +139,7 @@ class AtomicWriter:
     """
 
     __slots__ = ("dest", "temp", "size", "state", "_fd", "_hash", "_mode", "_mtime",
-                 "_owner", "_journal", "_written_back")
+                 "_owner", "_journal", "_written_back", "_rename")
 
     def __init__(self, dest: Path, temp: Path, fd: int, mode: int, mtime: float | None,
                  owner: tuple[int, int] | None, journal: Journal | None) -> None:
@@ -153,12 +154,14 @@ class AtomicWriter:
         self._owner = owner
         self._journal = journal
         self._written_back = 0  # bytes already handed to early writeback
+        self._rename: Callable[[Path, Path], None] = os.rename
 
     @classmethod
     def open(cls, dest: str | os.PathLike[str], *, name: str | None = None,
              into_dir: bool = False, mode: int | None = None, mtime: float | None = None,
              owner: tuple[int, int] | None = None,
-             journal: Journal | None = None) -> AtomicWriter:
+             journal: Journal | None = None, opener: Opener = os.open,
+             rename: Callable[[Path, Path], None] = os.rename) -> AtomicWriter:
         """Start writing a file at `dest`, or into the directory `dest` as `name`.
 
         Args:
@@ -174,6 +177,8 @@ class AtomicWriter:
             owner: (uid, gid) to set when running as root (`-p`); ignored otherwise.
                 None keeps the owner of the file being replaced when root.
             journal: where to note the temp file so a crash can be cleaned up.
+            opener, rename: how the temp file is created and renamed into place
+                (the agent passes a user's, so the kernel checks that user's rights).
 
         Raises:
             FileTransferError: is_directory, not_directory, not_found, bad_path,
@@ -186,12 +191,14 @@ class AtomicWriter:
         if journal is not None:
             journal.record(temp)
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            fd = opener(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as err:
             if journal is not None:
                 journal.forget(temp)
             raise map_os_error(err, target) from err
-        return cls(target, temp, fd, final_mode, mtime, final_owner, journal)
+        writer = cls(target, temp, fd, final_mode, mtime, final_owner, journal)
+        writer._rename = rename
+        return writer
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         """Append `chunk` to the temp file and to the running sha256."""
@@ -258,7 +265,7 @@ class AtomicWriter:
                                     f"sha256 of received data is {actual}, sender said {expected_sha256}")
         try:
             self._seal()
-            os.rename(self.temp, self.dest)
+            self._rename(self.temp, self.dest)
         except OSError as err:
             self.abort()
             raise map_os_error(err, self.dest) from err

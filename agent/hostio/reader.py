@@ -11,12 +11,16 @@ import stat
 from collections import deque
 from pathlib import Path
 from types import TracebackType
-from typing import Iterator
+from typing import Callable, Iterator
 
 from shoal.protocol.errors import ErrorCode
 from shoal.hostio.fileerrors import FileTransferError, map_os_error
 
-__all__ = ["FileReader", "maybe_stat", "walk_tree"]
+__all__ = ["FileReader", "Opener", "maybe_stat", "walk_tree"]
+
+# os.open's shape: (path, flags, mode) -> fd. The agent substitutes one that opens
+# with another user's credentials (shoal.agent.asuser).
+Opener = Callable[[Path | str | os.PathLike[str], int, int], int]
 
 
 class FileReader:
@@ -39,8 +43,8 @@ class FileReader:
         self._hash = hashlib.sha256()
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> FileReader:
-        """Open `path` for reading.
+    def open(cls, path: str | os.PathLike[str], opener: Opener = os.open) -> FileReader:
+        """Open `path` for reading (with `opener`: the agent passes a user's for `--user`).
 
         Raises:
             FileTransferError: is_directory (send directories with `walk_tree`),
@@ -49,7 +53,7 @@ class FileReader:
         """
         # O_NONBLOCK so opening a FIFO cannot hang the agent before we can refuse it.
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = opener(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, 0o777)
         except OSError as err:
             raise map_os_error(err, path) from err
         try:

@@ -53,6 +53,7 @@ from shoal.controller.cli.options import (
     add_outdir_failed_options,
     add_rolling_options,
     add_target_options,
+    add_user_option,
     connect_options_from_args,
     parse_env,
     targets_from_args,
@@ -76,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cwd", metavar="DIR", help="working directory on the hosts")
     g.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
                    help="environment variable for every command (repeatable)")
+    add_user_option(g)
     add_connect_options(parser)
     add_rolling_options(parser)
     o = parser.add_argument_group("output")
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     lines = read_batch(args.file, sys.stdin.buffer)
     targets = targets_from_args(args)
     base = Command(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout, kill_grace=args.kill_grace,
-                   idle_timeout=args.idle_timeout)
+                   idle_timeout=args.idle_timeout, user=args.user)
     commands = [replace(base, shell=line.text) for line in lines]
     return asyncio.run(run_batch(targets, lines, commands, connect_options_from_args(args), args, display))
 

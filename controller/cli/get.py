@@ -53,12 +53,14 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
         raise ConfigError(f"not a directory: {args.local_dir}", "get")
     targets = targets_from_args(args)
     if args.recursive:
+        if args.user is not None:
+            raise ConfigError("-r cannot go with --user (the tree is listed with the agent's rights)", "get")
         return run_tree(args, targets, display)
     progress = TransferProgress(display, len(targets))
     try:
         result = asyncio.run(get_fleet(
             targets, connect_options_from_args(args), args.remote, args.local_dir,
-            preserve=args.preserve, fanout=args.fanout, progress=progress))
+            preserve=args.preserve, fanout=args.fanout, progress=progress, user=args.user))
     finally:
         progress.close()
     if args.verbose:

@@ -48,6 +48,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("shoal.controller.cli.run", "run a command on many hosts"),
     "shell": ("shoal.controller.cli.shell", "interactive shell on many hosts at once"),
     "batch": ("shoal.controller.cli.batch", "run a file of commands on many hosts"),
+    "login": ("shoal.controller.cli.login", "interactive login shell on one host (like ssh HOST)"),
     "put": ("shoal.controller.cli.put", "copy local files to many hosts"),
     "get": ("shoal.controller.cli.get", "fetch a file from many hosts into per-host directories"),
     "hosts": ("shoal.controller.cli.hosts", "show the hosts a target pattern expands to"),

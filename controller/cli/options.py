@@ -127,10 +127,17 @@ def add_exec_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--argv", action="store_true",
                    help="run the command's words as an argv, without /bin/sh (default joins them for the shell, like ssh)")
     g.add_argument("-n", "--no-stdin", action="store_true", help="do not forward standard input")
+    add_user_option(g)
+    g.add_argument("--pty", action="store_true",
+                   help="run on a pseudo-terminal on each host (stdout and stderr merged; "
+                        "a terminal's keys go through raw, its size follows)")
     g.add_argument("--detach", action="store_true",
                    help="keep running if the controller disconnects; output goes to a file on the agent")
 
 
+def add_user_option(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    group.add_argument("-u", "--user", metavar="NAME",
+                       help="run as this user on the hosts (the agent runs as root and the key allows NAME)")
 def add_rolling_options(parser: argparse.ArgumentParser) -> None:
     """--serial, --serial-wait, --max-fail and --canary, spelled once for run, batch and put."""
     g = parser.add_argument_group("rolling")
@@ -221,7 +228,8 @@ def command_from_args(args: argparse.Namespace, words: list[str]) -> Command:
     if args.idle_timeout is not None and args.detach:
         raise ConfigError("cannot go with --detach (a detached command's output is not watched)", "--idle-timeout")
     common = dict(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout,
-                  detach=args.detach, kill_grace=args.kill_grace, idle_timeout=args.idle_timeout)
+                  detach=args.detach, kill_grace=args.kill_grace, idle_timeout=args.idle_timeout,
+                  user=getattr(args, "user", None), pty=getattr(args, "pty", False))
     if args.argv:
         return Command(argv=list(words), **common)
     return Command(shell=" ".join(words), **common)

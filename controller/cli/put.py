@@ -44,6 +44,7 @@ from shoal.controller.cli.options import (
     add_connect_options,
     add_rolling_options,
     add_target_options,
+    add_user_option,
     connect_options_from_args,
     targets_from_args,
     wave_policy_from_args,
@@ -82,6 +83,7 @@ def add_transfer_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-p", "--preserve", action="store_true", help="keep modification times (modes are always kept)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress or summary; errors only")
     g.add_argument("-v", "--verbose", action="store_true", help="more detail on stderr")
+    add_user_option(g)
 
 
 def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
@@ -100,12 +102,17 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     plan = plan_put(sources, remote, args.recursive,
                     skipped=lambda path, why: display.warning(f"skipping {path}: {why}"))
     if args.recursive and any(item.is_dir for item in plan.items):
-        return run_sync(args, targets, plan, sources, remote, display)
+        if args.user is None:
+            return run_sync(args, targets, plan, sources, remote, display)
+        # As a user: no sync (its listing and deletes would act with the agent's rights);
+        # every file and directory is sent and created with the user's.
+        if sync_flags:
+            raise ConfigError(f"{sync_flags[0]} cannot go with --user (a sync lists and deletes as the agent)", "put")
     progress = TransferProgress(display, len(targets))
     try:
         result = asyncio.run(put_fleet(
             targets, connect_options_from_args(args), plan, remote,
-            options=PutOptions(preserve=args.preserve, owner=args.owner), fanout=args.fanout,
+            options=PutOptions(preserve=args.preserve, owner=args.owner, user=args.user), fanout=args.fanout,
             progress=progress, policy=policy, on_wave=lambda n, count, hosts: progress.set_wave(n, count)))
     finally:
         progress.close()

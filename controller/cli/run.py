@@ -7,6 +7,9 @@ start with `-` starts it, and every word from there on is the command's, so
 `shoal run web1 sed -n 1p f` runs `sed -n 1p f`. The words are joined and run by
 /bin/sh on each host, like ssh does (`--argv` runs them as an argv without a shell).
 Standard input is forwarded to every host when it is not a terminal (`-n` to disable).
+With --pty each host runs the command on a pseudo-terminal of the local window's
+size; typed keys go to it raw and piped input ends with the terminal's EOF (^D).
+--user NAME runs the command as NAME (the agent must run as root and the key allow NAME).
 
 A command starts in the remote user's home directory (--cwd to change it), with
 SHOAL_HOST, SHOAL_NODENUM (0-based, in target order) and SHOAL_NUMNODES set.
@@ -23,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 from shoal.protocol.errors import ConfigError
@@ -33,6 +38,7 @@ from shoal.controller.client import Command
 from shoal.controller.term.display import Display
 from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.term.interrupt import run_interruptible
+from shoal.controller.term.rawtty import on_resize, raw_terminal, terminal_size
 from shoal.controller.cli.options import (
     add_connect_options,
     add_exec_options,
@@ -75,8 +81,14 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
         command, script = script_from_args(args, words)
         return asyncio.run(run_fleet(targets, command, options, args, display, False, script))
     command = command_from_args(args, words)
-    forward_stdin = not args.no_stdin and not args.detach and not _isatty(0)  # a job's stdin is /dev/null
-    return asyncio.run(run_fleet(targets, command, options, args, display, forward_stdin))
+    # --pty on a terminal: keys go through raw as they are typed (controller/term/rawtty.py).
+    # A job's stdin is /dev/null: nothing is forwarded with --detach.
+    terminal = command.pty and not args.no_stdin and not args.detach and _isatty(0)
+    forward_stdin = not args.no_stdin and not args.detach and (terminal or not _isatty(0))
+    if command.pty:
+        rows, cols = terminal_size(0, 1)
+        command = replace(command, rows=rows, cols=cols)
+    return asyncio.run(run_fleet(targets, command, options, args, display, forward_stdin, terminal=terminal))
 
 
 def _isatty(fd: int) -> bool:
@@ -98,21 +110,32 @@ def choose_handler(args: argparse.Namespace, display: Display, targets: list[Tar
 
 async def run_fleet(targets: list[Target], command: Command, options: ConnectOptions,
                     args: argparse.Namespace, display: Display, forward_stdin: bool,
-                    script: bytes | None = None) -> int:
-    """Run on the fleet with Ctrl-C handling: first cancels everywhere, second gives up."""
+                    script: bytes | None = None, terminal: bool = False) -> int:
+    """Run on the fleet with Ctrl-C handling: first cancels everywhere, second gives up.
+
+    With `terminal` (`--pty` on a terminal) the keys are forwarded raw as typed and
+    window size changes follow; the terminal's modes are restored however it ends.
+    """
     from shoal.controller.term.waveview import wave_reporter
 
     policy = wave_policy_from_args(args)
     raise_open_files_limit(min(len(targets), args.fanout))
     fleet = Fleet(targets, options, fanout=args.fanout)
     handler = choose_handler(args, display, targets)
-    stdin = StdinSpool.from_fd(sys.stdin.fileno()) if forward_stdin else None
+    if terminal:
+        stdin: StdinSpool | None = StdinSpool.from_terminal(sys.stdin.fileno())
+    else:
+        stdin = StdinSpool.from_fd(sys.stdin.fileno()) if forward_stdin else None
     if script is not None:
         stdin = StdinSpool.from_bytes(script)
     try:
-        result, interrupts = await run_interruptible(fleet.run(command, handler, stdin, policy=policy,
-                                                               on_wave=wave_reporter(display, handler)), display,
-                                                     fleet.cancel, fleet.kill)
+        with contextlib.ExitStack() as local_terminal:
+            if terminal:
+                local_terminal.enter_context(raw_terminal(sys.stdin.fileno()))
+                local_terminal.enter_context(on_resize(fleet.resize, sys.stdin.fileno(), sys.stdout.fileno()))
+            result, interrupts = await run_interruptible(fleet.run(command, handler, stdin, policy=policy,
+                                                                   on_wave=wave_reporter(display, handler)),
+                                                         display, fleet.cancel, fleet.kill)
     finally:
         if stdin is not None:
             stdin.close()

@@ -19,7 +19,14 @@ import argparse
 from shoal.protocol.errors import ConfigError
 
 from shoal.controller.term.display import Display
-from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, parse_env, targets_from_args
+from shoal.controller.cli.options import (
+    add_connect_options,
+    add_target_options,
+    add_user_option,
+    connect_options_from_args,
+    parse_env,
+    targets_from_args,
+)
 from shoal.controller.term.repl import Repl, ReplSettings
 
 
@@ -36,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--kill-grace", type=float, metavar="SECS",
                    help="on Ctrl-C, seconds between SIGINT, SIGTERM and SIGKILL (default: the agent's)")
     g.add_argument("-q", "--quiet", action="store_true", help="errors only on stderr")
+    add_user_option(g)
 
 
 def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
@@ -45,7 +53,7 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
         raise ConfigError(f"shell takes no command ({' '.join(words)!r}); type lines at its prompt", "command")
     targets = targets_from_args(args)
     settings = ReplSettings(mode=args.output, timeout=args.timeout, cwd=args.cwd, env=parse_env(args.env),
-                            kill_grace=args.kill_grace)
+                            kill_grace=args.kill_grace, user=args.user)
     repl = Repl(targets, connect_options_from_args(args), display, inventory=load_inventory(args.inventory),
                 fanout=args.fanout, settings=settings)
     return repl.run()

@@ -65,6 +65,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ":timeout": ("SECS|off", "kill later commands after SECS on each host"),
     ":idle": ("SECS|off", "kill later commands once they print nothing for SECS (on each host)"),
     ":cd": ("[DIR]", "run later commands in DIR (no DIR: the remote user's home)"),
+    ":user": ("[NAME]", "run later commands as NAME (no NAME: the agent's own user)"),
     ":env": ("[K=V | -u K]", "set (or with -u unset) a variable for later commands; no argument lists them"),
     ":last": ("", "outcome and exit status of the last command per host, grouped"),
     ":jobs": ("", "the detached jobs (run --detach) each targeted host's agent keeps"),
@@ -94,10 +95,11 @@ class ReplSettings:
     cwd: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     kill_grace: float | None = None
+    user: str | None = None
 
     def command(self, line: str) -> Command:
         return Command(shell=line, env=dict(self.env), cwd=self.cwd, timeout=self.timeout,
-                       kill_grace=self.kill_grace, idle_timeout=self.idle_timeout)
+                       kill_grace=self.kill_grace, idle_timeout=self.idle_timeout, user=self.user)
 
 
 class Repl:
@@ -298,6 +300,10 @@ class Repl:
     def cmd_cd(self, arg: str) -> None:
         self.settings.cwd = arg or None
         self.display.message(f"working directory: {arg or '(agent default)'}")
+
+    def cmd_user(self, arg: str) -> None:
+        self.settings.user = arg or None
+        self.display.message("user: " + (arg or "(the agent's own)"))
 
     def cmd_env(self, arg: str) -> None:
         if not arg:

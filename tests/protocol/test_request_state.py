@@ -211,3 +211,15 @@ def test_protocol_md_states_the_same_table() -> None:
         for role, cell in ((_C, controller), (_A, agent)):
             table[(state, role)] = {t: (after or state) for t, after in _doc_cell(cell).items()}
     assert table == TRANSITIONS
+
+
+def test_resize_is_legal_only_while_running() -> None:
+    """RESIZE (a pty's size) needs the terminal STARTED announces; the controller holds it until then."""
+    ch = RequestChannel(_C, RID)
+    assert not ch.can_send(MessageType.RESIZE)
+    _step(ch, _C, MessageType.EXEC, BIG)
+    assert not ch.can_send(MessageType.RESIZE)
+    _step(ch, _A, MessageType.STARTED, BIG)
+    assert ch.can_send(MessageType.RESIZE)
+    ch.send_data(MessageType.RESIZE, 0)
+    assert ch.state is RequestState.RUNNING
