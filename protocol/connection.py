@@ -27,6 +27,7 @@ from shoal.protocol import handshake
 from shoal.protocol.errors import AuthError, ErrorCode, LocalProtocolError, RemoteProtocolError
 from shoal.protocol.frames import (DEFAULT_MAX_FRAME_SIZE, HEAD_SIZE, MAX_FRAME_SIZE_CEILING, PREAUTH_MAX_FRAME, TAG_SIZE,
                                    FrameDecoder, RawFrame, frame_head)
+from shoal.protocol.codec import decode_body, encode_body
 from shoal.protocol.messages import (
     AGENT_FEATURES,
     AGENT_ONLY,
@@ -37,8 +38,6 @@ from shoal.protocol.messages import (
     Hello,
     Message,
     MessageType,
-    decode_body,
-    encode_body,
 )
 
 __all__ = ["Role", "State", "Connection", "HandshakeComplete", "KeyLookup"]

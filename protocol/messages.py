@@ -8,17 +8,12 @@ newer peer may add optional fields; missing or mistyped fields are errors.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from shoal.protocol.jsonbody import parse_object
 
 __all__ = [
     "NODE_ENV",
@@ -60,8 +55,6 @@ __all__ = [
     "RemovePaths",
     "Removed",
     "MESSAGE_CLASSES",
-    "decode_body",
-    "encode_body",
     "CONNECTION_LEVEL",
     "CONTROLLER_ONLY",
     "AGENT_ONLY",
@@ -110,7 +103,7 @@ class MessageType(IntEnum):
     JOB_KILLED = 0x54
 
 
-def _bad(message: str) -> RemoteProtocolError:
+def bad_message(message: str) -> RemoteProtocolError:
     return RemoteProtocolError(message, ErrorCode.BAD_MESSAGE)
 
 
@@ -422,7 +415,7 @@ class JobAttach(Message):
 
     def __post_init__(self) -> None:
         if self.window < 0:
-            raise _bad("JOB_ATTACH window must not be negative")
+            raise bad_message("JOB_ATTACH window must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,7 +428,7 @@ class JobKill(Message):
 
     def __post_init__(self) -> None:
         if not 1 <= self.signal <= 64:
-            raise _bad("JOB_KILL signal must be 1..64")
+            raise bad_message("JOB_KILL signal must be 1..64")
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,92 +573,3 @@ AGENT_ONLY = frozenset({
     MessageType.TREE_ENTRIES, MessageType.REMOVED,
     MessageType.JOB_STARTED, MessageType.JOBS_REPLY, MessageType.JOB_KILLED,
 })
-
-
-# -- body codec --------------------------------------------------------------
-
-
-def encode_body(msg: Message) -> bytes:
-    """The body bytes of `msg` (raw data, or its fields as compact JSON)."""
-    if msg.RAW:
-        return msg.data  # type: ignore[attr-defined, no-any-return]
-    fields = {f.name: getattr(msg, f.name) for f in _fields(type(msg))}
-    return json.dumps(fields, separators=(",", ":"), allow_nan=False).encode()
-
-
-def decode_body(type_: int, request_id: int, body: bytes) -> Message:
-    """Build the typed message for a frame; RemoteProtocolError on any mismatch."""
-    cls = MESSAGE_CLASSES.get(type_)
-    if cls is None:
-        raise RemoteProtocolError(f"unknown message type 0x{type_:02x}", ErrorCode.UNKNOWN_TYPE)
-    if cls.TYPE in CONNECTION_LEVEL and request_id != 0:
-        raise _bad(f"{cls.TYPE.name} must use request id 0")
-    if cls.TYPE not in CONNECTION_LEVEL and cls.TYPE is not MessageType.ERROR and request_id == 0:
-        raise _bad(f"{cls.TYPE.name} needs a request id other than 0")
-    if cls.RAW:
-        return cls(request_id, body)  # type: ignore[call-arg]
-    values = _parse_json(cls, body)
-    try:
-        return cls(request_id, **values)
-    except LocalProtocolError as exc:
-        raise _bad(f"{cls.TYPE.name}: {exc}") from None
-
-
-def _parse_json(cls: type[Message], body: bytes) -> dict[str, Any]:
-    obj = parse_object(body, cls.TYPE.name)
-    values = {}
-    hints = _hints(cls)
-    for f in _fields(cls):
-        if f.name not in obj:
-            continue  # defaults apply; required-ness is checked by _validate
-        value = obj[f.name]
-        if not _conforms(value, hints[f.name]):
-            raise _bad(f"{cls.TYPE.name}.{f.name} has the wrong type ({type(value).__name__})")
-        values[f.name] = value
-    return values
-
-
-_FIELDS_CACHE: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
-_HINTS_CACHE: dict[type, dict[str, Any]] = {}
-
-
-def _fields(cls: type[Message]) -> tuple[dataclasses.Field[Any], ...]:
-    cached = _FIELDS_CACHE.get(cls)
-    if cached is None:
-        cached = tuple(f for f in dataclasses.fields(cls) if f.name != "request_id")
-        _FIELDS_CACHE[cls] = cached
-    return cached
-
-
-def _hints(cls: type[Message]) -> dict[str, Any]:
-    cached = _HINTS_CACHE.get(cls)
-    if cached is None:
-        cached = typing.get_type_hints(cls)
-        _HINTS_CACHE[cls] = cached
-    return cached
-
-
-def _conforms(value: Any, hint: Any) -> bool:
-    """Check a decoded JSON value against a field annotation."""
-    origin = typing.get_origin(hint)
-    if origin in (types.UnionType, typing.Union):
-        return any(_conforms(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is Any:
-        return True
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_conforms(v, item) for v in value)
-    if origin is dict:
-        _, item = typing.get_args(hint)
-        return isinstance(value, dict) and all(_conforms(v, item) for v in value.values())
-    return False

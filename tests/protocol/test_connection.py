@@ -9,7 +9,8 @@ import pytest
 from shoal.protocol.connection import Connection, HandshakeComplete, KeyLookup, Role, State
 from shoal.protocol.errors import AuthError, LocalProtocolError, RemoteProtocolError
 from shoal.protocol.handshake import MAC_AES256_GMAC, MAC_HMAC_SHA256, SUPPORTED_MACS, SharedKey
-from shoal.protocol.messages import Exec, Hello, MessageType, Stdin, Stdout, decode_body, encode_body
+from shoal.protocol.codec import decode_body, encode_body
+from shoal.protocol.messages import Exec, Hello, MessageType, Stdin, Stdout
 from shoal.protocol.frames import HEAD_SIZE, PREAUTH_MAX_FRAME, TAG_SIZE, frame_head
 
 # Fixed nonces for hand-made HELLOs: distinct bytes, so the degenerate-nonce rule passes.

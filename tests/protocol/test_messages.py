@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shoal.protocol.errors import LocalProtocolError, RemoteProtocolError
+from shoal.protocol.codec import decode_body, encode_body
 from shoal.protocol.messages import (
     MESSAGE_CLASSES,
     Cancel,
@@ -28,8 +29,6 @@ from shoal.protocol.messages import (
     JobStarted,
     JobsList,
     JobsReply,
-    decode_body,
-    encode_body,
 )
 
 SAMPLES = [
