@@ -14,9 +14,9 @@ from typing import Any
 
 _EXPORTS = {
     "AgentClient": "shoal.controller.client",
-    "Command": "shoal.controller.client",
-    "RemoteProcess": "shoal.controller.client",
-    "OutputEvent": "shoal.controller.client",
+    "Command": "shoal.controller.remote",
+    "RemoteProcess": "shoal.controller.remote",
+    "OutputEvent": "shoal.controller.remote",
     "Fleet": "shoal.controller.fleet",
     "FleetResult": "shoal.controller.fleet",
     "ConnectOptions": "shoal.controller.fleet",

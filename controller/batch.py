@@ -17,7 +17,9 @@ from typing import BinaryIO
 
 from shoal.protocol.errors import ConfigError, ShoalError
 
-from shoal.controller.client import AgentClient, Command, RemoteProcess
+from shoal.controller.client import AgentClient
+
+from shoal.controller.remote import Command, RemoteProcess
 from shoal.controller.fleet import ConnectOptions, Handler
 from shoal.controller.nodeset import NodeSet
 from shoal.controller.outcome import Outcome

@@ -17,7 +17,9 @@ from shoal.protocol.errors import AuthError, RemoteCommandError, ShoalConnection
 from shoal.protocol.defaults import OUTPUT_WINDOW
 from shoal.protocol.handshake import SharedKey
 
-from shoal.controller.client import AgentClient, Command, RemoteProcess
+from shoal.controller.client import AgentClient
+
+from shoal.controller.remote import Command, RemoteProcess
 from shoal.controller.outcome import Outcome
 from shoal.controller.result import CANCELLED_STATUS, Result, failure_result, fleet_status
 from shoal.controller.stdin import StdinSpool

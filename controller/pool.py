@@ -22,7 +22,9 @@ from shoal.hostio.tasks import TaskSet
 from shoal.protocol.errors import AuthError, ShoalError
 from shoal.protocol.messages import Message
 
-from shoal.controller.client import AgentClient, Command, RemoteProcess
+from shoal.controller.client import AgentClient
+
+from shoal.controller.remote import Command, RemoteProcess
 from shoal.controller.fanout import fan_out
 from shoal.controller.fleet import ConnectOptions, Handler
 from shoal.controller.outcome import Outcome

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from shoal.protocol.errors import ConfigError
 
-from shoal.controller.client import Command
+from shoal.controller.remote import Command
 
 __all__ = ["script_command", "read_script", "interpreter_argv"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from shoal.protocol.errors import ConfigError
 from shoal.protocol.handshake import SharedKey
 
-from shoal.controller.client import Command
+from shoal.controller.remote import Command
 from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.result import Result
 from shoal.controller.targets import Target

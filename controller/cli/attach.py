@@ -20,7 +20,7 @@ import asyncio
 
 from shoal.protocol.errors import ConfigError
 
-from shoal.controller.client import Command
+from shoal.controller.remote import Command
 from shoal.controller.term.display import Display
 from shoal.controller.cli.options import (
     add_connect_options,

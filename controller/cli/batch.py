@@ -42,7 +42,7 @@ from typing import Any
 
 from shoal.controller.batch import BatchLine, BatchReport, BatchRunner, read_batch, summary_table
 from shoal.controller.term.batchoutput import FailedOutputFilter, command_directories
-from shoal.controller.client import Command
+from shoal.controller.remote import Command
 from shoal.controller.term.display import Display
 from shoal.controller.fdlimit import raise_open_files_limit
 from shoal.controller.fleet import ConnectOptions, Handler

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from shoal.controller.client import Command
+from shoal.controller.remote import Command
 from shoal.controller.term.display import Display
 from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.term.output import StreamHandler

@@ -12,7 +12,7 @@ import ssl as ssl_module
 from shoal.protocol.errors import ConfigError
 from shoal.protocol.handshake import SharedKey
 
-from shoal.controller.client import Command
+from shoal.controller.remote import Command
 from shoal.controller.fleet import ConnectOptions
 from shoal.controller.targets import Target
 from shoal.controller.waves import WavePolicy, parse_count

@@ -34,7 +34,7 @@ from typing import Any
 
 from shoal.protocol.errors import ConfigError
 
-from shoal.controller.client import Command
+from shoal.controller.remote import Command
 from shoal.controller.term.display import Display
 from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.term.interrupt import run_interruptible

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from shoal.protocol.errors import ConfigError, ShoalConnectionError, ShoalError
 
-from shoal.controller.client import Command
+from shoal.controller.remote import Command
 from shoal.controller.term.display import Display
 from shoal.controller.fanout import fan_out
 from shoal.controller.fleet import ConnectOptions

@@ -36,7 +36,8 @@ from typing import Iterator
 
 from shoal.hostio.keyfile import load_key_file, write_key_file
 from shoal.hostio.tls import client_context
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+from shoal.controller.remote import Command
 from shoal.controller.pki import init_pki
 from shoal.controller.targets import Target
 from shoal.protocol.connection import Connection

@@ -24,7 +24,8 @@ import time
 
 from shoal.agent.config import AgentConfig
 from shoal.agent.server import Agent
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+from shoal.controller.remote import Command
 from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.targets import Target
 from tests.bench.common import ROOT, free_port, start_agent

@@ -24,7 +24,9 @@ import time
 
 import psutil
 
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+
+from shoal.controller.remote import Command
 from shoal.controller.targets import Target
 from tests.bench import common
 from tests.bench.bench_core import line, pct, size_arg

@@ -10,7 +10,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from shoal.controller.client import Command
+from shoal.controller.remote import Command
 from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.outcome import Outcome
 from shoal.controller.result import UNREACHABLE, Result

@@ -24,7 +24,8 @@ import pytest
 from shoal.agent.cli import build_parser, config_from_args, main
 from shoal.agent.config import AgentConfig, DiscoveryConfig, Limits, TlsConfig, load_config
 from shoal.controller.cli.main import main as controller_main
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+from shoal.controller.remote import Command
 from shoal.controller.pki import init_pki
 from shoal.controller.targets import Target
 

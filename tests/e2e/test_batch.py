@@ -239,7 +239,7 @@ def test_json_events_carry_their_command_number(fleet: Fleet, script: Path,
 async def test_each_line_is_its_own_shell() -> None:
     # What README promises: `cd`, variables and `set` do not carry to the next line.
     from shoal.controller.batch import BatchRunner
-    from shoal.controller.client import Command
+    from shoal.controller.remote import Command
     from shoal.controller.fleet import ConnectOptions
     from tests.agents import running_agents, target_for
     from tests.e2e.test_exec import Collect

@@ -38,7 +38,8 @@ from shoal.hostio.keyfile import load_key_file, write_key_file
 from shoal.agent.server import Agent
 from shoal.hostio.tls import client_context
 from shoal.controller.cli.main import main
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+from shoal.controller.remote import Command
 from shoal.controller.pki import init_pki, issue_agent_certificate, load_ca
 from shoal.controller.targets import parse_targets
 from shoal.protocol.errors import ConfigError, ShoalConnectionError

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from shoal.controller.batch import BatchLine, BatchRunner
-from shoal.controller.client import Command
+from shoal.controller.remote import Command
 from shoal.controller.fleet import ConnectOptions
 from shoal.controller.pool import Session
 from shoal.controller.targets import Target

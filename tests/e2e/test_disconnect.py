@@ -17,7 +17,9 @@ from typing import IO
 
 import pytest
 
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+
+from shoal.controller.remote import Command
 from tests.agents import AgentThread, running_agents, target_for
 from tests.debris import apoll, marked, poll, tokens_of
 

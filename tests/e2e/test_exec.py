@@ -9,7 +9,9 @@ import signal
 
 import pytest
 
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+
+from shoal.controller.remote import Command
 from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.result import Result
 from shoal.controller.targets import Target

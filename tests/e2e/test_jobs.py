@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+
+from shoal.controller.remote import Command
 from shoal.controller.jobs import kill_job, list_jobs
 from shoal.hostio.keyfile import write_key_file
 from shoal.protocol.defaults import DATA_CHUNK

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import psutil
 
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+
+from shoal.controller.remote import Command
 from shoal.controller.targets import Target
 from shoal.protocol.errors import ShoalConnectionError
 from tests.agents import running_agents, target_for

@@ -13,7 +13,8 @@ from typing import Iterator
 import pytest
 
 from shoal.hostio.keyfile import write_key_file
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+from shoal.controller.remote import Command
 from shoal.controller.targets import Target
 from shoal.protocol.errors import AuthError, ShoalConnectionError
 from shoal.protocol.handshake import SharedKey

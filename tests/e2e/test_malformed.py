@@ -17,7 +17,9 @@ from typing import Iterator
 
 import pytest
 
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+
+from shoal.controller.remote import Command
 from shoal.controller.targets import Target
 from shoal.protocol.connection import Connection, HandshakeComplete, Role
 from shoal.protocol.frames import HEAD, FrameDecoder

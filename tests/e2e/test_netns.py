@@ -22,7 +22,7 @@ import pytest
 
 from shoal.agent.proctree import MARKER_ENV
 from shoal.agent.server import Agent
-from shoal.controller.client import Command
+from shoal.controller.remote import Command
 from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.result import UNREACHABLE, Result
 from shoal.controller.targets import Target

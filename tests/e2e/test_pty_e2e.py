@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+
+from shoal.controller.remote import Command
 from tests.agents import AgentThread, running_agents, shoal, target_for
 
 # How long a step may take before the test calls it hung (never a pass condition).

@@ -17,7 +17,8 @@ from typing import AsyncIterator
 from shoal.agent.config import AgentConfig, KeyPolicy
 from shoal.hostio.keyfile import write_key_file
 from shoal.agent.server import Agent
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+from shoal.controller.remote import Command
 from shoal.protocol.messages import Goodbye
 from tests.agents import AgentThread, config, target_for
 from tests.debris import apoll, poll

@@ -22,7 +22,8 @@ import pytest
 from shoal.agent import runas
 from shoal.agent.config import KeyPolicy, dump_config, load_config
 from shoal.agent.server import Agent
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+from shoal.controller.remote import Command
 from shoal.hostio.keyfile import write_key_file
 from shoal.protocol.handshake import SharedKey
 from shoal.protocol.messages import Exec
@@ -202,7 +203,7 @@ async def test_a_required_field_the_agent_does_not_know_is_unsupported_and_runs_
             assert (await proc.wait()).status == 0 and mark.exists()
             mark.unlink()
             rid = client.new_request_id()
-            from shoal.controller.client import RemoteProcess
+            from shoal.controller.remote import RemoteProcess
 
             proc = RemoteProcess(client, rid)
             client.requests[rid] = proc

@@ -9,7 +9,9 @@ import sys
 
 import psutil
 
-from shoal.controller.client import AgentClient, Command, RemoteProcess
+from shoal.controller.client import AgentClient
+
+from shoal.controller.remote import Command, RemoteProcess
 from shoal.controller.result import UNREACHABLE
 from tests.agents import running_agents, target_for
 from tests.debris import apoll, marked, marker_of

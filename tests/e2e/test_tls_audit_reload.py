@@ -26,7 +26,8 @@ from shoal.agent.config import TlsConfig
 from shoal.agent.server import Agent
 from shoal.hostio.tls import client_context
 from shoal.controller import pki as pki_module
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+from shoal.controller.remote import Command
 from shoal.protocol.connection import Connection, Role
 from shoal.protocol.errors import ConfigError
 from tests.agents import config, running_agents, target_for

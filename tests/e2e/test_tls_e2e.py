@@ -21,7 +21,8 @@ from shoal.hostio.keyfile import write_key_file
 from shoal.agent.server import Agent
 from shoal.hostio.tls import client_context
 from shoal.controller.cli.main import main as shoal_main
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+from shoal.controller.remote import Command
 from shoal.controller.pki import init_pki
 from shoal.protocol.errors import ConfigError, ShoalConnectionError
 from shoal.protocol.handshake import SharedKey

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from shoal.controller.client import AgentClient, Command
+from shoal.controller.client import AgentClient
+
+from shoal.controller.remote import Command
 from tests.agents import running_agents, target_for
 
 

@@ -254,7 +254,7 @@ def test_progress_line_names_the_wave_and_does_not_count_skipped_as_failed() -> 
 def test_cancel_starts_no_later_wave(agents: AgentThread) -> None:
     import asyncio
 
-    from shoal.controller.client import Command
+    from shoal.controller.remote import Command
     from shoal.controller.fleet import Fleet
     from shoal.controller.targets import parse_targets
 
