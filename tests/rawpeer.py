@@ -20,7 +20,8 @@ from shoal.protocol.connection import Connection, HandshakeComplete, Role
 from shoal.protocol.errors import AuthError, ProtocolError
 from shoal.protocol.frames import FrameDecoder
 from shoal.protocol.handshake import SharedKey
-from shoal.protocol.messages import Error, Exec, Exit, Message, decode_body
+from shoal.protocol.codec import decode_body
+from shoal.protocol.messages import Error, Exec, Exit, Message
 
 # Generous: the agents share a loaded 2-core box with other test runs.
 DEADLINE = 15.0

@@ -23,7 +23,8 @@ from shoal.controller.remote import Command
 from shoal.controller.targets import Target
 from shoal.protocol.connection import Connection, HandshakeComplete, Role
 from shoal.protocol.frames import HEAD, FrameDecoder
-from shoal.protocol.messages import Error, Exec, Exit, Message, MessageType, Signal, Started, Stdin, Window, decode_body
+from shoal.protocol.codec import decode_body
+from shoal.protocol.messages import Error, Exec, Exit, Message, MessageType, Signal, Started, Stdin, Window
 from tests.agents import AgentThread
 
 GIB = 1024 ** 3

@@ -11,7 +11,8 @@ import pytest
 
 from shoal.protocol.errors import ERROR_CODES, ErrorCode
 from shoal.protocol.frames import FrameDecoder
-from shoal.protocol.messages import MESSAGE_CLASSES, Exec, Stdout, decode_body
+from shoal.protocol.codec import decode_body
+from shoal.protocol.messages import MESSAGE_CLASSES, Exec, Stdout
 
 DOC = Path(__file__).resolve().parents[2].joinpath("protocol", "PROTOCOL.md").read_text()
 ROWS = {m.group(1).lower(): m.group(0) for m in re.finditer(r"^\| (0x[0-9a-f]{2}) \|.*$", DOC, re.M | re.I)}
