@@ -27,8 +27,8 @@ from shoal.protocol.connection import Connection, Role
 from shoal.protocol import handshake
 from shoal.protocol.frames import frame_head
 from shoal.protocol.handshake import SharedKey
-from shoal.protocol.messages import (Auth, Exec, Exit, Hello, Message, MessageType, Ping, Pong, Stdin, StdinEof, Stdout,
-                               encode_body)
+from shoal.protocol.codec import encode_body
+from shoal.protocol.messages import Auth, Exec, Exit, Hello, Message, MessageType, Ping, Pong, Stdin, StdinEof, Stdout
 from tests.agents import AgentThread
 from tests.agents import config as agent_config
 from tests.rawpeer import DEADLINE, RawController, audit_events, connect, split_frames, untagged_frames
