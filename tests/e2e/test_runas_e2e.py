@@ -217,10 +217,10 @@ async def test_a_required_field_the_agent_does_not_know_is_unsupported_and_runs_
 
 
 def test_the_controller_names_what_the_agent_must_honour() -> None:
-    from shoal.controller.client import _requires
+    from shoal.controller.remote import required_features
 
-    assert _requires(Command(shell="x")) == []
-    assert _requires(Command(shell="x", user="app", pty=True)) == ["user", "pty"]
+    assert required_features(Command(shell="x")) == []
+    assert required_features(Command(shell="x", user="app", pty=True)) == ["user", "pty"]
 
 
 # -- put and get as a user (point 3) -------------------------------------------
