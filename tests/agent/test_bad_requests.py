@@ -350,6 +350,7 @@ def _finish(session: Session, type_: MessageType, rid: int) -> Message | None:
     return msg
 
 
+@pytest.mark.slow
 def test_fuzzed_requests_never_yield_internal(agent: AgentThread, key: SharedKey, tmp_path: Path,
                                               zombie: int) -> None:
     rng = random.Random(FUZZ_SEED)

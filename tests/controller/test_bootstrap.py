@@ -182,6 +182,7 @@ def test_bundle_holds_what_install_needs_and_a_private_key(key_file: Path) -> No
 
 # -- the real flow through the stand-in ssh ----------------------------------------------------
 
+@pytest.mark.slow
 def test_bootstrap_installs_reports_each_host_and_cleans_up(capsysbinary: pytest.CaptureFixture[bytes],
                                                             fake_ssh: Path, key_file: Path) -> None:
     # h2 already has something that is not a virtualenv where the prefix goes: install.sh refuses.
@@ -222,6 +223,7 @@ def test_bootstrap_installs_reports_each_host_and_cleans_up(capsysbinary: pytest
 
 # -- from a shoal installed with `pip install .` (no checkout next to it) ----------------------
 
+@pytest.mark.slow
 def test_bootstrap_works_from_an_installed_shoal(fake_ssh: Path, key_file: Path, tmp_path: Path) -> None:
     import shutil
     import subprocess

@@ -45,6 +45,8 @@ from shoal.controller.targets import parse_targets
 from shoal.protocol.errors import ConfigError, ShoalConnectionError
 from tests.controller.test_bootstrap import FAKE_SSH, FAKE_SUDO, PREFIX, REMOTE, with_source
 
+pytestmark = pytest.mark.slow  # a shared fixture or each test takes over 5 s
+
 REPO = Path(__file__).resolve().parents[2]
 
 # The stand-in ssh, keeping what it receives: the command line and the whole stdin.

@@ -28,6 +28,8 @@ import pytest
 from shoal.agent.config import load_config
 from shoal.hostio.keyfile import load_key_file
 
+pytestmark = pytest.mark.slow  # a shared fixture or each test takes over 5 s
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 PREFIX = "/opt/shoal-test"  # not the default, so the unit's ExecStart rewrite is exercised

@@ -18,6 +18,8 @@ from shoal.controller.nodeset import NodeSet
 from tests.agents import AgentThread
 from tests.hostile import HostilePeers
 
+pytestmark = pytest.mark.slow  # a shared fixture or each test takes over 5 s
+
 _BIN = Path(sys.executable).with_name("shoal")
 SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "shoal.controller.cli.main"]
 # Long enough for the real agent on a loaded 2-core box; the silent peers wait it out.

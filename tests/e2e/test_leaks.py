@@ -11,6 +11,7 @@ import resource
 from pathlib import Path
 
 import psutil
+import pytest
 
 from shoal.controller.client import AgentClient
 
@@ -39,6 +40,7 @@ async def _run(client: AgentClient, command: Command) -> int:
     return (await (await client.exec(command)).wait()).status
 
 
+@pytest.mark.slow
 async def test_ten_thousand_sequential_commands_leave_no_fd_rss_or_zombie_growth() -> None:
     me = psutil.Process()
     async with running_agents() as (agent,):
