@@ -19,6 +19,7 @@ import socket
 import ssl as ssl_module
 import time
 from dataclasses import field
+from collections.abc import Callable
 from typing import Any
 
 from shoal.protocol.defaults import DATA_CHUNK, OUTPUT_WINDOW
@@ -65,22 +66,22 @@ PEEK_BYTES = 64
 _NOT_FRAMES = frozenset({ErrorCode.BAD_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCode.UNKNOWN_TYPE, ErrorCode.BAD_MESSAGE})
 
 
-class _MetricsCall:
-    """One METRICS_REQUEST awaiting its reply: a snapshot, a refusal or a lost connection."""
+class _ReplyCall:
+    """One request awaiting its one reply (METRICS_REPLY, JOBS_REPLY...), an ERROR, or a lost connection."""
 
     def __init__(self, host: str, request_id: int) -> None:
         self.host = host
         self.request_id = request_id
-        self.reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
 
     def receive(self, msg: Message) -> None:
         if self.reply.done():
             return
-        if isinstance(msg, MetricsReply):
-            self.reply.set_result(dict(msg.metrics))
-        elif isinstance(msg, Error):
+        if isinstance(msg, Error):
             self.reply.set_exception(RemoteCommandError(msg.message, msg.code, self.host, self.request_id,
                                                         msg.status))
+        else:
+            self.reply.set_result(msg)
 
     def lost(self, reason: str, code: str = Outcome.CONNECTION_LOST) -> None:
         if not self.reply.done():
@@ -293,12 +294,23 @@ class AgentClient(FrameDriver):
         Raises RemoteCommandError when the agent refuses (e.g. the key may not
         read metrics) and ShoalConnectionError when the connection is lost first.
         """
+        reply = await self.request_reply(MetricsRequest)
+        if not isinstance(reply, MetricsReply):
+            raise ShoalConnectionError(self.name, f"the agent answered METRICS_REQUEST with {reply.TYPE.name}")
+        return dict(reply.metrics)
+
+    async def request_reply(self, make: Callable[[int], Message]) -> Message:
+        """Send the request `make(request_id)` builds and await its one reply.
+
+        Raises RemoteCommandError when the agent answers ERROR and ShoalConnectionError
+        when the connection is lost first.
+        """
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
         rid = self.new_request_id()
-        call = _MetricsCall(self.name, rid)
+        call = _ReplyCall(self.name, rid)
         self.requests[rid] = call
-        self.send(MetricsRequest(rid))
+        self.send(make(rid))
         try:
             return await call.reply
         finally:

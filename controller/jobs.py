@@ -8,7 +8,6 @@ are one request and one reply per host, fanned out like metrics; a host's failur
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shlex
 import time
@@ -16,12 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.protocol.errors import RemoteCommandError, ShoalConnectionError, ShoalError
-from shoal.protocol.messages import Error, JobKill, JobKilled, JobsList, JobsReply, Message
+from shoal.protocol.messages import JobKill, JobKilled, JobsList, JobsReply
 
 from shoal.controller.client import AgentClient
 from shoal.controller.fanout import fan_out
 from shoal.controller.fleet import ConnectOptions
-from shoal.controller.outcome import Outcome
 from shoal.controller.result import failure_result
 from shoal.controller.targets import Target
 
@@ -40,44 +38,9 @@ class JobsAnswer:
     status: int = 0
 
 
-class _Call:
-    """One request awaiting its one reply (JOBS_REPLY or JOB_KILLED), an ERROR, or a lost connection."""
-
-    def __init__(self, host: str, request_id: int) -> None:
-        self.host = host
-        self.request_id = request_id
-        self.reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-
-    def receive(self, msg: Message) -> None:
-        if self.reply.done():
-            return
-        if isinstance(msg, Error):
-            self.reply.set_exception(RemoteCommandError(msg.message, msg.code, self.host, self.request_id,
-                                                        msg.status))
-        else:
-            self.reply.set_result(msg)
-
-    def lost(self, reason: str, code: str = Outcome.CONNECTION_LOST) -> None:
-        if not self.reply.done():
-            self.reply.set_exception(ShoalConnectionError(self.host, reason))
-
-
-async def _ask(client: AgentClient, make: Any) -> Message:
-    if client.closed:
-        raise ShoalConnectionError(client.name, client.close_reason or "connection closed")
-    rid = client.new_request_id()
-    call = _Call(client.name, rid)
-    client.requests[rid] = call
-    client.send(make(rid))
-    try:
-        return await call.reply
-    finally:
-        client.requests.pop(rid, None)
-
-
 async def list_jobs(client: AgentClient) -> list[dict[str, Any]]:
     """The jobs this connection's key may see on the agent, oldest first."""
-    reply = await _ask(client, JobsList)
+    reply = await client.request_reply(JobsList)
     if not isinstance(reply, JobsReply):
         client.protocol_violation(f"agent answered JOBS_LIST with {reply.TYPE.name}")
         raise ShoalConnectionError(client.name, "agent broke the protocol")
@@ -89,7 +52,7 @@ async def kill_job(client: AgentClient, job: str, sig: int) -> int:
 
     Raises RemoteCommandError (`unknown_job`) when the key may not see such a job.
     """
-    reply = await _ask(client, lambda rid: JobKill(rid, job=job, signal=sig))
+    reply = await client.request_reply(lambda rid: JobKill(rid, job=job, signal=sig))
     if not isinstance(reply, JobKilled):
         client.protocol_violation(f"agent answered JOB_KILL with {reply.TYPE.name}")
         raise ShoalConnectionError(client.name, "agent broke the protocol")
