@@ -39,14 +39,12 @@ class CommandRequest:
 
     def __init__(self, session: AgentSession, request_id: int, argv: list[str], env: dict[str, str],
                  cwd: str | None, want_stdin: bool, window: int, timeout: float | None,
-                 grace: float, output_file: str | None = None, *, idle_timeout: float | None = None,
+                 grace: float, *, idle_timeout: float | None = None,
                  run_as: RunAs | None = None, pty_size: tuple[int, int] | None = None) -> None:
         self.session = session
         self.request_id = request_id
         self.argv = argv
         self.cwd = cwd
-        self.detached = output_file is not None
-        self.output_file = output_file
         # request state machine: EXEC received (its window), STARTED sent below
         self.channel = RequestChannel(Role.AGENT, request_id)
         self.channel.receive_data(MessageType.EXEC, window)
@@ -59,7 +57,7 @@ class CommandRequest:
         self.started = time.time()
         self.leftovers_ended: int | None = None
         self.user = run_as.name if run_as is not None else None
-        self.child = Child(argv, env, cwd, want_stdin, self._on_data, self._on_done, output_file,
+        self.child = Child(argv, env, cwd, want_stdin, self._on_data, self._on_done,
                            linger=session.limits.output_linger, run_as=run_as, pty_size=pty_size)
         self.child.on_stdin_drained = self._on_stdin_drained
         self._max_read = min(DATA_CHUNK, session.conn.peer_max_frame)
@@ -164,7 +162,7 @@ class CommandRequest:
             self._timer.cancel()
         if self._idle is not None:
             self._idle.stop()
-        if self.child.output_cut and not self.detached:
+        if self.child.output_cut:
             self._end_leftovers()
         self.session.command_done(self, result)
         self.child.close()
@@ -187,7 +185,7 @@ class CommandRequest:
         exit_ = Exit(
             self.request_id, status=result.status, code=result.code, signal=result.signal,
             timed_out=self.timed_out, cancelled=self.cancelled, duration=round(result.duration, 6),
-            stdout_bytes=self.bytes[1], stderr_bytes=self.bytes[2], output_file=self.output_file,
+            stdout_bytes=self.bytes[1], stderr_bytes=self.bytes[2],
             leftovers_ended=self.leftovers_ended, idle_timed_out=self.idle_timed_out,
         )
         self.channel.send(exit_)

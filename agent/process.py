@@ -99,7 +99,6 @@ class Child:
         on_done: called once with the result after both pipes hit EOF and the child exited,
             or after the child exited and `linger` seconds of reading passed without EOF
             (something it left behind holds a pipe); `output_cut` then says so.
-        output_file: detached mode: stdout and stderr go to this file, not to us.
         linger: seconds of reading allowed after the exit; None waits for EOF for ever.
         run_as: the user to run as (ids set in the child before exec), or None for ours.
         pty_size: (rows, cols) to run on a new pseudo-terminal; output then all comes as STDOUT.
@@ -113,7 +112,6 @@ class Child:
         want_stdin: bool,
         on_data: Callable[[int, bytes], None],
         on_done: Callable[[ChildResult], None],
-        output_file: str | None = None,
         linger: float | None = None,
         run_as: RunAs | None = None,
         pty_size: tuple[int, int] | None = None,
@@ -139,13 +137,13 @@ class Child:
         self._last_stdin = b"\n"
         self._run_as = run_as
         self._pty_size = pty_size
-        self._proc = self._spawn(argv, {**env, proctree.MARKER_ENV: self.token}, cwd, want_stdin, output_file)
+        self._proc = self._spawn(argv, {**env, proctree.MARKER_ENV: self.token}, cwd, want_stdin)
         self.pid = self._proc.pid
         self._pidfd = os.pidfd_open(self.pid)
         self._loop.add_reader(self._pidfd, self._on_exit)
 
     def _spawn(self, argv: list[str], env: dict[str, str], cwd: str | None,
-               want_stdin: bool, output_file: str | None) -> subprocess.Popen[bytes]:
+               want_stdin: bool) -> subprocess.Popen[bytes]:
         ours: list[int] = []    # kept by us after the spawn
         theirs: list[int] = []  # the child's ends, closed here once it has them
         try:
@@ -164,17 +162,11 @@ class Child:
                 ours.append(self._stdin_w)
             else:
                 stdin_r, self._stdin_w = subprocess.DEVNULL, -1
-            if self._pty_size is not None:
-                pass
-            elif output_file is None:
+            if self._pty_size is None:
                 out_r, out_w = _pipe()
                 err_r, err_w = _pipe()
                 ours += [out_r, err_r]
                 theirs += [out_w, err_w]
-            else:
-                out_w = err_w = os.open(output_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-                out_r = err_r = -1
-                theirs.append(out_w)
             ids = _Ids.of(self._run_as)
             proc = subprocess.Popen(
                 argv, stdin=stdin_r, stdout=out_w, stderr=err_w, cwd=cwd, env=env,

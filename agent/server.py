@@ -2,7 +2,7 @@
 
 `Agent` holds the configuration and composes one collaborator per job: the key
 table (shoal.agent.keys), admission of connections (admission), the listeners
-(listeners), running and detached commands (running, detached), extra message
+(listeners), running commands (running) and jobs (jobs), extra message
 handlers (handlers), host metrics (metrics), the orphan reaper (proctree) and
 discovery (responder). Each accepted connection becomes an `AgentSession`. Tests
 and the fleet benchmarks run many `Agent`s in one process; the `shoal-agent` CLI
@@ -24,7 +24,6 @@ from shoal.agent.accept import FdPressure
 from shoal.agent.admission import Admission
 from shoal.agent.audit import Audit
 from shoal.agent.config import AgentConfig, parse_listen
-from shoal.agent.detached import DetachedCommands
 from shoal.agent.jobs import JobTable, job_handlers
 from shoal.agent.handlers import HandlerRegistry
 from shoal.agent.keys import KeyTable
@@ -80,7 +79,6 @@ class Agent:
         self.audit = Audit(self.config.audit_log)
         self.admission = Admission(self.audit, lambda: self.config.limits)
         self.running = RunningCommands()
-        self.detached = DetachedCommands()
         self.jobs = JobTable(self)
         self.metrics = HostMetrics(self._loops)
         self.listeners = Listeners(self)
@@ -157,7 +155,6 @@ class Agent:
         for session in list(self.sessions):
             session.abort()
             session.connection_lost(None)
-        self.detached.kill_all()
         self.jobs.close()
         self._loops.cancel_all()
         await self._loops.wait(timeout=1)

@@ -364,7 +364,6 @@ class AgentSession(FrameDriver):
     def command_done(self, req: CommandRequest, result: ChildResult) -> None:
         self.requests.pop(req.request_id, None)
         self.agent.running.finished(req)
-        self.agent.detached.forget(req)
         self.agent.audit.record(
             "exit", peer=self.peer, key_id=self.key_id, request=req.request_id, argv=req.argv, cwd=req.cwd,
             user=req.user or runas.agent_user(),
@@ -453,11 +452,8 @@ class AgentSession(FrameDriver):
     # -- teardown ------------------------------------------------------------
 
     def _drop_request(self, req: Any) -> None:
-        """The controller is gone: kill what it started unless told to detach."""
+        """The controller is gone: kill what it started (a detached command is a job, kept elsewhere)."""
         if isinstance(req, CommandRequest):
-            if req.detached:
-                self.agent.detached.adopt(req)
-                return
             req.abandon()
             req.kill(signal.SIGTERM, DISCONNECT_GRACE)
         elif hasattr(req, "abort"):

@@ -56,7 +56,7 @@ async def test_ten_thousand_sequential_commands_leave_no_fd_rss_or_zombie_growth
             fds_after, rss_after = me.num_fds(), me.memory_info().rss
         finally:
             await client.close()
-        assert agent.running.count == 0 and not agent.detached.requests
+        assert agent.running.count == 0
     assert failures == 0
     assert fds_after <= fds + FD_SLACK, f"fds grew from {fds} to {fds_after}"
     assert rss_after <= rss + RSS_SLACK, f"RSS grew from {rss >> 20} MiB to {rss_after >> 20} MiB"
