@@ -169,7 +169,7 @@ class AgentConfig:
         audit_log: JSON-lines file recording every command, or None for none.
         audit_required: refuse commands while the audit log cannot be written
             (default: run them and warn; agent/audit.py says why).
-        state_dir: journals of in-progress transfers and output of detached commands.
+        state_dir: journals of in-progress transfers.
         tls: TLS for TCP listeners, or None for plain TCP.
         limits: resource limits.
         discovery: discovery responder settings.
