@@ -7,7 +7,9 @@ it starts might take fds that are not its own, with `WATCHDOG_*` it might pet
 (or starve) the agent's watchdog. ssh starts commands in the user's home
 directory, and so do we when the request names none: the agent's own working
 directory (often `/` under systemd, anything by hand) is an accident of how it
-was started.
+was started. Like sshd, `SHELL` is always the user's shell from the user
+database (the agent's own may be unset under systemd, or another user's in a
+sudo), and `HOME`, `USER` and `LOGNAME` are filled from it when missing.
 """
 
 from __future__ import annotations
@@ -26,8 +28,17 @@ AGENT_PRIVATE_ENV = re.compile(
 
 
 def base_env(agent_env: Mapping[str, str]) -> dict[str, str]:
-    """The agent's environment without its private variables."""
-    return {k: v for k, v in agent_env.items() if not AGENT_PRIVATE_ENV.fullmatch(k)}
+    """The agent's environment without its private variables, with its user's login variables."""
+    env = {k: v for k, v in agent_env.items() if not AGENT_PRIVATE_ENV.fullmatch(k)}
+    try:
+        entry = pwd.getpwuid(os.getuid())
+    except KeyError:
+        return env
+    env["SHELL"] = entry.pw_shell or "/bin/sh"
+    for name, value in (("HOME", entry.pw_dir), ("USER", entry.pw_name), ("LOGNAME", entry.pw_name)):
+        if value:
+            env.setdefault(name, value)
+    return env
 
 
 def default_cwd() -> str:

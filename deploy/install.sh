@@ -167,6 +167,12 @@ install_package() {
     fi
     say "installing shoal from $SOURCE"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$target"
+    if [ ! -x "$VENV/bin/shoal-agent" ]; then
+        # With --system-site-packages, a shoal installed system-wide satisfies pip,
+        # which then installs nothing here: put our own copy in the virtualenv.
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+            --ignore-installed "$target"
+    fi
     [ -x "$VENV/bin/shoal-agent" ] || die "pip did not install $VENV/bin/shoal-agent"
 }
 

@@ -49,12 +49,16 @@ NOT_IMPORTED = {
     "shoal.controller.script": "--script only",
 }
 
+# Modules the interpreter already holds before shoal's first import (site's .pth
+# files may load some, e.g. a machine-wide certifi hook importing tempfile) are not
+# shoal's doing, so the probe reports only what the run itself added.
 _PROBE = """
 import sys
+before = set(sys.modules)
 from shoal.controller.cli.main import main
 status = main(sys.argv[1:])
 print(status)
-print("\\n".join(sorted(sys.modules)))
+print("\\n".join(sorted(set(sys.modules) - before)))
 """
 
 

@@ -203,7 +203,11 @@ def test_run_pty_on_a_terminal_sends_its_size_and_restores_its_modes(terminal: l
 # -- shoal login -------------------------------------------------------------------
 
 
-def test_login_gives_a_shell_on_a_terminal_and_its_exit_status(terminal: list[Terminal], agent: AgentThread) -> None:
+def test_login_gives_a_shell_on_a_terminal_and_its_exit_status(terminal: list[Terminal], agent: AgentThread,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # The agent's own SHELL (unset under systemd, /bin/sh on some CI hosts) must not
+    # choose the shell: as with sshd, it is the user's from the user database.
+    monkeypatch.setenv("SHELL", "/bin/sh")
     t = _on_terminal(terminal, [*SHOAL, "login", agent.targets_spec()], rows=27, cols=101)
     t.type(b"stty size; tty; shopt -q login_shell 2>/dev/null && echo LOGIN-SHELL || echo OTHER-SHELL\r")
     found = t.expect(rb"(\d+) (\d+)\r\n(/dev/pts/\d+)\r\n(LOGIN-SHELL|OTHER-SHELL)\r\n")
