@@ -38,6 +38,7 @@ from shoal.controller.fleet import ConnectOptions
 from shoal.controller.jobs import JobsAnswer, format_jobs, list_jobs
 from shoal.controller.inventory import Inventory
 from shoal.controller.nodeset import NodeSet, split_expression, split_patterns
+from shoal.controller.outcome import HOST_OUTCOMES
 from shoal.controller.term.output import GatherHandler, StreamHandler
 from shoal.controller.result import Result
 from shoal.controller.pool import LinkState, Session
@@ -319,16 +320,16 @@ class Repl:
         self.settings.env[name] = value
 
     def cmd_last(self, arg: str) -> None:
+        """One line per outcome of the last line: `failed (code 4)  status 4     3  web[1-3]`."""
         if not self.last:
             self.display.message("no command has run yet")
             return
-        groups: dict[tuple[int, str, str], list[str]] = {}
+        groups: dict[tuple[int, int, str], list[str]] = {}
         for r in self.last:
-            groups.setdefault((r.status, str(r.outcome), r.reason), []).append(r.host)
-        width = max(len(outcome) for _, outcome, _ in groups)
-        reasons = max(len(reason) for _, _, reason in groups)
-        for (_, outcome, reason), hosts in sorted(groups.items()):
-            self.display.print(f"{outcome:<{width}}  {reason:<{reasons}}  {len(hosts):>4}  {NodeSet(hosts)}")
+            groups.setdefault((HOST_OUTCOMES.index(r.outcome), r.status, r.outcome_text), []).append(r.host)
+        width = max(len(text) for _, _, text in groups)
+        for (_, status, text), hosts in sorted(groups.items()):
+            self.display.print(f"{text:<{width}}  status {status:<3}  {len(hosts):>4}  {NodeSet(hosts)}")
 
     def cmd_jobs(self, arg: str) -> None:
         names = self.session.connected(list(self.current))

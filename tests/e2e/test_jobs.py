@@ -93,7 +93,7 @@ def test_detach_list_attach_kill_across_dead_controllers_and_a_sighup(agent: Age
     assert listed(key, spec)[job]["state"] == "running" and marked(token)
     flag.touch()
     status, replay, err = finished("attach", "--key-file", str(key), spec, job)
-    assert (status, replay, err) == (7, b"one\n\x00\xfftwo tail", f"err\nshoal: {spec}: exited with code 7\n".encode())
+    assert (status, replay, err) == (7, b"one\n\x00\xfftwo tail", f"err\nshoal: {spec}: failed (code 7)\n".encode())
     info = listed(key, spec)[job]
     assert (info["state"], info["status"], info["output_bytes"], info["kept_bytes"]) == ("exited", 7, 18, 18)
     # JSON mode: a `job` event, then the same bytes and status through attach

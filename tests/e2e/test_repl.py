@@ -156,7 +156,7 @@ def test_lines_run_prefixed_and_commands_change_the_session(terminal: Callable[.
         shown = term.line("exit 4")
         assert b"shoal [3 hosts, 3 failed]> " in shown
         shown = term.line(":last")
-        assert re.search(rb"exited with code 4 +3 +127\.0\.0\.1:\[", shown)
+        assert re.search(rb"failed \(code 4\) +status 4 +3 +127\.0\.0\.1:\[", shown)
 
         shown = term.line("cd /tmp")  # would move a throwaway shell only: not run, pointed at :cd
         assert b"use :cd /tmp" in shown and not hosts_said(shown, hosts, "")
@@ -180,7 +180,7 @@ def test_lines_run_prefixed_and_commands_change_the_session(terminal: Callable[.
 
         term.line(":timeout 0.5")
         shown = term.line("sleep 5")
-        assert b"timed out" in shown
+        assert b"timed_out (after 0.5s)" in shown
         term.line(":timeout off")
 
         shown = term.line(":target 127.0.0.1:*")  # globs match known hosts
