@@ -42,7 +42,7 @@ from shoal.controller.result import UNREACHABLE, Result
 if TYPE_CHECKING:
     from shoal.controller.client import AgentClient
 
-__all__ = ["Command", "OutputEvent", "RemoteProcess"]
+__all__ = ["Command", "OutputEvent", "RemoteProcess", "result_from_exit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +134,7 @@ class RemoteProcess:
         elif isinstance(msg, Window):
             self._stdin_credit_changed()
         elif isinstance(msg, Exit):
-            self._finish(_result_from_exit(self.host, msg, self.timeout, self.idle_timeout))
+            self._finish(result_from_exit(self.host, msg, self.timeout, self.idle_timeout))
         elif isinstance(msg, Error):
             status = msg.status if msg.status is not None else 1
             self._finish(Result(self.host, status, error=msg.message, error_code=msg.code))
@@ -232,7 +232,7 @@ def required_features(command: Command) -> list[str]:
     return [name for name, used in (("user", command.user is not None), ("pty", command.pty)) if used]
 
 
-def _result_from_exit(host: str, msg: Exit, timeout: float | None, idle_timeout: float | None) -> Result:
+def result_from_exit(host: str, msg: Exit, timeout: float | None, idle_timeout: float | None) -> Result:
     """The Result an EXIT makes; a timeout's limit is named when this end knows it (an attach does not)."""
     error: str | None = None
     code: str | None = None
