@@ -43,7 +43,7 @@ def test_audit_required_refuses_commands_and_runs_nothing(
         status, out, err = shoal(capsysbinary, "run", "-n", agent.targets_spec(), "--", "touch", str(marker))
         spec = agent.targets_spec()
     assert (status, out) == (255, b"")
-    assert err == f"shoal: {spec}: refused: the agent cannot write its audit log (audit_required)\n".encode()
+    assert err == f"shoal: {spec}: failed: refused: the agent cannot write its audit log (audit_required)\n".encode()
     assert not marker.exists()
 
 

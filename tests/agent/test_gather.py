@@ -89,7 +89,7 @@ def test_gather_shows_stderr_apart_and_lists_non_zero_exits(
     assert b"\n".join(lines[:8]) == (
         RULE + b"127.0.0.[1-3,5-16,18-28,30] (27) (stderr)\n" + RULE + b"fine\n"
         + RULE + b"127.0.0.[4,17,29] (3) (stderr)\n" + RULE + b"other")
-    assert lines[8] == b"shoal: 127.0.0.[4,17,29]: exited with code 4"
+    assert lines[8] == b"shoal: 127.0.0.[4,17,29]: failed (code 4)"
     assert lines[9].startswith(b"shoal: 27 ok, 3 failed (127.0.0.[4,17,29]), 0 unreachable in ")
     assert lines[10:] == [b""]
 
@@ -125,8 +125,8 @@ def test_failed_only_lists_the_failed_hosts_and_why(fleet: Path, capsysbinary: p
     status, out, err = shoal(capsysbinary, "run", "--inventory", str(fleet), f"{ALL},{closed}", "-n",
                              "--failed-only", "--", 'echo noise; [ -z "$TEST_VARIANT" ]')
     assert status == 255
-    assert out == (f"{closed}: connection refused\n127.0.0.4: exited with code 1\n"
-                   "127.0.0.17: exited with code 1\n127.0.0.29: exited with code 1\n").encode()
+    assert out == (f"{closed}: unreachable: connection refused\n127.0.0.4: failed (code 1)\n"
+                   "127.0.0.17: failed (code 1)\n127.0.0.29: failed (code 1)\n").encode()
     assert err.startswith(f"shoal: 27 ok, 3 failed ({VARIANT}), 1 unreachable ({closed}) in ".encode())
 
 

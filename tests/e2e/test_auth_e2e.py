@@ -99,7 +99,7 @@ def test_wrong_key_is_authentication_failed_for_that_host(
     status = shoal_main(["run", "-n", agent.targets_spec(), "--key-file", str(other_path), "--", "touch", str(tmp_path / "f")])
     err = capsys.readouterr().err
     assert status == 255
-    assert err == f"shoal: {agent.addresses[0]}: authentication failed\n"
+    assert err == f"shoal: {agent.addresses[0]}: auth_failed: authentication failed\n"
     assert not (tmp_path / "f").exists()
     [event] = audit(tmp_path, event="auth_failed")
     assert event["key_id"] == other.key_id and event["peer"].startswith("127.0.0.1:")
@@ -116,7 +116,7 @@ def test_key_on_agent_only_is_named_on_both_sides(
     status = shoal_main(["run", "-n", agent.targets_spec(), "--", "touch", str(tmp_path / "f")])
     err = capsys.readouterr().err
     assert status == 255
-    assert err == (f"shoal: {agent.addresses[0]}: this agent requires a key but the controller "
+    assert err == (f"shoal: {agent.addresses[0]}: auth_failed: this agent requires a key but the controller "
                    "offered none\n")
     assert "requires a key but the controller offered none" in caplog.text
     assert not (tmp_path / "f").exists()
@@ -131,7 +131,7 @@ def test_key_on_controller_only_is_named_on_both_sides(
                              "--", "touch", str(tmp_path / "f")])
     err = capsys.readouterr().err
     assert status == 255
-    assert err == (f"shoal: {plain.addresses[0]}: the controller offered a key but this agent has "
+    assert err == (f"shoal: {plain.addresses[0]}: auth_failed: the controller offered a key but this agent has "
                    "none configured\n")
     assert "offered a key but this agent has none configured" in caplog.text
     assert not (tmp_path / "f").exists()
@@ -404,7 +404,7 @@ def test_denied_command_under_monitor_key_runs_nothing_and_is_audited(
     status = shoal_main(["run", "-n", spec, "--key-file", str(monitor_path), "--", "touch", str(target)])
     err = capsys.readouterr().err
     assert status == 126
-    assert err == (f"shoal: {spec}: permission denied for key {monitor_key.key_id}: command not allowed\n")
+    assert err == (f"shoal: {spec}: denied: permission denied for key {monitor_key.key_id}: command not allowed\n")
     assert not target.exists()
     [denied] = audit(tmp_path, event="denied")
     assert denied["key_id"] == monitor_key.key_id and denied["what"] == "exec"

@@ -143,7 +143,7 @@ def test_a_host_stops_at_its_first_failing_command(fleet: Fleet, script: Path,
     assert status == 1
     assert said(out, fleet.all, "one") == set(fleet.all)
     assert said(out, fleet.all, "three continued") == set(fleet.plain)
-    failed_lines = [f"shoal: {h}: exited with code 1" for h in fleet.failing]
+    failed_lines = [f"shoal: {h}: failed (code 1)" for h in fleet.failing]
     assert sorted(err.splitlines()[:2]) == sorted(failed_lines)  # each failed host gets its line
     err = "\n".join(err.splitlines()[2:])
     assert err.splitlines()[0].split() == ["#", "COMMAND", "OK", "FAILED", "SKIPPED"]
@@ -193,7 +193,7 @@ def test_an_unreachable_host_fails_its_first_command_and_skips_the_rest(
         fleet: Fleet, script: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
     status, out, err = batch(capsysbinary, f"{fleet.plain[0]},127.0.0.1:1", str(script))
     assert status == 255
-    assert "shoal: 127.0.0.1:1: connection refused" in err
+    assert "shoal: 127.0.0.1:1: unreachable: connection refused" in err
     assert table_row(err, 1)[3] == "1 127.0.0.1:1"
     assert table_row(err, 3)[4] == "1 127.0.0.1:1"
 
@@ -204,7 +204,7 @@ def test_timeout_applies_to_each_command(fleet: Fleet, tmp_path: Path,
     path.write_text("sleep 0.1\nsleep 30\necho not-reached\n")
     status, out, err = batch(capsysbinary, fleet.plain[0], str(path), "--timeout", "1")
     assert status == 255
-    assert "timed out" in err and "not-reached" not in out
+    assert "timed_out (after 1s)" in err and "not-reached" not in out
     assert table_row(err, 1)[2].startswith("1 ") and table_row(err, 3)[4].startswith("1 ")
 
 

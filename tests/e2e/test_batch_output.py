@@ -151,7 +151,7 @@ def test_an_unreachable_host_is_shown_and_gets_no_files(hosts: Hosts, script: Pa
                              "--outdir", str(tmp_path / "o"))
     assert status == 255
     assert out == ""
-    assert f"shoal: {dead}: connection refused" in err
+    assert f"shoal: {dead}: unreachable: connection refused" in err
     assert table_row(err, 1)[2:] == [f"1 {hosts.tcp}", f"1 {dead}", "0"]
     for directory in DIRS:
         assert sorted(files(tmp_path / "o" / directory)) == [f"{hosts.tcp}.err", f"{hosts.tcp}.out"]
@@ -190,5 +190,5 @@ def test_held_output_keeps_order_and_bytes_past_the_memory_spool() -> None:
     held.on_result(Result(host="h", status=1, code=1))
     held.close()
     assert stdout.getvalue() == b"".join(b"h: " + line + b"\n" for line in (chunk + b"tail").split(b"\n"))
-    assert stderr.getvalue() == b"h: warn\nshoal: h: exited with code 1\n"
+    assert stderr.getvalue() == b"h: warn\nshoal: h: failed (code 1)\n"
     assert held.shown == 1

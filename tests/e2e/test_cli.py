@@ -67,7 +67,7 @@ def test_unreachable_host_is_reported_and_others_still_print(agents, capsysbinar
     status, out, err = shoal(capsysbinary, "run", spec, "-n", "--", "echo alive")
     assert status == 255
     assert f"{agents.addresses[0]}: alive".encode() in out
-    assert b"127.0.0.1:1: connection refused" in err
+    assert b"127.0.0.1:1: unreachable: connection refused" in err
     assert b"1 unreachable" in err
 
 

@@ -164,7 +164,7 @@ def test_agent_lost_mid_command_is_reported_and_the_others_finish(tmp_path: Path
             poll(lambda: cli.out.count(b"up") == 3, timeout=10)
             lost = t.agents[1]
             t.call(lambda: [s.transport.abort() for s in list(lost.sessions) if s.transport])
-            poll(lambda: f"{names[1]}: connection lost".encode() in cli.err, timeout=5)
+            poll(lambda: f"{names[1]}: lost: connection lost".encode() in cli.err, timeout=5)
             assert cli.proc.poll() is None  # the others are still running
             flag.touch()
             assert cli.wait() == 255

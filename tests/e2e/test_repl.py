@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from tests.agents import AgentThread
+from tests.debris import marked, marker_of
 
 REPO = Path(__file__).resolve().parents[2]
 # Make the pty the child's controlling terminal, then become the shell: setsid is
@@ -156,7 +157,7 @@ def test_lines_run_prefixed_and_commands_change_the_session(terminal: Callable[.
         shown = term.line("exit 4")
         assert b"shoal [3 hosts, 3 failed]> " in shown
         shown = term.line(":last")
-        assert re.search(rb"exited with code 4 +3 +127\.0\.0\.1:\[", shown)
+        assert re.search(rb"failed \(code 4\) +status 4 +3 +127\.0\.0\.1:\[", shown)
 
         shown = term.line("cd /tmp")  # would move a throwaway shell only: not run, pointed at :cd
         assert b"use :cd /tmp" in shown and not hosts_said(shown, hosts, "")
@@ -180,7 +181,7 @@ def test_lines_run_prefixed_and_commands_change_the_session(terminal: Callable[.
 
         term.line(":timeout 0.5")
         shown = term.line("sleep 5")
-        assert b"timed out" in shown
+        assert b"timed_out (after 0.5s)" in shown
         term.line(":timeout off")
 
         shown = term.line(":target 127.0.0.1:*")  # globs match known hosts
@@ -365,5 +366,46 @@ def test_jobs_lists_the_detached_jobs_of_the_targeted_hosts(terminal: Callable[.
         assert re.search(re.escape(f"{agents.addresses[0]}  {job}  running").encode() + rb" +- +\S+ .*sleep 3600",
                          shown), shown
         assert agents.addresses[1].encode() not in shown.split(b"\n", 2)[-1]  # no jobs there: no row
+        term.send(":quit\r")
+        assert term.finish() == 0
+
+
+def test_attach_and_kill_jobs_from_the_shell(terminal: Callable[..., Terminal], tmp_path: Path) -> None:
+    flag = tmp_path / "go"
+    with AgentThread(2) as agents:
+        first, second = agents.addresses
+
+        def detached(command: str) -> str:
+            started = subprocess.run([sys.executable, "-m", "shoal.controller.cli.main", "run", first, "--detach",
+                                      "--", command], capture_output=True, timeout=60, check=True)
+            return started.stdout.decode().rpartition(": job ")[2].strip()
+
+        waiting = detached(f"echo one; while [ ! -e {flag} ]; do sleep 0.05; done; echo two; exit 3")
+        tree = detached("sleep 3600 & sleep 3600 & wait")
+        term = terminal("shell", agents.targets_spec())
+        term.expect(b"connected to 2 of 2 hosts")
+        term.expect(PROMPT)
+        term.line(f":target {first}")
+        # :attach replays, follows live, and ends with the job's outcome like `shoal attach`
+        term.send(f":attach {waiting}\r")
+        term.expect(f"{first}: one".encode())
+        flag.touch()
+        shown = term.expect(PROMPT)
+        assert f"{first}: two".encode() in shown and f"shoal: {first}: failed (code 3)".encode() in shown
+        assert re.search(rb"failed \(code 3\) +status 3 +1 ", term.line(":last"))
+        # :kill signals the job's whole tree: gone from the process table
+        pid = agents.call(lambda: agents.agents[0].jobs.jobs[tree].child.pid)
+        token = marker_of(pid)
+        poll(lambda: len(marked(token)) == 3)
+        shown = term.line(f":kill {tree} NOPE")
+        assert b"unknown signal 'NOPE'" in shown and marked(token)
+        term.line(f":add {second}")
+        shown = term.line(f":kill {tree} KILL")
+        assert f"{first}: killed job {tree} (3 processes)".encode() in shown
+        assert f"shoal: {second}: no job {tree!r}".encode() in shown  # each host has its own jobs
+        poll(lambda: not marked(token))
+        shown = term.line(":jobs")
+        assert re.search(re.escape(f"{first}  {waiting}  failed  ").encode(), shown), shown
+        assert re.search(re.escape(f"{first}  {tree}  cancelled  ").encode(), shown), shown
         term.send(":quit\r")
         assert term.finish() == 0

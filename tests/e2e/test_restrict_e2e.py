@@ -80,7 +80,7 @@ def test_an_unlisted_or_loader_variable_is_refused_and_nothing_runs(
     status = run(agent, monitor_path, "-e", setting.format(decoy=decoy), "--", "uptime")
     out, err = capsys.readouterr()
     assert status == 126 and out == ""
-    assert err == (f"shoal: {agent.targets_spec()}: permission denied for key {monitor_key.key_id}: "
+    assert err == (f"shoal: {agent.targets_spec()}: denied: permission denied for key {monitor_key.key_id}: "
                    f"environment variable {variable} not allowed\n")
     assert not (tmp_path / "decoy.ran").exists()
     [record] = denied(tmp_path)

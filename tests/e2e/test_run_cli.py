@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 import time
@@ -55,8 +56,8 @@ def test_unresolvable_and_unreachable_hosts_fail_alone(agents: AgentThread,
     assert status == 255
     assert sorted(out.splitlines()) == sorted(f"{h}:{' ' * (width - len(h))} hello".encode() for h in good)
     lines = err.decode().splitlines()
-    assert f"shoal: {closed}: connection refused" in lines
-    assert any(line.startswith("shoal: no-such-host.invalid: cannot resolve host") for line in lines)
+    assert f"shoal: {closed}: unreachable: connection refused" in lines
+    assert any(line.startswith("shoal: no-such-host.invalid: unreachable: cannot resolve host") for line in lines)
     assert lines[-1].startswith(f"shoal: 2 ok, 0 failed, 2 unreachable ({closed},no-such-host.invalid) in ")
     assert len(lines) == 3
 
@@ -155,14 +156,15 @@ def test_stream_gives_every_failed_host_its_line_and_quiet_keeps_the_unreachable
     status, _, err = shoal(capsysbinary, "run", spec, "-n", "-o", "stream", "-t", "2", "-v", "--",
                            _outcomes(tmp_path / "loud"))
     lines = err.decode().splitlines()
-    assert status == 255 and lines[-1].startswith("shoal: 1 ok, 3 failed (")
+    assert status == 255 and re.fullmatch(r"shoal: 1 ok, 1 failed \(\S+\), 1 signal \(\S+\), 1 timed_out \(\S+\), "
+                                          rf"1 unreachable \({re.escape(closed)}\) in \S+s", lines[-1])
     reasons = sorted(line.split(": ", 2)[2] for line in lines[:-1])
-    assert reasons == ["connection refused", "exited with code 3", "killed by signal 9 (KILL)", "timed out after 2s"]
+    assert reasons == ["failed (code 3)", "signal (KILL)", "timed_out (after 2s)", "unreachable: connection refused"]
     assert all(line.split(": ")[1] in spec.split(",") for line in lines[:-1])
     (tmp_path / "quiet").mkdir()
     status, _, err = shoal(capsysbinary, "run", spec, "-n", "-q", "-o", "stream", "-t", "2", "--",
                            _outcomes(tmp_path / "quiet"))
-    assert status == 255 and err.decode().splitlines() == [f"shoal: {closed}: connection refused"]
+    assert status == 255 and err.decode().splitlines() == [f"shoal: {closed}: unreachable: connection refused"]
 
 
 ENDLESS = "yes 'shoal-endless-output-line'"

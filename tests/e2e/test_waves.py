@@ -57,7 +57,7 @@ def test_summary_line_and_failed_only_list_skipped_hosts(agents: AgentThread,
     status, out, err = shoal(capsysbinary, "run", agents.targets_spec(), "-n", "--failed-only",
                              "--serial", "3", "--max-fail", "0", "--", _fail_on(0, 3))
     assert status == 3
-    assert sorted(out.decode().splitlines()) == sorted([f"{hosts[0]}: exited with code 3"] + [f"{h}: skipped" for h in hosts[3:]])
+    assert sorted(out.decode().splitlines()) == sorted([f"{hosts[0]}: failed (code 3)"] + [f"{h}: skipped" for h in hosts[3:]])
     assert ", 3 skipped (" in err.decode().splitlines()[-1]
 
 
