@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-config", action="store_true", help="validate the configuration and exit")
     p.add_argument("--listen", action="append", metavar="ADDR",
                    help="HOST:PORT, [IPv6]:PORT or unix:/path; repeatable (default 127.0.0.1:8470)")
+    p.add_argument("--connect", action="append", metavar="HUB[:PORT]",
+                   help="dial this hub and stay connected, reconnecting with backoff (repeatable; "
+                        "port default 8472); no listener is opened unless --listen is given too")
+    p.add_argument("--name", metavar="NAME", help="the name announced to hubs (default: this host's name)")
     p.add_argument("--key-file", action="append", metavar="PATH",
                    help="accept controllers holding this key, with full rights (repeatable)")
     p.add_argument("--insecure", action="store_true", help="allow listening beyond loopback without a key")
@@ -87,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     cfg = load_config(path) if path else AgentConfig.default()
     overrides: dict[str, object] = {}
     limits = [(option.name, f"limits.{option.name}") for option in dataclasses.fields(Limits)]
-    for name, dotted in [("listen", "listen"), ("audit_log", "audit_log"), ("state_dir", "state_dir"),
+    for name, dotted in [("listen", "listen"), ("connect", "connect"), ("name", "name"), ("audit_log", "audit_log"), ("state_dir", "state_dir"),
                          ("log_level", "log_level"), *limits]:
         value = getattr(args, name)
         if value is not None and name in ("audit_log", "state_dir"):
@@ -106,10 +110,25 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     if args.audit_log:
         overrides["audit_log"] = os.path.abspath(args.audit_log)
     overrides.update(_tls_overrides(args, cfg))
+    if args.connect and args.listen is None and not _file_sets_listen(path):
+        overrides["listen"] = ()  # dialling out: no listener unless one is asked for
     try:
         return cfg.replace_from_cli(**overrides) if overrides else cfg
     except ConfigError as exc:
         raise ConfigError(exc.reason, _flag_for(exc.where)) from None
+
+
+def _file_sets_listen(path: str | None) -> bool:
+    """Whether the configuration file names listen addresses itself (it was read already)."""
+    if not path:
+        return False
+    import tomllib
+
+    try:
+        with open(path, "rb") as stream:
+            return "listen" in tomllib.load(stream)
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
 
 
 def _config_path(args: argparse.Namespace) -> str | None:
@@ -199,12 +218,20 @@ async def _serve(args: argparse.Namespace, cfg: AgentConfig) -> int:
         _reload(agent, args)  # a SIGHUP that came while starting still counts
     # Only now: systemd may send SIGTERM the moment it hears READY. STATUS shows in
     # `systemctl status`, with the real ports when the config asked for port 0.
-    notify("READY=1\nSTATUS=listening on " + ", ".join(agent.addresses))
+    notify("READY=1\nSTATUS=" + _status(agent))
     await stop.wait()
     notify("STOPPING=1")
     log.info("shutting down: waiting up to %gs for running commands", cfg.limits.kill_grace)
     await agent.close(grace=cfg.limits.kill_grace)
     return 0
+
+
+def _status(agent: Agent) -> str:
+    """What `systemctl status` shows: where the agent listens and which hubs it dials."""
+    parts = [f"listening on {', '.join(agent.addresses)}"] if agent.addresses else []
+    if agent.dialers:
+        parts.append(f"dialling {', '.join(d.address for d in agent.dialers)}")
+    return "; ".join(parts)
 
 
 def _reload(agent: Agent, args: argparse.Namespace) -> None:

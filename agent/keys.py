@@ -10,7 +10,7 @@ from shoal.protocol.connection import KeyLookup
 from shoal.protocol.errors import ConfigError
 from shoal.protocol.handshake import SharedKey
 
-from shoal.agent.config import AgentConfig, KeyPolicy, is_loopback, parse_listen
+from shoal.agent.config import AgentConfig, KeyPolicy, is_loopback, parse_connect, parse_listen
 from shoal.agent.strictmodes import check_path
 from shoal.hostio.keyfile import load_key_file
 
@@ -50,7 +50,7 @@ class KeyTable(KeyLookup):
 
 
 def check_exposure(config: AgentConfig, keyed: bool) -> None:
-    """Refuse non-loopback TCP listeners when no key guards them (unless --insecure)."""
+    """Refuse non-loopback TCP listeners, or hubs to dial, when no key guards them (unless --insecure)."""
     # The shared key is the authentication the issue asks for; TLS alone (even
     # mutual) does not unlock non-loopback addresses, --insecure does, loudly.
     if keyed or config.insecure:
@@ -61,3 +61,9 @@ def check_exposure(config: AgentConfig, keyed: bool) -> None:
             raise ConfigError(
                 f"refusing to listen on {text} without a key: anyone who can reach it could run "
                 "commands; configure a key (--key-file) or pass --insecure", "listen")
+    for text in config.connect:
+        host, _ = parse_connect(text)
+        if not is_loopback(host):
+            raise ConfigError(
+                f"refusing to connect to hub {text} without a key: whoever answers there could run "
+                "commands; configure a key (--key-file) or pass --insecure", "connect")

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import ssl
-import stat
 from typing import TYPE_CHECKING, Callable
 
 from shoal.protocol.errors import ConfigError
@@ -21,6 +19,7 @@ from shoal.agent.accept import Acceptor
 from shoal.agent.config import AgentConfig, ListenAddress
 from shoal.agent.session import AgentSession
 from shoal.agent.strictmodes import check_tls_files
+from shoal.hostio.unixsock import remove_stale_socket
 
 if TYPE_CHECKING:
     from shoal.agent.server import Agent
@@ -47,7 +46,7 @@ class Listeners:
         try:
             if addr.kind == "unix":
                 assert addr.path is not None
-                _remove_stale_socket(addr.path)
+                remove_stale_socket(addr.path)
                 server = await loop.create_unix_server(lambda: AgentSession(agent), addr.path, start_serving=False)
                 os.chmod(addr.path, 0o600 if not agent.keys.required else 0o666)
                 self._unix_paths.append(addr.path)
@@ -121,21 +120,3 @@ class Listeners:
             except FileNotFoundError:
                 pass
         self._unix_paths.clear()
-
-def _remove_stale_socket(path: str) -> None:
-    """Remove a socket file left by a dead agent; refuse if one is still serving."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ConfigError(f"cannot listen on unix:{path}: a non-socket file is in the way", "listen")
-    probe = socket.socket(socket.AF_UNIX)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise ConfigError(f"cannot listen on unix:{path}: address already in use", "listen")

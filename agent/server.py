@@ -24,6 +24,7 @@ from shoal.agent.accept import FdPressure
 from shoal.agent.admission import Admission
 from shoal.agent.audit import Audit
 from shoal.agent.config import AgentConfig, parse_listen
+from shoal.agent.dialout import DialOut
 from shoal.agent.jobs import JobTable, job_handlers
 from shoal.agent.handlers import HandlerRegistry
 from shoal.agent.keys import KeyTable
@@ -83,6 +84,8 @@ class Agent:
         self.metrics = HostMetrics(self._loops)
         self.listeners = Listeners(self)
         self.fd_pressure = FdPressure(self)
+        self.dialers: list[DialOut] = []  # the hubs it dials (config.connect)
+        self._dialing = TaskSet()
 
     @property
     def sessions(self) -> set[AgentSession]:
@@ -133,6 +136,7 @@ class Agent:
         try:
             for text in self.config.listen:
                 await self.listeners.listen(parse_listen(text))
+            self.dialers = [DialOut(self, address) for address in self.config.connect]
             if self.config.discovery.enabled:
                 from shoal.agent.responder import start_responder
 
@@ -142,7 +146,10 @@ class Agent:
             raise
         if self._reap_orphans and proctree.enable_subreaper():
             self._loops.spawn(proctree.reap_orphans(self.running.pids), name="reaper")
-        log.info("listening on %s", ", ".join(self.addresses))
+        for dialer in self.dialers:
+            self._dialing.spawn(dialer.run(), name=f"dial {dialer.address}")
+        if self.addresses:
+            log.info("listening on %s", ", ".join(self.addresses))
 
     async def serve_forever(self) -> None:
         """Wait until the agent stops listening (close())."""
@@ -170,6 +177,8 @@ class Agent:
         self.audit.close()
 
     async def _close_servers(self) -> None:
+        self._dialing.cancel_all()
+        await self._dialing.wait(timeout=1)
         if self.discovery is not None:
             self.discovery.close()
             self.discovery = None

@@ -68,12 +68,13 @@ REVOKED = "key revoked"
 class AgentSession(FrameDriver):
     """The agent's end of one connection."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, name: str = "") -> None:
+        """`name`: announced in HELLO when this is a connection the agent dialled to a hub."""
         self.agent = agent
         self.limits: Limits = agent.config.limits
         super().__init__(Connection(
             Role.AGENT, keys=agent.keys, max_frame_size=self.limits.max_frame_size,
-            software=agent.software, features=sorted(EXEC_FEATURES | TRANSFER_FEATURES),
+            software=agent.software, features=sorted(EXEC_FEATURES | TRANSFER_FEATURES), name=name,
         ), keepalive=self.limits.keepalive)
         self.peer = "?"
         self.source = "?"  # the peer's address without the port: what per-source limits count

@@ -281,8 +281,7 @@ class AgentClient(FrameDriver):
         Raises:
             RemoteCommandError: `unsupported` (status 126), naming what is missing.
         """
-        hello = self.conn.peer_hello
-        missing = [name for name in needed if hello is None or name not in hello.features]
+        missing = [name for name in needed if name not in self.features]
         if missing:
             raise RemoteCommandError(f"the agent does not support {', '.join(missing)} "
                                      f"(agent {self.agent_version or 'unknown'}: upgrade it); nothing was run",
@@ -386,6 +385,10 @@ class AgentClient(FrameDriver):
         else:
             self._closed_event.set()
         self.closed = True
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has closed, for whatever reason."""
+        await self._closed_event.wait()
 
     async def close(self) -> None:
         """Say goodbye and wait for the socket to close."""

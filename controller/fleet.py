@@ -18,6 +18,7 @@ from shoal.protocol.defaults import OUTPUT_WINDOW
 from shoal.protocol.handshake import SharedKey
 
 from shoal.controller.client import AgentClient
+from shoal.controller.hub.client import HubAccess
 
 from shoal.controller.remote import Command, RemoteProcess
 from shoal.controller.outcome import Outcome
@@ -49,7 +50,11 @@ class Handler(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ConnectOptions:
-    """How to reach agents; `key_for`/`ssl_for` allow per-target settings."""
+    """How to reach agents; `key_for`/`ssl_for` allow per-target settings.
+
+    With `hub`, every target is reached through that hub's warm connections
+    instead (a link per target); `close()`, or the end of `async with`, closes it.
+    """
 
     key: SharedKey | None = None
     ssl: ssl_module.SSLContext | None = None
@@ -57,12 +62,29 @@ class ConnectOptions:
     keepalive: float = 15.0
     key_for: Callable[[Target], SharedKey | None] | None = None
     ssl_for: Callable[[Target], ssl_module.SSLContext | None] | None = None
+    hub: HubAccess | None = field(default=None, compare=False)
 
     async def connect(self, target: Target) -> AgentClient:
+        if self.hub is not None:
+            return await self.hub.link(target)
         key = self.key_for(target) if self.key_for else self.key
         ctx = self.ssl_for(target) if self.ssl_for else self.ssl
         return await AgentClient.connect(target, key=key, ssl=ctx, timeout=self.timeout,
                                          keepalive=self.keepalive)
+
+
+    async def close(self) -> None:
+        """Close the hub connection, if targets were reached through one."""
+        if self.hub is not None:
+            await self.hub.close()
+
+    async def __aenter__(self) -> ConnectOptions:
+        if self.hub is not None:
+            await self.hub.open()  # a hub that is not running is one line, not one per host
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 @dataclass(slots=True)

@@ -10,6 +10,7 @@ on the command line always wins::
     timeout = 600                # seconds before a command's process tree is killed
     output = "gather"            # stream, gather or json
     color = "never"              # auto, always or never
+    hub = "/run/shoal/hub.sock"  # reach hosts through this hub (shoal hub); relative to this file
 
 The schema is closed, like the inventory's: an unknown key or a bad value is a
 ConfigError naming `path:line`, because a misspelt key silently ignored would leave the
@@ -32,7 +33,7 @@ __all__ = ["COLOR_MODES", "OUTPUT_MODES", "UserConfig", "default_config_path", "
 OUTPUT_MODES = ("stream", "gather", "json")
 COLOR_MODES = ("auto", "always", "never")
 _TLS = ("tls_cert", "tls_key", "tls_ca")
-_PATHS = ("key_file", *_TLS)
+_PATHS = ("key_file", *_TLS, "hub")
 _CHOICES = {"output": OUTPUT_MODES, "color": COLOR_MODES}
 _SECONDS = ("connect_timeout", "timeout")
 _KEYS = (*_PATHS, "fanout", *_SECONDS, *_CHOICES)

@@ -125,6 +125,7 @@ class Connection:
             controller offers them, the agent picks the first offered it knows.
         features: (agent) the `requires` names it honours, announced in HELLO
             together with AGENT_FEATURES.
+        name: (agent) the name it announces in HELLO when it dialled in to a hub.
     """
 
     def __init__(
@@ -138,6 +139,7 @@ class Connection:
         nonce: bytes | None = None,
         macs: tuple[str, ...] | list[str] = handshake.SUPPORTED_MACS,
         features: tuple[str, ...] | list[str] = (),
+        name: str = "",
     ) -> None:
         unknown = [m for m in macs if m not in handshake.SUPPORTED_MACS]
         if unknown or not macs:
@@ -148,6 +150,7 @@ class Connection:
         self._keys = keys or KeyLookup([])
         self.software = software
         self.features = sorted(features)
+        self.name = name
         self.peer_hello: Hello | None = None
         self.peer_max_frame = DEFAULT_MAX_FRAME_SIZE
         self.key_id: str | None = None
@@ -411,6 +414,7 @@ class Connection:
             macs=list(self.macs) if keyed and controller else [],
             mac=(self.mac or "") if keyed and not controller else "",
             features=[] if controller else sorted(set(AGENT_FEATURES) | set(self.features)),
+            name="" if controller else self.name,
         )
         self._emit(hello)
         self._our_hello_frame = b"".join(self._out[-2:])

@@ -7,7 +7,7 @@ The frame-size limits live with the frames (`shoal.protocol.frames`).
 
 from __future__ import annotations
 
-__all__ = ["OUTPUT_WINDOW", "TRANSFER_WINDOW", "MAX_GET_WINDOW", "DATA_CHUNK"]
+__all__ = ["OUTPUT_WINDOW", "TRANSFER_WINDOW", "MAX_GET_WINDOW", "DATA_CHUNK", "HUB_PORT"]
 
 MiB = 1024 * 1024
 
@@ -22,3 +22,6 @@ MAX_GET_WINDOW = 64 * MiB
 # The largest data payload in one STDOUT/STDERR/STDIN/FILE_DATA message (and pipe read):
 # large enough that per-message costs vanish, well under the default frame limit.
 DATA_CHUNK = 1 * MiB
+# The TCP port a hub listens on for agents that dial in (`shoal-agent --connect HUB`
+# without a port), beside the agents' own 8470.
+HUB_PORT = 8472

@@ -64,6 +64,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_REQUEST = "unknown_request"
     UNSUPPORTED = "unsupported"
     UNKNOWN_JOB = "unknown_job"
+    UNKNOWN_HOST = "unknown_host"
     BAD_FRAME = "bad_frame"
     FRAME_TOO_LARGE = "frame_too_large"
     TRUNCATED = "truncated"
@@ -77,6 +78,7 @@ class ErrorCode(enum.StrEnum):
     WINDOW_EXCEEDED = "window_exceeded"
     AUTH_FAILED = "auth_failed"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    NAME_IN_USE = "name_in_use"
     PROTOCOL_ERROR = "protocol_error"
     INTERNAL = "internal"
 
@@ -137,6 +139,7 @@ ERROR_CODES: dict[ErrorCode, tuple[str, str]] = {
     ErrorCode.UNKNOWN_REQUEST: (REQUEST_SCOPE, "no open request has this id"),
     ErrorCode.UNSUPPORTED: (REQUEST_SCOPE, "the receiver knows the message type but does not handle it"),
     ErrorCode.UNKNOWN_JOB: (REQUEST_SCOPE, "no job with this id that this key may see (never started, expired, or another key's; status 255)"),
+    ErrorCode.UNKNOWN_HOST: (REQUEST_SCOPE, "a hub has no agent of that name connected (LINK_OPEN); status 255"),
     ErrorCode.BAD_FRAME: (CONNECTION_SCOPE, "a frame length is impossible, or a tagged frame cannot hold its tag"),
     ErrorCode.FRAME_TOO_LARGE: (CONNECTION_SCOPE, "a frame body exceeds the receiver's limit"),
     ErrorCode.TRUNCATED: (CONNECTION_SCOPE, "end of stream in the middle of a frame"),
@@ -150,6 +153,8 @@ ERROR_CODES: dict[ErrorCode, tuple[str, str]] = {
     ErrorCode.WINDOW_EXCEEDED: (CONNECTION_SCOPE, "the sender overran a flow-control window"),
     ErrorCode.AUTH_FAILED: (CONNECTION_SCOPE, "authentication failed, or the sides disagree about using a key"),
     ErrorCode.TOO_MANY_CONNECTIONS: (CONNECTION_SCOPE, "the agent's connection limit was reached; sent instead of HELLO"),
+    ErrorCode.NAME_IN_USE: (CONNECTION_SCOPE, "a hub already has an agent connected under the name this one announced; "
+                                              "it retries later, and gets the name once the other is gone"),
     ErrorCode.PROTOCOL_ERROR: (CONNECTION_SCOPE, "the controller found the agent breaking the protocol in a way no narrower code names"),
     ErrorCode.INTERNAL: (CONNECTION_SCOPE, "a bug in the agent itself, never a verdict on the peer's input; logged with its traceback. A bug inside one transfer ends only that request, under its id"),
 }

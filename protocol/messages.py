@@ -54,6 +54,13 @@ __all__ = [
     "TreeEntries",
     "RemovePaths",
     "Removed",
+    "LinkOpen",
+    "LinkOpened",
+    "Linked",
+    "LinkClose",
+    "HostsList",
+    "HostsReply",
+    "HUB_TYPES",
     "MESSAGE_CLASSES",
     "CONNECTION_LEVEL",
     "CONTROLLER_ONLY",
@@ -101,6 +108,13 @@ class MessageType(IntEnum):
     JOB_ATTACH = 0x52
     JOB_KILL = 0x53
     JOB_KILLED = 0x54
+    # -- a hub's local socket (issue 20): requests to agents multiplexed over links
+    LINK_OPEN = 0x70
+    LINK_OPENED = 0x71
+    LINKED = 0x72
+    LINK_CLOSE = 0x73
+    HOSTS_LIST = 0x74
+    HOSTS_REPLY = 0x75
 
 
 def bad_message(message: str) -> RemoteProtocolError:
@@ -157,6 +171,9 @@ class Hello(Message):
     # must not send one the agent did not list: an older agent would run the command
     # without it.
     features: list[str] = field(default_factory=list)
+    # Agent, when it dialled in to a hub (issue 20): the name it is known by there.
+    # Inside the transcript, so the proofs cover it. Empty otherwise.
+    name: str = ""
 
     def _validate(self) -> None:
         if self.role not in ("controller", "agent"):
@@ -545,6 +562,66 @@ class Removed(Message):
     count: int = 0
 
 
+# -- a hub's local socket (issue 20) -------------------------------------------
+#
+# A local client reaches agents through a hub over one connection: it opens a
+# link per agent (LINK_OPEN, by name) and sends that agent's messages inside
+# LINKED frames, each link with its own request ids. Framing of the inner
+# message: shoal.protocol.link; PROTOCOL.md section 7.
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOpen(Message):
+    """Open a link to the agent the hub knows as `host`; the request id names the link."""
+
+    TYPE = MessageType.LINK_OPEN
+    host: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOpened(Message):
+    """The link is open: what the agent announced in its HELLO, as the hub passes it on."""
+
+    TYPE = MessageType.LINK_OPENED
+    host: str = ""
+    address: str = ""
+    software: str = ""
+    features: list[str] = field(default_factory=list)
+    max_frame: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Linked(Message):
+    """One message of the link's agent connection: type, request id and body (shoal.protocol.link)."""
+
+    TYPE = MessageType.LINKED
+    RAW = True
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkClose(Message):
+    """The link is over: the client is done with it, or the hub lost the agent (`reason`)."""
+
+    TYPE = MessageType.LINK_CLOSE
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HostsList(Message):
+    """Ask the hub which agents it holds connections to."""
+
+    TYPE = MessageType.HOSTS_LIST
+
+
+@dataclass(frozen=True, slots=True)
+class HostsReply(Message):
+    """The hub's agents, one object each (PROTOCOL.md section 7)."""
+
+    TYPE = MessageType.HOSTS_REPLY
+    hosts: list[dict[str, Any]] = field(default_factory=list)
+
+
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -552,8 +629,15 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
         Window, Resize, Started, Stdout, Stderr, Exit, MetricsRequest, MetricsReply, PutFile,
         GetFile, FileInfo, FileData, FileEnd, FileDone, ListTree, TreeEntries, RemovePaths, Removed,
         JobStarted, JobsList, JobsReply, JobAttach, JobKill, JobKilled,
+        LinkOpen, LinkOpened, Linked, LinkClose, HostsList, HostsReply,
     )
 }
+
+# Types of a hub's local socket only: never sent to an agent, never inside a link.
+HUB_TYPES = frozenset({
+    MessageType.LINK_OPEN, MessageType.LINK_OPENED, MessageType.LINKED, MessageType.LINK_CLOSE,
+    MessageType.HOSTS_LIST, MessageType.HOSTS_REPLY,
+})
 
 # Types that must carry request id 0.
 CONNECTION_LEVEL = frozenset(
@@ -566,10 +650,12 @@ CONTROLLER_ONLY = frozenset({
     MessageType.METRICS_REQUEST, MessageType.PUT_FILE, MessageType.GET_FILE, MessageType.RESIZE,
     MessageType.LIST_TREE, MessageType.REMOVE_PATHS,
     MessageType.JOBS_LIST, MessageType.JOB_ATTACH, MessageType.JOB_KILL,
+    MessageType.LINK_OPEN, MessageType.HOSTS_LIST,
 })
 AGENT_ONLY = frozenset({
     MessageType.STARTED, MessageType.STDOUT, MessageType.STDERR, MessageType.EXIT,
     MessageType.METRICS_REPLY, MessageType.FILE_INFO, MessageType.FILE_DONE,
     MessageType.TREE_ENTRIES, MessageType.REMOVED,
     MessageType.JOB_STARTED, MessageType.JOBS_REPLY, MessageType.JOB_KILLED,
+    MessageType.LINK_OPENED, MessageType.HOSTS_REPLY,
 })

@@ -18,7 +18,7 @@ The package holds one concern per module: `checks` (value checks), `listen`
 from __future__ import annotations
 
 from shoal.protocol.frames import MAX_FRAME_SIZE_CEILING
-from shoal.agent.config.listen import DEFAULT_PORT, ListenAddress, is_loopback, parse_listen
+from shoal.agent.config.listen import DEFAULT_PORT, ListenAddress, is_loopback, parse_connect, parse_listen
 from shoal.agent.config.policy import KeyPolicy
 from shoal.agent.config.settings import LOG_LEVELS, AgentConfig, DiscoveryConfig, Limits, TlsConfig
 from shoal.agent.config.tomlio import DEFAULT_CONFIG_PATH, dump_config, load_config, locate_option
@@ -38,5 +38,6 @@ __all__ = [
     "is_loopback",
     "load_config",
     "locate_option",
+    "parse_connect",
     "parse_listen",
 ]

@@ -7,10 +7,11 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from shoal.protocol.defaults import HUB_PORT
 from shoal.protocol.errors import ConfigError
 from shoal.agent.config.checks import _kind
 
-__all__ = ["DEFAULT_PORT", "ListenAddress", "is_loopback", "parse_listen"]
+__all__ = ["DEFAULT_PORT", "ListenAddress", "is_loopback", "parse_connect", "parse_listen"]
 
 DEFAULT_PORT = 8470
 # Longest AF_UNIX socket path Linux accepts (sun_path is 108 bytes with the NUL).
@@ -44,6 +45,31 @@ def parse_listen(addr: str) -> ListenAddress:
         return _parse_unix(addr, addr[5:])
     host, port = _split_host_port(addr)
     return ListenAddress("tcp", host=host, port=port)
+
+
+def parse_connect(addr: str) -> tuple[str, int]:
+    """Parse a hub to dial: `HOST`, `HOST:PORT`, `[IPv6]` or `[IPv6]:PORT` (port default HUB_PORT).
+
+    Raises ConfigError (where="connect") saying what is wrong.
+    """
+    if not isinstance(addr, str) or not addr.strip():
+        raise ConfigError(f"expected a hub address HOST[:PORT], got {_kind(addr)}", "connect")
+    text = addr
+    if addr.startswith("[") and addr.endswith("]"):
+        text = f"{addr}:{HUB_PORT}"
+    elif not addr.startswith("[") and addr.count(":") != 1:
+        if ":" in addr:
+            raise ConfigError(f"bad hub address {addr!r}: IPv6 addresses need brackets", "connect")
+        text = f"{addr}:{HUB_PORT}"
+    try:
+        host, port = _split_host_port(text)
+    except ConfigError as exc:
+        raise ConfigError(exc.reason.replace("listen address", "hub address")
+                          .replace("(expected HOST:PORT, [IPv6]:PORT or unix:/path)", "(expected HOST[:PORT])"),
+                          "connect") from None
+    if port == 0:
+        raise ConfigError(f"bad hub address {addr!r}: port 0", "connect")
+    return host, port
 
 
 def _parse_unix(addr: str, path: str) -> ListenAddress:

@@ -13,7 +13,7 @@ from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_CEILING
 from shoal.agent.config.checks import (
     _absolute_path, _boolean, _instance, _integer, _join, _kind, _reject_unknown, _seconds, _store, _strings, _text,
 )
-from shoal.agent.config.listen import DEFAULT_PORT, ListenAddress, parse_listen
+from shoal.agent.config.listen import DEFAULT_PORT, ListenAddress, parse_connect, parse_listen
 from shoal.agent.config.policy import KeyPolicy
 
 __all__ = ["LOG_LEVELS", "AgentConfig", "DiscoveryConfig", "Limits", "TlsConfig"]
@@ -82,6 +82,10 @@ class Limits:
             the agent forgets it and its output.
         keepalive: seconds of TCP idleness before keepalive probes (also the probe
             interval base), so dead peers behind NAT or a crash are noticed.
+        reconnect_min, reconnect_max: a dial-in agent's wait before reconnecting to
+            its hub: random in [0, reconnect_min] at first, the range doubling with
+            each failure up to reconnect_max, so a restarted hub is not met by every
+            agent at once and no agent waits longer than reconnect_max.
     """
 
     max_connections: int = 512
@@ -99,6 +103,8 @@ class Limits:
     job_output_size: int = 1024 * 1024
     job_retention: float = 86400.0
     keepalive: float = 15.0
+    reconnect_min: float = 2.0
+    reconnect_max: float = 30.0
 
     def __post_init__(self) -> None:
         _integer("max_connections", self.max_connections, 1, 1_000_000)
@@ -117,6 +123,10 @@ class Limits:
         _integer("job_output_size", self.job_output_size, 2, _GIB)
         _store(self, "job_retention", _seconds("job_retention", self.job_retention, 0, 30 * _DAY))
         _store(self, "keepalive", _seconds("keepalive", self.keepalive, 1, 7200))
+        _store(self, "reconnect_min", _seconds("reconnect_min", self.reconnect_min, 0, 3600, low_open=True))
+        _store(self, "reconnect_max", _seconds("reconnect_max", self.reconnect_max, 0, 86400, low_open=True))
+        if self.reconnect_max < self.reconnect_min:
+            raise ConfigError("reconnect_max must not be below reconnect_min", "reconnect_max")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +184,9 @@ class AgentConfig:
         limits: resource limits.
         discovery: discovery responder settings.
         keys: named keys and their policies.
+        connect: hubs to dial and stay connected to (`HOST[:PORT]`, issue 20); with
+            these and no listen address the agent listens nowhere.
+        name: the name announced to hubs (empty: this host's name).
     """
 
     listen: tuple[str, ...] = (f"127.0.0.1:{DEFAULT_PORT}",)
@@ -186,12 +199,19 @@ class AgentConfig:
     limits: Limits = field(default_factory=Limits)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     keys: tuple[KeyPolicy, ...] = ()
+    connect: tuple[str, ...] = ()
+    name: str = ""
 
     def __post_init__(self) -> None:
         _store(self, "listen", _strings("listen", self.listen))
-        if not self.listen:
-            raise ConfigError("at least one listen address is needed", "listen")
+        _store(self, "connect", _strings("connect", self.connect))
+        if not self.listen and not self.connect:
+            raise ConfigError("at least one listen address (or a hub to connect to) is needed", "listen")
         _check_listen(self.listen)
+        _check_connect(self.connect)
+        name = _text("name", self.name)
+        if len(name) > 253 or not name.isprintable() or name != name.strip():
+            raise ConfigError("name must be printable, without surrounding spaces, at most 253 characters", "name")
         _boolean("insecure", self.insecure)
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}",
@@ -252,6 +272,18 @@ def _check_listen(listen: tuple[str, ...]) -> None:
             raise ConfigError(exc.reason, f"listen[{index}]") from None
         if address in seen:
             raise ConfigError(f"listen address {text!r} given twice", f"listen[{index}]")
+        seen.add(address)
+
+
+def _check_connect(connect: tuple[str, ...]) -> None:
+    seen: set[tuple[str, int]] = set()
+    for index, text in enumerate(connect):
+        try:
+            address = parse_connect(text)
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, f"connect[{index}]") from None
+        if address in seen:
+            raise ConfigError(f"hub {text!r} given twice", f"connect[{index}]")
         seen.add(address)
 
 

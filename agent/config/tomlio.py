@@ -76,6 +76,8 @@ def config_from_table(data: Mapping[str, Any]) -> AgentConfig:
     """Build an AgentConfig from parsed TOML; errors name the option as a dotted path."""
     _reject_unknown(data, AgentConfig, "")
     options = dict(data)
+    if "connect" in data and "listen" not in data:
+        options["listen"] = ()  # an agent that dials its hubs listens only where told to
     if "tls" in data:
         options["tls"] = _tls_from_table(data["tls"])
     options["limits"] = _section(Limits, data.get("limits", {}), "limits")

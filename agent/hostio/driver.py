@@ -50,6 +50,11 @@ class FrameDriver(asyncio.BufferedProtocol):
         self._writable = asyncio.Event()
         self._writable.set()
 
+    @property
+    def last_heard(self) -> float:
+        """When the peer last sent any bytes (time.monotonic())."""
+        return self._last_frame
+
     # -- what subclasses decide ------------------------------------------------
 
     def dispatch(self, event: Message | HandshakeComplete) -> None:

@@ -67,7 +67,11 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
 
 async def login(target: Target, command: Command, args: argparse.Namespace, display: Display) -> int:
     """Run the login shell with the local terminal attached; its exit status."""
-    client = await connect_options_from_args(args).connect(target)
+    async with connect_options_from_args(args) as options:
+        return await _login(await options.connect(target), target, command, display)
+
+
+async def _login(client: AgentClient, target: Target, command: Command, display: Display) -> int:
     try:
         try:
             proc = await client.exec(command)

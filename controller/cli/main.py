@@ -59,6 +59,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "top": ("shoal.controller.cli.top", "refresh a metrics table in place"),
     "check": ("shoal.controller.cli.check", "Nagios-style health check with alerting exit codes"),
     "ping": ("shoal.controller.cli.ping", "round-trip time, agent version and clock offset per host"),
+    "hub": ("shoal.controller.cli.hub", "a resident controller: agents dial in, clients reuse its connections"),
     "discover": ("shoal.controller.cli.discover", "find agents on the network over UDP"),
     "keygen": ("shoal.controller.cli.keygen", "create a new shared key file"),
     "certs": ("shoal.controller.cli.certs", "create a small CA and TLS certificates"),

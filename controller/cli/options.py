@@ -4,10 +4,13 @@ and the helpers that turn parsed options into library objects."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import os
 import re
 import ssl as ssl_module
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from shoal.protocol.errors import ConfigError
 from shoal.protocol.handshake import SharedKey
@@ -29,6 +32,7 @@ __all__ = [
     "wave_policy_from_args",
     "targets_from_args",
     "connect_options_from_args",
+    "run_with",
     "command_from_args",
     "add_config_options",
     "with_user_config",
@@ -57,6 +61,9 @@ def add_connect_options(parser: argparse.ArgumentParser) -> None:
                    help="give up on a host that has not connected and authenticated in SECS (default 10)")
     g.add_argument("-f", "--fanout", type=int, default=64, metavar="N",
                    help="hosts connecting or running at once (default 64)")
+    g.add_argument("--hub", metavar="PATH",
+                   help="reach the targets through the hub serving this local socket (shoal hub), "
+                        "by the names it knows them by; '' for none")
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -209,7 +216,29 @@ def connect_options_from_args(args: argparse.Namespace) -> ConnectOptions:
             return _client_ssl(args.tls_cert, args.tls_key, args.tls_ca)
         return None
 
+    hub = getattr(args, "hub", None)
+    if hub:
+        from shoal.controller.hub.client import HubAccess
+
+        return ConnectOptions(timeout=args.connect_timeout, hub=HubAccess(os.path.expanduser(hub), args.connect_timeout))
     return ConnectOptions(timeout=args.connect_timeout, key_for=key_for, ssl_for=ssl_for)
+
+
+T = TypeVar("T")
+
+
+def run_with(options: ConnectOptions, main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)` with `options` open around it: its hub connected first (a hub
+    that is not running is one line) and closed on the same loop at the end."""
+
+    async def scope() -> T:
+        async with options:
+            return await main
+
+    try:
+        return asyncio.run(scope())
+    finally:
+        main.close()  # never started when the hub was not there: no "never awaited" warning
 
 
 def parse_env(items: list[str]) -> dict[str, str]:

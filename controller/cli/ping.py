@@ -17,7 +17,6 @@ is off by more than --max-offset; 255 a host was unreachable (wins over 1);
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 
 from shoal.protocol.errors import ConfigError
@@ -25,8 +24,9 @@ from shoal.protocol.errors import ConfigError
 from shoal.controller.term.display import Display
 from shoal.controller.escape import escape_text
 from shoal.controller.metricsview import host_order_key
+from shoal.controller.fleet import ConnectOptions
 from shoal.controller.monitor import FleetMonitor, PingReport, ping_fleet
-from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
+from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, run_with, targets_from_args
 from shoal.controller.result import UNREACHABLE, outcome_fields
 
 __all__ = ["add_arguments", "run", "format_reports", "exit_status"]
@@ -102,8 +102,8 @@ def exit_status(reports: list[PingReport], max_offset: float) -> int:
     return 1 if any(r.skewed(max_offset) for r in reports) else 0
 
 
-async def _ping(args: argparse.Namespace) -> list[PingReport]:
-    monitor = FleetMonitor(targets_from_args(args), connect_options_from_args(args), args.fanout)
+async def _ping(args: argparse.Namespace, options: ConnectOptions) -> list[PingReport]:
+    monitor = FleetMonitor(targets_from_args(args), options, args.fanout)
     async with monitor:
         return await ping_fleet(monitor, args.count, args.interval)
 
@@ -115,7 +115,8 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
         raise ConfigError(f"need at least one probe, got {args.count}", "--count")
     if args.interval < 0 or args.max_offset < 0:
         raise ConfigError("--interval and --max-offset cannot be negative", "ping")
-    reports = asyncio.run(_ping(args))
+    options = connect_options_from_args(args)
+    reports = run_with(options, _ping(args, options))
     formatter = format_json_lines if args.json else format_reports
     display.out(formatter(reports, args.max_offset).encode("utf-8", "replace"))
     return exit_status(reports, args.max_offset)

@@ -1,0 +1,145 @@
+"""`shoal hub`: a resident controller that keeps the fleet's connections warm.
+
+    shoal hub --socket PATH [--listen ADDR]... [--key-file PATH] [--targets PATTERN]
+              [--metrics-listen [HOST:]PORT] [--hub-config hub.toml]
+
+Agents started with `shoal-agent --connect HUB` dial in on each --listen address
+(default port 8472) and are known by the name they announce; --targets names
+inventory hosts the hub connects to itself and keeps connected. Local clients
+(`shoal run --hub PATH ...`, any subcommand that reaches hosts) use the Unix
+socket, mode 0600 and only for the hub's own uid. --metrics-listen serves every
+agent's metrics for Prometheus at /metrics. Settings may come from --hub-config
+(flags win). SIGTERM or SIGINT drains: no new clients or agents, requests in
+flight get --drain-grace seconds, then the hub exits 0.
+
+Exit status: 0 after SIGTERM/SIGINT; 2 for a bad option, configuration, key file
+or an address that cannot be bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from shoal.protocol.defaults import HUB_PORT
+from shoal.protocol.errors import ConfigError
+
+from shoal.controller.cli.options import connect_options_from_args, targets_from_args
+from shoal.controller.hub.config import load_hub_config, parse_address
+from shoal.controller.hub.server import Hub, HubSettings
+from shoal.controller.term.display import Display
+
+__all__ = ["add_arguments", "run", "default_socket"]
+
+log = logging.getLogger("shoal.hub")
+
+
+def default_socket() -> str:
+    """Where the hub's socket is when none is named: the user's runtime dir, else /run/shoal."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return os.path.join(runtime, "shoal", "hub.sock") if runtime and os.geteuid() != 0 else "/run/shoal/hub.sock"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hub-config", metavar="PATH", help="hub settings (TOML); flags win")
+    parser.add_argument("--socket", metavar="PATH", help=f"local clients' Unix socket (default {default_socket()})")
+    parser.add_argument("--listen", action="append", metavar="ADDR",
+                        help=f"where agents dial in: HOST[:PORT] (port default {HUB_PORT}); repeatable")
+    parser.add_argument("--key-file", metavar="PATH",
+                        help="the fleet's key: dialling agents must prove it, and the hub proves it to them")
+    parser.add_argument("--tls-cert", metavar="PATH", help="for the inventory targets kept warm (mutual TLS)")
+    parser.add_argument("--tls-key", metavar="PATH")
+    parser.add_argument("--tls-ca", metavar="PATH")
+    parser.add_argument("--targets", metavar="PATTERN", help="inventory hosts to connect to and keep connected")
+    parser.add_argument("-x", "--exclude", metavar="PATTERN", help="hosts to leave out of --targets")
+    parser.add_argument("--inventory", metavar="PATH", help="inventory TOML for --targets")
+    parser.add_argument("--metrics-listen", metavar="[HOST:]PORT",
+                        help="serve every agent's metrics for Prometheus at http://HOST:PORT/metrics "
+                             "(host default 127.0.0.1)")
+    parser.add_argument("--audit-log", metavar="PATH", help="append one JSON line per security event")
+    parser.add_argument("--connect-timeout", type=float, metavar="SECS",
+                        help="per inventory target connect and handshake (default 10)")
+    parser.add_argument("-f", "--fanout", type=int, metavar="N", help="inventory connects in flight (default 64)")
+    parser.add_argument("--drain-grace", type=float, metavar="SECS",
+                        help="on SIGTERM, how long requests in flight may finish (default 10)")
+    parser.add_argument("--insecure", action="store_true", help="allow --listen beyond loopback without a key")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+
+_DEFAULTS: dict[str, Any] = {"connect_timeout": 10.0, "fanout": 64, "drain_grace": 10.0, "log_level": "info",
+                             "listen": [], "insecure": False}
+
+
+def _settled(args: argparse.Namespace) -> argparse.Namespace:
+    """Flags over hub.toml over built-in defaults."""
+    file = load_hub_config(args.hub_config) if args.hub_config else {}
+    for name in ("socket", "listen", "key_file", "tls_cert", "tls_key", "tls_ca", "targets", "inventory",
+                 "metrics_listen", "audit_log", "connect_timeout", "fanout", "drain_grace", "log_level"):
+        if getattr(args, name) is None:
+            setattr(args, name, file.get(name, _DEFAULTS.get(name)))
+    args.insecure = args.insecure or file.get("insecure", False)
+    args.socket = args.socket or default_socket()
+    args.yes = True
+    return args
+
+
+def settings_from_args(args: argparse.Namespace) -> HubSettings:
+    """The hub's settings from parsed (and settled) options."""
+    from shoal.controller.cli.options import _load_key
+
+    if args.fanout < 1 or args.connect_timeout <= 0 or args.drain_grace < 0:
+        raise ConfigError("--fanout, --connect-timeout and --drain-grace must be positive", "hub")
+    listen = []
+    for text in args.listen:
+        try:
+            listen.append(parse_address(text, HUB_PORT))
+        except (ConfigError, ValueError) as exc:
+            raise ConfigError(getattr(exc, "reason", str(exc)), "--listen") from None
+    metrics = None
+    if args.metrics_listen:
+        try:
+            metrics = parse_address(args.metrics_listen, None)
+        except (ConfigError, ValueError) as exc:
+            raise ConfigError(getattr(exc, "reason", str(exc)), "--metrics-listen") from None
+    targets = tuple(targets_from_args(args)) if args.targets else ()
+    os.makedirs(os.path.dirname(args.socket) or ".", mode=0o700, exist_ok=True)
+    return HubSettings(
+        socket=args.socket, listen=tuple(listen),
+        key=_load_key(os.path.expanduser(args.key_file)) if args.key_file else None,
+        targets=targets, connect=connect_options_from_args(args), metrics=metrics, audit_log=args.audit_log,
+        drain_grace=args.drain_grace, fanout=args.fanout, insecure=args.insecure)
+
+
+def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
+    if words:
+        raise ConfigError(f"unexpected arguments: {' '.join(words)}", "hub")
+    args = _settled(args)
+    settings = settings_from_args(args)
+    _setup_logging(args.log_level)
+    return asyncio.run(_serve(settings))
+
+
+async def _serve(settings: HubSettings) -> int:
+    hub = Hub(settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await hub.start()
+    await stop.wait()
+    log.info("draining: up to %gs for requests in flight", settings.drain_grace)
+    await hub.close()
+    return 0
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("shoal")
+    root.addHandler(handler)
+    root.setLevel(level.upper())

@@ -1,0 +1,305 @@
+"""A local client's side of the hub: one connection, and a link per agent that acts as a client.
+
+`HubConnection.connect(path)` opens the hub's Unix socket; `link(target)` opens a
+link to the agent the hub knows by the target's name and returns a `HubLink`, an
+`AgentClient` whose frames travel inside the hub connection instead of over a
+socket of its own. Everything built on `AgentClient` (commands, transfers,
+metrics, jobs, ping) works on it unchanged; `ConnectOptions.connect` hands one out
+when a hub is configured, so the CLI and the library reach agents through the hub
+exactly as they reach them directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from shoal.protocol.connection import Connection, HandshakeComplete, Role
+from shoal.protocol.errors import (
+    AuthError,
+    ErrorCode,
+    ProtocolError,
+    RemoteCommandError,
+    ShoalConnectionError,
+    ShoalError,
+    ShoalTimeoutError,
+)
+from shoal.protocol.link import inner_message, link_message
+from shoal.protocol.messages import (
+    Error,
+    HostsList,
+    HostsReply,
+    LinkClose,
+    Linked,
+    LinkOpen,
+    LinkOpened,
+    Message,
+)
+
+from shoal.hostio.driver import FrameDriver
+from shoal.controller.client import AgentClient
+from shoal.controller.targets import Target
+
+__all__ = ["HubAccess", "HubConnection", "HubLink", "HubNotRunning"]
+
+log = logging.getLogger("shoal.controller")
+
+HUB_FEATURE = "hub"  # the hub's HELLO names it (shoal.controller.hub.local)
+
+
+class HubNotRunning(ShoalConnectionError):
+    """Nothing serves the hub socket: one line for the whole run, not one per host."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"hub {path}", f"not running ({reason})")
+
+
+class HubLink(AgentClient):
+    """A link to one agent through the hub: an AgentClient without a socket of its own."""
+
+    def __init__(self, hub: HubConnection, target: Target, link_id: int) -> None:
+        super().__init__(target, None, 0.0)
+        self.hub = hub
+        self.link_id = link_id
+        self.address = ""
+        self._features: list[str] = []
+
+    def opened(self, reply: LinkOpened) -> None:
+        self.agent_version = reply.software
+        self.address = reply.address
+        self._features = list(reply.features)
+        self.conn.peer_max_frame = max(1, reply.max_frame)
+
+    @property
+    def features(self) -> list[str]:
+        return self._features
+
+    def send(self, msg: Message) -> None:
+        if not self.closed:
+            self.hub.send(link_message(self.link_id, msg))
+
+    async def drain(self) -> None:
+        await self.hub.drain()
+
+    def protocol_violation(self, reason: str, code: str = ErrorCode.PROTOCOL_ERROR) -> None:
+        self.hub.close_link(self)
+        self._fail(ShoalConnectionError(self.name, f"protocol error: {reason}"))
+
+    def lost(self, reason: str) -> None:
+        """The hub closed the link (the agent went away) or the hub connection ended."""
+        self._fail(ShoalConnectionError(self.name, reason))
+        self._closed_event.set()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.hub.close_link(self)
+        self._fail(ShoalConnectionError(self.name, "closed by controller"))
+        self._closed_event.set()
+
+    async def close(self) -> None:
+        self.close_reason = self.close_reason or "closed by controller"
+        self.abort()
+
+
+class HubConnection(FrameDriver):
+    """One local connection to a hub, carrying many links. Create with `connect()`."""
+
+    dispatch_after_close = True
+
+    def __init__(self, path: str) -> None:
+        super().__init__(Connection(Role.CONTROLLER))
+        self.path = path
+        self.links: dict[int, HubLink] = {}
+        self.close_reason: str | None = None
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._next_id = 1
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closed_event = asyncio.Event()
+
+    @classmethod
+    async def connect(cls, path: str, timeout: float = 10.0) -> HubConnection:
+        """Connect to the hub serving `path`.
+
+        Raises:
+            HubNotRunning: nothing listens there (or it is not a hub).
+            ShoalConnectionError: the hub refused us (another uid) or broke the protocol.
+        """
+        hub = cls(path)
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.create_unix_connection(lambda: hub, path), timeout)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise HubNotRunning(path, "no socket" if isinstance(exc, FileNotFoundError) else "connection refused") from None
+        except OSError as exc:
+            raise HubNotRunning(path, exc.strerror or str(exc)) from None
+        except asyncio.TimeoutError:
+            raise ShoalTimeoutError("connect", timeout, f"hub {path}") from None
+        hub.conn.start()
+        hub.flush()
+        try:
+            await asyncio.wait_for(hub._ready, timeout)
+        except asyncio.TimeoutError:
+            hub._abort()
+            raise ShoalTimeoutError("handshake", timeout, f"hub {path}") from None
+        except BaseException:
+            hub._abort()
+            raise
+        return hub
+
+    # -- links ---------------------------------------------------------------------
+
+    async def link(self, target: Target) -> HubLink:
+        """Open a link to the agent the hub knows as `target.name`.
+
+        Raises:
+            ShoalConnectionError: the hub has no such agent (unreachable, with its reason).
+        """
+        rid = self._new_id()
+        link = HubLink(self, target, rid)
+        self.links[rid] = link
+        try:
+            reply = await self._request(LinkOpen(rid, host=target.name))
+        except RemoteCommandError as exc:
+            self.links.pop(rid, None)
+            raise ShoalConnectionError(target.name, exc.reason) from None
+        assert isinstance(reply, LinkOpened)
+        link.opened(reply)
+        return link
+
+    def close_link(self, link: HubLink) -> None:
+        if self.links.pop(link.link_id, None) is not None:
+            self.send(LinkClose(link.link_id))
+
+    async def hosts(self) -> list[dict[str, object]]:
+        """Every agent the hub holds a connection to (PROTOCOL.md section 7, HOSTS_REPLY)."""
+        reply = await self._request(HostsList(self._new_id()))
+        assert isinstance(reply, HostsReply)
+        return list(reply.hosts)
+
+    async def _request(self, msg: Message) -> Message:
+        if self.closed:
+            raise ShoalConnectionError(f"hub {self.path}", self.close_reason or "connection closed")
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[msg.request_id] = fut
+        self.send(msg)
+        try:
+            return await fut
+        finally:
+            self._pending.pop(msg.request_id, None)
+
+    def _new_id(self) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        return rid
+
+    # -- frames --------------------------------------------------------------------
+
+    def send(self, msg: Message) -> None:
+        if not self.closed:
+            self.conn.send(msg)
+            self.flush()
+
+    def dispatch(self, event: Message | HandshakeComplete) -> None:
+        if isinstance(event, HandshakeComplete):
+            if HUB_FEATURE not in event.peer.features:
+                self._fail(f"{self.path} is not a hub's socket (it answered as {event.peer.software})")
+            elif not self._ready.done():
+                self._ready.set_result(None)
+            return
+        if isinstance(event, Linked):
+            link = self.links.get(event.request_id)
+            if link is not None:
+                link.dispatch(inner_message(event, Role.AGENT))
+            return
+        if isinstance(event, LinkClose):
+            link = self.links.pop(event.request_id, None)
+            if link is not None:
+                link.lost(event.reason or "link closed by the hub")
+            return
+        if isinstance(event, Error) and event.request_id == 0:
+            self._fail(f"hub error {event.code}: {event.message}")
+            return
+        fut = self._pending.get(event.request_id)
+        if fut is not None and not fut.done():
+            if isinstance(event, Error):
+                fut.set_exception(RemoteCommandError(event.message, event.code, status=event.status))
+            else:
+                fut.set_result(event)
+
+    def peer_failed(self, exc: AuthError | ProtocolError) -> None:
+        self._fail(exc.reason if isinstance(exc, AuthError) else f"protocol error: {exc}")
+
+    def write_failed(self, exc: OSError) -> None:
+        self._fail(f"connection lost ({exc.strerror or exc})")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._fail(self.close_reason or "the hub closed the connection")
+        self._closed_event.set()
+
+    def _fail(self, reason: str) -> None:
+        first = not self.closed
+        self.closed = True
+        if first:
+            self.close_reason = self.close_reason or reason
+        err = ShoalConnectionError(f"hub {self.path}", self.close_reason or reason)
+        if not self._ready.done():
+            self._ready.set_exception(err)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._pending.clear()
+        for link in list(self.links.values()):
+            link.lost(f"hub connection lost: {self.close_reason or reason}")
+        self.links.clear()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        else:
+            self._closed_event.set()
+
+    async def close(self) -> None:
+        """Close every link and the connection; their requests are abandoned on the agents."""
+        if self.transport is not None and not self.closed:
+            self.close_reason = "closed by controller"
+            self.closed = True
+            self.transport.close()
+        elif self.transport is None:
+            self._closed_event.set()
+        for link in list(self.links.values()):
+            link.lost("closed by controller")
+        self.links.clear()
+        await self._closed_event.wait()
+
+
+class HubAccess:
+    """The hub a run goes through: connected on first use (or `open()`), closed once at the end.
+
+    `ConnectOptions(hub=HubAccess(path))` makes every `connect(target)` a link
+    through it.
+    """
+
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.connection: HubConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> HubConnection:
+        """The connection, made now if need be; HubNotRunning when nothing serves the path."""
+        async with self._lock:
+            if self.connection is None or self.connection.closed:
+                self.connection = await HubConnection.connect(self.path, self.timeout)
+            return self.connection
+
+    async def link(self, target: Target) -> HubLink:
+        return await (await self.open()).link(target)
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+            self.connection = None

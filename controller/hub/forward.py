@@ -1,0 +1,208 @@
+"""One local client's request carried to an agent: ids mapped, every frame checked.
+
+The hub shares one authenticated connection per agent among all its local
+clients, so a client breaking the protocol must never reach the agent: the agent
+would close the connection, and every other client's commands on it with it. A
+`Forward` therefore checks each client frame of its request before it is sent on,
+with the same rules the agent applies: command streams (EXEC, JOB_ATTACH) with
+the shared `RequestChannel` (its table and both windows), a put's data against
+the window the agent granted; the client's mistakes fail the client's own
+connection (`shoal.controller.hub.local`).
+
+Toward the client the hub stands where the agent stands, so the channel is kept
+with the agent's role: the client's frames are what it `receive`s, the agent's
+what it `send`s. A Forward sits in the agent client's `requests` under the id
+the hub chose, so `AgentClient.dispatch` hands it the agent's frames unchanged.
+
+When the client goes away its requests are *abandoned*, not dropped: a running
+command is cancelled (CANCEL, as a lost connection would kill it on a direct
+one), a job attach or a download is read to its end and discarded (granting
+windows back as the data arrives, so the agent's request ends), and an upload is
+ended with a digest that cannot match, so the agent removes its temp file and
+leaves the destination untouched. Every request thus ends on the agent and
+frees its slot there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from shoal.protocol.connection import Role
+from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from shoal.protocol.messages import (
+    Cancel,
+    Error,
+    Exec,
+    FileData,
+    FileEnd,
+    FileInfo,
+    GetFile,
+    JobAttach,
+    Message,
+    MessageType,
+    PutFile,
+    TreeEntries,
+    Window,
+)
+from shoal.protocol.request import RequestChannel
+
+from shoal.controller.client import AgentClient
+
+if TYPE_CHECKING:
+    from shoal.controller.hub.local import Link
+
+__all__ = ["Forward", "STARTS", "ABANDON_GRACE"]
+
+_T = MessageType
+# Request-starting types the hub carries, and the agent's reply that ends each one
+# that is not a command stream (an ERROR ends any of them).
+_ENDS: dict[MessageType, MessageType] = {
+    _T.METRICS_REQUEST: _T.METRICS_REPLY, _T.JOBS_LIST: _T.JOBS_REPLY, _T.JOB_KILL: _T.JOB_KILLED,
+    _T.PUT_FILE: _T.FILE_DONE, _T.GET_FILE: _T.FILE_END, _T.LIST_TREE: _T.TREE_ENTRIES,
+    _T.REMOVE_PATHS: _T.REMOVED,
+}
+STARTS = frozenset({_T.EXEC, _T.JOB_ATTACH, *_ENDS})
+# What a client may send under a request that is not a command stream, by its start.
+_FOLLOWERS: dict[MessageType, frozenset[MessageType]] = {
+    _T.PUT_FILE: frozenset({_T.FILE_DATA, _T.FILE_END}), _T.GET_FILE: frozenset({_T.WINDOW}),
+}
+# Seconds between the signals of the CANCEL an abandoned command gets: it is gone
+# within about a second, as when a direct controller's connection drops.
+ABANDON_GRACE = 0.5
+# The digest an abandoned upload is ended with: no content hashes to it, so the agent refuses the put.
+_NO_DIGEST = "0" * 64
+
+
+class Forward:
+    """Client request `client_rid` of `link`, sent to the agent as `agent_rid`."""
+
+    def __init__(self, link: Link, client_rid: int, agent: AgentClient, start: Message) -> None:
+        self.link = link
+        self.client_rid = client_rid
+        self.agent = agent
+        self.agent_rid = agent.new_request_id()
+        self.kind = start.TYPE
+        self.detached = isinstance(start, Exec) and start.detach
+        # Command streams: the agent's own table and windows (we stand where the agent does).
+        self.channel = RequestChannel(Role.AGENT, client_rid) if isinstance(start, (Exec, JobAttach)) else None
+        self.put_credit: int | None = None  # a put's FILE_DATA window, once FILE_INFO opened it
+        self.put_ended = isinstance(start, PutFile) and start.mkdir
+        self.abandoned = False
+        self.done = False
+        if self.channel is not None:
+            self.channel.receive(start)
+        agent.requests[self.agent_rid] = self
+        self._to_agent(start)
+
+    # -- from the client ---------------------------------------------------------
+
+    def from_client(self, msg: Message) -> None:
+        """Check a client frame of this request and send it on.
+
+        Raises:
+            RemoteProtocolError: the client broke the request's rules (order, window).
+        """
+        if isinstance(msg, Error):
+            return self._to_agent(msg)  # only reported, as on a direct connection
+        if self.channel is not None:
+            self.channel.receive(msg)
+        elif msg.TYPE not in _FOLLOWERS.get(self.kind, frozenset()):
+            raise RemoteProtocolError(f"{msg.TYPE.name} is not legal for a {self.kind.name} request "
+                                      f"({self.client_rid})", ErrorCode.OUT_OF_ORDER)
+        elif isinstance(msg, FileData):
+            self._check_put_data(len(msg.data))
+        elif isinstance(msg, FileEnd):
+            if self.put_credit is None or self.put_ended:
+                raise RemoteProtocolError(f"FILE_END out of order for request {self.client_rid}", ErrorCode.OUT_OF_ORDER)
+            self.put_ended = True
+        self._to_agent(msg)
+
+    def _check_put_data(self, size: int) -> None:
+        if self.put_credit is None or self.put_ended:
+            raise RemoteProtocolError(f"FILE_DATA out of order for request {self.client_rid}", ErrorCode.OUT_OF_ORDER)
+        if size > self.put_credit:
+            raise RemoteProtocolError(f"put data of request {self.client_rid} overran its window",
+                                      ErrorCode.WINDOW_EXCEEDED)
+        self.put_credit -= size
+
+    def _to_agent(self, msg: Message) -> None:
+        self.agent.send(dataclasses.replace(msg, request_id=self.agent_rid))  # type: ignore[call-arg]
+
+    # -- from the agent (AgentClient.dispatch) -----------------------------------
+
+    def receive(self, msg: Message) -> None:
+        if self.channel is not None:
+            try:
+                self.channel.send(msg)
+            except LocalProtocolError as exc:  # the agent broke its own request: as a direct client would
+                self.agent.protocol_violation(f"agent broke request {self.agent_rid}: {exc}", exc.code)
+                return
+        else:
+            self._track_transfer(msg)
+        ends = self._ends(msg)
+        if self.abandoned:
+            self._drain(msg)
+        else:
+            self.link.to_client(dataclasses.replace(msg, request_id=self.client_rid))  # type: ignore[call-arg]
+        if ends:
+            self._finish()
+
+    def _track_transfer(self, msg: Message) -> None:
+        if isinstance(msg, FileInfo) and self.kind is _T.PUT_FILE:
+            self.put_credit = msg.window
+            if self.abandoned:
+                self._end_put()
+        elif isinstance(msg, Window) and self.put_credit is not None:
+            self.put_credit += msg.bytes
+
+    def _ends(self, msg: Message) -> bool:
+        if self.channel is not None:
+            return self.channel.done
+        if isinstance(msg, Error):
+            return True
+        if isinstance(msg, TreeEntries):
+            return msg.done
+        return _ENDS.get(self.kind) is msg.TYPE
+
+    def lost(self, reason: str, code: str = "") -> None:
+        """The agent's connection is gone; the link says so to the client (`Link.agent_lost`)."""
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.agent.requests.pop(self.agent_rid, None)
+        self.link.forget(self)
+
+    # -- the client went away -----------------------------------------------------
+
+    def abandon(self) -> None:
+        """End this request on the agent without anyone reading it (module docstring)."""
+        if self.done or self.abandoned:
+            return
+        self.abandoned = True
+        if self.kind is _T.EXEC and not self.detached:
+            self._as_client(Cancel(self.client_rid, grace=ABANDON_GRACE))
+        if self.kind is _T.PUT_FILE and self.put_credit is not None:
+            self._end_put()
+
+    def _end_put(self) -> None:
+        if not self.put_ended:
+            self.put_ended = True
+            self._to_agent(FileEnd(self.client_rid, sha256=_NO_DIGEST))
+
+    def _drain(self, msg: Message) -> None:
+        """Grant back what an abandoned stream sent, so the agent can reach its end."""
+        if msg.TYPE in (_T.STDOUT, _T.STDERR, _T.FILE_DATA) and len(msg.data) > 0:  # type: ignore[attr-defined]
+            self._as_client(Window(self.client_rid, bytes=len(msg.data)))  # type: ignore[attr-defined]
+
+    def _as_client(self, msg: Message) -> None:
+        """Send `msg` in the absent client's place, if the request's state allows it."""
+        if self.channel is not None:
+            try:
+                self.channel.receive(msg)
+            except RemoteProtocolError:
+                return  # the request is past the point where this means anything
+        self._to_agent(msg)
