@@ -32,11 +32,11 @@ class Backoff:
 
     def ceiling(self) -> float:
         """The widest the next wait can be."""
-        return min(self.cap, self.first * 2 ** min(self.failures, 64))
+        return min(self.cap, self.first * (1 << min(self.failures, 64)))
 
     def next_delay(self) -> float:
         """The wait before the next attempt; each call counts one more failure."""
-        delay = self.ceiling() * self._rng()
+        delay = self.ceiling() * float(self._rng())
         self.failures += 1
         return delay
 

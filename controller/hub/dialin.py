@@ -106,7 +106,7 @@ class DialIns:
     """
 
     def __init__(self, registry: Registry, key: SharedKey | None, keepalive: float, handshake_timeout: float,
-                 audit: HubAudit, on_agent: Callable[[HubAgent], None]) -> None:
+                 audit: HubAudit, on_agent: Callable[[HubAgent], object]) -> None:
         self.registry = registry
         self.key = key
         self.keepalive = keepalive

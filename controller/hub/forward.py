@@ -127,7 +127,7 @@ class Forward:
         self.put_credit -= size
 
     def _to_agent(self, msg: Message) -> None:
-        self.agent.send(dataclasses.replace(msg, request_id=self.agent_rid))  # type: ignore[call-arg]
+        self.agent.send(dataclasses.replace(msg, request_id=self.agent_rid))
 
     # -- from the agent (AgentClient.dispatch) -----------------------------------
 
@@ -144,7 +144,7 @@ class Forward:
         if self.abandoned:
             self._drain(msg)
         else:
-            self.link.to_client(dataclasses.replace(msg, request_id=self.client_rid))  # type: ignore[call-arg]
+            self.link.to_client(dataclasses.replace(msg, request_id=self.client_rid))
         if ends:
             self._finish()
 

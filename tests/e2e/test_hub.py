@@ -1,0 +1,221 @@
+"""The hub: agents that dial in, named; local clients reaching them with no handshake of their own.
+
+Real sockets on loopback, real agents in-process, the library's client as any
+user of it would hold it (`ConnectOptions(hub=...)`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shoal.controller.fleet import ConnectOptions, Fleet
+from shoal.controller.hub.client import HubAccess, HubConnection, HubNotRunning
+from shoal.controller.remote import Command
+from shoal.controller.result import Result
+from shoal.controller.targets import Target
+from shoal.hostio.backoff import Backoff
+from shoal.protocol.errors import ShoalConnectionError
+from tests.debris import apoll, tokens_of, marked
+from tests.hubs import FAST_RECONNECT, close_all, dial_in, new_key, running_hub
+
+
+class Collect:
+    """A fleet handler keeping every host's output and result."""
+
+    def __init__(self) -> None:
+        self.out: dict[str, bytearray] = {}
+
+    def on_start(self, host: str) -> None:
+        pass
+
+    def on_output(self, host: str, stream: str, data: bytes) -> None:
+        self.out.setdefault(host, bytearray()).extend(data)
+
+    def on_result(self, result: Result) -> None:
+        pass
+
+
+def named(name: str) -> Target:
+    """A target the hub knows by name (where it is, is the hub's business)."""
+    return Target(name=name, host=name, port=1)
+
+
+async def test_dialled_in_agents_run_commands_by_name(tmp_path: Path) -> None:
+    key, _ = new_key(tmp_path)
+    async with running_hub(tmp_path / "hub.sock", key) as hub:
+        agents = await dial_in(hub, ["web1", "web2"], key)
+        try:
+            assert all(not a.addresses for a in agents)  # dialling out, they listen nowhere
+            async with ConnectOptions(hub=HubAccess(str(tmp_path / "hub.sock"))) as options:
+                seen = Collect()
+                result = await Fleet([named("web1"), named("web2")], options).run(
+                    Command(shell='echo "$SHOAL_HOST says hi"; exit 3'), seen)
+            by_host = {r.host: r for r in result.results}
+            assert {h: r.status for h, r in by_host.items()} == {"web1": 3, "web2": 3}
+            assert {h: bytes(o) for h, o in seen.out.items()} == {"web1": b"web1 says hi\n", "web2": b"web2 says hi\n"}
+            assert hub.registry.get("WEB1") is not None  # names compare ignoring case
+        finally:
+            await close_all(agents)
+
+
+async def test_output_stdin_ping_and_metrics_pass_through_a_link(tmp_path: Path) -> None:
+    key, _ = new_key(tmp_path)
+    async with running_hub(tmp_path / "hub.sock", key) as hub:
+        agents = await dial_in(hub, ["db1"], key)
+        try:
+            hub_conn = await HubConnection.connect(str(tmp_path / "hub.sock"))
+            try:
+                client = await hub_conn.link(named("db1"))
+                proc = await client.exec(Command(shell="cat; echo done >&2", stdin=True))
+                await proc.write(b"x" * 3_000_000)
+                proc.close_stdin()
+                out = bytearray()
+                err = bytearray()
+                async for event in proc:
+                    (out if event.stream == "stdout" else err).extend(event.data)
+                assert (await proc.wait()).status == 0
+                assert bytes(out) == b"x" * 3_000_000 and bytes(err) == b"done\n"
+                pong, t0, t3 = await client.ping()
+                assert pong.version.startswith("shoal-agent/") and t0 <= t3
+                assert "cpu" in await client.metrics()
+                hosts = await hub_conn.hosts()
+                assert [(h["name"], h["kind"]) for h in hosts] == [("db1", "dialin")]
+            finally:
+                await hub_conn.close()
+        finally:
+            await close_all(agents)
+
+
+async def test_unknown_name_is_one_hosts_unreachable_result(tmp_path: Path) -> None:
+    async with running_hub(tmp_path / "hub.sock", None) as hub:
+        async with ConnectOptions(hub=HubAccess(str(hub.settings.socket))) as options:
+            result = await Fleet([named("nosuch")], options).run(Command(shell="true"), Collect())
+    (only,) = result.results
+    assert only.outcome == "unreachable" and "no agent of this name" in (only.error or "")
+
+
+async def test_hub_not_running_is_one_error_not_one_per_host(tmp_path: Path) -> None:
+    with pytest.raises(HubNotRunning, match="not running"):
+        async with ConnectOptions(hub=HubAccess(str(tmp_path / "none.sock"))):
+            pass
+
+
+async def test_second_agent_claiming_a_name_is_refused_audited_and_gets_it_once_the_first_is_gone(
+        tmp_path: Path) -> None:
+    key, _ = new_key(tmp_path)
+    audit = tmp_path / "audit.log"
+    async with running_hub(tmp_path / "hub.sock", key, audit_log=str(audit)) as hub:
+        (first,) = await dial_in(hub, ["web1"], key)
+        holder = hub.registry.get("web1")
+        second = await _start_dialer(hub, "web1", key)
+        try:
+            await apoll(lambda: audit.exists() and b'"name_in_use"' in audit.read_bytes(), timeout=15)
+            assert hub.registry.get("web1") is holder  # the first keeps it
+            record = next(json.loads(line) for line in audit.read_text().splitlines() if "name_in_use" in line)
+            assert record["name"] == "web1" and record["key_id"] == key.key_id
+            await first.close()
+            await apoll(lambda: (h := hub.registry.get("web1")) is not None and h is not holder, timeout=15)
+        finally:
+            await close_all([first, second])  # type: ignore[list-item]
+
+
+async def _start_dialer(hub: object, name: str, key: object) -> object:
+    from shoal.agent.server import Agent
+    from tests.hubs import dialer_config
+
+    agent = Agent(dialer_config(hub.dialins.addresses[0], name), keys=[key])  # type: ignore[attr-defined]
+    await agent.start()
+    return agent
+
+
+async def test_a_wrong_key_never_reaches_the_registry(tmp_path: Path) -> None:
+    key, _ = new_key(tmp_path)
+    other, _ = new_key(tmp_path / "..")
+    audit = tmp_path / "audit.log"
+    async with running_hub(tmp_path / "hub.sock", key, audit_log=str(audit)) as hub:
+        intruder = await _start_dialer(hub, "web1", other)
+        try:
+            await apoll(lambda: audit.exists() and b'"auth_failed"' in audit.read_bytes(), timeout=15)
+            assert hub.registry.get("web1") is None
+        finally:
+            await intruder.close()  # type: ignore[attr-defined]
+
+
+def test_backoff_waits_grow_to_the_cap_and_restart_after_a_success() -> None:
+    top = Backoff(2.0, 30.0, rng=lambda: 0.999999)
+    ceilings = [round(top.next_delay(), 3) for _ in range(7)]
+    assert ceilings == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]  # never over the cap
+    bottom = Backoff(2.0, 30.0, rng=lambda: 0.0)
+    assert [bottom.next_delay() for _ in range(3)] == [0.0, 0.0, 0.0]  # jitter reaches down to 0
+    top.reset()
+    assert round(top.next_delay(), 3) == 2.0
+
+
+async def test_agents_come_back_after_a_hub_restart_and_no_command_runs_twice(tmp_path: Path) -> None:
+    key, _ = new_key(tmp_path)
+    ran = tmp_path / "ran"
+    sock = tmp_path / "hub.sock"
+    async with running_hub(sock, key) as hub:
+        address = hub.dialins.addresses[0]
+        agents = await dial_in(hub, ["a1", "a2", "a3"], key)
+        async with ConnectOptions(hub=HubAccess(str(sock))) as options:
+            result = await Fleet([named("a1")], options).run(Command(shell=f"echo once >> {ran}"), Collect())
+        assert result.results[0].status == 0
+    try:
+        host, port = address.rsplit(":", 1)
+        async with running_hub(sock, key, listen=((host, int(port)),)) as again:
+            # within the backoff bound (reconnect_max, 0.5 s here) of the hub being back
+            await apoll(lambda: all(again.registry.get(n) for n in ("a1", "a2", "a3")), timeout=15)
+            assert ran.read_text() == "once\n"
+    finally:
+        await close_all(agents)
+
+
+def test_the_local_socket_refuses_another_uid(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to connect as another uid")
+    from tests.hubs import HubThread
+
+    import tempfile
+
+    open_dir = Path(tempfile.mkdtemp(prefix="shoal-hub-"))  # pytest's own tmp is root's alone
+    open_dir.chmod(0o755)
+    with HubThread(open_dir, []) as t:
+        sock = str(t.socket)
+        os.chmod(sock, 0o666)  # past the file mode: SO_PEERCRED must still refuse
+        answer = _as_nobody(sock)
+    open_dir.rmdir()
+    assert b"auth_failed" in answer and b"may not use this hub" in answer
+
+
+def _as_nobody(path: str) -> bytes:
+    """What the hub says to a client of uid 65534 (a forked child connects as that user)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            os.close(read)
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(10)
+                s.connect(path)
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+            os.write(write, data)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = pipe.read()
+    os.waitpid(pid, 0)
+    return answer
