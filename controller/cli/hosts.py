@@ -1,4 +1,5 @@
-"""Show the hosts a target pattern expands to, without connecting to any of them.
+"""Show the hosts a target pattern expands to, without connecting to any of them;
+or, with --hub, the agents a hub holds connections to.
 
     shoal hosts PATTERN [-x PATTERN] [--inventory PATH] [--json | --count | --fold]
 
@@ -8,6 +9,14 @@ one JSON object per line with the connection settings each target would use:
 (null when unset; `host` is null and `path` set for unix sockets). `--count` prints
 how many hosts there are; `--fold` prints them as one folded pattern (`web[01-20]`).
 A bad pattern, an unknown group or an inventory error exits 2 with one line naming it.
+
+    shoal hosts --hub [PATH] [PATTERN] [--json | --count | --fold]
+
+lists the agents connected to the hub (PATH, else the config file's `hub`): name,
+address, connected since, agent version and last seen, one per line; PATTERN keeps
+the names it matches. `--json` gives those as `name`, `address`, `kind` (`dialin`
+or `direct`), `since`, `version`, `last_seen` (epoch seconds). Exit 255 when the hub
+is not running.
 """
 
 from __future__ import annotations
@@ -16,13 +25,18 @@ import argparse
 import json
 from dataclasses import asdict
 
+from shoal.protocol.errors import ConfigError
+
+from shoal.controller.escape import escape_text
 from shoal.controller.term.display import Display
 from shoal.controller.nodeset import NodeSet
 from shoal.controller.cli.options import add_target_options, targets_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_target_options(parser)
+    add_target_options(parser, optional=True)
+    parser.add_argument("--hub", dest="hub_query", nargs="?", const="", metavar="PATH",
+                        help="list the agents connected to this hub (default: the config file's hub)")
     shown = parser.add_mutually_exclusive_group()
     shown.add_argument("--json", action="store_true", help="one JSON object per host, with its settings")
     shown.add_argument("--count", action="store_true", help="print only the number of hosts")
@@ -30,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
+    if args.hub_query is not None:
+        return _hub_hosts(args, display)
+    if args.targets is None:
+        raise ConfigError("give a target pattern (or --hub to list a hub's agents)", "hosts")
     targets = targets_from_args(args)
     if args.count:
         display.print(str(len(targets)))
@@ -40,3 +58,47 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     else:
         display.out(b"".join(t.name.encode() + b"\n" for t in targets))
     return 0
+
+
+def _hub_hosts(args: argparse.Namespace, display: Display) -> int:
+    import asyncio
+    import os
+
+    from shoal.controller.hub.client import HubAccess
+    from shoal.controller.nodeset import expand, split_patterns
+    from shoal.controller.userconfig import load_user_config
+
+    path = args.hub_query or str(load_user_config(args.config).defaults.get("hub", ""))
+    if not path:
+        raise ConfigError("no hub named (give --hub PATH, or hub in the config file)", "--hub")
+
+    async def listing() -> list[dict[str, object]]:
+        access = HubAccess(os.path.expanduser(path))
+        try:
+            return await (await access.open()).hosts()
+        finally:
+            await access.close()
+
+    hosts = asyncio.run(listing())
+    if args.targets:
+        wanted = {name.casefold() for part in split_patterns(args.targets) for name in expand(part)}
+        hosts = [h for h in hosts if str(h["name"]).casefold() in wanted]
+    if args.count:
+        display.print(str(len(hosts)))
+    elif args.fold:
+        display.print(str(NodeSet(str(h["name"]) for h in hosts)))
+    elif args.json:
+        display.out(b"".join(json.dumps(h).encode() + b"\n" for h in hosts))
+    else:
+        display.out("".join(_hub_line(h) for h in hosts).encode())
+    return 0
+
+
+def _hub_line(host: dict[str, object]) -> str:
+    import time
+
+    def when(value: object) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(value))) if isinstance(value, (int, float)) else "?"
+
+    return (f"{escape_text(str(host['name']))}\t{escape_text(str(host['address']))}\tsince {when(host['since'])}"
+            f"\t{escape_text(str(host['version']))}\tlast seen {when(host['last_seen'])}\n")

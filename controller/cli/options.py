@@ -40,8 +40,8 @@ __all__ = [
 ]
 
 
-def add_target_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("targets", metavar="TARGETS",
+def add_target_options(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    parser.add_argument("targets", metavar="TARGETS", nargs="?" if optional else None,
                         help="comma-separated hosts: name, host:port, [v6]:port, unix:/path, "
                              "ranges web[01-20] or web[1-9/2], CIDR 10.0.0.0/28, @group; "
                              "combine with ! (minus), & (and), ^ (xor), left to right")

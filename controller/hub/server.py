@@ -160,6 +160,7 @@ class Hub:
         try:
             await agent.client.wait_closed()
         finally:
+            agent.client.abort()  # stops its keepalive task now rather than at its next tick
             self.registry.release(agent)
             reason = agent.client.close_reason or "connection lost"
             for link in list(self._links.pop(agent, ())):

@@ -1,0 +1,153 @@
+"""Every subcommand through the hub, against the same expectations as direct.
+
+The agents here both listen and dial in, so one test reaches the same agent
+directly (by address) and through the hub (by name) and compares what a user
+sees: exit status, output, files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.agents import shoal
+from tests.debris import marked, poll, tokens_of
+from tests.hubs import HubThread, new_key
+
+NAMES = ["web1", "web2"]
+
+
+@pytest.fixture
+def fleet(tmp_path: Path):  # type: ignore[no-untyped-def]
+    key, key_file = new_key(tmp_path)
+    with HubThread(tmp_path, NAMES, key, agent_overrides={"listen": ("127.0.0.1:0",)}) as t:
+        direct = ",".join(a.addresses[0] for a in t.agents)
+        yield t, key_file, direct
+
+
+def _normal(text: bytes) -> bytes:
+    """Output with host names, addresses and folded sets of either written HOST, and times T,
+    so a direct run and one through the hub compare."""
+    text = re.sub(rb"(127\.0\.0\.1:|web)[\[\]\d,-]+", b"HOST", text)
+    text = re.sub(rb"in \d+\.\d+s", b"in Ts", text)
+    return re.sub(rb"[ \t]+", b" ", text)  # tables align on the longest host name
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "-o", "gather", "--", "echo hello; exit 4"],
+    ["run", "-o", "json", "--", "printf out; printf err >&2"],
+    ["batch", "-o", "gather", "-"],
+])
+def test_run_and_batch_match_direct(capsysbinary, fleet, argv: list[str], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    t, key_file, direct = fleet
+    sub, *rest = argv
+    if sub == "batch":
+        import io
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"echo one\nuname -s\n")))
+    code_d, out_d, err_d = shoal(capsysbinary, sub, direct, "--key-file", str(key_file), *rest)
+    if sub == "batch":
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"echo one\nuname -s\n")))
+    code_h, out_h, err_h = shoal(capsysbinary, sub, ",".join(NAMES), "--hub", str(t.socket), *rest)
+    assert code_h == code_d
+    if "json" in rest:
+        strip = lambda out: sorted(  # noqa: E731
+            (e["event"], e.get("host"), e.get("data"), e.get("status")) for e in map(json.loads, out.splitlines()))
+        assert strip(_normal(out_h)) == strip(_normal(out_d))
+    else:
+        assert _normal(out_h) == _normal(out_d)
+        assert _normal(err_h) == _normal(err_d)
+
+
+def test_ping_metrics_check_and_jobs_match_direct(capsysbinary, fleet) -> None:  # type: ignore[no-untyped-def]
+    t, key_file, direct = fleet
+    hub = ["--hub", str(t.socket)]
+    for argv in (["ping", "--json"], ["metrics", "--json"], ["check", "--warn", "cpu>1000"], ["jobs"]):
+        code_d, out_d, _ = shoal(capsysbinary, argv[0], direct, "--key-file", str(key_file), *argv[1:])
+        code_h, out_h, _ = shoal(capsysbinary, argv[0], ",".join(NAMES), *hub, *argv[1:])
+        assert code_h == code_d == 0, (argv, out_h)
+        if "--json" in argv:
+            hosts = sorted(json.loads(line)["host"] for line in out_h.splitlines())
+            assert hosts == NAMES
+            assert all(json.loads(line)["ok"] for line in out_h.splitlines())
+
+
+def test_put_and_get_through_the_hub(capsysbinary, fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    t, _, _ = fleet
+    src = tmp_path / "app.conf"
+    src.write_bytes(os.urandom(3 * 1024 * 1024 + 5))
+    dest = tmp_path / "remote"
+    dest.mkdir()
+    hub = ["--hub", str(t.socket)]
+    code, _, err = shoal(capsysbinary, "put", "web1", *hub, str(src), str(dest / "app.conf"))
+    assert code == 0, err
+    assert (dest / "app.conf").read_bytes() == src.read_bytes()
+    code, _, err = shoal(capsysbinary, "get", "web1,web2", *hub, str(dest / "app.conf"), str(tmp_path / "got"))
+    assert code == 0, err
+    for name in NAMES:
+        assert (tmp_path / "got" / name / "app.conf").read_bytes() == src.read_bytes()
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "f").write_text("x")
+    code, _, err = shoal(capsysbinary, "put", "web2", *hub, "-r", f"{tree}/", str(tmp_path / "copy"))
+    assert code == 0, err
+    assert (tmp_path / "copy" / "sub" / "f").read_text() == "x"
+
+
+def test_hosts_lists_the_hubs_agents(capsysbinary, fleet) -> None:  # type: ignore[no-untyped-def]
+    t, _, _ = fleet
+    code, out, _ = shoal(capsysbinary, "hosts", "--hub", str(t.socket), "--json")
+    assert code == 0
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert [h["name"] for h in listed] == NAMES
+    assert all(h["version"].startswith("shoal-agent/") and h["kind"] == "dialin" for h in listed)
+    code, out, _ = shoal(capsysbinary, "hosts", "--hub", str(t.socket), "web[2-9]", "--count")
+    assert (code, out) == (0, b"1\n")
+
+
+def test_a_hub_that_is_not_running_is_one_line(capsysbinary, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = shoal(capsysbinary, "run", "web[1-50]", "--hub", str(tmp_path / "nohub.sock"), "--", "true")
+    assert code == 255 and out == b""
+    assert err.count(b"\n") == 1 and b"not running" in err, err
+
+
+def test_the_config_files_hub_is_used(capsysbinary, fleet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    t, _, _ = fleet
+    config = tmp_path / "config.toml"
+    config.write_text(f'hub = "{t.socket}"\n')
+    code, out, _ = shoal(capsysbinary, "run", "web1", "-n", "--config", str(config), "--", "echo via-config")
+    assert (code, out) == (0, b"via-config\n")
+
+
+def test_a_client_killed_mid_run_leaves_no_process_on_the_agents(fleet) -> None:  # type: ignore[no-untyped-def]
+    t, _, _ = fleet
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "shoal.controller.cli.main", "run", "web1,web2", "--hub", str(t.socket), "--",
+         "sh -c 'trap \"\" TERM; exec sleep 300' & echo up; wait"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=str(Path(__file__).resolve().parents[2]))
+    out = bytearray()
+    reader = threading.Thread(target=lambda: out.extend(cli.stdout.read()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        tokens = poll(lambda: (ts := [tok for a in t.agents for tok in t.call(tokens_of, a)]) and len(ts) == 2 and ts,
+                      timeout=20)
+        assert isinstance(tokens, list)
+        poll(lambda: all(len(marked(tok)) >= 2 for tok in tokens), timeout=10)  # the shell and the TERM-ignorer
+        cli.send_signal(signal.SIGKILL)
+        poll(lambda: not any(marked(tok) for tok in tokens), timeout=10)
+        poll(lambda: all(a.running.count == 0 for a in t.agents), timeout=10)
+        assert t.hub is not None and t.call(lambda: t.hub._open_requests) == 0  # type: ignore[union-attr]
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        cli.wait(10)
+        reader.join(5)
+        cli.stdout.close()  # type: ignore[union-attr]
