@@ -195,6 +195,10 @@ def dump_config(config: AgentConfig) -> str:
         lines.append(f"audit_log = {_toml(config.audit_log)}")
         lines.append(f"audit_required = {_toml(config.audit_required)}")
     lines.append(f"state_dir = {_toml(config.state_dir)}")
+    if config.connect:
+        lines.append(f"connect = {_toml(list(config.connect))}")
+    if config.name:
+        lines.append(f"name = {_toml(config.name)}")
     if config.tls is not None:
         lines += _table("[tls]", _fields(config.tls))
     lines += _table("[limits]", _fields(config.limits))

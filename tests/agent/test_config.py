@@ -33,7 +33,7 @@ EVERYTHING = AgentConfig(
     limits=Limits(max_connections=7, max_startups=5, max_startups_per_source=2, max_commands=9, max_commands_per_connection=3,
                   max_frame_size=65536, stdin_window=4096, output_window=65536,
                   handshake_timeout=0.25, idle_timeout=12.5, kill_grace=0.0, output_linger=0.5,
-                  job_output_size=4096, job_retention=60.0, keepalive=1.0),
+                  job_output_size=4096, job_retention=60.0, keepalive=1.0, reconnect_min=0.5, reconnect_max=5.0),
     discovery=DiscoveryConfig(enabled=True, port=9999, name="web-01 (rack \"3\")", group="239.1.2.3",
                               group6="ff05::1:3"),
     keys=(
@@ -42,6 +42,8 @@ EVERYTHING = AgentConfig(
                   metrics=True, files=True, file_roots=("/srv/shoal", "/tmp"), env=("LANG", "TZ"), cwd=True),
         KeyPolicy("nofiles", "/etc/shoal/nofiles.key"),
     ),
+    connect=("hub.example.net", "[::1]:9472"),
+    name="web-01.example.net",
 )
 
 

@@ -56,7 +56,8 @@ FLAGS = ["--listen", "0.0.0.0:9000", "--listen", "unix:/run/shoal/a.sock", "--in
          "--handshake-timeout", "0.25", "--idle-timeout", "12.5", "--kill-grace", "0", "--output-linger", "0.5",
          "--job-output-size", "4096", "--job-retention", "60", "--keepalive", "1",
          "--discovery", "--discovery-port", "9999", "--discovery-name", "web-01",
-         "--discovery-group", "239.1.2.3", "--discovery-group6", "ff05::1:3"]
+         "--discovery-group", "239.1.2.3", "--discovery-group6", "ff05::1:3",
+         "--connect", "hub.example.net", "--name", "web-01", "--reconnect-min", "0.5", "--reconnect-max", "5"]
 
 
 def expected_from_flags(cwd: Path) -> AgentConfig:
@@ -67,8 +68,9 @@ def expected_from_flags(cwd: Path) -> AgentConfig:
         limits=Limits(max_connections=7, max_startups=5, max_startups_per_source=2, max_commands=9, max_commands_per_connection=3,
                       max_frame_size=65536, stdin_window=4096, output_window=65536,
                       handshake_timeout=0.25, idle_timeout=12.5, kill_grace=0.0, output_linger=0.5,
-                      job_output_size=4096, job_retention=60.0, keepalive=1.0),
-        discovery=DiscoveryConfig(enabled=True, port=9999, name="web-01", group="239.1.2.3", group6="ff05::1:3"))
+                      job_output_size=4096, job_retention=60.0, keepalive=1.0, reconnect_min=0.5, reconnect_max=5.0),
+        discovery=DiscoveryConfig(enabled=True, port=9999, name="web-01", group="239.1.2.3", group6="ff05::1:3"),
+        connect=("hub.example.net",), name="web-01")
 
 
 def test_every_limit_has_a_flag_of_the_same_name() -> None:

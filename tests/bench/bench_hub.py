@@ -1,0 +1,235 @@
+"""Hub benchmark: the issue 20 goals, each figure beside a baseline from the same run.
+
+    python -m tests.bench.bench_hub [--hosts 5000] [--pools 2]
+
+A real `shoal hub` runs in its own process (its RSS is read with psutil). The agents
+run many per process (`--pools` child processes of this script), one per loopback
+address 127.0.X.Y, each both listening on one port and dialling the hub under its
+address as its name, so the same agents are reached directly and through the hub.
+
+1. the hub's RSS holding every agent's authenticated connection, against the
+   same hub holding none (goal: under 500 MB for 5,000);
+2. wall time for every agent to dial in and authenticate from cold, against a
+   direct `shoal ping` of all of them (a connect and handshake each; goal: under 3 s);
+3. one ping round to every agent over the hub's warm connections (links already
+   open), against the same round over direct connections already open
+   (goal: under 0.2 s, 40 us per host);
+4. `shoal run --hub NAME -- true` on one host, the whole process, against a direct
+   `shoal run ADDRESS -- true` (goal: at most a quarter);
+5. `shoal run --hub -f N` of `true` on every host, against the same number of bare
+   local spawns of `true` (goal: within 1.5x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = str(Path(__file__).resolve().parents[2])
+SHOAL = [sys.executable, "-m", "shoal.controller.cli.main"]
+
+
+def pattern_for(hosts: int, first: int = 0) -> list[str]:
+    """Loopback addresses 127.0.X.Y (Y 1..250) for hosts first .. first+hosts-1."""
+    return [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(first, first + hosts)]
+
+
+# -- the agent pools (child processes) ------------------------------------------------
+
+
+async def pool_main(hub: str, key_file: str, port: int, first: int, count: int) -> None:
+    """Build `count` agents, say "built", start them all on "go", run until stdin closes."""
+    from shoal.agent.server import Agent
+    from shoal.hostio.keyfile import load_key_file
+    from tests.agents import config
+
+    key = load_key_file(key_file)
+    agents = [Agent(config(listen=(f"{address}:{port}",), connect=(hub,), name=address, log_level="error",
+                           **{"limits.reconnect_min": 0.5, "limits.max_connections": 4}), keys=[key])
+              for address in pattern_for(count, first)]
+    loop = asyncio.get_running_loop()
+    print("built", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)
+    await asyncio.gather(*(a.start() for a in agents))
+    print("started", flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)
+    await asyncio.gather(*(a.close() for a in agents))
+
+
+# -- the benchmark --------------------------------------------------------------------
+
+
+def line(name: str, ours: str, base: str, ratio: float, goal: str = "") -> None:
+    print(f"{name:<52} {ours:>10}   baseline {base:>10}   ratio {ratio:7.3f}   {goal}")
+
+
+def start_hub(directory: Path, key_file: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+    sock = directory / "hub.sock"
+    hub = subprocess.Popen([*SHOAL, "hub", "--socket", str(sock), "--listen", "127.0.0.1:0", "--key-file",
+                            str(key_file), "--log-level", "info"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    assert hub.stderr is not None
+    text = b""
+    while b"dial in at" not in text:
+        text = hub.stderr.readline()
+        if not text:
+            raise SystemExit("the hub did not start")
+    address = text.decode().rsplit("dial in at ", 1)[1].split(",")[0].strip()
+    # from here on its log is not read: send it nowhere so it cannot fill the pipe
+    subprocess.Popen(["cat"], stdin=hub.stderr, stdout=subprocess.DEVNULL)
+    return hub, address, sock
+
+
+def timed(argv: list[str]) -> tuple[float, bytes, bytes]:
+    start = time.perf_counter()
+    out = subprocess.run(argv, capture_output=True, cwd=ROOT, stdin=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:8])}... exited {out.returncode}: {out.stderr.decode()[-400:]}")
+    return elapsed, out.stdout, out.stderr
+
+
+async def hub_count(sock: Path) -> int:
+    from shoal.controller.hub.client import HubConnection
+
+    conn = await HubConnection.connect(str(sock))
+    try:
+        return len(await conn.hosts())
+    finally:
+        await conn.close()
+
+
+async def ping_rounds(sock: Path, names: list[str], port: int, rounds: int) -> tuple[float, float]:
+    """Median ping round over hub links and over direct connections, all opened beforehand."""
+    from shoal.controller.client import AgentClient
+    from shoal.controller.fanout import fan_out
+    from shoal.controller.hub.client import HubConnection
+    from shoal.controller.targets import Target
+    from shoal.hostio.keyfile import load_key_file
+
+    key = load_key_file(os.environ["BENCH_KEY"])
+    conn = await HubConnection.connect(str(sock))
+    links = await fan_out([Target(name=n, host=n, port=1) for n in names], conn.link, limit=512)
+    direct = await fan_out([Target(name=n, host=n, port=port) for n in names],
+                           lambda t: AgentClient.connect(t, key=key, timeout=60), limit=256)
+
+    async def round_over(clients: list[AgentClient]) -> float:
+        start = time.perf_counter()
+        await asyncio.gather(*(c.ping() for c in clients))
+        return time.perf_counter() - start
+
+    try:
+        via_hub = statistics.median([await round_over(links) for _ in range(rounds)])  # type: ignore[arg-type]
+        straight = statistics.median([await round_over(direct) for _ in range(rounds)])
+    finally:
+        await asyncio.gather(*(c.close() for c in direct))
+        await conn.close()
+    return via_hub, straight
+
+
+async def bare_spawns(count: int) -> float:
+    start = time.perf_counter()
+    sem = asyncio.Semaphore(512)
+
+    async def one() -> None:
+        async with sem:
+            proc = await asyncio.create_subprocess_exec("true")
+            await proc.wait()
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=5000)
+    parser.add_argument("--pools", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pool", nargs=5, metavar=("HUB", "KEY", "PORT", "FIRST", "COUNT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.pool:
+        hub, key, port, first, count = args.pool
+        asyncio.run(pool_main(hub, key, int(port), int(first), int(count)))
+        return
+    work = Path(tempfile.mkdtemp(prefix="bench-hub-"))
+    from shoal.protocol.handshake import SharedKey
+
+    key = SharedKey(os.urandom(32))
+    key_file = work / "fleet.key"
+    key_file.write_text(f"shoal-key-v1 {key.secret.hex()}\n")
+    key_file.chmod(0o600)
+    os.environ["BENCH_KEY"] = str(key_file)
+    hub, address, sock = start_hub(work, key_file)
+    hub_rss_empty = psutil.Process(hub.pid).memory_info().rss
+    port = 20000 + os.getpid() % 20000
+    n = args.hosts
+    share = -(-n // args.pools)
+    pools = [subprocess.Popen([sys.executable, "-m", "tests.bench.bench_hub", "--pool", address, str(key_file),
+                               str(port), str(i * share), str(min(share, n - i * share))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+             for i in range(args.pools) if i * share < n]
+    try:
+        for p in pools:
+            assert p.stdout is not None and p.stdout.readline() == b"built\n"
+        start = time.perf_counter()
+        for p in pools:
+            assert p.stdin is not None
+            p.stdin.write(b"go\n")
+            p.stdin.flush()
+        while asyncio.run(hub_count(sock)) < n:
+            time.sleep(0.05)
+        dial_in = time.perf_counter() - start
+        hub_rss = psutil.Process(hub.pid).memory_info().rss
+        names = pattern_for(n)
+        spec = ",".join(f"127.0.{x}.[1-250]" for x in range(1, n // 250 + 1))
+        if n % 250:
+            spec = ",".join(filter(None, [spec, f"127.0.{n // 250 + 1}.[1-{n % 250}]"]))
+        direct_spec = ",".join(f"{part}:{port}" for part in spec.split(","))
+        ping_direct = statistics.median(
+            timed([*SHOAL, "ping", "--key-file", str(key_file), "-f", "1024", "--connect-timeout", "60",
+                   direct_spec])[0] for _ in range(1))
+        via_hub, straight = asyncio.run(ping_rounds(sock, names, port, args.rounds))
+        one_hub = statistics.median(timed([*SHOAL, "run", "-n", "--hub", str(sock), names[0], "--", "true"])[0]
+                                    for _ in range(args.rounds))
+        one_direct = statistics.median(timed([*SHOAL, "run", "-n", "--key-file", str(key_file),
+                                              f"{names[0]}:{port}", "--", "true"])[0] for _ in range(args.rounds))
+        fleet_hub = statistics.median(timed([*SHOAL, "run", "-n", "-o", "gather", "-q", "-f", str(n), "--hub",
+                                             str(sock), spec, "--", "true"])[0] for _ in range(args.rounds))
+        spawns = statistics.median(asyncio.run(bare_spawns(n)) for _ in range(args.rounds))
+    finally:
+        for p in pools:
+            assert p.stdin is not None
+            p.stdin.close()
+        for p in pools:
+            p.wait(120)
+        hub.terminate()
+        hub.wait(60)
+    mb = 1024 * 1024
+    print(f"{n} agents in {len(pools)} child processes; medians of {args.rounds} rounds; {os.cpu_count()} cpus")
+    line(f"hub RSS holding {n} agent connections", f"{hub_rss / mb:.0f} MB", f"{hub_rss_empty / mb:.0f} MB",
+         hub_rss / hub_rss_empty, "goal < 500 MB; baseline: the same hub holding none")
+    line(f"{n} agents dial in and authenticate, cold", f"{dial_in:.2f} s", f"{ping_direct:.2f} s",
+         dial_in / ping_direct, "goal < 3 s; baseline: direct shoal ping of all (connect+auth)")
+    line(f"ping round to {n}, warm, through the hub", f"{via_hub:.3f} s", f"{straight:.3f} s", via_hub / straight,
+         f"goal < 0.2 s ({via_hub / n * 1e6:.0f} us/host); baseline: same round on open direct connections")
+    line("shoal run --hub of true, 1 host (process)", f"{one_hub:.3f} s", f"{one_direct:.3f} s",
+         one_hub / one_direct, "goal <= 0.25; baseline: direct shoal run of true")
+    line(f"shoal run --hub of true on {n} warm hosts", f"{fleet_hub:.2f} s", f"{spawns:.2f} s",
+         fleet_hub / spawns, "goal <= 1.5; baseline: as many bare local spawns of true")
+
+
+if __name__ == "__main__":
+    main()
