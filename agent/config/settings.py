@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from shoal.protocol.errors import ConfigError
@@ -13,7 +14,7 @@ from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_CEILING
 from shoal.agent.config.checks import (
     _absolute_path, _boolean, _instance, _integer, _join, _kind, _reject_unknown, _seconds, _store, _strings, _text,
 )
-from shoal.agent.config.listen import DEFAULT_PORT, ListenAddress, parse_connect, parse_listen
+from shoal.agent.config.listen import DEFAULT_PORT, parse_connect, parse_listen
 from shoal.agent.config.policy import KeyPolicy
 
 __all__ = ["LOG_LEVELS", "AgentConfig", "DiscoveryConfig", "Limits", "TlsConfig"]
@@ -207,8 +208,8 @@ class AgentConfig:
         _store(self, "connect", _strings("connect", self.connect))
         if not self.listen and not self.connect:
             raise ConfigError("at least one listen address (or a hub to connect to) is needed", "listen")
-        _check_listen(self.listen)
-        _check_connect(self.connect)
+        _check_addresses("listen", self.listen, parse_listen, "listen address")
+        _check_addresses("connect", self.connect, parse_connect, "hub")
         name = _text("name", self.name)
         if len(name) > 253 or not name.isprintable() or name != name.strip():
             raise ConfigError("name must be printable, without surrounding spaces, at most 253 characters", "name")
@@ -263,27 +264,16 @@ def _replace_section(config: AgentConfig, section: str, options: dict[str, Any])
         raise ConfigError(exc.reason, _join(section, exc.where)) from None
 
 
-def _check_listen(listen: tuple[str, ...]) -> None:
-    seen: set[ListenAddress] = set()
-    for index, text in enumerate(listen):
+def _check_addresses(option: str, texts: tuple[str, ...], parse: Callable[[str], Hashable], what: str) -> None:
+    """Each address parses, and none is given twice (as parsed: `hub` and `hub:8472` are one)."""
+    seen: set[Hashable] = set()
+    for index, text in enumerate(texts):
         try:
-            address = parse_listen(text)
+            address = parse(text)
         except ConfigError as exc:
-            raise ConfigError(exc.reason, f"listen[{index}]") from None
+            raise ConfigError(exc.reason, f"{option}[{index}]") from None
         if address in seen:
-            raise ConfigError(f"listen address {text!r} given twice", f"listen[{index}]")
-        seen.add(address)
-
-
-def _check_connect(connect: tuple[str, ...]) -> None:
-    seen: set[tuple[str, int]] = set()
-    for index, text in enumerate(connect):
-        try:
-            address = parse_connect(text)
-        except ConfigError as exc:
-            raise ConfigError(exc.reason, f"connect[{index}]") from None
-        if address in seen:
-            raise ConfigError(f"hub {text!r} given twice", f"connect[{index}]")
+            raise ConfigError(f"{what} {text!r} given twice", f"{option}[{index}]")
         seen.add(address)
 
 
