@@ -162,3 +162,29 @@ def test_an_agent_in_a_namespace_it_can_only_dial_out_of_is_run_through_the_hub(
             agent.terminate()
             agent.wait(15)
         ns.delete()
+
+
+async def test_local_clients_are_served_while_hundreds_of_agents_dial_in(tmp_path: Path) -> None:
+    from shoal.agent.server import Agent
+    from tests.hubs import dialer_config
+
+    key, _ = new_key(tmp_path)
+    async with running_hub(tmp_path / "hub.sock", key) as hub:
+        (first,) = await dial_in(hub, ["steady"], key)
+        crowd = [Agent(dialer_config(hub.dialins.addresses[0], f"n{i}"), keys=[key]) for i in range(300)]
+        try:
+            await asyncio.gather(*(a.start() for a in crowd))  # all dialling and authenticating at once
+            async with ConnectOptions(hub=HubAccess(str(tmp_path / "hub.sock"))) as options:
+                seen = Collect()
+                result = await Fleet([named("steady")] * 1, options).run(Command(shell="echo served"), seen)
+            assert result.results[0].status == 0 and bytes(seen.out["steady"]) == b"served\n"
+            await apoll(lambda: len(hub.registry) == 301, timeout=60)
+        finally:
+            await close_all([first, *crowd])
+
+
+def test_the_example_hub_toml_loads() -> None:
+    from shoal.controller.hub.config import load_hub_config
+
+    settings = load_hub_config(str(REPO / "deploy" / "hub.toml"))
+    assert settings["listen"] == ["0.0.0.0:8472"] and settings["key_file"] == "/etc/shoal/admin.key"
