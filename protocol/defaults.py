@@ -7,7 +7,7 @@ The frame-size limits live with the frames (`shoal.protocol.frames`).
 
 from __future__ import annotations
 
-__all__ = ["OUTPUT_WINDOW", "TRANSFER_WINDOW", "MAX_GET_WINDOW", "DATA_CHUNK"]
+__all__ = ["OUTPUT_WINDOW", "TRANSFER_WINDOW", "MAX_GET_WINDOW", "DATA_CHUNK", "RELAY_WINDOW"]
 
 MiB = 1024 * 1024
 
@@ -22,3 +22,7 @@ MAX_GET_WINDOW = 64 * MiB
 # The largest data payload in one STDOUT/STDERR/STDIN/FILE_DATA message (and pipe read):
 # large enough that per-message costs vanish, well under the default frame limit.
 DATA_CHUNK = 1 * MiB
+# RELAY_DATA bytes in flight for one relayed stream, each way, when RELAY_OPEN or
+# RELAY_OPENED names no window: a gateway holds about this much per target it
+# relays to, and 256 KiB still fills a fast link at LAN round trips.
+RELAY_WINDOW = 256 * 1024

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from shoal.protocol.errors import BadRequestError
-from shoal.protocol.messages import Exec, GetFile, ListTree, Message, PutFile, RemovePaths
+from shoal.protocol.messages import Exec, GetFile, ListTree, Message, PutFile, RelayOpen, RemovePaths
 
 __all__ = [
     "check_request", "unknown_requirements", "EXEC_FEATURES", "TRANSFER_FEATURES",
@@ -31,6 +31,8 @@ MAX_USER = 256
 # Longest grace a request may ask for between signals, in seconds: an hour is
 # already far beyond any shutdown a command could need.
 MAX_KILL_GRACE = 3600.0
+# Longest a gateway may be asked to spend connecting a relay, in seconds.
+MAX_CONNECT_TIMEOUT = 3600.0
 # Longest silence an EXEC may allow, in seconds (30 days): past that nobody is
 # waiting for the output, and the timer's arithmetic stays exact.
 MAX_IDLE_TIMEOUT = 30 * 86400.0
@@ -60,6 +62,8 @@ def check_request(msg: Message) -> None:
         _check_encodable("tree", msg.tree)
         for i, path in enumerate(msg.paths):
             _check_encodable(f"paths[{i}]", path)
+    elif isinstance(msg, RelayOpen):
+        _check_relay(msg)
 
 
 def unknown_requirements(msg: Exec | PutFile | GetFile) -> list[str]:
@@ -92,6 +96,20 @@ def _check_exec(msg: Exec) -> None:
     if msg.pty:
         _check_range("rows", msg.rows, 0, 0xFFFF)
         _check_range("cols", msg.cols, 0, 0xFFFF)
+
+
+def _check_relay(msg: RelayOpen) -> None:
+    if msg.host is not None:
+        if not msg.host or len(msg.host) > 255:
+            raise BadRequestError("host", "must be a host name or address (1-255 characters)")
+        _check_text("host", msg.host)
+    if msg.path is not None:
+        if not msg.path.startswith("/"):
+            raise BadRequestError("path", "must be an absolute path")
+        _check_text("path", msg.path)
+    _check_range("window", msg.window, 0, MAX_SIZE)
+    if msg.timeout is not None:
+        _check_range("timeout", msg.timeout, 0, MAX_CONNECT_TIMEOUT)
 
 
 def _check_user(user: str | None) -> None:

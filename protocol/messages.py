@@ -54,6 +54,11 @@ __all__ = [
     "TreeEntries",
     "RemovePaths",
     "Removed",
+    "RelayOpen",
+    "RelayOpened",
+    "RelayData",
+    "RelayEof",
+    "RelayClose",
     "MESSAGE_CLASSES",
     "CONNECTION_LEVEL",
     "CONTROLLER_ONLY",
@@ -101,6 +106,12 @@ class MessageType(IntEnum):
     JOB_ATTACH = 0x52
     JOB_KILL = 0x53
     JOB_KILLED = 0x54
+    # -- relays (issue 19): a byte stream to another agent through this one
+    RELAY_OPEN = 0x60
+    RELAY_OPENED = 0x61
+    RELAY_DATA = 0x62
+    RELAY_EOF = 0x63
+    RELAY_CLOSE = 0x64
 
 
 def bad_message(message: str) -> RemoteProtocolError:
@@ -131,7 +142,8 @@ class Message:
 # "idle_timeout" is EXEC's `idle_timeout` (and EXIT's `idle_timed_out`). The agent's
 # HELLO adds the `requires` names it honours ("user", "pty"; issue 17), which its
 # session passes to the Connection: one `features` list holds both.
-AGENT_FEATURES = ("idle_timeout",)
+# "relay" is the RELAY_* messages: this agent can be a gateway (issue 19).
+AGENT_FEATURES = ("idle_timeout", "relay")
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,6 +557,83 @@ class Removed(Message):
     count: int = 0
 
 
+# -- relays (issue 19) ---------------------------------------------------------
+#
+# A relay is a byte stream from the controller to another agent (the target)
+# through this one (the gateway). The gateway forwards the stream's bytes and
+# nothing else: the controller runs its own handshake with the target inside it,
+# so every frame MAC (and TLS, if used) is end to end. Lifecycle and windows:
+# shoal.protocol.relay; PROTOCOL.md section 3, Relays.
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOpen(Message):
+    """Open a stream to `host`:`port` (or the unix socket `path`) from the gateway.
+
+    `window` is how many RELAY_DATA bytes the gateway may send before a WINDOW
+    (0: RELAY_WINDOW); `timeout` bounds the gateway's connect (null: its own).
+    """
+
+    TYPE = MessageType.RELAY_OPEN
+    host: str | None = None
+    port: int = 0
+    path: str | None = None
+    window: int = 0
+    timeout: float | None = None
+
+    def _validate(self) -> None:
+        if (self.host is None) == (self.path is None):
+            raise LocalProtocolError("relay open needs exactly one of host and path")
+        if self.host is not None and not 0 < self.port < 65536:
+            raise LocalProtocolError(f"bad relay port {self.port!r}")
+        if self.window < 0:
+            raise LocalProtocolError(f"bad window {self.window!r}")
+        if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
+            raise LocalProtocolError(f"bad timeout {self.timeout!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOpened(Message):
+    """The gateway is connected to the destination (`address`, as it reached it);
+    the controller may send `window` RELAY_DATA bytes before a WINDOW (0: RELAY_WINDOW)."""
+
+    TYPE = MessageType.RELAY_OPENED
+    window: int = 0
+    address: str = ""
+
+    def _validate(self) -> None:
+        if self.window < 0:
+            raise LocalProtocolError(f"bad window {self.window!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayData(Message):
+    """Bytes of the relayed stream, forwarded unchanged."""
+
+    TYPE = MessageType.RELAY_DATA
+    RAW = True
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayEof(Message):
+    """The sender's direction of the stream has ended (a half close)."""
+
+    TYPE = MessageType.RELAY_EOF
+
+
+@dataclass(frozen=True, slots=True)
+class RelayClose(Message):
+    """The stream is over: the gateway closes its connection to the destination.
+
+    From the gateway, `reason` is empty when the destination closed normally,
+    else why the connection ended.
+    """
+
+    TYPE = MessageType.RELAY_CLOSE
+    reason: str = ""
+
+
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -552,6 +641,7 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
         Window, Resize, Started, Stdout, Stderr, Exit, MetricsRequest, MetricsReply, PutFile,
         GetFile, FileInfo, FileData, FileEnd, FileDone, ListTree, TreeEntries, RemovePaths, Removed,
         JobStarted, JobsList, JobsReply, JobAttach, JobKill, JobKilled,
+        RelayOpen, RelayOpened, RelayData, RelayEof, RelayClose,
     )
 }
 
@@ -566,10 +656,12 @@ CONTROLLER_ONLY = frozenset({
     MessageType.METRICS_REQUEST, MessageType.PUT_FILE, MessageType.GET_FILE, MessageType.RESIZE,
     MessageType.LIST_TREE, MessageType.REMOVE_PATHS,
     MessageType.JOBS_LIST, MessageType.JOB_ATTACH, MessageType.JOB_KILL,
+    MessageType.RELAY_OPEN,
 })
 AGENT_ONLY = frozenset({
     MessageType.STARTED, MessageType.STDOUT, MessageType.STDERR, MessageType.EXIT,
     MessageType.METRICS_REPLY, MessageType.FILE_INFO, MessageType.FILE_DONE,
     MessageType.TREE_ENTRIES, MessageType.REMOVED,
     MessageType.JOB_STARTED, MessageType.JOBS_REPLY, MessageType.JOB_KILLED,
+    MessageType.RELAY_OPENED,
 })
