@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.protocol.errors import ConfigError
-from shoal.protocol.defaults import OUTPUT_WINDOW
+from shoal.protocol.defaults import OUTPUT_WINDOW, RELAY_WINDOW
 from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_CEILING, MIN_MAX_FRAME_SIZE
 from shoal.agent.config.checks import (
     _absolute_path, _boolean, _instance, _integer, _join, _kind, _reject_unknown, _seconds, _store, _strings, _text,
@@ -82,6 +82,12 @@ class Limits:
             the agent forgets it and its output.
         keepalive: seconds of TCP idleness before keepalive probes (also the probe
             interval base), so dead peers behind NAT or a crash are noticed.
+        max_relays: relayed streams open at once on one connection (this agent as a
+            gateway, issue 19), connecting ones included. With relay_window it bounds
+            what one controller can make a gateway hold.
+        relay_window: bytes a controller may send towards one relayed target before
+            the target has taken them. The gateway holds at most this much, plus
+            one read (64 KiB) the other way, per relayed target.
     """
 
     max_connections: int = 512
@@ -99,6 +105,8 @@ class Limits:
     job_output_size: int = 1024 * 1024
     job_retention: float = 86400.0
     keepalive: float = 15.0
+    max_relays: int = 4096
+    relay_window: int = RELAY_WINDOW
 
     def __post_init__(self) -> None:
         _integer("max_connections", self.max_connections, 1, 1_000_000)
@@ -117,6 +125,8 @@ class Limits:
         _integer("job_output_size", self.job_output_size, 2, _GIB)
         _store(self, "job_retention", _seconds("job_retention", self.job_retention, 0, 30 * _DAY))
         _store(self, "keepalive", _seconds("keepalive", self.keepalive, 1, 7200))
+        _integer("max_relays", self.max_relays, 1, 1_000_000)
+        _integer("relay_window", self.relay_window, 4096, _GIB)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,13 +33,15 @@ EVERYTHING = AgentConfig(
     limits=Limits(max_connections=7, max_startups=5, max_startups_per_source=2, max_commands=9, max_commands_per_connection=3,
                   max_frame_size=65536, stdin_window=4096, output_window=65536,
                   handshake_timeout=0.25, idle_timeout=12.5, kill_grace=0.0, output_linger=0.5,
-                  job_output_size=4096, job_retention=60.0, keepalive=1.0),
+                  job_output_size=4096, job_retention=60.0, keepalive=1.0,
+                      max_relays=5, relay_window=8192),
     discovery=DiscoveryConfig(enabled=True, port=9999, name="web-01 (rack \"3\")", group="239.1.2.3",
                               group6="ff05::1:3"),
     keys=(
-        KeyPolicy("admin", "/etc/shoal/admin.key", allow_all=True),
+        KeyPolicy("admin", "/etc/shoal/admin.key", allow_all=True, relay=("192.168.0.0/16",)),
         KeyPolicy("monitor", "/etc/shoal/monitor.key", commands=("uptime", "printf 'a\tb\n\x7f'", "df *"),
-                  metrics=True, files=True, file_roots=("/srv/shoal", "/tmp"), env=("LANG", "TZ"), cwd=True),
+                  metrics=True, files=True, file_roots=("/srv/shoal", "/tmp"), env=("LANG", "TZ"), cwd=True,
+                  relay=("10.0.0.0/8:8470", "[fd00::/8]:8470-8479", "unix:/run/shoal.sock")),
         KeyPolicy("nofiles", "/etc/shoal/nofiles.key"),
     ),
 )

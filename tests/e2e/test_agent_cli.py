@@ -55,6 +55,7 @@ FLAGS = ["--listen", "0.0.0.0:9000", "--listen", "unix:/run/shoal/a.sock", "--in
          "--max-frame-size", "65536", "--stdin-window", "4096", "--output-window", "65536",
          "--handshake-timeout", "0.25", "--idle-timeout", "12.5", "--kill-grace", "0", "--output-linger", "0.5",
          "--job-output-size", "4096", "--job-retention", "60", "--keepalive", "1",
+         "--max-relays", "5", "--relay-window", "8192",
          "--discovery", "--discovery-port", "9999", "--discovery-name", "web-01",
          "--discovery-group", "239.1.2.3", "--discovery-group6", "ff05::1:3"]
 
@@ -67,7 +68,8 @@ def expected_from_flags(cwd: Path) -> AgentConfig:
         limits=Limits(max_connections=7, max_startups=5, max_startups_per_source=2, max_commands=9, max_commands_per_connection=3,
                       max_frame_size=65536, stdin_window=4096, output_window=65536,
                       handshake_timeout=0.25, idle_timeout=12.5, kill_grace=0.0, output_linger=0.5,
-                      job_output_size=4096, job_retention=60.0, keepalive=1.0),
+                      job_output_size=4096, job_retention=60.0, keepalive=1.0,
+                      max_relays=5, relay_window=8192),
         discovery=DiscoveryConfig(enabled=True, port=9999, name="web-01", group="239.1.2.3", group6="ff05::1:3"))
 
 
