@@ -18,6 +18,7 @@ from shoal.protocol.defaults import OUTPUT_WINDOW
 from shoal.protocol.handshake import SharedKey
 
 from shoal.controller.client import AgentClient
+from shoal.controller.gateways import Gateways
 
 from shoal.controller.remote import Command, RemoteProcess
 from shoal.controller.outcome import Outcome
@@ -49,7 +50,11 @@ class Handler(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ConnectOptions:
-    """How to reach agents; `key_for`/`ssl_for` allow per-target settings."""
+    """How to reach agents; `key_for`/`ssl_for` allow per-target settings.
+
+    Targets with a `via` are reached through their gateway; the connections to
+    gateways (`gateways`) live until `close()` (or the end of `async with`).
+    """
 
     key: SharedKey | None = None
     ssl: ssl_module.SSLContext | None = None
@@ -57,12 +62,29 @@ class ConnectOptions:
     keepalive: float = 15.0
     key_for: Callable[[Target], SharedKey | None] | None = None
     ssl_for: Callable[[Target], ssl_module.SSLContext | None] | None = None
+    gateways: Gateways = field(default_factory=Gateways, compare=False, repr=False)
+
+    def key_of(self, target: Target) -> SharedKey | None:
+        return self.key_for(target) if self.key_for else self.key
+
+    def ssl_of(self, target: Target) -> ssl_module.SSLContext | None:
+        return self.ssl_for(target) if self.ssl_for else self.ssl
 
     async def connect(self, target: Target) -> AgentClient:
-        key = self.key_for(target) if self.key_for else self.key
-        ctx = self.ssl_for(target) if self.ssl_for else self.ssl
-        return await AgentClient.connect(target, key=key, ssl=ctx, timeout=self.timeout,
-                                         keepalive=self.keepalive)
+        if target.via is not None:
+            return await self.gateways.connect(target, self)
+        return await AgentClient.connect(target, key=self.key_of(target), ssl=self.ssl_of(target),
+                                         timeout=self.timeout, keepalive=self.keepalive)
+
+    async def close(self) -> None:
+        """Close the connections to gateways that relayed targets left open."""
+        await self.gateways.close()
+
+    async def __aenter__(self) -> ConnectOptions:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 @dataclass(slots=True)

@@ -52,6 +52,7 @@ class Target:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
+    via: Target | None = None  # the gateway this target is reached through (itself a Target, maybe relayed)
 
     def __post_init__(self) -> None:
         if (self.host is None) == (self.path is None):
