@@ -64,9 +64,10 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 RELAY_STATUS = 255
 
 
-def relay_handlers(session: AgentSession) -> HandlerTable:
-    """The message handlers relaying adds to a session (for `Agent.handlers`)."""
-    relays = Relays(session)
+def relay_handlers(session: AgentSession, relays_class: type[Relays] | None = None) -> HandlerTable:
+    """The message handlers relaying adds to a session (for `Agent.handlers`); tests
+    pass a `Relays` subclass to make a gateway that misbehaves."""
+    relays = (relays_class or Relays)(session)
     table = HandlerTable()
     table.add(RelayOpen, relays.on_open)
     table.add(RelayData, relays.on_data)
@@ -89,9 +90,10 @@ class Relays:
     def __init__(self, session: AgentSession) -> None:
         self.session = session
         self.count = 0
-        # One read buffer for all of the session's streams: each read is framed
-        # (copied out) before the loop reads anything else.
-        self.read_buffer = bytearray(READ_SIZE)
+        # One read buffer for all of the session's streams (each read is framed,
+        # copied out, before the loop reads anything else), made with the first
+        # stream: a session that relays nothing must stay small (a pre-auth flood).
+        self.read_buffer = bytearray()
 
     def on_open(self, msg: RelayOpen) -> None:
         s, rid = self.session, msg.request_id
@@ -107,10 +109,15 @@ class Relays:
         if self.count >= s.limits.max_relays:
             return s.request_error(rid, ErrorCode.LIMIT, f"too many relays on this connection "
                                    f"(limit {s.limits.max_relays})", RELAY_STATUS)
-        stream = RelayStream(self, msg)
+        if not self.read_buffer:
+            self.read_buffer = bytearray(READ_SIZE)
+        stream = self.new_stream(msg)
         s.requests[rid] = stream
         self.count += 1
         stream.task = s.agent.tasks.spawn(stream.connect(), name=f"relay {rid}")
+
+    def new_stream(self, msg: RelayOpen) -> RelayStream:
+        return RelayStream(self, msg)
 
     def deny(self, msg: RelayOpen, why: str) -> None:
         """Refuse a relay the key's policy does not allow; audited, nothing is connected."""
@@ -253,8 +260,7 @@ class RelayStream(asyncio.BufferedProtocol):
         s = self.session
         s.agent.audit.record("relay_failed", peer=s.peer, key_id=s.key_id, request=self.request_id,
                              destination=self.destination, error=reason)
-        self._send_end(Error(self.request_id, code=ErrorCode.RELAY_FAILED,
-                             message=f"{self.destination}: {reason}", status=RELAY_STATUS))
+        self._send_end(Error(self.request_id, code=ErrorCode.RELAY_FAILED, message=reason, status=RELAY_STATUS))
 
     # -- the destination's side (asyncio protocol) -------------------------------
 
@@ -420,3 +426,4 @@ class RelayStream(asyncio.BufferedProtocol):
             self.relays.count -= 1
             if self.session.requests.get(self.request_id) is self:
                 del self.session.requests[self.request_id]
+

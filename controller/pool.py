@@ -240,3 +240,4 @@ class Session:
         clients = [link.client for link in self.links.values() if link.client is not None]
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
         await self._tasks.wait()
+        await self.options.close()  # the gateways relayed hosts went through

@@ -77,13 +77,13 @@ class _Keep:
 async def run_async(pattern: str, command: str | list[str], *, key_file: str | None = None,
                     timeout: float | None = None, connect_timeout: float = 10.0, fanout: int = 64,
                     env: dict[str, str] | None = None, cwd: str | None = None,
-                    inventory: str | None = None) -> dict[str, HostOutput]:
+                    inventory: str | None = None, via: str | None = None) -> dict[str, HostOutput]:
     """`run` for code already in an event loop; see `run`."""
     from shoal.controller.inventory import load_inventory
     from shoal.controller.targets import parse_targets
     from shoal.hostio.keyfile import load_key_file
 
-    targets = parse_targets(pattern, inventory=load_inventory(inventory))
+    targets = parse_targets(pattern, inventory=load_inventory(inventory), via=via)
     if not targets:
         raise ConfigError("no hosts match", pattern)
     default_key = load_key_file(os.path.expanduser(key_file)) if key_file else None
@@ -96,8 +96,8 @@ async def run_async(pattern: str, command: str | list[str], *, key_file: str | N
     else:
         cmd = Command(argv=list(command), env=dict(env or {}), cwd=cwd, timeout=timeout)
     keep = _Keep()
-    options = ConnectOptions(timeout=connect_timeout, key_for=key_for)
-    results = (await Fleet(targets, options, fanout).run(cmd, keep)).by_host()
+    async with ConnectOptions(timeout=connect_timeout, key_for=key_for) as options:
+        results = (await Fleet(targets, options, fanout).run(cmd, keep)).by_host()
     return {t.name: HostOutput(t.name, results[t.name].status, bytes(keep.out.get(t.name, b"")),
                                bytes(keep.err.get(t.name, b"")), outcome_of(results[t.name]), results[t.name])
             for t in targets}
@@ -106,7 +106,7 @@ async def run_async(pattern: str, command: str | list[str], *, key_file: str | N
 def run(pattern: str, command: str | list[str], *, key_file: str | None = None,
         timeout: float | None = None, connect_timeout: float = 10.0, fanout: int = 64,
         env: dict[str, str] | None = None, cwd: str | None = None,
-        inventory: str | None = None) -> dict[str, HostOutput]:
+        inventory: str | None = None, via: str | None = None) -> dict[str, HostOutput]:
     """Run `command` on every host `pattern` names and wait for all of them.
 
     Args:
@@ -117,6 +117,7 @@ def run(pattern: str, command: str | list[str], *, key_file: str | None = None,
         connect_timeout, fanout: as `--connect-timeout` and `--fanout`.
         env, cwd: added environment and working directory on the hosts.
         inventory: inventory file; None: $SHOAL_INVENTORY or ~/.config/shoal/inventory.toml.
+        via: gateways to reach every host through, as `--via` (`gw1` or `gw1,gw2`).
 
     Returns:
         host name -> its `HostOutput`, in target order. A host's failure (down,
@@ -136,4 +137,4 @@ def run(pattern: str, command: str | list[str], *, key_file: str | None = None,
                            "`await shoal.controller.run_async(...)` there, with the same arguments")
     return asyncio.run(run_async(pattern, command, key_file=key_file, timeout=timeout,
                                  connect_timeout=connect_timeout, fanout=fanout, env=env, cwd=cwd,
-                                 inventory=inventory))
+                                 inventory=inventory, via=via))

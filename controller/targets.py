@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from shoal.controller.nodeset import MAX_NAMES, expand, split_expression
@@ -72,8 +72,8 @@ class _Address:
     port: int | None      # typed port, if any
 
 
-def parse_targets(spec: str, *, exclude: str | None = None,
-                  inventory: Inventory | None = None, allow_large: bool = False) -> list[Target]:
+def parse_targets(spec: str, *, exclude: str | None = None, inventory: Inventory | None = None,
+                  allow_large: bool = False, via: str | None = None) -> list[Target]:
     """Evaluate a target expression into de-duplicated Targets in order of first appearance.
 
     One pass: the expression is split into operands and operators, each `@group` is
@@ -91,9 +91,12 @@ def parse_targets(spec: str, *, exclude: str | None = None,
         exclude: targets to drop, same syntax: `spec` minus this whole expression.
         inventory: source of `@group` and per-host settings; a typed `:port` wins.
         allow_large: accept CIDR blocks of more than LARGE_TARGET_COUNT hosts.
+        via: the gateways to reach every target through (`gw1` or a chain `gw1,gw2`;
+            "" for none), instead of each host's inventory `via`.
 
     Raises:
-        ConfigError: bad syntax, bad port, unknown group, or a block too large.
+        ConfigError: bad syntax, bad port, unknown group, a block too large, or a
+            bad or looping gateway chain.
     """
     if not spec.strip():
         raise ConfigError("no targets given")
@@ -101,7 +104,8 @@ def parse_targets(spec: str, *, exclude: str | None = None,
     chosen = resolver.expression(spec)
     if exclude and exclude.strip():
         chosen = resolver.combine("!", chosen, resolver.expression(exclude))
-    return [_target(address, inventory) for address in resolver.addresses(chosen)]
+    chains = _Chains(inventory)
+    return [_target(address, inventory, chains, via) for address in resolver.addresses(chosen)]
 
 
 _Item = _Address | _Network
@@ -291,9 +295,17 @@ def _display(host: str, port: int | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _target(address: _Address, inventory: Inventory | None) -> Target:
-    """Combine an address with inventory settings; a typed port beats the inventory's."""
+def _target(address: _Address, inventory: Inventory | None, chains: _Chains, via: str | None) -> Target:
+    """Combine an address with inventory settings; a typed port beats the inventory's,
+    `via` (when given) the inventory's gateways."""
     settings = inventory.settings_for(address.lookup) if inventory else {}
+    chain = via if via is not None else str(settings.get("via", ""))
+    target = _with_settings(address, settings, None)
+    gateway = chains.resolve(chain) if chain else None
+    return replace(target, via=_reach(target, gateway)) if gateway is not None else target
+
+
+def _with_settings(address: _Address, settings: dict[str, str | int], via: Target | None) -> Target:
     port = address.port if address.port is not None else settings.get("port", DEFAULT_PORT)
 
     def text(key: str) -> str | None:
@@ -301,4 +313,63 @@ def _target(address: _Address, inventory: Inventory | None) -> Target:
         return None if value is None else str(value)
 
     return Target(address.name, address.host, int(port), address.path,
-                  text("key_file"), text("tls_cert"), text("tls_key"), text("tls_ca"))
+                  text("key_file"), text("tls_cert"), text("tls_key"), text("tls_ca"), via)
+
+
+def _reach(target: Target, gateway: Target) -> Target | None:
+    """The gateway to reach `target` through: never itself, so a gateway named among
+    the targets is reached the way its chain reaches it."""
+    here = _place(target)
+    hop: Target | None = gateway
+    while hop is not None:
+        if _place(hop) == here:
+            return hop.via
+        hop = hop.via
+    return gateway
+
+
+def _place(target: Target) -> tuple[str | None, int, str | None]:
+    return (target.host.lower() if target.host else None), target.port, target.path
+
+
+class _Chains:
+    """Gateway chains by their text (`gw1` or `gw1,gw2`), each built once.
+
+    In a chain each gateway is reached through the one before it; the first one the
+    way the inventory says (its own `via`), so `via = "gw2"` for a host and
+    `via = "gw1"` for gw2 reach the host through gw1, then gw2. Loops are refused.
+    """
+
+    def __init__(self, inventory: Inventory | None) -> None:
+        self.inventory = inventory
+        self.built: dict[str, Target] = {}
+
+    def resolve(self, text: str, trail: tuple[str, ...] = ()) -> Target:
+        if text in self.built:
+            return self.built[text]
+        gateway: Target | None = None
+        for name in (part.strip() for part in text.split(",")):
+            address = _gateway_address(name, text)
+            if address.name.lower() in trail:
+                raise ConfigError(f"gateways loop: {' -> '.join((*trail, address.name))}", "via")
+            settings = self.inventory.settings_for(address.lookup) if self.inventory else {}
+            own = str(settings.get("via", ""))
+            if gateway is None and own:
+                gateway = self.resolve(own, (*trail, address.name.lower()))
+            trail = (*trail, address.name.lower())
+            gateway = _with_settings(address, settings, gateway)
+        assert gateway is not None
+        self.built[text] = gateway
+        return gateway
+
+
+def _gateway_address(name: str, chain: str) -> _Address:
+    """One gateway of a chain: a single host (`gw1`, `gw1:9000`, `[v6]:port`, `unix:/path`)."""
+    try:
+        if not name:
+            raise ConfigError("empty gateway name")
+        if name.startswith("@") or cidr_block(name) is not None or _BRACKET_BODIES.search(name) and ":" not in name:
+            raise ConfigError("a gateway is one host, not a group, block or range")
+        return _address(name)
+    except ConfigError as exc:
+        raise ConfigError(f"bad gateway {name!r} in {chain!r}: {exc.reason}", "via") from None

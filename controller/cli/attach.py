@@ -16,7 +16,6 @@ unreachable or has no such job for this key (`unknown_job`); 2 bad usage.
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from shoal.protocol.errors import ConfigError
 
@@ -27,6 +26,7 @@ from shoal.controller.cli.options import (
     add_output_options,
     add_target_options,
     connect_options_from_args,
+    run_with,
     targets_from_args,
 )
 from shoal.controller.cli.run import run_fleet
@@ -45,5 +45,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     if words:
         raise ConfigError(f"unexpected arguments: {' '.join(words)}", "attach")
-    return asyncio.run(run_fleet(targets_from_args(args), Command(attach=args.job), connect_options_from_args(args),
-                                 args, display, False))
+    options = connect_options_from_args(args)
+    return run_with(options, run_fleet(targets_from_args(args), Command(attach=args.job), options, args, display, False))

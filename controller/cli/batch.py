@@ -34,7 +34,6 @@ those succeeded.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -56,6 +55,7 @@ from shoal.controller.cli.options import (
     add_user_option,
     connect_options_from_args,
     parse_env,
+    run_with,
     targets_from_args,
     wave_policy_from_args,
 )
@@ -98,7 +98,8 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     base = Command(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout, kill_grace=args.kill_grace,
                    idle_timeout=args.idle_timeout, user=args.user)
     commands = [replace(base, shell=line.text) for line in lines]
-    return asyncio.run(run_batch(targets, lines, commands, connect_options_from_args(args), args, display))
+    options = connect_options_from_args(args)
+    return run_with(options, run_batch(targets, lines, commands, options, args, display))
 
 
 async def run_batch(targets: list[Target], lines: list[BatchLine], commands: list[Command],

@@ -18,14 +18,13 @@ usage error (a bad option, threshold or target pattern) is UNKNOWN (3).
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from shoal.protocol.errors import ConfigError
 
 from shoal.controller.checks import CheckResult, State, evaluate, parse_thresholds
 from shoal.controller.term.display import Display
 from shoal.controller.monitor import gather_metrics
-from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
+from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, run_with, targets_from_args
 
 __all__ = ["USAGE_STATUS", "add_arguments", "run", "report"]
 
@@ -65,6 +64,6 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     except ConfigError as exc:
         display.print(f"SHOAL UNKNOWN - {' '.join(str(exc).split())}".replace("|", "/"))
         return int(State.UNKNOWN)
-    snapshots = asyncio.run(gather_metrics(targets, options, args.fanout)).snapshots
+    snapshots = run_with(options, gather_metrics(targets, options, args.fanout)).snapshots
     unreachable = State.UNKNOWN if args.unreachable_unknown else State.CRITICAL
     return report(display, evaluate(snapshots, warn, crit, unreachable_state=unreachable))

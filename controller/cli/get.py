@@ -20,7 +20,6 @@ unreachable or its connection was lost; 2 for bad usage.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 
 from shoal.protocol.errors import ConfigError
@@ -29,7 +28,7 @@ from shoal.controller.cli.put import add_transfer_flags, report, report_stats
 from shoal.controller.targets import Target
 from shoal.controller.treesync import get_tree_fleet
 from shoal.controller.term.display import Display
-from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
+from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, run_with, targets_from_args
 from shoal.controller.transfer import get_fleet, host_directory_name
 from shoal.controller.term.transferprogress import TransferProgress
 
@@ -57,9 +56,10 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
             raise ConfigError("-r cannot go with --user (the tree is listed with the agent's rights)", "get")
         return run_tree(args, targets, display)
     progress = TransferProgress(display, len(targets))
+    connect = connect_options_from_args(args)
     try:
-        result = asyncio.run(get_fleet(
-            targets, connect_options_from_args(args), args.remote, args.local_dir,
+        result = run_with(connect, get_fleet(
+            targets, connect, args.remote, args.local_dir,
             preserve=args.preserve, fanout=args.fanout, progress=progress, user=args.user))
     finally:
         progress.close()
@@ -75,9 +75,10 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
 def run_tree(args: argparse.Namespace, targets: list[Target], display: Display) -> int:
     """get -r: one tree per host, then what each host sent."""
     progress = TransferProgress(display, len(targets))
+    connect = connect_options_from_args(args)
     try:
-        outcome = asyncio.run(get_tree_fleet(targets, connect_options_from_args(args), args.remote, args.local_dir,
-                                             preserve=args.preserve, fanout=args.fanout, progress=progress))
+        outcome = run_with(connect, get_tree_fleet(targets, connect, args.remote, args.local_dir,
+                                                   preserve=args.preserve, fanout=args.fanout, progress=progress))
     finally:
         progress.close()
     report_stats(display, outcome.stats, False)

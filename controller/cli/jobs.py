@@ -14,13 +14,12 @@ Exit status: 0 every host answered; 255 a host was unreachable; 2 bad usage.
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from shoal.protocol.errors import ConfigError
 
 from shoal.controller.term.display import Display
 from shoal.controller.jobs import format_jobs, gather_jobs
-from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
+from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, run_with, targets_from_args
 
 __all__ = ["add_arguments", "run"]
 
@@ -34,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     if words:
         raise ConfigError(f"unexpected arguments: {' '.join(words)}", "jobs")
-    answers = asyncio.run(gather_jobs(targets_from_args(args), connect_options_from_args(args), args.fanout))
+    options = connect_options_from_args(args)
+    answers = run_with(options, gather_jobs(targets_from_args(args), options, args.fanout))
     display.out(format_jobs(answers, as_json=args.json).encode("utf-8", "replace"))
     return max((a.status for a in answers), default=0)

@@ -14,14 +14,13 @@ for this key (`unknown_job`); 2 bad usage.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 
 from shoal.protocol.errors import ConfigError
 
 from shoal.controller.term.display import Display
 from shoal.controller.jobs import kill_jobs
-from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
+from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, run_with, targets_from_args
 
 __all__ = ["add_arguments", "run", "parse_signal"]
 
@@ -49,8 +48,8 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     if words:
         raise ConfigError(f"unexpected arguments: {' '.join(words)}", "kill")
     sig = parse_signal(args.signal)
-    answers = asyncio.run(kill_jobs(targets_from_args(args), connect_options_from_args(args), args.fanout,
-                                    args.job, sig))
+    options = connect_options_from_args(args)
+    answers = run_with(options, kill_jobs(targets_from_args(args), options, args.fanout, args.job, sig))
     for a in answers:
         if a.error is not None:
             display.err(f"shoal: {a.host}: {a.error}\n".encode("utf-8", "replace"))

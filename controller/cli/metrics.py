@@ -16,7 +16,6 @@ read metrics); 255 a host was unreachable; 2 bad usage.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import tempfile
 
@@ -25,7 +24,7 @@ from shoal.protocol.errors import ConfigError
 from shoal.controller.term.display import Display
 from shoal.controller.metricsview import SORT_KEYS, format_json_lines, format_prometheus, format_table
 from shoal.controller.monitor import MetricsRound, gather_metrics
-from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
+from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, run_with, targets_from_args
 
 __all__ = ["add_arguments", "run", "render", "write_atomically"]
 
@@ -73,7 +72,7 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
         raise ConfigError(f"unexpected arguments: {' '.join(words)}", "metrics")
     targets = targets_from_args(args)
     options = connect_options_from_args(args)
-    result = asyncio.run(gather_metrics(targets, options, args.fanout))
+    result = run_with(options, gather_metrics(targets, options, args.fanout))
     text = render(args, result)
     if args.textfile:
         write_atomically(args.textfile, text)

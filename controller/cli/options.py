@@ -4,10 +4,13 @@ and the helpers that turn parsed options into library objects."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import os
 import re
 import ssl as ssl_module
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from shoal.protocol.errors import ConfigError
 from shoal.protocol.handshake import SharedKey
@@ -29,6 +32,7 @@ __all__ = [
     "wave_policy_from_args",
     "targets_from_args",
     "connect_options_from_args",
+    "run_with",
     "command_from_args",
     "add_config_options",
     "with_user_config",
@@ -57,6 +61,9 @@ def add_connect_options(parser: argparse.ArgumentParser) -> None:
                    help="give up on a host that has not connected and authenticated in SECS (default 10)")
     g.add_argument("-f", "--fanout", type=int, default=64, metavar="N",
                    help="hosts connecting or running at once (default 64)")
+    g.add_argument("--via", metavar="GW[,GW2]",
+                   help="reach every target through this gateway agent (a chain: through GW, then GW2), "
+                        "instead of the inventory's via; '' for none")
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -169,7 +176,8 @@ def targets_from_args(args: argparse.Namespace) -> list[Target]:
     from shoal.controller.targets import parse_targets
 
     inventory = load_inventory(args.inventory)
-    targets = parse_targets(args.targets, exclude=args.exclude, inventory=inventory, allow_large=args.yes)
+    targets = parse_targets(args.targets, exclude=args.exclude, inventory=inventory, allow_large=args.yes,
+                            via=getattr(args, "via", None))
     if not targets:
         raise ConfigError("no hosts match", args.targets)
     return targets
@@ -209,6 +217,19 @@ def connect_options_from_args(args: argparse.Namespace) -> ConnectOptions:
         return None
 
     return ConnectOptions(timeout=args.connect_timeout, key_for=key_for, ssl_for=ssl_for)
+
+
+T = TypeVar("T")
+
+
+def run_with(options: ConnectOptions, main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)`, closing on the same loop the gateway connections its relayed hosts used."""
+
+    async def scope() -> T:
+        async with options:
+            return await main
+
+    return asyncio.run(scope())
 
 
 def parse_env(items: list[str]) -> dict[str, str]:

@@ -103,8 +103,9 @@ def exit_status(reports: list[PingReport], max_offset: float) -> int:
 
 
 async def _ping(args: argparse.Namespace) -> list[PingReport]:
-    monitor = FleetMonitor(targets_from_args(args), connect_options_from_args(args), args.fanout)
-    async with monitor:
+    options = connect_options_from_args(args)
+    monitor = FleetMonitor(targets_from_args(args), options, args.fanout)
+    async with options, monitor:
         return await ping_fleet(monitor, args.count, args.interval)
 
 

@@ -34,7 +34,6 @@ hosts that ran, or 1 when all of those succeeded; skipped hosts are listed as
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from shoal.protocol.errors import ConfigError
 
@@ -46,6 +45,7 @@ from shoal.controller.cli.options import (
     add_target_options,
     add_user_option,
     connect_options_from_args,
+    run_with,
     targets_from_args,
     wave_policy_from_args,
 )
@@ -109,9 +109,10 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
         if sync_flags:
             raise ConfigError(f"{sync_flags[0]} cannot go with --user (a sync lists and deletes as the agent)", "put")
     progress = TransferProgress(display, len(targets))
+    connect = connect_options_from_args(args)
     try:
-        result = asyncio.run(put_fleet(
-            targets, connect_options_from_args(args), plan, remote,
+        result = run_with(connect, put_fleet(
+            targets, connect, plan, remote,
             options=PutOptions(preserve=args.preserve, owner=args.owner, user=args.user), fanout=args.fanout,
             progress=progress, policy=policy, on_wave=lambda n, count, hosts: progress.set_wave(n, count)))
     finally:
@@ -126,9 +127,10 @@ def run_sync(args: argparse.Namespace, targets: list[Target], plan: PutPlan, sou
     options = SyncOptions(preserve=args.preserve, owner=args.owner, checksum=args.checksum,
                           delete=args.delete, dry_run=args.dry_run, mkdir=args.mkdir)
     progress = TransferProgress(display, len(targets))
+    connect = connect_options_from_args(args)
     try:
-        outcome = asyncio.run(sync_fleet(targets, connect_options_from_args(args), plan, sources, remote,
-                                         options=options, fanout=args.fanout, progress=progress))
+        outcome = run_with(connect, sync_fleet(targets, connect, plan, sources, remote,
+                                               options=options, fanout=args.fanout, progress=progress))
     finally:
         progress.close()
     report_stats(display, outcome.stats, args.dry_run)

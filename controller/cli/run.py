@@ -25,7 +25,6 @@ pattern; 70 internal error; 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import sys
@@ -48,6 +47,7 @@ from shoal.controller.cli.options import (
     command_from_args,
     connect_options_from_args,
     parse_env,
+    run_with,
     targets_from_args,
     wave_policy_from_args,
 )
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
                           "--script")
     if args.script:
         command, script = script_from_args(args, words)
-        return asyncio.run(run_fleet(targets, command, options, args, display, False, script))
+        return run_with(options, run_fleet(targets, command, options, args, display, False, script))
     command = command_from_args(args, words)
     # --pty on a terminal: keys go through raw as they are typed (controller/term/rawtty.py).
     # A job's stdin is /dev/null: nothing is forwarded with --detach.
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     if command.pty:
         rows, cols = terminal_size(0, 1)
         command = replace(command, rows=rows, cols=cols)
-    return asyncio.run(run_fleet(targets, command, options, args, display, forward_stdin, terminal=terminal))
+    return run_with(options, run_fleet(targets, command, options, args, display, forward_stdin, terminal=terminal))
 
 
 def _isatty(fd: int) -> bool:

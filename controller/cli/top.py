@@ -88,13 +88,14 @@ async def _refresh_loop(monitor: FleetMonitor, args: argparse.Namespace, display
 
 
 async def _top(args: argparse.Namespace, display: Display) -> None:
-    monitor = FleetMonitor(targets_from_args(args), connect_options_from_args(args), args.fanout,
+    options = connect_options_from_args(args)
+    monitor = FleetMonitor(targets_from_args(args), options, args.fanout,
                            request_timeout=max(args.interval, args.connect_timeout))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGINT, stop.set)
     try:
-        async with monitor:
+        async with options, monitor:
             await _refresh_loop(monitor, args, display, stop)
     finally:
         loop.remove_signal_handler(signal.SIGINT)

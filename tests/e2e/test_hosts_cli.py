@@ -61,11 +61,12 @@ def test_json_shows_the_settings_each_host_would_use(capsysbinary: pytest.Captur
     assert status == 0
     assert records == [
         {"name": "web01", "host": "web01", "port": 9000, "path": None,
-         "key_file": str(inventory.parent / "keys" / "web.key"), "tls_cert": None, "tls_key": None, "tls_ca": None},
+         "key_file": str(inventory.parent / "keys" / "web.key"), "tls_cert": None, "tls_key": None, "tls_ca": None,
+         "via": []},
         {"name": "db2:9200", "host": "db2", "port": 9200, "path": None,
-         "key_file": None, "tls_cert": None, "tls_key": None, "tls_ca": None},
+         "key_file": None, "tls_cert": None, "tls_key": None, "tls_ca": None, "via": []},
         {"name": "unix:/s", "host": None, "port": 9000, "path": "/s",
-         "key_file": None, "tls_cert": None, "tls_key": None, "tls_ca": None},
+         "key_file": None, "tls_cert": None, "tls_key": None, "tls_ca": None, "via": []},
     ]
 
 

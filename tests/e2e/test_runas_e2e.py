@@ -372,11 +372,11 @@ def test_an_agent_announcing_no_support_is_refused_by_the_controller(
 
 
 async def test_the_agent_announces_every_feature_in_one_list() -> None:
-    """`idle_timeout` (a request member) and `user`/`pty` (`requires` names) share HELLO's `features`."""
+    """`idle_timeout` (a request member), `user`/`pty` (`requires` names) and `relay` share HELLO's `features`."""
     async with running_agents() as (agent,):
         client = await AgentClient.connect(target_for(agent))
         try:
-            assert client.features == ["idle_timeout", "pty", "user"]
+            assert client.features == ["idle_timeout", "pty", "relay", "user"]
         finally:
             await client.close()
 
