@@ -328,7 +328,11 @@ def _reach(target: Target, gateway: Target) -> Target | None:
     return gateway
 
 
-def _place(target: Target) -> tuple[str | None, int, str | None]:
+_Place = tuple[str | None, int, str | None]
+
+
+def _place(target: Target) -> _Place:
+    """Where a target is, whatever it is called: host (any case) and port, or socket path."""
     return (target.host.lower() if target.host else None), target.port, target.path
 
 
@@ -337,30 +341,46 @@ class _Chains:
 
     In a chain each gateway is reached through the one before it; the first one the
     way the inventory says (its own `via`), so `via = "gw2"` for a host and
-    `via = "gw1"` for gw2 reach the host through gw1, then gw2. Loops are refused.
+    `via = "gw1"` for gw2 reach the host through gw1, then gw2. A gateway is never
+    reached through itself: its own `via` is cut where it names it, so `[defaults]
+    via = "gw1"` reaches gw1 directly and everything else through it. Loops are refused.
     """
 
     def __init__(self, inventory: Inventory | None) -> None:
         self.inventory = inventory
         self.built: dict[str, Target] = {}
 
-    def resolve(self, text: str, trail: tuple[str, ...] = ()) -> Target:
+    def resolve(self, text: str, trail: tuple[tuple[_Place, str], ...] = ()) -> Target:
+        """The last gateway of chain `text`, its `via` leading back through the others."""
         if text in self.built:
             return self.built[text]
         gateway: Target | None = None
-        for name in (part.strip() for part in text.split(",")):
-            address = _gateway_address(name, text)
-            if address.name.lower() in trail:
-                raise ConfigError(f"gateways loop: {' -> '.join((*trail, address.name))}", "via")
-            settings = self.inventory.settings_for(address.lookup) if self.inventory else {}
-            own = str(settings.get("via", ""))
-            if gateway is None and own:
-                gateway = self.resolve(own, (*trail, address.name.lower()))
-            trail = (*trail, address.name.lower())
-            gateway = _with_settings(address, settings, gateway)
+        for index, name in enumerate(part.strip() for part in text.split(",")):
+            here, own = self.hop(name, text)
+            if any(place == _place(here) for place, _ in trail):
+                raise ConfigError(f"gateways loop: {' -> '.join([*(n for _, n in trail), name])}", "via")
+            trail = (*trail, (_place(here), name))
+            route = self.route(own, here) if index == 0 else ""
+            if route:
+                gateway = self.resolve(route, trail)
+            gateway = replace(here, via=gateway)
         assert gateway is not None
         self.built[text] = gateway
         return gateway
+
+    def hop(self, name: str, chain: str) -> tuple[Target, str]:
+        """One gateway with its inventory settings (not yet its route), and its own `via`."""
+        address = _gateway_address(name, chain)
+        settings = self.inventory.settings_for(address.lookup) if self.inventory else {}
+        return _with_settings(address, settings, None), str(settings.get("via", ""))
+
+    def route(self, via: str, gateway: Target) -> str:
+        """`via` up to where it names `gateway` itself."""
+        names = [part.strip() for part in via.split(",")] if via else []
+        for index, name in enumerate(names):
+            if _place(self.hop(name, via)[0]) == _place(gateway):
+                return ",".join(names[:index])
+        return via
 
 
 def _gateway_address(name: str, chain: str) -> _Address:
