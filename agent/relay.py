@@ -287,7 +287,9 @@ class RelayStream(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         self._dest_eof = self._eof_pending = True
         self._flush_backlog()
-        return True  # keep our side open: the controller may still be sending
+        # Keep our side open while the controller may still be sending; once it has
+        # ended its side too, both directions are done and the connection closes.
+        return not self.channel.eof[Role.CONTROLLER]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -370,7 +372,11 @@ class RelayStream(asyncio.BufferedProtocol):
             self.session.send(Window(self.request_id, bytes=grant))
 
     def eof_from_controller(self, msg: RelayEof) -> None:
-        if self._step(msg) and self.transport is not None and self.transport.can_write_eof():
+        if not self._step(msg) or self.transport is None:
+            return
+        if self._dest_eof:
+            self.transport.close()  # the destination ended its side already: both are done
+        elif self.transport.can_write_eof():
             self.transport.write_eof()
 
     def close_from_controller(self, msg: RelayClose) -> None:
