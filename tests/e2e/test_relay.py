@@ -23,7 +23,7 @@ import pytest
 
 from shoal.agent.config import KeyPolicy, TlsConfig
 from shoal.agent.relay import RelayStream as GatewayStream
-from shoal.agent.relay import Relays, relay_handlers
+from shoal.agent.relay import Relays
 from shoal.agent.server import Agent
 from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.pki import init_pki
@@ -34,9 +34,9 @@ from shoal.controller.targets import Target
 from shoal.hostio.keyfile import write_key_file
 from shoal.hostio.tls import client_context
 from shoal.protocol.handshake import SharedKey
-from shoal.protocol.messages import RelayOpen
 from tests.agents import closed_port, config, running_agents, target_for
 from tests.debris import apoll, marked, tokens_of
+from tests.gatewayfaults import Flipping, Recording, install, misbehaving
 from tests.rawpeer import audit_events
 
 DEADLINE = 20.0
@@ -251,48 +251,10 @@ async def test_relaying_needs_the_right_and_the_destination_on_the_keys_list(
 # -- end to end ---------------------------------------------------------------------------------
 
 
-class Flipping(GatewayStream):
-    """A gateway stream that flips one bit of the third chunk it forwards to its destination."""
-
-    def __init__(self, relays: Relays, msg: RelayOpen) -> None:
-        super().__init__(relays, msg)
-        self.chunks = 0
-
-    def from_controller(self, data: bytes) -> None:
-        self.chunks += 1
-        if self.chunks == 3:  # HELLO and AUTH went through: this one carries a MAC
-            data = data[:-1] + bytes([data[-1] ^ 1])
-        super().from_controller(data)
-
-
-class Recording(GatewayStream):
-    """A gateway stream that keeps a copy of every byte it forwards, both ways."""
-
-    seen = bytearray()
-
-    def from_controller(self, data: bytes) -> None:
-        Recording.seen.extend(data)
-        super().from_controller(data)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        Recording.seen.extend(memoryview(self.relays.read_buffer)[:nbytes])
-        super().buffer_updated(nbytes)
-
-
-def misbehaving(stream: type[GatewayStream], port: int | None = None) -> type[Relays]:
-    """Relays whose streams (to `port` only, when given) are of class `stream`."""
-
-    class Misbehaving(Relays):
-        def new_stream(self, msg: RelayOpen) -> GatewayStream:
-            return (stream if port in (None, msg.port) else GatewayStream)(self, msg)
-
-    return Misbehaving
-
-
 @contextlib.asynccontextmanager
 async def gateway_with(relays: type[Relays], **overrides: object) -> AsyncIterator[Agent]:
     async with running_agents(1, **overrides) as (gw,):
-        gw.handlers.add(lambda session: relay_handlers(session, relays))
+        install(gw, relays)
         yield gw
 
 
