@@ -23,7 +23,8 @@ Every line holds `time` (seconds since the epoch, UTC) and `event`, plus:
     authenticated   peer, key_id (null: no key), key_name   handshake done
     protocol_error  peer, key_id, code, reason              bad frame (e.g. bad_mac); connection closed
     denied          peer, key_id, request, what ("exec" with argv, cwd and reason, "metrics",
-                    or the request type with reason "key revoked")
+                    "relay" with destination and reason, or the request type with
+                    reason "key revoked")
                                                             the key's policy forbids it; nothing ran
     exec_request    peer, key_id, request, argv, cwd        audit_required only: written before the
                                                             command starts; if it fails, it never does
@@ -32,6 +33,10 @@ Every line holds `time` (seconds since the epoch, UTC) and `event`, plus:
     exit            peer, key_id, request, argv, cwd, start (epoch), duration (s), status,
                     timed_out, stdout_bytes, stderr_bytes, stdin_bytes, leftovers_ended
     metrics         peer, key_id, request
+    relay           peer, key_id, request, destination, address   a relayed stream opened (agent/relay.py)
+    relay_failed    peer, key_id, request, destination, error     ... could not connect
+    relay_end       peer, key_id, request, destination, bytes_in, bytes_out, duration, reason
+                                                            ... ended (bytes_in: controller to destination)
     job_start       peer, key_id, request, argv, cwd, pid, job   a detached command started as a job
     job_exit        job, key_id, argv, status, stdout_bytes, stderr_bytes   a job ended (agent/jobs.py)
     jobs            peer, key_id, request                   jobs listed
