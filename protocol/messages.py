@@ -135,6 +135,14 @@ class Message:
         """Per-message checks beyond field types; raise LocalProtocolError."""
 
 
+def _check_timeout_and_window(timeout: float | None, window: int) -> None:
+    """A timeout is positive and finite (or absent); a window is not negative (0: the default)."""
+    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+        raise LocalProtocolError(f"bad timeout {timeout!r}")
+    if window < 0:
+        raise LocalProtocolError(f"bad window {window!r}")
+
+
 # -- connection level --------------------------------------------------------
 
 
@@ -258,10 +266,7 @@ class Exec(Message):
     def _validate(self) -> None:
         if (self.argv is None) == (self.shell is None):
             raise LocalProtocolError("exec needs exactly one of argv and shell")
-        if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
-            raise LocalProtocolError(f"bad timeout {self.timeout!r}")
-        if self.window < 0:
-            raise LocalProtocolError(f"bad window {self.window!r}")
+        _check_timeout_and_window(self.timeout, self.window)
 
 
 @dataclass(frozen=True, slots=True)
@@ -586,10 +591,7 @@ class RelayOpen(Message):
             raise LocalProtocolError("relay open needs exactly one of host and path")
         if self.host is not None and not 0 < self.port < 65536:
             raise LocalProtocolError(f"bad relay port {self.port!r}")
-        if self.window < 0:
-            raise LocalProtocolError(f"bad window {self.window!r}")
-        if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
-            raise LocalProtocolError(f"bad timeout {self.timeout!r}")
+        _check_timeout_and_window(self.timeout, self.window)
 
 
 @dataclass(frozen=True, slots=True)
@@ -602,8 +604,7 @@ class RelayOpened(Message):
     address: str = ""
 
     def _validate(self) -> None:
-        if self.window < 0:
-            raise LocalProtocolError(f"bad window {self.window!r}")
+        _check_timeout_and_window(None, self.window)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,10 @@ request/response cycle: neither end re-judges the peer's frames by itself.
 A JOB_ATTACH is the same stream as an EXEC (its `window` is the output window); a
 detached EXEC ends at JOB_STARTED.
 
-`_TRANSITIONS` is the one table: for each state and each sending role, the message
-types that role may send and the state that follows. A message the peer sent that
-the table does not list is `out_of_order` (RemoteProtocolError); one we are about
-to send is our own bug (LocalProtocolError).
+`TRANSITIONS` is the one table: for each state and each sending role, the message
+types that role may send and the state that follows; `shoal.protocol.channel.Channel`
+steps it. A message the peer sent that the table does not list is `out_of_order`
+(RemoteProtocolError); one we are about to send is our own bug (LocalProtocolError).
 
 Flow control (§3 Flow control) is kept here too, the same numbers on both ends:
 
@@ -30,10 +30,11 @@ from __future__ import annotations
 
 from enum import Enum
 
+from shoal.protocol.channel import Channel
 from shoal.protocol.connection import Role
 from shoal.protocol.defaults import OUTPUT_WINDOW
-from shoal.protocol.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
-from shoal.protocol.messages import Exec, JobAttach, Message, MessageType, Started, Window
+from shoal.protocol.errors import ErrorCode, ProtocolError
+from shoal.protocol.messages import Exec, JobAttach, Message, MessageType, Started
 
 __all__ = ["RequestState", "RequestChannel", "TRANSITIONS"]
 
@@ -70,58 +71,24 @@ TRANSITIONS: dict[tuple[RequestState, Role], dict[MessageType, RequestState]] = 
 _OUTPUT = frozenset({_T.STDOUT, _T.STDERR})
 
 
-class RequestChannel:
-    """The sans-I/O state of one command request at one end.
+class RequestChannel(Channel):
+    """The sans-I/O state of one command request at one end (`Channel`'s stepping).
 
-    Call `send` before a message of ours goes out and `receive` for each message
-    the peer sent under this request id; `*_data` do the same for raw data without
-    a message object (the hot path). Windows are in `output_credit` and
-    `stdin_credit`; the controller asks `output_consumed` what to grant back.
-
-    Args:
-        our_role: which end keeps this channel.
-        request_id: the request's id, for error messages.
+    Windows are in `output_credit` and `stdin_credit`; the controller asks
+    `output_consumed` what to grant back.
     """
 
-    __slots__ = ("our_role", "their_role", "request_id", "state", "output_window", "output_credit",
-                 "stdin_credit", "_consumed")
+    __slots__ = ("output_window", "output_credit", "stdin_credit", "_consumed")
+
+    TABLE = TRANSITIONS  # type: ignore[assignment]
+    START, END, NOUN = RequestState.IDLE, RequestState.DONE, "request"
 
     def __init__(self, our_role: Role, request_id: int) -> None:
-        self.our_role = our_role
-        self.their_role = Role.AGENT if our_role is Role.CONTROLLER else Role.CONTROLLER
-        self.request_id = request_id
-        self.state = RequestState.IDLE
+        super().__init__(our_role, request_id)
         self.output_window = 0  # the EXEC's grant: half of it is when output is granted back
         self.output_credit = 0  # STDOUT+STDERR bytes the agent may still send
         self.stdin_credit = 0  # STDIN bytes the controller may still send
         self._consumed = 0  # controller: output its consumer took, not yet granted back
-
-    @property
-    def done(self) -> bool:
-        return self.state is RequestState.DONE
-
-    def can_send(self, type_: MessageType) -> bool:
-        """Whether the table lets us send `type_` now."""
-        return type_ in TRANSITIONS[(self.state, self.our_role)]
-
-    def send(self, msg: Message) -> None:
-        """Step for a message of ours. Raises LocalProtocolError if we may not send it."""
-        self._step(self.our_role, msg.TYPE, _amount(msg), LocalProtocolError)
-
-    def receive(self, msg: Message) -> None:
-        """Step for a message of the peer's. Raises RemoteProtocolError (`out_of_order`,
-        `window_exceeded`): the connection must fail with that code."""
-        self._step(self.their_role, msg.TYPE, _amount(msg), RemoteProtocolError)
-
-    def send_data(self, type_: MessageType, amount: int) -> None:
-        """`send` without a message object: its type and the one number it moves a
-        window by (payload bytes of STDOUT/STDERR/STDIN, WINDOW's grant, EXEC's
-        `window`, STARTED's `stdin_window`; 0 for the others)."""
-        self._step(self.our_role, type_, amount, LocalProtocolError)
-
-    def receive_data(self, type_: MessageType, amount: int) -> None:
-        """`receive` without a message object, as `send_data`."""
-        self._step(self.their_role, type_, amount, RemoteProtocolError)
 
     def output_consumed(self, nbytes: int) -> int:
         """Controller: its consumer took `nbytes` of output. Returns what to grant back
@@ -133,18 +100,6 @@ class RequestChannel:
             return 0
         grant, self._consumed = self._consumed, 0
         return grant
-
-    def connection_lost(self) -> None:
-        """The connection is gone: nothing more is sent or received for this request."""
-        self.state = RequestState.DONE
-
-    def _step(self, sender: Role, type_: MessageType, amount: int, error: type[ProtocolError]) -> None:
-        after = TRANSITIONS[(self.state, sender)].get(type_)
-        if after is None:
-            raise error(f"{type_.name} from the {sender.value} is not legal for request {self.request_id} "
-                        f"in state {self.state.value}", ErrorCode.OUT_OF_ORDER)
-        self._account(sender, type_, amount, error)
-        self.state = after
 
     def _account(self, sender: Role, type_: MessageType, amount: int, error: type[ProtocolError]) -> None:
         """Move the windows for one legal message (§3 Flow control)."""
@@ -166,15 +121,11 @@ class RequestChannel:
         elif type_ is MessageType.STARTED:
             self.stdin_credit = amount
 
-
-def _amount(msg: Message) -> int:
-    """The one number a message moves a window by: payload, grant or window."""
-    if msg.RAW:
-        return len(msg.data)  # type: ignore[attr-defined]
-    if isinstance(msg, Window):
-        return msg.bytes
-    if isinstance(msg, (Exec, JobAttach)):
-        return msg.window
-    if isinstance(msg, Started):
-        return msg.stdin_window
-    return 0
+    @staticmethod
+    def _amount(msg: Message) -> int:
+        """The one number a message moves a window by: payload, grant or window."""
+        if isinstance(msg, (Exec, JobAttach)):
+            return msg.window
+        if isinstance(msg, Started):
+            return msg.stdin_window
+        return Channel._amount(msg)

@@ -36,28 +36,12 @@ from shoal.hostio.tls import client_context
 from shoal.protocol.handshake import SharedKey
 from tests.agents import closed_port, config, running_agents, target_for
 from tests.debris import apoll, marked, tokens_of
+from tests.e2e.test_exec import Collect
 from tests.gatewayfaults import Flipping, Recording, install, misbehaving
 from tests.rawpeer import audit_events
 
 DEADLINE = 20.0
 MIB = 1024 * 1024
-
-
-class Collect:
-    """A fleet handler keeping each host's output and result."""
-
-    def __init__(self) -> None:
-        self.out: dict[str, bytearray] = {}
-        self.results: dict[str, Result] = {}
-
-    def on_start(self, host: str) -> None:
-        pass
-
-    def on_output(self, host: str, stream: str, data: bytes) -> None:
-        self.out.setdefault(host, bytearray()).extend(data)
-
-    def on_result(self, result: Result) -> None:
-        self.results[result.host] = result
 
 
 def behind(gateway: Target, agents: list[Agent], prefix: str = "t") -> list[Target]:

@@ -9,7 +9,6 @@ the peer's as RemoteProtocolError.
 from __future__ import annotations
 
 import itertools
-import re
 from pathlib import Path
 
 import pytest
@@ -24,9 +23,10 @@ from shoal.protocol.frames import FrameDecoder
 from shoal.protocol.messages import (Error, MessageType, RelayClose, RelayData, RelayEof, RelayOpen, RelayOpened,
                                      Window)
 from shoal.protocol.relay import TRANSITIONS, RelayChannel, RelayState
+from tests.protocol.statetable import BIG, check_message_in_state, doc_table, step
+from tests.protocol.statetable import channel_in as generic_channel_in
 
 RID = 5
-BIG = 1 << 30
 _C, _A = Role.CONTROLLER, Role.AGENT
 DOC = Path(__file__).resolve().parents[2].joinpath("protocol", "PROTOCOL.md").read_text()
 
@@ -39,17 +39,12 @@ _PATH = {
 
 
 def _step(ch: RelayChannel, sender: Role, type_: MessageType, amount: int = 0) -> None:
-    if sender is ch.our_role:
-        ch.send_data(type_, amount)
-    else:
-        ch.receive_data(type_, amount)
+    step(ch, sender, type_, amount)
 
 
 def channel_in(state: RelayState, our_role: Role) -> RelayChannel:
-    ch = RelayChannel(our_role, RID)
-    for sender, type_ in _PATH[state]:
-        _step(ch, sender, type_, BIG)
-    assert ch.state is state
+    ch = generic_channel_in(RelayChannel, _PATH, state, our_role, RID)  # type: ignore[arg-type]
+    assert isinstance(ch, RelayChannel)
     return ch
 
 
@@ -63,19 +58,7 @@ def test_the_table_names_every_state_and_role() -> None:
 @pytest.mark.parametrize("state", list(RelayState))
 def test_every_message_in_every_state_follows_the_table(state: RelayState, type_: MessageType, sender: Role,
                                                          our_role: Role) -> None:
-    ch = channel_in(state, our_role)
-    after = TRANSITIONS[(state, sender)].get(type_)
-    if sender is our_role:
-        assert ch.can_send(type_) is (after is not None)
-    if after is not None:
-        _step(ch, sender, type_)
-        assert ch.state is after
-        return
-    error = LocalProtocolError if sender is our_role else RemoteProtocolError
-    with pytest.raises(error) as info:
-        _step(ch, sender, type_)
-    assert info.value.code == ErrorCode.OUT_OF_ORDER
-    assert ch.state is state
+    check_message_in_state(RelayChannel, _PATH, state, type_, sender, our_role, RID)  # type: ignore[arg-type]
 
 
 def test_a_stream_in_messages_on_both_ends() -> None:
@@ -165,19 +148,7 @@ def test_relay_open_fields_are_checked_by_the_agent(msg: RelayOpen, field: str) 
 
 
 def test_protocol_md_states_the_same_table() -> None:
-    section = DOC[DOC.index("**Relay states.**"):].split("\n\n")[1]
-    rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \| ([^|]+) \|$", section, re.M)
-    table = {}
-    for state_name, controller, agent in rows:
-        state = RelayState(state_name)
-        for role, cell in ((_C, controller), (_A, agent)):
-            moves: dict[MessageType, RelayState] = {}
-            if cell.strip() != "nothing":
-                for part in re.split(r"[;,]", cell):
-                    name, _, after = part.strip().partition(" → ")
-                    moves[MessageType[name]] = RelayState(after.strip("` ")) if after else state
-            table[(state, role)] = moves
-    assert table == TRANSITIONS
+    assert doc_table(DOC[DOC.index("**Relay states.**"):].split("\n\n")[1], RelayState) == TRANSITIONS
 
 
 def test_the_worked_example_decodes_as_described() -> None:

@@ -8,7 +8,6 @@ the peer's as RemoteProtocolError. Then the windows, both directions.
 from __future__ import annotations
 
 import itertools
-import re
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,10 @@ from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolE
 from shoal.protocol.messages import (Error, Exec, Exit, JobAttach, JobStarted, MessageType, Signal, Started,
                                      Stderr, Stdin, StdinEof, Stdout, Window)
 from shoal.protocol.request import TRANSITIONS, RequestChannel, RequestState
+from tests.protocol.statetable import BIG, check_message_in_state, doc_table, step
+from tests.protocol.statetable import channel_in as generic_channel_in
 
 RID = 7
-BIG = 1 << 30
 _C, _A = Role.CONTROLLER, Role.AGENT
 
 # The shortest legal way into each state: (sender, type) steps from IDLE.
@@ -34,17 +34,12 @@ _PATH = {
 
 
 def _step(ch: RequestChannel, sender: Role, type_: MessageType, amount: int = 0) -> None:
-    if sender is ch.our_role:
-        ch.send_data(type_, amount)
-    else:
-        ch.receive_data(type_, amount)
+    step(ch, sender, type_, amount)
 
 
 def channel_in(state: RequestState, our_role: Role) -> RequestChannel:
-    ch = RequestChannel(our_role, RID)
-    for sender, type_ in _PATH[state]:
-        _step(ch, sender, type_, BIG)
-    assert ch.state is state
+    ch = generic_channel_in(RequestChannel, _PATH, state, our_role, RID)  # type: ignore[arg-type]
+    assert isinstance(ch, RequestChannel)
     return ch
 
 
@@ -58,20 +53,7 @@ def test_the_table_names_every_state_and_role() -> None:
 @pytest.mark.parametrize("state", list(RequestState))
 def test_every_message_in_every_state_follows_the_table(state: RequestState, type_: MessageType, sender: Role,
                                                          our_role: Role) -> None:
-    ch = channel_in(state, our_role)
-    after = TRANSITIONS[(state, sender)].get(type_)
-    if sender is our_role:
-        assert ch.can_send(type_) is (after is not None)
-    if after is not None:
-        _step(ch, sender, type_)
-        assert ch.state is after
-        return
-    error = LocalProtocolError if sender is our_role else RemoteProtocolError
-    with pytest.raises(error) as info:
-        _step(ch, sender, type_)
-    assert info.value.code == ErrorCode.OUT_OF_ORDER
-    assert type(info.value) is error
-    assert ch.state is state  # an illegal message changes nothing
+    check_message_in_state(RequestChannel, _PATH, state, type_, sender, our_role, RID)  # type: ignore[arg-type]
 
 
 def test_a_lifecycle_in_messages_on_both_ends() -> None:
@@ -190,28 +172,10 @@ def test_a_lost_connection_ends_the_request() -> None:
     assert ch.done and not ch.can_send(MessageType.SIGNAL)
 
 
-def _doc_cell(cell: str) -> dict[MessageType, RequestState]:
-    """`A, B; C → state` as the table's row: types without an arrow keep the row's state."""
-    out: dict[MessageType, RequestState] = {}
-    if cell.strip() == "nothing":
-        return out
-    for part in re.split(r"[;,]", cell):
-        name, _, after = part.strip().partition(" → ")
-        out[MessageType[name]] = RequestState(after.strip("` ")) if after else None  # type: ignore[assignment]
-    return out
-
-
 def test_protocol_md_states_the_same_table() -> None:
     doc = Path(__file__).resolve().parents[2].joinpath("protocol", "PROTOCOL.md").read_text()
-    doc = doc[doc.index("**Command request states.**"):].split("\n\n")[1]  # that table only
-    states = "|".join(s.value for s in RequestState)
-    rows = re.findall(r"^\| `(%s)` \| ([^|]+) \| ([^|]+) \|$" % states, doc, re.M)
-    table = {}
-    for state_name, controller, agent in rows:
-        state = RequestState(state_name)
-        for role, cell in ((_C, controller), (_A, agent)):
-            table[(state, role)] = {t: (after or state) for t, after in _doc_cell(cell).items()}
-    assert table == TRANSITIONS
+    section = doc[doc.index("**Command request states.**"):].split("\n\n")[1]  # that table only
+    assert doc_table(section, RequestState) == TRANSITIONS
 
 
 def test_resize_is_legal_only_while_running() -> None:
