@@ -13,7 +13,6 @@ import hashlib
 import json
 import random
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from shoal.protocol.messages import (
 )
 from tests.agents import AgentThread
 from tests.rawpeer import RawController
+from tests.waiting import wait_for
 
 HOLDER = 1  # the request that must survive its neighbours' errors
 FUZZ_SEED = 20261203
@@ -70,10 +70,7 @@ def zombie() -> Iterator[int]:
     """A pid whose /proc/PID/cwd is a link that cannot be read: realpath raises FileNotFoundError,
     just as when a put races someone swapping a symlink away."""
     proc = subprocess.Popen(["true"])
-    end = time.monotonic() + 30
-    while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < end, "child did not exit"
-        time.sleep(0.01)
+    wait_for(lambda: psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE, timeout=30, what="the child to exit")
     yield proc.pid
     proc.wait()
 

@@ -12,6 +12,7 @@ import tarfile
 import pytest
 
 from tests.agents import AgentThread, shoal
+from tests.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +107,7 @@ def test_installed_commands_run_end_to_end(tmp_path) -> None:  # type: ignore[no
     agent = subprocess.Popen([os.path.join(bindir, "shoal-agent"), "--listen", f"unix:{sock}"],
                              stderr=subprocess.DEVNULL)
     try:
-        import time
-
-        deadline = time.monotonic() + 15
-        while not os.path.exists(sock) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: os.path.exists(sock), timeout=15, what="the agent's socket")
         data = os.urandom(200000)
         proc = subprocess.run([os.path.join(bindir, "shoal"), "run", f"unix:{sock}", "--", "sha256sum"],
                               input=data, capture_output=True, timeout=30)

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from tests.agents import AgentThread
+from tests.waiting import wait_for
 
 _BIN = Path(sys.executable).with_name("shoal")
 SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "shoal.controller.cli.main"]
@@ -28,17 +29,16 @@ def agent() -> Iterator[AgentThread]:
         yield t
 
 
+def _exited(pid: int) -> bool:
+    """Whether `pid` has exited (a zombie counts)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _gone(pid: int) -> bool:
-    """Poll until `pid` has exited (a zombie counts); False at the deadline."""
-    end = time.monotonic() + DEADLINE
-    while time.monotonic() < end:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_for(lambda: _exited(pid), timeout=DEADLINE, what=f"process {pid} to exit")
 
 
 def _run(agent: AgentThread, *args: str) -> subprocess.CompletedProcess[bytes]:

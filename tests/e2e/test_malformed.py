@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import socket
-import time
 from typing import Iterator
 
 import pytest
@@ -26,6 +25,7 @@ from shoal.protocol.frames import HEAD, FrameDecoder
 from shoal.protocol.codec import decode_body
 from shoal.protocol.messages import Error, Exec, Exit, Message, MessageType, Signal, Started, Stdin, Window
 from tests.agents import AgentThread
+from tests.waiting import wait_for
 
 GIB = 1024 ** 3
 HANDSHAKE_TIMEOUT = 1.0
@@ -148,10 +148,7 @@ def _logged_for(caplog: pytest.LogCaptureFixture, peer: RawPeer, level: int = lo
 
 
 def _wait_logged(caplog: pytest.LogCaptureFixture, peer: RawPeer, level: int = logging.INFO) -> list[str]:
-    deadline = time.monotonic() + 5
-    while not (lines := _logged_for(caplog, peer, level)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return lines
+    return wait_for(lambda: _logged_for(caplog, peer, level), what=f"a log line about peer port {peer.port}")
 
 
 # -- connection-level faults: the connection is closed, the agent carries on --

@@ -21,7 +21,7 @@ from shoal.controller.client import AgentClient
 from shoal.controller.remote import Command
 from shoal.protocol.messages import Goodbye
 from tests.agents import AgentThread, config, target_for
-from tests.debris import apoll, poll
+from tests.waiting import wait_for, wait_for_async
 from tests.rawpeer import DEADLINE, RawController, audit_events
 from tests.e2e.test_lifecycle import AgentProcess
 
@@ -46,7 +46,7 @@ async def test_a_removed_key_gets_no_new_command_and_is_closed_after_its_running
             running = await client.exec(Command(shell=WAIT_FOR_FLAG.format(flag=flag)))
             conf.write_text(ENTRY.format("keep", tmp_path / "keep.key"))
             agent.proc.send_signal(signal.SIGHUP)
-            await apoll(lambda: "revoked" in events(audit), timeout=10)
+            await wait_for_async(lambda: "revoked" in events(audit), timeout=10)
             refused = await (await client.exec(Command(shell=f"touch {tmp_path / 'new'}"))).wait()
             assert refused.error_code == "permission_denied"
             assert refused.error == f"permission denied for key {drop.key_id}: key revoked"
@@ -54,7 +54,7 @@ async def test_a_removed_key_gets_no_new_command_and_is_closed_after_its_running
             flag.touch()
             out = b"".join([e.data async for e in running])
             assert (out, (await running.wait()).status) == (b"before\nafter\n", 0)
-            await apoll(lambda: client.close_reason, timeout=10)
+            await wait_for_async(lambda: client.close_reason, timeout=10)
             assert client.close_reason == "agent closed the connection: key revoked"
         finally:
             await client.close()
@@ -81,7 +81,7 @@ async def test_a_revoked_key_commands_are_killed_after_the_kill_grace(tmp_path: 
             stubborn = await client.exec(Command(shell="echo up; exec sleep 300"))
             agent.reload(config(**settings), [])
             result = await stubborn.wait()
-            reason = await apoll(lambda: client.close_reason, timeout=10)
+            reason = await wait_for_async(lambda: client.close_reason, timeout=10)
         finally:
             await client.close()
     assert result.status == 128 + signal.SIGTERM
@@ -129,7 +129,7 @@ def test_a_handshake_begun_before_the_reload_is_revoked_when_it_completes(tmp_pa
     with thread:
         peer = RawController(thread.addresses[0], old)
         try:
-            poll(lambda: audit_events(audit, event="accepted"), timeout=DEADLINE)  # its session holds the old keys
+            wait_for(lambda: audit_events(audit, event="accepted"), timeout=DEADLINE)  # its session holds the old keys
             thread.call(thread.agents[0].reload, config(keys=(policies["new"],), audit_log=str(audit)), [])
             peer.handshake()
             goodbye = peer.next_event()
