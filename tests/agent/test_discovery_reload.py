@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -28,6 +27,7 @@ from shoal.protocol.handshake import SharedKey, new_nonce
 from tests.agents import config
 from tests.e2e.test_discovery import KEY, OTHER, _free_udp_port
 from tests.waiting import wait_for
+from tests.programs import SHOAL_AGENT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,7 +161,7 @@ def test_sighup_moves_the_responder_and_refuses_a_port_it_cannot_bind(tmp_path: 
     with open(log_path, "wb") as log, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
         squatter.bind((host, 0))
         taken = squatter.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "shoal.agent.cli", "--config", str(cfg)], cwd=ROOT,
+        proc = subprocess.Popen([*SHOAL_AGENT, "--config", str(cfg)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=log)
         try:
             wait_for(lambda: _answers((host, first), key), timeout=20, what="the agent to answer")

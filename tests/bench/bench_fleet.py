@@ -26,9 +26,10 @@ import subprocess
 import sys
 import time
 
+from tests.programs import installed
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_BIN = os.path.join(os.path.dirname(sys.executable), "shoal")
-SHOAL = [_BIN] if os.path.exists(_BIN) else [sys.executable, "-m", "shoal.controller.cli.main"]
+SHOAL = [installed("shoal")]  # the entry point as a user types it
 
 
 def pattern_for(hosts: int) -> str:

@@ -13,7 +13,6 @@ import os
 import re
 import select
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -32,8 +31,8 @@ from shoal.protocol.messages import Auth, Exec, Exit, Hello, Message, MessageTyp
 from tests.agents import AgentThread
 from tests.agents import config as agent_config
 from tests.rawpeer import DEADLINE, RawController, audit_events, connect, split_frames, untagged_frames
+from tests.programs import SHOAL, SHOAL_AGENT
 
-BIN = Path(sys.executable).parent
 KEY_HEX_LEN = 64
 
 
@@ -480,7 +479,7 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Path, command: str) ->
     path.chmod(0o644)
     args = {"shoal-agent": ["--listen", "127.0.0.1:0", "--key-file", str(path)],
             "shoal": ["run", "127.0.0.1:1", "--key-file", str(path), "--", "true"]}[command]
-    proc = subprocess.run([str(BIN / command), *args], capture_output=True, text=True, timeout=DEADLINE,
+    proc = subprocess.run([*{"shoal-agent": SHOAL_AGENT, "shoal": SHOAL}[command], *args], capture_output=True, text=True, timeout=DEADLINE,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 2
     assert proc.stderr == (f"{command}: {path}: key file is accessible by others (mode 0644); "

@@ -22,6 +22,7 @@ from shoal.controller.cli.main import main
 from shoal.controller.nodeset import NodeSet
 from shoal.protocol.errors import ConfigError
 from tests.agents import AgentThread
+from tests.programs import SHOAL
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -209,7 +210,7 @@ def test_timeout_applies_to_each_command(fleet: Fleet, tmp_path: Path,
 
 
 def test_stdin_is_the_batch_file_with_dash(fleet: Fleet) -> None:
-    proc = subprocess.run(["shoal", "batch", ",".join(fleet.plain), "-"], input=b"echo from-stdin\nexit 4\n",
+    proc = subprocess.run([*SHOAL, "batch", ",".join(fleet.plain), "-"], input=b"echo from-stdin\nexit 4\n",
                           capture_output=True, timeout=60)
     assert proc.returncode == 4
     assert said(proc.stdout.decode(), fleet.plain, "from-stdin") == set(fleet.plain)

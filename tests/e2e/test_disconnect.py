@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import IO
@@ -23,6 +22,7 @@ from shoal.controller.remote import Command
 from tests.agents import AgentThread, running_agents, target_for
 from tests.debris import marked, tokens_of
 from tests.waiting import wait_for, wait_for_async
+from tests.programs import SHOAL
 
 # A tree that tries every way of outliving its parent: a daemon (setsid and a
 # double fork, reparented away from the command), a child ignoring SIGTERM, and
@@ -36,7 +36,7 @@ class Cli:
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shoal.controller.cli.main", "run", *args],
+            [*SHOAL, "run", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]),
         )

@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from typing import Any, AsyncIterator, Iterator
 
@@ -37,6 +36,7 @@ from shoal.protocol.errors import ConfigError, RemoteProtocolError
 from shoal.protocol.handshake import SharedKey, new_nonce
 from tests.agents import AgentThread, config
 from tests.waiting import wait_for, wait_for_async
+from tests.programs import SHOAL, SHOAL_AGENT
 
 KEY = SharedKey(b"k" * 32)
 OTHER = SharedKey(b"o" * 32)
@@ -419,7 +419,7 @@ def test_agents_in_namespaces_answer_broadcast_and_multicast(tmp_path) -> None:
                 state = tmp_path / f"state{i}"
                 state.mkdir()
                 procs.append(subprocess.Popen(
-                    ["ip", "netns", "exec", ns, sys.executable, "-m", "shoal.agent.cli", "--listen", "0.0.0.0:8470",
+                    ["ip", "netns", "exec", ns, *SHOAL_AGENT, "--listen", "0.0.0.0:8470",
                      "--key-file", str(key_path), "--discovery", "--state-dir", str(state),
                      "--log-level", "warning"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -429,7 +429,7 @@ def test_agents_in_namespaces_answer_broadcast_and_multicast(tmp_path) -> None:
             wait_for(started, timeout=30, what="the agents to start")
             for how in (["--broadcast"], ["--multicast"]):
                 run = subprocess.run(
-                    ["ip", "netns", "exec", ctl, sys.executable, "-m", "shoal.controller.cli.main", "discover", *how,
+                    ["ip", "netns", "exec", ctl, *SHOAL, "discover", *how,
                      "--key-file", str(key_path), "--expect", "2", "--timeout", "30"],
                     capture_output=True, text=True, timeout=60)
                 assert run.returncode == 0, run.stderr

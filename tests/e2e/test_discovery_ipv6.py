@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -31,6 +30,7 @@ from tests.agents import AgentThread, config
 from tests.e2e.test_discovery import KEY, NETNS_REASON, _ip
 from tests.agent.test_discovery_reload import _probe
 from tests.waiting import wait_for
+from tests.programs import SHOAL, SHOAL_AGENT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,7 +159,7 @@ def _udp6_bound(ns: str, port: int) -> bool:
 
 
 def _discover(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "shoal.controller.cli.main", *args],
+    return subprocess.run(["ip", "netns", "exec", ns, *SHOAL, *args],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
@@ -180,7 +180,7 @@ def test_agent_answers_a_link_local_ipv6_multicast_probe_and_follows_a_group_cha
             f'[[keys]]\nname = "k"\nfile = "{key_path}"\nallow = "all"\n[discovery]\nenabled = true\n')
     cfg.write_text(body)
     with ipv6_link() as (agent_ns, ctl_ns), open(log_path, "wb") as log:
-        proc = subprocess.Popen(["ip", "netns", "exec", agent_ns, sys.executable, "-m", "shoal.agent.cli",
+        proc = subprocess.Popen(["ip", "netns", "exec", agent_ns, *SHOAL_AGENT,
                                  "--config", str(cfg)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
         try:
             _wait(lambda: _udp6_bound(agent_ns, 8470), "the agent's discovery socket", proc)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,8 +25,8 @@ from tests.agents import running_agents, shoal, target_for
 from tests.debris import marked, marker_of
 from tests.waiting import wait_for, wait_for_async
 from tests.e2e.test_lifecycle import AgentProcess
+from tests.programs import SHOAL
 
-SHOAL = [sys.executable, "-m", "shoal.controller.cli.main"]
 ENTRY = '[[keys]]\nname = "{0}"\nfile = "{1}"\n{2}\n'
 
 

@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +19,7 @@ from shoal.protocol.errors import AuthError, ShoalConnectionError
 from shoal.protocol.handshake import SharedKey
 from tests.debris import marked, marker_of
 from tests.waiting import wait_for, wait_for_async
+from tests.programs import SHOAL_AGENT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,7 @@ class AgentProcess:
         self.log = tmp / f"agent-{len(list(tmp.glob('agent-*.log')))}.log"
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shoal.agent.cli", *args], stdin=subprocess.DEVNULL,
+                [*SHOAL_AGENT, *args], stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=err, cwd=str(ROOT), env={**_outside_systemd(), **(env or {})},
             )
 

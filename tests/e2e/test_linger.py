@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +14,8 @@ import pytest
 
 from tests.agents import AgentThread
 from tests.waiting import wait_for
+from tests.programs import SHOAL
 
-_BIN = Path(sys.executable).with_name("shoal")
-SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "shoal.controller.cli.main"]
 LINGER = 0.5
 # Generous: the machine is busy; a broken agent would wait an hour, not this long.
 DEADLINE = 60.0

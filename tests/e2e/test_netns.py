@@ -13,7 +13,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -29,6 +28,7 @@ from shoal.controller.targets import Target
 from tests.agents import running_agents, target_for
 from tests.debris import marked, tokens_of
 from tests.waiting import wait_for_async
+from tests.programs import SHOAL_AGENT
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
@@ -101,7 +101,7 @@ def netns_agent(namespace: Namespace, tmp_path: Path) -> Iterator[tuple[Target, 
     log = tmp_path / "agent.log"
     with open(log, "wb") as err:
         agent = subprocess.Popen(
-            ["ip", "netns", "exec", namespace.name, sys.executable, "-m", "shoal.agent.cli", "--config", str(config),
+            ["ip", "netns", "exec", namespace.name, *SHOAL_AGENT, "--config", str(config),
              "--listen", f"{namespace.inner_ip}:{AGENT_PORT}", "--insecure", "--log-level", "debug",
              "--state-dir", str(tmp_path / "state")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,

@@ -15,7 +15,6 @@ import resource
 import socket
 import struct
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -30,9 +29,9 @@ from shoal.protocol.messages import MessageType
 from tests.agents import AgentThread
 from tests.waiting import wait_for
 from tests.rawpeer import RawController, audit_events, untagged_frames
+from tests.programs import SHOAL, SHOAL_AGENT
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 # Generous: a loaded 2-core box runs other suites beside this one.
 DEADLINE = 30.0
 MIB = 1024 * 1024
@@ -50,7 +49,7 @@ class AgentProcess:
         env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shoal.agent.cli", "--listen", "127.0.0.1:0", "--key-file", str(self.key_path),
+                [*SHOAL_AGENT, "--listen", "127.0.0.1:0", "--key-file", str(self.key_path),
                  "--audit-log", str(self.audit), *args],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd=str(ROOT), env=env,
                 preexec_fn=limit)
@@ -68,7 +67,7 @@ class AgentProcess:
     def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         """The real `shoal run` against this agent, with its key."""
         return subprocess.run(
-            [str(BIN / "shoal"), "run", f"127.0.0.1:{self.port}", "--key-file", str(self.key_path), "--", *argv],
+            [*SHOAL, "run", f"127.0.0.1:{self.port}", "--key-file", str(self.key_path), "--", *argv],
             capture_output=True, text=True, timeout=DEADLINE, stdin=subprocess.DEVNULL)
 
     def stop(self) -> None:
@@ -141,7 +140,7 @@ def _flood_while_serving(agent: AgentProcess, sockets: list[socket.socket]) -> i
             pass  # already refused and closed
     peers = {"%s:%d" % s.getsockname()[:2] for s in sockets}
     served = subprocess.Popen(  # the real CLI, while the flood's sockets are all still open
-        [str(BIN / "shoal"), "run", f"127.0.0.1:{agent.port}", "--key-file", str(agent.key_path),
+        [*SHOAL, "run", f"127.0.0.1:{agent.port}", "--key-file", str(agent.key_path),
          "--", "echo", "served"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = agent.rss()
 

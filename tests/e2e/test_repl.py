@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from tests.agents import AgentThread
+from tests.programs import SHOAL, SHOAL_AGENT
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ class Terminal:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 250, 0, 0))
         env = dict(os.environ, TERM="dumb", NO_COLOR="1", INPUTRC="/dev/null", PYTHONPATH=str(REPO))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", LAUNCH, sys.executable, "-m", "shoal.controller.cli.main", *args],
+            [sys.executable, "-c", LAUNCH, *SHOAL, *args],
             stdin=slave, stdout=slave, stderr=slave, start_new_session=True, env=env, cwd=REPO)
         os.close(slave)
         self.fd = master
@@ -271,7 +272,7 @@ def _free_port() -> int:
 
 
 def _agent_process(port: int, state: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["shoal-agent", "--listen", f"127.0.0.1:{port}", "--state-dir", str(state)],
+    return subprocess.Popen([*SHOAL_AGENT, "--listen", f"127.0.0.1:{port}", "--state-dir", str(state)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -352,7 +353,7 @@ def test_history_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
 def test_jobs_lists_the_detached_jobs_of_the_targeted_hosts(terminal: Callable[..., Terminal]) -> None:
     with AgentThread(2) as agents:
-        started = subprocess.run([sys.executable, "-m", "shoal.controller.cli.main", "run", agents.addresses[0],
+        started = subprocess.run([*SHOAL, "run", agents.addresses[0],
                                   "--detach", "--", "sleep 3600"], capture_output=True, timeout=60, check=True)
         job = started.stdout.decode().rpartition(": job ")[2].strip()
         term = terminal("shell", agents.targets_spec())

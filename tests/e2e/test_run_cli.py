@@ -9,7 +9,6 @@ import json
 import os
 import pty
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +17,8 @@ import pytest
 from tests.agents import AgentThread, shoal, closed_port
 from tests.debris import marked, tokens_of
 from tests.waiting import wait_for
+from tests.programs import SHOAL
 
-_BIN = Path(sys.executable).with_name("shoal")
-SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "shoal.controller.cli.main"]
 
 
 @pytest.fixture(scope="module")

@@ -311,7 +311,8 @@ def test_batch_runs_every_command_as_the_user(capsysbinary, user: MadeUser, tmp_
 
 
 def test_shell_user_switches_later_commands(user: MadeUser) -> None:
-    from tests.e2e.test_pty_e2e import SHOAL, Terminal
+    from tests.e2e.test_pty_e2e import Terminal
+    from tests.programs import SHOAL
 
     with AgentThread() as agent:
         term = Terminal([*SHOAL, "shell", agent.targets_spec()], 24, 80)

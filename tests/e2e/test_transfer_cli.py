@@ -7,7 +7,6 @@ import os
 import select
 import pty
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,9 +16,8 @@ from shoal.controller.term.display import Display
 from shoal.controller.transfer import host_directory_name
 from shoal.controller.term.transferprogress import TransferProgress, format_bytes, format_duration
 from tests.agents import AgentThread, shoal, closed_port
+from tests.programs import SHOAL
 
-_BIN = Path(sys.executable).with_name("shoal")
-SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "shoal.controller.cli.main"]
 
 
 @pytest.fixture(scope="module")

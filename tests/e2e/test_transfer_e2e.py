@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import AsyncIterator, Iterator
@@ -35,6 +34,7 @@ from shoal.protocol.errors import RemoteCommandError
 from shoal.protocol.messages import FileData, PutFile
 from tests.agents import config, running_agents, target_for, closed_port as _closed_port
 from tests.waiting import wait_for, wait_for_async
+from tests.programs import SHOAL_AGENT
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -423,7 +423,7 @@ async def test_agent_killed_mid_put_leaves_old_file_and_restart_cleans(tmp_path:
 
 def _agent_process(port: int, state_dir: Path) -> subprocess.Popen[bytes]:
     """A real `shoal-agent` process, returned once it accepts connections."""
-    proc = subprocess.Popen([sys.executable, "-m", "shoal.agent.cli", "--listen", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([*SHOAL_AGENT, "--listen", f"127.0.0.1:{port}",
                              "--state-dir", str(state_dir), "--log-level", "error"], cwd=ROOT)
     try:
         wait_for(lambda: _accepts(port), what=f"the agent to listen on port {port}")

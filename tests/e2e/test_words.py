@@ -14,7 +14,7 @@ import pytest
 from shoal.controller.cli.main import build_parser
 from shoal.controller.cli.words import split_at_command
 from tests.agents import AgentThread, shoal
-from tests.e2e.test_run_cli import SHOAL
+from tests.programs import SHOAL
 
 
 def _run_parser() -> argparse.ArgumentParser:
