@@ -10,15 +10,14 @@ import tarfile
 
 import pytest
 
-from tests.agents import AgentThread, shoal
+from tests.agents import shoal
 from tests.waiting import wait_for
 from tests.programs import installed
 
 
 @pytest.fixture(scope="module")
-def agents():  # type: ignore[no-untyped-def]
-    with AgentThread(3) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 3}
 
 
 def test_single_host_exit_code_is_the_commands(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]

@@ -36,9 +36,9 @@ NOISE = (b"Traceback", b"Exception in callback", b"never retrieved", b"Cancelled
 
 
 @pytest.fixture(scope="module")
-def peers() -> Iterator[tuple[str, HostilePeers]]:
-    with AgentThread(1) as good, HostilePeers() as hostile:
-        yield good.agents[0].addresses[0], hostile
+def peers(agents: AgentThread) -> Iterator[tuple[str, HostilePeers]]:
+    with HostilePeers() as hostile:
+        yield agents.addresses[0], hostile
 
 
 def shoal_cli(*argv: str) -> subprocess.CompletedProcess[bytes]:

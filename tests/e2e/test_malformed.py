@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import socket
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -32,9 +32,8 @@ HANDSHAKE_TIMEOUT = 1.0
 
 
 @pytest.fixture
-def agent() -> Iterator[AgentThread]:
-    with AgentThread(**{"limits.handshake_timeout": HANDSHAKE_TIMEOUT}) as t:
-        yield t
+def agent(start_agents: Callable[..., AgentThread]) -> AgentThread:
+    return start_agents(**{"limits.handshake_timeout": HANDSHAKE_TIMEOUT})
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import select
 import struct
 import subprocess
 import termios
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -86,9 +86,8 @@ class Terminal:
 
 
 @pytest.fixture
-def agent() -> Iterator[AgentThread]:
-    with AgentThread() as thread:
-        yield thread
+def agent(start_agents: Callable[..., AgentThread]) -> AgentThread:
+    return start_agents()
 
 
 def _shoal_env() -> dict[str, str]:

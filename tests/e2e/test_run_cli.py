@@ -9,7 +9,6 @@ import json
 import os
 import pty
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,8 @@ from tests.programs import SHOAL
 
 
 @pytest.fixture(scope="module")
-def agents() -> Iterator[AgentThread]:
-    with AgentThread(10) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 10}
 
 
 def test_stdin_reaches_ten_hosts_byte_exact(agents: AgentThread) -> None:

@@ -13,7 +13,7 @@ import pwd
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +21,12 @@ import pytest
 
 from shoal.agent import runas
 from shoal.agent.config import KeyPolicy, dump_config, load_config
-from shoal.agent.server import Agent
 from shoal.controller.client import AgentClient
 from shoal.controller.remote import Command
 from shoal.hostio.keyfile import write_key_file
 from shoal.protocol.handshake import SharedKey
 from shoal.protocol.messages import Exec
 from tests.agents import AgentThread, running_agents, shoal, target_for
-from tests.agents import config as agent_config
 from tests.rawpeer import audit_events
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making a user and running as it needs root")
@@ -118,17 +116,15 @@ def keys(tmp_path: Path) -> dict[str, tuple[SharedKey, Path]]:
 
 
 @pytest.fixture
-def policy_agent(tmp_path: Path, keys: dict[str, tuple[SharedKey, Path]], user: MadeUser) -> Iterator[AgentThread]:
+def policy_agent(start_agents: Callable[..., AgentThread], tmp_path: Path, keys: dict[str, tuple[SharedKey, Path]],
+                 user: MadeUser) -> AgentThread:
     policies = (
         KeyPolicy(name="admin", file=str(keys["admin"][1]), allow_all=True),
         KeyPolicy(name="narrow", file=str(keys["narrow"][1]), allow_all=True, users=("nobody",)),
         KeyPolicy(name="app", file=str(keys["app"][1]), allow_all=True, users=(user.name,)),
         KeyPolicy(name="lister", file=str(keys["lister"][1]), commands=("id -un",)),
     )
-    thread = AgentThread(0)
-    thread.agents = [Agent(agent_config(keys=policies, audit_log=str(tmp_path / "audit.jsonl")))]
-    with thread:
-        yield thread
+    return start_agents(policies=policies, audit_log=str(tmp_path / "audit.jsonl"))
 
 
 def _run(capsysbinary, agent: AgentThread, key: Path, *args: str):  # type: ignore[no-untyped-def]

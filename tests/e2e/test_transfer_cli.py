@@ -7,7 +7,6 @@ import os
 import select
 import pty
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,8 @@ from tests.programs import SHOAL
 
 
 @pytest.fixture(scope="module")
-def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentThread]:
-    with AgentThread(3, state_dir=str(tmp_path_factory.mktemp("state"))) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 3}
 
 
 def test_put_one_file_to_three_hosts(agents: AgentThread, tmp_path: Path,

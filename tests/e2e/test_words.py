@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,9 +27,8 @@ RUN_OPTIONS = sorted(s for action in _run_parser()._actions for s in action.opti
 
 
 @pytest.fixture(scope="module")
-def agents() -> Iterator[AgentThread]:
-    with AgentThread(2) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 2}
 
 
 def test_the_option_list_is_complete() -> None:
