@@ -29,10 +29,10 @@ from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.targets import Target
 from tests.bench.common import ROOT, free_port, start_agent
 from tests.bench.sshd import loopback_sshd
+from tests.programs import installed
 
-# The installed entry point next to this interpreter (not a version-manager shim).
-_BIN = os.path.join(os.path.dirname(sys.executable), "shoal")
-SHOAL = _BIN if os.path.exists(_BIN) else f"{sys.executable} -m shoal.controller.cli.main"
+# The installed entry point, as a user types it (not a version-manager shim).
+SHOAL = installed("shoal")
 
 
 def size_arg(text: str) -> int:
