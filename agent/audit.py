@@ -37,8 +37,11 @@ Every line holds `time` (seconds since the epoch, UTC) and `event`, plus:
     relay_failed    peer, key_id, request, destination, error     ... could not connect
     relay_end       peer, key_id, request, destination, bytes_in, bytes_out, duration, reason
                                                             ... ended (bytes_in: controller to destination)
-    job_start       peer, key_id, request, argv, cwd, pid, job   a detached command started as a job
-    job_exit        job, key_id, argv, status, stdout_bytes, stderr_bytes   a job ended (agent/jobs.py)
+    job_start       peer, key_id, request, argv, cwd, user, pid, job   a detached command started as a job
+    job_exit        job, key_id, argv, user, status, timed_out, idle_timed_out, stdout_bytes, stderr_bytes
+                                                            a job ended (agent/jobs.py)
+    job_revoked     job, key_id, argv, user, processes      a reload removed the key that started a
+                                                            running job: its tree was killed
     jobs            peer, key_id, request                   jobs listed
     job_attach      peer, key_id, request, job              a job's output followed
     job_kill        peer, key_id, request, job, signal, processes   a job's tree signalled

@@ -37,12 +37,11 @@ from shoal.protocol.messages import (
     MessageType,
     RelayClose,
     RelayData,
-    RelayEof,
     RelayOpen,
     RelayOpened,
     Window,
 )
-from shoal.protocol.relay import RelayChannel, RelayState
+from shoal.protocol.request import RequestChannel, RequestKind, RequestState
 
 from shoal.agent.handlers import HandlerTable
 from shoal.hostio.driver import tune_socket
@@ -71,7 +70,6 @@ def relay_handlers(session: AgentSession, relays_class: type[Relays] | None = No
     table = HandlerTable()
     table.add(RelayOpen, relays.on_open)
     table.add(RelayData, relays.on_data)
-    table.add(RelayEof, relays.on_eof)
     table.add(RelayClose, relays.on_close)
     return table
 
@@ -132,11 +130,6 @@ class Relays:
         if stream is not None:
             stream.from_controller(msg.data)
 
-    def on_eof(self, msg: RelayEof) -> None:
-        stream = self._stream(msg)
-        if stream is not None:
-            stream.eof_from_controller(msg)
-
     def on_close(self, msg: RelayClose) -> None:
         stream = self._stream(msg)
         if stream is not None:
@@ -165,7 +158,7 @@ class RelayStream(asyncio.BufferedProtocol):
         self.request_id = msg.request_id
         self.open_msg = msg
         self.destination = destination(msg)
-        self.channel = RelayChannel(Role.AGENT, msg.request_id)
+        self.channel = RequestChannel(Role.AGENT, msg.request_id, RequestKind.RELAY)
         self.channel.receive(msg)
         self.task: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport | None = None
@@ -177,8 +170,7 @@ class RelayStream(asyncio.BufferedProtocol):
         self._held = 0  # bytes in the destination socket's write buffer
         self._to_grant = 0  # bytes the destination took that the controller was not yet granted
         self._backlog = b""  # read beyond the controller's credit (at most one byte), sent on its next grant
-        self._dest_eof = False  # the destination sent EOF: never read again
-        self._eof_pending = False  # ... and our RELAY_EOF waits for the backlog
+        self._dest_eof = False  # the destination ended its side: never read again; close once sent on
         self._reading = False
         self._open = False  # RELAY_OPENED sent
         self._ended = False
@@ -285,15 +277,13 @@ class RelayStream(asyncio.BufferedProtocol):
         self._to_controller(self._backlog + data if self._backlog else data)
 
     def eof_received(self) -> bool:
-        self._dest_eof = self._eof_pending = True
-        self._flush_backlog()
-        # Keep our side open while the controller may still be sending; once it has
-        # ended its side too, both directions are done and the connection closes.
-        return not self.channel.eof[Role.CONTROLLER]
+        self._dest_eof = True
+        self._flush_backlog()  # and close, once what it sent is on its way to the controller
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if self.channel.state is RelayState.OPEN:
+        if self.channel.state is RequestState.RUNNING:
             reason = "" if exc is None else connect_reason(exc) if isinstance(exc, OSError) else str(exc)
             self._send_end(RelayClose(self.request_id, reason=reason))
 
@@ -308,7 +298,7 @@ class RelayStream(asyncio.BufferedProtocol):
 
     def _to_controller(self, data: bytes) -> None:
         credit = self.channel.send_credit
-        if self.channel.state is not RelayState.OPEN or self.channel.eof[Role.AGENT]:
+        if self.channel.state is not RequestState.RUNNING:
             return
         send, self._backlog = (data, b"") if len(data) <= credit else (data[:credit], data[credit:])
         if send:
@@ -321,10 +311,8 @@ class RelayStream(asyncio.BufferedProtocol):
     def _flush_backlog(self) -> None:
         if self._backlog:
             self._to_controller(b"")
-        if self._eof_pending and not self._backlog and self.channel.can_send(MessageType.RELAY_EOF):
-            self._eof_pending = False
-            self.channel.send(RelayEof(self.request_id))
-            self.session.send(RelayEof(self.request_id))
+        if self._dest_eof and not self._backlog and self.transport is not None and not self.transport.is_closing():
+            self.transport.close()  # the destination is done: RELAY_CLOSE follows, after its last bytes
 
     def grant(self, nbytes: int) -> None:
         """WINDOW from the controller (or 0: our socket to it drained): read again."""
@@ -343,7 +331,7 @@ class RelayStream(asyncio.BufferedProtocol):
 
     def _resume(self) -> None:
         ready = self.channel.send_credit > 0 and not self.session.writing_paused and not self._dest_eof
-        if ready and not self._reading and self.transport is not None and self.channel.state is RelayState.OPEN:
+        if ready and not self._reading and self.transport is not None and self.channel.state is RequestState.RUNNING:
             self._reading = True
             self.transport.resume_reading()
 
@@ -370,14 +358,6 @@ class RelayStream(asyncio.BufferedProtocol):
             grant, self._to_grant = self._to_grant, 0
             self.channel.send_data(MessageType.WINDOW, grant)
             self.session.send(Window(self.request_id, bytes=grant))
-
-    def eof_from_controller(self, msg: RelayEof) -> None:
-        if not self._step(msg) or self.transport is None:
-            return
-        if self._dest_eof:
-            self.transport.close()  # the destination ended its side already: both are done
-        elif self.transport.can_write_eof():
-            self.transport.write_eof()
 
     def close_from_controller(self, msg: RelayClose) -> None:
         if self._step(msg):

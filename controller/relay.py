@@ -7,7 +7,8 @@ undetected. The stream is also a request on the gateway's own connection (the
 link, another `AgentClient`): the link routes the stream's RELAY_* and WINDOW
 frames to `receive`, and tells it `lost` when the link drops.
 
-Flow control is per stream (PROTOCOL.md §3 Relays, `shoal.protocol.relay`): we send
+Flow control is per stream (PROTOCOL.md §3 Relays, `RequestKind.RELAY` in
+`shoal.protocol.request`): we send
 only within the window the gateway granted, keeping the rest in `_outbox` (the
 writer is paused above the high-water mark, as a socket pauses it), and grant the
 gateway more as the client takes the bytes, so one slow target never holds up the
@@ -23,9 +24,8 @@ from typing import TYPE_CHECKING, Any
 from shoal.protocol.connection import Role
 from shoal.protocol.errors import (ErrorCode, RemoteCommandError, RemoteProtocolError, ShoalConnectionError,
                                    ShoalError)
-from shoal.protocol.messages import (Error, Message, MessageType, RelayClose, RelayData, RelayEof, RelayOpen,
-                                     RelayOpened, Window)
-from shoal.protocol.relay import RelayChannel, RelayState
+from shoal.protocol.messages import Error, Message, MessageType, RelayClose, RelayData, RelayOpen, RelayOpened, Window
+from shoal.protocol.request import RequestChannel, RequestKind, RequestState
 
 from shoal.hostio.writev import WRITE_BUFFER_HIGH
 from shoal.controller.targets import Target
@@ -58,7 +58,7 @@ class RelayStream(asyncio.Transport):
         self.gateway = gateway
         self.target = target
         self.request_id = link.new_request_id()
-        self.channel = RelayChannel(Role.CONTROLLER, self.request_id)
+        self.channel = RequestChannel(Role.CONTROLLER, self.request_id, RequestKind.RELAY)
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._protocol: asyncio.BaseProtocol | None = None
         self._outbox: deque[bytes] = deque()
@@ -67,9 +67,9 @@ class RelayStream(asyncio.Transport):
         self._writing_paused = False
         self._reading = True
         self._inbox: deque[bytes] = deque()  # bytes arrived while reading is paused (within our window)
-        self._inbox_eof = False
+        # Once the gateway closed the stream: None (the target closed it) or why it ended.
+        self._inbox_end: BaseException | None | bool = False
         self._to_grant = 0
-        self._eof_wanted = False  # write_eof(): RELAY_EOF once the outbox is out
         self._closing = False
         self._finished = False
 
@@ -99,12 +99,10 @@ class RelayStream(asyncio.Transport):
             if not self.opened.done():
                 self.opened.set_result(None)
             self._pump()
-        elif isinstance(msg, RelayEof):
-            self._inbox_eof = True
+        elif isinstance(msg, RelayClose):  # the target's connection ended: after its last bytes
+            self._forget()
+            self._inbox_end = ConnectionResetError(f"{msg.reason} (relayed by {self.gateway})") if msg.reason else None
             self._deliver()
-        elif isinstance(msg, RelayClose):
-            gone = ConnectionResetError(f"{msg.reason} (relayed by {self.gateway})") if msg.reason else None
-            self._finish(gone)
         elif isinstance(msg, Error):
             self._finish(self._refusal(msg))
 
@@ -136,10 +134,11 @@ class RelayStream(asyncio.Transport):
             self._grant(len(data))
             if not self._feed(data):
                 return
-        if self._inbox_eof and not self._inbox and self._reading and self._protocol is not None:
-            self._inbox_eof = False
-            if not self._closing and not self._protocol.eof_received():  # type: ignore[attr-defined]
-                self.close()
+        if self._inbox_end is not False and not self._inbox and self._reading and self._protocol is not None:
+            end, self._inbox_end = self._inbox_end, False
+            if end is None and not self._closing:
+                self._protocol.eof_received()  # type: ignore[attr-defined]  # as a socket's EOF
+            self._finish(end if isinstance(end, BaseException) else None)
 
     def _feed(self, data: bytes) -> bool:
         """Give `data` to the protocol as a socket would; False when the protocol failed."""
@@ -190,16 +189,14 @@ class RelayStream(asyncio.Transport):
         self._pump()
 
     def _pump(self) -> None:
-        """Send what the gateway's window allows; then a pending RELAY_EOF."""
+        """Send what the gateway's window allows."""
         ch = self.channel
-        if self.link.closed or ch.state is not RelayState.OPEN:
+        if self.link.closed or ch.state is not RequestState.RUNNING:
             return
         while self._outbox and ch.send_credit > 0 and ch.can_send(MessageType.RELAY_DATA):
             chunk = self._take(min(ch.send_credit, self.link.max_chunk))
             ch.send_data(MessageType.RELAY_DATA, len(chunk))
             self.link.conn.send_data(MessageType.RELAY_DATA, self.request_id, chunk)
-        if self._eof_wanted and not self._outbox and ch.can_send(MessageType.RELAY_EOF):
-            self._send(RelayEof(self.request_id))
         self.link.flush()
         self._writable_changed()
 
@@ -269,11 +266,7 @@ class RelayStream(asyncio.Transport):
         return self._low, self._high
 
     def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self._eof_wanted = True
-        self._pump()
+        return False  # a stream is closed whole (RELAY_CLOSE), never half
 
     def close(self) -> None:
         """Send what the window allows now, then end the stream (the gateway closes the
@@ -302,13 +295,17 @@ class RelayStream(asyncio.Transport):
             self._send(RelayClose(self.request_id))
         self._finish(exc)
 
+    def _forget(self) -> None:
+        """The id is done: frames still on their way for it are dropped by the link."""
+        if self.link.requests.get(self.request_id) is self:
+            del self.link.requests[self.request_id]
+
     def _finish(self, exc: BaseException | None) -> None:
         """The stream is over: forget its id, fail the open, or tell the protocol (soon, as asyncio does)."""
         if self._finished:
             return
         self._finished = self._closing = True
-        if self.link.requests.get(self.request_id) is self:
-            del self.link.requests[self.request_id]
+        self._forget()
         if not self.opened.done():
             error = exc if isinstance(exc, ShoalError) else ShoalConnectionError(
                 self.target.name, f"via {self.gateway}: {exc or 'relay closed before it opened'}")

@@ -57,7 +57,6 @@ __all__ = [
     "RelayOpen",
     "RelayOpened",
     "RelayData",
-    "RelayEof",
     "RelayClose",
     "MESSAGE_CLASSES",
     "CONNECTION_LEVEL",
@@ -110,8 +109,7 @@ class MessageType(IntEnum):
     RELAY_OPEN = 0x60
     RELAY_OPENED = 0x61
     RELAY_DATA = 0x62
-    RELAY_EOF = 0x63
-    RELAY_CLOSE = 0x64
+    RELAY_CLOSE = 0x63
 
 
 def bad_message(message: str) -> RemoteProtocolError:
@@ -568,7 +566,7 @@ class Removed(Message):
 # through this one (the gateway). The gateway forwards the stream's bytes and
 # nothing else: the controller runs its own handshake with the target inside it,
 # so every frame MAC (and TLS, if used) is end to end. Lifecycle and windows:
-# shoal.protocol.relay; PROTOCOL.md section 3, Relays.
+# shoal.protocol.request (RequestKind.RELAY); PROTOCOL.md section 3, Relays.
 
 
 @dataclass(frozen=True, slots=True)
@@ -617,13 +615,6 @@ class RelayData(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class RelayEof(Message):
-    """The sender's direction of the stream has ended (a half close)."""
-
-    TYPE = MessageType.RELAY_EOF
-
-
-@dataclass(frozen=True, slots=True)
 class RelayClose(Message):
     """The stream is over: the gateway closes its connection to the destination.
 
@@ -642,7 +633,7 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
         Window, Resize, Started, Stdout, Stderr, Exit, MetricsRequest, MetricsReply, PutFile,
         GetFile, FileInfo, FileData, FileEnd, FileDone, ListTree, TreeEntries, RemovePaths, Removed,
         JobStarted, JobsList, JobsReply, JobAttach, JobKill, JobKilled,
-        RelayOpen, RelayOpened, RelayData, RelayEof, RelayClose,
+        RelayOpen, RelayOpened, RelayData, RelayClose,
     )
 }
 

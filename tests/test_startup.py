@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.programs import SHOAL
+
 # Module -> why `shoal run` (no key file, no TLS, no config or inventory file, stdin
 # not forwarded, one plain target) must not need it. Not listed because a run cannot
 # shed them: ssl (asyncio imports it, TLS or not), shutil (argparse's help formatter,
@@ -101,7 +103,7 @@ def test_keyed_run_leaves_cryptography_to_the_handshake(tmp_path: Path) -> None:
 def test_help_still_lists_every_subcommand(argv: list[str]) -> None:
     from shoal.controller.cli.main import SUBCOMMANDS
 
-    done = subprocess.run([sys.executable, "-m", "shoal.controller.cli.main", *argv],
+    done = subprocess.run([*SHOAL, *argv],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert all(name in done.stdout for name in SUBCOMMANDS)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from shoal.protocol.errors import ErrorCode
-from shoal.protocol.messages import (Error, Exec, Message, Ping, Pong, RelayClose, RelayData, RelayEof, RelayOpen,
+from shoal.protocol.messages import (Error, Exec, Message, Ping, Pong, RelayClose, RelayData, RelayOpen,
                                      RelayOpened, Window)
 from tests.agents import AgentThread
 from tests.rawpeer import RawController
@@ -22,15 +22,15 @@ WINDOW = 4096
 
 
 @pytest.fixture
-def gateway() -> Iterator[AgentThread]:
-    with AgentThread(1, **{"limits.relay_window": WINDOW}) as gw:
-        yield gw
+def gateway(start_agents: Callable[..., AgentThread]) -> Iterator[AgentThread]:
+    yield start_agents(**{"limits.relay_window": WINDOW})
     RawController.close_all()
 
 
 @pytest.fixture
 def banner_server() -> Iterator[int]:
-    """A TCP server on loopback that greets each client first, then echoes what it reads."""
+    """A TCP server on loopback that greets each client first, then echoes what it reads
+    until it reads `bye`: then it says `later` and hangs up."""
     server = socket.create_server(("127.0.0.1", 0))
     clients: list[socket.socket] = []
 
@@ -44,8 +44,9 @@ def banner_server() -> Iterator[int]:
             try:
                 with conn:
                     conn.sendall(b"SSH-2.0-not-shoal\r\n")
-                    while data := conn.recv(65536):
+                    while (data := conn.recv(65536)) != b"bye":
                         conn.sendall(data)
+                    conn.sendall(b"later")
             except OSError:
                 pass  # the gateway dropped it
 
@@ -79,7 +80,7 @@ def next_for(peer: RawController, rid: int) -> Message:
             return event
 
 
-def test_bytes_a_destination_sends_first_wait_for_relay_opened_then_flow_both_ways(
+def test_bytes_a_destination_sends_first_wait_for_relay_opened_then_flow_until_it_hangs_up(
         gateway: AgentThread, banner_server: int) -> None:
     peer = RawController(gateway.addresses[0])
     peer.handshake()
@@ -89,9 +90,9 @@ def test_bytes_a_destination_sends_first_wait_for_relay_opened_then_flow_both_wa
     peer.conn.send(RelayData(5, b"ping"))
     peer.flush()
     assert next_for(peer, 5) == RelayData(5, b"ping")
-    peer.conn.send(RelayEof(5))
-    peer.flush()
-    assert [next_for(peer, 5) for _ in range(2)] == [RelayEof(5), RelayClose(5, reason="")]
+    peer.conn.send(RelayData(5, b"bye"))
+    peer.flush()  # the destination's last words come first, then the end of the stream
+    assert [next_for(peer, 5) for _ in range(2)] == [RelayData(5, b"later"), RelayClose(5, reason="")]
 
 
 def test_a_controller_past_the_window_it_was_granted_is_cut_off(gateway: AgentThread, banner_server: int) -> None:
@@ -101,7 +102,7 @@ def test_a_controller_past_the_window_it_was_granted_is_cut_off(gateway: AgentTh
     peer.conn.send(RelayData(5, b"x" * (WINDOW + 1)))
     peer.flush()
     error = peer.rejected()
-    assert error.code == ErrorCode.WINDOW_EXCEEDED and "relay 5" in error.message
+    assert error.code == ErrorCode.WINDOW_EXCEEDED and "relay data for request 5 overran its window" in error.message
 
 
 def test_frames_for_a_stream_already_closed_are_dropped_and_the_connection_carries_on(
@@ -109,7 +110,7 @@ def test_frames_for_a_stream_already_closed_are_dropped_and_the_connection_carri
     peer = RawController(gateway.addresses[0])
     peer.handshake()
     opened(peer, banner_server)
-    for msg in (RelayClose(5), RelayData(5, b"late"), Window(5, bytes=10), RelayEof(5), RelayClose(5),
+    for msg in (RelayClose(5), RelayData(5, b"late"), Window(5, bytes=10), RelayClose(5),
                 Ping(0, t0=1.0)):
         peer.conn.send(msg)
     peer.flush()

@@ -30,6 +30,7 @@ import time
 
 import psutil
 
+from tests.agent_pool import stop_pool
 from tests.bench.bench_fleet import SHOAL, pattern_for, start_agents, timed_run
 from tests.bench.common import free_port, start_agent
 
@@ -99,9 +100,7 @@ def main() -> None:
             one_wall, one_rss, _, one_cpu = timed_run([*base, f"127.0.1.1:{port}", "--", "true"])
             runs.setdefault("one", []).append((one_wall, one_cpu, one_rss * 1024))
     finally:
-        assert pool.stdin is not None
-        pool.stdin.close()
-        pool.wait(60)
+        stop_pool(pool)
         gateway.terminate()
         gateway.wait(30)
 

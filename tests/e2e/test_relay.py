@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import AsyncIterator
@@ -34,11 +32,14 @@ from shoal.controller.targets import Target
 from shoal.hostio.keyfile import write_key_file
 from shoal.hostio.tls import client_context
 from shoal.protocol.handshake import SharedKey
-from tests.agents import closed_port, config, running_agents, target_for
-from tests.debris import apoll, marked, tokens_of
+from tests.agent_pool import start_pool, stop_pool
+from tests.agents import closed_port, running_agents, target_for
+from tests.debris import marked, tokens_of
 from tests.e2e.test_exec import Collect
 from tests.gatewayfaults import Flipping, Recording, install, misbehaving
+from tests.programs import SHOAL_AGENT
 from tests.rawpeer import audit_events
+from tests.waiting import wait_for_async
 
 DEADLINE = 20.0
 MIB = 1024 * 1024
@@ -56,15 +57,6 @@ async def run(targets: list[Target], command: Command, options: ConnectOptions |
     return handler
 
 
-@contextlib.asynccontextmanager
-async def started(agent: Agent) -> AsyncIterator[Agent]:
-    await agent.start()
-    try:
-        yield agent
-    finally:
-        await agent.close()
-
-
 @pytest.fixture
 def audit(tmp_path: Path) -> Path:
     return tmp_path / "gateway-audit.jsonl"
@@ -76,7 +68,7 @@ def audit(tmp_path: Path) -> Path:
 async def test_targets_behind_a_gateway_run_over_one_connection_to_it(audit: Path) -> None:
     async with running_agents(1, audit_log=str(audit)) as (gw,), running_agents(6) as targets:
         handler = await run(behind(target_for(gw, "gw"), targets), Command(shell="echo $SHOAL_HOST; exit 3"))
-        await apoll(lambda: len(audit_events(audit, event="relay_end")) == 6, timeout=DEADLINE)
+        await wait_for_async(lambda: len(audit_events(audit, event="relay_end")) == 6, timeout=DEADLINE)
     assert {host: bytes(out) for host, out in handler.out.items()} == {f"t{i}": f"t{i}\n".encode() for i in range(6)}
     assert {r.status for r in handler.results.values()} == {3}
     assert len(audit_events(audit, event="authenticated")) == 1  # one connection carried all six
@@ -144,39 +136,33 @@ async def test_timeouts_and_cancel_reach_the_targets_process_trees() -> None:
             fleet = Fleet(relayed, options)
             collect = Collect()
             running = asyncio.create_task(fleet.run(Command(shell="sleep 60 & sleep 60"), collect))
-            tokens = await apoll(lambda: [t for a in targets for t in tokens_of(a)] if
+            tokens = await wait_for_async(lambda: [t for a in targets for t in tokens_of(a)] if
                                  all(tokens_of(a) for a in targets) else None, timeout=DEADLINE)
             fleet.cancel(grace=0.2)
             await asyncio.wait_for(running, DEADLINE)
         assert isinstance(tokens, list)
-        await apoll(lambda: not any(marked(t) for t in tokens), timeout=DEADLINE)
+        await wait_for_async(lambda: not any(marked(t) for t in tokens), timeout=DEADLINE)
     assert {r.outcome for r in collect.results.values()} == {"cancelled"}
 
 
-async def test_a_gateway_that_dies_makes_its_hosts_lost_and_their_commands_end(tmp_path: Path) -> None:
-    gateway = subprocess.Popen([sys.executable, "-m", "tests.agent_pool", "127.0.0.1"], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, cwd=str(Path(__file__).resolve().parents[2]))
+async def test_a_gateway_that_dies_makes_its_hosts_lost_and_their_commands_end() -> None:
+    gateway, port = start_pool("127.0.0.1")  # an agent in a process of its own, to kill
+    assert port, "the gateway did not start"
     try:
-        assert gateway.stdout is not None
-        port = json.loads(gateway.stdout.readline())["port"]
         async with running_agents(3) as targets:
             collect = Collect()
             options = ConnectOptions(timeout=DEADLINE)
             fleet = Fleet(behind(Target("gw", "127.0.0.1", port), targets), options)
             running = asyncio.create_task(fleet.run(Command(shell="sleep 60"), collect))
-            await apoll(lambda: all(tokens_of(a) for a in targets), timeout=DEADLINE)
+            await wait_for_async(lambda: all(tokens_of(a) for a in targets), timeout=DEADLINE)
             tokens = [t for a in targets for t in tokens_of(a)]
             gateway.kill()
             await asyncio.wait_for(running, DEADLINE)
             await options.close()
-            await apoll(lambda: not any(marked(t) for t in tokens), timeout=DEADLINE)
+            await wait_for_async(lambda: not any(marked(t) for t in tokens), timeout=DEADLINE)
     finally:
         gateway.kill()
-        gateway.wait()
-        if gateway.stdin is not None:
-            gateway.stdin.close()
-        if gateway.stdout is not None:
-            gateway.stdout.close()
+        stop_pool(gateway)
     assert {(r.outcome, r.status) for r in collect.results.values()} == {("lost", 255)}
     assert all(r.error is not None and "via gw" in r.error for r in collect.results.values())
 
@@ -204,7 +190,7 @@ async def test_relaying_needs_the_right_and_the_destination_on_the_keys_list(
             KeyPolicy("narrow", keys["narrow"][1], relay=(f"127.0.0.0/8:{allowed_port}",)),
             KeyPolicy("nowhere", keys["nowhere"][1], allow_all=True, relay=()),
         )
-        async with started(Agent(config(keys=policies, audit_log=str(audit)))) as gw:
+        async with running_agents(1, policies=policies, audit_log=str(audit)) as (gw,):
             def via_gateway_with(name: str) -> ConnectOptions:
                 key = keys[name][0]
                 return ConnectOptions(timeout=DEADLINE, key_for=lambda t: key if t.name == "gw" else None)
@@ -284,14 +270,14 @@ async def test_a_stalled_target_does_not_hold_up_another_behind_the_same_gateway
     port = closed_port()
     log = tmp_path / "stalled.log"
     with open(log, "wb") as err:
-        stalled = subprocess.Popen([sys.executable, "-m", "shoal.agent.cli", "--listen", f"127.0.0.1:{port}",
+        stalled = subprocess.Popen([*SHOAL_AGENT, "--listen", f"127.0.0.1:{port}",
                                     "--stdin-window", str(64 * MIB), "--state-dir", str(tmp_path / "state")],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                    cwd=str(Path(__file__).resolve().parents[2]))
     read_fd, write_fd = os.pipe()
     spool: StdinSpool | None = None
     try:
-        await apoll(lambda: b"listening on" in log.read_bytes(), timeout=DEADLINE)
+        await wait_for_async(lambda: b"listening on" in log.read_bytes(), timeout=DEADLINE)
         async with running_agents(1) as (gw,), running_agents(1) as (fast,):
             gateway = target_for(gw, "gw")
             targets = [Target("stalled", "127.0.0.1", port, via=gateway), replace(target_for(fast, "fast"), via=gateway)]
@@ -300,11 +286,11 @@ async def test_a_stalled_target_does_not_hold_up_another_behind_the_same_gateway
                 spool = StdinSpool.from_fd(read_fd)
                 running = asyncio.create_task(Fleet(targets, options).run(
                     Command(shell="echo ready; cat >/dev/null; echo done"), collect, spool))
-                await apoll(lambda: all(b"ready" in collect.out.get(h, b"") for h in ("stalled", "fast")),
+                await wait_for_async(lambda: all(b"ready" in collect.out.get(h, b"") for h in ("stalled", "fast")),
                             timeout=DEADLINE)
                 os.kill(stalled.pid, signal.SIGSTOP)
                 await asyncio.to_thread(_write_all, write_fd, 32 * MIB)
-                fast_result = await apoll(lambda: collect.results.get("fast"), timeout=DEADLINE)
+                fast_result = await wait_for_async(lambda: collect.results.get("fast"), timeout=DEADLINE)
                 assert "stalled" not in collect.results
                 held = [s.transport.get_write_buffer_size() for session in gw.sessions
                         for s in session.requests.values() if isinstance(s, GatewayStream) and s.transport]

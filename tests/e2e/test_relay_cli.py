@@ -1,13 +1,14 @@
 """Every subcommand through a gateway, as a user types it: `--via`, or `via` in the inventory.
 
-One AgentThread serves a gateway and two targets on loopback; the CLI runs in-process
-(`shoal(...)`), except the shell, which wants a terminal (tests.e2e.test_repl's).
+Each test starts a gateway (with an audit log) and two targets on loopback; the CLI
+runs in-process (`shoal(...)`), except the shell, which wants a terminal
+(tests.e2e.test_repl's).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,16 @@ from tests.e2e.test_repl import PROMPT, Terminal
 from tests.rawpeer import audit_events
 
 
-@pytest.fixture(scope="module")
-def gateway_audit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("gw") / "audit.jsonl"
+@pytest.fixture
+def gateway_audit(tmp_path: Path) -> Path:
+    return tmp_path / "gateway-audit.jsonl"
 
 
-@pytest.fixture(scope="module")
-def fleet(gateway_audit: Path) -> Iterator[tuple[str, list[str]]]:
+@pytest.fixture
+def fleet(start_agents: Callable[..., AgentThread], gateway_audit: Path) -> tuple[str, list[str]]:
     """(the gateway's address, the two targets' addresses)."""
-    with AgentThread(1, audit_log=str(gateway_audit)) as gw, AgentThread(2) as targets:
-        yield gw.addresses[0], targets.addresses
+    gw, targets = start_agents(audit_log=str(gateway_audit)), start_agents(count=2)
+    return gw.addresses[0], targets.addresses
 
 
 def test_run_and_batch_through_a_gateway(capsysbinary: pytest.CaptureFixture[bytes], fleet: tuple[str, list[str]],
@@ -116,7 +117,7 @@ def test_an_unreachable_gateway_is_named_for_each_host(capsysbinary: pytest.Capt
     status, _, err = shoal(capsysbinary, "run", f"{t1},{t2}", "-n", "--via", dead, "--", "true")
     assert status == 255
     for host in (t1, t2):
-        assert f"shoal: {host}: via {dead}: connection refused".encode() in err
+        assert f"shoal: {host}: unreachable: via {dead}: connection refused".encode() in err
 
 
 def test_a_bad_via_is_one_line_and_status_2(capsysbinary: pytest.CaptureFixture[bytes],

@@ -27,7 +27,9 @@ from pathlib import Path
 import pytest
 
 from shoal.hostio.keyfile import write_key_file
+from tests.programs import SHOAL, SHOAL_AGENT
 from tests.rawpeer import audit_events
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
@@ -100,17 +102,15 @@ class Topology:
         for ns in (self.ctl, self.gw, self.tgt):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
 
-    def start(self, ns: str, name: str, *args: str, module: str = "shoal.agent.cli",
+    def start(self, ns: str, name: str, *args: str, program: list[str] = SHOAL_AGENT,
               ready: bytes = b"listening on") -> subprocess.Popen[bytes]:
         log = self.tmp / f"{name}.log"
         with open(log, "wb") as err:
-            proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", module, *args],
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, *program, *args],
                                     stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=REPO)
         self.procs.append(proc)
-        deadline = time.monotonic() + DEADLINE
-        while ready not in log.read_bytes():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        wait_for(lambda: ready in log.read_bytes() or proc.poll() is not None, timeout=DEADLINE, what=f"{name} to start")
+        assert proc.poll() is None, log.read_text()
         return proc
 
     def start_agents(self) -> None:
@@ -140,8 +140,8 @@ class Topology:
                                    "--audit-log", str(self.audit[name]), "--state-dir", str(self.tmp / name))
                         for name, port in (("t1", 8470), ("t2", 8471))]
         self.start(self.gw, "flipper", "--listen", f"{self.gw_ip}:8471", "--key-file", str(self.keys["admin"]),
-                   "--flip-port", "8470", "--state-dir", str(self.tmp / "flipper"), module="tests.gatewayfaults",
-                   ready=b"listening")
+                   "--flip-port", "8470", "--state-dir", str(self.tmp / "flipper"),
+                   program=[sys.executable, "-m", "tests.gatewayfaults"], ready=b"listening")
 
     def shoal(self, *args: str, key: str = "admin", stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
         """`shoal ARGS` in the controller's namespace."""
@@ -149,7 +149,7 @@ class Topology:
 
     def _shoal(self, *args: str, key: str = "admin") -> list[str]:
         subcommand, *rest = args
-        return ["ip", "netns", "exec", self.ctl, sys.executable, "-m", "shoal.controller.cli.main", subcommand,
+        return ["ip", "netns", "exec", self.ctl, *SHOAL, subcommand,
                 "--key-file", str(self.keys[key]), "--connect-timeout", "10", *rest]
 
     def gateway_key(self, name: str) -> Path:
@@ -180,7 +180,7 @@ def events(out: bytes, kind: str) -> dict[str, dict[str, object]]:
 def test_a_direct_run_cannot_reach_the_targets_and_one_through_the_gateway_does(net: Topology) -> None:
     direct = net.shoal("run", f"{net.t1},{net.t2}", "-n", "--", "true")
     assert direct.returncode == 255
-    assert f"shoal: {net.t1}: Network is unreachable".encode() in direct.stderr
+    assert f"shoal: {net.t1}: unreachable: Network is unreachable".encode() in direct.stderr
     relayed = net.shoal("run", f"{net.t1},{net.t2}", "-n", "--via", net.gw_ip, "-o", "json", "--",
                         "echo $SHOAL_HOST")
     assert relayed.returncode == 0, relayed.stderr
