@@ -23,6 +23,7 @@ disconnect ends a stream, connecting or not. Every open, refusal and end is audi
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import time
@@ -72,6 +73,15 @@ def relay_handlers(session: AgentSession, relays_class: type[Relays] | None = No
     table.add(RelayData, relays.on_data)
     table.add(RelayClose, relays.on_close)
     return table
+
+
+def _is_address(host: str) -> bool:
+    """An IP literal needs no resolver (whose thread hop would cost every relay)."""
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    return True
 
 
 def destination(msg: RelayOpen) -> str:
@@ -211,8 +221,8 @@ class RelayStream(asyncio.BufferedProtocol):
             await loop.create_unix_connection(lambda: self, msg.path)
             return None
         assert msg.host is not None
-        infos = await loop.getaddrinfo(msg.host, msg.port, type=socket.SOCK_STREAM)
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        addresses = [msg.host] if _is_address(msg.host) else list(dict.fromkeys(
+            str(info[4][0]) for info in await loop.getaddrinfo(msg.host, msg.port, type=socket.SOCK_STREAM)))
         allowed = [a for a in addresses if policy is None or policy.allows_relay(a, msg.port, None)]
         if not allowed:
             shown = "" if addresses == [msg.host] else f" ({', '.join(addresses)})"
