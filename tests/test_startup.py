@@ -107,3 +107,32 @@ def test_help_still_lists_every_subcommand(argv: list[str]) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert all(name in done.stdout for name in SUBCOMMANDS)
+
+
+# The installed `shoal` (controller/cli/entry.py): main() with the collector off while
+# it imports, and the imported objects frozen. It must behave as main() does, and leave
+# the collector on for the run itself.
+_ENTRY = """
+import atexit, gc, sys
+atexit.register(lambda: print("gc", gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr))
+from shoal.controller.cli.entry import entry
+entry()
+"""
+
+
+def test_installed_entry_runs_with_the_collector_on_for_the_run() -> None:
+    from tests.agents import agent_thread
+
+    with agent_thread() as fleet:
+        address = fleet.targets_spec()
+        done = subprocess.run([sys.executable, "-c", _ENTRY, "run", address, "-n", "--",
+                               "echo out; echo err >&2; exit 3"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (3, "out\n")
+    assert done.stderr.splitlines() == ["err", f"shoal: {address}: exited with code 3", "gc True True"]
+
+
+@pytest.mark.parametrize(("argv", "status"), [(["run"], 2), (["run", "127.0.0.1:1", "--", "true"], 255)])
+def test_installed_entry_exits_as_main_does(argv: list[str], status: int) -> None:
+    done = subprocess.run([sys.executable, "-c", _ENTRY, *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == status and "Traceback" not in done.stderr
+
