@@ -22,9 +22,9 @@ from tests.programs import SHOAL
 
 # Module -> why `shoal run` (no key file, no TLS, no config or inventory file, stdin
 # not forwarded, one plain target) must not need it. Not listed because a run cannot
-# shed them: ssl (asyncio imports it, TLS or not), shutil (argparse's help formatter,
-# built for every option), pathlib with urllib.parse and ipaddress (the config and
-# inventory lookups), json (message bodies), dataclasses with inspect (the messages).
+# shed them: ssl (asyncio imports it, TLS or not), pathlib with urllib.parse and
+# ipaddress (the config and inventory lookups), json (message bodies), dataclasses
+# with inspect (the controller's records; asyncio imports inspect anyway).
 NOT_IMPORTED = {
     "cryptography": "AES-GMAC frame MACs load it when a keyed session negotiates them; "
                     "TLS and certificates only with --tls-*",
@@ -33,8 +33,13 @@ NOT_IMPORTED = {
     "importlib.metadata": "the package version, for --version and the agent's HELLO only",
     "email": "importlib.metadata's dependency",
     "platform": "the Python version, for --version only",
-    "tempfile": "the stdin spool, only when stdin is forwarded (shutil, its dependency, "
-                "comes with argparse's help formatter anyway)",
+    "tempfile": "the stdin spool, only when stdin is forwarded",
+    "shutil": "argparse's help formatter asks it for the terminal's width, for every option "
+              "added; controller/cli/main.py asks the terminal itself",
+    "bz2": "shutil's, for archives", "lzma": "shutil's, for archives",
+    "zlib": "a host's colour (a checksum of its name), only when output is coloured",
+    "difflib": "--diff only",
+    "termios": "--pty on a terminal only", "tty": "--pty on a terminal only",
     "shlex": "--script's #! line only",
     "shoal.agent": "the daemon: the controller never imports it",
     "shoal.hostio.tls": "--tls-* only",
@@ -135,4 +140,22 @@ def test_installed_entry_runs_with_the_collector_on_for_the_run() -> None:
 def test_installed_entry_exits_as_main_does(argv: list[str], status: int) -> None:
     done = subprocess.run([sys.executable, "-c", _ENTRY, *argv], capture_output=True, text=True, timeout=60)
     assert done.returncode == status and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("columns", [None, "40", "100", "250", "0", "wide"])
+def test_help_is_as_wide_as_argparse_would_make_it(monkeypatch: pytest.MonkeyPatch, columns: str | None) -> None:
+    """The width shutil is no longer imported for: the same help, byte for byte."""
+    import argparse
+
+    from shoal.controller.cli.main import build_parser
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    parser, run = build_parser("run")
+    assert run is not None
+    ours = parser.format_help(), run.format_help()
+    parser.formatter_class, run.formatter_class = argparse.HelpFormatter, argparse.RawDescriptionHelpFormatter
+    assert ours == (parser.format_help(), run.format_help())
 
