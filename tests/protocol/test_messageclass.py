@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import ClassVar
 
@@ -63,6 +64,12 @@ def test_it_is_frozen_and_slotted() -> None:
     with pytest.raises(AttributeError):
         p.__dict__
     assert p.x == 1
+
+
+def test_copies_are_equal_and_separate() -> None:
+    p = Point3(1, tags=["a"], z=2)
+    shallow, deep = copy.copy(p), copy.deepcopy(p)
+    assert shallow == deep == p and shallow.tags is p.tags and deep.tags is not p.tags
 
 
 @pytest.mark.parametrize(("args", "kwargs", "error"), [
