@@ -7,6 +7,9 @@ run pays for nothing. No timings here: the test runs a real `shoal run` against 
 closed loopback port in a fresh interpreter (the run fails at connect, the point
 where it would start talking) and checks which modules were loaded. A run that does
 connect imports nothing more before its first message (measured with -X importtime).
+The ways start-up was made cheaper must not change what a user sees: the installed
+entry point (controller/cli/entry.py) exits as main() does, and help is as wide as
+argparse would make it.
 """
 
 from __future__ import annotations
