@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.agents import AgentThread
 from tests.programs import SHOAL
 
 # Module -> why `shoal run` (no key file, no TLS, no config or inventory file, stdin
@@ -128,20 +129,18 @@ entry()
 """
 
 
-def test_installed_entry_runs_with_the_collector_on_for_the_run() -> None:
-    from tests.agents import agent_thread
-
-    with agent_thread() as fleet:
-        address = fleet.targets_spec()
-        done = subprocess.run([sys.executable, "-c", _ENTRY, "run", address, "-n", "--",
-                               "echo out; echo err >&2; exit 3"], capture_output=True, text=True, timeout=60)
+def test_installed_entry_runs_with_the_collector_on_for_the_run(agents: AgentThread) -> None:
+    address = agents.targets_spec()
+    done = subprocess.run([sys.executable, "-c", _ENTRY, "run", address, "-n", "--",
+                           "echo out; echo err >&2; exit 3"], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (3, "out\n")
     err, failed_line, collector = done.stderr.splitlines()  # the command's, shoal's line for the host, the probe's
     assert (err, collector) == ("err", "gc True True") and address in failed_line
 
 
-@pytest.mark.parametrize(("argv", "status"), [(["run"], 2), (["run", "127.0.0.1:1", "--", "true"], 255)])
+@pytest.mark.parametrize(("argv", "status"), [(["run"], 2), (["run", "127.0.0.1:{port}", "--", "true"], 255)])
 def test_installed_entry_exits_as_main_does(argv: list[str], status: int) -> None:
+    argv = [word.format(port=_closed_port()) for word in argv]
     done = subprocess.run([sys.executable, "-c", _ENTRY, *argv], capture_output=True, text=True, timeout=60)
     assert done.returncode == status and "Traceback" not in done.stderr
 
