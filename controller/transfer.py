@@ -44,7 +44,7 @@ from shoal.protocol.messages import (
 )
 
 from shoal.controller.client import AgentClient
-from shoal.controller.fanout import fan_out
+from shoal.controller.fanout import fan_out, per_gateway
 from shoal.controller.waves import RollingRun, WavePolicy, skipped_result
 from shoal.controller.fleet import ConnectOptions, FleetResult
 from shoal.controller.result import Result, failure_result
@@ -558,7 +558,7 @@ async def get_fleet(targets: list[Target], connect: ConnectOptions, remote_path:
             on_result(result)
 
     await fan_out(targets, lambda t: _get_one(t, connect, remote_path, local_dir, name, preserve, progress, user),
-                  limit=fanout, on_done=done)
+                  limit=per_gateway(fanout, lambda t: t), on_done=done)
     out.elapsed = time.monotonic() - start
     return out
 

@@ -38,7 +38,7 @@ from shoal.protocol.errors import ErrorCode, RemoteCommandError, ShoalError
 from shoal.protocol.messages import ListTree, Message, Removed, RemovePaths, TreeEntries
 
 from shoal.controller.client import AgentClient
-from shoal.controller.fanout import fan_out
+from shoal.controller.fanout import fan_out, per_gateway
 from shoal.controller.fleet import ConnectOptions, FleetResult
 from shoal.controller.result import Result, failure_result
 from shoal.controller.targets import Target
@@ -430,7 +430,7 @@ async def get_tree_fleet(targets: list[Target], connect: ConnectOptions, remote_
         finally:
             await attempt.close()
 
-    await fan_out(targets, one, limit=fanout, on_done=out.fleet.results.append)
+    await fan_out(targets, one, limit=per_gateway(fanout, lambda t: t), on_done=out.fleet.results.append)
     out.fleet.elapsed = time.monotonic() - start
     return out
 
