@@ -7,7 +7,7 @@ The frame-size limits live with the frames (`shoal.protocol.frames`).
 
 from __future__ import annotations
 
-__all__ = ["OUTPUT_WINDOW", "TRANSFER_WINDOW", "MAX_GET_WINDOW", "DATA_CHUNK"]
+__all__ = ["OUTPUT_WINDOW", "TRANSFER_WINDOW", "MAX_GET_WINDOW", "DATA_CHUNK", "MAX_BATCH_FILES", "MAX_BATCH_BYTES"]
 
 MiB = 1024 * 1024
 
@@ -22,3 +22,8 @@ MAX_GET_WINDOW = 64 * MiB
 # The largest data payload in one STDOUT/STDERR/STDIN/FILE_DATA message (and pipe read):
 # large enough that per-message costs vanish, well under the default frame limit.
 DATA_CHUNK = 1 * MiB
+# A PUT_BATCH holds at most this many entries and this many content bytes: the
+# receiver keeps a whole batch in memory before writing it, and its window is the
+# batch's size, so these bound both. Ample for the small files batches are for.
+MAX_BATCH_FILES = 1024
+MAX_BATCH_BYTES = 4 * MiB

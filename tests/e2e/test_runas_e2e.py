@@ -372,23 +372,14 @@ def test_an_agent_announcing_no_support_is_refused_by_the_controller(
 
 
 async def test_the_agent_announces_every_feature_in_one_list() -> None:
-    """`idle_timeout` (a request member) and `user`/`pty` (`requires` names) share HELLO's `features`."""
+    """Request members and messages (`idle_timeout`, `put_batch`, `tree_user`) and `requires` names
+    (`user`, `pty`) share HELLO's `features`."""
     async with running_agents() as (agent,):
         client = await AgentClient.connect(target_for(agent))
         try:
-            assert client.features == ["idle_timeout", "pty", "user"]
+            assert client.features == ["idle_timeout", "pty", "put_batch", "tree_user", "user"]
         finally:
             await client.close()
-
-
-def test_recursive_transfers_as_a_user_refuse_what_would_act_as_the_agent(capsysbinary, tmp_path: Path) -> None:
-    """A sync lists and deletes with the agent's rights, so with --user: plain sends only."""
-    (tmp_path / "tree").mkdir()
-    status, _, err = shoal(capsysbinary, "put", "-r", "--delete", "-u", "nobody", "127.0.0.1:1",
-                           str(tmp_path / "tree"), "/tmp/x")
-    assert status != 0 and b"--delete cannot go with --user" in err
-    status, _, err = shoal(capsysbinary, "get", "-r", "-u", "nobody", "127.0.0.1:1", "/etc", str(tmp_path / "got"))
-    assert status != 0 and b"-r cannot go with --user" in err
 
 
 def test_a_job_is_never_started_as_the_agent_for_another_user(capsysbinary, user: MadeUser,
