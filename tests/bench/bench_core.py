@@ -4,7 +4,7 @@
 
 1. latency of `true` over an open connection vs a bare local asyncio spawn;
 2. a whole `shoal run 127.0.0.1 -- true` process vs `python -c pass`, and vs
-   `ssh 127.0.0.1 true` when an sshd with key login answers on loopback;
+   `ssh 127.0.0.1 true` on a loopback sshd it starts (tests/bench/sshd.py);
 3. stdout throughput of `head -c N /dev/zero` through an agent to the controller's
    stdout vs the floor of that path: the same bytes piped from head into a plain
    Python loopback socket and read on the other end;
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from shoal.controller.remote import Command
 from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.targets import Target
 from tests.bench.common import ROOT, free_port, start_agent
+from tests.bench.sshd import loopback_sshd
 
 # The installed entry point next to this interpreter (not a version-manager shim).
 _BIN = os.path.join(os.path.dirname(sys.executable), "shoal")
@@ -83,31 +83,21 @@ def _median_wall(argv: list[str], runs: int, shell: bool = False) -> float:
     return statistics.median(times)
 
 
-def _ssh_reachable() -> bool:
-    """An sshd with key login on loopback (BatchMode: never a password prompt)."""
-    if not shutil.which("ssh"):
-        return False
-    try:
-        return subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "127.0.0.1", "true"],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              timeout=10).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
 def whole_process(port: int, runs: int = 20) -> None:
     """A whole `shoal run` process, always against `python -c pass` (the floor of any
-    Python program's start-up), and against `ssh 127.0.0.1 true` when sshd is there."""
+    Python program's start-up), and against `ssh 127.0.0.1 true` on a loopback sshd the
+    benchmark starts itself (tests/bench/sshd.py) when the machine has one."""
     ours = _median_wall(f"{SHOAL} run 127.0.0.1:{port} -n -- true", runs, shell=True)
     name = "whole `shoal run ... -- true`"
     python = _median_wall([sys.executable, "-c", "pass"], runs)
     line(name, f"{ours * 1e3:.1f} ms", f"{python * 1e3:.1f} ms", ours / python, "(baseline: python -c pass)")
-    if _ssh_reachable():
-        ssh = _median_wall(["ssh", "-o", "BatchMode=yes", "127.0.0.1", "true"], runs)
+    with loopback_sshd() as (sshd, why):
+        if sshd is None:
+            print(f"{name:<38} {'':>16}   baseline ssh 127.0.0.1 true: not measured ({why})")
+            return
+        ssh = _median_wall(sshd.ssh("true"), runs)
         line(name, f"{ours * 1e3:.1f} ms", f"{ssh * 1e3:.1f} ms", ours / ssh,
              "(baseline: ssh 127.0.0.1 true; goal <= 0.33)")
-    else:
-        print(f"{name:<38} {'':>16}   baseline ssh 127.0.0.1 true: not measured (no sshd with key login on loopback)")
 
 
 # -- 3. throughput -------------------------------------------------------------
