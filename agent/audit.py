@@ -98,8 +98,10 @@ class Audit:
 
         `fields` must hold no secrets or payload bytes; long values are cut (clip).
         """
-        fields = {name: clip(value) for name, value in fields.items()}
         level = _LEVELS.get(event, logging.DEBUG)
+        if self._fd < 0 and not log.isEnabledFor(level):
+            return True  # nowhere to go: a batch's per-file records cost nothing then
+        fields = {name: clip(value) for name, value in fields.items()}
         if log.isEnabledFor(level):
             log.log(level, "%s %s", event, " ".join(f"{k}={v}" for k, v in fields.items()))
         if self._fd < 0:

@@ -103,7 +103,7 @@ class TransferService:
         self.session = session
         self.journal = Journal(session.agent.config.state_dir)
         self._ended: deque[int] = deque(maxlen=REMEMBERED_ENDS)
-        self.last_batch: asyncio.Future[None] | None = None  # batches apply in the order they came
+        self.last_batch: BatchJob | None = None  # batches write in the order they came
 
     # -- requests ------------------------------------------------------------
 

@@ -26,7 +26,8 @@ from shoal.hostio.files import LOCAL_FILES, Files
 from shoal.hostio.reader import maybe_stat
 from shoal.protocol.errors import ErrorCode
 
-__all__ = ["TEMP_MARK", "process_umask", "fsync_directory", "Journal", "WriterState", "AtomicWriter"]
+__all__ = ["TEMP_MARK", "process_umask", "fsync_directory", "temp_path_for", "Journal", "WriterState",
+           "AtomicWriter"]
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,12 @@ _WRITEBACK_STEP = 8 * 1024 * 1024
 class Journal:
     """Remember temp files in flight so the next agent start can remove leftovers.
 
-    One tiny file per temp file lives in `<state_dir>/transfers/`, named by a hash
-    of the temp path and holding that path. It is written before the temp file is
-    created and removed after commit or abort, so only a killed or crashed
-    transfer leaves one behind. Entries are not fsynced: the target is a dead agent
-    process, not a power cut (which may also lose the temp file's data).
+    One tiny file per temp file (or per batch of them) lives in
+    `<state_dir>/transfers/`, named by a hash of the (first) temp path and holding
+    the paths, NUL-separated. It is written before the temp files are created and
+    removed after commit or abort, so only a killed or crashed transfer leaves one
+    behind. Entries are not fsynced: the target is a dead agent process, not a
+    power cut (which may also lose the temp file's data).
     """
 
     __slots__ = ("directory",)
@@ -63,14 +65,20 @@ class Journal:
 
     def record(self, temp: Path) -> None:
         """Note that `temp` is about to be created."""
+        self.record_all([temp])
+
+    def record_all(self, temps: list[Path]) -> None:
+        """Note in one entry that all of `temps` are about to be created (a batch's)."""
+        if not temps:
+            return
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._entry(temp).write_bytes(os.fsencode(temp))
+            self._entry(temps[0]).write_bytes(b"\0".join(map(os.fsencode, temps)))
         except OSError as err:
             raise map_os_error(err, self.directory) from err
 
     def forget(self, temp: Path) -> None:
-        """Drop the entry for `temp`, which was committed or removed."""
+        """Drop the entry for `temp` (or the batch it came first in): committed or removed."""
         try:
             self._entry(temp).unlink(missing_ok=True)
         except OSError as err:
@@ -89,22 +97,21 @@ class Journal:
             return []
         except OSError as err:
             raise map_os_error(err, self.directory) from err
-        return [path for path in map(_clear_entry, entries) if path is not None]
+        return [path for entry in entries for path in _clear_entry(entry)]
 
     def _entry(self, temp: Path) -> Path:
         """Return the journal file for `temp`."""
         return self.directory / hashlib.sha256(os.fsencode(temp)).hexdigest()[:32]
 
 
-def _clear_entry(entry: Path) -> str | None:
-    """Remove the temp file one journal entry names, then the entry; say what went."""
+def _clear_entry(entry: Path) -> list[str]:
+    """Remove the temp files one journal entry names, then the entry; say what went."""
     try:
-        raw = entry.read_bytes()
-        removed = _unlink_temp(raw)
+        removed = [path for raw in entry.read_bytes().split(b"\0") if (path := _unlink_temp(raw)) is not None]
         entry.unlink()
     except OSError as err:
         log.warning("cannot clear transfer journal entry %s: %s", entry, err)
-        return None
+        return []
     return removed
 
 
@@ -160,7 +167,8 @@ class AtomicWriter:
     def open(cls, dest: str | os.PathLike[str], *, name: str | None = None,
              into_dir: bool = False, mode: int | None = None, mtime: float | None = None,
              owner: tuple[int, int] | None = None,
-             journal: Journal | None = None, files: Files = LOCAL_FILES) -> AtomicWriter:
+             journal: Journal | None = None, files: Files = LOCAL_FILES,
+             temp: Path | None = None) -> AtomicWriter:
         """Start writing a file at `dest`, or into the directory `dest` as `name`.
 
         Args:
@@ -176,6 +184,9 @@ class AtomicWriter:
             owner: (uid, gid) to set when running as root (`-p`); ignored otherwise.
                 None keeps the owner of the file being replaced when root.
             journal: where to note the temp file so a crash can be cleaned up.
+            temp: the temp file to use, from `temp_path_for(dest)`, when the caller
+                noted it in the journal itself (a batch notes all of its files in
+                one entry, and passes no `journal`).
             files: whose rights look at the destination, create the temp file and
                 rename it into place (the agent passes a user's, so the kernel
                 checks that user's rights at every step).
@@ -187,7 +198,7 @@ class AtomicWriter:
         into = into_dir or os.fspath(dest).endswith("/")
         target = _target_path(Path(dest), name, into, files)
         final_mode, final_owner = _final_attributes(target, mode, owner, files)
-        temp = target.parent / _temp_name(target.name)
+        temp = temp if temp is not None else temp_path_for(target)
         if journal is not None:
             journal.record(temp)
         try:
@@ -300,9 +311,8 @@ class AtomicWriter:
         """Have the kernel start writing what was written so far, without waiting.
 
         A batch writes all its files, starts their writeback, and only then
-        fsyncs each: the fsyncs find the data on its way and mostly wait for one
-        journal commit together, instead of one flush each (about a third of the
-        cost on ext4).
+        fsyncs them: the fsyncs find the data on its way and mostly wait for
+        journal commits together, instead of one flush each.
         """
         if self.size > self._written_back:
             self._start_writeback()
@@ -405,10 +415,10 @@ def process_umask() -> int:
     return _FALLBACK_UMASK
 
 
-def _temp_name(name: str) -> str:
-    """Return a fresh hidden temp name for a file to be called `name`."""
-    stem = os.fsdecode(os.fsencode(name)[:_TEMP_STEM_BYTES])
-    return f".{stem}{TEMP_MARK}{secrets.token_hex(_TEMP_TOKEN_BYTES)}"
+def temp_path_for(dest: Path) -> Path:
+    """A fresh hidden temp path beside `dest`, for the file that will become `dest`."""
+    stem = os.fsdecode(os.fsencode(dest.name)[:_TEMP_STEM_BYTES])
+    return dest.parent / f".{stem}{TEMP_MARK}{secrets.token_hex(_TEMP_TOKEN_BYTES)}"
 
 
 def fsync_directory(directory: Path) -> None:

@@ -98,7 +98,7 @@ def _read_link(path: str, files: Files) -> str:
 
 
 def path_below(root: Path, named_root: str, path: str, *, final_link: bool = False,
-               files: Files = LOCAL_FILES) -> Path:
+               files: Files = LOCAL_FILES, checked: set[Path] | None = None) -> Path:
     """The path `path` names below `root`, checked (with `files`' rights) to cross no symlink.
 
     Args:
@@ -106,6 +106,9 @@ def path_below(root: Path, named_root: str, path: str, *, final_link: bool = Fal
         named_root: the root as the peer spelled it; `path` must be it or lie below it.
         path: the path the peer named.
         final_link: allow the last component to be a link (to remove the link itself).
+        checked: directories found to be real ones by earlier calls, not looked at
+            again (and added to): a batch of paths in a few directories checks
+            each directory once.
 
     Raises:
         FileTransferError: `bad_path` when `path` is not below `named_root`, holds
@@ -116,18 +119,22 @@ def path_below(root: Path, named_root: str, path: str, *, final_link: bool = Fal
     current = root
     for index, part in enumerate(relative):
         current = current / part
+        last = index == len(relative) - 1
+        if checked is not None and not last and current in checked:
+            continue
         try:
             st = files.stat(current, follow=False)
         except FileNotFoundError:
             break
         except OSError as err:
             raise map_os_error(err, current) from err
-        last = index == len(relative) - 1
         if stat.S_ISLNK(st.st_mode) and not (last and final_link):
             raise FileTransferError(ErrorCode.BAD_PATH, current, "is a symbolic link; nothing is written, read "
                                     "or deleted through links")
         if not last and not stat.S_ISDIR(st.st_mode):
             raise FileTransferError(ErrorCode.NOT_DIRECTORY, current)
+        if checked is not None and not last:
+            checked.add(current)
     return root.joinpath(*relative)
 
 
