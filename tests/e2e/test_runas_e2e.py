@@ -65,15 +65,20 @@ def homeless() -> Iterator[MadeUser]:
     yield from _make_user(homeless=True)
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory any user may write in, for marks left by commands."""
+def temp_dir(mode: int) -> Iterator[Path]:
+    """A root-owned directory of `mode` outside pytest's private tmp (which no other user may enter)."""
     path = Path(tempfile.mkdtemp(prefix="shoal-runas-"))
-    path.chmod(0o1777)
+    path.chmod(mode)
     try:
         yield path
     finally:
         subprocess.run(["rm", "-rf", str(path)], check=True)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory any user may write in, for marks left by commands."""
+    yield from temp_dir(0o1777)
 
 
 def test_run_as_a_user_gets_its_ids_groups_home_and_login_variables(capsysbinary, user: MadeUser) -> None:

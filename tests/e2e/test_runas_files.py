@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +21,8 @@ from shoal.agent import runas
 from shoal.agent.asuser import UserFiles
 from shoal.controller.putbatch import SMALL_FILE
 from tests.agents import AgentThread, shoal
-from tests.e2e.test_runas_e2e import MadeUser, _make_user
-from tests.e2e.test_treesync import tree_of
+from tests.e2e.test_runas_e2e import MadeUser, _make_user, temp_dir
+from tests.e2e.test_treesync import make_site, tree_of
 from tests.rawpeer import audit_events
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making a user and acting as it needs root")
@@ -37,13 +35,8 @@ def user() -> Iterator[MadeUser]:
 
 @pytest.fixture
 def public_dir() -> Iterator[Path]:
-    """A root-owned directory (0755) every user may enter, made outside pytest's private tmp."""
-    path = Path(tempfile.mkdtemp(prefix="shoal-asuser-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        subprocess.run(["rm", "-rf", str(path)], check=True)
+    """A root-owned directory every user may enter."""
+    yield from temp_dir(0o755)
 
 
 def _owners(top: Path) -> set[tuple[int, int]]:
@@ -86,12 +79,8 @@ def test_get_r_as_a_user_lists_and_fetches_only_what_it_can_read(
 
 def test_put_r_as_a_user_syncs_with_the_users_rights(
         capsysbinary: pytest.CaptureFixture[bytes], user: MadeUser, public_dir: Path, tmp_path: Path) -> None:
-    site = tmp_path / "site"
-    (site / "css").mkdir(parents=True)
-    (site / "index.html").write_bytes(b"<html>")
-    (site / "css" / "main.css").write_bytes(b"body{}")
-    (site / "blank").write_bytes(b"")
-    (site / "big.bin").write_bytes(os.urandom(SMALL_FILE * 2))
+    site = make_site(tmp_path)
+    (site / "big.bin").write_bytes(os.urandom(SMALL_FILE * 2))  # sent alone; the rest in a batch
     shared = public_dir / "shared"
     shared.mkdir(mode=0o1777)
     shared.chmod(0o1777)
