@@ -162,3 +162,20 @@ def test_the_file_helper_keeps_nothing_it_inherited_and_ends_with_its_request(
         os.close(read_end)
     assert not helper[0].is_running()  # ended and reaped
     assert not made.exists()
+
+
+def test_an_agent_that_would_list_as_itself_gets_no_tree_request_as_a_user(
+        capsysbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch, user: MadeUser,
+        public_dir: Path, tmp_path: Path) -> None:
+    """An agent announcing `user` but not `tree_user` would list and delete with its own rights."""
+    monkeypatch.setattr("shoal.protocol.connection.AGENT_FEATURES", ("idle_timeout", "put_batch"))
+    site = make_site(tmp_path)
+    audit = tmp_path / "audit.jsonl"
+    with AgentThread(audit_log=str(audit)) as agent:
+        host = agent.addresses[0]
+        status, _, err = shoal(capsysbinary, "put", "-r", "-u", user.name, host, f"{site}/", str(public_dir / "www"))
+        assert status == 1 and b"does not support tree_user" in err, err
+        status, _, err = shoal(capsysbinary, "get", "-r", "-u", user.name, host, str(site), str(tmp_path / "got"))
+        assert status == 1 and b"does not support tree_user" in err, err
+    assert os.listdir(public_dir) == [] and not (tmp_path / "got").exists()
+    assert audit_events(audit, event="mkdir") == audit_events(audit, event="list") == []
