@@ -8,14 +8,14 @@ their contents back to back. The agent keeps the whole batch in memory (at most
 temp file beside its destination; then starts every file's writeback, fsyncs
 them several at once (concurrent fsyncs share journal commits and disk flushes),
 renames them into place in order, and fsyncs each directory that gained a file
-once. So each file is still atomic and checked by sha256,
-and on disk when BATCH_DONE is sent, as with FILE_DONE.
+once. So each file is still atomic and checked by sha256, and on disk when
+BATCH_DONE is sent, as with FILE_DONE.
 
 A connection's batches make their directories and write their temp files one
 after another, in the order their PUT_BATCH arrived, so a batch may fill a
 directory an earlier batch creates; each then fsyncs and renames on its own
-while the next one writes (two batches at most hold files open). One entry failing does not stop the others;
-BATCH_DONE lists the failures.
+while the next one writes (two batches at most hold files open). One entry
+failing does not stop the others; BATCH_DONE lists the failures.
 """
 
 from __future__ import annotations
