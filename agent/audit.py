@@ -32,8 +32,11 @@ Every line holds `time` (seconds since the epoch, UTC) and `event`, plus:
     exit            peer, key_id, request, argv, cwd, start (epoch), duration (s), status,
                     timed_out, stdout_bytes, stderr_bytes, stdin_bytes, leftovers_ended
     metrics         peer, key_id, request
-    job_start       peer, key_id, request, argv, cwd, pid, job   a detached command started as a job
-    job_exit        job, key_id, argv, status, stdout_bytes, stderr_bytes   a job ended (agent/jobs.py)
+    job_start       peer, key_id, request, argv, cwd, user, pid, job   a detached command started as a job
+    job_exit        job, key_id, argv, user, status, timed_out, idle_timed_out, stdout_bytes, stderr_bytes
+                                                            a job ended (agent/jobs.py)
+    job_revoked     job, key_id, argv, user, processes      a reload removed the key that started a
+                                                            running job: its tree was killed
     jobs            peer, key_id, request                   jobs listed
     job_attach      peer, key_id, request, job              a job's output followed
     job_kill        peer, key_id, request, job, signal, processes   a job's tree signalled

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import pwd
 import secrets
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shoal.protocol.connection import Role
@@ -38,16 +39,18 @@ from shoal.protocol.messages import (
 )
 from shoal.protocol.request import RequestChannel
 
-from shoal.agent import proctree
+from shoal.agent import proctree, runas
+from shoal.agent.commands import IdleClock
 from shoal.agent.handlers import HandlerTable
-from shoal.agent.process import STDOUT, Child, ChildResult
+from shoal.agent.process import STDERR, STDOUT, Child, ChildResult
+from shoal.agent.runas import RunAs
 
 if TYPE_CHECKING:
     from shoal.agent.config import KeyPolicy
     from shoal.agent.server import Agent
     from shoal.agent.session import AgentSession
 
-__all__ = ["Job", "JobOutput", "JobTable", "AttachRequest", "job_handlers"]
+__all__ = ["Job", "JobLimits", "JobOutput", "JobTable", "AttachRequest", "job_handlers"]
 
 Chunk = tuple[int, bytes]  # (STDOUT or STDERR, bytes)
 _NOTE = 0  # an attacher's own stderr line about output it dropped, not the job's
@@ -96,34 +99,46 @@ class JobOutput:
         return [*self.head, *(gap if self.dropped else []), *self.tail]
 
 
+@dataclass(frozen=True, slots=True)
+class JobLimits:
+    """What ends a job besides its own exit: the EXEC's `timeout` and `idle_timeout`
+    (each ends the whole tree), and the grace between SIGTERM and SIGKILL."""
+
+    grace: float
+    timeout: float | None = None
+    idle_timeout: float | None = None
+
+
 class Job:
     """One detached command and what it printed."""
 
     def __init__(self, table: JobTable, key_id: str | None, argv: list[str], env: dict[str, str],
-                 cwd: str | None, timeout: float | None, grace: float) -> None:
+                 cwd: str | None, limits: JobLimits, run_as: RunAs | None = None) -> None:
         self.table = table
         self.id = table.new_id()
         self.key_id = key_id
         self.argv = argv
-        self.user = _agent_user()
+        self.user = run_as.name if run_as is not None else runas.agent_user() or str(os.getuid())
         self.started = time.time()
-        self.grace = grace
+        self.grace = limits.grace
         self.output = JobOutput(table.agent.config.limits.job_output_size)
         self.bytes = {1: 0, 2: 0}
         self.result: ChildResult | None = None
-        self.killed_by: int | None = None  # the signal `shoal kill` sent
+        self.killed_by: int | None = None  # the signal `shoal kill` (or a revocation) sent
         self.timed_out = False
+        self.idle_timed_out = False
         self.attachers: set[AttachRequest] = set()
         self.child = Child(argv, env, cwd, False, self._on_data, self._on_done,
-                           linger=table.agent.config.limits.output_linger)
+                           linger=table.agent.config.limits.output_linger, run_as=run_as)
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(timeout, self._on_timeout) if timeout else None
+        self._timer = loop.call_later(limits.timeout, self._on_timeout) if limits.timeout else None
+        self._idle = IdleClock(limits.idle_timeout, self.child, self._on_idle) if limits.idle_timeout else None
 
     @property
     def state(self) -> str:
         if self.result is None:
             return "running"
-        return "killed" if self.killed_by is not None else "exited"
+        return "killed" if self.killed_by is not None or self.timed_out or self.idle_timed_out else "exited"
 
     def describe(self) -> dict[str, Any]:
         """The job as JOBS_REPLY lists it."""
@@ -131,13 +146,21 @@ class Job:
         return {
             "job": self.id, "argv": self.argv, "user": self.user, "key_id": self.key_id or "",
             "started": round(self.started, 6), "state": self.state, "pid": self.child.pid,
-            "status": None if r is None else r.status, "signal": None if r is None else r.signal,
-            "duration": None if r is None else round(r.duration, 6),
+            "status": None if r is None else r.status, "code": None if r is None else r.code,
+            "signal": None if r is None else r.signal, "duration": None if r is None else round(r.duration, 6),
+            "timed_out": self.timed_out, "idle_timed_out": self.idle_timed_out,
+            "cancelled": self.killed_by is not None,
             "output_bytes": self.bytes[1] + self.bytes[2], "kept_bytes": self.output.kept,
         }
 
+    def notice(self, text: str) -> None:
+        """A line from the agent itself on the job's stderr (no home directory, say)."""
+        self._on_data(STDERR, text.encode("utf-8", "replace"))
+
     def _on_data(self, stream: int, data: bytes) -> None:
         self.bytes[stream] += len(data)
+        if self._idle is not None:
+            self._idle.heard()
         self.output.add(stream, data)
         for attach in list(self.attachers):
             attach.live(stream, data)
@@ -145,6 +168,8 @@ class Job:
     def _on_done(self, result: ChildResult) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._idle is not None:
+            self._idle.stop()
         self.result = result
         if self.child.output_cut:  # leftovers held the pipes past the linger: end them
             self.kill(signal.SIGTERM)
@@ -155,6 +180,11 @@ class Job:
 
     def _on_timeout(self) -> None:
         self.timed_out = True
+        self.kill(signal.SIGTERM)
+
+    def _on_idle(self) -> None:
+        """Printed nothing for its idle timeout: end the whole tree, as a timeout does."""
+        self.idle_timed_out = True
         self.kill(signal.SIGTERM)
 
     def kill(self, sig: int, grace: float | None = None) -> int:
@@ -170,7 +200,7 @@ class Job:
         r = self.result
         return Exit(request_id, status=r.status, code=r.code, signal=r.signal, timed_out=self.timed_out,
                     cancelled=self.killed_by is not None, duration=round(r.duration, 6),
-                    stdout_bytes=self.bytes[1], stderr_bytes=self.bytes[2])
+                    stdout_bytes=self.bytes[1], stderr_bytes=self.bytes[2], idle_timed_out=self.idle_timed_out)
 
 
 class JobTable:
@@ -188,9 +218,9 @@ class JobTable:
                 return job_id
 
     def start(self, key_id: str | None, argv: list[str], env: dict[str, str], cwd: str | None,
-              timeout: float | None, grace: float) -> Job:
-        """Start a job; OSError when it cannot be spawned."""
-        job = Job(self, key_id, argv, env, cwd, timeout, grace)
+              limits: JobLimits, run_as: RunAs | None = None) -> Job:
+        """Start a job (as `run_as` when given); OSError when it cannot be spawned."""
+        job = Job(self, key_id, argv, env, cwd, limits, run_as)
         self.jobs[job.id] = job
         self.agent.running.started(job)
         return job
@@ -198,8 +228,10 @@ class JobTable:
     def finished(self, job: Job) -> None:
         self.agent.running.finished(job)
         assert job.result is not None
-        self.agent.audit.record("job_exit", job=job.id, key_id=job.key_id, argv=job.argv, status=job.result.status,
-                                stdout_bytes=job.bytes[1], stderr_bytes=job.bytes[2])
+        self.agent.audit.record("job_exit", job=job.id, key_id=job.key_id, argv=job.argv, user=job.user,
+                                status=job.result.status, timed_out=job.timed_out,
+                                idle_timed_out=job.idle_timed_out, stdout_bytes=job.bytes[1],
+                                stderr_bytes=job.bytes[2])
         retention = self.agent.config.limits.job_retention
         self._expiry[job.id] = asyncio.get_running_loop().call_later(retention, self._forget, job.id)
 
@@ -210,6 +242,19 @@ class JobTable:
             del self.jobs[job_id]
         elif job is not None:  # someone still reads it: look again later
             self._expiry[job_id] = asyncio.get_running_loop().call_later(1.0, self._forget, job_id)
+
+    def revoke(self, accepts: Callable[[str | None], bool]) -> None:
+        """A reload removed keys: end the whole tree of every running job they started.
+
+        SIGTERM now and SIGKILL after the job's kill grace, audited as `job_revoked`;
+        the job is then `killed`, kept (for allow-all keys to see) like any other.
+        """
+        for job in self.jobs.values():
+            if job.result is None and not accepts(job.key_id):
+                job.killed_by = signal.SIGTERM
+                count = job.kill(signal.SIGTERM)
+                self.agent.audit.record("job_revoked", job=job.id, key_id=job.key_id, argv=job.argv, user=job.user,
+                                        processes=count)
 
     def visible(self, key_id: str | None, policy: KeyPolicy | None) -> list[Job]:
         """The jobs this key may see: its own, or all with `allow = "all"` (or no policy)."""
@@ -360,10 +405,3 @@ def _on_kill(session: AgentSession, msg: JobKill) -> None:
     session.agent.audit.record("job_kill", peer=session.peer, key_id=session.key_id, request=msg.request_id,
                                job=job.id, signal=msg.signal, processes=count)
     session.send(JobKilled(msg.request_id, job=job.id, processes=count))
-
-
-def _agent_user() -> str:
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())

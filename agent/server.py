@@ -100,7 +100,8 @@ class Agent:
 
         Sessions already open keep the limits and TLS certificate they started
         with; new connections get the renewed certificate. A session whose key
-        was removed is revoked (no new requests, closed once its commands end);
+        was removed is revoked (no new requests, closed once its commands end)
+        and the running jobs it started are killed (JobTable.revoke);
         one whose key's policy changed uses the new policy from its next request
         (AgentSession.policy_reloaded). Discovery
         starts, stops or moves as [discovery] now says; a new discovery socket
@@ -121,6 +122,7 @@ class Agent:
         discovery.commit()
         for session in list(self.sessions):
             session.policy_reloaded()
+        self.jobs.revoke(keys.accepts)  # a removed key's jobs end too (shoal.agent.jobs)
 
     # -- lifecycle -----------------------------------------------------------
 

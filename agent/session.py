@@ -39,7 +39,7 @@ from shoal.protocol.messages import (
 )
 
 from shoal.agent.commands import CommandRequest, build_argv
-from shoal.agent.jobs import AttachRequest
+from shoal.agent.jobs import AttachRequest, JobLimits
 from shoal.agent.handlers import HandlerTable
 from shoal.agent.log import ConnLog
 from shoal.agent.process import ChildResult, spawn_error
@@ -290,11 +290,7 @@ class AgentSession(FrameDriver):
             cwd = default_cwd()
         grace = msg.kill_grace if msg.kill_grace is not None else self.limits.kill_grace
         if msg.detach:
-            if run_as is not None:  # jobs run as the agent's user; never start one as root by mistake
-                return self.request_error(rid, ErrorCode.UNSUPPORTED,
-                                          "a job runs as the agent's user: --user cannot be combined with --detach",
-                                          126)
-            return self._start_job(msg, argv, env, cwd, grace, audit)
+            return self._start_job(msg, argv, env, cwd, grace, audit, run_as, warning)
         pty_size = (msg.rows, msg.cols) if msg.pty else None
         try:
             req = CommandRequest(self, rid, argv, env, cwd, msg.stdin, msg.window, msg.timeout, grace,
@@ -311,16 +307,22 @@ class AgentSession(FrameDriver):
             req.notice(warning)
 
     def _start_job(self, msg: Exec, argv: list[str], env: dict[str, str], cwd: str, grace: float,
-                   audit: dict[str, Any]) -> None:
-        """A detached EXEC: start it as a job (shoal.agent.jobs) and end the request with its id."""
+                   audit: dict[str, Any], run_as: runas.RunAs | None, warning: str | None) -> None:
+        """A detached EXEC: start it as a job (shoal.agent.jobs) and end the request with its id.
+
+        It runs as `run_as` exactly as a command would (checked by `_refuse_exec`), with
+        its timeouts kept by the job, since no connection watches it."""
+        limits = JobLimits(grace, msg.timeout, msg.idle_timeout)
         try:
-            job = self.agent.jobs.start(self.key_id, argv, env, cwd, msg.timeout, grace)
+            job = self.agent.jobs.start(self.key_id, argv, env, cwd, limits, run_as)
         except OSError as exc:
             err = spawn_error(exc, argv[0], cwd)
             self.agent.audit.record("exec_failed", **audit, error=err.reason)
             return self.request_error(msg.request_id, err.code, err.reason, err.status)
         self.agent.audit.record("job_start", **audit, pid=job.child.pid, job=job.id)
         self.send(JobStarted(msg.request_id, job=job.id, pid=job.child.pid))
+        if warning is not None:
+            job.notice(warning)
 
     def _refuse_exec(self, msg: Exec) -> tuple[str, str, int] | None:
         """Why this EXEC must not run (code, message, status), or None."""

@@ -260,7 +260,7 @@ class AgentClient(FrameDriver):
             raise RemoteCommandError("this agent does not support --idle-timeout (upgrade it); nothing was run",
                                      Outcome.NOT_SENT, self.name, status=1)
         rid = self.new_request_id()
-        proc = RemoteProcess(self, rid, command.timeout)
+        proc = RemoteProcess(self, rid, command.timeout, command.idle_timeout)
         self.requests[rid] = proc
         if command.attach is not None:
             proc._send(JobAttach(rid, job=command.attach, window=window))

@@ -43,8 +43,10 @@ UNREACHABLE_OUTCOMES = frozenset({Outcome.UNREACHABLE, Outcome.AUTH_FAILED, Outc
 
 
 # The one vocabulary of what came of a host (`Result.outcome`), everywhere a run is
-# reported: JSON `exit` events, --failed-only, the summary. `failed` there means the
-# command ran and exited non-zero.
-HOST_OUTCOMES = frozenset({Outcome.OK, Outcome.FAILED, Outcome.SIGNAL, Outcome.TIMED_OUT, Outcome.IDLE_TIMEOUT,
-                           Outcome.CANCELLED, Outcome.UNREACHABLE, Outcome.AUTH_FAILED, Outcome.DENIED,
-                           Outcome.LOST, Outcome.SKIPPED})
+# reported: JSON `exit` events, the summary line, per-host failure lines, gather,
+# --failed-only, the shell's :last, the sync API. `failed` there means the command
+# ran and exited non-zero (or the agent could not start it). In this order, the
+# summary line lists them.
+HOST_OUTCOMES = (Outcome.OK, Outcome.FAILED, Outcome.SIGNAL, Outcome.TIMED_OUT, Outcome.IDLE_TIMEOUT,
+                 Outcome.CANCELLED, Outcome.UNREACHABLE, Outcome.AUTH_FAILED, Outcome.DENIED,
+                 Outcome.LOST, Outcome.SKIPPED)

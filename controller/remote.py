@@ -42,7 +42,7 @@ from shoal.controller.result import UNREACHABLE, Result
 if TYPE_CHECKING:
     from shoal.controller.client import AgentClient
 
-__all__ = ["Command", "OutputEvent", "RemoteProcess"]
+__all__ = ["Command", "OutputEvent", "RemoteProcess", "result_from_exit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +88,11 @@ class RemoteProcess:
     after all output, from `wait()`. `write()`/`close_stdin()` feed its stdin.
     """
 
-    def __init__(self, client: AgentClient, request_id: int, timeout: float | None = None) -> None:
+    def __init__(self, client: AgentClient, request_id: int, timeout: float | None = None,
+                 idle_timeout: float | None = None) -> None:
         self.client = client
-        self.timeout = timeout  # the command's own limit, named when it is reached
+        self.timeout = timeout  # the command's own limits, named when one is reached
+        self.idle_timeout = idle_timeout
         self.host = client.name
         self.request_id = request_id
         self.pid: int | None = None
@@ -132,7 +134,7 @@ class RemoteProcess:
         elif isinstance(msg, Window):
             self._stdin_credit_changed()
         elif isinstance(msg, Exit):
-            self._finish(_result_from_exit(self.host, msg, self.timeout))
+            self._finish(result_from_exit(self.host, msg, self.timeout, self.idle_timeout))
         elif isinstance(msg, Error):
             status = msg.status if msg.status is not None else 1
             self._finish(Result(self.host, status, error=msg.message, error_code=msg.code))
@@ -230,16 +232,19 @@ def required_features(command: Command) -> list[str]:
     return [name for name, used in (("user", command.user is not None), ("pty", command.pty)) if used]
 
 
-def _result_from_exit(host: str, msg: Exit, timeout: float | None) -> Result:
-    ended = msg.timed_out or msg.idle_timed_out
-    error, code = ((f"timed out after {timeout:g}s" if timeout else "timed out", Outcome.TIMEOUT) if msg.timed_out
-                   else ("idle timeout: no output for too long", Outcome.IDLE_TIMEOUT) if msg.idle_timed_out
-                   else (None, None))
+def result_from_exit(host: str, msg: Exit, timeout: float | None, idle_timeout: float | None) -> Result:
+    """The Result an EXIT makes; a timeout's limit is named when this end knows it (an attach does not)."""
+    error: str | None = None
+    code: str | None = None
+    limit: float | None = None
+    if msg.timed_out:
+        error, code, limit = (f"timed out after {timeout:g}s" if timeout else "timed out"), Outcome.TIMEOUT, timeout
+    elif msg.idle_timed_out:
+        error = f"idle timeout: no output for {idle_timeout:g}s" if idle_timeout else "idle timeout: no output for too long"
+        code, limit = Outcome.IDLE_TIMEOUT, idle_timeout
     return Result(
-        host, UNREACHABLE if ended else msg.status, code=msg.code, signal=msg.signal, timed_out=msg.timed_out,
+        host, UNREACHABLE if code else msg.status, code=msg.code, signal=msg.signal, timed_out=msg.timed_out,
         cancelled=msg.cancelled, duration=msg.duration, stdout_bytes=msg.stdout_bytes,
         stderr_bytes=msg.stderr_bytes, output_file=msg.output_file, leftovers_ended=msg.leftovers_ended,
-        error=error, error_code=code,
+        error=error, error_code=code, limit=limit,
     )
-
-

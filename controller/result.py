@@ -45,6 +45,7 @@ class Result:
     output_file: str | None = None
     leftovers_ended: int | None = None
     job: str | None = None  # a detached command: the agent's job id (shoal jobs, attach, kill)
+    limit: float | None = None  # the --timeout or --idle-timeout (s) that ended it, when known here
 
     @property
     def ok(self) -> bool:
@@ -57,14 +58,32 @@ class Result:
 
     @property
     def ran(self) -> bool:
-        """True when the command ran to its own end (exit, signal, timeout): a failure that
+        """True when the command ran to its own end (exit, signal, either timeout): a failure that
         is the command's, which `-q` may hide, unlike a host that could not run it."""
-        return self.error_code in (None, Outcome.TIMEOUT)
+        return self.error_code in (None, Outcome.TIMEOUT, Outcome.IDLE_TIMEOUT)
 
     @property
     def outcome(self) -> Outcome:
         """This host's outcome in the one vocabulary (`shoal.controller.outcome.HOST_OUTCOMES`)."""
         return _outcome(self)
+
+    @property
+    def outcome_text(self) -> str:
+        """The outcome word and, where it says more, what exactly: `failed (code 3)`,
+        `signal (KILL)`, `timed_out (after 10s)`, `unreachable: connection refused`.
+        What every text output prints for a host that did not exit 0."""
+        outcome = self.outcome
+        if outcome is Outcome.FAILED:
+            return f"failed: {self.error}" if self.error else f"failed (code {self.status})"
+        if outcome is Outcome.SIGNAL and self.signal:
+            return f"signal ({_signal_label(self.signal) or self.signal})"
+        if outcome is Outcome.TIMED_OUT and self.limit:
+            return f"timed_out (after {self.limit:g}s)"
+        if outcome is Outcome.IDLE_TIMEOUT and self.limit:
+            return f"idle_timeout (no output for {self.limit:g}s)"
+        if outcome in _SAYS_WHY and self.error:
+            return f"{outcome}: {self.error}"
+        return str(outcome)
 
     @property
     def reason(self) -> str:
@@ -75,16 +94,21 @@ class Result:
         if self.timed_out:
             return "timed out"
         if self.signal:
-            return f"killed by signal {self.signal}{_signal_name(self.signal)}"
+            label = _signal_label(self.signal)
+            return f"killed by signal {self.signal}" + (f" ({label})" if label else "")
         return f"exited with code {self.status}"
 
 
-def _signal_name(number: int) -> str:
-    """' (KILL)' for 9; nothing for a number this system has no name for."""
+def _signal_label(number: int) -> str | None:
+    """`KILL` for 9; None for a number this system has no name for."""
     try:
-        return f" ({signals.Signals(number).name.removeprefix('SIG')})"
+        return signals.Signals(number).name.removeprefix("SIG")
     except ValueError:
-        return ""
+        return None
+
+
+# Outcomes whose error text is worth printing after the word (it names the cause).
+_SAYS_WHY = frozenset({Outcome.UNREACHABLE, Outcome.AUTH_FAILED, Outcome.DENIED, Outcome.LOST})
 
 
 # error_code -> outcome, for the codes that name one of their own.

@@ -2,7 +2,7 @@
 
     outputs = shoal.controller.run("web[1-3]", "uptime", key_file="fleet.key", timeout=30)
     for host, out in outputs.items():
-        print(host, out.outcome, out.stdout.decode())
+        print(host, out.outcome_text, out.stdout.decode())
 
 The top rung of the library's ladder, as ClusterShell's `task.run` and parallel-ssh's
 `run_command`: `Fleet.run` with a handler that keeps each host's output in memory,
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from shoal.protocol.errors import ConfigError
 from shoal.protocol.handshake import SharedKey
@@ -37,7 +37,8 @@ class HostOutput:
     `shoal.controller.outcome.HOST_OUTCOMES`): `ok`, `failed` (another exit status,
     or the agent could not start it, e.g. not found: status 127), `signal`,
     `timed_out`, `idle_timeout`, `cancelled`, `unreachable`, `auth_failed`, `denied`,
-    `lost`. `result` has the rest (exit code, signal, duration, `reason`).
+    `lost`; `outcome_text` adds what exactly (`failed (code 3)`). `result` has the
+    rest (exit code, signal, duration).
     """
 
     host: str
@@ -50,6 +51,12 @@ class HostOutput:
     @property
     def ok(self) -> bool:
         return self.status == 0
+
+    @property
+    def outcome_text(self) -> str:
+        """The outcome with what exactly, as shoal's text outputs print it:
+        `failed (code 3)`, `signal (KILL)`, `unreachable: connection refused`."""
+        return self.result.outcome_text
 
 
 def outcome_of(result: Result) -> str:
@@ -77,7 +84,7 @@ class _Keep:
 async def run_async(pattern: str, command: str | list[str], *, key_file: str | None = None,
                     timeout: float | None = None, connect_timeout: float = 10.0, fanout: int = 64,
                     env: dict[str, str] | None = None, cwd: str | None = None,
-                    inventory: str | None = None) -> dict[str, HostOutput]:
+                    inventory: str | None = None, idle_timeout: float | None = None) -> dict[str, HostOutput]:
     """`run` for code already in an event loop; see `run`."""
     from shoal.controller.inventory import load_inventory
     from shoal.controller.targets import parse_targets
@@ -91,10 +98,8 @@ async def run_async(pattern: str, command: str | list[str], *, key_file: str | N
     def key_for(target: Target) -> SharedKey | None:
         return load_key_file(os.path.expanduser(target.key_file)) if target.key_file else default_key
 
-    if isinstance(command, str):
-        cmd = Command(shell=command, env=dict(env or {}), cwd=cwd, timeout=timeout)
-    else:
-        cmd = Command(argv=list(command), env=dict(env or {}), cwd=cwd, timeout=timeout)
+    cmd = Command(shell=command) if isinstance(command, str) else Command(argv=list(command))
+    cmd = replace(cmd, env=dict(env or {}), cwd=cwd, timeout=timeout, idle_timeout=idle_timeout)
     keep = _Keep()
     options = ConnectOptions(timeout=connect_timeout, key_for=key_for)
     results = (await Fleet(targets, options, fanout).run(cmd, keep)).by_host()
@@ -106,7 +111,7 @@ async def run_async(pattern: str, command: str | list[str], *, key_file: str | N
 def run(pattern: str, command: str | list[str], *, key_file: str | None = None,
         timeout: float | None = None, connect_timeout: float = 10.0, fanout: int = 64,
         env: dict[str, str] | None = None, cwd: str | None = None,
-        inventory: str | None = None) -> dict[str, HostOutput]:
+        inventory: str | None = None, idle_timeout: float | None = None) -> dict[str, HostOutput]:
     """Run `command` on every host `pattern` names and wait for all of them.
 
     Args:
@@ -114,6 +119,7 @@ def run(pattern: str, command: str | list[str], *, key_file: str | None = None,
         command: a string for /bin/sh -c (as ssh), or an argv list run without a shell.
         key_file: the shared key (an inventory entry's own key_file wins for its host).
         timeout: kill each host's command tree after this many seconds.
+        idle_timeout: kill it once it has printed nothing for this many seconds.
         connect_timeout, fanout: as `--connect-timeout` and `--fanout`.
         env, cwd: added environment and working directory on the hosts.
         inventory: inventory file; None: $SHOAL_INVENTORY or ~/.config/shoal/inventory.toml.
@@ -136,4 +142,4 @@ def run(pattern: str, command: str | list[str], *, key_file: str | None = None,
                            "`await shoal.controller.run_async(...)` there, with the same arguments")
     return asyncio.run(run_async(pattern, command, key_file=key_file, timeout=timeout,
                                  connect_timeout=connect_timeout, fanout=fanout, env=env, cwd=cwd,
-                                 inventory=inventory))
+                                 inventory=inventory, idle_timeout=idle_timeout))

@@ -96,8 +96,6 @@ def _check_exec(msg: Exec) -> None:
         _check_range("idle_timeout", msg.idle_timeout, 0, MAX_IDLE_TIMEOUT)
         if msg.idle_timeout == 0:
             raise BadRequestError("idle_timeout", "must be more than 0")
-        if msg.detach:
-            raise BadRequestError("idle_timeout", "cannot go with detach (its output goes to a file, unseen)")
     _check_user(msg.user)
     if msg.pty:
         _check_range("rows", msg.rows, 0, 0xFFFF)

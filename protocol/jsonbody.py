@@ -45,6 +45,8 @@ def parse_object(body: bytes, what: str) -> dict[str, Any]:
 
 def _check_depth(body: bytes, what: str) -> None:
     """Refuse nesting deeper than MAX_DEPTH before the recursive parser sees it."""
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:  # every message on the wire: no scan needed
+        return
     depth = 0
     for match in _BRACKET.finditer(_STRING.sub(b"", body)):
         if match.group() in (b"[", b"{"):

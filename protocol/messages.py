@@ -1,19 +1,23 @@
-"""Typed messages: one frozen dataclass per message type, validated at construction.
+"""Typed messages: one frozen `@message` class per message type, validated at construction.
 
 Bodies are either raw bytes (the data-carrying types: output, stdin, file chunks),
 so output stays binary-safe and is never decoded on the agent, or a UTF-8 JSON
-object whose fields are the dataclass fields. Unknown JSON fields are ignored so a
+object whose fields are the class's fields. Unknown JSON fields are ignored so a
 newer peer may add optional fields; missing or mistyped fields are errors.
+
+A new message is `@message class Name(Message):` with a `TYPE`, typed fields with
+defaults, and `field(default_factory=...)` for lists and dicts (both from
+shoal.protocol.messageclass, not dataclasses); then a row in MESSAGE_CLASSES.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from shoal.protocol.messageclass import field, message
 
 __all__ = [
     "NODE_ENV",
@@ -111,7 +115,7 @@ def bad_message(message: str) -> RemoteProtocolError:
     return RemoteProtocolError(message, ErrorCode.BAD_MESSAGE)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Message:
     """Base of every message; `request_id` 0 means the connection itself."""
 
@@ -140,7 +144,7 @@ class Message:
 AGENT_FEATURES = ("idle_timeout", "put_batch", "tree_user")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Hello(Message):
     """First frame from each side: version, role, authentication offer."""
 
@@ -171,7 +175,7 @@ class Hello(Message):
             raise LocalProtocolError(f"unknown auth scheme {self.auth!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Auth(Message):
     """Proof of key possession over the handshake transcript (hex)."""
 
@@ -179,7 +183,7 @@ class Auth(Message):
     proof: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Error(Message):
     """A machine-readable `code` and a one-line human `message`."""
 
@@ -189,7 +193,7 @@ class Error(Message):
     status: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Ping(Message):
     """Keepalive and clock probe; `t0` is the sender's clock at send time."""
 
@@ -197,7 +201,7 @@ class Ping(Message):
     t0: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Pong(Message):
     """Answer to a ping: echoes t0, adds receive (t1) and send (t2) times."""
 
@@ -208,7 +212,7 @@ class Pong(Message):
     version: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Goodbye(Message):
     """The sender is closing the connection on purpose (shutdown, idle, limit)."""
 
@@ -224,7 +228,7 @@ class Goodbye(Message):
 NODE_ENV = ("SHOAL_HOST", "SHOAL_NODENUM", "SHOAL_NUMNODES")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Exec(Message):
     """Run a command: exactly one of `argv` (no shell) or `shell` (/bin/sh -c)."""
 
@@ -258,7 +262,7 @@ class Exec(Message):
             raise LocalProtocolError(f"bad window {self.window!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Stdin(Message):
     """Bytes for the command's standard input."""
 
@@ -267,14 +271,14 @@ class Stdin(Message):
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class StdinEof(Message):
     """Close the command's standard input."""
 
     TYPE = MessageType.STDIN_EOF
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Signal(Message):
     """Deliver one signal (by number) to the command's process group."""
 
@@ -286,7 +290,7 @@ class Signal(Message):
             raise LocalProtocolError(f"bad signal number {self.signal!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Cancel(Message):
     """Stop the command: SIGINT, then SIGTERM, then SIGKILL, `grace` apart."""
 
@@ -294,7 +298,7 @@ class Cancel(Message):
     grace: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Window(Message):
     """Grant the peer `bytes` more of data-carrying frames for this request."""
 
@@ -306,7 +310,7 @@ class Window(Message):
             raise LocalProtocolError(f"window increment must be positive, not {self.bytes!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Resize(Message):
     """The controller's terminal changed size: apply it to the request's pty."""
 
@@ -319,7 +323,7 @@ class Resize(Message):
             raise LocalProtocolError(f"bad window size {self.rows!r}x{self.cols!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Started(Message):
     """The command is running; `stdin_window` bytes of stdin may be sent."""
 
@@ -328,7 +332,7 @@ class Started(Message):
     stdin_window: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Stdout(Message):
     """Bytes the command wrote to standard output."""
 
@@ -337,7 +341,7 @@ class Stdout(Message):
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Stderr(Message):
     """Bytes the command wrote to standard error."""
 
@@ -346,7 +350,7 @@ class Stderr(Message):
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Exit(Message):
     """Last frame of a request: how it ended, after all of its output.
 
@@ -372,14 +376,14 @@ class Exit(Message):
 # -- metrics and files -------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class MetricsRequest(Message):
     """Ask for a metrics snapshot."""
 
     TYPE = MessageType.METRICS_REQUEST
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class MetricsReply(Message):
     """A metrics snapshot (schema in shoal.agent.metrics)."""
 
@@ -387,7 +391,7 @@ class MetricsReply(Message):
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class JobStarted(Message):
     """A detached EXEC is running as job `job`; the request ends here."""
 
@@ -396,14 +400,14 @@ class JobStarted(Message):
     pid: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class JobsList(Message):
     """Ask for the jobs this key may see."""
 
     TYPE = MessageType.JOBS_LIST
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class JobsReply(Message):
     """The jobs this key may see, oldest first (fields in PROTOCOL.md §3 Jobs)."""
 
@@ -411,7 +415,7 @@ class JobsReply(Message):
     jobs: list[dict[str, Any]] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class JobAttach(Message):
     """Replay job `job`'s kept output, then follow it live: a command request's stream."""
 
@@ -424,7 +428,7 @@ class JobAttach(Message):
             raise bad_message("JOB_ATTACH window must not be negative")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class JobKill(Message):
     """End job `job`'s whole process tree: `signal` first, SIGKILL after the kill grace."""
 
@@ -437,7 +441,7 @@ class JobKill(Message):
             raise bad_message("JOB_KILL signal must be 1..64")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class JobKilled(Message):
     """The job's tree was signalled: `processes` it held then."""
 
@@ -446,7 +450,7 @@ class JobKilled(Message):
     processes: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class PutFile(Message):
     """Open an upload: FILE_DATA chunks follow, then FILE_END with the digest."""
 
@@ -466,7 +470,7 @@ class PutFile(Message):
     parents: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class GetFile(Message):
     """Open a download of one regular file."""
 
@@ -478,7 +482,7 @@ class GetFile(Message):
     tree: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class FileInfo(Message):
     """Agent's answer to PUT/GET: the transfer is open; size/mode/mtime for GET."""
 
@@ -489,7 +493,7 @@ class FileInfo(Message):
     window: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class FileData(Message):
     """A chunk of file content."""
 
@@ -498,7 +502,7 @@ class FileData(Message):
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class FileEnd(Message):
     """No more chunks; the sender's SHA-256 of everything sent."""
 
@@ -506,7 +510,7 @@ class FileEnd(Message):
     sha256: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class FileDone(Message):
     """The receiver verified and committed the file."""
 
@@ -516,7 +520,7 @@ class FileDone(Message):
     path: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ListTree(Message):
     """Ask what a directory tree holds: one entry per path, with sha256 of files on request."""
 
@@ -527,7 +531,7 @@ class ListTree(Message):
     requires: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class TreeEntries(Message):
     """Part of a LIST_TREE answer; the last part has `done` set."""
 
@@ -536,7 +540,7 @@ class TreeEntries(Message):
     done: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class RemovePaths(Message):
     """Remove entries below `tree`, named relative to it, never following a link."""
 
@@ -547,7 +551,7 @@ class RemovePaths(Message):
     requires: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Removed(Message):
     """REMOVE_PATHS is done: how many of its paths were there and are now gone."""
 
@@ -555,7 +559,7 @@ class Removed(Message):
     count: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class PutBatch(Message):
     """Many small files (and directories) of a recursive put in one request.
 
@@ -571,7 +575,7 @@ class PutBatch(Message):
     requires: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class BatchDone(Message):
     """A PUT_BATCH is applied: every entry not in `errors` is in place and on disk."""
 

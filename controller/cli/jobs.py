@@ -2,11 +2,13 @@
 
     shoal jobs TARGETS [--json]
 
-One line per job: host, job id, state (running, exited, killed), exit status, user,
-start time, output size (bytes the job printed; with `kept` when the agent kept
-less, `[limits] job_output_size`) and command. A key sees only the jobs it started,
+One line per job: host, job id, state (`running`, or once it ended its outcome:
+ok, failed, signal, timed_out, idle_timeout, cancelled), exit status, user, start
+time, output size (bytes the job printed; with `kept` when the agent kept less,
+`[limits] job_output_size`) and command. A key sees only the jobs it started,
 unless it is an `allow = "all"` key. `--json` prints one object per job per line,
-the agent's fields plus `host`; a host that could not answer gets `{"host", "error"}`.
+the agent's fields plus `host` and `outcome` (null while running); a host that
+could not answer gets `{"host", "error"}`.
 
 Exit status: 0 every host answered; 255 a host was unreachable; 2 bad usage.
 """

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 
 from shoal.protocol.errors import ConfigError
 
 from shoal.controller.term.display import Display
-from shoal.controller.jobs import kill_jobs
+from shoal.controller.jobs import kill_jobs, kill_report, parse_signal
 from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, targets_from_args
 
-__all__ = ["add_arguments", "run", "parse_signal"]
+__all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,17 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_connect_options(parser)
 
 
-def parse_signal(text: str) -> int:
-    """`TERM`, `SIGTERM`, `term` or `15`; ConfigError otherwise."""
-    name = text.strip().upper()
-    if name.isdigit() and 1 <= int(name) <= 64:
-        return int(name)
-    try:
-        return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
-    except KeyError:
-        raise ConfigError(f"unknown signal {text!r}", "--signal") from None
-
-
 def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     if words:
         raise ConfigError(f"unexpected arguments: {' '.join(words)}", "kill")
@@ -53,8 +41,7 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
                                     args.job, sig))
     for a in answers:
         if a.error is not None:
-            display.err(f"shoal: {a.host}: {a.error}\n".encode("utf-8", "replace"))
+            display.error(f"{a.host}: {kill_report(a, args.job)}")
         else:
-            noun = "process" if a.processes == 1 else "processes"
-            display.out(f"{a.host}: killed job {args.job} ({a.processes} {noun})\n".encode("utf-8", "replace"))
+            display.out(f"{a.host}: {kill_report(a, args.job)}\n".encode("utf-8", "replace"))
     return max((a.status for a in answers), default=0)

@@ -132,7 +132,8 @@ def add_exec_options(parser: argparse.ArgumentParser) -> None:
                    help="run on a pseudo-terminal on each host (stdout and stderr merged; "
                         "a terminal's keys go through raw, its size follows)")
     g.add_argument("--detach", action="store_true",
-                   help="keep running if the controller disconnects; output goes to a file on the agent")
+                   help="start it as a job the agent keeps, with its output, and return at once "
+                        "(shoal jobs, attach, kill); --timeout, --idle-timeout and --user apply")
 
 
 def add_user_option(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
@@ -225,8 +226,6 @@ def command_from_args(args: argparse.Namespace, words: list[str]) -> Command:
     """The command's words: joined for /bin/sh like ssh does, or an argv with --argv."""
     if not words:
         raise ConfigError("no command given (put it after TARGETS and shoal's options)", "command")
-    if args.idle_timeout is not None and args.detach:
-        raise ConfigError("cannot go with --detach (a detached command's output is not watched)", "--idle-timeout")
     common = dict(env=parse_env(args.env), cwd=args.cwd, timeout=args.timeout,
                   detach=args.detach, kill_grace=args.kill_grace, idle_timeout=args.idle_timeout,
                   user=getattr(args, "user", None), pty=getattr(args, "pty", False))

@@ -4,8 +4,8 @@ Modes (`-o/--output`), one class each:
 
 * `StreamHandler` (default on a TTY, and for many hosts when piped): lines as they
   arrive, prefixed `host: ` with aligned prefixes, stderr lines on stderr; each host
-  that does not exit 0 gets a line on stderr when it ends (`shoal: web03: exited with
-  code 3`). `-q` hides those of hosts whose command ran and failed, never those of
+  that does not exit 0 gets a line on stderr when it ends, its outcome in the one
+  vocabulary (`shoal: web03: failed (code 3)`, `Result.outcome_text`). `-q` hides those of hosts whose command ran and failed, never those of
   hosts that could not run it (unreachable, refused, lost).
 * `RawHandler` (one host, stdout not a TTY, or `--raw`): bytes passed through untouched,
   so `shoal run h -- tar c /etc > etc.tar` gives a valid tarball.
@@ -20,13 +20,13 @@ Modes (`-o/--output`), one class each:
   stdout and stderr are gathered separately: stdout groups go to stdout, then stderr
   groups to stderr with `(stderr)` in their header, so `-o gather > file` keeps only
   stdout. A host's output without a final newline is shown with one. Hosts that did
-  not exit 0 are listed last on stderr, one line per distinct reason
-  (`shoal: web[03,05]: exited with code 3`). With `diff`, each distinct output is
+  not exit 0 are listed last on stderr, one line per distinct outcome
+  (`shoal: web[03,05]: failed (code 3)`). With `diff`, each distinct output is
   shown instead as a unified diff against the most common one (clush --diff). Gather
   holds output, so it is capped by default (controller/term/outputcap.py).
 * `JsonHandler` (`-o json`): one JSON object per line per event; schema below.
 * `FailedOnlyHandler` (`--failed-only`): no output during the run; afterwards one line
-  per host that did not exit 0, `host: reason` (with `-o json`: its `exit` event).
+  per host that did not exit 0, `host: outcome` (with `-o json`: its `exit` event).
 
 JSON schema (`-o json`; every object has `event` and `t`, seconds since the run began)::
 
@@ -65,7 +65,6 @@ exact bytes.
 from __future__ import annotations
 
 import base64
-import difflib
 import json
 import re
 import time
@@ -239,6 +238,8 @@ class GatherHandler:
 
     def _print_diffs(self, tree: MsgTree, write: Callable[[bytes], None], label: str) -> None:
         """`--diff`: each distinct output as a unified diff against the most common one."""
+        import difflib  # --diff only: not worth its import on every run
+
         groups = list(tree.walk())
         common_lines, common_hosts = max(groups, key=lambda group: len(group[1]), default=([], []))
         common = [_shown(line) for line in common_lines]
@@ -266,17 +267,17 @@ def failure_shown(display: Display, result: Result) -> bool:
 
 
 def report_failure(display: Display, result: Result) -> None:
-    """`shoal: web03: exited with code 3` on stderr, when `failure_shown` says so."""
+    """`shoal: web03: failed (code 3)` on stderr, when `failure_shown` says so."""
     if failure_shown(display, result):
-        display.error(f"{result.host}: {result.reason}")
+        display.error(f"{result.host}: {result.outcome_text}")
 
 
 def failure_groups(results: list[Result]) -> list[tuple[NodeSet, str]]:
-    """Group the hosts that did not exit 0 by reason, in order of their first host."""
+    """Group the hosts that did not exit 0 by outcome text, in order of their first host."""
     by_reason: dict[str, list[str]] = {}
     for result in results:
         if not result.ok:
-            by_reason.setdefault(result.reason, []).append(result.host)
+            by_reason.setdefault(result.outcome_text, []).append(result.host)
     groups = [(min(hosts, key=natural_key), NodeSet(hosts), reason) for reason, hosts in by_reason.items()]
     groups.sort(key=lambda group: natural_key(group[0]))
     return [(hosts, reason) for _, hosts, reason in groups]
@@ -409,7 +410,7 @@ class FailedOnlyHandler:
                 record = {"event": "exit", **exit_record(result)}
                 self.display.out(json_line(record))
             else:
-                self.display.print(f"{result.host}: {result.reason}")
+                self.display.print(f"{result.host}: {result.outcome_text}")
 
 
 def choose_output(display: Display, hosts: list[str], mode: str | None, *, raw: bool = False,

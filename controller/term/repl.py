@@ -29,15 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shoal.protocol.errors import ConfigError, ShoalConnectionError, ShoalError
+from shoal.protocol.errors import ConfigError
 
 from shoal.controller.remote import Command
 from shoal.controller.term.display import Display
 from shoal.controller.fanout import fan_out
 from shoal.controller.fleet import ConnectOptions
-from shoal.controller.jobs import JobsAnswer, format_jobs, list_jobs
+from shoal.controller.jobs import Action, JobsAnswer, ask, format_jobs, kill_report, killing, listing, parse_signal
 from shoal.controller.inventory import Inventory
 from shoal.controller.nodeset import NodeSet, split_expression, split_patterns
+from shoal.controller.outcome import HOST_OUTCOMES
 from shoal.controller.term.output import GatherHandler, StreamHandler
 from shoal.controller.result import Result
 from shoal.controller.pool import LinkState, Session
@@ -69,6 +70,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ":env": ("[K=V | -u K]", "set (or with -u unset) a variable for later commands; no argument lists them"),
     ":last": ("", "outcome and exit status of the last command per host, grouped"),
     ":jobs": ("", "the detached jobs (run --detach) each targeted host's agent keeps"),
+    ":attach": ("JOB", "replay job JOB's output on the targeted hosts and follow it to its end (Ctrl-C ends the job)"),
+    ":kill": ("JOB [SIG]", "signal job JOB's whole process tree on the targeted hosts (default TERM; KILL after the grace)"),
     ":quit": ("", "close the connections and leave (Ctrl-D too)"),
 }
 
@@ -199,9 +202,13 @@ class Repl:
 
     def run_command(self, line: str) -> None:
         """Run `line` on the current hosts; Ctrl-C cancels, kills, then stops waiting."""
+        self._run(self.settings.command(line))
+
+    def _run(self, command: Command) -> None:
+        """Run `command` (a line, or an attach) on the current hosts and keep its results for :last."""
         if not self.current:
             raise ConfigError("no hosts targeted (use :target or :add)")
-        future = asyncio.run_coroutine_threadsafe(self._run_line(line), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._run_line(command), self._loop)
         presses = 0
         while True:
             try:
@@ -230,7 +237,7 @@ class Repl:
             return False
         return True
 
-    async def _run_line(self, line: str) -> list[Result]:
+    async def _run_line(self, command: Command) -> list[Result]:
         names = list(self.current)
         handler: StreamHandler | GatherHandler
         if self.settings.mode == "gather":
@@ -239,7 +246,7 @@ class Repl:
             handler = StreamHandler(self.display, names)
         down = [n for n in names if n not in self.session.connected(names)]
         self._last_down = set(down)
-        results = await self.session.run(self.settings.command(line), handler, names)
+        results = await self.session.run(command, handler, names)
         handler.close()
         if down:
             self.display.warning(f"not run on {len(down)} host{'s' if len(down) != 1 else ''} "
@@ -319,34 +326,50 @@ class Repl:
         self.settings.env[name] = value
 
     def cmd_last(self, arg: str) -> None:
+        """One line per outcome of the last line: `failed (code 4)  status 4     3  web[1-3]`."""
         if not self.last:
             self.display.message("no command has run yet")
             return
-        groups: dict[tuple[int, str, str], list[str]] = {}
+        groups: dict[tuple[int, int, str], list[str]] = {}
         for r in self.last:
-            groups.setdefault((r.status, str(r.outcome), r.reason), []).append(r.host)
-        width = max(len(outcome) for _, outcome, _ in groups)
-        reasons = max(len(reason) for _, _, reason in groups)
-        for (_, outcome, reason), hosts in sorted(groups.items()):
-            self.display.print(f"{outcome:<{width}}  {reason:<{reasons}}  {len(hosts):>4}  {NodeSet(hosts)}")
+            groups.setdefault((HOST_OUTCOMES.index(r.outcome), r.status, r.outcome_text), []).append(r.host)
+        width = max(len(text) for _, _, text in groups)
+        for (_, status, text), hosts in sorted(groups.items()):
+            self.display.print(f"{text:<{width}}  status {status:<3}  {len(hosts):>4}  {NodeSet(hosts)}")
 
     def cmd_jobs(self, arg: str) -> None:
-        names = self.session.connected(list(self.current))
-        answers = asyncio.run_coroutine_threadsafe(self._jobs(names), self._loop).result()
+        answers = self._on_jobs(listing())
         for row in format_jobs(answers).splitlines():
             self.display.print(row)
 
-    async def _jobs(self, names: list[str]) -> list[JobsAnswer]:
-        async def one(name: str) -> JobsAnswer:
-            client = self.session.links[name].client
-            try:
-                if client is None:
-                    raise ShoalConnectionError(name, "not connected")
-                return JobsAnswer(name, jobs=await list_jobs(client))
-            except ShoalError as exc:
-                return JobsAnswer(name, error=str(exc), status=255)
+    def cmd_attach(self, arg: str) -> None:
+        """Follow a job as `shoal attach` does: its kept output, then live, then its outcome."""
+        words = arg.split()
+        if len(words) != 1:
+            raise ConfigError(":attach takes one job id (:jobs lists them)")
+        self._run(Command(attach=words[0]))
 
-        return await fan_out(names, one)
+    def cmd_kill(self, arg: str) -> None:
+        """Signal a job's tree on the targeted hosts, one line per host, as `shoal kill` does."""
+        words = arg.split()
+        if len(words) not in (1, 2):
+            raise ConfigError(":kill takes a job id and an optional signal (:kill JOB [SIG])")
+        job = words[0]
+        sig = parse_signal(words[1], ":kill") if len(words) == 2 else int(signal.SIGTERM)
+        for answer in self._on_jobs(killing(job, sig)):
+            if answer.error is not None:
+                self.display.error(f"{answer.host}: {kill_report(answer, job)}")
+            else:
+                self.display.print(f"{answer.host}: {kill_report(answer, job)}")
+
+    def _on_jobs(self, action: Action) -> list[JobsAnswer]:
+        """`action` on every connected targeted host's connection, in target order."""
+        names = self.session.connected(list(self.current))
+
+        async def everywhere() -> list[JobsAnswer]:
+            return await fan_out(names, lambda n: ask(n, self.session.links[n].client, action))
+
+        return asyncio.run_coroutine_threadsafe(everywhere(), self._loop).result()
 
     # -- targets -------------------------------------------------------------
 

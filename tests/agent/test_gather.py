@@ -12,40 +12,19 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.agent_pool import start_pool, stop_pool
 from tests.agents import shoal
 
 
-ROOT = Path(__file__).resolve().parents[2]
 PLAIN = "127.0.0.[1-3,5-16,18-28,30]"
 VARIANT = "127.0.0.[4,17,29]"
 ALL = "127.0.0.[1-30]"
 RULE = b"---------------\n"
-
-
-def start_pool(pattern: str, port: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
-    """Start an agent pool; return it and its port once every agent listens."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.agent_pool", "--port", str(port), pattern],
-                            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # blocks until ready, or b"" if it exited
-    if not line:
-        stop_pool(proc)
-        return proc, 0
-    return proc, int(json.loads(line)["port"])
-
-
-def stop_pool(proc: subprocess.Popen[bytes]) -> None:
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.close()
-    proc.wait(30)
-    proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +68,7 @@ def test_gather_shows_stderr_apart_and_lists_non_zero_exits(
     assert b"\n".join(lines[:8]) == (
         RULE + b"127.0.0.[1-3,5-16,18-28,30] (27) (stderr)\n" + RULE + b"fine\n"
         + RULE + b"127.0.0.[4,17,29] (3) (stderr)\n" + RULE + b"other")
-    assert lines[8] == b"shoal: 127.0.0.[4,17,29]: exited with code 4"
+    assert lines[8] == b"shoal: 127.0.0.[4,17,29]: failed (code 4)"
     assert lines[9].startswith(b"shoal: 27 ok, 3 failed (127.0.0.[4,17,29]), 0 unreachable in ")
     assert lines[10:] == [b""]
 
@@ -125,8 +104,8 @@ def test_failed_only_lists_the_failed_hosts_and_why(fleet: Path, capsysbinary: p
     status, out, err = shoal(capsysbinary, "run", "--inventory", str(fleet), f"{ALL},{closed}", "-n",
                              "--failed-only", "--", 'echo noise; [ -z "$TEST_VARIANT" ]')
     assert status == 255
-    assert out == (f"{closed}: connection refused\n127.0.0.4: exited with code 1\n"
-                   "127.0.0.17: exited with code 1\n127.0.0.29: exited with code 1\n").encode()
+    assert out == (f"{closed}: unreachable: connection refused\n127.0.0.4: failed (code 1)\n"
+                   "127.0.0.17: failed (code 1)\n127.0.0.29: failed (code 1)\n").encode()
     assert err.startswith(f"shoal: 27 ok, 3 failed ({VARIANT}), 1 unreachable ({closed}) in ".encode())
 
 

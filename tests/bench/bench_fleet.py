@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
 import statistics
@@ -26,9 +25,11 @@ import subprocess
 import sys
 import time
 
+from tests.agent_pool import start_pool
+from tests.programs import installed
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_BIN = os.path.join(os.path.dirname(sys.executable), "shoal")
-SHOAL = [_BIN] if os.path.exists(_BIN) else [sys.executable, "-m", "shoal.controller.cli.main"]
+SHOAL = [installed("shoal")]  # the entry point as a user types it
 
 
 def pattern_for(hosts: int) -> str:
@@ -41,13 +42,10 @@ def pattern_for(hosts: int) -> str:
 
 
 def start_agents(pattern: str) -> tuple[subprocess.Popen[bytes], int]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.agent_pool", pattern], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
+    proc, port = start_pool(pattern)
+    if not port:
         raise SystemExit("agent pool did not start")
-    return proc, int(json.loads(line)["port"])
+    return proc, port
 
 
 def timed_run(argv: list[str]) -> tuple[float, int, bytes, float]:

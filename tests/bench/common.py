@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
+from tests.programs import SHOAL_AGENT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,7 +20,7 @@ def free_port() -> int:
 
 def start_agent(port: int, *extra: str) -> subprocess.Popen[bytes]:
     """Start `shoal-agent` on 127.0.0.1:PORT and wait until it accepts connections."""
-    proc = subprocess.Popen([sys.executable, "-m", "shoal.agent.cli", "--listen", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([*SHOAL_AGENT, "--listen", f"127.0.0.1:{port}",
                              "--log-level", "error", *extra], cwd=ROOT)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

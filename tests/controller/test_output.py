@@ -6,13 +6,12 @@ mode's formatting rules are pinned down, including the progress line on a real p
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
 import pty
-import time
 import urllib.parse
 from pathlib import Path
 
@@ -28,12 +27,16 @@ from shoal.controller.term.output import (
     RawHandler,
     StreamHandler,
     choose_output,
+    exit_record,
 )
 from shoal.controller.term.outputcap import GATHER_MAX_OUTPUT, TAIL_SHARE, OutputCap, gap_line
 from shoal.controller.term.progress import PROGRESS_MIN_HOSTS, ProgressHandler
+from shoal.controller.nodeset import natural_key
+from shoal.controller.outcome import HOST_OUTCOMES
 from shoal.controller.result import UNREACHABLE, Result
 from shoal.controller.term.summary import folded, summary_line
 from shoal.protocol.errors import ConfigError
+from tests.waiting import wait_for, wait_for_async
 
 
 def display() -> tuple[Display, io.BytesIO, io.BytesIO]:
@@ -90,7 +93,7 @@ def test_gather_prints_each_distinct_output_once_under_its_folded_hosts() -> Non
         rule + b"web[01-02,04-05,07-08] (6)\n" + rule + b"Linux 6.1\nup\n"
         + rule + b"web[03,06] (2)\n" + rule + b"Linux 6.2\nup\n")
     assert err.getvalue() == (rule + b"web08 (1) (stderr)\n" + rule + b"warning: disk\n"
-                              + b"shoal: web06: exited with code 3\n")
+                              + b"shoal: web06: failed (code 3)\n")
 
 
 def test_gather_lists_failures_by_reason_and_prints_nothing_for_silent_hosts() -> None:
@@ -102,7 +105,7 @@ def test_gather_lists_failures_by_reason_and_prints_nothing_for_silent_hosts() -
     h.on_result(ok("web1"))
     h.close()
     assert out.getvalue() == b""
-    assert err.getvalue() == b"shoal: app: killed by signal 9 (KILL)\nshoal: db[1-2]: connection refused\n"
+    assert err.getvalue() == b"shoal: app: signal (KILL)\nshoal: db[1-2]: unreachable: connection refused\n"
 
 
 def json_lines(data: bytes) -> list[dict]:  # type: ignore[type-arg]
@@ -226,7 +229,7 @@ def test_failed_only_lists_failed_hosts_with_reasons() -> None:
                                                              error_code="unreachable")):
         h.on_result(r)
     h.close()
-    assert out.getvalue() == b"web2: connection refused\nweb10: exited with code 1\n"
+    assert out.getvalue() == b"web2: unreachable: connection refused\nweb10: failed (code 1)\n"
 
 
 def test_failed_only_json_prints_exit_records() -> None:
@@ -243,8 +246,67 @@ def test_summary_line_counts_and_folds() -> None:
     results = [ok("web1"), ok("web2"), Result("web3", 1, code=1),
                Result("db1", UNREACHABLE, error="connection refused", error_code="unreachable"),
                Result("db2", UNREACHABLE, error="connection lost", error_code="connection_lost")]
-    assert summary_line(results, 1.234) == "shoal: 2 ok, 1 failed (web3), 2 unreachable (db[1-2]) in 1.23s"
+    assert summary_line(results, 1.234) == "shoal: 2 ok, 1 failed (web3), 1 unreachable (db1), 1 lost (db2) in 1.23s"
     assert summary_line([ok("a")]) == "shoal: 1 ok, 0 failed, 0 unreachable"
+    assert summary_line([ok("a"), Result("b", 143, signal=15)]) == "shoal: 1 ok, 0 failed, 1 signal (b), 0 unreachable"
+
+
+def every_outcome() -> list[Result]:
+    """One host per outcome of the vocabulary, built as the library builds them."""
+    return [
+        ok("ok1"),
+        Result("failed1", 3, code=3),
+        Result("failed2", 127, error="nosuch: command not found", error_code="not_found"),
+        Result("signal1", 137, signal=9),
+        Result("timed1", UNREACHABLE, signal=15, timed_out=True, error="timed out after 10s",
+               error_code="timeout", limit=10.0),
+        Result("idle1", UNREACHABLE, signal=15, error="idle timeout: no output for 2.5s",
+               error_code="idle_timeout", limit=2.5),
+        Result("cancelled1", 130, signal=2, cancelled=True),
+        Result("down1", UNREACHABLE, error="connection refused", error_code="unreachable"),
+        Result("auth1", UNREACHABLE, error="authentication failed", error_code="auth_failed"),
+        Result("denied1", 126, error="permission denied for key k1: command not allowed",
+               error_code="permission_denied"),
+        Result("lost1", UNREACHABLE, error="connection lost", error_code="connection_lost"),
+        Result("skipped1", 1, error="skipped", error_code="skipped"),
+    ]
+
+
+def test_every_text_output_names_the_outcome_json_gives() -> None:
+    results = every_outcome()
+    assert {str(r.outcome) for r in results} == {str(o) for o in HOST_OUTCOMES}
+    d, out, _ = display()
+    listing = FailedOnlyHandler(d)
+    d2, _, err = display()
+    gather = GatherHandler(d2)
+    for r in results:
+        listing.on_result(r)
+        gather.on_result(r)
+    listing.close()
+    gather.close()
+    lines = dict(line.split(": ", 1) for line in out.getvalue().decode().splitlines())
+    assert lines == {
+        "failed1": "failed (code 3)", "failed2": "failed: nosuch: command not found",
+        "signal1": "signal (KILL)", "timed1": "timed_out (after 10s)", "idle1": "idle_timeout (no output for 2.5s)",
+        "cancelled1": "cancelled", "down1": "unreachable: connection refused",
+        "auth1": "auth_failed: authentication failed",
+        "denied1": "denied: permission denied for key k1: command not allowed",
+        "lost1": "lost: connection lost", "skipped1": "skipped",
+    }
+    for r in results[1:]:  # the word each line starts with is the JSON record's outcome
+        assert lines[r.host].split(" ")[0].rstrip(":") == exit_record(r)["outcome"]
+    assert err.getvalue().decode().splitlines() == [f"shoal: {h}: {t}" for h, t in sorted(
+        lines.items(), key=lambda item: natural_key(item[0]))]
+    assert summary_line(results, 2.0) == (
+        "shoal: 1 ok, 2 failed (failed[1-2]), 1 signal (signal1), 1 timed_out (timed1), 1 idle_timeout (idle1), "
+        "1 cancelled (cancelled1), 1 unreachable (down1), 1 auth_failed (auth1), 1 denied (denied1), "
+        "1 lost (lost1), 1 skipped (skipped1) in 2.00s")
+
+
+def test_a_signal_without_a_name_and_a_timeout_without_its_limit() -> None:
+    assert Result("h", 128 + 99, signal=99).outcome_text == "signal (99)"
+    attach = Result("h", UNREACHABLE, timed_out=True, error="timed out", error_code="timeout")
+    assert attach.outcome_text == "timed_out"
 
 
 def test_summary_host_sets_are_capped_to_one_line() -> None:
@@ -306,17 +368,12 @@ async def test_choose_output_picks_one_handler_per_mode(tmp_path: Path) -> None:
     assert isinstance(choose_output(d, many, "json"), JsonHandler)
 
 
-def read_until(fd: int, needle: bytes, seen: bytearray, deadline: float) -> bool:
-    """Read the pty master into `seen` until `needle` shows up or the deadline passes."""
+def read_some(fd: int, seen: bytearray) -> bytearray:
+    """Add what the pty master holds now to `seen`; return it."""
     os.set_blocking(fd, False)
-    while needle not in seen:
-        if time.monotonic() > deadline:
-            return False
-        try:
-            seen += os.read(fd, 4096)
-        except BlockingIOError:
-            time.sleep(0.01)
-    return True
+    with contextlib.suppress(BlockingIOError):
+        seen += os.read(fd, 4096)
+    return seen
 
 
 async def test_progress_line_on_a_tty_is_wiped_before_output_and_at_close() -> None:
@@ -330,16 +387,14 @@ async def test_progress_line_on_a_tty_is_wiped_before_output_and_at_close() -> N
         h.on_start("n00")
         h.on_result(Result("n01", UNREACHABLE, error="connection refused", error_code="unreachable"))
         seen = bytearray()
-        deadline = time.monotonic() + 10
-        while not read_until(master, b"running", seen, time.monotonic() + 0.05):
-            assert time.monotonic() < deadline, seen
-            await asyncio.sleep(0.05)  # the loop drives the redraws
+        # the loop drives the redraws, so it runs between reads
+        await wait_for_async(lambda: b"running" in read_some(master, seen), what="the progress line")
         assert b"\r\x1b[Kshoal: 1/10 done, 1 running, 1 failed, " in seen
         h.on_output("n00", "stdout", b"line\n")
         h.on_result(ok("n00"))
         h.close()
         d.err(b"END\n")
-        assert read_until(master, b"END", seen, time.monotonic() + 10)
+        wait_for(lambda: b"END" in read_some(master, seen), what="END after the progress line")
         assert seen.partition(b"END")[0].endswith(b"\r\x1b[K")  # nothing left drawn
     os.close(master)
     assert out.getvalue() == b"n00: line\n"

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +27,8 @@ from shoal.controller.client import AgentClient
 from shoal.controller.remote import Command
 from shoal.controller.pki import init_pki
 from shoal.controller.targets import Target
+from tests.programs import SHOAL_AGENT
 
-AGENT = os.path.join(os.path.dirname(sys.executable), "shoal-agent")
 # Deadline against a hung child, never a timing assertion.
 DEADLINE = 60
 
@@ -137,7 +136,7 @@ def test_bad_flag_value_names_the_flag(argv: list[str], line: str,
 # -- --check-config, the real command -------------------------------------------------
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([AGENT, "--config", str(path), "--check-config"],
+    return subprocess.run([*SHOAL_AGENT, "--config", str(path), "--check-config"],
                           capture_output=True, text=True, timeout=DEADLINE)
 
 
@@ -216,7 +215,7 @@ def named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Path]
 
 
 def check_config_module(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shoal.agent.cli", *argv, "--check-config"],
+    return subprocess.run([*SHOAL_AGENT, *argv, "--check-config"],
                           capture_output=True, text=True, timeout=DEADLINE)
 
 
@@ -298,7 +297,7 @@ def notified(sock: socket.socket) -> dict[str, str]:
 @contextlib.contextmanager
 def agent_process(notify_sock: socket.socket, *argv: str) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "NOTIFY_SOCKET": notify_sock.getsockname()}
-    proc = subprocess.Popen([AGENT, *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*SHOAL_AGENT, *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         yield proc
     finally:

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +21,9 @@ from shoal.controller.cli.main import main
 from shoal.controller.nodeset import NodeSet
 from shoal.protocol.errors import ConfigError
 from tests.agents import AgentThread
+from tests.programs import SHOAL
+from tests.agent_pool import start_pool, stop_pool
 
-ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """\
 # stop here on hosts that have BATCH_FAIL set
@@ -34,22 +34,6 @@ test -z "$BATCH_FAIL"
 echo three \\
   continued
 """
-
-
-def start_pool(pattern: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.agent_pool", pattern], cwd=ROOT, env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # the pool prints its port once every agent listens
-    assert line, f"agent pool {pattern} did not start"
-    return proc, int(json.loads(line)["port"])
-
-
-def stop_pool(proc: subprocess.Popen[bytes]) -> None:
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.close()
-    proc.wait(30)
-    proc.stdout.close()
 
 
 class Fleet:
@@ -63,9 +47,10 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
     env = {k: v for k, v in os.environ.items() if k != "BATCH_FAIL"}
-    plain, plain_port = start_pool("127.0.0.[1-2]", env)
+    plain, plain_port = start_pool("127.0.0.[1-2]", env=env)
     try:
-        failing, failing_port = start_pool("127.0.0.[3-4]", {**env, "BATCH_FAIL": "1"})
+        failing, failing_port = start_pool("127.0.0.[3-4]", env={**env, "BATCH_FAIL": "1"})
+        assert plain_port and failing_port, "an agent pool did not start"
         try:
             yield Fleet(plain_port, failing_port)
         finally:
@@ -143,7 +128,7 @@ def test_a_host_stops_at_its_first_failing_command(fleet: Fleet, script: Path,
     assert status == 1
     assert said(out, fleet.all, "one") == set(fleet.all)
     assert said(out, fleet.all, "three continued") == set(fleet.plain)
-    failed_lines = [f"shoal: {h}: exited with code 1" for h in fleet.failing]
+    failed_lines = [f"shoal: {h}: failed (code 1)" for h in fleet.failing]
     assert sorted(err.splitlines()[:2]) == sorted(failed_lines)  # each failed host gets its line
     err = "\n".join(err.splitlines()[2:])
     assert err.splitlines()[0].split() == ["#", "COMMAND", "OK", "FAILED", "SKIPPED"]
@@ -193,7 +178,7 @@ def test_an_unreachable_host_fails_its_first_command_and_skips_the_rest(
         fleet: Fleet, script: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
     status, out, err = batch(capsysbinary, f"{fleet.plain[0]},127.0.0.1:1", str(script))
     assert status == 255
-    assert "shoal: 127.0.0.1:1: connection refused" in err
+    assert "shoal: 127.0.0.1:1: unreachable: connection refused" in err
     assert table_row(err, 1)[3] == "1 127.0.0.1:1"
     assert table_row(err, 3)[4] == "1 127.0.0.1:1"
 
@@ -204,12 +189,12 @@ def test_timeout_applies_to_each_command(fleet: Fleet, tmp_path: Path,
     path.write_text("sleep 0.1\nsleep 30\necho not-reached\n")
     status, out, err = batch(capsysbinary, fleet.plain[0], str(path), "--timeout", "1")
     assert status == 255
-    assert "timed out" in err and "not-reached" not in out
+    assert "timed_out (after 1s)" in err and "not-reached" not in out
     assert table_row(err, 1)[2].startswith("1 ") and table_row(err, 3)[4].startswith("1 ")
 
 
 def test_stdin_is_the_batch_file_with_dash(fleet: Fleet) -> None:
-    proc = subprocess.run(["shoal", "batch", ",".join(fleet.plain), "-"], input=b"echo from-stdin\nexit 4\n",
+    proc = subprocess.run([*SHOAL, "batch", ",".join(fleet.plain), "-"], input=b"echo from-stdin\nexit 4\n",
                           capture_output=True, timeout=60)
     assert proc.returncode == 4
     assert said(proc.stdout.decode(), fleet.plain, "from-stdin") == set(fleet.plain)

@@ -24,7 +24,7 @@ from shoal.controller.nodeset import NodeSet
 from shoal.controller.term.output import StreamHandler
 from shoal.controller.result import Result
 from tests.agents import AgentThread, closed_port
-from tests.e2e.test_batch import start_pool, stop_pool
+from tests.agent_pool import start_pool, stop_pool
 
 SCRIPT = """\
 echo one; echo one-err >&2
@@ -54,7 +54,8 @@ class Hosts:
 def hosts() -> Iterator[Hosts]:
     sockdir = tempfile.mkdtemp(prefix="sb")  # short: unix socket paths are capped near 108 bytes
     env = {**{k: v for k, v in os.environ.items() if k != "BATCH_FAIL"}, "BATCH_FAIL": "1"}
-    pool, port = start_pool("127.0.0.1", env)
+    pool, port = start_pool("127.0.0.1", env=env)
+    assert port, "the agent pool did not start"
     try:
         with AgentThread(1) as tcp, AgentThread(1, listen=(f"unix:{sockdir}/b.sock",)) as unix:
             yield Hosts(tcp.targets_spec(), f"{sockdir}/b.sock", f"127.0.0.1:{port}")
@@ -151,7 +152,7 @@ def test_an_unreachable_host_is_shown_and_gets_no_files(hosts: Hosts, script: Pa
                              "--outdir", str(tmp_path / "o"))
     assert status == 255
     assert out == ""
-    assert f"shoal: {dead}: connection refused" in err
+    assert f"shoal: {dead}: unreachable: connection refused" in err
     assert table_row(err, 1)[2:] == [f"1 {hosts.tcp}", f"1 {dead}", "0"]
     for directory in DIRS:
         assert sorted(files(tmp_path / "o" / directory)) == [f"{hosts.tcp}.err", f"{hosts.tcp}.out"]
@@ -190,5 +191,5 @@ def test_held_output_keeps_order_and_bytes_past_the_memory_spool() -> None:
     held.on_result(Result(host="h", status=1, code=1))
     held.close()
     assert stdout.getvalue() == b"".join(b"h: " + line + b"\n" for line in (chunk + b"tail").split(b"\n"))
-    assert stderr.getvalue() == b"h: warn\nshoal: h: exited with code 1\n"
+    assert stderr.getvalue() == b"h: warn\nshoal: h: failed (code 1)\n"
     assert held.shown == 1

@@ -5,7 +5,6 @@ announce the feature."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -18,9 +17,8 @@ from tests.agents import AgentThread, shoal
 
 
 @pytest.fixture(scope="module")
-def agents() -> Iterator[AgentThread]:
-    with AgentThread(2) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 2}
 
 
 def _exit(out: bytes) -> dict:  # type: ignore[type-arg]
@@ -78,18 +76,10 @@ def test_agent_without_the_feature_is_not_sent_the_command(agents: AgentThread, 
 @pytest.mark.parametrize(("fields", "why"), [
     ({"idle_timeout": 0.0}, "more than 0"),
     ({"idle_timeout": 1e12}, "between"),
-    ({"idle_timeout": 5.0, "detach": True}, "detach"),
 ])
 def test_bad_idle_timeouts_are_bad_requests(fields: dict, why: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(BadRequestError, match=why):
         check_request(Exec(1, shell="true", **fields))
-
-
-def test_idle_timeout_and_detach_are_a_usage_error(agents: AgentThread,
-                                                   capsysbinary: pytest.CaptureFixture[bytes]) -> None:
-    status, out, err = shoal(capsysbinary, "run", agents.addresses[0], "-n", "--detach", "--idle-timeout", "1",
-                             "--", "true")
-    assert status == 2 and b"--idle-timeout" in err
 
 
 def test_shell_idle_setting_reaches_the_command() -> None:

@@ -8,25 +8,22 @@ import hashlib
 import json
 import os
 import pty
+import re
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.agents import AgentThread, shoal, closed_port
-from tests.debris import marked, poll, tokens_of
+from tests.debris import marked, tokens_of
+from tests.waiting import wait_for
+from tests.programs import SHOAL
 
-_BIN = Path(sys.executable).with_name("shoal")
-SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "shoal.controller.cli.main"]
 
 
 @pytest.fixture(scope="module")
-def agents() -> Iterator[AgentThread]:
-    with AgentThread(10) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 10}
 
 
 def test_stdin_reaches_ten_hosts_byte_exact(agents: AgentThread) -> None:
@@ -55,8 +52,8 @@ def test_unresolvable_and_unreachable_hosts_fail_alone(agents: AgentThread,
     assert status == 255
     assert sorted(out.splitlines()) == sorted(f"{h}:{' ' * (width - len(h))} hello".encode() for h in good)
     lines = err.decode().splitlines()
-    assert f"shoal: {closed}: connection refused" in lines
-    assert any(line.startswith("shoal: no-such-host.invalid: cannot resolve host") for line in lines)
+    assert f"shoal: {closed}: unreachable: connection refused" in lines
+    assert any(line.startswith("shoal: no-such-host.invalid: unreachable: cannot resolve host") for line in lines)
     assert lines[-1].startswith(f"shoal: 2 ok, 0 failed, 2 unreachable ({closed},no-such-host.invalid) in ")
     assert len(lines) == 3
 
@@ -110,10 +107,14 @@ def test_progress_line_on_a_terminal_never_reaches_stdout(agents: AgentThread, t
                             stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
     os.close(slave)
     seen = b""
-    deadline = time.monotonic() + 30
-    while b"10 running" not in seen:  # every host is waiting for the flag
-        assert time.monotonic() < deadline and proc.poll() is None, seen
+
+    def all_running() -> bool:  # every host is waiting for the flag
+        nonlocal seen
+        assert proc.poll() is None, seen
         seen += os.read(master, 4096)
+        return b"10 running" in seen
+
+    wait_for(all_running, timeout=30, interval=0, what="the progress line to show 10 running")
     flag.touch()
     out, _ = proc.communicate(timeout=30)
     while True:
@@ -155,14 +156,15 @@ def test_stream_gives_every_failed_host_its_line_and_quiet_keeps_the_unreachable
     status, _, err = shoal(capsysbinary, "run", spec, "-n", "-o", "stream", "-t", "2", "-v", "--",
                            _outcomes(tmp_path / "loud"))
     lines = err.decode().splitlines()
-    assert status == 255 and lines[-1].startswith("shoal: 1 ok, 3 failed (")
+    assert status == 255 and re.fullmatch(r"shoal: 1 ok, 1 failed \(\S+\), 1 signal \(\S+\), 1 timed_out \(\S+\), "
+                                          rf"1 unreachable \({re.escape(closed)}\) in \S+s", lines[-1])
     reasons = sorted(line.split(": ", 2)[2] for line in lines[:-1])
-    assert reasons == ["connection refused", "exited with code 3", "killed by signal 9 (KILL)", "timed out after 2s"]
+    assert reasons == ["failed (code 3)", "signal (KILL)", "timed_out (after 2s)", "unreachable: connection refused"]
     assert all(line.split(": ")[1] in spec.split(",") for line in lines[:-1])
     (tmp_path / "quiet").mkdir()
     status, _, err = shoal(capsysbinary, "run", spec, "-n", "-q", "-o", "stream", "-t", "2", "--",
                            _outcomes(tmp_path / "quiet"))
-    assert status == 255 and err.decode().splitlines() == [f"shoal: {closed}: connection refused"]
+    assert status == 255 and err.decode().splitlines() == [f"shoal: {closed}: unreachable: connection refused"]
 
 
 ENDLESS = "yes 'shoal-endless-output-line'"
@@ -193,14 +195,14 @@ def _read_then_go_away(agents: AgentThread, argv: list[str], endless_hosts: int)
     tokens: list[str] = []
     if endless_hosts:
         assert proc.stdout.readline()
-        tokens = poll(lambda: _running_tokens(agents, endless_hosts), timeout=30)  # type: ignore[assignment]
+        tokens = wait_for(lambda: _running_tokens(agents, endless_hosts), timeout=30)  # type: ignore[assignment]
     proc.stdout.close()
     err = proc.stderr.read()
     proc.stderr.close()
     assert proc.wait(60) == 141, err
     assert err == b""
     for token in tokens:
-        poll(lambda: not marked(token), timeout=30)
+        wait_for(lambda: not marked(token), timeout=30)
 
 
 def _running_tokens(agents: AgentThread, count: int) -> list[str] | None:

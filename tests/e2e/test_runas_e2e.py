@@ -8,12 +8,13 @@ removed after it. What the command was run as is read from the command itself
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +22,14 @@ import pytest
 
 from shoal.agent import runas
 from shoal.agent.config import KeyPolicy, dump_config, load_config
-from shoal.agent.server import Agent
 from shoal.controller.client import AgentClient
 from shoal.controller.remote import Command
 from shoal.hostio.keyfile import write_key_file
 from shoal.protocol.handshake import SharedKey
 from shoal.protocol.messages import Exec
 from tests.agents import AgentThread, running_agents, shoal, target_for
-from tests.agents import config as agent_config
+from tests.debris import marked, marker_of
+from tests.waiting import wait_for
 from tests.rawpeer import audit_events
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making a user and running as it needs root")
@@ -123,17 +124,15 @@ def keys(tmp_path: Path) -> dict[str, tuple[SharedKey, Path]]:
 
 
 @pytest.fixture
-def policy_agent(tmp_path: Path, keys: dict[str, tuple[SharedKey, Path]], user: MadeUser) -> Iterator[AgentThread]:
+def policy_agent(start_agents: Callable[..., AgentThread], tmp_path: Path, keys: dict[str, tuple[SharedKey, Path]],
+                 user: MadeUser) -> AgentThread:
     policies = (
         KeyPolicy(name="admin", file=str(keys["admin"][1]), allow_all=True),
         KeyPolicy(name="narrow", file=str(keys["narrow"][1]), allow_all=True, users=("nobody",)),
         KeyPolicy(name="app", file=str(keys["app"][1]), allow_all=True, users=(user.name,)),
         KeyPolicy(name="lister", file=str(keys["lister"][1]), commands=("id -un",)),
     )
-    thread = AgentThread(0)
-    thread.agents = [Agent(agent_config(keys=policies, audit_log=str(tmp_path / "audit.jsonl")))]
-    with thread:
-        yield thread
+    return start_agents(policies=policies, audit_log=str(tmp_path / "audit.jsonl"))
 
 
 def _run(capsysbinary, agent: AgentThread, key: Path, *args: str):  # type: ignore[no-untyped-def]
@@ -316,7 +315,8 @@ def test_batch_runs_every_command_as_the_user(capsysbinary, user: MadeUser, tmp_
 
 
 def test_shell_user_switches_later_commands(user: MadeUser) -> None:
-    from tests.e2e.test_pty_e2e import SHOAL, Terminal
+    from tests.e2e.test_pty_e2e import Terminal
+    from tests.programs import SHOAL
 
     with AgentThread() as agent:
         term = Terminal([*SHOAL, "shell", agent.targets_spec()], 24, 80)
@@ -387,12 +387,46 @@ async def test_the_agent_announces_every_feature_in_one_list() -> None:
             await client.close()
 
 
-def test_a_job_is_never_started_as_the_agent_for_another_user(capsysbinary, user: MadeUser,
-                                                               shared_dir: Path) -> None:
-    """Jobs run as the agent's user, so `--detach --user` is refused rather than run as root."""
+def test_a_job_runs_as_its_user_under_the_keys_policy_and_never_as_root(
+        capsysbinary, policy_agent: AgentThread, keys: dict[str, tuple[SharedKey, Path]], user: MadeUser,
+        shared_dir: Path, tmp_path: Path) -> None:
     mark = shared_dir / "ran"
+    spec = policy_agent.targets_spec()
+    # a key whose `users` leaves U out is denied a job as U too, and nothing runs
+    status, out, err = _run(capsysbinary, policy_agent, keys["narrow"][1], "--detach", "-u", user.name, "--",
+                            f"touch {mark}")
+    assert (status, out) == (126, b"") and f"may not act as user {user.name!r}".encode() in err
+    # a key that lists U starts it as U: every process of its tree has U's ids in the process table
+    status, out, err = _run(capsysbinary, policy_agent, keys["app"][1], "--detach", "-u", user.name, "--",
+                            f"touch {mark}; sleep 300 & exec sleep 300")
+    assert status == 0, err
+    job = out.decode().rpartition(": job ")[2].strip()
+    status, out, _ = shoal(capsysbinary, "jobs", "--json", "--key-file", str(keys["app"][1]), spec)
+    [row] = [json.loads(line) for line in out.splitlines()]
+    assert (status, row["job"], row["user"]) == (0, job, user.name)
+    token = marker_of(int(row["pid"]))
+    tree = wait_for(lambda: len(marked(token)) == 2 and marked(token), timeout=10)
+    entry = pwd.getpwnam(user.name)
+    assert isinstance(tree, list)
+    for proc in tree:
+        assert tuple(proc.uids()) == (entry.pw_uid,) * 3 and proc.gids().real == entry.pw_gid, proc
+    wait_for(mark.exists, timeout=10)
+    assert mark.stat().st_uid == entry.pw_uid
+    status, table, _ = shoal(capsysbinary, "jobs", "--key-file", str(keys["app"][1]), spec)
+    assert table.decode().splitlines()[1].split()[1:5] == [job, "running", "-", user.name]
+    status, out, _ = shoal(capsysbinary, "kill", "--key-file", str(keys["app"][1]), spec, job)
+    assert (status, out) == (0, f"{spec}: killed job {job} (2 processes)\n".encode())
+    wait_for(lambda: not marked(token), timeout=10)
+    [started] = audit_events(tmp_path / "audit.jsonl", event="job_start")
+    assert (started["job"], started["user"]) == (job, user.name)
+
+
+def test_a_job_as_a_user_without_a_home_says_so_in_its_output(capsysbinary, homeless: MadeUser) -> None:
     with AgentThread() as agent:
-        status, out, err = shoal(capsysbinary, "run", "-n", "--detach", "-u", user.name, agent.targets_spec(),
-                                 "--", f"touch {mark}")
-    assert status != 0 and b"cannot be combined with --detach" in err
-    assert not mark.exists()
+        status, out, err = shoal(capsysbinary, "run", "-n", "--detach", "-u", homeless.name, agent.targets_spec(),
+                                 "--", "pwd")
+        assert status == 0, err
+        job = out.decode().rpartition(": job ")[2].strip()
+        status, out, err = shoal(capsysbinary, "attach", agent.targets_spec(), job)
+    assert (status, out) == (0, b"/\n")
+    assert err.startswith(b"Could not chdir to home directory /nonexistent-shoal/")

@@ -27,6 +27,7 @@ def test_run_returns_each_hosts_output_in_target_order(tmp_path: Path) -> None:
     assert (lost.status, lost.stdout, lost.outcome) == (255, b"", "unreachable")
     assert "refused" in (lost.result.error or "")
     assert (third.status, third.stdout, third.outcome) == (2, b"out 2\n", "failed")
+    assert (lost.outcome_text, third.outcome_text) == ("unreachable: connection refused", "failed (code 2)")
 
 
 def test_argv_timeout_and_missing_programs_are_outcomes() -> None:
@@ -35,8 +36,12 @@ def test_argv_timeout_and_missing_programs_are_outcomes() -> None:
         [slow] = shoal.controller.run(host, ["sleep", "60"], timeout=0.5).values()
         [gone] = shoal.controller.run(host, ["/no/such/program"]).values()
         [said] = shoal.controller.run(host, ["printf", "%s", "a b"], cwd="/", env={"X": "1"}).values()
-    assert slow.outcome == "timed_out" and slow.status != 0
+        [quiet] = shoal.controller.run(host, "echo start; sleep 60", idle_timeout=0.5).values()
+    assert slow.outcome == "timed_out" and slow.status != 0 and slow.outcome_text == "timed_out (after 0.5s)"
+    assert (quiet.outcome, quiet.outcome_text, quiet.stdout) == ("idle_timeout", "idle_timeout (no output for 0.5s)",
+                                                                 b"start\n")
     assert gone.outcome == "failed" and gone.status == 127
+    assert gone.outcome_text == "failed: /no/such/program: command not found"
     assert said.stdout == b"a b" and said.outcome == "ok"
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,8 @@ from tests.agents import AgentThread, closed_port, shoal
 
 
 @pytest.fixture(scope="module")
-def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentThread]:
-    with AgentThread(6, state_dir=str(tmp_path_factory.mktemp("state"))) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 6}
 
 
 def _events(out: bytes) -> list[dict[str, Any]]:
@@ -57,7 +55,7 @@ def test_summary_line_and_failed_only_list_skipped_hosts(agents: AgentThread,
     status, out, err = shoal(capsysbinary, "run", agents.targets_spec(), "-n", "--failed-only",
                              "--serial", "3", "--max-fail", "0", "--", _fail_on(0, 3))
     assert status == 3
-    assert sorted(out.decode().splitlines()) == sorted([f"{hosts[0]}: exited with code 3"] + [f"{h}: skipped" for h in hosts[3:]])
+    assert sorted(out.decode().splitlines()) == sorted([f"{hosts[0]}: failed (code 3)"] + [f"{h}: skipped" for h in hosts[3:]])
     assert ", 3 skipped (" in err.decode().splitlines()[-1]
 
 
