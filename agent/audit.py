@@ -49,8 +49,11 @@ Every line holds `time` (seconds since the epoch, UTC) and `event`, plus:
     put_done, get_done  ... path, bytes                     it completed
     put_failed      ... path, error
     mkdir           ... path                                a directory created for a put
+    put_batch       ... path (the tree), files, size        a batch of small files applied (agent/batch.py);
+                                                            then mkdir, put_done, put_failed per entry
     list            ... path, entries                       a tree listed for a sync (agent/treeops.py)
     delete          ... path                                one path removed by REMOVE_PATHS (--delete)
+    (file records add `user` when the request acts as one: `put --user`)
     denied          peer, key_id, request, action ("put"/"get"/"list"/"delete"), path, reason   (file transfers)
     revoked         peer, key_id, running                   a reload removed the key: no new requests
     revoked_closed  peer, key_id                            ... and its connection closed, commands done
@@ -106,8 +109,10 @@ class Audit:
 
         `fields` must hold no secrets or payload bytes; long values are cut (clip).
         """
-        fields = {name: clip(value) for name, value in fields.items()}
         level = _LEVELS.get(event, logging.DEBUG)
+        if self._fd < 0 and not log.isEnabledFor(level):
+            return True  # nowhere to go: a batch's per-file records cost nothing then
+        fields = {name: clip(value) for name, value in fields.items()}
         if log.isEnabledFor(level):
             log.log(level, "%s %s", event, " ".join(f"{k}={v}" for k, v in fields.items()))
         if self._fd < 0:

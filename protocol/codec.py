@@ -83,13 +83,13 @@ def _hints(cls: type[Message]) -> dict[str, Any]:
 
 def _conforms(value: Any, hint: Any) -> bool:
     """Check a decoded JSON value against a field annotation."""
+    if hint is Any:  # first: the members of every entry of a listing or a batch
+        return True
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
         return any(_conforms(value, arg) for arg in typing.get_args(hint))
     if hint is type(None):
         return value is None
-    if hint is Any:
-        return True
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:

@@ -7,7 +7,8 @@ The frame-size limits live with the frames (`shoal.protocol.frames`).
 
 from __future__ import annotations
 
-__all__ = ["OUTPUT_WINDOW", "TRANSFER_WINDOW", "MAX_GET_WINDOW", "DATA_CHUNK", "RELAY_WINDOW"]
+__all__ = ["OUTPUT_WINDOW", "TRANSFER_WINDOW", "MAX_GET_WINDOW", "DATA_CHUNK", "RELAY_WINDOW", "MAX_BATCH_FILES",
+           "MAX_BATCH_BYTES"]
 
 MiB = 1024 * 1024
 
@@ -26,3 +27,8 @@ DATA_CHUNK = 1 * MiB
 # RELAY_OPENED names no window: a gateway holds about this much per target it
 # relays to, and 256 KiB still fills a fast link at LAN round trips.
 RELAY_WINDOW = 256 * 1024
+# A PUT_BATCH holds at most this many entries and this many content bytes: the
+# receiver keeps a whole batch in memory before writing it, and its window is the
+# batch's size, so these bound both. Ample for the small files batches are for.
+MAX_BATCH_FILES = 1024
+MAX_BATCH_BYTES = 4 * MiB

@@ -58,6 +58,8 @@ __all__ = [
     "TreeEntries",
     "RemovePaths",
     "Removed",
+    "PutBatch",
+    "BatchDone",
     "RelayOpen",
     "RelayOpened",
     "RelayData",
@@ -104,6 +106,8 @@ class MessageType(IntEnum):
     TREE_ENTRIES = 0x47
     REMOVE_PATHS = 0x48
     REMOVED = 0x49
+    PUT_BATCH = 0x4A
+    BATCH_DONE = 0x4B
     JOBS_LIST = 0x50
     JOBS_REPLY = 0x51
     JOB_ATTACH = 0x52
@@ -149,11 +153,12 @@ def _check_timeout_and_window(timeout: float | None, window: int) -> None:
 
 
 # What this agent honours beyond version 1, named in its HELLO `features`:
-# "idle_timeout" is EXEC's `idle_timeout` (and EXIT's `idle_timed_out`). The agent's
-# HELLO adds the `requires` names it honours ("user", "pty"; issue 17), which its
-# session passes to the Connection: one `features` list holds both.
-# "relay" is the RELAY_* messages: this agent can be a gateway (issue 19).
-AGENT_FEATURES = ("idle_timeout", "relay")
+# "idle_timeout" is EXEC's `idle_timeout` (and EXIT's `idle_timed_out`); "put_batch"
+# the PUT_BATCH request; "tree_user" LIST_TREE's and REMOVE_PATHS' `user` and
+# `requires`; "relay" the RELAY_* messages: this agent can be a gateway (issue 19).
+# The agent's HELLO adds the `requires` names it honours ("user", "pty"; issue 17),
+# which its session passes to the Connection: one `features` list holds both.
+AGENT_FEATURES = ("idle_timeout", "put_batch", "relay", "tree_user")
 
 
 @message
@@ -536,6 +541,8 @@ class ListTree(Message):
     TYPE = MessageType.LIST_TREE
     path: str = ""
     sha256: bool = False
+    user: str | None = None  # list (and hash) as this user; feature "tree_user", named in `requires`
+    requires: list[str] = field(default_factory=list)
 
 
 @message
@@ -554,6 +561,8 @@ class RemovePaths(Message):
     TYPE = MessageType.REMOVE_PATHS
     tree: str = ""
     paths: list[str] = field(default_factory=list)
+    user: str | None = None  # remove as this user; feature "tree_user", named in `requires`
+    requires: list[str] = field(default_factory=list)
 
 
 @message
@@ -564,6 +573,30 @@ class Removed(Message):
     count: int = 0
 
 
+@message
+class PutBatch(Message):
+    """Many small files (and directories) of a recursive put in one request.
+
+    Their contents follow as FILE_DATA, back to back in `files` order, with no
+    FILE_INFO, WINDOW or FILE_END: the request's window is its total size.
+    Each entry is checked by `shoal.protocol.fields.check_request`.
+    """
+
+    TYPE = MessageType.PUT_BATCH
+    tree: str = ""
+    files: list[dict[str, Any]] = field(default_factory=list)
+    user: str | None = None
+    requires: list[str] = field(default_factory=list)
+
+
+@message
+class BatchDone(Message):
+    """A PUT_BATCH is applied: every entry not in `errors` is in place and on disk."""
+
+    TYPE = MessageType.BATCH_DONE
+    written: int = 0
+    bytes: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
 # -- relays (issue 19) ---------------------------------------------------------
 #
 # A relay is a byte stream from the controller to another agent (the target)
@@ -636,7 +669,7 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
         Hello, Auth, Error, Ping, Pong, Goodbye, Exec, Stdin, StdinEof, Signal, Cancel,
         Window, Resize, Started, Stdout, Stderr, Exit, MetricsRequest, MetricsReply, PutFile,
         GetFile, FileInfo, FileData, FileEnd, FileDone, ListTree, TreeEntries, RemovePaths, Removed,
-        JobStarted, JobsList, JobsReply, JobAttach, JobKill, JobKilled,
+        PutBatch, BatchDone, JobStarted, JobsList, JobsReply, JobAttach, JobKill, JobKilled,
         RelayOpen, RelayOpened, RelayData, RelayClose,
     )
 }
@@ -650,14 +683,14 @@ CONNECTION_LEVEL = frozenset(
 CONTROLLER_ONLY = frozenset({
     MessageType.EXEC, MessageType.STDIN, MessageType.STDIN_EOF, MessageType.SIGNAL, MessageType.CANCEL,
     MessageType.METRICS_REQUEST, MessageType.PUT_FILE, MessageType.GET_FILE, MessageType.RESIZE,
-    MessageType.LIST_TREE, MessageType.REMOVE_PATHS,
+    MessageType.LIST_TREE, MessageType.REMOVE_PATHS, MessageType.PUT_BATCH,
     MessageType.JOBS_LIST, MessageType.JOB_ATTACH, MessageType.JOB_KILL,
     MessageType.RELAY_OPEN,
 })
 AGENT_ONLY = frozenset({
     MessageType.STARTED, MessageType.STDOUT, MessageType.STDERR, MessageType.EXIT,
     MessageType.METRICS_REPLY, MessageType.FILE_INFO, MessageType.FILE_DONE,
-    MessageType.TREE_ENTRIES, MessageType.REMOVED,
+    MessageType.TREE_ENTRIES, MessageType.REMOVED, MessageType.BATCH_DONE,
     MessageType.JOB_STARTED, MessageType.JOBS_REPLY, MessageType.JOB_KILLED,
     MessageType.RELAY_OPENED,
 })

@@ -66,15 +66,20 @@ def homeless() -> Iterator[MadeUser]:
     yield from _make_user(homeless=True)
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory any user may write in, for marks left by commands."""
+def temp_dir(mode: int) -> Iterator[Path]:
+    """A root-owned directory of `mode` outside pytest's private tmp (which no other user may enter)."""
     path = Path(tempfile.mkdtemp(prefix="shoal-runas-"))
-    path.chmod(0o1777)
+    path.chmod(mode)
     try:
         yield path
     finally:
         subprocess.run(["rm", "-rf", str(path)], check=True)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory any user may write in, for marks left by commands."""
+    yield from temp_dir(0o1777)
 
 
 def test_run_as_a_user_gets_its_ids_groups_home_and_login_variables(capsysbinary, user: MadeUser) -> None:
@@ -372,23 +377,14 @@ def test_an_agent_announcing_no_support_is_refused_by_the_controller(
 
 
 async def test_the_agent_announces_every_feature_in_one_list() -> None:
-    """`idle_timeout` (a request member), `user`/`pty` (`requires` names) and `relay` share HELLO's `features`."""
+    """Request members and messages (`idle_timeout`, `put_batch`, `tree_user`, `relay`) and `requires`
+    names (`user`, `pty`) share HELLO's `features`."""
     async with running_agents() as (agent,):
         client = await AgentClient.connect(target_for(agent))
         try:
-            assert client.features == ["idle_timeout", "pty", "relay", "user"]
+            assert client.features == ["idle_timeout", "pty", "put_batch", "relay", "tree_user", "user"]
         finally:
             await client.close()
-
-
-def test_recursive_transfers_as_a_user_refuse_what_would_act_as_the_agent(capsysbinary, tmp_path: Path) -> None:
-    """A sync lists and deletes with the agent's rights, so with --user: plain sends only."""
-    (tmp_path / "tree").mkdir()
-    status, _, err = shoal(capsysbinary, "put", "-r", "--delete", "-u", "nobody", "127.0.0.1:1",
-                           str(tmp_path / "tree"), "/tmp/x")
-    assert status != 0 and b"--delete cannot go with --user" in err
-    status, _, err = shoal(capsysbinary, "get", "-r", "-u", "nobody", "127.0.0.1:1", "/etc", str(tmp_path / "got"))
-    assert status != 0 and b"-r cannot go with --user" in err
 
 
 def test_a_job_runs_as_its_user_under_the_keys_policy_and_never_as_root(
