@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import psutil
 
 from tests.agent_pool import stop_pool
 from tests.bench.bench_fleet import SHOAL, pattern_for, start_agents, timed_run
-from tests.bench.common import free_port, start_agent
+from tests.bench.common import free_port, line as _line, raise_fd_limit, start_agent
 
 
 class Sampler:
@@ -63,8 +62,9 @@ def cpu(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+
 def line(name: str, ours: str, base: str, ratio: float) -> None:
-    print(f"{name:<52} {ours:>11}   baseline {base:>11}   ratio {ratio:6.2f}")
+    _line(name, ours, base, ratio, width=52)
 
 
 def main() -> None:
@@ -72,8 +72,7 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     pattern = pattern_for(args.hosts)
     pool, port = start_agents(pattern)
     gw_port = free_port()

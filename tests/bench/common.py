@@ -31,3 +31,16 @@ def start_agent(port: int, *extra: str) -> subprocess.Popen[bytes]:
             time.sleep(0.05)
     proc.kill()
     raise SystemExit("agent did not start")
+
+
+def raise_fd_limit() -> None:
+    """Lift the soft open-file limit to the hard one: a benchmark holds a socket per host."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def line(name: str, ours: str, base: str, ratio: float, width: int = 44, note: str = "") -> None:
+    """One figure beside its same-run baseline and their ratio."""
+    print(f"{name:<{width}} {ours:>11}   baseline {base:>11}   ratio {ratio:6.2f}" + (f"  {note}" if note else ""))
