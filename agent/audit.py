@@ -23,7 +23,8 @@ Every line holds `time` (seconds since the epoch, UTC) and `event`, plus:
     authenticated   peer, key_id (null: no key), key_name   handshake done
     protocol_error  peer, key_id, code, reason              bad frame (e.g. bad_mac); connection closed
     denied          peer, key_id, request, what ("exec" with argv, cwd and reason, "metrics",
-                    or the request type with reason "key revoked")
+                    "relay" with destination and reason, or the request type with
+                    reason "key revoked")
                                                             the key's policy forbids it; nothing ran
     exec_request    peer, key_id, request, argv, cwd        audit_required only: written before the
                                                             command starts; if it fails, it never does
@@ -32,6 +33,10 @@ Every line holds `time` (seconds since the epoch, UTC) and `event`, plus:
     exit            peer, key_id, request, argv, cwd, start (epoch), duration (s), status,
                     timed_out, stdout_bytes, stderr_bytes, stdin_bytes, leftovers_ended
     metrics         peer, key_id, request
+    relay           peer, key_id, request, destination, address   a relayed stream opened (agent/relay.py)
+    relay_failed    peer, key_id, request, destination, error     ... could not connect
+    relay_end       peer, key_id, request, destination, bytes_in, bytes_out, duration, reason
+                                                            ... ended (bytes_in: controller to destination)
     job_start       peer, key_id, request, argv, cwd, user, pid, job   a detached command started as a job
     job_exit        job, key_id, argv, user, status, timed_out, idle_timed_out, stdout_bytes, stderr_bytes
                                                             a job ended (agent/jobs.py)
@@ -44,8 +49,11 @@ Every line holds `time` (seconds since the epoch, UTC) and `event`, plus:
     put_done, get_done  ... path, bytes                     it completed
     put_failed      ... path, error
     mkdir           ... path                                a directory created for a put
+    put_batch       ... path (the tree), files, size        a batch of small files applied (agent/batch.py);
+                                                            then mkdir, put_done, put_failed per entry
     list            ... path, entries                       a tree listed for a sync (agent/treeops.py)
     delete          ... path                                one path removed by REMOVE_PATHS (--delete)
+    (file records add `user` when the request acts as one: `put --user`)
     denied          peer, key_id, request, action ("put"/"get"/"list"/"delete"), path, reason   (file transfers)
     revoked         peer, key_id, running                   a reload removed the key: no new requests
     revoked_closed  peer, key_id                            ... and its connection closed, commands done
@@ -101,8 +109,10 @@ class Audit:
 
         `fields` must hold no secrets or payload bytes; long values are cut (clip).
         """
-        fields = {name: clip(value) for name, value in fields.items()}
         level = _LEVELS.get(event, logging.DEBUG)
+        if self._fd < 0 and not log.isEnabledFor(level):
+            return True  # nowhere to go: a batch's per-file records cost nothing then
+        fields = {name: clip(value) for name, value in fields.items()}
         if log.isEnabledFor(level):
             log.log(level, "%s %s", event, " ".join(f"{k}={v}" for k, v in fields.items()))
         if self._fd < 0:

@@ -30,6 +30,7 @@ from shoal.agent.handlers import HandlerRegistry
 from shoal.agent.keys import KeyTable
 from shoal.agent.listeners import Listeners
 from shoal.agent.metrics import HostMetrics
+from shoal.agent.relay import relay_handlers
 from shoal.agent.running import RunningCommands
 from shoal.agent.session import AgentSession
 from shoal.agent.sigclean import clean_child_signals
@@ -76,6 +77,7 @@ class Agent:
         self.handlers = HandlerRegistry()
         self.handlers.add(transfer_handlers)
         self.handlers.add(job_handlers)
+        self.handlers.add(relay_handlers)
         self.keys = KeyTable.load(self.config, keys or [])
         self.audit = Audit(self.config.audit_log)
         self.admission = Admission(self.audit, lambda: self.config.limits)

@@ -43,6 +43,7 @@ from shoal.agent.jobs import AttachRequest, JobLimits
 from shoal.agent.handlers import HandlerTable
 from shoal.agent.log import ConnLog
 from shoal.agent.process import ChildResult, spawn_error
+from shoal.agent.relay import RelayStream
 from shoal.hostio.driver import FrameDriver
 from shoal.agent.childenv import base_env, default_cwd
 from shoal.agent.restrict import restricted_env
@@ -150,7 +151,7 @@ class AgentSession(FrameDriver):
     def resume_writing(self) -> None:
         super().resume_writing()
         for req in list(self.requests.values()):
-            if isinstance(req, (CommandRequest, AttachRequest)):
+            if isinstance(req, (CommandRequest, AttachRequest, RelayStream)):
                 req.grant(0)
 
     # -- sending -------------------------------------------------------------
@@ -391,7 +392,7 @@ class AgentSession(FrameDriver):
             try:
                 req.stdin(msg.data)  # its channel checks the stdin window
             except RemoteProtocolError as exc:
-                self._request_broke(exc)
+                self.request_broke(exc)
 
     def _on_stdin_eof(self, msg: StdinEof) -> None:
         req = self._request(msg)
@@ -413,11 +414,11 @@ class AgentSession(FrameDriver):
         try:
             req.channel.receive(msg)
         except RemoteProtocolError as exc:
-            self._request_broke(exc)
+            self.request_broke(exc)
             return False
         return True
 
-    def _request_broke(self, exc: RemoteProtocolError) -> None:
+    def request_broke(self, exc: RemoteProtocolError) -> None:
         """The controller broke a request's rules (out_of_order, window_exceeded): close."""
         self.conn.fail(exc.code, str(exc))
         self.abort()

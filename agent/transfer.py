@@ -1,18 +1,20 @@
-"""The agent's end of file transfer: PUT_FILE and GET_FILE requests on one session.
+"""The agent's end of file transfer: PUT_FILE, GET_FILE and PUT_BATCH requests on one session.
 
 The wire sequence is in PROTOCOL.md ("File transfer"). A put streams FILE_DATA into
 an `AtomicWriter` under a window this side grants; a get streams a `FileReader` out
-under the window the controller grants. Each transfer is one background task that
-owns its file: a put's chunks are written and hashed on the two threads of its
-`ChunkSink`, a get's are read and hashed by its `ReadAhead` thread, and every
-open, fsync and rename runs in the loop's default executor, so a slow disk stalls
-only its own transfer, never the session's other requests.
+under the window the controller grants; a batch (`shoal.agent.batch`) writes many
+small files at once. Each transfer is one background task that owns its file
+(`shoal.agent.transferjob`): a put's chunks are written and hashed on the two
+threads of its `ChunkSink`, a get's are read and hashed by its `ReadAhead` thread,
+and every open, fsync and rename runs in the loop's default executor, so a slow
+disk stalls only its own transfer, never the session's other requests.
 
 Authorization happens before any file is touched: the key's policy must allow
-files, and `resolve_path` resolves `..` and symlinks before comparing with the
-key's roots. Refusals are audited. A connection lost mid-put aborts the writer
-(the old file stays); the journal in the state directory lets `remove_leftovers`
-clean what a killed agent could not.
+files, and `resolve_path` resolves `..` and symlinks (with the request's user's
+rights when it names one) before comparing with the key's roots. Refusals are
+audited. A connection lost mid-put aborts the writer (the old file stays); the
+journal in the state directory lets `remove_leftovers` clean what a killed agent
+could not.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ import os
 import stat
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from shoal.protocol.defaults import DATA_CHUNK, MAX_GET_WINDOW, TRANSFER_WINDOW
 from shoal.protocol.errors import BadRequestError, ErrorCode
-from shoal.protocol.fields import check_request, unknown_requirements
+from shoal.protocol.fields import TransferRequest, check_request, unknown_requirements
 from shoal.protocol.messages import (
     FileData,
     FileDone,
@@ -36,22 +38,24 @@ from shoal.protocol.messages import (
     GetFile,
     Message,
     MessageType,
+    PutBatch,
     PutFile,
     Window,
 )
 
+from shoal.agent import runas
+from shoal.agent.batch import BatchJob
 from shoal.agent.handlers import HandlerTable
 from shoal.agent.paths import resolve_path
-from shoal.hostio.atomic import AtomicWriter, Journal, process_umask
-from shoal.hostio.fileerrors import FileTransferError, map_os_error
+from shoal.agent.transferjob import Transfer, files_as, in_thread, make_directory
+from shoal.agent.treeops import tree_handlers
+from shoal.hostio.atomic import AtomicWriter, Journal
+from shoal.hostio.fileerrors import FileTransferError
+from shoal.hostio.files import LOCAL_FILES, Files
 from shoal.hostio.manifest import path_below
 from shoal.hostio.reader import FileReader
 from shoal.hostio.readahead import ReadAhead
-from shoal.agent import runas
-from shoal.agent.asuser import UserFiles
 from shoal.hostio.sink import ChunkSink
-
-from shoal.agent.treeops import tree_handlers
 
 if TYPE_CHECKING:
     from shoal.agent.session import AgentSession
@@ -63,7 +67,7 @@ log = logging.getLogger("shoal.agent")
 # A put's window (TRANSFER_WINDOW, in shoal.protocol.defaults) is granted back once
 # this much was written, so WINDOW frames stay rare. 16 puts stay under 128 MiB.
 GRANT_STEP = TRANSFER_WINDOW // 4
-# Concurrent transfers per connection; each may hold a window of memory.
+# Concurrent transfers per connection; each may hold a window (a batch: its size) of memory.
 MAX_TRANSFERS = 16
 # Ended transfers whose late FILE_DATA/FILE_END frames are dropped silently: after
 # an ERROR the controller may still have a window of data on the wire.
@@ -76,6 +80,7 @@ def transfer_handlers(session: AgentSession) -> HandlerTable:
     table = HandlerTable()
     table.add(PutFile, service.on_put)
     table.add(GetFile, service.on_get)
+    table.add(PutBatch, service.on_batch)
     table.add(FileData, service.on_data)
     table.add(FileEnd, service.on_end)
     table.update(tree_handlers(service))
@@ -98,39 +103,30 @@ class TransferService:
         self.session = session
         self.journal = Journal(session.agent.config.state_dir)
         self._ended: deque[int] = deque(maxlen=REMEMBERED_ENDS)
+        self.last_batch: BatchJob | None = None  # batches write in the order they came
 
     # -- requests ------------------------------------------------------------
 
     def on_put(self, msg: PutFile) -> None:
-        if not self._admit(msg):
-            return
-        allowed, user = self._user_for(msg, "put")
-        if not allowed:
-            return
-        try:
-            dest = self.authorize_in_tree(msg.path, msg.tree, "put", msg.request_id)
-        except FileTransferError as err:
-            return self.fail(msg.request_id, err)
-        job: Transfer = MakeDirectory(self, msg, dest) if msg.mkdir else PutTransfer(self, msg, dest)
-        job.user = user
-        self._start(job)
+        if self._admit(msg):
+            allowed, user = self.user_for(msg, "put", msg.path)
+            if allowed:
+                self._start(MakeDirectory(self, msg, user) if msg.mkdir else PutTransfer(self, msg, user))
 
     def on_get(self, msg: GetFile) -> None:
-        if not self._admit(msg):
-            return
-        allowed, user = self._user_for(msg, "get")
-        if not allowed:
-            return
-        try:
-            path = self.authorize_in_tree(msg.path, msg.tree, "get", msg.request_id)
-        except FileTransferError as err:
-            return self.fail(msg.request_id, err)
-        job = GetTransfer(self, msg, path)
-        job.user = user
-        self._start(job)
+        if self._admit(msg):
+            allowed, user = self.user_for(msg, "get", msg.path)
+            if allowed:
+                self._start(GetTransfer(self, msg, user))
 
-    def _user_for(self, msg: PutFile | GetFile, action: str) -> tuple[bool, runas.RunAs | None]:
-        """Who the transfer acts as (None: the agent itself); False when refused and answered.
+    def on_batch(self, msg: PutBatch) -> None:
+        if self._admit(msg):
+            allowed, user = self.user_for(msg, "put", msg.tree)
+            if allowed:
+                self._start(BatchJob(self, msg, user))
+
+    def user_for(self, msg: TransferRequest, action: str, path: str) -> tuple[bool, runas.RunAs | None]:
+        """Who the request acts as (None: the agent itself); False when refused and answered.
 
         The key's policy decides as for EXEC (PROTOCOL.md 5.7, Users); a refusal is
         audited and nothing on disk is touched.
@@ -147,23 +143,24 @@ class TransferService:
         policy = session.policy
         why = runas.refusal(msg.user, policy.users if policy else None, policy is None or policy.allow_all)
         if why is not None:
-            self._audit_denied(action, rid, msg.path, why, user=msg.user)
-            self.fail(rid, FileTransferError(ErrorCode.PERMISSION_DENIED, msg.path,
+            self._audit_denied(action, rid, path, why, user=msg.user)
+            self.fail(rid, FileTransferError(ErrorCode.PERMISSION_DENIED, path,
                                              f"permission denied for key {session.key_id}: {why}"))
             return False, None
         try:
             return True, runas.lookup(msg.user)
         except runas.UnknownUser:
-            self.fail(rid, FileTransferError(ErrorCode.PERMISSION_DENIED, msg.path, f"no such user {msg.user!r}"))
+            self.fail(rid, FileTransferError(ErrorCode.PERMISSION_DENIED, path, f"no such user {msg.user!r}"))
             return False, None
 
-    def _admit(self, msg: PutFile | GetFile) -> bool:
+    def _admit(self, msg: PutFile | GetFile | PutBatch) -> bool:
         """Refuse a reused request id, a field no file can be made of, or one transfer too many."""
         rid, session = msg.request_id, self.session
         if rid in session.requests:
             session.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use", 255)
             return False
         if sum(isinstance(r, Transfer) for r in session.requests.values()) >= MAX_TRANSFERS:
+            self._ended.append(rid)  # a batch's data is already on its way: drop it
             session.request_error(rid, ErrorCode.LIMIT,
                                   f"too many transfers on this connection (limit {MAX_TRANSFERS})")
             return False
@@ -180,16 +177,18 @@ class TransferService:
         self.session.agent.tasks.spawn(self._guard(job), name=f"transfer-{job.request_id}")
 
     async def _guard(self, job: Transfer) -> None:
-        """Run a transfer; a bug in it ends that request with a generic error, logged in full."""
+        """Run a transfer with its user's rights; a bug in it ends that request with a generic error, logged."""
         try:
-            await job.run()
+            async with files_as(job.user) as files:
+                job.files = files
+                await job.run()
         except Exception:
             self.session.log.error("internal error in transfer", exc_info=True, req=job.request_id)
             self.done(job.request_id)
             self.session.request_error(job.request_id, ErrorCode.INTERNAL, "internal error", 1)
 
-    def authorize(self, path: str, action: str, rid: int) -> Path:
-        """Resolve `path` and check it against the key's policy; refusals are audited."""
+    async def authorize(self, path: str, action: str, rid: int, files: Files = LOCAL_FILES) -> Path:
+        """Resolve `path` with `files`' rights and check it against the key's policy; refusals are audited."""
         policy = self.session.policy
         roots = None
         if policy is not None and not policy.allow_all:
@@ -199,7 +198,7 @@ class TransferService:
                                         f"permission denied for key {self.session.key_id}")
             roots = policy.file_roots
         try:
-            resolved = resolve_path(path, roots)
+            resolved: Path = await in_thread(resolve_path, path, roots, files)
             allowed = policy is None or policy.allows_files(str(resolved))
         except FileTransferError as err:
             if err.code == ErrorCode.OUTSIDE_ROOT:
@@ -214,12 +213,14 @@ class TransferService:
             raise FileTransferError(ErrorCode.OUTSIDE_ROOT, path)
         return resolved
 
-    def authorize_in_tree(self, path: str, tree: str, action: str, rid: int) -> Path:
+    async def authorize_in_tree(self, path: str, tree: str, action: str, rid: int,
+                                files: Files = LOCAL_FILES) -> Path:
         """Authorize `path`, or with `tree` set authorize the tree and refuse links below it."""
         if not tree:
-            return self.authorize(path, action, rid)
-        root = self.authorize(tree, action, rid)
-        return path_below(root, tree, path)
+            return await self.authorize(path, action, rid, files)
+        root = await self.authorize(tree, action, rid, files)
+        below: Path = await in_thread(lambda: path_below(root, tree, path, files=files))
+        return below
 
     def _audit_denied(self, action: str, rid: int, path: str, reason: str, **extra: Any) -> None:
         self.session.agent.audit.record("denied", peer=self.session.peer, key_id=self.session.key_id,
@@ -228,20 +229,22 @@ class TransferService:
     # -- data frames ---------------------------------------------------------
 
     def on_data(self, msg: FileData) -> None:
-        job = self._put_for(msg)
+        job = self._receiver_for(msg)
         if job is not None and not job.feed(msg.data):
             self._protocol_error(ErrorCode.WINDOW_EXCEEDED,
                                  f"FILE_DATA for request {msg.request_id} overran its window")
 
     def on_end(self, msg: FileEnd) -> None:
-        job = self._put_for(msg)
-        if job is not None and not job.finish(msg.sha256):
+        job = self._receiver_for(msg)
+        if isinstance(job, BatchJob):
+            self._protocol_error(ErrorCode.OUT_OF_ORDER, f"FILE_END for request {msg.request_id}, a PUT_BATCH")
+        elif job is not None and not job.finish(msg.sha256):
             self._protocol_error(ErrorCode.OUT_OF_ORDER, f"FILE_END for request {msg.request_id} came twice")
 
-    def _put_for(self, msg: Message) -> PutTransfer | None:
-        """The put this frame belongs to; None when ended (dropped) or unknown (answered)."""
+    def _receiver_for(self, msg: Message) -> PutTransfer | BatchJob | None:
+        """The put or batch this frame belongs to; None when ended (dropped) or unknown (answered)."""
         job = self.session.requests.get(msg.request_id)
-        if isinstance(job, PutTransfer):
+        if isinstance(job, (PutTransfer, BatchJob)):
             return job
         if job is None and msg.request_id in self._ended:
             return None
@@ -271,125 +274,40 @@ class TransferService:
                                         request=rid, **fields)
 
 
-class Transfer:
-    """One transfer request: a task that owns its file until it ends."""
-
-    def __init__(self, service: TransferService, request_id: int) -> None:
-        self.service = service
-        self.session = service.session
-        self.request_id = request_id
-        self.aborted = False
-        self._wake = asyncio.Event()
-        self.user: runas.RunAs | None = None  # act with this user's credentials (asuser.py)
-
-    @property
-    def as_user(self) -> UserFiles | None:
-        return UserFiles(self.user) if self.user is not None else None
-
-    def owner_for(self, requested: list[int] | None) -> list[int] | None:
-        """The owner to give what we create: as requested, else the user's (with --user)."""
-        if requested is None and self.user is not None:
-            return [self.user.uid, self.user.gid]
-        return requested
-
-    def audit_user(self) -> dict[str, str]:
-        return {"user": self.user.name} if self.user is not None else {}
-
-    async def run(self) -> None:
-        raise NotImplementedError
-
-    def abort(self) -> None:
-        """The connection dropped: stop at the next step, keeping the old file."""
-        self.aborted = True
-        self._wake.set()
-
-    def grant(self, increment: int) -> None:
-        """WINDOW frames for this request; only a get has use for them."""
-
-    async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run blocking file I/O off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-
-    async def _sleep(self) -> None:
-        self._wake.clear()
-        await self._wake.wait()
-
-
 class MakeDirectory(Transfer):
     """PUT_FILE with `mkdir`: create one directory of a recursive put."""
 
-    def __init__(self, service: TransferService, msg: PutFile, dest: Path) -> None:
-        super().__init__(service, msg.request_id)
+    def __init__(self, service: TransferService, msg: PutFile, user: runas.RunAs | None) -> None:
+        super().__init__(service, msg.request_id, user)
         self.msg = msg
-        self.dest = dest
 
     async def run(self) -> None:
+        msg, rid = self.msg, self.request_id
         try:
-            made = await self._io(self._make)
-            made = self.service.authorize(str(made), "put", self.request_id)
+            dest = await self.service.authorize_in_tree(msg.path, msg.tree, "put", rid, self.files)
+            made = await self._io(self._make, dest)
+            made = await self.service.authorize(str(made), "put", rid, self.files)
         except FileTransferError as err:
-            return self.service.fail(self.request_id, err)
-        self.service.done(self.request_id)
-        self.service.audit("mkdir", self.request_id, path=str(made))
-        self.session.send(FileDone(self.request_id, path=str(made)))
+            return self.service.fail(rid, err)
+        self.service.done(rid)
+        self.service.audit("mkdir", rid, path=str(made), **self.audit_user())
+        self.session.send(FileDone(rid, path=str(made)))
 
-    def _make(self) -> Path:
+    def _make(self, dest: Path) -> Path:
         """Create the directory (cp -r rules for `name`); an existing one is kept as is."""
         msg = self.msg
-        target = self.dest
-        if _is_dir(self.dest) and msg.name:
-            target = self.dest / _plain_name(msg.name)
+        target = dest
+        if _is_dir(dest, self.files) and msg.name:
+            target = dest / _plain_name(msg.name)
         elif msg.into_dir:
-            raise FileTransferError(ErrorCode.NOT_FOUND, self.dest)
-        try:
-            files = self.as_user
-            if files is not None:
-                if msg.parents:
-                    _makedirs_as(files, target.parent)
-                files.mkdir(target, 0o700)
-            else:
-                if msg.parents:
-                    os.makedirs(target.parent, exist_ok=True)
-                os.mkdir(target, 0o700)
-        except FileExistsError:
-            if os.path.islink(target):
-                raise FileTransferError(ErrorCode.BAD_PATH, target, "is a symbolic link; nothing is written "
-                                        "through links") from None
-            if not _is_dir(target):
-                raise FileTransferError(ErrorCode.NOT_DIRECTORY, target, "exists and is not a directory") from None
-            return target
-        except OSError as err:
-            raise map_os_error(err, target) from err
-        _set_directory_attributes(target, msg.mode, self.owner_for(msg.owner))
+            raise FileTransferError(ErrorCode.NOT_FOUND, dest)
+        make_directory(target, msg.mode, self.owner_for(msg.owner), self.files, parents=msg.parents)
         return target
 
 
-def _set_directory_attributes(path: Path, mode: int | None, owner: list[int] | None) -> None:
-    """Give a new directory its owner (root only) and mode (default 0o777 less umask)."""
+def _is_dir(path: Path, files: Files) -> bool:
     try:
-        if owner is not None and os.geteuid() == 0:
-            os.chown(path, owner[0], owner[1])
-        os.chmod(path, stat.S_IMODE(mode) if mode is not None else 0o777 & ~process_umask())
-    except OSError as err:
-        raise map_os_error(err, path) from err
-
-
-def _makedirs_as(files: UserFiles, directory: Path) -> None:
-    """os.makedirs(directory, exist_ok=True) as the transfer's user."""
-    missing: list[Path] = []
-    while not directory.exists() and directory != directory.parent:
-        missing.append(directory)
-        directory = directory.parent
-    for path in reversed(missing):
-        try:
-            files.mkdir(path)
-        except FileExistsError:
-            pass
-
-
-def _is_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.stat(path).st_mode)
+        return stat.S_ISDIR(files.stat(path).st_mode)
     except OSError:
         return False
 
@@ -403,10 +321,9 @@ def _plain_name(name: str) -> str:
 class PutTransfer(Transfer):
     """PUT_FILE: open the writer, grant a window, write chunks, verify and commit."""
 
-    def __init__(self, service: TransferService, msg: PutFile, dest: Path) -> None:
-        super().__init__(service, msg.request_id)
+    def __init__(self, service: TransferService, msg: PutFile, user: runas.RunAs | None) -> None:
+        super().__init__(service, msg.request_id, user)
         self.msg = msg
-        self.dest = dest
         self.window = 0  # nothing may arrive before FILE_INFO grants the window
         self.outstanding = 0  # received and not yet granted back
         self._sink: ChunkSink | None = None
@@ -433,8 +350,10 @@ class PutTransfer(Transfer):
     # -- the task ------------------------------------------------------------
 
     async def run(self) -> None:
+        msg = self.msg
         try:
-            writer: AtomicWriter = await self._io(self._open)
+            dest = await self.service.authorize_in_tree(msg.path, msg.tree, "put", self.request_id, self.files)
+            writer: AtomicWriter = await self._io(self._open, dest)
         except FileTransferError as err:
             return self.service.fail(self.request_id, err)
         try:
@@ -453,16 +372,13 @@ class PutTransfer(Transfer):
             await self._sink.cancel()
         await self._io(writer.abort)
 
-    def _open(self) -> AtomicWriter:
+    def _open(self, dest: Path) -> AtomicWriter:
         msg = self.msg
         wanted = self.owner_for(msg.owner)
         owner = (wanted[0], wanted[1]) if wanted is not None and len(wanted) == 2 else None
-        files = self.as_user
-        writer = AtomicWriter.open(self.dest, name=msg.name or None, into_dir=msg.into_dir,
+        writer = AtomicWriter.open(dest, name=msg.name or None, into_dir=msg.into_dir,
                                    mode=stat.S_IMODE(msg.mode) if msg.mode is not None else None,
-                                   mtime=msg.mtime, owner=owner, journal=self.service.journal,
-                                   opener=files.open if files is not None else os.open,
-                                   rename=files.rename if files is not None else os.rename)
+                                   mtime=msg.mtime, owner=owner, journal=self.service.journal, files=self.files)
         try:
             _check_free_space(writer.temp.parent, msg.size)
         except FileTransferError:
@@ -521,9 +437,10 @@ def _check_free_space(directory: Path, size: int) -> None:
 class GetTransfer(Transfer):
     """GET_FILE: open the reader, describe the file, stream it under the window."""
 
-    def __init__(self, service: TransferService, msg: GetFile, path: Path) -> None:
-        super().__init__(service, msg.request_id)
-        self.path = path
+    def __init__(self, service: TransferService, msg: GetFile, user: runas.RunAs | None) -> None:
+        super().__init__(service, msg.request_id, user)
+        self.msg = msg
+        self.path = Path(msg.path)
         self.credit = min(msg.window or TRANSFER_WINDOW, MAX_GET_WINDOW)
 
     def grant(self, increment: int) -> None:
@@ -531,9 +448,10 @@ class GetTransfer(Transfer):
         self._wake.set()
 
     async def run(self) -> None:
+        msg = self.msg
         try:
-            files = self.as_user
-            reader: FileReader = await self._io(FileReader.open, self.path, *([files.open] if files else []))
+            self.path = await self.service.authorize_in_tree(msg.path, msg.tree, "get", self.request_id, self.files)
+            reader: FileReader = await self._io(FileReader.open, self.path, self.files)
         except FileTransferError as err:
             return self.service.fail(self.request_id, err)
         try:

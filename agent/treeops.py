@@ -4,24 +4,29 @@ A recursive put first asks what the destination holds (LIST_TREE) so unchanged
 files are not sent, and with `--delete` asks the agent to remove what the source
 lacks (REMOVE_PATHS). Both are authorized like a transfer (the key may move
 files, the root lies inside its file roots) and run their file I/O in the loop's
-executor. Removal names paths relative to a tree root and never crosses a link
+executor, as the request's user when it names one (listed, hashed and removed
+with that user's rights: an unprivileged user lists only what it could list
+itself). Removal names paths relative to a tree root and never crosses a link
 below it (`shoal.hostio.manifest`), so nothing outside the tree can go.
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from shoal.protocol.errors import BadRequestError, ErrorCode
 from shoal.protocol.fields import check_request
 from shoal.protocol.messages import ListTree, RemovePaths, Removed, TreeEntries
 
 from shoal.hostio.fileerrors import FileTransferError
+from shoal.hostio.files import Files
 from shoal.hostio.manifest import list_tree, remove_below
 
+from shoal.agent import runas
 from shoal.agent.handlers import HandlerTable
+from shoal.agent.transferjob import files_as, in_thread
 
 if TYPE_CHECKING:
     from shoal.agent.transfer import TransferService
@@ -48,8 +53,9 @@ def tree_handlers(service: TransferService) -> HandlerTable:
 class TreeJob:
     """A LIST_TREE or REMOVE_PATHS in progress: held in the session's requests so its id is taken."""
 
-    def __init__(self, request_id: int) -> None:
+    def __init__(self, request_id: int, user: runas.RunAs | None) -> None:
         self.request_id = request_id
+        self.user = user
         self.aborted = False
 
     def abort(self) -> None:
@@ -68,11 +74,15 @@ class TreeOps:
 
     def on_list(self, msg: ListTree) -> None:
         if self._admit(msg):
-            self._spawn(msg.request_id, self._list(msg))
+            allowed, user = self.service.user_for(msg, "list", msg.path)
+            if allowed:
+                self._spawn(TreeJob(msg.request_id, user), functools.partial(self._list, msg))
 
     def on_remove(self, msg: RemovePaths) -> None:
         if self._admit(msg):
-            self._spawn(msg.request_id, self._remove(msg))
+            allowed, user = self.service.user_for(msg, "delete", msg.tree)
+            if allowed:
+                self._spawn(TreeJob(msg.request_id, user), functools.partial(self._remove, msg))
 
     def _admit(self, msg: ListTree | RemovePaths) -> bool:
         rid = msg.request_id
@@ -90,15 +100,15 @@ class TreeOps:
             return False
         return True
 
-    def _spawn(self, rid: int, work: Any) -> None:
-        job = TreeJob(rid)
-        self.session.requests[rid] = job
-        self.session.agent.tasks.spawn(self._guard(job, work), name=f"tree-{rid}")
+    def _spawn(self, job: TreeJob, work: Callable[[TreeJob, Files], Awaitable[None]]) -> None:
+        self.session.requests[job.request_id] = job
+        self.session.agent.tasks.spawn(self._guard(job, work), name=f"tree-{job.request_id}")
 
-    async def _guard(self, job: TreeJob, work: Any) -> None:
+    async def _guard(self, job: TreeJob, work: Callable[[TreeJob, Files], Awaitable[None]]) -> None:
         """A file error ends the request with its code; a bug ends it with a generic error, logged."""
         try:
-            await work
+            async with files_as(job.user) as files:
+                await work(job, files)
         except FileTransferError as err:
             self.service.fail(job.request_id, err)
         except Exception:
@@ -106,10 +116,10 @@ class TreeOps:
             self.service.done(job.request_id)
             self.session.request_error(job.request_id, ErrorCode.INTERNAL, "internal error", 1)
 
-    async def _list(self, msg: ListTree) -> None:
-        root = self.service.authorize(msg.path, "list", msg.request_id)
-        entries = await _in_thread(list_tree, root, msg.sha256)
-        self.service.audit("list", msg.request_id, path=str(root), entries=len(entries))
+    async def _list(self, msg: ListTree, job: TreeJob, files: Files) -> None:
+        root = await self.service.authorize(msg.path, "list", msg.request_id, files)
+        entries = await in_thread(list_tree, root, msg.sha256, files)
+        self.service.audit("list", msg.request_id, path=str(root), entries=len(entries), **_user(job))
         limit = min(ENTRIES_BYTES, self.session.conn.peer_max_frame // 2)
         for part in _parts(entries, limit):
             if self.session.requests.get(msg.request_id) is None:
@@ -118,14 +128,14 @@ class TreeOps:
         self.service.done(msg.request_id)
         self.session.send(TreeEntries(msg.request_id, done=True))
 
-    async def _remove(self, msg: RemovePaths) -> None:
-        root = self.service.authorize(msg.tree, "delete", msg.request_id)
+    async def _remove(self, msg: RemovePaths, job: TreeJob, files: Files) -> None:
+        root = await self.service.authorize(msg.tree, "delete", msg.request_id, files)
         count = 0
         for path in msg.paths:
             full = f"{msg.tree.rstrip('/')}/{path}"
-            if await _in_thread(remove_below, root, msg.tree, full):
+            if await in_thread(remove_below, root, msg.tree, full, files):
                 count += 1
-                self.service.audit("delete", msg.request_id, path=str(root / path))
+                self.service.audit("delete", msg.request_id, path=str(root / path), **_user(job))
         self.service.done(msg.request_id)
         self.session.send(Removed(msg.request_id, count=count))
 
@@ -147,7 +157,6 @@ def _parts(entries: list[dict[str, Any]], limit: int) -> list[list[dict[str, Any
     return parts
 
 
-async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run blocking file I/O off the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+def _user(job: TreeJob) -> dict[str, str]:
+    return {"user": job.user.name} if job.user is not None else {}
 

@@ -19,12 +19,13 @@ from shoal.protocol.errors import ConfigError, ShoalError
 
 from shoal.controller.client import AgentClient
 
-from shoal.controller.remote import Command, RemoteProcess
+from shoal.controller.remote import Command, Running
 from shoal.controller.fleet import ConnectOptions, Handler
 from shoal.controller.nodeset import NodeSet
 from shoal.controller.outcome import Outcome
 from shoal.controller.result import Result, failure_result
 from shoal.controller.targets import Target
+from shoal.controller.fanout import per_gateway
 from shoal.controller.waves import SKIPPED_STATUS, WavePolicy, run_in_waves
 
 __all__ = ["BatchLine", "BatchReport", "BatchRunner", "parse_batch", "read_batch", "summary_table"]
@@ -144,8 +145,7 @@ class BatchRunner:
         self.options = options
         self.fanout = max(1, fanout)
         self.keep_going = keep_going
-        self._procs: dict[str, RemoteProcess] = {}
-        self._stopping = False
+        self._running = Running()
 
     async def run(self, lines: list[BatchLine], commands: list[Command],
                   handler_for: Callable[[int], Handler], *, policy: WavePolicy = WavePolicy(),
@@ -170,8 +170,8 @@ class BatchRunner:
         await run_in_waves(list(enumerate(self.targets)),
                            lambda it: self._host(it[1], [c.for_node(it[1].name, it[0], count) for c in commands],
                                                  handler_for, report.results[it[1].name]),
-                           lambda it: it[1].name, policy=policy, limit=self.fanout, on_done=done,
-                           on_wave=wave_hosts)
+                           lambda it: it[1].name, policy=policy, limit=per_gateway(self.fanout, lambda it: it[1]),
+                           on_done=done, on_wave=wave_hosts)
         return report
 
     async def _host(self, target: Target, commands: list[Command], handler_for: Callable[[int], Handler],
@@ -183,7 +183,7 @@ class BatchRunner:
 
     async def _walk(self, target: Target, commands: list[Command], handler_for: Callable[[int], Handler],
                     results: list[Result | None]) -> None:
-        if self._stopping:
+        if self._running.stopping:
             return
         try:
             client = await self.options.connect(target)
@@ -193,7 +193,7 @@ class BatchRunner:
             return
         try:
             for i, command in enumerate(commands):
-                if self._stopping:
+                if self._running.stopping:
                     return
                 result = results[i] = await self._one(client, target.name, command, handler_for(i))
                 if result.unreachable or (not result.ok and not self.keep_going):
@@ -208,23 +208,19 @@ class BatchRunner:
         except ShoalError as exc:
             result = failure_result(host, exc)
         else:
-            self._procs[host] = proc
+            self._running.add(host, proc)
             try:
                 async for event in proc:
                     handler.on_output(host, event.stream, event.data)
                 result = await proc.wait()
             finally:
-                self._procs.pop(host, None)
+                self._running.remove(host)
         handler.on_result(result)
         return result
 
     def cancel(self, grace: float | None = None) -> None:
         """Cancel the running commands (SIGINT, SIGTERM, SIGKILL); start no more."""
-        self._stopping = True
-        for proc in list(self._procs.values()):
-            proc.cancel(grace)
+        self._running.cancel(grace)
 
     def kill(self) -> None:
-        self._stopping = True
-        for proc in list(self._procs.values()):
-            proc.kill()
+        self._running.kill()

@@ -6,16 +6,16 @@ fleet runner and the CLI sit on top. Output flow control: we grant the agent a
 window per request and grant more only as the consumer takes output from the
 process's queue, so a slow consumer bounds memory at one window per request.
 
-This module is the boundary for foreign errors, as httpx's transport is: socket,
-TLS, resolver and timeout errors become `ShoalConnectionError`, `AuthError` or
-`ShoalTimeoutError` here, so the fan-out above catches only `ShoalError`.
+This module (with `shoal.controller.dial`, which opens the byte stream) is the
+boundary for foreign errors, as httpx's transport is: socket, TLS, resolver and
+timeout errors become `ShoalConnectionError`, `AuthError` or `ShoalTimeoutError`
+here, so the fan-out above catches only `ShoalError`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl as ssl_module
 import time
 from dataclasses import field
@@ -48,6 +48,7 @@ from shoal.protocol.messages import (
 )
 
 from shoal.hostio.driver import FrameDriver
+from shoal.controller.dial import Dialer, dial_direct
 from shoal.controller.escape import quote_peer_bytes
 from shoal.controller.outcome import Outcome
 from shoal.controller.remote import Command, RemoteProcess, required_features
@@ -114,15 +115,16 @@ class AgentClient(FrameDriver):
     @classmethod
     async def connect(cls, target: Target, *, key: SharedKey | None = None,
                       ssl: ssl_module.SSLContext | None = None, timeout: float = 10.0,
-                      keepalive: float = DEFAULT_KEEPALIVE) -> AgentClient:
-        """Connect and authenticate within `timeout` seconds.
+                      keepalive: float = DEFAULT_KEEPALIVE, dial: Dialer = dial_direct) -> AgentClient:
+        """Connect (with `dial`: the target's own socket by default) and authenticate
+        within `timeout` seconds.
 
         Raises ShoalConnectionError (refused, unresolvable, TLS failure),
         AuthError (wrong or missing key) or ShoalTimeoutError.
         """
         client = cls(target, key, keepalive)
         try:
-            await asyncio.wait_for(client._open(ssl), timeout)
+            await asyncio.wait_for(client._open(ssl, dial), timeout)
         except asyncio.TimeoutError:
             client.abort()
             raise ShoalTimeoutError("connect", timeout, target.name) from None
@@ -131,19 +133,8 @@ class AgentClient(FrameDriver):
             raise
         return client
 
-    async def _open(self, ssl: ssl_module.SSLContext | None) -> None:
-        loop = asyncio.get_running_loop()
-        t = self.target
-        try:
-            if t.path is not None:
-                await loop.create_unix_connection(lambda: self, t.path, ssl=ssl,
-                                                  server_hostname="localhost" if ssl else None)
-            else:
-                assert t.host is not None  # a Target has exactly one of host and path
-                await loop.create_connection(lambda: self, t.host, t.port, ssl=ssl,
-                                             server_hostname=t.host if ssl else None)
-        except OSError as exc:
-            raise _connect_error(t.name, exc) from exc
+    async def _open(self, ssl: ssl_module.SSLContext | None, dial: Dialer) -> None:
+        await dial(self.target, self, ssl)  # a socket, or a stream through a gateway (controller/dial.py)
         self._tls = ssl is not None
         self.conn.start()
         self.flush()
@@ -403,26 +394,3 @@ class AgentClient(FrameDriver):
         else:
             self._closed_event.set()
         await self._closed_event.wait()
-
-
-def _connect_error(host: str, exc: OSError) -> ShoalConnectionError:
-    """The one translation of a socket error while connecting into ours."""
-    if isinstance(exc, socket.gaierror):
-        return ShoalConnectionError(host, f"cannot resolve host: {exc.strerror}")
-    if isinstance(exc, ssl_module.SSLError):
-        return ShoalConnectionError(host, f"TLS handshake failed: {_tls_reason(exc)}")
-    if isinstance(exc, ConnectionRefusedError):
-        return ShoalConnectionError(host, "connection refused")
-    return ShoalConnectionError(host, exc.strerror or str(exc))
-
-
-def _tls_reason(exc: ssl_module.SSLError) -> str:
-    """OpenSSL's reason, made readable for the two mistakes people actually make."""
-    verify = getattr(exc, "verify_message", None)
-    if verify:
-        return f"{verify} (is the agent's certificate from the CA given by --tls-ca, with this name?)"
-    if exc.reason == "WRONG_VERSION_NUMBER":
-        return "the agent does not speak TLS (WRONG_VERSION_NUMBER)"
-    return str(exc.reason or exc)
-
-

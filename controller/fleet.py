@@ -19,12 +19,14 @@ from shoal.protocol.handshake import SharedKey
 
 from shoal.controller.client import AgentClient
 from shoal.controller.hub.client import HubAccess
+from shoal.controller.gateways import Gateways
 
-from shoal.controller.remote import Command, RemoteProcess
+from shoal.controller.remote import Command, RemoteProcess, Running
 from shoal.controller.outcome import Outcome
 from shoal.controller.result import CANCELLED_STATUS, Result, failure_result, fleet_status
 from shoal.controller.stdin import StdinSpool
 from shoal.controller.targets import Target
+from shoal.controller.fanout import per_gateway
 from shoal.controller.waves import WavePolicy, run_in_waves
 
 __all__ = ["Handler", "Fleet", "FleetResult", "ConnectOptions", "FLEET_OUTPUT_BUDGET", "MIN_OUTPUT_WINDOW"]
@@ -52,8 +54,10 @@ class Handler(Protocol):
 class ConnectOptions:
     """How to reach agents; `key_for`/`ssl_for` allow per-target settings.
 
-    With `hub`, every target is reached through that hub's warm connections
-    instead (a link per target); `close()`, or the end of `async with`, closes it.
+    With `hub`, targets are reached through that hub's warm connections (a link
+    per target); targets with a `via` through their gateway, itself a hub link
+    then, with the target's own key end to end. The hub connection and the
+    gateway links live until `close()` (or the end of `async with`).
     """
 
     key: SharedKey | None = None
@@ -63,18 +67,25 @@ class ConnectOptions:
     key_for: Callable[[Target], SharedKey | None] | None = None
     ssl_for: Callable[[Target], ssl_module.SSLContext | None] | None = None
     hub: HubAccess | None = field(default=None, compare=False)
+    gateways: Gateways = field(default_factory=Gateways, compare=False, repr=False)
+
+    def key_of(self, target: Target) -> SharedKey | None:
+        return self.key_for(target) if self.key_for else self.key
+
+    def ssl_of(self, target: Target) -> ssl_module.SSLContext | None:
+        return self.ssl_for(target) if self.ssl_for else self.ssl
 
     async def connect(self, target: Target) -> AgentClient:
+        if target.via is not None:
+            return await self.gateways.connect(target, self)
         if self.hub is not None:
             return await self.hub.link(target)
-        key = self.key_for(target) if self.key_for else self.key
-        ctx = self.ssl_for(target) if self.ssl_for else self.ssl
-        return await AgentClient.connect(target, key=key, ssl=ctx, timeout=self.timeout,
-                                         keepalive=self.keepalive)
-
+        return await AgentClient.connect(target, key=self.key_of(target), ssl=self.ssl_of(target),
+                                         timeout=self.timeout, keepalive=self.keepalive)
 
     async def close(self) -> None:
-        """Close the hub connection, if targets were reached through one."""
+        """Close what the targets were reached through: gateway links first, then the hub."""
+        await self.gateways.close()
         if self.hub is not None:
             await self.hub.close()
 
@@ -115,8 +126,7 @@ class Fleet:
         self.targets = targets
         self.options = options or ConnectOptions()
         self.fanout = max(1, fanout)
-        self.processes: dict[str, RemoteProcess] = {}
-        self._stopping = False  # cancel() or kill(): start no more hosts (queued ones, later waves)
+        self.running = Running()  # cancel() and kill() reach these; once stopping, no host starts
 
     async def run(self, command: Command, handler: Handler, stdin: StdinSpool | None = None, *,
                   policy: WavePolicy = WavePolicy(),
@@ -134,7 +144,8 @@ class Fleet:
         start = time.monotonic()
         out = FleetResult()
         local = _LocalGuard(handler)
-        running = max(1, min(self.fanout, len(self.targets)))
+        hops = len({t.via.name if t.via else None for t in self.targets})  # the fanout applies per gateway
+        running = max(1, min(self.fanout * max(1, hops), len(self.targets)))
         window = max(MIN_OUTPUT_WINDOW, min(OUTPUT_WINDOW, FLEET_OUTPUT_BUDGET // running))
 
         def done(result: Result) -> None:
@@ -148,8 +159,8 @@ class Fleet:
             await run_in_waves(list(enumerate(self.targets)),
                                lambda it: self._run_one(it[1], command.for_node(it[1].name, it[0], count), local,
                                                         stdin, window),
-                               lambda it: it[1].name, policy=policy, limit=self.fanout, on_done=done,
-                               on_wave=wave_hosts)
+                               lambda it: it[1].name, policy=policy, limit=per_gateway(self.fanout, lambda it: it[1]),
+                               on_done=done, on_wave=wave_hosts)
         except _LocalError as exc:  # our output failed (`| head` closed it): every host was stopped
             raise exc.original from None
         out.elapsed = time.monotonic() - start
@@ -158,7 +169,7 @@ class Fleet:
     async def _run_one(self, target: Target, command: Command, handler: Handler,
                        stdin: StdinSpool | None, window: int) -> Result:
         client: AgentClient | None = None
-        if self._stopping:
+        if self.running.stopping:
             return Result(target.name, CANCELLED_STATUS, cancelled=True, error="cancelled before it started",
                           error_code=Outcome.CANCELLED)
         feeder: asyncio.Task[None] | None = None
@@ -168,7 +179,7 @@ class Fleet:
             if stdin is not None:
                 command = _with_stdin(command)
             proc = await client.exec(command, window)
-            self.processes[target.name] = proc
+            self.running.add(target.name, proc)
             feeder = asyncio.create_task(_feed(proc, stdin)) if stdin is not None else None
             async for event in proc:
                 handler.on_output(target.name, event.stream, event.data)
@@ -181,24 +192,20 @@ class Fleet:
         finally:
             if feeder is not None:
                 feeder.cancel()
-            self.processes.pop(target.name, None)
+            self.running.remove(target.name)
             if client is not None:
                 await client.close()
 
     def cancel(self, grace: float | None = None) -> None:
         """Cancel the command on every host where it is running; start it on no more."""
-        self._stopping = True
-        for proc in list(self.processes.values()):
-            proc.cancel(grace)
+        self.running.cancel(grace)
 
     def kill(self) -> None:
-        self._stopping = True
-        for proc in list(self.processes.values()):
-            proc.kill()
+        self.running.kill()
 
     def resize(self, rows: int, cols: int) -> None:
         """The local terminal changed size: tell every running `pty` command."""
-        for proc in list(self.processes.values()):
+        for proc in self.running.values():
             proc.resize(rows, cols)
 
 

@@ -2,7 +2,7 @@
 
 Layout (every table optional)::
 
-    [defaults]              port, key_file, tls_cert, tls_key, tls_ca
+    [defaults]              port, key_file, tls_cert, tls_key, tls_ca, via
     [groups.NAME]           hosts = [patterns], groups = [nested group names], settings
     [hosts."PATTERN"]       settings for the hosts the pattern names
 
@@ -36,7 +36,7 @@ __all__ = ["SETTING_NAMES", "Group", "Inventory", "default_inventory_path", "loa
 Settings = Mapping[str, str | int]
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-SETTING_NAMES = ("port", "key_file", "tls_cert", "tls_key", "tls_ca")
+SETTING_NAMES = ("port", "key_file", "tls_cert", "tls_key", "tls_ca", "via")
 _GROUP_KEYS = ("hosts", "groups", *SETTING_NAMES)
 _TOP_KEYS = ("defaults", "groups", "hosts")
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -220,6 +220,10 @@ class _Loader(TomlLocator):
         if name == "port":
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
                 raise self.error(f"port must be an integer from 1 to 65535, not {value!r}", keys)
+            return value
+        if name == "via":  # gateways, `gw1` or a chain `gw1,gw2` (targets.py resolves them)
+            if not isinstance(value, str) or value and not all(part.strip() for part in value.split(",")):
+                raise self.error(f"via must name gateways, \"gw1\" or \"gw1,gw2\", not {value!r}", keys)
             return value
         return self.path(name, value, keys)
 

@@ -20,7 +20,7 @@ from shoal.protocol.errors import ConfigError, RemoteCommandError, ShoalConnecti
 from shoal.protocol.messages import Exit, JobKill, JobKilled, JobsList, JobsReply
 
 from shoal.controller.client import AgentClient
-from shoal.controller.fanout import fan_out
+from shoal.controller.fanout import fan_out, per_gateway
 from shoal.controller.fleet import ConnectOptions
 from shoal.controller.remote import result_from_exit
 from shoal.controller.result import failure_result
@@ -111,13 +111,15 @@ async def _per_host(target: Target, options: ConnectOptions, action: Action) -> 
 
 async def gather_jobs(targets: list[Target], options: ConnectOptions, fanout: int) -> list[JobsAnswer]:
     """Every host's job list, in target order."""
-    return await fan_out(targets, lambda t: _per_host(t, options, listing()), limit=fanout)
+    return await fan_out(targets, lambda t: _per_host(t, options, listing()),
+                         limit=per_gateway(fanout, lambda t: t))
 
 
 async def kill_jobs(targets: list[Target], options: ConnectOptions, fanout: int, job: str,
                     sig: int) -> list[JobsAnswer]:
     """Signal job `job` on every host, in target order."""
-    return await fan_out(targets, lambda t: _per_host(t, options, killing(job, sig)), limit=fanout)
+    return await fan_out(targets, lambda t: _per_host(t, options, killing(job, sig)),
+                         limit=per_gateway(fanout, lambda t: t))
 
 
 def kill_report(answer: JobsAnswer, job: str) -> str:

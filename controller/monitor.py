@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from shoal.protocol.errors import ShoalError, ShoalTimeoutError
 
 from shoal.controller.client import AgentClient
-from shoal.controller.fanout import fan_out
+from shoal.controller.fanout import fan_out, per_gateway
 from shoal.controller.fleet import ConnectOptions
 from shoal.controller.result import UNREACHABLE, failure_result
 from shoal.controller.targets import Target
@@ -225,4 +225,4 @@ async def ping_fleet(monitor: FleetMonitor, count: int = 3, interval: float = 0.
             monitor.clients.pop(target.name).abort()
             return PingReport(target.name, error=f"no answer within {timeout:g}s", error_code="timeout")
 
-    return await fan_out(monitor.targets, one, limit=monitor.fanout)
+    return await fan_out(monitor.targets, one, limit=per_gateway(monitor.fanout, lambda t: t))

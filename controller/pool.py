@@ -24,7 +24,7 @@ from shoal.protocol.messages import Message
 
 from shoal.controller.client import AgentClient
 
-from shoal.controller.remote import Command, RemoteProcess
+from shoal.controller.remote import Command, Running
 from shoal.controller.fanout import fan_out
 from shoal.controller.fleet import ConnectOptions, Handler
 from shoal.controller.outcome import Outcome
@@ -102,8 +102,7 @@ class Session:
         self._fanout = max(1, fanout)
         self._gate: asyncio.Semaphore | None = None
         self._tasks = TaskSet()
-        self._procs: dict[str, RemoteProcess] = {}
-        self._interrupted = False
+        self._running = Running()
         self._closing = False
 
     # -- hosts ---------------------------------------------------------------
@@ -190,7 +189,7 @@ class Session:
         host lost mid-command gets status 255. Never raises for one host's sake.
         Each host sees its place among `names` in SHOAL_NODENUM (`Command.for_node`).
         """
-        self._interrupted = False
+        self._running.reset()
         up = self.connected(names)
         down = [Result(n, UNREACHABLE, error=f"not connected ({self.links[n].state.value})",
                        error_code=Outcome.UNREACHABLE) for n in names if n not in up]
@@ -201,7 +200,7 @@ class Session:
 
     async def _exec(self, link: HostLink, command: Command, handler: Handler) -> Result:
         client = link.client
-        if self._interrupted:
+        if self._running.stopping:
             return Result(link.name, CANCELLED_STATUS, cancelled=True, error="cancelled before it started",
                           error_code=Outcome.CANCELLED)
         if client is None:
@@ -211,25 +210,21 @@ class Session:
             proc = await client.exec(command)
         except ShoalError as exc:
             return failure_result(link.name, exc)
-        self._procs[link.name] = proc
+        self._running.add(link.name, proc)
         try:
             async for event in proc:
                 handler.on_output(link.name, event.stream, event.data)
             return await proc.wait()
         finally:
-            self._procs.pop(link.name, None)
+            self._running.remove(link.name)
 
     def cancel(self, grace: float | None = None) -> None:
         """Cancel the running command everywhere (SIGINT, SIGTERM, SIGKILL) and start no more."""
-        self._interrupted = True
-        for proc in list(self._procs.values()):
-            proc.cancel(grace)
+        self._running.cancel(grace)
 
     def kill(self) -> None:
         """SIGKILL the running command's process trees now."""
-        self._interrupted = True
-        for proc in list(self._procs.values()):
-            proc.kill()
+        self._running.kill()
 
     # -- closing -------------------------------------------------------------
 
@@ -240,4 +235,4 @@ class Session:
         clients = [link.client for link in self.links.values() if link.client is not None]
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
         await self._tasks.wait()
-        await self.options.close()  # the hub connection, when hosts were reached through one
+        await self.options.close()  # the gateways relayed hosts went through, and the hub

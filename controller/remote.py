@@ -12,7 +12,7 @@ import asyncio
 import signal as signals
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 from shoal.protocol.connection import Role
 from shoal.protocol.errors import RemoteProtocolError
@@ -42,7 +42,7 @@ from shoal.controller.result import UNREACHABLE, Result
 if TYPE_CHECKING:
     from shoal.controller.client import AgentClient
 
-__all__ = ["Command", "OutputEvent", "RemoteProcess", "result_from_exit"]
+__all__ = ["Command", "OutputEvent", "RemoteProcess", "Running", "result_from_exit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,3 +248,48 @@ def result_from_exit(host: str, msg: Exit, timeout: float | None, idle_timeout: 
         stderr_bytes=msg.stderr_bytes, output_file=msg.output_file, leftovers_ended=msg.leftovers_ended,
         error=error, error_code=code, limit=limit,
     )
+
+
+class Running:
+    """The commands a multi-host operation has running, and Ctrl-C's word on them.
+
+    A cancel or kill reaches every command already started and, because a start is
+    a round trip, also one whose EXEC was in flight when it was called: `add` applies
+    it as soon as that command is known. Once stopping, no new host should start.
+    Fleet, batch and the shell's pool all keep their commands here.
+    """
+
+    def __init__(self) -> None:
+        self._procs: dict[str, RemoteProcess] = {}
+        self._stop: Callable[[RemoteProcess], None] | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop is not None
+
+    def add(self, host: str, proc: RemoteProcess) -> None:
+        self._procs[host] = proc
+        if self._stop is not None:
+            self._stop(proc)
+
+    def remove(self, host: str) -> None:
+        self._procs.pop(host, None)
+
+    def values(self) -> list[RemoteProcess]:
+        return list(self._procs.values())
+
+    def reset(self) -> None:
+        """Forget a stop: the shell's next command starts anew."""
+        self._stop = None
+
+    def cancel(self, grace: float | None = None) -> None:
+        """SIGINT, then SIGTERM and SIGKILL after `grace`, on every command, running or starting."""
+        self._stop = lambda proc: proc.cancel(grace)
+        for proc in self.values():
+            proc.cancel(grace)
+
+    def kill(self) -> None:
+        """SIGKILL every command's process tree, running or starting."""
+        self._stop = RemoteProcess.kill
+        for proc in self.values():
+            proc.kill()

@@ -84,13 +84,14 @@ class _Keep:
 async def run_async(pattern: str, command: str | list[str], *, key_file: str | None = None,
                     timeout: float | None = None, connect_timeout: float = 10.0, fanout: int = 64,
                     env: dict[str, str] | None = None, cwd: str | None = None,
-                    inventory: str | None = None, idle_timeout: float | None = None) -> dict[str, HostOutput]:
+                    inventory: str | None = None, idle_timeout: float | None = None,
+                    via: str | None = None) -> dict[str, HostOutput]:
     """`run` for code already in an event loop; see `run`."""
     from shoal.controller.inventory import load_inventory
     from shoal.controller.targets import parse_targets
     from shoal.hostio.keyfile import load_key_file
 
-    targets = parse_targets(pattern, inventory=load_inventory(inventory))
+    targets = parse_targets(pattern, inventory=load_inventory(inventory), via=via)
     if not targets:
         raise ConfigError("no hosts match", pattern)
     default_key = load_key_file(os.path.expanduser(key_file)) if key_file else None
@@ -101,8 +102,8 @@ async def run_async(pattern: str, command: str | list[str], *, key_file: str | N
     cmd = Command(shell=command) if isinstance(command, str) else Command(argv=list(command))
     cmd = replace(cmd, env=dict(env or {}), cwd=cwd, timeout=timeout, idle_timeout=idle_timeout)
     keep = _Keep()
-    options = ConnectOptions(timeout=connect_timeout, key_for=key_for)
-    results = (await Fleet(targets, options, fanout).run(cmd, keep)).by_host()
+    async with ConnectOptions(timeout=connect_timeout, key_for=key_for) as options:
+        results = (await Fleet(targets, options, fanout).run(cmd, keep)).by_host()
     return {t.name: HostOutput(t.name, results[t.name].status, bytes(keep.out.get(t.name, b"")),
                                bytes(keep.err.get(t.name, b"")), outcome_of(results[t.name]), results[t.name])
             for t in targets}
@@ -111,7 +112,8 @@ async def run_async(pattern: str, command: str | list[str], *, key_file: str | N
 def run(pattern: str, command: str | list[str], *, key_file: str | None = None,
         timeout: float | None = None, connect_timeout: float = 10.0, fanout: int = 64,
         env: dict[str, str] | None = None, cwd: str | None = None,
-        inventory: str | None = None, idle_timeout: float | None = None) -> dict[str, HostOutput]:
+        inventory: str | None = None, idle_timeout: float | None = None,
+        via: str | None = None) -> dict[str, HostOutput]:
     """Run `command` on every host `pattern` names and wait for all of them.
 
     Args:
@@ -123,6 +125,7 @@ def run(pattern: str, command: str | list[str], *, key_file: str | None = None,
         connect_timeout, fanout: as `--connect-timeout` and `--fanout`.
         env, cwd: added environment and working directory on the hosts.
         inventory: inventory file; None: $SHOAL_INVENTORY or ~/.config/shoal/inventory.toml.
+        via: gateways to reach every host through, as `--via` (`gw1` or `gw1,gw2`).
 
     Returns:
         host name -> its `HostOutput`, in target order. A host's failure (down,
@@ -142,4 +145,4 @@ def run(pattern: str, command: str | list[str], *, key_file: str | None = None,
                            "`await shoal.controller.run_async(...)` there, with the same arguments")
     return asyncio.run(run_async(pattern, command, key_file=key_file, timeout=timeout,
                                  connect_timeout=connect_timeout, fanout=fanout, env=env, cwd=cwd,
-                                 inventory=inventory, idle_timeout=idle_timeout))
+                                 inventory=inventory, idle_timeout=idle_timeout, via=via))

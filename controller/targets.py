@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from shoal.controller.nodeset import MAX_NAMES, expand, split_expression
@@ -52,6 +52,7 @@ class Target:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
+    via: Target | None = None  # the gateway this target is reached through (itself a Target, maybe relayed)
 
     def __post_init__(self) -> None:
         if (self.host is None) == (self.path is None):
@@ -71,8 +72,8 @@ class _Address:
     port: int | None      # typed port, if any
 
 
-def parse_targets(spec: str, *, exclude: str | None = None,
-                  inventory: Inventory | None = None, allow_large: bool = False) -> list[Target]:
+def parse_targets(spec: str, *, exclude: str | None = None, inventory: Inventory | None = None,
+                  allow_large: bool = False, via: str | None = None) -> list[Target]:
     """Evaluate a target expression into de-duplicated Targets in order of first appearance.
 
     One pass: the expression is split into operands and operators, each `@group` is
@@ -90,9 +91,12 @@ def parse_targets(spec: str, *, exclude: str | None = None,
         exclude: targets to drop, same syntax: `spec` minus this whole expression.
         inventory: source of `@group` and per-host settings; a typed `:port` wins.
         allow_large: accept CIDR blocks of more than LARGE_TARGET_COUNT hosts.
+        via: the gateways to reach every target through (`gw1` or a chain `gw1,gw2`;
+            "" for none), instead of each host's inventory `via`.
 
     Raises:
-        ConfigError: bad syntax, bad port, unknown group, or a block too large.
+        ConfigError: bad syntax, bad port, unknown group, a block too large, or a
+            bad or looping gateway chain.
     """
     if not spec.strip():
         raise ConfigError("no targets given")
@@ -100,7 +104,8 @@ def parse_targets(spec: str, *, exclude: str | None = None,
     chosen = resolver.expression(spec)
     if exclude and exclude.strip():
         chosen = resolver.combine("!", chosen, resolver.expression(exclude))
-    return [_target(address, inventory) for address in resolver.addresses(chosen)]
+    chains = _Chains(inventory)
+    return [_target(address, inventory, chains, via) for address in resolver.addresses(chosen)]
 
 
 _Item = _Address | _Network
@@ -290,9 +295,17 @@ def _display(host: str, port: int | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _target(address: _Address, inventory: Inventory | None) -> Target:
-    """Combine an address with inventory settings; a typed port beats the inventory's."""
+def _target(address: _Address, inventory: Inventory | None, chains: _Chains, via: str | None) -> Target:
+    """Combine an address with inventory settings; a typed port beats the inventory's,
+    `via` (when given) the inventory's gateways."""
     settings = inventory.settings_for(address.lookup) if inventory else {}
+    chain = via if via is not None else str(settings.get("via", ""))
+    target = _with_settings(address, settings, None)
+    gateway = chains.resolve(chain) if chain else None
+    return replace(target, via=_reach(target, gateway)) if gateway is not None else target
+
+
+def _with_settings(address: _Address, settings: dict[str, str | int], via: Target | None) -> Target:
     port = address.port if address.port is not None else settings.get("port", DEFAULT_PORT)
 
     def text(key: str) -> str | None:
@@ -300,4 +313,83 @@ def _target(address: _Address, inventory: Inventory | None) -> Target:
         return None if value is None else str(value)
 
     return Target(address.name, address.host, int(port), address.path,
-                  text("key_file"), text("tls_cert"), text("tls_key"), text("tls_ca"))
+                  text("key_file"), text("tls_cert"), text("tls_key"), text("tls_ca"), via)
+
+
+def _reach(target: Target, gateway: Target) -> Target | None:
+    """The gateway to reach `target` through: never itself, so a gateway named among
+    the targets is reached the way its chain reaches it."""
+    here = _place(target)
+    hop: Target | None = gateway
+    while hop is not None:
+        if _place(hop) == here:
+            return hop.via
+        hop = hop.via
+    return gateway
+
+
+_Place = tuple[str | None, int, str | None]
+
+
+def _place(target: Target) -> _Place:
+    """Where a target is, whatever it is called: host (any case) and port, or socket path."""
+    return (target.host.lower() if target.host else None), target.port, target.path
+
+
+class _Chains:
+    """Gateway chains by their text (`gw1` or `gw1,gw2`), each built once.
+
+    In a chain each gateway is reached through the one before it; the first one the
+    way the inventory says (its own `via`), so `via = "gw2"` for a host and
+    `via = "gw1"` for gw2 reach the host through gw1, then gw2. A gateway is never
+    reached through itself: its own `via` is cut where it names it, so `[defaults]
+    via = "gw1"` reaches gw1 directly and everything else through it. Loops are refused.
+    """
+
+    def __init__(self, inventory: Inventory | None) -> None:
+        self.inventory = inventory
+        self.built: dict[str, Target] = {}
+
+    def resolve(self, text: str, trail: tuple[tuple[_Place, str], ...] = ()) -> Target:
+        """The last gateway of chain `text`, its `via` leading back through the others."""
+        if text in self.built:
+            return self.built[text]
+        gateway: Target | None = None
+        for index, name in enumerate(part.strip() for part in text.split(",")):
+            here, own = self.hop(name, text)
+            if any(place == _place(here) for place, _ in trail):
+                raise ConfigError(f"gateways loop: {' -> '.join([*(n for _, n in trail), name])}", "via")
+            trail = (*trail, (_place(here), name))
+            route = self.route(own, here) if index == 0 else ""
+            if route:
+                gateway = self.resolve(route, trail)
+            gateway = replace(here, via=gateway)
+        assert gateway is not None
+        self.built[text] = gateway
+        return gateway
+
+    def hop(self, name: str, chain: str) -> tuple[Target, str]:
+        """One gateway with its inventory settings (not yet its route), and its own `via`."""
+        address = _gateway_address(name, chain)
+        settings = self.inventory.settings_for(address.lookup) if self.inventory else {}
+        return _with_settings(address, settings, None), str(settings.get("via", ""))
+
+    def route(self, via: str, gateway: Target) -> str:
+        """`via` up to where it names `gateway` itself."""
+        names = [part.strip() for part in via.split(",")] if via else []
+        for index, name in enumerate(names):
+            if _place(self.hop(name, via)[0]) == _place(gateway):
+                return ",".join(names[:index])
+        return via
+
+
+def _gateway_address(name: str, chain: str) -> _Address:
+    """One gateway of a chain: a single host (`gw1`, `gw1:9000`, `[v6]:port`, `unix:/path`)."""
+    try:
+        if not name:
+            raise ConfigError("empty gateway name")
+        if name.startswith("@") or cidr_block(name) is not None or _BRACKET_BODIES.search(name) and ":" not in name:
+            raise ConfigError("a gateway is one host, not a group, block or range")
+        return _address(name)
+    except ConfigError as exc:
+        raise ConfigError(f"bad gateway {name!r} in {chain!r}: {exc.reason}", "via") from None

@@ -44,7 +44,7 @@ from shoal.protocol.messages import (
 )
 
 from shoal.controller.client import AgentClient
-from shoal.controller.fanout import fan_out
+from shoal.controller.fanout import fan_out, per_gateway
 from shoal.controller.waves import RollingRun, WavePolicy, skipped_result
 from shoal.controller.fleet import ConnectOptions, FleetResult
 from shoal.controller.result import Result, failure_result
@@ -312,6 +312,10 @@ class HostPut:
             fields["mtime"] = item.mtime
         if self.options.owner:
             fields["owner"] = list(item.owner)
+        return self.as_user(fields)
+
+    def as_user(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """PUT_FILE fields, naming the user to act as (and requiring the agent to honour it)."""
         if self.options.user is not None:
             fields.update(user=self.options.user, requires=["user"])
         return fields
@@ -327,14 +331,26 @@ class HostPut:
 
     async def step(self, action: Callable[[PutRequest], Awaitable[T]]) -> T | None:
         """Run one action on the current request; a failure takes this host out."""
-        if self.error is not None or self.request is None:
+        request = self.request
+        if request is None:
+            return None
+        return await self.attempt(lambda: action(request))
+
+    async def attempt(self, action: Callable[[], Awaitable[T]]) -> T | None:
+        """Run one action for this host unless it already failed; a failure takes it out."""
+        if self.error is not None:
             return None
         try:
-            return await action(self.request)
+            return await action()
         except ShoalError as exc:
+            self.fail(exc)
+            return None
+
+    def fail(self, exc: ShoalError) -> None:
+        """This host is out: the first failure is its result; what it was still to get is dropped."""
+        if self.error is None:
             self.error = exc
             self.progress.dropped(self.planned - self.moved)
-            return None
 
     def result(self) -> Result:
         if self.error is not None:
@@ -558,7 +574,7 @@ async def get_fleet(targets: list[Target], connect: ConnectOptions, remote_path:
             on_result(result)
 
     await fan_out(targets, lambda t: _get_one(t, connect, remote_path, local_dir, name, preserve, progress, user),
-                  limit=fanout, on_done=done)
+                  limit=per_gateway(fanout, lambda t: t), on_done=done)
     out.elapsed = time.monotonic() - start
     return out
 

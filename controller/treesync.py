@@ -16,6 +16,13 @@ agent refuses one that crosses a symlink; the controller also refuses, from the
 listing, a source file or directory where the host has a link, and leaves the
 rest of the tree to go on.
 
+Directories and small files below a copy's root travel many to a request
+(`shoal.controller.putbatch`) to agents that announce `put_batch`; larger files
+are streamed one at a time, each chunk read once for every host.
+
+With `user`, every request (listing, creating, sending, deleting) acts with that
+user's rights on the host, so a sync can do no more than the user could.
+
 `get -r REMOTE LOCAL_DIR` lists REMOTE on each host and fetches it into
 `LOCAL_DIR/<host>/<name>` (`REMOTE/`: into `LOCAL_DIR/<host>`), each file atomic
 and checked by sha256 as `get` is, links recreated as links, empty directories kept.
@@ -38,7 +45,7 @@ from shoal.protocol.errors import ErrorCode, RemoteCommandError, ShoalError
 from shoal.protocol.messages import ListTree, Message, Removed, RemovePaths, TreeEntries
 
 from shoal.controller.client import AgentClient
-from shoal.controller.fanout import fan_out
+from shoal.controller.fanout import fan_out, per_gateway
 from shoal.controller.fleet import ConnectOptions, FleetResult
 from shoal.controller.result import Result, failure_result
 from shoal.controller.targets import Target
@@ -55,6 +62,7 @@ from shoal.controller.transfer import (
     get_file,
     host_directory_name,
 )
+from shoal.controller.putbatch import Batcher, batchable
 from shoal.controller.transferplan import PlanItem, PutPlan
 
 __all__ = ["SyncOptions", "HostStats", "SyncOutcome", "sync_fleet", "get_tree_fleet", "list_remote"]
@@ -74,6 +82,7 @@ class SyncOptions:
     delete: bool = False
     dry_run: bool = False
     mkdir: bool = False
+    user: str | None = None  # act as this user on the hosts
 
 
 @dataclass(slots=True)
@@ -104,12 +113,13 @@ class SyncOutcome:
 class ListTreeRequest(_Request):
     """One LIST_TREE: gather TREE_ENTRIES until the one marked done."""
 
-    def __init__(self, client: AgentClient, path: str, sha256: bool) -> None:
+    def __init__(self, client: AgentClient, path: str, sha256: bool, user: str | None = None) -> None:
         super().__init__(client)
         self.entries: list[dict[str, Any]] = []
         self.done = False
+        self._check_features(_tree_features(user))
         if self.error is None:
-            client.send(ListTree(self.request_id, path=path, sha256=sha256))
+            client.send(ListTree(self.request_id, path=path, sha256=sha256, user=user, requires=_requires(user)))
 
     def _on_message(self, msg: Message) -> None:
         if isinstance(msg, TreeEntries):
@@ -126,11 +136,12 @@ class ListTreeRequest(_Request):
 class RemoveRequest(_Request):
     """One REMOVE_PATHS: wait for REMOVED."""
 
-    def __init__(self, client: AgentClient, tree: str, paths: list[str]) -> None:
+    def __init__(self, client: AgentClient, tree: str, paths: list[str], user: str | None = None) -> None:
         super().__init__(client)
         self.count: int | None = None
+        self._check_features(_tree_features(user))
         if self.error is None:
-            client.send(RemovePaths(self.request_id, tree=tree, paths=paths))
+            client.send(RemovePaths(self.request_id, tree=tree, paths=paths, user=user, requires=_requires(user)))
 
     def _on_message(self, msg: Message) -> None:
         if isinstance(msg, Removed):
@@ -143,10 +154,29 @@ class RemoveRequest(_Request):
         return self.count
 
 
-async def list_remote(client: AgentClient, path: str, sha256: bool = False) -> dict[str, dict[str, Any]] | None:
-    """What the directory `path` holds on this host, by relative path; None when it does not exist."""
+def _tree_features(user: str | None) -> list[str]:
+    """What the agent must announce to list or remove as `user` (an older one would do it as itself)."""
+    return ["tree_user", "user"] if user is not None else []
+
+
+def _check_tree_features(client: AgentClient, user: str) -> None:
+    """Refuse a sync as `user` at once (status 1) when the agent would list or delete as itself."""
     try:
-        entries = await ListTreeRequest(client, path, sha256).wait()
+        client.check_features(_tree_features(user))
+    except RemoteCommandError as exc:
+        exc.status = TRANSFER_FAILED
+        raise
+
+
+def _requires(user: str | None) -> list[str]:
+    return ["user"] if user is not None else []
+
+
+async def list_remote(client: AgentClient, path: str, sha256: bool = False,
+                      user: str | None = None) -> dict[str, dict[str, Any]] | None:
+    """What the directory `path` holds on this host (as `user` sees it), by relative path; None when missing."""
+    try:
+        entries = await ListTreeRequest(client, path, sha256, user).wait()
     except RemoteCommandError as exc:
         if exc.code == ErrorCode.NOT_FOUND:
             return None
@@ -166,7 +196,7 @@ class HostSync(HostPut):
 
     def __init__(self, client: AgentClient, remote_path: str, plan: PutPlan, sources: list[str],
                  options: SyncOptions, progress: Progress) -> None:
-        super().__init__(client, remote_path, plan, PutOptions(options.preserve, options.owner), progress)
+        super().__init__(client, remote_path, plan, PutOptions(options.preserve, options.owner, options.user), progress)
         self.sources = sources
         self.sync = options
         self.stats = HostStats()
@@ -195,7 +225,25 @@ class HostSync(HostPut):
             fields["mtime"] = item.mtime
         if self.options.owner:
             fields["owner"] = list(item.owner)
-        return fields
+        return self.as_user(fields)
+
+    def batch_entry(self, item: PlanItem, sha256: str) -> dict[str, Any]:
+        """This item as an entry of a PUT_BATCH (`shoal.controller.putbatch`)."""
+        entry: dict[str, Any] = {"path": _join(self.base(item.source), item.relative), "mode": item.mode}
+        if item.is_dir:
+            entry["dir"] = True
+        else:
+            entry.update(size=item.size, sha256=sha256)
+            if self.options.preserve:
+                entry["mtime"] = item.mtime
+        if self.options.owner:
+            entry["owner"] = list(item.owner)
+        return entry
+
+    @property
+    def batches(self) -> bool:
+        """Whether this host takes PUT_BATCH (agents before it take files one at a time)."""
+        return "put_batch" in self.client.features
 
     def advance(self, n: int) -> None:
         super().advance(n)
@@ -204,9 +252,11 @@ class HostSync(HostPut):
     async def prepare(self, hashes: LocalHashes) -> None:
         """Create REMOTE (unless a dry run), list each copy, choose what to send and delete."""
         try:
+            if self.sync.user is not None:  # before anything is made: the listing must be the user's too
+                _check_tree_features(self.client, self.sync.user)
             if not self.sync.dry_run:
-                done = await PutRequest(self.client, {"path": self.remote_path, "mkdir": True,
-                                                      "parents": self.sync.mkdir}).wait_done()
+                done = await PutRequest(self.client, self.as_user({"path": self.remote_path, "mkdir": True,
+                                                                   "parents": self.sync.mkdir})).wait_done()
                 self.root = done.path
             self._destinations = {_join(self.base(i.source), i.relative) for i in self.plan.items}
             for index, source in enumerate(self.sources):
@@ -223,7 +273,7 @@ class HostSync(HostPut):
         if not self.sync.dry_run:  # the copy's root: refused by the agent if it is a link
             top = self.plan.items[items[0][0]]
             await PutRequest(self.client, self._fields(top)).wait_done()
-        have = await list_remote(self.client, self.base(source), self.sync.checksum) or {}
+        have = await list_remote(self.client, self.base(source), self.sync.checksum, self.sync.user) or {}
         refused: set[str] = set()
         conflicts = self.conflicts.setdefault(source, [])
         for i, item in items[1:]:
@@ -285,7 +335,8 @@ class HostSync(HostPut):
         for source, paths in found.items():
             if paths and self.ok:
                 try:
-                    self.stats.deleted += await RemoveRequest(self.client, self.base(source), paths).wait()
+                    self.stats.deleted += await RemoveRequest(self.client, self.base(source), paths,
+                                                              self.sync.user).wait()
                 except ShoalError as exc:
                     self.error = exc
 
@@ -333,30 +384,42 @@ class LocalHashes:
 
 
 class FanoutSync(FanoutPut):
-    """FanoutPut where each item goes only to the hosts that lack it."""
+    """FanoutPut where each item goes only to the hosts that lack it, small ones in batches."""
 
     def __init__(self, hosts: list[HostSync], plan: PutPlan) -> None:
         super().__init__(list(hosts), plan)
         self.sync_hosts = hosts
         self._index = -1
+        self._in_batch = False  # the current item goes in batches to the hosts that take them
 
     def live(self) -> list[HostPut]:
-        return [h for h in self.sync_hosts if h.wants(self._index)]
+        """The hosts the current item is sent to alone."""
+        return [h for h in self.sync_hosts if h.wants(self._index) and not (self._in_batch and h.batches)]
 
     async def run(self) -> None:
+        batcher = Batcher(self.plan.items)
         for index, item in enumerate(self.plan.items):
-            self._index = index
+            self._index, self._in_batch = index, batchable(item)
+            if self._in_batch:
+                batched = [h for h in self.sync_hosts if h.wants(index) and h.batches]
+                if batched:
+                    await batcher.add(index, batched)
+            else:
+                await batcher.drain()  # what comes alone may lie in a batch's directories
             hosts = self.live()
-            if not hosts:
-                continue
-            for host in hosts:
-                host.begin(item)
-            if not item.is_dir:
-                await self._copy(item, hosts)
-            for host in hosts:
-                if await host.step(lambda r: r.wait_done()) is not None and not item.is_dir:
-                    assert isinstance(host, HostSync)
-                    host.stats.sent += 1
+            if hosts:
+                await self._send_alone(item, hosts)
+        await batcher.drain()
+
+    async def _send_alone(self, item: PlanItem, hosts: list[HostPut]) -> None:
+        for host in hosts:
+            host.begin(item)
+        if not item.is_dir:
+            await self._copy(item, hosts)
+        for host in hosts:
+            if await host.step(lambda r: r.wait_done()) is not None and not item.is_dir:
+                assert isinstance(host, HostSync)
+                host.stats.sent += 1
 
 
 async def sync_fleet(targets: list[Target], connect: ConnectOptions, plan: PutPlan, sources: list[str],
@@ -411,9 +474,12 @@ async def _sync_group(group: list[Target], connect: ConnectOptions, plan: PutPla
 
 
 async def get_tree_fleet(targets: list[Target], connect: ConnectOptions, remote_path: str, local_dir: str, *,
-                         preserve: bool = False, fanout: int = 64,
-                         progress: Progress | None = None) -> SyncOutcome:
-    """Fetch the directory `remote_path` from every target into `local_dir/<host>/…`."""
+                         preserve: bool = False, fanout: int = 64, progress: Progress | None = None,
+                         user: str | None = None) -> SyncOutcome:
+    """Fetch the directory `remote_path` from every target into `local_dir/<host>/…`.
+
+    With `user` the tree is listed and every file read with that user's rights.
+    """
     name = "" if remote_path.endswith("/") else os.path.basename(remote_path.rstrip("/"))
     local_dir = os.path.abspath(local_dir)
     out = SyncOutcome(FleetResult(), {})
@@ -426,20 +492,20 @@ async def get_tree_fleet(targets: list[Target], connect: ConnectOptions, remote_
         stats = out.stats[target.name] = HostStats()
         local = os.path.join(local_dir, host_directory_name(target.name))
         try:
-            return await _get_tree(attempt, remote_path, local, name, preserve, progress, stats)
+            return await _get_tree(attempt, remote_path, local, name, preserve, progress, stats, user)
         finally:
             await attempt.close()
 
-    await fan_out(targets, one, limit=fanout, on_done=out.fleet.results.append)
+    await fan_out(targets, one, limit=per_gateway(fanout, lambda t: t), on_done=out.fleet.results.append)
     out.fleet.elapsed = time.monotonic() - start
     return out
 
 
 async def _get_tree(client: AgentClient, remote: str, host_dir: str, name: str, preserve: bool,
-                    progress: Progress | None, stats: HostStats) -> Result:
+                    progress: Progress | None, stats: HostStats, user: str | None) -> Result:
     start = time.monotonic()
     try:
-        have = await list_remote(client, remote)
+        have = await list_remote(client, remote, user=user)
         if have is None:
             raise FileTransferError(ErrorCode.NOT_FOUND, remote)
         base = os.path.join(host_dir, name) if name else host_dir
@@ -451,7 +517,8 @@ async def _get_tree(client: AgentClient, remote: str, host_dir: str, name: str, 
             elif entry.get("type") == "file":
                 path_below(_real(base), base, local)  # no local link to write through
                 result = await get_file(client, _join(remote.rstrip("/") or "/", relative), local,
-                                        preserve=preserve, progress=progress, tree=remote.rstrip("/") or "/")
+                                        preserve=preserve, progress=progress, tree=remote.rstrip("/") or "/",
+                                        user=user)
                 if not result.ok:
                     return result
                 stats.sent += 1

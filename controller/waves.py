@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from shoal.protocol.errors import ConfigError
 
-from shoal.controller.fanout import fan_out
+from shoal.controller.fanout import Limit, fan_out
 from shoal.controller.outcome import Outcome
 from shoal.controller.result import Result
 
@@ -129,7 +129,7 @@ def skipped_result(host: str) -> Result:
 
 
 async def run_in_waves(items: Sequence[T], work: Callable[[T], Awaitable[Result]], host: Callable[[T], str], *,
-                       policy: WavePolicy, limit: int, on_done: Callable[[Result], None],
+                       policy: WavePolicy, limit: Limit[T], on_done: Callable[[Result], None],
                        on_wave: Callable[[int, int, list[T]], None] | None = None) -> list[Result]:
     """Run `work` over `items` in the policy's waves, at most `limit` at once within one.
 

@@ -8,7 +8,6 @@ mismatch becomes a RemoteProtocolError naming the message and the field.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import types
 import typing
@@ -16,6 +15,7 @@ from typing import Any
 
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from shoal.protocol.jsonbody import parse_object
+from shoal.protocol.messageclass import message_fields
 from shoal.protocol.messages import CONNECTION_LEVEL, MESSAGE_CLASSES, Message, MessageType, bad_message
 
 __all__ = ["encode_body", "decode_body"]
@@ -25,7 +25,7 @@ def encode_body(msg: Message) -> bytes:
     """The body bytes of `msg` (raw data, or its fields as compact JSON)."""
     if msg.RAW:
         return msg.data  # type: ignore[attr-defined, no-any-return]
-    fields = {f.name: getattr(msg, f.name) for f in _fields(type(msg))}
+    fields = {name: getattr(msg, name) for name in _fields(type(msg))}
     return json.dumps(fields, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -51,24 +51,24 @@ def _parse_json(cls: type[Message], body: bytes) -> dict[str, Any]:
     obj = parse_object(body, cls.TYPE.name)
     values = {}
     hints = _hints(cls)
-    for f in _fields(cls):
-        if f.name not in obj:
+    for name in _fields(cls):
+        if name not in obj:
             continue  # defaults apply; required-ness is checked by _validate
-        value = obj[f.name]
-        if not _conforms(value, hints[f.name]):
-            raise bad_message(f"{cls.TYPE.name}.{f.name} has the wrong type ({type(value).__name__})")
-        values[f.name] = value
+        value = obj[name]
+        if not _conforms(value, hints[name]):
+            raise bad_message(f"{cls.TYPE.name}.{name} has the wrong type ({type(value).__name__})")
+        values[name] = value
     return values
 
 
-_FIELDS_CACHE: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
+_FIELDS_CACHE: dict[type, tuple[str, ...]] = {}
 _HINTS_CACHE: dict[type, dict[str, Any]] = {}
 
 
-def _fields(cls: type[Message]) -> tuple[dataclasses.Field[Any], ...]:
+def _fields(cls: type[Message]) -> tuple[str, ...]:
     cached = _FIELDS_CACHE.get(cls)
     if cached is None:
-        cached = tuple(f for f in dataclasses.fields(cls) if f.name != "request_id")
+        cached = tuple(name for name in message_fields(cls) if name != "request_id")
         _FIELDS_CACHE[cls] = cached
     return cached
 
@@ -83,13 +83,13 @@ def _hints(cls: type[Message]) -> dict[str, Any]:
 
 def _conforms(value: Any, hint: Any) -> bool:
     """Check a decoded JSON value against a field annotation."""
+    if hint is Any:  # first: the members of every entry of a listing or a batch
+        return True
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
         return any(_conforms(value, arg) for arg in typing.get_args(hint))
     if hint is type(None):
         return value is None
-    if hint is Any:
-        return True
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:

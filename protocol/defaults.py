@@ -7,7 +7,8 @@ The frame-size limits live with the frames (`shoal.protocol.frames`).
 
 from __future__ import annotations
 
-__all__ = ["OUTPUT_WINDOW", "TRANSFER_WINDOW", "MAX_GET_WINDOW", "DATA_CHUNK", "HUB_PORT"]
+__all__ = ["OUTPUT_WINDOW", "TRANSFER_WINDOW", "MAX_GET_WINDOW", "DATA_CHUNK", "RELAY_WINDOW", "MAX_BATCH_FILES",
+           "MAX_BATCH_BYTES", "HUB_PORT"]
 
 MiB = 1024 * 1024
 
@@ -25,3 +26,12 @@ DATA_CHUNK = 1 * MiB
 # The TCP port a hub listens on for agents that dial in (`shoal-agent --connect HUB`
 # without a port), beside the agents' own 8470.
 HUB_PORT = 8472
+# RELAY_DATA bytes in flight for one relayed stream, each way, when RELAY_OPEN or
+# RELAY_OPENED names no window: a gateway holds about this much per target it
+# relays to, and 256 KiB still fills a fast link at LAN round trips.
+RELAY_WINDOW = 256 * 1024
+# A PUT_BATCH holds at most this many entries and this many content bytes: the
+# receiver keeps a whole batch in memory before writing it, and its window is the
+# batch's size, so these bound both. Ample for the small files batches are for.
+MAX_BATCH_FILES = 1024
+MAX_BATCH_BYTES = 4 * MiB

@@ -65,6 +65,7 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED = "unsupported"
     UNKNOWN_JOB = "unknown_job"
     UNKNOWN_HOST = "unknown_host"
+    RELAY_FAILED = "relay_failed"
     BAD_FRAME = "bad_frame"
     FRAME_TOO_LARGE = "frame_too_large"
     TRUNCATED = "truncated"
@@ -140,6 +141,8 @@ ERROR_CODES: dict[ErrorCode, tuple[str, str]] = {
     ErrorCode.UNSUPPORTED: (REQUEST_SCOPE, "the receiver knows the message type but does not handle it"),
     ErrorCode.UNKNOWN_JOB: (REQUEST_SCOPE, "no job with this id that this key may see (never started, expired, or another key's; status 255)"),
     ErrorCode.UNKNOWN_HOST: (REQUEST_SCOPE, "a hub has no agent of that name connected (LINK_OPEN); status 255"),
+    ErrorCode.RELAY_FAILED: (REQUEST_SCOPE, "a gateway could not connect to a relay's destination (refused, unreachable, "
+                                            "timed out, unknown name); the message says why; status 255"),
     ErrorCode.BAD_FRAME: (CONNECTION_SCOPE, "a frame length is impossible, or a tagged frame cannot hold its tag"),
     ErrorCode.FRAME_TOO_LARGE: (CONNECTION_SCOPE, "a frame body exceeds the receiver's limit"),
     ErrorCode.TRUNCATED: (CONNECTION_SCOPE, "end of stream in the middle of a frame"),

@@ -11,12 +11,15 @@ that request and the connection carries on.
 from __future__ import annotations
 
 import math
+import re
+from typing import Any
 
+from shoal.protocol.defaults import MAX_BATCH_BYTES, MAX_BATCH_FILES
 from shoal.protocol.errors import BadRequestError
-from shoal.protocol.messages import Exec, GetFile, ListTree, Message, PutFile, RemovePaths
+from shoal.protocol.messages import Exec, GetFile, ListTree, Message, PutBatch, PutFile, RelayOpen, RemovePaths
 
 __all__ = [
-    "check_request", "unknown_requirements", "EXEC_FEATURES", "TRANSFER_FEATURES",
+    "check_request", "unknown_requirements", "TransferRequest", "EXEC_FEATURES", "TRANSFER_FEATURES",
     "MAX_IDLE_TIMEOUT", "MAX_KILL_GRACE", "MAX_MTIME", "MAX_SIZE", "MAX_USER",
 ]
 
@@ -31,6 +34,8 @@ MAX_USER = 256
 # Longest grace a request may ask for between signals, in seconds: an hour is
 # already far beyond any shutdown a command could need.
 MAX_KILL_GRACE = 3600.0
+# Longest a gateway may be asked to spend connecting a relay, in seconds.
+MAX_CONNECT_TIMEOUT = 3600.0
 # Longest silence an EXEC may allow, in seconds (30 days): past that nobody is
 # waiting for the output, and the timer's arithmetic stays exact.
 MAX_IDLE_TIMEOUT = 30 * 86400.0
@@ -56,13 +61,22 @@ def check_request(msg: Message) -> None:
         _check_range("window", msg.window, 0, MAX_SIZE)
     elif isinstance(msg, ListTree):
         _check_encodable("path", msg.path)
+        _check_user(msg.user)
     elif isinstance(msg, RemovePaths):
         _check_encodable("tree", msg.tree)
         for i, path in enumerate(msg.paths):
             _check_encodable(f"paths[{i}]", path)
+        _check_user(msg.user)
+    elif isinstance(msg, PutBatch):
+        _check_batch(msg)
+    elif isinstance(msg, RelayOpen):
+        _check_relay(msg)
 
 
-def unknown_requirements(msg: Exec | PutFile | GetFile) -> list[str]:
+TransferRequest = PutFile | GetFile | ListTree | RemovePaths | PutBatch
+
+
+def unknown_requirements(msg: Exec | TransferRequest) -> list[str]:
     """The names in a request's `requires` this agent cannot honour: the request must not run."""
     known = EXEC_FEATURES if isinstance(msg, Exec) else TRANSFER_FEATURES
     return sorted(set(msg.requires) - known)
@@ -92,6 +106,20 @@ def _check_exec(msg: Exec) -> None:
         _check_range("cols", msg.cols, 0, 0xFFFF)
 
 
+def _check_relay(msg: RelayOpen) -> None:
+    if msg.host is not None:
+        if not msg.host or len(msg.host) > 255:
+            raise BadRequestError("host", "must be a host name or address (1-255 characters)")
+        _check_text("host", msg.host)
+    if msg.path is not None:
+        if not msg.path.startswith("/"):
+            raise BadRequestError("path", "must be an absolute path")
+        _check_text("path", msg.path)
+    _check_range("window", msg.window, 0, MAX_SIZE)
+    if msg.timeout is not None:
+        _check_range("timeout", msg.timeout, 0, MAX_CONNECT_TIMEOUT)
+
+
 def _check_user(user: str | None) -> None:
     if user is not None:
         if not user or len(user) > MAX_USER or "/" in user or ":" in user:
@@ -111,10 +139,59 @@ def _check_put(msg: PutFile) -> None:
     if msg.mtime is not None:
         _check_range("mtime", msg.mtime, -MAX_MTIME, MAX_MTIME)
     if msg.owner is not None:
-        if len(msg.owner) != 2:
-            raise BadRequestError("owner", "must be [uid, gid]")
-        _check_range("owner[0]", msg.owner[0], 0, _MAX_ID)
-        _check_range("owner[1]", msg.owner[1], 0, _MAX_ID)
+        _check_owner("owner", msg.owner)
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def _check_batch(msg: PutBatch) -> None:
+    """PUT_BATCH: its size limits, then each entry's members as PUT_FILE's."""
+    _check_encodable("tree", msg.tree)
+    _check_user(msg.user)
+    if len(msg.files) > MAX_BATCH_FILES:
+        raise BadRequestError("files", f"holds {len(msg.files)} entries, more than {MAX_BATCH_FILES}")
+    total = 0
+    for i, entry in enumerate(msg.files):
+        total += _check_batch_entry(f"files[{i}]", entry)
+    if total > MAX_BATCH_BYTES:
+        raise BadRequestError("files", f"sizes add up to {total} bytes, more than {MAX_BATCH_BYTES}")
+
+
+def _check_batch_entry(name: str, entry: dict[str, Any]) -> int:
+    """Check one batch entry; its size."""
+    path, is_dir, size = entry.get("path"), entry.get("dir", False), entry.get("size", 0)
+    if not isinstance(path, str):
+        raise BadRequestError(f"{name}.path", "must be a string")
+    _check_encodable(f"{name}.path", path)
+    if not isinstance(is_dir, bool):
+        raise BadRequestError(f"{name}.dir", "must be true or false")
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise BadRequestError(f"{name}.size", "must be an integer")
+    _check_range(f"{name}.size", size, 0, 0 if is_dir else MAX_SIZE)
+    digest = entry.get("sha256", "")
+    if not is_dir and not (isinstance(digest, str) and _SHA256_HEX.match(digest)):
+        raise BadRequestError(f"{name}.sha256", "must be 64 lowercase hex digits")
+    mode, mtime, owner = entry.get("mode"), entry.get("mtime"), entry.get("owner")
+    if mode is not None:
+        if not isinstance(mode, int) or isinstance(mode, bool):
+            raise BadRequestError(f"{name}.mode", "must be an integer or null")
+        _check_range(f"{name}.mode", mode, 0, 0o7777)
+    if mtime is not None:
+        if not isinstance(mtime, (int, float)) or isinstance(mtime, bool):
+            raise BadRequestError(f"{name}.mtime", "must be a number or null")
+        _check_range(f"{name}.mtime", mtime, -MAX_MTIME, MAX_MTIME)
+    if owner is not None:
+        _check_owner(f"{name}.owner", owner)
+    return size
+
+
+def _check_owner(name: str, owner: Any) -> None:
+    if not isinstance(owner, list) or len(owner) != 2 or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in owner):
+        raise BadRequestError(name, "must be [uid, gid]")
+    _check_range(f"{name}[0]", owner[0], 0, _MAX_ID)
+    _check_range(f"{name}[1]", owner[1], 0, _MAX_ID)
 
 
 def _check_text(field: str, text: str) -> None:

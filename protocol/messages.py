@@ -1,19 +1,23 @@
-"""Typed messages: one frozen dataclass per message type, validated at construction.
+"""Typed messages: one frozen `@message` class per message type, validated at construction.
 
 Bodies are either raw bytes (the data-carrying types: output, stdin, file chunks),
 so output stays binary-safe and is never decoded on the agent, or a UTF-8 JSON
-object whose fields are the dataclass fields. Unknown JSON fields are ignored so a
+object whose fields are the class's fields. Unknown JSON fields are ignored so a
 newer peer may add optional fields; missing or mistyped fields are errors.
+
+A new message is `@message class Name(Message):` with a `TYPE`, typed fields with
+defaults, and `field(default_factory=...)` for lists and dicts (both from
+shoal.protocol.messageclass, not dataclasses); then a row in MESSAGE_CLASSES.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from shoal.protocol.messageclass import field, message
 
 __all__ = [
     "NODE_ENV",
@@ -61,6 +65,12 @@ __all__ = [
     "HostsList",
     "HostsReply",
     "HUB_TYPES",
+    "PutBatch",
+    "BatchDone",
+    "RelayOpen",
+    "RelayOpened",
+    "RelayData",
+    "RelayClose",
     "MESSAGE_CLASSES",
     "CONNECTION_LEVEL",
     "CONTROLLER_ONLY",
@@ -103,6 +113,8 @@ class MessageType(IntEnum):
     TREE_ENTRIES = 0x47
     REMOVE_PATHS = 0x48
     REMOVED = 0x49
+    PUT_BATCH = 0x4A
+    BATCH_DONE = 0x4B
     JOBS_LIST = 0x50
     JOBS_REPLY = 0x51
     JOB_ATTACH = 0x52
@@ -115,13 +127,18 @@ class MessageType(IntEnum):
     LINK_CLOSE = 0x73
     HOSTS_LIST = 0x74
     HOSTS_REPLY = 0x75
+    # -- relays (issue 19): a byte stream to another agent through this one
+    RELAY_OPEN = 0x60
+    RELAY_OPENED = 0x61
+    RELAY_DATA = 0x62
+    RELAY_CLOSE = 0x63
 
 
 def bad_message(message: str) -> RemoteProtocolError:
     return RemoteProtocolError(message, ErrorCode.BAD_MESSAGE)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Message:
     """Base of every message; `request_id` 0 means the connection itself."""
 
@@ -138,17 +155,27 @@ class Message:
         """Per-message checks beyond field types; raise LocalProtocolError."""
 
 
+def _check_timeout_and_window(timeout: float | None, window: int) -> None:
+    """A timeout is positive and finite (or absent); a window is not negative (0: the default)."""
+    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+        raise LocalProtocolError(f"bad timeout {timeout!r}")
+    if window < 0:
+        raise LocalProtocolError(f"bad window {window!r}")
+
+
 # -- connection level --------------------------------------------------------
 
 
 # What this agent honours beyond version 1, named in its HELLO `features`:
-# "idle_timeout" is EXEC's `idle_timeout` (and EXIT's `idle_timed_out`). The agent's
-# HELLO adds the `requires` names it honours ("user", "pty"; issue 17), which its
-# session passes to the Connection: one `features` list holds both.
-AGENT_FEATURES = ("idle_timeout",)
+# "idle_timeout" is EXEC's `idle_timeout` (and EXIT's `idle_timed_out`); "put_batch"
+# the PUT_BATCH request; "tree_user" LIST_TREE's and REMOVE_PATHS' `user` and
+# `requires`; "relay" the RELAY_* messages: this agent can be a gateway (issue 19).
+# The agent's HELLO adds the `requires` names it honours ("user", "pty"; issue 17),
+# which its session passes to the Connection: one `features` list holds both.
+AGENT_FEATURES = ("idle_timeout", "put_batch", "relay", "tree_user")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Hello(Message):
     """First frame from each side: version, role, authentication offer."""
 
@@ -182,7 +209,7 @@ class Hello(Message):
             raise LocalProtocolError(f"unknown auth scheme {self.auth!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Auth(Message):
     """Proof of key possession over the handshake transcript (hex)."""
 
@@ -190,7 +217,7 @@ class Auth(Message):
     proof: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Error(Message):
     """A machine-readable `code` and a one-line human `message`."""
 
@@ -200,7 +227,7 @@ class Error(Message):
     status: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Ping(Message):
     """Keepalive and clock probe; `t0` is the sender's clock at send time."""
 
@@ -208,7 +235,7 @@ class Ping(Message):
     t0: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Pong(Message):
     """Answer to a ping: echoes t0, adds receive (t1) and send (t2) times."""
 
@@ -219,7 +246,7 @@ class Pong(Message):
     version: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Goodbye(Message):
     """The sender is closing the connection on purpose (shutdown, idle, limit)."""
 
@@ -235,7 +262,7 @@ class Goodbye(Message):
 NODE_ENV = ("SHOAL_HOST", "SHOAL_NODENUM", "SHOAL_NUMNODES")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Exec(Message):
     """Run a command: exactly one of `argv` (no shell) or `shell` (/bin/sh -c)."""
 
@@ -263,13 +290,10 @@ class Exec(Message):
     def _validate(self) -> None:
         if (self.argv is None) == (self.shell is None):
             raise LocalProtocolError("exec needs exactly one of argv and shell")
-        if self.timeout is not None and not (self.timeout > 0 and math.isfinite(self.timeout)):
-            raise LocalProtocolError(f"bad timeout {self.timeout!r}")
-        if self.window < 0:
-            raise LocalProtocolError(f"bad window {self.window!r}")
+        _check_timeout_and_window(self.timeout, self.window)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Stdin(Message):
     """Bytes for the command's standard input."""
 
@@ -278,14 +302,14 @@ class Stdin(Message):
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class StdinEof(Message):
     """Close the command's standard input."""
 
     TYPE = MessageType.STDIN_EOF
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Signal(Message):
     """Deliver one signal (by number) to the command's process group."""
 
@@ -297,7 +321,7 @@ class Signal(Message):
             raise LocalProtocolError(f"bad signal number {self.signal!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Cancel(Message):
     """Stop the command: SIGINT, then SIGTERM, then SIGKILL, `grace` apart."""
 
@@ -305,7 +329,7 @@ class Cancel(Message):
     grace: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Window(Message):
     """Grant the peer `bytes` more of data-carrying frames for this request."""
 
@@ -317,7 +341,7 @@ class Window(Message):
             raise LocalProtocolError(f"window increment must be positive, not {self.bytes!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Resize(Message):
     """The controller's terminal changed size: apply it to the request's pty."""
 
@@ -330,7 +354,7 @@ class Resize(Message):
             raise LocalProtocolError(f"bad window size {self.rows!r}x{self.cols!r}")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Started(Message):
     """The command is running; `stdin_window` bytes of stdin may be sent."""
 
@@ -339,7 +363,7 @@ class Started(Message):
     stdin_window: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Stdout(Message):
     """Bytes the command wrote to standard output."""
 
@@ -348,7 +372,7 @@ class Stdout(Message):
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Stderr(Message):
     """Bytes the command wrote to standard error."""
 
@@ -357,7 +381,7 @@ class Stderr(Message):
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Exit(Message):
     """Last frame of a request: how it ended, after all of its output.
 
@@ -383,14 +407,14 @@ class Exit(Message):
 # -- metrics and files -------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class MetricsRequest(Message):
     """Ask for a metrics snapshot."""
 
     TYPE = MessageType.METRICS_REQUEST
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class MetricsReply(Message):
     """A metrics snapshot (schema in shoal.agent.metrics)."""
 
@@ -398,7 +422,7 @@ class MetricsReply(Message):
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class JobStarted(Message):
     """A detached EXEC is running as job `job`; the request ends here."""
 
@@ -407,14 +431,14 @@ class JobStarted(Message):
     pid: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class JobsList(Message):
     """Ask for the jobs this key may see."""
 
     TYPE = MessageType.JOBS_LIST
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class JobsReply(Message):
     """The jobs this key may see, oldest first (fields in PROTOCOL.md §3 Jobs)."""
 
@@ -422,7 +446,7 @@ class JobsReply(Message):
     jobs: list[dict[str, Any]] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class JobAttach(Message):
     """Replay job `job`'s kept output, then follow it live: a command request's stream."""
 
@@ -435,7 +459,7 @@ class JobAttach(Message):
             raise bad_message("JOB_ATTACH window must not be negative")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class JobKill(Message):
     """End job `job`'s whole process tree: `signal` first, SIGKILL after the kill grace."""
 
@@ -448,7 +472,7 @@ class JobKill(Message):
             raise bad_message("JOB_KILL signal must be 1..64")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class JobKilled(Message):
     """The job's tree was signalled: `processes` it held then."""
 
@@ -457,7 +481,7 @@ class JobKilled(Message):
     processes: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class PutFile(Message):
     """Open an upload: FILE_DATA chunks follow, then FILE_END with the digest."""
 
@@ -477,7 +501,7 @@ class PutFile(Message):
     parents: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class GetFile(Message):
     """Open a download of one regular file."""
 
@@ -489,7 +513,7 @@ class GetFile(Message):
     tree: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class FileInfo(Message):
     """Agent's answer to PUT/GET: the transfer is open; size/mode/mtime for GET."""
 
@@ -500,7 +524,7 @@ class FileInfo(Message):
     window: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class FileData(Message):
     """A chunk of file content."""
 
@@ -509,7 +533,7 @@ class FileData(Message):
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class FileEnd(Message):
     """No more chunks; the sender's SHA-256 of everything sent."""
 
@@ -517,7 +541,7 @@ class FileEnd(Message):
     sha256: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class FileDone(Message):
     """The receiver verified and committed the file."""
 
@@ -527,16 +551,18 @@ class FileDone(Message):
     path: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ListTree(Message):
     """Ask what a directory tree holds: one entry per path, with sha256 of files on request."""
 
     TYPE = MessageType.LIST_TREE
     path: str = ""
     sha256: bool = False
+    user: str | None = None  # list (and hash) as this user; feature "tree_user", named in `requires`
+    requires: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class TreeEntries(Message):
     """Part of a LIST_TREE answer; the last part has `done` set."""
 
@@ -545,21 +571,115 @@ class TreeEntries(Message):
     done: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class RemovePaths(Message):
     """Remove entries below `tree`, named relative to it, never following a link."""
 
     TYPE = MessageType.REMOVE_PATHS
     tree: str = ""
     paths: list[str] = field(default_factory=list)
+    user: str | None = None  # remove as this user; feature "tree_user", named in `requires`
+    requires: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Removed(Message):
     """REMOVE_PATHS is done: how many of its paths were there and are now gone."""
 
     TYPE = MessageType.REMOVED
     count: int = 0
+
+
+@message
+class PutBatch(Message):
+    """Many small files (and directories) of a recursive put in one request.
+
+    Their contents follow as FILE_DATA, back to back in `files` order, with no
+    FILE_INFO, WINDOW or FILE_END: the request's window is its total size.
+    Each entry is checked by `shoal.protocol.fields.check_request`.
+    """
+
+    TYPE = MessageType.PUT_BATCH
+    tree: str = ""
+    files: list[dict[str, Any]] = field(default_factory=list)
+    user: str | None = None
+    requires: list[str] = field(default_factory=list)
+
+
+@message
+class BatchDone(Message):
+    """A PUT_BATCH is applied: every entry not in `errors` is in place and on disk."""
+
+    TYPE = MessageType.BATCH_DONE
+    written: int = 0
+    bytes: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -- relays (issue 19) ---------------------------------------------------------
+#
+# A relay is a byte stream from the controller to another agent (the target)
+# through this one (the gateway). The gateway forwards the stream's bytes and
+# nothing else: the controller runs its own handshake with the target inside it,
+# so every frame MAC (and TLS, if used) is end to end. Lifecycle and windows:
+# shoal.protocol.request (RequestKind.RELAY); PROTOCOL.md section 3, Relays.
+
+
+@message
+class RelayOpen(Message):
+    """Open a stream to `host`:`port` (or the unix socket `path`) from the gateway.
+
+    `window` is how many RELAY_DATA bytes the gateway may send before a WINDOW
+    (0: RELAY_WINDOW); `timeout` bounds the gateway's connect (null: its own).
+    """
+
+    TYPE = MessageType.RELAY_OPEN
+    host: str | None = None
+    port: int = 0
+    path: str | None = None
+    window: int = 0
+    timeout: float | None = None
+
+    def _validate(self) -> None:
+        if (self.host is None) == (self.path is None):
+            raise LocalProtocolError("relay open needs exactly one of host and path")
+        if self.host is not None and not 0 < self.port < 65536:
+            raise LocalProtocolError(f"bad relay port {self.port!r}")
+        _check_timeout_and_window(self.timeout, self.window)
+
+
+@message
+class RelayOpened(Message):
+    """The gateway is connected to the destination (`address`, as it reached it);
+    the controller may send `window` RELAY_DATA bytes before a WINDOW (0: RELAY_WINDOW)."""
+
+    TYPE = MessageType.RELAY_OPENED
+    window: int = 0
+    address: str = ""
+
+    def _validate(self) -> None:
+        _check_timeout_and_window(None, self.window)
+
+
+@message
+class RelayData(Message):
+    """Bytes of the relayed stream, forwarded unchanged."""
+
+    TYPE = MessageType.RELAY_DATA
+    RAW = True
+    data: bytes = b""
+
+
+@message
+class RelayClose(Message):
+    """The stream is over: the gateway closes its connection to the destination.
+
+    From the gateway, `reason` is empty when the destination closed normally,
+    else why the connection ended.
+    """
+
+    TYPE = MessageType.RELAY_CLOSE
+    reason: str = ""
 
 
 # -- a hub's local socket (issue 20) -------------------------------------------
@@ -570,7 +690,7 @@ class Removed(Message):
 # message: shoal.protocol.link; PROTOCOL.md section 7.
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class LinkOpen(Message):
     """Open a link to the agent the hub knows as `host`; the request id names the link."""
 
@@ -578,7 +698,7 @@ class LinkOpen(Message):
     host: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class LinkOpened(Message):
     """The link is open: what the agent announced in its HELLO, as the hub passes it on."""
 
@@ -590,7 +710,7 @@ class LinkOpened(Message):
     max_frame: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Linked(Message):
     """One message of the link's agent connection: type, request id and body (shoal.protocol.link)."""
 
@@ -599,7 +719,7 @@ class Linked(Message):
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class LinkClose(Message):
     """The link is over: the client is done with it, or the hub lost the agent (`reason`)."""
 
@@ -607,14 +727,14 @@ class LinkClose(Message):
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class HostsList(Message):
     """Ask the hub which agents it holds connections to."""
 
     TYPE = MessageType.HOSTS_LIST
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class HostsReply(Message):
     """The hub's agents, one object each (PROTOCOL.md section 7)."""
 
@@ -628,7 +748,8 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
         Hello, Auth, Error, Ping, Pong, Goodbye, Exec, Stdin, StdinEof, Signal, Cancel,
         Window, Resize, Started, Stdout, Stderr, Exit, MetricsRequest, MetricsReply, PutFile,
         GetFile, FileInfo, FileData, FileEnd, FileDone, ListTree, TreeEntries, RemovePaths, Removed,
-        JobStarted, JobsList, JobsReply, JobAttach, JobKill, JobKilled,
+        PutBatch, BatchDone, JobStarted, JobsList, JobsReply, JobAttach, JobKill, JobKilled,
+        RelayOpen, RelayOpened, RelayData, RelayClose,
         LinkOpen, LinkOpened, Linked, LinkClose, HostsList, HostsReply,
     )
 }
@@ -648,14 +769,16 @@ CONNECTION_LEVEL = frozenset(
 CONTROLLER_ONLY = frozenset({
     MessageType.EXEC, MessageType.STDIN, MessageType.STDIN_EOF, MessageType.SIGNAL, MessageType.CANCEL,
     MessageType.METRICS_REQUEST, MessageType.PUT_FILE, MessageType.GET_FILE, MessageType.RESIZE,
-    MessageType.LIST_TREE, MessageType.REMOVE_PATHS,
+    MessageType.LIST_TREE, MessageType.REMOVE_PATHS, MessageType.PUT_BATCH,
     MessageType.JOBS_LIST, MessageType.JOB_ATTACH, MessageType.JOB_KILL,
     MessageType.LINK_OPEN, MessageType.HOSTS_LIST,
+    MessageType.RELAY_OPEN,
 })
 AGENT_ONLY = frozenset({
     MessageType.STARTED, MessageType.STDOUT, MessageType.STDERR, MessageType.EXIT,
     MessageType.METRICS_REPLY, MessageType.FILE_INFO, MessageType.FILE_DONE,
-    MessageType.TREE_ENTRIES, MessageType.REMOVED,
+    MessageType.TREE_ENTRIES, MessageType.REMOVED, MessageType.BATCH_DONE,
     MessageType.JOB_STARTED, MessageType.JOBS_REPLY, MessageType.JOB_KILLED,
     MessageType.LINK_OPENED, MessageType.HOSTS_REPLY,
+    MessageType.RELAY_OPENED,
 })

@@ -1,26 +1,40 @@
-"""One command request's life, as both ends see it: its states, one table, its windows.
+"""A request's life, as both ends see it: its states, one table per kind, its windows.
 
-Both ends keep a `RequestChannel` per EXEC and step it with every message they send
-or receive under its request id (PROTOCOL.md §3 Requests), as h11 keeps its
-request/response cycle: neither end re-judges the peer's frames by itself.
+Both ends keep a `RequestChannel` per request and step it with every message they
+send or receive under its request id (PROTOCOL.md §3 Requests), as h11 keeps its
+request/response cycle: neither end re-judges the peer's frames by itself. (Today
+they do so for commands; puts, gets and metrics are still judged by the transfer
+and client code, which the tables below describe.)
+
+A command (EXEC, or JOB_ATTACH, the same stream):
 
     IDLE ──EXEC──▶ STARTING ──STARTED──▶ RUNNING ──EXIT──▶ DONE
         JOB_ATTACH ──┘   └──JOB_STARTED, ERROR──┴──ERROR (agent)──▶ DONE
 
-A JOB_ATTACH is the same stream as an EXEC (its `window` is the output window); a
-detached EXEC ends at JOB_STARTED.
+A detached EXEC ends at JOB_STARTED. The other kinds: METRICS_REQUEST is answered
+by one METRICS_REPLY (or ERROR); a put goes PUT_FILE, FILE_INFO (RUNNING: data),
+FILE_END (FINISHING), FILE_DONE, and a `mkdir` put goes straight from PUT_FILE to
+FILE_DONE; a get goes GET_FILE, FILE_INFO (RUNNING: data), FILE_END; a relayed
+stream (issue 19) goes RELAY_OPEN, RELAY_OPENED (RUNNING: RELAY_DATA both ways),
+RELAY_CLOSE from either end.
 
-`_TRANSITIONS` is the one table: for each state and each sending role, the message
-types that role may send and the state that follows. A message the peer sent that
-the table does not list is `out_of_order` (RemoteProtocolError); one we are about
-to send is our own bug (LocalProtocolError).
+`TRANSITIONS` holds one table per `RequestKind`: for each state and each sending
+role, the message types that role may send and the state that follows. A message
+the peer sent that the table does not list is `out_of_order` (RemoteProtocolError);
+one we are about to send is our own bug (LocalProtocolError).
 
-Flow control (§3 Flow control) is kept here too, the same numbers on both ends:
+Flow control (§3 Flow control, File transfer) is kept here too, the same numbers
+on both ends:
 
 - output: EXEC grants `window` bytes of STDOUT+STDERR (0 means OUTPUT_WINDOW); the
   controller's WINDOW grants more. `output_credit` is what the agent may still send.
+  A get's FILE_DATA is output too: GET_FILE's `window` (0 means TRANSFER_WINDOW,
+  at most MAX_GET_WINDOW).
 - stdin: STARTED grants `stdin_window` bytes of STDIN; the agent's WINDOW grants
-  more. `stdin_credit` is what the controller may still send.
+  more. `stdin_credit` is what the controller may still send. A put's FILE_DATA is
+  input too: FILE_INFO's `window`.
+- a relay's RELAY_DATA is output from the agent (RELAY_OPEN's `window`) and input
+  from the controller (RELAY_OPENED's `window`), each 0 meaning RELAY_WINDOW.
 
 Data past a window is `window_exceeded`. Once DONE a request takes nothing more;
 an end forgets it then, so a late frame under its id is an unknown request.
@@ -31,47 +45,97 @@ from __future__ import annotations
 from enum import Enum
 
 from shoal.protocol.connection import Role
-from shoal.protocol.defaults import OUTPUT_WINDOW
+from shoal.protocol.defaults import MAX_GET_WINDOW, OUTPUT_WINDOW, RELAY_WINDOW, TRANSFER_WINDOW
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
-from shoal.protocol.messages import Exec, JobAttach, Message, MessageType, Started, Window
+from shoal.protocol.messages import (Exec, FileInfo, GetFile, JobAttach, Message, MessageType, RelayOpen, RelayOpened,
+                                     Started, Window)
 
-__all__ = ["RequestState", "RequestChannel", "TRANSITIONS"]
+__all__ = ["RequestKind", "RequestState", "RequestChannel", "TRANSITIONS"]
+
+
+class RequestKind(Enum):
+    COMMAND = "command"  # EXEC or JOB_ATTACH: a command's streams
+    METRICS = "metrics"  # METRICS_REQUEST: one reply
+    PUT = "put"  # PUT_FILE: a file (or directory) to the agent
+    GET = "get"  # GET_FILE: a file from the agent
+    RELAY = "relay"  # RELAY_OPEN: a byte stream to another agent through this one (issue 19)
 
 
 class RequestState(Enum):
     IDLE = "idle"  # nothing sent yet
-    STARTING = "starting"  # EXEC sent; STARTED (or an ERROR) not yet
-    RUNNING = "running"  # STARTED: output, stdin and control flow
-    DONE = "done"  # EXIT or the agent's ERROR: nothing more under this id
+    STARTING = "starting"  # the request sent; its first answer (or an ERROR) not yet
+    RUNNING = "running"  # STARTED or FILE_INFO: data and control flow
+    FINISHING = "finishing"  # a put's FILE_END sent; FILE_DONE (or an ERROR) not yet
+    DONE = "done"  # the last answer or the agent's ERROR: nothing more under this id
 
 
 _S = RequestState
 _T = MessageType
+_C, _A = Role.CONTROLLER, Role.AGENT
+Table = dict[tuple[RequestState, Role], dict[MessageType, RequestState]]
+
 # What the controller may send while the command runs (or is starting: it may
 # signal, cancel or grant before STARTED arrives, but not send stdin, whose window
-# STARTED opens). An ERROR from the controller about a request is only reported.
+# STARTED opens). An ERROR from the controller about a request is only reported,
+# under every kind.
 _CONTROL = (_T.STDIN_EOF, _T.SIGNAL, _T.CANCEL, _T.WINDOW, _T.ERROR)
+_END = {_T.ERROR: _S.DONE}  # the agent's ERROR ends a request of any kind
 
-TRANSITIONS: dict[tuple[RequestState, Role], dict[MessageType, RequestState]] = {
-    (_S.IDLE, Role.CONTROLLER): {_T.EXEC: _S.STARTING, _T.JOB_ATTACH: _S.STARTING},
-    (_S.IDLE, Role.AGENT): {},
-    (_S.STARTING, Role.CONTROLLER): dict.fromkeys(_CONTROL, _S.STARTING),
-    (_S.STARTING, Role.AGENT): {_T.STARTED: _S.RUNNING, _T.JOB_STARTED: _S.DONE, _T.ERROR: _S.DONE},
-    # RESIZE (a pty's window size, issue 17) only once the command runs: before
-    # STARTED there is no terminal to size, and the controller keeps the size for later.
-    (_S.RUNNING, Role.CONTROLLER): {_T.STDIN: _S.RUNNING, _T.RESIZE: _S.RUNNING,
-                                    **dict.fromkeys(_CONTROL, _S.RUNNING)},
-    (_S.RUNNING, Role.AGENT): {_T.STDOUT: _S.RUNNING, _T.STDERR: _S.RUNNING, _T.WINDOW: _S.RUNNING,
-                               _T.EXIT: _S.DONE, _T.ERROR: _S.DONE},
-    (_S.DONE, Role.CONTROLLER): {},
-    (_S.DONE, Role.AGENT): {},
+
+def _ended(table: Table) -> Table:
+    """`table` with its DONE rows, where nothing is legal, and the agent's nothing while IDLE."""
+    return {**table, (_S.IDLE, _A): {}, (_S.DONE, _C): {}, (_S.DONE, _A): {}}
+
+
+TRANSITIONS: dict[RequestKind, Table] = {
+    RequestKind.COMMAND: _ended({
+        (_S.IDLE, _C): {_T.EXEC: _S.STARTING, _T.JOB_ATTACH: _S.STARTING},
+        (_S.STARTING, _C): dict.fromkeys(_CONTROL, _S.STARTING),
+        (_S.STARTING, _A): {_T.STARTED: _S.RUNNING, _T.JOB_STARTED: _S.DONE, **_END},
+        # RESIZE (a pty's window size, issue 17) only once the command runs: before
+        # STARTED there is no terminal to size, and the controller keeps the size for later.
+        (_S.RUNNING, _C): {_T.STDIN: _S.RUNNING, _T.RESIZE: _S.RUNNING, **dict.fromkeys(_CONTROL, _S.RUNNING)},
+        (_S.RUNNING, _A): {_T.STDOUT: _S.RUNNING, _T.STDERR: _S.RUNNING, _T.WINDOW: _S.RUNNING,
+                           _T.EXIT: _S.DONE, **_END},
+    }),
+    RequestKind.METRICS: _ended({
+        (_S.IDLE, _C): {_T.METRICS_REQUEST: _S.STARTING},
+        (_S.STARTING, _C): {_T.ERROR: _S.STARTING},
+        (_S.STARTING, _A): {_T.METRICS_REPLY: _S.DONE, **_END},
+    }),
+    # A `mkdir` put is answered FILE_DONE at once; a file put is opened by FILE_INFO,
+    # whose window the agent's WINDOW tops up until FILE_END.
+    RequestKind.PUT: _ended({
+        (_S.IDLE, _C): {_T.PUT_FILE: _S.STARTING},
+        (_S.STARTING, _C): {_T.ERROR: _S.STARTING},
+        (_S.STARTING, _A): {_T.FILE_INFO: _S.RUNNING, _T.FILE_DONE: _S.DONE, **_END},
+        (_S.RUNNING, _C): {_T.FILE_DATA: _S.RUNNING, _T.FILE_END: _S.FINISHING, _T.ERROR: _S.RUNNING},
+        (_S.RUNNING, _A): {_T.WINDOW: _S.RUNNING, **_END},
+        (_S.FINISHING, _C): {_T.ERROR: _S.FINISHING},
+        (_S.FINISHING, _A): {_T.FILE_DONE: _S.DONE, **_END},
+    }),
+    RequestKind.GET: _ended({
+        (_S.IDLE, _C): {_T.GET_FILE: _S.STARTING},
+        (_S.STARTING, _C): {_T.ERROR: _S.STARTING},
+        (_S.STARTING, _A): {_T.FILE_INFO: _S.RUNNING, **_END},
+        (_S.RUNNING, _C): {_T.WINDOW: _S.RUNNING, _T.ERROR: _S.RUNNING},
+        (_S.RUNNING, _A): {_T.FILE_DATA: _S.RUNNING, _T.FILE_END: _S.DONE, **_END},
+    }),
+    # Either end may close a relay; the controller may give up on one still opening.
+    RequestKind.RELAY: _ended({
+        (_S.IDLE, _C): {_T.RELAY_OPEN: _S.STARTING},
+        (_S.STARTING, _C): {_T.RELAY_CLOSE: _S.DONE},
+        (_S.STARTING, _A): {_T.RELAY_OPENED: _S.RUNNING, **_END},
+        (_S.RUNNING, _C): {_T.RELAY_DATA: _S.RUNNING, _T.WINDOW: _S.RUNNING, _T.RELAY_CLOSE: _S.DONE},
+        (_S.RUNNING, _A): {_T.RELAY_DATA: _S.RUNNING, _T.WINDOW: _S.RUNNING, _T.RELAY_CLOSE: _S.DONE},
+    }),
 }
 
 _OUTPUT = frozenset({_T.STDOUT, _T.STDERR})
-
+_DATA = frozenset({_T.FILE_DATA, _T.RELAY_DATA})  # output from the agent, input from the controller
 
 class RequestChannel:
-    """The sans-I/O state of one command request at one end.
+    """The sans-I/O state of one request at one end.
 
     Call `send` before a message of ours goes out and `receive` for each message
     the peer sent under this request id; `*_data` do the same for raw data without
@@ -81,28 +145,36 @@ class RequestChannel:
     Args:
         our_role: which end keeps this channel.
         request_id: the request's id, for error messages.
+        kind: which table the request follows.
     """
 
-    __slots__ = ("our_role", "their_role", "request_id", "state", "output_window", "output_credit",
-                 "stdin_credit", "_consumed")
+    __slots__ = ("our_role", "their_role", "request_id", "kind", "state", "output_window", "output_credit",
+                 "stdin_credit", "_consumed", "_table")
 
-    def __init__(self, our_role: Role, request_id: int) -> None:
+    def __init__(self, our_role: Role, request_id: int, kind: RequestKind = RequestKind.COMMAND) -> None:
         self.our_role = our_role
+        self.kind = kind
+        self._table = TRANSITIONS[kind]
         self.their_role = Role.AGENT if our_role is Role.CONTROLLER else Role.CONTROLLER
         self.request_id = request_id
         self.state = RequestState.IDLE
         self.output_window = 0  # the EXEC's grant: half of it is when output is granted back
-        self.output_credit = 0  # STDOUT+STDERR bytes the agent may still send
-        self.stdin_credit = 0  # STDIN bytes the controller may still send
+        self.output_credit = 0  # STDOUT+STDERR (a get's FILE_DATA) bytes the agent may still send
+        self.stdin_credit = 0  # STDIN (a put's FILE_DATA) bytes the controller may still send
         self._consumed = 0  # controller: output its consumer took, not yet granted back
 
     @property
     def done(self) -> bool:
         return self.state is RequestState.DONE
 
+    @property
+    def send_credit(self) -> int:
+        """Data bytes we may send now: the agent's output window, the controller's input one."""
+        return self.output_credit if self.our_role is Role.AGENT else self.stdin_credit
+
     def can_send(self, type_: MessageType) -> bool:
         """Whether the table lets us send `type_` now."""
-        return type_ in TRANSITIONS[(self.state, self.our_role)]
+        return type_ in self._table[(self.state, self.our_role)]
 
     def send(self, msg: Message) -> None:
         """Step for a message of ours. Raises LocalProtocolError if we may not send it."""
@@ -115,8 +187,9 @@ class RequestChannel:
 
     def send_data(self, type_: MessageType, amount: int) -> None:
         """`send` without a message object: its type and the one number it moves a
-        window by (payload bytes of STDOUT/STDERR/STDIN, WINDOW's grant, EXEC's
-        `window`, STARTED's `stdin_window`; 0 for the others)."""
+        window by (payload bytes of STDOUT/STDERR/STDIN/FILE_DATA, WINDOW's grant, the
+        `window` of EXEC, JOB_ATTACH, GET_FILE and FILE_INFO, STARTED's `stdin_window`;
+        0 for the others)."""
         self._step(self.our_role, type_, amount, LocalProtocolError)
 
     def receive_data(self, type_: MessageType, amount: int) -> None:
@@ -139,7 +212,7 @@ class RequestChannel:
         self.state = RequestState.DONE
 
     def _step(self, sender: Role, type_: MessageType, amount: int, error: type[ProtocolError]) -> None:
-        after = TRANSITIONS[(self.state, sender)].get(type_)
+        after = self._table[(self.state, sender)].get(type_)
         if after is None:
             raise error(f"{type_.name} from the {sender.value} is not legal for request {self.request_id} "
                         f"in state {self.state.value}", ErrorCode.OUT_OF_ORDER)
@@ -148,13 +221,14 @@ class RequestChannel:
 
     def _account(self, sender: Role, type_: MessageType, amount: int, error: type[ProtocolError]) -> None:
         """Move the windows for one legal message (§3 Flow control)."""
-        if type_ in _OUTPUT:
+        if type_ in _OUTPUT or type_ in _DATA and sender is Role.AGENT:
             if amount > self.output_credit:
                 raise error(f"output of request {self.request_id} overran its window", ErrorCode.WINDOW_EXCEEDED)
             self.output_credit -= amount
-        elif type_ is MessageType.STDIN:
+        elif type_ is MessageType.STDIN or type_ in _DATA:
             if amount > self.stdin_credit:
-                raise error(f"stdin for request {self.request_id} overran its window", ErrorCode.WINDOW_EXCEEDED)
+                what = {MessageType.STDIN: "stdin", MessageType.FILE_DATA: "file data"}.get(type_, "relay data")
+                raise error(f"{what} for request {self.request_id} overran its window", ErrorCode.WINDOW_EXCEEDED)
             self.stdin_credit -= amount
         elif type_ is MessageType.WINDOW:
             if sender is Role.CONTROLLER:
@@ -163,8 +237,14 @@ class RequestChannel:
                 self.stdin_credit += amount
         elif type_ is MessageType.EXEC or type_ is MessageType.JOB_ATTACH:
             self.output_window = self.output_credit = amount or OUTPUT_WINDOW
-        elif type_ is MessageType.STARTED:
+        elif type_ is MessageType.GET_FILE:
+            self.output_window = self.output_credit = min(amount or TRANSFER_WINDOW, MAX_GET_WINDOW)
+        elif type_ is MessageType.STARTED or type_ is MessageType.FILE_INFO and self.kind is RequestKind.PUT:
             self.stdin_credit = amount
+        elif type_ is MessageType.RELAY_OPEN:
+            self.output_window = self.output_credit = amount or RELAY_WINDOW
+        elif type_ is MessageType.RELAY_OPENED:
+            self.stdin_credit = amount or RELAY_WINDOW
 
 
 def _amount(msg: Message) -> int:
@@ -173,7 +253,7 @@ def _amount(msg: Message) -> int:
         return len(msg.data)  # type: ignore[attr-defined]
     if isinstance(msg, Window):
         return msg.bytes
-    if isinstance(msg, (Exec, JobAttach)):
+    if isinstance(msg, (Exec, JobAttach, GetFile, FileInfo, RelayOpen, RelayOpened)):
         return msg.window
     if isinstance(msg, Started):
         return msg.stdin_window

@@ -7,7 +7,8 @@ environment), or the controller measured apart from its agents (peak RSS), start
 as a subprocess. Every address in PATTERN (expanded like a target pattern) gets its
 own Agent listening on PORT; with port 0 a port free on all of them is found. When
 all listen, one line `{"port": P, "count": N}` is printed; the agents run until
-stdin reaches EOF (the parent closes it or dies), then close.
+stdin reaches EOF (the parent closes it or dies), then close. `start_pool` and
+`stop_pool` are the parent's side.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import argparse
 import asyncio
 import json
 import resource
+import subprocess
 import sys
+from pathlib import Path
 
 from shoal.agent.server import Agent
 from shoal.controller.nodeset import expand
@@ -24,6 +27,28 @@ from shoal.protocol.errors import ConfigError
 from tests.agents import config
 
 ATTEMPTS = 20
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_pool(pattern: str, port: int = 0, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a pool in a child process; return it and its port once every agent
+    listens, or port 0 (the pool already stopped) when it could not start."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.agent_pool", "--port", str(port), pattern],
+                            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # blocks until every agent listens, or b"" if it exited
+    if not line:
+        stop_pool(proc)
+        return proc, 0
+    return proc, int(json.loads(line)["port"])
+
+
+def stop_pool(proc: subprocess.Popen[bytes]) -> None:
+    """Close the pool's stdin, which stops its agents, and wait for it."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.close()
+    proc.wait(30)
+    proc.stdout.close()
 
 
 async def start_all(addresses: list[str], port: int) -> list[Agent]:

@@ -3,6 +3,8 @@
 `running_agents` starts agents on the current event loop (for async tests that
 use the library directly); `AgentThread` runs them on a loop in a background
 thread so in-process CLI calls (which call asyncio.run themselves) can reach them.
+Tests get AgentThreads from the fixtures in conftest.py (`agents`, `start_agents`);
+agents in other processes come from tests/agent_pool.py.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import asyncio
 import contextlib
 import socket
 import threading
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
-from shoal.agent.config import AgentConfig
+from shoal.agent.config import AgentConfig, KeyPolicy
 from shoal.agent.server import Agent
 from shoal.controller.targets import DEFAULT_PORT, Target
 from shoal.protocol.handshake import SharedKey
@@ -32,10 +34,18 @@ def target_for(agent: Agent, name: str | None = None, index: int = 0) -> Target:
     return Target(name=name or address, host=host.strip("[]"), port=int(port))
 
 
+def _agents(count: int, keys: list[SharedKey] | None, policies: tuple[KeyPolicy, ...],
+            overrides: dict[str, object]) -> list[Agent]:
+    """`count` agents accepting `keys`, or the keys of `policies` (each naming its key file)."""
+    if policies:
+        overrides = {**overrides, "keys": policies}
+    return [Agent(config(**overrides), keys=keys) for _ in range(count)]
+
+
 @contextlib.asynccontextmanager
-async def running_agents(count: int = 1, keys: list[SharedKey] | None = None,
+async def running_agents(count: int = 1, keys: list[SharedKey] | None = None, policies: tuple[KeyPolicy, ...] = (),
                          **overrides: object) -> AsyncIterator[list[Agent]]:
-    agents = [Agent(config(**overrides), keys=keys) for _ in range(count)]
+    agents = _agents(count, keys, policies, overrides)
     try:
         for a in agents:
             await a.start()
@@ -48,9 +58,10 @@ async def running_agents(count: int = 1, keys: list[SharedKey] | None = None,
 class AgentThread:
     """Agents served from a background thread's event loop."""
 
-    def __init__(self, count: int = 1, keys: list[SharedKey] | None = None, **overrides: object) -> None:
+    def __init__(self, count: int = 1, keys: list[SharedKey] | None = None, policies: tuple[KeyPolicy, ...] = (),
+                 **overrides: object) -> None:
         self.loop = asyncio.new_event_loop()
-        self.agents = [Agent(config(**overrides), keys=keys) for _ in range(count)]
+        self.agents = _agents(count, keys, policies, overrides)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def __enter__(self) -> AgentThread:
@@ -81,12 +92,6 @@ class AgentThread:
 
 async def _call(fn, *args):  # type: ignore[no-untyped-def]
     return fn(*args)
-
-
-@contextlib.contextmanager
-def agent_thread(count: int = 1, **kw: object) -> Iterator[AgentThread]:
-    with AgentThread(count, **kw) as t:
-        yield t
 
 
 def shoal(capsysbinary, *argv: str) -> tuple[int, bytes, bytes]:  # type: ignore[no-untyped-def]

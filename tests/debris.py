@@ -1,4 +1,4 @@
-"""Helpers for the fault tests: find what a request left running, poll with deadlines.
+"""Helpers for the fault tests: find what a request left running.
 
 A request's processes are recognised by the `SHOAL_REQUEST` marker the agent puts
 in every child's environment (agent/proctree.py); the tests read the marker of a
@@ -8,17 +8,14 @@ anything carrying it is still alive.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import Awaitable, Callable
-
 import psutil
 
 from shoal.agent.commands import CommandRequest
 from shoal.agent.proctree import MARKER_ENV
 from shoal.agent.server import Agent
+from tests.waiting import wait_for
 
-__all__ = ["marked", "marker_of", "tokens_of", "poll", "apoll", "zombie_children"]
+__all__ = ["marked", "marker_of", "tokens_of", "zombie_children"]
 
 
 def _environ(proc: psutil.Process) -> dict[str, str]:
@@ -47,7 +44,7 @@ def marker_of(pid: int, timeout: float = 10.0) -> str:
     during exec /proc shows none at all, so a first read can come too early.
     """
     proc = psutil.Process(pid)
-    token = poll(lambda: _environ(proc).get(MARKER_ENV), timeout)
+    token = wait_for(lambda: _environ(proc).get(MARKER_ENV), timeout=timeout, what="the command's request marker")
     assert isinstance(token, str)
     return token
 
@@ -56,33 +53,6 @@ def tokens_of(agent: Agent) -> list[str]:
     """Markers of the commands the agent is running for its connected controllers."""
     return [req.child.token for s in list(agent.sessions) for req in list(s.requests.values())
             if isinstance(req, CommandRequest)]
-
-
-def poll(condition: Callable[[], object], timeout: float = 5.0, interval: float = 0.02) -> object:
-    """Wait until `condition()` is truthy and return it; AssertionError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {condition}")
-        time.sleep(interval)
-
-
-async def apoll(condition: Callable[[], object | Awaitable[object]], timeout: float = 5.0,
-                interval: float = 0.02) -> object:
-    """`poll` for async tests: the event loop keeps running between checks."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {condition}")
-        await asyncio.sleep(interval)
 
 
 def zombie_children() -> list[int]:

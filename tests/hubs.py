@@ -19,7 +19,7 @@ from shoal.agent.server import Agent
 from shoal.controller.hub.server import Hub, HubSettings
 from shoal.protocol.handshake import SharedKey
 from tests.agents import config
-from tests.debris import apoll
+from tests.waiting import wait_for_async
 
 # Reconnect fast in tests: the schedule's shape is tested on its own (test_hub_backoff).
 FAST_RECONNECT = {"limits.reconnect_min": 0.05, "limits.reconnect_max": 0.5}
@@ -56,7 +56,7 @@ async def dial_in(hub: Hub, names: list[str], key: SharedKey | None, **overrides
               for name in names]
     for agent in agents:
         await agent.start()
-    await apoll(lambda: all(hub.registry.get(n) is not None for n in names), timeout=15)
+    await wait_for_async(lambda: all(hub.registry.get(n) is not None for n in names), timeout=15)
     return agents
 
 

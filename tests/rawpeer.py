@@ -8,11 +8,11 @@ on another thread's loop (tests.agents.AgentThread), so blocking here is fine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from shoal.protocol.frames import FrameDecoder
 from shoal.protocol.handshake import SharedKey
 from shoal.protocol.codec import decode_body
 from shoal.protocol.messages import Error, Exec, Exit, Message
+from tests.waiting import wait_for
 
 # Generous: the agents share a loaded 2-core box with other test runs.
 DEADLINE = 15.0
@@ -144,12 +145,15 @@ class RawController:
         return errors[-1]
 
     def wait_closed(self, deadline: float = DEADLINE) -> bool:
-        """Poll until the agent closes the socket; False if it is still open at the deadline."""
-        end = time.monotonic() + deadline
-        while not self.eof and time.monotonic() < end:
+        """Read until the agent closes the socket; False if it is still open at the deadline."""
+        def closed() -> bool:
             readable, _, _ = select.select([self.sock], [], [], 0.05)
             if readable:
                 self._recv_raw()
+            return self.eof
+
+        with contextlib.suppress(AssertionError):
+            wait_for(closed, timeout=deadline, interval=0, what="the agent to close the connection")
         return self.eof
 
     def _recv_raw(self) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from shoal.protocol.errors import ConfigError
 from shoal.agent import restrict
 from shoal.agent.config.checks import _boolean, _store, _strings, _text, _absolute_path
+from shoal.agent.config.destinations import parse_destination
 
 __all__ = ["KeyPolicy"]
 
@@ -45,6 +46,11 @@ class KeyPolicy:
     A listed key's request may set only the environment variables named in `env`
     and a working directory only when `cwd` is true; its programs are found on a
     fixed trusted PATH (agent/restrict.py says why).
+
+    `relay` lists where the key may ask this agent to open a relayed stream
+    (agent/config/destinations.py). None means the default: every destination for
+    an `allow = "all"` key (it can already run any program here, so relaying grants
+    nothing new), none for a listed key. A list narrows either; `[]` forbids relaying.
     """
 
     name: str
@@ -57,6 +63,7 @@ class KeyPolicy:
     env: tuple[str, ...] = ()
     cwd: bool = False
     users: tuple[str, ...] | None = None  # issue 17: who its commands may run as (agent/runas.py)
+    relay: tuple[str, ...] | None = None  # issue 19: destinations it may relay to; None: the default
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _KEY_NAME.fullmatch(self.name):
@@ -73,6 +80,8 @@ class KeyPolicy:
         _boolean("cwd", self.cwd)
         if self.users is not None:  # issue 17
             _store(self, "users", _strings("users", self.users))
+        if self.relay is not None:  # issue 19: kept in canonical spelling
+            _store(self, "relay", tuple(str(d) for d in _strings("relay", self.relay, parse_destination)))
         self._check_combination()
 
     def _check_combination(self) -> None:
@@ -112,6 +121,16 @@ class KeyPolicy:
 
     def allows_metrics(self) -> bool:
         return self.allow_all or self.metrics
+
+    def may_relay(self) -> bool:
+        """Whether this key may relay anywhere at all."""
+        return self.allow_all if self.relay is None else bool(self.relay)
+
+    def allows_relay(self, address: str | None, port: int, path: str | None) -> bool:
+        """Whether this key may relay to `address`:`port` (an IP literal, resolved) or to socket `path`."""
+        if self.relay is None:
+            return self.allow_all
+        return any(parse_destination("relay", entry).allows(address, port, path) for entry in self.relay)
 
     def allows_files(self, path: str) -> bool:
         """Whether this key may put or get `path`.

@@ -9,7 +9,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from shoal.protocol.errors import ConfigError
-from shoal.protocol.defaults import OUTPUT_WINDOW
+from shoal.protocol.defaults import OUTPUT_WINDOW, RELAY_WINDOW
 from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_CEILING, MIN_MAX_FRAME_SIZE
 from shoal.agent.config.checks import (
     _absolute_path, _boolean, _instance, _integer, _join, _kind, _reject_unknown, _seconds, _store, _strings, _text,
@@ -87,6 +87,12 @@ class Limits:
             its hub: random in [0, reconnect_min] at first, the range doubling with
             each failure up to reconnect_max, so a restarted hub is not met by every
             agent at once and no agent waits longer than reconnect_max.
+        max_relays: relayed streams open at once on one connection (this agent as a
+            gateway, issue 19), connecting ones included. With relay_window it bounds
+            what one controller can make a gateway hold.
+        relay_window: bytes a controller may send towards one relayed target before
+            the target has taken them. The gateway holds at most this much, plus
+            one read (64 KiB) the other way, per relayed target.
     """
 
     max_connections: int = 512
@@ -106,6 +112,8 @@ class Limits:
     keepalive: float = 15.0
     reconnect_min: float = 2.0
     reconnect_max: float = 30.0
+    max_relays: int = 4096
+    relay_window: int = RELAY_WINDOW
 
     def __post_init__(self) -> None:
         _integer("max_connections", self.max_connections, 1, 1_000_000)
@@ -128,6 +136,8 @@ class Limits:
         _store(self, "reconnect_max", _seconds("reconnect_max", self.reconnect_max, 0, 86400, low_open=True))
         if self.reconnect_max < self.reconnect_min:
             raise ConfigError("reconnect_max must not be below reconnect_min", "reconnect_max")
+        _integer("max_relays", self.max_relays, 1, 1_000_000)
+        _integer("relay_window", self.relay_window, 4096, _GIB)
 
 
 @dataclass(frozen=True, slots=True)

@@ -222,6 +222,8 @@ def _policy_fields(policy: KeyPolicy) -> dict[str, Any]:
         options.update(env=list(policy.env), cwd=policy.cwd)
     if policy.users is not None:  # issue 17
         options["users"] = list(policy.users)
+    if policy.relay is not None:  # issue 19
+        options["relay"] = list(policy.relay)
     return options
 
 

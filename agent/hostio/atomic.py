@@ -20,13 +20,14 @@ import secrets
 import stat
 from pathlib import Path
 from types import TracebackType
-from typing import Callable
 
 from shoal.hostio.fileerrors import FileTransferError, map_os_error
-from shoal.hostio.reader import Opener, maybe_stat
+from shoal.hostio.files import LOCAL_FILES, Files
+from shoal.hostio.reader import maybe_stat
 from shoal.protocol.errors import ErrorCode
 
-__all__ = ["TEMP_MARK", "process_umask", "Journal", "WriterState", "AtomicWriter"]
+__all__ = ["TEMP_MARK", "process_umask", "fsync_directory", "temp_path_for", "Journal", "WriterState",
+           "AtomicWriter"]
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,12 @@ _WRITEBACK_STEP = 8 * 1024 * 1024
 class Journal:
     """Remember temp files in flight so the next agent start can remove leftovers.
 
-    One tiny file per temp file lives in `<state_dir>/transfers/`, named by a hash
-    of the temp path and holding that path. It is written before the temp file is
-    created and removed after commit or abort, so only a killed or crashed
-    transfer leaves one behind. Entries are not fsynced: the target is a dead agent
-    process, not a power cut (which may also lose the temp file's data).
+    One tiny file per temp file (or per batch of them) lives in
+    `<state_dir>/transfers/`, named by a hash of the (first) temp path and holding
+    the paths, NUL-separated. It is written before the temp files are created and
+    removed after commit or abort, so only a killed or crashed transfer leaves one
+    behind. Entries are not fsynced: the target is a dead agent process, not a
+    power cut (which may also lose the temp file's data).
     """
 
     __slots__ = ("directory",)
@@ -63,14 +65,20 @@ class Journal:
 
     def record(self, temp: Path) -> None:
         """Note that `temp` is about to be created."""
+        self.record_all([temp])
+
+    def record_all(self, temps: list[Path]) -> None:
+        """Note in one entry that all of `temps` are about to be created (a batch's)."""
+        if not temps:
+            return
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._entry(temp).write_bytes(os.fsencode(temp))
+            self._entry(temps[0]).write_bytes(b"\0".join(map(os.fsencode, temps)))
         except OSError as err:
             raise map_os_error(err, self.directory) from err
 
     def forget(self, temp: Path) -> None:
-        """Drop the entry for `temp`, which was committed or removed."""
+        """Drop the entry for `temp` (or the batch it came first in): committed or removed."""
         try:
             self._entry(temp).unlink(missing_ok=True)
         except OSError as err:
@@ -89,22 +97,21 @@ class Journal:
             return []
         except OSError as err:
             raise map_os_error(err, self.directory) from err
-        return [path for path in map(_clear_entry, entries) if path is not None]
+        return [path for entry in entries for path in _clear_entry(entry)]
 
     def _entry(self, temp: Path) -> Path:
         """Return the journal file for `temp`."""
         return self.directory / hashlib.sha256(os.fsencode(temp)).hexdigest()[:32]
 
 
-def _clear_entry(entry: Path) -> str | None:
-    """Remove the temp file one journal entry names, then the entry; say what went."""
+def _clear_entry(entry: Path) -> list[str]:
+    """Remove the temp files one journal entry names, then the entry; say what went."""
     try:
-        raw = entry.read_bytes()
-        removed = _unlink_temp(raw)
+        removed = [path for raw in entry.read_bytes().split(b"\0") if (path := _unlink_temp(raw)) is not None]
         entry.unlink()
     except OSError as err:
         log.warning("cannot clear transfer journal entry %s: %s", entry, err)
-        return None
+        return []
     return removed
 
 
@@ -139,10 +146,10 @@ class AtomicWriter:
     """
 
     __slots__ = ("dest", "temp", "size", "state", "_fd", "_hash", "_mode", "_mtime",
-                 "_owner", "_journal", "_written_back", "_rename")
+                 "_owner", "_journal", "_written_back", "_files")
 
     def __init__(self, dest: Path, temp: Path, fd: int, mode: int, mtime: float | None,
-                 owner: tuple[int, int] | None, journal: Journal | None) -> None:
+                 owner: tuple[int, int] | None, journal: Journal | None, files: Files = LOCAL_FILES) -> None:
         self.dest = dest
         self.temp = temp
         self.size = 0
@@ -154,14 +161,14 @@ class AtomicWriter:
         self._owner = owner
         self._journal = journal
         self._written_back = 0  # bytes already handed to early writeback
-        self._rename: Callable[[Path, Path], None] = os.rename
+        self._files = files
 
     @classmethod
     def open(cls, dest: str | os.PathLike[str], *, name: str | None = None,
              into_dir: bool = False, mode: int | None = None, mtime: float | None = None,
              owner: tuple[int, int] | None = None,
-             journal: Journal | None = None, opener: Opener = os.open,
-             rename: Callable[[Path, Path], None] = os.rename) -> AtomicWriter:
+             journal: Journal | None = None, files: Files = LOCAL_FILES,
+             temp: Path | None = None) -> AtomicWriter:
         """Start writing a file at `dest`, or into the directory `dest` as `name`.
 
         Args:
@@ -177,28 +184,30 @@ class AtomicWriter:
             owner: (uid, gid) to set when running as root (`-p`); ignored otherwise.
                 None keeps the owner of the file being replaced when root.
             journal: where to note the temp file so a crash can be cleaned up.
-            opener, rename: how the temp file is created and renamed into place
-                (the agent passes a user's, so the kernel checks that user's rights).
+            temp: the temp file to use, from `temp_path_for(dest)`, when the caller
+                noted it in the journal itself (a batch notes all of its files in
+                one entry, and passes no `journal`).
+            files: whose rights look at the destination, create the temp file and
+                rename it into place (the agent passes a user's, so the kernel
+                checks that user's rights at every step).
 
         Raises:
             FileTransferError: is_directory, not_directory, not_found, bad_path,
                 permission_denied, no_space or io_error.
         """
         into = into_dir or os.fspath(dest).endswith("/")
-        target = _target_path(Path(dest), name, into)
-        final_mode, final_owner = _final_attributes(target, mode, owner)
-        temp = target.parent / _temp_name(target.name)
+        target = _target_path(Path(dest), name, into, files)
+        final_mode, final_owner = _final_attributes(target, mode, owner, files)
+        temp = temp if temp is not None else temp_path_for(target)
         if journal is not None:
             journal.record(temp)
         try:
-            fd = opener(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            fd = files.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as err:
             if journal is not None:
                 journal.forget(temp)
             raise map_os_error(err, target) from err
-        writer = cls(target, temp, fd, final_mode, mtime, final_owner, journal)
-        writer._rename = rename
-        return writer
+        return cls(target, temp, fd, final_mode, mtime, final_owner, journal, files)
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         """Append `chunk` to the temp file and to the running sha256."""
@@ -257,6 +266,19 @@ class AtomicWriter:
             FileTransferError: checksum_mismatch (the destination is untouched and
                 the temp file removed), or the code of a failing syscall.
         """
+        self.seal(expected_sha256)
+        self.install()
+        fsync_directory(self.dest.parent)
+
+    def seal(self, expected_sha256: str) -> None:
+        """Check the data, give the temp file its owner, mode and mtime, fsync and close it.
+
+        The first half of `commit`, for callers that seal many files before
+        renaming any (a batch of small files: see `start_writeback`).
+
+        Raises:
+            FileTransferError: as `commit`; the writer is then aborted.
+        """
         self._require_open()
         actual = self._hash.hexdigest()
         if actual != expected_sha256.strip().lower():
@@ -265,12 +287,35 @@ class AtomicWriter:
                                     f"sha256 of received data is {actual}, sender said {expected_sha256}")
         try:
             self._seal()
-            self._rename(self.temp, self.dest)
+        except OSError as err:
+            self.abort()
+            raise map_os_error(err, self.dest) from err
+
+    def install(self) -> None:
+        """Rename the sealed temp file over the destination: the second half of `commit`.
+
+        The directory is not fsynced here; the caller does it (once per directory
+        for a batch) with `fsync_directory`.
+        """
+        self._require_open()
+        if self._fd >= 0:
+            raise ValueError(f"writer for {self.dest} is not sealed")
+        try:
+            self._files.rename(self.temp, self.dest)
         except OSError as err:
             self.abort()
             raise map_os_error(err, self.dest) from err
         self._finish(WriterState.COMMITTED)
-        _fsync_directory(self.dest.parent)
+
+    def start_writeback(self) -> None:
+        """Have the kernel start writing what was written so far, without waiting.
+
+        A batch writes all its files, starts their writeback, and only then
+        fsyncs them: the fsyncs find the data on its way and mostly wait for
+        journal commits together, instead of one flush each.
+        """
+        if self.size > self._written_back:
+            self._start_writeback()
 
     def abort(self) -> None:
         """Throw the data away: close and remove the temp file. Safe to call twice."""
@@ -324,9 +369,9 @@ class AtomicWriter:
             raise ValueError(f"writer for {self.dest} is already {self.state.value}")
 
 
-def _target_path(dest: Path, name: str | None, into: bool) -> Path:
+def _target_path(dest: Path, name: str | None, into: bool, files: Files) -> Path:
     """Decide the final file path from `dest`, the sender's `name` and `into`."""
-    st = maybe_stat(dest, follow=True)
+    st = maybe_stat(dest, follow=True, files=files)
     if st is not None and stat.S_ISDIR(st.st_mode):
         if name is None:
             raise FileTransferError(ErrorCode.IS_DIRECTORY, dest)
@@ -343,10 +388,10 @@ def _check_basename(name: str) -> str:
     return name
 
 
-def _final_attributes(target: Path, mode: int | None,
-                      owner: tuple[int, int] | None) -> tuple[int, tuple[int, int] | None]:
+def _final_attributes(target: Path, mode: int | None, owner: tuple[int, int] | None,
+                      files: Files) -> tuple[int, tuple[int, int] | None]:
     """Return the mode and owner the committed file gets (owner None: leave ours)."""
-    st = maybe_stat(target, follow=False)
+    st = maybe_stat(target, follow=False, files=files)
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise FileTransferError(ErrorCode.IS_DIRECTORY, target)
     existing = st if st is not None and stat.S_ISREG(st.st_mode) else None
@@ -370,13 +415,13 @@ def process_umask() -> int:
     return _FALLBACK_UMASK
 
 
-def _temp_name(name: str) -> str:
-    """Return a fresh hidden temp name for a file to be called `name`."""
-    stem = os.fsdecode(os.fsencode(name)[:_TEMP_STEM_BYTES])
-    return f".{stem}{TEMP_MARK}{secrets.token_hex(_TEMP_TOKEN_BYTES)}"
+def temp_path_for(dest: Path) -> Path:
+    """A fresh hidden temp path beside `dest`, for the file that will become `dest`."""
+    stem = os.fsdecode(os.fsencode(dest.name)[:_TEMP_STEM_BYTES])
+    return dest.parent / f".{stem}{TEMP_MARK}{secrets.token_hex(_TEMP_TOKEN_BYTES)}"
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Flush a directory so a rename inside it is durable."""
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -11,16 +11,13 @@ import stat
 from collections import deque
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Iterator
+from typing import Iterator
 
 from shoal.protocol.errors import ErrorCode
 from shoal.hostio.fileerrors import FileTransferError, map_os_error
+from shoal.hostio.files import LOCAL_FILES, Files
 
-__all__ = ["FileReader", "Opener", "maybe_stat", "walk_tree"]
-
-# os.open's shape: (path, flags, mode) -> fd. The agent substitutes one that opens
-# with another user's credentials (shoal.agent.asuser).
-Opener = Callable[[Path | str | os.PathLike[str], int, int], int]
+__all__ = ["FileReader", "maybe_stat", "walk_tree"]
 
 
 class FileReader:
@@ -43,8 +40,8 @@ class FileReader:
         self._hash = hashlib.sha256()
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], opener: Opener = os.open) -> FileReader:
-        """Open `path` for reading (with `opener`: the agent passes a user's for `--user`).
+    def open(cls, path: str | os.PathLike[str], files: Files = LOCAL_FILES) -> FileReader:
+        """Open `path` for reading, with `files`' rights (the agent passes a user's for `--user`).
 
         Raises:
             FileTransferError: is_directory (send directories with `walk_tree`),
@@ -53,7 +50,7 @@ class FileReader:
         """
         # O_NONBLOCK so opening a FIFO cannot hang the agent before we can refuse it.
         try:
-            fd = opener(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK, 0o777)
+            fd = files.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as err:
             raise map_os_error(err, path) from err
         try:
@@ -107,8 +104,8 @@ def _regular_file_stat(fd: int, path: str | os.PathLike[str]) -> os.stat_result:
     return st
 
 
-def walk_tree(root: str | os.PathLike[str]) -> Iterator[tuple[str, os.stat_result]]:
-    """Yield `(relative_path, lstat)` for everything below the directory `root`.
+def walk_tree(root: str | os.PathLike[str], files: Files = LOCAL_FILES) -> Iterator[tuple[str, os.stat_result]]:
+    """Yield `(relative_path, lstat)` for everything below the directory `root`, seen with `files`' rights.
 
     Order is breadth first with names sorted in each directory, so a directory
     always comes before its contents and a recursive put can create it first.
@@ -121,7 +118,7 @@ def walk_tree(root: str | os.PathLike[str]) -> Iterator[tuple[str, os.stat_resul
             directory that cannot be listed.
     """
     top = Path(root)
-    st = maybe_stat(top, follow=True)
+    st = maybe_stat(top, follow=True, files=files)
     if st is None:
         raise FileTransferError(ErrorCode.NOT_FOUND, top)
     if not stat.S_ISDIR(st.st_mode):
@@ -129,26 +126,25 @@ def walk_tree(root: str | os.PathLike[str]) -> Iterator[tuple[str, os.stat_resul
     pending: deque[tuple[Path, str]] = deque([(top, "")])
     while pending:
         directory, prefix = pending.popleft()
-        for name, entry_stat in _list_directory(directory):
+        for name, entry_stat in _list_directory(directory, files):
             yield prefix + name, entry_stat
             if stat.S_ISDIR(entry_stat.st_mode):
                 pending.append((directory / name, f"{prefix}{name}/"))
 
 
-def _list_directory(directory: Path) -> list[tuple[str, os.stat_result]]:
+def _list_directory(directory: Path, files: Files) -> list[tuple[str, os.stat_result]]:
     """Return the sorted names and lstats of one directory's entries."""
     try:
-        with os.scandir(directory) as entries:
-            found = [(entry.name, entry.stat(follow_symlinks=False)) for entry in entries]
+        found = files.scandir(directory)
     except OSError as err:
         raise map_os_error(err, err.filename or directory) from err
     return sorted(found, key=lambda item: item[0])
 
 
-def maybe_stat(path: Path, *, follow: bool) -> os.stat_result | None:
-    """Stat `path`, or return None when nothing is there."""
+def maybe_stat(path: Path, *, follow: bool, files: Files = LOCAL_FILES) -> os.stat_result | None:
+    """Stat `path` (with `files`' rights), or return None when nothing is there."""
     try:
-        return os.stat(path, follow_symlinks=follow)
+        return files.stat(path, follow)
     except FileNotFoundError:
         return None
     except OSError as err:

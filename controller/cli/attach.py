@@ -46,5 +46,4 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     if words:
         raise ConfigError(f"unexpected arguments: {' '.join(words)}", "attach")
     options = connect_options_from_args(args)
-    return run_with(options, run_fleet(targets_from_args(args), Command(attach=args.job), options,
-                                 args, display, False))
+    return run_with(options, run_fleet(targets_from_args(args), Command(attach=args.job), options, args, display, False))

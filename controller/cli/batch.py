@@ -56,6 +56,7 @@ from shoal.controller.cli.options import (
     connect_options_from_args,
     run_with,
     parse_env,
+    run_with,
     targets_from_args,
     wave_policy_from_args,
 )

@@ -10,7 +10,8 @@ sha256 matched the agent's; it keeps the remote mode, and -p keeps the mtime.
 With -r REMOTE_PATH is a directory, fetched the rsync way: `/srv/www` into
 LOCAL_DIR/<host>/www, `/srv/www/` into LOCAL_DIR/<host>. Every file is atomic and
 checked as above; symlinks arrive as links (never followed), empty directories
-are kept, FIFOs and devices are left out.
+are kept, FIFOs and devices are left out. With -u NAME the tree is listed and
+read with NAME's rights: what NAME cannot read is not fetched.
 
 Exit status: 0 when every host's file arrived; 1 when a host refused or failed
 (no such file, is a directory, permission denied...); 255 when a host was
@@ -52,14 +53,12 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
         raise ConfigError(f"not a directory: {args.local_dir}", "get")
     targets = targets_from_args(args)
     if args.recursive:
-        if args.user is not None:
-            raise ConfigError("-r cannot go with --user (the tree is listed with the agent's rights)", "get")
         return run_tree(args, targets, display)
     progress = TransferProgress(display, len(targets))
+    connect = connect_options_from_args(args)
     try:
-        options = connect_options_from_args(args)
-        result = run_with(options, get_fleet(
-            targets, options, args.remote, args.local_dir,
+        result = run_with(connect, get_fleet(
+            targets, connect, args.remote, args.local_dir,
             preserve=args.preserve, fanout=args.fanout, progress=progress, user=args.user))
     finally:
         progress.close()
@@ -75,10 +74,11 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
 def run_tree(args: argparse.Namespace, targets: list[Target], display: Display) -> int:
     """get -r: one tree per host, then what each host sent."""
     progress = TransferProgress(display, len(targets))
+    connect = connect_options_from_args(args)
     try:
-        options = connect_options_from_args(args)
-        outcome = run_with(options, get_tree_fleet(targets, options, args.remote, args.local_dir,
-                                             preserve=args.preserve, fanout=args.fanout, progress=progress))
+        outcome = run_with(connect, get_tree_fleet(targets, connect, args.remote, args.local_dir,
+                                                   preserve=args.preserve, fanout=args.fanout, progress=progress,
+                                                   user=args.user))
     finally:
         progress.close()
     report_stats(display, outcome.stats, False)

@@ -37,8 +37,7 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
         raise ConfigError(f"unexpected arguments: {' '.join(words)}", "kill")
     sig = parse_signal(args.signal)
     options = connect_options_from_args(args)
-    answers = run_with(options, kill_jobs(targets_from_args(args), options, args.fanout,
-                                    args.job, sig))
+    answers = run_with(options, kill_jobs(targets_from_args(args), options, args.fanout, args.job, sig))
     for a in answers:
         if a.error is not None:
             display.error(f"{a.host}: {kill_report(a, args.job)}")

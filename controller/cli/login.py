@@ -34,6 +34,7 @@ from shoal.controller.cli.options import (
 )
 from shoal.controller.outcome import Outcome
 from shoal.controller.result import UNREACHABLE
+from shoal.controller.client import AgentClient
 from shoal.controller.targets import Target
 from shoal.controller.term.display import Display
 from shoal.controller.term.rawtty import is_terminal, on_resize, raw_terminal, terminal_size
@@ -68,10 +69,11 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
 async def login(target: Target, command: Command, args: argparse.Namespace, display: Display) -> int:
     """Run the login shell with the local terminal attached; its exit status."""
     async with connect_options_from_args(args) as options:
-        return await _login(await options.connect(target), target, command, display)
+        return await _login(await options.connect(target), command, display)
 
 
-async def _login(client: AgentClient, target: Target, command: Command, display: Display) -> int:
+async def _login(client: AgentClient, command: Command, display: Display) -> int:
+    target = client.target
     try:
         try:
             proc = await client.exec(command)

@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 from types import ModuleType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from shoal.protocol.errors import AuthError, ConfigError, ShoalConnectionError, ShoalError
 
@@ -74,6 +75,34 @@ def _load(name: str) -> ModuleType:
     return importlib.import_module(SUBCOMMANDS[name][0])
 
 
+def _help_width() -> int:
+    """What argparse's help formatter asks shutil for (COLUMNS, else the terminal's
+    width, else 80, less 2), without importing shutil and the compression modules it
+    loads: argparse makes a formatter for every option added, so every run paid for them."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return (columns or 80) - 2
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help formatter, its width from `_help_width`."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, _help_width() if width is None else width)
+
+
+class DescriptionFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """A subcommand's help: its module docstring kept as written."""
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the usage-error status a subcommand asks for (`USAGE_STATUS`).
 
@@ -82,6 +111,10 @@ class Parser(argparse.ArgumentParser):
     """
 
     usage_status = EXIT_USAGE
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -109,7 +142,7 @@ def build_parser(only: str | None = None, *, every: bool = False,
         if every or name == only:
             module = _load(name)
             p.description = module.__doc__
-            p.formatter_class = argparse.RawDescriptionHelpFormatter
+            p.formatter_class = DescriptionFormatter
             module.add_arguments(p)
             add_config_options(p)
             p.usage_status = getattr(module, "USAGE_STATUS", EXIT_USAGE)

@@ -64,6 +64,9 @@ def add_connect_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--hub", metavar="PATH",
                    help="reach the targets through the hub serving this local socket (shoal hub), "
                         "by the names it knows them by; '' for none")
+    g.add_argument("--via", metavar="GW[,GW2]",
+                   help="reach every target through this gateway agent (a chain: through GW, then GW2), "
+                        "instead of the inventory's via; '' for none")
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -177,7 +180,8 @@ def targets_from_args(args: argparse.Namespace) -> list[Target]:
     from shoal.controller.targets import parse_targets
 
     inventory = load_inventory(args.inventory)
-    targets = parse_targets(args.targets, exclude=args.exclude, inventory=inventory, allow_large=args.yes)
+    targets = parse_targets(args.targets, exclude=args.exclude, inventory=inventory, allow_large=args.yes,
+                            via=getattr(args, "via", None))
     if not targets:
         raise ConfigError("no hosts match", args.targets)
     return targets

@@ -18,7 +18,9 @@ links. Each file is written to a temporary file beside its destination,
 checked against the sha256 of what was sent, and renamed over it only then, so a
 host never sees half a file. The mode is kept; -p also keeps modification times,
 --owner keeps uid/gid when the agent runs as root. Each local chunk is read once
-and sent to every host.
+and sent to every host; directories and small files go many to a request. With
+-u NAME every step on the hosts, the listing and --delete included, is done with
+NAME's rights.
 
 Exit status: 0 when every host has the files; 1 when a host refused or failed the
 transfer (no such directory, permission denied, disk full...) or a LOCAL cannot be
@@ -102,15 +104,10 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     plan = plan_put(sources, remote, args.recursive,
                     skipped=lambda path, why: display.warning(f"skipping {path}: {why}"))
     if args.recursive and any(item.is_dir for item in plan.items):
-        if args.user is None:
-            return run_sync(args, targets, plan, sources, remote, display)
-        # As a user: no sync (its listing and deletes would act with the agent's rights);
-        # every file and directory is sent and created with the user's.
-        if sync_flags:
-            raise ConfigError(f"{sync_flags[0]} cannot go with --user (a sync lists and deletes as the agent)", "put")
+        return run_sync(args, targets, plan, sources, remote, display)
     progress = TransferProgress(display, len(targets))
+    connect = connect_options_from_args(args)
     try:
-        connect = connect_options_from_args(args)
         result = run_with(connect, put_fleet(
             targets, connect, plan, remote,
             options=PutOptions(preserve=args.preserve, owner=args.owner, user=args.user), fanout=args.fanout,
@@ -125,12 +122,12 @@ def run_sync(args: argparse.Namespace, targets: list[Target], plan: PutPlan, sou
              display: Display) -> int:
     """A recursive put: converge each host's copy, then say per host what moved."""
     options = SyncOptions(preserve=args.preserve, owner=args.owner, checksum=args.checksum,
-                          delete=args.delete, dry_run=args.dry_run, mkdir=args.mkdir)
+                          delete=args.delete, dry_run=args.dry_run, mkdir=args.mkdir, user=args.user)
     progress = TransferProgress(display, len(targets))
+    connect = connect_options_from_args(args)
     try:
-        connect = connect_options_from_args(args)
         outcome = run_with(connect, sync_fleet(targets, connect, plan, sources, remote,
-                                         options=options, fanout=args.fanout, progress=progress))
+                                               options=options, fanout=args.fanout, progress=progress))
     finally:
         progress.close()
     report_stats(display, outcome.stats, args.dry_run)

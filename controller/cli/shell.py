@@ -55,5 +55,5 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     settings = ReplSettings(mode=args.output, timeout=args.timeout, cwd=args.cwd, env=parse_env(args.env),
                             kill_grace=args.kill_grace, user=args.user)
     repl = Repl(targets, connect_options_from_args(args), display, inventory=load_inventory(args.inventory),
-                fanout=args.fanout, settings=settings)
+                fanout=args.fanout, settings=settings, via=args.via)
     return repl.run()

@@ -25,11 +25,11 @@ frees its slot there.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 from shoal.protocol.connection import Role
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from shoal.protocol.messageclass import replace
 from shoal.protocol.messages import (
     Cancel,
     Error,
@@ -127,7 +127,7 @@ class Forward:
         self.put_credit -= size
 
     def _to_agent(self, msg: Message) -> None:
-        self.agent.send(dataclasses.replace(msg, request_id=self.agent_rid))
+        self.agent.send(replace(msg, request_id=self.agent_rid))
 
     # -- from the agent (AgentClient.dispatch) -----------------------------------
 
@@ -144,7 +144,7 @@ class Forward:
         if self.abandoned:
             self._drain(msg)
         else:
-            self.link.to_client(dataclasses.replace(msg, request_id=self.client_rid))
+            self.link.to_client(replace(msg, request_id=self.client_rid))
         if ends:
             self._finish()
 

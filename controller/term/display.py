@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-import zlib
 from typing import BinaryIO
 
 from shoal.controller.escape import escape_text
@@ -112,6 +111,8 @@ class Display:
     @staticmethod
     def host_color(host: str) -> str:
         """A colour that stays the same for a host across runs."""
+        import zlib  # colour only
+
         return _PALETTE[zlib.crc32(host.encode()) % len(_PALETTE)]
 
     # -- progress ------------------------------------------------------------

@@ -65,7 +65,6 @@ exact bytes.
 from __future__ import annotations
 
 import base64
-import difflib
 import json
 import re
 import time
@@ -239,6 +238,8 @@ class GatherHandler:
 
     def _print_diffs(self, tree: MsgTree, write: Callable[[bytes], None], label: str) -> None:
         """`--diff`: each distinct output as a unified diff against the most common one."""
+        import difflib  # --diff only: not worth its import on every run
+
         groups = list(tree.walk())
         common_lines, common_hosts = max(groups, key=lambda group: len(group[1]), default=([], []))
         common = [_shown(line) for line in common_lines]

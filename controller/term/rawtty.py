@@ -14,8 +14,6 @@ import contextlib
 import os
 import signal
 import sys
-import termios
-import tty
 from collections.abc import Callable, Iterator
 from types import FrameType
 
@@ -50,6 +48,9 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
 @contextlib.contextmanager
 def raw_terminal(fd: int) -> Iterator[None]:
     """Put terminal `fd` in raw mode for the block; restore its modes however it ends."""
+    import termios  # imported here: `shoal run` loads this module, only --pty on a terminal needs them
+    import tty
+
     saved = termios.tcgetattr(fd)
     previous = {sig: signal.signal(sig, _exit_on_signal) for sig in _FATAL}
     try:

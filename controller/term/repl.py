@@ -113,15 +113,17 @@ class Repl:
         options: how to connect.
         display: where everything is written.
         inventory: for `@group` in `:target`/`:add`.
+        via: gateways for the hosts `:target`/`:add` name (`--via`), instead of the inventory's.
         fanout: hosts connecting or running at once.
         settings: the initial mode, timeout, cwd, env and cancel grace.
     """
 
     def __init__(self, targets: list[Target], options: ConnectOptions, display: Display,
                  inventory: Inventory | None = None, fanout: int = 64,
-                 settings: ReplSettings | None = None) -> None:
+                 settings: ReplSettings | None = None, via: str | None = None) -> None:
         self.display = display
         self.inventory = inventory
+        self.via = via
         self.settings = settings or ReplSettings()
         self._notices: collections.deque[str] = collections.deque()
         self.session = Session(targets, options, self._notices.append, fanout=fanout)
@@ -397,7 +399,7 @@ class Repl:
     def _known_or_new(self, element: str, connect: bool) -> list[str]:
         if element in self.session.links:
             return [element]
-        targets = parse_targets(element, inventory=self.inventory)
+        targets = parse_targets(element, inventory=self.inventory, via=self.via)
         if not connect:
             return [t.name for t in targets]
         names = self._submit(self._add_hosts(targets))

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.agents import AgentThread, shoal
 from tests.rawpeer import DEADLINE
+from tests.programs import SHOAL_AGENT
 
-BIN = Path(sys.executable).parent
 FULL = "/dev/full"
 
 
@@ -62,6 +61,6 @@ def test_audit_required_runs_commands_while_the_audit_log_works(
      "shoal-agent: /nonexistent/audit.jsonl: cannot open audit log: No such file or directory\n"),
 ])
 def test_a_bad_audit_setting_is_one_line_and_exit_2(args: list[str], message: str) -> None:
-    proc = subprocess.run([str(BIN / "shoal-agent"), "--listen", "127.0.0.1:0", *args], capture_output=True,
+    proc = subprocess.run([*SHOAL_AGENT, "--listen", "127.0.0.1:0", *args], capture_output=True,
                           text=True, timeout=DEADLINE, stdin=subprocess.DEVNULL)
     assert (proc.returncode, proc.stderr) == (2, message)

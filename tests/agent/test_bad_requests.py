@@ -13,7 +13,6 @@ import hashlib
 import json
 import random
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from shoal.protocol.messages import (
 )
 from tests.agents import AgentThread
 from tests.rawpeer import RawController
+from tests.waiting import wait_for
 
 HOLDER = 1  # the request that must survive its neighbours' errors
 FUZZ_SEED = 20261203
@@ -59,10 +59,8 @@ def key() -> SharedKey:
 
 
 @pytest.fixture(scope="module")
-def agent(key: SharedKey, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentThread]:
-    state = tmp_path_factory.mktemp("state")
-    with AgentThread(1, keys=[key], state_dir=str(state)) as t:
-        yield t
+def agent_settings(key: SharedKey) -> dict[str, object]:
+    return {"keys": [key]}
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +68,7 @@ def zombie() -> Iterator[int]:
     """A pid whose /proc/PID/cwd is a link that cannot be read: realpath raises FileNotFoundError,
     just as when a put races someone swapping a symlink away."""
     proc = subprocess.Popen(["true"])
-    end = time.monotonic() + 30
-    while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < end, "child did not exit"
-        time.sleep(0.01)
+    wait_for(lambda: psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE, timeout=30, what="the child to exit")
     yield proc.pid
     proc.wait()
 
@@ -140,8 +135,8 @@ class Session:
 
 
 @pytest.fixture
-def session(agent: AgentThread, key: SharedKey) -> Session:
-    return Session(agent, key)
+def session(agents: AgentThread, key: SharedKey) -> Session:
+    return Session(agents, key)
 
 
 def _exec_body(**fields: Any) -> bytes:
@@ -351,14 +346,14 @@ def _finish(session: Session, type_: MessageType, rid: int) -> Message | None:
 
 
 @pytest.mark.slow
-def test_fuzzed_requests_never_yield_internal(agent: AgentThread, key: SharedKey, tmp_path: Path,
+def test_fuzzed_requests_never_yield_internal(agents: AgentThread, key: SharedKey, tmp_path: Path,
                                               zombie: int) -> None:
     rng = random.Random(FUZZ_SEED)
     (tmp_path / "d").mkdir()
     (tmp_path / "sub").mkdir()
     (tmp_path / "readable").write_bytes(b"some bytes\n")
     makers = [_exec_case, _put_case, _get_case]
-    session = Session(agent, key)
+    session = Session(agents, key)
     outcomes: dict[str, int] = {}
     for case in range(FUZZ_CASES):
         rid = 2 + case
@@ -369,7 +364,7 @@ def test_fuzzed_requests_never_yield_internal(agent: AgentThread, key: SharedKey
             err = session.closing_error
             assert err is not None and ERROR_CODES[err.code][0] == CONNECTION_SCOPE, (case, body, err)
             outcomes[err.code] = outcomes.get(err.code, 0) + 1
-            session = Session(agent, key)
+            session = Session(agents, key)
             continue
         if isinstance(last, Error):
             assert ERROR_CODES[last.code][0] == REQUEST_SCOPE, (case, body, last)

@@ -13,8 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -28,6 +26,8 @@ from shoal.protocol.errors import ConfigError
 from shoal.protocol.handshake import SharedKey, new_nonce
 from tests.agents import config
 from tests.e2e.test_discovery import KEY, OTHER, _free_udp_port
+from tests.waiting import wait_for
+from tests.programs import SHOAL_AGENT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -139,13 +139,6 @@ def _write_config(path: Path, host: str, port: int, key_file: Path) -> None:
                     f'[[keys]]\nname = "k"\nfile = "{key_file}"\nallow = "all"\n')
 
 
-def _poll(condition: object, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def _answers(dest: tuple[str, int], key: SharedKey) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(10)
@@ -168,17 +161,17 @@ def test_sighup_moves_the_responder_and_refuses_a_port_it_cannot_bind(tmp_path: 
     with open(log_path, "wb") as log, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
         squatter.bind((host, 0))
         taken = squatter.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "shoal.agent.cli", "--config", str(cfg)], cwd=ROOT,
+        proc = subprocess.Popen([*SHOAL_AGENT, "--config", str(cfg)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=log)
         try:
-            _poll(lambda: _answers((host, first), key), "the agent to answer")
+            wait_for(lambda: _answers((host, first), key), timeout=20, what="the agent to answer")
             _write_config(cfg, host, second, key_file)
             os.kill(proc.pid, signal.SIGHUP)
-            _poll(lambda: _answers((host, second), key), "the responder to move")
+            wait_for(lambda: _answers((host, second), key), timeout=20, what="the responder to move")
             assert not _answers((host, first), key)
             _write_config(cfg, host, taken, key_file)
             os.kill(proc.pid, signal.SIGHUP)
-            _poll(lambda: b"reload failed" in log_path.read_bytes(), "the refused reload")
+            wait_for(lambda: b"reload failed" in log_path.read_bytes(), timeout=20, what="the refused reload")
             assert _answers((host, second), key)
             assert proc.poll() is None
         finally:

@@ -186,6 +186,32 @@ def test_journal_cleanup_removes_temp_of_killed_agent(dest_dir: Path, state_dir:
     assert Journal(state_dir).cleanup() == []
 
 
+BATCH_CRASH_SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+from shoal.agent.batch import BatchWrite
+from shoal.hostio.atomic import Journal
+from shoal.hostio.files import LOCAL_FILES
+root = Path(sys.argv[1])
+entries = [{"path": f"{root}/sub", "dir": True}] + [
+    {"path": f"{root}/sub/f{i}", "size": 3, "sha256": "0" * 64} for i in range(3)]
+batch = BatchWrite(root, str(root), entries, memoryview(b"abc" * 3), LOCAL_FILES, Journal(sys.argv[2]), None)
+batch.write()
+print(len(os.listdir(root / "sub")), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_journal_cleanup_removes_the_temp_files_of_a_killed_batch(dest_dir: Path, state_dir: Path) -> None:
+    child = subprocess.run([sys.executable, "-c", BATCH_CRASH_SCRIPT, str(dest_dir), str(state_dir)],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert child.stdout.strip() == "3"  # three temp files written, none renamed
+    assert len(Journal(state_dir).cleanup()) == 3
+    assert os.listdir(dest_dir / "sub") == []
+    assert list(Journal(state_dir).directory.iterdir()) == []
+
+
 def test_journal_cleanup_with_no_journal_yet(state_dir: Path) -> None:
     assert Journal(state_dir).cleanup() == []
 

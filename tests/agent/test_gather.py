@@ -12,40 +12,19 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.agent_pool import start_pool, stop_pool
 from tests.agents import shoal
 
 
-ROOT = Path(__file__).resolve().parents[2]
 PLAIN = "127.0.0.[1-3,5-16,18-28,30]"
 VARIANT = "127.0.0.[4,17,29]"
 ALL = "127.0.0.[1-30]"
 RULE = b"---------------\n"
-
-
-def start_pool(pattern: str, port: int, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
-    """Start an agent pool; return it and its port once every agent listens."""
-    proc = subprocess.Popen([sys.executable, "-m", "tests.agent_pool", "--port", str(port), pattern],
-                            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # blocks until ready, or b"" if it exited
-    if not line:
-        stop_pool(proc)
-        return proc, 0
-    return proc, int(json.loads(line)["port"])
-
-
-def stop_pool(proc: subprocess.Popen[bytes]) -> None:
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.close()
-    proc.wait(30)
-    proc.stdout.close()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from shoal.agent import proctree
 from shoal.agent.proctree import MARKER_ENV
 from shoal.agent.sigclean import clean_child_signals
-from tests.debris import poll
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ class Launched:
             os.killpg(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        poll(lambda: not self._kill_survivors(), timeout=30)
+        wait_for(lambda: not self._kill_survivors(), timeout=30)
         self.popen.wait()
         assert self.popen.stdout is not None
         self.popen.stdout.close()

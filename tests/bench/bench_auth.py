@@ -43,8 +43,9 @@ from shoal.controller.targets import Target
 from shoal.protocol.connection import Connection
 from shoal.protocol.handshake import MAC_HMAC_SHA256, GmacFrameMac, SharedKey
 from tests.bench.bench_core import SHOAL, pct, size_arg
+from tests.programs import installed
 
-AGENT = str(Path(sys.executable).parent / "shoal-agent")
+AGENT = installed("shoal-agent")
 
 
 @dataclass

@@ -4,7 +4,8 @@
 
 1. latency of `true` over an open connection vs a bare local asyncio spawn;
 2. a whole `shoal run 127.0.0.1 -- true` process vs `python -c pass`, and vs
-   `ssh 127.0.0.1 true` on a loopback sshd it starts (tests/bench/sshd.py);
+   `ssh 127.0.0.1 true` on a loopback sshd it starts (tests/bench/sshd.py), the three
+   taking turns so that load on the machine weighs on each alike;
 3. stdout throughput of `head -c N /dev/zero` through an agent to the controller's
    stdout vs the floor of that path: the same bytes piped from head into a plain
    Python loopback socket and read on the other end;
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import os
 import statistics
 import subprocess
@@ -29,10 +31,10 @@ from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.targets import Target
 from tests.bench.common import ROOT, free_port, start_agent
 from tests.bench.sshd import loopback_sshd
+from tests.programs import installed
 
-# The installed entry point next to this interpreter (not a version-manager shim).
-_BIN = os.path.join(os.path.dirname(sys.executable), "shoal")
-SHOAL = _BIN if os.path.exists(_BIN) else f"{sys.executable} -m shoal.controller.cli.main"
+# The installed entry point, as a user types it (not a version-manager shim).
+SHOAL = installed("shoal")
 
 
 def size_arg(text: str) -> int:
@@ -73,31 +75,49 @@ async def latency(rounds: int, port: int) -> None:
 
 # -- 2. whole process ---------------------------------------------------------
 
-def _median_wall(argv: list[str], runs: int, shell: bool = False) -> float:
-    """Median wall time of running argv (stdin from /dev/null) `runs` times."""
-    times = []
+def _median_walls(commands: dict[str, list[str]], runs: int) -> dict[str, float]:
+    """Median wall time of each argv (stdin from /dev/null) over `runs` rounds; in each
+    round every command runs once, so a change in the machine's load hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(runs):
-        t = time.perf_counter()
-        subprocess.run(argv, shell=shell, check=True, cwd=ROOT, stdin=subprocess.DEVNULL)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for name, argv in commands.items():
+            t = time.perf_counter()
+            subprocess.run(argv, check=True, cwd=ROOT, stdin=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _compile_shoal() -> None:
+    """Write shoal's bytecode, as installing it does: under PYTHONDONTWRITEBYTECODE a
+    source checkout would otherwise time the compiler on every run."""
+    import shoal.agent
+    import shoal.controller
+    import shoal.protocol
+
+    for package in (shoal.protocol, shoal.agent, shoal.controller):
+        compileall.compile_dir(os.path.dirname(package.__file__ or ""), quiet=1)
 
 
 def whole_process(port: int, runs: int = 20) -> None:
     """A whole `shoal run` process, always against `python -c pass` (the floor of any
     Python program's start-up), and against `ssh 127.0.0.1 true` on a loopback sshd the
     benchmark starts itself (tests/bench/sshd.py) when the machine has one."""
-    ours = _median_wall(f"{SHOAL} run 127.0.0.1:{port} -n -- true", runs, shell=True)
+    _compile_shoal()
     name = "whole `shoal run ... -- true`"
-    python = _median_wall([sys.executable, "-c", "pass"], runs)
-    line(name, f"{ours * 1e3:.1f} ms", f"{python * 1e3:.1f} ms", ours / python, "(baseline: python -c pass)")
+    commands = {"shoal": [SHOAL, "run", f"127.0.0.1:{port}", "-n", "--", "true"],
+                "python": [sys.executable, "-c", "pass"]}
     with loopback_sshd() as (sshd, why):
-        if sshd is None:
-            print(f"{name:<38} {'':>16}   baseline ssh 127.0.0.1 true: not measured ({why})")
-            return
-        ssh = _median_wall(sshd.ssh("true"), runs)
-        line(name, f"{ours * 1e3:.1f} ms", f"{ssh * 1e3:.1f} ms", ours / ssh,
-             "(baseline: ssh 127.0.0.1 true; goal <= 0.33)")
+        if sshd is not None:
+            commands["ssh"] = sshd.ssh("true")
+        walls = _median_walls(commands, runs)
+    ours = walls["shoal"]
+    line(name, f"{ours * 1e3:.1f} ms", f"{walls['python'] * 1e3:.1f} ms", ours / walls["python"],
+         "(baseline: python -c pass)")
+    if sshd is None:
+        print(f"{name:<38} {'':>16}   baseline ssh 127.0.0.1 true: not measured ({why})")
+        return
+    line(name, f"{ours * 1e3:.1f} ms", f"{walls['ssh'] * 1e3:.1f} ms", ours / walls["ssh"],
+         "(baseline: ssh 127.0.0.1 true; goal <= 0.33)")
 
 
 # -- 3. throughput -------------------------------------------------------------

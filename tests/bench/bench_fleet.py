@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+from tests.agent_pool import start_pool
+from tests.bench.common import line, raise_fd_limit
+from tests.programs import installed
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_BIN = os.path.join(os.path.dirname(sys.executable), "shoal")
-SHOAL = [_BIN] if os.path.exists(_BIN) else [sys.executable, "-m", "shoal.controller.cli.main"]
+SHOAL = [installed("shoal")]  # the entry point as a user types it
 
 
 def pattern_for(hosts: int) -> str:
@@ -41,13 +42,10 @@ def pattern_for(hosts: int) -> str:
 
 
 def start_agents(pattern: str) -> tuple[subprocess.Popen[bytes], int]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.agent_pool", pattern], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
+    proc, port = start_pool(pattern)
+    if not port:
         raise SystemExit("agent pool did not start")
-    return proc, int(json.loads(line)["port"])
+    return proc, port
 
 
 def timed_run(argv: list[str]) -> tuple[float, int, bytes, float]:
@@ -77,17 +75,13 @@ async def bare_spawns(count: int) -> float:
     return time.perf_counter() - start
 
 
-def line(name: str, ours: str, base: str, ratio: float) -> None:
-    print(f"{name:<44} {ours:>10}   baseline {base:>10}   ratio {ratio:6.2f}")
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     pattern = pattern_for(args.hosts)
     pool, port = start_agents(pattern)
     try:

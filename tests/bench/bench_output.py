@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 
 from tests.bench.bench_fleet import SHOAL, line, pattern_for, start_agents, timed_run
+from tests.bench.common import raise_fd_limit
 
 
 def output_command(mb: int) -> str:
@@ -40,8 +40,7 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=100)
     parser.add_argument("--uncapped-hosts", type=int, default=3)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     pattern = pattern_for(max(args.hosts, args.uncapped_hosts))
     pool, port = start_agents(pattern)
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
+from tests.programs import SHOAL_AGENT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,7 +20,7 @@ def free_port() -> int:
 
 def start_agent(port: int, *extra: str) -> subprocess.Popen[bytes]:
     """Start `shoal-agent` on 127.0.0.1:PORT and wait until it accepts connections."""
-    proc = subprocess.Popen([sys.executable, "-m", "shoal.agent.cli", "--listen", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([*SHOAL_AGENT, "--listen", f"127.0.0.1:{port}",
                              "--log-level", "error", *extra], cwd=ROOT)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -31,3 +31,16 @@ def start_agent(port: int, *extra: str) -> subprocess.Popen[bytes]:
             time.sleep(0.05)
     proc.kill()
     raise SystemExit("agent did not start")
+
+
+def raise_fd_limit() -> None:
+    """Lift the soft open-file limit to the hard one: a benchmark holds a socket per host."""
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def line(name: str, ours: str, base: str, ratio: float, width: int = 44, note: str = "") -> None:
+    """One figure beside its same-run baseline and their ratio."""
+    print(f"{name:<{width}} {ours:>11}   baseline {base:>11}   ratio {ratio:6.2f}" + (f"  {note}" if note else ""))

@@ -74,7 +74,9 @@ def loopback_sshd() -> Iterator[tuple[Sshd | None, str]]:
             "ListenAddress 127.0.0.1", f"Port {port}", f"HostKey {base / 'host_key'}",
             f"AuthorizedKeysFile {base / 'authorized_keys'}", f"PidFile {base / 'sshd.pid'}",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no",
-            "PermitRootLogin prohibit-password", "StrictModes no", "PrintMotd no", "",
+            "PermitRootLogin prohibit-password", "StrictModes no", "PrintMotd no",
+            "Subsystem sftp internal-sftp",  # scp speaks SFTP by default (OpenSSH 9.0 on)
+            "",
         ]))
         proc = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
         try:

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from shoal.controller.fanout import fan_out
+from shoal.controller.fanout import fan_out, per_gateway
+from shoal.controller.targets import Target
 
 
 async def test_results_in_item_order_callbacks_as_they_finish() -> None:
@@ -78,3 +79,24 @@ async def test_cancelling_the_caller_cancels_every_host() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert sorted(cleaned) == [0, 1]  # the third never got past the gate
+
+
+async def test_the_fanout_applies_to_the_direct_hosts_and_again_behind_each_gateway() -> None:
+    """Each gateway connects to its own targets, so each gets the whole fanout (issue 19 point 5)."""
+    gw1, gw2 = Target("gw1", "127.0.0.1", 7001), Target("gw2", "127.0.0.1", 7002)
+    hosts = [Target(f"h{i}", "127.0.0.1", 7000 + i, via=via) for i, via in enumerate([None, gw1, gw2] * 4)]
+    running: dict[str | None, int] = {}
+    peaks: dict[str | None, int] = {}
+    release = asyncio.Event()
+
+    async def work(target: Target) -> None:
+        hop = target.via.name if target.via else None
+        running[hop] = running.get(hop, 0) + 1
+        peaks[hop] = max(peaks.get(hop, 0), running[hop])
+        if sum(running.values()) == 6:  # two per hop at once, then let them all go
+            release.set()
+        await release.wait()
+        running[hop] -= 1
+
+    await asyncio.wait_for(fan_out(hosts, work, limit=per_gateway(2, lambda t: t)), 10)
+    assert peaks == {None: 2, "gw1": 2, "gw2": 2}

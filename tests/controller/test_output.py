@@ -6,13 +6,12 @@ mode's formatting rules are pinned down, including the progress line on a real p
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
 import pty
-import time
 import urllib.parse
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from shoal.controller.outcome import HOST_OUTCOMES
 from shoal.controller.result import UNREACHABLE, Result
 from shoal.controller.term.summary import folded, summary_line
 from shoal.protocol.errors import ConfigError
+from tests.waiting import wait_for, wait_for_async
 
 
 def display() -> tuple[Display, io.BytesIO, io.BytesIO]:
@@ -368,17 +368,12 @@ async def test_choose_output_picks_one_handler_per_mode(tmp_path: Path) -> None:
     assert isinstance(choose_output(d, many, "json"), JsonHandler)
 
 
-def read_until(fd: int, needle: bytes, seen: bytearray, deadline: float) -> bool:
-    """Read the pty master into `seen` until `needle` shows up or the deadline passes."""
+def read_some(fd: int, seen: bytearray) -> bytearray:
+    """Add what the pty master holds now to `seen`; return it."""
     os.set_blocking(fd, False)
-    while needle not in seen:
-        if time.monotonic() > deadline:
-            return False
-        try:
-            seen += os.read(fd, 4096)
-        except BlockingIOError:
-            time.sleep(0.01)
-    return True
+    with contextlib.suppress(BlockingIOError):
+        seen += os.read(fd, 4096)
+    return seen
 
 
 async def test_progress_line_on_a_tty_is_wiped_before_output_and_at_close() -> None:
@@ -392,16 +387,14 @@ async def test_progress_line_on_a_tty_is_wiped_before_output_and_at_close() -> N
         h.on_start("n00")
         h.on_result(Result("n01", UNREACHABLE, error="connection refused", error_code="unreachable"))
         seen = bytearray()
-        deadline = time.monotonic() + 10
-        while not read_until(master, b"running", seen, time.monotonic() + 0.05):
-            assert time.monotonic() < deadline, seen
-            await asyncio.sleep(0.05)  # the loop drives the redraws
+        # the loop drives the redraws, so it runs between reads
+        await wait_for_async(lambda: b"running" in read_some(master, seen), what="the progress line")
         assert b"\r\x1b[Kshoal: 1/10 done, 1 running, 1 failed, " in seen
         h.on_output("n00", "stdout", b"line\n")
         h.on_result(ok("n00"))
         h.close()
         d.err(b"END\n")
-        assert read_until(master, b"END", seen, time.monotonic() + 10)
+        wait_for(lambda: b"END" in read_some(master, seen), what="END after the progress line")
         assert seen.partition(b"END")[0].endswith(b"\r\x1b[K")  # nothing left drawn
     os.close(master)
     assert out.getvalue() == b"n00: line\n"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,13 @@ import pytest
 from shoal.hostio.keyfile import write_key_file
 from shoal.controller import pki as pki_module
 from tests.rawpeer import DEADLINE
+from tests.programs import SHOAL_AGENT
 
-BIN = Path(sys.executable).parent
 NOBODY = 65534
 
 
 def agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "shoal-agent"), *args], capture_output=True, text=True, timeout=DEADLINE,
+    return subprocess.run([*SHOAL_AGENT, *args], capture_output=True, text=True, timeout=DEADLINE,
                           stdin=subprocess.DEVNULL)
 
 

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +27,8 @@ from shoal.controller.client import AgentClient
 from shoal.controller.remote import Command
 from shoal.controller.pki import init_pki
 from shoal.controller.targets import Target
+from tests.programs import SHOAL_AGENT
 
-AGENT = os.path.join(os.path.dirname(sys.executable), "shoal-agent")
 # Deadline against a hung child, never a timing assertion.
 DEADLINE = 60
 
@@ -55,6 +54,7 @@ FLAGS = ["--listen", "0.0.0.0:9000", "--listen", "unix:/run/shoal/a.sock", "--in
          "--max-frame-size", "65536", "--stdin-window", "4096", "--output-window", "65536",
          "--handshake-timeout", "0.25", "--idle-timeout", "12.5", "--kill-grace", "0", "--output-linger", "0.5",
          "--job-output-size", "4096", "--job-retention", "60", "--keepalive", "1",
+         "--max-relays", "5", "--relay-window", "8192",
          "--discovery", "--discovery-port", "9999", "--discovery-name", "web-01",
          "--discovery-group", "239.1.2.3", "--discovery-group6", "ff05::1:3",
          "--connect", "hub.example.net", "--name", "web-01", "--reconnect-min", "0.5", "--reconnect-max", "5"]
@@ -68,7 +68,8 @@ def expected_from_flags(cwd: Path) -> AgentConfig:
         limits=Limits(max_connections=7, max_startups=5, max_startups_per_source=2, max_commands=9, max_commands_per_connection=3,
                       max_frame_size=65536, stdin_window=4096, output_window=65536,
                       handshake_timeout=0.25, idle_timeout=12.5, kill_grace=0.0, output_linger=0.5,
-                      job_output_size=4096, job_retention=60.0, keepalive=1.0, reconnect_min=0.5, reconnect_max=5.0),
+                      job_output_size=4096, job_retention=60.0, keepalive=1.0, reconnect_min=0.5, reconnect_max=5.0,
+                      max_relays=5, relay_window=8192),
         discovery=DiscoveryConfig(enabled=True, port=9999, name="web-01", group="239.1.2.3", group6="ff05::1:3"),
         connect=("hub.example.net",), name="web-01")
 
@@ -139,7 +140,7 @@ def test_bad_flag_value_names_the_flag(argv: list[str], line: str,
 # -- --check-config, the real command -------------------------------------------------
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([AGENT, "--config", str(path), "--check-config"],
+    return subprocess.run([*SHOAL_AGENT, "--config", str(path), "--check-config"],
                           capture_output=True, text=True, timeout=DEADLINE)
 
 
@@ -218,7 +219,7 @@ def named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Path]
 
 
 def check_config_module(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shoal.agent.cli", *argv, "--check-config"],
+    return subprocess.run([*SHOAL_AGENT, *argv, "--check-config"],
                           capture_output=True, text=True, timeout=DEADLINE)
 
 
@@ -300,7 +301,7 @@ def notified(sock: socket.socket) -> dict[str, str]:
 @contextlib.contextmanager
 def agent_process(notify_sock: socket.socket, *argv: str) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "NOTIFY_SOCKET": notify_sock.getsockname()}
-    proc = subprocess.Popen([AGENT, *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*SHOAL_AGENT, *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         yield proc
     finally:

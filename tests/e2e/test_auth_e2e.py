@@ -13,15 +13,13 @@ import os
 import re
 import select
 import subprocess
-import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 from shoal.agent.config import KeyPolicy
 from shoal.hostio.keyfile import write_key_file
-from shoal.agent.server import Agent
 from shoal.controller.cli.main import main as shoal_main
 from shoal.protocol.connection import Connection, Role
 from shoal.protocol import handshake
@@ -30,10 +28,9 @@ from shoal.protocol.handshake import SharedKey
 from shoal.protocol.codec import encode_body
 from shoal.protocol.messages import Auth, Exec, Exit, Hello, Message, MessageType, Ping, Pong, Stdin, StdinEof, Stdout
 from tests.agents import AgentThread
-from tests.agents import config as agent_config
 from tests.rawpeer import DEADLINE, RawController, audit_events, connect, split_frames, untagged_frames
+from tests.programs import SHOAL, SHOAL_AGENT
 
-BIN = Path(sys.executable).parent
 KEY_HEX_LEN = 64
 
 
@@ -53,11 +50,11 @@ def keys(tmp_path: Path) -> dict[str, tuple[SharedKey, Path]]:
 
 
 @pytest.fixture
-def agent(tmp_path: Path, keys: dict[str, tuple[SharedKey, Path]]) -> Iterator[AgentThread]:
+def agent(start_agents: Callable[..., AgentThread], tmp_path: Path,
+          keys: dict[str, tuple[SharedKey, Path]]) -> AgentThread:
     """An agent that accepts the admin key only, audits to tmp_path/audit.jsonl."""
-    with AgentThread(1, keys=[keys["admin"][0]], audit_log=str(tmp_path / "audit.jsonl"),
-                     **{"limits.handshake_timeout": 1.0}) as t:
-        yield t
+    return start_agents(keys=[keys["admin"][0]], audit_log=str(tmp_path / "audit.jsonl"),
+                        **{"limits.handshake_timeout": 1.0})
 
 
 def audit(tmp_path: Path, **match: object) -> list[dict[str, object]]:
@@ -382,17 +379,15 @@ def test_slowloris_hello_is_dropped_before_it_completes(
 
 
 @pytest.fixture
-def policy_agent(tmp_path: Path, keys: dict[str, tuple[SharedKey, Path]]) -> Iterator[AgentThread]:
+def policy_agent(start_agents: Callable[..., AgentThread], tmp_path: Path,
+                 keys: dict[str, tuple[SharedKey, Path]]) -> AgentThread:
     """An agent configured with an admin key and a monitor key that may run two commands."""
     policies = (
         KeyPolicy(name="admin", file=str(keys["admin"][1]), allow_all=True),
         KeyPolicy(name="monitor", file=str(keys["monitor"][1]), commands=("uptime", "echo ok", "echo status *"),
                   metrics=True),
     )
-    thread = AgentThread(0)
-    thread.agents = [Agent(agent_config(keys=policies, audit_log=str(tmp_path / "audit.jsonl")))]
-    with thread:
-        yield thread
+    return start_agents(policies=policies, audit_log=str(tmp_path / "audit.jsonl"))
 
 
 def test_denied_command_under_monitor_key_runs_nothing_and_is_audited(
@@ -480,7 +475,7 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Path, command: str) ->
     path.chmod(0o644)
     args = {"shoal-agent": ["--listen", "127.0.0.1:0", "--key-file", str(path)],
             "shoal": ["run", "127.0.0.1:1", "--key-file", str(path), "--", "true"]}[command]
-    proc = subprocess.run([str(BIN / command), *args], capture_output=True, text=True, timeout=DEADLINE,
+    proc = subprocess.run([*{"shoal-agent": SHOAL_AGENT, "shoal": SHOAL}[command], *args], capture_output=True, text=True, timeout=DEADLINE,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 2
     assert proc.stderr == (f"{command}: {path}: key file is accessible by others (mode 0644); "

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +21,9 @@ from shoal.controller.cli.main import main
 from shoal.controller.nodeset import NodeSet
 from shoal.protocol.errors import ConfigError
 from tests.agents import AgentThread
+from tests.programs import SHOAL
+from tests.agent_pool import start_pool, stop_pool
 
-ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """\
 # stop here on hosts that have BATCH_FAIL set
@@ -34,22 +34,6 @@ test -z "$BATCH_FAIL"
 echo three \\
   continued
 """
-
-
-def start_pool(pattern: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.agent_pool", pattern], cwd=ROOT, env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # the pool prints its port once every agent listens
-    assert line, f"agent pool {pattern} did not start"
-    return proc, int(json.loads(line)["port"])
-
-
-def stop_pool(proc: subprocess.Popen[bytes]) -> None:
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.close()
-    proc.wait(30)
-    proc.stdout.close()
 
 
 class Fleet:
@@ -63,9 +47,10 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
     env = {k: v for k, v in os.environ.items() if k != "BATCH_FAIL"}
-    plain, plain_port = start_pool("127.0.0.[1-2]", env)
+    plain, plain_port = start_pool("127.0.0.[1-2]", env=env)
     try:
-        failing, failing_port = start_pool("127.0.0.[3-4]", {**env, "BATCH_FAIL": "1"})
+        failing, failing_port = start_pool("127.0.0.[3-4]", env={**env, "BATCH_FAIL": "1"})
+        assert plain_port and failing_port, "an agent pool did not start"
         try:
             yield Fleet(plain_port, failing_port)
         finally:
@@ -209,7 +194,7 @@ def test_timeout_applies_to_each_command(fleet: Fleet, tmp_path: Path,
 
 
 def test_stdin_is_the_batch_file_with_dash(fleet: Fleet) -> None:
-    proc = subprocess.run(["shoal", "batch", ",".join(fleet.plain), "-"], input=b"echo from-stdin\nexit 4\n",
+    proc = subprocess.run([*SHOAL, "batch", ",".join(fleet.plain), "-"], input=b"echo from-stdin\nexit 4\n",
                           capture_output=True, timeout=60)
     assert proc.returncode == 4
     assert said(proc.stdout.decode(), fleet.plain, "from-stdin") == set(fleet.plain)

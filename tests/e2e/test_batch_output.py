@@ -24,7 +24,7 @@ from shoal.controller.nodeset import NodeSet
 from shoal.controller.term.output import StreamHandler
 from shoal.controller.result import Result
 from tests.agents import AgentThread, closed_port
-from tests.e2e.test_batch import start_pool, stop_pool
+from tests.agent_pool import start_pool, stop_pool
 
 SCRIPT = """\
 echo one; echo one-err >&2
@@ -54,7 +54,8 @@ class Hosts:
 def hosts() -> Iterator[Hosts]:
     sockdir = tempfile.mkdtemp(prefix="sb")  # short: unix socket paths are capped near 108 bytes
     env = {**{k: v for k, v in os.environ.items() if k != "BATCH_FAIL"}, "BATCH_FAIL": "1"}
-    pool, port = start_pool("127.0.0.1", env)
+    pool, port = start_pool("127.0.0.1", env=env)
+    assert port, "the agent pool did not start"
     try:
         with AgentThread(1) as tcp, AgentThread(1, listen=(f"unix:{sockdir}/b.sock",)) as unix:
             yield Hosts(tcp.targets_spec(), f"{sockdir}/b.sock", f"127.0.0.1:{port}")

@@ -22,7 +22,6 @@ import ipaddress
 import os
 import stat
 import subprocess
-import sys
 import tarfile
 import tomllib
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from shoal.controller.pki import init_pki, issue_agent_certificate, load_ca
 from shoal.controller.targets import parse_targets
 from shoal.protocol.errors import ConfigError, ShoalConnectionError
 from tests.controller.test_bootstrap import FAKE_SSH, FAKE_SUDO, PREFIX, REMOTE, with_source
+from tests.programs import SHOAL
 
 pytestmark = pytest.mark.slow  # a shared fixture or each test takes over 5 s
 
@@ -101,7 +101,7 @@ def enrolled(tmp_path_factory: pytest.TempPathFactory) -> Enrolled:
            "FAKE_SSH_LOG": str(base / "ssh.log"), "PYTHONPATH": str(REPO)}
     env.pop("PYTHON", None)
     done = subprocess.run(
-        [sys.executable, "-m", "shoal.controller.cli.main", "bootstrap", "127.0.0.1,localhost,bad..name",
+        [*SHOAL, "bootstrap", "127.0.0.1,localhost,bad..name",
          "--key-file", str(key_file), "--tls-ca-dir", str(base / "pki"), "--tls-name", "agent.test",
          "--destdir", "stage", "--prefix", PREFIX, "--no-systemd", "--system-site-packages",
          "--source", str(REPO)],

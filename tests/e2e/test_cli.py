@@ -6,18 +6,18 @@ import hashlib
 import io
 import os
 import subprocess
-import sys
 import tarfile
 
 import pytest
 
-from tests.agents import AgentThread, shoal
+from tests.agents import shoal
+from tests.waiting import wait_for
+from tests.programs import installed
 
 
 @pytest.fixture(scope="module")
-def agents():  # type: ignore[no-untyped-def]
-    with AgentThread(3) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 3}
 
 
 def test_single_host_exit_code_is_the_commands(agents, capsysbinary) -> None:  # type: ignore[no-untyped-def]
@@ -101,18 +101,13 @@ def test_demo_runs_three_agents_and_cleans_up(capsysbinary) -> None:  # type: ig
 
 def test_installed_commands_run_end_to_end(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The real entry points, as a user types them: agent process + controller process."""
-    bindir = os.path.dirname(sys.executable)
     sock = str(tmp_path / "agent.sock")
-    agent = subprocess.Popen([os.path.join(bindir, "shoal-agent"), "--listen", f"unix:{sock}"],
+    agent = subprocess.Popen([installed("shoal-agent"), "--listen", f"unix:{sock}"],
                              stderr=subprocess.DEVNULL)
     try:
-        import time
-
-        deadline = time.monotonic() + 15
-        while not os.path.exists(sock) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: os.path.exists(sock), timeout=15, what="the agent's socket")
         data = os.urandom(200000)
-        proc = subprocess.run([os.path.join(bindir, "shoal"), "run", f"unix:{sock}", "--", "sha256sum"],
+        proc = subprocess.run([installed("shoal"), "run", f"unix:{sock}", "--", "sha256sum"],
                               input=data, capture_output=True, timeout=30)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()

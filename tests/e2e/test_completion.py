@@ -3,10 +3,9 @@ checked by running them in real bash and zsh and rendering the page with groff."
 
 from __future__ import annotations
 
-import os
+import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from shoal.controller.cli.argtree import commands
 from shoal.controller.cli.main import SUBCOMMANDS
 from tests.agents import shoal
+from tests.programs import SHOAL
 
 INVENTORY = """\
 [groups.web]
@@ -33,7 +33,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     wrapper = bin_dir / "shoal"
-    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m shoal.controller.cli.main "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(SHOAL)} "$@"\n')
     wrapper.chmod(0o755)
     (tmp_path / "inventory.toml").write_text(INVENTORY)
     return {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import IO
@@ -21,7 +20,9 @@ from shoal.controller.client import AgentClient
 
 from shoal.controller.remote import Command
 from tests.agents import AgentThread, running_agents, target_for
-from tests.debris import apoll, marked, poll, tokens_of
+from tests.debris import marked, tokens_of
+from tests.waiting import wait_for, wait_for_async
+from tests.programs import SHOAL
 
 # A tree that tries every way of outliving its parent: a daemon (setsid and a
 # double fork, reparented away from the command), a child ignoring SIGTERM, and
@@ -35,7 +36,7 @@ class Cli:
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shoal.controller.cli.main", "run", *args],
+            [*SHOAL, "run", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]),
         )
@@ -75,13 +76,13 @@ def test_killed_controller_leaves_nothing_running_on_the_agent() -> None:
     with AgentThread() as t:
         cli = Cli(t.targets_spec(), "--", _STUBBORN_TREE)
         try:
-            poll(lambda: b"up" in cli.out, timeout=10)
-            tokens = poll(lambda: t.call(tokens_of, t.agents[0]))
+            wait_for(lambda: b"up" in cli.out, timeout=10)
+            tokens = wait_for(lambda: t.call(tokens_of, t.agents[0]))
             assert isinstance(tokens, list)
-            poll(lambda: len(_all_marked(tokens)) >= 3)  # the shell, the daemon, the TERM-ignorer
+            wait_for(lambda: len(_all_marked(tokens)) >= 3)  # the shell, the daemon, the TERM-ignorer
             cli.proc.send_signal(signal.SIGKILL)
-            poll(lambda: not _all_marked(tokens), timeout=5)
-            poll(lambda: t.agents[0].running.count == 0)
+            wait_for(lambda: not _all_marked(tokens), timeout=5)
+            wait_for(lambda: t.agents[0].running.count == 0)
         finally:
             cli.stop()
 
@@ -91,10 +92,10 @@ async def test_dropped_connection_with_unread_output_frees_the_request() -> None
         client = await AgentClient.connect(target_for(agent), timeout=5)
         proc = await client.exec(Command(shell="head -c 20000000 /dev/zero; sleep 300"), window=65536)
         tokens = tokens_of(agent)
-        await apoll(lambda: agent.running.count == 1 and marked(tokens[0]))
+        await wait_for_async(lambda: agent.running.count == 1 and marked(tokens[0]))
         client.abort()
-        await apoll(lambda: not marked(tokens[0]), timeout=5)
-        await apoll(lambda: agent.running.count == 0, timeout=5)
+        await wait_for_async(lambda: not marked(tokens[0]), timeout=5)
+        await wait_for_async(lambda: agent.running.count == 0, timeout=5)
         assert proc.result is not None and proc.result.error_code == "connection_lost"
 
 
@@ -106,12 +107,12 @@ async def test_detached_command_survives_the_disconnect_as_a_job_keeping_its_out
         started = await (await client.exec(Command(shell=script, detach=True))).wait()
         assert started.job is not None
         client.abort()
-        await apoll(lambda: not agent.sessions)
+        await wait_for_async(lambda: not agent.sessions)
         await asyncio.sleep(0)  # any kill would have been sent by now
         job = agent.jobs.jobs[started.job]
         assert job.result is None and marked(job.child.token)
         flag.touch()
-        await apoll(lambda: job.result is not None and agent.running.count == 0, timeout=10)
+        await wait_for_async(lambda: job.result is not None and agent.running.count == 0, timeout=10)
         again = await AgentClient.connect(target_for(agent), timeout=5)
         try:
             proc = await again.exec(Command(attach=started.job))
@@ -126,8 +127,8 @@ def test_first_ctrl_c_cancels_on_every_host(hosts: int) -> None:
     with AgentThread(hosts) as t:
         cli = Cli(t.targets_spec(), "--", "echo up; exec sleep 300")
         try:
-            poll(lambda: cli.out.count(b"up") == hosts, timeout=10)
-            tokens = poll(lambda: len(ts := [x for a in t.agents for x in t.call(tokens_of, a)]) == hosts and ts)
+            wait_for(lambda: cli.out.count(b"up") == hosts, timeout=10)
+            tokens = wait_for(lambda: len(ts := [x for a in t.agents for x in t.call(tokens_of, a)]) == hosts and ts)
             assert isinstance(tokens, list)
             cli.proc.send_signal(signal.SIGINT)
             assert cli.wait() == 130
@@ -141,15 +142,15 @@ def test_second_ctrl_c_stops_waiting_exits_130_and_kills() -> None:
     with AgentThread(2, **{"limits.kill_grace": 60}) as t:
         cli = Cli(t.targets_spec(), "--", "trap '' INT TERM; echo up; exec sleep 300")
         try:
-            poll(lambda: cli.out.count(b"up") == 2, timeout=10)
-            tokens = poll(lambda: len(ts := [x for a in t.agents for x in t.call(tokens_of, a)]) == 2 and ts)
+            wait_for(lambda: cli.out.count(b"up") == 2, timeout=10)
+            tokens = wait_for(lambda: len(ts := [x for a in t.agents for x in t.call(tokens_of, a)]) == 2 and ts)
             assert isinstance(tokens, list)
             cli.proc.send_signal(signal.SIGINT)
-            poll(lambda: b"interrupted" in cli.err)
+            wait_for(lambda: b"interrupted" in cli.err)
             assert cli.proc.poll() is None  # the commands ignore SIGINT: still waiting
             cli.proc.send_signal(signal.SIGINT)
             assert cli.wait() == 130
-            poll(lambda: not _all_marked(tokens), timeout=5)
+            wait_for(lambda: not _all_marked(tokens), timeout=5)
         finally:
             cli.stop()
 
@@ -161,10 +162,10 @@ def test_agent_lost_mid_command_is_reported_and_the_others_finish(tmp_path: Path
         names = t.addresses
         cli = Cli(t.targets_spec(), "--", script)
         try:
-            poll(lambda: cli.out.count(b"up") == 3, timeout=10)
+            wait_for(lambda: cli.out.count(b"up") == 3, timeout=10)
             lost = t.agents[1]
             t.call(lambda: [s.transport.abort() for s in list(lost.sessions) if s.transport])
-            poll(lambda: f"{names[1]}: lost: connection lost".encode() in cli.err, timeout=5)
+            wait_for(lambda: f"{names[1]}: lost: connection lost".encode() in cli.err, timeout=10)
             assert cli.proc.poll() is None  # the others are still running
             flag.touch()
             assert cli.wait() == 255

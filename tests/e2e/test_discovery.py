@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from typing import Any, AsyncIterator, Iterator
 
@@ -36,6 +35,8 @@ from shoal.protocol.discovery import (
 from shoal.protocol.errors import ConfigError, RemoteProtocolError
 from shoal.protocol.handshake import SharedKey, new_nonce
 from tests.agents import AgentThread, config
+from tests.waiting import wait_for, wait_for_async
+from tests.programs import SHOAL, SHOAL_AGENT
 
 KEY = SharedKey(b"k" * 32)
 OTHER = SharedKey(b"o" * 32)
@@ -258,13 +259,6 @@ class Forger(asyncio.DatagramProtocol):
         self.sent += 1
 
 
-async def _wait_for(condition: Any, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 async def _forger(host: str, port: int, make: Any) -> Forger:
     _, forger = await asyncio.get_running_loop().create_datagram_endpoint(
         lambda: Forger(make), local_addr=(host, port))
@@ -293,7 +287,7 @@ async def test_forged_and_replayed_replies_are_dropped() -> None:
         try:
             for host in ("127.0.0.14", "127.0.0.15", "127.0.0.16", "127.0.0.17"):
                 client.probe(host, port)
-            await _wait_for(lambda: len(client.result.found) + len(client.result.ignored) >= 4, "four replies")
+            await wait_for_async(lambda: len(client.result.found) + len(client.result.ignored) >= 4, what="four replies")
         finally:
             client.close()
             for f in forgers:
@@ -322,10 +316,10 @@ async def test_reply_from_the_wrong_address_is_dropped() -> None:
             tap_transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
                 Tap, local_addr=("127.0.0.20", port))
             client.probe("127.0.0.20", port)
-            await _wait_for(lambda: nonce_probe, "the probe to reach the tap")
+            await wait_for_async(lambda: nonce_probe, what="the probe to reach the tap")
             genuine = await prober.ask(nonce_probe[0], ("127.0.0.18", port))
             prober.transport.sendto(genuine, ("127.0.0.1", relay_to[1]))
-            await _wait_for(lambda: client.result.ignored, "the relayed reply")
+            await wait_for_async(lambda: client.result.ignored, what="the relayed reply")
         finally:
             tap_transport.close()
             prober.transport.close()
@@ -425,18 +419,17 @@ def test_agents_in_namespaces_answer_broadcast_and_multicast(tmp_path) -> None:
                 state = tmp_path / f"state{i}"
                 state.mkdir()
                 procs.append(subprocess.Popen(
-                    ["ip", "netns", "exec", ns, sys.executable, "-m", "shoal.agent.cli", "--listen", "0.0.0.0:8470",
+                    ["ip", "netns", "exec", ns, *SHOAL_AGENT, "--listen", "0.0.0.0:8470",
                      "--key-file", str(key_path), "--discovery", "--state-dir", str(state),
                      "--log-level", "warning"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            deadline = time.monotonic() + 30
-            while not all(_udp_bound(ns, 8470) for ns in names):
-                assert time.monotonic() < deadline, "agents did not start"
+            def started() -> bool:
                 assert all(p.poll() is None for p in procs), "an agent exited"
-                time.sleep(0.05)
+                return all(_udp_bound(ns, 8470) for ns in names)
+            wait_for(started, timeout=30, what="the agents to start")
             for how in (["--broadcast"], ["--multicast"]):
                 run = subprocess.run(
-                    ["ip", "netns", "exec", ctl, sys.executable, "-m", "shoal.controller.cli.main", "discover", *how,
+                    ["ip", "netns", "exec", ctl, *SHOAL, "discover", *how,
                      "--key-file", str(key_path), "--expect", "2", "--timeout", "30"],
                     capture_output=True, text=True, timeout=60)
                 assert run.returncode == 0, run.stderr

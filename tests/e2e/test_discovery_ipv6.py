@@ -14,10 +14,8 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -31,6 +29,8 @@ from shoal.protocol.discovery import DEFAULT_GROUP, DEFAULT_GROUP6, decode_reply
 from tests.agents import AgentThread, config
 from tests.e2e.test_discovery import KEY, NETNS_REASON, _ip
 from tests.agent.test_discovery_reload import _probe
+from tests.waiting import wait_for
+from tests.programs import SHOAL, SHOAL_AGENT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -138,10 +138,8 @@ def ipv6_link() -> Iterator[tuple[str, str]]:
             _ip("-n", ns, "link", "set", dev, "up")
         # The kernel starts sending on a veth only once it saw the carrier (up
         # to a second later); until then packets are silently dropped.
-        deadline = time.monotonic() + 30
-        while not all(_operational(ns, dev) for ns, dev in ((agent_ns, "va"), (ctl_ns, "vc"))):
-            assert time.monotonic() < deadline, "the veth pair did not come up"
-            time.sleep(0.05)
+        wait_for(lambda: all(_operational(ns, dev) for ns, dev in ((agent_ns, "va"), (ctl_ns, "vc"))),
+                 timeout=30, what="the veth pair to come up")
         yield agent_ns, ctl_ns
     finally:
         for ns in (agent_ns, ctl_ns):
@@ -161,16 +159,15 @@ def _udp6_bound(ns: str, port: int) -> bool:
 
 
 def _discover(ns: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "shoal.controller.cli.main", *args],
+    return subprocess.run(["ip", "netns", "exec", ns, *SHOAL, *args],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
-def _wait(condition: object, what: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+def _wait(condition: Callable[[], bool], what: str, proc: subprocess.Popen[bytes]) -> None:
+    def ready() -> bool:
         assert proc.poll() is None, "the agent exited"
-        time.sleep(0.05)
+        return condition()
+    wait_for(ready, timeout=30, what=what)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason=NETNS_REASON)
@@ -183,7 +180,7 @@ def test_agent_answers_a_link_local_ipv6_multicast_probe_and_follows_a_group_cha
             f'[[keys]]\nname = "k"\nfile = "{key_path}"\nallow = "all"\n[discovery]\nenabled = true\n')
     cfg.write_text(body)
     with ipv6_link() as (agent_ns, ctl_ns), open(log_path, "wb") as log:
-        proc = subprocess.Popen(["ip", "netns", "exec", agent_ns, sys.executable, "-m", "shoal.agent.cli",
+        proc = subprocess.Popen(["ip", "netns", "exec", agent_ns, *SHOAL_AGENT,
                                  "--config", str(cfg)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
         try:
             _wait(lambda: _udp6_bound(agent_ns, 8470), "the agent's discovery socket", proc)

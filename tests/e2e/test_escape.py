@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterator
 
 import pytest
 
@@ -33,9 +32,8 @@ CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|\xc2[\x80-\x9f
 
 
 @pytest.fixture(scope="module")
-def agents() -> Iterator[AgentThread]:
-    with AgentThread(2) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 2}
 
 
 def run(capsysbinary: pytest.CaptureFixture[bytes], agents: AgentThread,

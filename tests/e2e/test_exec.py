@@ -255,3 +255,22 @@ async def test_closed_clients_are_freed_without_the_cycle_collector() -> None:
             assert not [o for o in gc.get_objects() if isinstance(o, AgentClient)]
         finally:
             gc.enable()
+
+
+async def test_a_cancel_while_a_start_is_in_flight_still_reaches_that_command() -> None:
+    """Ctrl-C lands between EXEC and the agent's answer: that host's command is cancelled too.
+
+    The handler's on_start runs just before EXEC goes out, so cancelling there is the
+    race a user hits by pressing Ctrl-C as a run starts; the command must not be left
+    to run its 60 s.
+    """
+    async with running_agents(2) as agents:
+        fleet = Fleet([target_for(a, f"h{i}") for i, a in enumerate(agents)], ConnectOptions(timeout=10))
+
+        class CancelOnStart(Collect):
+            def on_start(self, host: str) -> None:
+                fleet.cancel(grace=0.2)
+
+        collect = CancelOnStart()
+        await asyncio.wait_for(fleet.run(Command(shell="sleep 60"), collect), 20)
+    assert {r.outcome for r in collect.results.values()} == {"cancelled"}

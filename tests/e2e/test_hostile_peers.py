@@ -8,20 +8,17 @@ reaches stderr.
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from shoal.controller.nodeset import NodeSet
 from tests.agents import AgentThread
 from tests.hostile import HostilePeers
+from tests.programs import SHOAL
 
 pytestmark = pytest.mark.slow  # a shared fixture or each test takes over 5 s
 
-_BIN = Path(sys.executable).with_name("shoal")
-SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "shoal.controller.cli.main"]
 # Long enough for the real agent on a loaded 2-core box; the silent peers wait it out.
 CONNECT_TIMEOUT = "5"
 
@@ -39,9 +36,9 @@ NOISE = (b"Traceback", b"Exception in callback", b"never retrieved", b"Cancelled
 
 
 @pytest.fixture(scope="module")
-def peers() -> Iterator[tuple[str, HostilePeers]]:
-    with AgentThread(1) as good, HostilePeers() as hostile:
-        yield good.agents[0].addresses[0], hostile
+def peers(agents: AgentThread) -> Iterator[tuple[str, HostilePeers]]:
+    with HostilePeers() as hostile:
+        yield agents.addresses[0], hostile
 
 
 def shoal_cli(*argv: str) -> subprocess.CompletedProcess[bytes]:

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.agents import shoal
+from tests.programs import SHOAL
 
 
-_BIN = Path(sys.executable).with_name("shoal")
-SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "shoal.controller.cli.main"]
 
 INVENTORY = """\
 [defaults]
@@ -61,11 +59,12 @@ def test_json_shows_the_settings_each_host_would_use(capsysbinary: pytest.Captur
     assert status == 0
     assert records == [
         {"name": "web01", "host": "web01", "port": 9000, "path": None,
-         "key_file": str(inventory.parent / "keys" / "web.key"), "tls_cert": None, "tls_key": None, "tls_ca": None},
+         "key_file": str(inventory.parent / "keys" / "web.key"), "tls_cert": None, "tls_key": None, "tls_ca": None,
+         "via": []},
         {"name": "db2:9200", "host": "db2", "port": 9200, "path": None,
-         "key_file": None, "tls_cert": None, "tls_key": None, "tls_ca": None},
+         "key_file": None, "tls_cert": None, "tls_key": None, "tls_ca": None, "via": []},
         {"name": "unix:/s", "host": None, "port": 9000, "path": "/s",
-         "key_file": None, "tls_cert": None, "tls_key": None, "tls_ca": None},
+         "key_file": None, "tls_cert": None, "tls_key": None, "tls_ca": None, "via": []},
     ]
 
 

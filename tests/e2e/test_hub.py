@@ -23,7 +23,8 @@ from shoal.controller.result import Result
 from shoal.controller.targets import Target
 from shoal.hostio.backoff import Backoff
 from shoal.protocol.errors import ShoalConnectionError
-from tests.debris import apoll, tokens_of, marked
+from tests.debris import tokens_of, marked
+from tests.waiting import wait_for_async
 from tests.hubs import FAST_RECONNECT, close_all, dial_in, new_key, running_hub
 
 
@@ -117,12 +118,12 @@ async def test_second_agent_claiming_a_name_is_refused_audited_and_gets_it_once_
         holder = hub.registry.get("web1")
         second = await _start_dialer(hub, "web1", key)
         try:
-            await apoll(lambda: audit.exists() and b'"name_in_use"' in audit.read_bytes(), timeout=15)
+            await wait_for_async(lambda: audit.exists() and b'"name_in_use"' in audit.read_bytes(), timeout=15)
             assert hub.registry.get("web1") is holder  # the first keeps it
             record = next(json.loads(line) for line in audit.read_text().splitlines() if "name_in_use" in line)
             assert record["name"] == "web1" and record["key_id"] == key.key_id
             await first.close()
-            await apoll(lambda: (h := hub.registry.get("web1")) is not None and h is not holder, timeout=15)
+            await wait_for_async(lambda: (h := hub.registry.get("web1")) is not None and h is not holder, timeout=15)
         finally:
             await close_all([first, second])  # type: ignore[list-item]
 
@@ -143,7 +144,7 @@ async def test_a_wrong_key_never_reaches_the_registry(tmp_path: Path) -> None:
     async with running_hub(tmp_path / "hub.sock", key, audit_log=str(audit)) as hub:
         intruder = await _start_dialer(hub, "web1", other)
         try:
-            await apoll(lambda: audit.exists() and b'"auth_failed"' in audit.read_bytes(), timeout=15)
+            await wait_for_async(lambda: audit.exists() and b'"auth_failed"' in audit.read_bytes(), timeout=15)
             assert hub.registry.get("web1") is None
         finally:
             await intruder.close()  # type: ignore[attr-defined]
@@ -173,7 +174,7 @@ async def test_agents_come_back_after_a_hub_restart_and_no_command_runs_twice(tm
         host, port = address.rsplit(":", 1)
         async with running_hub(sock, key, listen=((host, int(port)),)) as again:
             # within the backoff bound (reconnect_max, 0.5 s here) of the hub being back
-            await apoll(lambda: all(again.registry.get(n) for n in ("a1", "a2", "a3")), timeout=15)
+            await wait_for_async(lambda: all(again.registry.get(n) for n in ("a1", "a2", "a3")), timeout=15)
             assert ran.read_text() == "once\n"
     finally:
         await close_all(agents)

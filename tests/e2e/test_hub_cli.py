@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.agents import shoal
-from tests.debris import marked, poll, tokens_of
+from tests.debris import marked, tokens_of
+from tests.waiting import wait_for
 from tests.hubs import HubThread, new_key
+from tests.programs import SHOAL
 
 NAMES = ["web1", "web2"]
 
@@ -129,7 +131,7 @@ def test_the_config_files_hub_is_used(capsysbinary, fleet, tmp_path: Path) -> No
 def test_a_client_killed_mid_run_leaves_no_process_on_the_agents(fleet) -> None:  # type: ignore[no-untyped-def]
     t, _, _ = fleet
     cli = subprocess.Popen(
-        [sys.executable, "-m", "shoal.controller.cli.main", "run", "web1,web2", "--hub", str(t.socket), "--",
+        [*SHOAL, "run", "web1,web2", "--hub", str(t.socket), "--",
          "sh -c 'trap \"\" TERM; exec sleep 300' & echo up; wait"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
         cwd=str(Path(__file__).resolve().parents[2]))
@@ -137,13 +139,13 @@ def test_a_client_killed_mid_run_leaves_no_process_on_the_agents(fleet) -> None:
     reader = threading.Thread(target=lambda: out.extend(cli.stdout.read()), daemon=True)  # type: ignore[union-attr]
     reader.start()
     try:
-        tokens = poll(lambda: (ts := [tok for a in t.agents for tok in t.call(tokens_of, a)]) and len(ts) == 2 and ts,
+        tokens = wait_for(lambda: (ts := [tok for a in t.agents for tok in t.call(tokens_of, a)]) and len(ts) == 2 and ts,
                       timeout=20)
         assert isinstance(tokens, list)
-        poll(lambda: all(len(marked(tok)) >= 2 for tok in tokens), timeout=10)  # the shell and the TERM-ignorer
+        wait_for(lambda: all(len(marked(tok)) >= 2 for tok in tokens), timeout=10)  # the shell and the TERM-ignorer
         cli.send_signal(signal.SIGKILL)
-        poll(lambda: not any(marked(tok) for tok in tokens), timeout=10)
-        poll(lambda: all(a.running.count == 0 for a in t.agents), timeout=10)
+        wait_for(lambda: not any(marked(tok) for tok in tokens), timeout=10)
+        wait_for(lambda: all(a.running.count == 0 for a in t.agents), timeout=10)
         assert t.hub is not None and t.call(lambda: t.hub._open_requests) == 0  # type: ignore[union-attr]
     finally:
         if cli.poll() is None:
@@ -151,3 +153,4 @@ def test_a_client_killed_mid_run_leaves_no_process_on_the_agents(fleet) -> None:
         cli.wait(10)
         reader.join(5)
         cli.stdout.close()  # type: ignore[union-attr]
+

@@ -20,9 +20,10 @@ from shoal.controller.hub.client import HubAccess
 from shoal.controller.remote import Command
 from shoal.controller.targets import Target
 from tests.agents import running_agents, target_for
-from tests.debris import apoll, poll
+from tests.waiting import wait_for, wait_for_async
 from tests.e2e.test_hub import Collect, named
 from tests.hubs import close_all, dial_in, new_key, running_hub
+from tests.programs import SHOAL, SHOAL_AGENT
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,7 +48,7 @@ async def test_inventory_targets_are_kept_warm_under_their_names(tmp_path: Path)
     async with running_agents(1, keys=[key]) as (agent,):
         direct = target_for(agent, name="db1")
         async with running_hub(tmp_path / "hub.sock", key, targets=(direct,), connect=ConnectOptions(key=key)) as hub:
-            await apoll(lambda: hub.registry.get("db1") is not None, timeout=15)
+            await wait_for_async(lambda: hub.registry.get("db1") is not None, timeout=15)
             async with ConnectOptions(hub=HubAccess(str(tmp_path / "hub.sock"))) as options:
                 seen = Collect()
                 result = await Fleet([named("db1")], options).run(Command(shell="echo warm"), seen)
@@ -84,7 +85,7 @@ def test_sigterm_drains_the_hub_then_it_exits_0(tmp_path: Path) -> None:
     key, key_file = new_key(tmp_path)
     sock = tmp_path / "hub.sock"
     hub = subprocess.Popen(
-        [sys.executable, "-m", "shoal.controller.cli.main", "hub", "--socket", str(sock), "--listen", "127.0.0.1:0",
+        [*SHOAL, "hub", "--socket", str(sock), "--listen", "127.0.0.1:0",
          "--key-file", str(key_file), "--drain-grace", "30"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(REPO))
     agent = None
@@ -97,17 +98,17 @@ def test_sigterm_drains_the_hub_then_it_exits_0(tmp_path: Path) -> None:
             assert line, "the hub exited before it listened"
         address = line.decode().rsplit("dial in at ", 1)[1].split(",")[0].strip()
         agent = subprocess.Popen(
-            [sys.executable, "-m", "shoal.agent.cli", "--connect", address, "--name", "drained", "--key-file",
+            [*SHOAL_AGENT, "--connect", address, "--name", "drained", "--key-file",
              str(key_file), "--state-dir", str(tmp_path / "state"), "--reconnect-min", "0.05"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(REPO))
-        poll(lambda: subprocess.run([sys.executable, "-m", "shoal.controller.cli.main", "hosts", "--hub", str(sock)],
+        wait_for(lambda: subprocess.run([*SHOAL, "hosts", "--hub", str(sock)],
                                     capture_output=True, cwd=str(REPO)).stdout.startswith(b"drained"), timeout=20)
         flag = tmp_path / "started"
         client = subprocess.Popen(
-            [sys.executable, "-m", "shoal.controller.cli.main", "run", "drained", "--hub", str(sock), "-n", "--",
+            [*SHOAL, "run", "drained", "--hub", str(sock), "-n", "--",
              f"touch {flag}; sleep 1; echo finished"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO))
-        poll(flag.exists, timeout=20)
+        wait_for(flag.exists, timeout=20)
         hub.send_signal(signal.SIGTERM)
         out, err = client.communicate(timeout=30)
         assert (client.returncode, out) == (0, b"finished\n"), err  # the request in flight finished
@@ -146,14 +147,14 @@ def test_an_agent_in_a_namespace_it_can_only_dial_out_of_is_run_through_the_hub(
                  "--name", "inside", "--key-file", str(key_file), "--state-dir", str(tmp_path / "state"),
                  "--reconnect-min", "0.05"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(REPO))
-            poll(lambda: t.call(lambda: t.hub.registry.get("inside") is not None), timeout=20)  # type: ignore[union-attr]
+            wait_for(lambda: t.call(lambda: t.hub.registry.get("inside") is not None), timeout=20)  # type: ignore[union-attr]
             # nothing in the namespace listens: the hub could not have reached it the other way
             listening = subprocess.run(["ip", "netns", "exec", ns.name, "ss", "-Hltn"], capture_output=True,
                                        timeout=10)
             if listening.returncode == 0:
                 assert listening.stdout.strip() == b""
             out = subprocess.run(
-                [sys.executable, "-m", "shoal.controller.cli.main", "run", "inside", "--hub", str(t.socket), "-n",
+                [*SHOAL, "run", "inside", "--hub", str(t.socket), "-n",
                  "--", "ip -o -4 addr show"], capture_output=True, timeout=60, cwd=str(REPO))
             assert out.returncode == 0, out.stderr
             assert ns.inner_ip.encode() in out.stdout  # it ran inside the namespace
@@ -178,7 +179,7 @@ async def test_local_clients_are_served_while_hundreds_of_agents_dial_in(tmp_pat
                 seen = Collect()
                 result = await Fleet([named("steady")] * 1, options).run(Command(shell="echo served"), seen)
             assert result.results[0].status == 0 and bytes(seen.out["steady"]) == b"served\n"
-            await apoll(lambda: len(hub.registry) == 301, timeout=60)
+            await wait_for_async(lambda: len(hub.registry) == 301, timeout=60)
         finally:
             await close_all([first, *crowd])
 

@@ -5,7 +5,6 @@ announce the feature."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -18,9 +17,8 @@ from tests.agents import AgentThread, shoal
 
 
 @pytest.fixture(scope="module")
-def agents() -> Iterator[AgentThread]:
-    with AgentThread(2) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 2}
 
 
 def _exit(out: bytes) -> dict:  # type: ignore[type-arg]

@@ -16,7 +16,8 @@ import pytest
 
 from shoal.hostio.keyfile import write_key_file
 from tests.agents import AgentThread, shoal
-from tests.debris import marked, marker_of, poll
+from tests.debris import marked, marker_of
+from tests.waiting import wait_for
 from tests.e2e.test_jobs import ENTRY, finished, listed, start_job
 from tests.e2e.test_lifecycle import AgentProcess
 from tests.rawpeer import audit_events
@@ -62,14 +63,14 @@ def test_a_jobs_timeouts_end_its_silent_tree_and_leave_a_chatty_one(
             rows = jobs_json(capsysbinary, host)
             return rows if all(rows[j]["outcome"] is not None for j in (idle, timed, chatty)) else None
 
-        rows = poll(all_ended, timeout=20)
+        rows = wait_for(all_ended, timeout=20)
         assert isinstance(rows, dict)
         assert [rows[j]["outcome"] for j in (idle, timed, chatty)] == ["idle_timeout", "timed_out", "ok"]
         assert [rows[j]["state"] for j in (idle, timed, chatty)] == ["killed", "killed", "exited"]
         for pids in (idle_pids, timed_pids):  # the whole tree, the setsid daemon too
             started = [int(p) for p in pids.read_text().split()]
             assert len(started) == 3
-            poll(lambda: all(gone(pid) for pid in started), timeout=10)
+            wait_for(lambda: all(gone(pid) for pid in started), timeout=10)
         # attach replays the job and reports the outcome, in the words of the one vocabulary
         status, out, err = shoal(capsysbinary, "attach", host, idle)
         assert (status, out, err) == (255, b"started\n", f"shoal: {host}: idle_timeout\n".encode())
@@ -98,18 +99,18 @@ def test_a_revoked_keys_running_job_is_killed_whole_and_audited(tmp_path: Path) 
         kept = start_job(admin, spec, "sleep 3600")
         rows = listed(admin, spec)
         doomed_tree, kept_tree = (marker_of(int(str(rows[j]["pid"]))) for j in (doomed, kept))
-        poll(lambda: len(marked(doomed_tree)) == 3, timeout=10)
+        wait_for(lambda: len(marked(doomed_tree)) == 3, timeout=10)
         conf.write_text(ENTRY.format("admin", admin, 'allow = "all"'))
         agent.proc.send_signal(signal.SIGHUP)
-        poll(lambda: not marked(doomed_tree), timeout=15)
+        wait_for(lambda: not marked(doomed_tree), timeout=15)
         assert marked(kept_tree)  # another key's job carries on
-        outcome = poll(lambda: listed(admin, spec)[doomed]["outcome"], timeout=10)
+        outcome = wait_for(lambda: listed(admin, spec)[doomed]["outcome"], timeout=10)
         assert outcome == "cancelled" and listed(admin, spec)[doomed]["state"] == "killed"
         status, out, err = finished("attach", "--key-file", str(admin), spec, doomed)
         assert (status, err) == (128 + signal.SIGTERM, f"shoal: {spec}: cancelled\n".encode())
         [revoked] = audit_events(audit, event="job_revoked")
         assert (revoked["job"], revoked["processes"], revoked["argv"][-1]) == (doomed, 3, "sleep 3600 & sleep 3600 & wait")
         finished("kill", "--key-file", str(admin), spec, kept)
-        poll(lambda: not marked(kept_tree), timeout=10)
+        wait_for(lambda: not marked(kept_tree), timeout=10)
     finally:
         agent.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,10 +22,11 @@ from shoal.hostio.keyfile import write_key_file
 from shoal.protocol.defaults import DATA_CHUNK
 from shoal.protocol.errors import RemoteCommandError
 from tests.agents import running_agents, shoal, target_for
-from tests.debris import apoll, marked, marker_of, poll
+from tests.debris import marked, marker_of
+from tests.waiting import wait_for, wait_for_async
 from tests.e2e.test_lifecycle import AgentProcess
+from tests.programs import SHOAL
 
-SHOAL = [sys.executable, "-m", "shoal.controller.cli.main"]
 ENTRY = '[[keys]]\nname = "{0}"\nfile = "{1}"\n{2}\n'
 
 
@@ -85,11 +85,11 @@ def test_detach_list_attach_kill_across_dead_controllers_and_a_sighup(agent: Age
     out = tmp_path / "attach.out"
     with open(out, "wb") as sink:
         follower = cli("attach", "--key-file", str(key), spec, job, stdout=sink)
-        poll(lambda: out.read_bytes() == b"one\n\x00\xfftwo", timeout=15)
+        wait_for(lambda: out.read_bytes() == b"one\n\x00\xfftwo", timeout=15)
         follower.send_signal(signal.SIGKILL)
         follower.communicate(timeout=10)
     agent.proc.send_signal(signal.SIGHUP)
-    poll(lambda: "configuration reloaded" in agent.text(), timeout=10)
+    wait_for(lambda: "configuration reloaded" in agent.text(), timeout=10)
     assert listed(key, spec)[job]["state"] == "running" and marked(token)
     flag.touch()
     status, replay, err = finished("attach", "--key-file", str(key), spec, job)
@@ -103,11 +103,11 @@ def test_detach_list_attach_kill_across_dead_controllers_and_a_sighup(agent: Age
     assert status == 0 and [e["event"] for e in events] == ["start", "job", "summary"]
     tree_job = events[1]["job"]
     tree = marker_of(int(listed(key, spec)[tree_job]["pid"]))  # type: ignore[arg-type]
-    poll(lambda: len(marked(tree)) == 3)
+    wait_for(lambda: len(marked(tree)) == 3)
     status, said, err = finished("kill", "--key-file", str(key), spec, tree_job, "--signal", "KILL")
     assert (status, said, err) == (0, f"{spec}: killed job {tree_job} (3 processes)\n".encode(), b"")
-    poll(lambda: not marked(tree), timeout=10)
-    poll(lambda: listed(key, spec)[tree_job]["state"] == "killed", timeout=10)
+    wait_for(lambda: not marked(tree), timeout=10)
+    wait_for(lambda: listed(key, spec)[tree_job]["state"] == "killed", timeout=10)
     status, out_json, _ = finished("attach", "--key-file", str(key), spec, tree_job, "-o", "json")
     assert status == 128 + signal.SIGKILL
     assert json.loads(out_json.splitlines()[-2])["status"] == 128 + signal.SIGKILL
@@ -130,7 +130,7 @@ def test_a_job_is_seen_only_by_its_key_and_allow_all_keys(agent: AgentProcess, t
     status, out, _ = shoal(capsysbinary, "kill", "--key-file", admin, spec, job)
     noun = "process" if len(tree) == 1 else "processes"
     assert status == 0 and out == f"{spec}: killed job {job} ({len(tree)} {noun})\n".encode()
-    poll(lambda: not marked(token), timeout=10)
+    wait_for(lambda: not marked(token), timeout=10)
 
 
 async def test_kept_output_is_head_and_tail_and_a_finished_job_expires() -> None:
@@ -139,7 +139,7 @@ async def test_kept_output_is_head_and_tail_and_a_finished_job_expires() -> None
         try:
             started = await (await client.exec(Command(shell="seq 1000 1999 | tr -d '\\n'", detach=True))).wait()
             assert started.job is not None and started.status == 0
-            await apoll(lambda: agent.jobs.jobs[started.job].result is not None, timeout=10)  # type: ignore[index]
+            await wait_for_async(lambda: agent.jobs.jobs[started.job].result is not None, timeout=10)  # type: ignore[index]
             proc = await client.exec(Command(attach=started.job))
             chunks = [(e.stream, e.data) async for e in proc]
             result = await proc.wait()
@@ -153,7 +153,7 @@ async def test_kept_output_is_head_and_tail_and_a_finished_job_expires() -> None
             assert (row["output_bytes"], row["kept_bytes"], row["state"]) == (len(everything), 64, "exited")
             agent.config = agent.config.replace_from_cli(**{"limits.job_retention": 0.0})
             again = await (await client.exec(Command(shell="true", detach=True))).wait()
-            await apoll(lambda: again.job not in agent.jobs.jobs, timeout=10)
+            await wait_for_async(lambda: again.job not in agent.jobs.jobs, timeout=10)
             with pytest.raises(RemoteCommandError) as info:
                 await kill_job(client, str(again.job), 15)
             assert info.value.code == "unknown_job"
@@ -177,7 +177,7 @@ async def test_attach_follows_live_output_past_its_window_byte_exact(tmp_path: P
         try:
             job = (await (await client.exec(Command(shell=script, detach=True))).wait()).job
             assert job is not None
-            await apoll(lambda: agent.jobs.jobs[job].bytes[1] == 3_000_000, timeout=20)
+            await wait_for_async(lambda: agent.jobs.jobs[job].bytes[1] == 3_000_000, timeout=20)
             proc = await client.exec(Command(attach=job), window=65536)
             got = bytearray()
             async for event in proc:
@@ -208,7 +208,7 @@ async def test_an_attach_that_falls_behind_is_bounded_and_told(tmp_path: Path) -
             assert job is not None
             proc = await client.exec(Command(attach=job), window=65536)  # and nothing read for now
             flag.touch()
-            await apoll(lambda: agent.jobs.jobs[job].result is not None, timeout=20)
+            await wait_for_async(lambda: agent.jobs.jobs[job].result is not None, timeout=20)
             events = [(e.stream, e.data) async for e in proc]
             result = await proc.wait()
             stdout = b"".join(d for s, d in events if s == "stdout")

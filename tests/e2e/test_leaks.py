@@ -19,7 +19,8 @@ from shoal.controller.remote import Command
 from shoal.controller.targets import Target
 from shoal.protocol.errors import ShoalConnectionError
 from tests.agents import running_agents, target_for
-from tests.debris import apoll, marked, tokens_of, zombie_children
+from tests.debris import marked, tokens_of, zombie_children
+from tests.waiting import wait_for_async
 
 SEQUENTIAL_COMMANDS = 10_000
 WARMUP_COMMANDS = 200
@@ -99,7 +100,7 @@ async def test_a_thousand_concurrent_connections_are_served_or_refused_cleanly(t
         finally:
             for c in held:
                 await c.close()
-        await apoll(lambda: not agent.sessions)
+        await wait_for_async(lambda: not agent.sessions)
     refused = [o for o in outcomes if "too_many_connections" in o]
     assert outcomes.count("served") + len(refused) == FLOOD, sorted(set(outcomes))
     assert refused and outcomes.count("served") >= MAX_CONNECTIONS - HELD

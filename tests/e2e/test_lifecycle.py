@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -18,7 +17,9 @@ from shoal.controller.remote import Command
 from shoal.controller.targets import Target
 from shoal.protocol.errors import AuthError, ShoalConnectionError
 from shoal.protocol.handshake import SharedKey
-from tests.debris import apoll, marked, marker_of, poll
+from tests.debris import marked, marker_of
+from tests.waiting import wait_for, wait_for_async
+from tests.programs import SHOAL_AGENT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +31,7 @@ class AgentProcess:
         self.log = tmp / f"agent-{len(list(tmp.glob('agent-*.log')))}.log"
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shoal.agent.cli", *args], stdin=subprocess.DEVNULL,
+                [*SHOAL_AGENT, *args], stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=err, cwd=str(ROOT), env={**_outside_systemd(), **(env or {})},
             )
 
@@ -38,7 +39,7 @@ class AgentProcess:
         return self.log.read_text()
 
     def target(self) -> Target:
-        found = poll(lambda: re.search(r"listening on 127\.0\.0\.1:(\d+)", self.text()), timeout=15)
+        found = wait_for(lambda: re.search(r"listening on 127\.0\.0\.1:(\d+)", self.text()), timeout=15)
         assert isinstance(found, re.Match)
         return Target(name="agent", host="127.0.0.1", port=int(found.group(1)))
 
@@ -78,9 +79,9 @@ async def test_sigterm_says_goodbye_lets_commands_finish_kills_the_rest_and_exit
         stubborn = await client.exec(Command(shell="trap '' TERM; echo up; exec sleep 300"))
         stubborn_token = marker_of(stubborn.pid or 0)
         agent.proc.send_signal(signal.SIGTERM)
-        await apoll(lambda: client.close_reason, timeout=10)  # told: GOODBYE
+        await wait_for_async(lambda: client.close_reason, timeout=10)  # told: GOODBYE
         assert client.close_reason == "agent closed the connection: agent shutting down"
-        await apoll(lambda: _refused(target), timeout=10)  # stopped accepting
+        await wait_for_async(lambda: _refused(target), timeout=10)  # stopped accepting
         flag.touch()  # the polite command ends within the grace
         out = b"".join([e.data async for e in polite])
         polite_result = await polite.wait()
@@ -118,7 +119,7 @@ async def test_sighup_reloads_keys_without_dropping_a_running_session(spawn: obj
         across = await client.exec(Command(shell=f"echo before; while [ ! -e {flag} ]; do sleep 0.05; done; echo after"))
         config.write_text(entry.format("old", tmp_path / "old.key") + entry.format("new", tmp_path / "new.key"))
         agent.proc.send_signal(signal.SIGHUP)
-        await apoll(lambda: "configuration reloaded" in agent.text(), timeout=10)
+        await wait_for_async(lambda: "configuration reloaded" in agent.text(), timeout=10)
         newcomer = await AgentClient.connect(target, key=new_key, timeout=10)
         assert newcomer.conn.key_id == new_key.key_id
         await newcomer.close()
@@ -132,7 +133,7 @@ async def test_sighup_reloads_keys_without_dropping_a_running_session(spawn: obj
 
 
 def _wait_for_socket(path: Path) -> None:
-    poll(path.exists, timeout=15)
+    wait_for(path.exists, timeout=15)
 
 
 @pytest.mark.parametrize("under_systemd", [{}, {"JOURNAL_STREAM": "8:1234"}, {"INVOCATION_ID": "abc"}])
@@ -140,7 +141,7 @@ def test_logs_go_to_stderr_without_timestamps_under_systemd(spawn: object, tmp_p
                                                             under_systemd: dict[str, str]) -> None:
     sock = tmp_path / "agent.sock"
     agent = spawn("--listen", f"unix:{sock}", "--log-level", "info", env=under_systemd)  # type: ignore[operator]
-    line = poll(lambda: next((ln for ln in agent.text().splitlines() if "listening on" in ln), None), timeout=15)
+    line = wait_for(lambda: next((ln for ln in agent.text().splitlines() if "listening on" in ln), None), timeout=15)
     assert isinstance(line, str)
     agent.proc.send_signal(signal.SIGTERM)
     assert agent.proc.wait(15) == 0

@@ -5,59 +5,55 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
 from tests.agents import AgentThread
+from tests.waiting import wait_for
+from tests.programs import SHOAL
 
-_BIN = Path(sys.executable).with_name("shoal")
-SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "shoal.controller.cli.main"]
 LINGER = 0.5
 # Generous: the machine is busy; a broken agent would wait an hour, not this long.
 DEADLINE = 60.0
 
 
 @pytest.fixture(scope="module")
-def agent() -> Iterator[AgentThread]:
-    with AgentThread(**{"limits.output_linger": LINGER}) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"limits.output_linger": LINGER}
+
+
+def _exited(pid: int) -> bool:
+    """Whether `pid` has exited (a zombie counts)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _gone(pid: int) -> bool:
-    """Poll until `pid` has exited (a zombie counts); False at the deadline."""
-    end = time.monotonic() + DEADLINE
-    while time.monotonic() < end:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_for(lambda: _exited(pid), timeout=DEADLINE, what=f"process {pid} to exit")
 
 
-def _run(agent: AgentThread, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*SHOAL, "run", agent.addresses[0], "-n", *args],
+def _run(agents: AgentThread, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*SHOAL, "run", agents.addresses[0], "-n", *args],
                           capture_output=True, timeout=DEADLINE)
 
 
-def test_background_job_holding_stdout_is_ended_after_the_linger(agent: AgentThread, tmp_path: Path) -> None:
+def test_background_job_holding_stdout_is_ended_after_the_linger(agents: AgentThread, tmp_path: Path) -> None:
     pidfile = tmp_path / "bg.pid"
-    done = _run(agent, "--", f"sleep 3600 & echo $! > {pidfile}; echo main-done")
+    done = _run(agents, "--", f"sleep 3600 & echo $! > {pidfile}; echo main-done")
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"main-done\n"
-    assert done.stderr == f"shoal: {agent.addresses[0]}: ended 1 leftover process after the command exited\n".encode()
+    assert done.stderr == f"shoal: {agents.addresses[0]}: ended 1 leftover process after the command exited\n".encode()
     assert _gone(int(pidfile.read_text()))
 
 
-def test_json_exit_event_counts_the_leftovers(agent: AgentThread, tmp_path: Path) -> None:
+def test_json_exit_event_counts_the_leftovers(agents: AgentThread, tmp_path: Path) -> None:
     pidfile = tmp_path / "bg.pid"
-    done = _run(agent, "-o", "json", "--",
+    done = _run(agents, "-o", "json", "--",
                 f"sleep 3600 & echo $! > {pidfile}; sleep 3600 & echo main-done; echo oops >&2")
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]
@@ -68,18 +64,18 @@ def test_json_exit_event_counts_the_leftovers(agent: AgentThread, tmp_path: Path
     assert _gone(int(pidfile.read_text()))
 
 
-def test_command_without_leftovers_reports_none(agent: AgentThread) -> None:
-    done = _run(agent, "-o", "json", "--", "echo hi")
+def test_command_without_leftovers_reports_none(agents: AgentThread) -> None:
+    done = _run(agents, "-o", "json", "--", "echo hi")
     exits = [e for e in map(json.loads, done.stdout.splitlines()) if e["event"] == "exit"]
     assert exits[0]["leftovers_ended"] is None and done.stderr == b""
 
 
-def test_linger_clock_stops_while_the_controller_grants_no_window(agent: AgentThread) -> None:
+def test_linger_clock_stops_while_the_controller_grants_no_window(agents: AgentThread) -> None:
     """Output already in the pipe when the command exits is not lost to a slow controller."""
     from shoal.protocol.messages import Exec, Exit, Started, Stdout, Window
     from tests.rawpeer import RawController
 
-    peer = RawController(agent.addresses[0])
+    peer = RawController(agents.addresses[0])
     try:
         peer.handshake()
         peer.conn.send(Exec(1, argv=["head", "-c", "60000", "/dev/zero"], window=4096))  # fits a pipe

@@ -12,8 +12,7 @@ import asyncio
 import json
 import logging
 import socket
-import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -26,15 +25,15 @@ from shoal.protocol.frames import HEAD, FrameDecoder
 from shoal.protocol.codec import decode_body
 from shoal.protocol.messages import Error, Exec, Exit, Message, MessageType, Signal, Started, Stdin, Window
 from tests.agents import AgentThread
+from tests.waiting import wait_for
 
 GIB = 1024 ** 3
 HANDSHAKE_TIMEOUT = 1.0
 
 
 @pytest.fixture
-def agent() -> Iterator[AgentThread]:
-    with AgentThread(**{"limits.handshake_timeout": HANDSHAKE_TIMEOUT}) as t:
-        yield t
+def agent(start_agents: Callable[..., AgentThread]) -> AgentThread:
+    return start_agents(**{"limits.handshake_timeout": HANDSHAKE_TIMEOUT})
 
 
 @pytest.fixture
@@ -148,10 +147,7 @@ def _logged_for(caplog: pytest.LogCaptureFixture, peer: RawPeer, level: int = lo
 
 
 def _wait_logged(caplog: pytest.LogCaptureFixture, peer: RawPeer, level: int = logging.INFO) -> list[str]:
-    deadline = time.monotonic() + 5
-    while not (lines := _logged_for(caplog, peer, level)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return lines
+    return wait_for(lambda: _logged_for(caplog, peer, level), what=f"a log line about peer port {peer.port}")
 
 
 # -- connection-level faults: the connection is closed, the agent carries on --

@@ -30,9 +30,8 @@ def _closed_port() -> str:
 
 
 @pytest.fixture(scope="module")
-def three() -> AgentThread:
-    with AgentThread(3) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 3}
 
 
 # -- library ------------------------------------------------------------------
@@ -129,10 +128,10 @@ def _parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]
     return families
 
 
-def test_prometheus_has_one_sample_per_host_per_metric(three: AgentThread, capsys) -> None:
-    assert main(["metrics", three.targets_spec(), "--prometheus"]) == 0
+def test_prometheus_has_one_sample_per_host_per_metric(agents: AgentThread, capsys) -> None:
+    assert main(["metrics", agents.targets_spec(), "--prometheus"]) == 0
     families = _parse_prometheus(capsys.readouterr().out)
-    hosts = set(three.addresses)
+    hosts = set(agents.addresses)
     for name in ("shoal_up", "shoal_cpu_percent", "shoal_load1", "shoal_memory_total_bytes",
                  "shoal_processes", "shoal_uptime_seconds", "shoal_agent_rss_bytes",
                  "shoal_network_received_bytes_total"):
@@ -142,34 +141,34 @@ def test_prometheus_has_one_sample_per_host_per_metric(three: AgentThread, capsy
     assert {v for _, v in families["shoal_memory_total_bytes"]} == {psutil.virtual_memory().total}
 
 
-def test_metrics_table_and_json(three: AgentThread, capsys) -> None:
+def test_metrics_table_and_json(agents: AgentThread, capsys) -> None:
     down = _closed_port()
-    assert main(["metrics", f"{three.targets_spec()},{down}", "--sort", "cpu"]) == 255
+    assert main(["metrics", f"{agents.targets_spec()},{down}", "--sort", "cpu"]) == 255
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:2] == ["HOST", "CPU%"]
     assert lines[-1].split() == [down, "unreachable:", "connection", "refused"]
-    assert sorted(line.split()[0] for line in lines[1:4]) == sorted(three.addresses)
-    assert main(["metrics", three.targets_spec(), "--json"]) == 0
+    assert sorted(line.split()[0] for line in lines[1:4]) == sorted(agents.addresses)
+    assert main(["metrics", agents.targets_spec(), "--json"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert sorted(r["host"] for r in records) == sorted(three.addresses)
+    assert sorted(r["host"] for r in records) == sorted(agents.addresses)
     assert all(r["metrics"]["cpu"]["count"] == psutil.cpu_count() for r in records)
 
 
 @pytest.mark.parametrize("argv", [["metrics", "--json"], ["ping", "-c", "1", "--json"]], ids=["metrics", "ping"])
-def test_json_views_give_unreachable_hosts_the_fields_of_exit_events(three: AgentThread, capsys,
+def test_json_views_give_unreachable_hosts_the_fields_of_exit_events(agents: AgentThread, capsys,
                                                                       argv: list[str]) -> None:
     down = _closed_port()
-    assert main([argv[0], f"{three.addresses[0]},{down}", *argv[1:]]) == 255
+    assert main([argv[0], f"{agents.addresses[0]},{down}", *argv[1:]]) == 255
     records = {r["host"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
     assert {k: records[down][k] for k in ("ok", "unreachable", "error", "error_code")} == {
         "ok": False, "unreachable": True, "error": "connection refused", "error_code": "unreachable"}
-    up = records[three.addresses[0]]
+    up = records[agents.addresses[0]]
     assert (up["ok"], up["unreachable"], up["error"], up["error_code"]) == (True, False, None, None)
 
 
-def test_metrics_textfile_is_written_whole(three: AgentThread, tmp_path, capsys) -> None:
+def test_metrics_textfile_is_written_whole(agents: AgentThread, tmp_path, capsys) -> None:
     path = tmp_path / "shoal.prom"
-    assert main(["metrics", three.targets_spec(), "--prometheus", "--textfile", str(path)]) == 0
+    assert main(["metrics", agents.targets_spec(), "--prometheus", "--textfile", str(path)]) == 0
     assert capsys.readouterr().out == ""
     assert "shoal_up" in _parse_prometheus(path.read_text())
     assert [p.name for p in tmp_path.iterdir()] == ["shoal.prom"]
@@ -182,19 +181,19 @@ def test_metrics_textfile_is_written_whole(three: AgentThread, tmp_path, capsys)
     (["--warn", "procs>0"], 1, "WARNING"),
     (["--warn", "procs<0,cpu>100", "--crit", "disk>100,mem>100"], 0, "OK"),
 ])
-def test_check_exit_codes(three: AgentThread, capsys, args: list[str], status: int, word: str) -> None:
-    assert main(["check", three.targets_spec(), *args]) == status
+def test_check_exit_codes(agents: AgentThread, capsys, args: list[str], status: int, word: str) -> None:
+    assert main(["check", agents.targets_spec(), *args]) == status
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"SHOAL {word} - ")
     assert " | " in lines[0]  # perfdata follows
-    assert len(lines) == 4 and all(line.split(":")[0] + ":" + line.split(":")[1] in three.addresses
+    assert len(lines) == 4 and all(line.split(":")[0] + ":" + line.split(":")[1] in agents.addresses
                                    for line in lines[1:])
 
 
-def test_check_perfdata_names_every_host(three: AgentThread, capsys) -> None:
-    main(["check", three.targets_spec(), "--warn", "procs<0"])
+def test_check_perfdata_names_every_host(agents: AgentThread, capsys) -> None:
+    main(["check", agents.targets_spec(), "--warn", "procs<0"])
     perf = capsys.readouterr().out.splitlines()[0].split(" | ", 1)[1].split()
-    assert sorted(p.split("=")[0] for p in perf) == sorted(f"'{a}_procs'" for a in three.addresses)
+    assert sorted(p.split("=")[0] for p in perf) == sorted(f"'{a}_procs'" for a in agents.addresses)
 
 
 @pytest.mark.parametrize("flag, status, word", [([], 2, "CRITICAL"), (["--unreachable-unknown"], 3, "UNKNOWN")])
@@ -205,15 +204,15 @@ def test_check_unreachable_host(capsys, flag: list[str], status: int, word: str)
     assert out[0] == f"SHOAL {word} - {down} unreachable (connection refused) | '{down}_cpu'=U;90;;0;100"
 
 
-def test_check_perfdata_has_every_checked_metric_of_every_host(three: AgentThread, capsys) -> None:
+def test_check_perfdata_has_every_checked_metric_of_every_host(agents: AgentThread, capsys) -> None:
     # Graphs need every series every time: hosts well inside the thresholds and
     # hosts that did not answer ("U") alike.
     down = _closed_port()
-    assert main(["check", f"{three.targets_spec()},{down}", "--warn", "cpu>100", "--crit", "procs<0"]) == 2
+    assert main(["check", f"{agents.targets_spec()},{down}", "--warn", "cpu>100", "--crit", "procs<0"]) == 2
     perf = dict(p.split("=", 1) for p in capsys.readouterr().out.splitlines()[0].split(" | ", 1)[1].split())
-    assert sorted(perf) == sorted(f"'{h}_{m}'" for h in [*three.addresses, down] for m in ("cpu", "procs"))
+    assert sorted(perf) == sorted(f"'{h}_{m}'" for h in [*agents.addresses, down] for m in ("cpu", "procs"))
     assert perf[f"'{down}_cpu'"] == "U;100;;0;100" and perf[f"'{down}_procs'"] == "U;;0:;0"
-    assert all(not perf[f"'{a}_procs'"].startswith("U") for a in three.addresses)
+    assert all(not perf[f"'{a}_procs'"].startswith("U") for a in agents.addresses)
 
 
 def test_check_output_for_500_hosts_keeps_the_first_line_under_8k(capsys) -> None:
@@ -263,18 +262,18 @@ def test_check_bad_threshold_is_unknown(capsys) -> None:
 
 # -- shoal ping and top -----------------------------------------------------------
 
-def test_ping_shows_version_and_small_offset(three: AgentThread, capsys) -> None:
-    assert main(["ping", three.targets_spec(), "-c", "2", "-i", "0"]) == 0
+def test_ping_shows_version_and_small_offset(agents: AgentThread, capsys) -> None:
+    assert main(["ping", agents.targets_spec(), "-c", "2", "-i", "0"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["HOST", "MIN", "AVG", "MAX", "OFFSET", "VERSION"]
     for line in lines[1:]:
         host, rmin, ravg, rmax, offset, version = line.split()
-        assert host in three.addresses and version == software_version()
+        assert host in agents.addresses and version == software_version()
         assert abs(float(offset.rstrip("s"))) < 0.5
 
 
-def test_ping_flags_skew_and_unreachable(three: AgentThread, capsys) -> None:
-    spec = three.addresses[0]
+def test_ping_flags_skew_and_unreachable(agents: AgentThread, capsys) -> None:
+    spec = agents.addresses[0]
     # No real clock is off on loopback; a negative limit cannot be given, but 0 is
     # exceeded by any non-zero estimate. Use JSON to read the exact figures.
     status = main(["ping", spec, "-c", "1", "--max-offset", "0", "--json"])
@@ -286,9 +285,9 @@ def test_ping_flags_skew_and_unreachable(three: AgentThread, capsys) -> None:
     assert f"{down}  unreachable: connection refused" in capsys.readouterr().out
 
 
-def test_top_prints_one_table_per_refresh_when_piped(three: AgentThread, capsys) -> None:
+def test_top_prints_one_table_per_refresh_when_piped(agents: AgentThread, capsys) -> None:
     down = _closed_port()
-    assert main(["top", f"{three.targets_spec()},{down}", "-d", "0.05", "-n", "3"]) == 0
+    assert main(["top", f"{agents.targets_spec()},{down}", "-d", "0.05", "-n", "3"]) == 0
     out = capsys.readouterr().out
     frames = out.split("\n\n")
     assert len(frames) == 3

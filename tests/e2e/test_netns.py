@@ -13,7 +13,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -27,7 +26,9 @@ from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.result import UNREACHABLE, Result
 from shoal.controller.targets import Target
 from tests.agents import running_agents, target_for
-from tests.debris import apoll, marked, tokens_of
+from tests.debris import marked, tokens_of
+from tests.waiting import wait_for_async
+from tests.programs import SHOAL_AGENT
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
@@ -100,7 +101,7 @@ def netns_agent(namespace: Namespace, tmp_path: Path) -> Iterator[tuple[Target, 
     log = tmp_path / "agent.log"
     with open(log, "wb") as err:
         agent = subprocess.Popen(
-            ["ip", "netns", "exec", namespace.name, sys.executable, "-m", "shoal.agent.cli", "--config", str(config),
+            ["ip", "netns", "exec", namespace.name, *SHOAL_AGENT, "--config", str(config),
              "--listen", f"{namespace.inner_ip}:{AGENT_PORT}", "--insecure", "--log-level", "debug",
              "--state-dir", str(tmp_path / "state")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
@@ -149,7 +150,7 @@ def _tokens_running(needle: str) -> list[str]:
 async def test_silent_cut_is_noticed_by_both_sides_and_other_hosts_finish(
         netns_agent: tuple[Target, Path, Namespace], tmp_path: Path) -> None:
     cut_target, log, namespace = netns_agent
-    await apoll(lambda: b"listening on" in log.read_bytes(), timeout=15)
+    await wait_for_async(lambda: b"listening on" in log.read_bytes(), timeout=15)
     flag = tmp_path / "go"
     # Output keeps flowing, so the agent always has unacknowledged data after the
     # cut: keepalive probes never start then, only the user timeout can fire.
@@ -159,15 +160,15 @@ async def test_silent_cut_is_noticed_by_both_sides_and_other_hosts_finish(
         targets = [cut_target, target_for(agents[0], "a"), target_for(agents[1], "b")]
         fleet = Fleet(targets, ConnectOptions(timeout=10, keepalive=0.5))
         run = asyncio.create_task(fleet.run(Command(shell=script), handler))
-        await apoll(lambda: all(b"up" in handler.out.get(t.name, b"") for t in targets), timeout=15)
+        await wait_for_async(lambda: all(b"up" in handler.out.get(t.name, b"") for t in targets), timeout=15)
         remote = _tokens_running(str(flag))
         cut_tokens = [t for t in remote if t not in _local_tokens(agents)]
         assert cut_tokens, "the namespaced agent's command was not found"
         namespace.cut()
-        lost = await apoll(lambda: handler.results.get("cut-host"), timeout=15)
+        lost = await wait_for_async(lambda: handler.results.get("cut-host"), timeout=15)
         assert isinstance(lost, Result)
         assert set(handler.results) == {"cut-host"}  # noticed by keepalive, not because the others ended
-        await apoll(lambda: not any(marked(t) for t in cut_tokens), timeout=20)
+        await wait_for_async(lambda: not any(marked(t) for t in cut_tokens), timeout=20)
         flag.touch()
         result = await asyncio.wait_for(run, 20)
     assert lost.status == UNREACHABLE and lost.error_code == "connection_lost"

@@ -7,6 +7,7 @@ Every wait polls a condition against a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,8 +15,6 @@ import resource
 import socket
 import struct
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -28,11 +27,11 @@ from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, HEAD
 from shoal.protocol.handshake import SharedKey
 from shoal.protocol.messages import MessageType
 from tests.agents import AgentThread
-from tests.debris import poll
+from tests.waiting import wait_for
 from tests.rawpeer import RawController, audit_events, untagged_frames
+from tests.programs import SHOAL, SHOAL_AGENT
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 # Generous: a loaded 2-core box runs other suites beside this one.
 DEADLINE = 30.0
 MIB = 1024 * 1024
@@ -50,11 +49,11 @@ class AgentProcess:
         env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shoal.agent.cli", "--listen", "127.0.0.1:0", "--key-file", str(self.key_path),
+                [*SHOAL_AGENT, "--listen", "127.0.0.1:0", "--key-file", str(self.key_path),
                  "--audit-log", str(self.audit), *args],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, cwd=str(ROOT), env=env,
                 preexec_fn=limit)
-        found = poll(lambda: re.search(r"listening on 127\.0\.0\.1:(\d+)", self.text()), timeout=DEADLINE)
+        found = wait_for(lambda: re.search(r"listening on 127\.0\.0\.1:(\d+)", self.text()), timeout=DEADLINE)
         assert isinstance(found, re.Match)
         self.port = int(found.group(1))
         self.ps = psutil.Process(self.proc.pid)
@@ -68,7 +67,7 @@ class AgentProcess:
     def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         """The real `shoal run` against this agent, with its key."""
         return subprocess.run(
-            [str(BIN / "shoal"), "run", f"127.0.0.1:{self.port}", "--key-file", str(self.key_path), "--", *argv],
+            [*SHOAL, "run", f"127.0.0.1:{self.port}", "--key-file", str(self.key_path), "--", *argv],
             capture_output=True, text=True, timeout=DEADLINE, stdin=subprocess.DEVNULL)
 
     def stop(self) -> None:
@@ -141,15 +140,17 @@ def _flood_while_serving(agent: AgentProcess, sockets: list[socket.socket]) -> i
             pass  # already refused and closed
     peers = {"%s:%d" % s.getsockname()[:2] for s in sockets}
     served = subprocess.Popen(  # the real CLI, while the flood's sockets are all still open
-        [str(BIN / "shoal"), "run", f"127.0.0.1:{agent.port}", "--key-file", str(agent.key_path),
+        [*SHOAL, "run", f"127.0.0.1:{agent.port}", "--key-file", str(agent.key_path),
          "--", "echo", "served"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = agent.rss()
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
+
+    def settled() -> bool:
+        nonlocal peak
         peak = max(peak, agent.rss())
-        if served.poll() is not None and _peers_accounted(agent.audit, peers) == peers:
-            break
-        time.sleep(0.02)
+        return served.poll() is not None and _peers_accounted(agent.audit, peers) == peers
+
+    with contextlib.suppress(AssertionError):  # what is missing is asserted below
+        wait_for(settled, timeout=DEADLINE, what="the served command and every flood connection")
     out, err = served.communicate(timeout=DEADLINE)
     assert (served.returncode, out) == (0, "served\n"), err
     assert _peers_accounted(agent.audit, peers) == peers, "the agent never dealt with some flood connections"
@@ -180,7 +181,7 @@ def test_running_out_of_descriptors_logs_a_few_lines_and_the_agent_recovers(
         for _ in range(120):
             sockets.append(_connect(agent.port))
         # The episode's closing line, or (the old bug) asyncio's tracebacks.
-        poll(lambda: re.search("accepting connections again|Traceback", agent.text()), timeout=DEADLINE)
+        wait_for(lambda: re.search("accepting connections again|Traceback", agent.text()), timeout=DEADLINE)
         flooded = agent.text()
         for s in sockets:
             s.close()
@@ -229,7 +230,7 @@ def test_a_flood_from_one_source_cannot_take_the_startup_slots(
               "limits.handshake_timeout": 60.0, "audit_log": str(tmp_path / "audit.jsonl")}
     with AgentThread(keys=[key], **limits) as agents:
         _hold(agents.addresses[0], ["127.0.0.2"], 30, sockets)
-        poll(lambda: len(audit_events(tmp_path / "audit.jsonl", event="shed")) >= 26, timeout=DEADLINE)
+        wait_for(lambda: len(audit_events(tmp_path / "audit.jsonl", event="shed")) >= 26, timeout=DEADLINE)
         assert _run(agents, key_path) == 0  # from 127.0.0.1: at once
         held = agents.call(lambda: len(agents.agents[0].admission.startups))
     assert held == 4
@@ -246,7 +247,7 @@ def test_a_flood_from_many_sources_sheds_its_oldest_for_a_controller(
     with AgentThread(keys=[key], **limits) as agents:
         _hold(agents.addresses[0], [f"127.0.0.{n}" for n in range(2, 10)], 3, sockets)  # 24 idle sockets
         # Held sockets are shed once they have had a second to authenticate: retry till then.
-        assert poll(lambda: _run(agents, key_path) == 0, timeout=DEADLINE, interval=0.2)
+        assert wait_for(lambda: _run(agents, key_path) == 0, timeout=DEADLINE, interval=0.2)
         held = agents.call(lambda: len(agents.agents[0].admission.startups))
     assert held <= 8
 

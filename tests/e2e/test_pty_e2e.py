@@ -16,9 +16,8 @@ import re
 import select
 import struct
 import subprocess
-import sys
 import termios
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,10 +26,10 @@ from shoal.controller.client import AgentClient
 
 from shoal.controller.remote import Command
 from tests.agents import AgentThread, running_agents, shoal, target_for
+from tests.programs import SHOAL
 
 # How long a step may take before the test calls it hung (never a pass condition).
 HANG = 30.0
-SHOAL = [sys.executable, "-m", "shoal.controller.cli.main"]
 
 
 def _set_size(fd: int, rows: int, cols: int) -> None:
@@ -87,9 +86,8 @@ class Terminal:
 
 
 @pytest.fixture
-def agent() -> Iterator[AgentThread]:
-    with AgentThread() as thread:
-        yield thread
+def agent(start_agents: Callable[..., AgentThread]) -> AgentThread:
+    return start_agents()
 
 
 def _shoal_env() -> dict[str, str]:

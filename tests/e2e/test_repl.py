@@ -8,6 +8,7 @@ where one must be killed and restarted: that one is a `shoal-agent` subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -18,7 +19,6 @@ import struct
 import subprocess
 import sys
 import termios
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +27,8 @@ import pytest
 
 from tests.agents import AgentThread
 from tests.debris import marked, marker_of
+from tests.programs import SHOAL, SHOAL_AGENT
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 # Make the pty the child's controlling terminal, then become the shell: setsid is
@@ -44,7 +46,7 @@ class Terminal:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 250, 0, 0))
         env = dict(os.environ, TERM="dumb", NO_COLOR="1", INPUTRC="/dev/null", PYTHONPATH=str(REPO))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", LAUNCH, sys.executable, "-m", "shoal.controller.cli.main", *args],
+            [sys.executable, "-c", LAUNCH, *SHOAL, *args],
             stdin=slave, stdout=slave, stderr=slave, start_new_session=True, env=env, cwd=REPO)
         os.close(slave)
         self.fd = master
@@ -65,17 +67,21 @@ class Terminal:
     def expect(self, pattern: re.Pattern[bytes] | bytes, deadline: float = DEADLINE) -> bytes:
         """Wait for `pattern` after what was consumed; return the text up to its end."""
         regex = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
-        end = time.monotonic() + deadline
-        while True:
+
+        def found() -> re.Match[bytes] | None:
             match = regex.search(self.seen, self.pos)
-            if match is not None:
-                text = self.seen[self.pos:match.end()]
-                self.pos = match.end()
-                return text
-            left = end - time.monotonic()
-            if left <= 0 or not self._read(min(left, 0.5)) and self.proc.poll() is not None:
-                raise AssertionError(f"never saw {regex.pattern!r}; terminal shows:\n"
-                                     + self.seen[-3000:].decode(errors="replace"))
+            if match is None and not self._read(0.5) and self.proc.poll() is not None:
+                raise AssertionError("the process exited")
+            return match
+
+        try:
+            match = wait_for(found, timeout=deadline, interval=0, what=f"{regex.pattern!r} on the terminal")
+        except AssertionError as exc:
+            raise AssertionError(f"never saw {regex.pattern!r} ({exc}); terminal shows:\n"
+                                 + self.seen[-3000:].decode(errors="replace")) from None
+        text = self.seen[self.pos:match.end()]
+        self.pos = match.end()
+        return text
 
     def send(self, text: str) -> None:
         os.write(self.fd, text.encode())
@@ -87,9 +93,12 @@ class Terminal:
 
     def finish(self, deadline: float = DEADLINE) -> int:
         """Wait for the process to exit (draining the pty) and return its status."""
-        end = time.monotonic() + deadline
-        while self.proc.poll() is None and time.monotonic() < end:
+        def exited() -> bool:
             self._read(0.2)
+            return self.proc.poll() is not None
+
+        with contextlib.suppress(AssertionError):  # still running: killed below
+            wait_for(exited, timeout=deadline, interval=0, what="the process to exit")
         if self.proc.poll() is None:
             self.proc.kill()
         status = self.proc.wait()
@@ -133,15 +142,6 @@ def sleeps_under_us() -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return found
-
-
-def poll(condition, deadline: float = DEADLINE):  # type: ignore[no-untyped-def]
-    end = time.monotonic() + deadline
-    while True:
-        value = condition()
-        if value or time.monotonic() > end:
-            return value
-        time.sleep(0.05)
 
 
 def test_lines_run_prefixed_and_commands_change_the_session(terminal: Callable[..., Terminal]) -> None:
@@ -229,11 +229,11 @@ def test_ctrl_c_cancels_on_every_host_and_returns_to_the_prompt(terminal: Callab
         term = terminal("shell", agents.targets_spec(), "--kill-grace", "1")
         term.expect(PROMPT)
         term.send("sleep 30\r")
-        assert len(poll(lambda: len(sleeps_under_us()) >= 5 and sleeps_under_us())) >= 5
+        wait_for(lambda: len(sleeps_under_us()) >= 5, timeout=DEADLINE, what="a remote sleep on every host")
         term.send("\x03")
         shown = term.expect(PROMPT)
         assert b"cancelling on every host" in shown
-        assert poll(lambda: not sleeps_under_us()), "remote sleeps still running after Ctrl-C"
+        wait_for(lambda: not sleeps_under_us(), timeout=DEADLINE, what="the remote sleeps to end after Ctrl-C")
         assert term.proc.poll() is None, "Ctrl-C must not leave the shell"
 
         term.send("echo partial-line")  # Ctrl-C at the prompt drops what was typed
@@ -273,7 +273,7 @@ def _free_port() -> int:
 
 
 def _agent_process(port: int, state: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["shoal-agent", "--listen", f"127.0.0.1:{port}", "--state-dir", str(state)],
+    return subprocess.Popen([*SHOAL_AGENT, "--listen", f"127.0.0.1:{port}", "--state-dir", str(state)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -288,14 +288,14 @@ def _listening_agent(state: Path, port: int | None = None) -> tuple[subprocess.P
         chosen = port or _free_port()
         proc = _agent_process(chosen, state)
 
-        def up() -> bool | None:
+        def up() -> str | None:
             try:
                 socket.create_connection(("127.0.0.1", chosen), timeout=1).close()
-                return True
+                return "listening"
             except OSError:
-                return None if proc.poll() is None else False
+                return None if proc.poll() is None else "exited"
 
-        if poll(lambda: up() is not None) and up():
+        if wait_for(up, timeout=DEADLINE, what=f"the agent to listen on port {chosen} or exit") == "listening":
             return proc, chosen
         proc.kill()
         proc.wait()
@@ -312,17 +312,15 @@ def test_a_killed_agent_is_reported_once_and_comes_back(terminal: Callable[..., 
             term.expect(PROMPT)
             agent.send_signal(signal.SIGKILL)
             agent.wait()
-            shown = poll(lambda: re.search(re.escape(name).encode() + rb" +reconnecting", s := term.line(":hosts"))
-                         and s)
-            assert shown, "the killed agent is not shown as reconnecting"
+            wait_for(lambda: re.search(re.escape(name).encode() + rb" +reconnecting", term.line(":hosts")),
+                     timeout=DEADLINE, what="the killed agent shown as reconnecting")
             shown = term.line("echo still-working")
             assert hosts_said(shown, [name, *other.addresses], "still-working") == set(other.addresses)
             assert b"1 down" in shown
 
             agent, _ = _listening_agent(tmp_path, port)
-            shown = poll(lambda: re.search(re.escape(name).encode() + rb" +connected", s := term.line(":hosts"))
-                         and s)
-            assert shown, "the restarted agent was not reconnected"
+            wait_for(lambda: re.search(re.escape(name).encode() + rb" +connected", term.line(":hosts")),
+                     timeout=DEADLINE, what="the restarted agent shown as connected")
             shown = term.line("echo back-again")
             assert hosts_said(shown, [name, *other.addresses], "back-again") == {name, *other.addresses}
             assert len(re.findall(re.escape(name).encode() + rb": [^\r\n]*; reconnecting in the background",
@@ -356,7 +354,7 @@ def test_history_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
 def test_jobs_lists_the_detached_jobs_of_the_targeted_hosts(terminal: Callable[..., Terminal]) -> None:
     with AgentThread(2) as agents:
-        started = subprocess.run([sys.executable, "-m", "shoal.controller.cli.main", "run", agents.addresses[0],
+        started = subprocess.run([*SHOAL, "run", agents.addresses[0],
                                   "--detach", "--", "sleep 3600"], capture_output=True, timeout=60, check=True)
         job = started.stdout.decode().rpartition(": job ")[2].strip()
         term = terminal("shell", agents.targets_spec())
@@ -396,14 +394,14 @@ def test_attach_and_kill_jobs_from_the_shell(terminal: Callable[..., Terminal], 
         # :kill signals the job's whole tree: gone from the process table
         pid = agents.call(lambda: agents.agents[0].jobs.jobs[tree].child.pid)
         token = marker_of(pid)
-        poll(lambda: len(marked(token)) == 3)
+        wait_for(lambda: len(marked(token)) == 3)
         shown = term.line(f":kill {tree} NOPE")
         assert b"unknown signal 'NOPE'" in shown and marked(token)
         term.line(f":add {second}")
         shown = term.line(f":kill {tree} KILL")
         assert f"{first}: killed job {tree} (3 processes)".encode() in shown
         assert f"shoal: {second}: no job {tree!r}".encode() in shown  # each host has its own jobs
-        poll(lambda: not marked(token))
+        wait_for(lambda: not marked(token))
         shown = term.line(":jobs")
         assert re.search(re.escape(f"{first}  {waiting}  failed  ").encode(), shown), shown
         assert re.search(re.escape(f"{first}  {tree}  cancelled  ").encode(), shown), shown

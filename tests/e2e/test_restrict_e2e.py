@@ -10,18 +10,16 @@ from __future__ import annotations
 import os
 import textwrap
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
 import pytest
 
 from shoal.agent.config import KeyPolicy, load_config
 from shoal.hostio.keyfile import write_key_file
-from shoal.agent.server import Agent
 from shoal.controller.cli.main import main as shoal_main
 from shoal.protocol.errors import ConfigError
 from shoal.protocol.handshake import SharedKey
 from tests.agents import AgentThread
-from tests.agents import config as agent_config
 from tests.rawpeer import audit_events
 
 
@@ -46,17 +44,15 @@ def decoy(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def agent(tmp_path: Path, keys: dict[str, tuple[SharedKey, Path]]) -> Iterator[AgentThread]:
+def agent(start_agents: Callable[..., AgentThread], tmp_path: Path,
+          keys: dict[str, tuple[SharedKey, Path]]) -> AgentThread:
     policies = (
         KeyPolicy(name="admin", file=str(keys["admin"][1]), allow_all=True),
         KeyPolicy(name="monitor", file=str(keys["monitor"][1]), commands=("uptime", "printenv TZ", "pwd", "printenv SHOAL_HOST"),
                   env=("LANG", "TZ")),
         KeyPolicy(name="roamer", file=str(keys["roamer"][1]), commands=("pwd", "./uptime"), cwd=True),
     )
-    thread = AgentThread(0)
-    thread.agents = [Agent(agent_config(keys=policies, audit_log=str(tmp_path / "audit.jsonl")))]
-    with thread:
-        yield thread
+    return start_agents(policies=policies, audit_log=str(tmp_path / "audit.jsonl"))
 
 
 def run(agent: AgentThread, key: Path, *args: str) -> int:

@@ -9,19 +9,16 @@ reloads a real `shoal-agent` with SIGHUP.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 from pathlib import Path
-from typing import AsyncIterator
 
-from shoal.agent.config import AgentConfig, KeyPolicy
+from shoal.agent.config import KeyPolicy
 from shoal.hostio.keyfile import write_key_file
-from shoal.agent.server import Agent
 from shoal.controller.client import AgentClient
 from shoal.controller.remote import Command
 from shoal.protocol.messages import Goodbye
-from tests.agents import AgentThread, config, target_for
-from tests.debris import apoll, poll
+from tests.agents import AgentThread, config, running_agents, target_for
+from tests.waiting import wait_for, wait_for_async
 from tests.rawpeer import DEADLINE, RawController, audit_events
 from tests.e2e.test_lifecycle import AgentProcess
 
@@ -46,7 +43,7 @@ async def test_a_removed_key_gets_no_new_command_and_is_closed_after_its_running
             running = await client.exec(Command(shell=WAIT_FOR_FLAG.format(flag=flag)))
             conf.write_text(ENTRY.format("keep", tmp_path / "keep.key"))
             agent.proc.send_signal(signal.SIGHUP)
-            await apoll(lambda: "revoked" in events(audit), timeout=10)
+            await wait_for_async(lambda: "revoked" in events(audit), timeout=10)
             refused = await (await client.exec(Command(shell=f"touch {tmp_path / 'new'}"))).wait()
             assert refused.error_code == "permission_denied"
             assert refused.error == f"permission denied for key {drop.key_id}: key revoked"
@@ -54,7 +51,7 @@ async def test_a_removed_key_gets_no_new_command_and_is_closed_after_its_running
             flag.touch()
             out = b"".join([e.data async for e in running])
             assert (out, (await running.wait()).status) == (b"before\nafter\n", 0)
-            await apoll(lambda: client.close_reason, timeout=10)
+            await wait_for_async(lambda: client.close_reason, timeout=10)
             assert client.close_reason == "agent closed the connection: key revoked"
         finally:
             await client.close()
@@ -75,13 +72,13 @@ async def test_a_revoked_key_commands_are_killed_after_the_kill_grace(tmp_path: 
     audit = tmp_path / "audit.jsonl"
     policy = KeyPolicy("k", str(tmp_path / "k.key"), allow_all=True)
     settings = {"audit_log": str(audit), "limits.kill_grace": 0.2}
-    async with policy_agent(config(keys=(policy,), **settings)) as agent:
+    async with running_agents(policies=(policy,), **settings) as (agent,):
         client = await AgentClient.connect(target_for(agent), key=key, timeout=10)
         try:
             stubborn = await client.exec(Command(shell="echo up; exec sleep 300"))
             agent.reload(config(**settings), [])
             result = await stubborn.wait()
-            reason = await apoll(lambda: client.close_reason, timeout=10)
+            reason = await wait_for_async(lambda: client.close_reason, timeout=10)
         finally:
             await client.close()
     assert result.status == 128 + signal.SIGTERM
@@ -89,22 +86,12 @@ async def test_a_revoked_key_commands_are_killed_after_the_kill_grace(tmp_path: 
     assert "revoked_closed" in events(audit)
 
 
-@contextlib.asynccontextmanager
-async def policy_agent(settings: AgentConfig) -> AsyncIterator[Agent]:
-    agent = Agent(settings)
-    try:
-        await agent.start()
-        yield agent
-    finally:
-        await agent.close()
-
-
 async def test_a_narrowed_policy_refuses_from_the_next_request_and_keeps_the_connection(tmp_path: Path) -> None:
     monitor = write_key_file(tmp_path / "monitor.key")
     audit = tmp_path / "audit.jsonl"
     wide = KeyPolicy("monitor", str(tmp_path / "monitor.key"), commands=("echo one", "echo two"))
     narrow = KeyPolicy("monitor", str(tmp_path / "monitor.key"), commands=("echo one",))
-    async with policy_agent(config(keys=(wide,), audit_log=str(audit))) as agent:
+    async with running_agents(policies=(wide,), audit_log=str(audit)) as (agent,):
         client = await AgentClient.connect(target_for(agent), key=monitor, timeout=10)
         try:
             assert (await (await client.exec(Command(shell="echo two"))).wait()).status == 0
@@ -124,12 +111,10 @@ def test_a_handshake_begun_before_the_reload_is_revoked_when_it_completes(tmp_pa
     old, new = (write_key_file(tmp_path / f"{name}.key") for name in ("old", "new"))
     audit = tmp_path / "audit.jsonl"
     policies = {name: KeyPolicy(name, str(tmp_path / f"{name}.key"), allow_all=True) for name in ("old", "new")}
-    thread = AgentThread(0)
-    thread.agents = [Agent(config(keys=(policies["old"],), audit_log=str(audit)))]
-    with thread:
+    with AgentThread(policies=(policies["old"],), audit_log=str(audit)) as thread:
         peer = RawController(thread.addresses[0], old)
         try:
-            poll(lambda: audit_events(audit, event="accepted"), timeout=DEADLINE)  # its session holds the old keys
+            wait_for(lambda: audit_events(audit, event="accepted"), timeout=DEADLINE)  # its session holds the old keys
             thread.call(thread.agents[0].reload, config(keys=(policies["new"],), audit_log=str(audit)), [])
             peer.handshake()
             goodbye = peer.next_event()

@@ -10,24 +10,20 @@ import os
 import pty
 import re
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.agents import AgentThread, shoal, closed_port
-from tests.debris import marked, poll, tokens_of
+from tests.debris import marked, tokens_of
+from tests.waiting import wait_for
+from tests.programs import SHOAL
 
-_BIN = Path(sys.executable).with_name("shoal")
-SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "shoal.controller.cli.main"]
 
 
 @pytest.fixture(scope="module")
-def agents() -> Iterator[AgentThread]:
-    with AgentThread(10) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 10}
 
 
 def test_stdin_reaches_ten_hosts_byte_exact(agents: AgentThread) -> None:
@@ -111,10 +107,14 @@ def test_progress_line_on_a_terminal_never_reaches_stdout(agents: AgentThread, t
                             stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
     os.close(slave)
     seen = b""
-    deadline = time.monotonic() + 30
-    while b"10 running" not in seen:  # every host is waiting for the flag
-        assert time.monotonic() < deadline and proc.poll() is None, seen
+
+    def all_running() -> bool:  # every host is waiting for the flag
+        nonlocal seen
+        assert proc.poll() is None, seen
         seen += os.read(master, 4096)
+        return b"10 running" in seen
+
+    wait_for(all_running, timeout=30, interval=0, what="the progress line to show 10 running")
     flag.touch()
     out, _ = proc.communicate(timeout=30)
     while True:
@@ -195,14 +195,14 @@ def _read_then_go_away(agents: AgentThread, argv: list[str], endless_hosts: int)
     tokens: list[str] = []
     if endless_hosts:
         assert proc.stdout.readline()
-        tokens = poll(lambda: _running_tokens(agents, endless_hosts), timeout=30)  # type: ignore[assignment]
+        tokens = wait_for(lambda: _running_tokens(agents, endless_hosts), timeout=30)  # type: ignore[assignment]
     proc.stdout.close()
     err = proc.stderr.read()
     proc.stderr.close()
     assert proc.wait(60) == 141, err
     assert err == b""
     for token in tokens:
-        poll(lambda: not marked(token), timeout=30)
+        wait_for(lambda: not marked(token), timeout=30)
 
 
 def _running_tokens(agents: AgentThread, count: int) -> list[str] | None:

@@ -14,7 +14,7 @@ import pwd
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,15 +22,14 @@ import pytest
 
 from shoal.agent import runas
 from shoal.agent.config import KeyPolicy, dump_config, load_config
-from shoal.agent.server import Agent
 from shoal.controller.client import AgentClient
 from shoal.controller.remote import Command
 from shoal.hostio.keyfile import write_key_file
 from shoal.protocol.handshake import SharedKey
 from shoal.protocol.messages import Exec
 from tests.agents import AgentThread, running_agents, shoal, target_for
-from tests.agents import config as agent_config
-from tests.debris import marked, marker_of, poll
+from tests.debris import marked, marker_of
+from tests.waiting import wait_for
 from tests.rawpeer import audit_events
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making a user and running as it needs root")
@@ -67,15 +66,20 @@ def homeless() -> Iterator[MadeUser]:
     yield from _make_user(homeless=True)
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory any user may write in, for marks left by commands."""
+def temp_dir(mode: int) -> Iterator[Path]:
+    """A root-owned directory of `mode` outside pytest's private tmp (which no other user may enter)."""
     path = Path(tempfile.mkdtemp(prefix="shoal-runas-"))
-    path.chmod(0o1777)
+    path.chmod(mode)
     try:
         yield path
     finally:
         subprocess.run(["rm", "-rf", str(path)], check=True)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory any user may write in, for marks left by commands."""
+    yield from temp_dir(0o1777)
 
 
 def test_run_as_a_user_gets_its_ids_groups_home_and_login_variables(capsysbinary, user: MadeUser) -> None:
@@ -120,17 +124,15 @@ def keys(tmp_path: Path) -> dict[str, tuple[SharedKey, Path]]:
 
 
 @pytest.fixture
-def policy_agent(tmp_path: Path, keys: dict[str, tuple[SharedKey, Path]], user: MadeUser) -> Iterator[AgentThread]:
+def policy_agent(start_agents: Callable[..., AgentThread], tmp_path: Path, keys: dict[str, tuple[SharedKey, Path]],
+                 user: MadeUser) -> AgentThread:
     policies = (
         KeyPolicy(name="admin", file=str(keys["admin"][1]), allow_all=True),
         KeyPolicy(name="narrow", file=str(keys["narrow"][1]), allow_all=True, users=("nobody",)),
         KeyPolicy(name="app", file=str(keys["app"][1]), allow_all=True, users=(user.name,)),
         KeyPolicy(name="lister", file=str(keys["lister"][1]), commands=("id -un",)),
     )
-    thread = AgentThread(0)
-    thread.agents = [Agent(agent_config(keys=policies, audit_log=str(tmp_path / "audit.jsonl")))]
-    with thread:
-        yield thread
+    return start_agents(policies=policies, audit_log=str(tmp_path / "audit.jsonl"))
 
 
 def _run(capsysbinary, agent: AgentThread, key: Path, *args: str):  # type: ignore[no-untyped-def]
@@ -313,7 +315,8 @@ def test_batch_runs_every_command_as_the_user(capsysbinary, user: MadeUser, tmp_
 
 
 def test_shell_user_switches_later_commands(user: MadeUser) -> None:
-    from tests.e2e.test_pty_e2e import SHOAL, Terminal
+    from tests.e2e.test_pty_e2e import Terminal
+    from tests.programs import SHOAL
 
     with AgentThread() as agent:
         term = Terminal([*SHOAL, "shell", agent.targets_spec()], 24, 80)
@@ -374,23 +377,14 @@ def test_an_agent_announcing_no_support_is_refused_by_the_controller(
 
 
 async def test_the_agent_announces_every_feature_in_one_list() -> None:
-    """`idle_timeout` (a request member) and `user`/`pty` (`requires` names) share HELLO's `features`."""
+    """Request members and messages (`idle_timeout`, `put_batch`, `tree_user`, `relay`) and `requires`
+    names (`user`, `pty`) share HELLO's `features`."""
     async with running_agents() as (agent,):
         client = await AgentClient.connect(target_for(agent))
         try:
-            assert client.features == ["idle_timeout", "pty", "user"]
+            assert client.features == ["idle_timeout", "pty", "put_batch", "relay", "tree_user", "user"]
         finally:
             await client.close()
-
-
-def test_recursive_transfers_as_a_user_refuse_what_would_act_as_the_agent(capsysbinary, tmp_path: Path) -> None:
-    """A sync lists and deletes with the agent's rights, so with --user: plain sends only."""
-    (tmp_path / "tree").mkdir()
-    status, _, err = shoal(capsysbinary, "put", "-r", "--delete", "-u", "nobody", "127.0.0.1:1",
-                           str(tmp_path / "tree"), "/tmp/x")
-    assert status != 0 and b"--delete cannot go with --user" in err
-    status, _, err = shoal(capsysbinary, "get", "-r", "-u", "nobody", "127.0.0.1:1", "/etc", str(tmp_path / "got"))
-    assert status != 0 and b"-r cannot go with --user" in err
 
 
 def test_a_job_runs_as_its_user_under_the_keys_policy_and_never_as_root(
@@ -411,18 +405,18 @@ def test_a_job_runs_as_its_user_under_the_keys_policy_and_never_as_root(
     [row] = [json.loads(line) for line in out.splitlines()]
     assert (status, row["job"], row["user"]) == (0, job, user.name)
     token = marker_of(int(row["pid"]))
-    tree = poll(lambda: len(marked(token)) == 2 and marked(token), timeout=10)
+    tree = wait_for(lambda: len(marked(token)) == 2 and marked(token), timeout=10)
     entry = pwd.getpwnam(user.name)
     assert isinstance(tree, list)
     for proc in tree:
         assert tuple(proc.uids()) == (entry.pw_uid,) * 3 and proc.gids().real == entry.pw_gid, proc
-    poll(mark.exists, timeout=10)
+    wait_for(mark.exists, timeout=10)
     assert mark.stat().st_uid == entry.pw_uid
     status, table, _ = shoal(capsysbinary, "jobs", "--key-file", str(keys["app"][1]), spec)
     assert table.decode().splitlines()[1].split()[1:5] == [job, "running", "-", user.name]
     status, out, _ = shoal(capsysbinary, "kill", "--key-file", str(keys["app"][1]), spec, job)
     assert (status, out) == (0, f"{spec}: killed job {job} (2 processes)\n".encode())
-    poll(lambda: not marked(token), timeout=10)
+    wait_for(lambda: not marked(token), timeout=10)
     [started] = audit_events(tmp_path / "audit.jsonl", event="job_start")
     assert (started["job"], started["user"]) == (job, user.name)
 

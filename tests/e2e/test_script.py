@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,8 @@ from tests.agents import AgentThread
 
 
 @pytest.fixture(scope="module")
-def agents() -> Iterator[AgentThread]:
-    with AgentThread(2) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 2}
 
 
 def run(capsysbinary: pytest.CaptureFixture[bytes], *argv: str) -> tuple[int, str, str]:

@@ -14,7 +14,8 @@ from shoal.controller.client import AgentClient
 from shoal.controller.remote import Command, RemoteProcess
 from shoal.controller.result import UNREACHABLE
 from tests.agents import running_agents, target_for
-from tests.debris import apoll, marked, marker_of
+from tests.debris import marked, marker_of
+from tests.waiting import wait_for_async
 
 
 async def _output_until(proc: RemoteProcess, *needles: bytes) -> bytearray:
@@ -40,11 +41,11 @@ async def test_timeout_kills_the_whole_tree_including_a_setsid_grandchild() -> N
             assert proc.pid is not None
             token = marker_of(proc.pid)
             await _output_until(proc, b"up")
-            await apoll(lambda: _in_other_session(token, proc.pid), timeout=5)
+            await wait_for_async(lambda: _in_other_session(token, proc.pid), timeout=5)
             res = await proc.wait()
         finally:
             await client.close()
-        await apoll(lambda: not marked(token), timeout=5)
+        await wait_for_async(lambda: not marked(token), timeout=5)
     assert res.timed_out and res.status == UNREACHABLE and res.error.startswith("timed out after")
     assert res.error_code == "timeout" and not res.cancelled
 
@@ -113,7 +114,7 @@ async def test_cancel_sends_sigint_to_the_whole_process_group_first() -> None:
             res = await proc.wait()
         finally:
             await client.close()
-        await apoll(lambda: not marked(token), timeout=5)
+        await wait_for_async(lambda: not marked(token), timeout=5)
     assert b"parent got SIGINT" in out and b"child got SIGINT" in out
     assert b"SIGTERM" not in out
     assert res.cancelled and res.status == 3 and not res.timed_out

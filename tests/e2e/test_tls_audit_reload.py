@@ -31,7 +31,7 @@ from shoal.controller.remote import Command
 from shoal.protocol.connection import Connection, Role
 from shoal.protocol.errors import ConfigError
 from tests.agents import config, running_agents, target_for
-from tests.debris import apoll
+from tests.waiting import wait_for_async
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -139,7 +139,7 @@ async def test_a_failed_handshake_is_audited_once_with_the_peer(
         target = target_for(agent)
         assert target.host is not None
         peer = await client(target.host, target.port, pki, stranger)
-        await apoll(lambda: audit_events(audit, "refused"), timeout=10)
+        await wait_for_async(lambda: audit_events(audit, "refused"), timeout=10)
         # A good controller afterwards: the agent still serves, and anything the
         # failure might still have produced has had its turn.
         good = await AgentClient.connect(target, ssl=controller_tls(pki, pki), timeout=10)
@@ -180,7 +180,7 @@ async def test_handshakes_in_flight_are_capped(pki: dict[str, Path], tmp_path: P
         assert record["peer"] == peer_of(writer) and "too many TLS handshakes in progress" in record["reason"]
         for _, w in silent:
             w.close()
-        await apoll(lambda: len(audit_events(audit, "refused")) == 3, timeout=10)
+        await wait_for_async(lambda: len(audit_events(audit, "refused")) == 3, timeout=10)
         # Both slots are free again: a real controller gets in.
         good = await AgentClient.connect(target, ssl=controller_tls(pki, pki), timeout=10)
         await good.ping()

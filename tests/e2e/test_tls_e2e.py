@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import select
 import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -28,8 +27,8 @@ from shoal.protocol.errors import ConfigError, ShoalConnectionError
 from shoal.protocol.handshake import SharedKey
 from tests.agents import config, running_agents, target_for
 from tests.rawpeer import DEADLINE, connect
+from tests.programs import SHOAL, SHOAL_AGENT
 
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +165,7 @@ def tls_agent_process(pki: dict[str, Path], tmp_path: Path) -> Iterator[tuple[st
     key_path = tmp_path / "k"
     write_key_file(key_path)
     proc = subprocess.Popen(
-        [str(BIN / "shoal-agent"), "--listen", "127.0.0.1:0", "--key-file", str(key_path),
+        [*SHOAL_AGENT, "--listen", "127.0.0.1:0", "--key-file", str(key_path),
          "--tls-cert", str(pki["agent_cert"]), "--tls-key", str(pki["agent_key"]),
          "--tls-ca", str(pki["ca_cert"]), "--state-dir", str(tmp_path), "--log-level", "info"],
         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
@@ -188,9 +187,9 @@ def test_real_commands_run_over_tls_and_hmac(pki: dict[str, Path], tls_agent_pro
     address, key_path = tls_agent_process
     tls = ["--tls-cert", str(pki["controller_cert"]), "--tls-key", str(pki["controller_key"]),
            "--tls-ca", str(pki["ca_cert"])]
-    ok = subprocess.run([str(BIN / "shoal"), "run", "-n", address, "--key-file", str(key_path), *tls,
+    ok = subprocess.run([*SHOAL, "run", "-n", address, "--key-file", str(key_path), *tls,
                          "--", "echo", "secure"], capture_output=True, text=True, timeout=DEADLINE)
     assert (ok.returncode, ok.stdout, ok.stderr) == (0, "secure\n", "")
-    plain = subprocess.run([str(BIN / "shoal"), "run", "-n", address, "--key-file", str(key_path),
+    plain = subprocess.run([*SHOAL, "run", "-n", address, "--key-file", str(key_path),
                             "--", "echo", "secure"], capture_output=True, text=True, timeout=DEADLINE)
     assert plain.returncode == 255 and "does it require TLS" in plain.stderr

@@ -7,8 +7,6 @@ import os
 import select
 import pty
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +15,13 @@ from shoal.controller.term.display import Display
 from shoal.controller.transfer import host_directory_name
 from shoal.controller.term.transferprogress import TransferProgress, format_bytes, format_duration
 from tests.agents import AgentThread, shoal, closed_port
+from tests.programs import SHOAL
 
-_BIN = Path(sys.executable).with_name("shoal")
-SHOAL = [str(_BIN)] if _BIN.exists() else [sys.executable, "-m", "shoal.controller.cli.main"]
 
 
 @pytest.fixture(scope="module")
-def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentThread]:
-    with AgentThread(3, state_dir=str(tmp_path_factory.mktemp("state"))) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 3}
 
 
 def test_put_one_file_to_three_hosts(agents: AgentThread, tmp_path: Path,

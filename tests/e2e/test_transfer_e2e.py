@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import AsyncIterator, Iterator
@@ -34,6 +33,8 @@ from shoal.controller.transferplan import plan_put
 from shoal.protocol.errors import RemoteCommandError
 from shoal.protocol.messages import FileData, PutFile
 from tests.agents import config, running_agents, target_for, closed_port as _closed_port
+from tests.waiting import wait_for, wait_for_async
+from tests.programs import SHOAL_AGENT
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -62,15 +63,6 @@ def sha256_of(path: Path) -> str:
 
 def temp_files(directory: Path) -> list[str]:
     return [name for name in os.listdir(directory) if TEMP_MARK in name]
-
-
-async def eventually(check, what: str, seconds: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll `check()` until true, failing after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
@@ -393,8 +385,8 @@ async def test_controller_gone_mid_put_keeps_the_old_file(tmp_path: Path) -> Non
         stop = StopAfter(client, 4 * MiB)
         result = await put_file(client, plan_put([str(src)], str(dest_dir / "f"), False), str(dest_dir / "f"),
                                 progress=stop)
-        await eventually(lambda: not any(s.requests for s in agent.sessions) and temp_files(dest_dir) == [],
-                         "the agent to drop the transfer")
+        await wait_for_async(lambda: not any(s.requests for s in agent.sessions) and temp_files(dest_dir) == [],
+                             what="the agent to drop the transfer")
     assert result.status == 255 and stop.sent >= 4 * MiB
     assert (dest_dir / "f").read_bytes() == b"old"
     assert os.listdir(tmp_path / "state" / "transfers") == []
@@ -411,8 +403,8 @@ async def test_agent_killed_mid_put_leaves_old_file_and_restart_cleans(tmp_path:
     try:
         client = await AgentClient.connect(Target(name="h1", host="127.0.0.1", port=port))
         task = asyncio.create_task(put(client, src, str(dest_dir / "f")))
-        await eventually(lambda: temp_files(dest_dir) != [] and os.path.getsize(dest_dir / temp_files(dest_dir)[0]) > 0,
-                         "the temp file to receive data")
+        await wait_for_async(lambda: temp_files(dest_dir) != [] and os.path.getsize(dest_dir / temp_files(dest_dir)[0]) > 0,
+                             what="the temp file to receive data")
         agent.send_signal(signal.SIGKILL)
         result = await task
         await client.close()
@@ -431,16 +423,22 @@ async def test_agent_killed_mid_put_leaves_old_file_and_restart_cleans(tmp_path:
 
 def _agent_process(port: int, state_dir: Path) -> subprocess.Popen[bytes]:
     """A real `shoal-agent` process, returned once it accepts connections."""
-    proc = subprocess.Popen([sys.executable, "-m", "shoal.agent.cli", "--listen", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([*SHOAL_AGENT, "--listen", f"127.0.0.1:{port}",
                              "--state-dir", str(state_dir), "--log-level", "error"], cwd=ROOT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError("agent did not start")
+    try:
+        wait_for(lambda: _accepts(port), what=f"the agent to listen on port {port}")
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
 
 
 async def test_data_beyond_the_window_is_a_protocol_error(tmp_path: Path) -> None:
@@ -455,8 +453,8 @@ async def test_data_beyond_the_window_is_a_protocol_error(tmp_path: Path) -> Non
         rid = client.new_request_id()
         client.send(PutFile(rid, path=str(tmp_path / "x"), size=1024))
         client.send(FileData(rid, bytes(1024)))
-        await eventually(lambda: client.closed, "the agent to close the connection")
-        await eventually(lambda: not agent.sessions, "the agent to drop the session")
+        await wait_for_async(lambda: client.closed, what="the agent to close the connection")
+        await wait_for_async(lambda: not agent.sessions, what="the agent to drop the session")
     assert "window_exceeded" in (client.close_reason or "")
-    await eventually(lambda: temp_files(tmp_path) == [], "the temp file to go")
+    await wait_for_async(lambda: temp_files(tmp_path) == [], what="the temp file to go")
     assert not (tmp_path / "x").exists()

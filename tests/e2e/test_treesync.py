@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,8 @@ from tests.agents import AgentThread, config, shoal, target_for
 
 
 @pytest.fixture(scope="module")
-def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentThread]:
-    with AgentThread(2, state_dir=str(tmp_path_factory.mktemp("state"))) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 2}
 
 
 def make_site(root: Path) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,19 @@ from tests.agents import AgentThread, shoal
 
 
 @pytest.fixture(scope="module")
-def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AgentThread, Path]]:
-    """An agent that accepts only the key in the returned file."""
-    path = tmp_path_factory.mktemp("key") / "admin.key"
-    with AgentThread(1, keys=[write_key_file(path)]) as t:
-        yield t, path
+def key_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("key") / "admin.key"
+
+
+@pytest.fixture(scope="module")
+def agent_settings(key_path: Path) -> dict[str, object]:
+    """An agent that accepts only the key in `key_path`."""
+    return {"keys": [write_key_file(key_path)]}
+
+
+@pytest.fixture
+def keyed(agents: AgentThread, key_path: Path) -> tuple[AgentThread, Path]:
+    return agents, key_path
 
 
 def _config(directory: Path, text: str) -> Path:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
-import sys
 from importlib import metadata
 
 import pytest
 
 from shoal.hostio.version import UNKNOWN_VERSION, software_version
 from shoal.protocol.messages import PROTOCOL_VERSION
-
-BINDIR = os.path.dirname(sys.executable)
+from tests.programs import installed
 
 
 def _expected(program: str) -> bytes:
@@ -23,7 +20,7 @@ def _expected(program: str) -> bytes:
 
 @pytest.mark.parametrize("program", ["shoal", "shoal-agent"])
 def test_installed_program_prints_its_versions(program: str) -> None:
-    done = subprocess.run([os.path.join(BINDIR, program), "--version"], capture_output=True, timeout=60)
+    done = subprocess.run([installed(program), "--version"], capture_output=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (0, _expected(program), b"")
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,8 @@ from tests.agents import AgentThread, closed_port, shoal
 
 
 @pytest.fixture(scope="module")
-def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentThread]:
-    with AgentThread(6, state_dir=str(tmp_path_factory.mktemp("state"))) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 6}
 
 
 def _events(out: bytes) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from shoal.controller.cli.main import build_parser
 from shoal.controller.cli.words import split_at_command
 from tests.agents import AgentThread, shoal
-from tests.e2e.test_run_cli import SHOAL
+from tests.programs import SHOAL
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -28,9 +27,8 @@ RUN_OPTIONS = sorted(s for action in _run_parser()._actions for s in action.opti
 
 
 @pytest.fixture(scope="module")
-def agents() -> Iterator[AgentThread]:
-    with AgentThread(2) as t:
-        yield t
+def agent_settings() -> dict[str, object]:
+    return {"count": 2}
 
 
 def test_the_option_list_is_complete() -> None:

@@ -3,7 +3,6 @@ worked example frames decode to what the text says."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from shoal.protocol.errors import ERROR_CODES, ErrorCode
 from shoal.protocol.frames import FrameDecoder
 from shoal.protocol.codec import decode_body
+from shoal.protocol.messageclass import message_fields
 from shoal.protocol.messages import MESSAGE_CLASSES, Exec, Stdout
 
 DOC = Path(__file__).resolve().parents[2].joinpath("protocol", "PROTOCOL.md").read_text()
@@ -23,9 +23,9 @@ def test_every_message_has_a_row_naming_its_code_and_fields(cls: type) -> None:
     row = ROWS.get(f"0x{cls.TYPE:02x}")
     assert row is not None, f"PROTOCOL.md has no row for {cls.TYPE.name}"
     assert f"| {cls.TYPE.name} |" in row
-    for f in dataclasses.fields(cls):
-        if f.name not in ("request_id", "data"):
-            assert f"`{f.name}`" in row, f"{cls.TYPE.name}.{f.name} is not documented"
+    for name in message_fields(cls):
+        if name not in ("request_id", "data"):
+            assert f"`{name}`" in row, f"{cls.TYPE.name}.{name} is not documented"
 
 
 def test_no_documented_type_is_missing_from_the_code() -> None:

@@ -18,6 +18,7 @@ from shoal.hostio.atomic import AtomicWriter
 from shoal.hostio.reader import FileReader
 from shoal.hostio.readahead import ReadAhead
 from shoal.hostio.sink import ChunkSink
+from tests.waiting import wait_for_async
 
 MiB = 1024 * 1024
 
@@ -31,9 +32,7 @@ def shoal_threads() -> list[str]:
 async def threads_end() -> list[str]:
     """Shoal threads left once they had a moment to exit: a thread's last act is
     telling the loop it is done with the file, and it exits right after."""
-    deadline = asyncio.get_running_loop().time() + 5
-    while shoal_threads() and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.01)
+    await wait_for_async(lambda: not shoal_threads(), what="shoal's transfer threads to exit")
     return shoal_threads()
 
 
@@ -124,9 +123,7 @@ async def test_read_ahead_never_runs_more_than_depth_chunks_ahead(tmp_path: Path
     reader = FileReader.open(tmp_path / "src")
     chunks = ReadAhead(reader, MiB, depth=3)
     await chunks.next()
-    deadline = asyncio.get_running_loop().time() + 5
-    while reader.bytes_read < 4 * MiB and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.01)  # polling until the thread has filled its slots
+    await wait_for_async(lambda: reader.bytes_read >= 4 * MiB, what="the read-ahead thread to fill its slots")
     assert reader.bytes_read == 4 * MiB  # the one taken plus three waiting
     await chunks.close()
     reader.close()
@@ -139,13 +136,9 @@ async def test_transfer_threads_run_below_the_event_loop_priority(tmp_path: Path
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     want = min(19, base + BULK_NICE)
     bulk = [t for t in threading.enumerate() if t.name in ("shoal-put-write", "shoal-put-hash")]
-    deadline = asyncio.get_running_loop().time() + 5
-    while asyncio.get_running_loop().time() < deadline:
-        nices = [os.getpriority(os.PRIO_PROCESS, t.native_id or 0) for t in bulk if t.is_alive()]
-        if nices == [want, want]:
-            break
-        await asyncio.sleep(0.01)
-    assert nices == [want, want]
+    def niced() -> bool:
+        return [os.getpriority(os.PRIO_PROCESS, t.native_id or 0) for t in bulk if t.is_alive()] == [want, want]
+    await wait_for_async(niced, what=f"both transfer threads at nice {want}")
     await sink.finish()
     writer.abort()
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from shoal.protocol.connection import Connection, HandshakeComplete, KeyLookup, Role, State
 from shoal.protocol.errors import AuthError, LocalProtocolError, RemoteProtocolError
 from shoal.protocol.handshake import MAC_AES256_GMAC, MAC_HMAC_SHA256, SUPPORTED_MACS, SharedKey
 from shoal.protocol.codec import decode_body, encode_body
+from shoal.protocol.messageclass import replace
 from shoal.protocol.messages import Exec, Hello, MessageType, Stdin, Stdout
 from shoal.protocol.frames import HEAD_SIZE, PREAUTH_MAX_FRAME, TAG_SIZE, frame_head
 
@@ -127,7 +126,7 @@ def test_agent_choosing_a_mac_not_offered_is_rejected() -> None:
 def rewrite_hello(wire: bytes, **changes: object) -> bytes:
     """What a man in the middle does: re-encode a HELLO frame with fields changed."""
     hello = decode_body(MessageType.HELLO, 0, wire[HEAD_SIZE:])
-    return hello_frame(dataclasses.replace(hello, **changes))  # type: ignore[arg-type]
+    return hello_frame(replace(hello, **changes))  # type: ignore[arg-type]
 
 
 def test_downgraded_offer_fails_authentication() -> None:
@@ -192,7 +191,7 @@ def test_unknown_key_id_and_wrong_secret_look_alike_to_the_controller() -> None:
     for hello in (unknown[0], wrong_secret[0]):
         assert hello.auth == "hmac-sha256" and hello.key_id == OTHER.key_id and hello.mac
     same = dict(nonce="")
-    assert dataclasses.replace(unknown[0], **same) == dataclasses.replace(wrong_secret[0], **same)
+    assert replace(unknown[0], **same) == replace(wrong_secret[0], **same)
     assert unknown[1] == wrong_secret[1]  # byte for byte the same ERROR
     assert unknown[2] == "unknown key id" and wrong_secret[2].startswith("bad proof")
 

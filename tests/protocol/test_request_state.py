@@ -1,14 +1,16 @@
-"""The command request state machine (shoal.protocol.request), checked against its table.
+"""The request state machine (shoal.protocol.request), checked against its tables.
 
-Every state x message type x sending role x keeping end: legal messages move to the
-table's next state, everything else is `out_of_order`, ours as LocalProtocolError and
-the peer's as RemoteProtocolError. Then the windows, both directions.
+Every kind x state x message type x sending role x keeping end: legal messages move
+to the table's next state, everything else is `out_of_order`, ours as
+LocalProtocolError and the peer's as RemoteProtocolError. Then the windows, both
+directions, for commands and transfers.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -16,21 +18,34 @@ import pytest
 from shoal.protocol.connection import Role
 from shoal.protocol.defaults import OUTPUT_WINDOW
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from shoal.protocol.messages import (Error, Exec, Exit, JobAttach, JobStarted, MessageType, Signal, Started,
+from shoal.protocol.defaults import MAX_GET_WINDOW, TRANSFER_WINDOW
+from shoal.protocol.messages import (Error, Exec, Exit, FileData, FileDone, FileEnd, FileInfo, GetFile, JobAttach,
+                                     JobStarted, MessageType, MetricsReply, MetricsRequest, PutFile, Signal, Started,
                                      Stderr, Stdin, StdinEof, Stdout, Window)
-from shoal.protocol.request import TRANSITIONS, RequestChannel, RequestState
+from shoal.protocol.request import TRANSITIONS, RequestChannel, RequestKind, RequestState
 
 RID = 7
 BIG = 1 << 30
 _C, _A = Role.CONTROLLER, Role.AGENT
 
-# The shortest legal way into each state: (sender, type) steps from IDLE.
-_PATH = {
-    RequestState.IDLE: [],
-    RequestState.STARTING: [(_C, MessageType.EXEC)],
-    RequestState.RUNNING: [(_C, MessageType.EXEC), (_A, MessageType.STARTED)],
-    RequestState.DONE: [(_C, MessageType.EXEC), (_A, MessageType.STARTED), (_A, MessageType.EXIT)],
-}
+_COMMAND = RequestKind.COMMAND
+
+
+def _paths(kind: RequestKind) -> dict[RequestState, list[tuple[Role, MessageType]]]:
+    """The shortest legal way into each state of `kind`'s table: (sender, type) steps from IDLE."""
+    table, paths = TRANSITIONS[kind], {RequestState.IDLE: []}
+    queue = deque([RequestState.IDLE])
+    while queue:
+        state = queue.popleft()
+        for role in Role:
+            for type_, after in table[(state, role)].items():
+                if after not in paths:
+                    paths[after] = [*paths[state], (role, type_)]
+                    queue.append(after)
+    return paths
+
+
+_STATES = [(kind, state) for kind in RequestKind for state in _paths(kind)]
 
 
 def _step(ch: RequestChannel, sender: Role, type_: MessageType, amount: int = 0) -> None:
@@ -40,38 +55,41 @@ def _step(ch: RequestChannel, sender: Role, type_: MessageType, amount: int = 0)
         ch.receive_data(type_, amount)
 
 
-def channel_in(state: RequestState, our_role: Role) -> RequestChannel:
-    ch = RequestChannel(our_role, RID)
-    for sender, type_ in _PATH[state]:
+def channel_in(state: RequestState, our_role: Role, kind: RequestKind = _COMMAND) -> RequestChannel:
+    ch = RequestChannel(our_role, RID, kind)
+    for sender, type_ in _paths(kind)[state]:
         _step(ch, sender, type_, BIG)
     assert ch.state is state
     return ch
 
 
-def test_the_table_names_every_state_and_role() -> None:
-    assert set(TRANSITIONS) == set(itertools.product(RequestState, Role))
+@pytest.mark.parametrize("kind", list(RequestKind))
+def test_each_table_names_its_states_for_both_roles_and_every_state_is_reached(kind: RequestKind) -> None:
+    states = set(_paths(kind))
+    assert {RequestState.IDLE, RequestState.DONE} <= states
+    assert set(TRANSITIONS[kind]) == set(itertools.product(states, Role))
+    assert TRANSITIONS[kind][(RequestState.DONE, _C)] == TRANSITIONS[kind][(RequestState.DONE, _A)] == {}
 
 
 @pytest.mark.parametrize("our_role", list(Role))
-@pytest.mark.parametrize("sender", list(Role))
-@pytest.mark.parametrize("type_", list(MessageType))
-@pytest.mark.parametrize("state", list(RequestState))
-def test_every_message_in_every_state_follows_the_table(state: RequestState, type_: MessageType, sender: Role,
+@pytest.mark.parametrize(("kind", "state"), _STATES, ids=[f"{k.value}-{s.value}" for k, s in _STATES])
+def test_every_message_in_every_state_follows_the_table(kind: RequestKind, state: RequestState,
                                                          our_role: Role) -> None:
-    ch = channel_in(state, our_role)
-    after = TRANSITIONS[(state, sender)].get(type_)
-    if sender is our_role:
-        assert ch.can_send(type_) is (after is not None)
-    if after is not None:
-        _step(ch, sender, type_)
-        assert ch.state is after
-        return
-    error = LocalProtocolError if sender is our_role else RemoteProtocolError
-    with pytest.raises(error) as info:
-        _step(ch, sender, type_)
-    assert info.value.code == ErrorCode.OUT_OF_ORDER
-    assert type(info.value) is error
-    assert ch.state is state  # an illegal message changes nothing
+    for type_, sender in itertools.product(MessageType, Role):
+        ch = channel_in(state, our_role, kind)
+        after = TRANSITIONS[kind][(state, sender)].get(type_)
+        if sender is our_role:
+            assert ch.can_send(type_) is (after is not None)
+        if after is not None:
+            _step(ch, sender, type_)
+            assert ch.state is after
+            continue
+        error = LocalProtocolError if sender is our_role else RemoteProtocolError
+        with pytest.raises(error) as info:
+            _step(ch, sender, type_)
+        assert info.value.code == ErrorCode.OUT_OF_ORDER
+        assert type(info.value) is error
+        assert ch.state is state, (type_, sender)  # an illegal message changes nothing
 
 
 def test_a_lifecycle_in_messages_on_both_ends() -> None:
@@ -201,16 +219,18 @@ def _doc_cell(cell: str) -> dict[MessageType, RequestState]:
     return out
 
 
-def test_protocol_md_states_the_same_table() -> None:
+@pytest.mark.parametrize("kind", list(RequestKind))
+def test_protocol_md_states_the_same_table(kind: RequestKind) -> None:
     doc = Path(__file__).resolve().parents[2].joinpath("protocol", "PROTOCOL.md").read_text()
-    states = "|".join(s.value for s in RequestState)
-    rows = re.findall(r"^\| `(%s)` \| ([^|]+) \| ([^|]+) \|$" % states, doc, re.M)
+    heading = f"| {kind.value} state | the controller may send | the agent may send |\n"
+    assert doc.count(heading) == 1, f"PROTOCOL.md has no one table headed {heading!r}"
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \| ([^|]+) \|$", doc[doc.index(heading):].split("\n\n")[0], re.M)
     table = {}
     for state_name, controller, agent in rows:
         state = RequestState(state_name)
         for role, cell in ((_C, controller), (_A, agent)):
             table[(state, role)] = {t: (after or state) for t, after in _doc_cell(cell).items()}
-    assert table == TRANSITIONS
+    assert table == TRANSITIONS[kind]
 
 
 def test_resize_is_legal_only_while_running() -> None:
@@ -223,3 +243,68 @@ def test_resize_is_legal_only_while_running() -> None:
     assert ch.can_send(MessageType.RESIZE)
     ch.send_data(MessageType.RESIZE, 0)
     assert ch.state is RequestState.RUNNING
+
+
+# -- metrics and transfers -------------------------------------------------------
+
+
+def _play(kind: RequestKind, script: list[tuple[Role, object]]) -> list[RequestChannel]:
+    """Both ends step through `script` ((sender, message) pairs) and stay in step."""
+    ends = [RequestChannel(_C, RID, kind), RequestChannel(_A, RID, kind)]
+    for sender, msg in script:
+        for ch in ends:
+            (ch.send if ch.our_role is sender else ch.receive)(msg)  # type: ignore[arg-type]
+        assert ends[0].state is ends[1].state
+        assert (ends[0].output_credit, ends[0].stdin_credit) == (ends[1].output_credit, ends[1].stdin_credit)
+    return ends
+
+
+def test_metrics_is_one_reply() -> None:
+    ends = _play(RequestKind.METRICS, [(_C, MetricsRequest(RID)), (_A, MetricsReply(RID, metrics={}))])
+    assert ends[0].done and ends[1].done
+
+
+def test_a_put_sends_data_within_file_infos_window_and_ends_with_file_done() -> None:
+    ends = _play(RequestKind.PUT, [
+        (_C, PutFile(RID, path="/f", size=6)), (_A, FileInfo(RID, size=6, window=4)),
+        (_C, FileData(RID, b"abcd")), (_A, Window(RID, bytes=4)), (_C, FileData(RID, b"ef")),
+        (_C, FileEnd(RID, sha256="0" * 64))])
+    assert ends[0].state is RequestState.FINISHING and ends[0].stdin_credit == 2
+    assert not ends[0].can_send(MessageType.FILE_DATA)  # FILE_END ends the data
+    for ch in ends:
+        (ch.receive if ch.our_role is _C else ch.send)(FileDone(RID, sha256="0" * 64, bytes=6, path="/f"))
+    assert ends[0].done and ends[1].done
+
+
+def test_put_data_past_file_infos_window_is_window_exceeded() -> None:
+    ch = RequestChannel(_A, RID, RequestKind.PUT)
+    ch.receive(PutFile(RID, path="/f", size=9))
+    ch.send(FileInfo(RID, size=9, window=4))
+    with pytest.raises(RemoteProtocolError) as info:
+        ch.receive(FileData(RID, b"abcde"))
+    assert info.value.code == ErrorCode.WINDOW_EXCEEDED
+    assert "file data for request 7 overran its window" in str(info.value)
+
+
+def test_a_mkdir_put_is_answered_file_done_at_once() -> None:
+    ends = _play(RequestKind.PUT, [(_C, PutFile(RID, path="/d", size=0, mkdir=True)),
+                                   (_A, FileDone(RID, sha256="", bytes=0, path="/d"))])
+    assert ends[0].done and ends[1].done
+
+
+@pytest.mark.parametrize(("asked", "granted"), [(0, TRANSFER_WINDOW), (5, 5), (BIG, MAX_GET_WINDOW)])
+def test_a_get_streams_within_get_files_window(asked: int, granted: int) -> None:
+    ends = _play(RequestKind.GET, [(_C, GetFile(RID, path="/f", window=asked)),
+                                   (_A, FileInfo(RID, size=7, window=0))])
+    assert ends[0].output_credit == granted
+    ch = RequestChannel(_C, RID, RequestKind.GET)
+    ch.send(GetFile(RID, path="/f", window=5))
+    ch.receive(FileInfo(RID, size=7))
+    ch.receive(FileData(RID, b"abcde"))
+    with pytest.raises(RemoteProtocolError) as info:
+        ch.receive(FileData(RID, b"f"))
+    assert info.value.code == ErrorCode.WINDOW_EXCEEDED
+    ch.send(Window(RID, bytes=2))
+    ch.receive(FileData(RID, b"fg"))
+    ch.receive(FileEnd(RID, sha256="0" * 64))
+    assert ch.done
