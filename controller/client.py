@@ -40,6 +40,7 @@ from shoal.protocol.messages import (
     Exec,
     Goodbye,
     Message,
+    MessageType,
     JobAttach,
     MetricsReply,
     MetricsRequest,
@@ -224,6 +225,11 @@ class AgentClient(FrameDriver):
             return
         self.conn.send(msg)
         self.flush()
+
+    def send_data(self, type_: MessageType, request_id: int, data: bytes) -> None:
+        """Queue a raw-data message without building it (hot path); the caller flushes."""
+        if not self.closed and self.conn.state is State.OPEN:
+            self.conn.send_data(type_, request_id, data)
 
     def write_failed(self, exc: OSError) -> None:
         # ours from here on: callers see only ShoalError

@@ -196,7 +196,7 @@ class RelayStream(asyncio.Transport):
         while self._outbox and ch.send_credit > 0 and ch.can_send(MessageType.RELAY_DATA):
             chunk = self._take(min(ch.send_credit, self.link.max_chunk))
             ch.send_data(MessageType.RELAY_DATA, len(chunk))
-            self.link.conn.send_data(MessageType.RELAY_DATA, self.request_id, chunk)
+            self.link.send_data(MessageType.RELAY_DATA, self.request_id, chunk)
         self.link.flush()
         self._writable_changed()
 

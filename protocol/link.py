@@ -24,7 +24,7 @@ from shoal.protocol.connection import Role
 from shoal.protocol.errors import ErrorCode, RemoteProtocolError
 from shoal.protocol.messages import AGENT_ONLY, CONTROLLER_ONLY, HUB_TYPES, Linked, Message, MessageType
 
-__all__ = ["INNER_HEAD", "link_message", "inner_message"]
+__all__ = ["INNER_HEAD", "link_message", "link_data", "inner_message"]
 
 _HEAD = struct.Struct(">BI")
 # Bytes a LINKED body adds to the inner message's body.
@@ -38,6 +38,11 @@ _NOT_FROM: dict[Role, frozenset[MessageType]] = {Role.CONTROLLER: AGENT_ONLY, Ro
 def link_message(link_id: int, msg: Message) -> Linked:
     """`msg` of link `link_id` as the LINKED frame that carries it."""
     return Linked(link_id, _HEAD.pack(msg.TYPE, msg.request_id) + encode_body(msg))
+
+
+def link_data(link_id: int, type_: MessageType, request_id: int, data: bytes) -> Linked:
+    """`link_message` for a raw-data message, without building it: its body is `data`."""
+    return Linked(link_id, _HEAD.pack(type_, request_id) + data)
 
 
 def inner_message(frame: Linked, sender: Role) -> Message:

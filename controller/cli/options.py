@@ -224,7 +224,8 @@ def connect_options_from_args(args: argparse.Namespace) -> ConnectOptions:
     if hub:
         from shoal.controller.hub.client import HubAccess
 
-        return ConnectOptions(timeout=args.connect_timeout, hub=HubAccess(os.path.expanduser(hub), args.connect_timeout))
+        access = HubAccess(os.path.expanduser(hub), args.connect_timeout)
+        return ConnectOptions(timeout=args.connect_timeout, key_for=key_for, ssl_for=ssl_for, hub=access)
     return ConnectOptions(timeout=args.connect_timeout, key_for=key_for, ssl_for=ssl_for)
 
 

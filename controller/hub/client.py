@@ -24,7 +24,7 @@ from shoal.protocol.errors import (
     ShoalError,
     ShoalTimeoutError,
 )
-from shoal.protocol.link import inner_message, link_message
+from shoal.protocol.link import inner_message, link_data, link_message
 from shoal.protocol.messages import (
     Error,
     HostsList,
@@ -34,6 +34,7 @@ from shoal.protocol.messages import (
     LinkOpen,
     LinkOpened,
     Message,
+    MessageType,
 )
 
 from shoal.hostio.driver import FrameDriver
@@ -77,6 +78,10 @@ class HubLink(AgentClient):
     def send(self, msg: Message) -> None:
         if not self.closed:
             self.hub.send(link_message(self.link_id, msg))
+
+    def send_data(self, type_: MessageType, request_id: int, data: bytes) -> None:
+        if not self.closed:
+            self.hub.send(link_data(self.link_id, type_, request_id, data))
 
     async def drain(self) -> None:
         await self.hub.drain()

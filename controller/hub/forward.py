@@ -4,10 +4,10 @@ The hub shares one authenticated connection per agent among all its local
 clients, so a client breaking the protocol must never reach the agent: the agent
 would close the connection, and every other client's commands on it with it. A
 `Forward` therefore checks each client frame of its request before it is sent on,
-with the same rules the agent applies: command streams (EXEC, JOB_ATTACH) with
-the shared `RequestChannel` (its table and both windows), a put's data against
-the window the agent granted; the client's mistakes fail the client's own
-connection (`shoal.controller.hub.local`).
+with the same rules the agent applies: command streams (EXEC, JOB_ATTACH) and relayed streams (RELAY_OPEN) with the
+shared `RequestChannel` (its table and both windows), a put's data against the
+window the agent granted, a batch's against its size; the client's mistakes
+fail the client's own connection (`shoal.controller.hub.local`).
 
 Toward the client the hub stands where the agent stands, so the channel is kept
 with the agent's role: the client's frames are what it `receive`s, the agent's
@@ -19,8 +19,11 @@ command is cancelled (CANCEL, as a lost connection would kill it on a direct
 one), a job attach or a download is read to its end and discarded (granting
 windows back as the data arrives, so the agent's request ends), and an upload is
 ended with a digest that cannot match, so the agent removes its temp file and
-leaves the destination untouched. Every request thus ends on the agent and
-frees its slot there.
+leaves the destination untouched. A relayed stream is closed (RELAY_CLOSE). A
+PUT_BATCH reaches the agent only whole: the hub holds it and its data (at most
+MAX_BATCH_BYTES) until the last byte is in, so a batch its client left never
+reaches the agent, as on a direct connection that dropped. Every request thus
+ends on the agent and frees its slot there.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shoal.protocol.connection import Role
+from shoal.protocol.defaults import MAX_BATCH_BYTES
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from shoal.protocol.messageclass import replace
 from shoal.protocol.messages import (
@@ -41,11 +45,13 @@ from shoal.protocol.messages import (
     JobAttach,
     Message,
     MessageType,
+    PutBatch,
     PutFile,
+    RelayClose,
     TreeEntries,
     Window,
 )
-from shoal.protocol.request import RequestChannel
+from shoal.protocol.request import RequestChannel, RequestKind
 
 from shoal.controller.client import AgentClient
 
@@ -60,12 +66,17 @@ _T = MessageType
 _ENDS: dict[MessageType, MessageType] = {
     _T.METRICS_REQUEST: _T.METRICS_REPLY, _T.JOBS_LIST: _T.JOBS_REPLY, _T.JOB_KILL: _T.JOB_KILLED,
     _T.PUT_FILE: _T.FILE_DONE, _T.GET_FILE: _T.FILE_END, _T.LIST_TREE: _T.TREE_ENTRIES,
-    _T.REMOVE_PATHS: _T.REMOVED,
+    _T.REMOVE_PATHS: _T.REMOVED, _T.PUT_BATCH: _T.BATCH_DONE,
 }
-STARTS = frozenset({_T.EXEC, _T.JOB_ATTACH, *_ENDS})
-# What a client may send under a request that is not a command stream, by its start.
+# Streams the hub steps with the shared request tables, by the type that starts them.
+_CHANNELED: dict[MessageType, RequestKind] = {
+    _T.EXEC: RequestKind.COMMAND, _T.JOB_ATTACH: RequestKind.COMMAND, _T.RELAY_OPEN: RequestKind.RELAY,
+}
+STARTS = frozenset({*_CHANNELED, *_ENDS})
+# What a client may send under a request that is not a stream, by its start.
 _FOLLOWERS: dict[MessageType, frozenset[MessageType]] = {
     _T.PUT_FILE: frozenset({_T.FILE_DATA, _T.FILE_END}), _T.GET_FILE: frozenset({_T.WINDOW}),
+    _T.PUT_BATCH: frozenset({_T.FILE_DATA}),
 }
 # Seconds between the signals of the CANCEL an abandoned command gets: it is gone
 # within about a second, as when a direct controller's connection drops.
@@ -84,15 +95,22 @@ class Forward:
         self.agent_rid = agent.new_request_id()
         self.kind = start.TYPE
         self.detached = isinstance(start, Exec) and start.detach
-        # Command streams: the agent's own table and windows (we stand where the agent does).
-        self.channel = RequestChannel(Role.AGENT, client_rid) if isinstance(start, (Exec, JobAttach)) else None
+        # Streams: the agent's own table and windows (we stand where the agent does).
+        kind = _CHANNELED.get(start.TYPE)
+        self.channel = RequestChannel(Role.AGENT, client_rid, kind) if kind is not None else None
         self.put_credit: int | None = None  # a put's FILE_DATA window, once FILE_INFO opened it
         self.put_ended = isinstance(start, PutFile) and start.mkdir
+        self.held: list[Message] | None = None  # a batch not yet whole, and its data so far
         self.abandoned = False
         self.done = False
         if self.channel is not None:
             self.channel.receive(start)
         agent.requests[self.agent_rid] = self
+        if isinstance(start, PutBatch):
+            self.put_credit = sum(int(entry.get("size", 0)) for entry in start.files)
+            if 0 < self.put_credit <= MAX_BATCH_BYTES:  # else the agent answers it at once
+                self.held = [start]
+                return
         self._to_agent(start)
 
     # -- from the client ---------------------------------------------------------
@@ -112,11 +130,24 @@ class Forward:
                                       f"({self.client_rid})", ErrorCode.OUT_OF_ORDER)
         elif isinstance(msg, FileData):
             self._check_put_data(len(msg.data))
+            if self.held is not None:
+                return self._hold(msg)
         elif isinstance(msg, FileEnd):
             if self.put_credit is None or self.put_ended:
                 raise RemoteProtocolError(f"FILE_END out of order for request {self.client_rid}", ErrorCode.OUT_OF_ORDER)
             self.put_ended = True
         self._to_agent(msg)
+        if self.channel is not None and self.channel.done:
+            self._finish()  # the client closed its relayed stream: nothing more comes
+
+    def _hold(self, data: FileData) -> None:
+        """Keep a batch's data until the batch is whole, then send it all."""
+        assert self.held is not None
+        self.held.append(data)
+        if self.put_credit == 0:
+            held, self.held = self.held, None
+            for msg in held:
+                self._to_agent(msg)
 
     def _check_put_data(self, size: int) -> None:
         if self.put_credit is None or self.put_ended:
@@ -187,6 +218,10 @@ class Forward:
             self._as_client(Cancel(self.client_rid, grace=ABANDON_GRACE))
         if self.kind is _T.PUT_FILE and self.put_credit is not None:
             self._end_put()
+        if self.kind is _T.RELAY_OPEN:
+            self._as_client(RelayClose(self.client_rid, reason="the client went away"))
+        if self.held is not None or self.channel is not None and self.channel.done:
+            self._finish()  # a batch the agent never saw, a stream closed: the agent owes nothing
 
     def _end_put(self) -> None:
         if not self.put_ended:

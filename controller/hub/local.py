@@ -59,7 +59,7 @@ HUB_FEATURE = "hub"
 # The agent features a link passes on: those the hub carries unchanged (fields of
 # requests it knows). A feature naming a request type it does not carry is left
 # out, so the client does not try it.
-PASSED_FEATURES = frozenset({"idle_timeout", "user", "pty"})
+PASSED_FEATURES = frozenset({"idle_timeout", "user", "pty", "put_batch", "tree_user", "relay"})
 # Types a client may send on a request it no longer has (or never had): the agent's
 # answer, given by the hub in its place (PROTOCOL.md §3 Requests).
 _UNKNOWN_ANSWERED = frozenset({MessageType.STDIN, MessageType.STDIN_EOF, MessageType.SIGNAL, MessageType.CANCEL})

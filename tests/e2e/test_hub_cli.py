@@ -154,3 +154,68 @@ def test_a_client_killed_mid_run_leaves_no_process_on_the_agents(fleet) -> None:
         reader.join(5)
         cli.stdout.close()  # type: ignore[union-attr]
 
+
+def test_put_r_through_the_hub_goes_in_batches(capsysbinary, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from shoal.controller.putbatch import BATCH_FILES
+    from tests.e2e.test_putbatch import make_many
+    from tests.e2e.test_treesync import tree_of
+    from tests.rawpeer import audit_events
+
+    site = make_many(tmp_path, 300)
+    audit, dest = tmp_path / "audit.jsonl", tmp_path / "www"
+    key, _ = new_key(tmp_path)
+    overrides = {"audit_log": str(audit), "state_dir": str(tmp_path / "state")}
+    with HubThread(tmp_path, ["web1"], key, agent_overrides=overrides) as t:
+        hub = ["--hub", str(t.socket)]
+        status, _, err = shoal(capsysbinary, "put", "web1", *hub, "-r", "-p", f"{site}/", str(dest))
+        assert status == 0 and b"web1: 301 sent, 0 skipped" in err, err
+        status, _, err = shoal(capsysbinary, "put", "web1", *hub, "-r", "-p", f"{site}/", str(dest))
+        assert status == 0 and b"web1: 0 sent, 301 skipped, 0 B\n" in err, err
+    assert tree_of(dest) == tree_of(site)
+    batches = audit_events(audit, event="put_batch")
+    entries = 300 + len([p for p in site.rglob("*") if p.is_dir()])
+    assert len(batches) == -(-entries // BATCH_FILES) and sum(b["files"] for b in batches) == entries
+    assert [e["path"] for e in audit_events(audit, event="put")] == [str(dest / "big.bin")]  # the one sent alone
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a user and acting as it needs root")
+def test_put_r_and_get_r_as_a_user_through_the_hub(capsysbinary, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import pwd
+
+    from tests.e2e.test_runas_e2e import _make_user, temp_dir
+    from tests.e2e.test_treesync import make_site, tree_of
+    from tests.rawpeer import audit_events
+
+    site = make_site(tmp_path)
+    audit = tmp_path / "audit.jsonl"
+    key, _ = new_key(tmp_path)
+    for user in _make_user():
+        for public in temp_dir(0o755):
+            shared = public / "shared"
+            shared.mkdir()
+            shared.chmod(0o1777)
+            with HubThread(tmp_path, ["web1"], key, agent_overrides={"audit_log": str(audit)}) as t:
+                hub = ["--hub", str(t.socket)]
+                status, _, err = shoal(capsysbinary, "put", "web1", *hub, "-r", "-u", user.name, f"{site}/",
+                                       str(shared / "www"))
+                assert status == 0, err
+                status, _, err = shoal(capsysbinary, "get", "web1", *hub, "-r", "-u", user.name,
+                                       str(shared / "www"), str(tmp_path / "back"))
+                assert status == 0, err
+            entry = pwd.getpwnam(user.name)
+            assert {(p.lstat().st_uid, p.lstat().st_gid) for p in (shared / "www").rglob("*")} == {
+                (entry.pw_uid, entry.pw_gid)}
+            assert tree_of(shared / "www") == tree_of(site)
+            assert len(list((tmp_path / "back").rglob("*"))) > 0
+    assert {e.get("user") for e in audit_events(audit, event="list")} == {user.name}
+
+
+def test_via_through_the_hub_reaches_a_target_behind_a_gateway(capsysbinary, fleet) -> None:  # type: ignore[no-untyped-def]
+    t, key_file, direct = fleet
+    target = direct.split(",")[1]  # web2, by its own address, reached from web1
+    status, out, err = shoal(capsysbinary, "run", target, "-n", "--hub", str(t.socket), "--via", "web1",
+                             "--key-file", str(key_file), "--", "echo relayed; echo $SHOAL_HOST")
+    assert (status, out) == (0, f"relayed\n{target}\n".encode()), err
+    status, out, err = shoal(capsysbinary, "run", target, "-n", "--hub", str(t.socket), "--via", "nosuch",
+                             "--key-file", str(key_file), "--", "true")
+    assert status == 255 and b"via nosuch" in err, err
