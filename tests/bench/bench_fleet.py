@@ -25,7 +25,7 @@ import sys
 import time
 
 from tests.agent_pool import start_pool
-from tests.bench.common import line, raise_fd_limit
+from tests.bench.common import bare_spawns, line, raise_fd_limit
 from tests.programs import installed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -61,19 +61,6 @@ def timed_run(argv: list[str]) -> tuple[float, int, bytes, float]:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:6])}... exited {proc.returncode}: {err.decode()[-500:]}")
     return elapsed, usage.ru_maxrss, err, usage.ru_utime + usage.ru_stime
-
-
-async def bare_spawns(count: int) -> float:
-    """Wall time of `count` concurrent local spawns of `true`: what the agents must do anyway."""
-    start = time.perf_counter()
-
-    async def one() -> None:
-        proc = await asyncio.create_subprocess_exec("true")
-        await proc.wait()
-
-    await asyncio.gather(*(one() for _ in range(count)))
-    return time.perf_counter() - start
-
 
 
 def main() -> None:

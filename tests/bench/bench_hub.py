@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,8 +35,8 @@ from pathlib import Path
 
 import psutil
 
-ROOT = str(Path(__file__).resolve().parents[2])
-SHOAL = [sys.executable, "-m", "shoal.controller.cli.main"]
+from tests.bench.common import ROOT, bare_spawns, line, raise_fd_limit
+from tests.programs import SHOAL
 
 
 def pattern_for(hosts: int, first: int = 0) -> list[str]:
@@ -68,10 +67,6 @@ async def pool_main(hub: str, key_file: str, port: int, first: int, count: int) 
 
 
 # -- the benchmark --------------------------------------------------------------------
-
-
-def line(name: str, ours: str, base: str, ratio: float, goal: str = "") -> None:
-    print(f"{name:<52} {ours:>10}   baseline {base:>10}   ratio {ratio:7.3f}   {goal}")
 
 
 def start_hub(directory: Path, key_file: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
@@ -138,18 +133,6 @@ async def ping_rounds(sock: Path, names: list[str], port: int, rounds: int) -> t
     return via_hub, straight
 
 
-async def bare_spawns(count: int) -> float:
-    start = time.perf_counter()
-    sem = asyncio.Semaphore(512)
-
-    async def one() -> None:
-        async with sem:
-            proc = await asyncio.create_subprocess_exec("true")
-            await proc.wait()
-
-    await asyncio.gather(*(one() for _ in range(count)))
-    return time.perf_counter() - start
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -158,8 +141,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pool", nargs=5, metavar=("HUB", "KEY", "PORT", "FIRST", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     if args.pool:
         hub, key, port, first, count = args.pool
         asyncio.run(pool_main(hub, key, int(port), int(first), int(count)))
@@ -220,15 +202,15 @@ def main() -> None:
     mb = 1024 * 1024
     print(f"{n} agents in {len(pools)} child processes; medians of {args.rounds} rounds; {os.cpu_count()} cpus")
     line(f"hub RSS holding {n} agent connections", f"{hub_rss / mb:.0f} MB", f"{hub_rss_empty / mb:.0f} MB",
-         hub_rss / hub_rss_empty, "goal < 500 MB; baseline: the same hub holding none")
+         hub_rss / hub_rss_empty, width=52, note="goal < 500 MB; baseline: the same hub holding none")
     line(f"{n} agents dial in and authenticate, cold", f"{dial_in:.2f} s", f"{ping_direct:.2f} s",
-         dial_in / ping_direct, "goal < 3 s; baseline: direct shoal ping of all (connect+auth)")
+         dial_in / ping_direct, width=52, note="goal < 3 s; baseline: direct shoal ping of all (connect+auth)")
     line(f"ping round to {n}, warm, through the hub", f"{via_hub:.3f} s", f"{straight:.3f} s", via_hub / straight,
-         f"goal < 0.2 s ({via_hub / n * 1e6:.0f} us/host); baseline: same round on open direct connections")
+         width=52, note=f"goal < 0.2 s ({via_hub / n * 1e6:.0f} us/host); baseline: same round on open direct connections")
     line("shoal run --hub of true, 1 host (process)", f"{one_hub:.3f} s", f"{one_direct:.3f} s",
-         one_hub / one_direct, "goal <= 0.25; baseline: direct shoal run of true")
+         one_hub / one_direct, width=52, note="goal <= 0.25; baseline: direct shoal run of true")
     line(f"shoal run --hub of true on {n} warm hosts", f"{fleet_hub:.2f} s", f"{spawns:.2f} s",
-         fleet_hub / spawns, "goal <= 1.5; baseline: as many bare local spawns of true")
+         fleet_hub / spawns, width=52, note="goal <= 1.5; baseline: as many bare local spawns of true")
 
 
 if __name__ == "__main__":

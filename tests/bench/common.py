@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -44,3 +45,17 @@ def raise_fd_limit() -> None:
 def line(name: str, ours: str, base: str, ratio: float, width: int = 44, note: str = "") -> None:
     """One figure beside its same-run baseline and their ratio."""
     print(f"{name:<{width}} {ours:>11}   baseline {base:>11}   ratio {ratio:6.2f}" + (f"  {note}" if note else ""))
+
+
+async def bare_spawns(count: int, at_once: int = 512) -> float:
+    """Wall time of `count` local spawns of `true`, `at_once` at a time: what the agents must do anyway."""
+    start = time.perf_counter()
+    sem = asyncio.Semaphore(at_once)
+
+    async def one() -> None:
+        async with sem:
+            proc = await asyncio.create_subprocess_exec("true")
+            await proc.wait()
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    return time.perf_counter() - start
