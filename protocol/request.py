@@ -13,7 +13,8 @@ A command (EXEC, or JOB_ATTACH, the same stream):
 
 A detached EXEC ends at JOB_STARTED. The other kinds: METRICS_REQUEST is answered
 by one METRICS_REPLY (or ERROR); a put goes PUT_FILE, FILE_INFO (RUNNING: data),
-FILE_END (FINISHING), FILE_DONE, and a `mkdir` put goes straight from PUT_FILE to
+FILE_END (FINISHING), FILE_DONE, and a `mkdir` put (its own kind, so that a file
+put answered FILE_DONE without its data is refused) goes straight from PUT_FILE to
 FILE_DONE; a get goes GET_FILE, FILE_INFO (RUNNING: data), FILE_END; a batch goes
 PUT_BATCH (RUNNING at once: its data follows), BATCH_DONE; a relayed
 stream (issue 19) goes RELAY_OPEN, RELAY_OPENED (RUNNING: RELAY_DATA both ways),
@@ -59,7 +60,8 @@ __all__ = ["RequestKind", "RequestState", "RequestChannel", "TRANSITIONS"]
 class RequestKind(Enum):
     COMMAND = "command"  # EXEC or JOB_ATTACH: a command's streams
     METRICS = "metrics"  # METRICS_REQUEST: one reply
-    PUT = "put"  # PUT_FILE: a file (or directory) to the agent
+    PUT = "put"  # PUT_FILE: a file to the agent
+    MKDIR = "mkdir"  # PUT_FILE with `mkdir`: a directory, answered at once
     GET = "get"  # GET_FILE: a file from the agent
     BATCH = "batch"  # PUT_BATCH: many small files to the agent, their data at once
     RELAY = "relay"  # RELAY_OPEN: a byte stream to another agent through this one (issue 19)
@@ -107,17 +109,25 @@ TRANSITIONS: dict[RequestKind, Table] = {
         (_S.STARTING, _C): {_T.ERROR: _S.STARTING},
         (_S.STARTING, _A): {_T.METRICS_REPLY: _S.DONE, **_END},
     }),
-    # A `mkdir` put is answered FILE_DONE at once; a file put is opened by FILE_INFO,
-    # whose window the agent's WINDOW tops up until FILE_END. FILE_DATA before
-    # FILE_INFO is judged by the window, which is 0 then (window_exceeded).
+    # A file put is opened by FILE_INFO, whose window the agent's WINDOW tops up
+    # until it reads FILE_END. FILE_DATA before FILE_INFO is judged by the window, which is
+    # 0 then (window_exceeded).
     RequestKind.PUT: _ended({
         (_S.IDLE, _C): {_T.PUT_FILE: _S.STARTING},
         (_S.STARTING, _C): {_T.FILE_DATA: _S.STARTING, _T.ERROR: _S.STARTING},
-        (_S.STARTING, _A): {_T.FILE_INFO: _S.RUNNING, _T.FILE_DONE: _S.DONE, **_END},
+        (_S.STARTING, _A): {_T.FILE_INFO: _S.RUNNING, **_END},
         (_S.RUNNING, _C): {_T.FILE_DATA: _S.RUNNING, _T.FILE_END: _S.FINISHING, _T.ERROR: _S.RUNNING},
         (_S.RUNNING, _A): {_T.WINDOW: _S.RUNNING, **_END},
         (_S.FINISHING, _C): {_T.ERROR: _S.FINISHING},
-        (_S.FINISHING, _A): {_T.FILE_DONE: _S.DONE, **_END},
+        # A WINDOW the agent sent before it read FILE_END may cross it.
+        (_S.FINISHING, _A): {_T.WINDOW: _S.FINISHING, _T.FILE_DONE: _S.DONE, **_END},
+    }),
+    # A `mkdir` put is answered FILE_DONE at once, with no data either way; FILE_DATA
+    # is judged by the window, 0 here, as before a file put's FILE_INFO.
+    RequestKind.MKDIR: _ended({
+        (_S.IDLE, _C): {_T.PUT_FILE: _S.STARTING},
+        (_S.STARTING, _C): {_T.FILE_DATA: _S.STARTING, _T.ERROR: _S.STARTING},
+        (_S.STARTING, _A): {_T.FILE_DONE: _S.DONE, **_END},
     }),
     RequestKind.GET: _ended({
         (_S.IDLE, _C): {_T.GET_FILE: _S.STARTING},

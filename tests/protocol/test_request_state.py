@@ -287,9 +287,18 @@ def test_put_data_past_file_infos_window_is_window_exceeded() -> None:
 
 
 def test_a_mkdir_put_is_answered_file_done_at_once() -> None:
-    ends = _play(RequestKind.PUT, [(_C, PutFile(RID, path="/d", size=0, mkdir=True)),
-                                   (_A, FileDone(RID, sha256="", bytes=0, path="/d"))])
+    ends = _play(RequestKind.MKDIR, [(_C, PutFile(RID, path="/d", size=0, mkdir=True)),
+                                     (_A, FileDone(RID, sha256="", bytes=0, path="/d"))])
     assert ends[0].done and ends[1].done
+
+
+def test_a_file_put_answered_file_done_before_its_data_is_out_of_order() -> None:
+    """Only a `mkdir` put may be done at once: a file put claimed done unsent is refused."""
+    ch = RequestChannel(_C, RID, RequestKind.PUT)
+    ch.send(PutFile(RID, path="/f", size=5))
+    with pytest.raises(RemoteProtocolError) as info:
+        ch.receive(FileDone(RID, sha256="0" * 64, bytes=5, path="/f"))
+    assert info.value.code == ErrorCode.OUT_OF_ORDER
 
 
 @pytest.mark.parametrize(("asked", "granted"), [(0, TRANSFER_WINDOW), (5, 5), (BIG, MAX_GET_WINDOW)])
@@ -351,3 +360,13 @@ def test_a_batch_size_that_is_no_integer_opens_no_window() -> None:
     ch = RequestChannel(_A, RID, RequestKind.BATCH)
     ch.receive(_batch("9", True, -4, 2))
     assert ch.stdin_credit == 2
+
+
+def test_a_window_the_agent_sent_before_reading_file_end_may_cross_it() -> None:
+    ch = RequestChannel(_C, RID, RequestKind.PUT)
+    ch.send(PutFile(RID, path="/f", size=4))
+    ch.receive(FileInfo(RID, size=4, window=4))
+    ch.send(FileData(RID, b"abcd"))
+    ch.send(FileEnd(RID, sha256="0" * 64))
+    ch.receive(Window(RID, bytes=4))
+    assert ch.state is RequestState.FINISHING and not ch.can_send(MessageType.FILE_DATA)
