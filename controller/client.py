@@ -91,11 +91,8 @@ class _ReplyCall:
     def receive(self, msg: Message) -> None:
         if self.reply.done():
             return
-        if self.channel is not None:
-            try:
-                self.channel.receive(msg)
-            except RemoteProtocolError as exc:
-                return self.client.protocol_violation(f"agent broke request {self.request_id}: {exc}", exc.code)
+        if self.channel is not None and not self.client.step(self.channel, msg):
+            return
         if isinstance(msg, Error):
             self.reply.set_exception(RemoteCommandError(msg.message, msg.code, self.host, self.request_id,
                                                         msg.status))
@@ -351,6 +348,16 @@ class AgentClient(FrameDriver):
                 self.send(Ping(0, t0=time.time()))
 
     # -- closing -------------------------------------------------------------
+
+    def step(self, channel: RequestChannel, msg: Message) -> bool:
+        """Step a request's state machine with the agent's `msg`; False when its table
+        refuses it (out of order, past our window): the connection fails with its code."""
+        try:
+            channel.receive(msg)
+        except RemoteProtocolError as exc:
+            self.protocol_violation(f"agent broke request {channel.request_id}: {exc}", exc.code)
+            return False
+        return True
 
     def protocol_violation(self, reason: str, code: str = ErrorCode.PROTOCOL_ERROR) -> None:
         self.conn.fail(code, reason)

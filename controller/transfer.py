@@ -31,7 +31,7 @@ from shoal.hostio.readahead import ReadAhead
 from shoal.hostio.sink import ChunkSink
 from shoal.protocol.connection import Role
 from shoal.protocol.defaults import TRANSFER_WINDOW
-from shoal.protocol.errors import ErrorCode, RemoteCommandError, RemoteProtocolError, ShoalConnectionError, ShoalError
+from shoal.protocol.errors import ErrorCode, RemoteCommandError, ShoalConnectionError, ShoalError
 from shoal.protocol.messages import (
     Error,
     FileData,
@@ -139,12 +139,8 @@ class _Request:
         self.client.send(msg)
 
     def receive(self, msg: Message) -> None:
-        if self.channel is not None:
-            try:
-                self.channel.receive(msg)
-            except RemoteProtocolError as exc:  # out of order, or past our window
-                self.client.protocol_violation(f"agent broke request {self.request_id}: {exc}", exc.code)
-                return
+        if self.channel is not None and not self.client.step(self.channel, msg):
+            return
         if isinstance(msg, Error):
             status = msg.status if msg.status is not None else TRANSFER_FAILED
             self._fail(RemoteCommandError(msg.message, code=msg.code, host=self.host,
