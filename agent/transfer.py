@@ -7,7 +7,10 @@ small files at once. Each transfer is one background task that owns its file
 (`shoal.agent.transferjob`): a put's chunks are written and hashed on the two
 threads of its `ChunkSink`, a get's are read and hashed by its `ReadAhead` thread,
 and every open, fsync and rename runs in the loop's default executor, so a slow
-disk stalls only its own transfer, never the session's other requests.
+disk stalls only its own transfer, never the session's other requests. Every
+frame of a transfer, ours and the controller's, steps its `RequestChannel`
+(shoal.protocol.request), whose table and windows judge the controller's frames
+as the controller's channel judges ours.
 
 Authorization happens before any file is touched: the key's policy must allow
 files, and `resolve_path` resolves `..` and symlinks (with the request's user's
