@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.protocol.errors import ErrorCode
 from shoal.protocol.messages import BatchDone, PutBatch
+from shoal.protocol.request import RequestKind
 
 from shoal.agent import runas
 from shoal.agent.transferjob import Transfer, make_directory
@@ -62,12 +63,17 @@ class BatchOutcome:
 
 
 class BatchJob(Transfer):
-    """One PUT_BATCH: gather its data, write it once the batch before it has, finish, answer BATCH_DONE."""
+    """One PUT_BATCH: gather its data, write it once the batch before it has, finish, answer BATCH_DONE.
+
+    Its channel's window is the batch's total size: the data is all in when it is used up.
+    """
+
+    KIND = RequestKind.BATCH
 
     def __init__(self, service: TransferService, msg: PutBatch, user: runas.RunAs | None) -> None:
-        super().__init__(service, msg.request_id, user)
+        super().__init__(service, msg, user)
         self.msg = msg
-        self.total = sum(int(entry.get("size", 0)) for entry in msg.files)
+        self.total = self.channel.stdin_credit
         self._data = bytearray()
         # This batch writes once the one before it on the connection has made its
         # directories and written its files, and the one before that is finished:
@@ -80,14 +86,11 @@ class BatchJob(Transfer):
         self._before = [f for f in (previous.written, previous.before_finished) if f is not None] if previous else []
         service.last_batch = self
 
-    def feed(self, data: bytes) -> bool:
-        """Take FILE_DATA; False when it goes past the batch's announced size."""
-        if len(self._data) + len(data) > self.total:
-            return False
+    def feed(self, data: bytes) -> None:
+        """Take FILE_DATA the channel let in (within the batch's size)."""
         self._data += data
-        if len(self._data) == self.total:
+        if self.channel.stdin_credit == 0:
             self._wake.set()
-        return True
 
     async def run(self) -> None:
         try:
@@ -104,7 +107,7 @@ class BatchJob(Transfer):
             root = await self.service.authorize(msg.tree, "put", rid, self.files)
         except FileTransferError as err:
             return self.service.fail(rid, err)
-        while len(self._data) < self.total and not self.aborted:
+        while self.channel.stdin_credit > 0 and not self.aborted:
             await self._sleep()
         for earlier in self._before:
             await asyncio.shield(earlier)
@@ -123,10 +126,9 @@ class BatchJob(Transfer):
         finally:
             await self._io(batch.close)
         self._audit(outcome)
-        self.service.done(rid)
         errors = [{"index": i, "code": err.code or ErrorCode.IO_ERROR, "message": str(err)}
                   for i, err in outcome.errors]
-        self.session.send(BatchDone(rid, written=outcome.written, bytes=outcome.bytes, errors=errors))
+        self.service.end(rid, BatchDone(rid, written=outcome.written, bytes=outcome.bytes, errors=errors))
 
     def _audit(self, outcome: BatchOutcome) -> None:
         rid, user = self.request_id, self.audit_user()

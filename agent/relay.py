@@ -374,12 +374,7 @@ class RelayStream(asyncio.BufferedProtocol):
             self._end("closed by the controller")
 
     def _step(self, msg: Message) -> bool:
-        try:
-            self.channel.receive(msg)
-        except RemoteProtocolError as exc:
-            self.session.request_broke(exc)
-            return False
-        return True
+        return self.session.step(self.channel, msg)
 
     # -- ending ------------------------------------------------------------------------
 

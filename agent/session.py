@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
 from shoal.protocol.errors import AuthError, BadRequestError, ErrorCode, ProtocolError, RemoteProtocolError
 from shoal.protocol.fields import EXEC_FEATURES, TRANSFER_FEATURES, check_request, unknown_requirements
+from shoal.protocol.request import RequestChannel, RequestKind
 from shoal.protocol.messages import (
     Cancel,
     Error,
@@ -379,12 +380,18 @@ class AgentSession(FrameDriver):
         self._maybe_close_revoked()
 
     def _request(self, msg: Message, kind: type | tuple[type, ...] = (CommandRequest, AttachRequest)) -> Any:
+        """The command `msg` is for; None when there is none (answered `unknown_request`)
+        or the id is another kind's request, whose table refuses `msg` (the connection fails)."""
         req = self.requests.get(msg.request_id)
-        if not isinstance(req, kind):
-            self.log.info("%s for unknown request", msg.TYPE.name, req=msg.request_id)
-            self.request_error(msg.request_id, ErrorCode.UNKNOWN_REQUEST, f"no running request {msg.request_id}")
+        if isinstance(req, kind):
+            return req
+        channel = getattr(req, "channel", None)
+        if isinstance(channel, RequestChannel):
+            self.step(channel, msg)
             return None
-        return req
+        self.log.info("%s for unknown request", msg.TYPE.name, req=msg.request_id)
+        self.request_error(msg.request_id, ErrorCode.UNKNOWN_REQUEST, f"no running request {msg.request_id}")
+        return None
 
     def _on_stdin(self, msg: Stdin) -> None:
         req = self._request(msg)
@@ -396,23 +403,24 @@ class AgentSession(FrameDriver):
 
     def _on_stdin_eof(self, msg: StdinEof) -> None:
         req = self._request(msg)
-        if req is not None and self._step(req, msg):
+        if req is not None and self.step(req.channel, msg):
             req.child.close_stdin()
 
     def _on_signal(self, msg: Signal) -> None:
         req = self._request(msg)
-        if req is not None and self._step(req, msg):
+        if req is not None and self.step(req.channel, msg):
             req.child.signal(msg.signal)
 
     def _on_cancel(self, msg: Cancel) -> None:
         req = self._request(msg)
-        if req is not None and self._step(req, msg):
+        if req is not None and self.step(req.channel, msg):
             req.cancel(msg.grace)
 
-    def _step(self, req: CommandRequest | AttachRequest, msg: Message) -> bool:
-        """Step the request's state machine with the controller's `msg`; False when illegal."""
+    def step(self, channel: RequestChannel, msg: Message) -> bool:
+        """Step a request's state machine with the controller's `msg`; False when its
+        table refuses it (the connection fails with the table's code)."""
         try:
-            req.channel.receive(msg)
+            channel.receive(msg)
         except RemoteProtocolError as exc:
             self.request_broke(exc)
             return False
@@ -426,12 +434,15 @@ class AgentSession(FrameDriver):
     def _on_window(self, msg: Window) -> None:
         req = self.requests.get(msg.request_id)
         if req is not None:
-            req.grant(msg.bytes)
+            try:
+                req.grant(msg.bytes)  # its channel's table and window (a tree request has neither)
+            except RemoteProtocolError as exc:
+                self.request_broke(exc)
 
     def _on_resize(self, msg: Resize) -> None:
         # Dropped, like WINDOW, once the request is gone: a size change may cross its EXIT.
         req = self.requests.get(msg.request_id)
-        if isinstance(req, CommandRequest) and self._step(req, msg):
+        if isinstance(req, CommandRequest) and self.step(req.channel, msg):
             req.child.resize(msg.rows, msg.cols)
 
     def _on_ping(self, msg: Ping) -> None:
@@ -439,13 +450,22 @@ class AgentSession(FrameDriver):
         self.send(Pong(0, t0=msg.t0, t1=t1, t2=time.time(), version=self.agent.software))
 
     def _on_metrics(self, msg: MetricsRequest) -> None:
+        """Answer at once: the request is done (and forgotten) as soon as it came."""
+        rid = msg.request_id
+        if rid in self.requests:
+            return self.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use")
+        channel = RequestChannel(Role.AGENT, rid, RequestKind.METRICS)
+        channel.receive(msg)
+        reply: Message
         if self.policy is not None and not self.policy.allows_metrics():
-            self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
-                                    what="metrics")
-            return self.request_error(msg.request_id, ErrorCode.PERMISSION_DENIED,
-                                      f"permission denied for key {self.key_id}: metrics not allowed")
-        self.agent.audit.record("metrics", peer=self.peer, key_id=self.key_id, request=msg.request_id)
-        self.send(MetricsReply(msg.request_id, metrics=self.agent.metrics.snapshot()))
+            self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=rid, what="metrics")
+            reply = Error(rid, code=ErrorCode.PERMISSION_DENIED,
+                          message=f"permission denied for key {self.key_id}: metrics not allowed")
+        else:
+            self.agent.audit.record("metrics", peer=self.peer, key_id=self.key_id, request=rid)
+            reply = MetricsReply(rid, metrics=self.agent.metrics.snapshot())
+        channel.send(reply)
+        self.send(reply)
 
     def _on_goodbye(self, msg: Goodbye) -> None:
         self.abort()

@@ -7,7 +7,10 @@ small files at once. Each transfer is one background task that owns its file
 (`shoal.agent.transferjob`): a put's chunks are written and hashed on the two
 threads of its `ChunkSink`, a get's are read and hashed by its `ReadAhead` thread,
 and every open, fsync and rename runs in the loop's default executor, so a slow
-disk stalls only its own transfer, never the session's other requests.
+disk stalls only its own transfer, never the session's other requests. Every
+frame of a transfer, ours and the controller's, steps its `RequestChannel`
+(shoal.protocol.request), whose table and windows judge the controller's frames
+as the controller's channel judges ours.
 
 Authorization happens before any file is touched: the key's policy must allow
 files, and `resolve_path` resolves `..` and symlinks (with the request's user's
@@ -27,10 +30,12 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shoal.protocol.defaults import DATA_CHUNK, MAX_GET_WINDOW, TRANSFER_WINDOW
+from shoal.protocol.defaults import DATA_CHUNK, TRANSFER_WINDOW
 from shoal.protocol.errors import BadRequestError, ErrorCode
 from shoal.protocol.fields import TransferRequest, check_request, unknown_requirements
+from shoal.protocol.request import RequestKind
 from shoal.protocol.messages import (
+    Error,
     FileData,
     FileDone,
     FileEnd,
@@ -48,7 +53,7 @@ from shoal.agent.batch import BatchJob
 from shoal.agent.handlers import HandlerTable
 from shoal.agent.paths import resolve_path
 from shoal.agent.transferjob import Transfer, files_as, in_thread, make_directory
-from shoal.agent.treeops import tree_handlers
+from shoal.agent.treeops import TreeJob, tree_handlers
 from shoal.hostio.atomic import AtomicWriter, Journal
 from shoal.hostio.fileerrors import FileTransferError
 from shoal.hostio.files import LOCAL_FILES, Files
@@ -184,8 +189,10 @@ class TransferService:
                 await job.run()
         except Exception:
             self.session.log.error("internal error in transfer", exc_info=True, req=job.request_id)
-            self.done(job.request_id)
-            self.session.request_error(job.request_id, ErrorCode.INTERNAL, "internal error", 1)
+            if job.channel.done:  # it had answered: nothing more may go under its id
+                return self.done(job.request_id)
+            self.end(job.request_id, Error(job.request_id, code=ErrorCode.INTERNAL, message="internal error",
+                                           status=1))
 
     async def authorize(self, path: str, action: str, rid: int, files: Files = LOCAL_FILES) -> Path:
         """Resolve `path` with `files`' rights and check it against the key's policy; refusals are audited."""
@@ -230,31 +237,30 @@ class TransferService:
 
     def on_data(self, msg: FileData) -> None:
         job = self._receiver_for(msg)
-        if job is not None and not job.feed(msg.data):
-            self._protocol_error(ErrorCode.WINDOW_EXCEEDED,
-                                 f"FILE_DATA for request {msg.request_id} overran its window")
+        if job is not None:
+            job.feed(msg.data)
 
     def on_end(self, msg: FileEnd) -> None:
         job = self._receiver_for(msg)
-        if isinstance(job, BatchJob):
-            self._protocol_error(ErrorCode.OUT_OF_ORDER, f"FILE_END for request {msg.request_id}, a PUT_BATCH")
-        elif job is not None and not job.finish(msg.sha256):
-            self._protocol_error(ErrorCode.OUT_OF_ORDER, f"FILE_END for request {msg.request_id} came twice")
+        if isinstance(job, PutTransfer):
+            job.finish(msg.sha256)
 
-    def _receiver_for(self, msg: Message) -> PutTransfer | BatchJob | None:
-        """The put or batch this frame belongs to; None when ended (dropped) or unknown (answered)."""
-        job = self.session.requests.get(msg.request_id)
-        if isinstance(job, (PutTransfer, BatchJob)):
-            return job
-        if job is None and msg.request_id in self._ended:
+    def _receiver_for(self, msg: FileData | FileEnd) -> PutTransfer | BatchJob | None:
+        """The put or batch this frame belongs to, its channel stepped with it.
+
+        None when the request ended (dropped), is unknown (answered
+        `unknown_request`), or its table refuses the frame (the connection
+        fails); also for the empty FILE_DATA a `mkdir` put's zero window lets by.
+        """
+        rid = msg.request_id
+        req = self.session.requests.get(rid)
+        if req is None or isinstance(req, TreeJob):
+            if req is not None or rid not in self._ended:
+                self.session.request_error(rid, ErrorCode.UNKNOWN_REQUEST, f"no put in progress as request {rid}")
             return None
-        self.session.request_error(msg.request_id, ErrorCode.UNKNOWN_REQUEST,
-                                   f"no put in progress as request {msg.request_id}")
-        return None
-
-    def _protocol_error(self, code: str, message: str) -> None:
-        self.session.conn.fail(code, message)
-        self.session.abort()
+        if not self.session.step(req.channel, msg):
+            return None
+        return req if isinstance(req, (PutTransfer, BatchJob)) else None
 
     # -- endings -------------------------------------------------------------
 
@@ -264,10 +270,19 @@ class TransferService:
         self._ended.append(rid)
 
     def fail(self, rid: int, err: FileTransferError) -> None:
-        """End a transfer with an ERROR carrying the file error's code and message."""
-        self.done(rid)
+        """End a request with an ERROR carrying the file error's code and message."""
         self.session.log.info("transfer failed: %s", err, req=rid)
-        self.session.request_error(rid, err.code or ErrorCode.IO_ERROR, str(err), 1)
+        self.end(rid, Error(rid, code=err.code or ErrorCode.IO_ERROR, message=str(err), status=1))
+
+    def end(self, rid: int, msg: Message) -> None:
+        """Send a request's last frame (its answer or an ERROR) and forget it; a
+        transfer's channel steps with it."""
+        job = self.session.requests.get(rid)
+        self.done(rid)
+        if isinstance(job, Transfer):
+            job.reply(msg)
+        else:
+            self.session.send(msg)
 
     def audit(self, event: str, rid: int, **fields: Any) -> None:
         self.session.agent.audit.record(event, peer=self.session.peer, key_id=self.session.key_id,
@@ -277,8 +292,10 @@ class TransferService:
 class MakeDirectory(Transfer):
     """PUT_FILE with `mkdir`: create one directory of a recursive put."""
 
+    KIND = RequestKind.MKDIR
+
     def __init__(self, service: TransferService, msg: PutFile, user: runas.RunAs | None) -> None:
-        super().__init__(service, msg.request_id, user)
+        super().__init__(service, msg, user)
         self.msg = msg
 
     async def run(self) -> None:
@@ -289,9 +306,8 @@ class MakeDirectory(Transfer):
             made = await self.service.authorize(str(made), "put", rid, self.files)
         except FileTransferError as err:
             return self.service.fail(rid, err)
-        self.service.done(rid)
         self.service.audit("mkdir", rid, path=str(made), **self.audit_user())
-        self.session.send(FileDone(rid, path=str(made)))
+        self.service.end(rid, FileDone(rid, path=str(made)))
 
     def _make(self, dest: Path) -> Path:
         """Create the directory (cp -r rules for `name`); an existing one is kept as is."""
@@ -322,30 +338,22 @@ class PutTransfer(Transfer):
     """PUT_FILE: open the writer, grant a window, write chunks, verify and commit."""
 
     def __init__(self, service: TransferService, msg: PutFile, user: runas.RunAs | None) -> None:
-        super().__init__(service, msg.request_id, user)
+        super().__init__(service, msg, user)
         self.msg = msg
-        self.window = 0  # nothing may arrive before FILE_INFO grants the window
-        self.outstanding = 0  # received and not yet granted back
         self._sink: ChunkSink | None = None
         self._expected_sha256: str | None = None
 
-    # -- from the session ----------------------------------------------------
+    # -- from the session, once the channel took the frame (its window, its order) --
 
-    def feed(self, data: bytes) -> bool:
-        """Queue a chunk; False when it overruns the window or follows FILE_END."""
-        self.outstanding += len(data)
-        if self.outstanding > self.window or self._expected_sha256 is not None or self._sink is None:
-            return False
-        self._sink.push(data)
-        return True
+    def feed(self, data: bytes) -> None:
+        """Queue a chunk (an empty one may come before FILE_INFO: the window lets it by)."""
+        if self._sink is not None and data:
+            self._sink.push(data)
 
-    def finish(self, sha256: str) -> bool:
-        """FILE_END arrived; False when it is a second one."""
-        if self._expected_sha256 is not None:
-            return False
+    def finish(self, sha256: str) -> None:
+        """FILE_END arrived."""
         self._expected_sha256 = sha256
         self._wake.set()
-        return True
 
     # -- the task ------------------------------------------------------------
 
@@ -391,8 +399,7 @@ class PutTransfer(Transfer):
         self.service.audit("put", self.request_id, path=str(writer.dest), size=self.msg.size, **self.audit_user())
         self._sink = ChunkSink(writer, self._grant_back, GRANT_STEP, on_error=self._wake.set,
                                name=f"put{self.request_id}")
-        self.window = TRANSFER_WINDOW
-        self.session.send(FileInfo(self.request_id, size=self.msg.size, window=TRANSFER_WINDOW))
+        self.reply(FileInfo(self.request_id, size=self.msg.size, window=TRANSFER_WINDOW))
         while not self.aborted and self._expected_sha256 is None and self._sink.error is None:
             await self._sleep()
         if self.aborted:
@@ -402,10 +409,10 @@ class PutTransfer(Transfer):
         await self._commit(writer)
 
     def _grant_back(self, n: int) -> None:
-        """`n` more bytes are on disk and hashed: the controller may send as many again."""
+        """`n` more bytes are on disk and hashed: the controller may send as many again
+        (until its FILE_END: then no more is coming)."""
         if not self.aborted and self._expected_sha256 is None:
-            self.outstanding -= n
-            self.session.send(Window(self.request_id, bytes=n))
+            self.reply(Window(self.request_id, bytes=n))
 
     async def _commit(self, writer: AtomicWriter) -> None:
         if writer.size != self.msg.size:
@@ -413,10 +420,9 @@ class PutTransfer(Transfer):
                                     f"received {writer.size} bytes but PUT_FILE announced {self.msg.size}")
         assert self._expected_sha256 is not None
         await self._io(writer.commit, self._expected_sha256)
-        self.service.done(self.request_id)
         self.service.audit("put_done", self.request_id, path=str(writer.dest), bytes=writer.size)
-        self.session.send(FileDone(self.request_id, sha256=writer.hexdigest(), bytes=writer.size,
-                                   path=str(writer.dest)))
+        self.service.end(self.request_id, FileDone(self.request_id, sha256=writer.hexdigest(), bytes=writer.size,
+                                                   path=str(writer.dest)))
 
 
 def _check_free_space(directory: Path, size: int) -> None:
@@ -435,17 +441,15 @@ def _check_free_space(directory: Path, size: int) -> None:
 
 
 class GetTransfer(Transfer):
-    """GET_FILE: open the reader, describe the file, stream it under the window."""
+    """GET_FILE: open the reader, describe the file, stream it under the window
+    (the channel's output credit: GET_FILE's `window`, topped up by WINDOW)."""
+
+    KIND = RequestKind.GET
 
     def __init__(self, service: TransferService, msg: GetFile, user: runas.RunAs | None) -> None:
-        super().__init__(service, msg.request_id, user)
+        super().__init__(service, msg, user)
         self.msg = msg
         self.path = Path(msg.path)
-        self.credit = min(msg.window or TRANSFER_WINDOW, MAX_GET_WINDOW)
-
-    def grant(self, increment: int) -> None:
-        self.credit += increment
-        self._wake.set()
 
     async def run(self) -> None:
         msg = self.msg
@@ -464,27 +468,27 @@ class GetTransfer(Transfer):
     async def _send(self, reader: FileReader) -> None:
         """Send while a thread reads (and hashes) ahead, never beyond the credit."""
         self.service.audit("get", self.request_id, path=str(self.path), size=reader.size, **self.audit_user())
-        self.session.send(FileInfo(self.request_id, size=reader.size, mode=reader.mode, mtime=reader.mtime))
+        self.reply(FileInfo(self.request_id, size=reader.size, mode=reader.mode, mtime=reader.mtime))
         chunks = ReadAhead(reader, min(DATA_CHUNK, self.session.conn.peer_max_frame))
         try:
             while (data := await chunks.next()) and not self.aborted:
                 await self._send_chunk(data)
         finally:
             await chunks.close()
-        self.service.done(self.request_id)
-        if not self.aborted:
-            self.service.audit("get_done", self.request_id, path=str(self.path), bytes=reader.bytes_read)
-            self.session.send(FileEnd(self.request_id, sha256=reader.hexdigest()))
+        if self.aborted:
+            return self.service.done(self.request_id)
+        self.service.audit("get_done", self.request_id, path=str(self.path), bytes=reader.bytes_read)
+        self.service.end(self.request_id, FileEnd(self.request_id, sha256=reader.hexdigest()))
 
     async def _send_chunk(self, data: bytes) -> None:
         """Send `data`, split where the credit runs out, waiting for WINDOW frames."""
         offset = 0
         while offset < len(data) and not self.aborted:
-            if self.credit <= 0:
+            if self.channel.output_credit <= 0:
                 await self._sleep()
                 continue
-            n = min(len(data) - offset, self.credit)
-            self.credit -= n
+            n = min(len(data) - offset, self.channel.output_credit)
+            self.channel.send_data(MessageType.FILE_DATA, n)
             piece = data if n == len(data) else data[offset:offset + n]
             self.session.send_data(MessageType.FILE_DATA, self.request_id, piece)
             offset += n

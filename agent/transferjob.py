@@ -16,7 +16,10 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
+from shoal.protocol.connection import Role
 from shoal.protocol.errors import ErrorCode
+from shoal.protocol.messages import GetFile, Message, MessageType, PutBatch, PutFile
+from shoal.protocol.request import RequestChannel, RequestKind
 
 from shoal.agent import runas
 from shoal.agent.asuser import UserFiles
@@ -50,12 +53,21 @@ async def files_as(user: runas.RunAs | None) -> AsyncIterator[Files]:
 
 
 class Transfer:
-    """One transfer request: a task that owns its file (and its user's helper) until it ends."""
+    """One transfer request: a task that owns its file (and its user's helper) until it ends.
 
-    def __init__(self, service: TransferService, request_id: int, user: runas.RunAs | None) -> None:
+    Every frame of the request, ours and the controller's, steps its `channel` (the
+    table of its `KIND`, shoal.protocol.request), which also keeps its window.
+    """
+
+    KIND = RequestKind.PUT
+
+    def __init__(self, service: TransferService, msg: PutFile | GetFile | PutBatch,
+                 user: runas.RunAs | None) -> None:
         self.service = service
         self.session = service.session
-        self.request_id = request_id
+        self.request_id = msg.request_id
+        self.channel = RequestChannel(Role.AGENT, msg.request_id, self.KIND)
+        self.channel.receive(msg)
         self.aborted = False
         self._wake = asyncio.Event()
         self.user = user  # act with this user's credentials (asuser.py)
@@ -79,7 +91,18 @@ class Transfer:
         self._wake.set()
 
     def grant(self, increment: int) -> None:
-        """WINDOW frames for this request; only a get has use for them."""
+        """A WINDOW from the controller, legal under a get only.
+
+        Raises:
+            RemoteProtocolError: `out_of_order` under a put or a batch.
+        """
+        self.channel.receive_data(MessageType.WINDOW, increment)
+        self._wake.set()
+
+    def reply(self, msg: Message) -> None:
+        """Send a frame of ours for this request, stepped through its channel first."""
+        self.channel.send(msg)
+        self.session.send(msg)
 
     async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await in_thread(fn, *args)

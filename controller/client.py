@@ -29,6 +29,7 @@ from shoal.protocol.errors import (
     ErrorCode,
     ProtocolError,
     RemoteCommandError,
+    RemoteProtocolError,
     ShoalConnectionError,
     ShoalError,
     ShoalTimeoutError,
@@ -47,6 +48,7 @@ from shoal.protocol.messages import (
     Ping,
     Pong,
 )
+from shoal.protocol.request import RequestChannel, RequestKind
 
 from shoal.hostio.driver import FrameDriver
 from shoal.controller.dial import Dialer, dial_direct
@@ -69,15 +71,28 @@ _NOT_FRAMES = frozenset({ErrorCode.BAD_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCo
 
 
 class _ReplyCall:
-    """One request awaiting its one reply (METRICS_REPLY, JOBS_REPLY...), an ERROR, or a lost connection."""
+    """One request awaiting its one reply (METRICS_REPLY, JOBS_REPLY...), an ERROR, or a lost connection.
 
-    def __init__(self, host: str, request_id: int) -> None:
-        self.host = host
+    A request of a `kind` steps its channel with the request and the reply, so a
+    frame its table does not list fails the connection (`out_of_order`).
+    """
+
+    def __init__(self, client: AgentClient, request_id: int, kind: RequestKind | None) -> None:
+        self.client = client
+        self.host = client.name
         self.request_id = request_id
+        self.channel = RequestChannel(Role.CONTROLLER, request_id, kind) if kind is not None else None
         self.reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+
+    def send(self, msg: Message) -> None:
+        if self.channel is not None:
+            self.channel.send(msg)
+        self.client.send(msg)
 
     def receive(self, msg: Message) -> None:
         if self.reply.done():
+            return
+        if self.channel is not None and not self.client.step(self.channel, msg):
             return
         if isinstance(msg, Error):
             self.reply.set_exception(RemoteCommandError(msg.message, msg.code, self.host, self.request_id,
@@ -290,23 +305,23 @@ class AgentClient(FrameDriver):
         Raises RemoteCommandError when the agent refuses (e.g. the key may not
         read metrics) and ShoalConnectionError when the connection is lost first.
         """
-        reply = await self.request_reply(MetricsRequest)
-        if not isinstance(reply, MetricsReply):
-            raise ShoalConnectionError(self.name, f"the agent answered METRICS_REQUEST with {reply.TYPE.name}")
+        reply = await self.request_reply(MetricsRequest, RequestKind.METRICS)
+        assert isinstance(reply, MetricsReply)  # the table admits no other reply
         return dict(reply.metrics)
 
-    async def request_reply(self, make: Callable[[int], Message]) -> Message:
-        """Send the request `make(request_id)` builds and await its one reply.
+    async def request_reply(self, make: Callable[[int], Message], kind: RequestKind | None = None) -> Message:
+        """Send the request `make(request_id)` builds and await its one reply, judged
+        by `kind`'s table when it has one.
 
         Raises RemoteCommandError when the agent answers ERROR and ShoalConnectionError
-        when the connection is lost first.
+        when the connection is lost first (or the agent broke the table).
         """
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
         rid = self.new_request_id()
-        call = _ReplyCall(self.name, rid)
+        call = _ReplyCall(self, rid, kind)
         self.requests[rid] = call
-        self.send(make(rid))
+        call.send(make(rid))
         try:
             return await call.reply
         finally:
@@ -338,6 +353,16 @@ class AgentClient(FrameDriver):
                 self.send(Ping(0, t0=time.time()))
 
     # -- closing -------------------------------------------------------------
+
+    def step(self, channel: RequestChannel, msg: Message) -> bool:
+        """Step a request's state machine with the agent's `msg`; False when its table
+        refuses it (out of order, past our window): the connection fails with its code."""
+        try:
+            channel.receive(msg)
+        except RemoteProtocolError as exc:
+            self.protocol_violation(f"agent broke request {channel.request_id}: {exc}", exc.code)
+            return False
+        return True
 
     def protocol_violation(self, reason: str, code: str = ErrorCode.PROTOCOL_ERROR) -> None:
         self.conn.fail(code, reason)

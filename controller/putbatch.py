@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from shoal.hostio.fileerrors import FileTransferError, map_os_error
 from shoal.protocol.errors import ErrorCode, RemoteCommandError
 from shoal.protocol.messages import BatchDone, FileData, Message, PutBatch
+from shoal.protocol.request import RequestKind
 
 from shoal.controller.client import AgentClient
 from shoal.controller.transfer import TRANSFER_FAILED, _in_thread, _Request
@@ -48,20 +49,20 @@ def batchable(item: PlanItem) -> bool:
 
 
 class BatchRequest(_Request):
-    """One PUT_BATCH with its data; `wait` returns the BATCH_DONE."""
+    """One PUT_BATCH with its data (within the batch's window, its size); `wait` returns the BATCH_DONE."""
 
     def __init__(self, client: AgentClient, tree: str, entries: list[dict[str, Any]], data: bytes,
                  user: str | None = None) -> None:
-        super().__init__(client)
+        super().__init__(client, RequestKind.BATCH)
         self.entries = entries
         self.done: BatchDone | None = None
         self._check_features(["put_batch"] + (["user"] if user is not None else []))
         if self.error is None:
-            client.send(PutBatch(self.request_id, tree=tree, files=entries, user=user,
-                                 requires=["user"] if user is not None else []))
+            self._send(PutBatch(self.request_id, tree=tree, files=entries, user=user,
+                                requires=["user"] if user is not None else []))
             step = client.max_chunk
             for offset in range(0, len(data), step):
-                client.send(FileData(self.request_id, data[offset:offset + step]))
+                self._send(FileData(self.request_id, data[offset:offset + step]))
 
     def _on_message(self, msg: Message) -> None:
         if isinstance(msg, BatchDone):

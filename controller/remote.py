@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 from shoal.protocol.connection import Role
-from shoal.protocol.errors import RemoteProtocolError
 from shoal.protocol.messages import (
     Cancel,
     Error,
@@ -112,10 +111,7 @@ class RemoteProcess:
     # -- from the connection -------------------------------------------------
 
     def receive(self, msg: Message) -> None:
-        try:
-            self.channel.receive(msg)
-        except RemoteProtocolError as exc:  # out of order, or past the output window
-            self.client.protocol_violation(f"agent broke request {self.request_id}: {exc}", exc.code)
+        if not self.client.step(self.channel, msg):  # out of order, or past the output window
             return
         if isinstance(msg, (Stdout, Stderr)):
             self._events.append(OutputEvent("stdout" if isinstance(msg, Stdout) else "stderr", msg.data))

@@ -29,6 +29,7 @@ from shoal.hostio.fileerrors import FileTransferError, map_os_error
 from shoal.hostio.reader import FileReader
 from shoal.hostio.readahead import ReadAhead
 from shoal.hostio.sink import ChunkSink
+from shoal.protocol.connection import Role
 from shoal.protocol.defaults import TRANSFER_WINDOW
 from shoal.protocol.errors import ErrorCode, RemoteCommandError, ShoalConnectionError, ShoalError
 from shoal.protocol.messages import (
@@ -39,9 +40,11 @@ from shoal.protocol.messages import (
     FileInfo,
     GetFile,
     Message,
+    MessageType,
     PutFile,
     Window,
 )
+from shoal.protocol.request import RequestChannel, RequestKind
 
 from shoal.controller.client import AgentClient
 from shoal.controller.fanout import fan_out, per_gateway
@@ -109,24 +112,35 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
 
 
 class _Request:
-    """Routing and failure shared by both directions.
+    """Routing and failure shared by both directions, and by batches and tree requests.
 
     `AgentClient` hands us this request's frames (`receive`) and tells us when the
-    connection is gone (`lost`); a waiter sees either as an exception.
+    connection is gone (`lost`); a waiter sees either as an exception. A request of
+    a `kind` steps its channel (shoal.protocol.request) with every frame, ours
+    (`_send`) and the agent's, so the table the agent follows judges the agent
+    too, and the channel keeps the windows. (Tree requests have no table yet.)
     """
 
-    def __init__(self, client: AgentClient) -> None:
+    def __init__(self, client: AgentClient, kind: RequestKind | None = None) -> None:
         self.client = client
         self.host = client.name
         self.request_id = client.new_request_id()
         self.error: ShoalError | None = None
+        self.channel = RequestChannel(Role.CONTROLLER, self.request_id, kind) if kind is not None else None
         self._changed = asyncio.Event()
         if client.closed:
             self.error = ShoalConnectionError(self.host, client.close_reason or "connection closed")
         else:
             client.requests[self.request_id] = self
 
+    def _send(self, msg: Message) -> None:
+        if self.channel is not None:
+            self.channel.send(msg)
+        self.client.send(msg)
+
     def receive(self, msg: Message) -> None:
+        if self.channel is not None and not self.client.step(self.channel, msg):
+            return
         if isinstance(msg, Error):
             status = msg.status if msg.status is not None else TRANSFER_FAILED
             self._fail(RemoteCommandError(msg.message, code=msg.code, host=self.host,
@@ -162,35 +176,34 @@ class _Request:
         self._end()
 
     def _end(self) -> None:
+        if self.channel is not None and self.error is not None:
+            self.channel.connection_lost()  # failed or abandoned: nothing more goes out under its id
         self.client.requests.pop(self.request_id, None)
 
     async def _until(self, ready: Callable[[], bool]) -> None:
-        """Wait for `ready()`; raise the request's error if it fails first."""
-        while not ready():
-            if self.error is not None:
-                raise self.error
+        """Wait for `ready()`; raise the request's error if it fails first (or failed)."""
+        while self.error is None and not ready():
             self._changed.clear()
             await self._changed.wait()
+        if self.error is not None:
+            raise self.error
 
 
 class PutRequest(_Request):
-    """One PUT_FILE: wait for FILE_INFO, send within the credit, end with FILE_END."""
+    """One PUT_FILE: wait for FILE_INFO, send within the credit (the channel's
+    stdin credit: FILE_INFO's window and the agent's WINDOWs), end with FILE_END."""
 
     def __init__(self, client: AgentClient, msg_fields: dict[str, Any]) -> None:
-        super().__init__(client)
-        self.credit = 0
+        super().__init__(client, RequestKind.MKDIR if msg_fields.get("mkdir") else RequestKind.PUT)
         self.opened = False
         self.result: FileDone | None = None
         self._check_features(msg_fields.get("requires", []))
         if self.error is None:
-            client.send(PutFile(self.request_id, **msg_fields))
+            self._send(PutFile(self.request_id, **msg_fields))
 
     def _on_message(self, msg: Message) -> None:
         if isinstance(msg, FileInfo):
             self.opened = True
-            self.credit += msg.window
-        elif isinstance(msg, Window):
-            self.credit += msg.bytes
         elif isinstance(msg, FileDone):
             self.result = msg
             self._end()
@@ -201,19 +214,19 @@ class PutRequest(_Request):
 
     async def send(self, data: bytes, on_sent: Callable[[int], None]) -> None:
         """Send `data` as FILE_DATA, split where the agent's credit runs out."""
-        offset = 0
+        assert self.channel is not None
+        channel, offset = self.channel, 0
         while offset < len(data):
-            await self._until(lambda: self.credit > 0)
-            n = min(len(data) - offset, self.credit)
-            self.credit -= n
-            self.client.send(FileData(self.request_id, data if n == len(data) else data[offset:offset + n]))
+            await self._until(lambda: channel.stdin_credit > 0)
+            n = min(len(data) - offset, channel.stdin_credit)
+            self._send(FileData(self.request_id, data if n == len(data) else data[offset:offset + n]))
             offset += n
             on_sent(n)
             await self.client.drain()
 
     def end(self, sha256: str) -> None:
         if self.error is None:
-            self.client.send(FileEnd(self.request_id, sha256=sha256))
+            self._send(FileEnd(self.request_id, sha256=sha256))
 
     async def wait_done(self) -> FileDone:
         await self._until(lambda: self.result is not None)
@@ -226,26 +239,21 @@ class GetRequest(_Request):
 
     def __init__(self, client: AgentClient, path: str, window: int = TRANSFER_WINDOW, tree: str = "",
                  user: str | None = None) -> None:
-        super().__init__(client)
+        super().__init__(client, RequestKind.GET)
         self.window = window
         self.info: FileInfo | None = None
         self.sha256: str | None = None
         self._chunks: deque[bytes] = deque()
-        self._outstanding = 0
         self._consumed = 0
         self._check_features(["user"] if user is not None else [])
         if self.error is None:
-            client.send(GetFile(self.request_id, path=path, window=window, tree=tree, user=user,
-                                requires=["user"] if user is not None else []))
+            self._send(GetFile(self.request_id, path=path, window=window, tree=tree, user=user,
+                               requires=["user"] if user is not None else []))
 
     def _on_message(self, msg: Message) -> None:
         if isinstance(msg, FileInfo):
             self.info = msg
-        elif isinstance(msg, FileData):
-            self._outstanding += len(msg.data)
-            if self._outstanding > self.window:
-                self.client.protocol_violation(f"agent overran the window of transfer {self.request_id}")
-                return
+        elif isinstance(msg, FileData):  # within our window: the channel checked
             self._chunks.append(msg.data)
         elif isinstance(msg, FileEnd):
             self.sha256 = msg.sha256
@@ -264,11 +272,12 @@ class GetRequest(_Request):
         return chunks
 
     def consumed(self, n: int) -> None:
-        """`n` bytes are on disk: grant them back once a quarter window has gathered."""
+        """`n` bytes are on disk: grant them back once a quarter window has gathered
+        (while the get runs: its table has no WINDOW once FILE_END came)."""
         self._consumed += n
-        if self._consumed >= self.window // 4 and self.sha256 is None and self.error is None:
-            self._outstanding -= self._consumed
-            self.client.send(Window(self.request_id, bytes=self._consumed))
+        assert self.channel is not None
+        if self._consumed >= self.window // 4 and self.error is None and self.channel.can_send(MessageType.WINDOW):
+            self._send(Window(self.request_id, bytes=self._consumed))
             self._consumed = 0
 
 

@@ -2,9 +2,9 @@
 
 Both ends keep a `RequestChannel` per request and step it with every message they
 send or receive under its request id (PROTOCOL.md §3 Requests), as h11 keeps its
-request/response cycle: neither end re-judges the peer's frames by itself. (Today
-they do so for commands; puts, gets and metrics are still judged by the transfer
-and client code, which the tables below describe.)
+request/response cycle: neither end re-judges the peer's frames by itself. (Tree
+requests, LIST_TREE and REMOVE_PATHS, and the one-reply job requests have no table
+yet.)
 
 A command (EXEC, or JOB_ATTACH, the same stream):
 
@@ -13,8 +13,10 @@ A command (EXEC, or JOB_ATTACH, the same stream):
 
 A detached EXEC ends at JOB_STARTED. The other kinds: METRICS_REQUEST is answered
 by one METRICS_REPLY (or ERROR); a put goes PUT_FILE, FILE_INFO (RUNNING: data),
-FILE_END (FINISHING), FILE_DONE, and a `mkdir` put goes straight from PUT_FILE to
-FILE_DONE; a get goes GET_FILE, FILE_INFO (RUNNING: data), FILE_END; a relayed
+FILE_END (FINISHING), FILE_DONE, and a `mkdir` put (its own kind, so that a file
+put answered FILE_DONE without its data is refused) goes straight from PUT_FILE to
+FILE_DONE; a get goes GET_FILE, FILE_INFO (RUNNING: data), FILE_END; a batch goes
+PUT_BATCH (RUNNING at once: its data follows), BATCH_DONE; a relayed
 stream (issue 19) goes RELAY_OPEN, RELAY_OPENED (RUNNING: RELAY_DATA both ways),
 RELAY_CLOSE from either end.
 
@@ -32,7 +34,9 @@ on both ends:
   at most MAX_GET_WINDOW).
 - stdin: STARTED grants `stdin_window` bytes of STDIN; the agent's WINDOW grants
   more. `stdin_credit` is what the controller may still send. A put's FILE_DATA is
-  input too: FILE_INFO's `window`.
+  input too: FILE_INFO's `window` (0 until FILE_INFO: data before it is past the
+  window). A batch's FILE_DATA is input whose window is the sum of its entries'
+  sizes, never topped up.
 - a relay's RELAY_DATA is output from the agent (RELAY_OPEN's `window`) and input
   from the controller (RELAY_OPENED's `window`), each 0 meaning RELAY_WINDOW.
 
@@ -47,8 +51,8 @@ from enum import Enum
 from shoal.protocol.connection import Role
 from shoal.protocol.defaults import MAX_GET_WINDOW, OUTPUT_WINDOW, RELAY_WINDOW, TRANSFER_WINDOW
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
-from shoal.protocol.messages import (Exec, FileInfo, GetFile, JobAttach, Message, MessageType, RelayOpen, RelayOpened,
-                                     Started, Window)
+from shoal.protocol.messages import (Exec, FileInfo, GetFile, JobAttach, Message, MessageType, PutBatch, RelayOpen,
+                                     RelayOpened, Started, Window)
 
 __all__ = ["RequestKind", "RequestState", "RequestChannel", "TRANSITIONS"]
 
@@ -56,8 +60,10 @@ __all__ = ["RequestKind", "RequestState", "RequestChannel", "TRANSITIONS"]
 class RequestKind(Enum):
     COMMAND = "command"  # EXEC or JOB_ATTACH: a command's streams
     METRICS = "metrics"  # METRICS_REQUEST: one reply
-    PUT = "put"  # PUT_FILE: a file (or directory) to the agent
+    PUT = "put"  # PUT_FILE: a file to the agent
+    MKDIR = "mkdir"  # PUT_FILE with `mkdir`: a directory, answered at once
     GET = "get"  # GET_FILE: a file from the agent
+    BATCH = "batch"  # PUT_BATCH: many small files to the agent, their data at once
     RELAY = "relay"  # RELAY_OPEN: a byte stream to another agent through this one (issue 19)
 
 
@@ -103,16 +109,25 @@ TRANSITIONS: dict[RequestKind, Table] = {
         (_S.STARTING, _C): {_T.ERROR: _S.STARTING},
         (_S.STARTING, _A): {_T.METRICS_REPLY: _S.DONE, **_END},
     }),
-    # A `mkdir` put is answered FILE_DONE at once; a file put is opened by FILE_INFO,
-    # whose window the agent's WINDOW tops up until FILE_END.
+    # A file put is opened by FILE_INFO, whose window the agent's WINDOW tops up
+    # until it reads FILE_END. FILE_DATA before FILE_INFO is judged by the window, which is
+    # 0 then (window_exceeded).
     RequestKind.PUT: _ended({
         (_S.IDLE, _C): {_T.PUT_FILE: _S.STARTING},
-        (_S.STARTING, _C): {_T.ERROR: _S.STARTING},
-        (_S.STARTING, _A): {_T.FILE_INFO: _S.RUNNING, _T.FILE_DONE: _S.DONE, **_END},
+        (_S.STARTING, _C): {_T.FILE_DATA: _S.STARTING, _T.ERROR: _S.STARTING},
+        (_S.STARTING, _A): {_T.FILE_INFO: _S.RUNNING, **_END},
         (_S.RUNNING, _C): {_T.FILE_DATA: _S.RUNNING, _T.FILE_END: _S.FINISHING, _T.ERROR: _S.RUNNING},
         (_S.RUNNING, _A): {_T.WINDOW: _S.RUNNING, **_END},
         (_S.FINISHING, _C): {_T.ERROR: _S.FINISHING},
-        (_S.FINISHING, _A): {_T.FILE_DONE: _S.DONE, **_END},
+        # A WINDOW the agent sent before it read FILE_END may cross it.
+        (_S.FINISHING, _A): {_T.WINDOW: _S.FINISHING, _T.FILE_DONE: _S.DONE, **_END},
+    }),
+    # A `mkdir` put is answered FILE_DONE at once, with no data either way; FILE_DATA
+    # is judged by the window, 0 here, as before a file put's FILE_INFO.
+    RequestKind.MKDIR: _ended({
+        (_S.IDLE, _C): {_T.PUT_FILE: _S.STARTING},
+        (_S.STARTING, _C): {_T.FILE_DATA: _S.STARTING, _T.ERROR: _S.STARTING},
+        (_S.STARTING, _A): {_T.FILE_DONE: _S.DONE, **_END},
     }),
     RequestKind.GET: _ended({
         (_S.IDLE, _C): {_T.GET_FILE: _S.STARTING},
@@ -120,6 +135,13 @@ TRANSITIONS: dict[RequestKind, Table] = {
         (_S.STARTING, _A): {_T.FILE_INFO: _S.RUNNING, **_END},
         (_S.RUNNING, _C): {_T.WINDOW: _S.RUNNING, _T.ERROR: _S.RUNNING},
         (_S.RUNNING, _A): {_T.FILE_DATA: _S.RUNNING, _T.FILE_END: _S.DONE, **_END},
+    }),
+    # A batch's data follows its PUT_BATCH at once, within the batch's total size:
+    # no FILE_INFO, WINDOW or FILE_END.
+    RequestKind.BATCH: _ended({
+        (_S.IDLE, _C): {_T.PUT_BATCH: _S.RUNNING},
+        (_S.RUNNING, _C): {_T.FILE_DATA: _S.RUNNING, _T.ERROR: _S.RUNNING},
+        (_S.RUNNING, _A): {_T.BATCH_DONE: _S.DONE, **_END},
     }),
     # Either end may close a relay; the controller may give up on one still opening.
     RequestKind.RELAY: _ended({
@@ -188,8 +210,8 @@ class RequestChannel:
     def send_data(self, type_: MessageType, amount: int) -> None:
         """`send` without a message object: its type and the one number it moves a
         window by (payload bytes of STDOUT/STDERR/STDIN/FILE_DATA, WINDOW's grant, the
-        `window` of EXEC, JOB_ATTACH, GET_FILE and FILE_INFO, STARTED's `stdin_window`;
-        0 for the others)."""
+        `window` of EXEC, JOB_ATTACH, GET_FILE and FILE_INFO, STARTED's `stdin_window`,
+        PUT_BATCH's total size; 0 for the others)."""
         self._step(self.our_role, type_, amount, LocalProtocolError)
 
     def receive_data(self, type_: MessageType, amount: int) -> None:
@@ -239,7 +261,8 @@ class RequestChannel:
             self.output_window = self.output_credit = amount or OUTPUT_WINDOW
         elif type_ is MessageType.GET_FILE:
             self.output_window = self.output_credit = min(amount or TRANSFER_WINDOW, MAX_GET_WINDOW)
-        elif type_ is MessageType.STARTED or type_ is MessageType.FILE_INFO and self.kind is RequestKind.PUT:
+        elif (type_ is MessageType.STARTED or type_ is MessageType.PUT_BATCH
+              or type_ is MessageType.FILE_INFO and self.kind is RequestKind.PUT):
             self.stdin_credit = amount
         elif type_ is MessageType.RELAY_OPEN:
             self.output_window = self.output_credit = amount or RELAY_WINDOW
@@ -257,4 +280,13 @@ def _amount(msg: Message) -> int:
         return msg.window
     if isinstance(msg, Started):
         return msg.stdin_window
+    if isinstance(msg, PutBatch):
+        return _batch_size(msg)
     return 0
+
+
+def _batch_size(msg: PutBatch) -> int:
+    """The content bytes a PUT_BATCH announces: its window. A size that is no
+    integer counts 0 here; the request's validation refuses it."""
+    sizes = (entry.get("size", 0) for entry in msg.files)
+    return sum(size for size in sizes if isinstance(size, int) and not isinstance(size, bool) and size > 0)

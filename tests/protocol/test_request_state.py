@@ -20,8 +20,8 @@ from shoal.protocol.defaults import OUTPUT_WINDOW
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from shoal.protocol.defaults import MAX_GET_WINDOW, TRANSFER_WINDOW
 from shoal.protocol.messages import (Error, Exec, Exit, FileData, FileDone, FileEnd, FileInfo, GetFile, JobAttach,
-                                     JobStarted, MessageType, MetricsReply, MetricsRequest, PutFile, Signal, Started,
-                                     Stderr, Stdin, StdinEof, Stdout, Window)
+                                     JobStarted, MessageType, MetricsReply, MetricsRequest, PutBatch, BatchDone, PutFile,
+                                     Signal, Started, Stderr, Stdin, StdinEof, Stdout, Window)
 from shoal.protocol.request import TRANSITIONS, RequestChannel, RequestKind, RequestState
 
 RID = 7
@@ -287,9 +287,18 @@ def test_put_data_past_file_infos_window_is_window_exceeded() -> None:
 
 
 def test_a_mkdir_put_is_answered_file_done_at_once() -> None:
-    ends = _play(RequestKind.PUT, [(_C, PutFile(RID, path="/d", size=0, mkdir=True)),
-                                   (_A, FileDone(RID, sha256="", bytes=0, path="/d"))])
+    ends = _play(RequestKind.MKDIR, [(_C, PutFile(RID, path="/d", size=0, mkdir=True)),
+                                     (_A, FileDone(RID, sha256="", bytes=0, path="/d"))])
     assert ends[0].done and ends[1].done
+
+
+def test_a_file_put_answered_file_done_before_its_data_is_out_of_order() -> None:
+    """Only a `mkdir` put may be done at once: a file put claimed done unsent is refused."""
+    ch = RequestChannel(_C, RID, RequestKind.PUT)
+    ch.send(PutFile(RID, path="/f", size=5))
+    with pytest.raises(RemoteProtocolError) as info:
+        ch.receive(FileDone(RID, sha256="0" * 64, bytes=5, path="/f"))
+    assert info.value.code == ErrorCode.OUT_OF_ORDER
 
 
 @pytest.mark.parametrize(("asked", "granted"), [(0, TRANSFER_WINDOW), (5, 5), (BIG, MAX_GET_WINDOW)])
@@ -308,3 +317,56 @@ def test_a_get_streams_within_get_files_window(asked: int, granted: int) -> None
     ch.receive(FileData(RID, b"fg"))
     ch.receive(FileEnd(RID, sha256="0" * 64))
     assert ch.done
+
+
+def test_put_data_before_file_info_is_past_a_window_of_zero() -> None:
+    """PROTOCOL.md: no FILE_DATA before FILE_INFO, judged as the window (0 until FILE_INFO)."""
+    ch = RequestChannel(_A, RID, RequestKind.PUT)
+    ch.receive(PutFile(RID, path="/f", size=1))
+    with pytest.raises(RemoteProtocolError) as info:
+        ch.receive(FileData(RID, b"x"))
+    assert info.value.code == ErrorCode.WINDOW_EXCEEDED
+    with pytest.raises(RemoteProtocolError) as info:
+        ch.receive(FileEnd(RID, sha256="0" * 64))
+    assert info.value.code == ErrorCode.OUT_OF_ORDER
+
+
+def _batch(*sizes: object) -> PutBatch:
+    return PutBatch(RID, tree="/t", files=[{"path": f"/t/{i}", "size": size} for i, size in enumerate(sizes)])
+
+
+def test_a_batch_sends_exactly_its_total_size_and_ends_with_batch_done() -> None:
+    ends = _play(RequestKind.BATCH, [(_C, _batch(3, 4)), (_C, FileData(RID, b"abcde")), (_C, FileData(RID, b"fg"))])
+    assert ends[0].state is RequestState.RUNNING and ends[0].stdin_credit == 0
+    with pytest.raises(RemoteProtocolError) as info:
+        ends[1].receive(FileData(RID, b"h"))
+    assert info.value.code == ErrorCode.WINDOW_EXCEEDED
+    for ch in ends:
+        (ch.receive if ch.our_role is _C else ch.send)(BatchDone(RID, written=2, bytes=7))
+    assert ends[0].done and ends[1].done
+
+
+@pytest.mark.parametrize("late", [FileEnd(RID, sha256="0" * 64), Window(RID, bytes=1), FileInfo(RID, size=1)])
+def test_a_batch_has_no_file_end_window_or_file_info(late: object) -> None:
+    ch = RequestChannel(_A, RID, RequestKind.BATCH)
+    ch.receive(_batch(1))
+    with pytest.raises((RemoteProtocolError, LocalProtocolError)) as info:
+        (ch.send if isinstance(late, FileInfo) else ch.receive)(late)  # type: ignore[arg-type]
+    assert info.value.code == ErrorCode.OUT_OF_ORDER  # type: ignore[union-attr]
+
+
+def test_a_batch_size_that_is_no_integer_opens_no_window() -> None:
+    """Validation refuses such a batch; the table only must not fail on it."""
+    ch = RequestChannel(_A, RID, RequestKind.BATCH)
+    ch.receive(_batch("9", True, -4, 2))
+    assert ch.stdin_credit == 2
+
+
+def test_a_window_the_agent_sent_before_reading_file_end_may_cross_it() -> None:
+    ch = RequestChannel(_C, RID, RequestKind.PUT)
+    ch.send(PutFile(RID, path="/f", size=4))
+    ch.receive(FileInfo(RID, size=4, window=4))
+    ch.send(FileData(RID, b"abcd"))
+    ch.send(FileEnd(RID, sha256="0" * 64))
+    ch.receive(Window(RID, bytes=4))
+    assert ch.state is RequestState.FINISHING and not ch.can_send(MessageType.FILE_DATA)

@@ -1,0 +1,119 @@
+"""The controller refuses an agent that answers a transfer or a metrics request out of order.
+
+The agent is scripted (tests.scriptedagent): a real handshake on loopback, then
+answers a real agent never sends. The controller library must report the host as
+lost with the table's verdict (never a success, never a hang), tell the agent why
+(an ERROR with the table's code) and hang up; nothing lands on the local disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from shoal.controller.client import AgentClient
+from shoal.controller.putbatch import BatchRequest
+from shoal.controller.result import UNREACHABLE
+from shoal.controller.transfer import GetRequest, get_file, put_file
+from shoal.controller.transferplan import plan_put
+from shoal.protocol.errors import ErrorCode, ShoalConnectionError
+from shoal.protocol.messages import (FileData, FileDone, FileEnd, FileInfo, GetFile, Message, MetricsReply,
+                                     MetricsRequest, PutBatch, PutFile)
+from tests.scriptedagent import Script, ScriptedAgent
+from tests.waiting import wait_for_async
+
+
+async def _told(agent: ScriptedAgent, code: str) -> None:
+    """The controller sent the agent an ERROR with `code` and hung up."""
+    await wait_for_async(agent.hung_up.is_set, what="the controller to hang up")
+    assert agent.errors() == [code]
+
+
+def _answer(kind: type[Message], answers: Callable[[int], list[Message]]) -> Script:
+    """Answer each message of type `kind` with `answers(its request id)`."""
+    return lambda msg: answers(msg.request_id) if isinstance(msg, kind) else []
+
+
+async def test_metrics_answered_with_file_info_is_out_of_order() -> None:
+    async with ScriptedAgent(_answer(MetricsRequest, lambda rid: [FileInfo(rid, size=1)])) as agent:
+        client = await AgentClient.connect(agent.target)
+        with pytest.raises(ShoalConnectionError) as lost:
+            await client.metrics()
+        await client.close()
+        await _told(agent, ErrorCode.OUT_OF_ORDER)
+    assert "FILE_INFO from the agent is not legal for request 1 in state starting" in str(lost.value)
+
+
+_PUT_ANSWERS = {
+    # Without the table the controller would wait forever for a window to send in.
+    "FILE_DONE from the agent is not legal for request 1 in state starting":
+        lambda rid: [FileDone(rid, sha256="0" * 64, bytes=7, path="/x")],
+    "FILE_END from the agent is not legal for request 1 in state running":
+        lambda rid: [FileInfo(rid, size=7, window=64), FileEnd(rid, sha256="0" * 64)],
+}
+
+
+@pytest.mark.parametrize("verdict", list(_PUT_ANSWERS), ids=["done_before_data", "file_end"])
+async def test_a_put_answered_out_of_order_fails_the_host(tmp_path: Path, verdict: str) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"content")
+    async with ScriptedAgent(_answer(PutFile, _PUT_ANSWERS[verdict])) as agent:
+        client = await AgentClient.connect(agent.target)
+        result = await put_file(client, plan_put([str(src)], "/x", False), "/x")
+        await client.close()
+        await _told(agent, ErrorCode.OUT_OF_ORDER)
+    assert result.status == UNREACHABLE and verdict in (result.error or "")
+
+
+async def test_get_data_before_file_info_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    script = _answer(GetFile, lambda rid: [FileData(rid, b"data"), FileInfo(rid, size=4)])
+    async with ScriptedAgent(script) as agent:
+        client = await AgentClient.connect(agent.target)
+        result = await get_file(client, "/remote", str(tmp_path / "local"))
+        await client.close()
+        await _told(agent, ErrorCode.OUT_OF_ORDER)
+    assert result.status == UNREACHABLE
+    assert "FILE_DATA from the agent is not legal for request 1 in state starting" in (result.error or "")
+    assert os.listdir(tmp_path) == []
+
+
+async def test_get_data_past_the_window_is_refused() -> None:
+    script = _answer(GetFile, lambda rid: [FileInfo(rid, size=9), FileData(rid, b"12345"),
+                                           FileEnd(rid, sha256="0" * 64)])
+    async with ScriptedAgent(script) as agent:
+        client = await AgentClient.connect(agent.target)
+        request = GetRequest(client, "/remote", window=4)
+        with pytest.raises(ShoalConnectionError) as lost:
+            await request.next_chunks()
+        await client.close()
+        await _told(agent, ErrorCode.WINDOW_EXCEEDED)
+    assert "output of request 1 overran its window" in str(lost.value)
+
+
+async def test_a_batch_answered_with_file_done_is_refused(tmp_path: Path) -> None:
+    content = b"small"
+    entry = {"path": str(tmp_path / "f"), "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    script = _answer(PutBatch, lambda rid: [FileDone(rid, sha256="", bytes=0, path=str(tmp_path))])
+    async with ScriptedAgent(script, features=("put_batch",)) as agent:
+        client = await AgentClient.connect(agent.target)
+        with pytest.raises(ShoalConnectionError) as lost:
+            await BatchRequest(client, str(tmp_path), [entry], content).wait()
+        await client.close()
+        await _told(agent, ErrorCode.OUT_OF_ORDER)
+    assert "FILE_DONE from the agent is not legal for request 1 in state running" in str(lost.value)
+
+
+async def test_a_well_behaved_script_passes() -> None:
+    """The scripted agent itself is no cause of refusal: a legal answer is taken."""
+    script = _answer(MetricsRequest, lambda rid: [MetricsReply(rid, metrics={"load": [1.0]})])
+    async with ScriptedAgent(script) as agent:
+        client = await AgentClient.connect(agent.target)
+        assert await client.metrics() == {"load": [1.0]}
+        await client.close()
+        await asyncio.wait_for(agent.hung_up.wait(), 15)
+    assert agent.errors() == []
