@@ -8,15 +8,19 @@ verified. Then the name the agent announced in its HELLO (inside the transcript
 the proofs cover) is claimed: a name already held is refused with ERROR
 `name_in_use`, audited, and the agent retries later with its backoff.
 
-Connections still in the handshake are bounded (`MAX_PENDING`) and each has
-`handshake_timeout` seconds, so thousands of agents reconnecting at once, or a
-flood of sockets that never speak, cannot starve the hub's local clients.
+Connections still in the handshake are bounded (`MAX_PENDING`); those accepted
+beyond it wait their turn unread (at most `MAX_QUEUED`, more are closed at once
+and retry with their backoff), so a burst of thousands of agents is served in
+order instead of being sent back to wait. Each has `handshake_timeout` seconds
+from its accept, so a flood of sockets that never speak cannot starve the hub's
+local clients.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from shoal.protocol.connection import HandshakeComplete
@@ -29,12 +33,16 @@ from shoal.controller.hub.audit import HubAudit
 from shoal.controller.hub.registry import DIALIN, HubAgent, Registry, check_agent_name
 from shoal.controller.targets import Target
 
-__all__ = ["DialInClient", "DialIns", "MAX_PENDING"]
+__all__ = ["DialInClient", "DialIns", "MAX_PENDING", "MAX_QUEUED"]
 
 log = logging.getLogger("shoal.hub")
 
-# Dial-in connections in the handshake at once; more are closed at once and retry later.
-MAX_PENDING = 2048
+# Dial-in connections in the handshake at once: enough to keep the hub busy over a
+# slow network, few enough that each handshake finishes soon after it starts.
+MAX_PENDING = 512
+# Accepted connections waiting for a handshake slot, unread; more are closed at
+# once and retry later. Each holds a socket and about 6 KiB until its turn.
+MAX_QUEUED = 8192
 
 
 class DialInClient(AgentClient):
@@ -52,9 +60,13 @@ class DialInClient(AgentClient):
         host, port = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("?", 1)
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.name = self.address
-        if not self._owner.admit(self):
-            return
-        self._deadline = asyncio.get_running_loop().call_later(self._owner.handshake_timeout, self._too_slow)
+        if self._owner.admit(self):
+            self._deadline = asyncio.get_running_loop().call_later(self._owner.handshake_timeout, self._too_slow)
+
+    def start_handshake(self) -> None:
+        """Our turn (DialIns.admit): say HELLO and read the agent's."""
+        assert self.transport is not None
+        self.transport.resume_reading()
         self.conn.start()
         self.flush()
 
@@ -72,7 +84,7 @@ class DialInClient(AgentClient):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
-        self._owner.pending.discard(self)
+        self._owner.done_with(self)
         super().connection_lost(exc)
 
     def refuse(self, code: str, reason: str) -> None:
@@ -113,6 +125,7 @@ class DialIns:
         self.handshake_timeout = handshake_timeout
         self.audit = audit
         self.pending: set[DialInClient] = set()
+        self.queued: deque[DialInClient] = deque()
         self._on_agent = on_agent
         self._servers: list[asyncio.AbstractServer] = []
         self.addresses: list[str] = []
@@ -128,16 +141,38 @@ class DialIns:
             self.addresses.append(f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}")
 
     def admit(self, client: DialInClient) -> bool:
-        """Take a new connection into the handshake unless too many are there already."""
-        if self.draining or len(self.pending) >= MAX_PENDING:
+        """Start a new connection's handshake, or queue it unread while MAX_PENDING are
+        in theirs; False (and closed) when draining or the queue is full too."""
+        if self.draining or len(self.queued) >= MAX_QUEUED:
             client.abort()
             return False
-        self.pending.add(client)
+        if len(self.pending) < MAX_PENDING:
+            self.pending.add(client)
+            client.start_handshake()
+        else:
+            assert client.transport is not None
+            client.transport.pause_reading()
+            self.queued.append(client)
         return True
+
+    def done_with(self, client: DialInClient) -> None:
+        """`client` left the handshake (authenticated or gone): start the next queued one."""
+        if client in self.pending:
+            self.pending.discard(client)
+            while self.queued and len(self.pending) < MAX_PENDING:
+                waiting = self.queued.popleft()
+                if not waiting.closed and waiting.transport is not None and not waiting.transport.is_closing():
+                    self.pending.add(waiting)
+                    waiting.start_handshake()
+        elif self.queued:
+            try:
+                self.queued.remove(client)
+            except ValueError:
+                pass
 
     def authenticated(self, client: DialInClient, name: str) -> None:
         """Both proofs verified: give the agent its name, or refuse it."""
-        self.pending.discard(client)
+        self.done_with(client)
         why = check_agent_name(name)
         if why is not None:
             self.audit.record("refused", peer=client.address, key_id=client.conn.key_id, reason=why)
@@ -157,8 +192,9 @@ class DialIns:
         self.draining = True
         for server in self._servers:
             server.close()
-        for client in list(self.pending):
+        for client in [*self.pending, *self.queued]:
             client.abort()
+        self.queued.clear()
 
     async def close(self) -> None:
         self.stop_accepting()

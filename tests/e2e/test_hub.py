@@ -220,3 +220,22 @@ def _as_nobody(path: str) -> bytes:
         answer = pipe.read()
     os.waitpid(pid, 0)
     return answer
+
+
+async def test_a_burst_beyond_the_handshake_slots_waits_its_turn_instead_of_being_sent_away(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.controller.hub import dialin
+
+    monkeypatch.setattr(dialin, "MAX_PENDING", 2)
+    key, _ = new_key(tmp_path)
+    audit = tmp_path / "audit.log"
+    names = [f"node{i}" for i in range(12)]
+    async with running_hub(tmp_path / "hub.sock", key, audit_log=str(audit)) as hub:
+        # a long first backoff: an agent sent away would not be back within the test
+        agents = await dial_in(hub, names, key, **{"limits.reconnect_min": 60.0, "limits.reconnect_max": 60.0})
+        try:
+            events = [json.loads(line)["event"] for line in audit.read_text().splitlines()]
+            assert events.count("agent_connected") == len(names)
+            assert not hub.dialins.pending and not hub.dialins.queued
+        finally:
+            await close_all(agents)
