@@ -329,6 +329,15 @@ class AgentClient(FrameDriver):
 
     async def ping(self) -> tuple[Pong, float, float]:
         """Round trip a PING: (pong, t0 local send, t3 local receive), epoch seconds."""
+        t0, fut = self.send_ping()
+        pong, t3 = await fut
+        return pong, t0, t3
+
+    def send_ping(self) -> tuple[float, asyncio.Future[tuple[Pong, float]]]:
+        """Send a PING now: its t0, and the future of (pong, t3) that `ping` awaits.
+
+        Raises ShoalConnectionError when the connection is closed.
+        """
         t0 = time.time()
         while t0 in self._pongs:
             t0 = t0 + 1e-6
@@ -337,8 +346,7 @@ class AgentClient(FrameDriver):
         self.send(Ping(0, t0=t0))
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
-        pong, t3 = await fut
-        return pong, t0, t3
+        return t0, fut
 
     async def _keepalive_loop(self) -> None:
         """Ping when quiet; declare the agent lost after three silent intervals."""

@@ -49,6 +49,7 @@ class FrameDriver(asyncio.BufferedProtocol):
         self._last_frame = time.monotonic()  # any bytes count: the idle timers measure silence
         self._writable = asyncio.Event()
         self._writable.set()
+        self._flush_due = False
 
     @property
     def last_heard(self) -> float:
@@ -126,6 +127,18 @@ class FrameDriver(asyncio.BufferedProtocol):
                 write_buffers(self.transport, out, self._fd)
             except OSError as exc:
                 self.write_failed(exc)
+
+    def flush_soon(self) -> None:
+        """Write what is queued once this turn of the event loop is over: a connection
+        many messages are sent on in one turn (a hub fanning one client's request out,
+        its replies coming back) then costs one write, not one per message."""
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
+        self.flush()
 
     async def drain(self) -> None:
         """Wait while the socket's write buffer is over its high-water mark."""

@@ -200,9 +200,10 @@ class HubConnection(FrameDriver):
     # -- frames --------------------------------------------------------------------
 
     def send(self, msg: Message) -> None:
+        """Queue `msg`; every link's messages of this turn of the loop go in one write."""
         if not self.closed:
             self.conn.send(msg)
-            self.flush()
+            self.flush_soon()
 
     def dispatch(self, event: Message | HandshakeComplete) -> None:
         if isinstance(event, HandshakeComplete):
@@ -258,6 +259,7 @@ class HubConnection(FrameDriver):
             link.lost(f"hub connection lost: {self.close_reason or reason}")
         self.links.clear()
         if self.transport is not None:
+            self.flush()
             self.transport.close()
 
     def _abort(self) -> None:
@@ -272,6 +274,7 @@ class HubConnection(FrameDriver):
         if self.transport is not None and not self.closed:
             self.close_reason = "closed by controller"
             self.closed = True
+            self.flush()
             self.transport.close()
         elif self.transport is None:
             self._closed_event.set()

@@ -88,7 +88,7 @@ class Link:
             raise RemoteProtocolError(f"a {msg.TYPE.name} of {body_size} bytes exceeds the agent's frame limit",
                                       ErrorCode.FRAME_TOO_LARGE)
         if isinstance(msg, Ping):
-            self.session.hub.tasks.spawn(self._ping(msg.t0), name="link ping")
+            self._ping(msg.t0)
         elif msg.request_id == 0:
             return  # PONG, GOODBYE, a connection ERROR: nothing for the agent
         elif msg.TYPE in STARTS:
@@ -109,11 +109,19 @@ class Link:
             self.forwards[rid] = Forward(self, rid, self.agent.client, msg)
             self.session.hub.request_started()
 
-    async def _ping(self, t0: float) -> None:
+    def _ping(self, t0: float) -> None:
+        """Ping the agent for the client, answering when its PONG comes (no task per ping:
+        a client pinging thousands of links at once costs a callback each)."""
         try:
-            pong, _, _ = await self.agent.client.ping()
+            _, reply = self.agent.client.send_ping()
         except ShoalError:
             return  # the agent is gone: the link closes with the reason
+        reply.add_done_callback(lambda done: self._ponged(t0, done))
+
+    def _ponged(self, t0: float, reply: asyncio.Future[tuple[Pong, float]]) -> None:
+        if reply.cancelled() or reply.exception() is not None:
+            return  # the agent is gone: the link closes with the reason
+        pong, _ = reply.result()
         self.to_client(Pong(0, t0=t0, t1=pong.t1, t2=pong.t2, version=pong.version))
 
     def to_client(self, msg: Message) -> None:
@@ -202,9 +210,10 @@ class LocalSession(FrameDriver):
                                  max_frame=min(peer.conn.peer_max_frame, self.conn.peer_max_frame - INNER_HEAD)))
 
     def send(self, msg: Message) -> None:
+        """Queue `msg`; it is written with everything else sent in this turn of the loop."""
         if not self.closed:
             self.conn.send(msg)
-            self.flush()
+            self.flush_soon()
 
     def peer_failed(self, exc: AuthError | ProtocolError) -> None:
         log.warning("local client (uid %d) broke the protocol: %s", self.uid, exc)
