@@ -8,7 +8,8 @@ tenth of a whole `shoal run` (tests/bench/bench_core.py). So the imports run wit
 the collector off, and what they made is frozen (`gc.freeze`): later collections,
 which still free the run's own garbage, skip it, and at exit the system reclaims it
 with the process. Only the installed command does this; `main()` called in-process
-leaves its caller's collector alone.
+leaves its caller's collector alone. Before any of it, the plain one-host run
+through a hub is tried (controller/cli/hubrun.py), which needs none of those imports.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ __all__ = ["entry"]
 
 def entry() -> NoReturn:
     """Run `shoal` with sys.argv and exit with its status."""
+    from shoal.controller.cli.hubrun import run_through_hub
+
+    through_hub = run_through_hub(sys.argv[1:])  # the plain one-host hub run imports next to nothing
+    if through_hub is not None:
+        sys.exit(through_hub)
     gc.disable()
     try:
         from shoal.controller.cli.main import main
@@ -29,3 +35,7 @@ def entry() -> NoReturn:
         gc.freeze()
         gc.enable()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

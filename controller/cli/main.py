@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 from shoal.protocol.errors import AuthError, ConfigError, ShoalConnectionError, ShoalError
 
 from shoal.controller.debuglog import DEBUG_LOG_ENV, setup_debug_log
+from shoal.controller.cli.hubrun import run_through_hub
 from shoal.controller.cli.options import add_config_options, color_from_args, with_user_config
 from shoal.controller.cli.words import split_at_command
 from shoal.controller.term.display import Display
@@ -178,6 +179,9 @@ def split_words(argv: list[str], name: str | None,
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `shoal`; returns the exit status (see module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    through_hub = run_through_hub(argv)  # the plain one-host run through a hub (cli/hubrun.py)
+    if through_hub is not None:
+        return through_hub
     setup_debug_log()
     name = _subcommand_of(argv)
     # `shoal run ...` (the subcommand first) needs no other subcommand's parser;
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        _quiet_broken_pipe()
+        quiet_broken_pipe()
         return EXIT_BROKEN_PIPE
     except Exception as exc:  # a bug: one line for the user, the traceback for the debug log
         log.exception("internal error in shoal %s", args.subcommand)
@@ -219,7 +223,7 @@ def _verbosity(args: argparse.Namespace) -> int:
     return 0 if getattr(args, "quiet", False) else 2 if getattr(args, "verbose", False) else 1
 
 
-def _quiet_broken_pipe() -> None:
+def quiet_broken_pipe() -> None:
     """Our reader went away (`shoal ... | head`): exit without a traceback."""
     import os
 

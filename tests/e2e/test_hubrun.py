@@ -1,0 +1,105 @@
+"""The plain one-host `shoal run --hub` (controller/cli/hubrun.py): what the full program
+does, without its imports.
+
+Each case runs once through the short path and once through the full program
+(`SHOAL_DEBUG_LOG` set sends a run the long way) against the same hub and agent,
+and a user must not be able to tell them apart: stdout bytes, stderr, exit status.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shoal.controller.cli import hubrun
+from shoal.controller.cli.hubrun import plain_hub_run, run_through_hub
+from shoal.protocol.defaults import OUTPUT_WINDOW
+from shoal.protocol.connection import Connection, HandshakeComplete, Role
+from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE
+from shoal.protocol.link import inner_message
+from shoal.protocol.messages import NODE_ENV, PROTOCOL_VERSION, Exec, Linked, LinkOpen, MessageType
+from tests.agents import shoal
+from tests.hubs import HubThread, new_key
+
+_T = MessageType
+
+
+@pytest.fixture
+def hub(tmp_path: Path):  # type: ignore[no-untyped-def]
+    key, _ = new_key(tmp_path)
+    with HubThread(tmp_path, ["web1"], key) as t:
+        yield t
+
+
+def test_the_wire_constants_spelled_there_are_the_protocols() -> None:
+    assert (hubrun._HELLO, hubrun._ERROR, hubrun._EXEC, hubrun._SIGNAL, hubrun._CANCEL, hubrun._WINDOW) == (
+        _T.HELLO, _T.ERROR, _T.EXEC, _T.SIGNAL, _T.CANCEL, _T.WINDOW)
+    assert (hubrun._STARTED, hubrun._STDOUT, hubrun._STDERR, hubrun._EXIT) == (_T.STARTED, _T.STDOUT, _T.STDERR, _T.EXIT)
+    assert (hubrun._LINK_OPEN, hubrun._LINK_OPENED, hubrun._LINKED, hubrun._LINK_CLOSE) == (
+        _T.LINK_OPEN, _T.LINK_OPENED, _T.LINKED, _T.LINK_CLOSE)
+    assert (hubrun._PROTOCOL_VERSION, hubrun._MAX_FRAME, hubrun._OUTPUT_WINDOW) == (
+        PROTOCOL_VERSION, DEFAULT_MAX_FRAME_SIZE, OUTPUT_WINDOW)
+
+
+def test_the_opening_write_is_what_the_hubs_own_decoder_takes() -> None:
+    hub_side = Connection(Role.AGENT)
+    hub_side.receive_data(hubrun._opening("web1", "echo hi"))
+    events = [hub_side.next_event() for _ in range(3)]
+    assert isinstance(events[0], HandshakeComplete) and events[0].peer.auth == "none"
+    assert events[1] == LinkOpen(1, host="web1")
+    assert isinstance(events[2], Linked)
+    assert inner_message(events[2], Role.CONTROLLER) == Exec(
+        1, shell="echo hi", env=dict(zip(NODE_ENV, ("web1", "0", "1"))), window=OUTPUT_WINDOW)
+    assert hub_side.next_event() is None
+
+
+@pytest.mark.parametrize("argv, plain", [
+    (["run", "-n", "--hub", "S", "web1", "--", "true"], ("S", "web1", ["true"], True)),
+    (["run", "--hub=S", "web1", "-n", "echo", "a", "b"], ("S", "web1", ["echo", "a", "b"], True)),
+    (["run", "--hub", "S", "web1", "--", "-x"], ("S", "web1", ["-x"], False)),
+    (["run", "--hub", "S", "web[1-2]", "--", "true"], None),   # a node set
+    (["run", "--hub", "S", "web1:8470", "true"], None),        # a port
+    (["run", "--hub", "S", "@web", "true"], None),             # a group
+    (["run", "--hub", "S", "-o", "json", "web1", "true"], None),  # any other option
+    (["run", "web1", "--", "true"], None),                     # no hub
+    (["run", "--hub", "S", "web1"], None),                     # no command
+    (["ping", "--hub", "S", "web1"], None),
+])
+def test_only_the_plain_form_takes_the_short_path(argv: list[str], plain: object) -> None:
+    assert plain_hub_run(argv) == plain
+
+
+@pytest.mark.parametrize("command", [
+    'echo "hi $SHOAL_HOST $SHOAL_NODENUM $SHOAL_NUMNODES"; echo oops >&2; exit 3',
+    "head -c 9000000 /dev/zero",  # past the output window: granted back as it is written
+    "kill -9 $$",
+    "sleep 5 & echo left",          # the agent ends the leftover: one line says so
+])
+def test_a_user_sees_what_the_full_program_shows(capsysbinary, hub, monkeypatch, command: str) -> None:  # type: ignore[no-untyped-def]
+    argv = ["run", "-n", "--hub", str(hub.socket), "web1", "--", command]
+    short = run_through_hub(argv)
+    out, err = capsysbinary.readouterr()
+    assert short is not None  # it did take the short path
+    monkeypatch.setenv("SHOAL_DEBUG_LOG", str(hub.socket.parent / "debug.log"))
+    assert run_through_hub(argv) is None
+    assert shoal(capsysbinary, *argv) == (short, out, err)
+
+
+def test_what_the_hub_cannot_take_is_left_to_the_full_program(capsysbinary, hub) -> None:  # type: ignore[no-untyped-def]
+    for argv in (["run", "-n", "--hub", str(hub.socket), "web9", "--", "true"],
+                 ["run", "-n", "--hub", str(hub.socket.parent / "nothing.sock"), "web1", "--", "true"]):
+        assert run_through_hub(argv) is None
+    assert shoal(capsysbinary, "run", "-n", "--hub", str(hub.socket), "web9", "--", "true") == (
+        255, b"", b"shoal: web9: unreachable: no agent of this name is connected to the hub\n")
+
+
+def test_the_installed_command_runs_it_without_asyncio_or_argparse(hub) -> None:  # type: ignore[no-untyped-def]
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "shoal.controller.cli.entry", "run", "-n",
+                           "--hub", str(hub.socket), "web1", "--", "echo hi"], capture_output=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, b"hi\n")
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.decode().splitlines()}
+    assert "shoal.controller.cli.hubrun" in imported
+    assert not imported & {"asyncio", "argparse", "shoal.protocol", "shoal.controller.cli.main"}
