@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
@@ -26,7 +27,7 @@ def encode_body(msg: Message) -> bytes:
     if msg.RAW:
         return msg.data  # type: ignore[attr-defined, no-any-return]
     fields = {name: getattr(msg, name) for name in _fields(type(msg))}
-    return json.dumps(fields, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(fields).encode()
 
 
 def decode_body(type_: int, request_id: int, body: bytes) -> Message:
@@ -47,15 +48,18 @@ def decode_body(type_: int, request_id: int, body: bytes) -> Message:
         raise bad_message(f"{cls.TYPE.name}: {exc}") from None
 
 
+# Compact JSON, built once: `json.dumps` with options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _parse_json(cls: type[Message], body: bytes) -> dict[str, Any]:
     obj = parse_object(body, cls.TYPE.name)
     values = {}
-    hints = _hints(cls)
-    for name in _fields(cls):
+    for name, conforms in _checks(cls):
         if name not in obj:
             continue  # defaults apply; required-ness is checked by _validate
         value = obj[name]
-        if not _conforms(value, hints[name]):
+        if not conforms(value):
             raise bad_message(f"{cls.TYPE.name}.{name} has the wrong type ({type(value).__name__})")
         values[name] = value
     return values
@@ -63,6 +67,43 @@ def _parse_json(cls: type[Message], body: bytes) -> dict[str, Any]:
 
 _FIELDS_CACHE: dict[type, tuple[str, ...]] = {}
 _HINTS_CACHE: dict[type, dict[str, Any]] = {}
+_CHECKS_CACHE: dict[type, tuple[tuple[str, Callable[[Any], bool]], ...]] = {}
+_SIMPLE_CHECKS: dict[Any, Callable[[Any], bool]] = {
+    Any: lambda value: True,
+    type(None): lambda value: value is None,
+    bool: lambda value: value is True or value is False,
+    int: lambda value: type(value) is int,
+    float: lambda value: type(value) is float or type(value) is int,
+    str: lambda value: type(value) is str,
+}
+
+
+def _checks(cls: type[Message]) -> tuple[tuple[str, Callable[[Any], bool]], ...]:
+    """Each field's name and the check of a decoded value against its annotation."""
+    cached = _CHECKS_CACHE.get(cls)
+    if cached is None:
+        hints = _hints(cls)
+        cached = tuple((name, _check_for(hints[name])) for name in _fields(cls))
+        _CHECKS_CACHE[cls] = cached
+    return cached
+
+
+def _check_for(hint: Any) -> Callable[[Any], bool]:
+    """`_conforms` for one annotation; the plain types without its walk through `typing`."""
+    simple = _SIMPLE_CHECKS.get(hint)
+    if simple is not None:
+        return simple
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        either = tuple(_check_for(arg) for arg in typing.get_args(hint))
+        return lambda value: any(check(value) for check in either)
+    if origin is list:
+        item = _check_for(typing.get_args(hint)[0])
+        return lambda value: type(value) is list and all(item(v) for v in value)
+    if origin is dict:
+        member = _check_for(typing.get_args(hint)[1])
+        return lambda value: type(value) is dict and all(member(v) for v in value.values())
+    return lambda value: _conforms(value, hint)
 
 
 def _fields(cls: type[Message]) -> tuple[str, ...]:

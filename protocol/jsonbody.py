@@ -35,7 +35,7 @@ def parse_object(body: bytes, what: str) -> dict[str, Any]:
         raise _bad(f"{what} body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
     _check_depth(body, what)
     try:
-        obj = json.loads(text, object_pairs_hook=_unique_members, parse_constant=_no_constant)
+        obj = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise _bad(f"{what} body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -68,6 +68,10 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# One decoder for every body: `json.loads` with options builds a new one per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_members, parse_constant=_no_constant)
 
 
 def _bad(message: str) -> RemoteProtocolError:

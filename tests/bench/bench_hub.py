@@ -15,7 +15,9 @@ address as its name, so the same agents are reached directly and through the hub
    open), against the same round over direct connections already open
    (goal: under 0.2 s, 40 us per host);
 4. `shoal run --hub NAME -- true` on one host, the whole process, against a direct
-   `shoal run ADDRESS -- true` (goal: at most a quarter);
+   `shoal run ADDRESS -- true` (goal: at most a quarter), both as the installed
+   command starts (controller/cli/entry.py); beside them the floor, `python -c pass`
+   and `python -I -S -c pass`;
 5. `shoal run --hub -f N` of `true` on every host, against the same number of bare
    local spawns of `true` (goal: within 1.5x).
 """
@@ -37,6 +39,9 @@ import psutil
 
 from tests.bench.common import ROOT, bare_spawns, line, raise_fd_limit
 from tests.programs import SHOAL
+
+# The installed `shoal` command's code path (controller/cli/entry.py), as `python -m`.
+ENTRY = [sys.executable, "-m", "shoal.controller.cli.entry"]
 
 
 def pattern_for(hosts: int, first: int = 0) -> list[str]:
@@ -193,10 +198,16 @@ def main() -> None:
             timed([*SHOAL, "ping", "--key-file", str(key_file), "-f", "1024", "--connect-timeout", "60",
                    direct_spec])[0] for _ in range(1))
         via_hub, straight = asyncio.run(ping_rounds(sock, names, port, args.rounds))
-        one_hub = statistics.median(timed([*SHOAL, "run", "-n", "--hub", str(sock), names[0], "--", "true"])[0]
-                                    for _ in range(args.rounds))
-        one_direct = statistics.median(timed([*SHOAL, "run", "-n", "--key-file", str(key_file),
-                                              f"{names[0]}:{port}", "--", "true"])[0] for _ in range(args.rounds))
+        # The installed command's path (entry.py), the same for both; interleaved, with the
+        # floor any Python process pays on this machine.
+        one = {"hub": [*ENTRY, "run", "-n", "--hub", str(sock), names[0], "--", "true"],
+               "direct": [*ENTRY, "run", "-n", "--key-file", str(key_file), f"{names[0]}:{port}", "--", "true"],
+               "pass": [sys.executable, "-c", "pass"], "bare": [sys.executable, "-I", "-S", "-c", "pass"]}
+        one_times: dict[str, list[float]] = {k: [] for k in one}
+        for _ in range(max(5, args.rounds)):
+            for k, argv in one.items():
+                one_times[k].append(timed(argv)[0])
+        one_hub, one_direct, floor, bare = (statistics.median(one_times[k]) for k in one)
         fleet_hub = statistics.median(timed([*SHOAL, "run", "-n", "-o", "gather", "-q", "-f", str(n), "--hub",
                                              str(sock), spec, "--", "true"])[0] for _ in range(args.rounds))
         spawns = statistics.median(asyncio.run(bare_spawns(n)) for _ in range(args.rounds))
@@ -218,6 +229,10 @@ def main() -> None:
          width=52, note=f"goal < 0.2 s ({via_hub / n * 1e6:.0f} us/host); baseline: same round on open direct connections")
     line("shoal run --hub of true, 1 host (process)", f"{one_hub:.3f} s", f"{one_direct:.3f} s",
          one_hub / one_direct, width=52, note="goal <= 0.25; baseline: direct shoal run of true")
+    line("  floor: python -c pass", f"{floor:.3f} s", f"{one_direct:.3f} s", floor / one_direct, width=52,
+         note="what any Python process costs here, beside the direct run")
+    line("  floor: python -I -S -c pass", f"{bare:.3f} s", f"{one_direct:.3f} s", bare / one_direct, width=52,
+         note="the same without site-packages")
     line(f"shoal run --hub of true on {n} warm hosts", f"{fleet_hub:.2f} s", f"{spawns:.2f} s",
          fleet_hub / spawns, width=52, note="goal <= 1.5; baseline: as many bare local spawns of true")
 
