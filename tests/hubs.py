@@ -9,8 +9,11 @@ in-process CLI calls, which run their own `asyncio.run`.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -45,8 +48,22 @@ async def running_hub(socket: Path, key: SharedKey | None, **settings: Any) -> A
         await hub.close(0)
 
 
+_STATE_DIRS: list[str] = []
+
+
+def _state_dir() -> str:
+    """This process's own agent state directory, removed when it exits."""
+    if not _STATE_DIRS:
+        _STATE_DIRS.append(tempfile.mkdtemp(prefix="shoal-hub-agents-"))
+        atexit.register(shutil.rmtree, _STATE_DIRS[0], True)
+    return _STATE_DIRS[0]
+
+
 def dialer_config(hub_address: str, name: str, **overrides: object) -> Any:
     overrides.setdefault("listen", ())
+    # Not the default /var/lib/shoal: any agent starting there (another test run on the
+    # machine) clears the transfer journal, deleting a put's temp file under our feet.
+    overrides.setdefault("state_dir", _state_dir())
     return config(connect=(hub_address,), name=name, log_level="error", **{**FAST_RECONNECT, **overrides})
 
 

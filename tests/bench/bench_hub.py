@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -60,8 +61,10 @@ async def pool_main(hub: str, key_file: str, port: int, first: int, count: int) 
     from tests.agents import config
 
     key = load_key_file(key_file)
+    state = tempfile.mkdtemp(prefix="bench-hub-state-")  # not /var/lib/shoal: agents starting clear it
     agents = [Agent(config(listen=(f"{address}:{port}",), connect=(hub,), name=address, log_level="error",
-                           **{"limits.reconnect_min": 0.5, "limits.max_connections": 4}), keys=[key])
+                           state_dir=state, **{"limits.reconnect_min": 0.5, "limits.max_connections": 4}),
+                    keys=[key])
               for address in pattern_for(count, first)]
     loop = asyncio.get_running_loop()
     print("built", flush=True)
@@ -73,6 +76,7 @@ async def pool_main(hub: str, key_file: str, port: int, first: int, count: int) 
     print("connected", flush=True)
     await loop.run_in_executor(None, sys.stdin.read)
     await asyncio.gather(*(a.close() for a in agents))
+    shutil.rmtree(state, ignore_errors=True)
 
 
 # -- the benchmark --------------------------------------------------------------------
