@@ -10,7 +10,10 @@ loaded on first use so `shoal run` does not import what it does not need.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+
+TYPE_CHECKING = False  # typing is not imported at run time: `shoal run --hub` imports this package
+if TYPE_CHECKING:
+    from typing import Any
 
 _EXPORTS = {
     "AgentClient": "shoal.controller.client",

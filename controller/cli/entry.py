@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import gc
 import sys
-from typing import NoReturn
+
+TYPE_CHECKING = False  # typing is not imported at run time: the one-host hub run needs none of it
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 __all__ = ["entry"]
 

@@ -21,7 +21,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing itself costs this path a tenth of its imports
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["plain_hub_run", "run_through_hub"]
 
