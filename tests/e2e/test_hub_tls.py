@@ -144,3 +144,18 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+def test_hub_toml_tls_files_guard_the_dial_in_port_too(tmp_path: Path, pki: dict[str, Path]) -> None:
+    from shoal.controller.cli.hub import _settled, settings_from_args
+    from shoal.controller.cli.main import build_parser
+
+    (tmp_path / "hub.toml").write_text(
+        f'socket = "hub.sock"\nlisten = ["127.0.0.1:0"]\ntls_cert = "{pki["controller_cert"]}"\n'
+        f'tls_key = "{pki["controller_key"]}"\ntls_ca = "{pki["ca_cert"]}"\n')
+    args = build_parser("hub")[0].parse_args(["hub", "--hub-config", str(tmp_path / "hub.toml")])
+    settings = settings_from_args(_settled(args))
+    assert settings.tls is not None and settings.connect.ssl_of(named("web1")) is not None
+    plain = settings_from_args(_settled(build_parser("hub")[0].parse_args(
+        ["hub", "--socket", str(tmp_path / "plain.sock")])))
+    assert plain.tls is None
