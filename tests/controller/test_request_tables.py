@@ -19,7 +19,8 @@ import pytest
 from shoal.controller.client import AgentClient
 from shoal.controller.putbatch import BatchRequest
 from shoal.controller.result import UNREACHABLE
-from shoal.controller.transfer import GetRequest, get_file, put_file
+from shoal.controller.get import GetRequest, get_file
+from shoal.controller.put import put_file
 from shoal.controller.transferplan import plan_put
 from shoal.protocol.errors import ErrorCode, ShoalConnectionError
 from shoal.protocol.messages import (FileData, FileDone, FileEnd, FileInfo, GetFile, Message, MetricsReply,
