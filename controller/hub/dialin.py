@@ -131,9 +131,13 @@ class _TlsGate(Paused):
             owner.audit.record("refused", peer=address,
                                reason=f"TLS handshake failed: {handshake_failure(exc, owner.handshake_timeout)}")
             return
-        if secured is not None and not owner.draining:
-            tls, early = secured
-            early.hand_over(tls, DialInClient(owner))
+        if secured is None:  # the agent left between its handshake and now
+            return
+        tls, early = secured
+        if owner.draining:
+            tls.abort()
+            return
+        early.hand_over(tls, DialInClient(owner))
 
 
 class DialIns:
