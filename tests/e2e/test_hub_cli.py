@@ -164,10 +164,11 @@ def _kill_mid_command(t: HubThread, argv: list[str], stdin: bytes, running: int)
     reader = threading.Thread(target=lambda: out.extend(cli.stdout.read()), daemon=True)  # type: ignore[union-attr]
     reader.start()
     try:
-        tokens = wait_for(lambda: (ts := [tok for a in t.agents for tok in t.call(tokens_of, a)])
-                          and len(ts) == running and ts, timeout=20, what=f"{running} commands running")
+        # The stubborn commands: the shell and the TERM-ignorer up (a batch's earlier step may still be listed).
+        tokens = wait_for(lambda: (ts := [tok for a in t.agents for tok in t.call(tokens_of, a)
+                                          if len(marked(tok)) >= 2]) and len(ts) == running and ts,
+                          timeout=20, what=f"{running} commands running")
         assert isinstance(tokens, list)
-        wait_for(lambda: all(len(marked(tok)) >= 2 for tok in tokens), timeout=10)  # the shell and the TERM-ignorer
         cli.send_signal(signal.SIGKILL)
         wait_for(lambda: not any(marked(tok) for tok in tokens), timeout=10, what="the commands' processes gone")
         wait_for(lambda: all(a.running.count == 0 for a in t.agents), timeout=10)
