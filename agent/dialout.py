@@ -177,6 +177,8 @@ def _tls_hint(exc: OSError) -> str:
     """The likely mistake behind a handshake that failed."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return " (is the hub's certificate from the CA in this agent's [tls] ca?)"
+    if "does not speak TLS" in handshake_failure(exc, 0):
+        return " (the hub has no --tls-* on this port)"
     return ""
 
 

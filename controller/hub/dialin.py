@@ -82,10 +82,12 @@ class DialInClient(AgentClient):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
-        if self._tls and self in self._owner.pending and self.conn.peer_hello is None:
-            # TLS 1.3: the agent judges our certificate after our side of the handshake is done.
-            self._owner.audit.record("refused", peer=self.address, reason="the agent closed the connection before "
-                                     "its HELLO (did it refuse the hub's TLS certificate?)")
+        if self in self._owner.pending and self.conn.peer_hello is None:
+            # With TLS 1.3 the agent judges our certificate after our side of the handshake is
+            # done; without TLS, an agent wanting it hangs up on our plaintext HELLO.
+            likely = "did it refuse the hub's TLS certificate?" if self._tls else "does it want TLS? this port has none"
+            self._owner.audit.record("refused", peer=self.address,
+                                     reason=f"the agent closed the connection before its HELLO ({likely})")
         self._owner.pending.discard(self)
         super().connection_lost(exc)
 

@@ -101,6 +101,25 @@ async def test_an_agent_refuses_a_hub_certificate_it_does_not_trust(
             await agent.close()
 
 
+async def test_a_tls_agent_never_falls_back_to_a_plaintext_hub(tmp_path: Path, pki: dict[str, Path],
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    key, _ = new_key(tmp_path)
+    audit = tmp_path / "audit.log"
+    async with running_hub(tmp_path / "hub.sock", key, audit_log=str(audit)) as hub:
+        agent = Agent(dialer_config(hub.dialins.addresses[0], "web1", tls=agent_tls(pki)), keys=[key])
+        with caplog.at_level("WARNING", logger="shoal.agent"):
+            await agent.start()
+            try:
+                refused = lambda: [e for e in audit_events(audit) if e["event"] == "refused"]  # noqa: E731
+                await wait_for_async(lambda: refused() and caplog.records, timeout=15)
+                assert hub.registry.get("web1") is None
+            finally:
+                await agent.close()
+    assert "does it want TLS? this port has none" in refused()[0]["reason"]
+    assert "TLS handshake failed: the peer does not speak TLS" in caplog.records[0].getMessage()
+    assert "the hub has no --tls-* on this port" in caplog.records[0].getMessage()
+
+
 def test_a_plaintext_agent_against_a_tls_hub_port_gets_one_clear_line_on_each_side(
         tmp_path: Path, pki: dict[str, Path]) -> None:
     _, key_file = new_key(tmp_path)
