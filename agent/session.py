@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
@@ -450,22 +451,30 @@ class AgentSession(FrameDriver):
         self.send(Pong(0, t0=msg.t0, t1=t1, t2=time.time(), version=self.agent.software))
 
     def _on_metrics(self, msg: MetricsRequest) -> None:
-        """Answer at once: the request is done (and forgotten) as soon as it came."""
-        rid = msg.request_id
-        if rid in self.requests:
-            return self.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use")
-        channel = RequestChannel(Role.AGENT, rid, RequestKind.METRICS)
-        channel.receive(msg)
-        reply: Message
+        self.answer(msg, RequestKind.METRICS, lambda: self._metrics(msg.request_id))
+
+    def _metrics(self, rid: int) -> Message:
         if self.policy is not None and not self.policy.allows_metrics():
             self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=rid, what="metrics")
-            reply = Error(rid, code=ErrorCode.PERMISSION_DENIED,
-                          message=f"permission denied for key {self.key_id}: metrics not allowed")
-        else:
-            self.agent.audit.record("metrics", peer=self.peer, key_id=self.key_id, request=rid)
-            reply = MetricsReply(rid, metrics=self.agent.metrics.snapshot())
-        channel.send(reply)
-        self.send(reply)
+            return Error(rid, code=ErrorCode.PERMISSION_DENIED,
+                         message=f"permission denied for key {self.key_id}: metrics not allowed")
+        self.agent.audit.record("metrics", peer=self.peer, key_id=self.key_id, request=rid)
+        return MetricsReply(rid, metrics=self.agent.metrics.snapshot())
+
+    def answer(self, msg: Message, kind: RequestKind, reply: Callable[[], Message]) -> None:
+        """A request answered at once by one message or an ERROR (METRICS_REQUEST,
+        JOBS_LIST, JOB_KILL): its channel steps with both, then it is done and forgotten."""
+        rid = msg.request_id
+        if rid in self.requests:
+            return self.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use", 255)
+        channel = RequestChannel(Role.AGENT, rid, kind)
+        channel.receive(msg)
+        self.reply(channel, reply())
+
+    def reply(self, channel: RequestChannel, msg: Message) -> None:
+        """Send a frame of ours for a request, stepped through its channel first."""
+        channel.send(msg)
+        self.send(msg)
 
     def _on_goodbye(self, msg: Goodbye) -> None:
         self.abort()

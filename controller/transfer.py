@@ -118,15 +118,15 @@ class _Request:
     connection is gone (`lost`); a waiter sees either as an exception. A request of
     a `kind` steps its channel (shoal.protocol.request) with every frame, ours
     (`_send`) and the agent's, so the table the agent follows judges the agent
-    too, and the channel keeps the windows. (Tree requests have no table yet.)
+    too, and the channel keeps the windows.
     """
 
-    def __init__(self, client: AgentClient, kind: RequestKind | None = None) -> None:
+    def __init__(self, client: AgentClient, kind: RequestKind) -> None:
         self.client = client
         self.host = client.name
         self.request_id = client.new_request_id()
         self.error: ShoalError | None = None
-        self.channel = RequestChannel(Role.CONTROLLER, self.request_id, kind) if kind is not None else None
+        self.channel = RequestChannel(Role.CONTROLLER, self.request_id, kind)
         self._changed = asyncio.Event()
         if client.closed:
             self.error = ShoalConnectionError(self.host, client.close_reason or "connection closed")
@@ -134,12 +134,11 @@ class _Request:
             client.requests[self.request_id] = self
 
     def _send(self, msg: Message) -> None:
-        if self.channel is not None:
-            self.channel.send(msg)
+        self.channel.send(msg)
         self.client.send(msg)
 
     def receive(self, msg: Message) -> None:
-        if self.channel is not None and not self.client.step(self.channel, msg):
+        if not self.client.step(self.channel, msg):
             return
         if isinstance(msg, Error):
             status = msg.status if msg.status is not None else TRANSFER_FAILED
@@ -176,7 +175,7 @@ class _Request:
         self._end()
 
     def _end(self) -> None:
-        if self.channel is not None and self.error is not None:
+        if self.error is not None:
             self.channel.connection_lost()  # failed or abandoned: nothing more goes out under its id
         self.client.requests.pop(self.request_id, None)
 
@@ -214,7 +213,6 @@ class PutRequest(_Request):
 
     async def send(self, data: bytes, on_sent: Callable[[int], None]) -> None:
         """Send `data` as FILE_DATA, split where the agent's credit runs out."""
-        assert self.channel is not None
         channel, offset = self.channel, 0
         while offset < len(data):
             await self._until(lambda: channel.stdin_credit > 0)
@@ -275,7 +273,6 @@ class GetRequest(_Request):
         """`n` bytes are on disk: grant them back once a quarter window has gathered
         (while the get runs: its table has no WINDOW once FILE_END came)."""
         self._consumed += n
-        assert self.channel is not None
         if self._consumed >= self.window // 4 and self.error is None and self.channel.can_send(MessageType.WINDOW):
             self._send(Window(self.request_id, bytes=self._consumed))
             self._consumed = 0

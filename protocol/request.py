@@ -104,14 +104,15 @@ Key = MessageType | When  # what a table row is keyed on
 _S = RequestState
 _T = MessageType
 _C, _A = Role.CONTROLLER, Role.AGENT
-Table = dict[tuple[RequestState, Role], dict[Key, RequestState]]
+Row = dict[Key, RequestState]
+Table = dict[tuple[RequestState, Role], Row]
 
 # What the controller may send while the command runs (or is starting: it may
 # signal, cancel or grant before STARTED arrives, but not send stdin, whose window
 # STARTED opens). An ERROR from the controller about a request is only reported,
 # under every kind.
-_CONTROL = (_T.STDIN_EOF, _T.SIGNAL, _T.CANCEL, _T.WINDOW, _T.ERROR)
-_END = {_T.ERROR: _S.DONE}  # the agent's ERROR ends a request of any kind
+_CONTROL: tuple[Key, ...] = (_T.STDIN_EOF, _T.SIGNAL, _T.CANCEL, _T.WINDOW, _T.ERROR)
+_END: Row = {_T.ERROR: _S.DONE}  # the agent's ERROR ends a request of any kind
 
 
 def _ended(table: Table) -> Table:
