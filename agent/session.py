@@ -436,7 +436,7 @@ class AgentSession(FrameDriver):
         req = self.requests.get(msg.request_id)
         if req is not None:
             try:
-                req.grant(msg.bytes)  # its channel's table and window (a tree request has neither)
+                req.grant(msg.bytes)  # its channel's table and window (a tree request's table refuses it)
             except RemoteProtocolError as exc:
                 self.request_broke(exc)
 
