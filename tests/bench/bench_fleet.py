@@ -63,12 +63,18 @@ def timed_run(argv: list[str]) -> tuple[float, int, bytes, float]:
     return elapsed, usage.ru_maxrss, err, usage.ru_utime + usage.ru_stime
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def fleet_args(doc: str | None) -> argparse.Namespace:
+    """--hosts and --rounds, as every fleet-sized benchmark takes them; the fd limit lifted for as many sockets."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--hosts", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     raise_fd_limit()
+    return args
+
+
+def main() -> None:
+    args = fleet_args(__doc__)
     pattern = pattern_for(args.hosts)
     pool, port = start_agents(pattern)
     try:

@@ -19,7 +19,6 @@ rounds, next to same-run baselines:
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -30,8 +29,8 @@ import time
 import psutil
 
 from tests.agent_pool import stop_pool
-from tests.bench.bench_fleet import SHOAL, pattern_for, start_agents, timed_run
-from tests.bench.common import free_port, line as _line, raise_fd_limit, start_agent
+from tests.bench.bench_fleet import SHOAL, fleet_args, pattern_for, start_agents, timed_run
+from tests.bench.common import free_port, line as _line, start_agent
 
 
 class Sampler:
@@ -68,11 +67,7 @@ def line(name: str, ours: str, base: str, ratio: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hosts", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    raise_fd_limit()
+    args = fleet_args(__doc__)
     pattern = pattern_for(args.hosts)
     pool, port = start_agents(pattern)
     gw_port = free_port()

@@ -20,9 +20,10 @@ from shoal.controller.client import AgentClient
 from shoal.controller.jobs import kill_job, list_jobs
 from shoal.controller.putbatch import BatchRequest
 from shoal.controller.result import UNREACHABLE
-from shoal.controller.transfer import GetRequest, get_file, put_file
+from shoal.controller.get import GetRequest, get_file
+from shoal.controller.put import put_file
 from shoal.controller.transferplan import plan_put
-from shoal.controller.treesync import RemoveRequest, list_remote
+from shoal.controller.tree import RemoveRequest, list_remote
 from shoal.protocol.errors import ErrorCode, ShoalConnectionError
 from shoal.protocol.messages import (FileData, FileDone, FileEnd, FileInfo, GetFile, JobKill, JobKilled, JobsList,
                                      JobsReply, ListTree, Message, MetricsReply, MetricsRequest, PutBatch, PutFile,

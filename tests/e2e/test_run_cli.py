@@ -194,8 +194,12 @@ def _read_then_go_away(agents: AgentThread, argv: list[str], endless_hosts: int)
     assert proc.stdout is not None and proc.stderr is not None
     tokens: list[str] = []
     if endless_hosts:
-        assert proc.stdout.readline()
-        tokens = wait_for(lambda: _running_tokens(agents, endless_hosts), timeout=30)  # type: ignore[assignment]
+        # Keep reading until every host's command runs: a write into a full pipe holds
+        # the whole controller, so on a loaded machine the last hosts may not start
+        # before the first fills the pipe.
+        fd = proc.stdout.fileno()
+        tokens = wait_for(lambda: os.read(fd, 1 << 16) and _running_tokens(agents, endless_hosts),  # type: ignore[assignment]
+                          timeout=30, interval=0)
     proc.stdout.close()
     err = proc.stderr.read()
     proc.stderr.close()

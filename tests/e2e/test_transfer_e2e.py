@@ -28,7 +28,8 @@ from shoal.agent.server import Agent
 from shoal.controller.client import AgentClient
 from shoal.controller.fleet import ConnectOptions
 from shoal.controller.targets import Target
-from shoal.controller.transfer import PutOptions, PutRequest, get_file, get_fleet, put_file, put_fleet
+from shoal.controller.get import get_file, get_fleet
+from shoal.controller.put import PutOptions, PutRequest, put_file, put_fleet
 from shoal.controller.transferplan import plan_put
 from shoal.protocol.errors import RemoteCommandError
 from shoal.protocol.messages import FileData, PutFile

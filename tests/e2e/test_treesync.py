@@ -12,8 +12,8 @@ import pytest
 
 from shoal.agent.config import KeyPolicy
 from shoal.controller.client import AgentClient
-from shoal.controller.transfer import host_directory_name
-from shoal.controller.treesync import RemoveRequest, list_remote
+from shoal.controller.get import host_directory_name
+from shoal.controller.tree import RemoveRequest, list_remote
 from shoal.hostio.keyfile import write_key_file
 from shoal.protocol.errors import RemoteCommandError
 from tests.agents import AgentThread, running_agents, shoal, target_for
@@ -256,7 +256,7 @@ class HoldingClient(AgentClient):
 
 async def test_tree_requests_are_limited_per_connection(tmp_path: Path) -> None:
     from shoal.agent.treeops import MAX_TREE_REQUESTS
-    from shoal.controller.treesync import ListTreeRequest
+    from shoal.controller.tree import ListTreeRequest
 
     (tmp_path / "t").mkdir()
     async with running_agents(1) as agents:
