@@ -72,7 +72,6 @@ class GetRequest(TransferRequest):
         """`n` bytes are on disk: grant them back once a quarter window has gathered
         (while the get runs: its table has no WINDOW once FILE_END came)."""
         self._consumed += n
-        assert self.channel is not None
         if self._consumed >= self.window // 4 and self.error is None and self.channel.can_send(MessageType.WINDOW):
             self._send(Window(self.request_id, bytes=self._consumed))
             self._consumed = 0

@@ -77,7 +77,6 @@ class PutRequest(TransferRequest):
 
     async def send(self, data: bytes, on_sent: Callable[[int], None]) -> None:
         """Send `data` as FILE_DATA, split where the agent's credit runs out."""
-        assert self.channel is not None
         channel, offset = self.channel, 0
         while offset < len(data):
             await self._until(lambda: channel.stdin_credit > 0)

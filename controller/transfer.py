@@ -67,15 +67,15 @@ class TransferRequest:
     connection is gone (`lost`); a waiter sees either as an exception. A request of
     a `kind` steps its channel (shoal.protocol.request) with every frame, ours
     (`_send`) and the agent's, so the table the agent follows judges the agent
-    too, and the channel keeps the windows. (Tree requests have no table yet.)
+    too, and the channel keeps the windows.
     """
 
-    def __init__(self, client: AgentClient, kind: RequestKind | None = None) -> None:
+    def __init__(self, client: AgentClient, kind: RequestKind) -> None:
         self.client = client
         self.host = client.name
         self.request_id = client.new_request_id()
         self.error: ShoalError | None = None
-        self.channel = RequestChannel(Role.CONTROLLER, self.request_id, kind) if kind is not None else None
+        self.channel = RequestChannel(Role.CONTROLLER, self.request_id, kind)
         self._changed = asyncio.Event()
         if client.closed:
             self.error = ShoalConnectionError(self.host, client.close_reason or "connection closed")
@@ -83,12 +83,11 @@ class TransferRequest:
             client.requests[self.request_id] = self
 
     def _send(self, msg: Message) -> None:
-        if self.channel is not None:
-            self.channel.send(msg)
+        self.channel.send(msg)
         self.client.send(msg)
 
     def receive(self, msg: Message) -> None:
-        if self.channel is not None and not self.client.step(self.channel, msg):
+        if not self.client.step(self.channel, msg):
             return
         if isinstance(msg, Error):
             status = msg.status if msg.status is not None else TRANSFER_FAILED
@@ -125,7 +124,7 @@ class TransferRequest:
         self._end()
 
     def _end(self) -> None:
-        if self.channel is not None and self.error is not None:
+        if self.error is not None:
             self.channel.connection_lost()  # failed or abandoned: nothing more goes out under its id
         self.client.requests.pop(self.request_id, None)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from shoal.protocol.errors import ErrorCode, RemoteCommandError
 from shoal.protocol.messages import ListTree, Message, Removed, RemovePaths, TreeEntries
+from shoal.protocol.request import RequestKind
 
 from shoal.controller.client import AgentClient
 from shoal.controller.fleet import FleetResult
@@ -47,12 +48,12 @@ class ListTreeRequest(TransferRequest):
     """One LIST_TREE: gather TREE_ENTRIES until the one marked done."""
 
     def __init__(self, client: AgentClient, path: str, sha256: bool, user: str | None = None) -> None:
-        super().__init__(client)
+        super().__init__(client, RequestKind.LIST)
         self.entries: list[dict[str, Any]] = []
         self.done = False
         self._check_features(_tree_features(user))
         if self.error is None:
-            client.send(ListTree(self.request_id, path=path, sha256=sha256, user=user, requires=_requires(user)))
+            self._send(ListTree(self.request_id, path=path, sha256=sha256, user=user, requires=_requires(user)))
 
     def _on_message(self, msg: Message) -> None:
         if isinstance(msg, TreeEntries):
@@ -70,11 +71,11 @@ class RemoveRequest(TransferRequest):
     """One REMOVE_PATHS: wait for REMOVED."""
 
     def __init__(self, client: AgentClient, tree: str, paths: list[str], user: str | None = None) -> None:
-        super().__init__(client)
+        super().__init__(client, RequestKind.REMOVE)
         self.count: int | None = None
         self._check_features(_tree_features(user))
         if self.error is None:
-            client.send(RemovePaths(self.request_id, tree=tree, paths=paths, user=user, requires=_requires(user)))
+            self._send(RemovePaths(self.request_id, tree=tree, paths=paths, user=user, requires=_requires(user)))
 
     def _on_message(self, msg: Message) -> None:
         if isinstance(msg, Removed):

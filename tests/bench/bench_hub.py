@@ -49,14 +49,13 @@ def pattern_for(hosts: int, first: int = 0) -> list[str]:
 
 async def pool_main(hub: str, key_file: str, port: int, first: int, count: int) -> None:
     """Build `count` agents, say "built", start them all on "go", run until stdin closes."""
-    from shoal.agent.server import Agent
     from shoal.hostio.keyfile import load_key_file
-    from tests.agents import config
+    from tests.agents import config, make_agents
 
-    key = load_key_file(key_file)
-    agents = [Agent(config(listen=(f"{address}:{port}",), connect=(hub,), name=address, log_level="error",
-                           **{"limits.reconnect_min": 0.5, "limits.max_connections": 4}), keys=[key])
-              for address in pattern_for(count, first)]
+    addresses = pattern_for(count, first)
+    settings = {"connect": (hub,), "log_level": "error", "limits.reconnect_min": 0.5, "limits.max_connections": 4}
+    agents = make_agents(len(addresses), [load_key_file(key_file)],
+                         configure=lambda i: config(listen=(f"{addresses[i]}:{port}",), name=addresses[i], **settings))
     loop = asyncio.get_running_loop()
     print("built", flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)
