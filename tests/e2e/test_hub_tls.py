@@ -15,14 +15,13 @@ from typing import Any
 import pytest
 
 from shoal.agent.config import TlsConfig
-from shoal.agent.server import Agent
 from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.hub.client import HubAccess
 from shoal.controller.pki import init_pki
 from shoal.controller.remote import Command
 from shoal.hostio.tls import dialin_context
 from tests.e2e.test_hub import Collect, named
-from tests.hubs import close_all, dial_in, dialer_config, new_key, running_hub
+from tests.hubs import close_all, dial_in, dialers, new_key, running_hub
 from tests.programs import SHOAL, SHOAL_AGENT
 from tests.waiting import wait_for, wait_for_async
 
@@ -70,7 +69,7 @@ async def test_a_tls_agent_takes_only_a_name_its_certificate_names(tmp_path: Pat
     key, _ = new_key(tmp_path)
     audit = tmp_path / "audit.log"
     async with running_hub(tmp_path / "hub.sock", key, tls=hub_tls(pki, pki), audit_log=str(audit)) as hub:
-        agent = Agent(dialer_config(hub.dialins.addresses[0], "db9", tls=agent_tls(pki)), keys=[key])
+        (agent,) = dialers(hub, ["db9"], key, tls=agent_tls(pki))
         await agent.start()
         try:
             refused = lambda: [e for e in audit_events(audit) if e["event"] == "refused"]  # noqa: E731
@@ -87,8 +86,7 @@ async def test_an_agent_refuses_a_hub_certificate_it_does_not_trust(
     audit = tmp_path / "audit.log"
     # The hub trusts the agent's CA, but shows a certificate of another one.
     async with running_hub(tmp_path / "hub.sock", key, tls=hub_tls(stranger, pki), audit_log=str(audit)) as hub:
-        agent = Agent(dialer_config(hub.dialins.addresses[0], "web1", tls=agent_tls(pki),
-                                    audit_log=str(tmp_path / "agent-audit.log")), keys=[key])
+        (agent,) = dialers(hub, ["web1"], key, tls=agent_tls(pki), audit_log=str(tmp_path / "agent-audit.log"))
         await agent.start()
         try:
             failed = lambda: [e for e in audit_events(audit) if e["event"] == "refused"]  # noqa: E731
@@ -106,7 +104,7 @@ async def test_a_tls_agent_never_falls_back_to_a_plaintext_hub(tmp_path: Path, p
     key, _ = new_key(tmp_path)
     audit = tmp_path / "audit.log"
     async with running_hub(tmp_path / "hub.sock", key, audit_log=str(audit)) as hub:
-        agent = Agent(dialer_config(hub.dialins.addresses[0], "web1", tls=agent_tls(pki)), keys=[key])
+        (agent,) = dialers(hub, ["web1"], key, tls=agent_tls(pki))
         with caplog.at_level("WARNING", logger="shoal.agent"):
             await agent.start()
             try:
