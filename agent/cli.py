@@ -50,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", action="append", metavar="PATH",
                    help="accept controllers holding this key, with full rights (repeatable)")
     p.add_argument("--insecure", action="store_true", help="allow listening beyond loopback without a key")
-    p.add_argument("--tls-cert", metavar="PATH")
-    p.add_argument("--tls-key", metavar="PATH")
-    p.add_argument("--tls-ca", metavar="PATH", help="CA for controller certificates (mutual TLS)")
+    p.add_argument("--tls-cert", metavar="PATH", help="this agent's certificate (mutual TLS), on every TCP "
+                   "listener and on the connections to --connect hubs")
+    p.add_argument("--tls-key", metavar="PATH", help="private key of --tls-cert")
+    p.add_argument("--tls-ca", metavar="PATH", help="CA for controller (and hub) certificates")
     p.add_argument("--audit-log", metavar="PATH", help="append one JSON line per security event")
     p.add_argument("--audit-required", action="store_true",
                    help="refuse commands while the audit log cannot be written (default: run them and warn)")

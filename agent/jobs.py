@@ -9,7 +9,8 @@ shutdown ends them, and a new agent process knows none.
 
 A job is seen (listed, attached, killed) only by the key that started it and by
 `allow = "all"` keys. Attaching (`JobAttach`) is a command request's stream: STARTED,
-the kept output, live output, EXIT, under the output window like an EXEC.
+the kept output, live output, EXIT, under the output window like an EXEC. Listing
+and killing are answered at once, each stepped through its table (`AgentSession.answer`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from shoal.protocol.connection import Role
 from shoal.protocol.defaults import DATA_CHUNK
 from shoal.protocol.errors import ErrorCode
 from shoal.protocol.messages import (
+    Error,
     Exit,
     JobAttach,
     JobKill,
@@ -37,7 +39,7 @@ from shoal.protocol.messages import (
     MessageType,
     Started,
 )
-from shoal.protocol.request import RequestChannel
+from shoal.protocol.request import RequestChannel, RequestKind
 
 from shoal.agent import proctree, runas
 from shoal.agent.commands import IdleClock
@@ -372,14 +374,19 @@ def _jobs(session: AgentSession) -> JobTable:
     return session.agent.jobs
 
 
-def _unknown(session: AgentSession, request_id: int, job_id: str) -> None:
-    session.request_error(request_id, ErrorCode.UNKNOWN_JOB, f"no job {job_id!r} for key {session.key_id}", 255)
+def _unknown(session: AgentSession, request_id: int, job_id: str) -> Error:
+    return Error(request_id, code=ErrorCode.UNKNOWN_JOB, message=f"no job {job_id!r} for key {session.key_id}",
+                 status=255)
 
 
 def _on_list(session: AgentSession, msg: JobsList) -> None:
+    session.answer(msg, RequestKind.JOBS, lambda: _list(session, msg))
+
+
+def _list(session: AgentSession, msg: JobsList) -> JobsReply:
     jobs = _jobs(session).visible(session.key_id, session.policy)
     session.agent.audit.record("jobs", peer=session.peer, key_id=session.key_id, request=msg.request_id)
-    session.send(JobsReply(msg.request_id, jobs=[j.describe() for j in sorted(jobs, key=lambda j: j.started)]))
+    return JobsReply(msg.request_id, jobs=[j.describe() for j in sorted(jobs, key=lambda j: j.started)])
 
 
 def _on_attach(session: AgentSession, msg: JobAttach) -> None:
@@ -388,7 +395,7 @@ def _on_attach(session: AgentSession, msg: JobAttach) -> None:
         return session.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use", 255)
     job = _jobs(session).find(msg.job, session.key_id, session.policy)
     if job is None:
-        return _unknown(session, rid, msg.job)
+        return session.send(_unknown(session, rid, msg.job))
     session.agent.audit.record("job_attach", peer=session.peer, key_id=session.key_id, request=rid, job=job.id)
     attach = AttachRequest(session, msg, job)
     if not attach.channel.done:  # an ended job whose output fit the window is done already
@@ -396,6 +403,10 @@ def _on_attach(session: AgentSession, msg: JobAttach) -> None:
 
 
 def _on_kill(session: AgentSession, msg: JobKill) -> None:
+    session.answer(msg, RequestKind.KILL, lambda: _kill(session, msg))
+
+
+def _kill(session: AgentSession, msg: JobKill) -> Error | JobKilled:
     job = _jobs(session).find(msg.job, session.key_id, session.policy)
     if job is None:
         return _unknown(session, msg.request_id, msg.job)
@@ -404,4 +415,4 @@ def _on_kill(session: AgentSession, msg: JobKill) -> None:
     count = job.kill(msg.signal)
     session.agent.audit.record("job_kill", peer=session.peer, key_id=session.key_id, request=msg.request_id,
                                job=job.id, signal=msg.signal, processes=count)
-    session.send(JobKilled(msg.request_id, job=job.id, processes=count))
+    return JobKilled(msg.request_id, job=job.id, processes=count)

@@ -104,7 +104,7 @@ class Agent:
         """Adopt a new configuration, key set and TLS files, all or nothing (SIGHUP).
 
         Sessions already open keep the limits and TLS certificate they started
-        with; new connections get the renewed certificate. A session whose key
+        with; new connections (to hubs too) get the renewed certificate. A session whose key
         was removed is revoked (no new requests, closed once its commands end)
         and the running jobs it started are killed (JobTable.revoke);
         one whose key's policy changed uses the new policy from its next request
@@ -124,6 +124,8 @@ class Agent:
             raise
         self.config, self.keys = config, keys
         self.listeners.use_tls_context(tls)
+        for dialer in self.dialers:
+            dialer.tls = tls  # from its next connection on
         discovery.commit()
         for session in list(self.sessions):
             session.policy_reloaded()
@@ -138,7 +140,8 @@ class Agent:
         try:
             for text in self.config.listen:
                 await self.listeners.listen(parse_listen(text))
-            self.dialers = [DialOut(self, address) for address in self.config.connect]
+            dial_tls = self.listeners.read_tls_context(self.config) if self.config.connect else None
+            self.dialers = [DialOut(self, address, dial_tls) for address in self.config.connect]
             if self.config.discovery.enabled:
                 from shoal.agent.responder import start_responder
 

@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
-from shoal.protocol.errors import AuthError, BadRequestError, ErrorCode, ProtocolError, RemoteProtocolError
-from shoal.protocol.fields import EXEC_FEATURES, TRANSFER_FEATURES, check_request, unknown_requirements
+from shoal.protocol.errors import AuthError, ErrorCode, ProtocolError, RemoteProtocolError
+from shoal.protocol.fields import EXEC_FEATURES, TRANSFER_FEATURES
 from shoal.protocol.request import RequestChannel, RequestKind
 from shoal.protocol.messages import (
     Cancel,
     Error,
     Exec,
     Goodbye,
-    JobStarted,
     Message,
     MessageType,
     MetricsReply,
@@ -39,15 +38,14 @@ from shoal.protocol.messages import (
     Window,
 )
 
-from shoal.agent.commands import CommandRequest, build_argv
-from shoal.agent.jobs import AttachRequest, JobLimits
+from shoal.agent.commands import CommandRequest
+from shoal.agent.jobs import AttachRequest
+from shoal.agent.execstart import start_exec
 from shoal.agent.handlers import HandlerTable
 from shoal.agent.log import ConnLog
-from shoal.agent.process import ChildResult, spawn_error
+from shoal.agent.process import ChildResult
 from shoal.agent.relay import RelayStream
 from shoal.hostio.driver import FrameDriver
-from shoal.agent.childenv import base_env, default_cwd
-from shoal.agent.restrict import restricted_env
 from shoal.agent import runas
 
 if TYPE_CHECKING:
@@ -88,7 +86,7 @@ class AgentSession(FrameDriver):
         self.revoked = False  # its key left the configuration: no new requests, close when idle
         self._timers: list[asyncio.TimerHandle] = []
         self._handlers = HandlerTable()
-        self._handlers.add(Exec, self._on_exec)
+        self._handlers.add(Exec, lambda msg: start_exec(self, msg))
         self._handlers.add(Stdin, self._on_stdin)
         self._handlers.add(StdinEof, self._on_stdin_eof)
         self._handlers.add(Signal, self._on_signal)
@@ -244,7 +242,7 @@ class AgentSession(FrameDriver):
                 req.kill(signal.SIGTERM, DISCONNECT_GRACE)
 
     def _maybe_close_revoked(self) -> None:
-        if self.revoked and not self.closed and not self._command_count():
+        if self.revoked and not self.closed and not self.command_count():
             self.agent.audit.record("revoked_closed", peer=self.peer, key_id=self.key_id)
             self.goodbye(REVOKED)
             self.abort()
@@ -252,118 +250,7 @@ class AgentSession(FrameDriver):
     def request_error(self, request_id: int, code: str, message: str, status: int | None = None) -> None:
         self.send(Error(request_id, code=code, message=message, status=status))
 
-    def _on_exec(self, msg: Exec) -> None:
-        rid = msg.request_id
-        if rid in self.requests:
-            return self.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use", 255)
-        unknown = unknown_requirements(msg)
-        if unknown:
-            return self.request_error(rid, ErrorCode.UNSUPPORTED, f"this agent does not support "
-                                      f"{', '.join(unknown)}: nothing was run (upgrade the agent)", 126)
-        try:
-            check_request(msg)
-        except BadRequestError as exc:
-            return self.request_error(rid, exc.code, f"bad EXEC: {exc}", 2)
-        reason = self._refuse_exec(msg)
-        if reason is not None:
-            return self.request_error(rid, *reason)
-        run_as, warning = None, None
-        if msg.user is not None:
-            try:
-                run_as = runas.lookup(msg.user)
-            except runas.UnknownUser:
-                self.agent.audit.record("exec_failed", peer=self.peer, key_id=self.key_id, request=rid,
-                                        argv=build_argv(msg.argv, msg.shell), user=msg.user, error="no such user")
-                return self.request_error(rid, ErrorCode.EXEC_FAILED, f"no such user {msg.user!r}", 126)
-        argv = build_argv(msg.argv, msg.shell)
-        audit = {"peer": self.peer, "key_id": self.key_id, "request": rid, "argv": argv, "cwd": msg.cwd,
-                 "user": run_as.name if run_as else runas.agent_user()}
-        if self.agent.config.audit_required and not self.agent.audit.record("exec_request", **audit):
-            return self.request_error(rid, ErrorCode.AUDIT_UNAVAILABLE,
-                                      "refused: the agent cannot write its audit log (audit_required)", 255)
-        base = base_env(os.environ)
-        if run_as is not None:
-            base.update(runas.user_env(run_as))
-        env = restricted_env(base, msg.env) if self._restricted() else {**base, **msg.env}
-        if msg.cwd is not None:
-            cwd = msg.cwd
-        elif run_as is not None:
-            cwd, warning = runas.home_cwd(run_as)
-        else:
-            cwd = default_cwd()
-        grace = msg.kill_grace if msg.kill_grace is not None else self.limits.kill_grace
-        if msg.detach:
-            return self._start_job(msg, argv, env, cwd, grace, audit, run_as, warning)
-        pty_size = (msg.rows, msg.cols) if msg.pty else None
-        try:
-            req = CommandRequest(self, rid, argv, env, cwd, msg.stdin, msg.window, msg.timeout, grace,
-                                 idle_timeout=msg.idle_timeout, run_as=run_as, pty_size=pty_size)
-        except OSError as exc:
-            err = spawn_error(exc, argv[0], cwd)
-            self.agent.audit.record("exec_failed", **audit, error=err.reason)
-            return self.request_error(rid, err.code, err.reason, err.status)
-        self.requests[rid] = req
-        self.agent.running.started(req)
-        self.agent.audit.record("exec", **audit, pid=req.child.pid, detach=msg.detach)
-        self.log.debug("started pid %d: %s", req.child.pid, argv, req=rid)
-        if warning is not None:
-            req.notice(warning)
-
-    def _start_job(self, msg: Exec, argv: list[str], env: dict[str, str], cwd: str, grace: float,
-                   audit: dict[str, Any], run_as: runas.RunAs | None, warning: str | None) -> None:
-        """A detached EXEC: start it as a job (shoal.agent.jobs) and end the request with its id.
-
-        It runs as `run_as` exactly as a command would (checked by `_refuse_exec`), with
-        its timeouts kept by the job, since no connection watches it."""
-        limits = JobLimits(grace, msg.timeout, msg.idle_timeout)
-        try:
-            job = self.agent.jobs.start(self.key_id, argv, env, cwd, limits, run_as)
-        except OSError as exc:
-            err = spawn_error(exc, argv[0], cwd)
-            self.agent.audit.record("exec_failed", **audit, error=err.reason)
-            return self.request_error(msg.request_id, err.code, err.reason, err.status)
-        self.agent.audit.record("job_start", **audit, pid=job.child.pid, job=job.id)
-        self.send(JobStarted(msg.request_id, job=job.id, pid=job.child.pid))
-        if warning is not None:
-            job.notice(warning)
-
-    def _refuse_exec(self, msg: Exec) -> tuple[str, str, int] | None:
-        """Why this EXEC must not run (code, message, status), or None."""
-        if msg.argv is not None and (not msg.argv or msg.argv[0] == "") or msg.shell is not None and not msg.shell.strip():
-            return (ErrorCode.EMPTY_COMMAND, "empty command", 2)
-        if self.policy is not None and not self.policy.allows_command(msg.argv, msg.shell):
-            return self._deny_exec(msg, "command not allowed")
-        if self.policy is not None:
-            why = self.policy.refuse_request(msg.argv, msg.shell, msg.env, msg.cwd)
-            if why is not None:
-                return self._deny_exec(msg, why)
-        if msg.user is not None:
-            policy = self.policy
-            why = runas.refusal(msg.user, policy.users if policy else None, policy is None or policy.allow_all)
-            if why is not None:
-                return self._deny_exec(msg, why)
-        if msg.pty and msg.detach:
-            return (ErrorCode.BAD_REQUEST, "bad EXEC: pty: a detached command has no terminal", 2)
-        if self._command_count() >= self.limits.max_commands_per_connection:
-            return (ErrorCode.LIMIT,
-                    f"too many commands on this connection (limit {self.limits.max_commands_per_connection})", 255)
-        if self.agent.running.count >= self.limits.max_commands:
-            return (ErrorCode.LIMIT, f"too many commands on this agent (limit {self.limits.max_commands})", 255)
-        if msg.cwd is not None and not os.path.isdir(msg.cwd):
-            return (ErrorCode.BAD_CWD, f"cannot change directory to {msg.cwd}: no such directory", 126)
-        return None
-
-    def _deny_exec(self, msg: Exec, why: str) -> tuple[str, str, int]:
-        """Audit a refused EXEC and say why: the policy forbids it, nothing runs."""
-        self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=msg.request_id,
-                                what="exec", argv=build_argv(msg.argv, msg.shell), cwd=msg.cwd, reason=why,
-                                user=msg.user if msg.user is not None else runas.agent_user())
-        return (ErrorCode.PERMISSION_DENIED, f"permission denied for key {self.key_id}: {why}", 126)
-
-    def _restricted(self) -> bool:
-        return self.policy is not None and not self.policy.allow_all
-
-    def _command_count(self) -> int:
+    def command_count(self) -> int:
         return sum(1 for r in self.requests.values() if isinstance(r, CommandRequest))
 
     def command_done(self, req: CommandRequest, result: ChildResult) -> None:
@@ -435,7 +322,7 @@ class AgentSession(FrameDriver):
         req = self.requests.get(msg.request_id)
         if req is not None:
             try:
-                req.grant(msg.bytes)  # its channel's table and window (a tree request has neither)
+                req.grant(msg.bytes)  # its channel's table and window (a tree request's table refuses it)
             except RemoteProtocolError as exc:
                 self.request_broke(exc)
 
@@ -450,22 +337,30 @@ class AgentSession(FrameDriver):
         self.send(Pong(0, t0=msg.t0, t1=t1, t2=time.time(), version=self.agent.software))
 
     def _on_metrics(self, msg: MetricsRequest) -> None:
-        """Answer at once: the request is done (and forgotten) as soon as it came."""
-        rid = msg.request_id
-        if rid in self.requests:
-            return self.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use")
-        channel = RequestChannel(Role.AGENT, rid, RequestKind.METRICS)
-        channel.receive(msg)
-        reply: Message
+        self.answer(msg, RequestKind.METRICS, lambda: self._metrics(msg.request_id))
+
+    def _metrics(self, rid: int) -> Message:
         if self.policy is not None and not self.policy.allows_metrics():
             self.agent.audit.record("denied", peer=self.peer, key_id=self.key_id, request=rid, what="metrics")
-            reply = Error(rid, code=ErrorCode.PERMISSION_DENIED,
-                          message=f"permission denied for key {self.key_id}: metrics not allowed")
-        else:
-            self.agent.audit.record("metrics", peer=self.peer, key_id=self.key_id, request=rid)
-            reply = MetricsReply(rid, metrics=self.agent.metrics.snapshot())
-        channel.send(reply)
-        self.send(reply)
+            return Error(rid, code=ErrorCode.PERMISSION_DENIED,
+                         message=f"permission denied for key {self.key_id}: metrics not allowed")
+        self.agent.audit.record("metrics", peer=self.peer, key_id=self.key_id, request=rid)
+        return MetricsReply(rid, metrics=self.agent.metrics.snapshot())
+
+    def answer(self, msg: Message, kind: RequestKind, reply: Callable[[], Message]) -> None:
+        """A request answered at once by one message or an ERROR (METRICS_REQUEST,
+        JOBS_LIST, JOB_KILL): its channel steps with both, then it is done and forgotten."""
+        rid = msg.request_id
+        if rid in self.requests:
+            return self.request_error(rid, ErrorCode.DUPLICATE_REQUEST, f"request id {rid} is already in use", 255)
+        channel = RequestChannel(Role.AGENT, rid, kind)
+        channel.receive(msg)
+        self.reply(channel, reply())
+
+    def reply(self, channel: RequestChannel, msg: Message) -> None:
+        """Send a frame of ours for a request, stepped through its channel first."""
+        channel.send(msg)
+        self.send(msg)
 
     def _on_goodbye(self, msg: Goodbye) -> None:
         self.abort()

@@ -254,8 +254,8 @@ class TransferService:
         """
         rid = msg.request_id
         req = self.session.requests.get(rid)
-        if req is None or isinstance(req, TreeJob):
-            if req is not None or rid not in self._ended:
+        if req is None:
+            if rid not in self._ended:
                 self.session.request_error(rid, ErrorCode.UNKNOWN_REQUEST, f"no put in progress as request {rid}")
             return None
         if not self.session.step(req.channel, msg):
@@ -275,14 +275,14 @@ class TransferService:
         self.end(rid, Error(rid, code=err.code or ErrorCode.IO_ERROR, message=str(err), status=1))
 
     def end(self, rid: int, msg: Message) -> None:
-        """Send a request's last frame (its answer or an ERROR) and forget it; a
-        transfer's channel steps with it."""
+        """Send a request's last frame (its answer or an ERROR) and forget it; the
+        request's channel steps with it."""
         job = self.session.requests.get(rid)
         self.done(rid)
-        if isinstance(job, Transfer):
-            job.reply(msg)
+        if isinstance(job, (Transfer, TreeJob)):
+            self.session.reply(job.channel, msg)
         else:
-            self.session.send(msg)
+            self.session.send(msg)  # refused before it opened: no channel yet
 
     def audit(self, event: str, rid: int, **fields: Any) -> None:
         self.session.agent.audit.record(event, peer=self.session.peer, key_id=self.session.key_id,

@@ -101,8 +101,7 @@ class Transfer:
 
     def reply(self, msg: Message) -> None:
         """Send a frame of ours for this request, stepped through its channel first."""
-        self.channel.send(msg)
-        self.session.send(msg)
+        self.session.reply(self.channel, msg)
 
     async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await in_thread(fn, *args)

@@ -7,7 +7,10 @@ files, the root lies inside its file roots) and run their file I/O in the loop's
 executor, as the request's user when it names one (listed, hashed and removed
 with that user's rights: an unprivileged user lists only what it could list
 itself). Removal names paths relative to a tree root and never crosses a link
-below it (`shoal.hostio.manifest`), so nothing outside the tree can go.
+below it (`shoal.hostio.manifest`), so nothing outside the tree can go, and stops
+when the connection is gone. Every frame of a tree request, ours and the
+controller's, steps its `RequestChannel` (tables `list` and `remove`), so a
+controller's WINDOW or data under one fails the connection as under any request.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import functools
 import json
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+from shoal.protocol.connection import Role
 from shoal.protocol.errors import BadRequestError, ErrorCode
 from shoal.protocol.fields import check_request
-from shoal.protocol.messages import ListTree, RemovePaths, Removed, TreeEntries
+from shoal.protocol.messages import Error, ListTree, MessageType, RemovePaths, Removed, TreeEntries
+from shoal.protocol.request import RequestChannel, RequestKind
 
 from shoal.hostio.fileerrors import FileTransferError
 from shoal.hostio.files import Files
@@ -51,18 +56,27 @@ def tree_handlers(service: TransferService) -> HandlerTable:
 
 
 class TreeJob:
-    """A LIST_TREE or REMOVE_PATHS in progress: held in the session's requests so its id is taken."""
+    """A LIST_TREE or REMOVE_PATHS in progress: held in the session's requests so its id
+    is taken, its channel stepped with every frame under it."""
 
-    def __init__(self, request_id: int, user: runas.RunAs | None) -> None:
-        self.request_id = request_id
+    def __init__(self, msg: ListTree | RemovePaths, user: runas.RunAs | None) -> None:
+        self.request_id = msg.request_id
         self.user = user
         self.aborted = False
+        self.channel = RequestChannel(Role.AGENT, msg.request_id,
+                                      RequestKind.LIST if isinstance(msg, ListTree) else RequestKind.REMOVE)
+        self.channel.receive(msg)
 
     def abort(self) -> None:
         self.aborted = True
 
     def grant(self, increment: int) -> None:
-        """Tree requests have no window."""
+        """A WINDOW from the controller: tree requests have none.
+
+        Raises:
+            RemoteProtocolError: `out_of_order`, always.
+        """
+        self.channel.receive_data(MessageType.WINDOW, increment)
 
 
 class TreeOps:
@@ -76,13 +90,13 @@ class TreeOps:
         if self._admit(msg):
             allowed, user = self.service.user_for(msg, "list", msg.path)
             if allowed:
-                self._spawn(TreeJob(msg.request_id, user), functools.partial(self._list, msg))
+                self._spawn(TreeJob(msg, user), functools.partial(self._list, msg))
 
     def on_remove(self, msg: RemovePaths) -> None:
         if self._admit(msg):
             allowed, user = self.service.user_for(msg, "delete", msg.tree)
             if allowed:
-                self._spawn(TreeJob(msg.request_id, user), functools.partial(self._remove, msg))
+                self._spawn(TreeJob(msg, user), functools.partial(self._remove, msg))
 
     def _admit(self, msg: ListTree | RemovePaths) -> bool:
         rid = msg.request_id
@@ -113,8 +127,10 @@ class TreeOps:
             self.service.fail(job.request_id, err)
         except Exception:
             self.session.log.error("internal error in tree request", exc_info=True, req=job.request_id)
-            self.service.done(job.request_id)
-            self.session.request_error(job.request_id, ErrorCode.INTERNAL, "internal error", 1)
+            if job.channel.done:  # it had answered: nothing more may go under its id
+                return self.service.done(job.request_id)
+            self.service.end(job.request_id, Error(job.request_id, code=ErrorCode.INTERNAL,
+                                                   message="internal error", status=1))
 
     async def _list(self, msg: ListTree, job: TreeJob, files: Files) -> None:
         root = await self.service.authorize(msg.path, "list", msg.request_id, files)
@@ -122,22 +138,22 @@ class TreeOps:
         self.service.audit("list", msg.request_id, path=str(root), entries=len(entries), **_user(job))
         limit = min(ENTRIES_BYTES, self.session.conn.peer_max_frame // 2)
         for part in _parts(entries, limit):
-            if self.session.requests.get(msg.request_id) is None:
+            if job.aborted:
                 return
-            self.session.send(TreeEntries(msg.request_id, entries=part))
-        self.service.done(msg.request_id)
-        self.session.send(TreeEntries(msg.request_id, done=True))
+            self.session.reply(job.channel, TreeEntries(msg.request_id, entries=part))
+        self.service.end(msg.request_id, TreeEntries(msg.request_id, done=True))
 
     async def _remove(self, msg: RemovePaths, job: TreeJob, files: Files) -> None:
         root = await self.service.authorize(msg.tree, "delete", msg.request_id, files)
         count = 0
         for path in msg.paths:
+            if job.aborted:
+                return  # the controller is gone: it would never learn what was removed
             full = f"{msg.tree.rstrip('/')}/{path}"
             if await in_thread(remove_below, root, msg.tree, full, files):
                 count += 1
                 self.service.audit("delete", msg.request_id, path=str(root / path), **_user(job))
-        self.service.done(msg.request_id)
-        self.session.send(Removed(msg.request_id, count=count))
+        self.service.end(msg.request_id, Removed(msg.request_id, count=count))
 
 
 def _parts(entries: list[dict[str, Any]], limit: int) -> list[list[dict[str, Any]]]:

@@ -73,26 +73,23 @@ _NOT_FRAMES = frozenset({ErrorCode.BAD_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCo
 class _ReplyCall:
     """One request awaiting its one reply (METRICS_REPLY, JOBS_REPLY...), an ERROR, or a lost connection.
 
-    A request of a `kind` steps its channel with the request and the reply, so a
-    frame its table does not list fails the connection (`out_of_order`).
+    Its channel steps with the request and the reply, so a frame its `kind`'s table
+    does not list fails the connection (`out_of_order`).
     """
 
-    def __init__(self, client: AgentClient, request_id: int, kind: RequestKind | None) -> None:
+    def __init__(self, client: AgentClient, request_id: int, kind: RequestKind) -> None:
         self.client = client
         self.host = client.name
         self.request_id = request_id
-        self.channel = RequestChannel(Role.CONTROLLER, request_id, kind) if kind is not None else None
+        self.channel = RequestChannel(Role.CONTROLLER, request_id, kind)
         self.reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
 
     def send(self, msg: Message) -> None:
-        if self.channel is not None:
-            self.channel.send(msg)
+        self.channel.send(msg)
         self.client.send(msg)
 
     def receive(self, msg: Message) -> None:
-        if self.reply.done():
-            return
-        if self.channel is not None and not self.client.step(self.channel, msg):
+        if self.reply.done() or not self.client.step(self.channel, msg):
             return
         if isinstance(msg, Error):
             self.reply.set_exception(RemoteCommandError(msg.message, msg.code, self.host, self.request_id,
@@ -310,9 +307,9 @@ class AgentClient(FrameDriver):
         assert isinstance(reply, MetricsReply)  # the table admits no other reply
         return dict(reply.metrics)
 
-    async def request_reply(self, make: Callable[[int], Message], kind: RequestKind | None = None) -> Message:
+    async def request_reply(self, make: Callable[[int], Message], kind: RequestKind) -> Message:
         """Send the request `make(request_id)` builds and await its one reply, judged
-        by `kind`'s table when it has one.
+        by `kind`'s table.
 
         Raises RemoteCommandError when the agent answers ERROR and ShoalConnectionError
         when the connection is lost first (or the agent broke the table).

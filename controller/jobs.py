@@ -18,6 +18,7 @@ from typing import Any
 
 from shoal.protocol.errors import ConfigError, RemoteCommandError, ShoalConnectionError, ShoalError
 from shoal.protocol.messages import Exit, JobKill, JobKilled, JobsList, JobsReply
+from shoal.protocol.request import RequestKind
 
 from shoal.controller.client import AgentClient
 from shoal.controller.fanout import fan_out, per_gateway
@@ -44,10 +45,8 @@ class JobsAnswer:
 
 async def list_jobs(client: AgentClient) -> list[dict[str, Any]]:
     """The jobs this connection's key may see on the agent, oldest first."""
-    reply = await client.request_reply(JobsList)
-    if not isinstance(reply, JobsReply):
-        client.protocol_violation(f"agent answered JOBS_LIST with {reply.TYPE.name}")
-        raise ShoalConnectionError(client.name, "agent broke the protocol")
+    reply = await client.request_reply(JobsList, RequestKind.JOBS)
+    assert isinstance(reply, JobsReply)  # the table admits no other reply
     return list(reply.jobs)
 
 
@@ -56,10 +55,8 @@ async def kill_job(client: AgentClient, job: str, sig: int) -> int:
 
     Raises RemoteCommandError (`unknown_job`) when the key may not see such a job.
     """
-    reply = await client.request_reply(lambda rid: JobKill(rid, job=job, signal=sig))
-    if not isinstance(reply, JobKilled):
-        client.protocol_violation(f"agent answered JOB_KILL with {reply.TYPE.name}")
-        raise ShoalConnectionError(client.name, "agent broke the protocol")
+    reply = await client.request_reply(lambda rid: JobKill(rid, job=job, signal=sig), RequestKind.KILL)
+    assert isinstance(reply, JobKilled)  # the table admits no other reply
     return reply.processes
 
 

@@ -23,7 +23,7 @@ from shoal.protocol.messages import BatchDone, FileData, Message, PutBatch
 from shoal.protocol.request import RequestKind
 
 from shoal.controller.client import AgentClient
-from shoal.controller.transfer import TRANSFER_FAILED, _in_thread, _Request
+from shoal.controller.transfer import TRANSFER_FAILED, TransferRequest, in_thread
 from shoal.controller.transferplan import PlanItem
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def batchable(item: PlanItem) -> bool:
     return bool(item.relative) and (item.is_dir or item.size <= SMALL_FILE)
 
 
-class BatchRequest(_Request):
+class BatchRequest(TransferRequest):
     """One PUT_BATCH with its data (within the batch's window, its size); `wait` returns the BATCH_DONE."""
 
     def __init__(self, client: AgentClient, tree: str, entries: list[dict[str, Any]], data: bytes,
@@ -99,7 +99,7 @@ class Batcher:
         if not self._chunk:
             return
         files = [i for i in self._chunk if not self.items[i].is_dir]
-        contents = dict(zip(files, await _in_thread(_read_all, [self.items[i] for i in files])))
+        contents = dict(zip(files, await in_thread(_read_all, [self.items[i] for i in files])))
         joined: dict[tuple[int, ...], bytes] = {}
         for host, indices in self._wanted.items():
             if host.ok:

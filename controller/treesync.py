@@ -1,4 +1,4 @@
-"""Recursive put and get as a sync: rsync's trailing-slash rule, skip what is there, --delete.
+"""Recursive put as a sync: rsync's trailing-slash rule, skip what is there, --delete.
 
 `put -r SRC... REMOTE`: REMOTE is a directory on every host (created when missing,
 its parents too with `mkdir`). A directory source written with a trailing `/`
@@ -23,49 +23,33 @@ are streamed one at a time, each chunk read once for every host.
 With `user`, every request (listing, creating, sending, deleting) acts with that
 user's rights on the host, so a sync can do no more than the user could.
 
-`get -r REMOTE LOCAL_DIR` lists REMOTE on each host and fetches it into
-`LOCAL_DIR/<host>/<name>` (`REMOTE/`: into `LOCAL_DIR/<host>`), each file atomic
-and checked by sha256 as `get` is, links recreated as links, empty directories kept.
+
+`get -r` is shoal.controller.treeget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import secrets
-import stat
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from shoal.hostio.fileerrors import FileTransferError, map_os_error
-from shoal.hostio.manifest import file_sha256, path_below
-from shoal.protocol.errors import ErrorCode, RemoteCommandError, ShoalError
-from shoal.protocol.messages import ListTree, Message, Removed, RemovePaths, TreeEntries
+from shoal.hostio.manifest import file_sha256
+from shoal.protocol.errors import ErrorCode, ShoalError
 
 from shoal.controller.client import AgentClient
-from shoal.controller.fanout import fan_out, per_gateway
+from shoal.controller.fanout import fan_out
 from shoal.controller.fleet import ConnectOptions, FleetResult
-from shoal.controller.result import Result, failure_result
+from shoal.controller.result import Result
 from shoal.controller.targets import Target
-from shoal.controller.transfer import (
-    TRANSFER_FAILED,
-    FanoutPut,
-    HostPut,
-    Progress,
-    PutOptions,
-    PutRequest,
-    _connect,
-    _NoProgress,
-    _Request,
-    get_file,
-    host_directory_name,
-)
+from shoal.controller.put import FanoutPut, HostPut, PutOptions, PutRequest
 from shoal.controller.putbatch import Batcher, batchable
+from shoal.controller.transfer import TRANSFER_FAILED, NoProgress, Progress, connect_or_result
 from shoal.controller.transferplan import PlanItem, PutPlan
+from shoal.controller.tree import HostStats, RemoveRequest, SyncOutcome, check_tree_features, list_remote, tree_path
 
-__all__ = ["SyncOptions", "HostStats", "SyncOutcome", "sync_fleet", "get_tree_fleet", "list_remote"]
+__all__ = ["SyncOptions", "HostSync", "sync_fleet"]
 
 # Two mtimes within this many seconds are the same: a time set from a float with
 # nanosecond rounding reads back a few hundred nanoseconds off.
@@ -83,112 +67,6 @@ class SyncOptions:
     dry_run: bool = False
     mkdir: bool = False
     user: str | None = None  # act as this user on the hosts
-
-
-@dataclass(slots=True)
-class HostStats:
-    """What one host got: files sent and skipped, content bytes moved, entries deleted.
-
-    In a dry run `would_send` and `would_delete` name the paths instead.
-    """
-
-    sent: int = 0
-    skipped: int = 0
-    bytes: int = 0
-    deleted: int = 0
-    would_send: list[str] = field(default_factory=list)
-    would_delete: list[str] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class SyncOutcome:
-    fleet: FleetResult
-    stats: dict[str, HostStats]
-
-
-# -- requests ------------------------------------------------------------------
-
-
-class ListTreeRequest(_Request):
-    """One LIST_TREE: gather TREE_ENTRIES until the one marked done."""
-
-    def __init__(self, client: AgentClient, path: str, sha256: bool, user: str | None = None) -> None:
-        super().__init__(client)
-        self.entries: list[dict[str, Any]] = []
-        self.done = False
-        self._check_features(_tree_features(user))
-        if self.error is None:
-            client.send(ListTree(self.request_id, path=path, sha256=sha256, user=user, requires=_requires(user)))
-
-    def _on_message(self, msg: Message) -> None:
-        if isinstance(msg, TreeEntries):
-            self.entries.extend(msg.entries)
-            if msg.done:
-                self.done = True
-                self._end()
-
-    async def wait(self) -> list[dict[str, Any]]:
-        await self._until(lambda: self.done)
-        return self.entries
-
-
-class RemoveRequest(_Request):
-    """One REMOVE_PATHS: wait for REMOVED."""
-
-    def __init__(self, client: AgentClient, tree: str, paths: list[str], user: str | None = None) -> None:
-        super().__init__(client)
-        self.count: int | None = None
-        self._check_features(_tree_features(user))
-        if self.error is None:
-            client.send(RemovePaths(self.request_id, tree=tree, paths=paths, user=user, requires=_requires(user)))
-
-    def _on_message(self, msg: Message) -> None:
-        if isinstance(msg, Removed):
-            self.count = msg.count
-            self._end()
-
-    async def wait(self) -> int:
-        await self._until(lambda: self.count is not None)
-        assert self.count is not None
-        return self.count
-
-
-def _tree_features(user: str | None) -> list[str]:
-    """What the agent must announce to list or remove as `user` (an older one would do it as itself)."""
-    return ["tree_user", "user"] if user is not None else []
-
-
-def _check_tree_features(client: AgentClient, user: str) -> None:
-    """Refuse a sync as `user` at once (status 1) when the agent would list or delete as itself."""
-    try:
-        client.check_features(_tree_features(user))
-    except RemoteCommandError as exc:
-        exc.status = TRANSFER_FAILED
-        raise
-
-
-def _requires(user: str | None) -> list[str]:
-    return ["user"] if user is not None else []
-
-
-async def list_remote(client: AgentClient, path: str, sha256: bool = False,
-                      user: str | None = None) -> dict[str, dict[str, Any]] | None:
-    """What the directory `path` holds on this host (as `user` sees it), by relative path; None when missing."""
-    try:
-        entries = await ListTreeRequest(client, path, sha256, user).wait()
-    except RemoteCommandError as exc:
-        if exc.code == ErrorCode.NOT_FOUND:
-            return None
-        raise
-    return {entry["path"]: entry for entry in entries if isinstance(entry.get("path"), str)}
-
-
-# -- put -r --------------------------------------------------------------------
-
-
-def _join(base: str, relative: str) -> str:
-    return f"{base.rstrip('/')}/{relative}" if relative else base
 
 
 class HostSync(HostPut):
@@ -213,14 +91,14 @@ class HostSync(HostPut):
         if self.sources[source].endswith("/") and self._is_dir_source(source):
             return self.root
         name = os.path.basename(self.sources[source].rstrip("/")) or self.sources[source]
-        return _join(self.root, name)
+        return tree_path(self.root, name)
 
     def _is_dir_source(self, source: int) -> bool:
         return source in self._dir_sources
 
     def _fields(self, item: PlanItem) -> dict[str, Any]:
         fields: dict[str, Any] = {"size": item.size, "mode": item.mode, "mkdir": item.is_dir,
-                                  "path": _join(self.base(item.source), item.relative), "tree": self.root}
+                                  "path": tree_path(self.base(item.source), item.relative), "tree": self.root}
         if self.options.preserve and not item.is_dir:
             fields["mtime"] = item.mtime
         if self.options.owner:
@@ -229,7 +107,7 @@ class HostSync(HostPut):
 
     def batch_entry(self, item: PlanItem, sha256: str) -> dict[str, Any]:
         """This item as an entry of a PUT_BATCH (`shoal.controller.putbatch`)."""
-        entry: dict[str, Any] = {"path": _join(self.base(item.source), item.relative), "mode": item.mode}
+        entry: dict[str, Any] = {"path": tree_path(self.base(item.source), item.relative), "mode": item.mode}
         if item.is_dir:
             entry["dir"] = True
         else:
@@ -253,12 +131,12 @@ class HostSync(HostPut):
         """Create REMOTE (unless a dry run), list each copy, choose what to send and delete."""
         try:
             if self.sync.user is not None:  # before anything is made: the listing must be the user's too
-                _check_tree_features(self.client, self.sync.user)
+                check_tree_features(self.client, self.sync.user)
             if not self.sync.dry_run:
                 done = await PutRequest(self.client, self.as_user({"path": self.remote_path, "mkdir": True,
                                                                    "parents": self.sync.mkdir})).wait_done()
                 self.root = done.path
-            self._destinations = {_join(self.base(i.source), i.relative) for i in self.plan.items}
+            self._destinations = {tree_path(self.base(i.source), i.relative) for i in self.plan.items}
             for index, source in enumerate(self.sources):
                 await self._prepare_source(index, hashes)
         except ShoalError as exc:
@@ -282,7 +160,7 @@ class HostSync(HostPut):
             entry = have.get(item.relative)
             if entry is not None and entry.get("type") == "link":
                 refused.add(item.relative)
-                self.stats.refused.append(_join(self.base(source), item.relative))
+                self.stats.refused.append(tree_path(self.base(source), item.relative))
             elif entry is not None and self.sync.delete and entry.get("type") != ("dir" if item.is_dir else "file"):
                 conflicts.append(item.relative)  # a file where the source has a directory, or the reverse
                 self.wanted.add(i)
@@ -296,7 +174,7 @@ class HostSync(HostPut):
         if self.sync.delete and self.base(source) not in self.deletions_at:
             self.deletions_at.add(self.base(source))
             base = self.base(source)  # what any source (several may share a base) puts there is kept
-            keep = {rel for rel in have if _join(base, rel) in self._destinations}
+            keep = {rel for rel in have if tree_path(base, rel) in self._destinations}
             self.deletions[source] = _extras(have, keep, conflicts)
 
     async def _same(self, item: PlanItem, entry: dict[str, Any] | None, hashes: LocalHashes) -> bool:
@@ -318,10 +196,10 @@ class HostSync(HostPut):
         for i in sorted(self.wanted):
             item = self.plan.items[i]
             if not item.is_dir:
-                self.stats.would_send.append(_join(self.base(item.source), item.relative))
+                self.stats.would_send.append(tree_path(self.base(item.source), item.relative))
         for found in (self.conflicts, self.deletions):
             for source, paths in found.items():
-                self.stats.would_delete.extend(_join(self.base(source), rel) for rel in paths)
+                self.stats.would_delete.extend(tree_path(self.base(source), rel) for rel in paths)
 
     async def delete_conflicts(self) -> None:
         """Before sending: remove what is in the way of a source path of another kind."""
@@ -430,7 +308,7 @@ async def sync_fleet(targets: list[Target], connect: ConnectOptions, plan: PutPl
     Per-host failures become results; a local file failing to read mid-way raises
     FileTransferError after aborting every connection of its group.
     """
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     out = SyncOutcome(FleetResult(), {})
     start = time.monotonic()
     hashes = LocalHashes()
@@ -446,7 +324,7 @@ async def sync_fleet(targets: list[Target], connect: ConnectOptions, plan: PutPl
 async def _sync_group(group: list[Target], connect: ConnectOptions, plan: PutPlan, sources: list[str],
                       remote_path: str, options: SyncOptions, progress: Progress, hashes: LocalHashes,
                       stats: dict[str, HostStats]) -> list[Result]:
-    attempts = await fan_out(group, lambda t: _connect(connect, t))
+    attempts = await fan_out(group, lambda t: connect_or_result(connect, t))
     clients = [a for a in attempts if isinstance(a, AgentClient)]
     failed = [a for a in attempts if isinstance(a, Result)]
     hosts = [HostSync(c, remote_path, plan, sources, options, progress) for c in clients]
@@ -468,123 +346,3 @@ async def _sync_group(group: list[Target], connect: ConnectOptions, plan: PutPla
     for host in hosts:
         stats[host.host] = host.stats
     return failed + [h.result() for h in hosts]
-
-
-# -- get -r --------------------------------------------------------------------
-
-
-async def get_tree_fleet(targets: list[Target], connect: ConnectOptions, remote_path: str, local_dir: str, *,
-                         preserve: bool = False, fanout: int = 64, progress: Progress | None = None,
-                         user: str | None = None) -> SyncOutcome:
-    """Fetch the directory `remote_path` from every target into `local_dir/<host>/…`.
-
-    With `user` the tree is listed and every file read with that user's rights.
-    """
-    name = "" if remote_path.endswith("/") else os.path.basename(remote_path.rstrip("/"))
-    local_dir = os.path.abspath(local_dir)
-    out = SyncOutcome(FleetResult(), {})
-    start = time.monotonic()
-
-    async def one(target: Target) -> Result:
-        attempt = await _connect(connect, target)
-        if isinstance(attempt, Result):
-            return attempt
-        stats = out.stats[target.name] = HostStats()
-        local = os.path.join(local_dir, host_directory_name(target.name))
-        try:
-            return await _get_tree(attempt, remote_path, local, name, preserve, progress, stats, user)
-        finally:
-            await attempt.close()
-
-    await fan_out(targets, one, limit=per_gateway(fanout, lambda t: t), on_done=out.fleet.results.append)
-    out.fleet.elapsed = time.monotonic() - start
-    return out
-
-
-async def _get_tree(client: AgentClient, remote: str, host_dir: str, name: str, preserve: bool,
-                    progress: Progress | None, stats: HostStats, user: str | None) -> Result:
-    start = time.monotonic()
-    try:
-        have = await list_remote(client, remote, user=user)
-        if have is None:
-            raise FileTransferError(ErrorCode.NOT_FOUND, remote)
-        base = os.path.join(host_dir, name) if name else host_dir
-        await asyncio.get_running_loop().run_in_executor(None, _make_local_dirs, host_dir, base, have)
-        for relative, entry in have.items():
-            local = os.path.join(base, relative)
-            if entry.get("type") == "link":
-                await asyncio.get_running_loop().run_in_executor(None, _make_link, base, local, entry)
-            elif entry.get("type") == "file":
-                path_below(_real(base), base, local)  # no local link to write through
-                result = await get_file(client, _join(remote.rstrip("/") or "/", relative), local,
-                                        preserve=preserve, progress=progress, tree=remote.rstrip("/") or "/",
-                                        user=user)
-                if not result.ok:
-                    return result
-                stats.sent += 1
-                stats.bytes += int(entry.get("size") or 0)
-        await asyncio.get_running_loop().run_in_executor(None, _set_dir_modes, base, have)
-    except ShoalError as exc:
-        return failure_result(client.name, exc)
-    return Result(client.name, 0, duration=time.monotonic() - start)
-
-
-def _real(path: str) -> Path:
-    return Path(os.path.realpath(path))
-
-
-def _make_local_dirs(host_dir: str, base: str, have: dict[str, dict[str, Any]]) -> None:
-    """Create the host's directory, the copy's root and every directory of the listing, link-free."""
-    try:
-        os.makedirs(host_dir, exist_ok=True)
-    except OSError as err:
-        raise map_os_error(err, host_dir) from err
-    _mkdir(base)
-    for relative, entry in have.items():
-        if entry.get("type") == "dir":
-            path = os.path.join(base, relative)
-            path_below(_real(base), base, path)
-            _mkdir(path)
-
-
-def _mkdir(path: str) -> None:
-    """Make one directory (0700 until its contents are in); an existing real directory is fine."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            raise FileTransferError(ErrorCode.BAD_PATH if os.path.islink(path) else ErrorCode.NOT_DIRECTORY, path,
-                                    "exists and is not a directory (links are not followed)") from None
-    except OSError as err:
-        raise map_os_error(err, path) from err
-
-
-def _make_link(base: str, local: str, entry: dict[str, Any]) -> None:
-    """Recreate a remote symlink as a link (never followed), replacing a file or link there."""
-    target = entry.get("target")
-    if not isinstance(target, str):
-        return
-    path_below(_real(base), base, local, final_link=True)
-    temp = os.path.join(os.path.dirname(local), f".{os.path.basename(local)}.shoal-link-{secrets.token_hex(8)}")
-    try:
-        if os.path.islink(local) and os.readlink(local) == target:
-            return
-        os.symlink(target, temp)
-        os.rename(temp, local)
-    except OSError as err:
-        if os.path.lexists(temp):
-            os.unlink(temp)
-        raise map_os_error(err, local) from err
-
-
-def _set_dir_modes(base: str, have: dict[str, dict[str, Any]]) -> None:
-    """Give each directory its remote mode, deepest first, once its files are in."""
-    dirs = sorted((r for r, e in have.items() if e.get("type") == "dir"), key=lambda r: -r.count("/"))
-    for relative in dirs:
-        mode = have[relative].get("mode")
-        path = os.path.join(base, relative)
-        try:
-            if isinstance(mode, int) and stat.S_ISDIR(os.lstat(path).st_mode):
-                os.chmod(path, stat.S_IMODE(mode))
-        except OSError as err:
-            raise map_os_error(err, path) from err

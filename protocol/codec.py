@@ -17,7 +17,8 @@ from typing import Any
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from shoal.protocol.jsonbody import parse_object
 from shoal.protocol.messageclass import message_fields
-from shoal.protocol.messages import CONNECTION_LEVEL, MESSAGE_CLASSES, Message, MessageType, bad_message
+from shoal.protocol.messages import CONNECTION_LEVEL, MESSAGE_CLASSES, Message, MessageType
+from shoal.protocol.messages.core import bad_message
 
 __all__ = ["encode_body", "decode_body"]
 

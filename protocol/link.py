@@ -24,7 +24,11 @@ from shoal.protocol.connection import Role
 from shoal.protocol.errors import ErrorCode, RemoteProtocolError
 from shoal.protocol.messages import AGENT_ONLY, CONTROLLER_ONLY, HUB_TYPES, Linked, Message, MessageType
 
-__all__ = ["INNER_HEAD", "link_message", "link_data", "inner_message"]
+__all__ = ["HUB_FEATURE", "INNER_HEAD", "link_message", "link_data", "inner_message"]
+
+# Named in a hub's HELLO `features` (PROTOCOL.md section 7), so a client knows it
+# reached a hub that carries links, not an agent.
+HUB_FEATURE = "hub"
 
 _HEAD = struct.Struct(">BI")
 # Bytes a LINKED body adds to the inner message's body.

@@ -2,17 +2,18 @@
 
 Both ends keep a `RequestChannel` per request and step it with every message they
 send or receive under its request id (PROTOCOL.md §3 Requests), as h11 keeps its
-request/response cycle: neither end re-judges the peer's frames by itself. (Tree
-requests, LIST_TREE and REMOVE_PATHS, and the one-reply job requests have no table
-yet.)
+request/response cycle: neither end re-judges the peer's frames by itself. Every
+request a controller opens has a table.
 
 A command (EXEC, or JOB_ATTACH, the same stream):
 
     IDLE ──EXEC──▶ STARTING ──STARTED──▶ RUNNING ──EXIT──▶ DONE
         JOB_ATTACH ──┘   └──JOB_STARTED, ERROR──┴──ERROR (agent)──▶ DONE
 
-A detached EXEC ends at JOB_STARTED. The other kinds: METRICS_REQUEST is answered
-by one METRICS_REPLY (or ERROR); a put goes PUT_FILE, FILE_INFO (RUNNING: data),
+A detached EXEC ends at JOB_STARTED. The other kinds: METRICS_REQUEST, JOBS_LIST,
+JOB_KILL and REMOVE_PATHS are each answered by one message (METRICS_REPLY,
+JOBS_REPLY, JOB_KILLED, REMOVED) or an ERROR; a LIST_TREE by TREE_ENTRIES until
+the one whose `done` is true; a put goes PUT_FILE, FILE_INFO (RUNNING: data),
 FILE_END (FINISHING), FILE_DONE, and a `mkdir` put (its own kind, so that a file
 put answered FILE_DONE without its data is refused) goes straight from PUT_FILE to
 FILE_DONE; a get goes GET_FILE, FILE_INFO (RUNNING: data), FILE_END; a batch goes
@@ -21,9 +22,13 @@ stream (issue 19) goes RELAY_OPEN, RELAY_OPENED (RUNNING: RELAY_DATA both ways),
 RELAY_CLOSE from either end.
 
 `TRANSITIONS` holds one table per `RequestKind`: for each state and each sending
-role, the message types that role may send and the state that follows. A message
-the peer sent that the table does not list is `out_of_order` (RemoteProtocolError);
-one we are about to send is our own bug (LocalProtocolError).
+role, the message types that role may send and the state that follows. Where the
+next state depends on what a message says rather than its type alone (the last
+TREE_ENTRIES says `done`), the table's key is a `When`: the type with one field's
+value, and a message of that type is looked up by that field's value, so no caller
+special-cases it. A message the peer sent that the table does not list is
+`out_of_order` (RemoteProtocolError); one we are about to send is our own bug
+(LocalProtocolError).
 
 Flow control (§3 Flow control, File transfer) is kept here too, the same numbers
 on both ends:
@@ -46,6 +51,7 @@ an end forgets it then, so a late frame under its id is an unknown request.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 from shoal.protocol.connection import Role
@@ -54,7 +60,7 @@ from shoal.protocol.errors import ErrorCode, LocalProtocolError, ProtocolError, 
 from shoal.protocol.messages import (Exec, FileInfo, GetFile, JobAttach, Message, MessageType, PutBatch, RelayOpen,
                                      RelayOpened, Started, Window)
 
-__all__ = ["RequestKind", "RequestState", "RequestChannel", "TRANSITIONS"]
+__all__ = ["RequestKind", "RequestState", "RequestChannel", "TRANSITIONS", "When", "Key"]
 
 
 class RequestKind(Enum):
@@ -65,6 +71,10 @@ class RequestKind(Enum):
     GET = "get"  # GET_FILE: a file from the agent
     BATCH = "batch"  # PUT_BATCH: many small files to the agent, their data at once
     RELAY = "relay"  # RELAY_OPEN: a byte stream to another agent through this one (issue 19)
+    LIST = "list"  # LIST_TREE: a directory's listing, in parts
+    REMOVE = "remove"  # REMOVE_PATHS: one reply, the count removed
+    JOBS = "jobs"  # JOBS_LIST: one reply, the jobs the key may see
+    KILL = "kill"  # JOB_KILL: one reply, the processes signalled
 
 
 class RequestState(Enum):
@@ -75,22 +85,52 @@ class RequestState(Enum):
     DONE = "done"  # the last answer or the agent's ERROR: nothing more under this id
 
 
+@dataclass(frozen=True, slots=True)
+class When:
+    """A table key for a message of `type` whose `field` says `value` (TREE_ENTRIES with
+    `done` true): the state that follows depends on what the message says."""
+
+    type: MessageType
+    field: str
+    value: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.type.name} with {self.field} {str(self.value).lower()}"
+
+
+Key = MessageType | When  # what a table row is keyed on
+
 _S = RequestState
 _T = MessageType
 _C, _A = Role.CONTROLLER, Role.AGENT
-Table = dict[tuple[RequestState, Role], dict[MessageType, RequestState]]
+Row = dict[Key, RequestState]
+Table = dict[tuple[RequestState, Role], Row]
 
 # What the controller may send while the command runs (or is starting: it may
 # signal, cancel or grant before STARTED arrives, but not send stdin, whose window
 # STARTED opens). An ERROR from the controller about a request is only reported,
 # under every kind.
-_CONTROL = (_T.STDIN_EOF, _T.SIGNAL, _T.CANCEL, _T.WINDOW, _T.ERROR)
-_END = {_T.ERROR: _S.DONE}  # the agent's ERROR ends a request of any kind
+_CONTROL: tuple[Key, ...] = (_T.STDIN_EOF, _T.SIGNAL, _T.CANCEL, _T.WINDOW, _T.ERROR)
+_END: Row = {_T.ERROR: _S.DONE}  # the agent's ERROR ends a request of any kind
 
 
 def _ended(table: Table) -> Table:
     """`table` with its DONE rows, where nothing is legal, and the agent's nothing while IDLE."""
     return {**table, (_S.IDLE, _A): {}, (_S.DONE, _C): {}, (_S.DONE, _A): {}}
+
+
+def _one_reply(request: MessageType, reply: MessageType) -> Table:
+    """The table of a request answered by one message (or the agent's ERROR), nothing between."""
+    return _ended({
+        (_S.IDLE, _C): {request: _S.STARTING},
+        (_S.STARTING, _C): {_T.ERROR: _S.STARTING},
+        (_S.STARTING, _A): {reply: _S.DONE, **_END},
+    })
+
+
+# A listing comes in parts: TREE_ENTRIES until the one that says it is the last.
+_PART, _LAST = When(_T.TREE_ENTRIES, "done", False), When(_T.TREE_ENTRIES, "done", True)
 
 
 TRANSITIONS: dict[RequestKind, Table] = {
@@ -104,11 +144,7 @@ TRANSITIONS: dict[RequestKind, Table] = {
         (_S.RUNNING, _A): {_T.STDOUT: _S.RUNNING, _T.STDERR: _S.RUNNING, _T.WINDOW: _S.RUNNING,
                            _T.EXIT: _S.DONE, **_END},
     }),
-    RequestKind.METRICS: _ended({
-        (_S.IDLE, _C): {_T.METRICS_REQUEST: _S.STARTING},
-        (_S.STARTING, _C): {_T.ERROR: _S.STARTING},
-        (_S.STARTING, _A): {_T.METRICS_REPLY: _S.DONE, **_END},
-    }),
+    RequestKind.METRICS: _one_reply(_T.METRICS_REQUEST, _T.METRICS_REPLY),
     # A file put is opened by FILE_INFO, whose window the agent's WINDOW tops up
     # until it reads FILE_END. FILE_DATA before FILE_INFO is judged by the window, which is
     # 0 then (window_exceeded).
@@ -151,7 +187,22 @@ TRANSITIONS: dict[RequestKind, Table] = {
         (_S.RUNNING, _C): {_T.RELAY_DATA: _S.RUNNING, _T.WINDOW: _S.RUNNING, _T.RELAY_CLOSE: _S.DONE},
         (_S.RUNNING, _A): {_T.RELAY_DATA: _S.RUNNING, _T.WINDOW: _S.RUNNING, _T.RELAY_CLOSE: _S.DONE},
     }),
+    # The controller sends nothing after LIST_TREE but an ERROR report: no window, no cancel.
+    RequestKind.LIST: _ended({
+        (_S.IDLE, _C): {_T.LIST_TREE: _S.STARTING},
+        (_S.STARTING, _C): {_T.ERROR: _S.STARTING},
+        (_S.STARTING, _A): {_PART: _S.RUNNING, _LAST: _S.DONE, **_END},
+        (_S.RUNNING, _C): {_T.ERROR: _S.RUNNING},
+        (_S.RUNNING, _A): {_PART: _S.RUNNING, _LAST: _S.DONE, **_END},
+    }),
+    RequestKind.REMOVE: _one_reply(_T.REMOVE_PATHS, _T.REMOVED),
+    RequestKind.JOBS: _one_reply(_T.JOBS_LIST, _T.JOBS_REPLY),
+    RequestKind.KILL: _one_reply(_T.JOB_KILL, _T.JOB_KILLED),
 }
+
+# The field each type keyed by `When` is looked up by (TREE_ENTRIES: `done`), from the tables.
+_SAID: dict[MessageType, str] = {key.type: key.field for table in TRANSITIONS.values() for row in table.values()
+                                 for key in row if isinstance(key, When)}
 
 _OUTPUT = frozenset({_T.STDOUT, _T.STDERR})
 _DATA = frozenset({_T.FILE_DATA, _T.RELAY_DATA})  # output from the agent, input from the controller
@@ -194,27 +245,28 @@ class RequestChannel:
         """Data bytes we may send now: the agent's output window, the controller's input one."""
         return self.output_credit if self.our_role is Role.AGENT else self.stdin_credit
 
-    def can_send(self, type_: MessageType) -> bool:
+    def can_send(self, type_: Key) -> bool:
         """Whether the table lets us send `type_` now."""
         return type_ in self._table[(self.state, self.our_role)]
 
     def send(self, msg: Message) -> None:
         """Step for a message of ours. Raises LocalProtocolError if we may not send it."""
-        self._step(self.our_role, msg.TYPE, _amount(msg), LocalProtocolError)
+        self._step(self.our_role, _key(msg), _amount(msg), LocalProtocolError)
 
     def receive(self, msg: Message) -> None:
         """Step for a message of the peer's. Raises RemoteProtocolError (`out_of_order`,
         `window_exceeded`): the connection must fail with that code."""
-        self._step(self.their_role, msg.TYPE, _amount(msg), RemoteProtocolError)
+        self._step(self.their_role, _key(msg), _amount(msg), RemoteProtocolError)
 
-    def send_data(self, type_: MessageType, amount: int) -> None:
-        """`send` without a message object: its type and the one number it moves a
-        window by (payload bytes of STDOUT/STDERR/STDIN/FILE_DATA, WINDOW's grant, the
-        `window` of EXEC, JOB_ATTACH, GET_FILE and FILE_INFO, STARTED's `stdin_window`,
-        PUT_BATCH's total size; 0 for the others)."""
+    def send_data(self, type_: Key, amount: int) -> None:
+        """`send` without a message object: its key (a type, or a `When` for a type the
+        tables key on what it says) and the one number it moves a window by (payload
+        bytes of STDOUT/STDERR/STDIN/FILE_DATA, WINDOW's grant, the `window` of EXEC,
+        JOB_ATTACH, GET_FILE and FILE_INFO, STARTED's `stdin_window`, PUT_BATCH's total
+        size; 0 for the others)."""
         self._step(self.our_role, type_, amount, LocalProtocolError)
 
-    def receive_data(self, type_: MessageType, amount: int) -> None:
+    def receive_data(self, type_: Key, amount: int) -> None:
         """`receive` without a message object, as `send_data`."""
         self._step(self.their_role, type_, amount, RemoteProtocolError)
 
@@ -233,7 +285,7 @@ class RequestChannel:
         """The connection is gone: nothing more is sent or received for this request."""
         self.state = RequestState.DONE
 
-    def _step(self, sender: Role, type_: MessageType, amount: int, error: type[ProtocolError]) -> None:
+    def _step(self, sender: Role, type_: Key, amount: int, error: type[ProtocolError]) -> None:
         after = self._table[(self.state, sender)].get(type_)
         if after is None:
             raise error(f"{type_.name} from the {sender.value} is not legal for request {self.request_id} "
@@ -241,7 +293,7 @@ class RequestChannel:
         self._account(sender, type_, amount, error)
         self.state = after
 
-    def _account(self, sender: Role, type_: MessageType, amount: int, error: type[ProtocolError]) -> None:
+    def _account(self, sender: Role, type_: Key, amount: int, error: type[ProtocolError]) -> None:
         """Move the windows for one legal message (§3 Flow control)."""
         if type_ in _OUTPUT or type_ in _DATA and sender is Role.AGENT:
             if amount > self.output_credit:
@@ -268,6 +320,12 @@ class RequestChannel:
             self.output_window = self.output_credit = amount or RELAY_WINDOW
         elif type_ is MessageType.RELAY_OPENED:
             self.stdin_credit = amount or RELAY_WINDOW
+
+
+def _key(msg: Message) -> Key:
+    """What the tables know `msg` by: its type, or for a type keyed on a field, a `When`."""
+    field = _SAID.get(msg.TYPE)
+    return msg.TYPE if field is None else When(msg.TYPE, field, getattr(msg, field))
 
 
 def _amount(msg: Message) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 from shoal.agent.server import Agent
 from shoal.controller.nodeset import expand
 from shoal.protocol.errors import ConfigError
-from tests.agents import config
+from tests.agents import make_agents
 
 ATTEMPTS = 20
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ async def start_all(addresses: list[str], port: int) -> list[Agent]:
     agents: list[Agent] = []
     try:
         for address in addresses:
-            agent = Agent(config(listen=(f"{address}:{port}",), log_level="error"))
+            (agent,) = make_agents(listen=(f"{address}:{port}",), log_level="error")
             await agent.start()
             agents.append(agent)
             port = port or int(agent.addresses[0].rpartition(":")[2])

@@ -1,10 +1,13 @@
 """Test harness: real agents on loopback inside the test process.
 
 `running_agents` starts agents on the current event loop (for async tests that
-use the library directly); `AgentThread` runs them on a loop in a background
-thread so in-process CLI calls (which call asyncio.run themselves) can reach them.
-Tests get AgentThreads from the fixtures in conftest.py (`agents`, `start_agents`);
-agents in other processes come from tests/agent_pool.py.
+use the library directly, or hold an `Agent` to reload); `AgentThread` runs them on
+a loop in a background thread so in-process CLI calls (which call asyncio.run
+themselves) can reach them. Tests get AgentThreads from the fixtures in conftest.py
+(`agents`, `start_agents`); agents in other processes come from tests/agent_pool.py.
+All three take the same arguments and build their agents with `make_agents`, the
+one place a test's `Agent` is made: a test that needs one never started (a reload
+checked before start) calls it directly.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 from typing import AsyncIterator
 
 from shoal.agent.config import AgentConfig, KeyPolicy
@@ -34,18 +38,28 @@ def target_for(agent: Agent, name: str | None = None, index: int = 0) -> Target:
     return Target(name=name or address, host=host.strip("[]"), port=int(port))
 
 
-def _agents(count: int, keys: list[SharedKey] | None, policies: tuple[KeyPolicy, ...],
-            overrides: dict[str, object]) -> list[Agent]:
-    """`count` agents accepting `keys`, or the keys of `policies` (each naming its key file)."""
+# Agent i's configuration, whole (an agent.toml loaded from disk, or one state
+# directory and audit log per agent), for a test that cannot say it as overrides.
+Configure = Callable[[int], AgentConfig]
+
+
+def make_agents(count: int = 1, keys: list[SharedKey] | None = None, policies: tuple[KeyPolicy, ...] = (),
+                configure: Configure | None = None, **overrides: object) -> list[Agent]:
+    """`count` agents, not started, accepting `keys` or the keys of `policies` (each
+    naming its key file). Each is configured `config(**overrides)`, or with
+    `configure(i)` and `overrides` on top."""
     if policies:
         overrides = {**overrides, "keys": policies}
-    return [Agent(config(**overrides), keys=keys) for _ in range(count)]
+    if configure is None:
+        return [Agent(config(**overrides), keys=keys) for _ in range(count)]
+    return [Agent(configure(i).replace_from_cli(**overrides), keys=keys) for i in range(count)]
 
 
 @contextlib.asynccontextmanager
 async def running_agents(count: int = 1, keys: list[SharedKey] | None = None, policies: tuple[KeyPolicy, ...] = (),
-                         **overrides: object) -> AsyncIterator[list[Agent]]:
-    agents = _agents(count, keys, policies, overrides)
+                         configure: Configure | None = None, **overrides: object) -> AsyncIterator[list[Agent]]:
+    """`make_agents`' agents, started on this loop and closed on the way out."""
+    agents = make_agents(count, keys, policies, configure, **overrides)
     try:
         for a in agents:
             await a.start()
@@ -59,9 +73,9 @@ class AgentThread:
     """Agents served from a background thread's event loop."""
 
     def __init__(self, count: int = 1, keys: list[SharedKey] | None = None, policies: tuple[KeyPolicy, ...] = (),
-                 **overrides: object) -> None:
+                 configure: Configure | None = None, **overrides: object) -> None:
         self.loop = asyncio.new_event_loop()
-        self.agents = _agents(count, keys, policies, overrides)
+        self.agents = make_agents(count, keys, policies, configure, **overrides)
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def __enter__(self) -> AgentThread:

@@ -15,11 +15,11 @@ import asyncio
 import signal
 import sys
 
-from shoal.agent.config import AgentConfig
 from shoal.agent.relay import RelayStream, Relays, relay_handlers
 from shoal.agent.server import Agent
 from shoal.hostio.keyfile import load_key_file
 from shoal.protocol.messages import RelayOpen
+from tests.agents import make_agents
 
 __all__ = ["Flipping", "Recording", "misbehaving", "install"]
 
@@ -69,9 +69,8 @@ def install(agent: Agent, relays: type[Relays]) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    config = AgentConfig.default().replace_from_cli(listen=(args.listen,), state_dir=args.state_dir,
-                                                    log_level="error")
-    agent = Agent(config, keys=[load_key_file(args.key_file)])
+    (agent,) = make_agents(keys=[load_key_file(args.key_file)], listen=(args.listen,), state_dir=args.state_dir,
+                           log_level="error")
     install(agent, misbehaving(Flipping, args.flip_port))
     await agent.start()
     print("listening", flush=True)

@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator
 from shoal.agent.server import Agent
 from shoal.controller.hub.server import Hub, HubSettings
 from shoal.protocol.handshake import SharedKey
-from tests.agents import config
+from tests.agents import config, make_agents
 from tests.waiting import wait_for_async
 
 # Reconnect fast in tests: the schedule's shape is tested on its own (test_hub_backoff).
@@ -67,10 +67,16 @@ def dialer_config(hub_address: str, name: str, **overrides: object) -> Any:
     return config(connect=(hub_address,), name=name, log_level="error", **{**FAST_RECONNECT, **overrides})
 
 
+def dialers(hub: Hub, names: list[str], key: SharedKey | None, **overrides: object) -> list[Agent]:
+    """One agent per name to dial `hub`, not started yet (made by tests.agents.make_agents)."""
+    address = hub.dialins.addresses[0]
+    return make_agents(len(names), [key] if key else None,
+                       configure=lambda i: dialer_config(address, names[i], **overrides))
+
+
 async def dial_in(hub: Hub, names: list[str], key: SharedKey | None, **overrides: object) -> list[Agent]:
     """Start one agent per name dialling `hub`; return once the hub holds them all."""
-    agents = [Agent(dialer_config(hub.dialins.addresses[0], name, **overrides), keys=[key] if key else None)
-              for name in names]
+    agents = dialers(hub, names, key, **overrides)
     for agent in agents:
         await agent.start()
     await wait_for_async(lambda: all(hub.registry.get(n) is not None for n in names), timeout=15)

@@ -49,8 +49,8 @@ def test_all_packages_are_clean_under_mypy_strict(tmp_path: Path) -> None:
 
 def test_protocol_imports_no_io_modules() -> None:
     io_modules = ("socket", "asyncio", "subprocess", "selectors", "ssl", "logging", "time", "os")
-    for path in sorted((ROOT / "protocol").glob("*.py")):
+    for path in sorted((ROOT / "protocol").rglob("*.py")):
         for line in path.read_text().splitlines():
             words = line.split()
             if words[:1] in (["import"], ["from"]) and len(words) > 1:
-                assert words[1].split(".")[0] not in io_modules, f"protocol/{path.name}: {line.strip()}"
+                assert words[1].split(".")[0] not in io_modules, f"{path.relative_to(ROOT)}: {line.strip()}"

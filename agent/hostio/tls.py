@@ -24,7 +24,7 @@ from shoal.protocol.errors import ConfigError
 
 from shoal.hostio.keyfile import check_private
 
-__all__ = ["server_context", "server_context_problems", "client_context"]
+__all__ = ["server_context", "server_context_problems", "client_context", "dialin_context", "certificate_names"]
 
 # Certificates, keys and CA bundles are a few kilobytes; the cap keeps a wrong
 # path (a log, a device) from being read whole.
@@ -58,6 +58,31 @@ def client_context(cert: PathLike, key: PathLike, ca: PathLike) -> ssl.SSLContex
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname on
     _configure(ctx, cert, key, ca)
     return ctx
+
+
+def dialin_context(cert: PathLike, key: PathLike, ca: PathLike) -> ssl.SSLContext:
+    """Build a hub's context for agents that dial in: `client_context` without the host-name check.
+
+    The hub cannot know, before the handshake, which agent dialled; it checks the
+    name the agent then claims against `certificate_names` instead.
+
+    Raises:
+        ConfigError: as for `server_context`.
+    """
+    ctx = client_context(cert, key, ca)
+    ctx.check_hostname = False  # the certificate chain is still verified (CERT_REQUIRED)
+    return ctx
+
+
+def certificate_names(der: bytes) -> list[str]:
+    """The DNS names and IP addresses a (verified) certificate is issued for, lower case."""
+    try:
+        sans = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return []
+    return [*(name.lower() for name in sans.get_values_for_type(x509.DNSName)),
+            *(str(ip) for ip in sans.get_values_for_type(x509.IPAddress))]
 
 
 def server_context_problems(cert: PathLike, key: PathLike, ca: PathLike) -> list[tuple[str, ConfigError]]:

@@ -27,10 +27,10 @@ from shoal.protocol.errors import ConfigError
 
 from shoal.controller.cli.put import add_transfer_flags, report, report_stats
 from shoal.controller.targets import Target
-from shoal.controller.treesync import get_tree_fleet
+from shoal.controller.treeget import get_tree_fleet
 from shoal.controller.term.display import Display
 from shoal.controller.cli.options import add_connect_options, add_target_options, connect_options_from_args, run_with, targets_from_args
-from shoal.controller.transfer import get_fleet, host_directory_name
+from shoal.controller.get import get_fleet, host_directory_name
 from shoal.controller.term.transferprogress import TransferProgress
 
 

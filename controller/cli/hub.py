@@ -7,7 +7,9 @@ Agents started with `shoal-agent --connect HUB` dial in on each --listen address
 (default port 8472) and are known by the name they announce; --targets names
 inventory hosts the hub connects to itself and keeps connected. Local clients
 (`shoal run --hub PATH ...`, any subcommand that reaches hosts) use the Unix
-socket, mode 0600 and only for the hub's own uid. --metrics-listen serves every
+socket, mode 0600 and only for the hub's own uid. With --tls-cert, --tls-key and
+--tls-ca, agents dial in over TLS, the hub as the TLS client, and must hold a
+certificate from that CA naming the name they claim. --metrics-listen serves every
 agent's metrics for Prometheus at /metrics. Settings may come from --hub-config
 (flags win). SIGTERM or SIGINT drains: no new clients or agents, requests in
 flight get --drain-grace seconds, then the hub exits 0.
@@ -23,6 +25,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from typing import Any
 
@@ -52,9 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"where agents dial in: HOST[:PORT] (port default {HUB_PORT}); repeatable")
     parser.add_argument("--key-file", metavar="PATH",
                         help="the fleet's key: dialling agents must prove it, and the hub proves it to them")
-    parser.add_argument("--tls-cert", metavar="PATH", help="for the inventory targets kept warm (mutual TLS)")
-    parser.add_argument("--tls-key", metavar="PATH")
-    parser.add_argument("--tls-ca", metavar="PATH")
+    parser.add_argument("--tls-cert", metavar="PATH",
+                        help="the hub's certificate (mutual TLS): for the inventory targets kept warm and, "
+                             "on every --listen address, for agents dialling in")
+    parser.add_argument("--tls-key", metavar="PATH", help="private key of --tls-cert")
+    parser.add_argument("--tls-ca", metavar="PATH", help="CA that signed the agents' certificates")
     parser.add_argument("--targets", metavar="PATTERN", help="inventory hosts to connect to and keep connected")
     parser.add_argument("-x", "--exclude", metavar="PATTERN", help="hosts to leave out of --targets")
     parser.add_argument("--inventory", metavar="PATH", help="inventory TOML for --targets")
@@ -112,7 +117,16 @@ def settings_from_args(args: argparse.Namespace) -> HubSettings:
         socket=args.socket, listen=tuple(listen),
         key=_load_key(os.path.expanduser(args.key_file)) if args.key_file else None,
         targets=targets, connect=connect_options_from_args(args), metrics=metrics, audit_log=args.audit_log,
-        drain_grace=args.drain_grace, fanout=args.fanout, insecure=args.insecure)
+        drain_grace=args.drain_grace, fanout=args.fanout, insecure=args.insecure, tls=_dialin_tls(args))
+
+
+def _dialin_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The dial-in listeners' TLS, from the same files as the inventory's (checked together there)."""
+    if not (args.tls_cert and args.tls_key and args.tls_ca):
+        return None
+    from shoal.hostio.tls import dialin_context
+
+    return dialin_context(*(os.path.expanduser(path) for path in (args.tls_cert, args.tls_key, args.tls_ca)))
 
 
 def run(args: argparse.Namespace, words: list[str], display: Display) -> int:

@@ -51,12 +51,13 @@ from shoal.controller.cli.options import (
     targets_from_args,
     wave_policy_from_args,
 )
-from shoal.controller.transfer import PutOptions, put_fleet
+from shoal.controller.put import PutOptions, put_fleet
 from shoal.controller.transferplan import plan_put
 from shoal.controller.targets import Target
 from shoal.controller.term.transferprogress import TransferProgress, format_bytes
 from shoal.controller.transferplan import PutPlan
-from shoal.controller.treesync import HostStats, SyncOptions, sync_fleet
+from shoal.controller.tree import HostStats
+from shoal.controller.treesync import SyncOptions, sync_fleet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

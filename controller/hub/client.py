@@ -24,7 +24,7 @@ from shoal.protocol.errors import (
     ShoalError,
     ShoalTimeoutError,
 )
-from shoal.protocol.link import inner_message, link_data, link_message
+from shoal.protocol.link import HUB_FEATURE, inner_message, link_data, link_message
 from shoal.protocol.messages import (
     Error,
     HostsList,
@@ -44,8 +44,6 @@ from shoal.controller.targets import Target
 __all__ = ["HubAccess", "HubConnection", "HubLink", "HubNotRunning"]
 
 log = logging.getLogger("shoal.controller")
-
-HUB_FEATURE = "hub"  # the hub's HELLO names it (shoal.controller.hub.local)
 
 
 class HubNotRunning(ShoalConnectionError):

@@ -3,6 +3,7 @@
     socket = "/run/shoal/hub.sock"       # local clients' socket (mode 0600)
     listen = ["0.0.0.0:8472"]            # where agents dial in (HOST[:PORT]; port default 8472)
     key_file = "/etc/shoal/admin.key"    # agents must prove it; the hub proves it to them
+    tls_cert, tls_key, tls_ca            # the hub's TLS: for inventory targets and every listen port
     targets = "@all"                     # inventory targets to keep connected
     inventory = "/etc/shoal/inventory.toml"
     metrics_listen = "127.0.0.1:9472"    # Prometheus endpoint (host default 127.0.0.1)

@@ -8,18 +8,26 @@ verified. Then the name the agent announced in its HELLO (inside the transcript
 the proofs cover) is claimed: a name already held is refused with ERROR
 `name_in_use`, audited, and the agent retries later with its backoff.
 
+With TLS (`--tls-*`), each accepted socket first runs a TLS handshake in which
+the hub is the client, as it is on every connection it opens: the agent presents
+its certificate, the hub requires one from its CA and presents its own
+(shoal.hostio.starttls, PROTOCOL.md section 7). The name the agent then claims
+must be one its certificate names, as a controller checks the name it dialled.
+
 Connections still in the handshake are bounded (`MAX_PENDING`); those accepted
 beyond it wait their turn unread (at most `MAX_QUEUED`, more are closed at once
 and retry with their backoff), so a burst of thousands of agents is served in
-order instead of being sent back to wait. Each has `handshake_timeout` seconds
-from its accept, so a flood of sockets that never speak cannot starve the hub's
-local clients.
+order instead of being sent back to wait. TLS handshakes in flight are bounded
+too (`MAX_TLS_HANDSHAKES`; more are closed at once). Each connection has
+`handshake_timeout` seconds from its accept, so a flood of sockets that never
+speak cannot starve the hub's local clients.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable
 
@@ -28,12 +36,15 @@ from shoal.protocol.errors import AuthError, ErrorCode, ProtocolError
 from shoal.protocol.handshake import SharedKey
 from shoal.protocol.messages import Message
 
+from shoal.hostio.starttls import Paused, handshake_failure, secure
+from shoal.hostio.tasks import TaskSet
+from shoal.hostio.tls import certificate_names
 from shoal.controller.client import AgentClient
 from shoal.controller.hub.audit import HubAudit
 from shoal.controller.hub.registry import DIALIN, HubAgent, Registry, check_agent_name
 from shoal.controller.targets import Target
 
-__all__ = ["DialInClient", "DialIns", "MAX_PENDING", "MAX_QUEUED"]
+__all__ = ["DialInClient", "DialIns", "MAX_PENDING", "MAX_QUEUED", "MAX_TLS_HANDSHAKES"]
 
 log = logging.getLogger("shoal.hub")
 
@@ -43,6 +54,9 @@ MAX_PENDING = 512
 # Accepted connections waiting for a handshake slot, unread; more are closed at
 # once and retry later. Each holds a socket and about 6 KiB until its turn.
 MAX_QUEUED = 8192
+# TLS handshakes in flight at once (with --tls-*), before a connection reaches the
+# queue above; more are closed at once and retry later.
+MAX_TLS_HANDSHAKES = 2048
 
 
 class DialInClient(AgentClient):
@@ -53,13 +67,13 @@ class DialInClient(AgentClient):
         self._owner = owner
         self.address = "?"
         self._deadline: asyncio.TimerHandle | None = None
+        self.ssl_object: ssl.SSLObject | None = None  # over TLS: whose certificate it showed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        peer = transport.get_extra_info("peername")
-        host, port = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("?", 1)
-        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.name = self.address
+        self.address = self.name = _address(transport)
+        self.ssl_object = transport.get_extra_info("ssl_object")
+        self._tls = self.ssl_object is not None
         if self._owner.admit(self):
             self._deadline = asyncio.get_running_loop().call_later(self._owner.handshake_timeout, self._too_slow)
 
@@ -84,6 +98,12 @@ class DialInClient(AgentClient):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        if self in self._owner.pending and self.conn.peer_hello is None:
+            # With TLS 1.3 the agent judges our certificate after our side of the handshake is
+            # done; without TLS, an agent wanting it hangs up on our plaintext HELLO.
+            likely = "did it refuse the hub's TLS certificate?" if self._tls else "does it want TLS? this port has none"
+            self._owner.audit.record("refused", peer=self.address,
+                                     reason=f"the agent closed the connection before its HELLO ({likely})")
         self._owner.done_with(self)
         super().connection_lost(exc)
 
@@ -104,6 +124,40 @@ class DialInClient(AgentClient):
             self._deadline = None
 
 
+class _TlsGate(Paused):
+    """An accepted socket until its TLS handshake is done; then a `DialInClient` takes it."""
+
+    def __init__(self, owner: DialIns) -> None:
+        self._owner = owner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(transport, asyncio.Transport)
+        owner = self._owner
+        if owner.draining or len(owner.handshakes) >= MAX_TLS_HANDSHAKES or len(owner.queued) >= MAX_QUEUED:
+            transport.abort()
+            return
+        owner.handshakes.spawn(self._upgrade(transport, _address(transport)), name="hub tls handshake")
+
+    async def _upgrade(self, transport: asyncio.Transport, address: str) -> None:
+        owner = self._owner
+        assert owner.tls is not None
+        try:
+            secured = await secure(transport, owner.tls, server_side=False, timeout=owner.handshake_timeout)
+        except OSError as exc:
+            transport.abort()
+            owner.audit.record("refused", peer=address,
+                               reason=f"TLS handshake failed: {handshake_failure(exc, owner.handshake_timeout)}")
+            return
+        if secured is None:  # the agent left between its handshake and now
+            return
+        tls, early = secured
+        if owner.draining:
+            tls.abort()
+            return
+        early.hand_over(tls, DialInClient(owner))
+
+
 class DialIns:
     """Every connection agents opened to this hub, from accept to the registry.
 
@@ -111,16 +165,21 @@ class DialIns:
         registry: where authenticated agents are named.
         key: the hub's key (None: no authentication, loopback only).
         keepalive: seconds of silence before the hub pings an agent (lost after 3x).
-        handshake_timeout: seconds an agent has to authenticate after connecting.
+        handshake_timeout: seconds an agent has to authenticate after connecting
+            (and as much again for its TLS handshake, with `tls`).
         audit: where refusals go.
         on_agent: called with each agent that took its name; returns when its
             connection is over (the hub's bookkeeping for that agent).
+        tls: the hub's TLS client context (`shoal.hostio.tls.dialin_context`), or
+            None for plain TCP.
     """
 
     def __init__(self, registry: Registry, key: SharedKey | None, keepalive: float, handshake_timeout: float,
-                 audit: HubAudit, on_agent: Callable[[HubAgent], object]) -> None:
+                 audit: HubAudit, on_agent: Callable[[HubAgent], object], tls: ssl.SSLContext | None = None) -> None:
         self.registry = registry
         self.key = key
+        self.tls = tls
+        self.handshakes = TaskSet()  # TLS handshakes in flight
         self.keepalive = keepalive
         self.handshake_timeout = handshake_timeout
         self.audit = audit
@@ -134,7 +193,9 @@ class DialIns:
     async def listen(self, host: str, port: int) -> None:
         """Accept agents on host:port (port 0: any free one, listed in `addresses`)."""
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: DialInClient(self), host, port, reuse_address=True, backlog=4096)
+        factory: Callable[[], asyncio.BaseProtocol] = (
+            (lambda: DialInClient(self)) if self.tls is None else (lambda: _TlsGate(self)))
+        server = await loop.create_server(factory, host, port, reuse_address=True, backlog=4096)
         self._servers.append(server)
         for sock in server.sockets:
             bound_host, bound_port = sock.getsockname()[:2]
@@ -173,7 +234,7 @@ class DialIns:
     def authenticated(self, client: DialInClient, name: str) -> None:
         """Both proofs verified: give the agent its name, or refuse it."""
         self.done_with(client)
-        why = check_agent_name(name)
+        why = check_agent_name(name) or _certificate_refuses(client, name)
         if why is not None:
             self.audit.record("refused", peer=client.address, key_id=client.conn.key_id, reason=why)
             return client.refuse(ErrorCode.BAD_HELLO, why)
@@ -192,12 +253,35 @@ class DialIns:
         self.draining = True
         for server in self._servers:
             server.close()
+        self.handshakes.cancel_all()
         for client in [*self.pending, *self.queued]:
             client.abort()
         self.queued.clear()
 
     async def close(self) -> None:
         self.stop_accepting()
+        await self.handshakes.wait(timeout=1)
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+
+
+def _address(transport: asyncio.BaseTransport) -> str:
+    """The peer's `host:port` (`[v6]:port`), as audit records and `shoal hosts` show it."""
+    peer = transport.get_extra_info("peername")
+    host, port = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("?", 1)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _certificate_refuses(client: DialInClient, name: str) -> str | None:
+    """Why a TLS agent may not take `name`: its certificate does not name it. None over plain TCP."""
+    if client.ssl_object is None:
+        return None
+    names = certificate_names(client.ssl_object.getpeercert(binary_form=True) or b"")
+    wanted = name.casefold()
+    for entry in names:
+        if entry == wanted or (entry.startswith("*.") and wanted.partition(".")[2] == entry[2:]
+                               and wanted.partition(".")[0]):
+            return None
+    return (f"name {name!r} is not in the agent's TLS certificate ({', '.join(names) or 'no names'}); "
+            "start it with --name set to one of those")

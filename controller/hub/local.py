@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from shoal.protocol.connection import Connection, HandshakeComplete, Role
 from shoal.protocol.errors import AuthError, ErrorCode, ProtocolError, RemoteProtocolError, ShoalError
 from shoal.protocol.frames import MAX_FRAME_SIZE_CEILING
-from shoal.protocol.link import INNER_HEAD, inner_message, link_message
+from shoal.protocol.link import HUB_FEATURE, INNER_HEAD, inner_message, link_message
 from shoal.protocol.messages import (
     Error,
     Goodbye,
@@ -50,12 +50,10 @@ from shoal.controller.hub.registry import HubAgent
 if TYPE_CHECKING:
     from shoal.controller.hub.server import Hub
 
-__all__ = ["LocalSession", "Link", "HUB_FEATURE", "PASSED_FEATURES", "peer_uid"]
+__all__ = ["LocalSession", "Link", "PASSED_FEATURES", "peer_uid"]
 
 log = logging.getLogger("shoal.hub")
 
-# Named in the hub's HELLO `features`, so a client knows it reached a hub, not an agent.
-HUB_FEATURE = "hub"
 # The agent features a link passes on: those the hub carries unchanged (fields of
 # requests it knows). A feature naming a request type it does not carry is left
 # out, so the client does not try it.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ class HubSettings:
         drain_grace: seconds a stopping hub waits for requests in flight.
         fanout: connects to inventory targets in flight at once.
         insecure: allow dial-in listeners beyond loopback without a key.
+        tls: the dial-in listeners' TLS (`shoal.hostio.tls.dialin_context`): agents
+            must then dial in with TLS and a certificate naming the name they claim.
     """
 
     socket: str
@@ -65,6 +68,7 @@ class HubSettings:
     drain_grace: float = 10.0
     fanout: int = 64
     insecure: bool = False
+    tls: ssl.SSLContext | None = None
 
 
 class Hub:
@@ -80,7 +84,7 @@ class Hub:
         self.draining = False
         self.warm_errors: dict[str, str] = {}
         self.dialins = DialIns(self.registry, settings.key, settings.keepalive, settings.handshake_timeout,
-                               self.audit, self.serve_agent)
+                               self.audit, self.serve_agent, settings.tls)
         self._links: dict[HubAgent, set[Link]] = {}
         self._local: asyncio.AbstractServer | None = None
         self._open_requests = 0
@@ -113,8 +117,8 @@ class Hub:
             limit = asyncio.Semaphore(max(1, self.settings.fanout))
             self.tasks.spawn(keep_warm(list(self.settings.targets), self.settings.connect, self.registry,
                                        self.serve_agent, self.warm_errors, limit), name="warm")
-        log.info("hub serving %s; agents dial in at %s", self.settings.socket,
-                 ", ".join(self.dialins.addresses) or "(nowhere)")
+        log.info("hub serving %s; agents dial in at %s%s", self.settings.socket,
+                 ", ".join(self.dialins.addresses) or "(nowhere)", " (TLS)" if self.settings.tls else "")
 
     async def close(self, grace: float | None = None) -> None:
         """Drain: refuse new clients, links and agents, give requests in flight `grace`

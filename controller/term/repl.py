@@ -21,18 +21,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import fnmatch
-import os
 import signal
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from shoal.protocol.errors import ConfigError
 
 from shoal.controller.remote import Command
 from shoal.controller.term.display import Display
+from shoal.controller.term.lineedit import LineEditor
 from shoal.controller.fanout import fan_out
 from shoal.controller.fleet import ConnectOptions
 from shoal.controller.jobs import Action, JobsAnswer, ask, format_jobs, kill_report, killing, listing, parse_signal
@@ -45,12 +44,10 @@ from shoal.controller.pool import LinkState, Session
 from shoal.controller.term.summary import summary_line
 from shoal.controller.targets import Target, parse_targets
 
-__all__ = ["Repl", "ReplSettings", "history_path", "COMMANDS", "HISTORY_LENGTH"]
+__all__ = ["Repl", "ReplSettings", "COMMANDS"]
 
 T = TypeVar("T")
 
-# Lines kept in the history file: months of typing, still read in milliseconds.
-HISTORY_LENGTH = 5000
 # How long closing may take before we stop waiting for goodbyes.
 CLOSE_WAIT = 5.0
 # Signals only the main thread may take: it reads the terminal and owns Ctrl-C.
@@ -80,12 +77,6 @@ def _is_plain_cd(line: str) -> bool:
     """A lone `cd [DIR]`: it would only move a shell that exits straight after."""
     words = line.split()
     return words[0] == "cd" and len(words) <= 2 and not any(c in line for c in ";&|<>()`$")
-
-
-def history_path() -> Path:
-    """Where the history lives: $XDG_STATE_HOME/shoal/history, else ~/.local/state/shoal/history."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "shoal" / "history"
 
 
 @dataclass(slots=True)
@@ -131,7 +122,7 @@ class Repl:
         self.last: list[Result] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve_loop, name="shoal-shell-loop", daemon=True)
-        self._history_start = 0
+        self._editor = LineEditor(display, COMMANDS, lambda: self.session.links)
         self._last_down: set[str] = set()  # hosts the last line skipped, not connected
 
     # -- main loop -----------------------------------------------------------
@@ -142,10 +133,10 @@ class Repl:
         try:
             self._submit(self.session.connect(self.current))
             self._report_connected()
-            self._setup_readline()
+            self._editor.setup()
             self._read_loop()
         finally:
-            self._save_history()
+            self._editor.save_history()
             self._close()
         return 0
 
@@ -458,57 +449,6 @@ class Repl:
             self._thread.join(CLOSE_WAIT)
         if not self._loop.is_running():
             self._loop.close()
-
-    # -- readline ------------------------------------------------------------
-
-    def _setup_readline(self) -> None:
-        """Line editing, Tab completion and history, when readline is available."""
-        try:
-            import readline
-        except ImportError:
-            return
-        readline.set_completer_delims(" \t\n,")
-        readline.set_completer(self._completer())
-        readline.parse_and_bind("tab: complete")
-        readline.set_history_length(HISTORY_LENGTH)
-        path = history_path()
-        try:
-            readline.read_history_file(path)
-        except (FileNotFoundError, PermissionError):
-            pass
-        except OSError as exc:
-            self.display.warning(f"cannot read history {path}: {exc.strerror or exc}")
-        self._history_start = readline.get_current_history_length()
-
-    def _completer(self) -> Callable[[str, int], str | None]:
-        """Complete `:` commands at the start of the line, host names elsewhere."""
-        import readline
-
-        def complete(text: str, state: int) -> str | None:
-            at_start = not readline.get_line_buffer()[:readline.get_begidx()].strip()
-            pool = list(COMMANDS) if at_start and text.startswith(":") else list(self.session.links)
-            matches = [w for w in pool if w.startswith(text)]
-            return matches[state] + " " if state < len(matches) else None
-
-        return complete
-
-    def _save_history(self) -> None:
-        """Append this session's lines, then trim, so parallel sessions keep theirs."""
-        try:
-            import readline
-        except ImportError:
-            return
-        new = readline.get_current_history_length() - self._history_start
-        if new <= 0:
-            return
-        path = history_path()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not path.exists():
-                path.touch(mode=0o600)
-            readline.append_history_file(new, path)  # trims the file to HISTORY_LENGTH too
-        except OSError as exc:
-            self.display.warning(f"cannot save history {path}: {exc.strerror or exc}")
 
 
 def _seconds_or_off(command: str, arg: str) -> float | None:

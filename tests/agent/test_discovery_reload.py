@@ -8,33 +8,34 @@ socket to a port nobody holds comes back as ECONNREFUSED (ICMP port unreachable)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
 import subprocess
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
 from shoal.agent.config import AgentConfig, KeyPolicy
 from shoal.hostio.keyfile import write_key_file
-from shoal.agent.server import Agent
 from shoal.protocol.discovery import decode_reply, encode_probe
 from shoal.protocol.errors import ConfigError
 from shoal.protocol.handshake import SharedKey, new_nonce
-from tests.agents import config
-from tests.e2e.test_discovery import KEY, OTHER, _free_udp_port
+from tests.agents import config, running_agents
+from tests.e2e.test_discovery import KEY, OTHER, _free_udp_port, discovery
 from tests.waiting import wait_for
 from tests.programs import SHOAL_AGENT
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _discovery(host: str, port: int, enabled: bool = True, name: str = "n1") -> dict[str, object]:
+    return discovery(host, port, name, enabled)
+
+
 def _settings(host: str, port: int, enabled: bool = True, name: str = "n1") -> AgentConfig:
-    return config(listen=(f"{host}:0",), **{"discovery.enabled": enabled, "discovery.port": port,
-                                             "discovery.name": name})
+    """The same as a whole configuration, to reload an agent with."""
+    return config(**_discovery(host, port, enabled, name))
 
 
 async def _probe(dest: tuple[str, int], key: SharedKey | None = KEY) -> bytes | None:
@@ -59,20 +60,10 @@ async def _name_at(dest: tuple[str, int], key: SharedKey | None = KEY) -> str | 
     return None if data is None else decode_reply(data).name
 
 
-@contextlib.asynccontextmanager
-async def started(cfg: AgentConfig, keys: list[SharedKey]) -> AsyncIterator[Agent]:
-    agent = Agent(cfg, keys=keys)
-    await agent.start()
-    try:
-        yield agent
-    finally:
-        await agent.close()
-
-
 async def test_reload_starts_moves_renames_and_stops_the_responder() -> None:
     host = "127.0.0.41"
     first, second = _free_udp_port(host), _free_udp_port(host)
-    async with started(_settings(host, first, enabled=False), [KEY]) as agent:
+    async with running_agents(keys=[KEY], **_discovery(host, first, enabled=False)) as (agent,):
         assert await _name_at((host, first)) is None
         agent.reload(_settings(host, first), [KEY])
         assert await _name_at((host, first)) == "n1"
@@ -89,7 +80,7 @@ async def test_reload_starts_moves_renames_and_stops_the_responder() -> None:
 async def test_reload_answers_with_the_new_key_only() -> None:
     host = "127.0.0.42"
     port = _free_udp_port(host)
-    async with started(_settings(host, port), [KEY]) as agent:
+    async with running_agents(keys=[KEY], **_discovery(host, port)) as (agent,):
         assert await _name_at((host, port), KEY) == "n1"
         agent.reload(_settings(host, port), [OTHER])
         assert await _name_at((host, port), OTHER) == "n1"
@@ -109,7 +100,7 @@ async def test_rebind_that_fails_refuses_the_reload_and_the_old_responder_answer
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
         squatter.bind((host, 0))
         taken = squatter.getsockname()[1]
-        async with started(_settings(host, port), [KEY]) as agent:
+        async with running_agents(keys=[KEY], **_discovery(host, port)) as (agent,):
             before = agent.config
             with pytest.raises(ConfigError) as info:
                 agent.reload(_settings(host, taken, name="moved"), [OTHER])
@@ -122,7 +113,7 @@ async def test_rebind_that_fails_refuses_the_reload_and_the_old_responder_answer
 async def test_reload_failing_after_the_bind_releases_the_new_socket(tmp_path: Path) -> None:
     host = "127.0.0.44"
     port, moved = _free_udp_port(host), _free_udp_port(host)
-    async with started(_settings(host, port), [KEY]) as agent:
+    async with running_agents(keys=[KEY], **_discovery(host, port)) as (agent,):
         missing = KeyPolicy("gone", str(tmp_path / "missing.key"), allow_all=True)
         bad = _settings(host, moved).replace_from_cli(keys=(missing,))
         with pytest.raises(ConfigError):

@@ -1,7 +1,8 @@
-"""The agent refuses a transfer's or a metrics request's frames out of their table's order.
+"""The agent refuses a request's frames out of their table's order.
 
 A controller on a plain socket (tests.rawpeer) sends a real agent frames that break
-PROTOCOL.md's request tables (put, mkdir, get, batch, metrics): each is refused
+PROTOCOL.md's request tables (put, mkdir, get, batch, metrics, list, remove, jobs,
+kill): each is refused
 with the table's code (`out_of_order`, or `window_exceeded` for data past a window),
 the agent closes the connection, and nothing reaches the disk. Frames that must be
 judged before the agent answers go in one write with their request, so the agent
@@ -18,8 +19,10 @@ import pytest
 
 from shoal.hostio.atomic import TEMP_MARK
 from shoal.protocol.errors import ErrorCode
-from shoal.protocol.messages import (Error, FileData, FileDone, FileEnd, FileInfo, GetFile, Message, MetricsReply,
-                                     MetricsRequest, PutBatch, PutFile, Signal, Window)
+from shoal.protocol.messages import (Error, Exec, Exit, FileData, FileDone, FileEnd, FileInfo, GetFile, JobKill,
+                                     JobsList, JobsReply, ListTree, Message, MetricsReply, MetricsRequest, PutBatch,
+                                     PutFile, RemovePaths, Signal, Started, Stdin, StdinEof, Stdout, TreeEntries,
+                                     Window)
 from tests.agents import AgentThread
 from tests.rawpeer import RawController
 from tests.waiting import wait_for
@@ -185,3 +188,78 @@ def test_a_metrics_request_under_an_id_in_use_is_refused_and_the_put_carries_on(
     assert isinstance(error, Error) and error.code == ErrorCode.DUPLICATE_REQUEST
     send(peer, FileData(RID, b"new"), FileEnd(RID, sha256=hashlib.sha256(b"new").hexdigest()))
     assert isinstance(next_for(peer), FileDone) and (tmp_path / "f").read_bytes() == b"new"
+
+
+# -- tree requests --------------------------------------------------------------
+# The agent lists and removes on a thread, after it has read every frame of the
+# write that brought the request: a stray frame in that write meets the request open.
+
+_STRAYS = [Window(RID, bytes=10), Stdin(RID, b"x"), Signal(RID, signal=15), FileData(RID, b"x"),
+           FileEnd(RID, sha256="0" * 64)]
+_STRAY_IDS = ["window", "stdin", "signal", "file_data", "file_end"]
+
+
+@pytest.mark.parametrize("stray", _STRAYS, ids=_STRAY_IDS)
+def test_anything_but_an_error_under_a_listing_is_out_of_order(agent: AgentThread, tmp_path: Path,
+                                                                stray: Message) -> None:
+    """What the agent once answered `unknown_request` (or dropped, or took as a grant)."""
+    (tmp_path / "a").write_bytes(b"a")
+    peer = peer_of(agent)
+    send(peer, ListTree(RID, path=str(tmp_path)), stray)
+    refused(peer, ErrorCode.OUT_OF_ORDER, f"{stray.TYPE.name} from the controller is not legal for request 5 "
+                                          "in state starting")
+
+
+def test_a_removal_refused_mid_way_removes_nothing(agent: AgentThread, tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"a")
+    peer = peer_of(agent)
+    send(peer, RemovePaths(RID, tree=str(tmp_path), paths=["a"]), Window(RID, bytes=10))
+    refused(peer, ErrorCode.OUT_OF_ORDER, "WINDOW from the controller is not legal for request 5 in state starting")
+    assert peer.wait_closed()
+    assert (tmp_path / "a").read_bytes() == b"a"
+
+
+def test_a_listing_ends_on_the_part_that_says_done_and_is_then_forgotten(agent: AgentThread,
+                                                                        tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"a")
+    peer = peer_of(agent)
+    send(peer, ListTree(RID, path=str(tmp_path)))
+    parts = [next_for(peer)]
+    while isinstance(parts[-1], TreeEntries) and not parts[-1].done:
+        parts.append(next_for(peer))
+    assert all(isinstance(part, TreeEntries) for part in parts), parts
+    assert [e["path"] for part in parts for e in part.entries] == ["a"]  # type: ignore[attr-defined]
+    send(peer, Signal(RID, signal=15))
+    error = next_for(peer)
+    assert isinstance(error, Error) and error.code == ErrorCode.UNKNOWN_REQUEST
+
+
+# -- job requests ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opening", [JobsList(RID), JobKill(RID, job="j1")], ids=["jobs_list", "job_kill"])
+def test_a_job_request_under_a_running_commands_id_is_refused_and_the_command_carries_on(
+        agent: AgentThread, opening: Message) -> None:
+    """Once answered under the command's id (JOBS_REPLY, or `unknown_job`), as if the id were free."""
+    peer = peer_of(agent)
+    send(peer, Exec(RID, argv=["cat"], stdin=True))
+    started = next_for(peer)
+    assert isinstance(started, Started)
+    send(peer, opening)
+    error = next_for(peer)
+    assert isinstance(error, Error) and error.code == ErrorCode.DUPLICATE_REQUEST, error
+    send(peer, Stdin(RID, b"still here"), StdinEof(RID))
+    frames = [next_for(peer)]
+    while not isinstance(frames[-1], Exit):
+        frames.append(next_for(peer))
+    assert b"".join(f.data for f in frames if isinstance(f, Stdout)) == b"still here"
+    assert frames[-1].status == 0
+
+
+def test_a_jobs_list_is_answered_once_and_then_forgotten(agent: AgentThread) -> None:
+    peer = peer_of(agent)
+    send(peer, JobsList(RID))
+    assert isinstance(next_for(peer), JobsReply)
+    send(peer, Signal(RID, signal=15))
+    error = next_for(peer)
+    assert isinstance(error, Error) and error.code == ErrorCode.UNKNOWN_REQUEST

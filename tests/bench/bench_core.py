@@ -23,12 +23,11 @@ import subprocess
 import sys
 import time
 
-from shoal.agent.config import AgentConfig
-from shoal.agent.server import Agent
 from shoal.controller.client import AgentClient
 from shoal.controller.remote import Command
 from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.targets import Target
+from tests.agents import make_agents
 from tests.bench.common import ROOT, free_port, start_agent
 from tests.bench.sshd import loopback_sshd
 from tests.programs import installed
@@ -184,7 +183,7 @@ class Quiet:
 
 
 async def fanout(count: int) -> None:
-    agents = [Agent(AgentConfig.default().replace_from_cli(listen=("127.0.0.1:0",))) for _ in range(count)]
+    agents = make_agents(count)
     for a in agents:
         await a.start()
     targets = [Target(f"n{i}", "127.0.0.1", int(a.addresses[0].rsplit(":", 1)[1])) for i, a in enumerate(agents)]

@@ -56,16 +56,15 @@ def pattern_for(hosts: int, first: int = 0) -> list[str]:
 async def pool_main(hub: str, key_file: str, port: int, first: int, count: int) -> None:
     """Build `count` agents, say "built", start them all on "go", say "connected" once every
     one is authenticated to the hub, run until stdin closes."""
-    from shoal.agent.server import Agent
     from shoal.hostio.keyfile import load_key_file
-    from tests.agents import config
+    from tests.agents import config, make_agents
 
-    key = load_key_file(key_file)
+    addresses = pattern_for(count, first)
     state = tempfile.mkdtemp(prefix="bench-hub-state-")  # not /var/lib/shoal: agents starting clear it
-    agents = [Agent(config(listen=(f"{address}:{port}",), connect=(hub,), name=address, log_level="error",
-                           state_dir=state, **{"limits.reconnect_min": 0.5, "limits.max_connections": 4}),
-                    keys=[key])
-              for address in pattern_for(count, first)]
+    settings = {"connect": (hub,), "log_level": "error", "state_dir": state, "limits.reconnect_min": 0.5,
+                "limits.max_connections": 4}
+    agents = make_agents(len(addresses), [load_key_file(key_file)],
+                         configure=lambda i: config(listen=(f"{addresses[i]}:{port}",), name=addresses[i], **settings))
     loop = asyncio.get_running_loop()
     print("built", flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)

@@ -51,7 +51,7 @@ import psutil
 from shoal.controller.client import AgentClient
 from shoal.controller.fleet import ConnectOptions
 from shoal.controller.targets import Target
-from shoal.controller.transfer import put_file, put_fleet
+from shoal.controller.put import put_file, put_fleet
 from shoal.controller.transferplan import plan_put
 from shoal.hostio.keyfile import load_key_file, write_key_file
 from shoal.protocol.handshake import MAC_AES256_GMAC, frame_mac

@@ -1,4 +1,4 @@
-"""The controller refuses an agent that answers a transfer or a metrics request out of order.
+"""The controller refuses an agent that answers a request out of its table's order.
 
 The agent is scripted (tests.scriptedagent): a real handshake on loopback, then
 answers a real agent never sends. The controller library must report the host as
@@ -17,13 +17,17 @@ from pathlib import Path
 import pytest
 
 from shoal.controller.client import AgentClient
+from shoal.controller.jobs import kill_job, list_jobs
 from shoal.controller.putbatch import BatchRequest
 from shoal.controller.result import UNREACHABLE
-from shoal.controller.transfer import GetRequest, get_file, put_file
+from shoal.controller.get import GetRequest, get_file
+from shoal.controller.put import put_file
 from shoal.controller.transferplan import plan_put
+from shoal.controller.tree import RemoveRequest, list_remote
 from shoal.protocol.errors import ErrorCode, ShoalConnectionError
-from shoal.protocol.messages import (FileData, FileDone, FileEnd, FileInfo, GetFile, Message, MetricsReply,
-                                     MetricsRequest, PutBatch, PutFile)
+from shoal.protocol.messages import (FileData, FileDone, FileEnd, FileInfo, GetFile, JobKill, JobKilled, JobsList,
+                                     JobsReply, ListTree, Message, MetricsReply, MetricsRequest, PutBatch, PutFile,
+                                     Removed, RemovePaths, TreeEntries)
 from tests.scriptedagent import Script, ScriptedAgent
 from tests.waiting import wait_for_async
 
@@ -117,3 +121,83 @@ async def test_a_well_behaved_script_passes() -> None:
         await client.close()
         await asyncio.wait_for(agent.hung_up.wait(), 15)
     assert agent.errors() == []
+
+
+# -- tree requests --------------------------------------------------------------
+
+_LIST_ANSWERS = {
+    "REMOVED from the agent is not legal for request 1 in state starting": lambda rid: [Removed(rid, count=1)],
+    "FILE_DATA from the agent is not legal for request 1 in state running":
+        lambda rid: [TreeEntries(rid, entries=[{"path": "a"}]), FileData(rid, b"x")],
+}
+
+
+@pytest.mark.parametrize("verdict", list(_LIST_ANSWERS), ids=["removed", "data_between_parts"])
+async def test_a_listing_answered_out_of_order_loses_the_host(verdict: str) -> None:
+    async with ScriptedAgent(_answer(ListTree, _LIST_ANSWERS[verdict])) as agent:
+        client = await AgentClient.connect(agent.target)
+        with pytest.raises(ShoalConnectionError) as lost:
+            await list_remote(client, "/t")
+        await client.close()
+        await _told(agent, ErrorCode.OUT_OF_ORDER)
+    assert verdict in str(lost.value)
+
+
+async def test_a_listing_in_parts_ends_on_the_one_that_says_done() -> None:
+    script = _answer(ListTree, lambda rid: [TreeEntries(rid, entries=[{"path": "a"}]),
+                                            TreeEntries(rid, entries=[{"path": "b"}]),
+                                            TreeEntries(rid, entries=[{"path": "c"}], done=True)])
+    async with ScriptedAgent(script) as agent:
+        client = await AgentClient.connect(agent.target)
+        listing = await list_remote(client, "/t")
+        await client.close()
+    assert listing is not None and sorted(listing) == ["a", "b", "c"]
+    assert agent.errors() == []
+
+
+async def test_a_removal_answered_with_tree_entries_is_refused() -> None:
+    """Without the table the controller ignored the stray answer and waited for REMOVED forever."""
+    script = _answer(RemovePaths, lambda rid: [TreeEntries(rid, done=True)])
+    async with ScriptedAgent(script) as agent:
+        client = await AgentClient.connect(agent.target)
+        with pytest.raises(ShoalConnectionError) as lost:
+            await RemoveRequest(client, "/t", ["a"]).wait()
+        await client.close()
+        await _told(agent, ErrorCode.OUT_OF_ORDER)
+    assert "TREE_ENTRIES with done true from the agent is not legal for request 1 in state starting" in str(lost.value)
+
+
+# -- job requests ---------------------------------------------------------------
+
+
+async def test_a_jobs_list_answered_with_job_killed_is_out_of_order() -> None:
+    script = _answer(JobsList, lambda rid: [JobKilled(rid, job="j", processes=1)])
+    async with ScriptedAgent(script) as agent:
+        client = await AgentClient.connect(agent.target)
+        with pytest.raises(ShoalConnectionError) as lost:
+            await list_jobs(client)
+        await client.close()
+        await _told(agent, ErrorCode.OUT_OF_ORDER)
+    assert "JOB_KILLED from the agent is not legal for request 1 in state starting" in str(lost.value)
+
+
+async def test_a_job_kill_answered_twice_is_taken_once() -> None:
+    """The first reply ends the request; the second is for a request the controller forgot, and dropped."""
+    script = _answer(JobKill, lambda rid: [JobKilled(rid, job="j", processes=2), JobsReply(rid, jobs=[])])
+    async with ScriptedAgent(script) as agent:
+        client = await AgentClient.connect(agent.target)
+        assert await kill_job(client, "j", 15) == 2
+        await client.close()
+        await asyncio.wait_for(agent.hung_up.wait(), 15)
+    assert agent.errors() == []
+
+
+async def test_a_job_kill_answered_with_jobs_reply_is_out_of_order() -> None:
+    script = _answer(JobKill, lambda rid: [JobsReply(rid, jobs=[])])
+    async with ScriptedAgent(script) as agent:
+        client = await AgentClient.connect(agent.target)
+        with pytest.raises(ShoalConnectionError) as lost:
+            await kill_job(client, "j", 15)
+        await client.close()
+        await _told(agent, ErrorCode.OUT_OF_ORDER)
+    assert "JOBS_REPLY from the agent is not legal for request 1 in state starting" in str(lost.value)

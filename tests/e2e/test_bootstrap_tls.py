@@ -34,7 +34,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from shoal.agent.config import load_config
 from shoal.hostio.keyfile import load_key_file, write_key_file
-from shoal.agent.server import Agent
 from shoal.hostio.tls import client_context
 from shoal.controller.cli.main import main
 from shoal.controller.client import AgentClient
@@ -43,6 +42,7 @@ from shoal.controller.pki import init_pki, issue_agent_certificate, load_ca
 from shoal.controller.targets import parse_targets
 from shoal.protocol.errors import ConfigError, ShoalConnectionError
 from tests.controller.test_bootstrap import FAKE_SSH, FAKE_SUDO, PREFIX, REMOTE, with_source
+from tests.agents import running_agents
 from tests.programs import SHOAL
 
 pytestmark = pytest.mark.slow  # a shared fixture or each test takes over 5 s
@@ -202,9 +202,7 @@ async def test_controller_with_the_ca_connects_over_tls_to_the_installed_agent(e
                                                                                   tmp_path: Path) -> None:
     cfg = load_config(staged_config(enrolled, "127.0.0.1", tmp_path))
     assert cfg.tls is not None and cfg.tls.cert.endswith("/stage/etc/shoal/agent.pem")
-    agent = Agent(cfg)
-    await agent.start()
-    try:
+    async with running_agents(configure=lambda _: cfg) as (agent,):
         [address] = agent.addresses
         [target] = parse_targets(address)
         assert target.host == "127.0.0.1"
@@ -221,8 +219,6 @@ async def test_controller_with_the_ca_connects_over_tls_to_the_installed_agent(e
             await client.close()
         with pytest.raises(ShoalConnectionError):  # and plain TCP is refused
             await AgentClient.connect(target, key=load_key_file(enrolled.key_file), timeout=5)
-    finally:
-        await agent.close(grace=1)
 
 
 # -- before any host is touched ------------------------------------------------------------------

@@ -14,13 +14,13 @@ import shutil
 import socket
 import subprocess
 import time
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from shoal.agent.responder import PER_SOURCE_BURST, PER_SOURCE_RATE, bind_host
 from shoal.hostio.keyfile import write_key_file
-from shoal.agent.server import Agent, software_version
+from shoal.agent.server import software_version
 from shoal.controller.cli.main import main
 from shoal.controller.probe import DiscoveryClient, subnet_addresses
 from shoal.protocol.discovery import (
@@ -34,7 +34,7 @@ from shoal.protocol.discovery import (
 )
 from shoal.protocol.errors import ConfigError, RemoteProtocolError
 from shoal.protocol.handshake import SharedKey, new_nonce
-from tests.agents import AgentThread, config
+from tests.agents import running_agents
 from tests.waiting import wait_for, wait_for_async
 from tests.programs import SHOAL, SHOAL_AGENT
 
@@ -122,17 +122,9 @@ def test_agent_answers_on_loopback_only_when_listening_there() -> None:
 
 # -- agent responder on loopback ---------------------------------------------------
 
-@contextlib.asynccontextmanager
-async def discovery_agent(address: str, port: int, keys: list[SharedKey] | None = None,
-                          name: str = "") -> AsyncIterator[Agent]:
-    cfg = config(listen=(f"{address}:0",), **{"discovery.enabled": True, "discovery.port": port,
-                                               "discovery.name": name})
-    agent = Agent(cfg, keys=keys)
-    await agent.start()
-    try:
-        yield agent
-    finally:
-        await agent.close()
+def discovery(address: str, port: int, name: str = "", enabled: bool = True) -> dict[str, object]:
+    """Agent settings (for the agents fixtures): listen on `address`, answer discovery on `port` there as `name`."""
+    return {"listen": (f"{address}:0",), "discovery.enabled": enabled, "discovery.port": port, "discovery.name": name}
 
 
 class Prober(asyncio.DatagramProtocol):
@@ -172,7 +164,7 @@ async def _answered_nothing(prober: Prober, dest: tuple[str, int]) -> None:
 async def test_keyed_unkeyed_and_foreign_probes() -> None:
     port = _free_udp_port("127.0.0.11")
     dest = ("127.0.0.11", port)
-    async with discovery_agent("127.0.0.11", port, keys=[KEY], name="db-7") as agent:
+    async with running_agents(keys=[KEY], **discovery("127.0.0.11", port, "db-7")) as (agent,):
         prober = await Prober.open()
         try:
             nonce = new_nonce()
@@ -199,7 +191,7 @@ async def test_reply_is_never_larger_than_the_probe() -> None:
     port = _free_udp_port("127.0.0.12")
     dest = ("127.0.0.12", port)
     long_name = "é" * 253  # 506 bytes of UTF-8: cut to fit
-    async with discovery_agent("127.0.0.12", port, keys=[KEY], name=long_name):
+    async with running_agents(keys=[KEY], **discovery("127.0.0.12", port, long_name)):
         prober = await Prober.open()
         try:
             probe = encode_probe(new_nonce(), KEY)
@@ -215,7 +207,7 @@ async def test_reply_rate_limit_per_source_holds() -> None:
     port = _free_udp_port("127.0.0.13")
     dest = ("127.0.0.13", port)
     burst = 40
-    async with discovery_agent("127.0.0.13", port, keys=[KEY]):
+    async with running_agents(keys=[KEY], **discovery("127.0.0.13", port)):
         # A plain socket for the flood: once the agent has answered the probe
         # that came after the flood, every flood reply it sent is already in
         # this socket's kernel queue (loopback delivers inside sendto).
@@ -267,7 +259,7 @@ async def _forger(host: str, port: int, make: Any) -> Forger:
 
 async def test_forged_and_replayed_replies_are_dropped() -> None:
     port = _free_udp_port("127.0.0.14")
-    async with discovery_agent("127.0.0.14", port, keys=[KEY], name="real"):
+    async with running_agents(keys=[KEY], **discovery("127.0.0.14", port, "real")):
         # A reply the real agent gave to an earlier probe: genuine, but stale.
         prober = await Prober.open()
         recorded = await prober.ask(encode_probe(new_nonce(), KEY), ("127.0.0.14", port))
@@ -301,7 +293,7 @@ async def test_forged_and_replayed_replies_are_dropped() -> None:
 
 async def test_reply_from_the_wrong_address_is_dropped() -> None:
     port = _free_udp_port("127.0.0.18")
-    async with discovery_agent("127.0.0.18", port, keys=[KEY]):
+    async with running_agents(keys=[KEY], **discovery("127.0.0.18", port)):
         client = await DiscoveryClient.open(KEY)
         relay_to = client.local_address
         # A relay at .19 forwards the genuine answer for .18 as if it were its own.
@@ -330,29 +322,25 @@ async def test_reply_from_the_wrong_address_is_dropped() -> None:
 
 # -- shoal discover on loopback ------------------------------------------------------
 
-def test_shoal_discover_unicast_lists_agents(tmp_path, capsys) -> None:
+def test_shoal_discover_unicast_lists_agents(tmp_path, capsys, start_agents) -> None:
     key_path = tmp_path / "fleet.key"
     key = write_key_file(key_path)
     port = _free_udp_port("127.0.0.21")
-    agents = []
-    with contextlib.ExitStack() as stack:
-        for i, host in enumerate(("127.0.0.21", "127.0.0.22")):
-            agents.append(stack.enter_context(AgentThread(
-                1, keys=[key], listen=(f"{host}:0",),
-                **{"discovery.enabled": True, "discovery.port": port, "discovery.name": f"node{i + 1}"})))
-        status = main(["discover", "--subnet", "127.0.0.20/30", "--port", str(port), "--timeout", "30",
-                       "--key-file", str(key_path), "--expect", "2"])
-        out, err = capsys.readouterr()
-        assert status == 0
-        lines = out.splitlines()
-        assert lines[0].split() == ["NAME", "ADDRESS", "PORT", "VERSION", "KEY"]
-        version = f"shoal-agent/{software_version()}"
-        expected = [["node1", "127.0.0.21", agents[0].addresses[0].rpartition(":")[2], version, key.key_id],
-                    ["node2", "127.0.0.22", agents[1].addresses[0].rpartition(":")[2], version, key.key_id]]
-        assert [line.split() for line in lines[1:]] == expected
-        assert "2 agents answered" in err
-        assert main(["discover", "--subnet", "127.0.0.21/32", "--port", str(port), "--targets"]) == 0
-        assert capsys.readouterr().out == agents[0].addresses[0] + "\n"
+    agents = [start_agents(keys=[key], **discovery(host, port, f"node{i + 1}"))
+              for i, host in enumerate(("127.0.0.21", "127.0.0.22"))]
+    status = main(["discover", "--subnet", "127.0.0.20/30", "--port", str(port), "--timeout", "30",
+                   "--key-file", str(key_path), "--expect", "2"])
+    out, err = capsys.readouterr()
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "ADDRESS", "PORT", "VERSION", "KEY"]
+    version = f"shoal-agent/{software_version()}"
+    expected = [["node1", "127.0.0.21", agents[0].addresses[0].rpartition(":")[2], version, key.key_id],
+                ["node2", "127.0.0.22", agents[1].addresses[0].rpartition(":")[2], version, key.key_id]]
+    assert [line.split() for line in lines[1:]] == expected
+    assert "2 agents answered" in err
+    assert main(["discover", "--subnet", "127.0.0.21/32", "--port", str(port), "--targets"]) == 0
+    assert capsys.readouterr().out == agents[0].addresses[0] + "\n"
 
 
 def test_shoal_discover_finding_nothing_exits_1(capsys) -> None:

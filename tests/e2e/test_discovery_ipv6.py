@@ -23,11 +23,10 @@ from shoal.agent.cli import main as agent_main
 from shoal.agent.config import DiscoveryConfig
 from shoal.agent.respondersocket import Endpoint, plan_endpoints
 from shoal.hostio.keyfile import write_key_file
-from shoal.agent.server import Agent
 from shoal.controller.cli.main import main
 from shoal.protocol.discovery import DEFAULT_GROUP, DEFAULT_GROUP6, decode_reply
-from tests.agents import AgentThread, config
-from tests.e2e.test_discovery import KEY, NETNS_REASON, _ip
+from tests.agents import AgentThread, running_agents
+from tests.e2e.test_discovery import KEY, NETNS_REASON, _ip, discovery
 from tests.agent.test_discovery_reload import _probe
 from tests.waiting import wait_for
 from tests.programs import SHOAL, SHOAL_AGENT
@@ -54,22 +53,22 @@ def test_sockets_follow_the_tcp_listeners_family_and_scope() -> None:
     assert [e.group for e in plan_endpoints(["0.0.0.0:5", "[::]:6"], moved)] == ["239.1.1.1", "ff02::1:2"]
 
 
-def test_shoal_discover_finds_an_agent_over_ipv6_loopback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_shoal_discover_finds_an_agent_over_ipv6_loopback(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          start_agents: Callable[..., AgentThread]) -> None:
     key_path = tmp_path / "fleet.key"
     key = write_key_file(key_path)
     port = _free_udp6_port()
-    with AgentThread(1, keys=[key], listen=("[::1]:0",),
-                     **{"discovery.enabled": True, "discovery.port": port, "discovery.name": "six"}) as agents:
-        tcp = agents.addresses[0]
-        status = main(["discover", "--subnet", "::1/128", "--port", str(port), "--key-file", str(key_path),
-                       "--json"])
-        out, err = capsys.readouterr()
-        assert status == 0, err
-        assert [json.loads(line) for line in out.splitlines()] == [
-            {"name": "six", "address": "::1", "port": int(tcp.rpartition(":")[2]),
-             "version": agents.agents[0].software, "key_id": key.key_id}]
-        assert main(["discover", "--subnet", "::1", "--port", str(port), "--targets"]) == 0
-        assert capsys.readouterr().out == tcp + "\n"
+    agents = start_agents(keys=[key], **discovery("[::1]", port, "six"))
+    tcp = agents.addresses[0]
+    status = main(["discover", "--subnet", "::1/128", "--port", str(port), "--key-file", str(key_path),
+                   "--json"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"name": "six", "address": "::1", "port": int(tcp.rpartition(":")[2]),
+         "version": agents.agents[0].software, "key_id": key.key_id}]
+    assert main(["discover", "--subnet", "::1", "--port", str(port), "--targets"]) == 0
+    assert capsys.readouterr().out == tcp + "\n"
 
 
 def _free_on_both(host: str) -> int:
@@ -83,17 +82,13 @@ def _free_on_both(host: str) -> int:
 
 async def test_each_family_is_told_its_own_tcp_port() -> None:
     port = _free_on_both("127.0.0.61")
-    cfg = config(listen=("127.0.0.61:0", "[::1]:0"), **{"discovery.enabled": True, "discovery.port": port})
-    agent = Agent(cfg, keys=[KEY])
-    await agent.start()
-    try:
+    settings = {"listen": ("127.0.0.61:0", "[::1]:0"), "discovery.enabled": True, "discovery.port": port}
+    async with running_agents(keys=[KEY], **settings) as (agent,):
         tcp4, tcp6 = (int(a.rpartition(":")[2]) for a in agent.addresses)
         assert agent.discovery.addresses == [f"127.0.0.61:{port}", f"[::1]:{port}"]
         for host, tcp in (("127.0.0.61", tcp4), ("::1", tcp6)):
             data = await _probe((host, port))
             assert data is not None and decode_reply(data).port == tcp, host
-    finally:
-        await agent.close()
 
 
 @pytest.mark.parametrize("group, line", [

@@ -129,10 +129,9 @@ async def test_second_agent_claiming_a_name_is_refused_audited_and_gets_it_once_
 
 
 async def _start_dialer(hub: object, name: str, key: object) -> object:
-    from shoal.agent.server import Agent
-    from tests.hubs import dialer_config
+    from tests.hubs import dialers
 
-    agent = Agent(dialer_config(hub.dialins.addresses[0], name), keys=[key])  # type: ignore[attr-defined]
+    (agent,) = dialers(hub, [name], key)  # type: ignore[arg-type]
     await agent.start()
     return agent
 

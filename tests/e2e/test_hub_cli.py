@@ -128,25 +128,53 @@ def test_the_config_files_hub_is_used(capsysbinary, fleet, tmp_path: Path) -> No
     assert (code, out) == (0, b"via-config\n")
 
 
+# A command whose tree outlives a plain SIGTERM: the shell, and a child that ignores it.
+STUBBORN = "sh -c 'trap \"\" TERM; exec sleep 300' & echo up; wait"
+
+
 def test_a_client_killed_mid_run_leaves_no_process_on_the_agents(fleet) -> None:  # type: ignore[no-untyped-def]
     t, _, _ = fleet
-    cli = subprocess.Popen(
-        [*SHOAL, "run", "web1,web2", "--hub", str(t.socket), "--",
-         "sh -c 'trap \"\" TERM; exec sleep 300' & echo up; wait"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
-        cwd=str(Path(__file__).resolve().parents[2]))
+    _kill_mid_command(t, ["run", "web1,web2", "--hub", str(t.socket), "--", STUBBORN], b"", running=2)
+
+
+def test_a_client_killed_mid_batch_leaves_no_process_on_the_agents(fleet) -> None:  # type: ignore[no-untyped-def]
+    t, _, _ = fleet
+    _kill_mid_command(t, ["batch", "web1,web2", "--hub", str(t.socket), "-"],
+                      f"echo first\n{STUBBORN}\necho never\n".encode(), running=2)
+
+
+def test_a_client_killed_mid_relay_leaves_no_process_on_the_agents(fleet) -> None:  # type: ignore[no-untyped-def]
+    t, key_file, direct = fleet
+    target = direct.split(",")[1]  # web2, by its own address, reached from web1 through the hub
+    _kill_mid_command(t, ["run", target, "--hub", str(t.socket), "--via", "web1", "--key-file", str(key_file),
+                          "--", STUBBORN], b"", running=1)
+    # web2 is left with its own connection to the hub: the relayed one ended with the client
+    wait_for(lambda: t.call(lambda: len(t.agents[1].sessions)) == 1, timeout=10, what="the relayed session closed")
+
+
+def _kill_mid_command(t: HubThread, argv: list[str], stdin: bytes, running: int) -> None:
+    """Start `shoal ARGV`, SIGKILL it once `running` commands run on the agents, and see every
+    process of theirs gone (waited for on the process table) and nothing left open on the hub."""
+    cli = subprocess.Popen([*SHOAL, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, start_new_session=True,
+                           cwd=str(Path(__file__).resolve().parents[2]))
+    cli.stdin.write(stdin)  # type: ignore[union-attr]
+    cli.stdin.close()  # type: ignore[union-attr]
     out = bytearray()
     reader = threading.Thread(target=lambda: out.extend(cli.stdout.read()), daemon=True)  # type: ignore[union-attr]
     reader.start()
     try:
-        tokens = wait_for(lambda: (ts := [tok for a in t.agents for tok in t.call(tokens_of, a)]) and len(ts) == 2 and ts,
-                      timeout=20)
+        # The stubborn commands: the shell and the TERM-ignorer up (a batch's earlier step may still be listed).
+        tokens = wait_for(lambda: (ts := [tok for a in t.agents for tok in t.call(tokens_of, a)
+                                          if len(marked(tok)) >= 2]) and len(ts) == running and ts,
+                          timeout=20, what=f"{running} commands running")
         assert isinstance(tokens, list)
-        wait_for(lambda: all(len(marked(tok)) >= 2 for tok in tokens), timeout=10)  # the shell and the TERM-ignorer
         cli.send_signal(signal.SIGKILL)
-        wait_for(lambda: not any(marked(tok) for tok in tokens), timeout=10)
+        wait_for(lambda: not any(marked(tok) for tok in tokens), timeout=10, what="the commands' processes gone")
         wait_for(lambda: all(a.running.count == 0 for a in t.agents), timeout=10)
-        assert t.hub is not None and t.call(lambda: t.hub._open_requests) == 0  # type: ignore[union-attr]
+        assert t.hub is not None
+        wait_for(lambda: t.call(lambda: t.hub._open_requests) == 0, timeout=10,  # type: ignore[union-attr]
+                 what="the hub's requests closed")
     finally:
         if cli.poll() is None:
             cli.kill()

@@ -166,13 +166,12 @@ def test_an_agent_in_a_namespace_it_can_only_dial_out_of_is_run_through_the_hub(
 
 
 async def test_local_clients_are_served_while_hundreds_of_agents_dial_in(tmp_path: Path) -> None:
-    from shoal.agent.server import Agent
-    from tests.hubs import dialer_config
+    from tests.hubs import dialers
 
     key, _ = new_key(tmp_path)
     async with running_hub(tmp_path / "hub.sock", key) as hub:
         (first,) = await dial_in(hub, ["steady"], key)
-        crowd = [Agent(dialer_config(hub.dialins.addresses[0], f"n{i}"), keys=[key]) for i in range(300)]
+        crowd = dialers(hub, [f"n{i}" for i in range(300)], key)
         try:
             await asyncio.gather(*(a.start() for a in crowd))  # all dialling and authenticating at once
             async with ConnectOptions(hub=HubAccess(str(tmp_path / "hub.sock"))) as options:

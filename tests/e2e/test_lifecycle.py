@@ -162,14 +162,14 @@ def test_log_level_hides_lower_levels(spawn: object, tmp_path: Path) -> None:
 
 def test_a_failed_reload_keeps_the_old_configuration_and_keys(tmp_path: Path) -> None:
     """A SIGHUP with a broken key file must not leave half a new configuration behind."""
-    from shoal.agent.config import AgentConfig, KeyPolicy
-    from shoal.agent.server import Agent
+    from shoal.agent.config import KeyPolicy
     from shoal.protocol.errors import ConfigError
+    from tests.agents import make_agents
 
     good = tmp_path / "good.key"
     key = write_key_file(good, SharedKey.generate())
     policy = KeyPolicy(name="admin", file=str(good), allow_all=True)
-    agent = Agent(AgentConfig.default().replace_from_cli(listen=("127.0.0.1:0",), keys=(policy,)))
+    [agent] = make_agents(policies=(policy,))  # never started
     old_config, old_keys = agent.config, agent.keys
     bad = tmp_path / "bad.key"
     bad.write_text("not a key\n")

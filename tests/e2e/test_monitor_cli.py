@@ -11,13 +11,13 @@ import pytest
 
 from shoal.agent.config import KeyPolicy
 from shoal.hostio.keyfile import write_key_file
-from shoal.agent.server import Agent, software_version
+from shoal.agent.server import software_version
 from shoal.controller.cli.main import main
 from shoal.controller.client import AgentClient
 from shoal.controller.fleet import ConnectOptions
 from shoal.controller.monitor import FleetMonitor, clock_offset, gather_metrics, ping_fleet
 from shoal.protocol.errors import RemoteCommandError
-from tests.agents import AgentThread, config, running_agents, target_for
+from tests.agents import AgentThread, running_agents, target_for
 
 
 def _closed_port() -> str:
@@ -58,9 +58,7 @@ async def test_metrics_through_an_agent_match_psutil_here() -> None:
 async def test_metrics_refused_for_a_key_without_metrics_rights(tmp_path) -> None:
     key = write_key_file(tmp_path / "ops.key")
     policy = KeyPolicy(name="ops", file=str(tmp_path / "ops.key"), commands=("uptime",))
-    agent = Agent(config(keys=(policy,)))
-    await agent.start()
-    try:
+    async with running_agents(policies=(policy,)) as (agent,):
         client = await AgentClient.connect(target_for(agent, "h1"), key=key)
         try:
             with pytest.raises(RemoteCommandError) as info:
@@ -68,8 +66,6 @@ async def test_metrics_refused_for_a_key_without_metrics_rights(tmp_path) -> Non
         finally:
             await client.close()
         round_ = await gather_metrics([target_for(agent, "h1")], ConnectOptions(key=key))
-    finally:
-        await agent.close()
     assert info.value.code == "permission_denied"
     assert "metrics not allowed" in round_.snapshots["h1"]
     assert round_.status == 1 and not round_.unreachable

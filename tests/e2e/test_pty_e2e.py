@@ -238,6 +238,26 @@ def test_login_restores_the_terminal_when_killed(terminal: list[Terminal], agent
     assert termios.tcgetattr(t.slave) == t.modes
 
 
+def test_login_through_a_gateway_runs_a_command_and_exits_with_its_status(
+        terminal: list[Terminal], start_agents: Callable[..., AgentThread], tmp_path: Path) -> None:
+    from tests.rawpeer import audit_events
+
+    gateway_audit = tmp_path / "gateway-audit.jsonl"
+    gateway, target = start_agents(audit_log=str(gateway_audit)), start_agents()
+    t = _on_terminal(terminal, [*SHOAL, "login", "--via", gateway.addresses[0], target.addresses[0]],
+                     rows=26, cols=99)
+    t.type(b"stty size; tty; echo RE\"\"LAYED\r")
+    found = t.expect(rb"(\d+) (\d+)\r\n(/dev/pts/\d+)\r\nRELAYED\r\n")
+    assert found.group(1, 2) == (b"26", b"99")
+    t.type(b"exit 6\r")
+    assert t.wait() == 6
+    assert termios.tcgetattr(t.slave) == t.modes
+    relays = audit_events(gateway_audit, event="relay")
+    # The shell ran on the target, reached through the gateway, which ran nothing itself.
+    assert [e["destination"] for e in relays] == [target.addresses[0]], relays
+    assert not audit_events(gateway_audit, event="exec")
+
+
 def test_login_to_an_unreachable_host_says_so(capsysbinary) -> None:
     from tests.agents import closed_port
 

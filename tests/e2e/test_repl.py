@@ -341,7 +341,7 @@ def test_shell_refuses_a_command_after_double_dash(terminal: Callable[..., Termi
 
 @pytest.mark.parametrize("state_home", [True, False])
 def test_history_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, state_home: bool) -> None:
-    from shoal.controller.term.repl import history_path
+    from shoal.controller.term.lineedit import history_path
 
     monkeypatch.setenv("HOME", str(tmp_path))
     if state_home:

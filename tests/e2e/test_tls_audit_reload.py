@@ -23,14 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from shoal.agent.config import TlsConfig
-from shoal.agent.server import Agent
 from shoal.hostio.tls import client_context
 from shoal.controller import pki as pki_module
 from shoal.controller.client import AgentClient
 from shoal.controller.remote import Command
 from shoal.protocol.connection import Connection, Role
 from shoal.protocol.errors import ConfigError
-from tests.agents import config, running_agents, target_for
+from tests.agents import make_agents, running_agents, target_for
 from tests.waiting import wait_for_async
 
 @pytest.fixture(scope="module")
@@ -284,7 +283,7 @@ async def test_reload_cannot_turn_tls_off(tmp_path: Path) -> None:
 
 def test_a_reload_before_start_checks_the_tls_files(tmp_path: Path) -> None:
     certs = pki_module.init_pki(tmp_path / "pki", [])
-    agent = Agent(config(tls=agent_tls(certs)))
+    [agent] = make_agents(tls=agent_tls(certs))  # never started
     missing = TlsConfig(cert=str(tmp_path / "gone.pem"), key=str(certs["agent_key"]), ca=str(certs["ca_cert"]))
     with pytest.raises(ConfigError, match="gone.pem: no such certificate file"):
         agent.reload(agent.config.replace_from_cli(tls=missing), [])

@@ -10,14 +10,13 @@ import re
 import select
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 from shoal.agent.cli import build_parser, config_from_args
 from shoal.agent.config import TlsConfig
 from shoal.hostio.keyfile import write_key_file
-from shoal.agent.server import Agent
 from shoal.hostio.tls import client_context
 from shoal.controller.cli.main import main as shoal_main
 from shoal.controller.client import AgentClient
@@ -25,7 +24,7 @@ from shoal.controller.remote import Command
 from shoal.controller.pki import init_pki
 from shoal.protocol.errors import ConfigError, ShoalConnectionError
 from shoal.protocol.handshake import SharedKey
-from tests.agents import config, running_agents, target_for
+from tests.agents import AgentThread, make_agents, running_agents, target_for
 from tests.rawpeer import DEADLINE, connect
 from tests.programs import SHOAL, SHOAL_AGENT
 
@@ -108,30 +107,29 @@ async def test_controller_checks_the_agent_name(pki: dict[str, Path]) -> None:
             await AgentClient.connect(target_for(agent), ssl=controller_tls(pki), timeout=DEADLINE)
 
 
-def test_silent_tls_connection_is_dropped_at_the_deadline(pki: dict[str, Path]) -> None:
-    from tests.agents import AgentThread
-
-    with AgentThread(1, tls=agent_tls(pki), **{"limits.handshake_timeout": 1.0}) as t:
-        sock = connect(t.addresses[0])
-        try:
-            closed = False
-            readable, _, _ = select.select([sock], [], [], DEADLINE)
-            if readable:
-                try:
-                    closed = sock.recv(4096) == b""
-                except ConnectionResetError:
-                    closed = True
-            assert closed, "agent kept a socket that never started TLS"
-        finally:
-            sock.close()
+def test_silent_tls_connection_is_dropped_at_the_deadline(pki: dict[str, Path],
+                                                          start_agents: Callable[..., AgentThread]) -> None:
+    t = start_agents(tls=agent_tls(pki), **{"limits.handshake_timeout": 1.0})
+    sock = connect(t.addresses[0])
+    try:
+        closed = False
+        readable, _, _ = select.select([sock], [], [], DEADLINE)
+        if readable:
+            try:
+                closed = sock.recv(4096) == b""
+            except ConnectionResetError:
+                closed = True
+        assert closed, "agent kept a socket that never started TLS"
+    finally:
+        sock.close()
 
 
 def test_only_a_key_or_insecure_unlocks_listening_beyond_loopback(pki: dict[str, Path]) -> None:
     with pytest.raises(ConfigError, match="without a key"):
-        Agent(config(listen=("0.0.0.0:0",)))
+        make_agents(listen=("0.0.0.0:0",))
     with pytest.raises(ConfigError, match="without a key"):
-        Agent(config(listen=("0.0.0.0:0",), tls=agent_tls(pki)))
-    Agent(config(listen=("0.0.0.0:0",), tls=agent_tls(pki), insecure=True))  # constructed only, never bound
+        make_agents(listen=("0.0.0.0:0",), tls=agent_tls(pki))
+    make_agents(listen=("0.0.0.0:0",), tls=agent_tls(pki), insecure=True)  # constructed only, never bound
 
 
 def test_agent_tls_options_are_made_absolute_and_go_together(

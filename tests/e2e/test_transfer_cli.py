@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from shoal.controller.term.display import Display
-from shoal.controller.transfer import host_directory_name
+from shoal.controller.get import host_directory_name
 from shoal.controller.term.transferprogress import TransferProgress, format_bytes, format_duration
 from tests.agents import AgentThread, shoal, closed_port
 from tests.programs import SHOAL

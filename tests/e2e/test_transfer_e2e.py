@@ -28,11 +28,12 @@ from shoal.agent.server import Agent
 from shoal.controller.client import AgentClient
 from shoal.controller.fleet import ConnectOptions
 from shoal.controller.targets import Target
-from shoal.controller.transfer import PutOptions, PutRequest, get_file, get_fleet, put_file, put_fleet
+from shoal.controller.get import get_file, get_fleet
+from shoal.controller.put import PutOptions, PutRequest, put_file, put_fleet
 from shoal.controller.transferplan import plan_put
 from shoal.protocol.errors import RemoteCommandError
 from shoal.protocol.messages import FileData, PutFile
-from tests.agents import config, running_agents, target_for, closed_port as _closed_port
+from tests.agents import Configure, config, running_agents, target_for, closed_port as _closed_port
 from tests.waiting import wait_for, wait_for_async
 from tests.programs import SHOAL_AGENT
 
@@ -176,14 +177,9 @@ async def test_owner_kept_when_asked(tmp_path: Path) -> None:
 # -- fleets ------------------------------------------------------------------------
 
 
-async def separate_agents(tmp_path: Path, count: int) -> list[Agent]:
-    """Agents with their own state directory and audit log each."""
-    agents = []
-    for i in range(count):
-        agent = Agent(config(state_dir=str(tmp_path / f"state{i}"), audit_log=str(tmp_path / f"audit{i}.jsonl")))
-        await agent.start()
-        agents.append(agent)
-    return agents
+def separately(tmp_path: Path) -> Configure:
+    """Agent i's configuration: a state directory and an audit log of its own."""
+    return lambda i: config(state_dir=str(tmp_path / f"state{i}"), audit_log=str(tmp_path / f"audit{i}.jsonl"))
 
 
 def audit_events(path: Path, event: str) -> list[dict[str, object]]:
@@ -195,14 +191,10 @@ async def test_put_to_ten_agents_commits_on_each(tmp_path: Path) -> None:
     src = tmp_path / "payload.bin"
     digest = random_file(src, 3 * MiB + 17)
     (tmp_path / "dest").mkdir()
-    agents = await separate_agents(tmp_path, 10)
-    try:
+    async with running_agents(10, configure=separately(tmp_path)) as agents:
         targets = [target_for(a, f"node{i:02d}") for i, a in enumerate(agents)]
         plan = plan_put([str(src)], str(tmp_path / "dest") + "/", False)
         result = await put_fleet(targets, ConnectOptions(), plan, str(tmp_path / "dest") + "/")
-    finally:
-        for agent in agents:
-            await agent.close()
     assert result.status == 0 and sorted(r.host for r in result.results) == [t.name for t in targets]
     assert sha256_of(tmp_path / "dest" / "payload.bin") == digest
     for i in range(10):
@@ -310,15 +302,12 @@ async def keyed_client(tmp_path: Path, **policy: object) -> AsyncIterator[AgentC
     """An agent whose only key carries `policy`, and a client holding that key."""
     key_path = tmp_path / "files.key"
     key = write_key_file(key_path)
-    agent = Agent(config(keys=(KeyPolicy(name="files", file=str(key_path), **policy),),  # type: ignore[arg-type]
-                         state_dir=str(tmp_path / "state"), audit_log=str(tmp_path / "audit.jsonl")))
-    await agent.start()
-    try:
+    files = KeyPolicy(name="files", file=str(key_path), **policy)  # type: ignore[arg-type]
+    async with running_agents(policies=(files,), state_dir=str(tmp_path / "state"),
+                              audit_log=str(tmp_path / "audit.jsonl")) as (agent,):
         client = await AgentClient.connect(target_for(agent, "h1"), key=key)
         yield client
         await client.close()
-    finally:
-        await agent.close()
 
 
 async def test_escapes_from_file_roots_are_refused(tmp_path: Path) -> None:

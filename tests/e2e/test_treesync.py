@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 
 from shoal.agent.config import KeyPolicy
-from shoal.agent.server import Agent
 from shoal.controller.client import AgentClient
-from shoal.controller.transfer import host_directory_name
-from shoal.controller.treesync import RemoveRequest, list_remote
+from shoal.controller.get import host_directory_name
+from shoal.controller.tree import RemoveRequest, list_remote
 from shoal.hostio.keyfile import write_key_file
 from shoal.protocol.errors import RemoteCommandError
-from tests.agents import AgentThread, config, shoal, target_for
+from tests.agents import AgentThread, running_agents, shoal, target_for
 
 
 @pytest.fixture(scope="module")
@@ -189,10 +188,9 @@ async def test_delete_never_follows_a_link_out_of_the_root(tmp_path: Path) -> No
     (root / "tree" / "stale").write_bytes(b"")
     key_path = tmp_path / "files.key"
     key = write_key_file(key_path)
-    agent = Agent(config(keys=(KeyPolicy(name="files", file=str(key_path), files=True, file_roots=(str(root),)),),
-                         state_dir=str(tmp_path / "state"), audit_log=str(tmp_path / "audit.jsonl")))
-    await agent.start()
-    try:
+    files = KeyPolicy(name="files", file=str(key_path), files=True, file_roots=(str(root),))
+    async with running_agents(policies=(files,), state_dir=str(tmp_path / "state"),
+                              audit_log=str(tmp_path / "audit.jsonl")) as (agent,):
         client = await AgentClient.connect(target_for(agent, "h1"), key=key)
         tree = str(root / "tree")
         have = await list_remote(client, tree)
@@ -205,8 +203,6 @@ async def test_delete_never_follows_a_link_out_of_the_root(tmp_path: Path) -> No
             await RemoveRequest(client, str(outside), ["precious"]).wait()
         removed = await RemoveRequest(client, tree, ["escape", "stale", "missing"]).wait()
         await client.close()
-    finally:
-        await agent.close()
     assert through.value.code == "bad_path" and "is a symbolic link" in str(through.value)
     assert dotdot.value.code == "bad_path" and out_of_roots.value.code == "outside_root"
     assert removed == 2 and os.listdir(root / "tree") == []
@@ -260,8 +256,7 @@ class HoldingClient(AgentClient):
 
 async def test_tree_requests_are_limited_per_connection(tmp_path: Path) -> None:
     from shoal.agent.treeops import MAX_TREE_REQUESTS
-    from shoal.controller.treesync import ListTreeRequest
-    from tests.agents import running_agents
+    from shoal.controller.tree import ListTreeRequest
 
     (tmp_path / "t").mkdir()
     async with running_agents(1) as agents:

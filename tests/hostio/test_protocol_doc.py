@@ -64,7 +64,7 @@ def test_sources_spell_wire_codes_only_through_the_enum() -> None:
     root = Path(__file__).resolve().parents[2]
     quoted = re.compile(r'"(%s)"' % "|".join(ErrorCode))
     not_codes = ("audit.record(", '"version"')
-    paths = [*root.joinpath("agent").rglob("*.py"), *root.joinpath("protocol").glob("*.py"),
+    paths = [*root.joinpath("agent").rglob("*.py"), *root.joinpath("protocol").rglob("*.py"),
              *root.joinpath("controller").rglob("*.py")]
     for path in paths:
         if path.name in ("errors.py", "audit.py"):

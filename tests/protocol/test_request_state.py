@@ -9,6 +9,7 @@ directions, for commands and transfers.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections import deque
 from pathlib import Path
@@ -20,18 +21,22 @@ from shoal.protocol.defaults import OUTPUT_WINDOW
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from shoal.protocol.defaults import MAX_GET_WINDOW, TRANSFER_WINDOW
 from shoal.protocol.messages import (Error, Exec, Exit, FileData, FileDone, FileEnd, FileInfo, GetFile, JobAttach,
-                                     JobStarted, MessageType, MetricsReply, MetricsRequest, PutBatch, BatchDone, PutFile,
-                                     Signal, Started, Stderr, Stdin, StdinEof, Stdout, Window)
-from shoal.protocol.request import TRANSITIONS, RequestChannel, RequestKind, RequestState
+                                     JobKill, JobKilled, JobsList, JobsReply, JobStarted, ListTree, MessageType,
+                                     MetricsReply, MetricsRequest, PutBatch, BatchDone, PutFile, Removed, RemovePaths,
+                                     Signal, Started, Stderr, Stdin, StdinEof, Stdout, TreeEntries, Window)
+from shoal.protocol.request import TRANSITIONS, Key, RequestChannel, RequestKind, RequestState, When
 
 RID = 7
 BIG = 1 << 30
 _C, _A = Role.CONTROLLER, Role.AGENT
 
 _COMMAND = RequestKind.COMMAND
+# Every key a table may hold: each type, and each `When` the tables key a type's contents on.
+_KEYS: list[Key] = [*MessageType, *sorted({key for table in TRANSITIONS.values() for row in table.values()
+                                           for key in row if isinstance(key, When)}, key=lambda k: k.name)]
 
 
-def _paths(kind: RequestKind) -> dict[RequestState, list[tuple[Role, MessageType]]]:
+def _paths(kind: RequestKind) -> dict[RequestState, list[tuple[Role, Key]]]:
     """The shortest legal way into each state of `kind`'s table: (sender, type) steps from IDLE."""
     table, paths = TRANSITIONS[kind], {RequestState.IDLE: []}
     queue = deque([RequestState.IDLE])
@@ -48,7 +53,7 @@ def _paths(kind: RequestKind) -> dict[RequestState, list[tuple[Role, MessageType
 _STATES = [(kind, state) for kind in RequestKind for state in _paths(kind)]
 
 
-def _step(ch: RequestChannel, sender: Role, type_: MessageType, amount: int = 0) -> None:
+def _step(ch: RequestChannel, sender: Role, type_: Key, amount: int = 0) -> None:
     if sender is ch.our_role:
         ch.send_data(type_, amount)
     else:
@@ -75,7 +80,7 @@ def test_each_table_names_its_states_for_both_roles_and_every_state_is_reached(k
 @pytest.mark.parametrize(("kind", "state"), _STATES, ids=[f"{k.value}-{s.value}" for k, s in _STATES])
 def test_every_message_in_every_state_follows_the_table(kind: RequestKind, state: RequestState,
                                                          our_role: Role) -> None:
-    for type_, sender in itertools.product(MessageType, Role):
+    for type_, sender in itertools.product(_KEYS, Role):
         ch = channel_in(state, our_role, kind)
         after = TRANSITIONS[kind][(state, sender)].get(type_)
         if sender is our_role:
@@ -208,14 +213,22 @@ def test_a_lost_connection_ends_the_request() -> None:
     assert ch.done and not ch.can_send(MessageType.SIGNAL)
 
 
-def _doc_cell(cell: str) -> dict[MessageType, RequestState]:
+def _doc_key(name: str) -> Key:
+    """`TYPE`, or `TYPE (`field` value)` for a type keyed on what it says."""
+    said = re.fullmatch(r"(\w+) \(`(\w+)` (\w+)\)", name)
+    if said is None:
+        return MessageType[name]
+    return When(MessageType[said.group(1)], said.group(2), json.loads(said.group(3)))
+
+
+def _doc_cell(cell: str) -> dict[Key, RequestState]:
     """`A, B; C → state` as the table's row: types without an arrow keep the row's state."""
-    out: dict[MessageType, RequestState] = {}
+    out: dict[Key, RequestState] = {}
     if cell.strip() == "nothing":
         return out
     for part in re.split(r"[;,]", cell):
         name, _, after = part.strip().partition(" → ")
-        out[MessageType[name]] = RequestState(after.strip("` ")) if after else None  # type: ignore[assignment]
+        out[_doc_key(name)] = RequestState(after.strip("` ")) if after else None  # type: ignore[assignment]
     return out
 
 
@@ -370,3 +383,46 @@ def test_a_window_the_agent_sent_before_reading_file_end_may_cross_it() -> None:
     ch.send(FileEnd(RID, sha256="0" * 64))
     ch.receive(Window(RID, bytes=4))
     assert ch.state is RequestState.FINISHING and not ch.can_send(MessageType.FILE_DATA)
+
+
+# -- tree requests and jobs ------------------------------------------------------
+
+
+def test_a_listing_runs_until_the_tree_entries_that_says_done() -> None:
+    ends = _play(RequestKind.LIST, [(_C, ListTree(RID, path="/t")), (_A, TreeEntries(RID, entries=[{"path": "a"}])),
+                                    (_A, TreeEntries(RID, entries=[{"path": "b"}]))])
+    assert ends[0].state is ends[1].state is RequestState.RUNNING
+    for ch in ends:
+        (ch.receive if ch.our_role is _C else ch.send)(TreeEntries(RID, done=True))
+    assert ends[0].done and ends[1].done
+
+
+def test_a_listing_may_be_one_last_part_and_then_takes_nothing() -> None:
+    ch = RequestChannel(_C, RID, RequestKind.LIST)
+    ch.send(ListTree(RID, path="/t"))
+    ch.receive(TreeEntries(RID, entries=[{"path": "a"}], done=True))
+    with pytest.raises(RemoteProtocolError) as info:
+        ch.receive(TreeEntries(RID, entries=[{"path": "b"}]))
+    assert info.value.code == ErrorCode.OUT_OF_ORDER
+    assert "TREE_ENTRIES with done false from the agent is not legal for request 7 in state done" in str(info.value)
+
+
+def test_a_bare_tree_entries_type_says_nothing_and_is_refused() -> None:
+    """The table knows TREE_ENTRIES only by what it says: a caller must pass the message."""
+    ch = channel_in(RequestState.STARTING, _C, RequestKind.LIST)
+    with pytest.raises(RemoteProtocolError) as info:
+        ch.receive_data(MessageType.TREE_ENTRIES, 0)
+    assert info.value.code == ErrorCode.OUT_OF_ORDER
+
+
+@pytest.mark.parametrize(("kind", "opening", "reply"), [
+    (RequestKind.REMOVE, RemovePaths(RID, tree="/t", paths=["a"]), Removed(RID, count=1)),
+    (RequestKind.JOBS, JobsList(RID), JobsReply(RID, jobs=[])),
+    (RequestKind.KILL, JobKill(RID, job="j"), JobKilled(RID, job="j", processes=1)),
+], ids=["remove", "jobs", "kill"])
+def test_one_reply_requests_end_at_their_reply(kind: RequestKind, opening: object, reply: object) -> None:
+    ends = _play(kind, [(_C, opening), (_A, reply)])
+    assert ends[0].done and ends[1].done
+    with pytest.raises(RemoteProtocolError) as info:
+        ends[0].receive(reply)  # type: ignore[arg-type]
+    assert info.value.code == ErrorCode.OUT_OF_ORDER

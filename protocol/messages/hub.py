@@ -1,0 +1,74 @@
+"""A hub's local socket (issue 20): requests to agents multiplexed over one connection.
+
+A local client opens a link per agent (LINK_OPEN, by name) and sends that agent's
+messages inside LINKED frames, each link with its own request ids. Framing of the
+inner message: shoal.protocol.link; PROTOCOL.md section 7.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shoal.protocol.messageclass import field, message
+from shoal.protocol.messages.core import Message, MessageType
+
+__all__ = ["LinkOpen", "LinkOpened", "Linked", "LinkClose", "HostsList", "HostsReply", "HUB_TYPES"]
+
+
+@message
+class LinkOpen(Message):
+    """Open a link to the agent the hub knows as `host`; the request id names the link."""
+
+    TYPE = MessageType.LINK_OPEN
+    host: str = ""
+
+
+@message
+class LinkOpened(Message):
+    """The link is open: what the agent announced in its HELLO, as the hub passes it on."""
+
+    TYPE = MessageType.LINK_OPENED
+    host: str = ""
+    address: str = ""
+    software: str = ""
+    features: list[str] = field(default_factory=list)
+    max_frame: int = 0
+
+
+@message
+class Linked(Message):
+    """One message of the link's agent connection: type, request id and body (shoal.protocol.link)."""
+
+    TYPE = MessageType.LINKED
+    RAW = True
+    data: bytes = b""
+
+
+@message
+class LinkClose(Message):
+    """The link is over: the client is done with it, or the hub lost the agent (`reason`)."""
+
+    TYPE = MessageType.LINK_CLOSE
+    reason: str = ""
+
+
+@message
+class HostsList(Message):
+    """Ask the hub which agents it holds connections to."""
+
+    TYPE = MessageType.HOSTS_LIST
+
+
+@message
+class HostsReply(Message):
+    """The hub's agents, one object each (PROTOCOL.md section 7)."""
+
+    TYPE = MessageType.HOSTS_REPLY
+    hosts: list[dict[str, Any]] = field(default_factory=list)
+
+
+# Types of a hub's local socket only: never sent to an agent, never inside a link.
+HUB_TYPES = frozenset({
+    MessageType.LINK_OPEN, MessageType.LINK_OPENED, MessageType.LINKED, MessageType.LINK_CLOSE,
+    MessageType.HOSTS_LIST, MessageType.HOSTS_REPLY,
+})
