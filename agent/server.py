@@ -36,9 +36,10 @@ from shoal.agent.session import AgentSession
 from shoal.agent.sigclean import clean_child_signals
 from shoal.hostio.tasks import TaskSet
 from shoal.hostio.version import software_version
-from shoal.agent.transfer import remove_leftovers, transfer_handlers
+from shoal.agent.transfer import hold_journal, transfer_handlers
 
 if TYPE_CHECKING:
+    from shoal.hostio.atomic import JournalHold
     from shoal.agent.responder import DiscoveryResponder
 
 __all__ = ["Agent", "software_version"]
@@ -74,6 +75,7 @@ class Agent:
         self._stopped = asyncio.Event()
         self._reap_orphans = reap_orphans
         self.discovery: DiscoveryResponder | None = None  # while answering
+        self.journal: JournalHold | None = None  # from start: this agent's share of the state directory
         self.handlers = HandlerRegistry()
         self.handlers.add(transfer_handlers)
         self.handlers.add(job_handlers)
@@ -136,7 +138,7 @@ class Agent:
     async def start(self) -> None:
         """Bind every listen address; ConfigError when one cannot be bound."""
         clean_child_signals()
-        remove_leftovers(self.config.state_dir)  # temp files of transfers a killed agent left
+        self.journal = hold_journal(self.config.state_dir)  # and temp files a killed agent left
         try:
             for text in self.config.listen:
                 await self.listeners.listen(parse_listen(text))
@@ -148,6 +150,7 @@ class Agent:
                 self.discovery = await start_responder(self)
         except BaseException:
             await self._close_servers()
+            self._release_journal()
             raise
         if self._reap_orphans and proctree.enable_subreaper():
             self._loops.spawn(proctree.reap_orphans(self.running.pids), name="reaper")
@@ -180,6 +183,11 @@ class Agent:
         self.tasks.cancel_all()
         await self.tasks.wait(timeout=1)
         self.audit.close()
+        self._release_journal()
+
+    def _release_journal(self) -> None:
+        if self.journal is not None:
+            self.journal.release()
 
     async def _close_servers(self) -> None:
         self._dialing.cancel_all()

@@ -16,7 +16,7 @@ Authorization happens before any file is touched: the key's policy must allow
 files, and `resolve_path` resolves `..` and symlinks (with the request's user's
 rights when it names one) before comparing with the key's roots. Refusals are
 audited. A connection lost mid-put aborts the writer (the old file stays); the
-journal in the state directory lets `remove_leftovers` clean what a killed agent
+journal in the state directory lets `hold_journal` clean what a killed agent
 could not.
 """
 
@@ -54,7 +54,7 @@ from shoal.agent.handlers import HandlerTable
 from shoal.agent.paths import resolve_path
 from shoal.agent.transferjob import Transfer, files_as, in_thread, make_directory
 from shoal.agent.treeops import TreeJob, tree_handlers
-from shoal.hostio.atomic import AtomicWriter, Journal
+from shoal.hostio.atomic import AtomicWriter, Journal, JournalHold
 from shoal.hostio.fileerrors import FileTransferError
 from shoal.hostio.files import LOCAL_FILES, Files
 from shoal.hostio.manifest import path_below
@@ -65,7 +65,7 @@ from shoal.hostio.sink import ChunkSink
 if TYPE_CHECKING:
     from shoal.agent.session import AgentSession
 
-__all__ = ["transfer_handlers", "remove_leftovers", "MAX_TRANSFERS"]
+__all__ = ["transfer_handlers", "hold_journal", "MAX_TRANSFERS"]
 
 log = logging.getLogger("shoal.agent")
 
@@ -92,13 +92,18 @@ def transfer_handlers(session: AgentSession) -> HandlerTable:
     return table
 
 
-def remove_leftovers(state_dir: str) -> list[str]:
-    """Remove temp files of transfers a previous agent process never finished."""
+def hold_journal(state_dir: str) -> JournalHold:
+    """Take this agent's share of the transfer journal, first removing the temp files
+    of transfers a killed agent never finished when no other agent shares the directory."""
+    hold = JournalHold(state_dir)
     try:
-        return Journal(state_dir).cleanup()
+        removed = hold.acquire()
     except FileTransferError as err:
         log.warning("cannot clean unfinished transfers: %s", err)
-        return []
+        return hold
+    if removed is None:
+        log.info("another agent uses state directory %s: unfinished transfers are left to the last one", state_dir)
+    return hold
 
 
 class TransferService:

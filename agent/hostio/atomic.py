@@ -12,6 +12,7 @@ hash state: nothing here ever reads a whole file.
 from __future__ import annotations
 
 import enum
+import fcntl
 import hashlib
 import logging
 import os
@@ -26,7 +27,7 @@ from shoal.hostio.files import LOCAL_FILES, Files
 from shoal.hostio.reader import maybe_stat
 from shoal.protocol.errors import ErrorCode
 
-__all__ = ["TEMP_MARK", "process_umask", "fsync_directory", "temp_path_for", "Journal", "WriterState",
+__all__ = ["TEMP_MARK", "process_umask", "fsync_directory", "temp_path_for", "Journal", "JournalHold", "WriterState",
            "AtomicWriter"]
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,52 @@ class Journal:
     def _entry(self, temp: Path) -> Path:
         """Return the journal file for `temp`."""
         return self.directory / hashlib.sha256(os.fsencode(temp)).hexdigest()[:32]
+
+
+class JournalHold:
+    """One agent's share of its state directory's journal, held for the agent's life.
+
+    Several agents may share a state directory (two on one host with the default
+    one, or `shoal demo` beside a real agent). Each holds a shared flock on
+    `<state_dir>/transfers.lock`, and a starting agent removes leftovers only when
+    it can take that lock alone: it never removes the temp files of a transfer
+    another live agent is still writing. Leftovers of a killed agent wait until a
+    start finds no other agent running.
+    """
+
+    __slots__ = ("path", "fd")
+
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(state_dir) / (_JOURNAL_DIR + ".lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> list[str] | None:
+        """Take this agent's share, cleaning leftovers first when no other agent holds one.
+
+        Returns:
+            The temp paths removed, or None when another agent holds the directory.
+        Raises:
+            FileTransferError: the state directory or its lock cannot be made or opened.
+        """
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise map_os_error(err, self.path) from err
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(self.fd, fcntl.LOCK_SH)  # waits only while another start cleans
+            return None
+        try:
+            return Journal(self.path.parent).cleanup()
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # drops the flock
+            self.fd = None
 
 
 def _clear_entry(entry: Path) -> list[str]:

@@ -22,6 +22,7 @@ from shoal.hostio.atomic import TEMP_MARK, AtomicWriter, Journal, WriterState
 from shoal.hostio.fileerrors import FileTransferError, map_os_error
 from shoal.hostio.reader import FileReader, walk_tree
 from shoal.agent.paths import resolve_path
+from tests.agents import running_agents
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -210,6 +211,19 @@ def test_journal_cleanup_removes_the_temp_files_of_a_killed_batch(dest_dir: Path
     assert len(Journal(state_dir).cleanup()) == 3
     assert os.listdir(dest_dir / "sub") == []
     assert list(Journal(state_dir).directory.iterdir()) == []
+
+
+async def test_a_starting_agent_leaves_a_live_agents_transfer_alone(dest_dir: Path, state_dir: Path) -> None:
+    """Two agents sharing a state directory: the second start must not remove the
+    temp file of a put the first is still writing; a start with no agent left does."""
+    async with running_agents(state_dir=str(state_dir)):
+        writer = AtomicWriter.open(dest_dir / "f", journal=Journal(state_dir))  # as the first agent's put
+        writer.write(b"x" * 65536)
+        async with running_agents(state_dir=str(state_dir)):
+            assert leftovers(dest_dir) == [writer.temp.name]
+    assert leftovers(dest_dir) == [writer.temp.name]  # its writer "killed": nobody finished it
+    async with running_agents(state_dir=str(state_dir)):
+        assert leftovers(dest_dir) == []
 
 
 def test_journal_cleanup_with_no_journal_yet(state_dir: Path) -> None:
