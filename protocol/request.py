@@ -57,10 +57,10 @@ from enum import Enum
 from shoal.protocol.connection import Role
 from shoal.protocol.defaults import MAX_GET_WINDOW, OUTPUT_WINDOW, RELAY_WINDOW, TRANSFER_WINDOW
 from shoal.protocol.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
-from shoal.protocol.messages import (Exec, FileInfo, GetFile, JobAttach, Message, MessageType, PutBatch, RelayOpen,
-                                     RelayOpened, Started, Window)
+from shoal.protocol.messages import (Exec, FileInfo, GetFile, JobAttach, Message, MessageType, PutBatch, PutFile,
+                                     RelayOpen, RelayOpened, Started, Window)
 
-__all__ = ["RequestKind", "RequestState", "RequestChannel", "TRANSITIONS", "When", "Key"]
+__all__ = ["RequestKind", "RequestState", "RequestChannel", "TRANSITIONS", "OPENERS", "request_kind", "When", "Key"]
 
 
 class RequestKind(Enum):
@@ -203,6 +203,20 @@ TRANSITIONS: dict[RequestKind, Table] = {
 # The field each type keyed by `When` is looked up by (TREE_ENTRIES: `done`), from the tables.
 _SAID: dict[MessageType, str] = {key.type: key.field for table in TRANSITIONS.values() for row in table.values()
                                  for key in row if isinstance(key, When)}
+
+# The kind of request each opening message starts, from the tables' first rows
+# (a PUT_FILE with `mkdir` opens a MKDIR request instead: `request_kind`).
+OPENERS: dict[MessageType, RequestKind] = {
+    type_: kind for kind, table in TRANSITIONS.items() if kind is not RequestKind.MKDIR
+    for type_ in table[(_S.IDLE, Role.CONTROLLER)] if isinstance(type_, MessageType)}
+
+
+def request_kind(start: Message) -> RequestKind | None:
+    """The table the request `start` opens follows; None when it opens none."""
+    if isinstance(start, PutFile) and start.mkdir:
+        return RequestKind.MKDIR
+    return OPENERS.get(start.TYPE)
+
 
 _OUTPUT = frozenset({_T.STDOUT, _T.STDERR})
 _DATA = frozenset({_T.FILE_DATA, _T.RELAY_DATA})  # output from the agent, input from the controller

@@ -61,8 +61,7 @@ def _state_dir() -> str:
 
 def dialer_config(hub_address: str, name: str, **overrides: object) -> Any:
     overrides.setdefault("listen", ())
-    # Not the default /var/lib/shoal: any agent starting there (another test run on the
-    # machine) clears the transfer journal, deleting a put's temp file under our feet.
+    # Not the default /var/lib/shoal: a test run leaves nothing in the machine's own state.
     overrides.setdefault("state_dir", _state_dir())
     return config(connect=(hub_address,), name=name, log_level="error", **{**FAST_RECONNECT, **overrides})
 

@@ -4,9 +4,8 @@ The hub shares one authenticated connection per agent among all its local
 clients, so a client breaking the protocol must never reach the agent: the agent
 would close the connection, and every other client's commands on it with it. A
 `Forward` therefore checks each client frame of its request before it is sent on,
-with the same rules the agent applies: command streams (EXEC, JOB_ATTACH) and relayed streams (RELAY_OPEN) with the
-shared `RequestChannel` (its table and both windows), a put's data against the
-window the agent granted, a batch's against its size; the client's mistakes
+with the rules the agent applies: the shared `RequestChannel` of its kind (the
+table and the windows, a put's and a batch's data included); the client's mistakes
 fail the client's own connection (`shoal.controller.hub.local`).
 
 Toward the client the hub stands where the agent stands, so the channel is kept
@@ -41,17 +40,13 @@ from shoal.protocol.messages import (
     FileData,
     FileEnd,
     FileInfo,
-    GetFile,
-    JobAttach,
     Message,
     MessageType,
     PutBatch,
-    PutFile,
     RelayClose,
-    TreeEntries,
     Window,
 )
-from shoal.protocol.request import RequestChannel, RequestKind
+from shoal.protocol.request import OPENERS, RequestChannel, RequestKind, request_kind
 
 from shoal.controller.client import AgentClient
 
@@ -61,23 +56,9 @@ if TYPE_CHECKING:
 __all__ = ["Forward", "STARTS", "ABANDON_GRACE"]
 
 _T = MessageType
-# Request-starting types the hub carries, and the agent's reply that ends each one
-# that is not a command stream (an ERROR ends any of them).
-_ENDS: dict[MessageType, MessageType] = {
-    _T.METRICS_REQUEST: _T.METRICS_REPLY, _T.JOBS_LIST: _T.JOBS_REPLY, _T.JOB_KILL: _T.JOB_KILLED,
-    _T.PUT_FILE: _T.FILE_DONE, _T.GET_FILE: _T.FILE_END, _T.LIST_TREE: _T.TREE_ENTRIES,
-    _T.REMOVE_PATHS: _T.REMOVED, _T.PUT_BATCH: _T.BATCH_DONE,
-}
-# Streams the hub steps with the shared request tables, by the type that starts them.
-_CHANNELED: dict[MessageType, RequestKind] = {
-    _T.EXEC: RequestKind.COMMAND, _T.JOB_ATTACH: RequestKind.COMMAND, _T.RELAY_OPEN: RequestKind.RELAY,
-}
-STARTS = frozenset({*_CHANNELED, *_ENDS})
-# What a client may send under a request that is not a stream, by its start.
-_FOLLOWERS: dict[MessageType, frozenset[MessageType]] = {
-    _T.PUT_FILE: frozenset({_T.FILE_DATA, _T.FILE_END}), _T.GET_FILE: frozenset({_T.WINDOW}),
-    _T.PUT_BATCH: frozenset({_T.FILE_DATA}),
-}
+# Request-opening types the hub carries: every kind the shared tables know.
+STARTS = frozenset(OPENERS)
+
 # Seconds between the signals of the CANCEL an abandoned command gets: it is gone
 # within about a second, as when a direct controller's connection drops.
 ABANDON_GRACE = 0.5
@@ -95,22 +76,18 @@ class Forward:
         self.agent_rid = agent.new_request_id()
         self.kind = start.TYPE
         self.detached = isinstance(start, Exec) and start.detach
-        # Streams: the agent's own table and windows (we stand where the agent does).
-        kind = _CHANNELED.get(start.TYPE)
-        self.channel = RequestChannel(Role.AGENT, client_rid, kind) if kind is not None else None
-        self.put_credit: int | None = None  # a put's FILE_DATA window, once FILE_INFO opened it
-        self.put_ended = isinstance(start, PutFile) and start.mkdir
+        # The agent's own table and windows for this request (we stand where the agent does).
+        kind = request_kind(start)
+        assert kind is not None, start.TYPE  # the link forwards only STARTS
+        self.channel = RequestChannel(Role.AGENT, client_rid, kind)
         self.held: list[Message] | None = None  # a batch not yet whole, and its data so far
         self.abandoned = False
         self.done = False
-        if self.channel is not None:
-            self.channel.receive(start)
+        self.channel.receive(start)
         agent.requests[self.agent_rid] = self
-        if isinstance(start, PutBatch):
-            self.put_credit = sum(int(entry.get("size", 0)) for entry in start.files)
-            if 0 < self.put_credit <= MAX_BATCH_BYTES:  # else the agent answers it at once
-                self.held = [start]
-                return
+        if isinstance(start, PutBatch) and 0 < self.channel.stdin_credit <= MAX_BATCH_BYTES:
+            self.held = [start]  # (a larger one the agent refuses at once)
+            return
         self._to_agent(start)
 
     # -- from the client ---------------------------------------------------------
@@ -123,39 +100,21 @@ class Forward:
         """
         if isinstance(msg, Error):
             return self._to_agent(msg)  # only reported, as on a direct connection
-        if self.channel is not None:
-            self.channel.receive(msg)
-        elif msg.TYPE not in _FOLLOWERS.get(self.kind, frozenset()):
-            raise RemoteProtocolError(f"{msg.TYPE.name} is not legal for a {self.kind.name} request "
-                                      f"({self.client_rid})", ErrorCode.OUT_OF_ORDER)
-        elif isinstance(msg, FileData):
-            self._check_put_data(len(msg.data))
-            if self.held is not None:
-                return self._hold(msg)
-        elif isinstance(msg, FileEnd):
-            if self.put_credit is None or self.put_ended:
-                raise RemoteProtocolError(f"FILE_END out of order for request {self.client_rid}", ErrorCode.OUT_OF_ORDER)
-            self.put_ended = True
+        self.channel.receive(msg)
+        if self.held is not None and isinstance(msg, FileData):
+            return self._hold(msg)
         self._to_agent(msg)
-        if self.channel is not None and self.channel.done:
+        if self.channel.done:
             self._finish()  # the client closed its relayed stream: nothing more comes
 
     def _hold(self, data: FileData) -> None:
         """Keep a batch's data until the batch is whole, then send it all."""
         assert self.held is not None
         self.held.append(data)
-        if self.put_credit == 0:
+        if self.channel.stdin_credit == 0:
             held, self.held = self.held, None
             for msg in held:
                 self._to_agent(msg)
-
-    def _check_put_data(self, size: int) -> None:
-        if self.put_credit is None or self.put_ended:
-            raise RemoteProtocolError(f"FILE_DATA out of order for request {self.client_rid}", ErrorCode.OUT_OF_ORDER)
-        if size > self.put_credit:
-            raise RemoteProtocolError(f"put data of request {self.client_rid} overran its window",
-                                      ErrorCode.WINDOW_EXCEEDED)
-        self.put_credit -= size
 
     def _to_agent(self, msg: Message) -> None:
         self.agent.send(replace(msg, request_id=self.agent_rid))
@@ -163,38 +122,17 @@ class Forward:
     # -- from the agent (AgentClient.dispatch) -----------------------------------
 
     def receive(self, msg: Message) -> None:
-        if self.channel is not None:
-            try:
-                self.channel.send(msg)
-            except LocalProtocolError as exc:  # the agent broke its own request: as a direct client would
-                self.agent.protocol_violation(f"agent broke request {self.agent_rid}: {exc}", exc.code)
-                return
-        else:
-            self._track_transfer(msg)
-        ends = self._ends(msg)
+        try:
+            self.channel.send(msg)
+        except LocalProtocolError as exc:  # the agent broke its own request: as a direct client would
+            self.agent.protocol_violation(f"agent broke request {self.agent_rid}: {exc}", exc.code)
+            return
         if self.abandoned:
             self._drain(msg)
         else:
             self.link.to_client(replace(msg, request_id=self.client_rid))
-        if ends:
+        if self.channel.done:
             self._finish()
-
-    def _track_transfer(self, msg: Message) -> None:
-        if isinstance(msg, FileInfo) and self.kind is _T.PUT_FILE:
-            self.put_credit = msg.window
-            if self.abandoned:
-                self._end_put()
-        elif isinstance(msg, Window) and self.put_credit is not None:
-            self.put_credit += msg.bytes
-
-    def _ends(self, msg: Message) -> bool:
-        if self.channel is not None:
-            return self.channel.done
-        if isinstance(msg, Error):
-            return True
-        if isinstance(msg, TreeEntries):
-            return msg.done
-        return _ENDS.get(self.kind) is msg.TYPE
 
     def lost(self, reason: str, code: str = "") -> None:
         """The agent's connection is gone; the link says so to the client (`Link.agent_lost`)."""
@@ -216,28 +154,27 @@ class Forward:
         self.abandoned = True
         if self.kind is _T.EXEC and not self.detached:
             self._as_client(Cancel(self.client_rid, grace=ABANDON_GRACE))
-        if self.kind is _T.PUT_FILE and self.put_credit is not None:
-            self._end_put()
+        self._end_put()  # an upload whose FILE_INFO is still to come is ended when it comes (`_drain`)
         if self.kind is _T.RELAY_OPEN:
             self._as_client(RelayClose(self.client_rid, reason="the client went away"))
-        if self.held is not None or self.channel is not None and self.channel.done:
+        if self.held is not None or self.channel.done:
             self._finish()  # a batch the agent never saw, a stream closed: the agent owes nothing
 
     def _end_put(self) -> None:
-        if not self.put_ended:
-            self.put_ended = True
-            self._to_agent(FileEnd(self.client_rid, sha256=_NO_DIGEST))
+        if self.channel.kind is RequestKind.PUT:
+            self._as_client(FileEnd(self.client_rid, sha256=_NO_DIGEST))
 
     def _drain(self, msg: Message) -> None:
         """Grant back what an abandoned stream sent, so the agent can reach its end."""
-        if msg.TYPE in (_T.STDOUT, _T.STDERR, _T.FILE_DATA) and len(msg.data) > 0:  # type: ignore[attr-defined]
+        if isinstance(msg, FileInfo):
+            self._end_put()
+        elif msg.TYPE in (_T.STDOUT, _T.STDERR, _T.FILE_DATA) and len(msg.data) > 0:  # type: ignore[attr-defined]
             self._as_client(Window(self.client_rid, bytes=len(msg.data)))  # type: ignore[attr-defined]
 
     def _as_client(self, msg: Message) -> None:
         """Send `msg` in the absent client's place, if the request's state allows it."""
-        if self.channel is not None:
-            try:
-                self.channel.receive(msg)
-            except RemoteProtocolError:
-                return  # the request is past the point where this means anything
+        try:
+            self.channel.receive(msg)
+        except RemoteProtocolError:
+            return  # the request is past the point where this means anything
         self._to_agent(msg)

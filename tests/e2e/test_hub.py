@@ -22,7 +22,9 @@ from shoal.controller.remote import Command
 from shoal.controller.result import Result
 from shoal.controller.targets import Target
 from shoal.hostio.backoff import Backoff
+from shoal.hostio.atomic import TEMP_MARK
 from shoal.protocol.errors import ShoalConnectionError
+from shoal.protocol.messages import FileData, ListTree, MetricsRequest, PutFile, Stdin
 from tests.debris import tokens_of, marked
 from tests.waiting import wait_for_async
 from tests.hubs import FAST_RECONNECT, close_all, dial_in, new_key, running_hub
@@ -91,6 +93,45 @@ async def test_output_stdin_ping_and_metrics_pass_through_a_link(tmp_path: Path)
                 assert [(h["name"], h["kind"]) for h in hosts] == [("db1", "dialin")]
             finally:
                 await hub_conn.close()
+        finally:
+            await close_all(agents)
+
+
+# A request the client opens, a frame its table refuses there, and the code it is refused with.
+BROKEN_TABLES = {
+    "metrics": (lambda dest: MetricsRequest(7), Stdin(7, data=b"x"), "out_of_order"),  # one reply, nothing more
+    "listing": (lambda dest: ListTree(7, path=dest), FileData(7, data=b"x"), "out_of_order"),
+    "put": (lambda dest: PutFile(7, path=dest, size=1), FileData(7, data=b"xy"), "window_exceeded"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_TABLES)
+async def test_a_client_breaking_a_requests_table_loses_its_own_connection_not_the_agents(
+        tmp_path: Path, case: str) -> None:
+    start, stray, code = BROKEN_TABLES[case]
+    dest = tmp_path / "dest"
+    key, _ = new_key(tmp_path)
+    async with running_hub(tmp_path / "hub.sock", key) as hub:
+        agents = await dial_in(hub, ["db1"], key)
+        try:
+            agent_side = hub.registry.get("db1")
+            assert agent_side is not None
+            bad = await HubConnection.connect(str(tmp_path / "hub.sock"))
+            link = await bad.link(named("db1"))
+            link.send(start(str(dest)))
+            link.send(stray)
+            await wait_for_async(lambda: bad.closed, what="the hub to close the client that broke the table")
+            assert f"hub error {code}" in (bad.close_reason or "")
+            good = await HubConnection.connect(str(tmp_path / "hub.sock"))
+            try:
+                proc = await (await good.link(named("db1"))).exec(Command(shell="echo still here"))
+                assert b"".join([event.data async for event in proc]) == b"still here\n"
+            finally:
+                await good.close()
+            assert hub.registry.get("db1") is agent_side and not agent_side.client.closed
+            await wait_for_async(lambda: not any(TEMP_MARK in n for n in os.listdir(tmp_path)),
+                                 what="the abandoned put's temp file to go")
+            assert not dest.exists()
         finally:
             await close_all(agents)
 
