@@ -27,6 +27,7 @@ import pytest
 
 from tests.agents import AgentThread
 from tests.debris import marked, marker_of
+from tests.hubs import HubThread, new_key
 from tests.programs import SHOAL, SHOAL_AGENT
 from tests.waiting import wait_for
 
@@ -331,6 +332,22 @@ def test_a_killed_agent_is_reported_once_and_comes_back(terminal: Callable[..., 
     finally:
         agent.kill()
         agent.wait()
+
+
+def test_the_shell_through_a_hub_runs_lines_on_agents_by_name(terminal: Callable[..., Terminal], tmp_path: Path) -> None:
+    key, _ = new_key(tmp_path)
+    with HubThread(tmp_path, ["web1", "web2"], key) as hub:
+        term = terminal("shell", "web[1-2]", "--hub", str(hub.socket))
+        term.expect(b"connected to 2 of 2 hosts")
+        term.expect(PROMPT)
+        shown = term.line("echo $SHOAL_HOST-here; exit 3")
+        assert hosts_said(shown, ["web1", "web2"], "web1-here") == {"web1"}
+        assert hosts_said(shown, ["web1", "web2"], "web2-here") == {"web2"}
+        assert b"shoal [2 hosts, 2 failed]> " in shown
+        shown = term.line(":hosts")
+        assert shown.count(b" connected") == 2
+        term.send(":quit\r")
+        assert term.finish() == 0
 
 
 def test_shell_refuses_a_command_after_double_dash(terminal: Callable[..., Terminal]) -> None:
