@@ -102,7 +102,7 @@ def hold_journal(state_dir: str) -> JournalHold:
         log.warning("cannot clean unfinished transfers: %s", err)
         return hold
     if removed is None:
-        log.info("another agent uses state directory %s: unfinished transfers are left to the last one", state_dir)
+        log.debug("another agent uses state directory %s: unfinished transfers are left to the last one", state_dir)
     return hold
 
 
