@@ -120,7 +120,8 @@ class AgentClient(FrameDriver):
         self._closed_event = asyncio.Event()
         self._keepalive = keepalive
         self._pinger: asyncio.TimerHandle | None = None
-        self._pongs: dict[float, asyncio.Future[tuple[Pong, float]]] = {}
+        # t0 of each PING in flight -> what its PONG (or the lost connection's error) goes to
+        self._pongs: dict[float, Callable[[Pong | ShoalConnectionError], None]] = {}
         self._tls = False
         self._recv_view: memoryview | None = None
         self._first_bytes = b""
@@ -213,9 +214,9 @@ class AgentClient(FrameDriver):
                 self._pinger = asyncio.get_running_loop().call_later(self._keepalive, self._keepalive_tick)
             return
         if isinstance(event, Pong):
-            fut = self._pongs.pop(event.t0, None)
-            if fut is not None and not fut.done():
-                fut.set_result((event, time.time()))
+            answer = self._pongs.pop(event.t0, None)
+            if answer is not None:
+                answer(event)
             return
         if isinstance(event, Goodbye):
             self.close_reason = f"agent closed the connection: {event.reason}"
@@ -327,24 +328,38 @@ class AgentClient(FrameDriver):
 
     async def ping(self) -> tuple[Pong, float, float]:
         """Round trip a PING: (pong, t0 local send, t3 local receive), epoch seconds."""
-        t0, fut = self.send_ping()
-        pong, t3 = await fut
+        reply: asyncio.Future[tuple[Pong, float]] = asyncio.get_running_loop().create_future()
+
+        def answer(pong: Pong | ShoalConnectionError) -> None:
+            if reply.done():
+                return
+            if isinstance(pong, Pong):
+                reply.set_result((pong, time.time()))
+            else:
+                reply.set_exception(pong)
+                reply.exception()  # retrieved: the awaiting caller raises it, or was cancelled
+
+        t0 = self.send_ping(answer)
+        pong, t3 = await reply
         return pong, t0, t3
 
-    def send_ping(self) -> tuple[float, asyncio.Future[tuple[Pong, float]]]:
-        """Send a PING now: its t0, and the future of (pong, t3) that `ping` awaits.
+    def send_ping(self, answer: Callable[[Pong | ShoalConnectionError], None], t0: float | None = None) -> float:
+        """Send a PING now (with `t0`, default the clock, moved on while another PING
+        in flight has it) and return its t0. `answer` is called once, straight from
+        the dispatch: with the agent's PONG, or with the error when the connection is
+        lost first. A callback, not a future: a hub forwarding a client's ping round
+        to thousands of agents then pays no future and no extra turn of the loop each.
 
-        Raises ShoalConnectionError when the connection is closed.
+        Raises ShoalConnectionError when the connection is closed (`answer` is then never called).
         """
-        t0 = time.time()
+        t0 = time.time() if t0 is None else t0
         while t0 in self._pongs:
             t0 = t0 + 1e-6
-        fut: asyncio.Future[tuple[Pong, float]] = asyncio.get_running_loop().create_future()
-        self._pongs[t0] = fut
         self.send(Ping(0, t0=t0))
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
-        return t0, fut
+        self._pongs[t0] = answer
+        return t0
 
     def _keepalive_tick(self) -> None:
         """Every keepalive interval: ping when quiet; declare the agent lost after three
@@ -389,11 +404,9 @@ class AgentClient(FrameDriver):
         for req in list(self.requests.values()):
             req.lost(self.close_reason or "connection lost")
         self.requests.clear()
-        for fut in self._pongs.values():
-            if not fut.done():
-                fut.set_exception(ShoalConnectionError(self.name, self.close_reason or "connection lost"))
-                fut.exception()
-        self._pongs.clear()
+        pongs, self._pongs = self._pongs, {}
+        for answer in pongs.values():
+            answer(ShoalConnectionError(self.name, self.close_reason or "connection lost"))
         if self.transport is not None:
             self.transport.close()
 
