@@ -19,7 +19,8 @@ import logging
 import ssl as ssl_module
 import time
 from dataclasses import field
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from shoal.protocol.defaults import DATA_CHUNK, OUTPUT_WINDOW
@@ -57,7 +58,7 @@ from shoal.controller.outcome import Outcome
 from shoal.controller.remote import Command, RemoteProcess, required_features
 from shoal.controller.targets import Target
 
-__all__ = ["AgentClient"]
+__all__ = ["AgentClient", "PingResult", "ping_all"]
 
 log = logging.getLogger("shoal.controller")
 
@@ -68,6 +69,8 @@ PEEK_BYTES = 64
 # Error codes meaning the first bytes were not shoal frames at all (as opposed to an
 # agent's ERROR, or a HELLO of another protocol version).
 _NOT_FRAMES = frozenset({ErrorCode.BAD_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCode.UNKNOWN_TYPE, ErrorCode.BAD_MESSAGE})
+# One client's answer in a ping round: (pong, t0 local send, t3 local receive), epoch seconds.
+PingResult = tuple[Pong, float, float]
 
 
 class _ReplyCall:
@@ -326,22 +329,15 @@ class AgentClient(FrameDriver):
         finally:
             self.requests.pop(rid, None)
 
-    async def ping(self) -> tuple[Pong, float, float]:
-        """Round trip a PING: (pong, t0 local send, t3 local receive), epoch seconds."""
-        reply: asyncio.Future[tuple[Pong, float]] = asyncio.get_running_loop().create_future()
+    async def ping(self) -> PingResult:
+        """Round trip a PING: (pong, t0 local send, t3 local receive), epoch seconds.
 
-        def answer(pong: Pong | ShoalConnectionError) -> None:
-            if reply.done():
-                return
-            if isinstance(pong, Pong):
-                reply.set_result((pong, time.time()))
-            else:
-                reply.set_exception(pong)
-                reply.exception()  # retrieved: the awaiting caller raises it, or was cancelled
-
-        t0 = self.send_ping(answer)
-        pong, t3 = await reply
-        return pong, t0, t3
+        Raises ShoalConnectionError when the connection is closed or lost first.
+        """
+        (result,) = await ping_all([self])
+        if isinstance(result, ShoalConnectionError):
+            raise result
+        return result
 
     def send_ping(self, answer: Callable[[Pong | ShoalConnectionError], None], t0: float | None = None) -> float:
         """Send a PING now (with `t0`, default the clock, moved on while another PING
@@ -442,3 +438,33 @@ class AgentClient(FrameDriver):
         else:
             self._closed_event.set()
         await self._closed_event.wait()
+
+
+async def ping_all(clients: Sequence[AgentClient]) -> list[PingResult | ShoalConnectionError]:
+    """PING every client at once and wait for every answer: each client's PingResult,
+    or the error that ended its connection first, in the order of `clients`.
+
+    One future for the whole round, not a task and a future per client: a round to
+    thousands of agents (through a hub, above all) costs a callback per agent.
+    """
+    results: list[PingResult | ShoalConnectionError | None] = [None] * len(clients)
+    sent = [0.0] * len(clients)
+    waiting = len(clients)
+    everyone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def answer(i: int, pong: Pong | ShoalConnectionError) -> None:
+        nonlocal waiting
+        results[i] = (pong, sent[i], time.time()) if isinstance(pong, Pong) else pong
+        waiting -= 1
+        if waiting == 0 and not everyone.done():
+            everyone.set_result(None)
+
+    for i, client in enumerate(clients):
+        try:
+            sent[i] = client.send_ping(partial(answer, i))
+        except ShoalConnectionError as exc:
+            results[i] = exc
+            waiting -= 1
+    if waiting:
+        await everyone
+    return [r for r in results if r is not None]

@@ -119,11 +119,12 @@ async def hub_count(sock: Path) -> int:
 
 async def ping_rounds(sock: Path, names: list[str], port: int, rounds: int) -> tuple[float, float]:
     """Median ping round over hub links and over direct connections, all opened beforehand."""
-    from shoal.controller.client import AgentClient
+    from shoal.controller.client import AgentClient, ping_all
     from shoal.controller.fanout import fan_out
     from shoal.controller.hub.client import HubConnection
     from shoal.controller.targets import Target
     from shoal.hostio.keyfile import load_key_file
+    from shoal.protocol.errors import ShoalError
 
     key = load_key_file(os.environ["BENCH_KEY"])
     conn = await HubConnection.connect(str(sock))
@@ -133,7 +134,8 @@ async def ping_rounds(sock: Path, names: list[str], port: int, rounds: int) -> t
 
     async def round_over(clients: list[AgentClient]) -> float:
         start = time.perf_counter()
-        await asyncio.gather(*(c.ping() for c in clients))
+        results = await ping_all(clients)
+        assert not any(isinstance(r, ShoalError) for r in results)
         return time.perf_counter() - start
 
     try:
