@@ -340,17 +340,18 @@ class AgentClient(FrameDriver):
         return result
 
     def send_ping(self, answer: Callable[[Pong | ShoalConnectionError], None], t0: float | None = None) -> float:
-        """Send a PING now (with `t0`, default the clock, moved on while another PING
-        in flight has it) and return its t0. `answer` is called once, straight from
+        """Send a PING now (with `t0`, or the clock when it is not given or another
+        PING in flight has it) and return the t0 sent. `answer` is called once, straight from
         the dispatch: with the agent's PONG, or with the error when the connection is
         lost first. A callback, not a future: a hub forwarding a client's ping round
         to thousands of agents then pays no future and no extra turn of the loop each.
 
         Raises ShoalConnectionError when the connection is closed (`answer` is then never called).
         """
-        t0 = time.time() if t0 is None else t0
-        while t0 in self._pongs:
-            t0 = t0 + 1e-6
+        if t0 is None or t0 in self._pongs:
+            t0 = time.time()  # finite and ours: moving it on always ends (not so a peer's 1e300)
+            while t0 in self._pongs:
+                t0 = t0 + 1e-6
         self.send(Ping(0, t0=t0))
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")

@@ -112,7 +112,7 @@ class Link:
     def _ping(self, t0: float) -> None:
         """Ping the agent for the client with the client's own t0, answering when its
         PONG comes: no task or future per ping, and the agent's PONG goes back as it
-        is unless its t0 had to move (another PING in flight on the agent had it)."""
+        is unless its t0 had to change (another PING in flight on the agent had it)."""
         try:
             self.agent.client.send_ping(partial(self._ponged, t0), t0)
         except ShoalError:

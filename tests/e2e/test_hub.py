@@ -115,6 +115,12 @@ async def test_a_ping_round_answers_every_link_and_names_the_one_that_is_gone(tm
                     pong, t0, t3 = result
                     assert pong.t0 == t0 <= t3 and pong.version.startswith("shoal-agent/")
                 assert results[0][1] != results[3][1]  # type: ignore[index]  # each its own PING
+                # Two links to one agent, the same t0 in flight on both: each gets its own back.
+                answers: list[object] = []
+                for link in (links[0], second):
+                    assert link.send_ping(answers.append, 1e300) == 1e300
+                await wait_for_async(lambda: len(answers) == 2)
+                assert [a.t0 for a in answers] == [1e300, 1e300]  # type: ignore[attr-defined]
             finally:
                 await hub_conn.close()
         finally:
