@@ -19,7 +19,8 @@ import logging
 import ssl as ssl_module
 import time
 from dataclasses import field
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from shoal.protocol.defaults import DATA_CHUNK, OUTPUT_WINDOW
@@ -57,7 +58,7 @@ from shoal.controller.outcome import Outcome
 from shoal.controller.remote import Command, RemoteProcess, required_features
 from shoal.controller.targets import Target
 
-__all__ = ["AgentClient"]
+__all__ = ["AgentClient", "PingResult", "ping_all"]
 
 log = logging.getLogger("shoal.controller")
 
@@ -68,6 +69,8 @@ PEEK_BYTES = 64
 # Error codes meaning the first bytes were not shoal frames at all (as opposed to an
 # agent's ERROR, or a HELLO of another protocol version).
 _NOT_FRAMES = frozenset({ErrorCode.BAD_FRAME, ErrorCode.FRAME_TOO_LARGE, ErrorCode.UNKNOWN_TYPE, ErrorCode.BAD_MESSAGE})
+# One client's answer in a ping round: (pong, t0 local send, t3 local receive), epoch seconds.
+PingResult = tuple[Pong, float, float]
 
 
 class _ReplyCall:
@@ -120,7 +123,8 @@ class AgentClient(FrameDriver):
         self._closed_event = asyncio.Event()
         self._keepalive = keepalive
         self._pinger: asyncio.TimerHandle | None = None
-        self._pongs: dict[float, asyncio.Future[tuple[Pong, float]]] = {}
+        # t0 of each PING in flight -> what its PONG (or the lost connection's error) goes to
+        self._pongs: dict[float, Callable[[Pong | ShoalConnectionError], None]] = {}
         self._tls = False
         self._recv_view: memoryview | None = None
         self._first_bytes = b""
@@ -213,9 +217,9 @@ class AgentClient(FrameDriver):
                 self._pinger = asyncio.get_running_loop().call_later(self._keepalive, self._keepalive_tick)
             return
         if isinstance(event, Pong):
-            fut = self._pongs.pop(event.t0, None)
-            if fut is not None and not fut.done():
-                fut.set_result((event, time.time()))
+            answer = self._pongs.pop(event.t0, None)
+            if answer is not None:
+                answer(event)
             return
         if isinstance(event, Goodbye):
             self.close_reason = f"agent closed the connection: {event.reason}"
@@ -325,26 +329,34 @@ class AgentClient(FrameDriver):
         finally:
             self.requests.pop(rid, None)
 
-    async def ping(self) -> tuple[Pong, float, float]:
-        """Round trip a PING: (pong, t0 local send, t3 local receive), epoch seconds."""
-        t0, fut = self.send_ping()
-        pong, t3 = await fut
-        return pong, t0, t3
+    async def ping(self) -> PingResult:
+        """Round trip a PING: (pong, t0 local send, t3 local receive), epoch seconds.
 
-    def send_ping(self) -> tuple[float, asyncio.Future[tuple[Pong, float]]]:
-        """Send a PING now: its t0, and the future of (pong, t3) that `ping` awaits.
-
-        Raises ShoalConnectionError when the connection is closed.
+        Raises ShoalConnectionError when the connection is closed or lost first.
         """
-        t0 = time.time()
-        while t0 in self._pongs:
-            t0 = t0 + 1e-6
-        fut: asyncio.Future[tuple[Pong, float]] = asyncio.get_running_loop().create_future()
-        self._pongs[t0] = fut
+        (result,) = await ping_all([self])
+        if isinstance(result, ShoalConnectionError):
+            raise result
+        return result
+
+    def send_ping(self, answer: Callable[[Pong | ShoalConnectionError], None], t0: float | None = None) -> float:
+        """Send a PING now (with `t0`, or the clock when it is not given or another
+        PING in flight has it) and return the t0 sent. `answer` is called once, straight from
+        the dispatch: with the agent's PONG, or with the error when the connection is
+        lost first. A callback, not a future: a hub forwarding a client's ping round
+        to thousands of agents then pays no future and no extra turn of the loop each.
+
+        Raises ShoalConnectionError when the connection is closed (`answer` is then never called).
+        """
+        if t0 is None or t0 in self._pongs:
+            t0 = time.time()  # finite and ours: moving it on always ends (not so a peer's 1e300)
+            while t0 in self._pongs:
+                t0 = t0 + 1e-6
         self.send(Ping(0, t0=t0))
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
-        return t0, fut
+        self._pongs[t0] = answer
+        return t0
 
     def _keepalive_tick(self) -> None:
         """Every keepalive interval: ping when quiet; declare the agent lost after three
@@ -389,11 +401,9 @@ class AgentClient(FrameDriver):
         for req in list(self.requests.values()):
             req.lost(self.close_reason or "connection lost")
         self.requests.clear()
-        for fut in self._pongs.values():
-            if not fut.done():
-                fut.set_exception(ShoalConnectionError(self.name, self.close_reason or "connection lost"))
-                fut.exception()
-        self._pongs.clear()
+        pongs, self._pongs = self._pongs, {}
+        for answer in pongs.values():
+            answer(ShoalConnectionError(self.name, self.close_reason or "connection lost"))
         if self.transport is not None:
             self.transport.close()
 
@@ -429,3 +439,33 @@ class AgentClient(FrameDriver):
         else:
             self._closed_event.set()
         await self._closed_event.wait()
+
+
+async def ping_all(clients: Sequence[AgentClient]) -> list[PingResult | ShoalConnectionError]:
+    """PING every client at once and wait for every answer: each client's PingResult,
+    or the error that ended its connection first, in the order of `clients`.
+
+    One future for the whole round, not a task and a future per client: a round to
+    thousands of agents (through a hub, above all) costs a callback per agent.
+    """
+    results: list[PingResult | ShoalConnectionError | None] = [None] * len(clients)
+    sent = [0.0] * len(clients)
+    waiting = len(clients)
+    everyone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def answer(i: int, pong: Pong | ShoalConnectionError) -> None:
+        nonlocal waiting
+        results[i] = (pong, sent[i], time.time()) if isinstance(pong, Pong) else pong
+        waiting -= 1
+        if waiting == 0 and not everyone.done():
+            everyone.set_result(None)
+
+    for i, client in enumerate(clients):
+        try:
+            sent[i] = client.send_ping(partial(answer, i))
+        except ShoalConnectionError as exc:
+            results[i] = exc
+            waiting -= 1
+    if waiting:
+        await everyone
+    return [r for r in results if r is not None]

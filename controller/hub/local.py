@@ -22,12 +22,14 @@ import logging
 import os
 import socket
 import struct
+from functools import partial
 from typing import TYPE_CHECKING
 
 from shoal.protocol.connection import Connection, HandshakeComplete, Role
 from shoal.protocol.errors import AuthError, ErrorCode, ProtocolError, RemoteProtocolError, ShoalError
 from shoal.protocol.frames import MAX_FRAME_SIZE_CEILING
 from shoal.protocol.link import HUB_FEATURE, INNER_HEAD, inner_message, link_message
+from shoal.protocol.messageclass import replace
 from shoal.protocol.messages import (
     Error,
     Goodbye,
@@ -108,19 +110,18 @@ class Link:
             self.session.hub.request_started()
 
     def _ping(self, t0: float) -> None:
-        """Ping the agent for the client, answering when its PONG comes (no task per ping:
-        a client pinging thousands of links at once costs a callback each)."""
+        """Ping the agent for the client with the client's own t0, answering when its
+        PONG comes: no task or future per ping, and the agent's PONG goes back as it
+        is unless its t0 had to change (another PING in flight on the agent had it)."""
         try:
-            _, reply = self.agent.client.send_ping()
+            self.agent.client.send_ping(partial(self._ponged, t0), t0)
         except ShoalError:
             return  # the agent is gone: the link closes with the reason
-        reply.add_done_callback(lambda done: self._ponged(t0, done))
 
-    def _ponged(self, t0: float, reply: asyncio.Future[tuple[Pong, float]]) -> None:
-        if reply.cancelled() or reply.exception() is not None:
+    def _ponged(self, t0: float, pong: Pong | ShoalError) -> None:
+        if not isinstance(pong, Pong):
             return  # the agent is gone: the link closes with the reason
-        pong, _ = reply.result()
-        self.to_client(Pong(0, t0=t0, t1=pong.t1, t2=pong.t2, version=pong.version))
+        self.to_client(pong if pong.t0 == t0 else replace(pong, t0=t0))
 
     def to_client(self, msg: Message) -> None:
         if self.open:

@@ -13,7 +13,8 @@ address as its name, so the same agents are reached directly and through the hub
    direct `shoal ping` of all of them (a connect and handshake each; goal: under 3 s);
 3. one ping round to every agent over the hub's warm connections (links already
    open), against the same round over direct connections already open
-   (goal: under 0.2 s, 40 us per host);
+   (goal: under 0.2 s, 40 us per host); beside it the CPU per host the hub and this
+   client spend in it, against this client's in the direct round;
 4. `shoal run --hub NAME -- true` on one host, the whole process, against a direct
    `shoal run ADDRESS -- true` (goal: at most a quarter), both as the installed
    command starts (controller/cli/entry.py); beside them the floor, `python -c pass`
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
@@ -117,33 +119,48 @@ async def hub_count(sock: Path) -> int:
         await conn.close()
 
 
-async def ping_rounds(sock: Path, names: list[str], port: int, rounds: int) -> tuple[float, float]:
+class RoundFigures(NamedTuple):
+    """Medians of the ping rounds: wall seconds, and CPU seconds of the hub and of this client."""
+
+    via_hub: float
+    straight: float
+    hub_cpu: float
+    client_cpu_via_hub: float
+    client_cpu_straight: float
+
+
+async def ping_rounds(sock: Path, names: list[str], port: int, rounds: int, hub_pid: int) -> RoundFigures:
     """Median ping round over hub links and over direct connections, all opened beforehand."""
-    from shoal.controller.client import AgentClient
+    from shoal.controller.client import AgentClient, ping_all
     from shoal.controller.fanout import fan_out
     from shoal.controller.hub.client import HubConnection
     from shoal.controller.targets import Target
     from shoal.hostio.keyfile import load_key_file
+    from shoal.protocol.errors import ShoalError
 
     key = load_key_file(os.environ["BENCH_KEY"])
     conn = await HubConnection.connect(str(sock))
     links = await fan_out([Target(name=n, host=n, port=1) for n in names], conn.link, limit=512)
     direct = await fan_out([Target(name=n, host=n, port=port) for n in names],
                            lambda t: AgentClient.connect(t, key=key, timeout=60), limit=256)
+    hub = psutil.Process(hub_pid)
 
-    async def round_over(clients: list[AgentClient]) -> float:
-        start = time.perf_counter()
-        await asyncio.gather(*(c.ping() for c in clients))
-        return time.perf_counter() - start
+    async def round_over(clients: list[AgentClient]) -> tuple[float, float, float]:
+        hub_cpu, own_cpu, start = sum(hub.cpu_times()[:2]), time.process_time(), time.perf_counter()
+        results = await ping_all(clients)
+        wall = time.perf_counter() - start
+        assert not any(isinstance(r, ShoalError) for r in results)
+        return wall, sum(hub.cpu_times()[:2]) - hub_cpu, time.process_time() - own_cpu
 
     try:
-        via_hub = statistics.median([await round_over(links) for _ in range(rounds)])  # type: ignore[arg-type]
-        straight = statistics.median([await round_over(direct) for _ in range(rounds)])
+        via_hub = [await round_over(links) for _ in range(rounds)]  # type: ignore[arg-type]
+        straight = [await round_over(direct) for _ in range(rounds)]
     finally:
         await asyncio.gather(*(c.close() for c in direct))
         await conn.close()
-    return via_hub, straight
-
+    return RoundFigures(statistics.median(r[0] for r in via_hub), statistics.median(r[0] for r in straight),
+                        statistics.median(r[1] for r in via_hub), statistics.median(r[2] for r in via_hub),
+                        statistics.median(r[2] for r in straight))
 
 
 def main() -> None:
@@ -200,7 +217,7 @@ def main() -> None:
         ping_direct = statistics.median(
             timed([*SHOAL, "ping", "--key-file", str(key_file), "-f", "1024", "--connect-timeout", "60",
                    direct_spec])[0] for _ in range(1))
-        via_hub, straight = asyncio.run(ping_rounds(sock, names, port, args.rounds))
+        ping = asyncio.run(ping_rounds(sock, names, port, args.rounds, hub.pid))
         # The installed command's path (entry.py), the same for both; interleaved, with the
         # floor any Python process pays on this machine.
         one = {"hub": [*ENTRY, "run", "-n", "--hub", str(sock), names[0], "--", "true"],
@@ -228,8 +245,16 @@ def main() -> None:
          hub_rss / hub_rss_empty, width=52, note="goal < 500 MB; baseline: the same hub holding none")
     line(f"{n} agents dial in and authenticate, cold", f"{dial_in:.2f} s", f"{ping_direct:.2f} s",
          dial_in / ping_direct, width=52, note="goal < 3 s; baseline: direct shoal ping of all (connect+auth)")
-    line(f"ping round to {n}, warm, through the hub", f"{via_hub:.3f} s", f"{straight:.3f} s", via_hub / straight,
-         width=52, note=f"goal < 0.2 s ({via_hub / n * 1e6:.0f} us/host); baseline: same round on open direct connections")
+    line(f"ping round to {n}, warm, through the hub", f"{ping.via_hub:.3f} s", f"{ping.straight:.3f} s",
+         ping.via_hub / ping.straight, width=52,
+         note=f"goal < 0.2 s ({ping.via_hub / n * 1e6:.0f} us/host); baseline: same round on open direct connections")
+    us = 1e6 / n
+    line("  hub CPU per host in that round", f"{ping.hub_cpu * us:.1f} us", f"{ping.client_cpu_straight * us:.1f} us",
+         ping.hub_cpu / ping.client_cpu_straight, width=52,
+         note="baseline: this client's CPU per host in the direct round (psutil: 10 ms ticks)")
+    line("  client CPU per host in that round", f"{ping.client_cpu_via_hub * us:.1f} us",
+         f"{ping.client_cpu_straight * us:.1f} us", ping.client_cpu_via_hub / ping.client_cpu_straight, width=52,
+         note="baseline: the same client's CPU per host in the direct round")
     line("shoal run --hub of true, 1 host (process)", f"{one_hub:.3f} s", f"{one_direct:.3f} s",
          one_hub / one_direct, width=52, note="goal <= 0.25; baseline: direct shoal run of true")
     line("  floor: python -c pass", f"{floor:.3f} s", f"{one_direct:.3f} s", floor / one_direct, width=52,

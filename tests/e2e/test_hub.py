@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.controller.client import ping_all
 from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.hub.client import HubAccess, HubConnection, HubNotRunning
 from shoal.controller.remote import Command
@@ -91,6 +92,35 @@ async def test_output_stdin_ping_and_metrics_pass_through_a_link(tmp_path: Path)
                 assert "cpu" in await client.metrics()
                 hosts = await hub_conn.hosts()
                 assert [(h["name"], h["kind"]) for h in hosts] == [("db1", "dialin")]
+            finally:
+                await hub_conn.close()
+        finally:
+            await close_all(agents)
+
+
+async def test_a_ping_round_answers_every_link_and_names_the_one_that_is_gone(tmp_path: Path) -> None:
+    key, _ = new_key(tmp_path)
+    async with running_hub(tmp_path / "hub.sock", key) as hub:
+        agents = await dial_in(hub, ["p1", "p2", "p3"], key)
+        try:
+            hub_conn = await HubConnection.connect(str(tmp_path / "hub.sock"))
+            try:
+                links = [await hub_conn.link(named(n)) for n in ("p1", "p2", "p3")]
+                second = await hub_conn.link(named("p1"))  # two links to one agent, pinged in one round
+                await links[2].close()
+                results = await ping_all([*links, second])
+                assert isinstance(results[2], ShoalConnectionError) and "closed by controller" in str(results[2])
+                for result in (results[0], results[1], results[3]):
+                    assert not isinstance(result, ShoalConnectionError)
+                    pong, t0, t3 = result
+                    assert pong.t0 == t0 <= t3 and pong.version.startswith("shoal-agent/")
+                assert results[0][1] != results[3][1]  # type: ignore[index]  # each its own PING
+                # Two links to one agent, the same t0 in flight on both: each gets its own back.
+                answers: list[object] = []
+                for link in (links[0], second):
+                    assert link.send_ping(answers.append, 1e300) == 1e300
+                await wait_for_async(lambda: len(answers) == 2)
+                assert [a.t0 for a in answers] == [1e300, 1e300]  # type: ignore[attr-defined]
             finally:
                 await hub_conn.close()
         finally:

@@ -133,7 +133,8 @@ def test_a_plaintext_agent_against_a_tls_hub_port_gets_one_clear_line_on_each_si
         with agent_log.open("w") as err:
             procs.append(subprocess.Popen(
                 [*SHOAL_AGENT, "--connect", address, "--name", "web1", "--key-file", str(key_file),
-                 "--reconnect-min", "0.05", "--reconnect-max", "0.2"], stderr=err))
+                 "--reconnect-min", "0.05", "--reconnect-max", "0.2", "--state-dir", str(tmp_path / "state")],
+                stderr=err))  # its own state directory: another agent's there adds a line to its log
         agent_says = _line(agent_log, "retrying with backoff")
         hub_says = _line(hub_log, "refused")
     finally:
