@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from shoal.protocol.connection import Connection, HandshakeComplete, Role
 from shoal.protocol.errors import (
@@ -35,6 +36,7 @@ from shoal.protocol.messages import (
     LinkOpened,
     Message,
     MessageType,
+    Ping,
 )
 
 from shoal.hostio.driver import FrameDriver
@@ -178,6 +180,13 @@ class HubConnection(FrameDriver):
         reply = await self._request(HostsList(self._new_id()))
         assert isinstance(reply, HostsReply)
         return list(reply.hosts)
+
+    async def ping(self) -> float:
+        """Seconds the hub itself takes to answer a PING (no agent involved): whether it
+        stays responsive, e.g. while thousands of agents dial in. One at a time."""
+        start = time.perf_counter()
+        await self._request(Ping(0, t0=time.time()))
+        return time.perf_counter() - start
 
     async def _request(self, msg: Message) -> Message:
         if self.closed:

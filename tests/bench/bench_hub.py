@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -129,6 +130,37 @@ class RoundFigures(NamedTuple):
     client_cpu_straight: float
 
 
+async def hub_answers(sock: Path, stop: threading.Event) -> list[float]:
+    """The hub's own PING round trips, one every 20 ms, until `stop`: how responsive it stays."""
+    from shoal.controller.hub.client import HubConnection
+
+    conn = await HubConnection.connect(str(sock), timeout=60)
+    times: list[float] = []
+    try:
+        while not stop.is_set():
+            times.append(await conn.ping())
+            await asyncio.sleep(0.02)
+    finally:
+        await conn.close()
+    return times
+
+
+class Answers:
+    """`hub_answers` on a thread of its own, while the caller does something else."""
+
+    def __init__(self, sock: Path) -> None:
+        self.stop = threading.Event()
+        self.times: list[float] = []
+        self.thread = threading.Thread(target=lambda: self.times.extend(asyncio.run(hub_answers(sock, self.stop))))
+        self.thread.start()
+
+    def end(self) -> tuple[float, float]:
+        """Median and worst round trip, in ms."""
+        self.stop.set()
+        self.thread.join(120)
+        return statistics.median(self.times) * 1e3, max(self.times) * 1e3
+
+
 async def ping_rounds(sock: Path, names: list[str], port: int, rounds: int, hub_pid: int) -> RoundFigures:
     """Median ping round over hub links and over direct connections, all opened beforehand."""
     from shoal.controller.client import AgentClient, ping_all
@@ -195,6 +227,10 @@ def main() -> None:
     try:
         for p in pools:
             assert p.stdout is not None and p.stdout.readline() == b"built\n"
+        idle = Answers(sock)
+        time.sleep(1)
+        idle_answers = idle.end()
+        storm = Answers(sock)
         start = time.perf_counter()
         for p in pools:
             assert p.stdin is not None
@@ -208,6 +244,7 @@ def main() -> None:
         while asyncio.run(hub_count(sock)) < n:
             time.sleep(0.01)
         dial_in = time.perf_counter() - start
+        storm_answers = storm.end()
         hub_rss = psutil.Process(hub.pid).memory_info().rss
         names = pattern_for(n)
         spec = ",".join(f"127.0.{x}.[1-250]" for x in range(1, n // 250 + 1))
@@ -245,6 +282,10 @@ def main() -> None:
          hub_rss / hub_rss_empty, width=52, note="goal < 500 MB; baseline: the same hub holding none")
     line(f"{n} agents dial in and authenticate, cold", f"{dial_in:.2f} s", f"{ping_direct:.2f} s",
          dial_in / ping_direct, width=52, note="goal < 3 s; baseline: direct shoal ping of all (connect+auth)")
+    line(f"hub's answer to a local client, {n} dialling in", f"{storm_answers[0]:.1f} ms", f"{idle_answers[0]:.1f} ms",
+         storm_answers[0] / idle_answers[0], width=52, note="median; baseline: the same hub idle")
+    line("  worst of them", f"{storm_answers[1]:.1f} ms", f"{idle_answers[1]:.1f} ms",
+         storm_answers[1] / idle_answers[1], width=52, note="stays responsive: a local client is served throughout")
     line(f"ping round to {n}, warm, through the hub", f"{ping.via_hub:.3f} s", f"{ping.straight:.3f} s",
          ping.via_hub / ping.straight, width=52,
          note=f"goal < 0.2 s ({ping.via_hub / n * 1e6:.0f} us/host); baseline: same round on open direct connections")

@@ -92,6 +92,7 @@ async def test_output_stdin_ping_and_metrics_pass_through_a_link(tmp_path: Path)
                 assert "cpu" in await client.metrics()
                 hosts = await hub_conn.hosts()
                 assert [(h["name"], h["kind"]) for h in hosts] == [("db1", "dialin")]
+                assert 0 < await hub_conn.ping() < 60  # the hub itself answers, no agent asked
             finally:
                 await hub_conn.close()
         finally:
