@@ -15,7 +15,7 @@ from shoal.protocol.fields import check_request, unknown_requirements
 from shoal.protocol.messages import Exec, JobStarted
 
 from shoal.agent import runas
-from shoal.agent.childenv import base_env, default_cwd
+from shoal.agent.childenv import base_env, default_cwd, login_entry
 from shoal.agent.commands import CommandRequest, build_argv
 from shoal.agent.jobs import JobLimits
 from shoal.agent.process import spawn_error
@@ -57,7 +57,8 @@ def start_exec(session: AgentSession, msg: Exec) -> None:
     if session.agent.config.audit_required and not session.agent.audit.record("exec_request", **audit):
         return session.request_error(rid, ErrorCode.AUDIT_UNAVAILABLE,
                                   "refused: the agent cannot write its audit log (audit_required)", 255)
-    base = base_env(os.environ)
+    entry = login_entry()
+    base = base_env(session.agent.child_env, entry)
     if run_as is not None:
         base.update(runas.user_env(run_as))
     env = restricted_env(base, msg.env) if _restricted(session) else {**base, **msg.env}
@@ -66,7 +67,7 @@ def start_exec(session: AgentSession, msg: Exec) -> None:
     elif run_as is not None:
         cwd, warning = runas.home_cwd(run_as)
     else:
-        cwd = default_cwd()
+        cwd = default_cwd(entry)
     grace = msg.kill_grace if msg.kill_grace is not None else session.limits.kill_grace
     if msg.detach:
         return _start_job(session, msg, argv, env, cwd, grace, audit, run_as, warning)
