@@ -52,8 +52,9 @@ def start_exec(session: AgentSession, msg: Exec) -> None:
                                     argv=build_argv(msg.argv, msg.shell), user=msg.user, error="no such user")
             return session.request_error(rid, ErrorCode.EXEC_FAILED, f"no such user {msg.user!r}", 126)
     argv = build_argv(msg.argv, msg.shell)
+    user = run_as.name if run_as else runas.agent_user()
     audit = {"peer": session.peer, "key_id": session.key_id, "request": rid, "argv": argv, "cwd": msg.cwd,
-             "user": run_as.name if run_as else runas.agent_user()}
+             "user": user}
     if session.agent.config.audit_required and not session.agent.audit.record("exec_request", **audit):
         return session.request_error(rid, ErrorCode.AUDIT_UNAVAILABLE,
                                   "refused: the agent cannot write its audit log (audit_required)", 255)
@@ -74,7 +75,8 @@ def start_exec(session: AgentSession, msg: Exec) -> None:
     pty_size = (msg.rows, msg.cols) if msg.pty else None
     try:
         req = CommandRequest(session, rid, argv, env, cwd, msg.stdin, msg.window, msg.timeout, grace,
-                             idle_timeout=msg.idle_timeout, run_as=run_as, pty_size=pty_size)
+                             idle_timeout=msg.idle_timeout, run_as=run_as, pty_size=pty_size,
+                             user=user)
     except OSError as exc:
         err = spawn_error(exc, argv[0], cwd)
         session.agent.audit.record("exec_failed", **audit, error=err.reason)
