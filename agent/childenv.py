@@ -10,6 +10,10 @@ directory (often `/` under systemd, anything by hand) is an accident of how it
 was started. Like sshd, `SHELL` is always the user's shell from the user
 database (the agent's own may be unset under systemd, or another user's in a
 sudo), and `HOME`, `USER` and `LOGNAME` are filled from it when missing.
+
+The agent's own environment does not change while it runs, so its filtered copy
+is made once per agent (`inherited_env`); the user database is still read for
+every command, as sshd does for every login.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import pwd
 import re
 from collections.abc import Mapping
 
-__all__ = ["AGENT_PRIVATE_ENV", "base_env", "default_cwd"]
+__all__ = ["AGENT_PRIVATE_ENV", "inherited_env", "login_entry", "base_env", "default_cwd"]
 
 # Variables systemd (or another service manager) hands to the agent process only.
 AGENT_PRIVATE_ENV = re.compile(
@@ -27,12 +31,23 @@ AGENT_PRIVATE_ENV = re.compile(
     r"MANAGERPID|SYSTEMD_EXEC_PID|TRIGGER_.*|MONITOR_.*|CREDENTIALS_DIRECTORY")
 
 
-def base_env(agent_env: Mapping[str, str]) -> dict[str, str]:
-    """The agent's environment without its private variables, with its user's login variables."""
-    env = {k: v for k, v in agent_env.items() if not AGENT_PRIVATE_ENV.fullmatch(k)}
+def inherited_env(agent_env: Mapping[str, str]) -> dict[str, str]:
+    """The agent's environment without its private variables: what every command inherits."""
+    return {k: v for k, v in agent_env.items() if not AGENT_PRIVATE_ENV.fullmatch(k)}
+
+
+def login_entry() -> pwd.struct_passwd | None:
+    """Our user's entry in the user database, or None: read once per command, for both helpers below."""
     try:
-        entry = pwd.getpwuid(os.getuid())
+        return pwd.getpwuid(os.getuid())
     except KeyError:
+        return None
+
+
+def base_env(inherited: Mapping[str, str], entry: pwd.struct_passwd | None) -> dict[str, str]:
+    """A fresh copy of `inherited` (see inherited_env) with its user's login variables."""
+    env = dict(inherited)
+    if entry is None:
         return env
     env["SHELL"] = entry.pw_shell or "/bin/sh"
     for name, value in (("HOME", entry.pw_dir), ("USER", entry.pw_name), ("LOGNAME", entry.pw_name)):
@@ -41,10 +56,7 @@ def base_env(agent_env: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def default_cwd() -> str:
+def default_cwd(entry: pwd.struct_passwd | None) -> str:
     """The home directory of the user commands run as (ours), or `/` when it is missing."""
-    try:
-        home = pwd.getpwuid(os.getuid()).pw_dir
-    except KeyError:
-        return "/"
+    home = entry.pw_dir if entry is not None else None
     return home if home and os.path.isdir(home) else "/"

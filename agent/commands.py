@@ -40,7 +40,8 @@ class CommandRequest:
     def __init__(self, session: AgentSession, request_id: int, argv: list[str], env: dict[str, str],
                  cwd: str | None, want_stdin: bool, window: int, timeout: float | None,
                  grace: float, *, idle_timeout: float | None = None,
-                 run_as: RunAs | None = None, pty_size: tuple[int, int] | None = None) -> None:
+                 run_as: RunAs | None = None, pty_size: tuple[int, int] | None = None,
+                 user: str | None) -> None:
         self.session = session
         self.request_id = request_id
         self.argv = argv
@@ -56,7 +57,7 @@ class CommandRequest:
         self.stdin_bytes = 0
         self.started = time.time()
         self.leftovers_ended: int | None = None
-        self.user = run_as.name if run_as is not None else None
+        self.user = user  # the name its audit records carry (the EXEC's), looked up once
         self.child = Child(argv, env, cwd, want_stdin, self._on_data, self._on_done,
                            linger=session.limits.output_linger, run_as=run_as, pty_size=pty_size)
         self.child.on_stdin_drained = self._on_stdin_drained

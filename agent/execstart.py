@@ -15,7 +15,7 @@ from shoal.protocol.fields import check_request, unknown_requirements
 from shoal.protocol.messages import Exec, JobStarted
 
 from shoal.agent import runas
-from shoal.agent.childenv import base_env, default_cwd
+from shoal.agent.childenv import base_env, default_cwd, login_entry
 from shoal.agent.commands import CommandRequest, build_argv
 from shoal.agent.jobs import JobLimits
 from shoal.agent.process import spawn_error
@@ -52,12 +52,14 @@ def start_exec(session: AgentSession, msg: Exec) -> None:
                                     argv=build_argv(msg.argv, msg.shell), user=msg.user, error="no such user")
             return session.request_error(rid, ErrorCode.EXEC_FAILED, f"no such user {msg.user!r}", 126)
     argv = build_argv(msg.argv, msg.shell)
+    user = run_as.name if run_as else runas.agent_user()
     audit = {"peer": session.peer, "key_id": session.key_id, "request": rid, "argv": argv, "cwd": msg.cwd,
-             "user": run_as.name if run_as else runas.agent_user()}
+             "user": user}
     if session.agent.config.audit_required and not session.agent.audit.record("exec_request", **audit):
         return session.request_error(rid, ErrorCode.AUDIT_UNAVAILABLE,
                                   "refused: the agent cannot write its audit log (audit_required)", 255)
-    base = base_env(os.environ)
+    entry = login_entry()
+    base = base_env(session.agent.child_env, entry)
     if run_as is not None:
         base.update(runas.user_env(run_as))
     env = restricted_env(base, msg.env) if _restricted(session) else {**base, **msg.env}
@@ -66,14 +68,15 @@ def start_exec(session: AgentSession, msg: Exec) -> None:
     elif run_as is not None:
         cwd, warning = runas.home_cwd(run_as)
     else:
-        cwd = default_cwd()
+        cwd = default_cwd(entry)
     grace = msg.kill_grace if msg.kill_grace is not None else session.limits.kill_grace
     if msg.detach:
         return _start_job(session, msg, argv, env, cwd, grace, audit, run_as, warning)
     pty_size = (msg.rows, msg.cols) if msg.pty else None
     try:
         req = CommandRequest(session, rid, argv, env, cwd, msg.stdin, msg.window, msg.timeout, grace,
-                             idle_timeout=msg.idle_timeout, run_as=run_as, pty_size=pty_size)
+                             idle_timeout=msg.idle_timeout, run_as=run_as, pty_size=pty_size,
+                             user=user)
     except OSError as exc:
         err = spawn_error(exc, argv[0], cwd)
         session.agent.audit.record("exec_failed", **audit, error=err.reason)

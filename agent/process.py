@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import functools
 import os
 import subprocess
 import time
@@ -59,6 +60,12 @@ def _pipe() -> tuple[int, int]:
     r, w = os.pipe2(os.O_CLOEXEC)
     _enlarge(r)
     return r, w
+
+
+@functools.cache
+def _dev_null() -> int:
+    """One /dev/null for every command without stdin, kept open: Popen's DEVNULL opens one per child."""
+    return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
 
 def spawn_error(exc: OSError, argv0: str, cwd: str | None) -> RemoteCommandError:
@@ -161,7 +168,7 @@ class Child:
                 theirs.append(stdin_r)
                 ours.append(self._stdin_w)
             else:
-                stdin_r, self._stdin_w = subprocess.DEVNULL, -1
+                stdin_r, self._stdin_w = _dev_null(), -1
             if self._pty_size is None:
                 out_r, out_w = _pipe()
                 err_r, err_w = _pipe()

@@ -12,6 +12,7 @@ runs one.
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ from shoal.agent import proctree
 from shoal.agent.accept import FdPressure
 from shoal.agent.admission import Admission
 from shoal.agent.audit import Audit
+from shoal.agent.childenv import inherited_env
 from shoal.agent.config import AgentConfig, parse_listen
 from shoal.agent.dialout import DialOut
 from shoal.agent.jobs import JobTable, job_handlers
@@ -84,6 +86,9 @@ class Agent:
         self.audit = Audit(self.config.audit_log)
         self.admission = Admission(self.audit, lambda: self.config.limits)
         self.running = RunningCommands()
+        # Our environment, less what is the agent's alone, as every command inherits it:
+        # filtered once here rather than on every EXEC (shoal.agent.childenv).
+        self.child_env = inherited_env(os.environ)
         self.jobs = JobTable(self)
         self.metrics = HostMetrics(self._loops)
         self.listeners = Listeners(self)

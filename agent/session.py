@@ -258,8 +258,7 @@ class AgentSession(FrameDriver):
         self.agent.running.finished(req)
         self.agent.audit.record(
             "exit", peer=self.peer, key_id=self.key_id, request=req.request_id, argv=req.argv, cwd=req.cwd,
-            user=req.user or runas.agent_user(),
-            start=round(req.started, 6), duration=round(result.duration, 6), status=result.status,
+            user=req.user, start=round(req.started, 6), duration=round(result.duration, 6), status=result.status,
             timed_out=req.timed_out, stdout_bytes=req.bytes[1], stderr_bytes=req.bytes[2],
             stdin_bytes=req.stdin_bytes, leftovers_ended=req.leftovers_ended,
         )
