@@ -15,7 +15,6 @@ from shoal.protocol.errors import ErrorCode
 
 from shoal.agent.audit import Audit
 from shoal.agent.config import Limits
-from shoal.protocol.errors import ErrorCode
 
 if TYPE_CHECKING:
     from shoal.agent.session import AgentSession

@@ -27,7 +27,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shoal.protocol.discovery import (
     MAX_NAME_BYTES,

@@ -16,8 +16,6 @@ import os
 import logging
 from typing import TYPE_CHECKING
 
-from shoal.protocol.connection import KeyLookup
-from shoal.protocol.errors import ConfigError, ErrorCode
 from shoal.protocol.handshake import SharedKey
 
 from shoal.agent import proctree

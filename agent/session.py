@@ -46,7 +46,6 @@ from shoal.agent.log import ConnLog
 from shoal.agent.process import ChildResult
 from shoal.agent.relay import RelayStream
 from shoal.hostio.driver import FrameDriver
-from shoal.agent import runas
 
 if TYPE_CHECKING:
     from shoal.agent.config import KeyPolicy, Limits

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import ssl as ssl_module
 import time
-from dataclasses import field
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -37,7 +36,6 @@ from shoal.protocol.errors import (
 )
 from shoal.protocol.handshake import SharedKey
 from shoal.protocol.messages import (
-    Cancel,
     Error,
     Exec,
     Goodbye,

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from shoal.protocol.errors import AuthError, RemoteCommandError, ShoalConnectionError, ShoalError, ShoalTimeoutError
+from shoal.protocol.errors import ShoalError
 from shoal.protocol.defaults import OUTPUT_WINDOW
 from shoal.protocol.handshake import SharedKey
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shoal.protocol.errors import ConfigError, RemoteCommandError, ShoalConnectionError, ShoalError
+from shoal.protocol.errors import ConfigError, ShoalConnectionError, ShoalError
 from shoal.protocol.messages import Exit, JobKill, JobKilled, JobsList, JobsReply
 from shoal.protocol.request import RequestKind
 

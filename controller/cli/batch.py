@@ -56,7 +56,6 @@ from shoal.controller.cli.options import (
     connect_options_from_args,
     run_with,
     parse_env,
-    run_with,
     targets_from_args,
     wave_policy_from_args,
 )

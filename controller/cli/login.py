@@ -23,8 +23,6 @@ import sys
 from shoal.protocol.defaults import DATA_CHUNK
 from shoal.protocol.errors import ConfigError, ErrorCode, RemoteCommandError
 
-from shoal.controller.client import AgentClient
-
 from shoal.controller.remote import Command, RemoteProcess
 from shoal.controller.cli.options import (
     add_connect_options,

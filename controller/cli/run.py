@@ -29,7 +29,6 @@ import contextlib
 import os
 import sys
 from dataclasses import replace
-from typing import Any
 
 from shoal.protocol.errors import ConfigError
 
@@ -48,7 +47,6 @@ from shoal.controller.cli.options import (
     connect_options_from_args,
     run_with,
     parse_env,
-    run_with,
     targets_from_args,
     wave_policy_from_args,
 )

@@ -22,7 +22,6 @@ from shoal.protocol.errors import (
     ProtocolError,
     RemoteCommandError,
     ShoalConnectionError,
-    ShoalError,
     ShoalTimeoutError,
 )
 from shoal.protocol.link import HUB_FEATURE, inner_message, link_data, link_message

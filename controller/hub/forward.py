@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from shoal.protocol.connection import Role
 from shoal.protocol.defaults import MAX_BATCH_BYTES
-from shoal.protocol.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from shoal.protocol.errors import LocalProtocolError, RemoteProtocolError
 from shoal.protocol.messageclass import replace
 from shoal.protocol.messages import (
     Cancel,

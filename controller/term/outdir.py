@@ -19,7 +19,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO
 
 from shoal.controller.term.handler import OutputHandler
 

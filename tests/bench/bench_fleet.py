@@ -21,7 +21,6 @@ import asyncio
 import os
 import statistics
 import subprocess
-import sys
 import time
 
 from tests.agent_pool import start_pool

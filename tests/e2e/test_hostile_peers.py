@@ -62,7 +62,7 @@ def assert_one_line_each(lines: list[str], hostile: HostilePeers, prefix: str) -
 def assert_summary(summary: str, hostile: HostilePeers) -> None:
     """Every peer counted once by its outcome: the lying agent's error came after the connection was up."""
     lying = hostile.address["lying_agent"]
-    assert summary.startswith(f"shoal: 1 ok, 0 failed, 7 unreachable (")
+    assert summary.startswith("shoal: 1 ok, 0 failed, 7 unreachable (")
     assert f"), 1 lost ({lying}) in " in summary
 
 

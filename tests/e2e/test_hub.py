@@ -6,12 +6,9 @@ user of it would hold it (`ConnectOptions(hub=...)`).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,9 +23,8 @@ from shoal.hostio.backoff import Backoff
 from shoal.hostio.atomic import TEMP_MARK
 from shoal.protocol.errors import ShoalConnectionError
 from shoal.protocol.messages import FileData, ListTree, MetricsRequest, PutFile, Stdin
-from tests.debris import tokens_of, marked
 from tests.waiting import wait_for_async
-from tests.hubs import FAST_RECONNECT, close_all, dial_in, new_key, running_hub
+from tests.hubs import close_all, dial_in, new_key, running_hub
 
 
 class Collect:

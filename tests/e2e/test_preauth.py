@@ -13,7 +13,6 @@ import os
 import re
 import resource
 import socket
-import struct
 import subprocess
 from pathlib import Path
 from typing import Iterator
