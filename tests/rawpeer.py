@@ -39,6 +39,12 @@ def split_frames(data: bytes) -> list[bytes]:
 
 
 def connect(address: str) -> socket.socket:
+    """`host:port` over TCP, or an absolute path: that Unix socket (a hub's local socket)."""
+    if address.startswith("/"):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(DEADLINE)
+        sock.connect(address)
+        return sock
     host, _, port = address.rpartition(":")
     return socket.create_connection((host.strip("[]"), int(port)), timeout=DEADLINE)
 
@@ -52,7 +58,7 @@ class RawController:
     def __init__(self, address: str, key: SharedKey | None = None) -> None:
         self.sock = connect(address)
         RawController.instances.append(self)
-        self.peer = "%s:%d" % self.sock.getsockname()[:2]
+        self.peer = "unix" if address.startswith("/") else "%s:%d" % self.sock.getsockname()[:2]
         self.conn = Connection(Role.CONTROLLER, key=key)
         self.sent: list[bytes] = []
         self.received = b""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from shoal.protocol.connection import Connection, HandshakeComplete, Role
 from shoal.protocol.errors import (
@@ -33,9 +34,12 @@ from shoal.protocol.messages import (
     Linked,
     LinkOpen,
     LinkOpened,
+    LinkPongs,
     Message,
     MessageType,
     Ping,
+    PingLinks,
+    Pong,
 )
 
 from shoal.hostio.driver import FrameDriver
@@ -85,6 +89,13 @@ class HubLink(AgentClient):
     async def drain(self) -> None:
         await self.hub.drain()
 
+    def send_ping(self, answer: Callable[[Pong | ShoalConnectionError], None], t0: float | None = None) -> float:
+        """Ping the agent in the hub's next PING_LINKS: every link pinged in one turn of
+        the loop goes in one frame (`HubConnection.ping_link`). Returns the round's t0."""
+        if self.closed:
+            raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
+        return self.hub.ping_link(self, answer, t0)
+
     def protocol_violation(self, reason: str, code: str = ErrorCode.PROTOCOL_ERROR) -> None:
         self.hub.close_link(self)
         self._fail(ShoalConnectionError(self.name, f"protocol error: {reason}"))
@@ -105,6 +116,20 @@ class HubLink(AgentClient):
         self.abort()
 
 
+Answer = Callable[[Pong | ShoalConnectionError], None]
+
+
+class _PingRound:
+    """One PING_LINKS in the making or in flight: its t0 and each link's answer."""
+
+    __slots__ = ("request_id", "t0", "answers")
+
+    def __init__(self, request_id: int, t0: float) -> None:
+        self.request_id = request_id
+        self.t0 = t0
+        self.answers: dict[int, Answer] = {}
+
+
 class HubConnection(FrameDriver):
     """One local connection to a hub, carrying many links. Create with `connect()`."""
 
@@ -119,6 +144,8 @@ class HubConnection(FrameDriver):
         self._next_id = 1
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closed_event = asyncio.Event()
+        self._next_round: _PingRound | None = None
+        self._rounds: dict[int, _PingRound] = {}
 
     @classmethod
     async def connect(cls, path: str, timeout: float = 10.0) -> HubConnection:
@@ -187,6 +214,56 @@ class HubConnection(FrameDriver):
         await self._request(Ping(0, t0=time.time()))
         return time.perf_counter() - start
 
+    def ping_link(self, link: HubLink, answer: Answer, t0: float | None = None) -> float:
+        """Add `link` to the PING_LINKS sent at the end of this turn of the loop (with
+        `t0`, or the clock); `answer` gets its PONG, or the reason it will not come.
+        Returns the round's t0."""
+        round_ = self._next_round
+        if round_ is not None and (link.link_id in round_.answers or t0 is not None and t0 != round_.t0):
+            self._send_ping_round()  # pinged twice in one turn, or another t0: the first goes now
+            round_ = None
+        if round_ is None:
+            round_ = self._next_round = _PingRound(self._new_id(), time.time() if t0 is None else t0)
+            asyncio.get_running_loop().call_soon(self._send_ping_round)
+        round_.answers[link.link_id] = answer
+        return round_.t0
+
+    def _send_ping_round(self) -> None:
+        round_, self._next_round = self._next_round, None
+        if round_ is None:
+            return
+        if self.closed:
+            return self._answer_lost(round_)
+        self._rounds[round_.request_id] = round_
+        self.send(PingLinks(round_.request_id, links=list(round_.answers), t0=round_.t0))
+
+    def _ponged(self, part: LinkPongs) -> None:
+        round_ = self._rounds.get(part.request_id)
+        if round_ is None:
+            return
+        answers = round_.answers
+        for link_id, t1, t2 in zip(part.links, part.t1, part.t2):
+            answer = answers.pop(link_id, None)
+            if answer is not None:
+                link = self.links.get(link_id)
+                answer(Pong(0, t0=round_.t0, t1=t1, t2=t2, version=link.agent_version if link else ""))
+        for link_id, reason in zip(part.lost, part.reasons):
+            answer = answers.pop(link_id, None)
+            if answer is not None:
+                answer(ShoalConnectionError(self._link_name(link_id), reason))
+        if part.done:
+            del self._rounds[part.request_id]
+            self._answer_lost(round_, "the hub did not answer for it")
+
+    def _answer_lost(self, round_: _PingRound, reason: str | None = None) -> None:
+        answers, round_.answers = round_.answers, {}
+        for link_id, answer in answers.items():
+            answer(ShoalConnectionError(self._link_name(link_id), reason or self.close_reason or "connection lost"))
+
+    def _link_name(self, link_id: int) -> str:
+        link = self.links.get(link_id)
+        return link.name if link is not None else f"hub {self.path} link {link_id}"
+
     async def _request(self, msg: Message) -> Message:
         if self.closed:
             raise ShoalConnectionError(f"hub {self.path}", self.close_reason or "connection closed")
@@ -228,6 +305,9 @@ class HubConnection(FrameDriver):
             if link is not None:
                 link.lost(event.reason or "link closed by the hub")
             return
+        if isinstance(event, LinkPongs):
+            self._ponged(event)
+            return
         if isinstance(event, Error) and event.request_id == 0:
             self._fail(f"hub error {event.code}: {event.message}")
             return
@@ -261,6 +341,9 @@ class HubConnection(FrameDriver):
             if not fut.done():
                 fut.set_exception(err)
         self._pending.clear()
+        rounds, self._rounds = list(self._rounds.values()), {}
+        for round_ in rounds:
+            self._answer_lost(round_, f"hub connection lost: {self.close_reason or reason}")
         for link in list(self.links.values()):
             link.lost(f"hub connection lost: {self.close_reason or reason}")
         self.links.clear()

@@ -42,11 +42,13 @@ from shoal.protocol.messages import (
     Message,
     MessageType,
     Ping,
+    PingLinks,
     Pong,
 )
 
 from shoal.hostio.driver import FrameDriver
 from shoal.controller.hub.forward import STARTS, Forward
+from shoal.controller.hub.pinground import PingRound
 from shoal.controller.hub.registry import HubAgent
 
 if TYPE_CHECKING:
@@ -179,6 +181,8 @@ class LocalSession(FrameDriver):
             link = self.links.get(event.request_id)
             if link is not None:
                 link.close()
+        elif isinstance(event, PingLinks):
+            PingRound(self, event.request_id).start(event.links, event.t0)
         elif isinstance(event, HostsList):
             self.send(HostsReply(event.request_id, hosts=[a.describe() for a in self.hub.registry.agents()]))
         elif isinstance(event, Ping):

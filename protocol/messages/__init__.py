@@ -58,7 +58,8 @@ from shoal.protocol.messages.files import (
     RemovePaths,
     TreeEntries,
 )
-from shoal.protocol.messages.hub import HUB_TYPES, HostsList, HostsReply, LinkClose, Linked, LinkOpen, LinkOpened
+from shoal.protocol.messages.hub import (HUB_TYPES, HostsList, HostsReply, LinkClose, Linked, LinkOpen, LinkOpened,
+                                        LinkPongs, PingLinks)
 from shoal.protocol.messages.jobs import JobAttach, JobKill, JobKilled, JobsList, JobsReply, JobStarted
 from shoal.protocol.messages.metrics import MetricsReply, MetricsRequest
 from shoal.protocol.messages.relay import RelayClose, RelayData, RelayOpen, RelayOpened
@@ -110,6 +111,8 @@ __all__ = [
     "LinkClose",
     "HostsList",
     "HostsReply",
+    "PingLinks",
+    "LinkPongs",
     "HUB_TYPES",
     "PutBatch",
     "BatchDone",
@@ -132,7 +135,7 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
         GetFile, FileInfo, FileData, FileEnd, FileDone, ListTree, TreeEntries, RemovePaths, Removed,
         PutBatch, BatchDone, JobStarted, JobsList, JobsReply, JobAttach, JobKill, JobKilled,
         RelayOpen, RelayOpened, RelayData, RelayClose,
-        LinkOpen, LinkOpened, Linked, LinkClose, HostsList, HostsReply,
+        LinkOpen, LinkOpened, Linked, LinkClose, HostsList, HostsReply, PingLinks, LinkPongs,
     )
 }
 
@@ -147,7 +150,7 @@ CONTROLLER_ONLY = frozenset({
     MessageType.METRICS_REQUEST, MessageType.PUT_FILE, MessageType.GET_FILE, MessageType.RESIZE,
     MessageType.LIST_TREE, MessageType.REMOVE_PATHS, MessageType.PUT_BATCH,
     MessageType.JOBS_LIST, MessageType.JOB_ATTACH, MessageType.JOB_KILL,
-    MessageType.LINK_OPEN, MessageType.HOSTS_LIST,
+    MessageType.LINK_OPEN, MessageType.HOSTS_LIST, MessageType.PING_LINKS,
     MessageType.RELAY_OPEN,
 })
 AGENT_ONLY = frozenset({
@@ -155,6 +158,6 @@ AGENT_ONLY = frozenset({
     MessageType.METRICS_REPLY, MessageType.FILE_INFO, MessageType.FILE_DONE,
     MessageType.TREE_ENTRIES, MessageType.REMOVED, MessageType.BATCH_DONE,
     MessageType.JOB_STARTED, MessageType.JOBS_REPLY, MessageType.JOB_KILLED,
-    MessageType.LINK_OPENED, MessageType.HOSTS_REPLY,
+    MessageType.LINK_OPENED, MessageType.HOSTS_REPLY, MessageType.LINK_PONGS,
     MessageType.RELAY_OPENED,
 })

@@ -65,6 +65,8 @@ class MessageType(IntEnum):
     LINK_CLOSE = 0x73
     HOSTS_LIST = 0x74
     HOSTS_REPLY = 0x75
+    PING_LINKS = 0x76
+    LINK_PONGS = 0x77
     # -- relays (issue 19): a byte stream to another agent through this one
     RELAY_OPEN = 0x60
     RELAY_OPENED = 0x61

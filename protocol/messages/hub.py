@@ -7,12 +7,16 @@ inner message: shoal.protocol.link; PROTOCOL.md section 7.
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from shoal.protocol.errors import LocalProtocolError
 
 from shoal.protocol.messageclass import field, message
 from shoal.protocol.messages.core import Message, MessageType
 
-__all__ = ["LinkOpen", "LinkOpened", "Linked", "LinkClose", "HostsList", "HostsReply", "HUB_TYPES"]
+__all__ = ["LinkOpen", "LinkOpened", "Linked", "LinkClose", "HostsList", "HostsReply", "PingLinks", "LinkPongs",
+           "HUB_TYPES"]
 
 
 @message
@@ -67,8 +71,41 @@ class HostsReply(Message):
     hosts: list[dict[str, Any]] = field(default_factory=list)
 
 
+@message
+class PingLinks(Message):
+    """PING the agents of many links at once, with one `t0`: a round to thousands of
+    agents costs the client one frame and the hub no LINKED frame per agent."""
+
+    TYPE = MessageType.PING_LINKS
+    links: list[int] = field(default_factory=list)
+    t0: float = 0.0
+
+    def _validate(self) -> None:
+        if not math.isfinite(self.t0):
+            raise LocalProtocolError(f"bad t0 {self.t0!r}")
+
+
+@message
+class LinkPongs(Message):
+    """Answers to a PING_LINKS as they come, in parts: `links[i]` answered with the
+    agent's `t1[i]` and `t2[i]`; `lost[i]` will not answer (`reasons[i]`); `done`
+    on the last part."""
+
+    TYPE = MessageType.LINK_PONGS
+    links: list[int] = field(default_factory=list)
+    t1: list[float] = field(default_factory=list)
+    t2: list[float] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    done: bool = False
+
+    def _validate(self) -> None:
+        if not len(self.links) == len(self.t1) == len(self.t2) or len(self.lost) != len(self.reasons):
+            raise LocalProtocolError("LINK_PONGS lists of different lengths")
+
+
 # Types of a hub's local socket only: never sent to an agent, never inside a link.
 HUB_TYPES = frozenset({
     MessageType.LINK_OPEN, MessageType.LINK_OPENED, MessageType.LINKED, MessageType.LINK_CLOSE,
-    MessageType.HOSTS_LIST, MessageType.HOSTS_REPLY,
+    MessageType.HOSTS_LIST, MessageType.HOSTS_REPLY, MessageType.PING_LINKS, MessageType.LINK_PONGS,
 })

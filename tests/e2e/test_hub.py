@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,10 @@ from shoal.controller.targets import Target
 from shoal.hostio.backoff import Backoff
 from shoal.hostio.atomic import TEMP_MARK
 from shoal.protocol.errors import ShoalConnectionError
-from shoal.protocol.messages import FileData, ListTree, MetricsRequest, PutFile, Stdin
+from shoal.protocol.messages import FileData, LinkOpen, LinkPongs, ListTree, MetricsRequest, PingLinks, PutFile, Stdin
 from tests.waiting import wait_for_async
-from tests.hubs import close_all, dial_in, new_key, running_hub
+from tests.hubs import HubThread, close_all, dial_in, new_key, running_hub
+from tests.rawpeer import RawController
 
 
 class Collect:
@@ -111,7 +113,7 @@ async def test_a_ping_round_answers_every_link_and_names_the_one_that_is_gone(tm
                     assert not isinstance(result, ShoalConnectionError)
                     pong, t0, t3 = result
                     assert pong.t0 == t0 <= t3 and pong.version.startswith("shoal-agent/")
-                assert results[0][1] != results[3][1]  # type: ignore[index]  # each its own PING
+                assert results[0][1] == results[3][1]  # type: ignore[index]  # one PING_LINKS, one t0
                 # Two links to one agent, the same t0 in flight on both: each gets its own back.
                 answers: list[object] = []
                 for link in (links[0], second):
@@ -122,6 +124,34 @@ async def test_a_ping_round_answers_every_link_and_names_the_one_that_is_gone(tm
                 await hub_conn.close()
         finally:
             await close_all(agents)
+
+
+def test_ping_links_answers_each_open_link_with_its_agents_times_and_names_the_rest(tmp_path: Path) -> None:
+    """PING_LINKS on the wire (PROTOCOL.md section 7): one frame for many links, LINK_PONGS in parts."""
+    key, _ = new_key(tmp_path)
+    with HubThread(tmp_path, ["p1", "p2"], key) as hub:
+        client = RawController(str(hub.socket))
+        try:
+            client.handshake()
+            for link_id, name in ((1, "p1"), (2, "p2")):
+                client.conn.send(LinkOpen(link_id, host=name))
+            before = time.time()
+            client.conn.send(PingLinks(3, links=[1, 2, 9], t0=12.5))
+            client.flush()
+            parts: list[LinkPongs] = []
+            while not (parts and parts[-1].done):
+                event = client.next_event()
+                assert event is not None, "the hub closed the connection"
+                if isinstance(event, LinkPongs):
+                    assert event.request_id == 3 and not any(p.done for p in parts)
+                    parts.append(event)
+            answered = {link: (t1, t2) for p in parts for link, t1, t2 in zip(p.links, p.t1, p.t2)}
+            assert sorted(answered) == [1, 2]
+            assert all(before - 5 <= t1 <= t2 <= time.time() + 5 for t1, t2 in answered.values())  # the agents' clocks
+            assert [(link, reason) for p in parts for link, reason in zip(p.lost, p.reasons)] == [(9, "no open link 9")]
+            assert client.conn.state.value == "open"
+        finally:
+            client.close()
 
 
 # A request the client opens, a frame its table refuses there, and the code it is refused with.

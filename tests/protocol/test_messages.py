@@ -31,6 +31,8 @@ from shoal.protocol.messages import (
     JobStarted,
     JobsList,
     JobsReply,
+    LinkPongs,
+    PingLinks,
 )
 
 SAMPLES = [
@@ -64,6 +66,8 @@ SAMPLES = [
     JobAttach(6, job="0a1b2c3d", window=65536),
     JobKill(7, job="0a1b2c3d", signal=9),
     JobKilled(7, job="0a1b2c3d", processes=3),
+    PingLinks(9, links=[1, 2, 5], t0=1.5),
+    LinkPongs(9, links=[1, 5], t1=[2.0, 2.5], t2=[2.1, 2.6], lost=[2], reasons=["the agent's connection ended"], done=True),
 ]
 
 
@@ -106,6 +110,14 @@ def test_invalid_messages_cannot_be_built() -> None:
         Window(1, bytes=0)
     with pytest.raises(LocalProtocolError):
         Signal(1, signal=99)
+
+
+def test_link_pongs_lists_that_do_not_pair_up_are_a_bad_message() -> None:
+    """Each answered link has its two times and each lost one its reason, or the part means nothing."""
+    for body in (b'{"links": [1, 2], "t1": [2.0], "t2": [2.1, 2.2]}', b'{"lost": [3], "reasons": []}'):
+        with pytest.raises(RemoteProtocolError) as err:
+            decode_body(LinkPongs.TYPE, 9, body)
+        assert err.value.code == "bad_message"
 
 
 def test_unknown_json_fields_are_ignored_for_forward_compatibility() -> None:
