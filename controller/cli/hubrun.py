@@ -2,8 +2,9 @@
 
 Through a hub a run needs no handshake of its own, yet importing the whole program
 (argparse, asyncio, the library) takes several times what the command does. So the
-plainest such run is done here with a blocking Unix socket and the standard
-library's json: one host by its plain name, raw output (stdout is not a terminal),
+plainest such run is done here with a blocking Unix socket and the C half of the
+standard library's json (`_json`; the `json` package compiles regular expressions
+as it is imported, a tenth of this run): one host by its plain name, raw output (stdout is not a terminal),
 no stdin (`-n`, or stdin is a terminal), no option but `--hub` and `-n`, and no
 config, inventory or debug-log setting that could change what the words mean.
 HELLO, LINK_OPEN and the EXEC inside its LINKED frame go out in one write (the hub
@@ -18,7 +19,7 @@ why. What the user sees is the full program's: a command that does not simply ex
 
 from __future__ import annotations
 
-import json
+import _json
 import os
 import sys
 
@@ -131,8 +132,37 @@ def _frame(type_: int, request_id: int, body: bytes) -> bytes:
     return ((len(body) + 5).to_bytes(4, "big") + bytes((type_,)) + request_id.to_bytes(4, "big") + body)
 
 
-def _json(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+class _Strict:
+    """What `_json.make_scanner` reads from its context: json.loads' settings, NaN refused."""
+
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int = float, int
+    memo: dict[str, Any] = {}
+
+    @staticmethod
+    def parse_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+
+_scan = _json.make_scanner(_Strict())
+_encode = _json.make_encoder(None, None, _json.encode_basestring_ascii, None, ":", ",", False, False, False)
+
+
+def _json_body(obj: dict[str, Any]) -> bytes:
+    return "".join(_encode(obj, 0)).encode()
+
+
+def _loads(body: bytes) -> Any:
+    """The JSON value that is all of `body`; ValueError otherwise."""
+    text = body.decode()
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        raise ValueError("no JSON value") from None
+    if end != len(text):
+        raise ValueError("data after the JSON value")
+    return value
 
 
 def _linked(type_: int, body: bytes) -> bytes:
@@ -144,8 +174,8 @@ def _opening(host: str, shell: str) -> bytes:
     hello = {"protocol": _PROTOCOL_VERSION, "role": "controller", "software": "shoal", "auth": "none",
              "key_id": "", "nonce": "", "max_frame": _MAX_FRAME, "macs": [], "mac": "", "features": [], "name": ""}
     node = {"SHOAL_HOST": host, "SHOAL_NODENUM": "0", "SHOAL_NUMNODES": "1"}
-    return (_frame(_HELLO, 0, _json(hello)) + _frame(_LINK_OPEN, _LINK_ID, _json({"host": host}))
-            + _linked(_EXEC, _json({"shell": shell, "env": node, "stdin": False, "window": _OUTPUT_WINDOW})))
+    return (_frame(_HELLO, 0, _json_body(hello)) + _frame(_LINK_OPEN, _LINK_ID, _json_body({"host": host}))
+            + _linked(_EXEC, _json_body({"shell": shell, "env": node, "stdin": False, "window": _OUTPUT_WINDOW})))
 
 
 class _Run:
@@ -191,16 +221,16 @@ class _Run:
         if type_ == _LINKED and rid == _LINK_ID and len(body) >= 5:
             return self._inner(body[0], body[5:])
         if type_ == _HELLO:
-            return () if "hub" in json.loads(body).get("features", []) else None
+            return () if "hub" in _loads(body).get("features", []) else None
         if type_ == _LINK_OPENED:
             self.linked = True
             return ()
         if not self.linked:
             return None  # refused before the link opened (uid, unknown host, not a hub): nothing ran
         if type_ == _LINK_CLOSE:
-            return self._lost(json.loads(body).get("reason") or "link closed by the hub")
+            return self._lost(_loads(body).get("reason") or "link closed by the hub")
         if type_ == _ERROR and rid == 0:
-            error = json.loads(body)
+            error = _loads(body)
             return self._lost(f"hub connection lost: hub error {error.get('code')}: {error.get('message')}")
         return ()
 
@@ -221,7 +251,7 @@ class _Run:
         return ()  # STARTED, WINDOW (stdin's, and we send none)
 
     def _exited(self, body: bytes) -> int:
-        fields = json.loads(body)
+        fields = _loads(body)
         simple = not (fields.get("timed_out") or fields.get("idle_timed_out") or fields.get("leftovers_ended"))
         if fields.get("status") == 0 and simple and not self.interrupts:
             return 0
@@ -232,7 +262,7 @@ class _Run:
 
     def _send(self, type_: int, fields: dict[str, Any]) -> None:
         try:
-            self.sock.sendall(_linked(type_, _json(fields)))
+            self.sock.sendall(_linked(type_, _json_body(fields)))
         except OSError:
             pass  # the read that follows reports the lost connection
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import compileall
-import os
 import statistics
 import subprocess
 import sys
@@ -28,7 +26,7 @@ from shoal.controller.remote import Command
 from shoal.controller.fleet import ConnectOptions, Fleet
 from shoal.controller.targets import Target
 from tests.agents import make_agents
-from tests.bench.common import ROOT, free_port, start_agent
+from tests.bench.common import ROOT, compile_shoal, free_port, start_agent
 from tests.bench.sshd import loopback_sshd
 from tests.programs import installed
 
@@ -86,22 +84,11 @@ def _median_walls(commands: dict[str, list[str]], runs: int) -> dict[str, float]
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _compile_shoal() -> None:
-    """Write shoal's bytecode, as installing it does: under PYTHONDONTWRITEBYTECODE a
-    source checkout would otherwise time the compiler on every run."""
-    import shoal.agent
-    import shoal.controller
-    import shoal.protocol
-
-    for package in (shoal.protocol, shoal.agent, shoal.controller):
-        compileall.compile_dir(os.path.dirname(package.__file__ or ""), quiet=1)
-
-
 def whole_process(port: int, runs: int = 20) -> None:
     """A whole `shoal run` process, always against `python -c pass` (the floor of any
     Python program's start-up), and against `ssh 127.0.0.1 true` on a loopback sshd the
     benchmark starts itself (tests/bench/sshd.py) when the machine has one."""
-    _compile_shoal()
+    compile_shoal()
     name = "whole `shoal run ... -- true`"
     commands = {"shoal": [SHOAL, "run", f"127.0.0.1:{port}", "-n", "--", "true"],
                 "python": [sys.executable, "-c", "pass"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import compileall
 import os
 import socket
 import subprocess
@@ -59,3 +60,14 @@ async def bare_spawns(count: int, at_once: int = 512) -> float:
 
     await asyncio.gather(*(one() for _ in range(count)))
     return time.perf_counter() - start
+
+
+def compile_shoal() -> None:
+    """Write shoal's bytecode, as installing it does: under PYTHONDONTWRITEBYTECODE a
+    source checkout would otherwise time the compiler on every run."""
+    import shoal.agent
+    import shoal.controller
+    import shoal.protocol
+
+    for package in (shoal.protocol, shoal.agent, shoal.controller):
+        compileall.compile_dir(os.path.dirname(package.__file__ or ""), quiet=1)

@@ -102,4 +102,15 @@ def test_the_installed_command_runs_it_without_asyncio_or_argparse(hub) -> None:
     assert (proc.returncode, proc.stdout) == (0, b"hi\n")
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.decode().splitlines()}
     assert "shoal.controller.cli.hubrun" in imported
-    assert not imported & {"asyncio", "argparse", "shoal.protocol", "shoal.controller.cli.main"}
+    assert not imported & {"asyncio", "argparse", "json", "shoal.protocol", "shoal.controller.cli.main"}
+
+
+def test_a_reader_that_goes_away_ends_the_short_path_with_141_and_no_traceback(hub) -> None:  # type: ignore[no-untyped-def]
+    proc = subprocess.Popen([sys.executable, "-m", "shoal.controller.cli.entry", "run", "-n", "--hub", str(hub.socket),
+                             "web1", "--", "yes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(65536).startswith(b"y\ny\n")  # the command runs and its output flows
+    proc.stdout.close()
+    with proc.stderr:
+        assert proc.wait(60) == 141
+        assert proc.stderr.read() == b""  # as the full program: quiet
