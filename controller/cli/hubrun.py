@@ -145,8 +145,13 @@ class _Strict:
         raise ValueError(f"{name} is not JSON")
 
 
-_scan = _json.make_scanner(_Strict())
-_encode = _json.make_encoder(None, None, _json.encode_basestring_ascii, None, ":", ",", False, False, False)
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+# typeshed types the context as a scanner; the C code reads the attributes above from it
+_scan = _json.make_scanner(_Strict())  # type: ignore[arg-type]
+_encode = _json.make_encoder(None, _not_json, _json.encode_basestring_ascii, None, ":", ",", False, False, False)
 
 
 def _json_body(obj: dict[str, Any]) -> bytes:
