@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -54,6 +55,12 @@ MAX_PENDING = 512
 # Accepted connections waiting for a handshake slot, unread; more are closed at
 # once and retry later. Each holds a socket and about 6 KiB until its turn.
 MAX_QUEUED = 8192
+# Connections accepted in one turn of the loop (asyncio accepts as many as the
+# backlog it was given): a burst of thousands accepted at once would hold the hub's
+# local clients for a third of a second. The kernel keeps the rest queued, up to
+# LISTEN_BACKLOG.
+ACCEPTS_PER_TURN = 128
+LISTEN_BACKLOG = 4096
 # TLS handshakes in flight at once (with --tls-*), before a connection reaches the
 # queue above; more are closed at once and retry later.
 MAX_TLS_HANDSHAKES = 2048
@@ -195,9 +202,11 @@ class DialIns:
         loop = asyncio.get_running_loop()
         factory: Callable[[], asyncio.BaseProtocol] = (
             (lambda: DialInClient(self)) if self.tls is None else (lambda: _TlsGate(self)))
-        server = await loop.create_server(factory, host, port, reuse_address=True, backlog=4096)
+        server = await loop.create_server(factory, host, port, reuse_address=True, backlog=ACCEPTS_PER_TURN)
         self._servers.append(server)
         for sock in server.sockets:
+            with socket.fromfd(sock.fileno(), sock.family, sock.type) as same:  # a dup: asyncio's has no listen()
+                same.listen(LISTEN_BACKLOG)  # the kernel's queue; asyncio accepts only its `backlog` per turn
             bound_host, bound_port = sock.getsockname()[:2]
             self.addresses.append(f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}")
 
