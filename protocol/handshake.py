@@ -266,6 +266,23 @@ class FrameMac:
         return _tag_matches(self.tag, seq, frame_head, body, tag)
 
 
+_GCM: tuple[Callable[[bytes], Any], Callable[[bytes, bytes], Any]] | None = None
+
+
+def _gcm() -> tuple[Callable[[bytes], Any], Callable[[bytes, bytes], Any]]:
+    """cryptography's AESGCM, and a streaming GCM encryptor for (key, nonce): imported
+    on first use, so sessions without a key (and `shoal run` start-up) never pay for
+    it, and once, so a hub taking thousands of handshakes does not run the import
+    statement for each."""
+    global _GCM
+    if _GCM is None:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        _GCM = (AESGCM, lambda key, nonce: Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor())
+    return _GCM
+
+
 class GmacFrameMac:
     """The same job as FrameMac with AES-256-GMAC: GCM over an empty plaintext
     with the frame as associated data, whose 16-byte output is the tag.
@@ -280,12 +297,9 @@ class GmacFrameMac:
     def __init__(self, key: bytes) -> None:
         if len(key) != KEY_SIZE:
             raise LocalProtocolError(f"an AES-256-GMAC key must be {KEY_SIZE} bytes")
-        # Imported here: sessions without a key (and `shoal run` start-up) never pay for it.
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-        self._aead = AESGCM(key)
-        self._stream: Callable[[bytes], Any] = lambda nonce: Cipher(algorithms.AES(key), modes.GCM(nonce)).encryptor()
+        aesgcm, stream = _gcm()
+        self._aead = aesgcm(key)
+        self._stream: Callable[[bytes], Any] = lambda nonce: stream(key, nonce)
 
     def __repr__(self) -> str:
         return "GmacFrameMac(<secret>)"
