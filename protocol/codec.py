@@ -69,21 +69,24 @@ _encode_json = _compact_json()
 
 
 def _parse_json(cls: type[Message], body: bytes) -> dict[str, Any]:
+    """The body's members that are fields of `cls`, each checked against its type.
+    Absent ones take their defaults (required-ness is checked by _validate); unknown
+    ones are dropped (PROTOCOL.md section 2)."""
     obj = parse_object(body, cls.TYPE.name)
-    values = {}
-    for name, conforms in _checks(cls):
-        if name not in obj:
-            continue  # defaults apply; required-ness is checked by _validate
-        value = obj[name]
-        if not conforms(value):
+    checks = _checks(cls)
+    unknown = False
+    for name, value in obj.items():
+        conforms = checks.get(name)
+        if conforms is None:
+            unknown = True
+        elif not conforms(value):
             raise bad_message(f"{cls.TYPE.name}.{name} has the wrong type ({type(value).__name__})")
-        values[name] = value
-    return values
+    return {name: value for name, value in obj.items() if name in checks} if unknown else obj
 
 
 _FIELDS_CACHE: dict[type, tuple[str, ...]] = {}
 _HINTS_CACHE: dict[type, dict[str, Any]] = {}
-_CHECKS_CACHE: dict[type, tuple[tuple[str, Callable[[Any], bool]], ...]] = {}
+_CHECKS_CACHE: dict[type, dict[str, Callable[[Any], bool]]] = {}
 _SIMPLE_CHECKS: dict[Any, Callable[[Any], bool]] = {
     Any: lambda value: True,
     type(None): lambda value: value is None,
@@ -94,14 +97,21 @@ _SIMPLE_CHECKS: dict[Any, Callable[[Any], bool]] = {
 }
 
 
-def _checks(cls: type[Message]) -> tuple[tuple[str, Callable[[Any], bool]], ...]:
-    """Each field's name and the check of a decoded value against its annotation."""
+def _checks(cls: type[Message]) -> dict[str, Callable[[Any], bool]]:
+    """Each field's name -> the check of a decoded value against its annotation."""
     cached = _CHECKS_CACHE.get(cls)
     if cached is None:
         hints = _hints(cls)
-        cached = tuple((name, _check_for(hints[name])) for name in _fields(cls))
+        cached = {name: _check_for(hints[name]) for name in _fields(cls)}
         _CHECKS_CACHE[cls] = cached
     return cached
+
+
+# The JSON types each plain annotation takes (a float field takes an integer too).
+_PLAIN_TYPES: dict[Any, frozenset[type]] = {
+    type(None): frozenset({type(None)}), bool: frozenset({bool}), int: frozenset({int}),
+    float: frozenset({float, int}), str: frozenset({str}),
+}
 
 
 def _check_for(hint: Any) -> Callable[[Any], bool]:
@@ -111,8 +121,16 @@ def _check_for(hint: Any) -> Callable[[Any], bool]:
         return simple
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
-        either = tuple(_check_for(arg) for arg in typing.get_args(hint))
-        return lambda value: any(check(value) for check in either)
+        args = typing.get_args(hint)
+        # `int | None` and the like: one set lookup, before any check of a list or dict member
+        allowed = frozenset().union(*(_PLAIN_TYPES[arg] for arg in args if arg in _PLAIN_TYPES))
+        either = tuple(_check_for(arg) for arg in args if arg not in _PLAIN_TYPES)
+        if not either:
+            return lambda value: type(value) in allowed
+        if len(either) == 1:
+            (other,) = either
+            return lambda value: type(value) in allowed or other(value)
+        return lambda value: type(value) in allowed or any(check(value) for check in either)
     if origin is list:
         item = _check_for(typing.get_args(hint)[0])
         return lambda value: type(value) is list and all(item(v) for v in value)

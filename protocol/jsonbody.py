@@ -35,7 +35,11 @@ def parse_object(body: bytes, what: str) -> dict[str, Any]:
         raise _bad(f"{what} body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
     _check_depth(body, what)
     try:
-        obj = _DECODER.decode(text)
+        obj, end = _SCAN(text, 0) if text[0] == "{" else (None, -1)  # what every sender writes
+        if end != len(text):  # whitespace around it, or something else: the full decoder judges
+            obj = _DECODER.decode(text)
+    except StopIteration:
+        raise _bad(f"{what} body is not valid JSON") from None
     except (ValueError, RecursionError) as exc:
         raise _bad(f"{what} body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -72,6 +76,8 @@ def _no_constant(name: str) -> Any:
 
 # One decoder for every body: `json.loads` with options builds a new one per call.
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_members, parse_constant=_no_constant)
+# Its scanner alone, for a body that is one object and nothing else (no whitespace to skip).
+_SCAN = _DECODER.scan_once
 
 
 def _bad(message: str) -> RemoteProtocolError:

@@ -122,24 +122,44 @@ def _init(self: Any, *args: Any, **kwargs: Any) -> None:
     names = layout.names
     if len(args) > len(names):
         raise TypeError(f"{cls.__name__}() takes {len(names)} positional arguments but {len(args)} were given")
+    set_ = object.__setattr__
     for name, value in zip(names, args):
         if name in kwargs:
             raise TypeError(f"{cls.__name__}() got multiple values for argument {name!r}")
-        object.__setattr__(self, name, value)
-    for name in names[len(args):]:
-        if name in kwargs:
-            object.__setattr__(self, name, kwargs.pop(name))
-        elif name in layout.defaults:
-            object.__setattr__(self, name, layout.defaults[name])
-        elif name in layout.factories:
-            object.__setattr__(self, name, layout.factories[name]())
-        else:
-            raise TypeError(f"{cls.__name__}() missing required argument: {name!r}")
-    if kwargs:  # what is left named no field
-        raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        set_(self, name, value)
+    rest = names[len(args):] if args else names
+    if len(kwargs) != len(rest) or not _all_given(self, rest, kwargs):
+        _rest_with_defaults(self, cls, layout, rest, kwargs)
     post_init = getattr(self, "__post_init__", None)
     if post_init is not None:
         post_init()
+
+
+def _all_given(self: Any, rest: tuple[str, ...], kwargs: dict[str, Any]) -> bool:
+    """Set every field from `kwargs` when it names each one (a decoded body, mostly)."""
+    set_ = object.__setattr__
+    try:
+        for name in rest:
+            set_(self, name, kwargs[name])
+    except KeyError:
+        return False
+    return True
+
+
+def _rest_with_defaults(self: Any, cls: type, layout: _Layout, rest: tuple[str, ...], kwargs: dict[str, Any]) -> None:
+    set_ = object.__setattr__
+    defaults = layout.defaults
+    for name in rest:
+        value = kwargs.pop(name, _NO_DEFAULT)
+        if value is _NO_DEFAULT:
+            value = defaults.get(name, _NO_DEFAULT)
+            if value is _NO_DEFAULT:
+                if name not in layout.factories:
+                    raise TypeError(f"{cls.__name__}() missing required argument: {name!r}")
+                value = layout.factories[name]()
+        set_(self, name, value)
+    if kwargs:  # what is left named no field
+        raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {next(iter(kwargs))!r}")
 
 
 def _values(self: Any) -> tuple[Any, ...]:
