@@ -314,7 +314,8 @@ class GmacFrameMac:
             raise LocalProtocolError(f"frame sequence number {seq} out of range")
         nonce = _NONCE_PREFIX + _U64.pack(seq)
         if len(body) < _STREAM_AAD_FROM:
-            return self._aead.encrypt(nonce, b"", frame_head + body)
+            small: bytes = self._aead.encrypt(nonce, b"", frame_head + body)
+            return small
         # Large bodies: feed head and body separately rather than copying a fresh
         # megabyte per frame just to join them.
         enc = self._stream(nonce)

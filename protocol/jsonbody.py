@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from shoal.protocol.errors import ErrorCode, RemoteProtocolError
@@ -77,7 +78,7 @@ def _no_constant(name: str) -> Any:
 # One decoder for every body: `json.loads` with options builds a new one per call.
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_members, parse_constant=_no_constant)
 # Its scanner alone, for a body that is one object and nothing else (no whitespace to skip).
-_SCAN = _DECODER.scan_once
+_SCAN: Callable[[str, int], tuple[Any, int]] = getattr(_DECODER, "scan_once")  # set in its __init__; not typed
 
 
 def _bad(message: str) -> RemoteProtocolError:
