@@ -24,11 +24,14 @@ from shoal.protocol.connection import Role
 from shoal.protocol.errors import ErrorCode, RemoteProtocolError
 from shoal.protocol.messages import AGENT_ONLY, CONTROLLER_ONLY, HUB_TYPES, Linked, Message, MessageType
 
-__all__ = ["HUB_FEATURE", "INNER_HEAD", "link_message", "link_data", "inner_message"]
+__all__ = ["HUB_FEATURE", "PING_LINKS_FEATURE", "INNER_HEAD", "link_message", "link_data", "inner_message"]
 
 # Named in a hub's HELLO `features` (PROTOCOL.md section 7), so a client knows it
 # reached a hub that carries links, not an agent.
 HUB_FEATURE = "hub"
+# Named beside it by a hub that takes PING_LINKS; a client pings through an older
+# hub with a PING inside each link.
+PING_LINKS_FEATURE = "ping_links"
 
 _HEAD = struct.Struct(">BI")
 # Bytes a LINKED body adds to the inner message's body.

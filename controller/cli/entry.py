@@ -54,7 +54,7 @@ def _exit_now(status: int) -> NoReturn:
         status = EXIT_BROKEN_PIPE  # as the full program ends when its reader went away
     except (OSError, ValueError):
         pass  # a closed or failing stream: what there was to say has been tried
-    os._exit(status)
+    os._exit(status if 0 <= status <= 255 else 255)
 
 
 if __name__ == "__main__":

@@ -159,8 +159,8 @@ def _json_body(obj: dict[str, Any]) -> bytes:
 
 
 def _loads(body: bytes) -> Any:
-    """The JSON value that is all of `body`; ValueError otherwise."""
-    text = body.decode()
+    """The JSON value that is all of `body` (whitespace around it allowed); ValueError otherwise."""
+    text = body.decode().strip(" \t\n\r")
     try:
         value, end = _scan(text, 0)
     except StopIteration:

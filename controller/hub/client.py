@@ -25,7 +25,7 @@ from shoal.protocol.errors import (
     ShoalConnectionError,
     ShoalTimeoutError,
 )
-from shoal.protocol.link import HUB_FEATURE, inner_message, link_data, link_message
+from shoal.protocol.link import HUB_FEATURE, PING_LINKS_FEATURE, inner_message, link_data, link_message
 from shoal.protocol.messages import (
     Error,
     HostsList,
@@ -34,12 +34,14 @@ from shoal.protocol.messages import (
     Linked,
     LinkOpen,
     LinkOpened,
+    MAX_PING_LINKS,
     LinkPongs,
     Message,
     MessageType,
     Ping,
     PingLinks,
     Pong,
+    check_finite,
 )
 
 from shoal.hostio.driver import FrameDriver
@@ -91,7 +93,10 @@ class HubLink(AgentClient):
 
     def send_ping(self, answer: Callable[[Pong | ShoalConnectionError], None], t0: float | None = None) -> float:
         """Ping the agent in the hub's next PING_LINKS: every link pinged in one turn of
-        the loop goes in one frame (`HubConnection.ping_link`). Returns the round's t0."""
+        the loop goes in one frame (`HubConnection.ping_link`). Returns the round's t0.
+        A hub without PING_LINKS gets a PING inside the link."""
+        if not self.hub.ping_links:
+            return super().send_ping(answer, t0)
         if self.closed:
             raise ShoalConnectionError(self.name, self.close_reason or "connection closed")
         return self.hub.ping_link(self, answer, t0)
@@ -102,12 +107,14 @@ class HubLink(AgentClient):
 
     def lost(self, reason: str) -> None:
         """The hub closed the link (the agent went away) or the hub connection ended."""
+        self.hub.forget_pings(self, reason)
         self._fail(ShoalConnectionError(self.name, reason))
         self._closed_event.set()
 
     def abort(self) -> None:
         if not self.closed:
             self.hub.close_link(self)
+        self.hub.forget_pings(self, "closed by controller")
         self._fail(ShoalConnectionError(self.name, "closed by controller"))
         self._closed_event.set()
 
@@ -146,6 +153,7 @@ class HubConnection(FrameDriver):
         self._closed_event = asyncio.Event()
         self._next_round: _PingRound | None = None
         self._rounds: dict[int, _PingRound] = {}
+        self.ping_links = False  # the hub named PING_LINKS_FEATURE
 
     @classmethod
     async def connect(cls, path: str, timeout: float = 10.0) -> HubConnection:
@@ -218,6 +226,8 @@ class HubConnection(FrameDriver):
         """Add `link` to the PING_LINKS sent at the end of this turn of the loop (with
         `t0`, or the clock); `answer` gets its PONG, or the reason it will not come.
         Returns the round's t0."""
+        if t0 is not None:
+            check_finite("t0", t0)  # as a PING's own: raises LocalProtocolError here, not later
         round_ = self._next_round
         if round_ is not None and (link.link_id in round_.answers or t0 is not None and t0 != round_.t0):
             self._send_ping_round()  # pinged twice in one turn, or another t0: the first goes now
@@ -234,8 +244,23 @@ class HubConnection(FrameDriver):
             return
         if self.closed:
             return self._answer_lost(round_)
-        self._rounds[round_.request_id] = round_
-        self.send(PingLinks(round_.request_id, links=list(round_.answers), t0=round_.t0))
+        links = list(round_.answers)
+        for at in range(0, len(links), MAX_PING_LINKS):  # a round past the hub's limit goes as several
+            chunk = links[at:at + MAX_PING_LINKS]
+            part = round_ if at == 0 else _PingRound(self._new_id(), round_.t0)
+            if at:
+                part.answers = {link_id: round_.answers.pop(link_id) for link_id in chunk}
+            self._rounds[part.request_id] = part
+            self.send(PingLinks(part.request_id, links=chunk, t0=part.t0))
+
+    def forget_pings(self, link: HubLink, reason: str) -> None:
+        """`link` is closed: its pings not yet answered get `reason` now, and their answers
+        from the hub, if any come, are ignored."""
+        rounds = [*self._rounds.values(), *([self._next_round] if self._next_round is not None else [])]
+        for round_ in rounds:
+            answer = round_.answers.pop(link.link_id, None)
+            if answer is not None:
+                answer(ShoalConnectionError(link.name, reason))
 
     def _ponged(self, part: LinkPongs) -> None:
         round_ = self._rounds.get(part.request_id)
@@ -293,6 +318,7 @@ class HubConnection(FrameDriver):
             if HUB_FEATURE not in event.peer.features:
                 self._fail(f"{self.path} is not a hub's socket (it answered as {event.peer.software})")
             elif not self._ready.done():
+                self.ping_links = PING_LINKS_FEATURE in event.peer.features
                 self._ready.set_result(None)
             return
         if isinstance(event, Linked):
@@ -307,6 +333,9 @@ class HubConnection(FrameDriver):
             return
         if isinstance(event, LinkPongs):
             self._ponged(event)
+            return
+        if isinstance(event, Error) and event.request_id in self._rounds:  # the hub refused a PING_LINKS
+            self._answer_lost(self._rounds.pop(event.request_id), f"hub error {event.code}: {event.message}")
             return
         if isinstance(event, Error) and event.request_id == 0:
             self._fail(f"hub error {event.code}: {event.message}")

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from shoal.protocol.connection import Connection, HandshakeComplete, Role
 from shoal.protocol.errors import AuthError, ErrorCode, ProtocolError, RemoteProtocolError, ShoalError
 from shoal.protocol.frames import MAX_FRAME_SIZE_CEILING
-from shoal.protocol.link import HUB_FEATURE, INNER_HEAD, inner_message, link_message
+from shoal.protocol.link import HUB_FEATURE, INNER_HEAD, PING_LINKS_FEATURE, inner_message, link_message
 from shoal.protocol.messageclass import replace
 from shoal.protocol.messages import (
     Error,
@@ -152,9 +152,10 @@ class LocalSession(FrameDriver):
 
     def __init__(self, hub: Hub) -> None:
         super().__init__(Connection(Role.AGENT, max_frame_size=MAX_FRAME_SIZE_CEILING, software=hub.software,
-                                    features=[HUB_FEATURE]))
+                                    features=[HUB_FEATURE, PING_LINKS_FEATURE]))
         self.hub = hub
         self.links: dict[int, Link] = {}
+        self.rounds: dict[int, PingRound] = {}  # PING_LINKS not yet answered `done`
         self.uid = -1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -182,7 +183,7 @@ class LocalSession(FrameDriver):
             if link is not None:
                 link.close()
         elif isinstance(event, PingLinks):
-            PingRound(self, event.request_id).start(event.links, event.t0)
+            self._ping_links(event)
         elif isinstance(event, HostsList):
             self.send(HostsReply(event.request_id, hosts=[a.describe() for a in self.hub.registry.agents()]))
         elif isinstance(event, Ping):
@@ -193,11 +194,19 @@ class LocalSession(FrameDriver):
             self.send(Error(event.request_id, code=ErrorCode.UNSUPPORTED,
                             message=f"{event.TYPE.name} is not handled by a hub"))
 
+    def _ping_links(self, msg: PingLinks) -> None:
+        rid = msg.request_id
+        if rid in self.links or rid in self.rounds:
+            self.send(Error(rid, code=ErrorCode.DUPLICATE_REQUEST, message=f"request id {rid} is in use"))
+            return
+        self.rounds[rid] = PingRound(self, rid, msg.links, msg.t0)
+        self.rounds[rid].start()
+
     def _open_link(self, msg: LinkOpen) -> None:
         rid = msg.request_id
         agent = self.hub.registry.get(msg.host)
-        if rid in self.links:
-            self.send(Error(rid, code=ErrorCode.DUPLICATE_REQUEST, message=f"link {rid} is already open"))
+        if rid in self.links or rid in self.rounds:
+            self.send(Error(rid, code=ErrorCode.DUPLICATE_REQUEST, message=f"request id {rid} is in use"))
         elif self.hub.draining:
             self.send(Error(rid, code=ErrorCode.UNKNOWN_HOST, message="the hub is shutting down", status=255))
         elif agent is None or agent.client.closed:

@@ -43,6 +43,7 @@ from shoal.protocol.messages.core import (
     MessageType,
     Ping,
     Pong,
+    check_finite,
 )
 from shoal.protocol.messages.files import (
     BatchDone,
@@ -58,8 +59,8 @@ from shoal.protocol.messages.files import (
     RemovePaths,
     TreeEntries,
 )
-from shoal.protocol.messages.hub import (HUB_TYPES, HostsList, HostsReply, LinkClose, Linked, LinkOpen, LinkOpened,
-                                        LinkPongs, PingLinks)
+from shoal.protocol.messages.hub import (HUB_TYPES, MAX_PING_LINKS, HostsList, HostsReply, LinkClose, Linked,
+                                        LinkOpen, LinkOpened, LinkPongs, PingLinks)
 from shoal.protocol.messages.jobs import JobAttach, JobKill, JobKilled, JobsList, JobsReply, JobStarted
 from shoal.protocol.messages.metrics import MetricsReply, MetricsRequest
 from shoal.protocol.messages.relay import RelayClose, RelayData, RelayOpen, RelayOpened
@@ -74,6 +75,7 @@ __all__ = [
     "Auth",
     "Error",
     "Ping",
+    "check_finite",
     "Pong",
     "Goodbye",
     "Exec",
@@ -114,6 +116,7 @@ __all__ = [
     "PingLinks",
     "LinkPongs",
     "HUB_TYPES",
+    "MAX_PING_LINKS",
     "PutBatch",
     "BatchDone",
     "RelayOpen",

@@ -157,3 +157,7 @@ class Exit(Message):
     output_file: str | None = None
     leftovers_ended: int | None = None
     idle_timed_out: bool = False  # feature "idle_timeout": ended by EXEC's idle_timeout
+
+    def _validate(self) -> None:
+        if not 0 <= self.status <= 255:
+            raise LocalProtocolError(f"bad status {self.status!r} (an exit status is 0..255)")

@@ -96,6 +96,12 @@ class Message:
         """Per-message checks beyond field types; raise LocalProtocolError."""
 
 
+def check_finite(name: str, value: float) -> None:
+    """A time that JSON can carry back: 1e400 decodes to infinity, which no body may hold."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise LocalProtocolError(f"bad {name} {value!r}")
+
+
 def check_timeout_and_window(timeout: float | None, window: int) -> None:
     """A timeout is positive and finite (or absent); a window is not negative (0: the default)."""
     if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
@@ -175,6 +181,9 @@ class Ping(Message):
     TYPE = MessageType.PING
     t0: float = 0.0
 
+    def _validate(self) -> None:
+        check_finite("t0", self.t0)
+
 
 @message
 class Pong(Message):
@@ -185,6 +194,10 @@ class Pong(Message):
     t1: float = 0.0
     t2: float = 0.0
     version: str = ""
+
+    def _validate(self) -> None:
+        for name in ("t0", "t1", "t2"):
+            check_finite(name, getattr(self, name))
 
 
 @message

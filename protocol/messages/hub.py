@@ -7,16 +7,15 @@ inner message: shoal.protocol.link; PROTOCOL.md section 7.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from shoal.protocol.errors import LocalProtocolError
 
 from shoal.protocol.messageclass import field, message
-from shoal.protocol.messages.core import Message, MessageType
+from shoal.protocol.messages.core import Message, MessageType, check_finite
 
 __all__ = ["LinkOpen", "LinkOpened", "Linked", "LinkClose", "HostsList", "HostsReply", "PingLinks", "LinkPongs",
-           "HUB_TYPES"]
+           "HUB_TYPES", "MAX_PING_LINKS"]
 
 
 @message
@@ -71,6 +70,10 @@ class HostsReply(Message):
     hosts: list[dict[str, Any]] = field(default_factory=list)
 
 
+# Links one PING_LINKS may name: a client with more sends several.
+MAX_PING_LINKS = 65536
+
+
 @message
 class PingLinks(Message):
     """PING the agents of many links at once, with one `t0`: a round to thousands of
@@ -81,8 +84,9 @@ class PingLinks(Message):
     t0: float = 0.0
 
     def _validate(self) -> None:
-        if not math.isfinite(self.t0):
-            raise LocalProtocolError(f"bad t0 {self.t0!r}")
+        check_finite("t0", self.t0)
+        if len(self.links) > MAX_PING_LINKS:
+            raise LocalProtocolError(f"{len(self.links)} links in one PING_LINKS (at most {MAX_PING_LINKS})")
 
 
 @message

@@ -23,7 +23,11 @@ from shoal.controller.targets import Target
 from shoal.hostio.backoff import Backoff
 from shoal.hostio.atomic import TEMP_MARK
 from shoal.protocol.errors import ShoalConnectionError
-from shoal.protocol.messages import FileData, LinkOpen, LinkPongs, ListTree, MetricsRequest, PingLinks, PutFile, Stdin
+from shoal.protocol.connection import Connection, Role
+from shoal.protocol.frames import frame_head
+from shoal.protocol.link import PING_LINKS_FEATURE, inner_message, link_message
+from shoal.protocol.messages import (Error, FileData, Linked, LinkOpen, LinkPongs, ListTree, MessageType, MetricsRequest,
+                                     Ping, PingLinks, Pong, PutFile, Stdin)
 from tests.waiting import wait_for_async
 from tests.hubs import HubThread, close_all, dial_in, new_key, running_hub
 from tests.rawpeer import RawController
@@ -130,21 +134,14 @@ def test_ping_links_answers_each_open_link_with_its_agents_times_and_names_the_r
     """PING_LINKS on the wire (PROTOCOL.md section 7): one frame for many links, LINK_PONGS in parts."""
     key, _ = new_key(tmp_path)
     with HubThread(tmp_path, ["p1", "p2"], key) as hub:
-        client = RawController(str(hub.socket))
+        client = _raw_hub_client(hub)
         try:
-            client.handshake()
             for link_id, name in ((1, "p1"), (2, "p2")):
                 client.conn.send(LinkOpen(link_id, host=name))
             before = time.time()
             client.conn.send(PingLinks(3, links=[1, 2, 9], t0=12.5))
             client.flush()
-            parts: list[LinkPongs] = []
-            while not (parts and parts[-1].done):
-                event = client.next_event()
-                assert event is not None, "the hub closed the connection"
-                if isinstance(event, LinkPongs):
-                    assert event.request_id == 3 and not any(p.done for p in parts)
-                    parts.append(event)
+            parts = _pong_parts(client, 3)
             answered = {link: (t1, t2) for p in parts for link, t1, t2 in zip(p.links, p.t1, p.t2)}
             assert sorted(answered) == [1, 2]
             assert all(before - 5 <= t1 <= t2 <= time.time() + 5 for t1, t2 in answered.values())  # the agents' clocks
@@ -152,6 +149,140 @@ def test_ping_links_answers_each_open_link_with_its_agents_times_and_names_the_r
             assert client.conn.state.value == "open"
         finally:
             client.close()
+
+
+def _raw_hub_client(hub: HubThread, max_frame: int | None = None) -> RawController:
+    client = RawController(str(hub.socket))
+    if max_frame is not None:
+        client.conn = Connection(Role.CONTROLLER, max_frame_size=max_frame)
+    assert PING_LINKS_FEATURE in client.handshake().peer.features
+    return client
+
+
+def _pong_parts(client: RawController, request_id: int) -> list[LinkPongs]:
+    parts: list[LinkPongs] = []
+    while not (parts and parts[-1].done):
+        event = client.next_event()
+        assert event is not None, "the hub closed the connection"
+        if isinstance(event, LinkPongs):
+            assert event.request_id == request_id and not any(p.done for p in parts)
+            parts.append(event)
+    return parts
+
+
+def test_a_link_named_twice_is_answered_twice_and_a_request_id_in_use_is_refused(tmp_path: Path) -> None:
+    key, _ = new_key(tmp_path)
+    with HubThread(tmp_path, ["p1"], key) as hub:
+        client = _raw_hub_client(hub)
+        try:
+            client.conn.send(LinkOpen(1, host="p1"))
+            client.conn.send(PingLinks(3, links=[1, 1, 1], t0=12.5))
+            client.conn.send(PingLinks(1, links=[1], t0=12.5))  # 1 names the link
+            client.flush()
+            refused = None
+            parts: list[LinkPongs] = []
+            while not (parts and parts[-1].done and refused is not None):
+                event = client.next_event()
+                assert event is not None, "the hub closed the connection"
+                if isinstance(event, Error):
+                    refused = event
+                elif isinstance(event, LinkPongs):
+                    parts.append(event)
+            assert [link for p in parts for link in p.links] == [1, 1, 1]
+            assert (refused.request_id, refused.code) == (1, "duplicate_request")
+        finally:
+            client.close()
+
+
+def test_link_pongs_parts_fit_the_clients_frame_limit(tmp_path: Path) -> None:
+    key, _ = new_key(tmp_path)
+    with HubThread(tmp_path, ["p1"], key) as hub:
+        client = _raw_hub_client(hub, max_frame=4096)
+        try:
+            client.conn.send(PingLinks(3, links=list(range(100, 600)), t0=12.5))
+            client.flush()
+            parts = _pong_parts(client, 3)  # a part past 4096 bytes would fail our connection
+            assert len(parts) > 1
+            assert sorted(link for p in parts for link in p.lost) == list(range(100, 600))
+        finally:
+            client.close()
+
+
+def test_a_ping_links_with_a_time_json_cannot_carry_back_is_a_bad_message(tmp_path: Path) -> None:
+    key, _ = new_key(tmp_path)
+    with HubThread(tmp_path, ["p1"], key) as hub:
+        client = _raw_hub_client(hub)
+        try:
+            body = b'{"links": [1], "t0": 1e400}'  # decodes to infinity
+            client.send_raw(frame_head(MessageType.PING_LINKS, 3, len(body), False) + body)
+            assert client.rejected().code == "bad_message"
+        finally:
+            client.close()
+        assert hub.call(lambda: [a.name for a in hub.hub.registry.agents()]) == ["p1"]  # the agent is untouched
+
+
+def test_a_ping_inside_a_link_is_answered_with_the_agents_pong_and_its_own_t0(tmp_path: Path) -> None:
+    """The LINKED PING every hub takes (and a client uses when the hub lacks PING_LINKS)."""
+    key, _ = new_key(tmp_path)
+    with HubThread(tmp_path, ["p1"], key) as hub:
+        client = _raw_hub_client(hub)
+        try:
+            for link_id in (1, 2):  # two links to one agent, the same t0 in flight on both
+                client.conn.send(LinkOpen(link_id, host="p1"))
+                client.conn.send(link_message(link_id, Ping(0, t0=12.5)))
+            client.flush()
+            pongs: dict[int, Pong] = {}
+            while len(pongs) < 2:
+                event = client.next_event()
+                assert event is not None, "the hub closed the connection"
+                if isinstance(event, Linked):
+                    inner = inner_message(event, Role.AGENT)
+                    if isinstance(inner, Pong):
+                        pongs[event.request_id] = inner
+            assert {link: p.t0 for link, p in pongs.items()} == {1: 12.5, 2: 12.5}
+            assert all(p.version.startswith("shoal-agent/") and p.t1 > 1e9 for p in pongs.values())
+        finally:
+            client.close()
+
+
+async def test_a_client_pings_inside_the_links_of_a_hub_without_ping_links(tmp_path: Path) -> None:
+    key, _ = new_key(tmp_path)
+    async with running_hub(tmp_path / "hub.sock", key) as hub:
+        agents = await dial_in(hub, ["p1", "p2"], key)
+        try:
+            hub_conn = await HubConnection.connect(str(tmp_path / "hub.sock"))
+            try:
+                hub_conn.ping_links = False  # what the HELLO of a hub from before PING_LINKS leads to
+                links = [await hub_conn.link(named(n)) for n in ("p1", "p2")]
+                results = await ping_all(links)
+                assert all(not isinstance(r, ShoalConnectionError) and r[0].version.startswith("shoal-agent/")
+                           for r in results)
+            finally:
+                await hub_conn.close()
+        finally:
+            await close_all(agents)
+
+
+async def test_a_link_closed_with_its_ping_in_flight_answers_it_with_its_own_name(tmp_path: Path) -> None:
+    key, _ = new_key(tmp_path)
+    async with running_hub(tmp_path / "hub.sock", key) as hub:
+        agents = await dial_in(hub, ["p1"], key)
+        try:
+            hub_conn = await HubConnection.connect(str(tmp_path / "hub.sock"))
+            try:
+                link = await hub_conn.link(named("p1"))
+                answers: list[object] = []
+                link.send_ping(answers.append)
+                await link.close()
+                assert len(answers) == 1 and isinstance(answers[0], ShoalConnectionError)
+                assert str(answers[0]) == "p1: closed by controller"
+                again = await hub_conn.link(named("p1"))
+                assert not isinstance((await ping_all([again]))[0], ShoalConnectionError)  # nothing left behind
+                assert answers == answers[:1]
+            finally:
+                await hub_conn.close()
+        finally:
+            await close_all(agents)
 
 
 # A request the client opens, a frame its table refuses there, and the code it is refused with.

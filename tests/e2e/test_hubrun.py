@@ -106,11 +106,15 @@ def test_the_installed_command_runs_it_without_asyncio_or_argparse(hub) -> None:
 
 
 def test_a_reader_that_goes_away_ends_the_short_path_with_141_and_no_traceback(hub) -> None:  # type: ignore[no-untyped-def]
-    proc = subprocess.Popen([sys.executable, "-m", "shoal.controller.cli.entry", "run", "-n", "--hub", str(hub.socket),
-                             "web1", "--", "yes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "shoal.controller.cli.entry", "run", "-n",
+                             "--hub", str(hub.socket), "web1", "--", "yes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     assert proc.stdout.read(65536).startswith(b"y\ny\n")  # the command runs and its output flows
     proc.stdout.close()
     with proc.stderr:
         assert proc.wait(60) == 141
-        assert proc.stderr.read() == b""  # as the full program: quiet
+        err = proc.stderr.read().decode()
+    said = [line for line in err.splitlines() if not line.startswith("import time:")]
+    assert said == []  # as the full program: quiet
+    imported = {line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if line.startswith("import time:")}
+    assert "shoal.controller.cli.hubrun" in imported and "shoal.controller.cli.run" not in imported  # the short path ran

@@ -31,6 +31,7 @@ from shoal.protocol.messages import (
     JobStarted,
     JobsList,
     JobsReply,
+    MAX_PING_LINKS,
     LinkPongs,
     PingLinks,
 )
@@ -118,6 +119,26 @@ def test_link_pongs_lists_that_do_not_pair_up_are_a_bad_message() -> None:
         with pytest.raises(RemoteProtocolError) as err:
             decode_body(LinkPongs.TYPE, 9, body)
         assert err.value.code == "bad_message"
+
+
+@pytest.mark.parametrize("type_, body", [
+    (Ping.TYPE, b'{"t0": 1e400}'),                   # infinity: no PONG could carry it back
+    (Pong.TYPE, b'{"t0": 1.0, "t1": -1e400, "t2": 2.0}'),
+    (PingLinks.TYPE, b'{"links": [1], "t0": 1e999}'),
+    (Exit.TYPE, b'{"status": 4294967296}'),         # an exit status is 0..255
+    (Exit.TYPE, b'{"status": -1}'),
+])
+def test_values_past_their_range_are_a_bad_message(type_: int, body: bytes) -> None:
+    with pytest.raises(RemoteProtocolError) as err:
+        decode_body(type_, 0 if type_ in (Ping.TYPE, Pong.TYPE) else 3, body)
+    assert err.value.code == "bad_message"
+
+
+def test_a_ping_links_names_at_most_max_ping_links() -> None:
+    assert PingLinks(3, links=list(range(MAX_PING_LINKS)), t0=1.0).links[-1] == MAX_PING_LINKS - 1
+    with pytest.raises(LocalProtocolError):
+        PingLinks(3, links=list(range(MAX_PING_LINKS + 1)), t0=1.0)
+    assert PingLinks(3, links=[1], t0=10 ** 400).t0 == 10 ** 400  # a huge integer is JSON, and echoed as sent
 
 
 def test_unknown_json_fields_are_ignored_for_forward_compatibility() -> None:
