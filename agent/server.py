@@ -138,8 +138,10 @@ class Agent:
 
     # -- lifecycle -----------------------------------------------------------
 
-    async def start(self) -> None:
-        """Bind every listen address; ConfigError when one cannot be bound."""
+    async def start(self, dial: bool = True) -> None:
+        """Bind every listen address; ConfigError when one cannot be bound. Then dial the
+        hubs in `connect`, or with `dial=False` only once `start_dialing()` is called: a
+        process starting thousands of agents (a benchmark's pool) has them all up first."""
         clean_child_signals()
         self.journal = hold_journal(self.config.state_dir)  # and temp files a killed agent left
         try:
@@ -157,10 +159,15 @@ class Agent:
             raise
         if self._reap_orphans and proctree.enable_subreaper():
             self._loops.spawn(proctree.reap_orphans(self.running.pids), name="reaper")
-        for dialer in self.dialers:
-            self._dialing.spawn(dialer.run(), name=f"dial {dialer.address}")
+        if dial:
+            self.start_dialing()
         if self.addresses:
             log.info("listening on %s", ", ".join(self.addresses))
+
+    def start_dialing(self) -> None:
+        """Dial every hub in `connect` (after `start(dial=False)`)."""
+        for dialer in self.dialers:
+            self._dialing.spawn(dialer.run(), name=f"dial {dialer.address}")
 
     async def serve_forever(self) -> None:
         """Wait until the agent stops listening (close())."""

@@ -15,7 +15,8 @@ four pools do not crowd the 2 cores with more event loops than the hub's.
 
 1. the hub's RSS holding every agent's authenticated connection, against the
    same hub holding none (goal: under 500 MB for 5,000);
-2. wall time for every agent to dial in and authenticate from cold, against a
+2. wall time for every agent to dial in and authenticate from cold (the agents
+   already running, as when a hub starts: nothing connected yet), against a
    direct `shoal ping` of all of them (a connect and handshake each; goal: under 3 s);
 3. one ping round to every agent over the hub's warm connections (links already
    open), against the same round over direct connections already open
@@ -64,8 +65,8 @@ def pattern_for(hosts: int, first: int = 0) -> list[str]:
 
 
 async def pool_main(hub: str, key_file: str, port: int, first: int, count: int) -> None:
-    """Build `count` agents, say "built", start them all on "go", say "connected" once every
-    one is authenticated to the hub, run until stdin closes."""
+    """Start `count` agents, say "built", have them all dial the hub on "go", say
+    "connected" once every one is authenticated to it, run until stdin closes."""
     from shoal.hostio.keyfile import load_key_file
     from tests.agents import config, make_agents
 
@@ -76,9 +77,11 @@ async def pool_main(hub: str, key_file: str, port: int, first: int, count: int) 
     agents = make_agents(len(addresses), [load_key_file(key_file)],
                          configure=lambda i: config(listen=(f"{addresses[i]}:{port}",), name=addresses[i], **settings))
     loop = asyncio.get_running_loop()
+    await asyncio.gather(*(a.start(dial=False) for a in agents))  # up and listening, as on their hosts
     print("built", flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)
-    await asyncio.gather(*(a.start() for a in agents))
+    for agent in agents:
+        agent.start_dialing()
     dialers = [d for a in agents for d in a.dialers]
     while not all(d.connected.is_set() for d in dialers):
         await asyncio.sleep(0.01)
