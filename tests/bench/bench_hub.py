@@ -1,6 +1,6 @@
 """Hub benchmark: the issue 20 goals, each figure beside a baseline from the same run.
 
-    python -m tests.bench.bench_hub [--hosts 5000] [--pools 4]
+    python -m tests.bench.bench_hub [--hosts 5000] [--pools 8]
 
 A real `shoal hub` runs in its own process (its RSS is read with psutil). The agents
 run many per process (`--pools` child processes of this script), one per loopback
@@ -9,9 +9,9 @@ address as its name, so the same agents are reached directly and through the hub
 Packing agents costs what one agent per host never pays: a pool's one event loop
 starts the commands of all its agents one after another, each spawn holding the
 loop until the child has exec'd (about 1 ms here) and copying the pool's whole fd
-table, two sockets per agent. With two pools of 2,500 agents the spawns queue
-behind each other (`true` on 5,000: 1.75x bare spawns, against 1.45x with four);
-four pools do not crowd the 2 cores with more event loops than the hub's.
+table, two sockets per agent. Measured on 2 cores, `true` on 5,000 took 1.75x bare
+spawns with two pools of 2,500, about 1.5x with four and 1.2-1.3x with eight,
+whose dial-in and ping figures were no worse than with four; eight it is.
 
 1. the hub's RSS holding every agent's authenticated connection, against the
    same hub holding none (goal: under 500 MB for 5,000);
@@ -208,7 +208,7 @@ async def ping_rounds(sock: Path, names: list[str], port: int, rounds: int, hub_
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=5000)
-    parser.add_argument("--pools", type=int, default=4)
+    parser.add_argument("--pools", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pool", nargs=5, metavar=("HUB", "KEY", "PORT", "FIRST", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
