@@ -6,10 +6,12 @@ user of it would hold it (`ConnectOptions(hub=...)`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -101,33 +103,40 @@ async def test_output_stdin_ping_and_metrics_pass_through_a_link(tmp_path: Path)
             await close_all(agents)
 
 
-async def test_a_ping_round_answers_every_link_and_names_the_one_that_is_gone(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def hub_connection(tmp_path: Path, names: list[str]) -> AsyncIterator[HubConnection]:
+    """A hub with agents `names` dialled in, and a local client's connection to it."""
     key, _ = new_key(tmp_path)
     async with running_hub(tmp_path / "hub.sock", key) as hub:
-        agents = await dial_in(hub, ["p1", "p2", "p3"], key)
+        agents = await dial_in(hub, names, key)
         try:
             hub_conn = await HubConnection.connect(str(tmp_path / "hub.sock"))
             try:
-                links = [await hub_conn.link(named(n)) for n in ("p1", "p2", "p3")]
-                second = await hub_conn.link(named("p1"))  # two links to one agent, pinged in one round
-                await links[2].close()
-                results = await ping_all([*links, second])
-                assert isinstance(results[2], ShoalConnectionError) and "closed by controller" in str(results[2])
-                for result in (results[0], results[1], results[3]):
-                    assert not isinstance(result, ShoalConnectionError)
-                    pong, t0, t3 = result
-                    assert pong.t0 == t0 <= t3 and pong.version.startswith("shoal-agent/")
-                assert results[0][1] == results[3][1]  # type: ignore[index]  # one PING_LINKS, one t0
-                # Two links to one agent, the same t0 in flight on both: each gets its own back.
-                answers: list[object] = []
-                for link in (links[0], second):
-                    assert link.send_ping(answers.append, 1e300) == 1e300
-                await wait_for_async(lambda: len(answers) == 2)
-                assert [a.t0 for a in answers] == [1e300, 1e300]  # type: ignore[attr-defined]
+                yield hub_conn
             finally:
                 await hub_conn.close()
         finally:
             await close_all(agents)
+
+
+async def test_a_ping_round_answers_every_link_and_names_the_one_that_is_gone(tmp_path: Path) -> None:
+    async with hub_connection(tmp_path, ["p1", "p2", "p3"]) as hub_conn:
+        links = [await hub_conn.link(named(n)) for n in ("p1", "p2", "p3")]
+        second = await hub_conn.link(named("p1"))  # two links to one agent, pinged in one round
+        await links[2].close()
+        results = await ping_all([*links, second])
+        assert isinstance(results[2], ShoalConnectionError) and "closed by controller" in str(results[2])
+        for result in (results[0], results[1], results[3]):
+            assert not isinstance(result, ShoalConnectionError)
+            pong, t0, t3 = result
+            assert pong.t0 == t0 <= t3 and pong.version.startswith("shoal-agent/")
+        assert results[0][1] == results[3][1]  # type: ignore[index]  # one PING_LINKS, one t0
+        # Two links to one agent, the same t0 in flight on both: each gets its own back.
+        answers: list[object] = []
+        for link in (links[0], second):
+            assert link.send_ping(answers.append, 1e300) == 1e300
+        await wait_for_async(lambda: len(answers) == 2)
+        assert [a.t0 for a in answers] == [1e300, 1e300]  # type: ignore[attr-defined]
 
 
 def test_ping_links_answers_each_open_link_with_its_agents_times_and_names_the_rest(tmp_path: Path) -> None:
@@ -246,43 +255,25 @@ def test_a_ping_inside_a_link_is_answered_with_the_agents_pong_and_its_own_t0(tm
 
 
 async def test_a_client_pings_inside_the_links_of_a_hub_without_ping_links(tmp_path: Path) -> None:
-    key, _ = new_key(tmp_path)
-    async with running_hub(tmp_path / "hub.sock", key) as hub:
-        agents = await dial_in(hub, ["p1", "p2"], key)
-        try:
-            hub_conn = await HubConnection.connect(str(tmp_path / "hub.sock"))
-            try:
-                hub_conn.ping_links = False  # what the HELLO of a hub from before PING_LINKS leads to
-                links = [await hub_conn.link(named(n)) for n in ("p1", "p2")]
-                results = await ping_all(links)
-                assert all(not isinstance(r, ShoalConnectionError) and r[0].version.startswith("shoal-agent/")
-                           for r in results)
-            finally:
-                await hub_conn.close()
-        finally:
-            await close_all(agents)
+    async with hub_connection(tmp_path, ["p1", "p2"]) as hub_conn:
+        hub_conn.ping_links = False  # what the HELLO of a hub from before PING_LINKS leads to
+        links = [await hub_conn.link(named(n)) for n in ("p1", "p2")]
+        results = await ping_all(links)
+        assert all(not isinstance(r, ShoalConnectionError) and r[0].version.startswith("shoal-agent/")
+                   for r in results)
 
 
 async def test_a_link_closed_with_its_ping_in_flight_answers_it_with_its_own_name(tmp_path: Path) -> None:
-    key, _ = new_key(tmp_path)
-    async with running_hub(tmp_path / "hub.sock", key) as hub:
-        agents = await dial_in(hub, ["p1"], key)
-        try:
-            hub_conn = await HubConnection.connect(str(tmp_path / "hub.sock"))
-            try:
-                link = await hub_conn.link(named("p1"))
-                answers: list[object] = []
-                link.send_ping(answers.append)
-                await link.close()
-                assert len(answers) == 1 and isinstance(answers[0], ShoalConnectionError)
-                assert str(answers[0]) == "p1: closed by controller"
-                again = await hub_conn.link(named("p1"))
-                assert not isinstance((await ping_all([again]))[0], ShoalConnectionError)  # nothing left behind
-                assert answers == answers[:1]
-            finally:
-                await hub_conn.close()
-        finally:
-            await close_all(agents)
+    async with hub_connection(tmp_path, ["p1"]) as hub_conn:
+        link = await hub_conn.link(named("p1"))
+        answers: list[object] = []
+        link.send_ping(answers.append)
+        await link.close()
+        assert len(answers) == 1 and isinstance(answers[0], ShoalConnectionError)
+        assert str(answers[0]) == "p1: closed by controller"
+        again = await hub_conn.link(named("p1"))
+        assert not isinstance((await ping_all([again]))[0], ShoalConnectionError)  # nothing left behind
+        assert answers == answers[:1]
 
 
 # A request the client opens, a frame its table refuses there, and the code it is refused with.
