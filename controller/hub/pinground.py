@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = ["PingRound", "PINGS_PER_TURN"]
 
-# Agents pinged in one turn of the loop (about 10 ms of the hub's time).
-PINGS_PER_TURN = 1024
+# Agents pinged in one turn of the loop (a few ms of the hub's time).
+PINGS_PER_TURN = 256
 # Room in a LINK_PONGS for its frame head and member names, and the most one
 # answered link adds to the body: an id and two floats, their commas and brackets.
 _PART_OVERHEAD = 256
