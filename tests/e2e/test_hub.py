@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -439,6 +441,20 @@ def _as_nobody(path: str) -> bytes:
         answer = pipe.read()
     os.waitpid(pid, 0)
     return answer
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read a listening socket's backlog")
+async def test_the_dial_in_port_queues_thousands_in_the_kernel_while_taking_a_few_per_turn(tmp_path: Path) -> None:
+    """asyncio accepts as many connections per wakeup as the backlog it was given; the hub
+    gives it a small one and sets the kernel's queue back to LISTEN_BACKLOG, which ss shows."""
+    from shoal.controller.hub import dialin
+
+    key, _ = new_key(tmp_path)
+    async with running_hub(tmp_path / "hub.sock", key) as hub:
+        port = hub.dialins.addresses[0].rpartition(":")[2]
+        listing = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True)
+        backlogs = {int(line.split()[2]) for line in listing.stdout.splitlines()}
+        assert backlogs == {dialin.LISTEN_BACKLOG} and dialin.ACCEPTS_PER_TURN < dialin.LISTEN_BACKLOG
 
 
 async def test_a_burst_beyond_the_handshake_slots_waits_its_turn_instead_of_being_sent_away(
