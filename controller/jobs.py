@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shoal.protocol.errors import ConfigError, ShoalConnectionError, ShoalError
+from shoal.protocol.errors import ConfigError, LocalProtocolError, ShoalConnectionError, ShoalError
 from shoal.protocol.messages import Exit, JobKill, JobKilled, JobsList, JobsReply
 from shoal.protocol.request import RequestKind
 
@@ -162,9 +162,12 @@ def job_outcome(job: dict[str, Any]) -> str | None:
         return None
     sig = job.get("signal")
     code = job.get("code", None if sig else job["status"])  # agents before job timeouts send no code
-    ended = Exit(0, status=int(job["status"]), code=code, signal=sig,
-                 timed_out=bool(job.get("timed_out")), idle_timed_out=bool(job.get("idle_timed_out")),
-                 cancelled=bool(job.get("cancelled", job.get("state") == "killed")))
+    try:
+        ended = Exit(0, status=int(job["status"]), code=code, signal=sig,
+                     timed_out=bool(job.get("timed_out")), idle_timed_out=bool(job.get("idle_timed_out")),
+                     cancelled=bool(job.get("cancelled", job.get("state") == "killed")))
+    except (LocalProtocolError, TypeError, ValueError):  # this one job's entry, not the listing
+        return f"bad status {str(job['status'])[:20]!r}"
     return str(result_from_exit("", ended, None, None).outcome)
 
 

@@ -39,8 +39,8 @@ def parse_object(body: bytes, what: str) -> dict[str, Any]:
         obj, end = _SCAN(text, 0) if text[0] == "{" else (None, -1)  # what every sender writes
         if end != len(text):  # whitespace around it, or something else: the full decoder judges
             obj = _DECODER.decode(text)
-    except StopIteration:
-        raise _bad(f"{what} body is not valid JSON") from None
+    except StopIteration as exc:
+        raise _bad(f"{what} body is not valid JSON: no value at character {exc.value}") from None
     except (ValueError, RecursionError) as exc:
         raise _bad(f"{what} body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):

@@ -103,6 +103,7 @@ class HubLink(AgentClient):
 
     def protocol_violation(self, reason: str, code: str = ErrorCode.PROTOCOL_ERROR) -> None:
         self.hub.close_link(self)
+        self.hub.forget_pings(self, f"protocol error: {reason}")
         self._fail(ShoalConnectionError(self.name, f"protocol error: {reason}"))
 
     def lost(self, reason: str) -> None:
@@ -267,7 +268,7 @@ class HubConnection(FrameDriver):
         if round_ is None:
             return
         answers = round_.answers
-        for link_id, t1, t2 in zip(part.links, part.t1, part.t2):
+        for link_id, t1, t2 in zip(part.links, part.t1, part.t2):  # times finite: LINK_PONGS checked them
             answer = answers.pop(link_id, None)
             if answer is not None:
                 link = self.links.get(link_id)
@@ -277,7 +278,7 @@ class HubConnection(FrameDriver):
             if answer is not None:
                 answer(ShoalConnectionError(self._link_name(link_id), reason))
         if part.done:
-            del self._rounds[part.request_id]
+            self._rounds.pop(part.request_id, None)  # (gone already if an answer ended the connection)
             self._answer_lost(round_, "the hub did not answer for it")
 
     def _answer_lost(self, round_: _PingRound, reason: str | None = None) -> None:

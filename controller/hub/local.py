@@ -25,7 +25,7 @@ import struct
 from functools import partial
 from typing import TYPE_CHECKING
 
-from shoal.protocol.connection import Connection, HandshakeComplete, Role
+from shoal.protocol.connection import Connection, HandshakeComplete, Role, State
 from shoal.protocol.errors import AuthError, ErrorCode, ProtocolError, RemoteProtocolError, ShoalError
 from shoal.protocol.frames import MAX_FRAME_SIZE_CEILING
 from shoal.protocol.link import HUB_FEATURE, INNER_HEAD, PING_LINKS_FEATURE, inner_message, link_message
@@ -222,8 +222,9 @@ class LocalSession(FrameDriver):
                                  max_frame=min(peer.conn.peer_max_frame, self.conn.peer_max_frame - INNER_HEAD)))
 
     def send(self, msg: Message) -> None:
-        """Queue `msg`; it is written with everything else sent in this turn of the loop."""
-        if not self.closed:
+        """Queue `msg`; it is written with everything else sent in this turn of the loop.
+        Nothing once the client has gone, even before connection_lost says so."""
+        if not self.closed and self.conn.state is State.OPEN:
             self.conn.send(msg)
             self.flush_soon()
 

@@ -19,6 +19,7 @@ import asyncio
 import itertools
 from collections import Counter
 from collections.abc import Callable
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING
 
 from shoal.protocol.errors import ShoalConnectionError, ShoalError
@@ -32,7 +33,8 @@ __all__ = ["PingRound", "PINGS_PER_TURN"]
 # Agents pinged in one turn of the loop (a few ms of the hub's time).
 PINGS_PER_TURN = 256
 # Room in a LINK_PONGS for its frame head and member names, and the most one
-# answered link adds to the body: an id and two floats, their commas and brackets.
+# answered link adds to the body: an id (a request id, at most 10 digits) and two
+# floats (at most 24 characters each), their commas.
 _PART_OVERHEAD = 256
 _ANSWERED_BYTES = 64
 # A lost link's reason is cut here, so each entry's size is known before it is encoded.
@@ -83,11 +85,12 @@ class PingRound:
         def answer(pong: Pong | ShoalConnectionError) -> None:
             self.waiting -= 1
             if isinstance(pong, Pong):
+                t1, t2 = float(pong.t1), float(pong.t2)  # an integer time as a float: its size is known
                 for _ in range(self._named[link_id]):
                     self._room_for(_ANSWERED_BYTES)
                     self._links.append(link_id)
-                    self._t1.append(pong.t1)
-                    self._t2.append(pong.t2)
+                    self._t1.append(t1)
+                    self._t2.append(t2)
             else:
                 self._lose(link_id, _reason(pong))
             self._part_soon()
@@ -95,8 +98,9 @@ class PingRound:
 
     def _lose(self, link_id: int, reason: str) -> None:
         reason = reason[:_REASON_CHARS]
+        size = _ANSWERED_BYTES + len(encode_basestring_ascii(reason))  # as the body will spell it
         for _ in range(self._named[link_id]):
-            self._room_for(_ANSWERED_BYTES + 6 * len(reason))  # \uXXXX: the most a character takes
+            self._room_for(size)
             self._lost.append(link_id)
             self._reasons.append(reason)
 

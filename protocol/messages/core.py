@@ -97,9 +97,14 @@ class Message:
 
 
 def check_finite(name: str, value: float) -> None:
-    """A time that JSON can carry back: 1e400 decodes to infinity, which no body may hold."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise LocalProtocolError(f"bad {name} {value!r}")
+    """A time that JSON can carry back and a float can hold: 1e400 decodes to infinity,
+    which no body may hold, and an integer of 400 digits is no time either."""
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        finite = False
+    if not finite:
+        raise LocalProtocolError(f"bad {name} {value!r:.40}")
 
 
 def check_timeout_and_window(timeout: float | None, window: int) -> None:

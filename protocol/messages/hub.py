@@ -87,6 +87,8 @@ class PingLinks(Message):
         check_finite("t0", self.t0)
         if len(self.links) > MAX_PING_LINKS:
             raise LocalProtocolError(f"{len(self.links)} links in one PING_LINKS (at most {MAX_PING_LINKS})")
+        if not all(0 < link <= 0xFFFFFFFF for link in self.links):
+            raise LocalProtocolError("a link id is a request id, 1 to 2**32-1")
 
 
 @message
@@ -106,6 +108,9 @@ class LinkPongs(Message):
     def _validate(self) -> None:
         if not len(self.links) == len(self.t1) == len(self.t2) or len(self.lost) != len(self.reasons):
             raise LocalProtocolError("LINK_PONGS lists of different lengths")
+        for times in (self.t1, self.t2):
+            for t in times:
+                check_finite("time", t)
 
 
 # Types of a hub's local socket only: never sent to an agent, never inside a link.

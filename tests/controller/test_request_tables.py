@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from shoal.controller.client import AgentClient
-from shoal.controller.jobs import kill_job, list_jobs
+from shoal.controller.jobs import job_outcome, kill_job, list_jobs
 from shoal.controller.putbatch import BatchRequest
 from shoal.controller.result import UNREACHABLE
 from shoal.controller.get import GetRequest, get_file
@@ -201,3 +201,14 @@ async def test_a_job_kill_answered_with_jobs_reply_is_out_of_order() -> None:
         await client.close()
         await _told(agent, ErrorCode.OUT_OF_ORDER)
     assert "JOBS_REPLY from the agent is not legal for request 1 in state starting" in str(lost.value)
+
+
+async def test_a_job_whose_status_no_process_has_is_shown_as_such_and_the_rest_listed() -> None:
+    jobs = [{"job": "a1", "argv": ["true"], "state": "exited", "status": 0},
+            {"job": "b2", "argv": ["true"], "state": "exited", "status": 300}]
+    async with ScriptedAgent(_answer(JobsList, lambda rid: [JobsReply(rid, jobs=jobs)])) as agent:
+        client = await AgentClient.connect(agent.target)
+        listed = await list_jobs(client)
+        await client.close()
+    assert [job_outcome(job) for job in listed] == [job_outcome(jobs[0]), "bad status '300'"]
+    assert job_outcome(jobs[0]) == "ok"

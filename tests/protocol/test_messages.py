@@ -127,18 +127,23 @@ def test_link_pongs_lists_that_do_not_pair_up_are_a_bad_message() -> None:
     (PingLinks.TYPE, b'{"links": [1], "t0": 1e999}'),
     (Exit.TYPE, b'{"status": 4294967296}'),         # an exit status is 0..255
     (Exit.TYPE, b'{"status": -1}'),
+    (Ping.TYPE, b'{"t0": 1' + b"0" * 400 + b'}'),    # an integer no float can hold is no time either
+    (LinkPongs.TYPE, b'{"links": [1], "t1": [1e400], "t2": [2.0]}'),
 ])
 def test_values_past_their_range_are_a_bad_message(type_: int, body: bytes) -> None:
     with pytest.raises(RemoteProtocolError) as err:
         decode_body(type_, 0 if type_ in (Ping.TYPE, Pong.TYPE) else 3, body)
+    assert len(str(err.value)) < 200  # the one line names the field, not 400 digits
     assert err.value.code == "bad_message"
 
 
 def test_a_ping_links_names_at_most_max_ping_links() -> None:
-    assert PingLinks(3, links=list(range(MAX_PING_LINKS)), t0=1.0).links[-1] == MAX_PING_LINKS - 1
+    assert PingLinks(3, links=list(range(1, MAX_PING_LINKS + 1)), t0=1.0).links[-1] == MAX_PING_LINKS
     with pytest.raises(LocalProtocolError):
-        PingLinks(3, links=list(range(MAX_PING_LINKS + 1)), t0=1.0)
-    assert PingLinks(3, links=[1], t0=10 ** 400).t0 == 10 ** 400  # a huge integer is JSON, and echoed as sent
+        PingLinks(3, links=list(range(1, MAX_PING_LINKS + 2)), t0=1.0)
+    for bad in ([0], [2 ** 32]):  # a link id is a request id
+        with pytest.raises(LocalProtocolError):
+            PingLinks(3, links=bad, t0=1.0)
 
 
 def test_unknown_json_fields_are_ignored_for_forward_compatibility() -> None:
