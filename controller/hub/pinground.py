@@ -16,7 +16,6 @@ holds the hub's other clients for longer than one slice.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections import Counter
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii
@@ -49,8 +48,8 @@ class PingRound:
         self.request_id = request_id
         self.t0 = t0
         self._named = Counter(link_ids)  # each distinct link, and how often it was named
-        self._todo = iter(list(self._named))
-        self._to_start = len(self._named)
+        self._todo = list(self._named)
+        self._started = 0  # of _todo
         self.waiting = 0  # PINGs sent, PONG (or loss) still to come
         self._links: list[int] = []
         self._t1: list[float] = []
@@ -65,8 +64,9 @@ class PingRound:
         """Ping the next PINGS_PER_TURN links (one that is not open is lost at once), and
         come back next turn for more."""
         links = self.session.links
-        for link_id in itertools.islice(self._todo, PINGS_PER_TURN):
-            self._to_start -= 1
+        batch = self._todo[self._started:self._started + PINGS_PER_TURN]
+        self._started += len(batch)
+        for link_id in batch:
             link = links.get(link_id)
             if link is None:
                 self._lose(link_id, f"no open link {link_id}")
@@ -77,7 +77,7 @@ class PingRound:
                 self._lose(link_id, _reason(exc))
             else:
                 self.waiting += 1
-        if self._to_start:
+        if self._started < len(self._todo):
             asyncio.get_running_loop().call_soon(self.start)
         self._part_soon()
 
@@ -117,7 +117,7 @@ class PingRound:
 
     def _send_part(self) -> None:
         self._part_due = False
-        done = self.waiting == 0 and not self._to_start
+        done = self.waiting == 0 and self._started == len(self._todo)
         if not self.finished and (self._links or self._lost or done):
             self._send(done)
 

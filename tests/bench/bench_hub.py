@@ -10,7 +10,7 @@ Packing agents costs what one agent per host never pays: a pool's one event loop
 starts the commands of all its agents one after another, each spawn holding the
 loop until the child has exec'd (about 1 ms here) and copying the pool's whole fd
 table, two sockets per agent. Measured on 2 cores, `true` on 5,000 took 1.75x bare
-spawns with two pools of 2,500, about 1.5x with four and 1.2-1.3x with eight,
+spawns with two pools of 2,500, about 1.5x with four and 1.2-1.4x with eight,
 whose dial-in and ping figures were no worse than with four; eight it is.
 
 1. the hub's RSS holding every agent's authenticated connection, against the
