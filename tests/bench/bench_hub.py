@@ -20,8 +20,11 @@ whose dial-in and ping figures were no worse than with four; eight it is.
    direct `shoal ping` of all of them (a connect and handshake each; goal: under 3 s);
 3. one ping round to every agent over the hub's warm connections (links already
    open), against the same round over direct connections already open
-   (goal: under 0.2 s, 40 us per host); beside it the CPU per host the hub and this
-   client spend in it, against this client's in the direct round;
+   (goal: under 0.2 s, 40 us per host); beside it the CPU per host the hub, this
+   client and the simulated agents spend in it, against the direct round's, and the
+   round's CPU floor: all of that CPU spread over the cpus they share. Where the
+   floor is near the wall time the round is bound by CPU, not by waiting, and no
+   hub alone can take it below the agents' own share;
 4. `shoal run --hub NAME -- true` on one host, the whole process, against a direct
    `shoal run ADDRESS -- true` (goal: at most a quarter), both the installed
    console script; beside them the floor, `python -c pass` and `python -I -S -c pass`.
@@ -131,13 +134,15 @@ async def hub_count(sock: Path) -> int:
 
 
 class RoundFigures(NamedTuple):
-    """Medians of the ping rounds: wall seconds, and CPU seconds of the hub and of this client."""
+    """Medians of the ping rounds: wall seconds, and CPU seconds of the hub, this client and the agent pools."""
 
     via_hub: float
     straight: float
     hub_cpu: float
     client_cpu_via_hub: float
     client_cpu_straight: float
+    agents_cpu_via_hub: float
+    agents_cpu_straight: float
 
 
 async def hub_answers(sock: Path, stop: threading.Event) -> list[float]:
@@ -171,7 +176,8 @@ class Answers:
         return statistics.median(self.times) * 1e3, max(self.times) * 1e3
 
 
-async def ping_rounds(sock: Path, names: list[str], port: int, rounds: int, hub_pid: int) -> RoundFigures:
+async def ping_rounds(sock: Path, names: list[str], port: int, rounds: int, hub_pid: int,
+                      pool_pids: list[int]) -> RoundFigures:
     """Median ping round over hub links and over direct connections, all opened beforehand."""
     from shoal.controller.client import AgentClient, ping_all
     from shoal.controller.fanout import fan_out
@@ -186,13 +192,18 @@ async def ping_rounds(sock: Path, names: list[str], port: int, rounds: int, hub_
     direct = await fan_out([Target(name=n, host=n, port=port) for n in names],
                            lambda t: AgentClient.connect(t, key=key, timeout=60), limit=256)
     hub = psutil.Process(hub_pid)
+    pools = [psutil.Process(pid) for pid in pool_pids]
 
-    async def round_over(clients: list[AgentClient]) -> tuple[float, float, float]:
-        hub_cpu, own_cpu, start = sum(hub.cpu_times()[:2]), time.process_time(), time.perf_counter()
+    def agents_cpu() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in pools)
+
+    async def round_over(clients: list[AgentClient]) -> tuple[float, float, float, float]:
+        hub_cpu, own_cpu, agents = sum(hub.cpu_times()[:2]), time.process_time(), agents_cpu()
+        start = time.perf_counter()
         results = await ping_all(clients)
         wall = time.perf_counter() - start
         assert not any(isinstance(r, ShoalError) for r in results)
-        return wall, sum(hub.cpu_times()[:2]) - hub_cpu, time.process_time() - own_cpu
+        return wall, sum(hub.cpu_times()[:2]) - hub_cpu, time.process_time() - own_cpu, agents_cpu() - agents
 
     try:
         via_hub = [await round_over(links) for _ in range(rounds)]  # type: ignore[arg-type]
@@ -202,7 +213,8 @@ async def ping_rounds(sock: Path, names: list[str], port: int, rounds: int, hub_
         await conn.close()
     return RoundFigures(statistics.median(r[0] for r in via_hub), statistics.median(r[0] for r in straight),
                         statistics.median(r[1] for r in via_hub), statistics.median(r[2] for r in via_hub),
-                        statistics.median(r[2] for r in straight))
+                        statistics.median(r[2] for r in straight), statistics.median(r[3] for r in via_hub),
+                        statistics.median(r[3] for r in straight))
 
 
 def main() -> None:
@@ -264,7 +276,7 @@ def main() -> None:
         ping_direct = statistics.median(
             timed([*SHOAL, "ping", "--key-file", str(key_file), "-f", "1024", "--connect-timeout", "60",
                    direct_spec])[0] for _ in range(1))
-        ping = asyncio.run(ping_rounds(sock, names, port, args.rounds, hub.pid))
+        ping = asyncio.run(ping_rounds(sock, names, port, args.rounds, hub.pid, [p.pid for p in pools]))
         # The installed command's path (entry.py), the same for both; interleaved, with the
         # floor any Python process pays on this machine.
         one = {"hub": [*ENTRY, "run", "-n", "--hub", str(sock), names[0], "--", "true"],
@@ -307,6 +319,14 @@ def main() -> None:
     line("  client CPU per host in that round", f"{ping.client_cpu_via_hub * us:.1f} us",
          f"{ping.client_cpu_straight * us:.1f} us", ping.client_cpu_via_hub / ping.client_cpu_straight, width=52,
          note="baseline: the same client's CPU per host in the direct round")
+    line("  simulated agents' CPU per host in that round", f"{ping.agents_cpu_via_hub * us:.1f} us",
+         f"{ping.agents_cpu_straight * us:.1f} us", ping.agents_cpu_via_hub / ping.agents_cpu_straight, width=52,
+         note="baseline: the agents' CPU per host in the direct round")
+    cpus = os.cpu_count() or 1
+    floor_round = (ping.hub_cpu + ping.client_cpu_via_hub + ping.agents_cpu_via_hub) / cpus
+    line(f"  CPU floor of that round on {cpus} cpus", f"{floor_round:.3f} s", f"{ping.via_hub:.3f} s",
+         floor_round / ping.via_hub, width=52,
+         note="hub + client + agents CPU over the cpus they share; baseline: the round's wall time")
     line("shoal run --hub of true, 1 host (process)", f"{one_hub:.3f} s", f"{one_direct:.3f} s",
          one_hub / one_direct, width=52, note="goal <= 0.25; baseline: direct shoal run of true")
     line("  floor: python -c pass", f"{floor:.3f} s", f"{one_direct:.3f} s", floor / one_direct, width=52,
