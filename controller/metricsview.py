@@ -74,7 +74,10 @@ def _number(value: Any) -> float | None:
     """`value` as a finite number, or None for anything else (bools included)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return value if math.isfinite(value) else None
+    try:
+        return value if math.isfinite(value) else None
+    except OverflowError:  # an integer no float holds: no exposition parser would take it either
+        return None
 
 
 def _dig(snapshot: Mapping[str, Any], path: Iterable[str | int]) -> Any:
@@ -316,6 +319,9 @@ FAMILIES = (
 
 
 def _escape_label(value: str) -> str:
+    # A peer's JSON may hold lone surrogates ("\\ud800"), which UTF-8 cannot carry: one such
+    # label must not make the whole exposition unencodable (the hub serves every host in one).
+    value = value.encode("utf-8", "replace").decode("utf-8")
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 

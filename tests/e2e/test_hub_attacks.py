@@ -1,0 +1,101 @@
+"""The hub under attack: hostile dial-in agents, hostile scrapers, and a socket someone else serves.
+
+Each test is an attack that worked before its fix (issue 20's security review),
+made on loopback with real sockets: an agent that holds the key but lies in what
+it says, a local user of another uid, an HTTP client that never finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.protocol.connection import Connection, HandshakeComplete, KeyLookup, Role
+from shoal.protocol.handshake import SharedKey
+from shoal.protocol.messages import MetricsReply, MetricsRequest
+from shoal.controller.hub.server import Hub
+from tests.hubs import close_all, dial_in, new_key, running_hub
+from tests.waiting import wait_for_async
+
+
+class HostileDialIn:
+    """An agent holding the hub's key that dials in with a HELLO of its own making and
+    answers every METRICS_REQUEST with `metrics`."""
+
+    def __init__(self, hub: Hub, key: SharedKey, name: str, software: str = "shoal-agent/hostile",
+                 metrics: dict[str, Any] | None = None) -> None:
+        self.hub = hub
+        self.conn = Connection(Role.AGENT, keys=KeyLookup([key]), software=software, name=name)
+        self.metrics = metrics or {}
+        self.authenticated = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def __aenter__(self) -> HostileDialIn:
+        host, _, port = self.hub.dialins.addresses[0].rpartition(":")
+        reader, self._writer = await asyncio.open_connection(host, int(port))
+        self._task = asyncio.create_task(self._serve(reader, self._writer))
+        await asyncio.wait_for(self.authenticated.wait(), 15)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None and self._writer is not None
+        self._writer.close()
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1 << 16):
+            self.conn.receive_data(data)
+            while (event := self.conn.next_event()) is not None:
+                if isinstance(event, HandshakeComplete):
+                    self.authenticated.set()
+                elif isinstance(event, MetricsRequest):
+                    self.conn.send(MetricsReply(event.request_id, metrics=self.metrics))
+            writer.write(b"".join(self.conn.data_to_send()))
+
+
+async def _get(url: str) -> tuple[int, str]:
+    def fetch() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+    return await asyncio.get_running_loop().run_in_executor(None, fetch)
+
+
+# One sample line of the text exposition format 0.0.4: name, labels whose values hold
+# only the three escapes, a value Prometheus's float parser takes.
+_SAMPLE = re.compile(r'[a-z_][a-z0-9_]*\{(?:[a-z_]+="(?:[^"\\\n]|\\[\\"n])*",?)*\} (?:-?\d{1,310}|-?\d+\.\d+(?:e[-+]\d+)?)')
+
+
+async def test_one_agents_hostile_metrics_cannot_break_the_scrape_of_the_others(tmp_path: Path) -> None:
+    """A lone surrogate in a label or an integer no float holds used to fail every
+    scrape (503 for the whole fleet); now that agent's samples are cleaned and the
+    other hosts are reported as before."""
+    key, _ = new_key(tmp_path)
+    hostile = {"agent_version": "1.0\ud800", "procs": 10 ** 400, "cpu": {"count": 4},
+               "disks": [{"mount": '/a"}\nshoal_up{host="forged"} 1\n#', "total": 1}]}
+    async with running_hub(tmp_path / "hub.sock", key, metrics=("127.0.0.1", 0)) as hub:
+        agents = await dial_in(hub, ["web1"], key)
+        try:
+            async with HostileDialIn(hub, key, "evil", metrics=hostile):
+                await wait_for_async(lambda: hub.registry.get("evil") is not None)
+                status, text = await _get(f"http://{hub.metrics_address}/metrics")
+        finally:
+            await close_all(agents)
+    assert status == 200
+    up = dict(re.findall(r'^shoal_up\{host="([^"]+)"\} (\d)$', text, re.M))
+    assert up == {"evil": "1", "web1": "1"}
+    samples = [line for line in text.splitlines() if not line.startswith("#")]
+    assert all(_SAMPLE.fullmatch(line) for line in samples), [s for s in samples if not _SAMPLE.fullmatch(s)]
+    assert 'shoal_agent_info{host="evil",version="1.0?"} 1' in samples
+    assert 'shoal_cpu_count{host="evil"} 4' in samples and not any("shoal_processes" in s and "evil" in s
+                                                                    for s in samples)
