@@ -1,14 +1,17 @@
-"""Unix socket files a server binds: clear one a dead server left, never one in use."""
+"""Unix sockets: clear a socket file a dead server left (never one in use); who is at the other end."""
 
 from __future__ import annotations
 
 import os
 import socket
 import stat
+import struct
 
 from shoal.protocol.errors import ConfigError
 
-__all__ = ["remove_stale_socket"]
+__all__ = ["peer_uid", "remove_stale_socket"]
+
+_SO_PEERCRED = struct.Struct("3i")  # pid, uid, gid
 
 
 def remove_stale_socket(path: str) -> None:
@@ -28,3 +31,10 @@ def remove_stale_socket(path: str) -> None:
     finally:
         probe.close()
     raise ConfigError(f"cannot listen on unix:{path}: address already in use", "listen")
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a connected Unix socket (SO_PEERCRED),
+    as the kernel recorded it when that end called connect or listen."""
+    _, uid, _ = _SO_PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _SO_PEERCRED.size))
+    return int(uid)

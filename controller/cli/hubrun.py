@@ -11,7 +11,7 @@ HELLO, LINK_OPEN and the EXEC inside its LINKED frame go out in one write (the h
 takes them in order, PROTOCOL.md section 7), and output is copied as it comes.
 
 Anything else is left to the full program, as is a hub that cannot take the request
-(nothing listening, another uid, no such agent, not a hub): nothing has run then,
+(nothing listening, a hub or socket of another uid, no such agent, not a hub): nothing has run then,
 since a hub drops the frames of a link it did not open, and the full program says
 why. What the user sees is the full program's: a command that does not simply exit
 0 gets its outcome line from the same code (`report_failure`), imported only then.
@@ -93,6 +93,8 @@ def run_through_hub(argv: list[str]) -> int | None:
     try:
         try:
             sock.connect(os.path.expanduser(hub))
+            if _served_by(sock) != os.geteuid():
+                return None  # another user's socket gets nothing; the full program says why
             sock.sendall(_opening(host, " ".join(words)))
         except OSError:
             return None
@@ -107,6 +109,14 @@ def run_through_hub(argv: list[str]) -> int | None:
             return EXIT_BROKEN_PIPE
     finally:
         sock.close()
+
+
+def _served_by(sock: Any) -> int:
+    """The uid of the process serving the socket (SO_PEERCRED: pid, uid, gid as C ints)."""
+    import _socket
+
+    cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    return int.from_bytes(cred[4:8], sys.byteorder)
 
 
 def _nothing_else_applies(no_stdin: bool) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -45,6 +46,7 @@ from shoal.protocol.messages import (
 )
 
 from shoal.hostio.driver import FrameDriver
+from shoal.hostio.unixsock import peer_uid
 from shoal.controller.client import AgentClient
 from shoal.controller.targets import Target
 
@@ -162,7 +164,8 @@ class HubConnection(FrameDriver):
 
         Raises:
             HubNotRunning: nothing listens there (or it is not a hub).
-            ShoalConnectionError: the hub refused us (another uid) or broke the protocol.
+            ShoalConnectionError: the hub refused us (another uid), another uid serves
+                the socket (nothing is sent to it), or the hub broke the protocol.
         """
         hub = cls(path)
         loop = asyncio.get_running_loop()
@@ -174,6 +177,7 @@ class HubConnection(FrameDriver):
             raise HubNotRunning(path, exc.strerror or str(exc)) from None
         except asyncio.TimeoutError:
             raise ShoalTimeoutError("connect", timeout, f"hub {path}") from None
+        _check_server(hub, path)
         hub.conn.start()
         hub.flush()
         try:
@@ -401,6 +405,19 @@ class HubConnection(FrameDriver):
             link.lost("closed by controller")
         self.links.clear()
         await self._closed_event.wait()
+
+
+def _check_server(hub: HubConnection, path: str) -> None:
+    """Refuse a socket another uid serves before sending it a byte: whoever could bind the
+    path (a stale socket in a shared directory) would get our commands, stdin and files."""
+    sock = hub.transport.get_extra_info("socket") if hub.transport is not None else None
+    if sock is None:
+        raise HubNotRunning(path, "it closed the connection at once")
+    served_by = peer_uid(sock)
+    if served_by != os.geteuid():
+        hub._abort()
+        raise ShoalConnectionError(f"hub {path}", f"served by uid {served_by}, not by this user "
+                                   f"(uid {os.geteuid()}): nothing was sent to it")
 
 
 class HubAccess:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
-import struct
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -47,6 +45,7 @@ from shoal.protocol.messages import (
 )
 
 from shoal.hostio.driver import FrameDriver
+from shoal.hostio.unixsock import peer_uid
 from shoal.controller.hub.forward import STARTS, Forward
 from shoal.controller.hub.pinground import PingRound
 from shoal.controller.hub.registry import HubAgent
@@ -65,13 +64,6 @@ PASSED_FEATURES = frozenset({"idle_timeout", "user", "pty", "put_batch", "tree_u
 # Types a client may send on a request it no longer has (or never had): the agent's
 # answer, given by the hub in its place (PROTOCOL.md §3 Requests).
 _UNKNOWN_ANSWERED = frozenset({MessageType.STDIN, MessageType.STDIN_EOF, MessageType.SIGNAL, MessageType.CANCEL})
-_SO_PEERCRED = struct.Struct("3i")  # pid, uid, gid
-
-
-def peer_uid(sock: socket.socket) -> int:
-    """The uid of the process at the other end of a Unix socket (SO_PEERCRED)."""
-    _, uid, _ = _SO_PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _SO_PEERCRED.size))
-    return int(uid)
 
 
 class Link:

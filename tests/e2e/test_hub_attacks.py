@@ -8,20 +8,32 @@ it says, a local user of another uid, an HTTP client that never finishes.
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
+import json
+import os
 import re
+import shutil
+import signal
+import socket
+import struct
+import tempfile
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shoal.protocol.connection import Connection, HandshakeComplete, KeyLookup, Role
+from shoal.protocol.errors import ShoalConnectionError
 from shoal.protocol.handshake import SharedKey
 from shoal.protocol.messages import MetricsReply, MetricsRequest
+from shoal.controller.cli.hubrun import run_through_hub
+from shoal.controller.hub.client import HubConnection
 from shoal.controller.hub.server import Hub
+from tests.agents import shoal
 from tests.hubs import close_all, dial_in, new_key, running_hub
-from tests.waiting import wait_for_async
+from tests.waiting import wait_for, wait_for_async
 
 
 class HostileDialIn:
@@ -99,3 +111,73 @@ async def test_one_agents_hostile_metrics_cannot_break_the_scrape_of_the_others(
     assert 'shoal_agent_info{host="evil",version="1.0?"} 1' in samples
     assert 'shoal_cpu_count{host="evil"} 4' in samples and not any("shoal_processes" in s and "evil" in s
                                                                     for s in samples)
+
+
+_IMPOSTOR_HELLO = json.dumps({"protocol": 1, "role": "agent", "software": "shoal-hub/impostor", "auth": "none",
+                              "key_id": "", "nonce": "", "max_frame": 4194304, "macs": [], "mac": "",
+                              "features": ["hub"], "name": ""}).encode()
+
+
+def _serve_as_impostor(path: Path, kept: Path) -> None:
+    """A "hub" of another user: it answers HELLO as a hub would and keeps every byte a
+    client sends it in `kept`."""
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(8)
+    while True:
+        client, _ = server.accept()
+        client.settimeout(5)
+        answered = False
+        with contextlib.suppress(OSError), client:
+            while data := client.recv(65536):
+                with kept.open("ab") as out:
+                    out.write(data)
+                if not answered:
+                    client.sendall(struct.pack(">IBI", 5 + len(_IMPOSTOR_HELLO), 1, 0) + _IMPOSTOR_HELLO)
+                    answered = True
+
+
+@pytest.fixture
+def impostor() -> Iterator[tuple[str, Path]]:
+    """(socket path, file of what it received) of a hub-like socket served by uid 65534
+    (a forked child, as tests/e2e/test_hub.py's client of another uid)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to serve a socket as another uid")
+    where = Path(tempfile.mkdtemp(prefix="shoal-impostor-"))  # pytest's own tmp is root's alone
+    where.chmod(0o777)  # a shared directory, as /tmp is
+    path, kept = where / "hub.sock", where / "received"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            _serve_as_impostor(path, kept)
+        finally:
+            os._exit(0)
+    try:
+        wait_for(path.exists, what="the impostor's socket")
+        yield str(path), kept
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        shutil.rmtree(where)
+
+
+async def test_a_client_sends_nothing_to_a_hub_socket_another_user_serves(impostor: tuple[str, Path]) -> None:
+    """Whoever can bind the socket's path (a shared directory, a hub not running) used to
+    get the client's commands, stdin and files; the client now checks SO_PEERCRED first."""
+    path, kept = impostor
+    with pytest.raises(ShoalConnectionError, match="served by uid 65534, not by this user"):
+        await HubConnection.connect(path, timeout=10)
+    assert not kept.exists()
+
+
+def test_the_short_path_sends_nothing_to_a_hub_socket_another_user_serves(capsysbinary, impostor) -> None:  # type: ignore[no-untyped-def]
+    path, kept = impostor
+    argv = ["run", "--hub", path, "-n", "web1", "--", "echo", "s3cret"]
+    assert run_through_hub(argv) is None
+    status, out, err = shoal(capsysbinary, *argv)
+    assert status == 255 and out == b""
+    assert err.decode().strip().endswith(f"hub {path}: served by uid 65534, not by this user (uid 0): "
+                                         "nothing was sent to it")
+    assert not kept.exists()
