@@ -30,7 +30,7 @@ class HubAudit:
     def record(self, event: str, **fields: Any) -> None:
         entry = {"time": round(time.time(), 6), "event": event,
                  **{k: _clip(v) for k, v in fields.items() if v is not None}}
-        log.info("%s %s", event, " ".join(f"{k}={v}" for k, v in entry.items() if k not in ("time", "event")))
+        log.info("%s %s", event, " ".join(f"{k}={_shown(v)}" for k, v in entry.items() if k not in ("time", "event")))
         if self.path is None:
             return
         try:
@@ -44,6 +44,15 @@ class HubAudit:
             if not self._failed:
                 log.error("cannot write the audit log %s: %s", self.path, exc.strerror or exc)
             self._failed = True
+
+
+def _shown(value: Any) -> Any:
+    """`value` for the one-line log, `key=value` pairs: a string with a space or a control
+    character (a newline in an agent's `software`, say) is quoted and escaped, so a peer's
+    words can forge neither a line nor another pair."""
+    if isinstance(value, str) and (not value.isprintable() or " " in value or '"' in value):
+        return json.dumps(value)
+    return value
 
 
 def _clip(value: Any) -> Any:

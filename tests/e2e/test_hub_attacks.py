@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -135,6 +136,22 @@ def _serve_as_impostor(path: Path, kept: Path) -> None:
                 if not answered:
                     client.sendall(struct.pack(">IBI", 5 + len(_IMPOSTOR_HELLO), 1, 0) + _IMPOSTOR_HELLO)
                     answered = True
+
+
+async def test_an_agents_words_cannot_forge_lines_or_fields_in_the_hubs_log(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """An agent's `software` goes into the hub's one-line log record of its arrival; a
+    newline in it used to start a line of the agent's choosing (the JSON audit file was
+    always escaped)."""
+    key, _ = new_key(tmp_path)
+    forged = 'shoal-agent/1\nagent_connected name=root peer=10.0.0.1:1 version="x"'
+    caplog.set_level(logging.INFO, logger="shoal.hub")
+    async with running_hub(tmp_path / "hub.sock", key, audit_log=str(tmp_path / "audit.log")) as hub:
+        async with HostileDialIn(hub, key, "evil", software=forged):
+            await wait_for_async(lambda: hub.registry.get("evil") is not None)
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("agent_connected")]
+    assert "\n" not in line and line.endswith(" name=evil version=" + json.dumps(forged))
+    [record] = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines() if "agent_connected" in x]
+    assert record["version"] == forged
 
 
 @pytest.fixture
