@@ -6,12 +6,20 @@ one fan-out, each agent bounded by SCRAPE_TIMEOUT) and returns the text
 exposition `shoal metrics --prometheus` prints, with `shoal_up` 1 for each agent
 that answered and 0 for one that did not, or an inventory target not connected.
 It binds to loopback unless told otherwise: metrics describe the fleet.
+
+Every local user can reach that port, not only the hub's, so what one scraper can
+make the hub hold is bounded: at most MAX_SCRAPERS connections (each a thread),
+the oldest still sending its request shed for a newcomer, and HTTP_TIMEOUT on
+every read and write; a scraper that goes away is no traceback in the hub's log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -25,10 +33,18 @@ from shoal.controller.metricsview import format_prometheus
 if TYPE_CHECKING:
     from shoal.controller.hub.server import Hub
 
-__all__ = ["start_metrics_server", "stop_metrics_server", "fleet_metrics", "SCRAPE_TIMEOUT"]
+__all__ = ["start_metrics_server", "stop_metrics_server", "fleet_metrics", "SCRAPE_TIMEOUT", "MAX_SCRAPERS",
+           "HTTP_TIMEOUT"]
+
+log = logging.getLogger("shoal.hub")
 
 # Seconds one agent has to answer a scrape's METRICS_REQUEST before it counts as down.
 SCRAPE_TIMEOUT = 5.0
+# Connections served at once, each on a thread of its own: Prometheus keeps one per
+# target, and a few more leave room for people with curl.
+MAX_SCRAPERS = 16
+# Seconds a scraper's socket may go without progress (sending its request, reading the answer).
+HTTP_TIMEOUT = 10.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -50,8 +66,10 @@ async def fleet_metrics(hub: Hub) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _MetricsServer
+    timeout = HTTP_TIMEOUT
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.server.request_read(self.request)
         if self.path.split("?", 1)[0] not in ("/metrics", "/"):
             self.send_error(404, "only /metrics is served here")
             return
@@ -74,12 +92,48 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _MetricsServer(ThreadingHTTPServer):
     daemon_threads = True
+    # The listen backlog: socketserver's 5 makes a burst of connects wait 1 s per SYN dropped.
+    request_queue_size = 4 * MAX_SCRAPERS
 
     def __init__(self, address: tuple[str, int], hub: Hub, loop: asyncio.AbstractEventLoop) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
         self.hub = hub
         self.loop = loop
+        self._lock = threading.Lock()
+        self._serving: dict[Any, bool] = {}  # each connection: still reading its request?
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve `request` on a thread of its own, within MAX_SCRAPERS (module docstring)."""
+        with self._lock:
+            if len(self._serving) >= MAX_SCRAPERS:
+                reading = next((conn for conn, still in self._serving.items() if still), None)
+                if reading is None:  # every one is in a scrape, which ends within its timeout
+                    self.shutdown_request(request)
+                    return
+                del self._serving[reading]
+                with contextlib.suppress(OSError):
+                    reading.shutdown(socket.SHUT_RDWR)  # its thread's read ends; the thread cleans up
+            self._serving[request] = True
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self._serving.pop(request, None)
+
+    def request_read(self, request: Any) -> None:
+        """`request` has sent its whole request: no newcomer sheds it now."""
+        with self._lock:
+            if request in self._serving:
+                self._serving[request] = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A scraper that went away or stalled is not news; anything else is a bug."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            log.error("metrics endpoint: internal error serving %s", client_address, exc_info=True)
 
 
 def start_metrics_server(hub: Hub, host: str, port: int) -> tuple[_MetricsServer, str]:

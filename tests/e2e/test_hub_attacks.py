@@ -18,6 +18,7 @@ import signal
 import socket
 import struct
 import tempfile
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from shoal.protocol.handshake import SharedKey
 from shoal.protocol.messages import MetricsReply, MetricsRequest
 from shoal.controller.cli.hubrun import run_through_hub
 from shoal.controller.hub.client import HubConnection
+from shoal.controller.hub.metricshttp import MAX_SCRAPERS
 from shoal.controller.hub.server import Hub
 from tests.agents import shoal
 from tests.hubs import close_all, dial_in, new_key, running_hub
@@ -138,7 +140,65 @@ def _serve_as_impostor(path: Path, kept: Path) -> None:
                     answered = True
 
 
-async def test_an_agents_words_cannot_forge_lines_or_fields_in_the_hubs_log(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+def _handler_threads() -> int:
+    """Threads of the hub's metrics endpoint serving one connection each."""
+    return sum("process_request_thread" in t.name for t in threading.enumerate())
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+
+
+async def test_scrapers_that_never_finish_their_request_cannot_pile_up_threads_in_the_hub(tmp_path: Path) -> None:
+    """Any local user reaches the metrics port. Each connection used to hold a thread for
+    as long as it stayed open (hundreds of idle sockets, hundreds of threads); now at most
+    MAX_SCRAPERS are served, the oldest unfinished request shed for a newcomer, and a
+    real scrape still gets its answer."""
+    key, _ = new_key(tmp_path)
+    async with running_hub(tmp_path / "hub.sock", key, metrics=("127.0.0.1", 0)) as hub:
+        agents = await dial_in(hub, ["web1"], key)
+        host, _, port = (hub.metrics_address or "").rpartition(":")
+        idle: list[socket.socket] = []
+        try:
+            for _ in range(3 * MAX_SCRAPERS):
+                idle.append(socket.create_connection((host, int(port)), timeout=30))
+                idle[-1].sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
+            await wait_for_async(lambda: sum(map(_closed_by_peer, idle)) >= len(idle) - MAX_SCRAPERS,
+                                 what="the hub to shed idle scrapers beyond its limit")
+            await wait_for_async(lambda: _handler_threads() <= MAX_SCRAPERS, what="shed scrapers' threads to end")
+            status, text = await _get(f"http://{hub.metrics_address}/metrics")
+        finally:
+            for sock in idle:
+                sock.close()
+            await close_all(agents)
+    assert status == 200 and 'shoal_up{host="web1"} 1' in text
+
+
+async def test_a_scraper_that_goes_away_leaves_no_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A scraper that hung up before its answer used to print a traceback in the hub's log
+    (any local user could fill it); now the broken connection is dropped quietly."""
+    key, _ = new_key(tmp_path)
+    async with running_hub(tmp_path / "hub.sock", key, metrics=("127.0.0.1", 0)) as hub:
+        agents = await dial_in(hub, ["web1"], key)
+        host, _, port = (hub.metrics_address or "").rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=30) as rude:
+                rude.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+            await wait_for_async(lambda: _handler_threads() == 0, what="the scrape's thread to end")
+        finally:
+            await close_all(agents)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+async def test_an_agents_words_cannot_forge_lines_or_fields_in_the_hubs_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """An agent's `software` goes into the hub's one-line log record of its arrival; a
     newline in it used to start a line of the agent's choosing (the JSON audit file was
     always escaped)."""
@@ -189,7 +249,8 @@ async def test_a_client_sends_nothing_to_a_hub_socket_another_user_serves(impost
     assert not kept.exists()
 
 
-def test_the_short_path_sends_nothing_to_a_hub_socket_another_user_serves(capsysbinary, impostor) -> None:  # type: ignore[no-untyped-def]
+def test_the_short_path_sends_nothing_to_a_hub_socket_another_user_serves(
+        capsysbinary: pytest.CaptureFixture[bytes], impostor: tuple[str, Path]) -> None:
     path, kept = impostor
     argv = ["run", "--hub", path, "-n", "web1", "--", "echo", "s3cret"]
     assert run_through_hub(argv) is None
