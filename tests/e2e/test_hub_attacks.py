@@ -140,6 +140,27 @@ def _serve_as_impostor(path: Path, kept: Path) -> None:
                     answered = True
 
 
+async def test_a_garbage_hello_is_one_audit_record_not_two(tmp_path: Path) -> None:
+    """An unauthenticated peer whose HELLO broke the protocol used to be audited twice, the
+    second time as an agent that "closed the connection before its HELLO (does it want
+    TLS?)": a false lead for the admin, and twice the audit log per connection of a flood."""
+    key, _ = new_key(tmp_path)
+    audit = tmp_path / "audit.log"
+    hello = json.dumps({"protocol": 1, "role": "agent\nforged", "auth": "hmac-sha256"}).encode()
+    async with running_hub(tmp_path / "hub.sock", key, audit_log=str(audit)) as hub:
+        host, _, port = hub.dialins.addresses[0].rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        peer = "%s:%d" % writer.get_extra_info("sockname")[:2]
+        writer.write(struct.pack(">IBI", 5 + len(hello), 1, 0) + hello)
+        while await reader.read(65536):  # the hub's HELLO, its ERROR, then its hang-up
+            pass
+        writer.close()
+        await wait_for_async(lambda: audit.exists() and peer in audit.read_text(), what="the audit record")
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(r["event"], r["reason"]) for r in records if r.get("peer") == peer] == [
+        ("protocol_error", "HELLO: bad role 'agent\\nforged'")]
+
+
 def _handler_threads() -> int:
     """Threads of the hub's metrics endpoint serving one connection each."""
     return sum("process_request_thread" in t.name for t in threading.enumerate())
