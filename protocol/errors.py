@@ -124,7 +124,7 @@ ERROR_CODES: dict[ErrorCode, tuple[str, str]] = {
     ErrorCode.BAD_CWD: (REQUEST_SCOPE, "the working directory does not exist or cannot be entered (status 126)"),
     ErrorCode.EXEC_FAILED: (REQUEST_SCOPE, "the command could not be started for another reason (status 126)"),
     ErrorCode.EMPTY_COMMAND: (REQUEST_SCOPE, "empty argv, empty first word or blank shell string (status 2)"),
-    ErrorCode.BAD_REQUEST: (REQUEST_SCOPE, "a field of EXEC, PUT_FILE or GET_FILE breaks a validation rule (section 3, Validation); the message names the field"),
+    ErrorCode.BAD_REQUEST: (REQUEST_SCOPE, "a field of EXEC, PUT_FILE or GET_FILE breaks a validation rule (section 3, Validation); the message names the field; or, on a hub's link, the request is larger than the agent's frame limit"),
     ErrorCode.BAD_PATH: (REQUEST_SCOPE, "transfer path relative, holding a NUL byte, or a bad `name`"),
     ErrorCode.OUTSIDE_ROOT: (REQUEST_SCOPE, "transfer path resolves outside the key's file roots"),
     ErrorCode.NO_SPACE: (REQUEST_SCOPE, "not enough free space for the put"),

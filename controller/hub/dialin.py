@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 from shoal.protocol.connection import HandshakeComplete
 from shoal.protocol.errors import AuthError, ErrorCode, ProtocolError
+from shoal.protocol.frames import PREAUTH_MAX_FRAME
 from shoal.protocol.handshake import SharedKey
 from shoal.protocol.messages import Message
 
@@ -245,7 +246,7 @@ class DialIns:
     def authenticated(self, client: DialInClient, name: str) -> None:
         """Both proofs verified: give the agent its name, or refuse it."""
         self.done_with(client)
-        why = check_agent_name(name) or _certificate_refuses(client, name)
+        why = check_agent_name(name) or _certificate_refuses(client, name) or _frame_limit_refuses(client)
         if why is not None:
             self.audit.record("refused", peer=client.address, key_id=client.conn.key_id, reason=why)
             return client.refuse(ErrorCode.BAD_HELLO, why)
@@ -282,6 +283,15 @@ def _address(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
     host, port = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("?", 1)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _frame_limit_refuses(client: DialInClient) -> str | None:
+    """Why an agent's HELLO `max_frame` is too small to serve: below the pre-auth limit
+    no EXEC of any size fits, and every client request to it would fail."""
+    announced = client.conn.peer_max_frame
+    if announced >= PREAUTH_MAX_FRAME:
+        return None
+    return f"a frame limit (max_frame) of {announced} bytes; a hub needs at least {PREAUTH_MAX_FRAME}"
 
 
 def _certificate_refuses(client: DialInClient, name: str) -> str | None:

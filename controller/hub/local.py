@@ -78,7 +78,13 @@ class Link:
 
     def from_client(self, msg: Message, body_size: int) -> None:
         """One message the client sent on this link. Raises RemoteProtocolError for the client's mistakes."""
-        if body_size > self.agent.client.conn.peer_max_frame:
+        limit = self.agent.client.conn.peer_max_frame
+        if body_size > limit:
+            if msg.TYPE in STARTS and msg.request_id not in self.forwards:
+                # A request the agent cannot take fails alone, unsent: one host's limit must
+                # not end the client's requests on every other host.
+                return self.to_client(Error(msg.request_id, code=ErrorCode.BAD_REQUEST, message=(
+                    f"a {msg.TYPE.name} of {body_size} bytes exceeds {self.agent.name}'s frame limit of {limit}")))
             raise RemoteProtocolError(f"a {msg.TYPE.name} of {body_size} bytes exceeds the agent's frame limit",
                                       ErrorCode.FRAME_TOO_LARGE)
         if isinstance(msg, Ping):

@@ -31,10 +31,14 @@ from shoal.protocol.errors import ShoalConnectionError
 from shoal.protocol.handshake import SharedKey
 from shoal.protocol.messages import MetricsReply, MetricsRequest
 from shoal.controller.cli.hubrun import run_through_hub
-from shoal.controller.hub.client import HubConnection
+from shoal.controller.fleet import ConnectOptions, Fleet
+from shoal.controller.hub.client import HubAccess, HubConnection
 from shoal.controller.hub.metricshttp import MAX_SCRAPERS
 from shoal.controller.hub.server import Hub
+from shoal.controller.remote import Command
 from tests.agents import shoal
+from tests.e2e.test_hub import Collect, named
+from tests.rawpeer import audit_events
 from tests.hubs import close_all, dial_in, new_key, running_hub
 from tests.waiting import wait_for, wait_for_async
 
@@ -44,9 +48,11 @@ class HostileDialIn:
     answers every METRICS_REQUEST with `metrics`."""
 
     def __init__(self, hub: Hub, key: SharedKey, name: str, software: str = "shoal-agent/hostile",
-                 metrics: dict[str, Any] | None = None) -> None:
+                 metrics: dict[str, Any] | None = None, max_frame: int | None = None) -> None:
         self.hub = hub
         self.conn = Connection(Role.AGENT, keys=KeyLookup([key]), software=software, name=name)
+        if max_frame is not None:  # what its HELLO announces (and, once authenticated, all it reads)
+            self.conn._max_frame_size = max_frame
         self.metrics = metrics or {}
         self.authenticated = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -159,6 +165,43 @@ async def test_a_garbage_hello_is_one_audit_record_not_two(tmp_path: Path) -> No
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [(r["event"], r["reason"]) for r in records if r.get("peer") == peer] == [
         ("protocol_error", "HELLO: bad role 'agent\\nforged'")]
+
+
+async def test_an_agent_announcing_a_frame_limit_no_request_fits_is_refused(tmp_path: Path) -> None:
+    """An agent holding the key used to be able to announce `max_frame` 1: every client
+    run naming it then lost its whole hub connection, and every other host's results
+    with it. The hub now refuses it as it would a bad name."""
+    key, _ = new_key(tmp_path)
+    audit = tmp_path / "audit.log"
+    async with running_hub(tmp_path / "hub.sock", key, audit_log=str(audit)) as hub:
+        for limit in (1, -1):
+            async with HostileDialIn(hub, key, "tiny", max_frame=limit):
+                await wait_for_async(lambda: audit_events(audit, event="refused"), what="the refusal")
+            assert hub.registry.get("tiny") is None
+            [refused] = audit_events(audit, event="refused")
+            assert refused["reason"] == f"a frame limit (max_frame) of {limit} bytes; a hub needs at least 4096"
+            audit.unlink()
+
+
+async def test_a_request_too_large_for_one_agent_fails_alone(tmp_path: Path) -> None:
+    """An EXEC larger than one agent's frame limit (64 KiB, the least an agent takes) used
+    to fail the client's hub connection: every host of the run was lost. Now that host
+    alone gets `bad_request` and nothing of it reaches its agent."""
+    key, _ = new_key(tmp_path)
+    async with running_hub(tmp_path / "hub.sock", key) as hub:
+        agents = await dial_in(hub, ["web1"], key) + await dial_in(hub, ["small"], key,
+                                                                    **{"limits.max_frame_size": 65536})
+        try:
+            async with ConnectOptions(hub=HubAccess(str(tmp_path / "hub.sock"))) as options:
+                seen = Collect()
+                big = Command(shell="echo ${#BIG}", env={"BIG": "x" * 70000})
+                run = await Fleet([named("web1"), named("small")], options).run(big, seen)
+        finally:
+            await close_all(agents)
+    results = {r.host: r for r in run.results}
+    assert results["web1"].status == 0 and bytes(seen.out["web1"]) == b"70000\n"
+    assert results["small"].error_code == "bad_request" and "exceeds small's frame limit of 65536" in str(
+        results["small"].error)
 
 
 def _handler_threads() -> int:
