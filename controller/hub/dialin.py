@@ -18,15 +18,17 @@ Connections still in the handshake are bounded (`MAX_PENDING`); those accepted
 beyond it wait their turn unread (at most `MAX_QUEUED`, more are closed at once
 and retry with their backoff), so a burst of thousands of agents is served in
 order instead of being sent back to wait. TLS handshakes in flight are bounded
-too (`MAX_TLS_HANDSHAKES`; more are closed at once). Each connection has
-`handshake_timeout` seconds from its accept, so a flood of sockets that never
-speak cannot starve the hub's local clients.
+too (`MAX_TLS_HANDSHAKES`; more are closed at once), and all of them together
+to a share of the open-files limit (`UNAUTHENTICATED_FDS_SHARE`). Each connection
+has `handshake_timeout` seconds from its accept, so a flood of sockets that never
+speak can starve neither the hub's local clients nor its descriptors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 import ssl
 from collections import deque
@@ -46,7 +48,7 @@ from shoal.controller.hub.audit import HubAudit
 from shoal.controller.hub.registry import DIALIN, HubAgent, Registry, check_agent_name
 from shoal.controller.targets import Target
 
-__all__ = ["DialInClient", "DialIns", "MAX_PENDING", "MAX_QUEUED", "MAX_TLS_HANDSHAKES"]
+__all__ = ["DialInClient", "DialIns", "MAX_PENDING", "MAX_QUEUED", "MAX_TLS_HANDSHAKES", "UNAUTHENTICATED_FDS_SHARE"]
 
 log = logging.getLogger("shoal.hub")
 
@@ -65,6 +67,10 @@ LISTEN_BACKLOG = 4096
 # TLS handshakes in flight at once (with --tls-*), before a connection reaches the
 # queue above; more are closed at once and retry later.
 MAX_TLS_HANDSHAKES = 2048
+# The share of the open-files limit that connections not yet authenticated (TLS
+# handshakes, handshakes, the queue) may hold at most: the rest stays for local
+# clients, agents and the audit log, however many sockets a stranger opens.
+UNAUTHENTICATED_FDS_SHARE = 4
 
 
 class DialInClient(AgentClient):
@@ -144,7 +150,8 @@ class _TlsGate(Paused):
         super().connection_made(transport)
         assert isinstance(transport, asyncio.Transport)
         owner = self._owner
-        if owner.draining or len(owner.handshakes) >= MAX_TLS_HANDSHAKES or len(owner.queued) >= MAX_QUEUED:
+        if (owner.draining or len(owner.handshakes) >= MAX_TLS_HANDSHAKES or len(owner.queued) >= MAX_QUEUED
+                or len(owner.handshakes) + owner.unauthenticated() >= owner.max_unauthenticated):
             transport.abort()
             return
         owner.handshakes.spawn(self._upgrade(transport, _address(transport)), name="hub tls handshake")
@@ -199,10 +206,12 @@ class DialIns:
         self._servers: list[asyncio.AbstractServer] = []
         self.addresses: list[str] = []
         self.draining = False
+        self.max_unauthenticated = MAX_PENDING + MAX_QUEUED + MAX_TLS_HANDSHAKES  # set by `listen`
 
     async def listen(self, host: str, port: int) -> None:
         """Accept agents on host:port (port 0: any free one, listed in `addresses`)."""
         loop = asyncio.get_running_loop()
+        self.max_unauthenticated = _unauthenticated_cap()
         factory: Callable[[], asyncio.BaseProtocol] = (
             (lambda: DialInClient(self)) if self.tls is None else (lambda: _TlsGate(self)))
         server = await loop.create_server(factory, host, port, reuse_address=True, backlog=ACCEPTS_PER_TURN)
@@ -216,7 +225,7 @@ class DialIns:
     def admit(self, client: DialInClient) -> bool:
         """Start a new connection's handshake, or queue it unread while MAX_PENDING are
         in theirs; False (and closed) when draining or the queue is full too."""
-        if self.draining or len(self.queued) >= MAX_QUEUED:
+        if self.draining or len(self.queued) >= MAX_QUEUED or self.unauthenticated() >= self.max_unauthenticated:
             client.abort()
             return False
         if len(self.pending) < MAX_PENDING:
@@ -227,6 +236,10 @@ class DialIns:
             client.transport.pause_reading()
             self.queued.append(client)
         return True
+
+    def unauthenticated(self) -> int:
+        """Connections past their TLS handshake (if any) and not yet authenticated."""
+        return len(self.pending) + len(self.queued)
 
     def done_with(self, client: DialInClient) -> None:
         """`client` left the handshake (authenticated or gone): start the next queued one."""
@@ -276,6 +289,13 @@ class DialIns:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+
+
+def _unauthenticated_cap() -> int:
+    """Unauthenticated connections the open-files limit leaves room for (UNAUTHENTICATED_FDS_SHARE)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    most = MAX_PENDING + MAX_QUEUED + MAX_TLS_HANDSHAKES
+    return most if soft == resource.RLIM_INFINITY else max(1, min(most, soft // UNAUTHENTICATED_FDS_SHARE))
 
 
 def _address(transport: asyncio.BaseTransport) -> str:

@@ -22,6 +22,7 @@ from shoal.hostio.tasks import TaskSet
 from shoal.hostio.unixsock import remove_stale_socket
 from shoal.hostio.version import software_version
 
+from shoal.controller.fdlimit import raise_open_files_limit
 from shoal.controller.fleet import ConnectOptions
 from shoal.controller.hub.audit import HubAudit
 from shoal.controller.hub.dialin import DialIns
@@ -33,6 +34,10 @@ from shoal.controller.targets import Target
 __all__ = ["Hub", "HubSettings"]
 
 log = logging.getLogger("shoal.hub")
+
+# Connections a hub is built to hold (5,000 agents, a burst queued behind them): the
+# open-files limit is raised toward room for them, within the hard limit.
+HUB_FDS_HOSTS = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,7 @@ class Hub:
     async def start(self) -> None:
         """Bind the local socket, the dial-in listeners and the metrics endpoint; start warming."""
         _check_exposure(self.settings)
+        raise_open_files_limit(HUB_FDS_HOSTS)
         loop = asyncio.get_running_loop()
         remove_stale_socket(self.settings.socket)
         try:

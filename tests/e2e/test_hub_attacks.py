@@ -14,9 +14,11 @@ import logging
 import os
 import re
 import shutil
+import shlex
 import signal
 import socket
 import struct
+import subprocess
 import tempfile
 import threading
 import urllib.request
@@ -37,6 +39,7 @@ from shoal.controller.hub.metricshttp import MAX_SCRAPERS
 from shoal.controller.hub.server import Hub
 from shoal.controller.remote import Command
 from tests.agents import shoal
+from tests.programs import SHOAL
 from tests.e2e.test_hub import Collect, named
 from tests.rawpeer import audit_events
 from tests.hubs import close_all, dial_in, new_key, running_hub
@@ -202,6 +205,40 @@ async def test_a_request_too_large_for_one_agent_fails_alone(tmp_path: Path) -> 
     assert results["web1"].status == 0 and bytes(seen.out["web1"]) == b"70000\n"
     assert results["small"].error_code == "bad_request" and "exceeds small's frame limit of 65536" in str(
         results["small"].error)
+
+
+def test_sockets_that_never_authenticate_cannot_take_the_hubs_descriptors(
+        tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    """Under the common open-files limit (`shoal hub` started by hand), a stranger's few
+    hundred idle TCP connections used to take every descriptor: the hub could accept
+    no local client. Now they hold at most a quarter of the limit (the rest refused at
+    once), and a local client is served as usual."""
+    sock = tmp_path / "hub.sock"
+    limit = 256
+    hub = subprocess.Popen(["sh", "-c", f"ulimit -n {limit} && exec {shlex.join(SHOAL)} hub --socket {sock} "
+                            "--listen 127.0.0.1:0"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    idle: list[socket.socket] = []
+    try:
+        assert hub.stderr is not None
+        line = b""
+        while b"dial in at" not in line:
+            line = hub.stderr.readline()
+            assert line, "the hub exited before it listened"
+        host, _, port = line.decode().rsplit("dial in at ", 1)[1].split(",")[0].strip().rpartition(":")
+        for _ in range(limit + 44):
+            idle.append(socket.create_connection((host, int(port)), timeout=30))
+        wait_for(lambda: sum(map(_closed_by_peer, idle)) >= len(idle) - limit // 4,
+                 what="the hub to refuse connections beyond its share of descriptors")
+        status, out, err = shoal(capsysbinary, "hosts", "--hub", str(sock))
+        assert (status, err) == (0, b"")
+    finally:
+        for conn in idle:
+            conn.close()
+        hub.kill()
+        hub.wait()
+        assert hub.stderr is not None
+        hub.stderr.close()
 
 
 def _handler_threads() -> int:
