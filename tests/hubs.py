@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -26,6 +27,17 @@ from tests.waiting import wait_for_async
 
 # Reconnect fast in tests: the schedule's shape is tested on its own (test_hub_backoff).
 FAST_RECONNECT = {"limits.reconnect_min": 0.05, "limits.reconnect_max": 0.5}
+
+
+def dialin_address(hub: subprocess.Popen[bytes]) -> str:
+    """Where a `shoal hub` process (stderr piped) takes agents: its first listen address,
+    read from the line it logs once it listens."""
+    assert hub.stderr is not None
+    line = b""
+    while b"dial in at" not in line:
+        line = hub.stderr.readline()
+        assert line, "the hub exited before it listened"
+    return line.decode().rsplit("dial in at ", 1)[1].split(",")[0].strip()
 
 
 def new_key(directory: Path) -> tuple[SharedKey, Path]:

@@ -42,7 +42,7 @@ from tests.agents import shoal
 from tests.programs import SHOAL
 from tests.e2e.test_hub import Collect, named
 from tests.rawpeer import audit_events
-from tests.hubs import close_all, dial_in, new_key, running_hub
+from tests.hubs import close_all, dial_in, dialin_address, new_key, running_hub
 from tests.waiting import wait_for, wait_for_async
 
 
@@ -220,12 +220,7 @@ def test_sockets_that_never_authenticate_cannot_take_the_hubs_descriptors(
                            stderr=subprocess.PIPE)
     idle: list[socket.socket] = []
     try:
-        assert hub.stderr is not None
-        line = b""
-        while b"dial in at" not in line:
-            line = hub.stderr.readline()
-            assert line, "the hub exited before it listened"
-        host, _, port = line.decode().rsplit("dial in at ", 1)[1].split(",")[0].strip().rpartition(":")
+        host, _, port = dialin_address(hub).rpartition(":")
         for _ in range(limit + 44):
             idle.append(socket.create_connection((host, int(port)), timeout=30))
         wait_for(lambda: sum(map(_closed_by_peer, idle)) >= len(idle) - limit // 4,

@@ -22,7 +22,7 @@ from shoal.controller.targets import Target
 from tests.agents import running_agents, target_for
 from tests.waiting import wait_for, wait_for_async
 from tests.e2e.test_hub import Collect, named
-from tests.hubs import close_all, dial_in, new_key, running_hub
+from tests.hubs import close_all, dial_in, dialin_address, new_key, running_hub
 from tests.programs import SHOAL, SHOAL_AGENT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,12 +91,7 @@ def test_sigterm_drains_the_hub_then_it_exits_0(tmp_path: Path) -> None:
     agent = None
     client = None
     try:
-        assert hub.stderr is not None
-        line = b""
-        while b"dial in at" not in line:
-            line = hub.stderr.readline()
-            assert line, "the hub exited before it listened"
-        address = line.decode().rsplit("dial in at ", 1)[1].split(",")[0].strip()
+        address = dialin_address(hub)
         agent = subprocess.Popen(
             [*SHOAL_AGENT, "--connect", address, "--name", "drained", "--key-file",
              str(key_file), "--state-dir", str(tmp_path / "state"), "--reconnect-min", "0.05"],
