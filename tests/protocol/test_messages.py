@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from shoal.protocol.errors import LocalProtocolError, RemoteProtocolError
 from shoal.protocol.codec import decode_body, encode_body
+from shoal.protocol.messageclass import message_fields
 from shoal.protocol.messages import (
+    CONNECTION_LEVEL,
     MESSAGE_CLASSES,
     Cancel,
     Error,
@@ -84,6 +88,20 @@ def test_round_trip(msg: object) -> None:
 
 def test_every_type_has_a_distinct_code() -> None:
     assert len({cls.TYPE for cls in MESSAGE_CLASSES.values()}) == len(MESSAGE_CLASSES)
+
+
+@pytest.mark.parametrize("type_", sorted(MESSAGE_CLASSES), ids=lambda t: MESSAGE_CLASSES[t].__name__)
+def test_any_object_decodes_to_a_message_or_a_bad_message(type_: int) -> None:
+    """Every field of every type has a check of what JSON may hold there, so a body of
+    any members is the message or bad_message, never another error."""
+    cls = MESSAGE_CLASSES[type_]
+    request_id = 0 if cls.TYPE in CONNECTION_LEVEL else 3
+    odd = {name: [{"x": None}] for name in message_fields(cls) if name != "request_id"}
+    for body in (b"{}", json.dumps(odd).encode()):
+        try:
+            decode_body(type_, request_id, body)
+        except RemoteProtocolError as exc:
+            assert exc.code == "bad_message"
 
 
 @pytest.mark.parametrize("body", [b"not json", b"\xff\xfe", b"[1,2]", b'{"argv": "ls"}', b'{"argv": ["ls"], "shell": "ls"}',
