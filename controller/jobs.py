@@ -166,14 +166,21 @@ def job_outcome(job: dict[str, Any]) -> str | None:
         ended = Exit(0, status=int(job["status"]), code=code, signal=sig,
                      timed_out=bool(job.get("timed_out")), idle_timed_out=bool(job.get("idle_timed_out")),
                      cancelled=bool(job.get("cancelled", job.get("state") == "killed")))
-    except (LocalProtocolError, TypeError, ValueError):  # this one job's entry, not the listing
+    except (LocalProtocolError, TypeError, ValueError, OverflowError):  # this one job's entry, not the listing
         return f"bad status {str(job['status'])[:20]!r}"
     return str(result_from_exit("", ended, None, None).outcome)
 
 
+def _started(job: dict[str, Any]) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(job.get("started", 0))))
+    except (TypeError, ValueError, OverflowError, OSError):  # not a time: this one job's entry, not the listing
+        return "?"
+
+
 def _row(job: dict[str, Any]) -> tuple[str, ...]:
     status = "-" if job.get("status") is None else str(job["status"])
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(job.get("started", 0))))
+    started = _started(job)
     size, kept = job.get("output_bytes", 0), job.get("kept_bytes", 0)
     output = f"{size}" if size == kept else f"{size} (kept {kept})"
     argv = job.get("argv") or []

@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 
 from shoal.controller.client import AgentClient
-from shoal.controller.jobs import job_outcome, kill_job, list_jobs
+from shoal.controller.jobs import JobsAnswer, format_jobs, job_outcome, kill_job, list_jobs
 from shoal.controller.putbatch import BatchRequest
 from shoal.controller.result import UNREACHABLE
 from shoal.controller.get import GetRequest, get_file
 from shoal.controller.put import put_file
 from shoal.controller.transferplan import plan_put
 from shoal.controller.tree import RemoveRequest, list_remote
+from shoal.protocol.codec import decode_body
 from shoal.protocol.errors import ErrorCode, ShoalConnectionError
 from shoal.protocol.messages import (FileData, FileDone, FileEnd, FileInfo, GetFile, JobKill, JobKilled, JobsList,
                                      JobsReply, ListTree, Message, MetricsReply, MetricsRequest, PutBatch, PutFile,
@@ -212,3 +213,15 @@ async def test_a_job_whose_status_no_process_has_is_shown_as_such_and_the_rest_l
         await client.close()
     assert [job_outcome(job) for job in listed] == [job_outcome(jobs[0]), "bad status '300'"]
     assert job_outcome(jobs[0]) == "ok"
+
+
+def test_a_job_listing_with_times_no_float_holds_shows_that_job_and_the_others() -> None:
+    """1e400 decodes to infinity, which no status or start time can be: that one row says so."""
+    reply = decode_body(JobsReply.TYPE, 1, b'{"jobs": [{"job": "c3", "argv": ["x"], "state": "exited", '
+                        b'"status": 1e400, "started": 1e400}, {"job": "d4", "argv": ["y"], "state": "exited", '
+                        b'"status": 0, "started": "noon"}]}')
+    assert isinstance(reply, JobsReply)
+    assert format_jobs([JobsAnswer("web1", jobs=reply.jobs)]) == (
+        "HOST  JOB  STATE             STATUS  USER  STARTED  OUTPUT  COMMAND\n"
+        "web1  c3   bad status 'inf'  inf     None  ?        0       x\n"
+        "web1  d4   ok                0       None  ?        0       y\n")
