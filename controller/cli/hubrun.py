@@ -27,6 +27,8 @@ TYPE_CHECKING = False  # typing itself costs this path a tenth of its imports
 if TYPE_CHECKING:
     from typing import Any
 
+    from shoal.controller.result import Result
+
 __all__ = ["plain_hub_run", "run_through_hub"]
 
 # Wire constants (PROTOCOL.md sections 1 and 3), spelled here so that this path
@@ -296,26 +298,33 @@ class _Run:
     def _report(self, kind: str, payload: bytes) -> int:
         """Anything but a plain exit 0: the full program's Result, outcome line and status."""
         from shoal.controller.cli.run import report_leftovers
+        from shoal.controller.term.display import Display
+        from shoal.controller.term.output import report_failure
+        from shoal.protocol.errors import ProtocolError
+
+        try:
+            result = self._result(kind, payload)
+        except ProtocolError as exc:  # an EXIT or ERROR the full program refuses too: its hub connection fails
+            result = self._result("lost", f"hub connection lost: protocol error: {exc}".encode())
+        display = Display()
+        report_failure(display, result)
+        report_leftovers(display, [result])
+        return 130 if self.interrupts else result.status
+
+    def _result(self, kind: str, payload: bytes) -> Result:
         from shoal.controller.outcome import Outcome
         from shoal.controller.remote import result_from_exit
         from shoal.controller.result import UNREACHABLE, Result
-        from shoal.controller.term.display import Display
-        from shoal.controller.term.output import report_failure
         from shoal.protocol.codec import decode_body
         from shoal.protocol.messages import Error, Exit, MessageType
 
         if kind == "exit":
             exit_msg = decode_body(MessageType.EXIT, _REQUEST_ID, payload)
             assert isinstance(exit_msg, Exit)
-            result = result_from_exit(self.host, exit_msg, None, None)
-        elif kind == "error":
+            return result_from_exit(self.host, exit_msg, None, None)
+        if kind == "error":
             error = decode_body(MessageType.ERROR, _REQUEST_ID, payload)
             assert isinstance(error, Error)
-            result = Result(self.host, error.status if error.status is not None else 1, error=error.message,
-                            error_code=error.code)
-        else:
-            result = Result(self.host, UNREACHABLE, error=payload.decode(), error_code=Outcome.CONNECTION_LOST)
-        display = Display()
-        report_failure(display, result)
-        report_leftovers(display, [result])
-        return 130 if self.interrupts else result.status
+            return Result(self.host, error.status if error.status is not None else 1, error=error.message,
+                          error_code=error.code)
+        return Result(self.host, UNREACHABLE, error=payload.decode(), error_code=Outcome.CONNECTION_LOST)

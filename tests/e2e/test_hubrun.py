@@ -8,8 +8,11 @@ and a user must not be able to tell them apart: stdout bytes, stderr, exit statu
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +22,8 @@ from shoal.controller.cli.hubrun import plain_hub_run, run_through_hub
 from shoal.protocol.defaults import OUTPUT_WINDOW
 from shoal.protocol.connection import Connection, HandshakeComplete, Role
 from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE
-from shoal.protocol.link import inner_message
-from shoal.protocol.messages import NODE_ENV, PROTOCOL_VERSION, Exec, Linked, LinkOpen, MessageType
+from shoal.protocol.link import HUB_FEATURE, inner_message, link_data
+from shoal.protocol.messages import NODE_ENV, PROTOCOL_VERSION, Exec, Linked, LinkOpen, LinkOpened, MessageType
 from tests.agents import shoal
 from tests.hubs import HubThread, new_key
 
@@ -32,6 +35,57 @@ def hub(tmp_path: Path):  # type: ignore[no-untyped-def]
     key, _ = new_key(tmp_path)
     with HubThread(tmp_path, ["web1"], key) as t:
         yield t
+
+
+class ScriptedHub:
+    """A hub on a Unix socket that opens every link and answers each EXEC with one
+    inner frame a test picks, legal or not (a real hub checks the agent's frames)."""
+
+    def __init__(self, path: Path, answer: MessageType, body: bytes) -> None:
+        self.path, self.answer, self.body = path, answer, body
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(path))
+        self.listener.listen()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)  # ends the accept below
+        self.listener.close()
+        self.thread.join(10)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            with sock:
+                self._talk(sock)
+
+    def _talk(self, sock: socket.socket) -> None:
+        conn = Connection(Role.AGENT, software="scripted-hub", features=[HUB_FEATURE])
+        while data := sock.recv(1 << 16):
+            conn.receive_data(data)
+            while (event := conn.next_event()) is not None:
+                if isinstance(event, LinkOpen):
+                    conn.send(LinkOpened(event.request_id, host=event.host, software="shoal-agent/0", max_frame=65536))
+                elif isinstance(event, Linked) and isinstance(inner := inner_message(event, Role.CONTROLLER), Exec):
+                    conn.send(link_data(event.request_id, self.answer, inner.request_id, self.body))
+            sock.sendall(b"".join(conn.data_to_send()))
+
+
+@pytest.fixture
+def scripted_hub(tmp_path: Path) -> Iterator[Callable[[MessageType, bytes], ScriptedHub]]:
+    hubs: list[ScriptedHub] = []
+
+    def start(answer: MessageType, body: bytes) -> ScriptedHub:
+        hubs.append(ScriptedHub(tmp_path / f"hub{len(hubs)}.sock", answer, body))
+        return hubs[-1]
+
+    yield start
+    for scripted in hubs:
+        scripted.close()
 
 
 def test_the_wire_constants_spelled_there_are_the_protocols() -> None:
@@ -118,3 +172,19 @@ def test_a_reader_that_goes_away_ends_the_short_path_with_141_and_no_traceback(h
     assert said == []  # as the full program: quiet
     imported = {line.rsplit("|", 1)[-1].strip() for line in err.splitlines() if line.startswith("import time:")}
     assert "shoal.controller.cli.hubrun" in imported and "shoal.controller.cli.run" not in imported  # the short path ran
+
+
+@pytest.mark.parametrize("answer, body", [
+    (_T.EXIT, b'{"status": 300}'),            # no exit status
+    (_T.EXIT, b'{"status": 1, "signal": "x"}'),
+    (_T.ERROR, b'{"code": 5}'),
+])
+def test_a_hub_answering_with_a_frame_the_protocol_refuses_is_one_line_as_in_the_full_program(
+        capsysbinary, monkeypatch, scripted_hub, answer: MessageType, body: bytes) -> None:  # type: ignore[no-untyped-def]
+    hub = scripted_hub(answer, body)
+    argv = ["run", "-n", "--hub", str(hub.path), "web1", "--", "true"]
+    short = run_through_hub(argv)
+    out, err = capsysbinary.readouterr()
+    assert short == 255 and out == b"" and err.startswith(b"shoal: web1: ") and err.count(b"\n") == 1
+    monkeypatch.setenv("SHOAL_DEBUG_LOG", str(hub.path.parent / "debug.log"))
+    assert shoal(capsysbinary, *argv) == (short, out, err)
