@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["plain_hub_run", "run_through_hub"]
 
 # Wire constants (PROTOCOL.md sections 1 and 3), spelled here so that this path
-# imports no part of the protocol package; tests/controller/test_hubrun.py checks
+# imports no part of the protocol package; tests/e2e/test_hubrun.py checks
 # them against shoal.protocol.
 _HEAD = 9
 _HELLO, _ERROR, _EXEC, _SIGNAL, _CANCEL, _WINDOW = 0x01, 0x03, 0x10, 0x13, 0x14, 0x15
