@@ -6,6 +6,7 @@ user of it would hold it (`ConnectOptions(hub=...)`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -272,6 +273,7 @@ async def test_a_link_closed_with_its_ping_in_flight_answers_it_with_its_own_nam
         link = await hub_conn.link(named("p1"))
         answers: list[object] = []
         link.send_ping(answers.append)
+        await asyncio.sleep(0)  # one turn: the round's PING_LINKS is queued behind it, the link's close after it
         await link.close()
         assert len(answers) == 1 and isinstance(answers[0], ShoalConnectionError)
         assert str(answers[0]) == "p1: closed by controller"
