@@ -30,7 +30,7 @@ from shoal.hostio.atomic import TEMP_MARK
 from shoal.protocol.errors import ShoalConnectionError
 from shoal.protocol.connection import Connection, Role
 from shoal.protocol.frames import frame_head
-from shoal.protocol.link import PING_LINKS_FEATURE, inner_message, link_message
+from shoal.protocol.link import HUB_FEATURE, PING_LINKS_FEATURE, inner_message, link_message
 from shoal.protocol.messages import (Error, FileData, Linked, LinkOpen, LinkPongs, ListTree, MessageType, MetricsRequest,
                                      Ping, PingLinks, Pong, PutFile, Stdin)
 from tests.waiting import wait_for_async
@@ -257,9 +257,12 @@ def test_a_ping_inside_a_link_is_answered_with_the_agents_pong_and_its_own_t0(tm
             client.close()
 
 
-async def test_a_client_pings_inside_the_links_of_a_hub_without_ping_links(tmp_path: Path) -> None:
+async def test_a_client_pings_inside_the_links_of_a_hub_without_ping_links(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shoal.controller.hub import local
+
+    monkeypatch.setattr(local, "PING_LINKS_FEATURE", HUB_FEATURE)  # the HELLO of a hub from before PING_LINKS
     async with hub_connection(tmp_path, ["p1", "p2"]) as hub_conn:
-        hub_conn.ping_links = False  # what the HELLO of a hub from before PING_LINKS leads to
         links = [await hub_conn.link(named(n)) for n in ("p1", "p2")]
         results = await ping_all(links)
         assert all(not isinstance(r, ShoalConnectionError) and r[0].version.startswith("shoal-agent/")
