@@ -111,6 +111,28 @@ def test_bad_exec_bodies_are_remote_protocol_errors(body: bytes) -> None:
         decode_body(Exec.TYPE, 1, body)
 
 
+@pytest.mark.parametrize("body, taken", [
+    (b'{"status": 3}', 3),
+    (b' \n{"status": 3}\r\t', 3),                       # whitespace around the object: the full decoder
+    (b'{"status": 3, "status": 4}', None),                 # a duplicate member, on the scanner's path
+    (b'{"status": 3, "x": {"a": 1, "a": 1}}', None),       # ... and inside an unknown member
+    (b'{"status": NaN}', None),
+    (b'{"status": 3, "timed_out": Infinity}', None),
+    (b'{"status": 3}{}', None),                             # data after the object
+    (b'{"status": 3} x', None),
+    (b'{"status": }', None),                                # no value: the scanner's StopIteration
+])
+def test_a_body_is_exactly_one_strict_json_object(body: bytes, taken: int | None) -> None:
+    """The body decoder takes what json.loads would with duplicates, NaN and trailing data refused,
+    whichever of its two paths (scanner alone, or the full decoder) a body goes down."""
+    if taken is not None:
+        assert decode_body(Exit.TYPE, 1, body) == Exit(1, status=taken)
+        return
+    with pytest.raises(RemoteProtocolError) as err:
+        decode_body(Exit.TYPE, 1, body)
+    assert err.value.code == "bad_message"
+
+
 def test_unknown_type_is_a_typed_error() -> None:
     with pytest.raises(RemoteProtocolError) as err:
         decode_body(0x7F, 1, b"")
