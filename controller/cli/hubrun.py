@@ -130,6 +130,8 @@ def _nothing_else_applies(no_stdin: bool) -> bool:
     home = os.path.join(xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".config"), "shoal")
     if os.path.exists(os.path.join(home, "config.toml")) or os.path.exists(os.path.join(home, "inventory.toml")):
         return False
+    if sys.stdout is None or sys.stderr is None:
+        return False  # fd 1 or 2 closed: the full program says so
     return not _isatty(sys.stdout) and (no_stdin or _isatty(sys.stdin))
 
 

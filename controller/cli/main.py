@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     through_hub = run_through_hub(argv)  # the plain one-host run through a hub (cli/hubrun.py)
     if through_hub is not None:
         return through_hub
+    if sys.stdout is None or sys.stderr is None:  # fd 1 or 2 closed before we started: Display has nothing to write to
+        if sys.stderr is not None:
+            sys.stderr.write("shoal: standard output is closed (to discard the output, redirect it to /dev/null)\n")
+        return EXIT_USAGE
     setup_debug_log()
     name = _subcommand_of(argv)
     # `shoal run ...` (the subcommand first) needs no other subcommand's parser;

@@ -140,3 +140,16 @@ def test_run_help_gives_the_exit_statuses(capsys: pytest.CaptureFixture[str]) ->
     for part in ("largest host status", "128+N", "255 when a host was unreachable", "2 bad usage",
                  "70 internal error", "130 interrupted"):
         assert part in text, part
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "-n", "--hub", "/nonexistent/hub.sock", "web1", "--", "true"],  # the one-host hub run's form
+    ["run", "-n", "127.0.0.1:1", "--", "true"],
+])
+def test_a_closed_stdout_is_one_line_and_exit_2(argv: list[str]) -> None:
+    """fd 1 closed before shoal starts (`>&-`): Python has no sys.stdout at all, and
+    both the short hub path and the full program used to end in a traceback."""
+    proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", installed("shoal"), *argv],
+                          stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+    assert (proc.returncode, proc.stderr) == (
+        2, b"shoal: standard output is closed (to discard the output, redirect it to /dev/null)\n")
