@@ -61,7 +61,10 @@ class ScriptedHub:
             except OSError:
                 return
             with sock:
-                self._talk(sock)
+                try:
+                    self._talk(sock)
+                except OSError:
+                    pass  # the client went away first
 
     def _talk(self, sock: socket.socket) -> None:
         conn = Connection(Role.AGENT, software="scripted-hub", features=[HUB_FEATURE])
