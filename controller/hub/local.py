@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -185,7 +186,8 @@ class LocalSession(FrameDriver):
         elif isinstance(event, HostsList):
             self.send(HostsReply(event.request_id, hosts=[a.describe() for a in self.hub.registry.agents()]))
         elif isinstance(event, Ping):
-            self.send(Pong(0, t0=event.t0, t1=event.t0, t2=event.t0, version=self.hub.software))
+            now = time.time()  # the hub's own clock, as any PONG's (PROTOCOL.md section 1)
+            self.send(Pong(0, t0=event.t0, t1=now, t2=now, version=self.hub.software))
         elif isinstance(event, Goodbye):
             self.abort()
         elif not isinstance(event, (Error, Pong)):

@@ -233,6 +233,22 @@ def test_a_ping_links_with_a_time_json_cannot_carry_back_is_a_bad_message(tmp_pa
         assert hub.call(lambda: [a.name for a in hub.hub.registry.agents()]) == ["p1"]  # the agent is untouched
 
 
+def test_the_hub_answers_its_own_ping_with_its_clock(tmp_path: Path) -> None:
+    """A PING at request id 0 asks the hub itself: its PONG's t1 and t2 are the hub's times, not the client's t0."""
+    key, _ = new_key(tmp_path)
+    with HubThread(tmp_path, [], key) as hub:
+        client = _raw_hub_client(hub)
+        try:
+            before = time.time()
+            client.conn.send(Ping(0, t0=12.5))
+            client.flush()
+            pong = client.next_event()
+            assert isinstance(pong, Pong) and pong.t0 == 12.5 and pong.version.startswith("shoal-hub/")
+            assert before <= pong.t1 <= pong.t2 <= time.time()  # the same machine's clock
+        finally:
+            client.close()
+
+
 def test_a_ping_inside_a_link_is_answered_with_the_agents_pong_and_its_own_t0(tmp_path: Path) -> None:
     """The LINKED PING every hub takes (and a client uses when the hub lacks PING_LINKS)."""
     key, _ = new_key(tmp_path)
