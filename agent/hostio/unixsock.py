@@ -11,14 +11,15 @@ from shoal.protocol.errors import ConfigError
 __all__ = ["remove_stale_socket"]
 
 
-def remove_stale_socket(path: str) -> None:
-    """Remove a socket file left by a dead server; ConfigError if one still serves there, or it is no socket."""
+def remove_stale_socket(path: str, option: str = "listen") -> None:
+    """Remove a socket file left by a dead server; ConfigError (naming `option`) if one
+    still serves there, or it is no socket."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise ConfigError(f"cannot listen on unix:{path}: a non-socket file is in the way", "listen")
+        raise ConfigError(f"cannot listen on unix:{path}: a non-socket file is in the way", option)
     probe = socket.socket(socket.AF_UNIX)
     try:
         probe.connect(path)
@@ -27,4 +28,4 @@ def remove_stale_socket(path: str) -> None:
         return
     finally:
         probe.close()
-    raise ConfigError(f"cannot listen on unix:{path}: address already in use", "listen")
+    raise ConfigError(f"cannot listen on unix:{path}: address already in use", option)
