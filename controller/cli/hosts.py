@@ -15,7 +15,8 @@ A bad pattern, an unknown group or an inventory error exits 2 with one line nami
 
 lists the agents connected to the hub (PATH, else the config file's `hub`): name,
 address, connected since, agent version and last seen, one per line; PATTERN keeps
-the names it matches. `--json` gives those as `name`, `address`, `kind` (`dialin`
+the names it matches. A lone word after --hub that has no `/` and names no file is
+the PATTERN (`shoal hosts --hub 'web[1-4]'` with the hub in the config file). `--json` gives those as `name`, `address`, `kind` (`dialin`
 or `direct`), `since`, `version`, `last_seen` (epoch seconds). Exit 255 when the hub
 is not running.
 """
@@ -80,7 +81,10 @@ def _hub_hosts(args: argparse.Namespace, display: Display) -> int:
     from shoal.controller.nodeset import expand, split_patterns
     from shoal.controller.userconfig import load_user_config
 
-    path = args.hub_query or str(load_user_config(args.config).defaults.get("hub", ""))
+    path, pattern = args.hub_query, args.targets
+    if path and pattern is None and "/" not in path and not os.path.exists(path):
+        path, pattern = "", path  # `--hub web1`: a pattern, for the config file's hub
+    path = path or str(load_user_config(args.config).defaults.get("hub", ""))
     if not path:
         raise ConfigError("no hub named (give --hub PATH, or hub in the config file)", "--hub")
 
@@ -92,8 +96,8 @@ def _hub_hosts(args: argparse.Namespace, display: Display) -> int:
             await access.close()
 
     hosts = asyncio.run(listing())
-    if args.targets:
-        wanted = {name.casefold() for part in split_patterns(args.targets) for name in expand(part)}
+    if pattern:
+        wanted = {name.casefold() for part in split_patterns(pattern) for name in expand(part)}
         hosts = [h for h in hosts if str(h["name"]).casefold() in wanted]
     if args.count:
         display.print(str(len(hosts)))
