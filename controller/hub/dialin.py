@@ -75,6 +75,7 @@ class DialInClient(AgentClient):
         self.address = "?"
         self._deadline: asyncio.TimerHandle | None = None
         self.ssl_object: ssl.SSLObject | None = None  # over TLS: whose certificate it showed
+        self._failure_audited = False  # peer_failed said why: no guess when the connection ends
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -98,6 +99,7 @@ class DialInClient(AgentClient):
             self._owner.authenticated(self, event.peer.name)
 
     def peer_failed(self, exc: AuthError | ProtocolError) -> None:
+        self._failure_audited = True
         self._owner.audit.record("auth_failed" if isinstance(exc, AuthError) else "protocol_error",
                                  peer=self.address, reason=str(exc) if not isinstance(exc, AuthError) else exc.reason,
                                  key_id=getattr(exc, "key_id", None))
@@ -105,7 +107,7 @@ class DialInClient(AgentClient):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
-        if self in self._owner.pending and self.conn.peer_hello is None:
+        if self in self._owner.pending and self.conn.peer_hello is None and not self._failure_audited:
             # With TLS 1.3 the agent judges our certificate after our side of the handshake is
             # done; without TLS, an agent wanting it hangs up on our plaintext HELLO.
             likely = "did it refuse the hub's TLS certificate?" if self._tls else "does it want TLS? this port has none"
