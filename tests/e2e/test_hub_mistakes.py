@@ -1,0 +1,123 @@
+"""A new hub user's first mistakes, each answered in one line with a documented status.
+
+A port already taken, `--hub` naming the hub's config file instead of its socket, a
+monitoring check or a shell started while the hub is down, `shoal hosts --hub
+PATTERN` with the hub in the config file, a dial-in name no hub takes, an agent
+without the hub's key: what the user sees, never a traceback or a misleading guess.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.agents import shoal
+from tests.hubs import HubThread, dialers, new_key, running_hub
+from tests.programs import SHOAL, SHOAL_AGENT
+from tests.waiting import wait_for_async
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _one_line_error(proc: subprocess.CompletedProcess[bytes]) -> str:
+    """The single stderr line of a command that failed at start (no traceback, nothing else)."""
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("option", ["--metrics-listen", "--listen", "--socket"])
+def test_an_address_in_use_is_one_line_naming_the_option_and_exit_2(tmp_path: Path, option: str) -> None:
+    sock = tmp_path / "hub.sock"
+    with socket.socket() as taken, socket.socket(socket.AF_UNIX) as served:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        value = f"127.0.0.1:{port}"
+        if option == "--socket":
+            served.bind(str(sock))  # another hub serving this path
+            served.listen()
+        args = ["--socket", str(sock)] + ([option, value] if option != "--socket" else [])
+        proc = subprocess.run([*SHOAL, "hub", *args], capture_output=True, timeout=30, cwd=str(REPO),
+                              stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2
+    where = f"unix:{sock}" if option == "--socket" else value
+    assert _one_line_error(proc) == f"shoal: {option}: cannot listen on {where}: address already in use\n"
+    if option != "--socket":
+        assert not sock.exists()  # the hub that could not start left no socket behind
+
+
+def test_hub_naming_a_file_not_a_socket_says_so(capsysbinary, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "hub.toml"
+    config.write_text('listen = ["127.0.0.1:8472"]\n')
+    code, out, err = shoal(capsysbinary, "run", "web1", "--hub", str(config), "--", "true")
+    assert (code, out) == (255, b"")
+    assert err == (f"shoal: hub {config}: not a socket but a regular file; "
+                   "--hub names the socket the hub serves (its --socket)\n").encode()
+
+
+@pytest.mark.parametrize("flags,status,state", [([], 2, "CRITICAL"), (["--unreachable-unknown"], 3, "UNKNOWN")])
+def test_check_through_a_hub_that_is_not_running_is_a_plugin_status(  # type: ignore[no-untyped-def]
+        capsysbinary, tmp_path: Path, flags: list[str], status: int, state: str) -> None:
+    nohub = tmp_path / "nohub.sock"
+    code, out, err = shoal(capsysbinary, "check", "web[1-3]", "--hub", str(nohub), "--warn", "cpu>90", *flags)
+    # A monitoring system reads the status line on stdout and a status of 0-3, as for unreachable hosts.
+    assert (code, out, err) == (status, f"SHOAL {state} - hub {nohub}: not running (no socket)\n".encode(), b"")
+
+
+def test_shell_through_a_hub_that_is_not_running_is_one_line_and_exit_255(tmp_path: Path) -> None:
+    nohub = tmp_path / "nohub.sock"
+    proc = subprocess.run([*SHOAL, "shell", "web1,web2", "--hub", str(nohub)], capture_output=True, timeout=30,
+                          cwd=str(REPO), input=b"echo never\n")
+    assert (proc.returncode, proc.stdout) == (255, b"")
+    assert _one_line_error(proc) == f"shoal: hub {nohub}: not running (no socket)\n"
+
+
+def test_hosts_hub_with_only_a_pattern_uses_the_config_files_hub(capsysbinary, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with HubThread(tmp_path, ["web1", "web2", "db1"]) as t:
+        config = tmp_path / "config.toml"
+        config.write_text(f'hub = "{t.socket}"\n')
+        code, out, err = shoal(capsysbinary, "hosts", "--config", str(config), "--hub", "web[1-9]")
+        assert code == 0, err
+        assert [line.split("\t")[0] for line in out.decode().splitlines()] == ["web1", "web2"]
+        code, out, _ = shoal(capsysbinary, "hosts", "--config", str(config), "--hub", str(t.socket), "db1", "--count")
+        assert (code, out) == (0, b"1\n")  # PATH then PATTERN, as before
+
+
+@pytest.mark.parametrize("name", ["bad name!", "127.0.0.1:8471", "web/1"])
+def test_an_agent_will_not_start_with_a_name_no_hub_takes(tmp_path: Path, name: str) -> None:
+    argv = [*SHOAL_AGENT, "--connect", "127.0.0.1:8472", "--name", name, "--state-dir", str(tmp_path)]
+    for extra in (["--check-config"], []):
+        proc = subprocess.run([*argv, *extra], capture_output=True, timeout=30, cwd=str(REPO),
+                              stdin=subprocess.DEVNULL)
+        assert proc.returncode == 2
+        assert _one_line_error(proc).startswith(f"shoal-agent: --name: name {name!r} is not a host name")
+    agent_toml = tmp_path / "agent.toml"
+    agent_toml.write_text(f'connect = ["127.0.0.1:8472"]\nname = {json.dumps(name)}\n')
+    proc = subprocess.run([*SHOAL_AGENT, "--config", str(agent_toml), "--check-config"], capture_output=True,
+                          timeout=30, cwd=str(REPO))
+    assert proc.returncode == 2
+    assert _one_line_error(proc).startswith(f"shoal-agent: {agent_toml}:2: name {name!r} is not a host name")
+
+
+async def test_an_agent_without_the_hubs_key_is_audited_once_for_what_it_said(tmp_path: Path) -> None:
+    key, _ = new_key(tmp_path)
+    audit = tmp_path / "audit.log"
+
+    def records() -> list[dict[str, object]]:
+        return [json.loads(line) for line in audit.read_text().splitlines()] if audit.exists() else []
+
+    async with running_hub(tmp_path / "hub.sock", key, audit_log=str(audit)) as hub:
+        (keyless,) = dialers(hub, ["keyless"], None)
+        await keyless.start()
+        try:
+            # Two attempts refused: the first one's connection has ended, and been audited, by then.
+            await wait_for_async(lambda: sum(r["event"] == "auth_failed" for r in records()) >= 2, timeout=15)
+        finally:
+            await keyless.close()
+    assert all("none configured" in str(r["reason"]) for r in records() if r["event"] == "auth_failed")
+    assert [r for r in records() if r["event"] == "refused"] == []  # no guess about TLS beside it
