@@ -2,8 +2,9 @@
 
 A port already taken, `--hub` naming the hub's config file instead of its socket, a
 monitoring check or a shell started while the hub is down, `shoal hosts --hub
-PATTERN` with the hub in the config file, a dial-in name no hub takes, an agent
-without the hub's key: what the user sees, never a traceback or a misleading guess.
+PATTERN` with the hub in the config file (and its groups and -x), an inventory
+target the hub cannot reach, a dial-in name no hub takes, an agent without the
+hub's key: what the user sees, never a traceback, silence or a misleading guess.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
-from tests.agents import shoal
+from tests.agents import closed_port, shoal
 from tests.hubs import HubThread, dialers, new_key, running_hub
 from tests.programs import SHOAL, SHOAL_AGENT
-from tests.waiting import wait_for_async
+from tests.waiting import wait_for, wait_for_async
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,6 +88,73 @@ def test_hosts_hub_with_only_a_pattern_uses_the_config_files_hub(capsysbinary, t
         assert [line.split("\t")[0] for line in out.decode().splitlines()] == ["web1", "web2"]
         code, out, _ = shoal(capsysbinary, "hosts", "--config", str(config), "--hub", str(t.socket), "db1", "--count")
         assert (code, out) == (0, b"1\n")  # PATH then PATTERN, as before
+
+
+def test_hosts_hub_reads_groups_and_exclusions_as_run_does(capsysbinary, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text('[groups.web]\nhosts = ["web[1-3]"]\n')
+    with HubThread(tmp_path, ["web1", "web2", "db1"]) as t:
+        hub = ["--hub", str(t.socket), "--inventory", str(inventory)]
+        for argv, names in ((["@web"], "web[1-2]"), (["-x", "web1"], "db1,web2"), (["@web", "-x", "web2"], "web1")):
+            code, out, err = shoal(capsysbinary, "hosts", *hub, *argv, "--fold")
+            assert (code, out, err) == (0, f"{names}\n".encode(), b""), argv
+        code, out, err = shoal(capsysbinary, "hosts", *hub, "web[")
+        assert (code, out, err) == (2, b"", b'shoal: bad host pattern "web[": unclosed \'[\'\n')
+
+
+def test_an_inventory_target_the_hub_cannot_reach_is_logged_once(tmp_path: Path) -> None:
+    port = closed_port()
+    hub = subprocess.Popen([*SHOAL, "hub", "--socket", str(tmp_path / "hub.sock"), "--targets", f"127.0.0.1:{port}"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(REPO))
+    lines: list[bytes] = []
+    reader = threading.Thread(target=lambda: lines.extend(hub.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        warned = wait_for(lambda: [line for line in lines if b"WARNING" in line], timeout=20,
+                          what="the hub's warning about the target")
+        assert warned[0].decode().endswith(f"shoal.hub: 127.0.0.1:{port}: connection refused; "
+                                           "retrying with backoff (at most 30s apart)\n")
+        hub.terminate()
+        assert hub.wait(30) == 0
+    finally:
+        if hub.poll() is None:
+            hub.kill()
+            hub.wait(10)
+        reader.join(10)
+        hub.stderr.close()  # type: ignore[union-attr]
+
+
+def test_an_inventory_target_failing_again_and_again_is_logged_once(tmp_path: Path) -> None:
+    attempts = []
+    with socket.socket() as server:  # takes each connection and hangs up, again and again
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def refuse() -> None:
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                attempts.append(1)
+                conn.close()
+
+        threading.Thread(target=refuse, daemon=True).start()
+        target = f"127.0.0.1:{server.getsockname()[1]}"
+        hub = subprocess.Popen([*SHOAL, "hub", "--socket", str(tmp_path / "hub.sock"), "--targets", target,
+                                "--log-level", "warning"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               cwd=str(REPO))
+        try:
+            wait_for(lambda: len(attempts) >= 3, timeout=30, what="three attempts")  # backoff: 1 s, 2 s at most
+            hub.terminate()
+            _, err = hub.communicate(timeout=30)
+        finally:
+            if hub.poll() is None:
+                hub.kill()
+                hub.communicate(timeout=10)
+    assert hub.returncode == 0
+    assert len(err.splitlines()) == 1 and f" WARNING shoal.hub: {target}: ".encode() in err, err
 
 
 @pytest.mark.parametrize("name", ["bad name!", "127.0.0.1:8471", "web/1"])
