@@ -190,3 +190,12 @@ async def test_an_agent_without_the_hubs_key_is_audited_once_for_what_it_said(tm
             await keyless.close()
     assert all("none configured" in str(r["reason"]) for r in records() if r["event"] == "auth_failed")
     assert [r for r in records() if r["event"] == "refused"] == []  # no guess about TLS beside it
+
+
+@pytest.mark.parametrize("place", [["--connect", "192.0.2.1", "--name", "web1"], ["--listen", "0.0.0.0:8470"]])
+def test_check_config_refuses_what_a_start_refuses_without_a_key(tmp_path: Path, place: list[str]) -> None:
+    # Only checked, never dialled or bound: --check-config opens no socket.
+    proc = subprocess.run([*SHOAL_AGENT, *place, "--state-dir", str(tmp_path), "--check-config"],
+                          capture_output=True, timeout=30, cwd=str(REPO), stdin=subprocess.DEVNULL)
+    assert (proc.returncode, proc.stdout) == (2, b"")
+    assert "without a key" in _one_line_error(proc) and "--insecure" in proc.stderr.decode()
