@@ -97,8 +97,12 @@ def settings_from_args(args: argparse.Namespace) -> HubSettings:
     """The hub's settings from parsed (and settled) options."""
     from shoal.controller.cli.options import _load_key
 
-    if args.fanout < 1 or args.connect_timeout <= 0 or args.drain_grace < 0:
-        raise ConfigError("--fanout, --connect-timeout and --drain-grace must be positive", "hub")
+    if args.fanout < 1:
+        raise ConfigError(f"must be 1 or more, not {args.fanout}", "--fanout")
+    if not args.connect_timeout > 0:  # NaN too
+        raise ConfigError(f"must be above 0, not {args.connect_timeout:g}", "--connect-timeout")
+    if not args.drain_grace >= 0:
+        raise ConfigError(f"must be 0 or more, not {args.drain_grace:g}", "--drain-grace")
     listen = []
     for text in args.listen:
         try:

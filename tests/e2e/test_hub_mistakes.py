@@ -199,3 +199,37 @@ def test_check_config_refuses_what_a_start_refuses_without_a_key(tmp_path: Path,
                           capture_output=True, timeout=30, cwd=str(REPO), stdin=subprocess.DEVNULL)
     assert (proc.returncode, proc.stdout) == (2, b"")
     assert "without a key" in _one_line_error(proc) and "--insecure" in proc.stderr.decode()
+
+
+@pytest.mark.parametrize("flags,line", [
+    (["--fanout", "0"], "shoal: --fanout: must be 1 or more, not 0\n"),
+    (["--connect-timeout", "nan"], "shoal: --connect-timeout: must be above 0, not nan\n"),
+    (["--drain-grace", "-1"], "shoal: --drain-grace: must be 0 or more, not -1\n"),
+    (["--drain-grace", "nan"], "shoal: --drain-grace: must be 0 or more, not nan\n"),
+    (["--hub-config", "HUB_TOML"], "shoal: HUB_TOML:1: drain_grace must be a number 0 or more, not nan\n"),
+])
+def test_a_bad_number_is_one_line_naming_its_option(tmp_path: Path, flags: list[str], line: str) -> None:
+    hub_toml = tmp_path / "hub.toml"
+    hub_toml.write_text("drain_grace = nan\n")
+    flags = [str(hub_toml) if f == "HUB_TOML" else f for f in flags]
+    proc = subprocess.run([*SHOAL, "hub", "--socket", str(tmp_path / "hub.sock"), *flags], capture_output=True,
+                          timeout=30, cwd=str(REPO), stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2
+    assert _one_line_error(proc) == line.replace("HUB_TOML", str(hub_toml))
+
+
+def test_drain_grace_0_in_hub_toml_is_taken_as_on_the_command_line(tmp_path: Path) -> None:
+    hub_toml = tmp_path / "hub.toml"
+    hub_toml.write_text("drain_grace = 0\n")
+    hub = subprocess.Popen([*SHOAL, "hub", "--socket", str(tmp_path / "hub.sock"), "--hub-config", str(hub_toml)],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(REPO))
+    try:
+        assert hub.stderr is not None
+        assert b"hub serving" in hub.stderr.readline()  # started (a refused setting is one line and exit 2)
+        hub.terminate()
+        _, err = hub.communicate(timeout=30)
+        assert hub.returncode == 0 and b"up to 0s" in err
+    finally:
+        if hub.poll() is None:
+            hub.kill()
+            hub.communicate(timeout=10)
