@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hub-config", metavar="PATH", help="hub settings (TOML); flags win")
     parser.add_argument("--socket", metavar="PATH", help=f"local clients' Unix socket (default {default_socket()})")
     parser.add_argument("--listen", action="append", metavar="ADDR",
-                        help=f"where agents dial in: HOST[:PORT] (port default {HUB_PORT}); repeatable")
+                        help=f"where agents dial in: HOST[:PORT] (port default {HUB_PORT}); repeatable; "
+                             "without it (and no listen in --hub-config) no agent can dial in")
     parser.add_argument("--key-file", metavar="PATH",
                         help="the fleet's key: dialling agents must prove it, and the hub proves it to them")
     parser.add_argument("--tls-cert", metavar="PATH",
