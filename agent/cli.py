@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_config(args: argparse.Namespace, cfg: AgentConfig) -> int:
     """The settings are valid; now open the files they name, as a start would."""
+    from shoal.agent.keys import check_exposure
     from shoal.agent.preflight import file_problems
 
     tls_flags = [name for name in ("cert", "key", "ca") if getattr(args, f"tls_{name}")]
@@ -188,6 +189,7 @@ def _check_config(args: argparse.Namespace, cfg: AgentConfig) -> int:
         print(f"shoal-agent: {problem}", file=sys.stderr)
     if problems:
         return 2
+    check_exposure(cfg, keyed=bool(cfg.keys or args.key_file))  # as KeyTable.load at start: unkeyed beyond loopback
     print(f"configuration ok: {_config_path(args) or 'built-in defaults (no ' + DEFAULT_CONFIG + ')'}")
     return 0
 

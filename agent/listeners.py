@@ -19,6 +19,7 @@ from shoal.agent.accept import Acceptor
 from shoal.agent.config import AgentConfig, ListenAddress
 from shoal.agent.session import AgentSession
 from shoal.agent.strictmodes import check_tls_files
+from shoal.hostio.neterrors import bind_reason
 from shoal.hostio.unixsock import remove_stale_socket
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class Listeners:
                     host, port = sock.getsockname()[:2]
                     self.addresses.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {addr}: {exc.strerror or exc}", "listen") from exc
+            raise ConfigError(f"cannot listen on {addr}: {bind_reason(exc)}", "listen") from exc
         self._servers.append(server)
         factory: Callable[[], asyncio.BaseProtocol] = (
             (lambda: AgentSession(agent)) if addr.kind == "unix" else self._tcp_protocol())

@@ -17,6 +17,7 @@ client's bad message before any byte of it reaches an agent.
 
 from __future__ import annotations
 
+import re
 import struct
 
 from shoal.protocol.codec import decode_body, encode_body
@@ -24,7 +25,7 @@ from shoal.protocol.connection import Role
 from shoal.protocol.errors import ErrorCode, RemoteProtocolError
 from shoal.protocol.messages import AGENT_ONLY, CONTROLLER_ONLY, HUB_TYPES, Linked, Message, MessageType
 
-__all__ = ["HUB_FEATURE", "PING_LINKS_FEATURE", "INNER_HEAD", "link_message", "link_data", "inner_message"]
+__all__ = ["HUB_FEATURE", "check_agent_name", "PING_LINKS_FEATURE", "INNER_HEAD", "link_message", "link_data", "inner_message"]
 
 # Named in a hub's HELLO `features` (PROTOCOL.md section 7), so a client knows it
 # reached a hub that carries links, not an agent.
@@ -32,6 +33,21 @@ HUB_FEATURE = "hub"
 # Named beside it by a hub that takes PING_LINKS; a client pings through an older
 # hub with a PING inside each link.
 PING_LINKS_FEATURE = "ping_links"
+
+# What a dial-in agent's name may look like (PROTOCOL.md section 7): a host name, so
+# node-set patterns can target it. The hub refuses any other; the agent checks its own
+# at start, rather than retrying a name no hub will take.
+_AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+
+
+def check_agent_name(name: str) -> str | None:
+    """Why `name` cannot be a dial-in agent's name, or None when it can."""
+    if not name:
+        return "the agent announced no name"
+    if _AGENT_NAME.fullmatch(name) is None:
+        return f"name {name!r} is not a host name (letters, digits, '.', '_' and '-', at most 253)"
+    return None
+
 
 _HEAD = struct.Struct(">BI")
 # Bytes a LINKED body adds to the inner message's body.

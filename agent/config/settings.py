@@ -11,6 +11,7 @@ from typing import Any
 from shoal.protocol.errors import ConfigError
 from shoal.protocol.defaults import OUTPUT_WINDOW, RELAY_WINDOW
 from shoal.protocol.frames import DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_CEILING, MIN_MAX_FRAME_SIZE
+from shoal.protocol.link import check_agent_name
 from shoal.agent.config.checks import (
     _absolute_path, _boolean, _instance, _integer, _join, _kind, _reject_unknown, _seconds, _store, _strings, _text,
 )
@@ -223,6 +224,9 @@ class AgentConfig:
         name = _text("name", self.name)
         if len(name) > 253 or not name.isprintable() or name != name.strip():
             raise ConfigError("name must be printable, without surrounding spaces, at most 253 characters", "name")
+        problem = check_agent_name(name) if name and self.connect else None
+        if problem is not None:  # no hub would take it: say so at start, not in each retry
+            raise ConfigError(f"{problem}, which a hub refuses", "name")
         _boolean("insecure", self.insecure)
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}",

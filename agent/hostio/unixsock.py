@@ -14,14 +14,15 @@ __all__ = ["peer_uid", "remove_stale_socket"]
 _SO_PEERCRED = struct.Struct("3i")  # pid, uid, gid
 
 
-def remove_stale_socket(path: str) -> None:
-    """Remove a socket file left by a dead server; ConfigError if one still serves there, or it is no socket."""
+def remove_stale_socket(path: str, option: str = "listen") -> None:
+    """Remove a socket file left by a dead server; ConfigError (naming `option`) if one
+    still serves there, or it is no socket."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise ConfigError(f"cannot listen on unix:{path}: a non-socket file is in the way", "listen")
+        raise ConfigError(f"cannot listen on unix:{path}: a non-socket file is in the way", option)
     probe = socket.socket(socket.AF_UNIX)
     try:
         probe.connect(path)
@@ -30,7 +31,7 @@ def remove_stale_socket(path: str) -> None:
         return
     finally:
         probe.close()
-    raise ConfigError(f"cannot listen on unix:{path}: address already in use", "listen")
+    raise ConfigError(f"cannot listen on unix:{path}: address already in use", option)
 
 
 def peer_uid(sock: socket.socket) -> int:

@@ -11,7 +11,8 @@ graphs keep their series; what does not fit the 8 KiB first line follows the
 long output after a "|".
 
 Exit status (the plugin convention): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
-An unreachable host is CRITICAL, or UNKNOWN with --unreachable-unknown. Any
+An unreachable host is CRITICAL, or UNKNOWN with --unreachable-unknown, and so
+is every host when the hub (--hub) is not running, on one status line. Any
 usage error (a bad option, threshold or target pattern) is UNKNOWN (3).
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-from shoal.protocol.errors import ConfigError
+from shoal.protocol.errors import ConfigError, ShoalConnectionError, ShoalTimeoutError
 
 from shoal.controller.checks import CheckResult, State, evaluate, parse_thresholds
 from shoal.controller.term.display import Display
@@ -64,6 +65,10 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     except ConfigError as exc:
         display.print(f"SHOAL UNKNOWN - {' '.join(str(exc).split())}".replace("|", "/"))
         return int(State.UNKNOWN)
-    snapshots = run_with(options, gather_metrics(targets, options, args.fanout)).snapshots
     unreachable = State.UNKNOWN if args.unreachable_unknown else State.CRITICAL
+    try:
+        snapshots = run_with(options, gather_metrics(targets, options, args.fanout)).snapshots
+    except (ShoalConnectionError, ShoalTimeoutError) as exc:  # the hub (--hub), not a host: every host unreachable
+        display.print(f"SHOAL {unreachable.name} - {' '.join(str(exc).split())}".replace("|", "/"))
+        return int(unreachable)
     return report(display, evaluate(snapshots, warn, crit, unreachable_state=unreachable))

@@ -15,7 +15,9 @@ A bad pattern, an unknown group or an inventory error exits 2 with one line nami
 
 lists the agents connected to the hub (PATH, else the config file's `hub`): name,
 address, connected since, agent version and last seen, one per line; PATTERN keeps
-the names it matches. `--json` gives those as `name`, `address`, `kind` (`dialin`
+the names it matches (groups from the inventory too) and `-x PATTERN` drops those it
+matches. A lone word after --hub that has no `/` and names no file is
+the PATTERN (`shoal hosts --hub 'web[1-4]'` with the hub in the config file). `--json` gives those as `name`, `address`, `kind` (`dialin`
 or `direct`), `since`, `version`, `last_seen` (epoch seconds). Exit 255 when the hub
 is not running.
 """
@@ -77,10 +79,12 @@ def _hub_hosts(args: argparse.Namespace, display: Display) -> int:
     import os
 
     from shoal.controller.hub.client import HubAccess
-    from shoal.controller.nodeset import expand, split_patterns
     from shoal.controller.userconfig import load_user_config
 
-    path = args.hub_query or str(load_user_config(args.config).defaults.get("hub", ""))
+    path, pattern = args.hub_query, args.targets
+    if path and pattern is None and "/" not in path and not os.path.exists(path):
+        path, pattern = "", path  # `--hub web1`: a pattern, for the config file's hub
+    path = path or str(load_user_config(args.config).defaults.get("hub", ""))
     if not path:
         raise ConfigError("no hub named (give --hub PATH, or hub in the config file)", "--hub")
 
@@ -91,10 +95,10 @@ def _hub_hosts(args: argparse.Namespace, display: Display) -> int:
         finally:
             await access.close()
 
+    wanted, unwanted = _names(args, pattern), _names(args, args.exclude)  # a bad pattern before connecting
     hosts = asyncio.run(listing())
-    if args.targets:
-        wanted = {name.casefold() for part in split_patterns(args.targets) for name in expand(part)}
-        hosts = [h for h in hosts if str(h["name"]).casefold() in wanted]
+    hosts = [h for h in hosts if (wanted is None or str(h["name"]).casefold() in wanted)
+             and str(h["name"]).casefold() not in (unwanted or ())]
     if args.count:
         display.print(str(len(hosts)))
     elif args.fold:
@@ -104,6 +108,17 @@ def _hub_hosts(args: argparse.Namespace, display: Display) -> int:
     else:
         display.out("".join(_hub_line(h) for h in hosts).encode())
     return 0
+
+
+def _names(args: argparse.Namespace, pattern: str | None) -> set[str] | None:
+    """The names `pattern` stands for, as `shoal run` reads it (inventory groups too); None without one."""
+    if not pattern:
+        return None
+    from shoal.controller.inventory import load_inventory
+    from shoal.controller.targets import parse_targets
+
+    targets = parse_targets(pattern, inventory=load_inventory(args.inventory), allow_large=args.yes)
+    return {t.name.casefold() for t in targets}
 
 
 def _hub_line(host: dict[str, object]) -> str:

@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hub-config", metavar="PATH", help="hub settings (TOML); flags win")
     parser.add_argument("--socket", metavar="PATH", help=f"local clients' Unix socket (default {default_socket()})")
     parser.add_argument("--listen", action="append", metavar="ADDR",
-                        help=f"where agents dial in: HOST[:PORT] (port default {HUB_PORT}); repeatable")
+                        help=f"where agents dial in: HOST[:PORT] (port default {HUB_PORT}); repeatable; "
+                             "without it (and no listen in --hub-config) no agent can dial in")
     parser.add_argument("--key-file", metavar="PATH",
                         help="the fleet's key: dialling agents must prove it, and the hub proves it to them")
     parser.add_argument("--tls-cert", metavar="PATH",
@@ -97,8 +98,12 @@ def settings_from_args(args: argparse.Namespace) -> HubSettings:
     """The hub's settings from parsed (and settled) options."""
     from shoal.controller.cli.options import _load_key
 
-    if args.fanout < 1 or args.connect_timeout <= 0 or args.drain_grace < 0:
-        raise ConfigError("--fanout, --connect-timeout and --drain-grace must be positive", "hub")
+    if args.fanout < 1:
+        raise ConfigError(f"must be 1 or more, not {args.fanout}", "--fanout")
+    if not args.connect_timeout > 0:  # NaN too
+        raise ConfigError(f"must be above 0, not {args.connect_timeout:g}", "--connect-timeout")
+    if not args.drain_grace >= 0:
+        raise ConfigError(f"must be 0 or more, not {args.drain_grace:g}", "--drain-grace")
     listen = []
     for text in args.listen:
         try:

@@ -9,7 +9,8 @@ gathered with `:mode gather`). Lines starting with `:` control the session;
 background. Ctrl-C cancels the running command on every host; Ctrl-D or `:quit`
 leaves. History: $XDG_STATE_HOME/shoal/history (~/.local/state/shoal/history).
 
-Exit status: 0 when the session ends, 2 for bad options or targets.
+Exit status: 0 when the session ends, 2 for bad options or targets, 255 when the
+hub (--hub) is not running.
 """
 
 from __future__ import annotations

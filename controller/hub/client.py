@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 
@@ -58,8 +59,21 @@ log = logging.getLogger("shoal.controller")
 class HubNotRunning(ShoalConnectionError):
     """Nothing serves the hub socket: one line for the whole run, not one per host."""
 
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"hub {path}", f"not running ({reason})")
+    def __init__(self, path: str, reason: str, *, plain: bool = False) -> None:
+        super().__init__(f"hub {path}", reason if plain else f"not running ({reason})")
+
+
+def _refused(path: str) -> HubNotRunning:
+    """A refused connect: a socket nobody serves, or no socket at all (a hub.toml given as --hub)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = stat.S_IFSOCK
+    if stat.S_ISSOCK(mode):
+        return HubNotRunning(path, "connection refused")
+    kind = "a directory" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else "a device or pipe"
+    return HubNotRunning(path, f"not a socket but {kind}; --hub names the socket the hub serves (its --socket)",
+                         plain=True)
 
 
 class HubLink(AgentClient):
@@ -171,8 +185,10 @@ class HubConnection(FrameDriver):
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(loop.create_unix_connection(lambda: hub, path), timeout)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise HubNotRunning(path, "no socket" if isinstance(exc, FileNotFoundError) else "connection refused") from None
+        except FileNotFoundError:
+            raise HubNotRunning(path, "no socket") from None
+        except ConnectionRefusedError:
+            raise _refused(path) from None
         except OSError as exc:
             raise HubNotRunning(path, exc.strerror or str(exc)) from None
         except asyncio.TimeoutError:

@@ -71,8 +71,11 @@ def _checked(locator: TomlLocator, key: str, value: Any) -> Any:
             _located(locator, key, lambda: parse_address(value, None))
         return value
     number = not isinstance(value, bool) and isinstance(value, int | float)
-    if not number or value <= 0 or (key == "fanout" and not isinstance(value, int)):
-        raise locator.error(f"{key} must be a number above 0, not {value!r}", (key,))
+    if key == "drain_grace" and number and value == 0:
+        return value  # stop at once, as --drain-grace 0 does
+    if not number or not value > 0 or (key == "fanout" and not isinstance(value, int)):  # NaN too
+        least = "0 or more" if key == "drain_grace" else "above 0"
+        raise locator.error(f"{key} must be a number {least}, not {value!r}", (key,))
     return value
 
 

@@ -8,27 +8,17 @@ Names compare ignoring case, as host names do everywhere else in shoal.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
+
+from shoal.protocol.link import check_agent_name
 
 from shoal.controller.client import AgentClient
 
 __all__ = ["HubAgent", "Registry", "check_agent_name"]
 
-# What a dial-in name may look like: a host name, so node-set patterns can target it.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 DIALIN = "dialin"
 DIRECT = "direct"
-
-
-def check_agent_name(name: str) -> str | None:
-    """Why `name` cannot be a dial-in agent's name, or None when it can."""
-    if not name:
-        return "the agent announced no name"
-    if _NAME.fullmatch(name) is None:
-        return f"name {name!r} is not a host name (letters, digits, '.', '_' and '-', at most 253)"
-    return None
 
 
 @dataclass(slots=True, eq=False)

@@ -12,12 +12,14 @@ import asyncio
 import logging
 import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from shoal.protocol.errors import ConfigError
 from shoal.protocol.handshake import SharedKey
+from shoal.hostio.neterrors import bind_reason
 from shoal.hostio.tasks import TaskSet
 from shoal.hostio.unixsock import remove_stale_socket
 from shoal.hostio.version import software_version
@@ -105,26 +107,39 @@ class Hub:
         _check_exposure(self.settings)
         raise_open_files_limit(HUB_FDS_HOSTS)
         loop = asyncio.get_running_loop()
-        remove_stale_socket(self.settings.socket)
+        remove_stale_socket(self.settings.socket, "--socket")
         try:
             with _private_umask():
                 self._local = await loop.create_unix_server(lambda: LocalSession(self), self.settings.socket)
             os.chmod(self.settings.socket, 0o600)
-            for host, port in self.settings.listen:
-                await self.dialins.listen(host, port)
         except OSError as exc:
             await self.close(0)
-            raise ConfigError(f"cannot listen: {exc.strerror or exc}", "listen") from exc
+            raise ConfigError(f"cannot listen on unix:{self.settings.socket}: {bind_reason(exc)}", "--socket") from exc
+        for host, port in self.settings.listen:
+            await self._bind("--listen", host, port, self.dialins.listen(host, port))
         if self.settings.metrics is not None:
             from shoal.controller.hub.metricshttp import start_metrics_server
 
-            self._metrics_server, self.metrics_address = start_metrics_server(self, *self.settings.metrics)
+            async def metrics(host: str, port: int) -> None:
+                self._metrics_server, self.metrics_address = start_metrics_server(self, host, port)
+
+            await self._bind("--metrics-listen", *self.settings.metrics, metrics(*self.settings.metrics))
         if self.settings.targets:
             limit = asyncio.Semaphore(max(1, self.settings.fanout))
             self.tasks.spawn(keep_warm(list(self.settings.targets), self.settings.connect, self.registry,
                                        self.serve_agent, self.warm_errors, limit), name="warm")
         log.info("hub serving %s; agents dial in at %s%s", self.settings.socket,
                  ", ".join(self.dialins.addresses) or "(nowhere)", " (TLS)" if self.settings.tls else "")
+
+    async def _bind(self, option: str, host: str, port: int, binding: Coroutine[Any, Any, None]) -> None:
+        """Await `binding`; if the address cannot be bound, close what is open and say
+        which option and address it was, in one line (exit 2), not as a crash."""
+        try:
+            await binding
+        except OSError as exc:
+            await self.close(0)
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise ConfigError(f"cannot listen on {where}: {bind_reason(exc)}", option) from exc
 
     async def close(self, grace: float | None = None) -> None:
         """Drain: refuse new clients, links and agents, give requests in flight `grace`

@@ -46,16 +46,22 @@ async def keep_warm(targets: list[Target], options: ConnectOptions, registry: Re
 
     async def one(target: Target) -> None:
         backoff = Backoff(RECONNECT_FIRST, RECONNECT_CAP)
+        failing = False  # warned already: each retry's failure is news only at debug level
         while True:
             try:
                 async with limit:
                     client = await options.connect(target)
             except ShoalError as exc:
-                errors[target.name] = getattr(exc, "reason", None) or str(exc)
+                reason = errors[target.name] = getattr(exc, "reason", None) or str(exc)
+                log.log(logging.DEBUG if failing else logging.WARNING,
+                        "%s: %s; retrying with backoff (at most %gs apart)", target.name, reason, RECONNECT_CAP)
+                failing = True
                 await asyncio.sleep(backoff.next_delay())
                 continue
             errors.pop(target.name, None)
             backoff.reset()
+            failing = False
+            log.info("connected to %s (%s)", target.name, client.agent_version)
             agent = HubAgent(name=target.name, client=client, address=_address(target), kind=DIRECT)
             registry.claim(agent, reserved_ok=True)
             try:

@@ -128,9 +128,12 @@ class Repl:
     # -- main loop -----------------------------------------------------------
 
     def run(self) -> int:
-        """Connect, read and run lines until :quit or end of input; always 0."""
+        """Connect, read and run lines until :quit or end of input; 0 (HubNotRunning
+        before any prompt when the hub is not running)."""
         self._thread.start()
         try:
+            if self.session.options.hub is not None:  # a hub that is not running is one line, as for `run`
+                self._submit(self.session.options.hub.open())
             self._submit(self.session.connect(self.current))
             self._report_connected()
             self._editor.setup()
