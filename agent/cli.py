@@ -25,7 +25,7 @@ from shoal.protocol.errors import ConfigError, ShoalError
 from shoal.agent.accept import raise_nofile_limit
 from shoal.agent.config import AgentConfig, Limits, TlsConfig, load_config
 from shoal.agent.log import setup_logging
-from shoal.agent.sdnotify import notify
+from shoal.hostio.sdnotify import notify
 from shoal.agent.server import Agent
 from shoal.agent.strictmodes import check_path
 from shoal.hostio.version import VersionAction

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.agent.sdnotify import notify
+from shoal.hostio.sdnotify import notify
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
-"""Tell systemd how the agent is doing (the sd_notify protocol), without libsystemd.
+"""Tell systemd how a service is doing (the sd_notify protocol), without libsystemd.
 
-With `Type=notify` systemd considers the service started only when it receives
-`READY=1`, so `systemctl start` returns once the agent is really listening and a
-bind failure shows up as a failed start rather than a crash a moment later. The
+Both daemons use it, the agent and the hub. With `Type=notify` systemd considers
+the service started only when it receives `READY=1`, so `systemctl start` returns
+once the service really listens (and a client started next finds it), and a bind
+failure shows up as a failed start rather than a crash a moment later. The
 protocol is one datagram of `NAME=value` lines sent to the AF_UNIX socket named
 in $NOTIFY_SOCKET; a name starting with '@' is in the abstract namespace.
 """
@@ -15,7 +16,7 @@ import socket
 
 __all__ = ["notify"]
 
-log = logging.getLogger("shoal.agent")
+log = logging.getLogger("shoal.sdnotify")
 
 
 def notify(state: str) -> bool:
@@ -23,7 +24,7 @@ def notify(state: str) -> bool:
 
     Returns False when not started by systemd ($NOTIFY_SOCKET unset) or when the
     message could not be delivered; never raises, since a missing supervisor must
-    not stop the agent. A failed delivery is logged as a warning.
+    not stop the service. A failed delivery is logged as a warning.
     """
     target = os.environ.get("NOTIFY_SOCKET")
     if not target:
