@@ -31,8 +31,11 @@ from typing import Any
 
 from shoal.protocol.defaults import HUB_PORT
 from shoal.protocol.errors import ConfigError
+from shoal.protocol.handshake import SharedKey
+from shoal.hostio.sdnotify import notify
 
 from shoal.controller.cli.options import connect_options_from_args, targets_from_args
+from shoal.controller.fleet import ConnectOptions
 from shoal.controller.hub.config import load_hub_config, parse_address
 from shoal.controller.hub.server import Hub, HubSettings
 from shoal.controller.term.display import Display
@@ -96,8 +99,6 @@ def _settled(args: argparse.Namespace) -> argparse.Namespace:
 
 def settings_from_args(args: argparse.Namespace) -> HubSettings:
     """The hub's settings from parsed (and settled) options."""
-    from shoal.controller.cli.options import _load_key
-
     if args.fanout < 1:
         raise ConfigError(f"must be 1 or more, not {args.fanout}", "--fanout")
     if not args.connect_timeout > 0:  # NaN too
@@ -118,11 +119,22 @@ def settings_from_args(args: argparse.Namespace) -> HubSettings:
             raise ConfigError(getattr(exc, "reason", str(exc)), "--metrics-listen") from None
     targets = tuple(targets_from_args(args)) if args.targets else ()
     os.makedirs(os.path.dirname(args.socket) or ".", mode=0o700, exist_ok=True)
+    key, connect, tls = credentials_from_args(args)
     return HubSettings(
-        socket=args.socket, listen=tuple(listen),
-        key=_load_key(os.path.expanduser(args.key_file)) if args.key_file else None,
-        targets=targets, connect=connect_options_from_args(args), metrics=metrics, audit_log=args.audit_log,
-        drain_grace=args.drain_grace, fanout=args.fanout, insecure=args.insecure, tls=_dialin_tls(args))
+        socket=args.socket, listen=tuple(listen), key=key, targets=targets, connect=connect, metrics=metrics,
+        audit_log=args.audit_log, drain_grace=args.drain_grace, fanout=args.fanout, insecure=args.insecure, tls=tls)
+
+
+def credentials_from_args(args: argparse.Namespace) -> tuple[SharedKey | None, ConnectOptions, ssl.SSLContext | None]:
+    """The key file and the TLS files read, checked and built: at start, and again on SIGHUP.
+
+    Raises:
+        ConfigError: a file is missing, unreadable, open to others or not what it should be.
+    """
+    from shoal.hostio.keyfile import load_key_file
+
+    key = load_key_file(os.path.expanduser(args.key_file)) if args.key_file else None
+    return key, connect_options_from_args(args), _dialin_tls(args)
 
 
 def _dialin_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -140,20 +152,54 @@ def run(args: argparse.Namespace, words: list[str], display: Display) -> int:
     args = _settled(args)
     settings = settings_from_args(args)
     _setup_logging(args.log_level)
-    return asyncio.run(_serve(settings))
+    return asyncio.run(_serve(settings, args))
 
 
-async def _serve(settings: HubSettings) -> int:
+async def _serve(settings: HubSettings, args: argparse.Namespace) -> int:
     hub = Hub(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    # Before the socket exists: whoever sees it may signal the hub, and a default
+    # SIGTERM would skip the drain, a default SIGHUP kill it.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reload_asked = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
     await hub.start()
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(hub, args))
+    if reload_asked.is_set():
+        _reload(hub, args)  # a SIGHUP that came while starting still counts
+    # Only now, with the socket accepting and the listeners bound: `systemctl start`
+    # returns on READY=1, and a client started next must find the hub serving.
+    notify("READY=1\nSTATUS=" + _status(hub))
     await stop.wait()
+    notify("STOPPING=1")
     log.info("draining: up to %gs for requests in flight", settings.drain_grace)
     await hub.close()
     return 0
+
+
+def _status(hub: Hub) -> str:
+    """What `systemctl status` shows: the socket, where agents dial in, the inventory kept warm."""
+    parts = [f"serving {hub.settings.socket}"]
+    if hub.dialins.addresses:
+        parts.append(f"agents dial in at {', '.join(hub.dialins.addresses)}{' (TLS)' if hub.settings.tls else ''}")
+    if hub.settings.targets:
+        count = len(hub.settings.targets)
+        parts.append(f"{count} inventory target{'s' if count != 1 else ''} kept warm")
+    return "; ".join(parts)
+
+
+def _reload(hub: Hub, args: argparse.Namespace) -> None:
+    """SIGHUP: read the key and TLS files again; a file that fails leaves everything as it was."""
+    try:
+        key, connect, tls = credentials_from_args(args)
+    except ConfigError as exc:
+        log.error("reload failed, keeping the key and TLS files read before: %s", exc)
+        return
+    hub.use_credentials(key=key, tls=tls, connect=connect)
+    log.info("reloaded the key and TLS files: agents that dial in (and inventory targets that "
+             "reconnect) from now on use them; connections already up keep their sessions")
 
 
 def _setup_logging(level: str) -> None:

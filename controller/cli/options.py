@@ -187,14 +187,12 @@ def targets_from_args(args: argparse.Namespace) -> list[Target]:
     return targets
 
 
-@functools.lru_cache(maxsize=64)
 def _load_key(path: str) -> SharedKey:
     from shoal.hostio.keyfile import load_key_file
 
     return load_key_file(path)
 
 
-@functools.lru_cache(maxsize=64)
 def _client_ssl(cert: str, key: str, ca: str) -> ssl_module.SSLContext:
     from shoal.hostio.tls import client_context
 
@@ -202,22 +200,28 @@ def _client_ssl(cert: str, key: str, ca: str) -> ssl_module.SSLContext:
 
 
 def connect_options_from_args(args: argparse.Namespace) -> ConnectOptions:
-    """Keys and TLS from options, with per-target overrides from the inventory."""
-    default_key = _load_key(os.path.expanduser(args.key_file)) if args.key_file else None
+    """Keys and TLS from options, with per-target overrides from the inventory.
+
+    Each call reads the files again (a hub's SIGHUP); within one call's options each
+    key file is read, and each TLS context built, once for all the targets naming it.
+    """
+    load_key = functools.lru_cache(maxsize=64)(_load_key)
+    client_ssl = functools.lru_cache(maxsize=64)(_client_ssl)
+    default_key = load_key(os.path.expanduser(args.key_file)) if args.key_file else None
     tls_given = [args.tls_cert, args.tls_key, args.tls_ca]
     if any(tls_given) and not all(tls_given):
         raise ConfigError("--tls-cert, --tls-key and --tls-ca go together", "tls")
 
     def key_for(target: Target) -> SharedKey | None:
-        return _load_key(os.path.expanduser(target.key_file)) if target.key_file else default_key
+        return load_key(os.path.expanduser(target.key_file)) if target.key_file else default_key
 
     def ssl_for(target: Target) -> ssl_module.SSLContext | None:
         files = (target.tls_cert, target.tls_key, target.tls_ca)
         cert, key, ca = files
         if cert and key and ca:
-            return _client_ssl(os.path.expanduser(cert), os.path.expanduser(key), os.path.expanduser(ca))
+            return client_ssl(os.path.expanduser(cert), os.path.expanduser(key), os.path.expanduser(ca))
         if all(tls_given):
-            return _client_ssl(args.tls_cert, args.tls_key, args.tls_ca)
+            return client_ssl(args.tls_cert, args.tls_key, args.tls_ca)
         return None
 
     hub = getattr(args, "hub", None)

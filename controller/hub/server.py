@@ -14,7 +14,7 @@ import os
 import ssl
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shoal.protocol.errors import ConfigError
@@ -126,7 +126,7 @@ class Hub:
             await self._bind("--metrics-listen", *self.settings.metrics, metrics(*self.settings.metrics))
         if self.settings.targets:
             limit = asyncio.Semaphore(max(1, self.settings.fanout))
-            self.tasks.spawn(keep_warm(list(self.settings.targets), self.settings.connect, self.registry,
+            self.tasks.spawn(keep_warm(list(self.settings.targets), lambda: self.settings.connect, self.registry,
                                        self.serve_agent, self.warm_errors, limit), name="warm")
         log.info("hub serving %s; agents dial in at %s%s", self.settings.socket,
                  ", ".join(self.dialins.addresses) or "(nowhere)", " (TLS)" if self.settings.tls else "")
@@ -173,6 +173,12 @@ class Hub:
                 os.unlink(self.settings.socket)
             except FileNotFoundError:
                 pass
+
+    def use_credentials(self, key: SharedKey | None, tls: ssl.SSLContext | None, connect: ConnectOptions) -> None:
+        """SIGHUP's key and TLS: for the agents that dial in and the targets connected from
+        now on; connections already up keep the sessions they authenticated."""
+        self.settings = replace(self.settings, key=key, tls=tls, connect=connect)
+        self.dialins.key, self.dialins.tls = key, tls
 
     # -- agents ----------------------------------------------------------------------
 

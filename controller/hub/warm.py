@@ -31,12 +31,14 @@ RECONNECT_FIRST = 1.0
 RECONNECT_CAP = 30.0
 
 
-async def keep_warm(targets: list[Target], options: ConnectOptions, registry: Registry,
+async def keep_warm(targets: list[Target], options: Callable[[], ConnectOptions], registry: Registry,
                     serve: Callable[[HubAgent], asyncio.Future[None] | asyncio.Task[None]],
                     errors: dict[str, str], limit: asyncio.Semaphore) -> None:
     """Keep every target connected until cancelled.
 
     Args:
+        options: how to connect now (asked again at every connect: a SIGHUP may have
+            re-read the key and TLS files since).
         serve: given each connected agent; returns what finishes when its connection is over.
         errors: the last connection error per target name, for clients asking why one is not there.
         limit: bounds the connects in flight (the hub's fanout).
@@ -50,7 +52,7 @@ async def keep_warm(targets: list[Target], options: ConnectOptions, registry: Re
         while True:
             try:
                 async with limit:
-                    client = await options.connect(target)
+                    client = await options().connect(target)
             except ShoalError as exc:
                 reason = errors[target.name] = getattr(exc, "reason", None) or str(exc)
                 log.log(logging.DEBUG if failing else logging.WARNING,
