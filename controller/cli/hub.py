@@ -12,7 +12,17 @@ socket, mode 0600 and only for the hub's own uid. With --tls-cert, --tls-key and
 certificate from that CA naming the name they claim. --metrics-listen serves every
 agent's metrics for Prometheus at /metrics. Settings may come from --hub-config
 (flags win). SIGTERM or SIGINT drains: no new clients or agents, requests in
-flight get --drain-grace seconds, then the hub exits 0.
+flight get --drain-grace seconds, then the hub exits 0. Under systemd
+(NOTIFY_SOCKET set, `Type=notify`) the hub reports READY=1 once its socket
+serves and its listeners are bound, and STOPPING=1 as it drains.
+
+SIGHUP reads the key file and the TLS files again (the paths given at start):
+agents that dial in, and inventory targets that reconnect, from then on must
+match the new ones, while connections already up keep their sessions. A file
+that cannot be used (missing, unreadable, open to others, malformed) is logged
+in one line and the hub keeps the files it had. Everything else (the socket,
+--listen, --metrics-listen, --targets and the inventory, hub.toml itself) is
+read at start only: change it with a restart.
 
 Exit status: 0 after SIGTERM/SIGINT; 2 for a bad option, configuration, key file
 or an address that cannot be bound.
@@ -58,10 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"where agents dial in: HOST[:PORT] (port default {HUB_PORT}); repeatable; "
                              "without it (and no listen in --hub-config) no agent can dial in")
     parser.add_argument("--key-file", metavar="PATH",
-                        help="the fleet's key: dialling agents must prove it, and the hub proves it to them")
+                        help="the fleet's key: dialling agents must prove it, and the hub proves it to them "
+                             "(read again on SIGHUP)")
     parser.add_argument("--tls-cert", metavar="PATH",
                         help="the hub's certificate (mutual TLS): for the inventory targets kept warm and, "
-                             "on every --listen address, for agents dialling in")
+                             "on every --listen address, for agents dialling in (the TLS files are read "
+                             "again on SIGHUP)")
     parser.add_argument("--tls-key", metavar="PATH", help="private key of --tls-cert")
     parser.add_argument("--tls-ca", metavar="PATH", help="CA that signed the agents' certificates")
     parser.add_argument("--targets", metavar="PATTERN", help="inventory hosts to connect to and keep connected")
@@ -194,6 +206,9 @@ def _reload(hub: Hub, args: argparse.Namespace) -> None:
     """SIGHUP: read the key and TLS files again; a file that fails leaves everything as it was."""
     try:
         key, connect, tls = credentials_from_args(args)
+        for target in hub.settings.targets:  # the inventory's own key and TLS files too: all or nothing
+            connect.key_of(target)
+            connect.ssl_of(target)
     except ConfigError as exc:
         log.error("reload failed, keeping the key and TLS files read before: %s", exc)
         return

@@ -255,9 +255,9 @@ def test_installed_agent_reports_ready_and_stopping(staged: Staged, tmp_path: Pa
 
 # -- the unit file --------------------------------------------------------------------
 
-def unit_settings() -> dict[str, list[str]]:
+def unit_settings(unit: str = "shoal-agent.service") -> dict[str, list[str]]:
     settings: dict[str, list[str]] = {}
-    for line in (DEPLOY / "shoal-agent.service").read_text().splitlines():
+    for line in (DEPLOY / unit).read_text().splitlines():
         if line and not line.startswith(("#", ";", "[")):
             name, _, value = line.partition("=")
             settings.setdefault(name, []).append(value)
@@ -272,6 +272,13 @@ def test_unit_is_notify_type_with_mixed_kill_mode_as_root() -> None:
     assert "RestartSec" in settings and settings["User"] == ["root"]
 
 
+def test_hub_unit_waits_for_ready_and_reloads_with_sighup() -> None:
+    # systemctl start returns once the hub's socket serves; reload re-reads its key and TLS files.
+    settings = unit_settings("shoal-hub.service")
+    assert settings["Type"] == ["notify"] and settings["NotifyAccess"] == ["main"]
+    assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"] and settings["KillMode"] == ["mixed"]
+
+
 def test_unit_sets_no_sandboxing_that_would_break_admin_commands() -> None:
     # Commands inherit the unit's sandbox: sudo needs new privileges, upgrades need /usr.
     settings = unit_settings()
@@ -280,14 +287,15 @@ def test_unit_sets_no_sandboxing_that_would_break_admin_commands() -> None:
         assert name not in settings, name
 
 
-def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name,program", [("shoal-agent.service", "shoal-agent"), ("shoal-hub.service", "shoal")])
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path, name: str, program: str) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
     # verify insists that ExecStart programs exist; /opt/shoal is not installed on
     # the test machine, so check a copy naming an existing program instead.
-    unit = tmp_path / "shoal-agent.service"
-    unit.write_text((DEPLOY / "shoal-agent.service").read_text().replace("/opt/shoal/bin/shoal-agent", sys.executable))
+    unit = tmp_path / name
+    unit.write_text((DEPLOY / name).read_text().replace(f"/opt/shoal/bin/{program} ", f"{sys.executable} "))
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     # Unknown or unparsable settings are only warnings; they must not be there either.

@@ -183,3 +183,51 @@ def test_a_key_file_the_hub_cannot_use_leaves_the_old_key_and_one_line_each(
     assert "Traceback" not in text
     assert sum("reload failed" in line for line in text.splitlines()) == len(breakages)
     assert "reloaded" not in text
+
+
+def test_sighup_rotates_the_tls_files_and_a_key_open_to_others_keeps_the_old_ones(
+        capsysbinary: Any, tmp_path: Path) -> None:
+    from shoal.controller.pki import init_pki
+
+    old, new = init_pki(tmp_path / "old", ["web1", "web2"]), init_pki(tmp_path / "new", ["web1", "web2"])
+    key = SharedKey.generate()
+    key_file, log, sock = tmp_path / "hub.key", tmp_path / "hub.err", tmp_path / "hub.sock"
+    _write_key(key_file, key)
+    files = {"cert": tmp_path / "hub.pem", "key": tmp_path / "hub-key.pem", "ca": tmp_path / "ca.pem"}
+
+    def install(pki: dict[str, Path], mode: int = 0o600) -> None:
+        for name, source in (("cert", "controller_cert"), ("key", "controller_key"), ("ca", "ca_cert")):
+            fresh = files[name].with_name(files[name].name + ".new")
+            fresh.write_bytes(pki[source].read_bytes())
+            fresh.chmod(mode if name == "key" else 0o644)
+            fresh.replace(files[name])
+
+    def tls_agent(name: str, pki: dict[str, Path]) -> Any:
+        _write_key(tmp_path / f"{name}.key", key)
+        return _process([*SHOAL_AGENT, "--connect", address, "--name", name, "--key-file", str(tmp_path / f"{name}.key"),
+                         "--tls-cert", str(pki["agent_cert"]), "--tls-key", str(pki["agent_key"]),
+                         "--tls-ca", str(pki["ca_cert"]), "--reconnect-min", "0.05", "--reconnect-max", "0.2",
+                         "--state-dir", str(tmp_path / f"{name}.state")], tmp_path / f"{name}.err")
+
+    install(old)
+    with _hub(tmp_path, "--key-file", str(key_file), "--tls-cert", str(files["cert"]), "--tls-key",
+              str(files["key"]), "--tls-ca", str(files["ca"])) as hub:
+        address = _line(log, "agents dial in at").split("dial in at ")[1].split()[0]
+        install(new, mode=0o644)  # the new private key readable by all: refused, the old files kept
+        hub.send_signal(signal.SIGHUP)
+        assert "hub-key.pem: private key file is accessible by others (mode 0644)" in _line(log, "reload failed")
+        with tls_agent("web1", old):
+            wait_for(lambda: "web1" in _hosts(capsysbinary, sock), timeout=30, what="'web1' over the old TLS")
+            install(new)
+            hub.send_signal(signal.SIGHUP)
+            _line(log, "reloaded the key and TLS files")
+            with tls_agent("web2", old):  # an old-CA certificate: the hub, trusting the new CA, refuses it
+                said = _line(tmp_path / "web2.err", "retrying with backoff")
+                assert "TLS handshake failed" in said and "web2" not in _hosts(capsysbinary, sock)
+            with tls_agent("web2", new):
+                wait_for(lambda: "web2" in _hosts(capsysbinary, sock), timeout=30, what="'web2' over the new TLS")
+                for name in ("web1", "web2"):  # web1 still on the session it made over the old files
+                    code, out, err = shoal(capsysbinary, "run", "-n", "--hub", str(sock), name, "--", "echo", name)
+                    assert (code, out, err) == (0, f"{name}\n".encode(), b"")
+        assert hub.poll() is None
+    assert "Traceback" not in log.read_text()
