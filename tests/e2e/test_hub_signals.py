@@ -231,3 +231,22 @@ def test_sighup_rotates_the_tls_files_and_a_key_open_to_others_keeps_the_old_one
                     assert (code, out, err) == (0, f"{name}\n".encode(), b"")
         assert hub.poll() is None
     assert "Traceback" not in log.read_text()
+
+
+def test_an_inventory_targets_own_key_file_is_checked_by_the_reload_too(tmp_path: Path) -> None:
+    key_file, own, log = tmp_path / "hub.key", tmp_path / "db.key", tmp_path / "hub.err"
+    _write_key(key_file, SharedKey.generate())
+    _write_key(own, SharedKey.generate())
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(f'[hosts."127.0.0.1"]\nport = {closed_port()}\nkey_file = "db.key"\n')
+    with _hub(tmp_path, "--key-file", str(key_file), "--targets", "127.0.0.1", "--inventory", str(inventory)) as hub:
+        _line(log, "agents dial in at")
+        own.chmod(0o644)
+        hub.send_signal(signal.SIGHUP)
+        said = _line(log, "reload failed")
+        assert f"{own}: key file is accessible by others (mode 0644)" in said
+        own.chmod(0o600)
+        hub.send_signal(signal.SIGHUP)
+        _line(log, "reloaded the key and TLS files")
+        assert hub.poll() is None
+    assert "Traceback" not in log.read_text()
