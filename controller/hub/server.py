@@ -176,7 +176,9 @@ class Hub:
 
     def use_credentials(self, key: SharedKey | None, tls: ssl.SSLContext | None, connect: ConnectOptions) -> None:
         """SIGHUP's key and TLS: for the agents that dial in and the targets connected from
-        now on; connections already up keep the sessions they authenticated."""
+        now on; connections already up keep the sessions they authenticated (the gateway
+        links of targets with a `via` among them, so they are carried over, not left open)."""
+        connect = replace(connect, gateways=self.settings.connect.gateways)
         self.settings = replace(self.settings, key=key, tls=tls, connect=connect)
         self.dialins.key, self.dialins.tls = key, tls
 
