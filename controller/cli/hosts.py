@@ -18,8 +18,9 @@ address, connected since, agent version and last seen, one per line; PATTERN kee
 the names it matches (groups from the inventory too) and `-x PATTERN` drops those it
 matches. A lone word after --hub that has no `/` and names no file is
 the PATTERN (`shoal hosts --hub 'web[1-4]'` with the hub in the config file). `--json` gives those as `name`, `address`, `kind` (`dialin`
-or `direct`), `since`, `version`, `last_seen` (epoch seconds). Exit 255 when the hub
-is not running.
+or `direct`), `since`, `version`, `last_seen` (epoch seconds). Exit 1 when a PATTERN
+was given and no connected agent matches it (one line says so; `shoal ping --hub`
+names each host of a list that is not connected); 255 when the hub is not running.
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ def _hub_hosts(args: argparse.Namespace, display: Display) -> int:
         display.out(b"".join(json.dumps(h).encode() + b"\n" for h in hosts))
     else:
         display.out("".join(_hub_line(h) for h in hosts).encode())
+    if wanted is not None and not hosts:  # as `grep` finding nothing: a script can read it from the status
+        display.error(f"no agent connected to the hub matches {pattern}")
+        return 1
     return 0
 
 

@@ -47,6 +47,7 @@ from shoal.hostio.sdnotify import notify
 from shoal.controller.cli.options import connect_options_from_args, targets_from_args
 from shoal.controller.fleet import ConnectOptions
 from shoal.controller.hub.config import load_hub_config, parse_address
+from shoal.controller.hub.registry import FORGET_AFTER
 from shoal.controller.hub.server import Hub, HubSettings
 from shoal.controller.term.display import Display
 
@@ -88,19 +89,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--fanout", type=int, metavar="N", help="inventory connects in flight (default 64)")
     parser.add_argument("--drain-grace", type=float, metavar="SECS",
                         help="on SIGTERM, how long requests in flight may finish (default 10)")
+    parser.add_argument("--forget-after", type=float, metavar="SECS",
+                        help="how long a dial-in agent that left stays in the /metrics scrape as shoal_up 0 "
+                             f"(default {FORGET_AFTER:g}, a day; 0: not at all; a restart forgets them too)")
     parser.add_argument("--insecure", action="store_true", help="allow --listen beyond loopback without a key")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
 
 _DEFAULTS: dict[str, Any] = {"connect_timeout": 10.0, "fanout": 64, "drain_grace": 10.0, "log_level": "info",
-                             "listen": [], "insecure": False}
+                             "listen": [], "insecure": False,
+                             "forget_after": FORGET_AFTER}
 
 
 def _settled(args: argparse.Namespace) -> argparse.Namespace:
     """Flags over hub.toml over built-in defaults."""
     file = load_hub_config(args.hub_config) if args.hub_config else {}
     for name in ("socket", "listen", "key_file", "tls_cert", "tls_key", "tls_ca", "targets", "inventory",
-                 "metrics_listen", "audit_log", "connect_timeout", "fanout", "drain_grace", "log_level"):
+                 "metrics_listen", "audit_log", "connect_timeout", "fanout", "drain_grace", "log_level",
+                 "forget_after"):
         if getattr(args, name) is None:
             setattr(args, name, file.get(name, _DEFAULTS.get(name)))
     args.insecure = args.insecure or file.get("insecure", False)
@@ -117,6 +123,8 @@ def settings_from_args(args: argparse.Namespace) -> HubSettings:
         raise ConfigError(f"must be above 0, not {args.connect_timeout:g}", "--connect-timeout")
     if not args.drain_grace >= 0:
         raise ConfigError(f"must be 0 or more, not {args.drain_grace:g}", "--drain-grace")
+    if not args.forget_after >= 0:
+        raise ConfigError(f"must be 0 or more, not {args.forget_after:g}", "--forget-after")
     listen = []
     for text in args.listen:
         try:
@@ -134,7 +142,8 @@ def settings_from_args(args: argparse.Namespace) -> HubSettings:
     key, connect, tls = credentials_from_args(args)
     return HubSettings(
         socket=args.socket, listen=tuple(listen), key=key, targets=targets, connect=connect, metrics=metrics,
-        audit_log=args.audit_log, drain_grace=args.drain_grace, fanout=args.fanout, insecure=args.insecure, tls=tls)
+        audit_log=args.audit_log, drain_grace=args.drain_grace, fanout=args.fanout, insecure=args.insecure, tls=tls,
+        forget_after=args.forget_after)
 
 
 def credentials_from_args(args: argparse.Namespace) -> tuple[SharedKey | None, ConnectOptions, ssl.SSLContext | None]:

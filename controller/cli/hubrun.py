@@ -85,8 +85,11 @@ def plain_hub_run(argv: list[str]) -> tuple[str, str, list[str], bool] | None:
 def run_through_hub(argv: list[str]) -> int | None:
     """Do `argv` here when it is the plain one-host hub run and the hub takes it:
     its exit status. None: not done, nothing ran; the full program must run it."""
-    plain = plain_hub_run(argv)
-    if plain is None or not _nothing_else_applies(plain[3]):
+    try:
+        plain = plain_hub_run(argv)
+        if plain is None or not _nothing_else_applies(plain[3]):
+            return None
+    except Exception:  # a bug in reading the words: nothing has run, and the full program will
         return None
     hub, host, words, _ = plain
     import _socket  # `socket` itself builds enums of every constant: more than this whole run
@@ -98,10 +101,10 @@ def run_through_hub(argv: list[str]) -> int | None:
             if _served_by(sock) != os.geteuid():
                 return None  # another user's socket gets nothing; the full program says why
             sock.sendall(_opening(host, " ".join(words)))
-        except OSError:
-            return None
         except KeyboardInterrupt:
             return 130
+        except Exception:  # OSError: the hub cannot take it; anything else a bug. Nothing ran either way
+            return None
         try:
             return _Run(sock, host).serve()
         except BrokenPipeError:
@@ -109,8 +112,24 @@ def run_through_hub(argv: list[str]) -> int | None:
 
             quiet_broken_pipe()
             return EXIT_BROKEN_PIPE
+        except Exception as exc:  # a bug, once the command went out: one line, as the full program says one
+            return _internal_error(exc)
     finally:
         sock.close()
+
+
+def _internal_error(exc: Exception) -> int:
+    """One line and EXIT_SOFTWARE. Running the command again the long way (the full
+    program, which SHOAL_DEBUG_LOG selects) gets round the bug and logs its own."""
+    from shoal.controller.cli.main import EXIT_SOFTWARE
+    from shoal.controller.debuglog import DEBUG_LOG_ENV
+
+    try:
+        sys.stderr.write(f"shoal: internal error: {type(exc).__name__}: {exc} (a bug in shoal's one-host "
+                         f"hub run; with {DEBUG_LOG_ENV}=FILE set the full program runs it)\n")
+    except (OSError, ValueError):
+        pass
+    return EXIT_SOFTWARE
 
 
 def _served_by(sock: Any) -> int:

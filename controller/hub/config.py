@@ -11,6 +11,7 @@
     fanout = 64                          # inventory connects in flight
     connect_timeout = 10
     drain_grace = 10                     # seconds SIGTERM waits for requests in flight
+    forget_after = 86400                 # seconds a dial-in name that left is scraped as down (0: none)
     insecure = false                     # allow a non-loopback listen without a key
     log_level = "info"
 
@@ -33,7 +34,8 @@ __all__ = ["HUB_SETTINGS", "load_hub_config", "parse_address"]
 
 _PATHS = ("socket", "key_file", "tls_cert", "tls_key", "tls_ca", "inventory", "audit_log")
 _TEXT = ("targets", "metrics_listen", "log_level")
-_NUMBERS = ("fanout", "connect_timeout", "drain_grace")
+_NUMBERS = ("fanout", "connect_timeout", "drain_grace", "forget_after")
+_ZERO_OK = ("drain_grace", "forget_after")  # 0: stop at once; remember no departed name
 HUB_SETTINGS = (*_PATHS, *_TEXT, *_NUMBERS, "listen", "insecure")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -71,10 +73,10 @@ def _checked(locator: TomlLocator, key: str, value: Any) -> Any:
             _located(locator, key, lambda: parse_address(value, None))
         return value
     number = not isinstance(value, bool) and isinstance(value, int | float)
-    if key == "drain_grace" and number and value == 0:
-        return value  # stop at once, as --drain-grace 0 does
+    if key in _ZERO_OK and number and value == 0:
+        return value
     if not number or not value > 0 or (key == "fanout" and not isinstance(value, int)):  # NaN too
-        least = "0 or more" if key == "drain_grace" else "above 0"
+        least = "0 or more" if key in _ZERO_OK else "above 0"
         raise locator.error(f"{key} must be a number {least}, not {value!r}", (key,))
     return value
 

@@ -259,7 +259,8 @@ class DialIns:
     def authenticated(self, client: DialInClient, name: str) -> None:
         """Both proofs verified: give the agent its name, or refuse it."""
         self.done_with(client)
-        why = check_agent_name(name) or _certificate_refuses(client, name) or _frame_limit_refuses(client)
+        why = (check_agent_name(name) or _certificate_refuses(client, name)
+               or frame_limit_refuses(client.conn.peer_max_frame))
         if why is not None:
             self.audit.record("refused", peer=client.address, key_id=client.conn.key_id, reason=why)
             return client.refuse(ErrorCode.BAD_HELLO, why)
@@ -305,10 +306,10 @@ def _address(transport: asyncio.BaseTransport) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _frame_limit_refuses(client: DialInClient) -> str | None:
-    """Why an agent's HELLO `max_frame` is too small to serve: below the pre-auth limit
-    no EXEC of any size fits, and every client request to it would fail."""
-    announced = client.conn.peer_max_frame
+def frame_limit_refuses(announced: int) -> str | None:
+    """Why an agent's HELLO `max_frame` is too small to serve (a dial-in agent or an
+    inventory target): below the pre-auth limit no EXEC of any size fits, and every
+    client request to it would fail."""
     if announced >= PREAUTH_MAX_FRAME:
         return None
     return f"a frame limit (max_frame) of {announced} bytes; a hub needs at least {PREAUTH_MAX_FRAME}"

@@ -4,7 +4,9 @@ A standard-library HTTP server on its own thread answers `GET /metrics`: it asks
 the hub's loop for one round of METRICS_REQUEST over the warm connections (the
 one fan-out, each agent bounded by SCRAPE_TIMEOUT) and returns the text
 exposition `shoal metrics --prometheus` prints, with `shoal_up` 1 for each agent
-that answered and 0 for one that did not, or an inventory target not connected.
+that answered and 0 for one that did not, an inventory target not connected, or a
+dial-in name that left and is still remembered (registry.Departed): alerts on
+`shoal_up == 0` then fire for a dial-in host that died, as for any other.
 It binds to loopback unless told otherwise: metrics describe the fleet.
 
 Every local user can reach that port, not only the hub's, so what one scraper can
@@ -59,7 +61,8 @@ async def fleet_metrics(hub: Hub) -> str:
         except ShoalError as exc:
             return agent.name, getattr(exc, "reason", str(exc))
 
-    snapshots: dict[str, Any] = {t.name: hub.why_not_connected(t.name) for t in hub.settings.targets}
+    snapshots: dict[str, Any] = {name: "left the hub" for name in hub.registry.departed.names()}
+    snapshots.update({t.name: hub.why_not_connected(t.name) for t in hub.settings.targets})
     snapshots.update(await fan_out(hub.registry.agents(), one))
     return format_prometheus(snapshots)
 

@@ -4,21 +4,35 @@ A name belongs to one connection at a time. Agents that dial in claim the name
 they announced; the inventory targets the hub keeps warm hold theirs from the
 start, even while reconnecting, so no agent can dial in under one of them.
 Names compare ignoring case, as host names do everywhere else in shoal.
+
+A dial-in name that leaves is remembered (`Departed`), so the hub's Prometheus
+scrape shows that host down (`shoal_up 0`) instead of silently dropping it, until
+the agent is back, `forget_after` seconds pass, or the hub restarts. Inventory
+names need no such memory: the hub holds them from the start.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from shoal.protocol.link import check_agent_name
 
 from shoal.controller.client import AgentClient
 
-__all__ = ["HubAgent", "Registry", "check_agent_name"]
+__all__ = ["HubAgent", "Registry", "Departed", "check_agent_name", "MAX_DEPARTED", "FORGET_AFTER"]
 
 DIALIN = "dialin"
 DIRECT = "direct"
+
+# Departed dial-in names remembered at most, the oldest departure forgotten first:
+# twice the fleet a hub is built to hold, so a whole partitioned fleet still shows
+# down, while a flood of one-off names costs at most ~2 MB and a line each per scrape.
+MAX_DEPARTED = 10_000
+# Seconds a departed name is remembered (`--forget-after`): a day, long enough for a
+# dead host's alert to be seen, short enough that a retired one clears by itself.
+FORGET_AFTER = 86_400.0
 
 
 @dataclass(slots=True, eq=False)
@@ -42,12 +56,56 @@ class HubAgent:
                 "version": self.client.agent_version, "last_seen": time.time() - quiet}
 
 
-class Registry:
-    """Names to connected agents, and the inventory names held for warm targets."""
+class Departed:
+    """Dial-in names that left and have not come back, oldest departure first.
 
-    def __init__(self) -> None:
+    Bounded in number (`most`) and in age (`forget_after` seconds; 0 remembers
+    nothing): a name beyond either is forgotten, as if never seen.
+    """
+
+    def __init__(self, most: int = MAX_DEPARTED, forget_after: float = FORGET_AFTER) -> None:
+        self.most = most
+        self.forget_after = forget_after
+        # casefolded -> (spelling, time.monotonic() and time.time() it left), oldest first
+        self._left: OrderedDict[str, tuple[str, float, float]] = OrderedDict()
+
+    def left(self, name: str) -> None:
+        key = name.casefold()
+        self._left.pop(key, None)
+        self._left[key] = (name, time.monotonic(), time.time())
+        self._forget_old()
+
+    def returned(self, name: str) -> None:
+        self._left.pop(name.casefold(), None)
+
+    def names(self) -> list[str]:
+        """Every remembered name, as last spelled, oldest departure first."""
+        self._forget_old()
+        return [name for name, _, _ in self._left.values()]
+
+    def maybe_when(self, name: str) -> float | None:
+        """When `name` left (time.time()), or None if it is not remembered."""
+        self._forget_old()
+        entry = self._left.get(name.casefold())
+        return None if entry is None else entry[2]
+
+    def __len__(self) -> int:
+        return len(self._left)
+
+    def _forget_old(self) -> None:
+        oldest = time.monotonic() - self.forget_after
+        while self._left and (len(self._left) > self.most or next(iter(self._left.values()))[1] <= oldest):
+            self._left.popitem(last=False)
+
+
+class Registry:
+    """Names to connected agents, the inventory names held for warm targets, and the
+    dial-in names that left (`departed`)."""
+
+    def __init__(self, departed: Departed | None = None) -> None:
         self._agents: dict[str, HubAgent] = {}
         self._reserved: dict[str, str] = {}  # casefolded -> the inventory's spelling
+        self.departed = departed if departed is not None else Departed()
 
     def reserve(self, name: str) -> None:
         """Hold `name` for an inventory target: no dial-in agent may take it."""
@@ -72,13 +130,17 @@ class Registry:
         if key in self._agents or (key in self._reserved and not reserved_ok):
             return False
         self._agents[key] = agent
+        self.departed.returned(agent.name)
         return True
 
     def release(self, agent: HubAgent) -> None:
-        """`agent`'s connection is gone: its name is free again (unless reserved)."""
+        """`agent`'s connection is gone: its name is free again (unless reserved), and
+        remembered as departed if it dialled in."""
         key = agent.name.casefold()
         if self._agents.get(key) is agent:
             del self._agents[key]
+            if agent.kind == DIALIN:
+                self.departed.left(agent.name)
 
     def agents(self) -> list[HubAgent]:
         """Every connected agent, by name."""

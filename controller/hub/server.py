@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import ssl
+import time
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -29,7 +30,7 @@ from shoal.controller.fleet import ConnectOptions
 from shoal.controller.hub.audit import HubAudit
 from shoal.controller.hub.dialin import DialIns
 from shoal.controller.hub.local import Link, LocalSession
-from shoal.controller.hub.registry import HubAgent, Registry
+from shoal.controller.hub.registry import FORGET_AFTER, MAX_DEPARTED, Departed, HubAgent, Registry
 from shoal.controller.hub.warm import keep_warm
 from shoal.controller.targets import Target
 
@@ -61,6 +62,9 @@ class HubSettings:
         insecure: allow dial-in listeners beyond loopback without a key.
         tls: the dial-in listeners' TLS (`shoal.hostio.tls.dialin_context`): agents
             must then dial in with TLS and a certificate naming the name they claim.
+        forget_after: seconds a dial-in name that left is still scraped as down
+            (`shoal_up 0`); 0 forgets it at once.
+        max_departed: departed dial-in names remembered at most (oldest forgotten first).
     """
 
     socket: str
@@ -76,6 +80,8 @@ class HubSettings:
     fanout: int = 64
     insecure: bool = False
     tls: ssl.SSLContext | None = None
+    forget_after: float = FORGET_AFTER
+    max_departed: int = MAX_DEPARTED
 
 
 class Hub:
@@ -84,7 +90,7 @@ class Hub:
     def __init__(self, settings: HubSettings) -> None:
         self.settings = settings
         self.software = f"shoal-hub/{software_version()}"
-        self.registry = Registry()
+        self.registry = Registry(Departed(settings.max_departed, settings.forget_after))
         self.audit = HubAudit(settings.audit_log)
         self.tasks = TaskSet()
         self.sessions: set[LocalSession] = set()
@@ -205,6 +211,10 @@ class Hub:
         for target in self.settings.targets:
             if target.name.casefold() == name.casefold():
                 return f"not connected to the hub: {self.warm_errors.get(target.name, 'connecting')}"
+        left = self.registry.departed.maybe_when(name)
+        if left is not None:
+            at = time.strftime("%H:%M:%S", time.localtime(left))
+            return f"no agent of this name is connected to the hub (it left at {at})"
         return "no agent of this name is connected to the hub"
 
     # -- links and requests ------------------------------------------------------------

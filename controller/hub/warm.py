@@ -14,11 +14,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from shoal.protocol.errors import ShoalError
+from shoal.protocol.errors import ShoalConnectionError, ShoalError
 from shoal.hostio.backoff import Backoff
 
 from shoal.controller.fanout import fan_out
 from shoal.controller.fleet import ConnectOptions
+from shoal.controller.hub.dialin import frame_limit_refuses
 from shoal.controller.hub.registry import DIRECT, HubAgent, Registry
 from shoal.controller.targets import Target
 
@@ -53,6 +54,10 @@ async def keep_warm(targets: list[Target], options: Callable[[], ConnectOptions]
             try:
                 async with limit:
                     client = await options().connect(target)
+                refused = frame_limit_refuses(client.conn.peer_max_frame)
+                if refused is not None:  # as a dial-in agent announcing it is refused
+                    client.abort()
+                    raise ShoalConnectionError(target.name, f"refused: {refused}")
             except ShoalError as exc:
                 reason = errors[target.name] = getattr(exc, "reason", None) or str(exc)
                 log.log(logging.DEBUG if failing else logging.WARNING,

@@ -183,6 +183,35 @@ def test_uninstall_refuses_to_delete_a_prefix_that_is_not_a_venv(tmp_path: Path)
     assert (precious / "keep.txt").read_text() == "mine"
 
 
+def test_hub_install_beside_the_agent_and_its_uninstall(staged: Staged, tmp_path: Path) -> None:
+    """`--hub` puts the hub's unit and hub.toml beside the agent's, sharing the virtualenv,
+    key and directories; uninstalling one leaves what the other still uses."""
+    root = tmp_path / "root"
+    shutil.copytree(staged.root, root, symlinks=True)
+    common = ("--destdir", str(root), "--prefix", PREFIX)
+    hub = run_install(*common, "--hub", "--no-systemd", "--source", str(REPO), "--system-site-packages")
+    units = root / "etc" / "systemd" / "system"
+    installed = (units / "shoal-hub.service").read_text()
+    assert installed == (DEPLOY / "shoal-hub.service").read_text().replace("/opt/shoal/", PREFIX + "/")
+    assert f"ExecStart={PREFIX}/bin/shoal hub --hub-config /etc/shoal/hub.toml" in installed
+    config = root / "etc" / "shoal" / "hub.toml"
+    assert config.read_text() == (DEPLOY / "hub.toml").read_text()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert "keeping existing key" in hub.stdout and "systemctl enable --now shoal-hub" in hub.stdout
+    assert (units / "shoal-agent.service").exists()
+    config.write_text("listen = 8472\n")  # an admin's mistake: the next run stops on it, naming the line
+    broken = run_install(*common, "--hub", "--no-systemd", "--source", str(REPO), "--system-site-packages",
+                         check=False)
+    assert broken.returncode != 0 and "hub.toml:1" in broken.stderr and "fix it and run this again" in broken.stderr
+    refused = run_install(*common, "--hub", "--uninstall", "--purge", check=False)
+    assert refused.returncode != 0 and "shoal-agent still uses" in refused.stderr and (units / "shoal-hub.service").exists()
+    kept = run_install(*common, "--hub", "--uninstall")
+    assert not (units / "shoal-hub.service").exists() and "shoal-agent still uses them" in kept.stdout
+    assert (root / PREFIX.lstrip("/") / "bin" / "shoal-agent").exists() and (root / "etc/shoal/admin.key").exists()
+    run_install(*common, "--uninstall")  # the last one out takes the virtualenv
+    assert not (root / PREFIX.lstrip("/")).exists() and not (units / "shoal-agent.service").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (("--prefix", "opt/shoal"), "--prefix must be an absolute path"),
     (("--prefix", "/opt/my shoal"), "--prefix may only hold"),
@@ -191,6 +220,7 @@ def test_uninstall_refuses_to_delete_a_prefix_that_is_not_a_venv(tmp_path: Path)
     (("--source", "/nonexistent/shoal"), "no such source"),
     (("--key-file", "/nonexistent/admin.key"), "no such key file: /nonexistent/admin.key"),
     (("--frobnicate",), "unknown option: --frobnicate"),
+    (("--hub", "--tls-dir", "/tmp"), "a hub's goes in hub.toml"),
 ])
 def test_bad_arguments_are_refused_before_anything_is_written(tmp_path: Path, args: tuple[str, ...],
                                                               message: str) -> None:

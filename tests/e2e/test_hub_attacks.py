@@ -38,6 +38,7 @@ from shoal.controller.hub.client import HubAccess, HubConnection
 from shoal.controller.hub.metricshttp import MAX_SCRAPERS
 from shoal.controller.hub.server import Hub
 from shoal.controller.remote import Command
+from shoal.controller.targets import Target
 from tests.agents import shoal
 from tests.programs import SHOAL
 from tests.e2e.test_hub import Collect, named
@@ -355,3 +356,40 @@ def test_the_short_path_sends_nothing_to_a_hub_socket_another_user_serves(
     assert err.decode().strip().endswith(f"hub {path}: served by uid 65534, not by this user (uid 0): "
                                          "nothing was sent to it")
     assert not kept.exists()
+
+
+async def test_an_inventory_target_announcing_a_frame_limit_no_request_fits_is_not_served(tmp_path: Path) -> None:
+    """What a dial-in agent is refused for, an inventory target the hub dials is too: one
+    announcing `max_frame` 1 is left unconnected with the reason, and a run naming it
+    says so for that host alone."""
+    key, _ = new_key(tmp_path)
+
+    async def hostile(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(Role.AGENT, keys=KeyLookup([key]), software="shoal-agent/hostile")
+        conn._max_frame_size = 1  # what its HELLO announces
+        with contextlib.suppress(Exception):
+            while data := await reader.read(1 << 16):
+                conn.receive_data(data)
+                while conn.next_event() is not None:
+                    pass
+                writer.write(b"".join(conn.data_to_send()))
+        writer.close()
+
+    server = await asyncio.start_server(hostile, "127.0.0.1", 0)
+    tiny = Target(name="tiny", host="127.0.0.1", port=server.sockets[0].getsockname()[1])
+    why = "refused: a frame limit (max_frame) of 1 bytes; a hub needs at least 4096"
+    try:
+        async with running_hub(tmp_path / "hub.sock", key, targets=(tiny,), connect=ConnectOptions(key=key)) as hub:
+            await wait_for_async(lambda: why in hub.why_not_connected("tiny"), what="the refusal")
+            agents = await dial_in(hub, ["web1"], key)
+            try:
+                async with ConnectOptions(hub=HubAccess(str(tmp_path / "hub.sock"))) as options:
+                    run = await Fleet([named("web1"), named("tiny")], options).run(Command(shell="true"), Collect())
+            finally:
+                await close_all(agents)
+    finally:
+        server.close()
+    results = {r.host: r for r in run.results}
+    assert results["web1"].status == 0
+    assert results["tiny"].outcome == "unreachable" and why in str(results["tiny"].error)
+    assert hub.registry.get("tiny") is None

@@ -112,6 +112,9 @@ def test_hosts_lists_the_hubs_agents(capsysbinary, fleet) -> None:  # type: igno
     assert all(h["version"].startswith("shoal-agent/") and h["kind"] == "dialin" for h in listed)
     code, out, _ = shoal(capsysbinary, "hosts", "--hub", str(t.socket), "web[2-9]", "--count")
     assert (code, out) == (0, b"1\n")
+    # a pattern no connected agent matches: 1, as grep finding nothing, and one line saying so
+    assert shoal(capsysbinary, "hosts", "--hub", str(t.socket), "db[1-3]") == (
+        1, b"", b"shoal: no agent connected to the hub matches db[1-3]\n")
 
 
 def test_a_hub_that_is_not_running_is_one_line(capsysbinary, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

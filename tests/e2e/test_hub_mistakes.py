@@ -209,6 +209,7 @@ def test_check_config_refuses_what_a_start_refuses_without_a_key(tmp_path: Path,
     (["--connect-timeout", "nan"], "shoal: --connect-timeout: must be above 0, not nan\n"),
     (["--drain-grace", "-1"], "shoal: --drain-grace: must be 0 or more, not -1\n"),
     (["--drain-grace", "nan"], "shoal: --drain-grace: must be 0 or more, not nan\n"),
+    (["--forget-after", "-1"], "shoal: --forget-after: must be 0 or more, not -1\n"),
     (["--hub-config", "HUB_TOML"], "shoal: HUB_TOML:1: drain_grace must be a number 0 or more, not nan\n"),
 ])
 def test_a_bad_number_is_one_line_naming_its_option(tmp_path: Path, flags: list[str], line: str) -> None:

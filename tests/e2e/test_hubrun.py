@@ -191,3 +191,26 @@ def test_a_hub_answering_with_a_frame_the_protocol_refuses_is_one_line_as_in_the
     assert short == 255 and out == b"" and err.startswith(b"shoal: web1: ") and err.count(b"\n") == 1
     monkeypatch.setenv("SHOAL_DEBUG_LOG", str(hub.path.parent / "debug.log"))
     assert shoal(capsysbinary, *argv) == (short, out, err)
+
+
+def test_a_bug_in_the_short_path_is_one_line_and_70_or_the_full_program(capsysbinary, hub, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The short path runs outside the full program's catch-all: a bug there must still be
+    one line (once the command went out) or leave the run to the full program (before)."""
+    argv = ["run", "-n", "--hub", str(hub.socket), "web1", "--", "echo ran"]
+
+    def broken(*args: object) -> object:
+        raise RuntimeError("something impossible")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(hubrun, "_opening", broken)  # before anything is sent
+        assert run_through_hub(argv) is None
+        assert capsysbinary.readouterr() == (b"", b"")
+    with monkeypatch.context() as patch:
+        patch.setattr(hubrun._Run, "serve", broken)  # after the command went out
+        assert run_through_hub(argv) == 70
+        out, err = capsysbinary.readouterr()
+    assert out == b"" and err.decode().splitlines() == [
+        "shoal: internal error: RuntimeError: something impossible (a bug in shoal's one-host hub run; "
+        "with SHOAL_DEBUG_LOG=FILE set the full program runs it)"]
+    monkeypatch.setenv("SHOAL_DEBUG_LOG", str(hub.socket.parent / "debug.log"))
+    assert shoal(capsysbinary, *argv) == (0, b"ran\n", b"")  # the way round it that the line names
