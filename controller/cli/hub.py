@@ -197,6 +197,7 @@ async def _serve(settings: HubSettings, args: argparse.Namespace) -> int:
     notify("STOPPING=1")
     log.info("draining: up to %gs for requests in flight", settings.drain_grace)
     await hub.close()
+    log.info("stopped")  # the journal's last word: the drain finished and nothing is left open
     return 0
 
 
