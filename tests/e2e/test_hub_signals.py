@@ -252,3 +252,28 @@ def test_an_inventory_targets_own_key_file_is_checked_by_the_reload_too(tmp_path
         _line(log, "reloaded the key and TLS files")
         assert hub.poll() is None
     assert "Traceback" not in log.read_text()
+
+
+async def test_a_reload_that_fails_on_a_bug_is_one_line_and_the_hub_serves_on(
+        tmp_path: Path, monkeypatch: Any, caplog: Any) -> None:
+    """SIGHUP's handler runs in the loop: an exception other than a bad file would be
+    asyncio's traceback in the hub's log. It is one line, and nothing changes."""
+    import argparse
+    import logging
+
+    from shoal.controller.cli import hub as hub_command
+    from tests.hubs import new_key, running_hub
+
+    key, _ = new_key(tmp_path)
+
+    def broken(args: object) -> object:
+        raise RuntimeError("something impossible")
+
+    monkeypatch.setattr(hub_command, "credentials_from_args", broken)
+    async with running_hub(tmp_path / "hub.sock", key) as hub:
+        with caplog.at_level(logging.INFO, logger="shoal.hub"):
+            hub_command._reload(hub, argparse.Namespace())
+        assert hub.settings.key is key
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert said == ["reload failed (internal error: RuntimeError: something impossible), "
+                    "keeping the key and TLS files read before"]
