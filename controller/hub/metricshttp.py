@@ -13,6 +13,8 @@ Every local user can reach that port, not only the hub's, so what one scraper ca
 make the hub hold is bounded: at most MAX_SCRAPERS connections (each a thread),
 the oldest still sending its request shed for a newcomer, and HTTP_TIMEOUT on
 every read and write; a scraper that goes away is no traceback in the hub's log.
+Scrapes that come while a round is out wait for it (`SharedRound`) instead of each
+sending every agent a METRICS_REQUEST of its own.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from shoal.controller.metricsview import format_prometheus
 if TYPE_CHECKING:
     from shoal.controller.hub.server import Hub
 
-__all__ = ["start_metrics_server", "stop_metrics_server", "fleet_metrics", "SCRAPE_TIMEOUT", "MAX_SCRAPERS",
-           "HTTP_TIMEOUT"]
+__all__ = ["start_metrics_server", "stop_metrics_server", "fleet_metrics", "SharedRound", "SCRAPE_TIMEOUT",
+           "MAX_SCRAPERS", "HTTP_TIMEOUT"]
 
 log = logging.getLogger("shoal.hub")
 
@@ -67,6 +69,28 @@ async def fleet_metrics(hub: Hub) -> str:
     return format_prometheus(snapshots)
 
 
+class SharedRound:
+    """The scrape round in flight, which every scrape arriving meanwhile waits for.
+
+    Any local user reaches the port: sixteen scrapers at once must cost the fleet one
+    round, not sixteen. A scrape that comes after a round ended starts the next, so
+    what it gets is never older than its own arrival by more than one round.
+    Lives in the hub's loop (scrapes come to it from the HTTP threads).
+    """
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self._round: asyncio.Future[str] | None = None
+
+    async def text(self) -> str:
+        if self._round is None or self._round.done():
+            self._round = asyncio.ensure_future(fleet_metrics(self.hub))
+        else:
+            log.debug("metrics endpoint: a scrape waits for the round in flight")
+        # shielded: a scrape that gives up does not cancel the round for the others
+        return await asyncio.shield(self._round)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _MetricsServer
     timeout = HTTP_TIMEOUT
@@ -76,7 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] not in ("/metrics", "/"):
             self.send_error(404, "only /metrics is served here")
             return
-        future = asyncio.run_coroutine_threadsafe(fleet_metrics(self.server.hub), self.server.loop)
+        future = asyncio.run_coroutine_threadsafe(self.server.rounds.text(), self.server.loop)
         try:
             body = future.result(SCRAPE_TIMEOUT * 2).encode()
         except Exception:  # the hub is stopping, or a bug: Prometheus records the scrape as failed
@@ -103,6 +127,7 @@ class _MetricsServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.hub = hub
         self.loop = loop
+        self.rounds = SharedRound(hub)
         self._lock = threading.Lock()
         self._serving: dict[Any, bool] = {}  # each connection: still reading its request?
 

@@ -52,8 +52,10 @@ class HostileDialIn:
     answers every METRICS_REQUEST with `metrics`."""
 
     def __init__(self, hub: Hub, key: SharedKey, name: str, software: str = "shoal-agent/hostile",
-                 metrics: dict[str, Any] | None = None, max_frame: int | None = None) -> None:
+                 metrics: dict[str, Any] | None = None, max_frame: int | None = None, hold: bool = False) -> None:
         self.hub = hub
+        self.asked = 0  # METRICS_REQUESTs received
+        self._held: list[int] | None = [] if hold else None  # with `hold`: answered only at release()
         self.conn = Connection(Role.AGENT, keys=KeyLookup([key]), software=software, name=name)
         if max_frame is not None:  # what its HELLO announces (and, once authenticated, all it reads)
             self.conn._max_frame_size = max_frame
@@ -82,8 +84,20 @@ class HostileDialIn:
                 if isinstance(event, HandshakeComplete):
                     self.authenticated.set()
                 elif isinstance(event, MetricsRequest):
-                    self.conn.send(MetricsReply(event.request_id, metrics=self.metrics))
+                    self.asked += 1
+                    if self._held is not None:
+                        self._held.append(event.request_id)
+                    else:
+                        self.conn.send(MetricsReply(event.request_id, metrics=self.metrics))
             writer.write(b"".join(self.conn.data_to_send()))
+
+    def release(self) -> None:
+        """Answer the METRICS_REQUESTs held so far, and the later ones at once."""
+        assert self._writer is not None and self._held is not None
+        for request_id in self._held:
+            self.conn.send(MetricsReply(request_id, metrics=self.metrics))
+        self._held = None
+        self._writer.write(b"".join(self.conn.data_to_send()))
 
 
 async def _get(url: str) -> tuple[int, str]:
@@ -393,3 +407,25 @@ async def test_an_inventory_target_announcing_a_frame_limit_no_request_fits_is_n
     assert results["web1"].status == 0
     assert results["tiny"].outcome == "unreachable" and why in str(results["tiny"].error)
     assert hub.registry.get("tiny") is None
+
+
+async def test_scrapes_that_come_while_a_round_is_out_share_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Any local user reaches the metrics port: scrapes arriving while one is being
+    answered used to send every agent a METRICS_REQUEST each. They now wait for the
+    round in flight and get its answer; the agent is asked once."""
+    key, _ = new_key(tmp_path)
+    async with running_hub(tmp_path / "hub.sock", key, metrics=("127.0.0.1", 0)) as hub:
+        url = f"http://{hub.metrics_address}/metrics"
+        async with HostileDialIn(hub, key, "web1", metrics={"load1": 1.5}, hold=True) as agent:
+            first = asyncio.ensure_future(_get(url))
+            await wait_for_async(lambda: agent.asked == 1, what="the first scrape's request")
+            with caplog.at_level(logging.DEBUG, logger="shoal.hub"):
+                others = [asyncio.ensure_future(_get(url)) for _ in range(3)]
+                await wait_for_async(lambda: sum("waits for the round in flight" in r.getMessage()
+                                                 for r in caplog.records) == 3, what="the other scrapes waiting")
+            agent.release()
+            answers = await asyncio.gather(first, *others)
+            assert agent.asked == 1
+            assert [status for status, _ in answers] == [200] * 4 and len({text for _, text in answers}) == 1
+            assert 'shoal_up{host="web1"} 1' in answers[0][1]
+            assert (await _get(url))[0] == 200 and agent.asked == 2  # a scrape after the round: a new round
