@@ -20,7 +20,10 @@ def connect_reason(exc: OSError) -> str:
 
 def bind_reason(exc: OSError) -> str:
     """One line for a socket error raised while binding: the errno's words alone
-    (asyncio's own text also spells the address as a Python tuple)."""
+    (asyncio's own text also spells the address as a Python tuple). A host name that
+    does not resolve carries a resolver code, not an errno: its own words then."""
+    if isinstance(exc, socket.gaierror):
+        return (exc.strerror or str(exc)).lower()
     if exc.errno:
         return os.strerror(exc.errno).lower()
     return exc.strerror or str(exc) or type(exc).__name__

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -53,6 +55,24 @@ def test_an_address_in_use_is_one_line_naming_the_option_and_exit_2(tmp_path: Pa
     assert _one_line_error(proc) == f"shoal: {option}: cannot listen on {where}: address already in use\n"
     if option != "--socket":
         assert not sock.exists()  # the hub that could not start left no socket behind
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) to resolve in a network namespace of its own")
+@pytest.mark.parametrize("option", ["--metrics-listen", "--listen"])
+def test_a_host_that_does_not_resolve_is_one_line_in_words(tmp_path: Path, option: str) -> None:
+    """A resolver failure carries a resolver code, not an errno: it used to read
+    'unknown error -3'. The hub runs in a network namespace of its own (no interface
+    up), so the lookup fails there and no query leaves this host."""
+    sock = tmp_path / "hub.sock"
+    proc = subprocess.run(["unshare", "--net", *SHOAL, "hub", "--socket", str(sock), "--insecure",
+                           option, "nosuch.invalid:9100"], capture_output=True, timeout=30, cwd=str(REPO),
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2
+    line = _one_line_error(proc)
+    assert line.startswith(f"shoal: {option}: cannot listen on nosuch.invalid:9100: ") and "unknown error" not in line
+    assert "resolution" in line or "not known" in line, line
+    assert not sock.exists()
 
 
 def test_hub_naming_a_file_not_a_socket_says_so(capsysbinary, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
