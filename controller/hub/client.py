@@ -177,7 +177,8 @@ class HubConnection(FrameDriver):
         """Connect to the hub serving `path`.
 
         Raises:
-            HubNotRunning: nothing listens there (or it is not a hub).
+            HubNotRunning: nothing listens there (or it is not a hub), or this user may not
+                connect to it.
             ShoalConnectionError: the hub refused us (another uid), another uid serves
                 the socket (nothing is sent to it), or the hub broke the protocol.
         """
@@ -189,6 +190,10 @@ class HubConnection(FrameDriver):
             raise HubNotRunning(path, "no socket") from None
         except ConnectionRefusedError:
             raise _refused(path) from None
+        except PermissionError:  # a hub of another user's, most likely running: not "not running"
+            raise HubNotRunning(path, f"permission denied: the socket or its directory is not this user's "
+                                f"(uid {os.geteuid()}), and a hub serves only the user it runs as",
+                                plain=True) from None
         except OSError as exc:
             raise HubNotRunning(path, exc.strerror or str(exc)) from None
         except asyncio.TimeoutError:

@@ -84,6 +84,24 @@ def test_hub_naming_a_file_not_a_socket_says_so(capsysbinary, tmp_path: Path) ->
                    "--hub names the socket the hub serves (its --socket)\n").encode()
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv(1) to run the client as another user")
+@pytest.mark.parametrize("command", [["run", "web1", "--", "true"], ["hosts"]])
+def test_a_hub_of_another_user_is_not_said_to_be_not_running(tmp_path: Path, command: list[str]) -> None:
+    """A user reaching the root hub that `install.sh --hub` starts (its socket in a 0700
+    directory) used to read 'not running (Permission denied)' about a hub that runs."""
+    home = "/nonexistent"  # nobody's: tmp_path is in a directory only root may enter
+    with HubThread(tmp_path, ["web1"]) as t:
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *SHOAL,
+                               command[0], "--hub", str(t.socket), *command[1:]],
+                              capture_output=True, timeout=30, cwd=str(REPO), stdin=subprocess.DEVNULL,
+                              env={**os.environ, "HOME": home, "XDG_CONFIG_HOME": f"{home}/.config"})
+    assert (proc.returncode, proc.stdout) == (255, b"")
+    line = _one_line_error(proc)
+    assert line == (f"shoal: hub {t.socket}: permission denied: the socket or its directory is not this "
+                    "user's (uid 65534), and a hub serves only the user it runs as\n")
+
+
 @pytest.mark.parametrize("flags,status,state", [([], 2, "CRITICAL"), (["--unreachable-unknown"], 3, "UNKNOWN")])
 def test_check_through_a_hub_that_is_not_running_is_a_plugin_status(  # type: ignore[no-untyped-def]
         capsysbinary, tmp_path: Path, flags: list[str], status: int, state: str) -> None:
