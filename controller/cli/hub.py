@@ -42,6 +42,7 @@ from typing import Any
 from shoal.protocol.defaults import HUB_PORT
 from shoal.protocol.errors import ConfigError
 from shoal.protocol.handshake import SharedKey
+from shoal.hostio.neterrors import bind_reason
 from shoal.hostio.sdnotify import notify
 
 from shoal.controller.cli.options import connect_options_from_args, targets_from_args
@@ -138,7 +139,12 @@ def settings_from_args(args: argparse.Namespace) -> HubSettings:
         except (ConfigError, ValueError) as exc:
             raise ConfigError(getattr(exc, "reason", str(exc)), "--metrics-listen") from None
     targets = tuple(targets_from_args(args)) if args.targets else ()
-    os.makedirs(os.path.dirname(args.socket) or ".", mode=0o700, exist_ok=True)
+    directory = os.path.dirname(args.socket) or "."
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as exc:  # the user's path, not a bug: one line and 2, as for a socket that cannot be bound
+        raise ConfigError(f"cannot listen on unix:{args.socket}: cannot create {exc.filename or directory}: "
+                          f"{bind_reason(exc)}", "--socket") from None
     key, connect, tls = credentials_from_args(args)
     return HubSettings(
         socket=args.socket, listen=tuple(listen), key=key, targets=targets, connect=connect, metrics=metrics,

@@ -75,6 +75,19 @@ def test_a_host_that_does_not_resolve_is_one_line_in_words(tmp_path: Path, optio
     assert not sock.exists()
 
 
+@pytest.mark.parametrize("below", ["hub.sock", "sub/hub.sock"])
+def test_a_socket_path_whose_directory_cannot_be_made_is_one_line_and_exit_2(tmp_path: Path, below: str) -> None:
+    """It used to be 'internal error: FileExistsError ... (a bug in shoal)' and 70."""
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "file" / below
+    proc = subprocess.run([*SHOAL, "hub", "--socket", str(path)], capture_output=True, timeout=30, cwd=str(REPO),
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2
+    reason = "file exists" if below == "hub.sock" else "not a directory"
+    assert _one_line_error(proc) == (f"shoal: --socket: cannot listen on unix:{path}: cannot create "
+                                     f"{path.parent}: {reason}\n")
+
+
 def test_hub_naming_a_file_not_a_socket_says_so(capsysbinary, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     config = tmp_path / "hub.toml"
     config.write_text('listen = ["127.0.0.1:8472"]\n')
