@@ -97,22 +97,58 @@ def test_hub_naming_a_file_not_a_socket_says_so(capsysbinary, tmp_path: Path) ->
                    "--hub names the socket the hub serves (its --socket)\n").encode()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root and setpriv(1) to run the client as another user")
+def _shoal_as_nobody(argv: list[str]) -> tuple[int, bytes, bytes]:
+    """`shoal argv` as uid 65534: a forked child drops to that user and runs main() it has
+    already imported (no interpreter to exec, which may live where that user may not
+    go, as /root/.pyenv does); its status, stdout and stderr. The child runs the command
+    once as root first, its output discarded, so that every module it imports on the
+    way is loaded before the files become unreadable."""
+    import io
+    import sys
+
+    from shoal.controller.cli.main import main
+
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        status = 99
+        try:
+            os.environ.update(HOME="/nonexistent", XDG_CONFIG_HOME="/nonexistent/.config")  # nobody's config
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+            sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+            main(argv)
+            os.dup2(out_write, 1)
+            os.dup2(err_write, 2)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            status = main(argv)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(status)
+    os.close(out_write)
+    os.close(err_write)
+    with os.fdopen(out_read, "rb") as out, os.fdopen(err_read, "rb") as err:
+        said, complained = out.read(), err.read()
+    _, wait_status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wait_status), said, complained
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
 @pytest.mark.parametrize("command", [["run", "web1", "--", "true"], ["hosts"]])
 def test_a_hub_of_another_user_is_not_said_to_be_not_running(tmp_path: Path, command: list[str]) -> None:
     """A user reaching the root hub that `install.sh --hub` starts (its socket in a 0700
     directory) used to read 'not running (Permission denied)' about a hub that runs."""
-    home = "/nonexistent"  # nobody's: tmp_path is in a directory only root may enter
-    with HubThread(tmp_path, ["web1"]) as t:
-        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *SHOAL,
-                               command[0], "--hub", str(t.socket), *command[1:]],
-                              capture_output=True, timeout=30, cwd=str(REPO), stdin=subprocess.DEVNULL,
-                              env={**os.environ, "HOME": home, "XDG_CONFIG_HOME": f"{home}/.config"})
-    assert (proc.returncode, proc.stdout) == (255, b"")
-    line = _one_line_error(proc)
-    assert line == (f"shoal: hub {t.socket}: permission denied: the socket or its directory is not this "
-                    "user's (uid 65534), and a hub serves only the user it runs as\n")
+    with HubThread(tmp_path, ["web1"]) as t:  # tmp_path is in a directory only root may enter
+        status, out, err = _shoal_as_nobody([command[0], "--hub", str(t.socket), *command[1:]])
+    assert (status, out) == (255, b"")
+    assert err.decode() == (f"shoal: hub {t.socket}: permission denied: the socket or its directory is not this "
+                            "user's (uid 65534), and a hub serves only the user it runs as\n")
 
 
 @pytest.mark.parametrize("flags,status,state", [([], 2, "CRITICAL"), (["--unreachable-unknown"], 3, "UNKNOWN")])
