@@ -94,9 +94,9 @@ def parse_address(text: str, default_port: int | None) -> tuple[str, int]:
         text = f"127.0.0.1:{text}"
     host, port_text = text, ""
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
+        host, bracket, rest = text[1:].partition("]")
         port_text = rest[1:] if rest.startswith(":") else ""
-        if rest and not rest.startswith(":"):
+        if not bracket or (rest and not rest.startswith(":")):
             raise ConfigError(f"bad address {text!r} (expected HOST:PORT or [IPv6]:PORT)")
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")

@@ -317,3 +317,14 @@ def test_drain_grace_0_in_hub_toml_is_taken_as_on_the_command_line(tmp_path: Pat
         assert b"hub serving" in lines[0]  # started (a refused setting is one line and exit 2)
         assert _stopped(hub) == 0
     assert any(b"draining: up to 0s" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("address", ["[::1", "[::1:9000", "[::1]9000"])
+def test_an_ipv6_address_missing_its_bracket_is_one_line_naming_the_option(tmp_path: Path, address: str) -> None:
+    """'[::1' used to be taken as [::1]:8472: a typo the hub should name, not guess."""
+    proc = subprocess.run([*SHOAL, "hub", "--socket", str(tmp_path / "hub.sock"), "--listen", address],
+                          capture_output=True, timeout=30, cwd=str(REPO), stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2
+    assert _one_line_error(proc) == (f"shoal: --listen: bad address {address!r} "
+                                     "(expected HOST:PORT or [IPv6]:PORT)\n")
+    assert not (tmp_path / "hub.sock").exists()
