@@ -208,10 +208,13 @@ async def _serve(settings: HubSettings, args: argparse.Namespace) -> int:
 
 
 def _status(hub: Hub) -> str:
-    """What `systemctl status` shows: the socket, where agents dial in, the inventory kept warm."""
+    """What `systemctl status` shows: the socket, where agents dial in, the metrics endpoint,
+    the inventory kept warm."""
     parts = [f"serving {hub.settings.socket}"]
     if hub.dialins.addresses:
         parts.append(f"agents dial in at {', '.join(hub.dialins.addresses)}{' (TLS)' if hub.settings.tls else ''}")
+    if hub.metrics_address:
+        parts.append(f"metrics at http://{hub.metrics_address}/metrics")
     if hub.settings.targets:
         count = len(hub.settings.targets)
         parts.append(f"{count} inventory target{'s' if count != 1 else ''} kept warm")

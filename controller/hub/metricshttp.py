@@ -100,11 +100,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] not in ("/metrics", "/"):
             self.send_error(404, "only /metrics is served here")
             return
-        future = asyncio.run_coroutine_threadsafe(self.server.rounds.text(), self.server.loop)
-        try:
+        future = None
+        try:  # the loop may be closing under us (the hub stopping): a 503 as for any failed scrape
+            future = asyncio.run_coroutine_threadsafe(self.server.rounds.text(), self.server.loop)
             body = future.result(SCRAPE_TIMEOUT * 2).encode()
         except Exception:  # the hub is stopping, or a bug: Prometheus records the scrape as failed
-            future.cancel()
+            if future is not None:
+                future.cancel()
             self.send_error(503, "metrics unavailable")
             return
         self.send_response(200)

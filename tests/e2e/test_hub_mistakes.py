@@ -328,3 +328,18 @@ def test_an_ipv6_address_missing_its_bracket_is_one_line_naming_the_option(tmp_p
     assert _one_line_error(proc) == (f"shoal: --listen: bad address {address!r} "
                                      "(expected HOST:PORT or [IPv6]:PORT)\n")
     assert not (tmp_path / "hub.sock").exists()
+
+
+def test_the_start_line_says_where_the_metrics_are_served(tmp_path: Path) -> None:
+    """With --metrics-listen 127.0.0.1:0 the port is the kernel's choice: the hub's first
+    line is the only place an admin can read it from."""
+    import urllib.request
+
+    with _hub(tmp_path, "--metrics-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0") as (hub, lines):
+        wait_for(lambda: lines, timeout=20, what="the hub's first line")
+        first = lines[0].decode()
+        assert "hub serving" in first and "; metrics at http://127.0.0.1:" in first, first
+        url = first.split("metrics at ")[1].split(";")[0]
+        with urllib.request.urlopen(url, timeout=30) as reply:  # that address does serve the scrape
+            assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert _stopped(hub) == 0
