@@ -135,8 +135,8 @@ class Hub:
             self.tasks.spawn(keep_warm(list(self.settings.targets), lambda: self.settings.connect, self.registry,
                                        self.serve_agent, self.warm_errors, limit), name="warm")
         # the metrics address before the dial-in ones, which end the line (scripts read them there)
-        metrics = f"; metrics at http://{self.metrics_address}/metrics" if self.metrics_address else ""
-        log.info("hub serving %s%s; agents dial in at %s%s", self.settings.socket, metrics,
+        scrape = f"; metrics at http://{self.metrics_address}/metrics" if self.metrics_address else ""
+        log.info("hub serving %s%s; agents dial in at %s%s", self.settings.socket, scrape,
                  ", ".join(self.dialins.addresses) or "(nowhere)", " (TLS)" if self.settings.tls else "")
 
     async def _bind(self, option: str, host: str, port: int, binding: Coroutine[Any, Any, None]) -> None:
