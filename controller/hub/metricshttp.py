@@ -83,12 +83,19 @@ class SharedRound:
         self._round: asyncio.Future[str] | None = None
 
     async def text(self) -> str:
-        if self._round is None or self._round.done():
+        if self._round is None:
             self._round = asyncio.ensure_future(fleet_metrics(self.hub))
+            self._round.add_done_callback(self._ended)
         else:
             log.debug("metrics endpoint: a scrape waits for the round in flight")
         # shielded: a scrape that gives up does not cancel the round for the others
         return await asyncio.shield(self._round)
+
+    def _ended(self, round_: asyncio.Future[str]) -> None:
+        """The next scrape starts a new round, and this one's text (megabytes for
+        thousands of agents) is not kept until then."""
+        if self._round is round_:
+            self._round = None
 
 
 class _Handler(BaseHTTPRequestHandler):
